@@ -1,0 +1,786 @@
+//! The streaming reader: payload → zstd → tar, walked in lockstep with the signed
+//! manifest, every file hashed as it is written, into a staging directory that is
+//! renamed into place only when everything verified.
+//!
+//! Two threads share the work: the caller's thread reads, decompresses and parses
+//! the archive; a writer thread hashes and writes the file data it is handed. Any
+//! failure on either side stops both, and the staging directory is removed.
+
+use std::collections::HashMap;
+use std::fs::{self, DirBuilder, File, OpenOptions};
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::os::fd::AsFd;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::{fmt, thread};
+
+use ring::digest;
+
+use crate::bundle::Bundle;
+use crate::manifest::{Entry, check_entry_path};
+use crate::stream::{
+    FRAME_HEADER_MAX, Fault, FaultCell, FrameProblem, PayloadSource, check_frame_header, Capped,
+};
+use crate::limits::MAX_EXTENSION_BYTES;
+use crate::BundleError;
+
+/// Size of the buffers handed from the reader to the writer thread.
+const CHUNK: usize = 512 << 10;
+/// Buffers in flight between the two threads.
+const DEPTH: usize = 8;
+
+/// What the operator allows, and where to report progress.
+#[derive(Default)]
+pub struct ExtractOptions<'a> {
+    /// The version installed now; an older bundle is refused unless `allow_downgrade`.
+    pub installed_version: Option<semver::Version>,
+    pub allow_downgrade: bool,
+    /// Accept a bundle past its expiry. Unsafe: an expired bundle may carry
+    /// known-vulnerable software that a newer bundle replaced.
+    pub danger_allow_expired: bool,
+    /// Refuse a bundle built for another platform (`Some(host_platform())`).
+    pub platform: Option<String>,
+    /// Called with the file bytes processed so far and the total, from the
+    /// calling thread, as extraction proceeds.
+    pub progress: Option<&'a mut dyn FnMut(Progress)>,
+}
+
+impl fmt::Debug for ExtractOptions<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ExtractOptions")
+            .field("installed_version", &self.installed_version)
+            .field("allow_downgrade", &self.allow_downgrade)
+            .field("danger_allow_expired", &self.danger_allow_expired)
+            .field("platform", &self.platform)
+            .field("progress", &self.progress.is_some())
+            .finish()
+    }
+}
+
+/// Progress of a verification or extraction, in file bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Progress {
+    pub done: u64,
+    pub total: u64,
+}
+
+/// What a verification or extraction went through.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Summary {
+    pub files: u64,
+    pub dirs: u64,
+    /// File bytes written (or, for a verification, checked).
+    pub bytes: u64,
+}
+
+impl Bundle {
+    /// Reads the whole payload and checks it against the manifest, writing nothing.
+    pub fn verify(&self, mut options: ExtractOptions<'_>) -> Result<Summary, BundleError> {
+        self.check_policy(&options)?;
+        let (summary, _) = self.stream(NullSink, options.progress.take())?;
+        Ok(summary)
+    }
+
+    /// Extracts the bundle into `dest`, which must not exist but whose parent must.
+    ///
+    /// The files go to a staging directory next to `dest` (so the final rename
+    /// stays on one filesystem), each hashed as it is written; only when every
+    /// entry and the whole payload verified are the modes applied, the data
+    /// synced to disk, and the staging directory renamed to `dest`. On any error
+    /// the staging directory is removed and nothing else was touched.
+    pub fn extract(&self, dest: &Path, mut options: ExtractOptions<'_>) -> Result<Summary, BundleError> {
+        self.check_policy(&options)?;
+        if dest.symlink_metadata().is_ok() {
+            return Err(BundleError::DestinationExists {
+                dest: dest.to_path_buf(),
+            });
+        }
+        let (parent, name) = match (dest.parent(), dest.file_name()) {
+            (Some(p), Some(n)) => (if p.as_os_str().is_empty() { Path::new(".") } else { p }, n),
+            _ => {
+                return Err(BundleError::NoParent {
+                    dest: dest.to_path_buf(),
+                });
+            }
+        };
+        if !parent.is_dir() {
+            return Err(BundleError::NoParent {
+                dest: dest.to_path_buf(),
+            });
+        }
+        let staging = Staging::create(parent, &name.to_string_lossy())?;
+        let sink = FsSink::new(staging.path.clone());
+        let (summary, sink) = self.stream(sink, options.progress.take())?;
+        sink.finish()?;
+        staging.commit(parent, name.as_ref(), dest)?;
+        Ok(summary)
+    }
+
+    /// Runs the pipeline into `sink`; returns the sink for the caller to finish.
+    fn stream<S: Sink + Send>(
+        &self,
+        sink: S,
+        mut progress: Option<&mut dyn FnMut(Progress)>,
+    ) -> Result<(Summary, S), BundleError> {
+        let manifest = &self.manifest;
+        let total = manifest.total_size();
+        if let Some(p) = progress.as_deref_mut() {
+            p(Progress { done: 0, total });
+        }
+        let (tx, rx) = mpsc::sync_channel::<Msg>(DEPTH);
+        let (recycle_tx, recycle_rx) = mpsc::channel::<Vec<u8>>();
+        thread::scope(|scope| {
+            let writer = scope.spawn(move || write_loop(rx, recycle_tx, &manifest.entries, sink, &self.path));
+            let read_result = self.read_loop(&tx, &recycle_rx, &mut progress, total);
+            drop(tx);
+            let write_result = writer.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+            // A writer error is the more precise one (the reader only saw a closed channel).
+            let (summary, sink) = write_result?;
+            let payload_ok = read_result?;
+            if !payload_ok {
+                return Err(BundleError::PayloadHashMismatch {
+                    path: self.path.clone(),
+                });
+            }
+            Ok((summary, sink))
+        })
+    }
+
+    /// Reads the payload and feeds the writer. Returns whether the payload hash
+    /// matched (checked last, after every entry).
+    fn read_loop(
+        &self,
+        tx: &mpsc::SyncSender<Msg>,
+        recycle: &mpsc::Receiver<Vec<u8>>,
+        progress: &mut Option<&mut dyn FnMut(Progress)>,
+        total: u64,
+    ) -> Result<bool, BundleError> {
+        let path = &self.path;
+        let manifest = &self.manifest;
+        let size = manifest.payload.size;
+
+        let mut head = [0u8; FRAME_HEADER_MAX];
+        let head_len = (FRAME_HEADER_MAX as u64).min(size) as usize;
+        read_at_exact(&self.file, &mut head[..head_len], self.payload_offset, path)?;
+        check_frame_header(&head[..head_len], self.limits.max_window_log).map_err(|p| match p {
+            FrameProblem::Window(window_log) => BundleError::ZstdWindow {
+                path: path.clone(),
+                window_log,
+                max: self.limits.max_window_log,
+            },
+            other => BundleError::BadCompression {
+                path: path.clone(),
+                reason: match other {
+                    FrameProblem::Short => "the payload is too short for a zstd frame",
+                    FrameProblem::NotZstd => "the payload does not start with a zstd frame",
+                    FrameProblem::Reserved => "the zstd frame header sets a reserved bit",
+                    FrameProblem::Dictionary => "the zstd frame needs a dictionary",
+                    _ => "the zstd frame carries no content checksum",
+                },
+            },
+        })?;
+
+        let fault: FaultCell = Default::default();
+        let source = PayloadSource::new(&self.file, self.payload_offset, size, fault.clone());
+        let mut decoder = zstd::stream::read::Decoder::with_buffer(BufReader::with_capacity(CHUNK, source))
+            .map_err(|source| BundleError::Decompress {
+                path: path.clone(),
+                position: "the start of the payload".into(),
+                source,
+            })?
+            .single_frame();
+        decoder
+            .window_log_max(self.limits.max_window_log)
+            .map_err(|source| BundleError::Decompress {
+                path: path.clone(),
+                position: "the start of the payload".into(),
+                source,
+            })?;
+        let bound = manifest.decompressed_bound();
+        let capped = Capped::new(decoder, bound, fault.clone());
+        let mut archive = tar::Archive::new(capped);
+
+        let index: HashMap<&str, usize> = manifest
+            .entries
+            .iter()
+            .enumerate()
+            .map(|(i, e)| (e.path(), i))
+            .collect();
+        let mut next = 0usize;
+        let mut done = 0u64;
+        let mut position = Position::Start;
+        let failure = |position: &Position, source: io::Error| classify(path, &fault, bound, position, source);
+
+        let entries = archive
+            .entries()
+            .map_err(|e| failure(&position, e))?
+            .raw(true);
+        let mut long_name: Option<Vec<u8>> = None;
+        let mut pax: Option<Vec<u8>> = None;
+        for raw in entries {
+            let mut entry = raw.map_err(|e| failure(&position, e))?;
+            let header_name = entry.path_bytes().into_owned();
+            let entry_type = entry.header().entry_type();
+            let ustar_size = entry
+                .header()
+                .entry_size()
+                .map_err(|e| failure(&position, e))?;
+
+            // Extension headers describe the next entry.
+            if entry_type.is_gnu_longname() || entry_type.is_pax_local_extensions() {
+                let what = if entry_type.is_gnu_longname() { "GNU long name" } else { "PAX" };
+                let slot = if entry_type.is_gnu_longname() { &mut long_name } else { &mut pax };
+                let bad = |reason: String| BundleError::BadExtendedHeader {
+                    path: path.clone(),
+                    entry: position.describe(),
+                    reason,
+                };
+                if slot.is_some() {
+                    return Err(bad(format!("two {what} headers for one entry")));
+                }
+                if ustar_size > MAX_EXTENSION_BYTES {
+                    return Err(bad(format!("{what} header of {ustar_size} bytes")));
+                }
+                let mut data = Vec::with_capacity(ustar_size as usize);
+                entry.read_to_end(&mut data).map_err(|e| failure(&position, e))?;
+                if (data.len() as u64) < ustar_size {
+                    return Err(BundleError::TruncatedEntry {
+                        path: path.clone(),
+                        entry: position.describe(),
+                    });
+                }
+                *slot = Some(data);
+                continue;
+            }
+
+            // The name: GNU long name, else PAX path, else the header's.
+            let pax_records = match pax.take() {
+                Some(data) => parse_pax(&data).map_err(|reason| BundleError::BadExtendedHeader {
+                    path: path.clone(),
+                    entry: String::from_utf8_lossy(&header_name).into_owned(),
+                    reason,
+                })?,
+                None => PaxRecords::default(),
+            };
+            let raw_name = match long_name.take() {
+                Some(mut name) => {
+                    while name.last() == Some(&0) {
+                        name.pop();
+                    }
+                    name
+                }
+                None => pax_records.path.clone().unwrap_or(header_name),
+            };
+            let lossy = String::from_utf8_lossy(&raw_name).into_owned();
+            let mut name = String::from_utf8(raw_name).map_err(|_| BundleError::UnsafePath {
+                path: path.clone(),
+                entry: lossy.clone(),
+                reason: "not UTF-8",
+            })?;
+            if entry_type.is_dir() && name.len() > 1 && name.ends_with('/') {
+                name.pop();
+            }
+            check_entry_path(&name).map_err(|reason| BundleError::UnsafePath {
+                path: path.clone(),
+                entry: name.clone(),
+                reason,
+            })?;
+            let archive_type = if entry_type.is_file() {
+                "regular file"
+            } else if entry_type.is_dir() {
+                "directory"
+            } else {
+                return Err(BundleError::NotRegularFile {
+                    path: path.clone(),
+                    entry: name,
+                    kind: type_name(entry_type),
+                });
+            };
+            if let Some(pax_size) = &pax_records.size
+                && pax_size.parse::<u64>().ok() != Some(ustar_size)
+            {
+                return Err(BundleError::PaxSizeMismatch {
+                    path: path.clone(),
+                    entry: name,
+                    pax: pax_size.clone(),
+                    ustar: ustar_size,
+                });
+            }
+
+            // Lockstep with the manifest.
+            match index.get(name.as_str()) {
+                None => {
+                    return Err(BundleError::NotInManifest {
+                        path: path.clone(),
+                        entry: name,
+                    });
+                }
+                Some(&i) if i < next => {
+                    return Err(BundleError::DuplicateEntry {
+                        path: path.clone(),
+                        entry: name,
+                    });
+                }
+                Some(&i) if i > next => {
+                    return Err(BundleError::MissingEntry {
+                        path: path.clone(),
+                        entry: manifest.entries[next].path().to_owned(),
+                    });
+                }
+                Some(_) => {}
+            }
+            let expected = &manifest.entries[next];
+            if expected.type_name() != archive_type {
+                return Err(BundleError::TypeMismatch {
+                    path: path.clone(),
+                    entry: name,
+                    manifest: expected.type_name(),
+                    archive: archive_type,
+                });
+            }
+            if ustar_size != expected.size() {
+                return Err(BundleError::SizeMismatch {
+                    path: path.clone(),
+                    entry: name,
+                    manifest: expected.size(),
+                    archive: ustar_size,
+                });
+            }
+            position = Position::In(name);
+            let gone = |path: &PathBuf| BundleError::Write {
+                path: path.clone(),
+                source: io::Error::other("the writer stopped"),
+            };
+            match expected {
+                Entry::Dir { .. } => {
+                    tx.send(Msg::Dir(next)).map_err(|_| gone(path))?;
+                }
+                Entry::File { .. } => {
+                    tx.send(Msg::FileStart(next)).map_err(|_| gone(path))?;
+                    let mut remaining = ustar_size;
+                    while remaining > 0 {
+                        let mut buf = recycle.try_recv().unwrap_or_else(|_| Vec::with_capacity(CHUNK));
+                        let want = (CHUNK as u64).min(remaining) as usize;
+                        buf.resize(want, 0);
+                        let got = read_full(&mut entry, &mut buf).map_err(|e| failure(&position, e))?;
+                        if got < want {
+                            return Err(BundleError::TruncatedEntry {
+                                path: path.clone(),
+                                entry: position.describe(),
+                            });
+                        }
+                        remaining -= got as u64;
+                        done += got as u64;
+                        tx.send(Msg::Data(buf)).map_err(|_| gone(path))?;
+                        if let Some(p) = progress.as_deref_mut() {
+                            p(Progress { done, total });
+                        }
+                    }
+                    tx.send(Msg::FileEnd).map_err(|_| gone(path))?;
+                }
+            }
+            position = Position::After(position.into_name());
+            next += 1;
+        }
+        if long_name.is_some() || pax.is_some() {
+            return Err(BundleError::BadExtendedHeader {
+                path: path.clone(),
+                entry: position.describe(),
+                reason: "an extended header is the last member of the archive".into(),
+            });
+        }
+        if let Some(missing) = manifest.entries.get(next) {
+            return Err(BundleError::MissingEntry {
+                path: path.clone(),
+                entry: missing.path().to_owned(),
+            });
+        }
+
+        // After the end-of-archive block only zeros may follow, within the cap.
+        let end = Position::End;
+        let mut capped = archive.into_inner();
+        let mut buf = vec![0u8; 64 << 10];
+        loop {
+            let n = capped.read(&mut buf).map_err(|e| failure(&end, e))?;
+            if n == 0 {
+                break;
+            }
+            if buf[..n].iter().any(|b| *b != 0) {
+                return Err(BundleError::TrailingData { path: path.clone() });
+            }
+        }
+        // The zstd frame ended: nothing of the payload may remain.
+        let mut rest = capped.into_inner().finish();
+        if !rest.fill_buf().map_err(|e| failure(&end, e))?.is_empty() {
+            return Err(BundleError::BadCompression {
+                path: path.clone(),
+                reason: "data follows the zstd frame",
+            });
+        }
+        let source = rest.into_inner();
+        if !source.at_end() {
+            return Err(BundleError::BadCompression {
+                path: path.clone(),
+                reason: "data follows the zstd frame",
+            });
+        }
+        Ok(source.finish() == manifest.payload.sha256.0)
+    }
+}
+
+/// Where in the archive the reader is, for error messages.
+enum Position {
+    Start,
+    In(String),
+    After(String),
+    End,
+}
+
+impl Position {
+    fn describe(&self) -> String {
+        match self {
+            Position::Start => "the start of the archive".into(),
+            Position::In(name) => name.clone(),
+            Position::After(name) => format!("the member after {name:?}"),
+            Position::End => "the end of the archive".into(),
+        }
+    }
+
+    fn into_name(self) -> String {
+        match self {
+            Position::In(name) | Position::After(name) => name,
+            Position::Start | Position::End => String::new(),
+        }
+    }
+}
+
+/// Turns an I/O error from the tar/zstd stack into the precise bundle error.
+fn classify(
+    path: &Path,
+    fault: &FaultCell,
+    limit: u64,
+    position: &Position,
+    source: io::Error,
+) -> BundleError {
+    let path = path.to_path_buf();
+    match fault.get() {
+        Some(Fault::Truncated) => BundleError::Truncated { path },
+        Some(Fault::Cap) => BundleError::DecompressedTooLarge { path, limit },
+        Some(Fault::Decoder) => BundleError::Decompress {
+            path,
+            position: position.describe(),
+            source,
+        },
+        None => BundleError::BadArchive {
+            path,
+            position: position.describe(),
+            source,
+        },
+    }
+}
+
+#[derive(Default)]
+struct PaxRecords {
+    path: Option<Vec<u8>>,
+    size: Option<String>,
+}
+
+/// Parses PAX records, accepting only keys that cannot change what is extracted
+/// beyond the name and size (which are then checked like any other).
+fn parse_pax(data: &[u8]) -> Result<PaxRecords, String> {
+    let mut out = PaxRecords::default();
+    for record in tar::PaxExtensions::new(data) {
+        let record = record.map_err(|_| "malformed PAX record".to_string())?;
+        let key = record.key().map_err(|_| "PAX key is not UTF-8".to_string())?;
+        match key {
+            "path" => out.path = Some(record.value_bytes().to_vec()),
+            "size" => {
+                out.size = Some(String::from_utf8_lossy(record.value_bytes()).into_owned());
+            }
+            "mtime" | "atime" | "ctime" | "uid" | "gid" | "uname" | "gname" => {}
+            "linkpath" => return Err("PAX linkpath (links are not extracted)".into()),
+            other => return Err(format!("PAX key {other:?} is not supported")),
+        }
+    }
+    Ok(out)
+}
+
+fn type_name(t: tar::EntryType) -> &'static str {
+    match t {
+        tar::EntryType::Symlink => "symbolic link",
+        tar::EntryType::Link => "hard link",
+        tar::EntryType::Char => "character device",
+        tar::EntryType::Block => "block device",
+        tar::EntryType::Fifo => "FIFO",
+        tar::EntryType::Continuous => "contiguous file",
+        tar::EntryType::GNULongLink => "GNU long link name",
+        tar::EntryType::GNUSparse => "sparse file",
+        tar::EntryType::XGlobalHeader => "PAX global header",
+        _ => "tar member of an unknown type",
+    }
+}
+
+fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match r.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(filled)
+}
+
+fn read_at_exact(file: &File, buf: &mut [u8], offset: u64, path: &Path) -> Result<(), BundleError> {
+    use std::os::unix::fs::FileExt;
+    file.read_exact_at(buf, offset).map_err(|source| {
+        if source.kind() == io::ErrorKind::UnexpectedEof {
+            BundleError::Truncated {
+                path: path.to_path_buf(),
+            }
+        } else {
+            BundleError::Read {
+                path: path.to_path_buf(),
+                source,
+            }
+        }
+    })
+}
+
+/// From the reader to the writer thread.
+enum Msg {
+    Dir(usize),
+    FileStart(usize),
+    Data(Vec<u8>),
+    FileEnd,
+}
+
+/// Where verified entries go.
+trait Sink {
+    fn dir(&mut self, entry: &Entry) -> Result<(), BundleError>;
+    fn file_begin(&mut self, entry: &Entry) -> Result<(), BundleError>;
+    fn file_data(&mut self, data: &[u8]) -> Result<(), BundleError>;
+    fn file_end(&mut self, entry: &Entry) -> Result<(), BundleError>;
+}
+
+fn write_loop<S: Sink>(
+    rx: mpsc::Receiver<Msg>,
+    recycle: mpsc::Sender<Vec<u8>>,
+    entries: &[Entry],
+    mut sink: S,
+    bundle: &Path,
+) -> Result<(Summary, S), BundleError> {
+    let mut summary = Summary {
+        files: 0,
+        dirs: 0,
+        bytes: 0,
+    };
+    let mut current: Option<(usize, digest::Context)> = None;
+    for msg in rx {
+        match msg {
+            Msg::Dir(i) => {
+                sink.dir(&entries[i])?;
+                summary.dirs += 1;
+            }
+            Msg::FileStart(i) => {
+                sink.file_begin(&entries[i])?;
+                current = Some((i, digest::Context::new(&digest::SHA256)));
+            }
+            Msg::Data(buf) => {
+                if let Some((_, sha)) = current.as_mut() {
+                    sha.update(&buf);
+                }
+                sink.file_data(&buf)?;
+                summary.bytes += buf.len() as u64;
+                let _ = recycle.send(buf);
+            }
+            Msg::FileEnd => {
+                let (i, sha) = current.take().expect("FileEnd follows FileStart");
+                let entry = &entries[i];
+                if let Entry::File { sha256, .. } = entry
+                    && sha.finish().as_ref() != sha256.0
+                {
+                    return Err(BundleError::HashMismatch {
+                        path: bundle.to_path_buf(),
+                        entry: entry.path().to_owned(),
+                    });
+                }
+                sink.file_end(entry)?;
+                summary.files += 1;
+            }
+        }
+    }
+    Ok((summary, sink))
+}
+
+/// Checks without writing.
+struct NullSink;
+
+impl Sink for NullSink {
+    fn dir(&mut self, _: &Entry) -> Result<(), BundleError> {
+        Ok(())
+    }
+    fn file_begin(&mut self, _: &Entry) -> Result<(), BundleError> {
+        Ok(())
+    }
+    fn file_data(&mut self, _: &[u8]) -> Result<(), BundleError> {
+        Ok(())
+    }
+    fn file_end(&mut self, _: &Entry) -> Result<(), BundleError> {
+        Ok(())
+    }
+}
+
+/// Writes into the staging directory. Only ever creates what the manifest lists,
+/// as new regular files and directories (never following a link), private until
+/// the end; the manifest's modes are applied to files when complete and to
+/// directories in [`FsSink::finish`].
+struct FsSink {
+    root: PathBuf,
+    file: Option<(File, PathBuf)>,
+    dirs: Vec<(PathBuf, u32)>,
+}
+
+impl FsSink {
+    fn new(root: PathBuf) -> FsSink {
+        FsSink {
+            root,
+            file: None,
+            dirs: Vec::new(),
+        }
+    }
+
+    fn write_err(path: &Path) -> impl FnOnce(io::Error) -> BundleError + '_ {
+        move |source| BundleError::Write {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+
+    /// Applies directory modes (deepest first) and flushes everything to disk.
+    fn finish(self) -> Result<(), BundleError> {
+        for (path, mode) in self.dirs.iter().rev() {
+            fs::set_permissions(path, fs::Permissions::from_mode(*mode)).map_err(Self::write_err(path))?;
+        }
+        let root = File::open(&self.root).map_err(Self::write_err(&self.root))?;
+        nix::unistd::syncfs(root.as_fd())
+            .map_err(|e| Self::write_err(&self.root)(io::Error::from(e)))?;
+        Ok(())
+    }
+}
+
+impl Sink for FsSink {
+    fn dir(&mut self, entry: &Entry) -> Result<(), BundleError> {
+        let path = self.root.join(entry.path());
+        DirBuilder::new()
+            .mode(0o700)
+            .create(&path)
+            .map_err(Self::write_err(&path))?;
+        self.dirs.push((path, entry.mode().0));
+        Ok(())
+    }
+
+    fn file_begin(&mut self, entry: &Entry) -> Result<(), BundleError> {
+        let path = self.root.join(entry.path());
+        let file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits())
+            .open(&path)
+            .map_err(Self::write_err(&path))?;
+        self.file = Some((file, path));
+        Ok(())
+    }
+
+    fn file_data(&mut self, data: &[u8]) -> Result<(), BundleError> {
+        let (file, path) = self.file.as_mut().expect("data follows file_begin");
+        file.write_all(data).map_err(Self::write_err(path))
+    }
+
+    fn file_end(&mut self, entry: &Entry) -> Result<(), BundleError> {
+        let (file, path) = self.file.take().expect("file_end follows file_begin");
+        file.set_permissions(fs::Permissions::from_mode(entry.mode().0))
+            .map_err(Self::write_err(&path))
+    }
+}
+
+/// A staging directory next to the destination, removed unless committed.
+struct Staging {
+    path: PathBuf,
+    committed: bool,
+}
+
+impl Staging {
+    fn create(parent: &Path, name: &str) -> Result<Staging, BundleError> {
+        let suffix: u64 = rand::random();
+        let path = parent.join(format!(".{name}.staging-{suffix:016x}"));
+        DirBuilder::new()
+            .mode(0o700)
+            .create(&path)
+            .map_err(|source| BundleError::Write {
+                path: path.clone(),
+                source,
+            })?;
+        Ok(Staging {
+            path,
+            committed: false,
+        })
+    }
+
+    /// Renames the staging directory to `dest`, never replacing anything there.
+    fn commit(mut self, parent: &Path, name: &std::ffi::OsStr, dest: &Path) -> Result<(), BundleError> {
+        let commit_err = |source: io::Error| BundleError::Commit {
+            staging: self.path.clone(),
+            dest: dest.to_path_buf(),
+            source,
+        };
+        fs::set_permissions(&self.path, fs::Permissions::from_mode(0o755)).map_err(commit_err)?;
+        let dir = File::open(parent).map_err(commit_err)?;
+        let staging_name = self.path.file_name().expect("staging has a name").to_owned();
+        match nix::fcntl::renameat2(
+            dir.as_fd(),
+            staging_name.as_os_str(),
+            dir.as_fd(),
+            name,
+            nix::fcntl::RenameFlags::RENAME_NOREPLACE,
+        ) {
+            Ok(()) => {}
+            Err(nix::errno::Errno::EEXIST) => {
+                return Err(BundleError::DestinationExists {
+                    dest: dest.to_path_buf(),
+                });
+            }
+            // Filesystems without RENAME_NOREPLACE: check, then a plain rename.
+            Err(nix::errno::Errno::EINVAL) => {
+                if dest.symlink_metadata().is_ok() {
+                    return Err(BundleError::DestinationExists {
+                        dest: dest.to_path_buf(),
+                    });
+                }
+                fs::rename(&self.path, dest).map_err(commit_err)?;
+            }
+            Err(e) => return Err(commit_err(io::Error::from(e))),
+        }
+        self.committed = true;
+        dir.sync_all().map_err(|source| BundleError::Commit {
+            staging: self.path.clone(),
+            dest: dest.to_path_buf(),
+            source,
+        })
+    }
+}
+
+impl Drop for Staging {
+    fn drop(&mut self) {
+        if !self.committed
+            && let Err(e) = fs::remove_dir_all(&self.path)
+            && e.kind() != io::ErrorKind::NotFound
+        {
+            tracing::warn!(path = %self.path.display(), error = %e, "cannot remove the staging directory");
+        }
+    }
+}
