@@ -1,1 +1,17 @@
-//! placeholder
+//! Hangar's database layer: TLS connections and pools, the schema and its embedded
+//! migrations, and the PostgreSQL job queue the drain consumes.
+
+mod connect;
+mod error;
+pub mod migrate;
+pub mod queue;
+pub mod schema;
+
+pub use connect::{Database, DbConfig, DbPool, Password, PooledConn};
+pub use diesel_async::AsyncPgConnection;
+pub use error::DbError;
+
+/// One line holding an error and all of its causes, for logs and messages.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    connect::error_chain(e)
+}

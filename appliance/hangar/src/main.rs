@@ -1,1 +1,22 @@
-fn main() {}
+//! `hangar`: parse arguments, run, map errors to exit codes (1 failure, 2 usage).
+
+use clap::Parser;
+
+fn main() -> std::process::ExitCode {
+    hangar_certs::tls::install_default_provider();
+    let cli = hangar::Cli::parse();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("hangar: error: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(hangar::run(cli)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("hangar: error: {}", hangar_db::error_chain(e.as_ref()));
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,531 @@
+//! The consuming side of the queue: claims batches, runs each job's handler (by
+//! kind) concurrently, acknowledges in batches, keeps leases alive while handlers
+//! run, and sleeps on LISTEN/NOTIFY when there is nothing due.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use chrono::Utc;
+use diesel_async::RunQueryDsl;
+use futures::future::BoxFuture;
+use futures::{FutureExt, StreamExt};
+use tokio::sync::{Semaphore, mpsc, watch};
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, debug, info, info_span, warn};
+
+use super::{ClaimedJob, FailOutcome, JobToken, NOTIFY_CHANNEL, RetryPolicy};
+use crate::{Database, DbError, DbPool};
+
+/// Why a handler did not finish its job.
+#[derive(Debug, Clone)]
+pub struct JobError {
+    pub message: String,
+    /// A permanent failure is not retried (a malformed payload, say).
+    pub permanent: bool,
+}
+
+impl JobError {
+    pub fn retry(message: impl Into<String>) -> Self {
+        JobError {
+            message: message.into(),
+            permanent: false,
+        }
+    }
+    pub fn permanent(message: impl Into<String>) -> Self {
+        JobError {
+            message: message.into(),
+            permanent: true,
+        }
+    }
+    /// A retryable failure carrying an error and its whole cause chain.
+    pub fn from_error(e: &(dyn std::error::Error + 'static)) -> Self {
+        JobError::retry(crate::connect::error_chain(e))
+    }
+}
+
+impl fmt::Display for JobError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+/// Handles the jobs of one kind. Handlers must be idempotent: a job can be
+/// delivered again after a crash.
+pub trait JobHandler: Send + Sync + 'static {
+    fn handle(&self, job: ClaimedJob) -> BoxFuture<'static, Result<(), JobError>>;
+}
+
+struct FnHandler<F>(F);
+
+impl<F, Fut> JobHandler for FnHandler<F>
+where
+    F: Fn(ClaimedJob) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<(), JobError>> + Send + 'static,
+{
+    fn handle(&self, job: ClaimedJob) -> BoxFuture<'static, Result<(), JobError>> {
+        (self.0)(job).boxed()
+    }
+}
+
+/// Wraps an async closure as a handler.
+pub fn handler_fn<F, Fut>(f: F) -> Arc<dyn JobHandler>
+where
+    F: Fn(ClaimedJob) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<(), JobError>> + Send + 'static,
+{
+    Arc::new(FnHandler(f))
+}
+
+/// Handlers by job kind.
+#[derive(Default, Clone)]
+pub struct Handlers {
+    by_kind: HashMap<String, Arc<dyn JobHandler>>,
+}
+
+impl fmt::Debug for Handlers {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut kinds: Vec<_> = self.by_kind.keys().collect();
+        kinds.sort();
+        f.debug_struct("Handlers").field("kinds", &kinds).finish()
+    }
+}
+
+impl Handlers {
+    pub fn new() -> Self {
+        Self::default()
+    }
+    pub fn register(&mut self, kind: impl Into<String>, handler: Arc<dyn JobHandler>) -> &mut Self {
+        self.by_kind.insert(kind.into(), handler);
+        self
+    }
+    pub fn kinds(&self) -> Vec<String> {
+        let mut k: Vec<_> = self.by_kind.keys().cloned().collect();
+        k.sort();
+        k
+    }
+}
+
+/// How a consumer works.
+#[derive(Debug, Clone)]
+pub struct ConsumerConfig {
+    pub queue: String,
+    /// Recorded in `locked_by`; unique per process.
+    pub consumer_id: String,
+    /// Jobs claimed per query.
+    pub batch_size: i64,
+    /// Jobs running at once in this process.
+    pub concurrency: usize,
+    /// How long a claim lasts without renewal; renewed every third of it.
+    pub lease: Duration,
+    pub retry: RetryPolicy,
+    /// Longest sleep without a notification (a safety net, not the wake-up path).
+    pub idle_poll: Duration,
+    /// How long a shutdown waits for running handlers before giving their jobs back.
+    pub shutdown_deadline: Duration,
+}
+
+impl ConsumerConfig {
+    pub fn new(queue: &str, consumer_id: &str) -> Self {
+        ConsumerConfig {
+            queue: queue.into(),
+            consumer_id: consumer_id.into(),
+            batch_size: 100,
+            concurrency: 64,
+            lease: Duration::from_secs(60),
+            retry: RetryPolicy::default(),
+            idle_poll: Duration::from_secs(30),
+            shutdown_deadline: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Counters a running consumer keeps (for logs, health and benchmarks).
+#[derive(Debug, Default)]
+pub struct ConsumerStats {
+    pub claimed: AtomicU64,
+    pub completed: AtomicU64,
+    pub retried: AtomicU64,
+    pub dead: AtomicU64,
+    pub claim_queries: AtomicU64,
+    pub wakeups: AtomicU64,
+}
+
+struct Outcome {
+    token: JobToken,
+    kind: String,
+    result: Result<(), JobError>,
+}
+
+/// A queue consumer. `run` returns after `shutdown` is cancelled and in-flight
+/// jobs were finished (or given back at the deadline).
+pub struct Consumer {
+    db: Database,
+    pool: DbPool,
+    cfg: ConsumerConfig,
+    handlers: Arc<Handlers>,
+    stats: Arc<ConsumerStats>,
+}
+
+impl fmt::Debug for Consumer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Consumer")
+            .field("cfg", &self.cfg)
+            .field("handlers", &self.handlers)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Consumer {
+    pub fn new(db: Database, pool: DbPool, cfg: ConsumerConfig, handlers: Handlers) -> Self {
+        Consumer {
+            db,
+            pool,
+            cfg,
+            handlers: Arc::new(handlers),
+            stats: Arc::new(ConsumerStats::default()),
+        }
+    }
+
+    pub fn stats(&self) -> Arc<ConsumerStats> {
+        self.stats.clone()
+    }
+
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), DbError> {
+        let span = info_span!("consumer", queue = %self.cfg.queue, consumer = %self.cfg.consumer_id);
+        self.run_inner(shutdown).instrument(span).await
+    }
+
+    async fn run_inner(self, shutdown: CancellationToken) -> Result<(), DbError> {
+        let cfg = Arc::new(self.cfg.clone());
+        let inflight: Arc<Mutex<HashMap<i64, JobToken>>> = Arc::default();
+        let (wake_tx, mut wake_rx) = watch::channel(0u64);
+        let wake_tx = Arc::new(wake_tx);
+        let background = CancellationToken::new();
+
+        let listener = tokio::spawn(listen(
+            self.db.clone(),
+            cfg.queue.clone(),
+            wake_tx.clone(),
+            background.clone(),
+        ));
+        let (out_tx, out_rx) = mpsc::unbounded_channel::<Outcome>();
+        let acker = tokio::spawn(acknowledge(
+            self.pool.clone(),
+            cfg.clone(),
+            out_rx,
+            inflight.clone(),
+            self.stats.clone(),
+            wake_tx.clone(),
+        ));
+        let renewer = tokio::spawn(renew_leases(
+            self.pool.clone(),
+            cfg.clone(),
+            inflight.clone(),
+            background.clone(),
+        ));
+
+        let permits = Arc::new(Semaphore::new(cfg.concurrency));
+        let mut backoff = Duration::from_millis(100);
+        info!(kinds = ?self.handlers.kinds(), "consumer started");
+        loop {
+            if shutdown.is_cancelled() {
+                break;
+            }
+            // Wait for room before claiming: a claim is a promise to start soon.
+            let room = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                p = permits.clone().acquire_many_owned(1) => { drop(p); permits.available_permits() }
+            };
+            let want = (room as i64).min(cfg.batch_size).max(1);
+            // Mark notifications seen *before* claiming, so one that arrives during
+            // the claim wakes the wait below instead of being lost.
+            wake_rx.borrow_and_update();
+            let claimed = match self.claim(&cfg, want).await {
+                Ok(c) => {
+                    backoff = Duration::from_millis(100);
+                    c
+                }
+                Err(e) => {
+                    warn!(error = %crate::connect::error_chain(&e), retry_in = ?backoff, "claim failed");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => break,
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    continue;
+                }
+            };
+            let got = claimed.len() as i64;
+            self.stats.claimed.fetch_add(got as u64, Ordering::Relaxed);
+            for job in claimed {
+                let permit = permits.clone().acquire_owned().await.expect("semaphore is never closed");
+                if job.attempt > job.max_attempts {
+                    // Its consumers died on every attempt: do not risk another.
+                    let token = job.token();
+                    let msg = format!(
+                        "abandoned: the lease expired on each of {} attempts (consumer lost)",
+                        job.max_attempts
+                    );
+                    let _ = out_tx.send(Outcome {
+                        token,
+                        kind: job.kind.clone(),
+                        result: Err(JobError::permanent(msg)),
+                    });
+                    drop(permit);
+                    continue;
+                }
+                inflight.lock().expect("inflight lock").insert(job.id, job.token());
+                let handler = self.handlers.by_kind.get(&job.kind).cloned();
+                let tx = out_tx.clone();
+                tokio::spawn(async move {
+                    let token = job.token();
+                    let kind = job.kind.clone();
+                    let span = info_span!("job", job = job.id, kind = %kind, attempt = job.attempt);
+                    let result = match handler {
+                        None => Err(JobError::retry(format!("no handler for job kind {kind:?}"))),
+                        Some(h) => match AssertUnwindSafe(h.handle(job)).catch_unwind().instrument(span).await {
+                            Ok(r) => r,
+                            Err(panic) => Err(JobError::retry(format!(
+                                "handler panicked: {}",
+                                panic_message(&panic)
+                            ))),
+                        },
+                    };
+                    let _ = tx.send(Outcome { token, kind, result });
+                    drop(permit);
+                });
+            }
+            if got >= want {
+                continue;
+            }
+            // Nothing more due: sleep until a notification, the next due time, or
+            // the safety-net poll.
+            let sleep_for = match self.next_due(&cfg).await {
+                Some(at) => (at - Utc::now()).to_std().unwrap_or(Duration::ZERO).min(cfg.idle_poll),
+                None => cfg.idle_poll,
+            };
+            if sleep_for.is_zero() {
+                continue;
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                r = wake_rx.changed() => {
+                    if r.is_err() {
+                        // The listener ended; fall back to polling.
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                    }
+                    self.stats.wakeups.fetch_add(1, Ordering::Relaxed);
+                }
+                _ = tokio::time::sleep(sleep_for) => {}
+            }
+        }
+
+        // Shutdown: stop claiming, let running handlers finish until the deadline.
+        info!("consumer stopping");
+        let all = cfg.concurrency as u32;
+        let finished = tokio::time::timeout(cfg.shutdown_deadline, permits.acquire_many(all)).await;
+        drop(out_tx);
+        let _ = acker.await;
+        background.cancel();
+        let _ = renewer.await;
+        let _ = listener.await;
+        if finished.is_err() {
+            let left: Vec<JobToken> = inflight.lock().expect("inflight lock").values().copied().collect();
+            warn!(jobs = left.len(), "shutdown deadline passed; giving running jobs back");
+            if let Ok(mut conn) = self.pool.get().await {
+                let _ = super::release(&mut conn, &left).await;
+            }
+        }
+        info!("consumer stopped");
+        Ok(())
+    }
+
+    async fn claim(&self, cfg: &ConsumerConfig, want: i64) -> Result<Vec<ClaimedJob>, DbError> {
+        let mut conn = self.pool.get().await?;
+        self.stats.claim_queries.fetch_add(1, Ordering::Relaxed);
+        super::claim(&mut conn, &cfg.queue, &cfg.consumer_id, want, cfg.lease).await
+    }
+
+    async fn next_due(&self, cfg: &ConsumerConfig) -> Option<chrono::DateTime<Utc>> {
+        let mut conn = self.pool.get().await.ok()?;
+        super::next_due(&mut conn, &cfg.queue).await.ok().flatten()
+    }
+}
+
+fn panic_message(p: &Box<dyn std::any::Any + Send>) -> String {
+    if let Some(s) = p.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = p.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "non-text panic payload".into()
+    }
+}
+
+/// Writes outcomes back: completions in batches (whatever has arrived since the
+/// last write), failures one by one. Keeps retrying while the database is away.
+async fn acknowledge(
+    pool: DbPool,
+    cfg: Arc<ConsumerConfig>,
+    mut rx: mpsc::UnboundedReceiver<Outcome>,
+    inflight: Arc<Mutex<HashMap<i64, JobToken>>>,
+    stats: Arc<ConsumerStats>,
+    wake: Arc<watch::Sender<u64>>,
+) {
+    let mut done: Vec<JobToken> = Vec::new();
+    let mut failed: Vec<Outcome> = Vec::new();
+    loop {
+        if done.is_empty() && failed.is_empty() {
+            match rx.recv().await {
+                Some(o) => sort(o, &mut done, &mut failed),
+                None => return,
+            }
+        }
+        while done.len() + failed.len() < 1000 {
+            match rx.try_recv() {
+                Ok(o) => sort(o, &mut done, &mut failed),
+                Err(_) => break,
+            }
+        }
+        let mut conn = match pool.get().await {
+            Ok(c) => c,
+            Err(e) => {
+                warn!(error = %crate::connect::error_chain(&e), pending = done.len() + failed.len(), "cannot acknowledge yet");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
+        };
+        if !done.is_empty() {
+            match super::complete(&mut conn, &done).await {
+                Ok(n) => {
+                    stats.completed.fetch_add(done.len() as u64, Ordering::Relaxed);
+                    if (n as usize) < done.len() {
+                        debug!(stale = done.len() - n as usize, "some claims had passed to another consumer");
+                    }
+                    let mut map = inflight.lock().expect("inflight lock");
+                    for t in done.drain(..) {
+                        map.remove(&t.id);
+                    }
+                }
+                Err(e) => {
+                    warn!(error = %crate::connect::error_chain(&e), "acknowledgement failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    continue;
+                }
+            }
+        }
+        while let Some(o) = failed.pop() {
+            let err = o.result.as_ref().err().cloned().unwrap_or_else(|| JobError::retry(""));
+            match super::fail(&mut conn, o.token, &err.message, &cfg.retry, err.permanent).await {
+                Ok(outcome) => {
+                    match outcome {
+                        FailOutcome::Dead => {
+                            stats.dead.fetch_add(1, Ordering::Relaxed);
+                            warn!(job = o.token.id, kind = %o.kind, attempt = o.token.attempt, error = %err.message, "job is dead");
+                        }
+                        FailOutcome::Retry { at } => {
+                            stats.retried.fetch_add(1, Ordering::Relaxed);
+                            // The main loop may have gone to sleep before this retry
+                            // existed; let it recompute when the next job is due.
+                            wake.send_modify(|n| *n += 1);
+                            info!(job = o.token.id, kind = %o.kind, attempt = o.token.attempt, error = %err.message, retry_at = %at, "job failed; will retry");
+                        }
+                        FailOutcome::Stale => {
+                            debug!(job = o.token.id, "failure of a claim that had passed on");
+                        }
+                    }
+                    inflight.lock().expect("inflight lock").remove(&o.token.id);
+                }
+                Err(e) => {
+                    warn!(error = %crate::connect::error_chain(&e), "recording a failure failed; retrying");
+                    failed.push(o);
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    break;
+                }
+            }
+        }
+    }
+}
+
+fn sort(o: Outcome, done: &mut Vec<JobToken>, failed: &mut Vec<Outcome>) {
+    if o.result.is_ok() {
+        done.push(o.token);
+    } else {
+        failed.push(o);
+    }
+}
+
+/// Renews the leases of running jobs every third of the lease.
+async fn renew_leases(
+    pool: DbPool,
+    cfg: Arc<ConsumerConfig>,
+    inflight: Arc<Mutex<HashMap<i64, JobToken>>>,
+    stop: CancellationToken,
+) {
+    let every = cfg.lease / 3;
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+        let tokens: Vec<JobToken> = inflight.lock().expect("inflight lock").values().copied().collect();
+        if tokens.is_empty() {
+            continue;
+        }
+        match pool.get().await {
+            Ok(mut conn) => match super::extend(&mut conn, &tokens, cfg.lease).await {
+                Ok(held) if held.len() < tokens.len() => {
+                    warn!(lost = tokens.len() - held.len(), "some leases were lost before renewal");
+                }
+                Ok(_) => {}
+                Err(e) => warn!(error = %crate::connect::error_chain(&e), "lease renewal failed"),
+            },
+            Err(e) => warn!(error = %crate::connect::error_chain(&e), "lease renewal failed"),
+        }
+    }
+}
+
+/// Keeps a dedicated connection LISTENing and bumps `wake` for every notification
+/// about `queue`. After a reconnect it bumps once, since notifications sent while
+/// disconnected are lost.
+async fn listen(db: Database, queue: String, wake: Arc<watch::Sender<u64>>, stop: CancellationToken) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let session = async {
+            let mut conn = db.connect().await?;
+            diesel::sql_query(format!("LISTEN {NOTIFY_CHANNEL}"))
+                .execute(&mut conn)
+                .await?;
+            wake.send_modify(|n| *n += 1);
+            let mut stream = std::pin::pin!(conn.notifications_stream());
+            while let Some(n) = stream.next().await {
+                let n = n?;
+                if n.payload == queue {
+                    wake.send_modify(|c| *c += 1);
+                }
+            }
+            Ok::<(), DbError>(())
+        };
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            r = session => {
+                match r {
+                    Ok(()) => warn!("notification connection closed; reconnecting"),
+                    Err(e) => warn!(error = %crate::connect::error_chain(&e), retry_in = ?backoff, "notification connection failed"),
+                }
+            }
+        }
+        // Wake the consumer so it polls while we are without notifications.
+        wake.send_modify(|n| *n += 1);
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}

@@ -1,0 +1,166 @@
+//! Diesel's view of the tables created by `migrations/`. A test checks that every
+//! column named here exists in a freshly migrated database.
+
+diesel::table! {
+    users (id) {
+        id -> Int8,
+        email -> Text,
+        name -> Text,
+        password_hash -> Text,
+        role -> Text,
+        disabled -> Bool,
+        created_at -> Timestamptz,
+        updated_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    api_keys (id) {
+        id -> Int8,
+        user_id -> Int8,
+        name -> Text,
+        prefix -> Text,
+        secret_hash -> Text,
+        role -> Text,
+        created_at -> Timestamptz,
+        last_used_at -> Nullable<Timestamptz>,
+        expires_at -> Nullable<Timestamptz>,
+        revoked_at -> Nullable<Timestamptz>,
+    }
+}
+
+diesel::table! {
+    worker_pools (id) {
+        id -> Int8,
+        name -> Text,
+        description -> Text,
+        generation -> Int4,
+        created_at -> Timestamptz,
+        updated_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    workers (id) {
+        id -> Int8,
+        pool_id -> Int8,
+        name -> Text,
+        pool_generation -> Int4,
+        cert_serial -> Text,
+        cert_not_after -> Timestamptz,
+        status -> Text,
+        metadata -> Jsonb,
+        registered_at -> Timestamptz,
+        last_seen_at -> Nullable<Timestamptz>,
+        revoked_at -> Nullable<Timestamptz>,
+    }
+}
+
+diesel::table! {
+    stacks (id) {
+        id -> Int8,
+        slug -> Text,
+        name -> Text,
+        description -> Text,
+        repository -> Text,
+        branch -> Text,
+        project_root -> Text,
+        tool -> Text,
+        tool_version -> Text,
+        worker_pool_id -> Nullable<Int8>,
+        autodeploy -> Bool,
+        labels -> Array<Text>,
+        needs_reconciliation -> Bool,
+        drift_schedule -> Nullable<Text>,
+        created_at -> Timestamptz,
+        updated_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    runs (id) {
+        id -> Int8,
+        stack_id -> Int8,
+        kind -> Text,
+        state -> Text,
+        commit_sha -> Text,
+        branch -> Text,
+        command -> Nullable<Text>,
+        triggered_by -> Text,
+        worker_id -> Nullable<Int8>,
+        lease_expires_at -> Nullable<Timestamptz>,
+        failure_reason -> Nullable<Text>,
+        created_at -> Timestamptz,
+        updated_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    run_events (id) {
+        id -> Int8,
+        run_id -> Int8,
+        from_state -> Nullable<Text>,
+        to_state -> Text,
+        cause -> Text,
+        actor -> Text,
+        at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    jobs (id) {
+        id -> Int8,
+        queue -> Text,
+        kind -> Text,
+        payload -> Jsonb,
+        unique_key -> Nullable<Text>,
+        state -> Text,
+        attempts -> Int4,
+        max_attempts -> Int4,
+        run_at -> Timestamptz,
+        locked_by -> Nullable<Text>,
+        locked_at -> Nullable<Timestamptz>,
+        last_error -> Nullable<Text>,
+        created_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    job_keys (queue, unique_key) {
+        queue -> Text,
+        unique_key -> Text,
+        job_id -> Int8,
+        created_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    audit_events (id) {
+        id -> Int8,
+        actor -> Text,
+        action -> Text,
+        target -> Text,
+        details -> Jsonb,
+        at -> Timestamptz,
+    }
+}
+
+diesel::joinable!(api_keys -> users (user_id));
+diesel::joinable!(workers -> worker_pools (pool_id));
+diesel::joinable!(stacks -> worker_pools (worker_pool_id));
+diesel::joinable!(runs -> stacks (stack_id));
+diesel::joinable!(runs -> workers (worker_id));
+diesel::joinable!(run_events -> runs (run_id));
+
+diesel::allow_tables_to_appear_in_same_query!(
+    users,
+    api_keys,
+    worker_pools,
+    workers,
+    stacks,
+    runs,
+    run_events,
+    jobs,
+    job_keys,
+    audit_events,
+);

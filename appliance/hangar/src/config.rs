@@ -1,0 +1,114 @@
+//! `hangar.toml`: the appliance configuration. Strict (unknown keys are errors),
+//! validated when loaded, and free of secrets (those live in files it points to).
+
+use std::path::{Path, PathBuf};
+
+use hangar_db::DbConfig;
+use serde::Deserialize;
+
+/// Where the configuration is unless told otherwise.
+pub const DEFAULT_PATH: &str = "/etc/hangar/hangar.toml";
+
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub database: DbConfig,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read configuration {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("invalid configuration {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("invalid configuration {path}: {field}: {problem}")]
+    Invalid {
+        path: PathBuf,
+        field: &'static str,
+        problem: String,
+    },
+}
+
+impl Config {
+    pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::from_toml(&text, path)
+    }
+
+    /// Parses and validates `text`; `path` is only used in messages.
+    pub fn from_toml(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let cfg: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            // toml's message spans lines (it quotes the input); keep one line.
+            message: e.message().to_string()
+                + &e.span()
+                    .map(|s| format!(" (at {})", line_col(text, s.start)))
+                    .unwrap_or_default(),
+        })?;
+        cfg.validate(path)?;
+        Ok(cfg)
+    }
+
+    fn validate(&self, path: &Path) -> Result<(), ConfigError> {
+        let invalid = |field, problem: &str| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            field,
+            problem: problem.into(),
+        };
+        let db = &self.database;
+        if db.host.trim().is_empty() {
+            return Err(invalid("database.host", "must not be empty"));
+        }
+        if db.port == 0 {
+            return Err(invalid("database.port", "must be between 1 and 65535"));
+        }
+        if db.name.is_empty() || db.user.is_empty() {
+            return Err(invalid("database.name", "database name and user must not be empty"));
+        }
+        if !db.password_file.is_absolute() {
+            return Err(invalid("database.password_file", "must be an absolute path"));
+        }
+        if !db.ca_file.is_absolute() {
+            return Err(invalid("database.ca_file", "must be an absolute path"));
+        }
+        if db.pool_size == 0 || db.pool_size > 512 {
+            return Err(invalid("database.pool_size", "must be between 1 and 512"));
+        }
+        Ok(())
+    }
+}
+
+fn line_col(text: &str, offset: usize) -> String {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let col = before.rsplit('\n').next().map(|l| l.chars().count()).unwrap_or(0) + 1;
+    format!("line {line}, column {col}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shipped_example_parses() {
+        let text = include_str!("../hangar.example.toml");
+        let cfg = Config::from_toml(text, Path::new("hangar.example.toml")).unwrap();
+        assert_eq!(cfg.database.port, 5432);
+        assert_eq!(cfg.database.pool_size, 16);
+    }
+
+    #[test]
+    fn parse_errors_are_one_line_with_a_position() {
+        let err = Config::from_toml("[database]\nhost = \n", Path::new("x.toml")).unwrap_err();
+        let msg = err.to_string();
+        assert!(!msg.contains('\n'), "{msg}");
+        assert!(msg.contains("line 2"), "{msg}");
+    }
+}

@@ -1,0 +1,8 @@
+//! The `hangar` appliance binary's logic: configuration and the subcommands.
+
+pub mod cli;
+pub mod config;
+pub mod logging;
+mod migrate_cmd;
+
+pub use cli::{Cli, run};
