@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 use std::fs::{self, DirBuilder, File, OpenOptions};
-use std::io::{self, BufRead, BufReader, Read, Write};
+use std::io::{self, BufReader, Read, Write};
 use std::os::fd::AsFd;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -17,13 +17,13 @@ use std::{fmt, thread};
 
 use ring::digest;
 
+use crate::BundleError;
 use crate::bundle::Bundle;
+use crate::limits::MAX_EXTENSION_BYTES;
 use crate::manifest::{Entry, check_entry_path};
 use crate::stream::{
-    FRAME_HEADER_MAX, Fault, FaultCell, FrameProblem, PayloadSource, check_frame_header, Capped,
+    Capped, FRAME_HEADER_MAX, Fault, FaultCell, FrameProblem, PayloadSource, check_frame_header,
 };
-use crate::limits::MAX_EXTENSION_BYTES;
-use crate::BundleError;
 
 /// Size of the buffers handed from the reader to the writer thread.
 const CHUNK: usize = 512 << 10;
@@ -89,7 +89,11 @@ impl Bundle {
     /// entry and the whole payload verified are the modes applied, the data
     /// synced to disk, and the staging directory renamed to `dest`. On any error
     /// the staging directory is removed and nothing else was touched.
-    pub fn extract(&self, dest: &Path, mut options: ExtractOptions<'_>) -> Result<Summary, BundleError> {
+    pub fn extract(
+        &self,
+        dest: &Path,
+        mut options: ExtractOptions<'_>,
+    ) -> Result<Summary, BundleError> {
         self.check_policy(&options)?;
         if dest.symlink_metadata().is_ok() {
             return Err(BundleError::DestinationExists {
@@ -97,7 +101,14 @@ impl Bundle {
             });
         }
         let (parent, name) = match (dest.parent(), dest.file_name()) {
-            (Some(p), Some(n)) => (if p.as_os_str().is_empty() { Path::new(".") } else { p }, n),
+            (Some(p), Some(n)) => (
+                if p.as_os_str().is_empty() {
+                    Path::new(".")
+                } else {
+                    p
+                },
+                n,
+            ),
             _ => {
                 return Err(BundleError::NoParent {
                     dest: dest.to_path_buf(),
@@ -131,10 +142,13 @@ impl Bundle {
         let (tx, rx) = mpsc::sync_channel::<Msg>(DEPTH);
         let (recycle_tx, recycle_rx) = mpsc::channel::<Vec<u8>>();
         thread::scope(|scope| {
-            let writer = scope.spawn(move || write_loop(rx, recycle_tx, &manifest.entries, sink, &self.path));
+            let writer = scope
+                .spawn(move || write_loop(rx, recycle_tx, &manifest.entries, sink, &self.path));
             let read_result = self.read_loop(&tx, &recycle_rx, &mut progress, total);
             drop(tx);
-            let write_result = writer.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+            let write_result = writer
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
             // A writer error is the more precise one (the reader only saw a closed channel).
             let (summary, sink) = write_result?;
             let payload_ok = read_result?;
@@ -183,13 +197,14 @@ impl Bundle {
 
         let fault: FaultCell = Default::default();
         let source = PayloadSource::new(&self.file, self.payload_offset, size, fault.clone());
-        let mut decoder = zstd::stream::read::Decoder::with_buffer(BufReader::with_capacity(CHUNK, source))
-            .map_err(|source| BundleError::Decompress {
-                path: path.clone(),
-                position: "the start of the payload".into(),
-                source,
-            })?
-            .single_frame();
+        let mut decoder =
+            zstd::stream::read::Decoder::with_buffer(BufReader::with_capacity(CHUNK, source))
+                .map_err(|source| BundleError::Decompress {
+                    path: path.clone(),
+                    position: "the start of the payload".into(),
+                    source,
+                })?
+                .single_frame();
         decoder
             .window_log_max(self.limits.max_window_log)
             .map_err(|source| BundleError::Decompress {
@@ -210,7 +225,9 @@ impl Bundle {
         let mut next = 0usize;
         let mut done = 0u64;
         let mut position = Position::Start;
-        let failure = |position: &Position, source: io::Error| classify(path, &fault, bound, position, source);
+        let failure = |position: &Position, source: io::Error| {
+            classify(path, &fault, bound, position, source)
+        };
 
         let entries = archive
             .entries()
@@ -229,8 +246,16 @@ impl Bundle {
 
             // Extension headers describe the next entry.
             if entry_type.is_gnu_longname() || entry_type.is_pax_local_extensions() {
-                let what = if entry_type.is_gnu_longname() { "GNU long name" } else { "PAX" };
-                let slot = if entry_type.is_gnu_longname() { &mut long_name } else { &mut pax };
+                let what = if entry_type.is_gnu_longname() {
+                    "GNU long name"
+                } else {
+                    "PAX"
+                };
+                let slot = if entry_type.is_gnu_longname() {
+                    &mut long_name
+                } else {
+                    &mut pax
+                };
                 let bad = |reason: String| BundleError::BadExtendedHeader {
                     path: path.clone(),
                     entry: position.describe(),
@@ -243,7 +268,9 @@ impl Bundle {
                     return Err(bad(format!("{what} header of {ustar_size} bytes")));
                 }
                 let mut data = Vec::with_capacity(ustar_size as usize);
-                entry.read_to_end(&mut data).map_err(|e| failure(&position, e))?;
+                entry
+                    .read_to_end(&mut data)
+                    .map_err(|e| failure(&position, e))?;
                 if (data.len() as u64) < ustar_size {
                     return Err(BundleError::TruncatedEntry {
                         path: path.clone(),
@@ -256,11 +283,13 @@ impl Bundle {
 
             // The name: GNU long name, else PAX path, else the header's.
             let pax_records = match pax.take() {
-                Some(data) => parse_pax(&data).map_err(|reason| BundleError::BadExtendedHeader {
-                    path: path.clone(),
-                    entry: String::from_utf8_lossy(&header_name).into_owned(),
-                    reason,
-                })?,
+                Some(data) => {
+                    parse_pax(&data).map_err(|reason| BundleError::BadExtendedHeader {
+                        path: path.clone(),
+                        entry: String::from_utf8_lossy(&header_name).into_owned(),
+                        reason,
+                    })?
+                }
                 None => PaxRecords::default(),
             };
             let raw_name = match long_name.take() {
@@ -360,10 +389,13 @@ impl Bundle {
                     tx.send(Msg::FileStart(next)).map_err(|_| gone(path))?;
                     let mut remaining = ustar_size;
                     while remaining > 0 {
-                        let mut buf = recycle.try_recv().unwrap_or_else(|_| Vec::with_capacity(CHUNK));
+                        let mut buf = recycle
+                            .try_recv()
+                            .unwrap_or_else(|_| Vec::with_capacity(CHUNK));
                         let want = (CHUNK as u64).min(remaining) as usize;
                         buf.resize(want, 0);
-                        let got = read_full(&mut entry, &mut buf).map_err(|e| failure(&position, e))?;
+                        let got =
+                            read_full(&mut entry, &mut buf).map_err(|e| failure(&position, e))?;
                         if got < want {
                             return Err(BundleError::TruncatedEntry {
                                 path: path.clone(),
@@ -410,22 +442,29 @@ impl Bundle {
                 return Err(BundleError::TrailingData { path: path.clone() });
             }
         }
-        // The zstd frame ended: nothing of the payload may remain.
+        // The zstd frame ended. Whatever of the payload remains is still hashed:
+        // a payload that is not the signed one is reported as such first.
         let mut rest = capped.into_inner().finish();
-        if !rest.fill_buf().map_err(|e| failure(&end, e))?.is_empty() {
-            return Err(BundleError::BadCompression {
-                path: path.clone(),
-                reason: "data follows the zstd frame",
-            });
+        let mut leftover = false;
+        loop {
+            let n = rest.read(&mut buf).map_err(|e| failure(&end, e))?;
+            if n == 0 {
+                break;
+            }
+            leftover = true;
         }
         let source = rest.into_inner();
-        if !source.at_end() {
+        debug_assert!(source.at_end());
+        if source.finish() != manifest.payload.sha256.0 {
+            return Ok(false);
+        }
+        if leftover {
             return Err(BundleError::BadCompression {
                 path: path.clone(),
                 reason: "data follows the zstd frame",
             });
         }
-        Ok(source.finish() == manifest.payload.sha256.0)
+        Ok(true)
     }
 }
 
@@ -492,7 +531,9 @@ fn parse_pax(data: &[u8]) -> Result<PaxRecords, String> {
     let mut out = PaxRecords::default();
     for record in tar::PaxExtensions::new(data) {
         let record = record.map_err(|_| "malformed PAX record".to_string())?;
-        let key = record.key().map_err(|_| "PAX key is not UTF-8".to_string())?;
+        let key = record
+            .key()
+            .map_err(|_| "PAX key is not UTF-8".to_string())?;
         match key {
             "path" => out.path = Some(record.value_bytes().to_vec()),
             "size" => {
@@ -663,7 +704,8 @@ impl FsSink {
     /// Applies directory modes (deepest first) and flushes everything to disk.
     fn finish(self) -> Result<(), BundleError> {
         for (path, mode) in self.dirs.iter().rev() {
-            fs::set_permissions(path, fs::Permissions::from_mode(*mode)).map_err(Self::write_err(path))?;
+            fs::set_permissions(path, fs::Permissions::from_mode(*mode))
+                .map_err(Self::write_err(path))?;
         }
         let root = File::open(&self.root).map_err(Self::write_err(&self.root))?;
         nix::unistd::syncfs(root.as_fd())
@@ -732,7 +774,12 @@ impl Staging {
     }
 
     /// Renames the staging directory to `dest`, never replacing anything there.
-    fn commit(mut self, parent: &Path, name: &std::ffi::OsStr, dest: &Path) -> Result<(), BundleError> {
+    fn commit(
+        mut self,
+        parent: &Path,
+        name: &std::ffi::OsStr,
+        dest: &Path,
+    ) -> Result<(), BundleError> {
         let commit_err = |source: io::Error| BundleError::Commit {
             staging: self.path.clone(),
             dest: dest.to_path_buf(),
@@ -740,7 +787,11 @@ impl Staging {
         };
         fs::set_permissions(&self.path, fs::Permissions::from_mode(0o755)).map_err(commit_err)?;
         let dir = File::open(parent).map_err(commit_err)?;
-        let staging_name = self.path.file_name().expect("staging has a name").to_owned();
+        let staging_name = self
+            .path
+            .file_name()
+            .expect("staging has a name")
+            .to_owned();
         match nix::fcntl::renameat2(
             dir.as_fd(),
             staging_name.as_os_str(),

@@ -12,10 +12,10 @@ use std::io::{self, Read, Write};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
+use crate::BundleError;
 use crate::keys::{KEY_ID_LEN, KeyId, SIGNATURE_LEN};
 use crate::limits::{Limits, MAX_SIGNATURES};
 use crate::manifest::FORMAT_VERSION;
-use crate::BundleError;
 
 pub const MAGIC: [u8; 8] = *b"HNGRBNDL";
 pub const HEADER_LEN: u64 = 20;

@@ -151,7 +151,8 @@ impl SigningKey {
             path: path.to_path_buf(),
             reason,
         };
-        let der = pem_body(&text, "PRIVATE KEY").ok_or_else(|| malformed("not a PEM PRIVATE KEY"))?;
+        let der =
+            pem_body(&text, "PRIVATE KEY").ok_or_else(|| malformed("not a PEM PRIVATE KEY"))?;
         Self::from_pkcs8(&der).map_err(|_| malformed("not an Ed25519 PKCS#8 private key"))
     }
 
@@ -179,7 +180,9 @@ impl fmt::Debug for SigningKey {
 }
 
 /// Generates a key pair and writes `<base>.key` (0600) and `<base>.pub`; never overwrites.
-pub fn generate_key_files(base: &Path) -> Result<(SigningKey, std::path::PathBuf, std::path::PathBuf), KeyError> {
+pub fn generate_key_files(
+    base: &Path,
+) -> Result<(SigningKey, std::path::PathBuf, std::path::PathBuf), KeyError> {
     let name = base
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -192,7 +195,11 @@ pub fn generate_key_files(base: &Path) -> Result<(SigningKey, std::path::PathBuf
         }
     }
     let (key, pkcs8) = SigningKey::generate()?;
-    write_new_file(&private, pem_encode("PRIVATE KEY", &pkcs8).as_bytes(), 0o600)?;
+    write_new_file(
+        &private,
+        pem_encode("PRIVATE KEY", &pkcs8).as_bytes(),
+        0o600,
+    )?;
     write_new_file(&public, key.public_key().to_pem().as_bytes(), 0o644)?;
     Ok((key, private, public))
 }

@@ -41,7 +41,6 @@ mod stream;
 mod trust;
 mod writer;
 
-pub use writer::{BuildOptions, Layout, LayoutEntry, build_bundle};
 pub use bundle::{Bundle, SignatureInfo, host_platform};
 pub use error::{BuildError, BundleError, KeyError};
 pub use extract::{ExtractOptions, Progress, Summary};
@@ -51,3 +50,4 @@ pub use manifest::{Entry, Kind, Manifest};
 pub use semver::Version;
 pub use sign::sign_bundle;
 pub use trust::{KeyOrigin, TrustStore, TrustedKey};
+pub use writer::{BuildOptions, Layout, LayoutEntry, build_bundle};

@@ -54,7 +54,9 @@ impl FromStr for Kind {
             "appliance" => Ok(Kind::Appliance),
             "worker" => Ok(Kind::Worker),
             "tools" => Ok(Kind::Tools),
-            other => Err(format!("unknown bundle kind {other:?} (appliance, worker or tools)")),
+            other => Err(format!(
+                "unknown bundle kind {other:?} (appliance, worker or tools)"
+            )),
         }
     }
 }
@@ -170,7 +172,9 @@ impl<'de> Deserialize<'de> for Mode {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Mode, D::Error> {
         let s = String::deserialize(d)?;
         if s.len() != 4 || !s.bytes().all(|b| (b'0'..=b'7').contains(&b)) {
-            return Err(serde::de::Error::custom("mode must be four octal digits such as \"0755\""));
+            return Err(serde::de::Error::custom(
+                "mode must be four octal digits such as \"0755\"",
+            ));
         }
         u32::from_str_radix(&s, 8)
             .map(Mode)
@@ -205,7 +209,9 @@ impl<'de> Deserialize<'de> for Sha256 {
         let s = String::deserialize(d)?;
         let lower_hex = s.len() == 64 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
         if !lower_hex {
-            return Err(serde::de::Error::custom("sha256 must be 64 lowercase hex digits"));
+            return Err(serde::de::Error::custom(
+                "sha256 must be 64 lowercase hex digits",
+            ));
         }
         let mut out = [0u8; 32];
         hex::decode_to_slice(&s, &mut out).map_err(serde::de::Error::custom)?;
@@ -232,7 +238,10 @@ impl Manifest {
 
     /// Total size of all files.
     pub fn total_size(&self) -> u64 {
-        self.entries.iter().map(Entry::size).fold(0, u64::saturating_add)
+        self.entries
+            .iter()
+            .map(Entry::size)
+            .fold(0, u64::saturating_add)
     }
 
     pub fn file_count(&self) -> usize {
@@ -260,7 +269,10 @@ impl Manifest {
                 .bytes()
                 .all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'_' | b'-'));
         if !platform_ok {
-            return Err(field("platform", format!("{:?} is not like linux-x86_64", self.platform)));
+            return Err(field(
+                "platform",
+                format!("{:?} is not like linux-x86_64", self.platform),
+            ));
         }
         if let Some(expires) = self.expires
             && expires <= self.created
@@ -306,7 +318,9 @@ impl Manifest {
             }
             let mode = entry.mode().0;
             if mode & !0o777 != 0 {
-                return Err(entry_err("mode has bits beyond 0777 (setuid, setgid or sticky)"));
+                return Err(entry_err(
+                    "mode has bits beyond 0777 (setuid, setgid or sticky)",
+                ));
             }
             match entry {
                 Entry::Dir { .. } if mode & 0o700 != 0o700 => {
@@ -413,7 +427,9 @@ mod tests {
         for good in ["a", "bin/hangar", "a/b.c/d", "..a", "a..", "-x", "é"] {
             assert_eq!(check_entry_path(good), Ok(()), "{good}");
         }
-        for bad in ["", "/a", "a/../b", "..", ".", "./a", "a//b", "a/", "a\\b", "a\nb", "a\0b"] {
+        for bad in [
+            "", "/a", "a/../b", "..", ".", "./a", "a//b", "a/", "a\\b", "a\nb", "a\0b",
+        ] {
             assert!(check_entry_path(bad).is_err(), "{bad:?}");
         }
         assert!(check_entry_path(&"a".repeat(256)).is_err());

@@ -15,9 +15,7 @@ const END: &str = "-----END PUBLIC KEY-----";
 
 /// Parses a PEM "PUBLIC KEY" holding an Ed25519 key; text outside the markers is ignored.
 pub(crate) fn parse_public_key_pem(text: &str) -> Result<[u8; 32], &'static str> {
-    let start = text
-        .find(BEGIN)
-        .ok_or("no \"BEGIN PUBLIC KEY\" line")?;
+    let start = text.find(BEGIN).ok_or("no \"BEGIN PUBLIC KEY\" line")?;
     let rest = &text[start + BEGIN.len()..];
     let end = rest.find(END).ok_or("no \"END PUBLIC KEY\" line")?;
     let b64: String = rest[..end].split_whitespace().collect();

@@ -54,7 +54,9 @@ struct CompressionSpec {
 
 impl Default for CompressionSpec {
     fn default() -> Self {
-        CompressionSpec { level: DEFAULT_LEVEL }
+        CompressionSpec {
+            level: DEFAULT_LEVEL,
+        }
     }
 }
 
@@ -141,7 +143,10 @@ impl Recipe {
             overrides: vars.iter().cloned().collect(),
         };
         if recipe.file.format != RECIPE_FORMAT {
-            return Err(recipe.invalid(format!("format {} is not {RECIPE_FORMAT}", recipe.file.format)));
+            return Err(recipe.invalid(format!(
+                "format {} is not {RECIPE_FORMAT}",
+                recipe.file.format
+            )));
         }
         for name in recipe.overrides.keys() {
             if matches!(name.as_str(), "recipe_dir" | "out") {
@@ -200,18 +205,27 @@ impl Recipe {
                             pattern: pattern.clone(),
                             source,
                         })?
-                        .map(|m| m.map_err(|e| BuildError::Source {
-                            path: e.path().to_path_buf(),
-                            source: io::Error::other(e.to_string()),
-                        }))
+                        .map(|m| {
+                            m.map_err(|e| BuildError::Source {
+                                path: e.path().to_path_buf(),
+                                source: io::Error::other(e.to_string()),
+                            })
+                        })
                         .collect::<Result<_, _>>()?;
                     if matches.is_empty() {
                         return Err(BuildError::GlobEmpty { pattern });
                     }
                     matches.sort();
                     for m in matches {
-                        let name = m.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-                        let at = if dest.is_empty() { name } else { format!("{dest}/{name}") };
+                        let name = m
+                            .file_name()
+                            .map(|n| n.to_string_lossy().into_owned())
+                            .unwrap_or_default();
+                        let at = if dest.is_empty() {
+                            name
+                        } else {
+                            format!("{dest}/{name}")
+                        };
                         if m.is_dir() {
                             layout.add_tree(&at, &m)?;
                         } else {
@@ -236,7 +250,12 @@ impl Recipe {
         Ok(layout)
     }
 
-    fn run(&self, run: &[String], env: &BTreeMap<String, String>, out: &Path) -> Result<(), BuildError> {
+    fn run(
+        &self,
+        run: &[String],
+        env: &BTreeMap<String, String>,
+        out: &Path,
+    ) -> Result<(), BuildError> {
         let argv: Vec<String> = run
             .iter()
             .map(|a| self.expand(a, Some(out)))
@@ -251,7 +270,10 @@ impl Recipe {
             PathBuf::from(program)
         };
         let mut command = Command::new(&program);
-        command.args(args).current_dir(&self.dir).stdin(Stdio::null());
+        command
+            .args(args)
+            .current_dir(&self.dir)
+            .stdin(Stdio::null());
         for (k, v) in env {
             command.env(k, self.expand(v, Some(out))?);
         }
@@ -284,7 +306,9 @@ impl Recipe {
             .map(|days| created + Duration::days(i64::from(days)));
         let work = WorkDir::create()?;
         let layout = self.assemble(&work.0)?;
-        let level = options.compression_level.unwrap_or(self.file.compression.level);
+        let level = options
+            .compression_level
+            .unwrap_or(self.file.compression.level);
         let threads = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
         build_bundle(
             &layout,
@@ -312,7 +336,12 @@ impl Recipe {
         self.expand_depth(value, out, 0)
     }
 
-    fn expand_depth(&self, value: &str, out: Option<&Path>, depth: u32) -> Result<String, BuildError> {
+    fn expand_depth(
+        &self,
+        value: &str,
+        out: Option<&Path>,
+        depth: u32,
+    ) -> Result<String, BuildError> {
         if depth > 8 {
             return Err(self.invalid(format!("variables nest too deeply in {value:?}")));
         }
@@ -335,13 +364,17 @@ impl Recipe {
             let name = &body[..end];
             rest = &body[end + 1..];
             let resolved = if let Some(env_name) = name.strip_prefix("env:") {
-                std::env::var(env_name).map_err(|_| self.invalid(format!("environment variable {env_name} is not set")))?
+                std::env::var(env_name).map_err(|_| {
+                    self.invalid(format!("environment variable {env_name} is not set"))
+                })?
             } else if name == "recipe_dir" {
                 self.dir.to_string_lossy().into_owned()
             } else if name == "out" {
-                out.ok_or_else(|| self.invalid("`${out}` is only defined in a command source".into()))?
-                    .to_string_lossy()
-                    .into_owned()
+                out.ok_or_else(|| {
+                    self.invalid("`${out}` is only defined in a command source".into())
+                })?
+                .to_string_lossy()
+                .into_owned()
             } else if let Some(v) = self.overrides.get(name) {
                 v.clone()
             } else if let Some(v) = self.file.vars.get(name) {
@@ -410,7 +443,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("r.toml");
         fs::write(&path, text).unwrap();
-        let vars: Vec<(String, String)> = vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let vars: Vec<(String, String)> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         Recipe::load(&path, &vars)
     }
 
@@ -418,7 +454,11 @@ mod tests {
 
     #[test]
     fn variables_expand_with_overrides_first() {
-        let r = recipe(&format!("{HEAD}[vars]\nv = \"1.${{minor}}.0\"\nminor = \"2\"\n"), &[]).unwrap();
+        let r = recipe(
+            &format!("{HEAD}[vars]\nv = \"1.${{minor}}.0\"\nminor = \"2\"\n"),
+            &[],
+        )
+        .unwrap();
         assert_eq!(r.version().unwrap().to_string(), "1.2.0");
         let r = recipe(&format!("{HEAD}[vars]\nv = \"1.0.0\"\n"), &[("v", "3.0.0")]).unwrap();
         assert_eq!(r.version().unwrap().to_string(), "3.0.0");
@@ -429,11 +469,17 @@ mod tests {
     fn unknown_variables_and_fields_are_errors() {
         let r = recipe(HEAD, &[]).unwrap();
         let e = r.version().unwrap_err();
-        assert!(matches!(e, BuildError::UnknownVariable { ref name, .. } if name == "v"), "{e}");
+        assert!(
+            matches!(e, BuildError::UnknownVariable { ref name, .. } if name == "v"),
+            "{e}"
+        );
         assert!(matches!(
             recipe(&format!("{HEAD}colour = \"red\"\n"), &[]),
             Err(BuildError::ParseRecipe { .. })
         ));
-        assert!(matches!(recipe(HEAD, &[("recipe_dir", "/")]), Err(BuildError::Recipe { .. })));
+        assert!(matches!(
+            recipe(HEAD, &[("recipe_dir", "/")]),
+            Err(BuildError::Recipe { .. })
+        ));
     }
 }

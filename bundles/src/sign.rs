@@ -31,10 +31,13 @@ pub fn sign_bundle(path: &Path, out: &Path, keys: &[SigningKey]) -> Result<Vec<K
         signature: key.sign(&bundle.manifest_bytes),
     }));
 
-    let mut payload = bundle.file.try_clone().map_err(|source| BuildError::Write {
-        path: out.to_path_buf(),
-        source,
-    })?;
+    let mut payload = bundle
+        .file
+        .try_clone()
+        .map_err(|source| BuildError::Write {
+            path: out.to_path_buf(),
+            source,
+        })?;
     payload
         .seek(SeekFrom::Start(bundle.payload_offset))
         .map_err(|source| BuildError::Write {

@@ -81,7 +81,11 @@ impl Read for PayloadSource<'_> {
             }
         };
         if n == 0 {
-            return Err(fail(&self.fault, Fault::Truncated, "bundle file is truncated"));
+            return Err(fail(
+                &self.fault,
+                Fault::Truncated,
+                "bundle file is truncated",
+            ));
         }
         self.sha.update(&buf[..n]);
         self.pos += n as u64;
@@ -134,7 +138,11 @@ impl<R: Read> Read for Capped<R> {
             let mut probe = [0u8; 1];
             return match self.inner_read(&mut probe)? {
                 0 => Ok(0),
-                _ => Err(fail(&self.fault, Fault::Cap, "decompressed output exceeds the manifest")),
+                _ => Err(fail(
+                    &self.fault,
+                    Fault::Cap,
+                    "decompressed output exceeds the manifest",
+                )),
             };
         }
         let want = usize::try_from(self.remaining)
@@ -230,15 +238,24 @@ mod tests {
         let over = [0x28, 0xb5, 0x2f, 0xfd, 0x04, (14 << 3) | 1];
         assert_eq!(check_frame_header(&over, 24), Err(FrameProblem::Window(25)));
         let no_sum = [0x28, 0xb5, 0x2f, 0xfd, 0x00, 13 << 3];
-        assert_eq!(check_frame_header(&no_sum, 24), Err(FrameProblem::NoChecksum));
+        assert_eq!(
+            check_frame_header(&no_sum, 24),
+            Err(FrameProblem::NoChecksum)
+        );
         let dict = [0x28, 0xb5, 0x2f, 0xfd, 0x05, 13 << 3];
         assert_eq!(check_frame_header(&dict, 24), Err(FrameProblem::Dictionary));
         let skippable = [0x50, 0x2a, 0x4d, 0x18, 0, 0];
-        assert_eq!(check_frame_header(&skippable, 24), Err(FrameProblem::NotZstd));
+        assert_eq!(
+            check_frame_header(&skippable, 24),
+            Err(FrameProblem::NotZstd)
+        );
         // Single segment with an 8-byte content size of 4 GiB.
         let mut single = vec![0x28, 0xb5, 0x2f, 0xfd, 0xe4];
         single.extend_from_slice(&(4u64 << 30).to_le_bytes());
-        assert_eq!(check_frame_header(&single, 24), Err(FrameProblem::Window(32)));
+        assert_eq!(
+            check_frame_header(&single, 24),
+            Err(FrameProblem::Window(32))
+        );
     }
 
     #[test]

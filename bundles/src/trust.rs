@@ -6,8 +6,8 @@ use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use crate::keys::{KeyId, PublicKey};
 use crate::KeyError;
+use crate::keys::{KeyId, PublicKey};
 
 mod release {
     include!(concat!(env!("OUT_DIR"), "/release_keys.rs"));
@@ -47,7 +47,10 @@ impl TrustStore {
     pub fn release() -> TrustStore {
         let mut store = TrustStore::empty();
         for (name, bytes) in release::RELEASE_KEYS {
-            store.insert(PublicKey::from_bytes(*bytes), KeyOrigin::Release((*name).to_owned()));
+            store.insert(
+                PublicKey::from_bytes(*bytes),
+                KeyOrigin::Release((*name).to_owned()),
+            );
         }
         store
     }
@@ -92,7 +95,9 @@ impl TrustStore {
     }
 
     fn insert(&mut self, key: PublicKey, origin: KeyOrigin) {
-        self.keys.entry(key.id()).or_insert(TrustedKey { key, origin });
+        self.keys
+            .entry(key.id())
+            .or_insert(TrustedKey { key, origin });
     }
 
     pub fn get(&self, id: &KeyId) -> Option<&TrustedKey> {

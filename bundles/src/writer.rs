@@ -47,7 +47,8 @@ impl Layout {
             Some(LayoutEntry::Dir { .. }) => Ok(()),
             Some(LayoutEntry::File { .. }) => Err(conflict(dest, "is both a file and a directory")),
             None => {
-                self.entries.insert(dest.to_owned(), LayoutEntry::Dir { mode });
+                self.entries
+                    .insert(dest.to_owned(), LayoutEntry::Dir { mode });
                 Ok(())
             }
         }
@@ -55,12 +56,21 @@ impl Layout {
 
     /// Adds the file `source` at `dest`. Without a mode, it is 0755 when the source
     /// is executable by anyone and 0644 otherwise.
-    pub fn add_file(&mut self, dest: &str, source: &Path, mode: Option<u32>) -> Result<(), BuildError> {
+    pub fn add_file(
+        &mut self,
+        dest: &str,
+        source: &Path,
+        mode: Option<u32>,
+    ) -> Result<(), BuildError> {
         let meta = fs::metadata(source).map_err(|e| source_error(source, e))?;
         if !meta.is_file() {
             return Err(BuildError::UnsupportedSource {
                 path: source.to_path_buf(),
-                kind: if meta.is_dir() { "directory" } else { "special file" },
+                kind: if meta.is_dir() {
+                    "directory"
+                } else {
+                    "special file"
+                },
             });
         }
         let mode = mode.unwrap_or_else(|| normal_mode(meta.permissions().mode()));
@@ -105,7 +115,11 @@ impl Layout {
                     kind: "file with a non-UTF-8 name",
                 })?
                 .to_owned();
-            let child_dest = if dest.is_empty() { name } else { format!("{dest}/{name}") };
+            let child_dest = if dest.is_empty() {
+                name
+            } else {
+                format!("{dest}/{name}")
+            };
             let link = fs::symlink_metadata(&child).map_err(|e| source_error(&child, e))?;
             let target = fs::metadata(&child).map_err(|e| source_error(&child, e))?;
             if link.file_type().is_symlink() && target.is_dir() {
@@ -134,7 +148,8 @@ impl Layout {
                 }
                 Some(LayoutEntry::Dir { .. }) => {}
                 None => {
-                    self.entries.insert(parent.to_owned(), LayoutEntry::Dir { mode: 0o755 });
+                    self.entries
+                        .insert(parent.to_owned(), LayoutEntry::Dir { mode: 0o755 });
                 }
             }
             at += i + 1;
@@ -214,11 +229,18 @@ impl std::fmt::Debug for BuildOptions<'_> {
 
 /// Writes the bundle described by `layout` to `out` (atomically: a temporary file
 /// next to it, renamed when complete) and returns its manifest.
-pub fn build_bundle(layout: &Layout, out: &Path, mut options: BuildOptions<'_>) -> Result<Manifest, BuildError> {
+pub fn build_bundle(
+    layout: &Layout,
+    out: &Path,
+    mut options: BuildOptions<'_>,
+) -> Result<Manifest, BuildError> {
     if !(1..=19).contains(&options.compression_level) {
         return Err(BuildError::Recipe {
             path: out.to_path_buf(),
-            reason: format!("compression level {} is not within 1..=19", options.compression_level),
+            reason: format!(
+                "compression level {} is not within 1..=19",
+                options.compression_level
+            ),
         });
     }
     // Sizes now, so that progress has a total and a changing source is noticed.
@@ -227,7 +249,9 @@ pub fn build_bundle(layout: &Layout, out: &Path, mut options: BuildOptions<'_>) 
     for (_, entry) in layout.entries() {
         let size = match entry {
             LayoutEntry::Dir { .. } => 0,
-            LayoutEntry::File { source, .. } => fs::metadata(source).map_err(|e| source_error(source, e))?.len(),
+            LayoutEntry::File { source, .. } => fs::metadata(source)
+                .map_err(|e| source_error(source, e))?
+                .len(),
         };
         total += size;
         sizes.push(size);
@@ -249,11 +273,15 @@ pub fn build_bundle(layout: &Layout, out: &Path, mut options: BuildOptions<'_>) 
         move |source| BuildError::Write { path, source }
     };
     let hashing = HashingWriter::new(BufWriter::with_capacity(1 << 20, payload_tmp.file()?));
-    let mut encoder =
-        zstd::stream::write::Encoder::new(hashing, options.compression_level).map_err(write_err(&payload_tmp.path))?;
-    encoder.include_checksum(true).map_err(write_err(&payload_tmp.path))?;
+    let mut encoder = zstd::stream::write::Encoder::new(hashing, options.compression_level)
+        .map_err(write_err(&payload_tmp.path))?;
+    encoder
+        .include_checksum(true)
+        .map_err(write_err(&payload_tmp.path))?;
     if options.threads > 1 {
-        encoder.multithread(options.threads).map_err(write_err(&payload_tmp.path))?;
+        encoder
+            .multithread(options.threads)
+            .map_err(write_err(&payload_tmp.path))?;
     }
     let mut tar = tar::Builder::new(encoder);
     let mut entries = Vec::with_capacity(layout.len());
@@ -287,7 +315,9 @@ pub fn build_bundle(layout: &Layout, out: &Path, mut options: BuildOptions<'_>) 
                         None => write_err(&payload_tmp.path)(e),
                     });
                 }
-                let grown = fs::metadata(source).map(|m| m.len() != size).unwrap_or(true);
+                let grown = fs::metadata(source)
+                    .map(|m| m.len() != size)
+                    .unwrap_or(true);
                 if reader.count != size || grown {
                     return Err(BuildError::SourceChanged {
                         path: source.clone(),
@@ -337,7 +367,9 @@ pub fn build_bundle(layout: &Layout, out: &Path, mut options: BuildOptions<'_>) 
         .collect();
 
     let mut payload = payload_tmp.file()?;
-    payload.seek(SeekFrom::Start(0)).map_err(write_err(&payload_tmp.path))?;
+    payload
+        .seek(SeekFrom::Start(0))
+        .map_err(write_err(&payload_tmp.path))?;
     write_file_atomically(out, |w| {
         write_bundle(w, &manifest_bytes, &signatures, &mut payload).map(drop)
     })?;

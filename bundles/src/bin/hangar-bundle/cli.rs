@@ -161,7 +161,10 @@ pub fn report_error(cli: &Cli, error: &anyhow::Error) {
             .or_else(|| error.downcast_ref::<BuildError>().map(BuildError::code))
             .or_else(|| error.downcast_ref::<KeyError>().map(KeyError::code))
             .unwrap_or("error");
-        println!("{}", json!({ "ok": false, "code": code, "error": error.to_string() }));
+        println!(
+            "{}",
+            json!({ "ok": false, "code": code, "error": error.to_string() })
+        );
     }
 }
 
@@ -206,7 +209,10 @@ fn keygen(cli: &Cli, base: &Path) -> anyhow::Result<()> {
     } else {
         println!("key id      {}", key.id());
         println!("private key {} (keep it secret)", private.display());
-        println!("public key  {} (copy it to trust directories)", public.display());
+        println!(
+            "public key  {} (copy it to trust directories)",
+            public.display()
+        );
     }
     Ok(())
 }
@@ -266,7 +272,10 @@ fn build(
             human_bytes(manifest.payload.size),
         );
         if signers.is_empty() {
-            println!("unsigned: sign it with `hangar-bundle sign {} --key KEY`", out.display());
+            println!(
+                "unsigned: sign it with `hangar-bundle sign {} --key KEY`",
+                out.display()
+            );
         } else {
             println!("signed by {}", signers.join(", "));
         }
@@ -301,7 +310,10 @@ fn trust_store(args: &TrustArgs) -> anyhow::Result<TrustStore> {
     Ok(store)
 }
 
-fn options<'a>(policy: &PolicyArgs, progress: Option<&'a mut dyn FnMut(Progress)>) -> ExtractOptions<'a> {
+fn options<'a>(
+    policy: &PolicyArgs,
+    progress: Option<&'a mut dyn FnMut(Progress)>,
+) -> ExtractOptions<'a> {
     ExtractOptions {
         installed_version: policy.installed_version.clone(),
         allow_downgrade: policy.allow_downgrade,
@@ -312,7 +324,11 @@ fn options<'a>(policy: &PolicyArgs, progress: Option<&'a mut dyn FnMut(Progress)
 }
 
 fn signer_ids(bundle: &Bundle) -> Vec<String> {
-    bundle.trusted_signers().iter().map(ToString::to_string).collect()
+    bundle
+        .trusted_signers()
+        .iter()
+        .map(ToString::to_string)
+        .collect()
 }
 
 fn verify(cli: &Cli, path: &Path, trust: &TrustArgs, policy: &PolicyArgs) -> anyhow::Result<()> {
@@ -389,7 +405,13 @@ fn inspect(cli: &Cli, path: &Path, trust: &TrustArgs) -> anyhow::Result<()> {
     let signatures: Vec<String> = bundle
         .signatures()
         .iter()
-        .map(|s| format!("{} ({})", s.key_id, if s.trusted { "trusted" } else { "unknown key" }))
+        .map(|s| {
+            format!(
+                "{} ({})",
+                s.key_id,
+                if s.trusted { "trusted" } else { "unknown key" }
+            )
+        })
         .collect();
     println!("bundle     {}", path.display());
     println!("kind       {}", m.kind);
@@ -398,7 +420,8 @@ fn inspect(cli: &Cli, path: &Path, trust: &TrustArgs) -> anyhow::Result<()> {
     println!("created    {}", m.created.to_rfc3339());
     println!(
         "expires    {}",
-        m.expires.map_or_else(|| "never".to_owned(), |e| e.to_rfc3339())
+        m.expires
+            .map_or_else(|| "never".to_owned(), |e| e.to_rfc3339())
     );
     println!("signed by  {}", signatures.join(", "));
     println!(
@@ -411,7 +434,9 @@ fn inspect(cli: &Cli, path: &Path, trust: &TrustArgs) -> anyhow::Result<()> {
     for entry in &m.entries {
         match entry {
             Entry::Dir { path, mode } => println!("  {mode} {:>12}  {path}/", "-"),
-            Entry::File { path, mode, size, .. } => println!("  {mode} {size:>12}  {path}"),
+            Entry::File {
+                path, mode, size, ..
+            } => println!("  {mode} {size:>12}  {path}"),
         }
     }
     Ok(())
