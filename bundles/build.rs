@@ -32,15 +32,22 @@ fn main() {
 
 fn release_keys(dir: &Path) -> Vec<(String, [u8; 32])> {
     println!("cargo:rerun-if-changed={}", dir.display());
-    let entries = fs::read_dir(dir)
-        .unwrap_or_else(|e| panic!("{KEYS_ENV}={}: cannot read the directory: {e}", dir.display()));
+    let entries = fs::read_dir(dir).unwrap_or_else(|e| {
+        panic!(
+            "{KEYS_ENV}={}: cannot read the directory: {e}",
+            dir.display()
+        )
+    });
     let mut paths: Vec<PathBuf> = entries
         .map(|e| e.expect("reading the release key directory").path())
         .filter(|p| p.extension().is_some_and(|x| x == "pub"))
         .collect();
     paths.sort();
     if paths.is_empty() {
-        panic!("{KEYS_ENV}={}: the directory holds no *.pub key", dir.display());
+        panic!(
+            "{KEYS_ENV}={}: the directory holds no *.pub key",
+            dir.display()
+        );
     }
     paths
         .iter()

@@ -22,7 +22,7 @@ pub enum BundleError {
     UnsupportedFormat { path: PathBuf, version: u32 },
     #[error("{}: the file is truncated", path.display())]
     Truncated { path: PathBuf },
-    #[error("{}: the file has {extra} bytes after the end of its payload", path.display())]
+    #[error("{}: data follows the end of the payload ({extra} bytes)", path.display())]
     TrailingBytes { path: PathBuf, extra: u64 },
 
     // ---- the manifest ----
