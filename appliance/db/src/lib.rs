@@ -5,6 +5,7 @@ mod connect;
 mod error;
 pub mod migrate;
 pub mod queue;
+pub mod runs;
 pub mod schema;
 
 pub use connect::{Database, DbConfig, DbPool, Password, PooledConn};

@@ -9,6 +9,9 @@ use serde::Deserialize;
 /// Where the configuration is unless told otherwise.
 pub const DEFAULT_PATH: &str = "/etc/hangar/hangar.toml";
 
+/// The whole file. Each section belongs to the part of Hangar that reads it;
+/// sections a command does not need may be absent (`hangar migrate` needs only
+/// `[database]`), and each command checks that its own are present.
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct Config {

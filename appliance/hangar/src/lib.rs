@@ -4,5 +4,6 @@ pub mod cli;
 pub mod config;
 pub mod logging;
 mod migrate_cmd;
+pub mod signals;
 
 pub use cli::{Cli, run};

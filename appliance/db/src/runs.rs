@@ -1,0 +1,285 @@
+//! Runs in the database: creation, and every state change through one function
+//! that checks the transition table, records the event with its time and cause,
+//! and announces the change (NOTIFY on `hangar_runs`) in the same transaction.
+
+use chrono::{DateTime, Utc};
+use diesel::prelude::*;
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use hangar_types::{RunKind, RunState, TransitionError};
+use serde::Serialize;
+
+use crate::DbError;
+use crate::queue::{self, NewJob};
+use crate::schema::{run_events, runs, stacks};
+
+/// The channel every run transition is announced on; the payload is a
+/// [`RunChange`] as JSON. The server turns these into broker messages.
+pub const RUNS_CHANNEL: &str = "hangar_runs";
+/// Job kind that promotes a stack's queued runs when it may.
+pub const SCHEDULE_JOB: &str = "run.schedule";
+
+#[derive(Debug, Clone, Queryable, Selectable, Serialize)]
+#[diesel(table_name = runs)]
+pub struct RunRow {
+    pub id: i64,
+    pub stack_id: i64,
+    pub kind: String,
+    pub state: String,
+    pub commit_sha: String,
+    pub branch: String,
+    pub command: Option<String>,
+    pub triggered_by: String,
+    pub worker_id: Option<i64>,
+    pub lease_expires_at: Option<DateTime<Utc>>,
+    pub failure_reason: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl RunRow {
+    pub fn state(&self) -> RunState {
+        self.state.parse().unwrap_or(RunState::Failed)
+    }
+    pub fn kind(&self) -> RunKind {
+        self.kind.parse().unwrap_or(RunKind::Tracked)
+    }
+}
+
+#[derive(Debug, Clone, Queryable, Selectable, Serialize)]
+#[diesel(table_name = run_events)]
+pub struct RunEventRow {
+    pub id: i64,
+    pub run_id: i64,
+    pub from_state: Option<String>,
+    pub to_state: String,
+    pub cause: String,
+    pub actor: String,
+    pub at: DateTime<Utc>,
+}
+
+/// What is announced on [`RUNS_CHANNEL`] after every transition.
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct RunChange {
+    pub run: i64,
+    pub stack: i64,
+    pub pool: Option<i64>,
+    pub worker: Option<i64>,
+    pub from: Option<RunState>,
+    pub to: RunState,
+}
+
+/// A run to create.
+#[derive(Debug, Clone)]
+pub struct NewRun {
+    pub stack_id: i64,
+    pub kind: RunKind,
+    pub commit_sha: String,
+    pub branch: String,
+    pub command: Option<String>,
+    pub triggered_by: String,
+}
+
+/// Why a transition did not happen.
+#[derive(Debug, thiserror::Error)]
+pub enum TransitionFailure {
+    #[error("run {0} does not exist")]
+    NotFound(i64),
+    #[error("run {run}: {source}")]
+    NotAllowed {
+        run: i64,
+        #[source]
+        source: TransitionError,
+    },
+    #[error(transparent)]
+    Db(#[from] DbError),
+}
+
+impl From<diesel::result::Error> for TransitionFailure {
+    fn from(e: diesel::result::Error) -> Self {
+        TransitionFailure::Db(DbError::Query(e))
+    }
+}
+
+/// Creates a QUEUED run, records its first event and asks the drain to schedule
+/// its stack — all in one transaction.
+pub async fn create(conn: &mut AsyncPgConnection, new: &NewRun, actor: &str) -> Result<RunRow, DbError> {
+    let new = new.clone();
+    let actor = actor.to_string();
+    conn.transaction::<_, DbError, _>(async move |c| {
+        let run: RunRow = diesel::insert_into(runs::table)
+            .values((
+                runs::stack_id.eq(new.stack_id),
+                runs::kind.eq(new.kind.as_str()),
+                runs::state.eq(RunState::Queued.as_str()),
+                runs::commit_sha.eq(&new.commit_sha),
+                runs::branch.eq(&new.branch),
+                runs::command.eq(&new.command),
+                runs::triggered_by.eq(&new.triggered_by),
+            ))
+            .returning(RunRow::as_returning())
+            .get_result(c)
+            .await?;
+        record(c, &run, None, RunState::Queued, &format!("triggered by {}", new.triggered_by), &actor).await?;
+        queue::enqueue(c, &schedule_job(new.stack_id)).await?;
+        Ok(run)
+    })
+    .await
+}
+
+/// The job that (re)considers a stack's queued runs.
+pub fn schedule_job(stack_id: i64) -> NewJob {
+    NewJob::new(SCHEDULE_JOB, serde_json::json!({ "stack": stack_id }))
+}
+
+/// Moves run `id` to `to` if the transition table allows it from its current
+/// state (and, when `only_from` is given, only from one of those states). The
+/// row is locked for the check, so concurrent transitions serialize.
+pub async fn transition(
+    conn: &mut AsyncPgConnection,
+    id: i64,
+    only_from: Option<&[RunState]>,
+    to: RunState,
+    cause: &str,
+    actor: &str,
+) -> Result<RunRow, TransitionFailure> {
+    let only_from = only_from.map(|s| s.to_vec());
+    let (cause, actor) = (cause.to_string(), actor.to_string());
+    conn.transaction::<_, TransitionFailure, _>(async move |c| {
+        let run: RunRow = runs::table
+            .filter(runs::id.eq(id))
+            .for_update()
+            .select(RunRow::as_select())
+            .get_result(c)
+            .await
+            .optional()?
+            .ok_or(TransitionFailure::NotFound(id))?;
+        let from = run.state();
+        let allowed = from.can_become(to) && only_from.as_ref().is_none_or(|s| s.contains(&from));
+        if !allowed {
+            return Err(TransitionFailure::NotAllowed { run: id, source: TransitionError { from, to } });
+        }
+        apply(c, run, to, &cause, &actor).await.map_err(Into::into)
+    })
+    .await
+}
+
+/// Writes an already-checked transition of a locked row. Callers hold the row lock.
+pub(crate) async fn apply(
+    c: &mut AsyncPgConnection,
+    run: RunRow,
+    to: RunState,
+    cause: &str,
+    actor: &str,
+) -> Result<RunRow, DbError> {
+    let from = run.state();
+    // A run that ended holds no lease any more.
+    let lease: Option<Option<DateTime<Utc>>> = to.is_terminal().then_some(None);
+    let update = diesel::update(runs::table.filter(runs::id.eq(run.id))).set((
+        runs::state.eq(to.as_str()),
+        runs::updated_at.eq(diesel::dsl::now),
+        lease.map(|l| runs::lease_expires_at.eq(l)),
+    ));
+    let updated: RunRow = update.returning(RunRow::as_returning()).get_result(c).await?;
+    record(c, &updated, Some(from), to, cause, actor).await?;
+    if to.is_terminal() && run.kind().holds_stack() {
+        // The stack is free again: let its next queued run go.
+        queue::enqueue(c, &schedule_job(run.stack_id)).await?;
+    }
+    Ok(updated)
+}
+
+async fn record(
+    c: &mut AsyncPgConnection,
+    run: &RunRow,
+    from: Option<RunState>,
+    to: RunState,
+    cause: &str,
+    actor: &str,
+) -> Result<(), DbError> {
+    diesel::insert_into(run_events::table)
+        .values((
+            run_events::run_id.eq(run.id),
+            run_events::from_state.eq(from.map(|s| s.as_str())),
+            run_events::to_state.eq(to.as_str()),
+            run_events::cause.eq(cause),
+            run_events::actor.eq(actor),
+        ))
+        .execute(c)
+        .await?;
+    let pool: Option<i64> = stacks::table
+        .filter(stacks::id.eq(run.stack_id))
+        .select(stacks::worker_pool_id)
+        .get_result(c)
+        .await
+        .optional()?
+        .flatten();
+    let change = RunChange { run: run.id, stack: run.stack_id, pool, worker: run.worker_id, from, to };
+    diesel::sql_query("SELECT pg_notify($1, $2)")
+        .bind::<diesel::sql_types::Text, _>(RUNS_CHANNEL)
+        .bind::<diesel::sql_types::Text, _>(serde_json::to_string(&change).unwrap_or_default())
+        .execute(c)
+        .await?;
+    Ok(())
+}
+
+/// Promotes what may run on stack `stack_id`: every queued run that only plans
+/// (proposed, drift), and the oldest queued run that holds the stack when no
+/// other such run is past QUEUED. Locks the stack row, so concurrent drains
+/// take turns. Returns the runs made READY.
+pub async fn schedule_stack(conn: &mut AsyncPgConnection, stack_id: i64, actor: &str) -> Result<Vec<RunRow>, DbError> {
+    let actor = actor.to_string();
+    conn.transaction::<_, DbError, _>(async move |c| {
+        let exists: Option<i64> = stacks::table
+            .filter(stacks::id.eq(stack_id))
+            .for_update()
+            .select(stacks::id)
+            .get_result(c)
+            .await
+            .optional()?;
+        if exists.is_none() {
+            return Ok(vec![]);
+        }
+        let active: Vec<RunRow> = runs::table
+            .filter(runs::stack_id.eq(stack_id))
+            .filter(runs::state.ne_all(terminal_names()))
+            .order(runs::id.asc())
+            .for_update()
+            .select(RunRow::as_select())
+            .load(c)
+            .await?;
+        let holder_running = active
+            .iter()
+            .any(|r| r.kind().holds_stack() && r.state() != RunState::Queued);
+        let mut promoted = Vec::new();
+        let mut holder_taken = holder_running;
+        for run in active.into_iter().filter(|r| r.state() == RunState::Queued) {
+            let holds = run.kind().holds_stack();
+            if holds && holder_taken {
+                continue;
+            }
+            holder_taken |= holds;
+            promoted.push(apply(c, run, RunState::Ready, "scheduled: the stack is free", &actor).await?);
+        }
+        Ok(promoted)
+    })
+    .await
+}
+
+fn terminal_names() -> Vec<&'static str> {
+    RunState::ALL.into_iter().filter(|s| s.is_terminal()).map(|s| s.as_str()).collect()
+}
+
+/// A run by id.
+pub async fn get(conn: &mut AsyncPgConnection, id: i64) -> Result<Option<RunRow>, DbError> {
+    Ok(runs::table.filter(runs::id.eq(id)).select(RunRow::as_select()).get_result(conn).await.optional()?)
+}
+
+/// A run's state history, oldest first.
+pub async fn events(conn: &mut AsyncPgConnection, run_id: i64) -> Result<Vec<RunEventRow>, DbError> {
+    Ok(run_events::table
+        .filter(run_events::run_id.eq(run_id))
+        .order(run_events::id.asc())
+        .select(RunEventRow::as_select())
+        .load(conn)
+        .await?)
+}
