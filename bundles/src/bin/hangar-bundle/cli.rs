@@ -13,6 +13,29 @@ use hangar_bundle::{
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::json;
 
+/// Prints a line on stdout. A reader that went away (`inspect | head`) is not an
+/// error worth a message: the command ends quietly.
+macro_rules! out {
+    ($($arg:tt)*) => {
+        emit(format_args!($($arg)*))
+    };
+}
+
+fn emit(args: std::fmt::Arguments<'_>) {
+    use std::io::Write as _;
+    let mut stdout = std::io::stdout().lock();
+    if let Err(e) = stdout
+        .write_fmt(args)
+        .and_then(|()| stdout.write_all(b"\n"))
+    {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("error: cannot write to stdout: {e}");
+        std::process::exit(1);
+    }
+}
+
 /// Where an appliance keeps the public keys it trusts to sign bundles.
 const DEFAULT_TRUST_DIR: &str = "/etc/hangar/trust";
 
@@ -161,7 +184,7 @@ pub fn report_error(cli: &Cli, error: &anyhow::Error) {
             .or_else(|| error.downcast_ref::<BuildError>().map(BuildError::code))
             .or_else(|| error.downcast_ref::<KeyError>().map(KeyError::code))
             .unwrap_or("error");
-        println!(
+        out!(
             "{}",
             json!({ "ok": false, "code": code, "error": error.to_string() })
         );
@@ -197,7 +220,7 @@ pub fn run(cli: &Cli) -> anyhow::Result<()> {
 fn keygen(cli: &Cli, base: &Path) -> anyhow::Result<()> {
     let (key, private, public) = generate_key_files(base)?;
     if cli.json {
-        println!(
+        out!(
             "{}",
             json!({
                 "ok": true,
@@ -207,9 +230,9 @@ fn keygen(cli: &Cli, base: &Path) -> anyhow::Result<()> {
             })
         );
     } else {
-        println!("key id      {}", key.id());
-        println!("private key {} (keep it secret)", private.display());
-        println!(
+        out!("key id      {}", key.id());
+        out!("private key {} (keep it secret)", private.display());
+        out!(
             "public key  {} (copy it to trust directories)",
             public.display()
         );
@@ -245,7 +268,7 @@ fn build(
     bar.finish();
     let signers: Vec<String> = keys.iter().map(|k| k.id().to_string()).collect();
     if cli.json {
-        println!(
+        out!(
             "{}",
             json!({
                 "ok": true,
@@ -261,7 +284,7 @@ fn build(
             })
         );
     } else {
-        println!(
+        out!(
             "built {} ({} {} for {}): {} files, {} → {}",
             out.display(),
             manifest.kind,
@@ -272,12 +295,12 @@ fn build(
             human_bytes(manifest.payload.size),
         );
         if signers.is_empty() {
-            println!(
+            out!(
                 "unsigned: sign it with `hangar-bundle sign {} --key KEY`",
                 out.display()
             );
         } else {
-            println!("signed by {}", signers.join(", "));
+            out!("signed by {}", signers.join(", "));
         }
     }
     Ok(())
@@ -289,9 +312,9 @@ fn sign(cli: &Cli, bundle: &Path, keys: &[PathBuf], out: Option<&Path>) -> anyho
     let signed = sign_bundle(bundle, out, &keys)?;
     let ids: Vec<String> = signed.iter().map(ToString::to_string).collect();
     if cli.json {
-        println!("{}", json!({ "ok": true, "path": out, "signed_by": ids }));
+        out!("{}", json!({ "ok": true, "path": out, "signed_by": ids }));
     } else {
-        println!("signed {} by {}", out.display(), ids.join(", "));
+        out!("signed {} by {}", out.display(), ids.join(", "));
     }
     Ok(())
 }
@@ -343,7 +366,7 @@ fn verify(cli: &Cli, path: &Path, trust: &TrustArgs, policy: &PolicyArgs) -> any
     bar.finish();
     let m = bundle.manifest();
     if cli.json {
-        println!(
+        out!(
             "{}",
             json!({
                 "ok": true,
@@ -358,7 +381,7 @@ fn verify(cli: &Cli, path: &Path, trust: &TrustArgs, policy: &PolicyArgs) -> any
             })
         );
     } else {
-        println!(
+        out!(
             "{}: valid {} bundle {} for {}, signed by {}; {} files, {} verified",
             path.display(),
             m.kind,
@@ -382,7 +405,7 @@ fn inspect(cli: &Cli, path: &Path, trust: &TrustArgs) -> anyhow::Result<()> {
             .iter()
             .map(|s| json!({ "key_id": s.key_id.to_string(), "trusted": s.trusted }))
             .collect();
-        println!(
+        out!(
             "{}",
             json!({
                 "ok": true,
@@ -413,18 +436,18 @@ fn inspect(cli: &Cli, path: &Path, trust: &TrustArgs) -> anyhow::Result<()> {
             )
         })
         .collect();
-    println!("bundle     {}", path.display());
-    println!("kind       {}", m.kind);
-    println!("version    {}", m.version);
-    println!("platform   {}", m.platform);
-    println!("created    {}", m.created.to_rfc3339());
-    println!(
+    out!("bundle     {}", path.display());
+    out!("kind       {}", m.kind);
+    out!("version    {}", m.version);
+    out!("platform   {}", m.platform);
+    out!("created    {}", m.created.to_rfc3339());
+    out!(
         "expires    {}",
         m.expires
             .map_or_else(|| "never".to_owned(), |e| e.to_rfc3339())
     );
-    println!("signed by  {}", signatures.join(", "));
-    println!(
+    out!("signed by  {}", signatures.join(", "));
+    out!(
         "contents   {} files, {} directories, {} ({} compressed)",
         m.file_count(),
         m.entries.len() - m.file_count(),
@@ -433,10 +456,10 @@ fn inspect(cli: &Cli, path: &Path, trust: &TrustArgs) -> anyhow::Result<()> {
     );
     for entry in &m.entries {
         match entry {
-            Entry::Dir { path, mode } => println!("  {mode} {:>12}  {path}/", "-"),
+            Entry::Dir { path, mode } => out!("  {mode} {:>12}  {path}/", "-"),
             Entry::File {
                 path, mode, size, ..
-            } => println!("  {mode} {size:>12}  {path}"),
+            } => out!("  {mode} {size:>12}  {path}"),
         }
     }
     Ok(())
@@ -460,7 +483,7 @@ fn extract(
     bar.finish();
     let m = bundle.manifest();
     if cli.json {
-        println!(
+        out!(
             "{}",
             json!({
                 "ok": true,
@@ -475,7 +498,7 @@ fn extract(
             })
         );
     } else {
-        println!(
+        out!(
             "extracted {} {} into {}: {} files, {}",
             m.kind,
             m.version,
