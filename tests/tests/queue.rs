@@ -399,3 +399,56 @@ async fn sigkilled_consumer_loses_no_job_and_no_job_runs_twice_at_once() {
     }
     assert!(redelivered >= interrupted, "interrupted jobs were redelivered");
 }
+
+#[tokio::test]
+async fn sigterm_lets_running_jobs_finish_and_leaves_the_rest_queued() {
+    let (pg, pool) = migrated().await;
+    let dir = TestDir::new("queue-term");
+    let mut conn = pool.get().await.unwrap();
+    diesel::sql_query(
+        "CREATE TABLE processing_log (
+             id BIGSERIAL PRIMARY KEY, job_id BIGINT NOT NULL, consumer TEXT NOT NULL,
+             started_at TIMESTAMPTZ NOT NULL, finished_at TIMESTAMPTZ)",
+    )
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    let cfg = pg.write_config(dir.path());
+    let batch: Vec<NewJob> = (0..200).map(|i| NewJob::new("work", json!({ "i": i }))).collect();
+    queue::enqueue_batch(&mut conn, &batch).await.unwrap();
+    let mut cmd = std::process::Command::new(cargo_bin("queue-consumer"));
+    cmd.arg("127.0.0.1")
+        .arg(pg.port.to_string())
+        .arg(&cfg.password_file)
+        .arg(&cfg.ca_file)
+        .arg("graceful")
+        .arg("30000") // lease, ms: long, so only a real hand-back makes jobs due again
+        .arg("300") // work per job, ms
+        .arg("8");
+    let mut consumer = ChildProcess::spawn(cmd, "graceful", dir.path());
+    wait_for("jobs to be running", Duration::from_secs(30), || {
+        let pool = pool.clone();
+        async move {
+            let mut c = pool.get().await.unwrap();
+            let Count { n } = diesel::sql_query("SELECT count(*) AS n FROM processing_log")
+                .get_result(&mut c)
+                .await
+                .unwrap();
+            (n >= 8).then_some(())
+        }
+    })
+    .await;
+    consumer.signal(nix::sys::signal::Signal::SIGTERM);
+    let status = consumer.wait_timeout(Duration::from_secs(20)).expect("exits after SIGTERM");
+    assert!(status.success(), "{status:?}\n{}", consumer.output_tail());
+    let Count { n: unfinished } =
+        diesel::sql_query("SELECT count(*) AS n FROM processing_log WHERE finished_at IS NULL")
+            .get_result(&mut conn)
+            .await
+            .unwrap();
+    assert_eq!(unfinished, 0, "every started job finished before exit");
+    let Count { n: done } = diesel::sql_query("SELECT count(*) AS n FROM processing_log").get_result(&mut conn).await.unwrap();
+    let counts = queue::counts(&mut conn).await.unwrap();
+    assert_eq!(counts.ready + counts.running + counts.scheduled, 200 - done, "{counts:?}");
+    assert_eq!(counts.running, 0, "nothing left claimed: {counts:?}");
+}

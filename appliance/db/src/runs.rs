@@ -172,12 +172,14 @@ pub(crate) async fn apply(
     actor: &str,
 ) -> Result<RunRow, DbError> {
     let from = run.state();
-    // A run that ended holds no lease any more.
+    // A run that ended holds no lease any more; a failed one says why.
     let lease: Option<Option<DateTime<Utc>>> = to.is_terminal().then_some(None);
+    let reason = (to == RunState::Failed).then_some(cause);
     let update = diesel::update(runs::table.filter(runs::id.eq(run.id))).set((
         runs::state.eq(to.as_str()),
         runs::updated_at.eq(diesel::dsl::now),
         lease.map(|l| runs::lease_expires_at.eq(l)),
+        reason.map(|r| runs::failure_reason.eq(r)),
     ));
     let updated: RunRow = update.returning(RunRow::as_returning()).get_result(c).await?;
     record(c, &updated, Some(from), to, cause, actor).await?;

@@ -164,3 +164,26 @@ diesel::allow_tables_to_appear_in_same_query!(
     job_keys,
     audit_events,
 );
+
+diesel::table! {
+    processes (id) {
+        id -> Text,
+        kind -> Text,
+        hostname -> Text,
+        pid -> Int4,
+        version -> Text,
+        started_at -> Timestamptz,
+        last_seen_at -> Timestamptz,
+        leader -> Bool,
+    }
+}
+
+diesel::table! {
+    scheduler_entries (name) {
+        name -> Text,
+        schedule -> Text,
+        last_fire_at -> Nullable<Timestamptz>,
+        last_fired_by -> Nullable<Text>,
+        fires -> Int8,
+    }
+}

@@ -28,6 +28,10 @@ pub enum Command {
         #[arg(long)]
         status: bool,
     },
+    /// Process background jobs until SIGTERM (any number may run at once).
+    Drain,
+    /// Fire scheduled entries until SIGTERM (any number may run; one leads).
+    Scheduler,
 }
 
 /// Runs the parsed command.
@@ -36,5 +40,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let load = || Config::from_file(&cli.config);
     match cli.command {
         Command::Migrate { status } => crate::migrate_cmd::run(&load()?, status).await,
+        Command::Drain => crate::background_cmd::drain(&load()?).await,
+        Command::Scheduler => crate::background_cmd::scheduler(&load()?).await,
     }
 }

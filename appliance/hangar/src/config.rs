@@ -12,10 +12,14 @@ pub const DEFAULT_PATH: &str = "/etc/hangar/hangar.toml";
 /// The whole file. Each section belongs to the part of Hangar that reads it;
 /// sections a command does not need may be absent (`hangar migrate` needs only
 /// `[database]`), and each command checks that its own are present.
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     pub database: DbConfig,
+    #[serde(default)]
+    pub drain: hangar_background::DrainConfig,
+    #[serde(default)]
+    pub scheduler: hangar_background::SchedulerConfig,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -31,7 +35,7 @@ pub enum ConfigError {
     #[error("invalid configuration {path}: {field}: {problem}")]
     Invalid {
         path: PathBuf,
-        field: &'static str,
+        field: String,
         problem: String,
     },
 }
@@ -60,9 +64,9 @@ impl Config {
     }
 
     fn validate(&self, path: &Path) -> Result<(), ConfigError> {
-        let invalid = |field, problem: &str| ConfigError::Invalid {
+        let invalid = |field: &str, problem: &str| ConfigError::Invalid {
             path: path.to_path_buf(),
-            field,
+            field: field.into(),
             problem: problem.into(),
         };
         let db = &self.database;
@@ -84,6 +88,8 @@ impl Config {
         if db.pool_size == 0 || db.pool_size > 512 {
             return Err(invalid("database.pool_size", "must be between 1 and 512"));
         }
+        self.drain.validate().map_err(|(f, p)| invalid(f, &p))?;
+        self.scheduler.validate().map_err(|(f, p)| invalid(&f, &p))?;
         Ok(())
     }
 }

@@ -1,5 +1,6 @@
 //! The `hangar` appliance binary's logic: configuration and the subcommands.
 
+mod background_cmd;
 pub mod cli;
 pub mod config;
 pub mod logging;

@@ -16,6 +16,7 @@ use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt};
 use tokio::sync::{Semaphore, mpsc, watch};
 use tokio_util::sync::CancellationToken;
+use hangar_runner::{BackgroundWorker, RunnerOptions, Step};
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use super::{ClaimedJob, FailOutcome, JobToken, NOTIFY_CHANNEL, RetryPolicy};
@@ -195,165 +196,185 @@ impl Consumer {
         self.stats.clone()
     }
 
+    /// Consumes until `shutdown` is cancelled, then lets running handlers finish
+    /// (until the shutdown deadline) and flushes their outcomes.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), DbError> {
         let span = info_span!("consumer", queue = %self.cfg.queue, consumer = %self.cfg.consumer_id);
-        self.run_inner(shutdown).instrument(span).await
+        let deadline = self.cfg.shutdown_deadline;
+        async move {
+            let worker = ConsumerLoop::start(self);
+            hangar_runner::run(worker, shutdown, RunnerOptions { exit_deadline: deadline, ..Default::default() }).await;
+            Ok(())
+        }
+        .instrument(span)
+        .await
     }
+}
 
-    async fn run_inner(self, shutdown: CancellationToken) -> Result<(), DbError> {
-        let cfg = Arc::new(self.cfg.clone());
+/// The consumer as a background worker: a unit claims one batch and starts its
+/// handlers; it is idle when fewer jobs were due than it asked for.
+struct ConsumerLoop {
+    cfg: Arc<ConsumerConfig>,
+    pool: DbPool,
+    handlers: Arc<Handlers>,
+    stats: Arc<ConsumerStats>,
+    inflight: Arc<Mutex<HashMap<i64, JobToken>>>,
+    permits: Arc<Semaphore>,
+    wake_rx: watch::Receiver<u64>,
+    out_tx: Option<mpsc::UnboundedSender<Outcome>>,
+    background: CancellationToken,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    acker: Option<tokio::task::JoinHandle<()>>,
+    /// The last unit found every permit taken: wait for one, not for jobs.
+    full: bool,
+}
+
+impl ConsumerLoop {
+    fn start(c: Consumer) -> ConsumerLoop {
+        let cfg = Arc::new(c.cfg.clone());
         let inflight: Arc<Mutex<HashMap<i64, JobToken>>> = Arc::default();
-        let (wake_tx, mut wake_rx) = watch::channel(0u64);
+        let (wake_tx, wake_rx) = watch::channel(0u64);
         let wake_tx = Arc::new(wake_tx);
         let background = CancellationToken::new();
-
-        let listener = tokio::spawn(listen(
-            self.db.clone(),
-            cfg.queue.clone(),
-            wake_tx.clone(),
-            background.clone(),
-        ));
+        let listener = tokio::spawn(listen(c.db.clone(), cfg.queue.clone(), wake_tx.clone(), background.clone()));
         let (out_tx, out_rx) = mpsc::unbounded_channel::<Outcome>();
         let acker = tokio::spawn(acknowledge(
-            self.pool.clone(),
+            c.pool.clone(),
             cfg.clone(),
             out_rx,
             inflight.clone(),
-            self.stats.clone(),
-            wake_tx.clone(),
+            c.stats.clone(),
+            wake_tx,
         ));
-        let renewer = tokio::spawn(renew_leases(
-            self.pool.clone(),
-            cfg.clone(),
-            inflight.clone(),
-            background.clone(),
-        ));
-
-        let permits = Arc::new(Semaphore::new(cfg.concurrency));
-        let mut backoff = Duration::from_millis(100);
-        info!(kinds = ?self.handlers.kinds(), "consumer started");
-        loop {
-            if shutdown.is_cancelled() {
-                break;
-            }
-            // Wait for room before claiming: a claim is a promise to start soon.
-            let room = tokio::select! {
-                _ = shutdown.cancelled() => break,
-                p = permits.clone().acquire_many_owned(1) => { drop(p); permits.available_permits() }
-            };
-            let want = (room as i64).min(cfg.batch_size).max(1);
-            // Mark notifications seen *before* claiming, so one that arrives during
-            // the claim wakes the wait below instead of being lost.
-            wake_rx.borrow_and_update();
-            let claimed = match self.claim(&cfg, want).await {
-                Ok(c) => {
-                    backoff = Duration::from_millis(100);
-                    c
-                }
-                Err(e) => {
-                    warn!(error = %crate::connect::error_chain(&e), retry_in = ?backoff, "claim failed");
-                    tokio::select! {
-                        _ = shutdown.cancelled() => break,
-                        _ = tokio::time::sleep(backoff) => {}
-                    }
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
-                    continue;
-                }
-            };
-            let got = claimed.len() as i64;
-            self.stats.claimed.fetch_add(got as u64, Ordering::Relaxed);
-            for job in claimed {
-                let permit = permits.clone().acquire_owned().await.expect("semaphore is never closed");
-                if job.attempt > job.max_attempts {
-                    // Its consumers died on every attempt: do not risk another.
-                    let token = job.token();
-                    let msg = format!(
-                        "abandoned: the lease expired on each of {} attempts (consumer lost)",
-                        job.max_attempts
-                    );
-                    let _ = out_tx.send(Outcome {
-                        token,
-                        kind: job.kind.clone(),
-                        result: Err(JobError::permanent(msg)),
-                    });
-                    drop(permit);
-                    continue;
-                }
-                inflight.lock().expect("inflight lock").insert(job.id, job.token());
-                let handler = self.handlers.by_kind.get(&job.kind).cloned();
-                let tx = out_tx.clone();
-                tokio::spawn(async move {
-                    let token = job.token();
-                    let kind = job.kind.clone();
-                    let span = info_span!("job", job = job.id, kind = %kind, attempt = job.attempt);
-                    let result = match handler {
-                        None => Err(JobError::retry(format!("no handler for job kind {kind:?}"))),
-                        Some(h) => match AssertUnwindSafe(h.handle(job)).catch_unwind().instrument(span).await {
-                            Ok(r) => r,
-                            Err(panic) => Err(JobError::retry(format!(
-                                "handler panicked: {}",
-                                panic_message(&panic)
-                            ))),
-                        },
-                    };
-                    let _ = tx.send(Outcome { token, kind, result });
-                    drop(permit);
-                });
-            }
-            if got >= want {
-                continue;
-            }
-            // Nothing more due: sleep until a notification, the next due time, or
-            // the safety-net poll.
-            let sleep_for = match self.next_due(&cfg).await {
-                Some(at) => (at - Utc::now()).to_std().unwrap_or(Duration::ZERO).min(cfg.idle_poll),
-                None => cfg.idle_poll,
-            };
-            if sleep_for.is_zero() {
-                continue;
-            }
-            tokio::select! {
-                _ = shutdown.cancelled() => break,
-                r = wake_rx.changed() => {
-                    if r.is_err() {
-                        // The listener ended; fall back to polling.
-                        tokio::time::sleep(Duration::from_millis(500)).await;
-                    }
-                    self.stats.wakeups.fetch_add(1, Ordering::Relaxed);
-                }
-                _ = tokio::time::sleep(sleep_for) => {}
-            }
+        let renewer = tokio::spawn(renew_leases(c.pool.clone(), cfg.clone(), inflight.clone(), background.clone()));
+        info!(kinds = ?c.handlers.kinds(), "consumer started");
+        ConsumerLoop {
+            permits: Arc::new(Semaphore::new(cfg.concurrency)),
+            cfg,
+            pool: c.pool,
+            handlers: c.handlers,
+            stats: c.stats,
+            inflight,
+            wake_rx,
+            out_tx: Some(out_tx),
+            background,
+            tasks: vec![listener, renewer],
+            acker: Some(acker),
+            full: false,
         }
+    }
 
-        // Shutdown: stop claiming, let running handlers finish until the deadline.
+    fn dispatch(&self, job: ClaimedJob, permit: tokio::sync::OwnedSemaphorePermit) {
+        let Some(tx) = self.out_tx.clone() else { return };
+        if job.attempt > job.max_attempts {
+            // Its consumers died on every attempt: do not risk another.
+            let msg = format!(
+                "abandoned: the lease expired on each of {} attempts (consumer lost)",
+                job.max_attempts
+            );
+            let _ = tx.send(Outcome { token: job.token(), kind: job.kind.clone(), result: Err(JobError::permanent(msg)) });
+            return;
+        }
+        self.inflight.lock().expect("inflight lock").insert(job.id, job.token());
+        let handler = self.handlers.by_kind.get(&job.kind).cloned();
+        tokio::spawn(async move {
+            let token = job.token();
+            let kind = job.kind.clone();
+            let span = info_span!("job", job = job.id, kind = %kind, attempt = job.attempt);
+            let result = match handler {
+                None => Err(JobError::retry(format!("no handler for job kind {kind:?}"))),
+                Some(h) => match AssertUnwindSafe(h.handle(job)).catch_unwind().instrument(span).await {
+                    Ok(r) => r,
+                    Err(panic) => Err(JobError::retry(format!("handler panicked: {}", panic_message(&panic)))),
+                },
+            };
+            let _ = tx.send(Outcome { token, kind, result });
+            drop(permit);
+        });
+    }
+}
+
+impl BackgroundWorker for ConsumerLoop {
+    fn name(&self) -> String {
+        format!("consumer {} of queue {}", self.cfg.consumer_id, self.cfg.queue)
+    }
+
+    async fn work(&mut self) -> Result<Step, String> {
+        let room = self.permits.available_permits();
+        if room == 0 {
+            self.full = true;
+            return Ok(Step::Idle);
+        }
+        self.full = false;
+        let want = (room as i64).min(self.cfg.batch_size).max(1);
+        // Mark notifications seen *before* claiming, so one that arrives during
+        // the claim wakes the next wait instead of being lost.
+        self.wake_rx.borrow_and_update();
+        let mut conn = self.pool.get().await.map_err(|e| crate::connect::error_chain(&e))?;
+        self.stats.claim_queries.fetch_add(1, Ordering::Relaxed);
+        let claimed = super::claim(&mut conn, &self.cfg.queue, &self.cfg.consumer_id, want, self.cfg.lease)
+            .await
+            .map_err(|e| format!("claim failed: {}", crate::connect::error_chain(&e)))?;
+        drop(conn);
+        let got = claimed.len() as i64;
+        self.stats.claimed.fetch_add(got as u64, Ordering::Relaxed);
+        for job in claimed {
+            let permit = self.permits.clone().try_acquire_owned().expect("a permit per claimed job");
+            self.dispatch(job, permit);
+        }
+        Ok(if got >= want { Step::Busy } else { Step::Idle })
+    }
+
+    async fn wait_for_work(&mut self) {
+        if self.full {
+            let _ = self.permits.clone().acquire_owned().await;
+            return;
+        }
+        // Sleep until a notification, the next due time, or the safety-net poll.
+        let next_due = match self.pool.get().await {
+            Ok(mut conn) => super::next_due(&mut conn, &self.cfg.queue).await.ok().flatten(),
+            Err(_) => None,
+        };
+        let sleep_for = match next_due {
+            Some(at) => (at - Utc::now()).to_std().unwrap_or(Duration::ZERO).min(self.cfg.idle_poll),
+            None => self.cfg.idle_poll,
+        };
+        if sleep_for.is_zero() {
+            return;
+        }
+        tokio::select! {
+            r = self.wake_rx.changed() => {
+                if r.is_err() {
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                self.stats.wakeups.fetch_add(1, Ordering::Relaxed);
+            }
+            _ = tokio::time::sleep(sleep_for) => {}
+        }
+    }
+
+    async fn finish(&mut self) {
         info!("consumer stopping");
-        let all = cfg.concurrency as u32;
-        let finished = tokio::time::timeout(cfg.shutdown_deadline, permits.acquire_many(all)).await;
-        drop(out_tx);
-        let _ = acker.await;
-        background.cancel();
-        let _ = renewer.await;
-        let _ = listener.await;
+        let all = self.cfg.concurrency as u32;
+        let finished = tokio::time::timeout(self.cfg.shutdown_deadline, self.permits.acquire_many(all)).await;
+        self.out_tx = None;
+        if let Some(acker) = self.acker.take() {
+            // Handlers still running past the deadline keep the channel open; do
+            // not wait for them beyond a short flush.
+            let _ = tokio::time::timeout(Duration::from_secs(5), acker).await;
+        }
+        self.background.cancel();
+        for t in self.tasks.drain(..) {
+            let _ = t.await;
+        }
         if finished.is_err() {
-            let left: Vec<JobToken> = inflight.lock().expect("inflight lock").values().copied().collect();
+            let left: Vec<JobToken> = self.inflight.lock().expect("inflight lock").values().copied().collect();
             warn!(jobs = left.len(), "shutdown deadline passed; giving running jobs back");
             if let Ok(mut conn) = self.pool.get().await {
                 let _ = super::release(&mut conn, &left).await;
             }
         }
         info!("consumer stopped");
-        Ok(())
-    }
-
-    async fn claim(&self, cfg: &ConsumerConfig, want: i64) -> Result<Vec<ClaimedJob>, DbError> {
-        let mut conn = self.pool.get().await?;
-        self.stats.claim_queries.fetch_add(1, Ordering::Relaxed);
-        super::claim(&mut conn, &cfg.queue, &cfg.consumer_id, want, cfg.lease).await
-    }
-
-    async fn next_due(&self, cfg: &ConsumerConfig) -> Option<chrono::DateTime<Utc>> {
-        let mut conn = self.pool.get().await.ok()?;
-        super::next_due(&mut conn, &cfg.queue).await.ok().flatten()
     }
 }
 

@@ -1,0 +1,40 @@
+//! `retention.cleanup`: forgets what is no longer needed — deduplication keys and
+//! dead jobs older than the retention period, heartbeats of processes long gone.
+
+use std::sync::Arc;
+
+use chrono::Utc;
+use diesel::prelude::*;
+use diesel_async::RunQueryDsl;
+use hangar_db::DbPool;
+use hangar_db::queue::{self, JobHandler, handler_fn};
+use hangar_db::schema::{jobs, processes};
+use tracing::info;
+
+use super::{db_error, field};
+
+pub const RETENTION: &str = "retention.cleanup";
+
+pub fn handler(pool: DbPool) -> Arc<dyn JobHandler> {
+    handler_fn(move |job| {
+        let pool = pool.clone();
+        async move {
+            let days: i64 = field(&job.payload, "days")?;
+            let cutoff = Utc::now() - chrono::Duration::days(days.max(1));
+            let mut conn = pool.get().await.map_err(db_error)?;
+            let keys = queue::prune_keys(&mut conn, cutoff).await.map_err(db_error)?;
+            let dead = diesel::delete(jobs::table.filter(jobs::state.eq("dead")).filter(jobs::created_at.lt(cutoff)))
+                .execute(&mut conn)
+                .await
+                .map_err(db_error)?;
+            let gone = diesel::delete(
+                processes::table.filter(processes::last_seen_at.lt(Utc::now() - chrono::Duration::hours(1))),
+            )
+            .execute(&mut conn)
+            .await
+            .map_err(db_error)?;
+            info!(keys, dead, processes = gone, days, "retention cleanup");
+            Ok(())
+        }
+    })
+}
