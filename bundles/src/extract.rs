@@ -22,7 +22,8 @@ use crate::bundle::Bundle;
 use crate::limits::MAX_EXTENSION_BYTES;
 use crate::manifest::{Entry, check_entry_path};
 use crate::stream::{
-    Capped, FRAME_HEADER_MAX, Fault, FaultCell, FrameProblem, PayloadSource, check_frame_header,
+    Capped, FRAME_HEADER_MAX, Fault, FaultCell, FrameProblem, HashFeed, PayloadSource,
+    check_frame_header, hash_all,
 };
 
 /// Size of the buffers handed from the reader to the writer thread.
@@ -141,35 +142,54 @@ impl Bundle {
         }
         let (tx, rx) = mpsc::sync_channel::<Msg>(DEPTH);
         let (recycle_tx, recycle_rx) = mpsc::channel::<Vec<u8>>();
+        let (hash_tx, hash_rx) = mpsc::sync_channel::<Vec<u8>>(DEPTH);
         thread::scope(|scope| {
             let writer = scope
                 .spawn(move || write_loop(rx, recycle_tx, &manifest.entries, sink, &self.path));
-            let read_result = self.read_loop(&tx, &recycle_rx, &mut progress, total);
+            let hasher = scope.spawn(move || hash_all(hash_rx));
+            let read_result = self.read_loop(
+                &tx,
+                &recycle_rx,
+                HashFeed::new(hash_tx),
+                &mut progress,
+                total,
+            );
             drop(tx);
             let write_result = writer
                 .join()
                 .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+            let digest = hasher
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
             // A writer error is the more precise one (the reader only saw a closed channel).
             let (summary, sink) = write_result?;
-            let payload_ok = read_result?;
-            if !payload_ok {
+            let end = read_result?;
+            // A payload that is not the signed one is reported as such first.
+            if digest != manifest.payload.sha256.0 {
                 return Err(BundleError::PayloadHashMismatch {
                     path: self.path.clone(),
+                });
+            }
+            if end.leftover {
+                return Err(BundleError::BadCompression {
+                    path: self.path.clone(),
+                    reason: "data follows the zstd frame",
                 });
             }
             Ok((summary, sink))
         })
     }
 
-    /// Reads the payload and feeds the writer. Returns whether the payload hash
-    /// matched (checked last, after every entry).
+    /// Reads the payload, feeding the writer with entries and the hasher with
+    /// every payload byte, until the end of the payload.
     fn read_loop(
         &self,
         tx: &mpsc::SyncSender<Msg>,
         recycle: &mpsc::Receiver<Vec<u8>>,
+        hash: HashFeed,
         progress: &mut Option<&mut dyn FnMut(Progress)>,
         total: u64,
-    ) -> Result<bool, BundleError> {
+    ) -> Result<ReadEnd, BundleError> {
         let path = &self.path;
         let manifest = &self.manifest;
         let size = manifest.payload.size;
@@ -196,7 +216,7 @@ impl Bundle {
         })?;
 
         let fault: FaultCell = Default::default();
-        let source = PayloadSource::new(&self.file, self.payload_offset, size, fault.clone());
+        let source = PayloadSource::new(&self.file, self.payload_offset, size, hash, fault.clone());
         let mut decoder =
             zstd::stream::read::Decoder::with_buffer(BufReader::with_capacity(CHUNK, source))
                 .map_err(|source| BundleError::Decompress {
@@ -442,8 +462,8 @@ impl Bundle {
                 return Err(BundleError::TrailingData { path: path.clone() });
             }
         }
-        // The zstd frame ended. Whatever of the payload remains is still hashed:
-        // a payload that is not the signed one is reported as such first.
+        // The zstd frame ended. Whatever of the payload remains is still read, so
+        // that it is hashed: the caller checks the hash before this leftover.
         let mut rest = capped.into_inner().finish();
         let mut leftover = false;
         loop {
@@ -453,19 +473,14 @@ impl Bundle {
             }
             leftover = true;
         }
-        let source = rest.into_inner();
-        debug_assert!(source.at_end());
-        if source.finish() != manifest.payload.sha256.0 {
-            return Ok(false);
-        }
-        if leftover {
-            return Err(BundleError::BadCompression {
-                path: path.clone(),
-                reason: "data follows the zstd frame",
-            });
-        }
-        Ok(true)
+        Ok(ReadEnd { leftover })
     }
+}
+
+/// How the payload ended.
+struct ReadEnd {
+    /// Bytes followed the zstd frame.
+    leftover: bool,
 }
 
 /// Where in the archive the reader is, for error messages.

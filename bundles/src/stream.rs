@@ -10,6 +10,7 @@ use std::fs::File;
 use std::io::{self, Read};
 use std::os::unix::fs::FileExt;
 use std::rc::Rc;
+use std::sync::mpsc;
 
 use ring::digest;
 
@@ -33,35 +34,77 @@ fn fail(cell: &FaultCell, fault: Fault, message: &'static str) -> io::Error {
     io::Error::other(message)
 }
 
-/// Reads `[offset, offset + len)` of a file with positional reads, hashing every byte.
+/// Reads `[offset, offset + len)` of a file with positional reads, handing a
+/// copy of every byte to `hash` (a thread hashing the payload, so that this
+/// work stays off the decompressing thread).
 pub(crate) struct PayloadSource<'f> {
     file: &'f File,
     pos: u64,
     end: u64,
-    sha: digest::Context,
+    hash: HashFeed,
     fault: FaultCell,
 }
 
+/// Batches bytes for the hashing thread.
+pub(crate) struct HashFeed {
+    tx: mpsc::SyncSender<Vec<u8>>,
+    pending: Vec<u8>,
+}
+
+const HASH_BATCH: usize = 1 << 20;
+
+impl HashFeed {
+    pub(crate) fn new(tx: mpsc::SyncSender<Vec<u8>>) -> HashFeed {
+        HashFeed {
+            tx,
+            pending: Vec::with_capacity(HASH_BATCH),
+        }
+    }
+
+    fn push(&mut self, bytes: &[u8]) {
+        self.pending.extend_from_slice(bytes);
+        if self.pending.len() >= HASH_BATCH {
+            let full = std::mem::replace(&mut self.pending, Vec::with_capacity(HASH_BATCH));
+            // A hasher that is gone only matters at the end, where its digest is missing.
+            let _ = self.tx.send(full);
+        }
+    }
+}
+
+impl Drop for HashFeed {
+    fn drop(&mut self) {
+        if !self.pending.is_empty() {
+            let _ = self.tx.send(std::mem::take(&mut self.pending));
+        }
+    }
+}
+
+/// Hashes what a [`HashFeed`] sends until it is dropped.
+pub(crate) fn hash_all(rx: mpsc::Receiver<Vec<u8>>) -> [u8; 32] {
+    let mut sha = digest::Context::new(&digest::SHA256);
+    for chunk in rx {
+        sha.update(&chunk);
+    }
+    let mut out = [0u8; 32];
+    out.copy_from_slice(sha.finish().as_ref());
+    out
+}
+
 impl<'f> PayloadSource<'f> {
-    pub(crate) fn new(file: &'f File, offset: u64, len: u64, fault: FaultCell) -> Self {
+    pub(crate) fn new(
+        file: &'f File,
+        offset: u64,
+        len: u64,
+        hash: HashFeed,
+        fault: FaultCell,
+    ) -> Self {
         PayloadSource {
             file,
             pos: offset,
             end: offset.saturating_add(len),
-            sha: digest::Context::new(&digest::SHA256),
+            hash,
             fault,
         }
-    }
-
-    /// True when every payload byte was read.
-    pub(crate) fn at_end(&self) -> bool {
-        self.pos == self.end
-    }
-
-    pub(crate) fn finish(self) -> [u8; 32] {
-        let mut out = [0u8; 32];
-        out.copy_from_slice(self.sha.finish().as_ref());
-        out
     }
 }
 
@@ -87,7 +130,7 @@ impl Read for PayloadSource<'_> {
                 "bundle file is truncated",
             ));
         }
-        self.sha.update(&buf[..n]);
+        self.hash.push(&buf[..n]);
         self.pos += n as u64;
         Ok(n)
     }
