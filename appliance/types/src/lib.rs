@@ -1,8 +1,10 @@
 //! Types shared by every part of Hangar, the worker included: run kinds and
-//! states with the one table of allowed transitions, and user roles. No I/O.
+//! states with the one table of allowed transitions, user roles, and the worker
+//! protocol's messages. No I/O.
 
-mod run;
 mod role;
+mod run;
+pub mod worker;
 
 pub use role::Role;
 pub use run::{RunKind, RunState, TransitionError, Tool};

@@ -1,0 +1,283 @@
+//! The worker protocol: what a worker host and the appliance say to each other.
+//!
+//! Everything here travels as JSON over HTTPS on the server's port, the worker
+//! authenticated by its client certificate and its worker token. The MQTT broker
+//! carries only [`Notification`]s — ids, never secrets — that tell a worker to
+//! ask over HTTPS.
+//!
+//! | call | method and path |
+//! |---|---|
+//! | join a pool (no client certificate yet) | `POST /api/v1/workers/join` [`JoinRequest`] → [`JoinResponse`] |
+//! | heartbeat | `POST /api/v1/worker/heartbeat` [`Heartbeat`] → [`HeartbeatReply`] |
+//! | claim a READY run of the pool | `POST /api/v1/worker/claim` → 200 [`RunAssignment`] or 204 |
+//! | report a state change | `POST /api/v1/worker/runs/{id}/state` [`StateReport`] → 200 [`RunStatus`], 409 [`RunStatus`] when refused |
+//! | current state of a run | `GET /api/v1/worker/runs/{id}` → [`RunStatus`] |
+//! | append a log chunk | `POST /api/v1/worker/runs/{id}/logs/{phase}/{seq}` (raw bytes, masked) → 204 |
+//! | where to upload the plan | `POST /api/v1/worker/runs/{id}/plan` [`PlanUpload`] → [`PresignedUrl`] |
+//! | upload `errored.tfstate` | `POST /api/v1/worker/runs/{id}/errored-state` (raw bytes) → 204 |
+//! | a tool binary | `GET /v1/tools/{tool}/{version}/{os}_{arch}` → bytes, header `x-hangar-sha256` |
+//! | provider mirror | `/v1/providers/…` (Terraform's provider network mirror protocol) |
+//! | state backend | `/state/v1/{stack}` with HTTP basic auth `run:<run token>` |
+
+use serde::{Deserialize, Serialize};
+
+use crate::{RunKind, RunState, Tool};
+
+/// MQTT topic a worker subscribes to: `/tenants/w<id>/#`. Pool-wide
+/// notifications arrive on `/tenants/w<id>/pool`, its own on `/tenants/w<id>/worker`.
+pub fn worker_tenant(worker_id: i64) -> String {
+    format!("w{worker_id}")
+}
+
+/// A broker notification. Only ids: details come over HTTPS.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Notification {
+    /// A run of this pool became READY: try to claim.
+    WorkAvailable { pool: i64 },
+    /// A run this worker holds was confirmed: apply.
+    RunConfirmed { run: i64 },
+    /// A run this worker holds was stopped or canceled: kill its process group.
+    RunCanceled { run: i64 },
+}
+
+/// What a joining worker sends, with the one-time join token.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JoinRequest {
+    pub token: String,
+    /// A name for operators (defaults to the host name).
+    pub name: String,
+    /// A PKCS#10 request for the worker's key, made on the worker host.
+    pub csr_pem: String,
+    pub host: HostInfo,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HostInfo {
+    pub hostname: String,
+    pub os: String,
+    pub arch: String,
+    pub version: String,
+}
+
+/// What the appliance answers a successful join. The token is shown this once.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JoinResponse {
+    pub worker_id: i64,
+    pub pool_id: i64,
+    pub pool_name: String,
+    pub certificate_pem: String,
+    pub ca_pem: String,
+    pub worker_token: String,
+    /// `https://host:1983`
+    pub server_url: String,
+    /// `mqtts://host:1984`
+    pub broker_url: String,
+}
+
+impl std::fmt::Debug for JoinResponse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JoinResponse")
+            .field("worker_id", &self.worker_id)
+            .field("pool_id", &self.pool_id)
+            .field("worker_token", &"<redacted>")
+            .finish_non_exhaustive()
+    }
+}
+
+/// A worker's condition, as operators see it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WorkerStatus {
+    Idle,
+    Busy,
+    /// Finishing what it holds and taking nothing new.
+    Drained,
+    Offline,
+}
+
+impl WorkerStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WorkerStatus::Idle => "idle",
+            WorkerStatus::Busy => "busy",
+            WorkerStatus::Drained => "drained",
+            WorkerStatus::Offline => "offline",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Heartbeat {
+    pub status: WorkerStatus,
+    /// The run it holds, whose lease this heartbeat renews.
+    pub run: Option<i64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeartbeatReply {
+    /// Until when the held run's lease now lasts (RFC 3339), if one is held.
+    pub lease_expires_at: Option<String>,
+    /// The held run's state, so a lost notification is caught up with.
+    pub run_state: Option<RunState>,
+    /// The operator drained this worker: take nothing new.
+    pub drain: bool,
+}
+
+/// A claimed run: everything a worker needs to execute it. Carries secrets
+/// (secret variables, the run token): only ever over HTTPS, never logged.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunAssignment {
+    pub run_id: i64,
+    pub kind: RunKind,
+    pub stack: StackSpec,
+    pub commit_sha: String,
+    pub branch: String,
+    /// For task runs.
+    pub command: Option<String>,
+    pub env: Vec<EnvVar>,
+    /// Run-scoped credential for the state backend and run endpoints; dies with the run.
+    pub run_token: String,
+    /// `https://host:1983/state/v1/<stack slug>`
+    pub state_url: String,
+    pub tool: ToolSpec,
+    /// `https://host:1983/v1/providers/`
+    pub provider_mirror_url: String,
+    pub lease_expires_at: String,
+    /// Apply without waiting for a human (tracked runs with changes).
+    pub autodeploy: bool,
+}
+
+impl std::fmt::Debug for RunAssignment {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RunAssignment")
+            .field("run_id", &self.run_id)
+            .field("kind", &self.kind)
+            .field("stack", &self.stack.slug)
+            .field("commit_sha", &self.commit_sha)
+            .field("env", &self.env.iter().map(|e| e.name.as_str()).collect::<Vec<_>>())
+            .field("run_token", &"<redacted>")
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StackSpec {
+    pub id: i64,
+    pub slug: String,
+    pub repository: String,
+    pub project_root: String,
+}
+
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EnvVar {
+    pub name: String,
+    pub value: String,
+    /// Masked in logs wherever it appears.
+    pub secret: bool,
+}
+
+impl std::fmt::Debug for EnvVar {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let value = if self.secret { "<secret>" } else { self.value.as_str() };
+        f.debug_struct("EnvVar").field("name", &self.name).field("value", &value).finish()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ToolSpec {
+    pub tool: Tool,
+    pub version: String,
+    /// Where to download it from the appliance.
+    pub url: String,
+    /// Hex SHA-256 the download must have.
+    pub sha256: String,
+}
+
+/// A planned change summary, as Terraform's plan reports it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Changes {
+    pub add: u32,
+    pub change: u32,
+    pub destroy: u32,
+}
+
+impl Changes {
+    pub fn any(&self) -> bool {
+        self.add + self.change + self.destroy > 0
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StateReport {
+    pub to: RunState,
+    /// Why (shown in the run's history), e.g. the failing command's last line.
+    pub note: String,
+    /// With the report leaving PLANNING.
+    pub changes: Option<Changes>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunStatus {
+    pub run_id: i64,
+    pub state: RunState,
+    pub failure_reason: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlanUpload {
+    pub size: u64,
+    pub sha256: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PresignedUrl {
+    pub url: String,
+    pub expires_in_secs: u32,
+}
+
+/// Log phases, one object per chunk under each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Phase {
+    Preparing,
+    Initializing,
+    Planning,
+    Applying,
+}
+
+impl Phase {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Preparing => "preparing",
+            Phase::Initializing => "initializing",
+            Phase::Planning => "planning",
+            Phase::Applying => "applying",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn notifications_are_small_tagged_json() {
+        let n = Notification::WorkAvailable { pool: 3 };
+        assert_eq!(serde_json::to_string(&n).unwrap(), r#"{"type":"work_available","pool":3}"#);
+        let back: Notification = serde_json::from_str(r#"{"type":"run_canceled","run":9}"#).unwrap();
+        assert_eq!(back, Notification::RunCanceled { run: 9 });
+        assert!(serde_json::from_str::<Notification>(r#"{"type":"rm -rf"}"#).is_err());
+    }
+
+    #[test]
+    fn secrets_stay_out_of_debug() {
+        let v = EnvVar { name: "TF_VAR_pw".into(), value: "hunter2".into(), secret: true };
+        assert!(!format!("{v:?}").contains("hunter2"));
+    }
+}
