@@ -32,6 +32,12 @@ pub enum Command {
     Drain,
     /// Fire scheduled entries until SIGTERM (any number may run; one leads).
     Scheduler,
+    /// Run and watch the appliance's services (the [supervisor] section) until SIGTERM.
+    Supervise(hangar_supervisor::cli::SuperviseArgs),
+    /// Control a running supervisor: status, start, stop, restart, tail.
+    Ctl(hangar_supervisor::cli::CtlArgs),
+    /// Terminate TLS in front of a plain-TCP service (the object store).
+    TlsProxy(hangar_supervisor::cli::TlsProxyArgs),
 }
 
 /// Runs the parsed command.
@@ -42,5 +48,19 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Migrate { status } => crate::migrate_cmd::run(&load()?, status).await,
         Command::Drain => crate::background_cmd::drain(&load()?).await,
         Command::Scheduler => crate::background_cmd::scheduler(&load()?).await,
+        Command::Supervise(args) => {
+            let path = cli.config.clone();
+            let loader: hangar_supervisor::Loader = std::sync::Arc::new(move || {
+                let c = Config::from_file(&path)?;
+                Ok(hangar_supervisor::Settings::new(c.supervisor, Some(c.database)))
+            });
+            let (stop, reload) = (crate::signals::shutdown_token(), crate::signals::reload_signal());
+            Ok(hangar_supervisor::cli::supervise(args, loader, stop, reload).await?)
+        }
+        Command::Ctl(args) => Ok(hangar_supervisor::cli::ctl(args, || Ok(load()?.supervisor.map(|s| s.socket))).await?),
+        Command::TlsProxy(args) => {
+            let (stop, reload) = (crate::signals::shutdown_token(), crate::signals::reload_signal());
+            Ok(hangar_supervisor::cli::tls_proxy(args, stop, reload).await?)
+        }
     }
 }

@@ -20,6 +20,8 @@ pub struct Config {
     pub drain: hangar_background::DrainConfig,
     #[serde(default)]
     pub scheduler: hangar_background::SchedulerConfig,
+    #[serde(default)]
+    pub supervisor: Option<hangar_supervisor::SupervisorConfig>,
 }
 
 #[derive(Debug, thiserror::Error)]
