@@ -197,44 +197,28 @@ impl Bundle {
         let mut head = [0u8; FRAME_HEADER_MAX];
         let head_len = (FRAME_HEADER_MAX as u64).min(size) as usize;
         read_at_exact(&self.file, &mut head[..head_len], self.payload_offset, path)?;
-        check_frame_header(&head[..head_len], self.limits.max_window_log).map_err(|p| match p {
-            FrameProblem::Window(window_log) => BundleError::ZstdWindow {
-                path: path.clone(),
-                window_log,
-                max: self.limits.max_window_log,
-            },
-            other => BundleError::BadCompression {
-                path: path.clone(),
-                reason: match other {
-                    FrameProblem::Short => "the payload is too short for a zstd frame",
-                    FrameProblem::NotZstd => "the payload does not start with a zstd frame",
-                    FrameProblem::Reserved => "the zstd frame header sets a reserved bit",
-                    FrameProblem::Dictionary => "the zstd frame needs a dictionary",
-                    _ => "the zstd frame carries no content checksum",
-                },
-            },
-        })?;
+        check_frame_header(&head[..head_len], self.limits.max_window_log)
+            .map_err(|problem| frame_error(path, problem, self.limits.max_window_log))?;
 
         let fault: FaultCell = Default::default();
         let source = PayloadSource::new(&self.file, self.payload_offset, size, hash, fault.clone());
+        let decoder_error = |source| BundleError::Decompress {
+            path: path.clone(),
+            position: Position::Start.describe(),
+            source,
+        };
         let mut decoder =
             zstd::stream::read::Decoder::with_buffer(BufReader::with_capacity(CHUNK, source))
-                .map_err(|source| BundleError::Decompress {
-                    path: path.clone(),
-                    position: "the start of the payload".into(),
-                    source,
-                })?
+                .map_err(decoder_error)?
                 .single_frame();
         decoder
             .window_log_max(self.limits.max_window_log)
-            .map_err(|source| BundleError::Decompress {
-                path: path.clone(),
-                position: "the start of the payload".into(),
-                source,
-            })?;
+            .map_err(decoder_error)?;
         let bound = manifest.decompressed_bound();
-        let capped = Capped::new(decoder, bound, fault.clone());
-        let mut archive = tar::Archive::new(capped);
+        let mut archive = tar::Archive::new(Capped::new(decoder, bound, fault.clone()));
+        let failure = |position: &Position, source: io::Error| {
+            classify(path, &fault, bound, position, source)
+        };
 
         let index: HashMap<&str, usize> = manifest
             .entries
@@ -245,169 +229,28 @@ impl Bundle {
         let mut next = 0usize;
         let mut done = 0u64;
         let mut position = Position::Start;
-        let failure = |position: &Position, source: io::Error| {
-            classify(path, &fault, bound, position, source)
-        };
-
+        let mut pending = Pending::default();
         let entries = archive
             .entries()
             .map_err(|e| failure(&position, e))?
             .raw(true);
-        let mut long_name: Option<Vec<u8>> = None;
-        let mut pax: Option<Vec<u8>> = None;
         for raw in entries {
-            let mut entry = raw.map_err(|e| failure(&position, e))?;
-            let header_name = entry.path_bytes().into_owned();
-            let entry_type = entry.header().entry_type();
-            let ustar_size = entry
-                .header()
-                .entry_size()
-                .map_err(|e| failure(&position, e))?;
-
-            // Extension headers describe the next entry.
-            if entry_type.is_gnu_longname() || entry_type.is_pax_local_extensions() {
-                let what = if entry_type.is_gnu_longname() {
-                    "GNU long name"
-                } else {
-                    "PAX"
-                };
-                let slot = if entry_type.is_gnu_longname() {
-                    &mut long_name
-                } else {
-                    &mut pax
-                };
-                let bad = |reason: String| BundleError::BadExtendedHeader {
-                    path: path.clone(),
-                    entry: position.describe(),
-                    reason,
-                };
-                if slot.is_some() {
-                    return Err(bad(format!("two {what} headers for one entry")));
-                }
-                if ustar_size > MAX_EXTENSION_BYTES {
-                    return Err(bad(format!("{what} header of {ustar_size} bytes")));
-                }
-                let mut data = Vec::with_capacity(ustar_size as usize);
-                entry
-                    .read_to_end(&mut data)
-                    .map_err(|e| failure(&position, e))?;
-                if (data.len() as u64) < ustar_size {
-                    return Err(BundleError::TruncatedEntry {
-                        path: path.clone(),
-                        entry: position.describe(),
-                    });
-                }
-                *slot = Some(data);
+            let mut member = raw.map_err(|e| failure(&position, e))?;
+            let Some(resolved) = self.resolve(&mut member, &mut pending, &position, &failure)?
+            else {
                 continue;
-            }
-
-            // The name: GNU long name, else PAX path, else the header's.
-            let pax_records = match pax.take() {
-                Some(data) => {
-                    parse_pax(&data).map_err(|reason| BundleError::BadExtendedHeader {
-                        path: path.clone(),
-                        entry: String::from_utf8_lossy(&header_name).into_owned(),
-                        reason,
-                    })?
-                }
-                None => PaxRecords::default(),
             };
-            let raw_name = match long_name.take() {
-                Some(mut name) => {
-                    while name.last() == Some(&0) {
-                        name.pop();
-                    }
-                    name
-                }
-                None => pax_records.path.clone().unwrap_or(header_name),
-            };
-            let lossy = String::from_utf8_lossy(&raw_name).into_owned();
-            let mut name = String::from_utf8(raw_name).map_err(|_| BundleError::UnsafePath {
-                path: path.clone(),
-                entry: lossy.clone(),
-                reason: "not UTF-8",
-            })?;
-            if entry_type.is_dir() && name.len() > 1 && name.ends_with('/') {
-                name.pop();
-            }
-            check_entry_path(&name).map_err(|reason| BundleError::UnsafePath {
-                path: path.clone(),
-                entry: name.clone(),
-                reason,
-            })?;
-            let archive_type = if entry_type.is_file() {
-                "regular file"
-            } else if entry_type.is_dir() {
-                "directory"
-            } else {
-                return Err(BundleError::NotRegularFile {
-                    path: path.clone(),
-                    entry: name,
-                    kind: type_name(entry_type),
-                });
-            };
-            if let Some(pax_size) = &pax_records.size
-                && pax_size.parse::<u64>().ok() != Some(ustar_size)
-            {
-                return Err(BundleError::PaxSizeMismatch {
-                    path: path.clone(),
-                    entry: name,
-                    pax: pax_size.clone(),
-                    ustar: ustar_size,
-                });
-            }
-
-            // Lockstep with the manifest.
-            match index.get(name.as_str()) {
-                None => {
-                    return Err(BundleError::NotInManifest {
-                        path: path.clone(),
-                        entry: name,
-                    });
-                }
-                Some(&i) if i < next => {
-                    return Err(BundleError::DuplicateEntry {
-                        path: path.clone(),
-                        entry: name,
-                    });
-                }
-                Some(&i) if i > next => {
-                    return Err(BundleError::MissingEntry {
-                        path: path.clone(),
-                        entry: manifest.entries[next].path().to_owned(),
-                    });
-                }
-                Some(_) => {}
-            }
-            let expected = &manifest.entries[next];
-            if expected.type_name() != archive_type {
-                return Err(BundleError::TypeMismatch {
-                    path: path.clone(),
-                    entry: name,
-                    manifest: expected.type_name(),
-                    archive: archive_type,
-                });
-            }
-            if ustar_size != expected.size() {
-                return Err(BundleError::SizeMismatch {
-                    path: path.clone(),
-                    entry: name,
-                    manifest: expected.size(),
-                    archive: ustar_size,
-                });
-            }
-            position = Position::In(name);
-            let gone = |path: &PathBuf| BundleError::Write {
+            let expected = self.expect(resolved, &index, next)?;
+            position = Position::In(expected.path().to_owned());
+            let gone = || BundleError::Write {
                 path: path.clone(),
                 source: io::Error::other("the writer stopped"),
             };
             match expected {
-                Entry::Dir { .. } => {
-                    tx.send(Msg::Dir(next)).map_err(|_| gone(path))?;
-                }
-                Entry::File { .. } => {
-                    tx.send(Msg::FileStart(next)).map_err(|_| gone(path))?;
-                    let mut remaining = ustar_size;
+                Entry::Dir { .. } => tx.send(Msg::Dir(next)).map_err(|_| gone())?,
+                Entry::File { size, .. } => {
+                    tx.send(Msg::FileStart(next)).map_err(|_| gone())?;
+                    let mut remaining = *size;
                     while remaining > 0 {
                         let mut buf = recycle
                             .try_recv()
@@ -415,7 +258,7 @@ impl Bundle {
                         let want = (CHUNK as u64).min(remaining) as usize;
                         buf.resize(want, 0);
                         let got =
-                            read_full(&mut entry, &mut buf).map_err(|e| failure(&position, e))?;
+                            read_full(&mut member, &mut buf).map_err(|e| failure(&position, e))?;
                         if got < want {
                             return Err(BundleError::TruncatedEntry {
                                 path: path.clone(),
@@ -424,18 +267,18 @@ impl Bundle {
                         }
                         remaining -= got as u64;
                         done += got as u64;
-                        tx.send(Msg::Data(buf)).map_err(|_| gone(path))?;
+                        tx.send(Msg::Data(buf)).map_err(|_| gone())?;
                         if let Some(p) = progress.as_deref_mut() {
                             p(Progress { done, total });
                         }
                     }
-                    tx.send(Msg::FileEnd).map_err(|_| gone(path))?;
+                    tx.send(Msg::FileEnd).map_err(|_| gone())?;
                 }
             }
             position = Position::After(position.into_name());
             next += 1;
         }
-        if long_name.is_some() || pax.is_some() {
+        if pending.long_name.is_some() || pending.pax.is_some() {
             return Err(BundleError::BadExtendedHeader {
                 path: path.clone(),
                 entry: position.describe(),
@@ -474,6 +317,199 @@ impl Bundle {
             leftover = true;
         }
         Ok(ReadEnd { leftover })
+    }
+}
+
+impl Bundle {
+    /// Reads one tar member's header. Extension headers (GNU long name, PAX) are
+    /// kept in `pending` for the member they describe, and `None` returned; for
+    /// any other member, its name (checked), type (file or directory only) and
+    /// size (PAX and ustar agreeing).
+    fn resolve<R: Read>(
+        &self,
+        member: &mut tar::Entry<'_, R>,
+        pending: &mut Pending,
+        position: &Position,
+        failure: &dyn Fn(&Position, io::Error) -> BundleError,
+    ) -> Result<Option<Member>, BundleError> {
+        let path = &self.path;
+        let kind = member.header().entry_type();
+        let size = member
+            .header()
+            .entry_size()
+            .map_err(|e| failure(position, e))?;
+
+        if kind.is_gnu_longname() || kind.is_pax_local_extensions() {
+            let (what, slot) = if kind.is_gnu_longname() {
+                ("GNU long name", &mut pending.long_name)
+            } else {
+                ("PAX", &mut pending.pax)
+            };
+            let bad = |reason: String| BundleError::BadExtendedHeader {
+                path: path.clone(),
+                entry: position.describe(),
+                reason,
+            };
+            if slot.is_some() {
+                return Err(bad(format!("two {what} headers for one entry")));
+            }
+            if size > MAX_EXTENSION_BYTES {
+                return Err(bad(format!("{what} header of {size} bytes")));
+            }
+            let mut data = Vec::with_capacity(size as usize);
+            member
+                .read_to_end(&mut data)
+                .map_err(|e| failure(position, e))?;
+            if (data.len() as u64) < size {
+                return Err(BundleError::TruncatedEntry {
+                    path: path.clone(),
+                    entry: position.describe(),
+                });
+            }
+            *slot = Some(data);
+            return Ok(None);
+        }
+
+        // The name: GNU long name, else PAX path, else the header's own.
+        let header_name = member.path_bytes().into_owned();
+        let pax = match pending.pax.take() {
+            Some(data) => parse_pax(&data).map_err(|reason| BundleError::BadExtendedHeader {
+                path: path.clone(),
+                entry: String::from_utf8_lossy(&header_name).into_owned(),
+                reason,
+            })?,
+            None => PaxRecords::default(),
+        };
+        let raw_name = match pending.long_name.take() {
+            Some(mut name) => {
+                while name.last() == Some(&0) {
+                    name.pop();
+                }
+                name
+            }
+            None => pax.path.unwrap_or(header_name),
+        };
+        let mut name = String::from_utf8(raw_name).map_err(|e| BundleError::UnsafePath {
+            path: path.clone(),
+            entry: String::from_utf8_lossy(e.as_bytes()).into_owned(),
+            reason: "not UTF-8",
+        })?;
+        if kind.is_dir() && name.len() > 1 && name.ends_with('/') {
+            name.pop();
+        }
+        check_entry_path(&name).map_err(|reason| BundleError::UnsafePath {
+            path: path.clone(),
+            entry: name.clone(),
+            reason,
+        })?;
+        let kind = if kind.is_file() {
+            "regular file"
+        } else if kind.is_dir() {
+            "directory"
+        } else {
+            return Err(BundleError::NotRegularFile {
+                path: path.clone(),
+                entry: name,
+                kind: type_name(kind),
+            });
+        };
+        if let Some(pax_size) = pax.size
+            && pax_size.parse::<u64>().ok() != Some(size)
+        {
+            return Err(BundleError::PaxSizeMismatch {
+                path: path.clone(),
+                entry: name,
+                pax: pax_size,
+                ustar: size,
+            });
+        }
+        Ok(Some(Member { name, kind, size }))
+    }
+
+    /// Checks that `member` is the manifest entry expected next, of its type and size.
+    fn expect(
+        &self,
+        member: Member,
+        index: &HashMap<&str, usize>,
+        next: usize,
+    ) -> Result<&Entry, BundleError> {
+        let path = self.path.clone();
+        let entries = &self.manifest.entries;
+        match index.get(member.name.as_str()) {
+            None => {
+                return Err(BundleError::NotInManifest {
+                    path,
+                    entry: member.name,
+                });
+            }
+            Some(&i) if i < next => {
+                return Err(BundleError::DuplicateEntry {
+                    path,
+                    entry: member.name,
+                });
+            }
+            Some(&i) if i > next => {
+                return Err(BundleError::MissingEntry {
+                    path,
+                    entry: entries[next].path().to_owned(),
+                });
+            }
+            Some(_) => {}
+        }
+        let expected = &entries[next];
+        if expected.type_name() != member.kind {
+            return Err(BundleError::TypeMismatch {
+                path,
+                entry: member.name,
+                manifest: expected.type_name(),
+                archive: member.kind,
+            });
+        }
+        if member.size != expected.size() {
+            return Err(BundleError::SizeMismatch {
+                path,
+                entry: member.name,
+                manifest: expected.size(),
+                archive: member.size,
+            });
+        }
+        Ok(expected)
+    }
+}
+
+/// A tar member that is not an extension header.
+struct Member {
+    name: String,
+    /// "regular file" or "directory", as [`Entry::type_name`] says.
+    kind: &'static str,
+    size: u64,
+}
+
+/// Extension headers read, waiting for the member they describe.
+#[derive(Default)]
+struct Pending {
+    long_name: Option<Vec<u8>>,
+    pax: Option<Vec<u8>>,
+}
+
+fn frame_error(path: &Path, problem: FrameProblem, max: u32) -> BundleError {
+    let reason = match problem {
+        FrameProblem::Window(window_log) => {
+            return BundleError::ZstdWindow {
+                path: path.to_path_buf(),
+                window_log,
+                max,
+            };
+        }
+        FrameProblem::Short => "the payload is too short for a zstd frame",
+        FrameProblem::NotZstd => "the payload does not start with a zstd frame",
+        FrameProblem::Reserved => "the zstd frame header sets a reserved bit",
+        FrameProblem::Dictionary => "the zstd frame needs a dictionary",
+        FrameProblem::NoChecksum => "the zstd frame carries no content checksum",
+    };
+    BundleError::BadCompression {
+        path: path.to_path_buf(),
+        reason,
     }
 }
 

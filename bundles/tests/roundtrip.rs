@@ -421,6 +421,8 @@ fn recipes_collect_every_kind_of_source() {
     let recipe = write_recipe(
         dir.path(),
         r#"
+expires_after_days = 30
+
 [vars]
 bin_dir = "bin"
 
@@ -473,6 +475,7 @@ env = { GREETING = "hello ${bin_dir}" }
         ]
     );
     assert_eq!(manifest.kind, Kind::Worker);
+    assert_eq!(manifest.expires, Some(manifest.created + chrono::Duration::days(30)));
     let renamed = manifest
         .entries
         .iter()
