@@ -354,6 +354,8 @@ pub enum BuildError {
     CommandFailed { command: String, status: String },
     #[error("bundle path {dest:?}: {reason}")]
     Destination { dest: String, reason: String },
+    #[error("zstd level {level} is not within 1..=19")]
+    CompressionLevel { level: i32 },
     #[error("cannot write {}", path.display())]
     Write {
         path: PathBuf,
@@ -382,6 +384,7 @@ impl BuildError {
             BuildError::Spawn { .. } => "command_spawn",
             BuildError::CommandFailed { .. } => "command_failed",
             BuildError::Destination { .. } => "destination",
+            BuildError::CompressionLevel { .. } => "compression_level",
             BuildError::Write { .. } => "write",
             BuildError::Key(e) => e.code(),
             BuildError::Bundle(e) => e.code(),

@@ -9,7 +9,7 @@ use std::fmt;
 use std::fs::{self, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
@@ -180,9 +180,7 @@ impl fmt::Debug for SigningKey {
 }
 
 /// Generates a key pair and writes `<base>.key` (0600) and `<base>.pub`; never overwrites.
-pub fn generate_key_files(
-    base: &Path,
-) -> Result<(SigningKey, std::path::PathBuf, std::path::PathBuf), KeyError> {
+pub fn generate_key_files(base: &Path) -> Result<(SigningKey, PathBuf, PathBuf), KeyError> {
     let name = base
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())

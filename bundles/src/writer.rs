@@ -235,12 +235,8 @@ pub fn build_bundle(
     mut options: BuildOptions<'_>,
 ) -> Result<Manifest, BuildError> {
     if !(1..=19).contains(&options.compression_level) {
-        return Err(BuildError::Recipe {
-            path: out.to_path_buf(),
-            reason: format!(
-                "compression level {} is not within 1..=19",
-                options.compression_level
-            ),
+        return Err(BuildError::CompressionLevel {
+            level: options.compression_level,
         });
     }
     // Sizes now, so that progress has a total and a changing source is noticed.
