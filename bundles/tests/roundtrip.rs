@@ -475,7 +475,10 @@ env = { GREETING = "hello ${bin_dir}" }
         ]
     );
     assert_eq!(manifest.kind, Kind::Worker);
-    assert_eq!(manifest.expires, Some(manifest.created + chrono::Duration::days(30)));
+    assert_eq!(
+        manifest.expires,
+        Some(manifest.created + chrono::Duration::days(30))
+    );
     let renamed = manifest
         .entries
         .iter()

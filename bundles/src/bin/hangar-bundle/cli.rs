@@ -41,7 +41,7 @@ const DEFAULT_TRUST_DIR: &str = "/etc/hangar/trust";
 
 /// Signed offline bundles for Hangar: build, sign, verify, inspect, extract.
 #[derive(Debug, Parser)]
-#[command(name = "hangar-bundle", version, about)]
+#[command(name = "hangar-bundle", version)]
 pub struct Cli {
     /// Print one JSON object on stdout instead of text, and no progress bars.
     #[arg(long, global = true)]
@@ -81,6 +81,7 @@ enum Command {
     },
     /// Add signatures to a bundle, after verifying its payload against its manifest.
     Sign {
+        /// The bundle file.
         bundle: PathBuf,
         /// Private key to sign with (repeatable).
         #[arg(long = "key", value_name = "FILE", required = true)]
@@ -91,6 +92,7 @@ enum Command {
     },
     /// Verify a bundle completely (signature, every entry, the payload), writing nothing.
     Verify {
+        /// The bundle file.
         bundle: PathBuf,
         #[command(flatten)]
         trust: TrustArgs,
@@ -99,12 +101,14 @@ enum Command {
     },
     /// Show a bundle's kind, version, signers and files (after checking its signature).
     Inspect {
+        /// The bundle file.
         bundle: PathBuf,
         #[command(flatten)]
         trust: TrustArgs,
     },
     /// Verify and extract a bundle into a new directory, atomically.
     Extract {
+        /// The bundle file.
         bundle: PathBuf,
         /// The directory to create; it must not exist, its parent must.
         #[arg(long, value_name = "DIR")]
