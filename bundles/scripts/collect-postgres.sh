@@ -36,7 +36,12 @@ cached_deb() {
         local tmp
         tmp="$(mktemp -d)"
         chmod 755 "$tmp"
-        (cd "$tmp" && apt-get download "$pkg" >&2) || die "apt-get download $pkg failed"
+        if ! (cd "$tmp" && apt-get download "$pkg" >&2); then
+            # A fresh machine may have no package lists yet.
+            [ "$(id -u)" = 0 ] || die "apt-get download $pkg failed (run apt-get update?)"
+            apt-get update -qq >&2
+            (cd "$tmp" && apt-get download "$pkg" >&2) || die "apt-get download $pkg failed"
+        fi
         mv "$tmp"/*.deb "$debs/"
         rmdir "$tmp"
         found="$(ls "$debs/${pkg}_"*"_${arch}.deb" | sort -V | tail -n1)"
