@@ -691,3 +691,37 @@ fn dependency_order(specs: Vec<ServiceSpec>) -> Result<Vec<ServiceSpec>, Supervi
     }
     Ok(done)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The `[supervisor]` of the shipped example plans, in dependency order.
+    #[test]
+    fn shipped_example_plans_in_dependency_order() {
+        let text = include_str!("../../hangar/hangar.example.toml");
+        let table: toml::Table = toml::from_str(text).unwrap();
+        let mut sup: SupervisorConfig = table["supervisor"].clone().try_into().unwrap();
+        let database: DbConfig = table["database"].clone().try_into().unwrap();
+        // The example's `hangar` account need not exist here.
+        sup.user = Some(hangar_testkit::user::ServiceUser::get().name);
+        let plan = Settings::new(Some(sup), Some(database)).plan().unwrap();
+        let names: Vec<&str> = plan.services.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["postgres", "objects", "server", "drain", "scheduler"]);
+        for (i, s) in plan.services.iter().enumerate() {
+            for d in &s.depends_on {
+                assert!(names[..i].contains(&d.as_str()), "{} before its dependency {d}", s.name);
+            }
+        }
+        assert_eq!(plan.get("postgres").unwrap().stop_signal, Signal::SIGINT);
+        assert_eq!(plan.get("drain").unwrap().ready.kind(), "heartbeat");
+        assert_eq!(plan.dependants("postgres"), ["server", "drain", "scheduler"]);
+    }
+
+    #[test]
+    fn signals_parse_with_or_without_prefix() {
+        assert_eq!(parse_signal("term"), Some(Signal::SIGTERM));
+        assert_eq!(parse_signal("SIGQUIT"), Some(Signal::SIGQUIT));
+        assert_eq!(parse_signal("KILLME"), None);
+    }
+}

@@ -153,11 +153,11 @@ async fn connection(stream: UnixStream, shared: Arc<Shared>) {
     let _ = write_line(&mut write, &resp).await;
 }
 
-fn lookup(shared: &Shared, name: &str) -> Result<SlotView, Response> {
+fn lookup(shared: &Shared, name: &str) -> Result<SlotView, Box<Response>> {
     let slots = shared.slots.read().unwrap_or_else(|e| e.into_inner());
     slots.get(name).cloned().ok_or_else(|| {
         let known: Vec<&str> = slots.keys().map(|s| s.as_str()).collect();
-        Response::error(format!("unknown service {name:?} (known: {})", known.join(", ")))
+        Box::new(Response::error(format!("unknown service {name:?} (known: {})", known.join(", "))))
     })
 }
 
@@ -193,7 +193,7 @@ async fn handle(shared: &Shared, request: Request) -> Response {
         Request::Stop { service } => {
             let view = match lookup(shared, &service) {
                 Ok(v) => v,
-                Err(r) => return r,
+                Err(r) => return *r,
             };
             match send(&view, Cmd::Stop).await {
                 Ok(m) => Response::message(m),
@@ -209,7 +209,7 @@ async fn handle(shared: &Shared, request: Request) -> Response {
 async fn start(shared: &Shared, service: &str, wait: bool, restart: bool) -> Response {
     let view = match lookup(shared, service) {
         Ok(v) => v,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let before = view.status.borrow().clone();
     let running = matches!(before.state, State::Starting | State::Ready | State::Unready | State::Waiting);

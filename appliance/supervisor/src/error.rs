@@ -72,7 +72,7 @@ pub enum ProxyError {
         cert: PathBuf,
         key: PathBuf,
         #[source]
-        source: hangar_certs::CertError,
+        source: Box<hangar_certs::CertError>,
     },
     #[error("invalid upstream address {addr:?}: expected host:port")]
     Upstream { addr: String },

@@ -45,7 +45,7 @@ impl ProxyConfig {
             max_connections: 4096,
             handshake_timeout: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(10),
-            drain_timeout: Duration::from_secs(10),
+            drain_timeout: Duration::from_secs(5),
         }
     }
 }
@@ -67,7 +67,7 @@ fn load_acceptor(cfg: &ProxyConfig) -> Result<TlsAcceptor, ProxyError> {
     let err = |source| ProxyError::Certificate {
         cert: cfg.cert.clone(),
         key: cfg.key.clone(),
-        source,
+        source: Box::new(source),
     };
     let chain = hangar_certs::tls::load_certs(&cfg.cert).map_err(err)?;
     let key = hangar_certs::tls::load_key(&cfg.key).map_err(err)?;

@@ -236,19 +236,17 @@ impl Runner {
         }
         self.set(State::Backoff, format!("restarting in {:.1}s", delay.as_secs_f64()));
         let until = Instant::now() + delay;
-        loop {
-            tokio::select! {
-                _ = tokio::time::sleep_until(until) => return None,
-                cmd = self.cmds.recv() => match cmd {
-                    None => return Some(Interrupt::Shutdown(oneshot::channel().0)),
-                    Some(Cmd::Stop(r)) => return Some(Interrupt::Stop(r)),
-                    Some(Cmd::Shutdown(r)) => return Some(Interrupt::Shutdown(r)),
-                    Some(Cmd::Start(r)) | Some(Cmd::Restart(r)) => {
-                        let _ = r.send(Ok(format!("{} starting now", self.spec.name)));
-                        return Some(Interrupt::Proceed);
-                    }
-                },
-            }
+        tokio::select! {
+            _ = tokio::time::sleep_until(until) => None,
+            cmd = self.cmds.recv() => match cmd {
+                None => Some(Interrupt::Shutdown(oneshot::channel().0)),
+                Some(Cmd::Stop(r)) => Some(Interrupt::Stop(r)),
+                Some(Cmd::Shutdown(r)) => Some(Interrupt::Shutdown(r)),
+                Some(Cmd::Start(r)) | Some(Cmd::Restart(r)) => {
+                    let _ = r.send(Ok(format!("{} starting now", self.spec.name)));
+                    Some(Interrupt::Proceed)
+                }
+            },
         }
     }
 
@@ -261,9 +259,7 @@ impl Runner {
 
     async fn wait_for_deps(&mut self) -> Option<Interrupt> {
         loop {
-            let Some((dep, state)) = self.first_unready_dep() else {
-                return None;
-            };
+            let (dep, state) = self.first_unready_dep()?;
             self.set(State::Waiting, format!("waiting for {dep} ({state})"));
             tokio::select! {
                 _ = tokio::time::sleep(DEP_POLL) => {}
