@@ -53,6 +53,8 @@ diesel::table! {
         registered_at -> Timestamptz,
         last_seen_at -> Nullable<Timestamptz>,
         revoked_at -> Nullable<Timestamptz>,
+        // SHA-256 of the worker's broker token (migration 2026-11-27-000300_worker_credentials).
+        token_hash -> Nullable<Text>,
     }
 }
 

@@ -1,0 +1,28 @@
+//! Hangar's built-in MQTT broker (DESIGN §1, port 1984): workers connect over
+//! TLS with their client certificate and their token, each confined to its own
+//! rumqttd tenant; the server publishes notifications (never secrets) that the
+//! bridge derives from database changes.
+//!
+//! Isolation has three layers: the admission check binds certificate, username,
+//! client id, token and the worker's database record together; a worker may only
+//! subscribe to its own two topics and never publish; and rumqttd's router
+//! enforces the tenant prefix of every worker link on top.
+
+mod auth;
+mod bridge;
+mod broker;
+mod config;
+mod engine;
+mod error;
+mod registry;
+mod session;
+mod tls;
+pub mod wire;
+
+pub use auth::WORKER_TOKEN_KIND;
+pub use bridge::WORKERS_CHANNEL;
+pub use broker::{Broker, BrokerHandle, BrokerStatus};
+pub(crate) use broker::Shared;
+pub use config::{BrokerConfig, BrokerLimits};
+pub use error::BrokerError;
+pub use wire::Notification;

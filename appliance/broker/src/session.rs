@@ -1,0 +1,447 @@
+//! One client connection, from TCP accept to close: TLS with a verified client
+//! certificate, a CONNECT within the time limit, admission, then packets pumped
+//! between the socket and the worker's router link — the worker may only
+//! subscribe to its own two topics and never publishes.
+//!
+//! This replaces rumqttd's own listener, which completes each TLS handshake
+//! inline in its accept loop without a time limit (one silent client stops
+//! every other from connecting), cannot show the client certificate to its
+//! authentication hook, closes refused clients without a CONNACK, and has no
+//! way to stop. The router behind it is rumqttd's, with its tenant-prefix checks.
+
+use std::collections::VecDeque;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use rumqttd::Notification as RouterNotification;
+use rumqttd::local::{LinkRx, LinkTx};
+use rumqttd::protocol::v4::V4;
+use rumqttd::protocol::{self, ConnAck, ConnectReturnCode, Packet, Protocol};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::OwnedSemaphorePermit;
+use tokio::time::Instant;
+use tokio_rustls::server::TlsStream;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::Shared;
+use crate::auth::{Admitted, Hello, Refusal};
+use crate::engine::LinkSpec;
+use crate::tls::{PeerCert, peer_cert};
+use crate::wire;
+
+/// How long one write to a client may take before the client counts as gone.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+
+type Tls = TlsStream<TcpStream>;
+
+/// Serves one accepted TCP connection until it ends.
+pub(crate) async fn serve(shared: Arc<Shared>, tcp: TcpStream, addr: SocketAddr, stop: CancellationToken) {
+    let Ok(pending) = shared.pending.clone().try_acquire_owned() else {
+        debug!(%addr, "too many connections being set up; closed at once");
+        return;
+    };
+    let limit = shared.config.connect_timeout();
+    let opened = tokio::select! {
+        _ = stop.cancelled() => return,
+        r = tokio::time::timeout(limit, open(&shared, tcp, addr)) => r,
+    };
+    drop(pending);
+    let mut conn = match opened {
+        Ok(Some(conn)) => conn,
+        Ok(None) => return,
+        Err(_) => {
+            info!(%addr, timeout = ?limit, "no TLS handshake and CONNECT in time; closed");
+            return;
+        }
+    };
+    let worker = conn.admitted.worker;
+    let kick = stop.child_token();
+    let _registered = Registered::new(&shared, conn.admitted.clone(), kick.clone());
+    info!(worker, pool = conn.admitted.pool, %addr, "worker connected");
+    let end = pump(&mut conn, shared.config.limits.max_packet_size, &kick).await;
+    match &end {
+        End::ClientDisconnected | End::Closed => info!(worker, %addr, "worker disconnected"),
+        End::Kicked => info!(worker, %addr, "worker disconnected by the broker"),
+        End::Replaced => info!(worker, %addr, "worker connection replaced by a newer one"),
+        End::KeepAlive => info!(worker, %addr, "worker disconnected: keep-alive expired"),
+        End::Network(e) => info!(worker, %addr, error = %e, "worker connection lost"),
+        End::Malformed(e) => warn!(worker, %addr, error = %e, "worker sent a malformed packet; disconnected"),
+        End::Violation(what) => warn!(worker, %addr, violation = %what, "worker broke the broker's rules; disconnected"),
+    }
+    if !matches!(end, End::Replaced) {
+        // The router still holds the link: a DISCONNECT unregisters it.
+        let bye = Packet::Disconnect(
+            protocol::Disconnect { reason_code: protocol::DisconnectReasonCode::NormalDisconnection },
+            None,
+        );
+        let _ = conn.link_tx.send(bye).await;
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(1), conn.tls.shutdown()).await;
+}
+
+/// An admitted connection.
+struct Conn {
+    tls: Tls,
+    /// Bytes read after the CONNECT.
+    buf: BytesMut,
+    link_tx: LinkTx,
+    link_rx: LinkRx,
+    admitted: Admitted,
+    keep_alive: Duration,
+    _slot: OwnedSemaphorePermit,
+}
+
+/// Keeps a connection in the registry for as long as it is served, even if
+/// serving it panics.
+struct Registered<'a> {
+    shared: &'a Shared,
+    key: u64,
+}
+
+impl<'a> Registered<'a> {
+    fn new(shared: &'a Shared, admitted: Admitted, kick: CancellationToken) -> Self {
+        Registered { shared, key: shared.registry.insert(admitted, kick) }
+    }
+}
+
+impl Drop for Registered<'_> {
+    fn drop(&mut self) {
+        self.shared.registry.remove(self.key);
+    }
+}
+
+/// Says no to a client: one log line with what it presented, and a CONNACK
+/// carrying the MQTT return code.
+struct Refuse<'a> {
+    addr: SocketAddr,
+    peer: &'a PeerCert,
+    username: &'a str,
+}
+
+impl Refuse<'_> {
+    async fn send(&self, tls: &mut Tls, why: Refusal) {
+        warn!(
+            addr = %self.addr,
+            certificate_o = %self.peer.organization,
+            username = self.username,
+            reason = %why,
+            "MQTT client refused"
+        );
+        let _ = write(tls, connack(why.code())).await;
+    }
+}
+
+/// TLS, CONNECT, admission, router link, CONNACK. `None` when the client was
+/// refused or went away (logged here).
+async fn open(shared: &Shared, tcp: TcpStream, addr: SocketAddr) -> Option<Conn> {
+    let mut tls = match shared.tls.acceptor().accept(tcp).await {
+        Ok(tls) => tls,
+        Err(e) => {
+            info!(%addr, error = %e, "TLS handshake failed");
+            return None;
+        }
+    };
+    let peer = tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|certs| certs.first())
+        .and_then(|der| peer_cert(der));
+    let Some(peer) = peer else {
+        // rustls requires and verifies a certificate; this is only a parse failure.
+        warn!(%addr, "client certificate cannot be read; closed");
+        return None;
+    };
+    let max = shared.config.limits.max_packet_size;
+    let mut buf = BytesMut::with_capacity(1024);
+    let first = match read_packet(&mut tls, &mut buf, max).await {
+        Ok(p) => p,
+        Err(ReadError::Protocol(protocol::Error::InvalidProtocolLevel(level))) => {
+            info!(%addr, level, "client speaks an MQTT version other than 3.1.1; refused");
+            let _ = write(&mut tls, connack(ConnectReturnCode::RefusedProtocolVersion)).await;
+            return None;
+        }
+        Err(e) => {
+            info!(%addr, error = %e, "no valid CONNECT; closed");
+            return None;
+        }
+    };
+    let Packet::Connect(connect, _, _will, _, login) = first else {
+        info!(%addr, "first packet is not CONNECT; closed");
+        return None;
+    };
+    // A will is ignored: it could only be published inside the worker's own
+    // tenant, where nobody but the worker listens.
+    let hello = Hello {
+        client_id: &connect.client_id,
+        keep_alive: connect.keep_alive,
+        login: login.as_ref().map(|l| (l.username.as_str(), l.password.as_str())),
+    };
+    let username = login.as_ref().map(|l| l.username.as_str()).unwrap_or("");
+    let refuse = Refuse { addr, peer: &peer, username };
+    let admitted = match shared.auth.admit(&peer, &hello).await {
+        Ok(a) => a,
+        Err(why) => {
+            refuse.send(&mut tls, why).await;
+            return None;
+        }
+    };
+    let Ok(slot) = shared.slots.clone().try_acquire_owned() else {
+        refuse.send(&mut tls, Refusal::Full).await;
+        return None;
+    };
+    let spec = LinkSpec {
+        client_id: connect.client_id.clone(),
+        tenant: Some(wire::tenant(admitted.worker)),
+        clean_session: connect.clean_session,
+        dynamic_filters: false,
+    };
+    let (link_tx, link_rx, ack) = match shared.engine.link(spec).await {
+        Ok(parts) => parts,
+        Err(e) => {
+            warn!(worker = admitted.worker, error = %e, "the MQTT router refused the link");
+            refuse.send(&mut tls, Refusal::Full).await;
+            return None;
+        }
+    };
+    let ack = Option::<Packet>::from(ack).and_then(to_v4).unwrap_or_else(|| connack(ConnectReturnCode::Success));
+    if let Err(e) = write(&mut tls, ack).await {
+        info!(%addr, error = %e, "connection lost before CONNACK");
+        let bye = Packet::Disconnect(
+            protocol::Disconnect { reason_code: protocol::DisconnectReasonCode::NormalDisconnection },
+            None,
+        );
+        let mut link_tx = link_tx;
+        let _ = link_tx.send(bye).await;
+        return None;
+    }
+    Some(Conn {
+        tls,
+        buf,
+        link_tx,
+        link_rx,
+        admitted,
+        keep_alive: Duration::from_secs(u64::from(connect.keep_alive)),
+        _slot: slot,
+    })
+}
+
+/// Why a session ended.
+enum End {
+    ClientDisconnected,
+    Closed,
+    Kicked,
+    /// The router dropped the link: the same worker connected again.
+    Replaced,
+    KeepAlive,
+    Network(io::Error),
+    Malformed(protocol::Error),
+    Violation(String),
+}
+
+async fn pump(c: &mut Conn, max_packet: usize, kick: &CancellationToken) -> End {
+    // MQTT: the server may close a connection silent for 1.5 keep-alive periods.
+    let grace = c.keep_alive + c.keep_alive / 2;
+    let mut deadline = Instant::now() + grace;
+    let prefix = wire::tenant_prefix(c.admitted.worker);
+    loop {
+        tokio::select! {
+            _ = kick.cancelled() => return End::Kicked,
+            _ = tokio::time::sleep_until(deadline) => return End::KeepAlive,
+            r = c.tls.read_buf(&mut c.buf) => {
+                match r {
+                    Ok(0) => return End::Closed,
+                    Ok(_) => {}
+                    Err(e) => return End::Network(e),
+                }
+                deadline = Instant::now() + grace;
+                let mut packets = VecDeque::new();
+                let mut goodbye = false;
+                loop {
+                    match V4.read_mut(&mut c.buf, max_packet) {
+                        Ok(p) => {
+                            if let Err(v) = allowed(&p, &prefix) {
+                                return End::Violation(v);
+                            }
+                            goodbye = matches!(p, Packet::Disconnect(..));
+                            packets.push_back(p);
+                            if goodbye {
+                                break;
+                            }
+                        }
+                        Err(protocol::Error::InsufficientBytes(_)) => break,
+                        Err(e) => return End::Malformed(e),
+                    }
+                }
+                if !packets.is_empty() && to_router(&mut c.link_tx, packets).await.is_err() {
+                    return End::Replaced;
+                }
+                if goodbye {
+                    return End::ClientDisconnected;
+                }
+            }
+            n = c.link_rx.next() => match n {
+                Err(_) => return End::Replaced,
+                Ok(None) => {}
+                Ok(Some(RouterNotification::Unschedule)) => {
+                    if c.link_rx.wake().await.is_err() {
+                        return End::Replaced;
+                    }
+                }
+                Ok(Some(n)) => {
+                    if let Some(p) = Option::<Packet>::from(n).and_then(to_v4)
+                        && let Err(e) = write(&mut c.tls, p).await
+                    {
+                        return End::Network(e);
+                    }
+                }
+            },
+        }
+    }
+}
+
+/// What a worker may send once connected. Workers only listen: they subscribe
+/// to their own topics (rumqttd checks the tenant prefix again) and never
+/// publish, so they can neither forge notifications nor grow the router's
+/// per-topic logs.
+fn allowed(p: &Packet, prefix: &str) -> Result<(), String> {
+    match p {
+        Packet::Subscribe(s, _) => {
+            for f in &s.filters {
+                let own = f.path.strip_prefix(prefix).is_some_and(|rest| matches!(rest, "pool" | "worker" | "#" | "+"));
+                if !own {
+                    return Err(format!("subscribe to {:?}", f.path));
+                }
+            }
+            Ok(())
+        }
+        Packet::Publish(p, _) => Err(format!("publish to {:?}", String::from_utf8_lossy(&p.topic))),
+        Packet::Unsubscribe(..)
+        | Packet::PingReq(_)
+        | Packet::PubAck(..)
+        | Packet::PubRec(..)
+        | Packet::PubRel(..)
+        | Packet::PubComp(..)
+        | Packet::Disconnect(..) => Ok(()),
+        Packet::Connect(..) => Err("a second CONNECT".into()),
+        Packet::ConnAck(..) | Packet::SubAck(..) | Packet::UnsubAck(..) | Packet::PingResp(_) => {
+            Err("a packet only a server sends".into())
+        }
+    }
+}
+
+/// Hands packets to the router in one batch. `LinkTx::send` blocks only while
+/// the router's queue (1000 events, drained in bulk) is full.
+async fn to_router(tx: &mut LinkTx, mut packets: VecDeque<Packet>) -> Result<(), rumqttd::local::LinkError> {
+    let Some(last) = packets.pop_back() else { return Ok(()) };
+    tx.buffer().extend(packets);
+    tx.send(last).await.map(|_| ())
+}
+
+/// A router packet as MQTT 3.1.1 writes it: v5 properties dropped, and nothing
+/// a 3.1.1 server may not send (it has no server DISCONNECT).
+fn to_v4(p: Packet) -> Option<Packet> {
+    Some(match p {
+        Packet::ConnAck(a, _) => Packet::ConnAck(a, None),
+        Packet::Publish(p, _) => Packet::Publish(p, None),
+        Packet::PubAck(a, _) => Packet::PubAck(a, None),
+        Packet::SubAck(a, _) => Packet::SubAck(a, None),
+        Packet::UnsubAck(a, _) => Packet::UnsubAck(a, None),
+        Packet::PubRec(a, _) => Packet::PubRec(a, None),
+        Packet::PubRel(a, _) => Packet::PubRel(a, None),
+        Packet::PubComp(a, _) => Packet::PubComp(a, None),
+        Packet::PingResp(r) => Packet::PingResp(r),
+        Packet::Connect(..)
+        | Packet::Subscribe(..)
+        | Packet::Unsubscribe(..)
+        | Packet::PingReq(_)
+        | Packet::Disconnect(..) => return None,
+    })
+}
+
+fn connack(code: ConnectReturnCode) -> Packet {
+    Packet::ConnAck(ConnAck { session_present: false, code }, None)
+}
+
+#[derive(Debug, thiserror::Error)]
+enum ReadError {
+    #[error("connection closed")]
+    Closed,
+    #[error(transparent)]
+    Io(#[from] io::Error),
+    #[error(transparent)]
+    Protocol(protocol::Error),
+}
+
+async fn read_packet(tls: &mut Tls, buf: &mut BytesMut, max: usize) -> Result<Packet, ReadError> {
+    loop {
+        match V4.read_mut(buf, max) {
+            Ok(p) => return Ok(p),
+            Err(protocol::Error::InsufficientBytes(_)) => {}
+            Err(e) => return Err(ReadError::Protocol(e)),
+        }
+        if tls.read_buf(buf).await? == 0 {
+            return Err(ReadError::Closed);
+        }
+    }
+}
+
+async fn write(tls: &mut Tls, packet: Packet) -> io::Result<()> {
+    let mut out = BytesMut::with_capacity(64);
+    V4.write(packet, &mut out).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
+    let send = async {
+        tls.write_all(&out).await?;
+        tls.flush().await
+    };
+    tokio::time::timeout(WRITE_TIMEOUT, send)
+        .await
+        .unwrap_or_else(|_| Err(io::Error::new(io::ErrorKind::TimedOut, "client does not read")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rumqttd::protocol::{Filter, RetainForwardRule, Subscribe};
+
+    fn subscribe(paths: &[&str]) -> Packet {
+        let filters = paths
+            .iter()
+            .map(|p| Filter {
+                path: p.to_string(),
+                qos: protocol::QoS::AtLeastOnce,
+                nolocal: false,
+                preserve_retain: false,
+                retain_forward_rule: RetainForwardRule::Never,
+            })
+            .collect();
+        Packet::Subscribe(Subscribe { pkid: 1, filters }, None)
+    }
+
+    #[test]
+    fn workers_subscribe_to_their_own_topics_only() {
+        let own = wire::tenant_prefix(7);
+        for ok in [&["/tenants/w7/pool", "/tenants/w7/worker"][..], &["/tenants/w7/#"], &["/tenants/w7/+"]] {
+            assert!(allowed(&subscribe(ok), &own).is_ok(), "{ok:?}");
+        }
+        for bad in [
+            "#",
+            "+/+/+",
+            "/tenants/#",
+            "/tenants/+/pool",
+            "/tenants/w70/pool",
+            "/tenants/w7",
+            "/tenants/w7/pool/extra",
+            "/tenants/w7/other",
+            "$share/g/tenants/w7/pool",
+            "$SYS/#",
+            "/hangar/probe",
+        ] {
+            assert!(allowed(&subscribe(&["/tenants/w7/pool", bad]), &own).is_err(), "{bad:?}");
+        }
+    }
+}
