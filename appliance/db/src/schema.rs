@@ -165,6 +165,11 @@ diesel::allow_tables_to_appear_in_same_query!(
     jobs,
     job_keys,
     audit_events,
+    sessions,
+    contexts,
+    context_attachments,
+    data_keys,
+    variables,
 );
 
 diesel::table! {
@@ -189,3 +194,70 @@ diesel::table! {
         fires -> Int8,
     }
 }
+
+// ---- the API (migration 2026-11-27-000100_api) ----
+
+diesel::table! {
+    sessions (id) {
+        id -> Int8,
+        user_id -> Int8,
+        token_id -> Text,
+        token_hash -> Text,
+        created_at -> Timestamptz,
+        expires_at -> Timestamptz,
+        last_seen_at -> Nullable<Timestamptz>,
+        revoked_at -> Nullable<Timestamptz>,
+    }
+}
+
+diesel::table! {
+    contexts (id) {
+        id -> Int8,
+        slug -> Text,
+        name -> Text,
+        description -> Text,
+        created_at -> Timestamptz,
+        updated_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    context_attachments (stack_id, context_id) {
+        stack_id -> Int8,
+        context_id -> Int8,
+        priority -> Int4,
+        created_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    data_keys (id) {
+        id -> Int8,
+        wrapped -> Bytea,
+        master_key_id -> Text,
+        created_at -> Timestamptz,
+        rewrapped_at -> Nullable<Timestamptz>,
+    }
+}
+
+diesel::table! {
+    variables (id) {
+        id -> Int8,
+        stack_id -> Nullable<Int8>,
+        context_id -> Nullable<Int8>,
+        name -> Text,
+        secret -> Bool,
+        value -> Nullable<Text>,
+        sealed -> Nullable<Bytea>,
+        data_key_id -> Nullable<Int8>,
+        created_at -> Timestamptz,
+        updated_at -> Timestamptz,
+    }
+}
+
+diesel::joinable!(sessions -> users (user_id));
+diesel::joinable!(context_attachments -> stacks (stack_id));
+diesel::joinable!(context_attachments -> contexts (context_id));
+diesel::joinable!(variables -> stacks (stack_id));
+diesel::joinable!(variables -> contexts (context_id));
+diesel::joinable!(variables -> data_keys (data_key_id));

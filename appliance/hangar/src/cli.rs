@@ -38,6 +38,10 @@ pub enum Command {
     Ctl(hangar_supervisor::cli::CtlArgs),
     /// Terminate TLS in front of a plain-TCP service (the object store).
     TlsProxy(hangar_supervisor::cli::TlsProxyArgs),
+    /// Serve HTTPS on 1983 (GraphQL API, health, readiness) until SIGTERM/SIGINT.
+    Server,
+    /// Administration: create users (the installer's first admin), rotate the master key.
+    Admin(crate::admin_cmd::AdminArgs),
 }
 
 /// Runs the parsed command.
@@ -46,6 +50,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let load = || Config::from_file(&cli.config);
     match cli.command {
         Command::Migrate { status } => crate::migrate_cmd::run(&load()?, status).await,
+        Command::Server => crate::server_cmd::run(&load()?, &cli.config).await,
+        Command::Admin(args) => crate::admin_cmd::run(&load()?, args).await,
         Command::Drain => crate::background_cmd::drain(&load()?).await,
         Command::Scheduler => crate::background_cmd::scheduler(&load()?).await,
         Command::Supervise(args) => {

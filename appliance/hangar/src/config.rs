@@ -22,6 +22,12 @@ pub struct Config {
     pub scheduler: hangar_background::SchedulerConfig,
     #[serde(default)]
     pub supervisor: Option<hangar_supervisor::SupervisorConfig>,
+    #[serde(default)]
+    pub server: Option<hangar_server::ServerConfig>,
+    #[serde(default)]
+    pub secrets: Option<hangar_server::SecretsConfig>,
+    #[serde(default)]
+    pub objects: Option<hangar_objects::ObjectsConfig>,
 }
 
 #[derive(Debug, thiserror::Error)]

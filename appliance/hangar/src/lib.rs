@@ -5,6 +5,8 @@ pub mod cli;
 pub mod config;
 pub mod logging;
 mod migrate_cmd;
+mod server_cmd;
+mod admin_cmd;
 pub mod signals;
 
 pub use cli::{Cli, run};

@@ -1,0 +1,86 @@
+//! The GraphQL API at `POST /graphql`: the schema, who is asking, what they may
+//! do, and the errors they see.
+//!
+//! Authorization is checked in every resolver of the two root types; nested
+//! objects are reachable only through them. Roles: a reader reads everything
+//! but secret values (which nobody reads back) and changes nothing; a writer
+//! manages stacks, contexts, variables and runs; an admin also manages users,
+//! others' API keys, worker pools and workers. A caller without a token may
+//! only log in.
+
+mod audit;
+mod auth;
+mod error;
+mod pools;
+mod runs;
+mod stacks;
+mod types;
+
+use std::sync::Arc;
+
+use async_graphql::{Context, EmptySubscription, MergedObject, Schema};
+use hangar_db::PooledConn;
+use hangar_types::Role;
+
+pub use error::ApiError;
+
+use crate::App;
+use crate::store::users::Caller;
+
+#[derive(MergedObject, Default)]
+pub struct Query(auth::AuthQuery, stacks::StacksQuery, runs::RunsQuery, pools::PoolsQuery, audit::AuditQuery);
+
+#[derive(MergedObject, Default)]
+pub struct Mutation(auth::AuthMutation, stacks::StacksMutation, runs::RunsMutation, pools::PoolsMutation);
+
+pub type ApiSchema = Schema<Query, Mutation, EmptySubscription>;
+
+/// Limits on what one query may ask for.
+#[derive(Debug, Clone, Copy)]
+pub struct QueryLimits {
+    pub max_depth: usize,
+    pub max_complexity: usize,
+}
+
+pub fn schema(app: Arc<App>, limits: QueryLimits) -> ApiSchema {
+    Schema::build(Query::default(), Mutation::default(), EmptySubscription)
+        .data(app)
+        .limit_depth(limits.max_depth)
+        .limit_complexity(limits.max_complexity)
+        // Bounds the parser's recursion, whatever the depth limit says.
+        .limit_recursive_depth(64)
+        .limit_directives(16)
+        // Suggestions ("did you mean ...") would describe the schema to anyone.
+        .disable_suggestions()
+        .finish()
+}
+
+/// Request data: the authenticated caller, when there is one.
+#[derive(Debug, Clone)]
+pub struct Identity(pub Option<Caller>);
+
+pub(crate) fn app<'a>(ctx: &Context<'a>) -> &'a App {
+    ctx.data_unchecked::<Arc<App>>()
+}
+
+/// The caller, who must hold at least `role`.
+pub(crate) fn require<'a>(ctx: &Context<'a>, role: Role) -> Result<&'a Caller, ApiError> {
+    match ctx.data_opt::<Identity>().and_then(|i| i.0.as_ref()) {
+        None => Err(ApiError::Unauthenticated),
+        Some(c) if c.role.allows(role) => Ok(c),
+        Some(_) => Err(ApiError::Forbidden { needed: role }),
+    }
+}
+
+pub(crate) async fn conn(ctx: &Context<'_>) -> Result<PooledConn, ApiError> {
+    app(ctx).db.get().await.map_err(|e| ApiError::Unavailable(hangar_db::error_chain(&e)))
+}
+
+/// Parses an `ID` argument.
+pub(crate) fn id(value: &async_graphql::ID, what: &'static str) -> Result<i64, ApiError> {
+    value
+        .parse::<i64>()
+        .ok()
+        .filter(|v| *v > 0)
+        .ok_or_else(|| ApiError::Invalid { field: what, problem: "is not a valid id".into() })
+}

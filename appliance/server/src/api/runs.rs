@@ -1,0 +1,243 @@
+//! Runs and dead jobs. Every state change goes through `hangar_db::runs`, which
+//! checks the one transition table and records the event; this module only
+//! decides which transition an operator's request means.
+
+use async_graphql::{Context, ID, Json, Object};
+use diesel_async::{AsyncConnection, AsyncPgConnection};
+use hangar_db::runs::{self as db_runs, NewRun, RunRow, TransitionFailure};
+use hangar_types::{Role, RunKind, RunState};
+use serde_json::json;
+
+use super::types::{DeadJob, Run, RunPage, run_page};
+use super::{ApiError, app, conn, require};
+use crate::store::{audit, stacks};
+use crate::{git, store::users::Caller};
+
+fn transition_error(run: i64, e: TransitionFailure, wanted: &str) -> ApiError {
+    match e {
+        TransitionFailure::NotFound(_) => ApiError::not_found("run", run.to_string()),
+        TransitionFailure::NotAllowed { source, .. } => {
+            ApiError::Refused(format!("run {run} is {}: {wanted}", source.from))
+        }
+        TransitionFailure::Db(d) => d.into(),
+    }
+}
+
+fn check_sha(sha: &str) -> Result<String, ApiError> {
+    let sha = sha.to_ascii_lowercase();
+    if (sha.len() == 40 || sha.len() == 64) && sha.bytes().all(|b| b.is_ascii_hexdigit()) {
+        Ok(sha)
+    } else {
+        Err(ApiError::invalid("commitSha", "must be a full commit id (40 or 64 hexadecimal characters)"))
+    }
+}
+
+/// Moves `run` from one of `from` to `to`, with its audit event, in one transaction.
+async fn operate(
+    c: &mut AsyncPgConnection,
+    caller: &Caller,
+    run: i64,
+    from: &'static [RunState],
+    to: RunState,
+    action: &'static str,
+    wanted: &'static str,
+) -> Result<RunRow, ApiError> {
+    let actor = caller.actor();
+    c.transaction::<_, ApiError, _>(async move |c| {
+        let cause = format!("{} by {actor}", action.trim_start_matches("run."));
+        let row = db_runs::transition(c, run, Some(from), to, &cause, &actor)
+            .await
+            .map_err(|e| transition_error(run, e, wanted))?;
+        audit::record(c, &actor, action, &format!("run:{run}"), json!({ "to": to.as_str() })).await?;
+        Ok(row)
+    })
+    .await
+}
+
+#[derive(Default)]
+pub struct RunsQuery;
+
+#[Object]
+impl RunsQuery {
+    /// A stack's runs, newest first, `first` at a time.
+    async fn runs(
+        &self,
+        ctx: &Context<'_>,
+        stack: String,
+        #[graphql(default = 20)] first: i32,
+        after: Option<ID>,
+    ) -> async_graphql::Result<RunPage> {
+        require(ctx, Role::Reader)?;
+        let mut c = conn(ctx).await?;
+        let s = stacks::stack_by_slug(&mut c, &stack).await.map_err(ApiError::from)?;
+        let s = s.ok_or_else(|| ApiError::not_found("stack", stack))?;
+        drop(c);
+        Ok(run_page(ctx, s.id, first, after).await?)
+    }
+
+    async fn run(&self, ctx: &Context<'_>, id: ID) -> async_graphql::Result<Option<Run>> {
+        require(ctx, Role::Reader)?;
+        let rid = super::id(&id, "id")?;
+        let mut c = conn(ctx).await?;
+        Ok(db_runs::get(&mut c, rid).await.map_err(ApiError::from)?.map(Run))
+    }
+
+    /// Jobs that failed every attempt, newest first (admin).
+    async fn dead_jobs(&self, ctx: &Context<'_>, #[graphql(default = 50)] limit: i32) -> async_graphql::Result<Vec<DeadJob>> {
+        require(ctx, Role::Admin)?;
+        if !(1..=500).contains(&limit) {
+            return Err(ApiError::invalid("limit", "must be between 1 and 500").into());
+        }
+        let mut c = conn(ctx).await?;
+        let rows = hangar_db::queue::dead_jobs(&mut c, i64::from(limit)).await.map_err(ApiError::from)?;
+        Ok(rows
+            .into_iter()
+            .map(|j| DeadJob {
+                id: ID(j.id.to_string()),
+                queue: j.queue,
+                kind: j.kind,
+                payload: Json(j.payload),
+                attempts: j.attempts,
+                max_attempts: j.max_attempts,
+                last_error: j.last_error,
+                created_at: j.created_at,
+            })
+            .collect())
+    }
+}
+
+#[derive(Default)]
+pub struct RunsMutation;
+
+#[Object]
+impl RunsMutation {
+    /// Queues a tracked run of a stack at `commitSha`, or at the head of the
+    /// stack's branch (asked of the repository) when none is given.
+    async fn trigger_run(&self, ctx: &Context<'_>, stack: String, commit_sha: Option<String>) -> async_graphql::Result<Run> {
+        let caller = require(ctx, Role::Writer)?.clone();
+        let commit = commit_sha.as_deref().map(check_sha).transpose()?;
+        let app = app(ctx);
+        let mut c = conn(ctx).await?;
+        let s = stacks::stack_by_slug(&mut c, &stack).await.map_err(ApiError::from)?;
+        let s = s.ok_or_else(|| ApiError::not_found("stack", stack.clone()))?;
+        let commit = match commit {
+            Some(c) => c,
+            None => {
+                // No connection is held while git talks to the repository.
+                drop(c);
+                let sha = git::resolve_branch(&s.repository, &s.branch, app.git_timeout)
+                    .await
+                    .map_err(|e| ApiError::Refused(format!("cannot resolve the head of branch {}: {e}", s.branch)))?;
+                c = conn(ctx).await?;
+                sha
+            }
+        };
+        let actor = caller.actor();
+        let new = NewRun {
+            stack_id: s.id,
+            kind: RunKind::Tracked,
+            commit_sha: commit.clone(),
+            branch: s.branch.clone(),
+            command: None,
+            triggered_by: actor.clone(),
+        };
+        let row = c
+            .transaction::<_, ApiError, _>(async move |c| {
+                let run = db_runs::create(c, &new, &actor).await?;
+                audit::record(
+                    c,
+                    &actor,
+                    "run.trigger",
+                    &format!("run:{}", run.id),
+                    json!({ "stack": s.slug, "commit": commit, "kind": "tracked" }),
+                )
+                .await?;
+                Ok(run)
+            })
+            .await?;
+        tracing::info!(run_id = row.id, stack = %stack, "run triggered");
+        Ok(Run(row))
+    }
+
+    /// Approves the plan of an UNCONFIRMED run: it goes on to apply.
+    async fn confirm_run(&self, ctx: &Context<'_>, id: ID) -> async_graphql::Result<Run> {
+        let caller = require(ctx, Role::Writer)?.clone();
+        let rid = super::id(&id, "id")?;
+        let mut c = conn(ctx).await?;
+        let row = operate(
+            &mut c,
+            &caller,
+            rid,
+            &[RunState::Unconfirmed],
+            RunState::Confirmed,
+            "run.confirm",
+            "only an UNCONFIRMED run can be confirmed",
+        )
+        .await?;
+        Ok(Run(row))
+    }
+
+    /// Rejects the plan of an UNCONFIRMED run.
+    async fn discard_run(&self, ctx: &Context<'_>, id: ID) -> async_graphql::Result<Run> {
+        let caller = require(ctx, Role::Writer)?.clone();
+        let rid = super::id(&id, "id")?;
+        let mut c = conn(ctx).await?;
+        let row = operate(
+            &mut c,
+            &caller,
+            rid,
+            &[RunState::Unconfirmed],
+            RunState::Discarded,
+            "run.discard",
+            "only an UNCONFIRMED run can be discarded",
+        )
+        .await?;
+        Ok(Run(row))
+    }
+
+    /// Stops a run: CANCELED before a worker took it, STOPPED while a worker
+    /// prepares, plans or waits to apply. An apply is never interrupted.
+    async fn cancel_run(&self, ctx: &Context<'_>, id: ID) -> async_graphql::Result<Run> {
+        const WAITING: &[RunState] = &[RunState::Queued, RunState::Ready];
+        const ON_WORKER: &[RunState] =
+            &[RunState::Preparing, RunState::Initializing, RunState::Planning, RunState::Confirmed];
+        let caller = require(ctx, Role::Writer)?.clone();
+        let rid = super::id(&id, "id")?;
+        let mut c = conn(ctx).await?;
+        let run = db_runs::get(&mut c, rid).await.map_err(ApiError::from)?.ok_or_else(|| ApiError::not_found("run", rid.to_string()))?;
+        let state = run.state();
+        let wanted = "it can no longer be canceled";
+        let row = if WAITING.contains(&state) {
+            operate(&mut c, &caller, rid, WAITING, RunState::Canceled, "run.cancel", wanted).await?
+        } else if ON_WORKER.contains(&state) {
+            operate(&mut c, &caller, rid, ON_WORKER, RunState::Stopped, "run.cancel", wanted).await?
+        } else {
+            let why = match state {
+                RunState::Applying => {
+                    format!("run {rid} is APPLYING: an apply cannot be stopped (it could leave state and infrastructure apart); wait for it to finish or fail")
+                }
+                RunState::Unconfirmed => format!("run {rid} is UNCONFIRMED: discard it instead"),
+                other => format!("run {rid} already ended ({other})"),
+            };
+            return Err(ApiError::Refused(why).into());
+        };
+        Ok(Run(row))
+    }
+
+    /// Puts a dead job back in the queue with fresh attempts (admin).
+    async fn retry_dead_job(&self, ctx: &Context<'_>, id: ID) -> async_graphql::Result<bool> {
+        let caller = require(ctx, Role::Admin)?.clone();
+        let jid = super::id(&id, "id")?;
+        let mut c = conn(ctx).await?;
+        c.transaction::<_, ApiError, _>(async move |c| {
+            if !hangar_db::queue::requeue_dead(c, jid).await? {
+                return Err(ApiError::not_found("dead job", jid.to_string()));
+            }
+            audit::record(c, &caller.actor(), "job.retry", &format!("job:{jid}"), json!({})).await?;
+            Ok(true)
+        })
+        .await
+        .map_err(Into::into)
+    }
+}
+

@@ -1,0 +1,560 @@
+//! Stacks, shared contexts and environment variables. Secret values are sealed
+//! on the way in and never come back out: answers carry a mask, audit events
+//! carry the variable's name only.
+
+use async_graphql::{Context, InputObject, Object};
+use diesel_async::AsyncConnection;
+use hangar_types::Role;
+use serde_json::json;
+
+use super::types::{ContextObj, IacTool, Stack, Variable};
+use super::{ApiError, app, conn, require};
+use crate::git;
+use crate::store::stacks::{self as store, Content, NewStack, Owner, StackChanges};
+use crate::store::{audit, pools};
+
+#[derive(InputObject)]
+pub struct StackInput {
+    pub slug: String,
+    pub name: String,
+    #[graphql(default)]
+    pub description: String,
+    pub repository: String,
+    pub branch: String,
+    #[graphql(default)]
+    pub project_root: String,
+    pub tool: IacTool,
+    pub tool_version: String,
+    /// Name of the worker pool that runs this stack.
+    pub worker_pool: Option<String>,
+    #[graphql(default)]
+    pub autodeploy: bool,
+    #[graphql(default)]
+    pub labels: Vec<String>,
+    /// Cron expression (5 fields, or 6 with seconds) for drift detection runs.
+    pub drift_schedule: Option<String>,
+}
+
+/// Changes to a stack: absent fields stay as they are; an empty `workerPool`
+/// or `driftSchedule` clears it.
+#[derive(InputObject)]
+pub struct StackUpdate {
+    pub name: Option<String>,
+    pub description: Option<String>,
+    pub repository: Option<String>,
+    pub branch: Option<String>,
+    pub project_root: Option<String>,
+    pub tool: Option<IacTool>,
+    pub tool_version: Option<String>,
+    pub worker_pool: Option<String>,
+    pub autodeploy: Option<bool>,
+    pub labels: Option<Vec<String>>,
+    pub drift_schedule: Option<String>,
+}
+
+pub(crate) fn check_slug(field: &'static str, slug: &str) -> Result<(), ApiError> {
+    let ok = !slug.is_empty()
+        && slug.len() <= 63
+        && slug.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !slug.starts_with('-');
+    if ok { Ok(()) } else { Err(ApiError::invalid(field, "must be 1-63 of a-z, 0-9 and '-', not starting with '-'")) }
+}
+
+fn check_text(field: &'static str, text: &str, min: usize, max: usize) -> Result<(), ApiError> {
+    let n = text.chars().count();
+    if n < min || n > max || text.chars().any(|c| c.is_control() && c != '\n' && c != '\t') {
+        return Err(ApiError::invalid(field, format!("must be {min} to {max} characters without control characters")));
+    }
+    if min > 0 && text.trim().is_empty() {
+        return Err(ApiError::invalid(field, "must not be blank"));
+    }
+    Ok(())
+}
+
+fn check_repository(repo: &str) -> Result<(), ApiError> {
+    if git::valid_repository(repo) {
+        Ok(())
+    } else {
+        Err(ApiError::invalid("repository", "must be an https://, http://, ssh:// or user@host:path git URL"))
+    }
+}
+
+fn check_branch(branch: &str) -> Result<(), ApiError> {
+    if git::valid_branch(branch) { Ok(()) } else { Err(ApiError::invalid("branch", "is not a valid git branch name")) }
+}
+
+fn check_project_root(root: &str) -> Result<(), ApiError> {
+    let ok = root.len() <= 512
+        && !root.starts_with('/')
+        && !root.chars().any(|c| c.is_control() || c == '\\')
+        && root.split('/').all(|part| part != "..");
+    if ok { Ok(()) } else { Err(ApiError::invalid("projectRoot", "must be a relative path inside the repository")) }
+}
+
+fn check_tool_version(v: &str) -> Result<(), ApiError> {
+    let (core, pre) = v.split_once('-').unwrap_or((v, ""));
+    let nums: Vec<&str> = core.split('.').collect();
+    let ok = v.len() <= 64
+        && nums.len() == 3
+        && nums.iter().all(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+        && pre.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.');
+    if ok { Ok(()) } else { Err(ApiError::invalid("toolVersion", "must be a version like 1.9.3 or 1.10.0-rc1")) }
+}
+
+fn clean_labels(labels: Vec<String>) -> Result<Vec<String>, ApiError> {
+    if labels.len() > 50 {
+        return Err(ApiError::invalid("labels", "at most 50"));
+    }
+    let mut out: Vec<String> = Vec::new();
+    for l in labels {
+        let ok = (1..=64).contains(&l.len())
+            && l.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.:/".contains(&b));
+        if !ok {
+            return Err(ApiError::invalid("labels", format!("{l:?} must be 1-64 of letters, digits and - _ . : /")));
+        }
+        if !out.contains(&l) {
+            out.push(l);
+        }
+    }
+    Ok(out)
+}
+
+fn check_schedule(s: &str) -> Result<(), ApiError> {
+    if s.len() > 100 {
+        return Err(ApiError::invalid("driftSchedule", "is too long"));
+    }
+    s.parse::<croner::Cron>()
+        .map(|_| ()).map_err(|e| ApiError::invalid("driftSchedule", format!("is not a cron expression ({e})")))
+}
+
+fn check_variable(name: &str, value: &str) -> Result<(), ApiError> {
+    let ok = (1..=128).contains(&name.len())
+        && name.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+    if !ok {
+        return Err(ApiError::invalid("name", "must be an environment variable name ([A-Za-z_][A-Za-z0-9_]*, at most 128)"));
+    }
+    if value.len() > 64 * 1024 || value.contains('\0') {
+        return Err(ApiError::invalid("value", "must be at most 64 KiB and contain no NUL"));
+    }
+    Ok(())
+}
+
+async fn pool_id(c: &mut diesel_async::AsyncPgConnection, name: Option<&str>) -> Result<Option<i64>, ApiError> {
+    match name {
+        None | Some("") => Ok(None),
+        Some(n) => Ok(Some(pools::pool_by_name(c, n).await?.ok_or_else(|| ApiError::not_found("worker pool", n))?.id)),
+    }
+}
+
+async fn stack_id(c: &mut diesel_async::AsyncPgConnection, slug: &str) -> Result<i64, ApiError> {
+    Ok(store::stack_by_slug(c, slug).await?.ok_or_else(|| ApiError::not_found("stack", slug))?.id)
+}
+
+async fn context_id(c: &mut diesel_async::AsyncPgConnection, slug: &str) -> Result<i64, ApiError> {
+    Ok(store::context_by_slug(c, slug).await?.ok_or_else(|| ApiError::not_found("context", slug))?.id)
+}
+
+#[derive(Default)]
+pub struct StacksQuery;
+
+#[Object]
+impl StacksQuery {
+    /// Every stack, by slug; only those carrying `label` when given.
+    async fn stacks(&self, ctx: &Context<'_>, label: Option<String>) -> async_graphql::Result<Vec<Stack>> {
+        require(ctx, Role::Reader)?;
+        let mut c = conn(ctx).await?;
+        Ok(store::list_stacks(&mut c, label.as_deref()).await.map_err(ApiError::from)?.into_iter().map(Stack).collect())
+    }
+
+    async fn stack(&self, ctx: &Context<'_>, slug: String) -> async_graphql::Result<Option<Stack>> {
+        require(ctx, Role::Reader)?;
+        let mut c = conn(ctx).await?;
+        Ok(store::stack_by_slug(&mut c, &slug).await.map_err(ApiError::from)?.map(Stack))
+    }
+
+    async fn contexts(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<ContextObj>> {
+        require(ctx, Role::Reader)?;
+        let mut c = conn(ctx).await?;
+        Ok(store::list_contexts(&mut c).await.map_err(ApiError::from)?.into_iter().map(ContextObj).collect())
+    }
+
+    async fn context(&self, ctx: &Context<'_>, slug: String) -> async_graphql::Result<Option<ContextObj>> {
+        require(ctx, Role::Reader)?;
+        let mut c = conn(ctx).await?;
+        Ok(store::context_by_slug(&mut c, &slug).await.map_err(ApiError::from)?.map(ContextObj))
+    }
+}
+
+#[derive(Default)]
+pub struct StacksMutation;
+
+/// Writes a variable (sealing a secret one) and its audit event.
+async fn set_variable(
+    ctx: &Context<'_>,
+    owner_kind: &'static str,
+    owner_slug: String,
+    name: String,
+    value: String,
+    secret: bool,
+) -> Result<Variable, ApiError> {
+    let caller = require(ctx, Role::Writer)?.clone();
+    check_variable(&name, &value)?;
+    let app = app(ctx);
+    let mut c = conn(ctx).await?;
+    let row = c
+        .transaction::<_, ApiError, _>(async move |c| {
+            let owner = match owner_kind {
+                "stack" => Owner::Stack(stack_id(c, &owner_slug).await?),
+                _ => Owner::Context(context_id(c, &owner_slug).await?),
+            };
+            let content = if secret {
+                Content::Sealed(app.secrets.seal(c, value.as_bytes(), &owner.seal_context(&name)).await?)
+            } else {
+                Content::Plain(value)
+            };
+            let row = store::upsert_variable(c, owner, &name, content).await?;
+            audit::record(
+                c,
+                &caller.actor(),
+                "variable.set",
+                &format!("{owner_kind}:{owner_slug}"),
+                json!({ "name": name, "secret": secret }),
+            )
+            .await?;
+            Ok(row)
+        })
+        .await?;
+    Ok(row.into())
+}
+
+async fn delete_variable(ctx: &Context<'_>, owner_kind: &'static str, owner_slug: String, name: String) -> Result<bool, ApiError> {
+    let caller = require(ctx, Role::Writer)?.clone();
+    let mut c = conn(ctx).await?;
+    c.transaction::<_, ApiError, _>(async move |c| {
+        let owner = match owner_kind {
+            "stack" => Owner::Stack(stack_id(c, &owner_slug).await?),
+            _ => Owner::Context(context_id(c, &owner_slug).await?),
+        };
+        if !store::delete_variable(c, owner, &name).await? {
+            return Err(ApiError::not_found("variable", name));
+        }
+        audit::record(c, &caller.actor(), "variable.delete", &format!("{owner_kind}:{owner_slug}"), json!({ "name": name }))
+            .await?;
+        Ok(true)
+    })
+    .await
+}
+
+#[Object]
+impl StacksMutation {
+    async fn create_stack(&self, ctx: &Context<'_>, input: StackInput) -> async_graphql::Result<Stack> {
+        let caller = require(ctx, Role::Writer)?.clone();
+        check_slug("slug", &input.slug)?;
+        check_text("name", &input.name, 1, 200)?;
+        check_text("description", &input.description, 0, 2000)?;
+        check_repository(&input.repository)?;
+        check_branch(&input.branch)?;
+        check_project_root(&input.project_root)?;
+        check_tool_version(&input.tool_version)?;
+        let labels = clean_labels(input.labels)?;
+        if let Some(s) = &input.drift_schedule {
+            check_schedule(s)?;
+        }
+        let mut c = conn(ctx).await?;
+        let row = c
+            .transaction::<_, ApiError, _>(async move |c| {
+                let worker_pool_id = pool_id(c, input.worker_pool.as_deref()).await?;
+                let tool: hangar_types::Tool = input.tool.into();
+                let new = NewStack {
+                    slug: input.slug,
+                    name: input.name,
+                    description: input.description,
+                    repository: input.repository,
+                    branch: input.branch,
+                    project_root: input.project_root,
+                    tool: tool.as_str().into(),
+                    tool_version: input.tool_version,
+                    worker_pool_id,
+                    autodeploy: input.autodeploy,
+                    labels,
+                    drift_schedule: input.drift_schedule.filter(|s| !s.is_empty()),
+                };
+                let row = store::insert_stack(c, &new).await?;
+                audit::record(
+                    c,
+                    &caller.actor(),
+                    "stack.create",
+                    &format!("stack:{}", row.slug),
+                    json!({
+                        "name": row.name, "repository": row.repository, "branch": row.branch,
+                        "tool": row.tool, "tool_version": row.tool_version, "worker_pool": input.worker_pool,
+                        "autodeploy": row.autodeploy, "labels": row.labels,
+                    }),
+                )
+                .await?;
+                Ok(row)
+            })
+            .await?;
+        Ok(Stack(row))
+    }
+
+    async fn update_stack(&self, ctx: &Context<'_>, slug: String, input: StackUpdate) -> async_graphql::Result<Stack> {
+        let caller = require(ctx, Role::Writer)?.clone();
+        if let Some(v) = &input.name {
+            check_text("name", v, 1, 200)?;
+        }
+        if let Some(v) = &input.description {
+            check_text("description", v, 0, 2000)?;
+        }
+        if let Some(v) = &input.repository {
+            check_repository(v)?;
+        }
+        if let Some(v) = &input.branch {
+            check_branch(v)?;
+        }
+        if let Some(v) = &input.project_root {
+            check_project_root(v)?;
+        }
+        if let Some(v) = &input.tool_version {
+            check_tool_version(v)?;
+        }
+        if let Some(s) = input.drift_schedule.as_deref().filter(|s| !s.is_empty()) {
+            check_schedule(s)?;
+        }
+        let labels = input.labels.map(clean_labels).transpose()?;
+        let mut c = conn(ctx).await?;
+        let row = c
+            .transaction::<_, ApiError, _>(async move |c| {
+                let id = stack_id(c, &slug).await?;
+                let worker_pool_id = match &input.worker_pool {
+                    None => None,
+                    Some(name) => Some(pool_id(c, Some(name)).await?),
+                };
+                let details = json!({
+                    "name": input.name, "description": input.description, "repository": input.repository,
+                    "branch": input.branch, "project_root": input.project_root,
+                    "tool": input.tool.map(|t| hangar_types::Tool::from(t).as_str()),
+                    "tool_version": input.tool_version, "worker_pool": input.worker_pool,
+                    "autodeploy": input.autodeploy, "labels": labels, "drift_schedule": input.drift_schedule,
+                });
+                let changes = StackChanges {
+                    name: input.name,
+                    description: input.description,
+                    repository: input.repository,
+                    branch: input.branch,
+                    project_root: input.project_root,
+                    tool: input.tool.map(|t| hangar_types::Tool::from(t).as_str().to_string()),
+                    tool_version: input.tool_version,
+                    worker_pool_id,
+                    autodeploy: input.autodeploy,
+                    labels: labels.clone(),
+                    drift_schedule: input.drift_schedule.map(|s| Some(s).filter(|s| !s.is_empty())),
+                };
+                let row = store::update_stack(c, id, &changes).await?;
+                let details = match details {
+                    serde_json::Value::Object(m) => {
+                        serde_json::Value::Object(m.into_iter().filter(|(_, v)| !v.is_null()).collect())
+                    }
+                    other => other,
+                };
+                audit::record(c, &caller.actor(), "stack.update", &format!("stack:{slug}"), details).await?;
+                Ok(row)
+            })
+            .await?;
+        Ok(Stack(row))
+    }
+
+    /// Deletes a stack with its runs and variables.
+    async fn delete_stack(&self, ctx: &Context<'_>, slug: String) -> async_graphql::Result<bool> {
+        let caller = require(ctx, Role::Writer)?.clone();
+        let mut c = conn(ctx).await?;
+        c.transaction::<_, ApiError, _>(async move |c| {
+            let id = stack_id(c, &slug).await?;
+            store::delete_stack(c, id).await?;
+            audit::record(c, &caller.actor(), "stack.delete", &format!("stack:{slug}"), json!({})).await?;
+            Ok(())
+        })
+        .await?;
+        Ok(true)
+    }
+
+    /// Creates or replaces a variable of a stack. A secret value is sealed and
+    /// can never be read back through the API.
+    async fn set_stack_variable(
+        &self,
+        ctx: &Context<'_>,
+        stack: String,
+        name: String,
+        value: String,
+        secret: Option<bool>,
+    ) -> async_graphql::Result<Variable> {
+        Ok(set_variable(ctx, "stack", stack, name, value, secret.unwrap_or(false)).await?)
+    }
+
+    async fn delete_stack_variable(&self, ctx: &Context<'_>, stack: String, name: String) -> async_graphql::Result<bool> {
+        Ok(delete_variable(ctx, "stack", stack, name).await?)
+    }
+
+    async fn create_context(
+        &self,
+        ctx: &Context<'_>,
+        slug: String,
+        name: String,
+        #[graphql(default)] description: String,
+    ) -> async_graphql::Result<ContextObj> {
+        let caller = require(ctx, Role::Writer)?.clone();
+        check_slug("slug", &slug)?;
+        check_text("name", &name, 1, 200)?;
+        check_text("description", &description, 0, 2000)?;
+        let mut c = conn(ctx).await?;
+        let row = c
+            .transaction::<_, ApiError, _>(async move |c| {
+                let row = store::insert_context(c, &slug, &name, &description).await?;
+                audit::record(c, &caller.actor(), "context.create", &format!("context:{slug}"), json!({ "name": name })).await?;
+                Ok(row)
+            })
+            .await?;
+        Ok(ContextObj(row))
+    }
+
+    async fn update_context(
+        &self,
+        ctx: &Context<'_>,
+        slug: String,
+        name: Option<String>,
+        description: Option<String>,
+    ) -> async_graphql::Result<ContextObj> {
+        let caller = require(ctx, Role::Writer)?.clone();
+        if let Some(n) = &name {
+            check_text("name", n, 1, 200)?;
+        }
+        if let Some(d) = &description {
+            check_text("description", d, 0, 2000)?;
+        }
+        let mut c = conn(ctx).await?;
+        let row = c
+            .transaction::<_, ApiError, _>(async move |c| {
+                let id = context_id(c, &slug).await?;
+                let row = store::update_context(c, id, name.as_deref(), description.as_deref()).await?;
+                audit::record(
+                    c,
+                    &caller.actor(),
+                    "context.update",
+                    &format!("context:{slug}"),
+                    json!({ "name": name, "description": description }),
+                )
+                .await?;
+                Ok(row)
+            })
+            .await?;
+        Ok(ContextObj(row))
+    }
+
+    /// Deletes a context, its variables and its attachments.
+    async fn delete_context(&self, ctx: &Context<'_>, slug: String) -> async_graphql::Result<bool> {
+        let caller = require(ctx, Role::Writer)?.clone();
+        let mut c = conn(ctx).await?;
+        c.transaction::<_, ApiError, _>(async move |c| {
+            let id = context_id(c, &slug).await?;
+            store::delete_context(c, id).await?;
+            audit::record(c, &caller.actor(), "context.delete", &format!("context:{slug}"), json!({})).await?;
+            Ok(())
+        })
+        .await?;
+        Ok(true)
+    }
+
+    async fn set_context_variable(
+        &self,
+        ctx: &Context<'_>,
+        context: String,
+        name: String,
+        value: String,
+        secret: Option<bool>,
+    ) -> async_graphql::Result<Variable> {
+        Ok(set_variable(ctx, "context", context, name, value, secret.unwrap_or(false)).await?)
+    }
+
+    async fn delete_context_variable(&self, ctx: &Context<'_>, context: String, name: String) -> async_graphql::Result<bool> {
+        Ok(delete_variable(ctx, "context", context, name).await?)
+    }
+
+    /// Attaches a context to a stack (or changes its priority). Lower numbers
+    /// take precedence.
+    async fn attach_context(
+        &self,
+        ctx: &Context<'_>,
+        stack: String,
+        context: String,
+        #[graphql(default = 0)] priority: i32,
+    ) -> async_graphql::Result<Stack> {
+        let caller = require(ctx, Role::Writer)?.clone();
+        if !(-1000..=1000).contains(&priority) {
+            return Err(ApiError::invalid("priority", "must be between -1000 and 1000").into());
+        }
+        let mut c = conn(ctx).await?;
+        let row = c
+            .transaction::<_, ApiError, _>(async move |c| {
+                let sid = stack_id(c, &stack).await?;
+                let cid = context_id(c, &context).await?;
+                store::attach(c, sid, cid, priority).await?;
+                audit::record(
+                    c,
+                    &caller.actor(),
+                    "context.attach",
+                    &format!("stack:{stack}"),
+                    json!({ "context": context, "priority": priority }),
+                )
+                .await?;
+                Ok(store::stack_by_id(c, sid).await?.ok_or_else(|| ApiError::not_found("stack", stack))?)
+            })
+            .await?;
+        Ok(Stack(row))
+    }
+
+    async fn detach_context(&self, ctx: &Context<'_>, stack: String, context: String) -> async_graphql::Result<Stack> {
+        let caller = require(ctx, Role::Writer)?.clone();
+        let mut c = conn(ctx).await?;
+        let row = c
+            .transaction::<_, ApiError, _>(async move |c| {
+                let sid = stack_id(c, &stack).await?;
+                let cid = context_id(c, &context).await?;
+                if !store::detach(c, sid, cid).await? {
+                    return Err(ApiError::not_found("attachment", format!("{context} on {stack}")));
+                }
+                audit::record(c, &caller.actor(), "context.detach", &format!("stack:{stack}"), json!({ "context": context }))
+                    .await?;
+                Ok(store::stack_by_id(c, sid).await?.ok_or_else(|| ApiError::not_found("stack", stack))?)
+            })
+            .await?;
+        Ok(Stack(row))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn input_checks() {
+        assert!(check_slug("slug", "net-prod").is_ok());
+        for bad in ["", "-x", "Net", "a b", "x'; DROP TABLE stacks; --"] {
+            assert!(check_slug("slug", bad).is_err(), "{bad}");
+        }
+        assert!(check_tool_version("1.9.3").is_ok() && check_tool_version("1.10.0-rc1").is_ok());
+        for bad in ["1.9", "latest", "1.9.3; rm -rf /", "1..3"] {
+            assert!(check_tool_version(bad).is_err(), "{bad}");
+        }
+        assert!(check_project_root("envs/prod").is_ok() && check_project_root("").is_ok());
+        for bad in ["/etc", "../x", "a/../../b", "a\\b"] {
+            assert!(check_project_root(bad).is_err(), "{bad}");
+        }
+        assert!(check_schedule("*/15 * * * *").is_ok());
+        assert!(check_schedule("every tuesday").is_err());
+        assert!(check_variable("TF_VAR_token", "x").is_ok());
+        assert!(check_variable("1X", "x").is_err() && check_variable("A-B", "x").is_err());
+        assert_eq!(clean_labels(vec!["a".into(), "a".into(), "team:net".into()]).unwrap(), vec!["a", "team:net"]);
+        assert!(clean_labels(vec!["has space".into()]).is_err());
+    }
+}

@@ -1,0 +1,517 @@
+//! The objects of the GraphQL schema, built from database rows. Fields that
+//! need more data load it on demand, with the reader role checked again.
+
+use async_graphql::{ComplexObject, Context, Enum, ID, Json, Object, SimpleObject};
+use chrono::{DateTime, Utc};
+use hangar_db::runs::{RunEventRow, RunRow};
+use hangar_types::Role;
+
+use super::{ApiError, conn, require};
+use crate::store::{self, pools::PoolRow, pools::WorkerRow, stacks::ContextRow, stacks::StackRow, stacks::VariableRow};
+
+/// What the API shows instead of a secret value.
+pub const MASK: &str = "********";
+
+#[derive(Enum, Copy, Clone, Eq, PartialEq, Debug)]
+#[graphql(remote = "hangar_types::Role")]
+pub enum UserRole {
+    Reader,
+    Writer,
+    Admin,
+}
+
+#[derive(Enum, Copy, Clone, Eq, PartialEq, Debug)]
+#[graphql(remote = "hangar_types::Tool")]
+pub enum IacTool {
+    Terraform,
+    Opentofu,
+}
+
+#[derive(Enum, Copy, Clone, Eq, PartialEq, Debug)]
+#[graphql(remote = "hangar_types::RunState")]
+pub enum RunStateValue {
+    Queued,
+    Ready,
+    Preparing,
+    Initializing,
+    Planning,
+    Unconfirmed,
+    Confirmed,
+    Applying,
+    Finished,
+    Failed,
+    Discarded,
+    Canceled,
+    Stopped,
+}
+
+#[derive(Enum, Copy, Clone, Eq, PartialEq, Debug)]
+#[graphql(remote = "hangar_types::RunKind")]
+pub enum RunKindValue {
+    Tracked,
+    Proposed,
+    Drift,
+    Task,
+}
+
+#[derive(SimpleObject, Debug, Clone)]
+pub struct User {
+    pub id: ID,
+    pub email: String,
+    pub name: String,
+    pub role: UserRole,
+    pub disabled: bool,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl From<store::users::UserRow> for User {
+    fn from(u: store::users::UserRow) -> Self {
+        User {
+            id: ID(u.id.to_string()),
+            role: u.role().into(),
+            email: u.email,
+            name: u.name,
+            disabled: u.disabled,
+            created_at: u.created_at,
+            updated_at: u.updated_at,
+        }
+    }
+}
+
+#[derive(SimpleObject, Debug, Clone)]
+#[graphql(complex)]
+pub struct ApiKey {
+    pub id: ID,
+    pub name: String,
+    /// The key's public part, to recognise it; the rest was shown once.
+    pub prefix: String,
+    pub role: UserRole,
+    pub created_at: DateTime<Utc>,
+    pub last_used_at: Option<DateTime<Utc>>,
+    pub expires_at: Option<DateTime<Utc>>,
+    pub revoked_at: Option<DateTime<Utc>>,
+    #[graphql(skip)]
+    pub user_id: i64,
+}
+
+#[ComplexObject]
+impl ApiKey {
+    async fn owner(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<User>> {
+        require(ctx, Role::Reader)?;
+        let mut c = conn(ctx).await?;
+        Ok(store::users::get_user(&mut c, self.user_id).await.map_err(ApiError::from)?.map(User::from))
+    }
+
+    async fn active(&self) -> bool {
+        self.revoked_at.is_none() && self.expires_at.is_none_or(|e| e > Utc::now())
+    }
+}
+
+impl From<store::users::ApiKeyRow> for ApiKey {
+    fn from(k: store::users::ApiKeyRow) -> Self {
+        ApiKey {
+            id: ID(k.id.to_string()),
+            role: k.role().into(),
+            name: k.name,
+            prefix: format!("{}_{}", store::users::API_KEY_KIND, k.prefix),
+            created_at: k.created_at,
+            last_used_at: k.last_used_at,
+            expires_at: k.expires_at,
+            revoked_at: k.revoked_at,
+            user_id: k.user_id,
+        }
+    }
+}
+
+#[derive(SimpleObject, Debug, Clone)]
+pub struct Variable {
+    pub id: ID,
+    pub name: String,
+    pub secret: bool,
+    /// The value of a plain variable; a fixed mask for a secret one.
+    pub value: String,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl From<VariableRow> for Variable {
+    fn from(v: VariableRow) -> Self {
+        Variable {
+            id: ID(v.id.to_string()),
+            value: if v.secret { MASK.to_string() } else { v.value.unwrap_or_default() },
+            name: v.name,
+            secret: v.secret,
+            created_at: v.created_at,
+            updated_at: v.updated_at,
+        }
+    }
+}
+
+/// A variable as a run of the stack will see it, and where it comes from.
+#[derive(SimpleObject, Debug, Clone)]
+pub struct EffectiveVariable {
+    pub name: String,
+    pub secret: bool,
+    pub value: String,
+    /// `stack`, or `context:<slug>`.
+    pub source: String,
+}
+
+pub struct Stack(pub StackRow);
+
+#[Object]
+impl Stack {
+    async fn id(&self) -> ID {
+        ID(self.0.id.to_string())
+    }
+    async fn slug(&self) -> &str {
+        &self.0.slug
+    }
+    async fn name(&self) -> &str {
+        &self.0.name
+    }
+    async fn description(&self) -> &str {
+        &self.0.description
+    }
+    async fn repository(&self) -> &str {
+        &self.0.repository
+    }
+    async fn branch(&self) -> &str {
+        &self.0.branch
+    }
+    async fn project_root(&self) -> &str {
+        &self.0.project_root
+    }
+    async fn tool(&self) -> IacTool {
+        self.0.tool.parse::<hangar_types::Tool>().unwrap_or(hangar_types::Tool::Terraform).into()
+    }
+    async fn tool_version(&self) -> &str {
+        &self.0.tool_version
+    }
+    async fn autodeploy(&self) -> bool {
+        self.0.autodeploy
+    }
+    async fn labels(&self) -> &[String] {
+        &self.0.labels
+    }
+    async fn drift_schedule(&self) -> Option<&str> {
+        self.0.drift_schedule.as_deref()
+    }
+    /// Set when an apply lost its worker: state may not match reality.
+    async fn needs_reconciliation(&self) -> bool {
+        self.0.needs_reconciliation
+    }
+    async fn created_at(&self) -> DateTime<Utc> {
+        self.0.created_at
+    }
+    async fn updated_at(&self) -> DateTime<Utc> {
+        self.0.updated_at
+    }
+
+    async fn worker_pool(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<WorkerPool>> {
+        require(ctx, Role::Reader)?;
+        let Some(id) = self.0.worker_pool_id else { return Ok(None) };
+        let mut c = conn(ctx).await?;
+        Ok(store::pools::pool_by_id(&mut c, id).await.map_err(ApiError::from)?.map(WorkerPool))
+    }
+
+    async fn variables(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<Variable>> {
+        require(ctx, Role::Reader)?;
+        let mut c = conn(ctx).await?;
+        let rows = store::stacks::variables_of(&mut c, store::stacks::Owner::Stack(self.0.id))
+            .await
+            .map_err(ApiError::from)?;
+        Ok(rows.into_iter().map(Variable::from).collect())
+    }
+
+    /// Attached contexts, highest precedence (lowest priority number) first.
+    async fn contexts(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<ContextAttachment>> {
+        require(ctx, Role::Reader)?;
+        let mut c = conn(ctx).await?;
+        let rows = store::stacks::attachments_of_stack(&mut c, self.0.id).await.map_err(ApiError::from)?;
+        Ok(rows.into_iter().map(|(priority, context)| ContextAttachment { priority, context: ContextObj(context) }).collect())
+    }
+
+    /// The environment a run of this stack gets: its own variables over those of
+    /// its contexts, contexts in priority order.
+    async fn effective_variables(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<EffectiveVariable>> {
+        require(ctx, Role::Reader)?;
+        let mut c = conn(ctx).await?;
+        let mut out: Vec<EffectiveVariable> = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        let own = store::stacks::variables_of(&mut c, store::stacks::Owner::Stack(self.0.id))
+            .await
+            .map_err(ApiError::from)?;
+        let mut layers = vec![("stack".to_string(), own)];
+        for (_, context) in store::stacks::attachments_of_stack(&mut c, self.0.id).await.map_err(ApiError::from)? {
+            let vars = store::stacks::variables_of(&mut c, store::stacks::Owner::Context(context.id))
+                .await
+                .map_err(ApiError::from)?;
+            layers.push((format!("context:{}", context.slug), vars));
+        }
+        for (source, vars) in layers {
+            for v in vars {
+                if seen.insert(v.name.clone()) {
+                    let shown = Variable::from(v);
+                    out.push(EffectiveVariable { name: shown.name, secret: shown.secret, value: shown.value, source: source.clone() });
+                }
+            }
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
+    /// Newest first; `after` is the `nextCursor` of the previous page.
+    async fn runs(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(default = 20)] first: i32,
+        after: Option<ID>,
+    ) -> async_graphql::Result<RunPage> {
+        Ok(run_page(ctx, self.0.id, first, after).await?)
+    }
+}
+
+pub(crate) async fn run_page(ctx: &Context<'_>, stack_id: i64, first: i32, after: Option<ID>) -> Result<RunPage, ApiError> {
+    require(ctx, Role::Reader)?;
+    if !(1..=100).contains(&first) {
+        return Err(ApiError::invalid("first", "must be between 1 and 100"));
+    }
+    let before = after.as_ref().map(|a| super::id(a, "after")).transpose()?;
+    let mut c = conn(ctx).await?;
+    let mut rows = store::runs::list_for_stack(&mut c, stack_id, i64::from(first) + 1, before).await?;
+    let more = rows.len() > first as usize;
+    rows.truncate(first as usize);
+    let next_cursor = if more { rows.last().map(|r| ID(r.id.to_string())) } else { None };
+    Ok(RunPage { items: rows.into_iter().map(Run).collect(), next_cursor })
+}
+
+#[derive(SimpleObject)]
+pub struct ContextAttachment {
+    pub priority: i32,
+    pub context: ContextObj,
+}
+
+#[derive(SimpleObject)]
+pub struct StackAttachment {
+    pub priority: i32,
+    pub stack: Stack,
+}
+
+pub struct ContextObj(pub ContextRow);
+
+#[Object(name = "Context")]
+impl ContextObj {
+    async fn id(&self) -> ID {
+        ID(self.0.id.to_string())
+    }
+    async fn slug(&self) -> &str {
+        &self.0.slug
+    }
+    async fn name(&self) -> &str {
+        &self.0.name
+    }
+    async fn description(&self) -> &str {
+        &self.0.description
+    }
+    async fn created_at(&self) -> DateTime<Utc> {
+        self.0.created_at
+    }
+    async fn updated_at(&self) -> DateTime<Utc> {
+        self.0.updated_at
+    }
+    async fn variables(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<Variable>> {
+        require(ctx, Role::Reader)?;
+        let mut c = conn(ctx).await?;
+        let rows = store::stacks::variables_of(&mut c, store::stacks::Owner::Context(self.0.id))
+            .await
+            .map_err(ApiError::from)?;
+        Ok(rows.into_iter().map(Variable::from).collect())
+    }
+    async fn stacks(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<StackAttachment>> {
+        require(ctx, Role::Reader)?;
+        let mut c = conn(ctx).await?;
+        let rows = store::stacks::stacks_of_context(&mut c, self.0.id).await.map_err(ApiError::from)?;
+        Ok(rows.into_iter().map(|(priority, s)| StackAttachment { priority, stack: Stack(s) }).collect())
+    }
+}
+
+pub struct WorkerPool(pub PoolRow);
+
+#[Object]
+impl WorkerPool {
+    async fn id(&self) -> ID {
+        ID(self.0.id.to_string())
+    }
+    async fn name(&self) -> &str {
+        &self.0.name
+    }
+    async fn description(&self) -> &str {
+        &self.0.description
+    }
+    /// Bumped by every reset; workers of an older generation are no longer accepted.
+    async fn generation(&self) -> i32 {
+        self.0.generation
+    }
+    async fn created_at(&self) -> DateTime<Utc> {
+        self.0.created_at
+    }
+    async fn workers(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<Worker>> {
+        require(ctx, Role::Reader)?;
+        let mut c = conn(ctx).await?;
+        let rows = store::pools::list_workers(&mut c, Some(self.0.id)).await.map_err(ApiError::from)?;
+        Ok(rows.into_iter().map(|w| Worker { row: w, pool_generation: Some(self.0.generation) }).collect())
+    }
+}
+
+pub struct Worker {
+    pub row: WorkerRow,
+    /// The pool's current generation, when known.
+    pub pool_generation: Option<i32>,
+}
+
+#[Object]
+impl Worker {
+    async fn id(&self) -> ID {
+        ID(self.row.id.to_string())
+    }
+    async fn name(&self) -> &str {
+        &self.row.name
+    }
+    /// idle, busy, drained or offline; `revoked` once revoked, `stale` when its
+    /// pool was reset after it registered.
+    async fn status(&self) -> String {
+        if self.row.revoked_at.is_some() {
+            "revoked".into()
+        } else if self.pool_generation.is_some_and(|g| g > self.row.pool_generation) {
+            "stale".into()
+        } else {
+            self.row.status.clone()
+        }
+    }
+    async fn pool_generation(&self) -> i32 {
+        self.row.pool_generation
+    }
+    async fn cert_not_after(&self) -> DateTime<Utc> {
+        self.row.cert_not_after
+    }
+    async fn registered_at(&self) -> DateTime<Utc> {
+        self.row.registered_at
+    }
+    async fn last_seen_at(&self) -> Option<DateTime<Utc>> {
+        self.row.last_seen_at
+    }
+    async fn revoked_at(&self) -> Option<DateTime<Utc>> {
+        self.row.revoked_at
+    }
+    async fn pool(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<WorkerPool>> {
+        require(ctx, Role::Reader)?;
+        let mut c = conn(ctx).await?;
+        Ok(store::pools::pool_by_id(&mut c, self.row.pool_id).await.map_err(ApiError::from)?.map(WorkerPool))
+    }
+}
+
+pub struct Run(pub RunRow);
+
+#[Object]
+impl Run {
+    async fn id(&self) -> ID {
+        ID(self.0.id.to_string())
+    }
+    async fn kind(&self) -> RunKindValue {
+        self.0.kind().into()
+    }
+    async fn state(&self) -> RunStateValue {
+        self.0.state().into()
+    }
+    async fn commit_sha(&self) -> &str {
+        &self.0.commit_sha
+    }
+    async fn branch(&self) -> &str {
+        &self.0.branch
+    }
+    async fn command(&self) -> Option<&str> {
+        self.0.command.as_deref()
+    }
+    async fn triggered_by(&self) -> &str {
+        &self.0.triggered_by
+    }
+    async fn failure_reason(&self) -> Option<&str> {
+        self.0.failure_reason.as_deref()
+    }
+    async fn created_at(&self) -> DateTime<Utc> {
+        self.0.created_at
+    }
+    async fn updated_at(&self) -> DateTime<Utc> {
+        self.0.updated_at
+    }
+    async fn stack(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<Stack>> {
+        require(ctx, Role::Reader)?;
+        let mut c = conn(ctx).await?;
+        Ok(store::stacks::stack_by_id(&mut c, self.0.stack_id).await.map_err(ApiError::from)?.map(Stack))
+    }
+    /// Every state the run went through, oldest first.
+    async fn events(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<RunEvent>> {
+        require(ctx, Role::Reader)?;
+        let mut c = conn(ctx).await?;
+        let rows = hangar_db::runs::events(&mut c, self.0.id).await.map_err(ApiError::from)?;
+        Ok(rows.into_iter().map(RunEvent).collect())
+    }
+}
+
+pub struct RunEvent(pub RunEventRow);
+
+#[Object]
+impl RunEvent {
+    async fn from_state(&self) -> Option<RunStateValue> {
+        self.0.from_state.as_deref().and_then(|s| s.parse::<hangar_types::RunState>().ok()).map(Into::into)
+    }
+    async fn to_state(&self) -> RunStateValue {
+        self.0.to_state.parse::<hangar_types::RunState>().unwrap_or(hangar_types::RunState::Failed).into()
+    }
+    async fn cause(&self) -> &str {
+        &self.0.cause
+    }
+    async fn actor(&self) -> &str {
+        &self.0.actor
+    }
+    async fn at(&self) -> DateTime<Utc> {
+        self.0.at
+    }
+}
+
+#[derive(SimpleObject)]
+pub struct RunPage {
+    pub items: Vec<Run>,
+    /// Pass as `after` for the next page; null on the last page.
+    pub next_cursor: Option<ID>,
+}
+
+#[derive(SimpleObject)]
+pub struct DeadJob {
+    pub id: ID,
+    pub queue: String,
+    pub kind: String,
+    pub payload: Json<serde_json::Value>,
+    pub attempts: i32,
+    pub max_attempts: i32,
+    pub last_error: Option<String>,
+    pub created_at: DateTime<Utc>,
+}
+
+#[derive(SimpleObject)]
+pub struct AuditEvent {
+    pub id: ID,
+    pub actor: String,
+    pub action: String,
+    pub target: String,
+    pub details: Json<serde_json::Value>,
+    pub at: DateTime<Utc>,
+}
+
+#[derive(SimpleObject)]
+pub struct AuditPage {
+    pub items: Vec<AuditEvent>,
+    pub next_cursor: Option<ID>,
+}

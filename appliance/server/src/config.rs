@@ -1,0 +1,168 @@
+//! The `[server]` and `[secrets]` sections of `hangar.toml`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::ServerError;
+
+/// `[server]`: the HTTPS listener on 1983 and the API's limits.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// How browsers, workers and webhooks reach this server (`https://host[:port]`).
+    pub public_url: String,
+    /// The server certificate chain and its key (0600).
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    /// The appliance CA: client certificates (workers) must chain to it.
+    pub ca_file: PathBuf,
+    /// Largest request body accepted on `/graphql`, in bytes.
+    #[serde(default = "default_max_body")]
+    pub max_body_bytes: u64,
+    /// Deepest GraphQL selection accepted.
+    #[serde(default = "default_max_depth")]
+    pub max_query_depth: usize,
+    /// Largest GraphQL query complexity (one per selected field) accepted.
+    #[serde(default = "default_max_complexity")]
+    pub max_query_complexity: usize,
+    /// How long a login session lasts.
+    #[serde(default = "default_session_hours")]
+    pub session_ttl_hours: u32,
+    /// Time a client gets to finish its TLS handshake.
+    #[serde(default = "default_handshake_secs")]
+    pub handshake_timeout_secs: u64,
+    /// On shutdown, time in-flight requests get to finish.
+    #[serde(default = "default_grace_secs")]
+    pub shutdown_grace_secs: u64,
+    /// Time `git ls-remote` gets to resolve a branch when a run is triggered.
+    #[serde(default = "default_git_secs")]
+    pub git_timeout_secs: u64,
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([0, 0, 0, 0], 1983))
+}
+fn default_max_body() -> u64 {
+    1024 * 1024
+}
+fn default_max_depth() -> usize {
+    12
+}
+fn default_max_complexity() -> usize {
+    2000
+}
+fn default_session_hours() -> u32 {
+    12
+}
+fn default_handshake_secs() -> u64 {
+    10
+}
+fn default_grace_secs() -> u64 {
+    20
+}
+fn default_git_secs() -> u64 {
+    20
+}
+
+/// `[secrets]`: where the master key that wraps every data key is kept.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecretsConfig {
+    /// 64 hexadecimal characters, mode 0600.
+    pub master_key_file: PathBuf,
+}
+
+impl ServerConfig {
+    pub fn validate(&self) -> Result<(), ServerError> {
+        let invalid = |field: &'static str, problem: &str| ServerError::Config { field, problem: problem.into() };
+        let url = url::Url::parse(&self.public_url).map_err(|_| invalid("server.public_url", "is not a URL"))?;
+        if url.scheme() != "https" || url.host_str().is_none() {
+            return Err(invalid("server.public_url", "must be an https:// URL with a host"));
+        }
+        for (field, path) in [
+            ("server.cert_file", &self.cert_file),
+            ("server.key_file", &self.key_file),
+            ("server.ca_file", &self.ca_file),
+        ] {
+            if !path.is_absolute() {
+                return Err(invalid(field, "must be an absolute path"));
+            }
+        }
+        if !(1024..=64 * 1024 * 1024).contains(&self.max_body_bytes) {
+            return Err(invalid("server.max_body_bytes", "must be between 1 KiB and 64 MiB"));
+        }
+        if !(2..=64).contains(&self.max_query_depth) {
+            return Err(invalid("server.max_query_depth", "must be between 2 and 64"));
+        }
+        if !(10..=100_000).contains(&self.max_query_complexity) {
+            return Err(invalid("server.max_query_complexity", "must be between 10 and 100000"));
+        }
+        if !(1..=24 * 90).contains(&self.session_ttl_hours) {
+            return Err(invalid("server.session_ttl_hours", "must be between 1 and 2160"));
+        }
+        for (field, secs) in [
+            ("server.handshake_timeout_secs", self.handshake_timeout_secs),
+            ("server.shutdown_grace_secs", self.shutdown_grace_secs),
+            ("server.git_timeout_secs", self.git_timeout_secs),
+        ] {
+            if !(1..=600).contains(&secs) {
+                return Err(invalid(field, "must be between 1 and 600"));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn handshake_timeout(&self) -> Duration {
+        Duration::from_secs(self.handshake_timeout_secs)
+    }
+}
+
+impl SecretsConfig {
+    pub fn validate(&self) -> Result<(), ServerError> {
+        if !self.master_key_file.is_absolute() {
+            return Err(ServerError::Config {
+                field: "secrets.master_key_file",
+                problem: "must be an absolute path".into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<ServerConfig, String> {
+        let cfg: ServerConfig = toml::from_str(text).map_err(|e| e.to_string())?;
+        cfg.validate().map_err(|e| e.to_string())?;
+        Ok(cfg)
+    }
+
+    const MINIMAL: &str = "public_url = \"https://hangar.example\"\ncert_file = \"/p/server.crt\"\n\
+                           key_file = \"/p/server.key\"\nca_file = \"/p/ca.crt\"\n";
+
+    #[test]
+    fn defaults() {
+        let cfg = parse(MINIMAL).unwrap();
+        assert_eq!(cfg.listen.port(), 1983);
+        assert_eq!(cfg.max_body_bytes, 1024 * 1024);
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        let e = parse(&MINIMAL.replace("https://hangar.example", "http://hangar.example")).unwrap_err();
+        assert!(e.contains("server.public_url"), "{e}");
+        let e = parse(&format!("{MINIMAL}max_body_bytes = 10\n")).unwrap_err();
+        assert!(e.contains("server.max_body_bytes"), "{e}");
+        let e = parse(&MINIMAL.replace("/p/server.key", "server.key")).unwrap_err();
+        assert!(e.contains("server.key_file"), "{e}");
+        let e = parse(&format!("{MINIMAL}tls = false\n")).unwrap_err();
+        assert!(e.contains("unknown field"), "{e}");
+    }
+}

@@ -1,0 +1,47 @@
+//! Errors that stop the server from starting or an administration command from
+//! finishing, each naming the file, address or record involved.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("invalid configuration: {field} {problem}")]
+    Config { field: &'static str, problem: String },
+    #[error("TLS certificate or key")]
+    Certs(#[source] hangar_certs::CertError),
+    #[error("cannot listen on {addr}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("master key")]
+    MasterKey(#[source] hangar_crypto::CryptoError),
+    #[error("cannot read {path}")]
+    ReadFile {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("database")]
+    Db(#[from] hangar_db::DbError),
+    #[error("database query")]
+    Query(#[from] diesel::result::Error),
+    #[error(
+        "data key {data_key} is wrapped by master key {stored}, but the configured master key is {configured} \
+         (was the master key rotated without swapping the key file?)"
+    )]
+    MasterKeyMismatch { data_key: i64, stored: String, configured: String },
+    #[error("data key {data_key} does not open with master key {master_key}")]
+    DataKeyUnwrap {
+        data_key: i64,
+        master_key: String,
+        #[source]
+        source: hangar_crypto::CryptoError,
+    },
+    #[error("the database schema is behind this binary: run `hangar migrate` (pending: {pending})")]
+    SchemaBehind { pending: String },
+    #[error("user {email}: {problem}")]
+    User { email: String, problem: String },
+}

@@ -1,0 +1,198 @@
+//! The HTTPS listener. warp 0.4 has no TLS of its own, so connections are
+//! accepted here, the TLS handshake is done with tokio-rustls, and each
+//! connection is handed to warp through hyper-util (HTTP/1.1 or HTTP/2, as the
+//! client negotiated with ALPN). Every request carries the peer's certificate
+//! chain (when it presented one) and its address as extensions, for handlers
+//! that authenticate workers by certificate.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::service::TowerToHyperService;
+use rustls_pki_types::CertificateDer;
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use warp::filters::BoxedFilter;
+use warp::reply::Response;
+
+/// The certificate chain a client presented and the appliance CA verified,
+/// leaf first. Absent from requests of clients without a certificate.
+#[derive(Debug, Clone)]
+pub struct PeerCertificates(pub Arc<Vec<CertificateDer<'static>>>);
+
+/// The address a request came from.
+#[derive(Debug, Clone, Copy)]
+pub struct RemoteAddr(pub SocketAddr);
+
+/// How connections are handled.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ConnectionLimits {
+    pub handshake_timeout: Duration,
+    /// Time a client gets to send a request's headers (slow clients hold a
+    /// connection and a task, nothing more, and only for this long).
+    pub header_timeout: Duration,
+}
+
+/// Accepts until `shutdown` is cancelled; then asks every open connection to
+/// finish its in-flight requests and close. Connections still open when
+/// `hard_stop` is cancelled are dropped.
+pub(crate) async fn serve(
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+    routes: BoxedFilter<(Response,)>,
+    limits: ConnectionLimits,
+    shutdown: CancellationToken,
+    hard_stop: CancellationToken,
+    tracker: TaskTracker,
+) {
+    loop {
+        let (tcp, addr) = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Usually out of file descriptors: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = tcp.set_nodelay(true);
+        let (acceptor, routes) = (acceptor.clone(), routes.clone());
+        let (shutdown, hard_stop) = (shutdown.clone(), hard_stop.clone());
+        // The handshake runs in the connection's own task: a client that stalls
+        // it delays nobody else.
+        tracker.spawn(async move {
+            let tls = tokio::select! {
+                r = tokio::time::timeout(limits.handshake_timeout, acceptor.accept(tcp)) => match r {
+                    Ok(Ok(tls)) => tls,
+                    Ok(Err(e)) => {
+                        tracing::debug!(peer = %addr, error = %e, "TLS handshake failed");
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::debug!(peer = %addr, "TLS handshake timed out");
+                        return;
+                    }
+                },
+                _ = shutdown.cancelled() => return,
+            };
+            let peer = tls
+                .get_ref()
+                .1
+                .peer_certificates()
+                .filter(|c| !c.is_empty())
+                .map(|c| PeerCertificates(Arc::new(c.iter().map(|d| d.clone().into_owned()).collect())));
+            let warp_svc = TowerToHyperService::new(warp::service(routes));
+            let svc = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
+                if let Some(p) = &peer {
+                    req.extensions_mut().insert(p.clone());
+                }
+                req.extensions_mut().insert(RemoteAddr(addr));
+                hyper::service::Service::call(&warp_svc, req)
+            });
+            let mut builder = auto::Builder::new(TokioExecutor::new());
+            builder.http1().timer(TokioTimer::new()).header_read_timeout(limits.header_timeout);
+            builder.http2().timer(TokioTimer::new()).keep_alive_interval(Some(Duration::from_secs(30)));
+            let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), svc);
+            tokio::pin!(conn);
+            tokio::select! {
+                r = conn.as_mut() => {
+                    if let Err(e) = r {
+                        tracing::debug!(peer = %addr, error = %e, "connection ended with an error");
+                    }
+                    return;
+                }
+                _ = shutdown.cancelled() => {}
+            }
+            conn.as_mut().graceful_shutdown();
+            tokio::select! {
+                _ = conn.as_mut() => {}
+                _ = hard_stop.cancelled() => {
+                    tracing::warn!(peer = %addr, "connection still busy at the shutdown deadline; dropped");
+                }
+            }
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hangar_certs::{CaOptions, CertStore, LeafRequest, Usage};
+    use warp::Filter;
+
+    /// Handlers see the verified client chain when there is one, and nothing otherwise.
+    #[tokio::test]
+    async fn requests_carry_the_peer_certificate_and_address() {
+        hangar_testkit::init();
+        let dir = hangar_testkit::TestDir::new("listener");
+        let store = CertStore::open_or_create(dir.path(), &CaOptions::default()).unwrap();
+        store
+            .ensure("server", &LeafRequest::server("hangar", &["localhost"]), time::Duration::days(1))
+            .unwrap();
+        let roots = hangar_certs::tls::roots_from_pem(store.ca().cert_pem().as_bytes()).unwrap();
+        let cfg = hangar_certs::tls::server_config(
+            hangar_certs::tls::load_certs(&store.cert_path("server")).unwrap(),
+            hangar_certs::tls::load_key(&store.key_path("server")).unwrap(),
+            hangar_certs::tls::ClientAuth::Optional(roots),
+        )
+        .unwrap();
+        let route = warp::ext::optional::<PeerCertificates>()
+            .and(warp::ext::get::<RemoteAddr>())
+            .map(|p: Option<PeerCertificates>, a: RemoteAddr| {
+                let leaf = p.map(|p| hangar_certs::inspect_pem(&pem(&p.0[0])).unwrap().common_name.unwrap_or_default()).unwrap_or_default();
+                warp::reply::Reply::into_response(format!("{leaf}|{}", a.0.ip()))
+            })
+            .boxed();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (shutdown, hard) = (CancellationToken::new(), CancellationToken::new());
+        let limits = ConnectionLimits { handshake_timeout: Duration::from_secs(5), header_timeout: Duration::from_secs(5) };
+        let task = tokio::spawn(serve(
+            listener,
+            TlsAcceptor::from(Arc::new(cfg)),
+            route,
+            limits,
+            shutdown.clone(),
+            hard,
+            TaskTracker::new(),
+        ));
+
+        let ca = reqwest::Certificate::from_pem(store.ca().cert_pem().as_bytes()).unwrap();
+        let url = format!("https://localhost:{port}/");
+        let anonymous = reqwest::Client::builder().tls_built_in_root_certs(false).add_root_certificate(ca.clone()).build().unwrap();
+        assert_eq!(anonymous.get(&url).send().await.unwrap().text().await.unwrap(), "|127.0.0.1");
+
+        let worker = store
+            .ca()
+            .issue(&LeafRequest {
+                common_name: "worker-7".into(),
+                names: vec!["worker-7".into()],
+                organization: None,
+                usage: Usage::Client,
+                validity: time::Duration::days(1),
+            })
+            .unwrap();
+        let id = reqwest::Identity::from_pem(format!("{}{}", worker.cert_pem, worker.key_pem.unwrap()).as_bytes()).unwrap();
+        let client = reqwest::Client::builder().tls_built_in_root_certs(false).add_root_certificate(ca).identity(id).build().unwrap();
+        assert_eq!(client.get(&url).send().await.unwrap().text().await.unwrap(), "worker-7|127.0.0.1");
+
+        shutdown.cancel();
+        task.await.unwrap();
+    }
+
+    fn pem(der: &CertificateDer<'_>) -> String {
+        use base64::Engine;
+        let b64 = base64::engine::general_purpose::STANDARD.encode(der.as_ref());
+        let lines: Vec<&str> = b64.as_bytes().chunks(64).map(|c| std::str::from_utf8(c).unwrap()).collect();
+        format!("-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n", lines.join("\n"))
+    }
+}

@@ -1,0 +1,54 @@
+//! The audit trail: one event per mutation, written in the mutation's own
+//! transaction. Details name what changed, never a secret value.
+
+use chrono::{DateTime, Utc};
+use diesel::prelude::*;
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
+use hangar_db::schema::audit_events;
+
+#[derive(Debug, Clone, Queryable, Selectable)]
+#[diesel(table_name = audit_events)]
+pub struct AuditRow {
+    pub id: i64,
+    pub actor: String,
+    pub action: String,
+    pub target: String,
+    pub details: serde_json::Value,
+    pub at: DateTime<Utc>,
+}
+
+pub async fn record(
+    conn: &mut AsyncPgConnection,
+    actor: &str,
+    action: &str,
+    target: &str,
+    details: serde_json::Value,
+) -> Result<(), diesel::result::Error> {
+    diesel::insert_into(audit_events::table)
+        .values((
+            audit_events::actor.eq(actor),
+            audit_events::action.eq(action),
+            audit_events::target.eq(target),
+            audit_events::details.eq(details),
+        ))
+        .execute(conn)
+        .await
+        .map(|_| ())
+}
+
+/// Newest first, `limit` events older than `before` (an event id).
+pub async fn list(
+    conn: &mut AsyncPgConnection,
+    limit: i64,
+    before: Option<i64>,
+    action: Option<&str>,
+) -> Result<Vec<AuditRow>, diesel::result::Error> {
+    let mut q = audit_events::table.order(audit_events::id.desc()).limit(limit).select(AuditRow::as_select()).into_boxed();
+    if let Some(b) = before {
+        q = q.filter(audit_events::id.lt(b));
+    }
+    if let Some(a) = action {
+        q = q.filter(audit_events::action.eq(a.to_string()));
+    }
+    q.load(conn).await
+}

@@ -1,0 +1,358 @@
+//! Stacks, shared contexts and their attachments, and environment variables
+//! (plain, or sealed secrets whose value is never read back here).
+
+use chrono::{DateTime, Utc};
+use diesel::prelude::*;
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
+use hangar_db::schema::{context_attachments, contexts, stacks, variables};
+
+#[derive(Debug, Clone, Queryable, Selectable)]
+#[diesel(table_name = stacks)]
+pub struct StackRow {
+    pub id: i64,
+    pub slug: String,
+    pub name: String,
+    pub description: String,
+    pub repository: String,
+    pub branch: String,
+    pub project_root: String,
+    pub tool: String,
+    pub tool_version: String,
+    pub worker_pool_id: Option<i64>,
+    pub autodeploy: bool,
+    pub labels: Vec<String>,
+    pub needs_reconciliation: bool,
+    pub drift_schedule: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// A stack as created.
+#[derive(Debug, Clone, Insertable)]
+#[diesel(table_name = stacks)]
+pub struct NewStack {
+    pub slug: String,
+    pub name: String,
+    pub description: String,
+    pub repository: String,
+    pub branch: String,
+    pub project_root: String,
+    pub tool: String,
+    pub tool_version: String,
+    pub worker_pool_id: Option<i64>,
+    pub autodeploy: bool,
+    pub labels: Vec<String>,
+    pub drift_schedule: Option<String>,
+}
+
+/// Changes to a stack; `None` leaves a column as it is.
+#[derive(Debug, Default, Clone, AsChangeset)]
+#[diesel(table_name = stacks)]
+pub struct StackChanges {
+    pub name: Option<String>,
+    pub description: Option<String>,
+    pub repository: Option<String>,
+    pub branch: Option<String>,
+    pub project_root: Option<String>,
+    pub tool: Option<String>,
+    pub tool_version: Option<String>,
+    pub worker_pool_id: Option<Option<i64>>,
+    pub autodeploy: Option<bool>,
+    pub labels: Option<Vec<String>>,
+    pub drift_schedule: Option<Option<String>>,
+}
+
+#[derive(Debug, Clone, Queryable, Selectable)]
+#[diesel(table_name = contexts)]
+pub struct ContextRow {
+    pub id: i64,
+    pub slug: String,
+    pub name: String,
+    pub description: String,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// A variable without its secret material (which is never loaded for display).
+#[derive(Debug, Clone, Queryable, Selectable)]
+#[diesel(table_name = variables)]
+pub struct VariableRow {
+    pub id: i64,
+    pub stack_id: Option<i64>,
+    pub context_id: Option<i64>,
+    pub name: String,
+    pub secret: bool,
+    pub value: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// Whose variable it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Owner {
+    Stack(i64),
+    Context(i64),
+}
+
+impl Owner {
+    /// Associated data sealed with a secret value: a ciphertext copied to another
+    /// owner or name does not open.
+    pub fn seal_context(self, name: &str) -> String {
+        match self {
+            Owner::Stack(id) => format!("stack:{id}:env:{name}"),
+            Owner::Context(id) => format!("context:{id}:env:{name}"),
+        }
+    }
+}
+
+pub async fn list_stacks(
+    conn: &mut AsyncPgConnection,
+    label: Option<&str>,
+) -> Result<Vec<StackRow>, diesel::result::Error> {
+    let mut q = stacks::table.order(stacks::slug.asc()).select(StackRow::as_select()).into_boxed();
+    if let Some(l) = label {
+        q = q.filter(stacks::labels.contains(vec![l.to_string()]));
+    }
+    q.load(conn).await
+}
+
+pub async fn stack_by_slug(conn: &mut AsyncPgConnection, slug: &str) -> Result<Option<StackRow>, diesel::result::Error> {
+    stacks::table.filter(stacks::slug.eq(slug)).select(StackRow::as_select()).first(conn).await.optional()
+}
+
+pub async fn stack_by_id(conn: &mut AsyncPgConnection, id: i64) -> Result<Option<StackRow>, diesel::result::Error> {
+    stacks::table.find(id).select(StackRow::as_select()).first(conn).await.optional()
+}
+
+pub async fn insert_stack(conn: &mut AsyncPgConnection, new: &NewStack) -> Result<StackRow, diesel::result::Error> {
+    diesel::insert_into(stacks::table).values(new).returning(StackRow::as_returning()).get_result(conn).await
+}
+
+pub async fn update_stack(
+    conn: &mut AsyncPgConnection,
+    id: i64,
+    changes: &StackChanges,
+) -> Result<StackRow, diesel::result::Error> {
+    diesel::update(stacks::table.find(id))
+        .set((changes, stacks::updated_at.eq(diesel::dsl::now)))
+        .returning(StackRow::as_returning())
+        .get_result(conn)
+        .await
+}
+
+pub async fn delete_stack(conn: &mut AsyncPgConnection, id: i64) -> Result<bool, diesel::result::Error> {
+    Ok(diesel::delete(stacks::table.find(id)).execute(conn).await? == 1)
+}
+
+pub async fn list_contexts(conn: &mut AsyncPgConnection) -> Result<Vec<ContextRow>, diesel::result::Error> {
+    contexts::table.order(contexts::slug.asc()).select(ContextRow::as_select()).load(conn).await
+}
+
+pub async fn context_by_slug(
+    conn: &mut AsyncPgConnection,
+    slug: &str,
+) -> Result<Option<ContextRow>, diesel::result::Error> {
+    contexts::table.filter(contexts::slug.eq(slug)).select(ContextRow::as_select()).first(conn).await.optional()
+}
+
+pub async fn context_by_id(conn: &mut AsyncPgConnection, id: i64) -> Result<Option<ContextRow>, diesel::result::Error> {
+    contexts::table.find(id).select(ContextRow::as_select()).first(conn).await.optional()
+}
+
+pub async fn insert_context(
+    conn: &mut AsyncPgConnection,
+    slug: &str,
+    name: &str,
+    description: &str,
+) -> Result<ContextRow, diesel::result::Error> {
+    diesel::insert_into(contexts::table)
+        .values((contexts::slug.eq(slug), contexts::name.eq(name), contexts::description.eq(description)))
+        .returning(ContextRow::as_returning())
+        .get_result(conn)
+        .await
+}
+
+pub async fn update_context(
+    conn: &mut AsyncPgConnection,
+    id: i64,
+    name: Option<&str>,
+    description: Option<&str>,
+) -> Result<ContextRow, diesel::result::Error> {
+    diesel::update(contexts::table.find(id))
+        .set((
+            name.map(|n| contexts::name.eq(n.to_string())),
+            description.map(|d| contexts::description.eq(d.to_string())),
+            contexts::updated_at.eq(diesel::dsl::now),
+        ))
+        .returning(ContextRow::as_returning())
+        .get_result(conn)
+        .await
+}
+
+pub async fn delete_context(conn: &mut AsyncPgConnection, id: i64) -> Result<bool, diesel::result::Error> {
+    Ok(diesel::delete(contexts::table.find(id)).execute(conn).await? == 1)
+}
+
+/// Attaches (or re-prioritizes) a context on a stack.
+pub async fn attach(
+    conn: &mut AsyncPgConnection,
+    stack_id: i64,
+    context_id: i64,
+    priority: i32,
+) -> Result<(), diesel::result::Error> {
+    diesel::insert_into(context_attachments::table)
+        .values((
+            context_attachments::stack_id.eq(stack_id),
+            context_attachments::context_id.eq(context_id),
+            context_attachments::priority.eq(priority),
+        ))
+        .on_conflict((context_attachments::stack_id, context_attachments::context_id))
+        .do_update()
+        .set(context_attachments::priority.eq(priority))
+        .execute(conn)
+        .await
+        .map(|_| ())
+}
+
+pub async fn detach(conn: &mut AsyncPgConnection, stack_id: i64, context_id: i64) -> Result<bool, diesel::result::Error> {
+    let n = diesel::delete(
+        context_attachments::table
+            .filter(context_attachments::stack_id.eq(stack_id))
+            .filter(context_attachments::context_id.eq(context_id)),
+    )
+    .execute(conn)
+    .await?;
+    Ok(n == 1)
+}
+
+/// Contexts attached to a stack with their priority, highest precedence first.
+pub async fn attachments_of_stack(
+    conn: &mut AsyncPgConnection,
+    stack_id: i64,
+) -> Result<Vec<(i32, ContextRow)>, diesel::result::Error> {
+    context_attachments::table
+        .inner_join(contexts::table)
+        .filter(context_attachments::stack_id.eq(stack_id))
+        .order((context_attachments::priority.asc(), contexts::slug.asc()))
+        .select((context_attachments::priority, ContextRow::as_select()))
+        .load(conn)
+        .await
+}
+
+/// Stacks a context is attached to.
+pub async fn stacks_of_context(
+    conn: &mut AsyncPgConnection,
+    context_id: i64,
+) -> Result<Vec<(i32, StackRow)>, diesel::result::Error> {
+    context_attachments::table
+        .inner_join(stacks::table)
+        .filter(context_attachments::context_id.eq(context_id))
+        .order(stacks::slug.asc())
+        .select((context_attachments::priority, StackRow::as_select()))
+        .load(conn)
+        .await
+}
+
+pub async fn variables_of(conn: &mut AsyncPgConnection, owner: Owner) -> Result<Vec<VariableRow>, diesel::result::Error> {
+    let q = variables::table.order(variables::name.asc()).select(VariableRow::as_select()).into_boxed();
+    let q = match owner {
+        Owner::Stack(id) => q.filter(variables::stack_id.eq(id)),
+        Owner::Context(id) => q.filter(variables::context_id.eq(id)),
+    };
+    q.load(conn).await
+}
+
+/// What a variable holds when written.
+#[derive(Debug)]
+pub enum Content {
+    Plain(String),
+    Sealed(crate::secrets::Sealed),
+}
+
+/// Creates or replaces variable `name` of `owner`.
+pub async fn upsert_variable(
+    conn: &mut AsyncPgConnection,
+    owner: Owner,
+    name: &str,
+    content: Content,
+) -> Result<VariableRow, diesel::result::Error> {
+    let (stack_id, context_id) = match owner {
+        Owner::Stack(id) => (Some(id), None),
+        Owner::Context(id) => (None, Some(id)),
+    };
+    let (secret, value, sealed, data_key_id) = match content {
+        Content::Plain(v) => (false, Some(v), None, None),
+        Content::Sealed(s) => (true, None, Some(s.bytes), Some(s.data_key_id)),
+    };
+    let named = variables::table.filter(variables::name.eq(name)).select(variables::id);
+    let existing: Option<i64> = match owner {
+        Owner::Stack(id) => named.filter(variables::stack_id.eq(id)).for_update().first(conn).await.optional()?,
+        Owner::Context(id) => named.filter(variables::context_id.eq(id)).for_update().first(conn).await.optional()?,
+    };
+    match existing {
+        Some(id) => {
+            diesel::update(variables::table.find(id))
+                .set((
+                    variables::secret.eq(secret),
+                    variables::value.eq(value),
+                    variables::sealed.eq(sealed),
+                    variables::data_key_id.eq(data_key_id),
+                    variables::updated_at.eq(diesel::dsl::now),
+                ))
+                .returning(VariableRow::as_returning())
+                .get_result(conn)
+                .await
+        }
+        None => {
+            diesel::insert_into(variables::table)
+                .values((
+                    variables::stack_id.eq(stack_id),
+                    variables::context_id.eq(context_id),
+                    variables::name.eq(name),
+                    variables::secret.eq(secret),
+                    variables::value.eq(value),
+                    variables::sealed.eq(sealed),
+                    variables::data_key_id.eq(data_key_id),
+                ))
+                .returning(VariableRow::as_returning())
+                .get_result(conn)
+                .await
+        }
+    }
+}
+
+pub async fn delete_variable(conn: &mut AsyncPgConnection, owner: Owner, name: &str) -> Result<bool, diesel::result::Error> {
+    let n = match owner {
+        Owner::Stack(id) => {
+            diesel::delete(variables::table.filter(variables::stack_id.eq(id)).filter(variables::name.eq(name)))
+                .execute(conn)
+                .await?
+        }
+        Owner::Context(id) => {
+            diesel::delete(variables::table.filter(variables::context_id.eq(id)).filter(variables::name.eq(name)))
+                .execute(conn)
+                .await?
+        }
+    };
+    Ok(n == 1)
+}
+
+/// The sealed form of a secret variable, for the one reader entitled to it (a
+/// run's worker) and for tests of rotation.
+pub async fn sealed_value(
+    conn: &mut AsyncPgConnection,
+    owner: Owner,
+    name: &str,
+) -> Result<Option<crate::secrets::Sealed>, diesel::result::Error> {
+    let q = variables::table
+        .filter(variables::name.eq(name))
+        .filter(variables::secret.eq(true))
+        .select((variables::data_key_id, variables::sealed))
+        .into_boxed();
+    let q = match owner {
+        Owner::Stack(id) => q.filter(variables::stack_id.eq(id)),
+        Owner::Context(id) => q.filter(variables::context_id.eq(id)),
+    };
+    let row: Option<(Option<i64>, Option<Vec<u8>>)> = q.first(conn).await.optional()?;
+    Ok(row.and_then(|(k, s)| Some(crate::secrets::Sealed { data_key_id: k?, bytes: s? })))
+}
