@@ -9,6 +9,7 @@ pub mod garage;
 pub mod git;
 pub mod pg;
 mod ports;
+pub mod terraform;
 pub mod user;
 
 pub use bins::{ChildProcess, cargo_bin};

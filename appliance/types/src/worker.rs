@@ -203,6 +203,11 @@ pub struct Changes {
     pub add: u32,
     pub change: u32,
     pub destroy: u32,
+    /// Output values the plan changes. A plan changing only outputs still has
+    /// something to apply (Terraform's `-detailed-exitcode` says 2), though no
+    /// resource changes. Absent from older reports.
+    #[serde(default)]
+    pub outputs: u32,
 }
 
 impl Changes {

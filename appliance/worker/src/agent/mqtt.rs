@@ -1,0 +1,117 @@
+//! The broker connection: MQTT over TLS with the worker's client certificate
+//! and token, subscribed to its tenant's topics. rumqttc reconnects by itself
+//! but without pause, so errors are followed by a growing back-off; a CONNACK
+//! without a session means the subscription is gone and is made again.
+
+use std::time::Duration;
+
+use hangar_types::worker::{Notification, worker_tenant};
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS, TlsConfiguration, Transport};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::config::{WorkerConfig, endpoint};
+use crate::identity::Identity;
+
+/// What the broker connection tells the agent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BrokerEvent {
+    /// (Re)connected and subscribed: notifications may have been missed.
+    Connected,
+    Notification(Notification),
+}
+
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// MQTT options for this worker.
+pub fn options(cfg: &WorkerConfig, identity: &Identity) -> Result<MqttOptions, String> {
+    let (host, port) = endpoint(&cfg.broker_url, "mqtts", 1984)?;
+    let tenant = worker_tenant(cfg.worker_id);
+    let mut opts = MqttOptions::new(tenant.clone(), host, port);
+    opts.set_keep_alive(Duration::from_secs(30))
+        .set_clean_session(true)
+        .set_max_packet_size(64 * 1024, 64 * 1024)
+        .set_credentials(tenant, identity.token.to_string())
+        .set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(identity.tls.clone())));
+    Ok(opts)
+}
+
+/// The topic filter of everything addressed to this worker.
+pub fn topic_filter(worker_id: i64) -> String {
+    format!("/tenants/{}/#", worker_tenant(worker_id))
+}
+
+/// Keeps a broker connection until `stop`, sending what arrives to `events`.
+pub async fn run(
+    opts: MqttOptions,
+    worker_id: i64,
+    events: mpsc::UnboundedSender<BrokerEvent>,
+    stop: CancellationToken,
+) {
+    let (client, mut eventloop) = AsyncClient::new(opts, 16);
+    let filter = topic_filter(worker_id);
+    let mut backoff = Duration::from_millis(500);
+    loop {
+        let ev = tokio::select! {
+            ev = eventloop.poll() => ev,
+            _ = stop.cancelled() => {
+                let _ = client.try_disconnect();
+                return;
+            }
+        };
+        match ev {
+            Ok(Event::Incoming(Packet::ConnAck(c))) => {
+                backoff = Duration::from_millis(500);
+                info!(session_present = c.session_present, "connected to the broker");
+                if !c.session_present {
+                    // try_: the event loop that would drain a full request queue is this task.
+                    if let Err(e) = client.try_subscribe(filter.clone(), QoS::AtLeastOnce) {
+                        warn!(error = %e, "cannot subscribe");
+                    }
+                }
+            }
+            Ok(Event::Incoming(Packet::SubAck(s))) => {
+                if s.return_codes.iter().any(|c| matches!(c, rumqttc::SubscribeReasonCode::Failure)) {
+                    warn!(topic = %filter, "the broker refused the subscription");
+                } else {
+                    let _ = events.send(BrokerEvent::Connected);
+                }
+            }
+            Ok(Event::Incoming(Packet::Publish(p))) => match serde_json::from_slice::<Notification>(&p.payload) {
+                Ok(n) => {
+                    debug!(topic = %p.topic, ?n, "notification");
+                    let _ = events.send(BrokerEvent::Notification(n));
+                }
+                Err(_) => warn!(topic = %p.topic, bytes = p.payload.len(), "ignoring an unreadable notification"),
+            },
+            Ok(_) => {}
+            Err(e) => {
+                warn!(error = %e, retry_in = ?backoff, "broker connection lost");
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = stop.cancelled() => return,
+                }
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
+        }
+    }
+}
+
+/// Connects once and waits for the broker's answer: `Ok` when it admitted us.
+pub async fn probe(opts: MqttOptions, timeout: Duration) -> Result<(), String> {
+    let (client, mut eventloop) = AsyncClient::new(opts, 4);
+    let r = tokio::time::timeout(timeout, async {
+        loop {
+            match eventloop.poll().await {
+                Ok(Event::Incoming(Packet::ConnAck(_))) => return Ok(()),
+                Ok(_) => {}
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| Err(format!("no answer within {timeout:?}")));
+    let _ = client.try_disconnect();
+    r
+}

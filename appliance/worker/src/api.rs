@@ -1,0 +1,290 @@
+//! The worker's HTTPS client for the appliance: the worker API of
+//! `hangar_types::worker`, tool downloads and pre-signed uploads. TLS trusts
+//! only the appliance CA and presents the worker's client certificate; every
+//! call also carries the worker token as a bearer credential.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use hangar_types::worker::{
+    Heartbeat, HeartbeatReply, Phase, PlanUpload, PresignedUrl, RunAssignment, RunStatus, StateReport,
+};
+use reqwest::StatusCode;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio::io::AsyncWriteExt;
+
+use crate::identity::Identity;
+
+/// Bound on one request (uploads and downloads have their own, larger one).
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+const TRANSFER_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("cannot reach {url}")]
+    Unreachable {
+        url: String,
+        #[source]
+        source: reqwest::Error,
+    },
+    #[error("{url} answered {status}: {reason}")]
+    Status { url: String, status: StatusCode, reason: String },
+    #[error("{url} answered something unreadable")]
+    Decode {
+        url: String,
+        #[source]
+        source: reqwest::Error,
+    },
+    #[error("cannot use {path}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the download from {url} has SHA-256 {actual}, the appliance announced {announced}")]
+    Announced { url: String, announced: String, actual: String },
+    #[error("cannot build an HTTPS client")]
+    Client {
+        #[source]
+        source: reqwest::Error,
+    },
+}
+
+impl ApiError {
+    /// Worth trying again: the appliance was unreachable or busy.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            ApiError::Unreachable { .. } => true,
+            ApiError::Status { status, .. } => {
+                status.is_server_error() || *status == StatusCode::REQUEST_TIMEOUT || *status == StatusCode::TOO_MANY_REQUESTS
+            }
+            _ => false,
+        }
+    }
+}
+
+/// What the appliance said to a state report.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReportReply {
+    Accepted(RunStatus),
+    Refused(RunStatus),
+}
+
+/// The appliance's reason for refusing a request, from its body: a JSON
+/// `error`/`message`/`reason` field, else the first line of text, bounded.
+pub fn server_reason(body: &[u8]) -> String {
+    if let Ok(v) = serde_json::from_slice::<serde_json::Value>(body) {
+        for key in ["error", "message", "reason"] {
+            match v.get(key) {
+                Some(serde_json::Value::String(s)) => return bound(s),
+                Some(serde_json::Value::Object(o)) => {
+                    if let Some(serde_json::Value::String(s)) = o.get("message") {
+                        return bound(s);
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    let text = String::from_utf8_lossy(body);
+    let line = text.lines().map(str::trim).find(|l| !l.is_empty()).unwrap_or("(no reason given)");
+    bound(line)
+}
+
+fn bound(s: &str) -> String {
+    let s: String = s.chars().filter(|c| !c.is_control()).collect();
+    if s.chars().count() > 300 { format!("{}…", s.chars().take(300).collect::<String>()) } else { s }
+}
+
+/// An HTTPS client over `tls`, refusing anything but https.
+pub fn https_client(tls: rustls::ClientConfig) -> Result<reqwest::Client, ApiError> {
+    reqwest::Client::builder()
+        .use_preconfigured_tls(tls)
+        .https_only(true)
+        .connect_timeout(Duration::from_secs(10))
+        .pool_idle_timeout(Duration::from_secs(60))
+        .build()
+        .map_err(|source| ApiError::Client { source })
+}
+
+/// The worker API of one appliance.
+#[derive(Clone)]
+pub struct Api {
+    http: reqwest::Client,
+    base: String,
+    token: Arc<str>,
+}
+
+impl std::fmt::Debug for Api {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Api").field("base", &self.base).finish_non_exhaustive()
+    }
+}
+
+impl Api {
+    pub fn new(server_url: &str, identity: &Identity) -> Result<Api, ApiError> {
+        Ok(Api {
+            http: https_client(identity.tls.as_ref().clone())?,
+            base: server_url.trim_end_matches('/').to_string(),
+            token: identity.token.clone(),
+        })
+    }
+
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    async fn send(&self, req: reqwest::RequestBuilder, url: &str) -> Result<reqwest::Response, ApiError> {
+        req.bearer_auth(&*self.token)
+            .send()
+            .await
+            .map_err(|source| ApiError::Unreachable { url: url.to_string(), source })
+    }
+
+    async fn check(resp: reqwest::Response, url: &str) -> Result<reqwest::Response, ApiError> {
+        let status = resp.status();
+        if status.is_success() {
+            return Ok(resp);
+        }
+        let body = resp.bytes().await.unwrap_or_default();
+        Err(ApiError::Status { url: url.to_string(), status, reason: server_reason(&body) })
+    }
+
+    async fn post_json<B: Serialize, R: DeserializeOwned>(&self, path: &str, body: &B) -> Result<R, ApiError> {
+        let url = self.url(path);
+        let resp = self.send(self.http.post(&url).timeout(REQUEST_TIMEOUT).json(body), &url).await?;
+        let resp = Self::check(resp, &url).await?;
+        resp.json().await.map_err(|source| ApiError::Decode { url, source })
+    }
+
+    /// `GET /health`: the server answers.
+    pub async fn health(&self) -> Result<(), ApiError> {
+        let url = self.url("/health");
+        let resp = self.send(self.http.get(&url).timeout(Duration::from_secs(5)), &url).await?;
+        Self::check(resp, &url).await.map(|_| ())
+    }
+
+    pub async fn heartbeat(&self, hb: &Heartbeat) -> Result<HeartbeatReply, ApiError> {
+        self.post_json("/api/v1/worker/heartbeat", hb).await
+    }
+
+    /// A READY run of the pool, if there is one this worker won.
+    pub async fn claim(&self) -> Result<Option<RunAssignment>, ApiError> {
+        let url = self.url("/api/v1/worker/claim");
+        let resp = self.send(self.http.post(&url).timeout(REQUEST_TIMEOUT), &url).await?;
+        if resp.status() == StatusCode::NO_CONTENT {
+            return Ok(None);
+        }
+        let resp = Self::check(resp, &url).await?;
+        resp.json().await.map(Some).map_err(|source| ApiError::Decode { url, source })
+    }
+
+    pub async fn report(&self, run: i64, report: &StateReport) -> Result<ReportReply, ApiError> {
+        let url = self.url(&format!("/api/v1/worker/runs/{run}/state"));
+        let resp = self.send(self.http.post(&url).timeout(REQUEST_TIMEOUT).json(report), &url).await?;
+        if resp.status() == StatusCode::CONFLICT {
+            // A refusal names the run's actual state; an unreadable one is an error.
+            return match resp.json::<RunStatus>().await {
+                Ok(s) => Ok(ReportReply::Refused(s)),
+                Err(source) => Err(ApiError::Decode { url, source }),
+            };
+        }
+        let resp = Self::check(resp, &url).await?;
+        resp.json().await.map(ReportReply::Accepted).map_err(|source| ApiError::Decode { url, source })
+    }
+
+    pub async fn run_status(&self, run: i64) -> Result<RunStatus, ApiError> {
+        let url = self.url(&format!("/api/v1/worker/runs/{run}"));
+        let resp = self.send(self.http.get(&url).timeout(REQUEST_TIMEOUT), &url).await?;
+        let resp = Self::check(resp, &url).await?;
+        resp.json().await.map_err(|source| ApiError::Decode { url, source })
+    }
+
+    pub async fn log_chunk(&self, run: i64, phase: Phase, seq: u64, data: Vec<u8>) -> Result<(), ApiError> {
+        let url = self.url(&format!("/api/v1/worker/runs/{run}/logs/{}/{seq}", phase.as_str()));
+        let req = self.http.post(&url).timeout(REQUEST_TIMEOUT).header("content-type", "application/octet-stream");
+        let resp = self.send(req.body(data), &url).await?;
+        Self::check(resp, &url).await.map(|_| ())
+    }
+
+    pub async fn plan_url(&self, run: i64, upload: &PlanUpload) -> Result<PresignedUrl, ApiError> {
+        self.post_json(&format!("/api/v1/worker/runs/{run}/plan"), upload).await
+    }
+
+    /// PUTs a file to a pre-signed URL (the object store, behind the appliance's TLS).
+    pub async fn put_presigned(&self, url: &str, path: &Path) -> Result<(), ApiError> {
+        let data = tokio::fs::read(path).await.map_err(|source| ApiError::Io { path: path.to_path_buf(), source })?;
+        let resp = self
+            .http
+            .put(url)
+            .timeout(TRANSFER_TIMEOUT)
+            .body(data)
+            .send()
+            .await
+            .map_err(|source| ApiError::Unreachable { url: redact_query(url), source })?;
+        Self::check(resp, &redact_query(url)).await.map(|_| ())
+    }
+
+    pub async fn errored_state(&self, run: i64, data: Vec<u8>) -> Result<(), ApiError> {
+        let url = self.url(&format!("/api/v1/worker/runs/{run}/errored-state"));
+        let req = self.http.post(&url).timeout(TRANSFER_TIMEOUT).header("content-type", "application/octet-stream");
+        let resp = self.send(req.body(data), &url).await?;
+        Self::check(resp, &url).await.map(|_| ())
+    }
+
+    /// Streams `url` (a tool binary) into `dest`; when the appliance announces
+    /// the SHA-256 in `x-hangar-sha256`, the bytes must have it.
+    pub async fn download(&self, url: &str, dest: &Path) -> Result<(), ApiError> {
+        let resp = self.send(self.http.get(url).timeout(TRANSFER_TIMEOUT), url).await?;
+        let resp = Self::check(resp, url).await?;
+        let announced = resp
+            .headers()
+            .get("x-hangar-sha256")
+            .and_then(|v| v.to_str().ok())
+            .map(|s| s.to_ascii_lowercase());
+        let io = |source| ApiError::Io { path: dest.to_path_buf(), source };
+        let mut file = tokio::fs::File::create(dest).await.map_err(io)?;
+        let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+        let mut body = resp.bytes_stream();
+        while let Some(chunk) = body.next().await {
+            let chunk = chunk.map_err(|source| ApiError::Unreachable { url: url.to_string(), source })?;
+            ctx.update(&chunk);
+            file.write_all(&chunk).await.map_err(io)?;
+        }
+        file.sync_all().await.map_err(io)?;
+        let actual = hex::encode(ctx.finish());
+        if let Some(announced) = announced
+            && announced != actual
+        {
+            return Err(ApiError::Announced { url: url.to_string(), announced, actual });
+        }
+        Ok(())
+    }
+}
+
+/// A pre-signed URL without its query (the signature) for messages.
+fn redact_query(url: &str) -> String {
+    url.split('?').next().unwrap_or(url).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reasons_come_from_json_or_the_first_line() {
+        assert_eq!(server_reason(br#"{"error":"join token expired"}"#), "join token expired");
+        assert_eq!(server_reason(br#"{"error":{"message":"used"}}"#), "used");
+        assert_eq!(server_reason(b"\n  token refused\nmore"), "token refused");
+        assert_eq!(server_reason(b""), "(no reason given)");
+        assert_eq!(server_reason("x\u{1b}[31my".as_bytes()), "x[31my");
+        assert!(server_reason(&vec![b'a'; 5000]).chars().count() <= 301);
+    }
+}
