@@ -145,6 +145,43 @@ async fn only_a_worker_with_its_own_certificate_and_token_gets_in() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_ca_in_the_ca_file_is_trusted_and_changes_need_no_restart() {
+    let env = Env::start().await;
+    let pool = env.create_pool("a").await;
+    let w = env.create_worker(pool).await;
+    // A worker whose certificate comes from a second CA (as during a CA rotation).
+    let next_ca = CertStore::open_or_create(&env.dir.path().join("next-pki"), &CaOptions::default()).unwrap();
+    let mut v = env.create_worker(pool).await;
+    let issued = next_ca
+        .ca()
+        .issue(&LeafRequest {
+            common_name: "rotated".into(),
+            names: vec![],
+            organization: Some(v.name()),
+            usage: Usage::Client,
+            validity: time::Duration::days(1),
+        })
+        .unwrap();
+    env.sql(&format!("UPDATE workers SET cert_serial = '{}' WHERE id = {}", issued.serial_hex, v.id)).await;
+    v.cert_pem = issued.cert_pem.clone();
+    v.key_pem = issued.key_pem.clone().unwrap();
+    assert_tls_refused("a CA the broker does not trust yet", env.options(&v)).await;
+
+    // The broker's CA file gets the second CA after the first: it is picked up
+    // without a restart, and both are trusted.
+    let mut bundle = std::fs::read_to_string(env.ca_path()).unwrap();
+    bundle.push_str(next_ca.ca().cert_pem());
+    std::fs::write(env.ca_path(), bundle).unwrap();
+    let mut c = hangar_testkit::wait_for("the broker to trust the second CA", SOON, || async {
+        Client::connect(env.options(&v)).await.ok()
+    })
+    .await;
+    c.subscribe(&[&v.pool_topic(), &v.worker_topic()]).await.unwrap();
+    let mut cw = env.subscriber(&w).await;
+    env.barrier(&mut [(&v, &mut c), (&w, &mut cw)]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn revocation_reset_and_rotation_end_live_connections() {
     let env = Env::start().await;
     let (pool, other_pool) = (env.create_pool("a").await, env.create_pool("b").await);
