@@ -18,6 +18,18 @@
 //! | a tool binary | `GET /v1/tools/{tool}/{version}/{os}_{arch}` → bytes, header `x-hangar-sha256` |
 //! | provider mirror | `/v1/providers/…` (Terraform's provider network mirror protocol) |
 //! | state backend | `/state/v1/{stack}` with HTTP basic auth `run:<run token>` |
+//!
+//! Conventions the worker (`hangar-worker`) follows:
+//! - every `/api/v1/worker/…` call and tool download presents the client
+//!   certificate and `Authorization: Bearer <worker token>`;
+//! - log chunks are numbered per run and phase from 0 without gaps, and a chunk
+//!   whose POST failed is sent again with the same number (so storing it under
+//!   `(run, phase, seq)` makes retries harmless);
+//! - a state report refused with 409 whose [`RunStatus`] already has the
+//!   reported state counts as accepted (a claim may have moved the run to
+//!   PREPARING itself);
+//! - the plan is PUT, as is, to the [`PresignedUrl`] (no extra headers);
+//! - task runs report PLANNING while their command runs, then FINISHED or FAILED.
 
 use serde::{Deserialize, Serialize};
 

@@ -580,18 +580,21 @@ async fn a_refused_report_ends_the_run_without_further_reports() {
     let outcome = f.execute(&f.spec(1, RunKind::Tracked, &sha), &f.options(), &hooks).await;
     assert_eq!(outcome.state, RunState::Canceled);
     assert_eq!(hooks.states(), [RunState::Preparing, RunState::Initializing, RunState::Planning]);
-    assert!(hooks.logs().get("planning").is_none(), "nothing ran after the refusal");
+    assert!(!hooks.logs().contains_key("planning"), "nothing ran after the refusal");
 }
 
 /// An HTTP state backend that takes locks and reads but refuses every write,
 /// so that Terraform cannot save its state (the appliance's own backend does
 /// not fail on demand). Records each request's method and authorization.
-async fn refusing_state_backend() -> (SocketAddr, Arc<Mutex<Vec<(String, Option<String>)>>>) {
+/// Each request's method and `Authorization` header.
+type Seen = Arc<Mutex<Vec<(String, Option<String>)>>>;
+
+async fn refusing_state_backend() -> (SocketAddr, Seen) {
     use http_body_util::{BodyExt, Full};
     use hyper::body::Bytes;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let seen: Arc<Mutex<Vec<(String, Option<String>)>>> = Arc::default();
+    let seen: Seen = Arc::default();
     let log = seen.clone();
     tokio::spawn(async move {
         loop {
