@@ -67,6 +67,7 @@ struct Appliance {
     state_auth: Mutex<Vec<Option<String>>>,
     refused_without_cert: AtomicU32,
     unavailable_answers: AtomicU32,
+    claims: AtomicU32,
 }
 
 impl Appliance {
@@ -151,10 +152,13 @@ impl Appliance {
                     drain: false,
                 })
             }
-            ("POST", ["api", "v1", "worker", "claim"]) => match self.queue.lock().unwrap().pop_front() {
-                Some(a) => json(&a),
-                None => (204, vec![]),
-            },
+            ("POST", ["api", "v1", "worker", "claim"]) => {
+                self.claims.fetch_add(1, Ordering::SeqCst);
+                match self.queue.lock().unwrap().pop_front() {
+                    Some(a) => json(&a),
+                    None => (204, vec![]),
+                }
+            }
             ("GET", ["api", "v1", "worker", "runs", id]) => {
                 let run: i64 = id.parse().unwrap();
                 json(&RunStatus { run_id: run, state: self.state(run).unwrap(), failure_reason: None })
@@ -215,7 +219,9 @@ struct Id {
 }
 
 struct Env {
-    _pg: PgServer,
+    pg: PgServer,
+    db_pool: hangar_db::DbPool,
+    broker_config: BrokerConfig,
     broker: BrokerHandle,
     git: GitServer,
     dir: TestDir,
@@ -239,19 +245,16 @@ impl Env {
         let pki = CertStore::open_or_create(&dir.path().join("pki"), &CaOptions::default()).expect("test CA");
         pki.ensure("appliance", &LeafRequest::server("appliance", &["localhost", "127.0.0.1"]), time::Duration::days(1))
             .expect("server certificate");
-        let broker = Broker::start(
-            BrokerConfig {
-                listen: "127.0.0.1:0".parse().unwrap(),
-                cert_file: pki.cert_path("appliance"),
-                key_file: pki.key_path("appliance"),
-                ca_file: pki.ca_cert_path(),
-                limits: BrokerLimits::default(),
-            },
-            pg.database(),
-            pool.clone(),
-        )
-        .await
-        .expect("start the broker");
+        let mut broker_config = BrokerConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            cert_file: pki.cert_path("appliance"),
+            key_file: pki.key_path("appliance"),
+            ca_file: pki.ca_cert_path(),
+            limits: BrokerLimits::default(),
+        };
+        let broker = Broker::start(broker_config.clone(), pg.database(), pool.clone()).await.expect("start the broker");
+        // A restarted broker comes back on the same port.
+        broker_config.listen = broker.local_addr();
         wait_for("the broker bridge", SOON, || async { broker.status().await.bridge.then_some(()) }).await;
 
         // A pool and a worker as joining makes them.
@@ -316,7 +319,7 @@ impl Env {
         let git = GitServer::start().await;
         git.create_repo("net");
         let sha = git.push_files("net", "main", &[("infra/main.tf", CONFIG)], "a stack");
-        Env { _pg: pg, broker, git, dir, app, addr, worker_id, pool_id, config_dir, sha }
+        Env { pg, db_pool: pool, broker_config, broker, git, dir, app, addr, worker_id, pool_id, config_dir, sha }
     }
 
     fn base(&self) -> String {
@@ -377,16 +380,38 @@ impl Env {
         .await;
     }
 
-    /// Publishes `n` until the broker routed it to a subscriber (the worker
-    /// subscribes right after connecting).
-    async fn notify(&self, n: Notification, to_pool: bool) {
-        wait_for("the worker's subscription", SOON, || async {
-            let sent = if to_pool {
-                self.broker.publish_to_pool(self.pool_id, &n).await.unwrap()
-            } else {
-                self.broker.publish_to_worker(self.worker_id, &n).await.unwrap()
-            };
-            (sent > 0).then_some(())
+    /// Publishes `n` every half second until `done` holds: a notification sent
+    /// before the worker's subscription is in place is lost, as in production.
+    async fn notify_until(&self, n: Notification, to_pool: bool, what: &str, done: impl Fn(&Appliance) -> bool) {
+        let app = self.app.clone();
+        let broker = self.broker.clone();
+        let (pool, worker) = (self.pool_id, self.worker_id);
+        wait_for(what, SOON, || {
+            let (app, broker, n) = (app.clone(), broker.clone(), n.clone());
+            let done = &done;
+            async move {
+                if done(&app) {
+                    return Some(());
+                }
+                let _ = if to_pool { broker.publish_to_pool(pool, &n).await } else { broker.publish_to_worker(worker, &n).await };
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                None
+            }
+        })
+        .await;
+    }
+
+    /// Stops the broker and starts a new one on the same port.
+    async fn restart_broker(&mut self) {
+        self.broker.shutdown();
+        self.broker.wait().await;
+        self.broker = Broker::start(self.broker_config.clone(), self.pg.database(), self.db_pool.clone())
+            .await
+            .expect("restart the broker");
+        let broker = self.broker.clone();
+        wait_for("the new broker's bridge", SOON, || {
+            let broker = broker.clone();
+            async move { broker.status().await.bridge.then_some(()) }
         })
         .await;
     }
@@ -467,13 +492,16 @@ fn state_outputs(app: &Appliance) -> serde_json::Value {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_run_goes_from_work_available_to_finished_through_the_broker() {
     // Claims only on notifications: the periodic poll is an hour away.
-    let env = Env::start("agent-broker", 3600).await;
+    let mut env = Env::start("agent-broker", 3600).await;
     let mut worker = env.spawn_worker();
     env.wait_connected().await;
     assert_eq!(env.app.heartbeats.lock().unwrap()[0], Heartbeat { status: WorkerStatus::Idle, run: None });
 
     env.app.enqueue(env.assignment(1, RunKind::Tracked, false));
-    env.notify(Notification::WorkAvailable { pool: env.pool_id }, true).await;
+    env.notify_until(Notification::WorkAvailable { pool: env.pool_id }, true, "run 1 claimed", |a| {
+        a.state(1) != Some(RunState::Ready)
+    })
+    .await;
     env.wait_state(1, RunState::Unconfirmed, &worker).await;
     // While it waits, heartbeats renew the held run's lease.
     let app = env.app.clone();
@@ -491,7 +519,10 @@ async fn a_run_goes_from_work_available_to_finished_through_the_broker() {
 
     // A human confirms: the server moves the run and notifies the worker.
     assert!(env.app.set(1, RunState::Confirmed, "confirmed by alice"));
-    env.notify(Notification::RunConfirmed { run: 1 }, false).await;
+    env.notify_until(Notification::RunConfirmed { run: 1 }, false, "run 1 applied", |a| {
+        a.state(1) != Some(RunState::Confirmed)
+    })
+    .await;
     env.wait_state(1, RunState::Finished, &worker).await;
     assert_eq!(
         env.app.history(1),
@@ -522,12 +553,43 @@ async fn a_run_goes_from_work_available_to_finished_through_the_broker() {
     // The same commit again: no changes, the tool from the cache, the work
     // directory of the first run gone.
     env.app.enqueue(env.assignment(2, RunKind::Tracked, false));
-    env.notify(Notification::WorkAvailable { pool: env.pool_id }, true).await;
+    env.notify_until(Notification::WorkAvailable { pool: env.pool_id }, true, "run 2 claimed", |a| {
+        a.state(2) != Some(RunState::Ready)
+    })
+    .await;
     env.wait_state(2, RunState::Finished, &worker).await;
     assert_eq!(env.app.note(2), "no changes");
     assert_eq!(env.app.tool_gets.load(Ordering::SeqCst), 1);
     assert!(!env.dir.path().join("work/run-1").exists());
     assert_eq!(env.app.refused_without_cert.load(Ordering::SeqCst), 0);
+
+    // `status` sees both ends.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_hangar-worker"))
+        .args(["status", "--config-dir"])
+        .arg(&env.config_dir)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("server   https://127.0.0.1:") && text.contains("broker   mqtts://127.0.0.1:"), "{text}");
+    assert_eq!(text.matches(" reachable").count(), 2, "{text}");
+
+    // The broker restarts: the worker reconnects with back-off, subscribes
+    // again (its session is gone) and is reached by notifications once more.
+    env.restart_broker().await;
+    let claims = env.app.claims.load(Ordering::SeqCst);
+    let app = env.app.clone();
+    wait_for("the claim a reconnection makes", SOON, || {
+        let app = app.clone();
+        async move { (app.claims.load(Ordering::SeqCst) > claims).then_some(()) }
+    })
+    .await;
+    env.app.enqueue(env.assignment(3, RunKind::Proposed, false));
+    env.notify_until(Notification::WorkAvailable { pool: env.pool_id }, true, "run 3 claimed after the restart", |a| {
+        a.state(3) != Some(RunState::Ready)
+    })
+    .await;
+    env.wait_state(3, RunState::Finished, &worker).await;
 
     stopped_cleanly(&mut worker);
     let last = env.app.heartbeats.lock().unwrap().last().cloned().unwrap();
@@ -584,8 +646,10 @@ async fn cancel_stop_and_shutdown_behave_as_the_states_allow() {
     })
     .await;
     assert!(env.app.set(1, RunState::Stopped, "stopped by alice"));
-    env.notify(Notification::RunCanceled { run: 1 }, false).await;
-    wait_for("the task's processes to go", SOON, || async move { live_in_group(pgid).is_empty().then_some(()) }).await;
+    env.notify_until(Notification::RunCanceled { run: 1 }, false, "the task's processes to go", |_| {
+        live_in_group(pgid).is_empty()
+    })
+    .await;
     assert_eq!(env.app.history(1).last(), Some(&RunState::Stopped));
 
     // An apply is never stopped: SIGTERM while applying lets it finish.
