@@ -350,7 +350,7 @@ pub async fn ls_remote(req: &LsRemote) -> Result<RemoteRefs, LsRemoteError> {
     if !status.success() {
         let secrets: Vec<String> = req.credentials.iter().flat_map(Credentials::secrets).collect();
         let secret_refs: Vec<&str> = secrets.iter().map(String::as_str).collect();
-        let message = failure_message(&String::from_utf8_lossy(&err), status);
+        let message = failure_message(&String::from_utf8_lossy(&err), status, req.credentials.is_some());
         return Err(LsRemoteError::Failed { url: shown, message: redact(&message, &secret_refs) });
     }
     parse_listing(&String::from_utf8_lossy(&out), &shown)
@@ -362,8 +362,10 @@ fn kill_group(pgid: Option<nix::unistd::Pid>) {
     }
 }
 
-/// git's last `fatal:` or `error:` line (or its last line), on one line.
-fn failure_message(stderr: &str, status: std::process::ExitStatus) -> String {
+/// git's last `fatal:` or `error:` line (or its last line), on one line. When
+/// the server refused to let git in, git's own words ("could not read
+/// Username") would send an operator looking for a prompt: say what happened.
+fn failure_message(stderr: &str, status: std::process::ExitStatus, had_credentials: bool) -> String {
     let lines: Vec<&str> = stderr.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
     let line = lines
         .iter()
@@ -371,9 +373,23 @@ fn failure_message(stderr: &str, status: std::process::ExitStatus) -> String {
         .find(|l| l.starts_with("fatal:") || l.starts_with("error:"))
         .or(lines.last())
         .copied();
-    match line {
-        Some(l) => l.chars().take(300).collect(),
-        None => format!("git exited with {status} and said nothing"),
+    let Some(line) = line else {
+        return format!("git exited with {status} and said nothing");
+    };
+    let line: String = line.chars().take(300).collect();
+    let refused = [
+        "could not read Username",
+        "could not read Password",
+        "Authentication failed",
+        "returned error: 401",
+        "returned error: 403",
+    ]
+        .iter()
+        .any(|m| stderr.contains(m));
+    match (refused, had_credentials) {
+        (true, true) => format!("the server refused the credentials (git: {line})"),
+        (true, false) => format!("the server requires credentials and none are configured (git: {line})"),
+        (false, _) => line,
     }
 }
 
