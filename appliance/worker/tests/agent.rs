@@ -4,7 +4,8 @@
 //! The worker API and the HTTP state backend are served by a stand-in that
 //! speaks the protocol of `hangar_types::worker` over mTLS until the appliance
 //! serves them; it keeps the run states by the one transition table and can
-//! go down on demand.
+//! go down on demand. One test runs the worker in a network namespace of its
+//! own whose only route leads to the appliance and the git server.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -223,7 +224,8 @@ struct Env {
     db_pool: hangar_db::DbPool,
     broker_config: BrokerConfig,
     broker: BrokerHandle,
-    git: GitServer,
+    /// Kept running for the runs' clones.
+    _git: GitServer,
     dir: TestDir,
     app: Arc<Appliance>,
     addr: SocketAddr,
@@ -231,22 +233,43 @@ struct Env {
     pool_id: i64,
     config_dir: PathBuf,
     sha: String,
+    /// Where the worker reaches the appliance and the VCS.
+    host: std::net::IpAddr,
+    /// The repository URL the worker clones.
+    repo_url: String,
+    /// The worker's own network namespace, when it has one.
+    netns: Option<NetNs>,
 }
 
 impl Env {
     async fn start(label: &str, poll_secs: u64) -> Env {
+        Self::start_in(label, poll_secs, None).await
+    }
+
+    /// With `netns`, the worker runs in that namespace and everything it needs
+    /// listens on the namespace link's host side.
+    async fn start_in(label: &str, poll_secs: u64, netns: Option<NetNs>) -> Env {
         // Scoped: its `load` would shadow the atomics' elsewhere.
         use diesel_async::RunQueryDsl;
         hangar_testkit::init();
+        let host: std::net::IpAddr = match &netns {
+            Some(ns) => ns.host_addr.into(),
+            None => "127.0.0.1".parse().unwrap(),
+        };
         let pg = PgServer::start().await;
         hangar_db::migrate::run_pending(&pg.database()).await.expect("migrate");
         let pool = pg.database().pool(Some(4)).expect("pool");
         let dir = TestDir::new(label);
         let pki = CertStore::open_or_create(&dir.path().join("pki"), &CaOptions::default()).expect("test CA");
-        pki.ensure("appliance", &LeafRequest::server("appliance", &["localhost", "127.0.0.1"]), time::Duration::days(1))
-            .expect("server certificate");
+        let host_name = host.to_string();
+        pki.ensure(
+            "appliance",
+            &LeafRequest::server("appliance", &["localhost", "127.0.0.1", host_name.as_str()]),
+            time::Duration::days(1),
+        )
+        .expect("server certificate");
         let mut broker_config = BrokerConfig {
-            listen: "127.0.0.1:0".parse().unwrap(),
+            listen: SocketAddr::new(host, 0),
             cert_file: pki.cert_path("appliance"),
             key_file: pki.key_path("appliance"),
             ca_file: pki.ca_cert_path(),
@@ -296,7 +319,7 @@ impl Env {
 
         let tool = std::fs::read(hangar_testkit::terraform::terraform()).unwrap();
         let app = Arc::new(Appliance { worker_token: worker_token.clone(), tool, ..Default::default() });
-        let addr = serve(app.clone(), &pki).await;
+        let addr = serve(app.clone(), &pki, host).await;
 
         let config_dir = dir.subdir("etc");
         std::fs::write(config_dir.join("worker.crt"), &issued.cert_pem).unwrap();
@@ -305,7 +328,7 @@ impl Env {
         hangar_certs::write_private_file(&config_dir.join("token"), worker_token.as_bytes()).unwrap();
         let toml = format!(
             "worker_id = {worker_id}\nname = \"host-a\"\npool_id = {pool_id}\npool_name = \"builders\"\n\
-             server_url = \"https://127.0.0.1:{}\"\nbroker_url = \"mqtts://127.0.0.1:{}\"\n\
+             server_url = \"https://{host}:{}\"\nbroker_url = \"mqtts://{host}:{}\"\n\
              work_dir = \"{}\"\ncache_dir = \"{}\"\n\
              [paths]\nkey = \"worker.key\"\ncertificate = \"worker.crt\"\nca = \"ca.crt\"\ntoken = \"token\"\n\
              [timing]\nheartbeat_secs = 1\npoll_secs = {poll_secs}\nstop_grace_secs = 2\n",
@@ -319,11 +342,32 @@ impl Env {
         let git = GitServer::start().await;
         git.create_repo("net");
         let sha = git.push_files("net", "main", &[("infra/main.tf", CONFIG)], "a stack");
-        Env { pg, db_pool: pool, broker_config, broker, git, dir, app, addr, worker_id, pool_id, config_dir, sha }
+        let repo_url = match &netns {
+            // The test git server listens on loopback: relay it to the link.
+            Some(_) => format!("http://{}/net.git", relay(host, git.addr()).await),
+            None => git.url("net"),
+        };
+        Env {
+            pg,
+            db_pool: pool,
+            broker_config,
+            broker,
+            _git: git,
+            dir,
+            app,
+            addr,
+            worker_id,
+            pool_id,
+            config_dir,
+            sha,
+            host,
+            repo_url,
+            netns,
+        }
     }
 
     fn base(&self) -> String {
-        format!("https://127.0.0.1:{}", self.addr.port())
+        format!("https://{}:{}", self.host, self.addr.port())
     }
 
     fn assignment(&self, run_id: i64, kind: RunKind, autodeploy: bool) -> RunAssignment {
@@ -331,7 +375,7 @@ impl Env {
         RunAssignment {
             run_id,
             kind,
-            stack: StackSpec { id: 1, slug: "net".into(), repository: self.git.url("net"), project_root: "infra".into() },
+            stack: StackSpec { id: 1, slug: "net".into(), repository: self.repo_url.clone(), project_root: "infra".into() },
             commit_sha: self.sha.clone(),
             branch: "main".into(),
             command: None,
@@ -354,7 +398,10 @@ impl Env {
     }
 
     fn spawn_worker(&self) -> ChildProcess {
-        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_hangar-worker"));
+        let mut cmd = match &self.netns {
+            Some(ns) => ns.command(env!("CARGO_BIN_EXE_hangar-worker")),
+            None => std::process::Command::new(env!("CARGO_BIN_EXE_hangar-worker")),
+        };
         cmd.args(["run", "--config-dir"]).arg(&self.config_dir).env("HANGAR_LOG", "info,hangar_worker=debug");
         ChildProcess::spawn(cmd, "hangar-worker", self.dir.path())
     }
@@ -419,15 +466,15 @@ impl Env {
 
 /// The stand-in's HTTPS listener: client certificates verified when presented
 /// (Terraform's state requests come without one).
-async fn serve(app: Arc<Appliance>, pki: &CertStore) -> SocketAddr {
+async fn serve(app: Arc<Appliance>, pki: &CertStore, host: std::net::IpAddr) -> SocketAddr {
     let chain = hangar_certs::tls::load_certs(&pki.cert_path("appliance")).unwrap();
     let key = hangar_certs::tls::load_key(&pki.key_path("appliance")).unwrap();
     let roots = hangar_certs::tls::roots_from_pem(pki.ca().cert_pem().as_bytes()).unwrap();
     let tls = hangar_certs::tls::server_config(chain, key, hangar_certs::tls::ClientAuth::Optional(roots)).unwrap();
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let listener = tokio::net::TcpListener::bind(SocketAddr::new(host, 0)).await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let base = format!("https://127.0.0.1:{}", addr.port());
+    let base = format!("https://{host}:{}", addr.port());
     tokio::spawn(async move {
         loop {
             let Ok((tcp, _)) = listener.accept().await else { return };
@@ -457,6 +504,100 @@ async fn serve(app: Arc<Appliance>, pki: &CertStore) -> SocketAddr {
                 });
                 let io = hyper_util::rt::TokioIo::new(tls);
                 let _ = hyper::server::conn::http1::Builder::new().serve_connection(io, svc).await;
+            });
+        }
+    });
+    addr
+}
+
+/// A network namespace of the test's own, linked to the host by a veth pair
+/// (a /30: the host side and the namespace side) and with no other route.
+/// Removed, with its link, when dropped.
+struct NetNs {
+    name: String,
+    host_addr: std::net::Ipv4Addr,
+    ns_addr: std::net::Ipv4Addr,
+}
+
+fn ip(args: &[&str]) -> Result<(), String> {
+    let out = std::process::Command::new("ip").args(args).output().map_err(|e| format!("ip: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!("ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim()))
+    }
+}
+
+impl NetNs {
+    fn create() -> NetNs {
+        let used = std::process::Command::new("ip").args(["-o", "-4", "addr", "show"]).output().expect("ip addr");
+        let used = String::from_utf8_lossy(&used.stdout).into_owned();
+        let pid = std::process::id();
+        for attempt in 0..64u32 {
+            // A /30 in 10.213.0.0/16 nobody on this host uses yet.
+            let n = (pid.wrapping_mul(31).wrapping_add(attempt * 7919)) % 16_384;
+            let (b, c) = ((n / 64) as u8, ((n % 64) * 4) as u8);
+            let host_addr = std::net::Ipv4Addr::new(10, 213, b, c + 1);
+            if used.contains(&format!("inet {host_addr}/")) {
+                continue;
+            }
+            let ns_addr = std::net::Ipv4Addr::new(10, 213, b, c + 2);
+            let name = format!("hgw{pid}x{attempt}");
+            let (host_if, ns_if) = (format!("hw{n}a"), format!("hw{n}b"));
+            let ns = NetNs { name: name.clone(), host_addr, ns_addr };
+            let made = (|| {
+                ip(&["netns", "add", &name])?;
+                ip(&["link", "add", &host_if, "type", "veth", "peer", "name", &ns_if])?;
+                ip(&["link", "set", &ns_if, "netns", &name])?;
+                ip(&["addr", "add", &format!("{host_addr}/30"), "dev", &host_if])?;
+                ip(&["link", "set", &host_if, "up"])?;
+                ip(&["-n", &name, "addr", "add", &format!("{ns_addr}/30"), "dev", &ns_if])?;
+                ip(&["-n", &name, "link", "set", &ns_if, "up"])?;
+                ip(&["-n", &name, "link", "set", "lo", "up"])
+            })();
+            match made {
+                Ok(()) => return ns,
+                Err(e) => {
+                    let _ = ip(&["link", "del", &host_if]);
+                    drop(ns);
+                    panic!("cannot make a network namespace (tests run as root with iproute2): {e}");
+                }
+            }
+        }
+        panic!("no free address block for a network namespace");
+    }
+
+    /// `program` to be run inside the namespace.
+    fn command(&self, program: &str) -> std::process::Command {
+        let mut c = std::process::Command::new("ip");
+        c.args(["netns", "exec", &self.name, program]);
+        c
+    }
+
+    fn run(&self, args: &[&str]) -> String {
+        let out = std::process::Command::new("ip").args(["netns", "exec", &self.name]).args(args).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+impl Drop for NetNs {
+    fn drop(&mut self) {
+        // The veth pair goes with the namespace that holds one of its ends.
+        let _ = ip(&["netns", "del", &self.name]);
+    }
+}
+
+/// Relays TCP from `host`:<new port> to `target`; returns the new address.
+async fn relay(host: std::net::IpAddr, target: SocketAddr) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind(SocketAddr::new(host, 0)).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut inbound, _)) = listener.accept().await else { return };
+            tokio::spawn(async move {
+                if let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await {
+                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                }
             });
         }
     });
@@ -674,4 +815,22 @@ async fn cancel_stop_and_shutdown_behave_as_the_states_allow() {
     assert_eq!(env.app.state(3), Some(RunState::Failed));
     assert!(env.app.note(3).contains("shutting down"), "{}", env.app.note(3));
     assert_eq!(state_outputs(&env.app)["message"]["value"], "hi world", "the unconfirmed plan was not applied");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn in_a_network_namespace_the_worker_needs_only_the_appliance_and_the_vcs() {
+    let ns = NetNs::create();
+    let ns_addr = ns.ns_addr;
+    let env = Env::start_in("agent-netns", 1, Some(ns)).await;
+    let routes = env.netns.as_ref().unwrap().run(&["ip", "-4", "route", "show"]);
+    assert_eq!(routes.lines().count(), 1, "one link route and no default route: {routes}");
+    assert!(routes.contains(&format!("src {ns_addr}")), "{routes}");
+
+    let mut worker = env.spawn_worker();
+    env.wait_connected().await;
+    env.app.enqueue(env.assignment(1, RunKind::Tracked, true));
+    env.wait_state(1, RunState::Finished, &worker).await;
+    assert_eq!(state_outputs(&env.app)["message"]["value"], "hi world");
+    assert!(env.app.log_text(1, "applying").contains("Apply complete!"));
+    stopped_cleanly(&mut worker);
 }
