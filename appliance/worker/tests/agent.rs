@@ -69,6 +69,8 @@ struct Appliance {
     refused_without_cert: AtomicU32,
     unavailable_answers: AtomicU32,
     claims: AtomicU32,
+    /// Provider mirror requests: path and `Authorization`.
+    mirror_requests: Mutex<Vec<(String, Option<String>)>>,
 }
 
 impl Appliance {
@@ -122,6 +124,11 @@ impl Appliance {
         match (method, parts.as_slice()) {
             ("GET", ["health"]) => return (200, b"ok".to_vec()),
             (_, ["state", "v1", _stack]) => return self.state_backend(method, auth, body),
+            // The provider mirror holds nothing here.
+            ("GET", ["v1", "providers", ..]) => {
+                self.mirror_requests.lock().unwrap().push((path.to_string(), auth.map(String::from)));
+                return (404, br#"{"errors":["no such provider in the mirror"]}"#.to_vec());
+            }
             // The object store: the pre-signed URL is the credential.
             ("PUT", ["upload", name]) => {
                 let run: i64 = name.trim_start_matches("plan-").parse().unwrap();
@@ -793,6 +800,17 @@ async fn cancel_stop_and_shutdown_behave_as_the_states_allow() {
     .await;
     assert_eq!(env.app.history(1).last(), Some(&RunState::Stopped));
 
+    // A plan discarded by a human: the worker lets the run go, applies
+    // nothing, and takes the next one.
+    env.app.enqueue(env.assignment(5, RunKind::Tracked, false));
+    env.wait_state(5, RunState::Unconfirmed, &worker).await;
+    assert!(env.app.set(5, RunState::Discarded, "discarded by alice"));
+    env.app.enqueue(env.assignment(6, RunKind::Proposed, false));
+    env.wait_state(6, RunState::Finished, &worker).await;
+    assert_eq!(env.app.history(5).last(), Some(&RunState::Discarded));
+    assert!(env.app.tf_state.lock().unwrap().is_none(), "nothing was applied");
+    assert!(!env.dir.path().join("work/run-5").exists(), "the discarded run's work directory is gone");
+
     // An apply is never stopped: SIGTERM while applying lets it finish.
     *env.app.state_write_delay.lock().unwrap() = Duration::from_secs(3);
     env.app.enqueue(env.assignment(2, RunKind::Tracked, true));
@@ -832,5 +850,23 @@ async fn in_a_network_namespace_the_worker_needs_only_the_appliance_and_the_vcs(
     env.wait_state(1, RunState::Finished, &worker).await;
     assert_eq!(state_outputs(&env.app)["message"]["value"], "hi world");
     assert!(env.app.log_text(1, "applying").contains("Apply complete!"));
+
+    // A configuration that needs a provider: Terraform asks the appliance's
+    // mirror, with the run's token, and nothing else.
+    let needs_provider = "terraform {\n  required_providers {\n    null = { source = \"hashicorp/null\" }\n  }\n}\n";
+    let sha = env._git.push_files("net", "main", &[("infra/providers.tf", needs_provider)], "a provider");
+    let mut a = env.assignment(2, RunKind::Tracked, true);
+    a.commit_sha = sha;
+    env.app.enqueue(a);
+    env.wait_state(2, RunState::Failed, &worker).await;
+    let note = env.app.note(2);
+    assert!(note.starts_with("terraform init failed"), "{note}");
+    assert!(note.contains("hashicorp/null"), "{note}");
+    let asked = env.app.mirror_requests.lock().unwrap().clone();
+    assert!(!asked.is_empty(), "the mirror was asked");
+    for (path, auth) in &asked {
+        assert!(path.starts_with("/v1/providers/registry.terraform.io/hashicorp/null/"), "{path}");
+        assert_eq!(auth.as_deref(), Some("Bearer hrt_2_run_token_value"), "{path}");
+    }
     stopped_cleanly(&mut worker);
 }
