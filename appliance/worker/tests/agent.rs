@@ -57,6 +57,8 @@ struct Appliance {
     tool_gets: AtomicU32,
     /// Answer 503 to every worker API call (an outage).
     down: AtomicBool,
+    /// The operator drained the worker.
+    drain: AtomicBool,
     /// Delay before a state write is answered.
     state_write_delay: Mutex<Duration>,
     queue: Mutex<VecDeque<RunAssignment>>,
@@ -157,7 +159,7 @@ impl Appliance {
                 json(&HeartbeatReply {
                     lease_expires_at: hb.run.map(|_| "2100-01-01T00:00:00Z".into()),
                     run_state,
-                    drain: false,
+                    drain: self.drain.load(Ordering::SeqCst),
                 })
             }
             ("POST", ["api", "v1", "worker", "claim"]) => {
@@ -711,6 +713,24 @@ async fn a_run_goes_from_work_available_to_finished_through_the_broker() {
     assert!(!env.dir.path().join("work/run-1").exists());
     assert_eq!(env.app.refused_without_cert.load(Ordering::SeqCst), 0);
 
+    // Drained by an operator: the worker says so and takes nothing new until
+    // the drain is lifted.
+    env.app.drain.store(true, Ordering::SeqCst);
+    let app = env.app.clone();
+    wait_for("a drained heartbeat", SOON, || {
+        let app = app.clone();
+        async move { (app.heartbeats.lock().unwrap().last()?.status == WorkerStatus::Drained).then_some(()) }
+    })
+    .await;
+    env.app.enqueue(env.assignment(4, RunKind::Proposed, false));
+    for _ in 0..4 {
+        env.broker.publish_to_pool(env.pool_id, &Notification::WorkAvailable { pool: env.pool_id }).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert_eq!(env.app.state(4), Some(RunState::Ready), "a drained worker claims nothing");
+    env.app.drain.store(false, Ordering::SeqCst);
+    env.wait_state(4, RunState::Finished, &worker).await;
+
     // `status` sees both ends.
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_hangar-worker"))
         .args(["status", "--config-dir"])
@@ -773,7 +793,16 @@ async fn the_worker_rides_out_an_outage_and_catches_up_without_notifications() {
     for phase in ["preparing", "initializing", "planning", "applying"] {
         assert!(!env.app.log_text(1, phase).is_empty(), "{phase}");
     }
+
+    // Told to stop while the appliance is away, the worker gives up delivering
+    // after a bounded time and still exits cleanly.
+    let mut changed = env.assignment(2, RunKind::Tracked, false);
+    changed.env[0].value = "hola".into();
+    env.app.enqueue(changed);
+    env.wait_state(2, RunState::Unconfirmed, &worker).await;
+    env.app.down.store(true, Ordering::SeqCst);
     stopped_cleanly(&mut worker);
+    assert_eq!(env.app.state(2), Some(RunState::Unconfirmed), "nothing got through");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -27,6 +27,9 @@ use crate::engine::{self, Decision, EngineOptions, HookError, Refused, RunHooks,
 use crate::identity::Identity;
 use outbox::{Item, Outbox};
 
+/// How long a stopping worker keeps trying to deliver a run's last reports.
+const SHUTDOWN_DELIVERY: Duration = Duration::from_secs(30);
+
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
     #[error("cannot prepare {path}")]
@@ -56,6 +59,8 @@ struct Shared {
     drained: AtomicBool,
     /// Something may be claimable.
     wake: Notify,
+    /// The worker was asked to stop.
+    stopping: CancellationToken,
 }
 
 impl Shared {
@@ -88,6 +93,7 @@ pub async fn run(cfg: WorkerConfig, identity: Identity, stop: CancellationToken)
         held: Mutex::new(None),
         drained: AtomicBool::new(false),
         wake: Notify::new(),
+        stopping: stop.clone(),
     });
     info!(worker = cfg.worker_id, pool = %cfg.pool_name, server = %cfg.server_url, "worker starting");
 
@@ -127,7 +133,7 @@ pub async fn run(cfg: WorkerConfig, identity: Identity, stop: CancellationToken)
         })
     };
 
-    let runner = RunLoop { shared: shared.clone(), first: true };
+    let runner = RunLoop { shared: shared.clone() };
     // The run in progress ends itself on a stop (an apply runs to its end), so
     // the deadline only bounds a hang.
     let opts = RunnerOptions { exit_deadline: Duration::from_secs(24 * 3600), max_error_backoff: Duration::from_secs(30) };
@@ -181,7 +187,6 @@ async fn heartbeats(shared: Arc<Shared>, stop: CancellationToken) {
 /// The run loop: claim, execute, repeat.
 struct RunLoop {
     shared: Arc<Shared>,
-    first: bool,
 }
 
 impl BackgroundWorker for RunLoop {
@@ -190,7 +195,6 @@ impl BackgroundWorker for RunLoop {
     }
 
     async fn work(&mut self) -> Result<Step, String> {
-        self.first = false;
         if self.shared.drained.load(Ordering::Relaxed) {
             return Ok(Step::Idle);
         }
@@ -241,7 +245,16 @@ async fn execute(shared: &Arc<Shared>, a: hangar_types::worker::RunAssignment) {
     let outcome = engine::execute(&spec, &dir, &opts, &hooks, &signal).await;
     info!(run_id, state = %outcome.state, "run done on this worker; delivering what is left");
     drop(hooks);
-    outbox.close().await;
+    // Delivered however long the appliance is away (the lease decides), unless
+    // the worker is stopping: then for a bounded time only.
+    let stopping = shared.stopping.clone();
+    tokio::select! {
+        _ = outbox.close() => {}
+        _ = async {
+            stopping.cancelled().await;
+            tokio::time::sleep(SHUTDOWN_DELIVERY).await;
+        } => warn!(run_id, "stopping without delivering everything: the appliance is unreachable"),
+    }
     *shared.held.lock().expect("held lock") = None;
     if let Err(e) = std::fs::remove_dir_all(&dir) {
         warn!(run_id, dir = %dir.display(), error = %e, "cannot remove the run's work directory");
