@@ -1,7 +1,8 @@
 //! Supervisor figures, in a release build: restart-to-ready after SIGKILL for
 //! each kind of service (no check; PostgreSQL with a query over TLS; Garage with
-//! a TCP check; the TLS proxy with a signed S3 request through TLS), and what
-//! `hangar tls-proxy` relays per second.
+//! a TCP check; the TLS proxy with a signed S3 request through TLS; `hangar
+//! drain` and `hangar scheduler` with their heartbeats), and what `hangar
+//! tls-proxy` relays per second.
 //!
 //! `cargo bench -p hangar-supervisor --bench restart` (root, PostgreSQL 15 and
 //! garage installed, as for the tests). Prints a Markdown table.
@@ -51,10 +52,13 @@ fn ms(d: Duration) -> String {
 
 async fn restarts() {
     let mut pg = PgServer::start().await;
+    hangar_db::migrate::run_pending(&pg.database()).await.unwrap();
     pg.stop(StopMode::Fast);
     let dir = TestDir::new("bench-restart");
     let user = ServiceUser::get();
     let db = pg.write_config(dir.path());
+    // The drain and the scheduler read it as the service user.
+    user.chown(&db.password_file);
     let hangar = hangar_testkit::cargo_bin("hangar");
 
     let garage_dir = dir.subdir("garage");
@@ -105,7 +109,11 @@ async fn restarts() {
              args = [\"tls-proxy\", \"--listen\", \"127.0.0.1:{proxy_port}\", \"--to\", \"127.0.0.1:{s3_port}\", \
              \"--cert\", \"{cert}\", \"--key\", \"{key}\"]\ndepends_on = [\"garage\"]\n\
              ready = {{ kind = \"s3\", endpoint = \"https://localhost:{proxy_port}\", region = \"garage\", bucket = \"hangar\", \
-             access_key_file = \"{d}/s3-access\", secret_key_file = \"{d}/s3-secret\", ca_file = \"{ca}\" }}\n",
+             access_key_file = \"{d}/s3-access\", secret_key_file = \"{d}/s3-secret\", ca_file = \"{ca}\" }}\n\
+             [[supervisor.service]]\nname = \"drain\"\ncommand = \"{hangar}\"\nargs = [\"--config\", \"{config}\", \"drain\"]\n\
+             depends_on = [\"postgres\"]\nready = {{ kind = \"heartbeat\", process = \"drain\" }}\n\
+             [[supervisor.service]]\nname = \"scheduler\"\ncommand = \"{hangar}\"\nargs = [\"--config\", \"{config}\", \"scheduler\"]\n\
+             depends_on = [\"postgres\"]\nready = {{ kind = \"heartbeat\", process = \"scheduler\" }}\n",
             port = pg.port,
             pw = db.password_file.display(),
             dbca = db.ca_file.display(),
@@ -120,6 +128,7 @@ async fn restarts() {
             cert = store.cert_path("objects").display(),
             key = store.key_path("objects").display(),
             ca = store.ca_cert_path().display(),
+            config = config.display(),
         ),
     )
     .unwrap();
@@ -127,7 +136,7 @@ async fn restarts() {
     cmd.arg("--config").arg(&config).arg("supervise").env("HANGAR_LOG", "warn");
     let mut sup = ChildProcess::spawn(cmd, "supervise", dir.path());
     let client = CtlClient::new(dir.path().join("run/control.sock"));
-    let names = ["plain", "postgres", "garage", "objects-tls"];
+    let names = ["plain", "postgres", "garage", "objects-tls", "drain", "scheduler"];
     for n in names {
         wait_ready(&client, n, None).await;
     }
@@ -140,6 +149,8 @@ async fn restarts() {
         ("postgres", "SELECT 1 over TLS"),
         ("garage", "TCP connect"),
         ("objects-tls", "signed S3 HEAD through TLS"),
+        ("drain", "own fresh heartbeat row"),
+        ("scheduler", "own fresh heartbeat row"),
     ] {
         let mut times = Vec::new();
         for _ in 0..ROUNDS {
@@ -171,8 +182,13 @@ async fn status(client: &CtlClient, name: &str) -> hangar_supervisor::protocol::
 async fn wait_ready(client: &CtlClient, name: &str, old: Option<u32>) {
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
-        let s = status(client, name).await;
-        if s.state == State::Ready && s.pid.is_some() && s.pid != old {
+        // The control socket appears shortly after the supervisor starts.
+        let s = client.status().await.ok().and_then(|(all, _)| all.into_iter().find(|s| s.name == name));
+        if let Some(s) = &s
+            && s.state == State::Ready
+            && s.pid.is_some()
+            && s.pid != old
+        {
             return;
         }
         assert!(Instant::now() < deadline, "{name} not ready: {s:?}");

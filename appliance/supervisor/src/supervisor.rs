@@ -273,6 +273,11 @@ impl Core {
     }
 
     async fn reload(&mut self, settings: Result<Settings, SupervisorError>) -> Result<String, SupervisorError> {
+        // Logs are reopened on every SIGHUP, even when the new configuration is
+        // refused: an external logrotate relies on it.
+        for slot in self.slots.values() {
+            slot.log.reopen();
+        }
         let mut plan = settings?.plan()?;
         for (what, old, new) in [
             ("socket", &self.plan.socket, &plan.socket),
@@ -289,11 +294,6 @@ impl Core {
         plan.socket = self.plan.socket.clone();
         plan.log_dir = self.plan.log_dir.clone();
         plan.state_dir = self.plan.state_dir.clone();
-
-        // Logs are reopened on every reload, for an external logrotate.
-        for slot in self.slots.values() {
-            slot.log.reopen();
-        }
 
         let old: BTreeSet<String> = self.slots.keys().cloned().collect();
         let new: BTreeSet<String> = plan.services.iter().map(|s| s.name.clone()).collect();

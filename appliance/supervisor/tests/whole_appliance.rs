@@ -1,9 +1,10 @@
-//! PostgreSQL, `hangar drain` and `hangar scheduler` under the supervisor, with
-//! work flowing: the drain and the scheduler are SIGKILLed in turn and come back
-//! ready; PostgreSQL is restarted in fast mode (`ctl restart`) and in immediate
-//! mode (SIGQUIT to the postmaster); the drain and the scheduler recover by
-//! themselves within 10 s of the database being ready again; every run created
-//! along the way is promoted exactly once.
+//! The whole appliance under the supervisor — PostgreSQL, Garage behind `hangar
+//! tls-proxy`, `hangar server`, `hangar drain`, `hangar scheduler` — with requests
+//! and jobs flowing: server, drain and scheduler are SIGKILLed in turn and come
+//! back ready; PostgreSQL is restarted in fast mode (`ctl restart`) and in
+//! immediate mode (SIGQUIT to the postmaster); server, drain and scheduler
+//! recover by themselves within 10 s of the database being ready again; no
+//! request hangs for 5 s; every run created along the way is promoted exactly once.
 
 mod common;
 
@@ -21,7 +22,8 @@ use hangar_db::schema::{processes, run_events, runs as runs_t, stacks};
 use hangar_db::{DbPool, migrate};
 use hangar_supervisor::protocol::State;
 use hangar_testkit::pg::PgOptions;
-use hangar_testkit::{PgServer, StopMode, wait_for};
+use hangar_certs::{CaOptions, CertStore, LeafRequest};
+use hangar_testkit::{PgServer, StopMode, free_port, wait_for};
 use hangar_types::{RunKind, RunState};
 use nix::sys::signal::Signal;
 
@@ -87,8 +89,56 @@ async fn beat_since(pool: &DbPool, kind: &str, since: DateTime<Utc>) -> bool {
         .is_ok_and(|n| n > 0)
 }
 
+fn random_hex(n: usize) -> String {
+    let mut x = std::process::id() as u64 ^ 0x9e37_79b9_7f4a_7c15 ^ Instant::now().elapsed().as_nanos() as u64;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            char::from_digit((x % 16) as u32, 16).unwrap()
+        })
+        .collect()
+}
+
+/// Requests to the server while everything else happens: `/ready` and a
+/// GraphQL query, one every 20 ms; returns the longest a request took and how
+/// many got an answer.
+fn request_flow(url: String, ca: std::path::PathBuf, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<(Duration, usize)> {
+    tokio::spawn(async move {
+        let roots = hangar_certs::tls::roots_from_pem(&std::fs::read(&ca).unwrap()).unwrap();
+        let cfg = hangar_certs::tls::client_config(roots, None).unwrap();
+        // Longer than the bound, so a hang is seen as one rather than cut short.
+        let client = reqwest::Client::builder()
+            .use_preconfigured_tls(cfg)
+            .timeout(Duration::from_secs(30))
+            .build()
+            .unwrap();
+        let (mut longest, mut answered, mut i) = (Duration::ZERO, 0, 0u64);
+        while !AtomicBool::load(&stop, Ordering::Relaxed) {
+            i += 1;
+            let t = Instant::now();
+            let sent = if i % 2 == 0 {
+                client.get(format!("{url}/ready")).send().await
+            } else {
+                client
+                    .post(format!("{url}/graphql"))
+                    .json(&serde_json::json!({ "query": "{ __typename }" }))
+                    .send()
+                    .await
+            };
+            longest = longest.max(t.elapsed());
+            if sent.is_ok() {
+                answered += 1;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        (longest, answered)
+    })
+}
+
 #[tokio::test]
-async fn drain_and_scheduler_survive_sigkill_and_database_restarts_without_losing_work() {
+async fn the_whole_appliance_survives_sigkill_and_database_restarts_without_losing_work() {
     // Durable commits: with synchronous_commit off (the test kit's default, for
     // speed) an immediate shutdown may lose transactions the client saw committed.
     let mut pg = PgServer::start_with(PgOptions {
@@ -98,16 +148,78 @@ async fn drain_and_scheduler_survive_sigkill_and_database_restarts_without_losin
     .await;
     migrate::run_pending(&pg.database()).await.unwrap();
     pg.stop(StopMode::Fast);
-    let mut sup = Sup::new("sv-background");
+    let mut sup = Sup::new("sv-appliance-all");
+    let user = sup.user.clone();
     let db = pg.write_config(sup.path());
     let hangar = hangar_testkit::cargo_bin("hangar");
     let config = sup.config.display().to_string();
+
+    // Certificates, secrets and Garage's configuration, readable by the service user.
+    let pki = sup.path().join("pki");
+    let store = CertStore::open_or_create(&pki, &CaOptions::default()).unwrap();
+    for (name, cn) in [("server", "hangar"), ("objects", "objects")] {
+        store
+            .ensure(name, &LeafRequest::server(cn, &["localhost", "127.0.0.1"]), time::Duration::days(1))
+            .unwrap();
+        user.chown(&store.key_path(name));
+    }
+    let secrets = sup.dir.subdir("secrets");
+    let (access, secret) = (format!("GK{}", random_hex(24)), random_hex(64));
+    let (ak, sk, mk) = (secrets.join("objects-access-key"), secrets.join("objects-secret-key"), secrets.join("master.key"));
+    hangar_certs::write_private_file(&ak, access.as_bytes()).unwrap();
+    hangar_certs::write_private_file(&sk, secret.as_bytes()).unwrap();
+    hangar_crypto::MasterKey::generate().save(&mk).unwrap();
+    for f in [&ak, &sk, &mk, &db.password_file] {
+        user.chown(f);
+    }
+    let garage_dir = sup.shared_dir("garage");
+    let (rpc, s3_port, admin, objects_port, server_port) = (free_port(), free_port(), free_port(), free_port(), free_port());
+    std::fs::write(
+        garage_dir.join("garage.toml"),
+        format!(
+            "metadata_dir = \"{d}/meta\"\ndata_dir = \"{d}/data\"\ndb_engine = \"sqlite\"\nreplication_factor = 1\n\
+             rpc_bind_addr = \"127.0.0.1:{rpc}\"\nrpc_public_addr = \"127.0.0.1:{rpc}\"\n\
+             [s3_api]\ns3_region = \"garage\"\napi_bind_addr = \"127.0.0.1:{s3_port}\"\n\
+             [admin]\napi_bind_addr = \"127.0.0.1:{admin}\"\n",
+            d = garage_dir.display()
+        ),
+    )
+    .unwrap();
+    user.chown(&garage_dir);
+
+    let sections = format!(
+        "{db}\n[server]\nlisten = \"127.0.0.1:{server_port}\"\npublic_url = \"https://localhost:{server_port}\"\n\
+         cert_file = \"{cert}\"\nkey_file = \"{key}\"\nca_file = \"{ca}\"\nshutdown_grace_secs = 2\n\
+         [secrets]\nmaster_key_file = \"{mk}\"\n\
+         [objects]\nengine = \"garage\"\nendpoint = \"https://localhost:{objects_port}\"\nbucket = \"hangar\"\n\
+         access_key_file = \"{ak}\"\nsecret_key_file = \"{sk}\"\nca_file = \"{ca}\"\nrequest_timeout_secs = 5\n",
+        db = database_section(&db),
+        cert = store.cert_path("server").display(),
+        key = store.key_path("server").display(),
+        ca = store.ca_cert_path().display(),
+        mk = mk.display(),
+        ak = ak.display(),
+        sk = sk.display(),
+    );
     sup.write_config(
-        Some(&database_section(&db)),
+        Some(&sections),
         "backoff_initial_ms = 500\nready_timeout_secs = 60\nstart_limit_burst = 20",
         &format!(
             "[[supervisor.service]]\nname = \"postgres\"\ncommand = \"{postgres}\"\nargs = [\"-D\", \"{data}\", \"-p\", \"{port}\"]\n\
              stop_signal = \"INT\"\nstop_timeout_secs = 30\nready = {{ kind = \"postgres\" }}\n\
+             [[supervisor.service]]\nname = \"garage\"\ncommand = \"{garage}\"\n\
+             args = [\"-c\", \"{gd}/garage.toml\", \"server\", \"--single-node\", \"--default-bucket\"]\n\
+             env = {{ GARAGE_RPC_SECRET = \"{rpc_secret}\", GARAGE_DEFAULT_ACCESS_KEY = \"{access}\", \
+             GARAGE_DEFAULT_SECRET_KEY = \"{secret}\", GARAGE_DEFAULT_BUCKET = \"hangar\", RUST_LOG = \"garage=warn\" }}\n\
+             ready = {{ kind = \"tcp\", address = \"127.0.0.1:{s3_port}\" }}\n\
+             [[supervisor.service]]\nname = \"objects-tls\"\ncommand = \"{hangar}\"\n\
+             args = [\"tls-proxy\", \"--listen\", \"127.0.0.1:{objects_port}\", \"--to\", \"127.0.0.1:{s3_port}\", \
+             \"--cert\", \"{ocert}\", \"--key\", \"{okey}\"]\ndepends_on = [\"garage\"]\n\
+             ready = {{ kind = \"s3\", endpoint = \"https://localhost:{objects_port}\", region = \"garage\", bucket = \"hangar\", \
+             access_key_file = \"{ak}\", secret_key_file = \"{sk}\", ca_file = \"{ca}\" }}\n\
+             [[supervisor.service]]\nname = \"server\"\ncommand = \"{hangar}\"\nargs = [\"--config\", \"{config}\", \"server\"]\n\
+             depends_on = [\"postgres\", \"objects-tls\"]\ncheck_interval_ms = 500\n\
+             ready = {{ kind = \"https\", url = \"https://localhost:{server_port}/ready\", ca_file = \"{ca}\" }}\n\
              [[supervisor.service]]\nname = \"drain\"\ncommand = \"{hangar}\"\nargs = [\"--config\", \"{config}\", \"drain\"]\n\
              depends_on = [\"postgres\"]\ncheck_interval_ms = 500\nready = {{ kind = \"heartbeat\", process = \"drain\" }}\n\
              [[supervisor.service]]\nname = \"scheduler\"\ncommand = \"{hangar}\"\nargs = [\"--config\", \"{config}\", \"scheduler\"]\n\
@@ -115,13 +227,19 @@ async fn drain_and_scheduler_survive_sigkill_and_database_restarts_without_losin
             postgres = hangar_testkit::pg::pg_bin_dir().join("postgres").display(),
             data = pg.dir().join("data").display(),
             port = pg.port,
+            garage = hangar_testkit::garage::garage_bin().display(),
+            gd = garage_dir.display(),
+            rpc_secret = random_hex(64),
             hangar = hangar.display(),
+            ocert = store.cert_path("objects").display(),
+            okey = store.key_path("objects").display(),
+            ak = ak.display(),
+            sk = sk.display(),
+            ca = store.ca_cert_path().display(),
         ),
     );
-    // The drain and the scheduler read the password file as the service user.
-    sup.user.chown(&db.password_file);
     sup.start().await;
-    for name in ["postgres", "drain", "scheduler"] {
+    for name in ["postgres", "garage", "objects-tls", "server", "drain", "scheduler"] {
         sup.wait_state(name, State::Ready, LONG).await;
     }
     let pool = pg.database().pool(Some(4)).unwrap();
@@ -159,10 +277,21 @@ async fn drain_and_scheduler_survive_sigkill_and_database_restarts_without_losin
             .await
         }
     };
+    let server_url = format!("https://localhost:{server_port}");
+    let requests = request_flow(server_url.clone(), store.ca_cert_path(), stop.clone());
+    let ready_client = {
+        let roots = hangar_certs::tls::roots_from_pem(&std::fs::read(store.ca_cert_path()).unwrap()).unwrap();
+        let cfg = hangar_certs::tls::client_config(roots, None).unwrap();
+        reqwest::Client::builder()
+            .use_preconfigured_tls(cfg)
+            .timeout(Duration::from_secs(5))
+            .build()
+            .unwrap()
+    };
     progress(5).await;
 
     let mut times = BTreeMap::new();
-    for name in ["drain", "scheduler"] {
+    for name in ["server", "drain", "scheduler"] {
         let before = sup.status(name).await;
         let t = Instant::now();
         nix::sys::signal::kill(nix::unistd::Pid::from_raw(before.pid.unwrap() as i32), Signal::SIGKILL).unwrap();
@@ -209,7 +338,13 @@ async fn drain_and_scheduler_survive_sigkill_and_database_restarts_without_losin
         })
         .await;
         times.insert(format!("scheduler working after postgres {mode} restart"), t.elapsed());
-        for name in ["drain", "scheduler"] {
+        wait_for(&format!("the server's /ready after a {mode} restart"), RECOVERY, || async {
+            let r = ready_client.get(format!("{server_url}/ready")).send().await.ok()?;
+            (r.status() == 200).then_some(())
+        })
+        .await;
+        times.insert(format!("server ready after postgres {mode} restart"), t.elapsed());
+        for name in ["server", "drain", "scheduler"] {
             sup.wait_state(name, State::Ready, RECOVERY).await;
         }
     }
@@ -218,6 +353,10 @@ async fn drain_and_scheduler_survive_sigkill_and_database_restarts_without_losin
     stop.store(true, Ordering::Relaxed);
     let ids = producer.await.unwrap();
     assert!(ids.len() > 20, "too little work flowed: {}", ids.len());
+    let (longest, answered) = requests.await.unwrap();
+    eprintln!("requests answered: {answered}; longest request: {:.0} ms", longest.as_secs_f64() * 1000.0);
+    assert!(answered > 50, "too few requests answered: {answered}");
+    assert!(longest < Duration::from_secs(5), "a request hung for {longest:?}");
 
     // Every run ever created is promoted, exactly once.
     wait_for("every run to be promoted", LONG, || async {
