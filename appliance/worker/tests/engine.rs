@@ -193,6 +193,32 @@ impl Fixture {
         self.git.push_files("stack", "main", files, "change")
     }
 
+    /// Commits `files` and symbolic links (path, target) with the git CLI.
+    fn push_with_links(&self, files: &[(&str, &str)], links: &[(&str, &Path)]) -> String {
+        let work = self.dir.path().join(format!("push-{}", std::process::id()));
+        let git = |args: &[&str]| {
+            let out = self.git.git().current_dir(&work).args(args).output().unwrap();
+            assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+            String::from_utf8_lossy(&out.stdout).trim().to_string()
+        };
+        std::fs::create_dir_all(&work).unwrap();
+        git(&["init", "--quiet", "-b", "main", "."]);
+        for (path, contents) in files {
+            let p = work.join(path);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, contents).unwrap();
+        }
+        for (path, target) in links {
+            let p = work.join(path);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::os::unix::fs::symlink(target, p).unwrap();
+        }
+        git(&["add", "--all"]);
+        git(&["-c", "user.name=Test", "-c", "user.email=test@hangar.invalid", "commit", "--quiet", "-m", "links"]);
+        git(&["push", "--quiet", "--force", &self.git.authed_url("stack"), "HEAD:refs/heads/main"]);
+        git(&["rev-parse", "HEAD"])
+    }
+
     fn spec(&self, run_id: i64, kind: RunKind, sha: &str) -> RunSpec {
         RunSpec {
             run_id,
@@ -632,7 +658,16 @@ async fn errored_state_is_uploaded_when_terraform_cannot_save_it() {
     // No backend block of its own: the engine's override supplies the HTTP backend.
     let config = CONFIG.replace("terraform {\n  backend \"local\" {\n    path = \"../../../shared.tfstate\"\n  }\n}\n", "");
     assert!(!config.contains("backend"));
-    let sha = f.push(&[("infra/main.tf", &config)]);
+    // The repository tries to make the worker write through a link and upload
+    // a file of the host as its errored state.
+    let outside = f.dir.path().join("outside.txt");
+    std::fs::write(&outside, "untouched").unwrap();
+    let host_file = f.dir.path().join("host-secret.txt");
+    std::fs::write(&host_file, "a file of the worker host").unwrap();
+    let sha = f.push_with_links(
+        &[("infra/main.tf", &config)],
+        &[("infra/hangar_backend_override.tf", &outside), ("infra/errored.tfstate", &host_file)],
+    );
     let (addr, seen) = refusing_state_backend().await;
     let mut spec = f.spec(1, RunKind::Tracked, &sha);
     spec.autodeploy = true;
@@ -653,7 +688,10 @@ async fn errored_state_is_uploaded_when_terraform_cannot_save_it() {
             _ => None,
         })
         .expect("errored.tfstate uploaded");
-    let state: serde_json::Value = serde_json::from_slice(&errored).expect("a state file");
+    assert_eq!(std::fs::read_to_string(&outside).unwrap(), "untouched", "nothing written through a link");
+    assert_eq!(std::fs::read_to_string(&host_file).unwrap(), "a file of the worker host");
+    assert!(hooks.log_text(Phase::Applying).contains("removing the errored.tfstate the repository carries"));
+    let state: serde_json::Value = serde_json::from_slice(&errored).expect("a state file, not the host's file");
     assert_eq!(state["outputs"]["message"]["value"], "hello world");
 
     // Terraform spoke to the backend as the engine configured it.

@@ -529,8 +529,7 @@ impl<'a, H: RunHooks> Run<'a, H> {
         let mut args: Vec<String> = vec!["init".into(), "-input=false".into(), "-no-color".into()];
         if let Backend::Http { state_url, run_token } = &self.spec.backend {
             let override_path = p.root.join(files::BACKEND_OVERRIDE);
-            std::fs::write(&override_path, files::backend_override())
-                .map_err(|source| fail(EngineError::Io { path: override_path.clone(), source }))?;
+            write_fresh(&override_path, files::backend_override()).map_err(fail)?;
             write_private(&p.layout.backend_config, &files::backend_config(state_url, run_token)).map_err(fail)?;
             log.line(&format!("state: the appliance's HTTP backend at {state_url}")).await;
             args.push(format!("-backend-config={}", p.layout.backend_config.display()));
@@ -657,14 +656,23 @@ impl<'a, H: RunHooks> Run<'a, H> {
     }
 
     async fn apply_inner(&self, p: &Prepared, log: &mut LogStream<'a, H>) -> Result<(), Halt> {
+        let errored = p.root.join(ERRORED_STATE);
+        // Only what this apply leaves is uploaded: one the repository carried
+        // (perhaps a link to a file of this host) goes first.
+        if std::fs::symlink_metadata(&errored).is_ok() {
+            log.line("removing the errored.tfstate the repository carries").await;
+            std::fs::remove_file(&errored).map_err(|source| {
+                Halt::Report(RunState::Failed, error_line(&EngineError::Io { path: errored.clone(), source }))
+            })?;
+        }
         let plan_path = p.layout.plan.display().to_string();
         let args = ["apply", "-input=false", "-no-color", plan_path.as_str()];
         let cmd = self.cmd(p, &p.tool, &args, &format!("{} {}", self.tool_name(), args.join(" ")));
         // Never stopped by the worker: an interrupted apply leaves state and
         // reality apart.
         let result = self.run_tool(&cmd, log, false, "terraform apply").await;
-        let errored = p.root.join(ERRORED_STATE);
-        let errored_note = if errored.is_file() {
+        let left = std::fs::symlink_metadata(&errored).map(|m| m.file_type().is_file()).unwrap_or(false);
+        let errored_note = if left {
             let note = match std::fs::read(&errored) {
                 Ok(bytes) => match self.hooks.upload_errored_state(bytes).await {
                     Ok(()) => "Terraform could not save the state: its errored.tfstate was uploaded to the appliance"
@@ -760,6 +768,20 @@ fn project_root(src: &Path, root: &str) -> Result<PathBuf, EngineError> {
         return Err(bad());
     }
     Ok(canon)
+}
+
+/// Writes a new file where the repository may have put something of the same
+/// name: whatever is there (a link included) is replaced, never written through.
+fn write_fresh(path: &Path, contents: &str) -> Result<(), EngineError> {
+    use std::io::Write;
+    let io = |source| EngineError::Io { path: path.to_path_buf(), source };
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.is_dir() => return Err(io(std::io::Error::other("a directory of that name is in the way"))),
+        Ok(_) => std::fs::remove_file(path).map_err(io)?,
+        Err(_) => {}
+    }
+    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).open(path).map_err(io)?;
+    f.write_all(contents.as_bytes()).map_err(io)
 }
 
 fn write_private(path: &Path, contents: &str) -> Result<(), EngineError> {
