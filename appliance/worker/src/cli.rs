@@ -11,7 +11,11 @@ use crate::identity::Identity;
 use crate::join::{JoinOptions, join};
 
 #[derive(Debug, Parser)]
-#[command(name = "hangar-worker", version, about = "Hangar's worker host: joins a pool and runs Terraform/OpenTofu for the appliance")]
+#[command(
+    name = "hangar-worker",
+    version,
+    about = "Hangar's worker host: joins a pool and runs Terraform/OpenTofu for the appliance"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -25,7 +29,12 @@ pub enum Command {
         #[arg(long, value_name = "URL")]
         server: String,
         /// The one-time join token.
-        #[arg(long, value_name = "JOIN_TOKEN", conflicts_with = "token_file", required_unless_present = "token_file")]
+        #[arg(
+            long,
+            value_name = "JOIN_TOKEN",
+            conflicts_with = "token_file",
+            required_unless_present = "token_file"
+        )]
         token: Option<String>,
         /// A file holding the join token (instead of --token).
         #[arg(long, value_name = "FILE")]
@@ -80,7 +89,15 @@ pub enum CliError {
 
 pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
     match cli.command {
-        Command::Join { server, token, token_file, ca, name, config_dir, force } => {
+        Command::Join {
+            server,
+            token,
+            token_file,
+            ca,
+            name,
+            config_dir,
+            force,
+        } => {
             let token = match (token, token_file) {
                 (Some(t), _) => t,
                 (None, Some(path)) => std::fs::read_to_string(&path)
@@ -89,7 +106,15 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
                     .to_string(),
                 (None, None) => unreachable!("clap requires one of them"),
             };
-            let joined = join(&JoinOptions { server, token, ca, name, config_dir, force }).await?;
+            let joined = join(&JoinOptions {
+                server,
+                token,
+                ca,
+                name,
+                config_dir,
+                force,
+            })
+            .await?;
             println!(
                 "joined pool {} as worker {}; identity written to {}",
                 joined.pool_name,
@@ -111,7 +136,11 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
             let identity = Identity::load(&cfg)?;
             let (report, ok) = crate::status::status(&cfg, &identity).await;
             print!("{report}");
-            Ok(if ok { ExitCode::SUCCESS } else { ExitCode::from(1) })
+            Ok(if ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
         }
     }
 }
@@ -119,7 +148,8 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
 /// SIGTERM and SIGINT ask the worker to stop (an apply in progress finishes first).
 fn spawn_signal_handler(stop: CancellationToken) -> Result<(), CliError> {
     use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).map_err(|source| CliError::Signals { source })?;
+    let mut term =
+        signal(SignalKind::terminate()).map_err(|source| CliError::Signals { source })?;
     let mut int = signal(SignalKind::interrupt()).map_err(|source| CliError::Signals { source })?;
     tokio::spawn(async move {
         tokio::select! {

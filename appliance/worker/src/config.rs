@@ -76,7 +76,11 @@ pub struct Timing {
 
 impl Default for Timing {
     fn default() -> Self {
-        Timing { heartbeat_secs: 10, poll_secs: 30, stop_grace_secs: 10 }
+        Timing {
+            heartbeat_secs: 10,
+            poll_secs: 30,
+            stop_grace_secs: 10,
+        }
     }
 }
 
@@ -103,9 +107,17 @@ pub enum ConfigError {
     /// toml's own message spans several lines with a snippet: only its first
     /// line and the position are kept.
     #[error("{path}:{line}: {message}")]
-    Parse { path: PathBuf, line: usize, message: String },
+    Parse {
+        path: PathBuf,
+        line: usize,
+        message: String,
+    },
     #[error("{path}: {field}: {reason}")]
-    Invalid { path: PathBuf, field: &'static str, reason: String },
+    Invalid {
+        path: PathBuf,
+        field: &'static str,
+        reason: String,
+    },
 }
 
 /// Host and port of a URL with the given scheme.
@@ -118,7 +130,10 @@ pub fn endpoint(url: &str, scheme: &str, default_port: u16) -> Result<(String, u
         return Err(format!("{url:?} must not carry credentials"));
     }
     let host = u.host_str().ok_or_else(|| format!("{url:?} has no host"))?;
-    let host = host.trim_start_matches('[').trim_end_matches(']').to_string();
+    let host = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_string();
     Ok((host, u.port().unwrap_or(default_port)))
 }
 
@@ -127,7 +142,10 @@ impl WorkerConfig {
     /// against `dir`.
     pub fn load(dir: &Path) -> Result<WorkerConfig, ConfigError> {
         let path = dir.join(CONFIG_FILE);
-        let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::Read { path: path.clone(), source })?;
+        let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::Read {
+            path: path.clone(),
+            source,
+        })?;
         let mut cfg = Self::parse(&path, &text)?;
         let abs = |p: &mut PathBuf| {
             if p.is_relative() {
@@ -150,15 +168,27 @@ impl WorkerConfig {
     pub fn parse(path: &Path, text: &str) -> Result<WorkerConfig, ConfigError> {
         let cfg: WorkerConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: path.to_path_buf(),
-            line: e.span().map(|s| text[..s.start.min(text.len())].lines().count().max(1)).unwrap_or(0),
-            message: e.message().lines().next().unwrap_or("invalid TOML").to_string(),
+            line: e
+                .span()
+                .map(|s| text[..s.start.min(text.len())].lines().count().max(1))
+                .unwrap_or(0),
+            message: e
+                .message()
+                .lines()
+                .next()
+                .unwrap_or("invalid TOML")
+                .to_string(),
         })?;
         cfg.validate(path)?;
         Ok(cfg)
     }
 
     fn validate(&self, path: &Path) -> Result<(), ConfigError> {
-        let invalid = |field: &'static str, reason: String| ConfigError::Invalid { path: path.to_path_buf(), field, reason };
+        let invalid = |field: &'static str, reason: String| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            field,
+            reason,
+        };
         if self.worker_id <= 0 {
             return Err(invalid("worker_id", "must be a positive id".into()));
         }
@@ -175,13 +205,22 @@ impl WorkerConfig {
         }
         let t = &self.timing;
         if !(1..=300).contains(&t.heartbeat_secs) {
-            return Err(invalid("timing.heartbeat_secs", "must be between 1 and 300".into()));
+            return Err(invalid(
+                "timing.heartbeat_secs",
+                "must be between 1 and 300".into(),
+            ));
         }
         if !(1..=3600).contains(&t.poll_secs) {
-            return Err(invalid("timing.poll_secs", "must be between 1 and 3600".into()));
+            return Err(invalid(
+                "timing.poll_secs",
+                "must be between 1 and 3600".into(),
+            ));
         }
         if !(1..=600).contains(&t.stop_grace_secs) {
-            return Err(invalid("timing.stop_grace_secs", "must be between 1 and 600".into()));
+            return Err(invalid(
+                "timing.stop_grace_secs",
+                "must be between 1 and 600".into(),
+            ));
         }
         Ok(())
     }
@@ -216,7 +255,10 @@ mod tests {
     #[test]
     fn round_trips_through_toml() {
         let c = sample();
-        assert_eq!(WorkerConfig::parse(Path::new("w.toml"), &c.to_toml()).unwrap(), c);
+        assert_eq!(
+            WorkerConfig::parse(Path::new("w.toml"), &c.to_toml()).unwrap(),
+            c
+        );
     }
 
     #[test]
@@ -228,20 +270,34 @@ mod tests {
         assert!(e.contains("surprise"), "{e}");
         assert!(!e.contains('\n'), "{e}");
 
-        let bad = sample().to_toml().replace("https://appliance.example:1983", "http://appliance.example:1983");
+        let bad = sample().to_toml().replace(
+            "https://appliance.example:1983",
+            "http://appliance.example:1983",
+        );
         let e = WorkerConfig::parse(p, &bad).unwrap_err().to_string();
         assert!(e.contains("server_url") && e.contains("https://"), "{e}");
 
-        let bad = sample().to_toml().replace("worker_id = 4", "worker_id = -1");
-        assert!(WorkerConfig::parse(p, &bad).unwrap_err().to_string().contains("worker_id"));
+        let bad = sample()
+            .to_toml()
+            .replace("worker_id = 4", "worker_id = -1");
+        assert!(
+            WorkerConfig::parse(p, &bad)
+                .unwrap_err()
+                .to_string()
+                .contains("worker_id")
+        );
 
-        let bad = sample().to_toml().replace("worker_id = 4", "worker_id = \"four\"");
+        let bad = sample()
+            .to_toml()
+            .replace("worker_id = 4", "worker_id = \"four\"");
         let e = WorkerConfig::parse(p, &bad).unwrap_err().to_string();
         assert!(!e.contains('\n'), "{e}");
 
         let mut c = sample();
         c.timing.heartbeat_secs = 0;
-        let e = WorkerConfig::parse(p, &c.to_toml()).unwrap_err().to_string();
+        let e = WorkerConfig::parse(p, &c.to_toml())
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("timing.heartbeat_secs"), "{e}");
     }
 
@@ -256,8 +312,14 @@ mod tests {
 
     #[test]
     fn endpoints_need_their_scheme_and_no_credentials() {
-        assert_eq!(endpoint("https://h:1983", "https", 1983).unwrap(), ("h".into(), 1983));
-        assert_eq!(endpoint("mqtts://[::1]", "mqtts", 1984).unwrap(), ("::1".into(), 1984));
+        assert_eq!(
+            endpoint("https://h:1983", "https", 1983).unwrap(),
+            ("h".into(), 1983)
+        );
+        assert_eq!(
+            endpoint("mqtts://[::1]", "mqtts", 1984).unwrap(),
+            ("::1".into(), 1984)
+        );
         assert!(endpoint("https://u:p@h", "https", 1).is_err());
         assert!(endpoint("mqtt://h", "mqtts", 1).is_err());
         assert!(endpoint("not a url", "https", 1).is_err());

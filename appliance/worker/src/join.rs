@@ -97,10 +97,21 @@ pub fn hostname() -> String {
 
 pub async fn join(opts: &JoinOptions) -> Result<Joined, JoinError> {
     let server = opts.server.trim_end_matches('/').to_string();
-    config::endpoint(&server, "https", 1983).map_err(|reason| JoinError::BadServer { url: server.clone(), reason })?;
-    let ca_pem = std::fs::read(&opts.ca)
-        .map_err(|source| JoinError::BadCa { path: opts.ca.clone(), source: hangar_certs::CertError::Read { path: opts.ca.clone(), source } })?;
-    let roots = hangar_certs::tls::roots_from_pem(&ca_pem).map_err(|source| JoinError::BadCa { path: opts.ca.clone(), source })?;
+    config::endpoint(&server, "https", 1983).map_err(|reason| JoinError::BadServer {
+        url: server.clone(),
+        reason,
+    })?;
+    let ca_pem = std::fs::read(&opts.ca).map_err(|source| JoinError::BadCa {
+        path: opts.ca.clone(),
+        source: hangar_certs::CertError::Read {
+            path: opts.ca.clone(),
+            source,
+        },
+    })?;
+    let roots = hangar_certs::tls::roots_from_pem(&ca_pem).map_err(|source| JoinError::BadCa {
+        path: opts.ca.clone(),
+        source,
+    })?;
 
     let dir = &opts.config_dir;
     refuse_existing(dir, opts.force)?;
@@ -108,7 +119,8 @@ pub async fn join(opts: &JoinOptions) -> Result<Joined, JoinError> {
     prepare_dir(dir)?;
 
     let name = opts.name.clone().unwrap_or_else(hostname);
-    let (key_pem, csr_pem) = hangar_certs::worker_csr(&name).map_err(|source| JoinError::Csr { source })?;
+    let (key_pem, csr_pem) =
+        hangar_certs::worker_csr(&name).map_err(|source| JoinError::Csr { source })?;
     let request = JoinRequest {
         token: opts.token.clone(),
         name: name.clone(),
@@ -120,7 +132,10 @@ pub async fn join(opts: &JoinOptions) -> Result<Joined, JoinError> {
             version: env!("CARGO_PKG_VERSION").into(),
         },
     };
-    let tls = hangar_certs::tls::client_config(roots, None).map_err(|source| JoinError::BadCa { path: opts.ca.clone(), source })?;
+    let tls = hangar_certs::tls::client_config(roots, None).map_err(|source| JoinError::BadCa {
+        path: opts.ca.clone(),
+        source,
+    })?;
     let http = api::https_client(tls)?;
     let url = format!("{server}/api/v1/workers/join");
     let resp = http
@@ -131,18 +146,35 @@ pub async fn join(opts: &JoinOptions) -> Result<Joined, JoinError> {
         .await
         .map_err(|source| {
             if is_tls_failure(&source) {
-                JoinError::Tls { url: server.clone(), ca: opts.ca.clone(), source }
+                JoinError::Tls {
+                    url: server.clone(),
+                    ca: opts.ca.clone(),
+                    source,
+                }
             } else {
-                JoinError::Unreachable { url: server.clone(), source }
+                JoinError::Unreachable {
+                    url: server.clone(),
+                    source,
+                }
             }
         })?;
     let status = resp.status();
-    let body = resp.bytes().await.map_err(|source| JoinError::Unreachable { url: server.clone(), source })?;
+    let body = resp
+        .bytes()
+        .await
+        .map_err(|source| JoinError::Unreachable {
+            url: server.clone(),
+            source,
+        })?;
     if !status.is_success() {
-        return Err(JoinError::Refused { status: status.as_u16(), reason: api::server_reason(&body) });
+        return Err(JoinError::Refused {
+            status: status.as_u16(),
+            reason: api::server_reason(&body),
+        });
     }
-    let answer: JoinResponse =
-        serde_json::from_slice(&body).map_err(|e| JoinError::BadAnswer { reason: format!("not a join response ({e})") })?;
+    let answer: JoinResponse = serde_json::from_slice(&body).map_err(|e| JoinError::BadAnswer {
+        reason: format!("not a join response ({e})"),
+    })?;
     check_answer(&answer, &key_pem, &ca_pem)?;
 
     let paths = IdentityPaths::default();
@@ -152,15 +184,29 @@ pub async fn join(opts: &JoinOptions) -> Result<Joined, JoinError> {
         ca_pem.clone()
     };
     write(dir, &paths.key, key_pem.as_bytes(), true)?;
-    write(dir, &paths.certificate, answer.certificate_pem.as_bytes(), false)?;
+    write(
+        dir,
+        &paths.certificate,
+        answer.certificate_pem.as_bytes(),
+        false,
+    )?;
     write(dir, &paths.ca, &ca_out, false)?;
-    write(dir, &paths.token, format!("{}\n", answer.worker_token).as_bytes(), true)?;
+    write(
+        dir,
+        &paths.token,
+        format!("{}\n", answer.worker_token).as_bytes(),
+        true,
+    )?;
     let cfg = WorkerConfig {
         worker_id: answer.worker_id,
         name,
         pool_id: answer.pool_id,
         pool_name: answer.pool_name.clone(),
-        server_url: if answer.server_url.is_empty() { server.clone() } else { answer.server_url.clone() },
+        server_url: if answer.server_url.is_empty() {
+            server.clone()
+        } else {
+            answer.server_url.clone()
+        },
         broker_url: answer.broker_url.clone(),
         paths,
         work_dir: PathBuf::from("/var/lib/hangar-worker/work"),
@@ -169,8 +215,17 @@ pub async fn join(opts: &JoinOptions) -> Result<Joined, JoinError> {
         timing: Timing::default(),
     };
     // Written last: its presence marks a complete identity.
-    write(dir, Path::new(config::CONFIG_FILE), cfg.to_toml().as_bytes(), false)?;
-    Ok(Joined { worker_id: answer.worker_id, pool_name: answer.pool_name, config_dir: dir.clone() })
+    write(
+        dir,
+        Path::new(config::CONFIG_FILE),
+        cfg.to_toml().as_bytes(),
+        false,
+    )?;
+    Ok(Joined {
+        worker_id: answer.worker_id,
+        pool_name: answer.pool_name,
+        config_dir: dir.clone(),
+    })
 }
 
 fn refuse_existing(dir: &Path, force: bool) -> Result<(), JoinError> {
@@ -185,7 +240,10 @@ fn refuse_existing(dir: &Path, force: bool) -> Result<(), JoinError> {
             .and_then(|t| WorkerConfig::parse(&cfg, &t).ok())
             .map(|c| format!("{} ({})", c.worker_id, c.name))
             .unwrap_or_else(|| "(incomplete)".into());
-        return Err(JoinError::Exists { dir: dir.to_path_buf(), worker });
+        return Err(JoinError::Exists {
+            dir: dir.to_path_buf(),
+            worker,
+        });
     }
     Ok(())
 }
@@ -196,7 +254,11 @@ fn prepare_dir(dir: &Path) -> Result<(), JoinError> {
         let path = path.to_path_buf();
         move |source| JoinError::Write { path, source }
     };
-    std::fs::DirBuilder::new().recursive(true).mode(0o755).create(dir).map_err(werr(dir))?;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o755)
+        .create(dir)
+        .map_err(werr(dir))?;
     let probe = dir.join(format!(".join-probe-{}", std::process::id()));
     std::fs::write(&probe, b"").map_err(werr(dir))?;
     std::fs::remove_file(&probe).map_err(werr(dir))?;
@@ -212,7 +274,10 @@ fn write(dir: &Path, name: &Path, contents: &[u8], private: bool) -> Result<(), 
     };
     r.map_err(|e| match e {
         hangar_certs::CertError::Write { path, source } => JoinError::Write { path, source },
-        other => JoinError::Write { path: path.clone(), source: std::io::Error::other(other.to_string()) },
+        other => JoinError::Write {
+            path: path.clone(),
+            source: std::io::Error::other(other.to_string()),
+        },
     })
 }
 
@@ -226,20 +291,27 @@ fn check_answer(a: &JoinResponse, key_pem: &str, ca_pem: &[u8]) -> Result<(), Jo
     }
     config::endpoint(&a.broker_url, "mqtts", 1984).map_err(|r| bad(format!("broker_url: {r}")))?;
     if !a.server_url.is_empty() {
-        config::endpoint(&a.server_url, "https", 1983).map_err(|r| bad(format!("server_url: {r}")))?;
+        config::endpoint(&a.server_url, "https", 1983)
+            .map_err(|r| bad(format!("server_url: {r}")))?;
     }
     // The certificate must be for this key and chain to the trusted CA: a
     // client configuration over them is built the way `run` builds it.
-    let chain = hangar_certs::tls::parse_certs(a.certificate_pem.as_bytes()).ok_or_else(|| bad("no certificate".into()))?;
+    let chain = hangar_certs::tls::parse_certs(a.certificate_pem.as_bytes())
+        .ok_or_else(|| bad("no certificate".into()))?;
     let key = {
         use rustls::pki_types::PrivateKeyDer;
         use rustls::pki_types::pem::PemObject;
-        PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|_| bad("own key unreadable".into()))?
+        PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
+            .map_err(|_| bad("own key unreadable".into()))?
     };
     let roots = hangar_certs::tls::roots_from_pem(ca_pem).map_err(|e| bad(e.to_string()))?;
     hangar_certs::tls::client_config(roots.clone(), Some((chain.clone(), key)))
         .map_err(|_| bad("the certificate is not for this worker's key".into()))?;
-    verify_chain(&chain, roots).map_err(|e| bad(format!("the certificate does not chain to the trusted CA ({e})")))?;
+    verify_chain(&chain, roots).map_err(|e| {
+        bad(format!(
+            "the certificate does not chain to the trusted CA ({e})"
+        ))
+    })?;
     Ok(())
 }
 
@@ -247,11 +319,18 @@ fn verify_chain(
     chain: &[rustls::pki_types::CertificateDer<'static>],
     roots: std::sync::Arc<rustls::RootCertStore>,
 ) -> Result<(), rustls::Error> {
-    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(roots, hangar_certs::tls::provider())
-        .build()
-        .map_err(|e| rustls::Error::General(e.to_string()))?;
-    let (end, rest) = chain.split_first().ok_or(rustls::Error::NoCertificatesPresented)?;
-    verifier.verify_client_cert(end, rest, rustls::pki_types::UnixTime::now()).map(|_| ())
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        roots,
+        hangar_certs::tls::provider(),
+    )
+    .build()
+    .map_err(|e| rustls::Error::General(e.to_string()))?;
+    let (end, rest) = chain
+        .split_first()
+        .ok_or(rustls::Error::NoCertificatesPresented)?;
+    verifier
+        .verify_client_cert(end, rest, rustls::pki_types::UnixTime::now())
+        .map(|_| ())
 }
 
 /// Whether a request failed in the TLS handshake (untrusted or mismatched
@@ -264,12 +343,17 @@ fn is_tls_failure(e: &reqwest::Error) -> bool {
             return true;
         }
         if let Some(io) = c.downcast_ref::<std::io::Error>()
-            && io.get_ref().is_some_and(|inner| inner.is::<rustls::Error>())
+            && io
+                .get_ref()
+                .is_some_and(|inner| inner.is::<rustls::Error>())
         {
             return true;
         }
         let text = c.to_string();
-        if text.contains("peer certificate") || text.contains("handshake") || text.contains("received fatal alert") {
+        if text.contains("peer certificate")
+            || text.contains("handshake")
+            || text.contains("received fatal alert")
+        {
             return true;
         }
         cur = c.source();

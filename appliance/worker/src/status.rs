@@ -13,12 +13,20 @@ use crate::identity::Identity;
 /// The report, and whether both ends were reachable.
 pub async fn status(cfg: &WorkerConfig, identity: &Identity) -> (String, bool) {
     let mut out = String::new();
-    let _ = writeln!(out, "worker   {} ({}) in pool {} ({})", cfg.worker_id, cfg.name, cfg.pool_id, cfg.pool_name);
+    let _ = writeln!(
+        out,
+        "worker   {} ({}) in pool {} ({})",
+        cfg.worker_id, cfg.name, cfg.pool_id, cfg.pool_name
+    );
     match hangar_certs::inspect_pem(&identity.certificate_pem) {
         Ok(info) => {
             let cn = info.common_name.unwrap_or_default();
             let o = info.organization.unwrap_or_default();
-            let _ = writeln!(out, "cert     CN={cn} O={o} serial {} valid until {}", info.serial_hex, info.not_after);
+            let _ = writeln!(
+                out,
+                "cert     CN={cn} O={o} serial {} valid until {}",
+                info.serial_hex, info.not_after
+            );
         }
         Err(e) => {
             let _ = writeln!(out, "cert     unreadable: {}", error_line(&e));
@@ -31,12 +39,22 @@ pub async fn status(cfg: &WorkerConfig, identity: &Identity) -> (String, bool) {
                 true
             }
             Err(e) => {
-                let _ = writeln!(out, "server   {} unreachable: {}", cfg.server_url, error_line(&e));
+                let _ = writeln!(
+                    out,
+                    "server   {} unreachable: {}",
+                    cfg.server_url,
+                    error_line(&e)
+                );
                 false
             }
         },
         Err(e) => {
-            let _ = writeln!(out, "server   {} unusable: {}", cfg.server_url, error_line(&e));
+            let _ = writeln!(
+                out,
+                "server   {} unusable: {}",
+                cfg.server_url,
+                error_line(&e)
+            );
             false
         }
     };

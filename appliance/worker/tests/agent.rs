@@ -18,8 +18,8 @@ use hangar_broker::{Broker, BrokerConfig, BrokerHandle, BrokerLimits};
 use hangar_certs::{CaOptions, CertStore, LeafRequest, Usage};
 use hangar_testkit::{ChildProcess, GitServer, PgServer, TestDir, wait_for};
 use hangar_types::worker::{
-    EnvVar, Heartbeat, HeartbeatReply, Notification, PresignedUrl, RunAssignment, RunStatus, StackSpec, StateReport,
-    ToolSpec, WorkerStatus,
+    EnvVar, Heartbeat, HeartbeatReply, Notification, PresignedUrl, RunAssignment, RunStatus,
+    StackSpec, StateReport, ToolSpec, WorkerStatus,
 };
 use hangar_types::{RunKind, RunState, Tool};
 use http_body_util::{BodyExt, Full};
@@ -77,11 +77,20 @@ struct Appliance {
 
 impl Appliance {
     fn state(&self, run: i64) -> Option<RunState> {
-        self.runs.lock().unwrap().get(&run).and_then(|h| h.last().map(|(s, _)| *s))
+        self.runs
+            .lock()
+            .unwrap()
+            .get(&run)
+            .and_then(|h| h.last().map(|(s, _)| *s))
     }
 
     fn history(&self, run: i64) -> Vec<RunState> {
-        self.runs.lock().unwrap().get(&run).map(|h| h.iter().map(|(s, _)| *s).collect()).unwrap_or_default()
+        self.runs
+            .lock()
+            .unwrap()
+            .get(&run)
+            .map(|h| h.iter().map(|(s, _)| *s).collect())
+            .unwrap_or_default()
     }
 
     fn note(&self, run: i64) -> String {
@@ -102,25 +111,50 @@ impl Appliance {
     }
 
     fn enqueue(&self, a: RunAssignment) {
-        self.runs.lock().unwrap().insert(a.run_id, vec![(RunState::Ready, "queued".into())]);
+        self.runs
+            .lock()
+            .unwrap()
+            .insert(a.run_id, vec![(RunState::Ready, "queued".into())]);
         self.queue.lock().unwrap().push_back(a);
     }
 
     fn log_text(&self, run: i64, phase: &str) -> String {
         let logs = self.logs.lock().unwrap();
-        let chunks: Vec<(u64, &Vec<u8>)> =
-            logs.iter().filter(|((r, p, _), _)| *r == run && p == phase).map(|((_, _, s), d)| (*s, d)).collect();
+        let chunks: Vec<(u64, &Vec<u8>)> = logs
+            .iter()
+            .filter(|((r, p, _), _)| *r == run && p == phase)
+            .map(|((_, _, s), d)| (*s, d))
+            .collect();
         for (i, (seq, _)) in chunks.iter().enumerate() {
-            assert_eq!(*seq, i as u64, "{phase} chunks are numbered from 0 without gaps");
+            assert_eq!(
+                *seq, i as u64,
+                "{phase} chunks are numbered from 0 without gaps"
+            );
         }
-        chunks.iter().map(|(_, d)| String::from_utf8_lossy(d).into_owned()).collect()
+        chunks
+            .iter()
+            .map(|(_, d)| String::from_utf8_lossy(d).into_owned())
+            .collect()
     }
 
     fn all_logs(&self) -> String {
-        self.logs.lock().unwrap().values().map(|d| String::from_utf8_lossy(d).into_owned()).collect()
+        self.logs
+            .lock()
+            .unwrap()
+            .values()
+            .map(|d| String::from_utf8_lossy(d).into_owned())
+            .collect()
     }
 
-    fn answer(&self, method: &str, path: &str, auth: Option<&str>, has_cert: bool, body: &[u8], base: &str) -> (u16, Vec<u8>) {
+    fn answer(
+        &self,
+        method: &str,
+        path: &str,
+        auth: Option<&str>,
+        has_cert: bool,
+        body: &[u8],
+        base: &str,
+    ) -> (u16, Vec<u8>) {
         let json = |v: &dyn erased::Json| (200u16, v.to_json());
         let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
         match (method, parts.as_slice()) {
@@ -128,8 +162,14 @@ impl Appliance {
             (_, ["state", "v1", _stack]) => return self.state_backend(method, auth, body),
             // The provider mirror holds nothing here.
             ("GET", ["v1", "providers", ..]) => {
-                self.mirror_requests.lock().unwrap().push((path.to_string(), auth.map(String::from)));
-                return (404, br#"{"errors":["no such provider in the mirror"]}"#.to_vec());
+                self.mirror_requests
+                    .lock()
+                    .unwrap()
+                    .push((path.to_string(), auth.map(String::from)));
+                return (
+                    404,
+                    br#"{"errors":["no such provider in the mirror"]}"#.to_vec(),
+                );
             }
             // The object store: the pre-signed URL is the credential.
             ("PUT", ["upload", name]) => {
@@ -171,23 +211,35 @@ impl Appliance {
             }
             ("GET", ["api", "v1", "worker", "runs", id]) => {
                 let run: i64 = id.parse().unwrap();
-                json(&RunStatus { run_id: run, state: self.state(run).unwrap(), failure_reason: None })
+                json(&RunStatus {
+                    run_id: run,
+                    state: self.state(run).unwrap(),
+                    failure_reason: None,
+                })
             }
             ("POST", ["api", "v1", "worker", "runs", id, "state"]) => {
                 let run: i64 = id.parse().unwrap();
                 let r: StateReport = serde_json::from_slice(body).unwrap();
                 let ok = self.set(run, r.to, &r.note);
-                let status = RunStatus { run_id: run, state: self.state(run).unwrap(), failure_reason: None };
-                (if ok { 200 } else { 409 }, serde_json::to_vec(&status).unwrap())
+                let status = RunStatus {
+                    run_id: run,
+                    state: self.state(run).unwrap(),
+                    failure_reason: None,
+                };
+                (
+                    if ok { 200 } else { 409 },
+                    serde_json::to_vec(&status).unwrap(),
+                )
             }
             ("POST", ["api", "v1", "worker", "runs", id, "logs", phase, seq]) => {
                 let key = (id.parse().unwrap(), phase.to_string(), seq.parse().unwrap());
                 self.logs.lock().unwrap().insert(key, body.to_vec());
                 (204, vec![])
             }
-            ("POST", ["api", "v1", "worker", "runs", id, "plan"]) => {
-                json(&PresignedUrl { url: format!("{base}/upload/plan-{id}?X-Signature=abc"), expires_in_secs: 600 })
-            }
+            ("POST", ["api", "v1", "worker", "runs", id, "plan"]) => json(&PresignedUrl {
+                url: format!("{base}/upload/plan-{id}?X-Signature=abc"),
+                expires_in_secs: 600,
+            }),
             _ => (404, br#"{"error":"no such route"}"#.to_vec()),
         }
     }
@@ -266,10 +318,13 @@ impl Env {
             None => "127.0.0.1".parse().unwrap(),
         };
         let pg = PgServer::start().await;
-        hangar_db::migrate::run_pending(&pg.database()).await.expect("migrate");
+        hangar_db::migrate::run_pending(&pg.database())
+            .await
+            .expect("migrate");
         let pool = pg.database().pool(Some(4)).expect("pool");
         let dir = TestDir::new(label);
-        let pki = CertStore::open_or_create(&dir.path().join("pki"), &CaOptions::default()).expect("test CA");
+        let pki = CertStore::open_or_create(&dir.path().join("pki"), &CaOptions::default())
+            .expect("test CA");
         let host_name = host.to_string();
         pki.ensure(
             "appliance",
@@ -284,18 +339,24 @@ impl Env {
             ca_file: pki.ca_cert_path(),
             limits: BrokerLimits::default(),
         };
-        let broker = Broker::start(broker_config.clone(), pg.database(), pool.clone()).await.expect("start the broker");
+        let broker = Broker::start(broker_config.clone(), pg.database(), pool.clone())
+            .await
+            .expect("start the broker");
         // A restarted broker comes back on the same port.
         broker_config.listen = broker.local_addr();
-        wait_for("the broker bridge", SOON, || async { broker.status().await.bridge.then_some(()) }).await;
+        wait_for("the broker bridge", SOON, || async {
+            broker.status().await.bridge.then_some(())
+        })
+        .await;
 
         // A pool and a worker as joining makes them.
         let mut c = pool.get().await.unwrap();
-        let pool_id = diesel::sql_query("INSERT INTO worker_pools (name) VALUES ('builders') RETURNING id")
-            .get_result::<Id>(&mut c)
-            .await
-            .unwrap()
-            .id;
+        let pool_id =
+            diesel::sql_query("INSERT INTO worker_pools (name) VALUES ('builders') RETURNING id")
+                .get_result::<Id>(&mut c)
+                .await
+                .unwrap()
+                .id;
         let worker_id = diesel::sql_query(
             "INSERT INTO workers (pool_id, name, pool_generation, cert_serial, cert_not_after) \
              VALUES ($1, 'host-a', 1, 'pending', now() + interval '1 day') RETURNING id",
@@ -327,14 +388,23 @@ impl Env {
         let worker_token = token.token.expose().to_string();
 
         let tool = std::fs::read(hangar_testkit::terraform::terraform()).unwrap();
-        let app = Arc::new(Appliance { worker_token: worker_token.clone(), tool, ..Default::default() });
+        let app = Arc::new(Appliance {
+            worker_token: worker_token.clone(),
+            tool,
+            ..Default::default()
+        });
         let addr = serve(app.clone(), &pki, host).await;
 
         let config_dir = dir.subdir("etc");
         std::fs::write(config_dir.join("worker.crt"), &issued.cert_pem).unwrap();
-        hangar_certs::write_private_file(&config_dir.join("worker.key"), issued.key_pem.unwrap().as_bytes()).unwrap();
+        hangar_certs::write_private_file(
+            &config_dir.join("worker.key"),
+            issued.key_pem.unwrap().as_bytes(),
+        )
+        .unwrap();
         std::fs::copy(pki.ca_cert_path(), config_dir.join("ca.crt")).unwrap();
-        hangar_certs::write_private_file(&config_dir.join("token"), worker_token.as_bytes()).unwrap();
+        hangar_certs::write_private_file(&config_dir.join("token"), worker_token.as_bytes())
+            .unwrap();
         let toml = format!(
             "worker_id = {worker_id}\nname = \"host-a\"\npool_id = {pool_id}\npool_name = \"builders\"\n\
              server_url = \"https://{host}:{}\"\nbroker_url = \"mqtts://{host}:{}\"\n\
@@ -384,13 +454,26 @@ impl Env {
         RunAssignment {
             run_id,
             kind,
-            stack: StackSpec { id: 1, slug: "net".into(), repository: self.repo_url.clone(), project_root: "infra".into() },
+            stack: StackSpec {
+                id: 1,
+                slug: "net".into(),
+                repository: self.repo_url.clone(),
+                project_root: "infra".into(),
+            },
             commit_sha: self.sha.clone(),
             branch: "main".into(),
             command: None,
             env: vec![
-                EnvVar { name: "TF_VAR_greeting".into(), value: "hi".into(), secret: false },
-                EnvVar { name: "TF_VAR_secret".into(), value: SECRET.into(), secret: true },
+                EnvVar {
+                    name: "TF_VAR_greeting".into(),
+                    value: "hi".into(),
+                    secret: false,
+                },
+                EnvVar {
+                    name: "TF_VAR_secret".into(),
+                    value: SECRET.into(),
+                    secret: true,
+                },
             ],
             run_token: format!("hrt_{run_id}_run_token_value"),
             state_url: format!("{base}/state/v1/net"),
@@ -411,13 +494,18 @@ impl Env {
             Some(ns) => ns.command(env!("CARGO_BIN_EXE_hangar-worker")),
             None => std::process::Command::new(env!("CARGO_BIN_EXE_hangar-worker")),
         };
-        cmd.args(["run", "--config-dir"]).arg(&self.config_dir).env("HANGAR_LOG", "info,hangar_worker=debug");
+        cmd.args(["run", "--config-dir"])
+            .arg(&self.config_dir)
+            .env("HANGAR_LOG", "info,hangar_worker=debug");
         ChildProcess::spawn(cmd, "hangar-worker", self.dir.path())
     }
 
     async fn wait_state(&self, run: i64, state: RunState, worker: &ChildProcess) {
         let app = self.app.clone();
-        let what = format!("run {run} to be {state} (worker log: {})", worker.log_path().display());
+        let what = format!(
+            "run {run} to be {state} (worker log: {})",
+            worker.log_path().display()
+        );
         wait_for(&what, SOON, || {
             let app = app.clone();
             async move { (app.state(run) == Some(state)).then_some(()) }
@@ -426,8 +514,10 @@ impl Env {
     }
 
     async fn wait_connected(&self) {
-        wait_for("the worker to connect to the broker", SOON, || async { (self.broker.connections() >= 1).then_some(()) })
-            .await;
+        wait_for("the worker to connect to the broker", SOON, || async {
+            (self.broker.connections() >= 1).then_some(())
+        })
+        .await;
         let app = self.app.clone();
         wait_for("a heartbeat", SOON, || {
             let app = app.clone();
@@ -438,7 +528,13 @@ impl Env {
 
     /// Publishes `n` every half second until `done` holds: a notification sent
     /// before the worker's subscription is in place is lost, as in production.
-    async fn notify_until(&self, n: Notification, to_pool: bool, what: &str, done: impl Fn(&Appliance) -> bool) {
+    async fn notify_until(
+        &self,
+        n: Notification,
+        to_pool: bool,
+        what: &str,
+        done: impl Fn(&Appliance) -> bool,
+    ) {
         let app = self.app.clone();
         let broker = self.broker.clone();
         let (pool, worker) = (self.pool_id, self.worker_id);
@@ -449,7 +545,11 @@ impl Env {
                 if done(&app) {
                     return Some(());
                 }
-                let _ = if to_pool { broker.publish_to_pool(pool, &n).await } else { broker.publish_to_worker(worker, &n).await };
+                let _ = if to_pool {
+                    broker.publish_to_pool(pool, &n).await
+                } else {
+                    broker.publish_to_worker(worker, &n).await
+                };
                 tokio::time::sleep(Duration::from_millis(500)).await;
                 None
             }
@@ -461,9 +561,13 @@ impl Env {
     async fn restart_broker(&mut self) {
         self.broker.shutdown();
         self.broker.wait().await;
-        self.broker = Broker::start(self.broker_config.clone(), self.pg.database(), self.db_pool.clone())
-            .await
-            .expect("restart the broker");
+        self.broker = Broker::start(
+            self.broker_config.clone(),
+            self.pg.database(),
+            self.db_pool.clone(),
+        )
+        .await
+        .expect("restart the broker");
         let broker = self.broker.clone();
         wait_for("the new broker's bridge", SOON, || {
             let broker = broker.clone();
@@ -479,40 +583,72 @@ async fn serve(app: Arc<Appliance>, pki: &CertStore, host: std::net::IpAddr) -> 
     let chain = hangar_certs::tls::load_certs(&pki.cert_path("appliance")).unwrap();
     let key = hangar_certs::tls::load_key(&pki.key_path("appliance")).unwrap();
     let roots = hangar_certs::tls::roots_from_pem(pki.ca().cert_pem().as_bytes()).unwrap();
-    let tls = hangar_certs::tls::server_config(chain, key, hangar_certs::tls::ClientAuth::Optional(roots)).unwrap();
+    let tls = hangar_certs::tls::server_config(
+        chain,
+        key,
+        hangar_certs::tls::ClientAuth::Optional(roots),
+    )
+    .unwrap();
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
-    let listener = tokio::net::TcpListener::bind(SocketAddr::new(host, 0)).await.unwrap();
+    let listener = tokio::net::TcpListener::bind(SocketAddr::new(host, 0))
+        .await
+        .unwrap();
     let addr = listener.local_addr().unwrap();
     let base = format!("https://{host}:{}", addr.port());
     tokio::spawn(async move {
         loop {
-            let Ok((tcp, _)) = listener.accept().await else { return };
+            let Ok((tcp, _)) = listener.accept().await else {
+                return;
+            };
             let (acceptor, app, base) = (acceptor.clone(), app.clone(), base.clone());
             tokio::spawn(async move {
-                let Ok(tls) = acceptor.accept(tcp).await else { return };
-                let has_cert = tls.get_ref().1.peer_certificates().is_some_and(|c| !c.is_empty());
-                let svc = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                    let (app, base) = (app.clone(), base.clone());
-                    async move {
-                        let method = req.method().to_string();
-                        let path = req.uri().path().to_string();
-                        let auth = req.headers().get("authorization").and_then(|v| v.to_str().ok()).map(String::from);
-                        let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
-                        if method == "POST" && path.starts_with("/state/") {
-                            let delay = *app.state_write_delay.lock().unwrap();
-                            tokio::time::sleep(delay).await;
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let has_cert = tls
+                    .get_ref()
+                    .1
+                    .peer_certificates()
+                    .is_some_and(|c| !c.is_empty());
+                let svc = hyper::service::service_fn(
+                    move |req: hyper::Request<hyper::body::Incoming>| {
+                        let (app, base) = (app.clone(), base.clone());
+                        async move {
+                            let method = req.method().to_string();
+                            let path = req.uri().path().to_string();
+                            let auth = req
+                                .headers()
+                                .get("authorization")
+                                .and_then(|v| v.to_str().ok())
+                                .map(String::from);
+                            let body = req
+                                .into_body()
+                                .collect()
+                                .await
+                                .map(|b| b.to_bytes())
+                                .unwrap_or_default();
+                            if method == "POST" && path.starts_with("/state/") {
+                                let delay = *app.state_write_delay.lock().unwrap();
+                                tokio::time::sleep(delay).await;
+                            }
+                            let (status, body) =
+                                app.answer(&method, &path, auth.as_deref(), has_cert, &body, &base);
+                            let mut r = hyper::Response::new(Full::new(Bytes::from(body)));
+                            *r.status_mut() = hyper::StatusCode::from_u16(status).unwrap();
+                            if path.starts_with("/v1/tools/") && status == 200 {
+                                r.headers_mut().insert(
+                                    "x-hangar-sha256",
+                                    hangar_testkit::terraform::SHA256.parse().unwrap(),
+                                );
+                            }
+                            Ok::<_, std::convert::Infallible>(r)
                         }
-                        let (status, body) = app.answer(&method, &path, auth.as_deref(), has_cert, &body, &base);
-                        let mut r = hyper::Response::new(Full::new(Bytes::from(body)));
-                        *r.status_mut() = hyper::StatusCode::from_u16(status).unwrap();
-                        if path.starts_with("/v1/tools/") && status == 200 {
-                            r.headers_mut().insert("x-hangar-sha256", hangar_testkit::terraform::SHA256.parse().unwrap());
-                        }
-                        Ok::<_, std::convert::Infallible>(r)
-                    }
-                });
+                    },
+                );
                 let io = hyper_util::rt::TokioIo::new(tls);
-                let _ = hyper::server::conn::http1::Builder::new().serve_connection(io, svc).await;
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(io, svc)
+                    .await;
             });
         }
     });
@@ -529,17 +665,27 @@ struct NetNs {
 }
 
 fn ip(args: &[&str]) -> Result<(), String> {
-    let out = std::process::Command::new("ip").args(args).output().map_err(|e| format!("ip: {e}"))?;
+    let out = std::process::Command::new("ip")
+        .args(args)
+        .output()
+        .map_err(|e| format!("ip: {e}"))?;
     if out.status.success() {
         Ok(())
     } else {
-        Err(format!("ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim()))
+        Err(format!(
+            "ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
     }
 }
 
 impl NetNs {
     fn create() -> NetNs {
-        let used = std::process::Command::new("ip").args(["-o", "-4", "addr", "show"]).output().expect("ip addr");
+        let used = std::process::Command::new("ip")
+            .args(["-o", "-4", "addr", "show"])
+            .output()
+            .expect("ip addr");
         let used = String::from_utf8_lossy(&used.stdout).into_owned();
         let pid = std::process::id();
         for attempt in 0..64u32 {
@@ -553,14 +699,28 @@ impl NetNs {
             let ns_addr = std::net::Ipv4Addr::new(10, 213, b, c + 2);
             let name = format!("hgw{pid}x{attempt}");
             let (host_if, ns_if) = (format!("hw{n}a"), format!("hw{n}b"));
-            let ns = NetNs { name: name.clone(), host_addr, ns_addr };
+            let ns = NetNs {
+                name: name.clone(),
+                host_addr,
+                ns_addr,
+            };
             let made = (|| {
                 ip(&["netns", "add", &name])?;
-                ip(&["link", "add", &host_if, "type", "veth", "peer", "name", &ns_if])?;
+                ip(&[
+                    "link", "add", &host_if, "type", "veth", "peer", "name", &ns_if,
+                ])?;
                 ip(&["link", "set", &ns_if, "netns", &name])?;
                 ip(&["addr", "add", &format!("{host_addr}/30"), "dev", &host_if])?;
                 ip(&["link", "set", &host_if, "up"])?;
-                ip(&["-n", &name, "addr", "add", &format!("{ns_addr}/30"), "dev", &ns_if])?;
+                ip(&[
+                    "-n",
+                    &name,
+                    "addr",
+                    "add",
+                    &format!("{ns_addr}/30"),
+                    "dev",
+                    &ns_if,
+                ])?;
                 ip(&["-n", &name, "link", "set", &ns_if, "up"])?;
                 ip(&["-n", &name, "link", "set", "lo", "up"])
             })();
@@ -569,7 +729,9 @@ impl NetNs {
                 Err(e) => {
                     let _ = ip(&["link", "del", &host_if]);
                     drop(ns);
-                    panic!("cannot make a network namespace (tests run as root with iproute2): {e}");
+                    panic!(
+                        "cannot make a network namespace (tests run as root with iproute2): {e}"
+                    );
                 }
             }
         }
@@ -584,7 +746,11 @@ impl NetNs {
     }
 
     fn run(&self, args: &[&str]) -> String {
-        let out = std::process::Command::new("ip").args(["netns", "exec", &self.name]).args(args).output().unwrap();
+        let out = std::process::Command::new("ip")
+            .args(["netns", "exec", &self.name])
+            .args(args)
+            .output()
+            .unwrap();
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 }
@@ -598,11 +764,15 @@ impl Drop for NetNs {
 
 /// Relays TCP from `host`:<new port> to `target`; returns the new address.
 async fn relay(host: std::net::IpAddr, target: SocketAddr) -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind(SocketAddr::new(host, 0)).await.unwrap();
+    let listener = tokio::net::TcpListener::bind(SocketAddr::new(host, 0))
+        .await
+        .unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
         loop {
-            let Ok((mut inbound, _)) = listener.accept().await else { return };
+            let Ok((mut inbound, _)) = listener.accept().await else {
+                return;
+            };
             tokio::spawn(async move {
                 if let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await {
                     let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
@@ -617,9 +787,15 @@ async fn relay(host: std::net::IpAddr, target: SocketAddr) -> SocketAddr {
 fn live_in_group(pgid: i32) -> Vec<i32> {
     let mut found = Vec::new();
     for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else { continue };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
-        let Some((_, rest)) = stat.rsplit_once(')') else { continue };
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        let Some((_, rest)) = stat.rsplit_once(')') else {
+            continue;
+        };
         let fields: Vec<&str> = rest.split_whitespace().collect();
         if fields.len() > 2 && fields[2].parse::<i32>() == Ok(pgid) && fields[0] != "Z" {
             found.push(pid);
@@ -630,12 +806,19 @@ fn live_in_group(pgid: i32) -> Vec<i32> {
 
 fn stopped_cleanly(worker: &mut ChildProcess) {
     worker.signal(Signal::SIGTERM);
-    let status = worker.wait_timeout(Duration::from_secs(60)).expect("the worker exits after SIGTERM");
+    let status = worker
+        .wait_timeout(Duration::from_secs(60))
+        .expect("the worker exits after SIGTERM");
     assert_eq!(status.code(), Some(0), "{}", worker.output_tail());
 }
 
 fn state_outputs(app: &Appliance) -> serde_json::Value {
-    let s = app.tf_state.lock().unwrap().clone().expect("a state was written");
+    let s = app
+        .tf_state
+        .lock()
+        .unwrap()
+        .clone()
+        .expect("a state was written");
     serde_json::from_slice::<serde_json::Value>(&s).unwrap()["outputs"].clone()
 }
 
@@ -645,12 +828,21 @@ async fn a_run_goes_from_work_available_to_finished_through_the_broker() {
     let mut env = Env::start("agent-broker", 3600).await;
     let mut worker = env.spawn_worker();
     env.wait_connected().await;
-    assert_eq!(env.app.heartbeats.lock().unwrap()[0], Heartbeat { status: WorkerStatus::Idle, run: None });
+    assert_eq!(
+        env.app.heartbeats.lock().unwrap()[0],
+        Heartbeat {
+            status: WorkerStatus::Idle,
+            run: None
+        }
+    );
 
     env.app.enqueue(env.assignment(1, RunKind::Tracked, false));
-    env.notify_until(Notification::WorkAvailable { pool: env.pool_id }, true, "run 1 claimed", |a| {
-        a.state(1) != Some(RunState::Ready)
-    })
+    env.notify_until(
+        Notification::WorkAvailable { pool: env.pool_id },
+        true,
+        "run 1 claimed",
+        |a| a.state(1) != Some(RunState::Ready),
+    )
     .await;
     env.wait_state(1, RunState::Unconfirmed, &worker).await;
     // While it waits, heartbeats renew the held run's lease.
@@ -659,19 +851,34 @@ async fn a_run_goes_from_work_available_to_finished_through_the_broker() {
         let app = app.clone();
         async move {
             let hbs = app.heartbeats.lock().unwrap().clone();
-            hbs.iter().any(|h| h.status == WorkerStatus::Busy && h.run == Some(1)).then_some(())
+            hbs.iter()
+                .any(|h| h.status == WorkerStatus::Busy && h.run == Some(1))
+                .then_some(())
         }
     })
     .await;
-    let plan = env.app.plans.lock().unwrap().get(&1).cloned().expect("the plan went to the pre-signed URL");
+    let plan = env
+        .app
+        .plans
+        .lock()
+        .unwrap()
+        .get(&1)
+        .cloned()
+        .expect("the plan went to the pre-signed URL");
     assert!(!plan.is_empty());
-    assert!(env.app.tf_state.lock().unwrap().is_none(), "nothing applied before confirmation");
+    assert!(
+        env.app.tf_state.lock().unwrap().is_none(),
+        "nothing applied before confirmation"
+    );
 
     // A human confirms: the server moves the run and notifies the worker.
     assert!(env.app.set(1, RunState::Confirmed, "confirmed by alice"));
-    env.notify_until(Notification::RunConfirmed { run: 1 }, false, "run 1 applied", |a| {
-        a.state(1) != Some(RunState::Confirmed)
-    })
+    env.notify_until(
+        Notification::RunConfirmed { run: 1 },
+        false,
+        "run 1 applied",
+        |a| a.state(1) != Some(RunState::Confirmed),
+    )
     .await;
     env.wait_state(1, RunState::Finished, &worker).await;
     assert_eq!(
@@ -690,22 +897,44 @@ async fn a_run_goes_from_work_available_to_finished_through_the_broker() {
     let outputs = state_outputs(&env.app);
     assert_eq!(outputs["message"]["value"], "hi world");
     assert_eq!(outputs["secret_length"]["value"], SECRET.len());
-    assert!(env.app.log_text(1, "planning").contains("message       = \"hi world\""), "{}", env.app.log_text(1, "planning"));
+    assert!(
+        env.app
+            .log_text(1, "planning")
+            .contains("message       = \"hi world\""),
+        "{}",
+        env.app.log_text(1, "planning")
+    );
     assert!(env.app.log_text(1, "applying").contains("Apply complete!"));
     let all = env.app.all_logs();
-    assert!(!all.contains(SECRET) && !all.contains("run_token_value"), "no secret in the logs");
+    assert!(
+        !all.contains(SECRET) && !all.contains("run_token_value"),
+        "no secret in the logs"
+    );
     // Terraform reached the state backend with the run's credential.
     use base64::Engine;
-    let basic = format!("Basic {}", base64::engine::general_purpose::STANDARD.encode("run:hrt_1_run_token_value"));
-    assert!(env.app.state_auth.lock().unwrap().iter().all(|a| a.as_deref() == Some(basic.as_str())));
+    let basic = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode("run:hrt_1_run_token_value")
+    );
+    assert!(
+        env.app
+            .state_auth
+            .lock()
+            .unwrap()
+            .iter()
+            .all(|a| a.as_deref() == Some(basic.as_str()))
+    );
     assert_eq!(env.app.tool_gets.load(Ordering::SeqCst), 1);
 
     // The same commit again: no changes, the tool from the cache, the work
     // directory of the first run gone.
     env.app.enqueue(env.assignment(2, RunKind::Tracked, false));
-    env.notify_until(Notification::WorkAvailable { pool: env.pool_id }, true, "run 2 claimed", |a| {
-        a.state(2) != Some(RunState::Ready)
-    })
+    env.notify_until(
+        Notification::WorkAvailable { pool: env.pool_id },
+        true,
+        "run 2 claimed",
+        |a| a.state(2) != Some(RunState::Ready),
+    )
     .await;
     env.wait_state(2, RunState::Finished, &worker).await;
     assert_eq!(env.app.note(2), "no changes");
@@ -719,15 +948,27 @@ async fn a_run_goes_from_work_available_to_finished_through_the_broker() {
     let app = env.app.clone();
     wait_for("a drained heartbeat", SOON, || {
         let app = app.clone();
-        async move { (app.heartbeats.lock().unwrap().last()?.status == WorkerStatus::Drained).then_some(()) }
+        async move {
+            (app.heartbeats.lock().unwrap().last()?.status == WorkerStatus::Drained).then_some(())
+        }
     })
     .await;
     env.app.enqueue(env.assignment(4, RunKind::Proposed, false));
     for _ in 0..4 {
-        env.broker.publish_to_pool(env.pool_id, &Notification::WorkAvailable { pool: env.pool_id }).await.unwrap();
+        env.broker
+            .publish_to_pool(
+                env.pool_id,
+                &Notification::WorkAvailable { pool: env.pool_id },
+            )
+            .await
+            .unwrap();
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    assert_eq!(env.app.state(4), Some(RunState::Ready), "a drained worker claims nothing");
+    assert_eq!(
+        env.app.state(4),
+        Some(RunState::Ready),
+        "a drained worker claims nothing"
+    );
     env.app.drain.store(false, Ordering::SeqCst);
     env.wait_state(4, RunState::Finished, &worker).await;
 
@@ -738,8 +979,16 @@ async fn a_run_goes_from_work_available_to_finished_through_the_broker() {
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
-    assert!(text.contains("server   https://127.0.0.1:") && text.contains("broker   mqtts://127.0.0.1:"), "{text}");
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("server   https://127.0.0.1:")
+            && text.contains("broker   mqtts://127.0.0.1:"),
+        "{text}"
+    );
     assert_eq!(text.matches(" reachable").count(), 2, "{text}");
 
     // The broker restarts: the worker reconnects with back-off, subscribes
@@ -753,15 +1002,22 @@ async fn a_run_goes_from_work_available_to_finished_through_the_broker() {
     })
     .await;
     env.app.enqueue(env.assignment(3, RunKind::Proposed, false));
-    env.notify_until(Notification::WorkAvailable { pool: env.pool_id }, true, "run 3 claimed after the restart", |a| {
-        a.state(3) != Some(RunState::Ready)
-    })
+    env.notify_until(
+        Notification::WorkAvailable { pool: env.pool_id },
+        true,
+        "run 3 claimed after the restart",
+        |a| a.state(3) != Some(RunState::Ready),
+    )
     .await;
     env.wait_state(3, RunState::Finished, &worker).await;
 
     stopped_cleanly(&mut worker);
     let last = env.app.heartbeats.lock().unwrap().last().cloned().unwrap();
-    assert_eq!(last.status, WorkerStatus::Offline, "the worker says it is going");
+    assert_eq!(
+        last.status,
+        WorkerStatus::Offline,
+        "the worker says it is going"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -777,15 +1033,25 @@ async fn the_worker_rides_out_an_outage_and_catches_up_without_notifications() {
     env.app.down.store(true, Ordering::SeqCst);
     tokio::time::sleep(Duration::from_secs(3)).await;
     env.app.down.store(false, Ordering::SeqCst);
-    assert!(env.app.unavailable_answers.load(Ordering::SeqCst) > 0, "the worker tried during the outage");
+    assert!(
+        env.app.unavailable_answers.load(Ordering::SeqCst) > 0,
+        "the worker tried during the outage"
+    );
     env.wait_state(1, RunState::Unconfirmed, &worker).await;
 
     // It goes away again; meanwhile the run is confirmed (the
     // notification is lost). The worker keeps its run and catches up.
     env.app.down.store(true, Ordering::SeqCst);
-    assert!(env.app.set(1, RunState::Confirmed, "confirmed during the outage"));
+    assert!(
+        env.app
+            .set(1, RunState::Confirmed, "confirmed during the outage")
+    );
     tokio::time::sleep(Duration::from_secs(4)).await;
-    assert_eq!(env.app.state(1), Some(RunState::Confirmed), "nothing got through the outage");
+    assert_eq!(
+        env.app.state(1),
+        Some(RunState::Confirmed),
+        "nothing got through the outage"
+    );
     env.app.down.store(false, Ordering::SeqCst);
     env.wait_state(1, RunState::Finished, &worker).await;
     assert_eq!(state_outputs(&env.app)["message"]["value"], "hi world");
@@ -802,7 +1068,11 @@ async fn the_worker_rides_out_an_outage_and_catches_up_without_notifications() {
     env.wait_state(2, RunState::Unconfirmed, &worker).await;
     env.app.down.store(true, Ordering::SeqCst);
     stopped_cleanly(&mut worker);
-    assert_eq!(env.app.state(2), Some(RunState::Unconfirmed), "nothing got through");
+    assert_eq!(
+        env.app.state(2),
+        Some(RunState::Unconfirmed),
+        "nothing got through"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -813,19 +1083,27 @@ async fn cancel_stop_and_shutdown_behave_as_the_states_allow() {
 
     // A task canceled by an operator: its whole group is killed.
     let mut task = env.assignment(1, RunKind::Task, false);
-    task.command = Some("echo $$ > ../task.pid; (trap '' TERM; sleep 300) & sleep 300; wait".into());
+    task.command =
+        Some("echo $$ > ../task.pid; (trap '' TERM; sleep 300) & sleep 300; wait".into());
     env.app.enqueue(task);
     env.wait_state(1, RunState::Planning, &worker).await;
     let pid_file = env.dir.path().join("work/run-1/src/task.pid");
     let pgid: i32 = wait_for("the task to start", SOON, || {
         let p = pid_file.clone();
-        async move { std::fs::read_to_string(&p).ok().and_then(|s| s.trim().parse().ok()) }
+        async move {
+            std::fs::read_to_string(&p)
+                .ok()
+                .and_then(|s| s.trim().parse().ok())
+        }
     })
     .await;
     assert!(env.app.set(1, RunState::Stopped, "stopped by alice"));
-    env.notify_until(Notification::RunCanceled { run: 1 }, false, "the task's processes to go", |_| {
-        live_in_group(pgid).is_empty()
-    })
+    env.notify_until(
+        Notification::RunCanceled { run: 1 },
+        false,
+        "the task's processes to go",
+        |_| live_in_group(pgid).is_empty(),
+    )
     .await;
     assert_eq!(env.app.history(1).last(), Some(&RunState::Stopped));
 
@@ -837,8 +1115,14 @@ async fn cancel_stop_and_shutdown_behave_as_the_states_allow() {
     env.app.enqueue(env.assignment(6, RunKind::Proposed, false));
     env.wait_state(6, RunState::Finished, &worker).await;
     assert_eq!(env.app.history(5).last(), Some(&RunState::Discarded));
-    assert!(env.app.tf_state.lock().unwrap().is_none(), "nothing was applied");
-    assert!(!env.dir.path().join("work/run-5").exists(), "the discarded run's work directory is gone");
+    assert!(
+        env.app.tf_state.lock().unwrap().is_none(),
+        "nothing was applied"
+    );
+    assert!(
+        !env.dir.path().join("work/run-5").exists(),
+        "the discarded run's work directory is gone"
+    );
 
     // An apply is never stopped: SIGTERM while applying lets it finish.
     *env.app.state_write_delay.lock().unwrap() = Duration::from_secs(3);
@@ -846,7 +1130,9 @@ async fn cancel_stop_and_shutdown_behave_as_the_states_allow() {
     env.wait_state(2, RunState::Applying, &worker).await;
     worker.signal(Signal::SIGTERM);
     env.wait_state(2, RunState::Finished, &worker).await;
-    let status = worker.wait_timeout(Duration::from_secs(60)).expect("the worker exits after the apply");
+    let status = worker
+        .wait_timeout(Duration::from_secs(60))
+        .expect("the worker exits after the apply");
     assert_eq!(status.code(), Some(0), "{}", worker.output_tail());
     assert_eq!(state_outputs(&env.app)["message"]["value"], "hi world");
     *env.app.state_write_delay.lock().unwrap() = Duration::ZERO;
@@ -860,8 +1146,16 @@ async fn cancel_stop_and_shutdown_behave_as_the_states_allow() {
     env.wait_state(3, RunState::Unconfirmed, &worker).await;
     stopped_cleanly(&mut worker);
     assert_eq!(env.app.state(3), Some(RunState::Failed));
-    assert!(env.app.note(3).contains("shutting down"), "{}", env.app.note(3));
-    assert_eq!(state_outputs(&env.app)["message"]["value"], "hi world", "the unconfirmed plan was not applied");
+    assert!(
+        env.app.note(3).contains("shutting down"),
+        "{}",
+        env.app.note(3)
+    );
+    assert_eq!(
+        state_outputs(&env.app)["message"]["value"],
+        "hi world",
+        "the unconfirmed plan was not applied"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -869,8 +1163,16 @@ async fn in_a_network_namespace_the_worker_needs_only_the_appliance_and_the_vcs(
     let ns = NetNs::create();
     let ns_addr = ns.ns_addr;
     let env = Env::start_in("agent-netns", 1, Some(ns)).await;
-    let routes = env.netns.as_ref().unwrap().run(&["ip", "-4", "route", "show"]);
-    assert_eq!(routes.lines().count(), 1, "one link route and no default route: {routes}");
+    let routes = env
+        .netns
+        .as_ref()
+        .unwrap()
+        .run(&["ip", "-4", "route", "show"]);
+    assert_eq!(
+        routes.lines().count(),
+        1,
+        "one link route and no default route: {routes}"
+    );
     assert!(routes.contains(&format!("src {ns_addr}")), "{routes}");
 
     let mut worker = env.spawn_worker();
@@ -882,8 +1184,14 @@ async fn in_a_network_namespace_the_worker_needs_only_the_appliance_and_the_vcs(
 
     // A configuration that needs a provider: Terraform asks the appliance's
     // mirror, with the run's token, and nothing else.
-    let needs_provider = "terraform {\n  required_providers {\n    null = { source = \"hashicorp/null\" }\n  }\n}\n";
-    let sha = env._git.push_files("net", "main", &[("infra/providers.tf", needs_provider)], "a provider");
+    let needs_provider =
+        "terraform {\n  required_providers {\n    null = { source = \"hashicorp/null\" }\n  }\n}\n";
+    let sha = env._git.push_files(
+        "net",
+        "main",
+        &[("infra/providers.tf", needs_provider)],
+        "a provider",
+    );
     let mut a = env.assignment(2, RunKind::Tracked, true);
     a.commit_sha = sha;
     env.app.enqueue(a);
@@ -894,8 +1202,15 @@ async fn in_a_network_namespace_the_worker_needs_only_the_appliance_and_the_vcs(
     let asked = env.app.mirror_requests.lock().unwrap().clone();
     assert!(!asked.is_empty(), "the mirror was asked");
     for (path, auth) in &asked {
-        assert!(path.starts_with("/v1/providers/registry.terraform.io/hashicorp/null/"), "{path}");
-        assert_eq!(auth.as_deref(), Some("Bearer hrt_2_run_token_value"), "{path}");
+        assert!(
+            path.starts_with("/v1/providers/registry.terraform.io/hashicorp/null/"),
+            "{path}"
+        );
+        assert_eq!(
+            auth.as_deref(),
+            Some("Bearer hrt_2_run_token_value"),
+            "{path}"
+        );
     }
     stopped_cleanly(&mut worker);
 }

@@ -14,8 +14,8 @@ use hangar_testkit::{GitServer, TestDir, wait_for};
 use hangar_types::worker::{EnvVar, Phase, PlanUpload, StateReport, ToolSpec};
 use hangar_types::{RunKind, RunState, Tool};
 use hangar_worker::engine::{
-    self, Backend, ChunkPolicy, Decision, EngineOptions, HookError, Mirror, Outcome, Refused, RunHooks, RunSpec,
-    StopSignal,
+    self, Backend, ChunkPolicy, Decision, EngineOptions, HookError, Mirror, Outcome, Refused,
+    RunHooks, RunSpec, StopSignal,
 };
 use tokio::sync::watch;
 
@@ -103,7 +103,12 @@ impl Recorder {
         for e in self.events() {
             if let Event::Log(phase, seq, data) = e {
                 let chunks = by.entry(phase.as_str()).or_default();
-                assert_eq!(seq, chunks.len() as u64, "chunk numbers of {} are contiguous from 0", phase.as_str());
+                assert_eq!(
+                    seq,
+                    chunks.len() as u64,
+                    "chunk numbers of {} are contiguous from 0",
+                    phase.as_str()
+                );
                 assert!(!data.is_empty(), "no empty chunk");
                 chunks.push(data);
             }
@@ -113,7 +118,14 @@ impl Recorder {
 
     fn log_text(&self, phase: Phase) -> String {
         let logs = self.logs();
-        String::from_utf8_lossy(&logs.get(phase.as_str()).cloned().unwrap_or_default().concat()).into_owned()
+        String::from_utf8_lossy(
+            &logs
+                .get(phase.as_str())
+                .cloned()
+                .unwrap_or_default()
+                .concat(),
+        )
+        .into_owned()
     }
 
     fn all_text(&self) -> String {
@@ -141,7 +153,10 @@ impl RunHooks for Recorder {
     }
 
     async fn log_chunk(&self, phase: Phase, seq: u64, data: Vec<u8>) {
-        self.events.lock().unwrap().push(Event::Log(phase, seq, data));
+        self.events
+            .lock()
+            .unwrap()
+            .push(Event::Log(phase, seq, data));
     }
 
     async fn download_tool(&self, _tool: &ToolSpec, dest: &Path) -> Result<(), HookError> {
@@ -197,8 +212,18 @@ impl Fixture {
     fn push_with_links(&self, files: &[(&str, &str)], links: &[(&str, &Path)]) -> String {
         let work = self.dir.path().join(format!("push-{}", std::process::id()));
         let git = |args: &[&str]| {
-            let out = self.git.git().current_dir(&work).args(args).output().unwrap();
-            assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+            let out = self
+                .git
+                .git()
+                .current_dir(&work)
+                .args(args)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "git {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
             String::from_utf8_lossy(&out.stdout).trim().to_string()
         };
         std::fs::create_dir_all(&work).unwrap();
@@ -214,8 +239,23 @@ impl Fixture {
             std::os::unix::fs::symlink(target, p).unwrap();
         }
         git(&["add", "--all"]);
-        git(&["-c", "user.name=Test", "-c", "user.email=test@hangar.invalid", "commit", "--quiet", "-m", "links"]);
-        git(&["push", "--quiet", "--force", &self.git.authed_url("stack"), "HEAD:refs/heads/main"]);
+        git(&[
+            "-c",
+            "user.name=Test",
+            "-c",
+            "user.email=test@hangar.invalid",
+            "commit",
+            "--quiet",
+            "-m",
+            "links",
+        ]);
+        git(&[
+            "push",
+            "--quiet",
+            "--force",
+            &self.git.authed_url("stack"),
+            "HEAD:refs/heads/main",
+        ]);
         git(&["rev-parse", "HEAD"])
     }
 
@@ -236,7 +276,10 @@ impl Fixture {
             },
             backend: Backend::Configured,
             // Unreachable on purpose: the configuration needs no provider.
-            mirror: Some(Mirror { url: "https://127.0.0.1:9/v1/providers/".into(), token: RUN_TOKEN.into() }),
+            mirror: Some(Mirror {
+                url: "https://127.0.0.1:9/v1/providers/".into(),
+                token: RUN_TOKEN.into(),
+            }),
             autodeploy: false,
         }
     }
@@ -265,12 +308,18 @@ impl Fixture {
     }
 }
 
-fn decided(d: Option<Decision>) -> (watch::Sender<Option<Decision>>, watch::Receiver<Option<Decision>>) {
+fn decided(
+    d: Option<Decision>,
+) -> (
+    watch::Sender<Option<Decision>>,
+    watch::Receiver<Option<Decision>>,
+) {
     watch::channel(d)
 }
 
 fn state_outputs(path: &Path) -> serde_json::Value {
-    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(path).expect("state file")).expect("state JSON");
+    let v: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(path).expect("state file")).expect("state JSON");
     v["outputs"].clone()
 }
 
@@ -289,16 +338,41 @@ async fn tracked_run_waits_for_confirmation_applies_and_a_rerun_has_no_changes()
             engine::execute(&spec, &dir, &opts, &*hooks, &signal).await
         })
     };
-    wait_for("the run to await confirmation", Duration::from_secs(120), || {
-        let s = hooks.states();
-        async move { s.contains(&RunState::Unconfirmed).then_some(()) }
-    })
+    wait_for(
+        "the run to await confirmation",
+        Duration::from_secs(120),
+        || {
+            let s = hooks.states();
+            async move { s.contains(&RunState::Unconfirmed).then_some(()) }
+        },
+    )
     .await;
-    assert_eq!(hooks.states(), [RunState::Preparing, RunState::Initializing, RunState::Planning, RunState::Unconfirmed]);
+    assert_eq!(
+        hooks.states(),
+        [
+            RunState::Preparing,
+            RunState::Initializing,
+            RunState::Planning,
+            RunState::Unconfirmed
+        ]
+    );
     let unconfirmed = hooks.last_report();
-    let changes = unconfirmed.changes.expect("changes reported with UNCONFIRMED");
-    assert_eq!((changes.add, changes.change, changes.destroy, changes.outputs), (0, 0, 0, 1));
-    assert!(!f.state_file().exists(), "nothing applied before confirmation");
+    let changes = unconfirmed
+        .changes
+        .expect("changes reported with UNCONFIRMED");
+    assert_eq!(
+        (
+            changes.add,
+            changes.change,
+            changes.destroy,
+            changes.outputs
+        ),
+        (0, 0, 0, 1)
+    );
+    assert!(
+        !f.state_file().exists(),
+        "nothing applied before confirmation"
+    );
     // The saved plan was handed over whole, described by its size and hash.
     let (upload, data) = hooks
         .events()
@@ -312,8 +386,16 @@ async fn tracked_run_waits_for_confirmation_applies_and_a_rerun_has_no_changes()
     assert_eq!(upload.sha256, sha256_hex(&data));
 
     decide.send(Some(Decision::Apply)).unwrap();
-    let outcome = tokio::time::timeout(Duration::from_secs(120), run).await.expect("run ends").unwrap();
-    assert_eq!(outcome.state, RunState::Finished, "{outcome:?}\n{}", hooks.all_text());
+    let outcome = tokio::time::timeout(Duration::from_secs(120), run)
+        .await
+        .expect("run ends")
+        .unwrap();
+    assert_eq!(
+        outcome.state,
+        RunState::Finished,
+        "{outcome:?}\n{}",
+        hooks.all_text()
+    );
     assert_eq!(
         hooks.states(),
         [
@@ -325,24 +407,49 @@ async fn tracked_run_waits_for_confirmation_applies_and_a_rerun_has_no_changes()
             RunState::Finished
         ]
     );
-    assert_eq!(state_outputs(&f.state_file())["message"]["value"], "hello world");
+    assert_eq!(
+        state_outputs(&f.state_file())["message"]["value"],
+        "hello world"
+    );
     let logs = hooks.logs();
     for phase in ["preparing", "initializing", "planning", "applying"] {
         assert!(logs.contains_key(phase), "{phase} has a log");
     }
     assert!(hooks.log_text(Phase::Preparing).contains(&sha));
-    assert!(hooks.log_text(Phase::Initializing).contains("Terraform has been successfully initialized"));
-    assert!(hooks.log_text(Phase::Planning).contains("message = \"hello world\""));
+    assert!(
+        hooks
+            .log_text(Phase::Initializing)
+            .contains("Terraform has been successfully initialized")
+    );
+    assert!(
+        hooks
+            .log_text(Phase::Planning)
+            .contains("message = \"hello world\"")
+    );
     assert!(hooks.log_text(Phase::Applying).contains("Apply complete!"));
     assert!(!hooks.all_text().contains(RUN_TOKEN));
 
     // The same commit again: nothing to do, and the tool comes from the cache.
     let again = Recorder::new(decided(None).1);
-    let outcome = f.execute(&f.spec(2, RunKind::Tracked, &sha), &opts, &again).await;
+    let outcome = f
+        .execute(&f.spec(2, RunKind::Tracked, &sha), &opts, &again)
+        .await;
     assert_eq!(outcome.state, RunState::Finished, "{}", again.all_text());
-    assert_eq!(again.states(), [RunState::Preparing, RunState::Initializing, RunState::Planning, RunState::Finished]);
+    assert_eq!(
+        again.states(),
+        [
+            RunState::Preparing,
+            RunState::Initializing,
+            RunState::Planning,
+            RunState::Finished
+        ]
+    );
     assert_eq!(again.last_report().note, "no changes");
-    assert_eq!(again.downloads.load(Ordering::SeqCst), 0, "the cached tool was used");
+    assert_eq!(
+        again.downloads.load(Ordering::SeqCst),
+        0,
+        "the cached tool was used"
+    );
     assert_eq!(hooks.downloads.load(Ordering::SeqCst), 1);
     assert!(again.log_text(Phase::Preparing).contains("from the cache"));
 }
@@ -357,7 +464,10 @@ async fn a_second_commit_changing_an_output_is_planned_and_applied_with_autodepl
     let hooks = Recorder::new(decided(None).1);
     let outcome = f.execute(&spec, &opts, &hooks).await;
     assert_eq!(outcome.state, RunState::Finished, "{}", hooks.all_text());
-    assert!(!hooks.states().contains(&RunState::Unconfirmed), "autodeploy does not wait");
+    assert!(
+        !hooks.states().contains(&RunState::Unconfirmed),
+        "autodeploy does not wait"
+    );
 
     let second = f.push(&[("infra/main.tf", &CONFIG.replace("\"hello\"", "\"goodbye\""))]);
     let mut spec = f.spec(2, RunKind::Tracked, &second);
@@ -367,10 +477,23 @@ async fn a_second_commit_changing_an_output_is_planned_and_applied_with_autodepl
     assert_eq!(outcome.state, RunState::Finished, "{}", hooks.all_text());
     assert_eq!(
         hooks.states(),
-        [RunState::Preparing, RunState::Initializing, RunState::Planning, RunState::Applying, RunState::Finished]
+        [
+            RunState::Preparing,
+            RunState::Initializing,
+            RunState::Planning,
+            RunState::Applying,
+            RunState::Finished
+        ]
     );
-    assert!(hooks.log_text(Phase::Planning).contains("~ message = \"hello world\" -> \"goodbye world\""));
-    assert_eq!(state_outputs(&f.state_file())["message"]["value"], "goodbye world");
+    assert!(
+        hooks
+            .log_text(Phase::Planning)
+            .contains("~ message = \"hello world\" -> \"goodbye world\"")
+    );
+    assert_eq!(
+        state_outputs(&f.state_file())["message"]["value"],
+        "goodbye world"
+    );
 }
 
 #[tokio::test]
@@ -379,20 +502,42 @@ async fn proposed_runs_only_plan_and_a_discarded_run_applies_nothing() {
     let sha = f.push(&[("infra/main.tf", CONFIG)]);
     let opts = f.options();
     let hooks = Recorder::new(decided(None).1);
-    let outcome = f.execute(&f.spec(1, RunKind::Proposed, &sha), &opts, &hooks).await;
+    let outcome = f
+        .execute(&f.spec(1, RunKind::Proposed, &sha), &opts, &hooks)
+        .await;
     assert_eq!(outcome.state, RunState::Finished);
-    assert_eq!(hooks.states(), [RunState::Preparing, RunState::Initializing, RunState::Planning, RunState::Finished]);
+    assert_eq!(
+        hooks.states(),
+        [
+            RunState::Preparing,
+            RunState::Initializing,
+            RunState::Planning,
+            RunState::Finished
+        ]
+    );
     let last = hooks.last_report();
     assert!(last.note.contains("plan only"), "{}", last.note);
     assert_eq!(last.changes.map(|c| c.outputs), Some(1));
-    assert!(hooks.events().iter().any(|e| matches!(e, Event::Plan(..))), "a proposed run's plan is kept too");
+    assert!(
+        hooks.events().iter().any(|e| matches!(e, Event::Plan(..))),
+        "a proposed run's plan is kept too"
+    );
     assert!(!f.state_file().exists());
 
     let hooks = Recorder::new(decided(Some(Decision::Ended(RunState::Discarded))).1);
-    let outcome = f.execute(&f.spec(2, RunKind::Tracked, &sha), &opts, &hooks).await;
+    let outcome = f
+        .execute(&f.spec(2, RunKind::Tracked, &sha), &opts, &hooks)
+        .await;
     assert_eq!(outcome.state, RunState::Discarded);
-    assert_eq!(hooks.states().last(), Some(&RunState::Unconfirmed), "nothing reported after a discard");
-    assert!(!f.state_file().exists(), "a discarded plan is never applied");
+    assert_eq!(
+        hooks.states().last(),
+        Some(&RunState::Unconfirmed),
+        "nothing reported after a discard"
+    );
+    assert!(
+        !f.state_file().exists(),
+        "a discarded plan is never applied"
+    );
 }
 
 #[tokio::test]
@@ -402,22 +547,56 @@ async fn a_syntax_error_and_a_plan_error_fail_with_the_error_in_the_note() {
 
     let sha = f.push(&[("infra/main.tf", "output \"broken\" {\n  value = \n}\n")]);
     let hooks = Recorder::new(decided(None).1);
-    let outcome = f.execute(&f.spec(1, RunKind::Tracked, &sha), &opts, &hooks).await;
+    let outcome = f
+        .execute(&f.spec(1, RunKind::Tracked, &sha), &opts, &hooks)
+        .await;
     assert_eq!(outcome.state, RunState::Failed);
-    assert_eq!(hooks.states(), [RunState::Preparing, RunState::Initializing, RunState::Failed]);
+    assert_eq!(
+        hooks.states(),
+        [
+            RunState::Preparing,
+            RunState::Initializing,
+            RunState::Failed
+        ]
+    );
     let note = hooks.last_report().note;
-    assert!(note.starts_with("terraform init failed (exit code 1)"), "{note}");
-    assert!(note.contains("main.tf line 2"), "the note points at the error: {note}");
+    assert!(
+        note.starts_with("terraform init failed (exit code 1)"),
+        "{note}"
+    );
+    assert!(
+        note.contains("main.tf line 2"),
+        "the note points at the error: {note}"
+    );
 
-    let sha = f.push(&[("infra/main.tf", "output \"x\" {\n  value = file(\"no-such-file.txt\")\n}\n")]);
+    let sha = f.push(&[(
+        "infra/main.tf",
+        "output \"x\" {\n  value = file(\"no-such-file.txt\")\n}\n",
+    )]);
     let hooks = Recorder::new(decided(None).1);
-    let outcome = f.execute(&f.spec(2, RunKind::Tracked, &sha), &opts, &hooks).await;
+    let outcome = f
+        .execute(&f.spec(2, RunKind::Tracked, &sha), &opts, &hooks)
+        .await;
     assert_eq!(outcome.state, RunState::Failed);
-    assert_eq!(hooks.states(), [RunState::Preparing, RunState::Initializing, RunState::Planning, RunState::Failed]);
+    assert_eq!(
+        hooks.states(),
+        [
+            RunState::Preparing,
+            RunState::Initializing,
+            RunState::Planning,
+            RunState::Failed
+        ]
+    );
     let note = hooks.last_report().note;
-    assert!(note.starts_with("terraform plan failed (exit code 1)"), "{note}");
+    assert!(
+        note.starts_with("terraform plan failed (exit code 1)"),
+        "{note}"
+    );
     assert!(note.contains("no-such-file.txt"), "{note}");
-    assert!(!hooks.events().iter().any(|e| matches!(e, Event::Plan(..))), "no plan from a failed planning");
+    assert!(
+        !hooks.events().iter().any(|e| matches!(e, Event::Plan(..))),
+        "no plan from a failed planning"
+    );
 }
 
 #[tokio::test]
@@ -431,32 +610,66 @@ async fn bad_commits_roots_and_tool_checksums_fail_preparing() {
     let hooks = Recorder::new(decided(None).1);
     let outcome = f.execute(&spec, &opts, &hooks).await;
     assert_eq!(outcome.state, RunState::Failed);
-    assert!(outcome.note.contains("SHA-256") && outcome.note.contains(&"00".repeat(32)), "{}", outcome.note);
-    assert!(!opts.cache_dir.join("tools").join("00".repeat(32)).join("terraform").exists(), "nothing unverified is cached");
+    assert!(
+        outcome.note.contains("SHA-256") && outcome.note.contains(&"00".repeat(32)),
+        "{}",
+        outcome.note
+    );
+    assert!(
+        !opts
+            .cache_dir
+            .join("tools")
+            .join("00".repeat(32))
+            .join("terraform")
+            .exists(),
+        "nothing unverified is cached"
+    );
 
     let spec = f.spec(2, RunKind::Tracked, &"ab".repeat(20));
     let hooks = Recorder::new(decided(None).1);
     let outcome = f.execute(&spec, &opts, &hooks).await;
     assert_eq!(outcome.state, RunState::Failed);
-    assert!(outcome.note.contains("is not in the repository"), "{}", outcome.note);
+    assert!(
+        outcome.note.contains("is not in the repository"),
+        "{}",
+        outcome.note
+    );
 
     let spec = f.spec(3, RunKind::Tracked, "HEAD; rm -rf /");
-    let outcome = f.execute(&spec, &opts, &Recorder::new(decided(None).1)).await;
+    let outcome = f
+        .execute(&spec, &opts, &Recorder::new(decided(None).1))
+        .await;
     assert_eq!(outcome.state, RunState::Failed);
-    assert!(outcome.note.contains("not a hex object id"), "{}", outcome.note);
+    assert!(
+        outcome.note.contains("not a hex object id"),
+        "{}",
+        outcome.note
+    );
 
     for (i, root) in ["../..", "/etc", "missing"].into_iter().enumerate() {
         let mut spec = f.spec(10 + i as i64, RunKind::Tracked, &sha);
         spec.project_root = root.into();
-        let outcome = f.execute(&spec, &opts, &Recorder::new(decided(None).1)).await;
+        let outcome = f
+            .execute(&spec, &opts, &Recorder::new(decided(None).1))
+            .await;
         assert_eq!(outcome.state, RunState::Failed, "{root}");
-        assert!(outcome.note.contains("project root"), "{root}: {}", outcome.note);
+        assert!(
+            outcome.note.contains("project root"),
+            "{root}: {}",
+            outcome.note
+        );
     }
 
     // A work directory that is not fresh is refused, not reused.
     let dir = f.work_dir(20);
     std::fs::create_dir_all(dir.join("leftover")).unwrap();
-    let outcome = f.execute(&f.spec(20, RunKind::Tracked, &sha), &opts, &Recorder::new(decided(None).1)).await;
+    let outcome = f
+        .execute(
+            &f.spec(20, RunKind::Tracked, &sha),
+            &opts,
+            &Recorder::new(decided(None).1),
+        )
+        .await;
     assert_eq!(outcome.state, RunState::Failed);
     assert!(outcome.note.contains("not empty"), "{}", outcome.note);
 }
@@ -477,27 +690,49 @@ output "leak" {
     let sha = f.push(&[("infra/main.tf", config)]);
     let mut opts = f.options();
     // Short chunks: the split secret below is cut by the timer between its halves.
-    opts.chunks = ChunkPolicy { interval: Duration::from_millis(50), max_bytes: 64 * 1024 };
+    opts.chunks = ChunkPolicy {
+        interval: Duration::from_millis(50),
+        max_bytes: 64 * 1024,
+    };
 
     // Terraform itself prints the secret variable in the plan.
     let mut spec = f.spec(1, RunKind::Proposed, &sha);
     spec.env = vec![
-        EnvVar { name: "TF_VAR_password".into(), value: secret.into(), secret: true },
-        EnvVar { name: "VISIBLE".into(), value: "plain-value".into(), secret: false },
+        EnvVar {
+            name: "TF_VAR_password".into(),
+            value: secret.into(),
+            secret: true,
+        },
+        EnvVar {
+            name: "VISIBLE".into(),
+            value: "plain-value".into(),
+            secret: false,
+        },
     ];
     let hooks = Recorder::new(decided(None).1);
     let outcome = f.execute(&spec, &opts, &hooks).await;
     assert_eq!(outcome.state, RunState::Finished, "{}", hooks.all_text());
     let planning = hooks.log_text(Phase::Planning);
-    assert!(planning.contains("leak = \"password is ***\""), "{planning}");
+    assert!(
+        planning.contains("leak = \"password is ***\""),
+        "{planning}"
+    );
     assert!(!hooks.all_text().contains(secret));
 
     // A task printing the secret in two writes 300 ms apart (two chunks), a
     // multi-line secret re-indented line by line, and a failure note.
     let mut spec = f.spec(2, RunKind::Task, &sha);
     spec.env = vec![
-        EnvVar { name: "PW".into(), value: secret.into(), secret: true },
-        EnvVar { name: "KEY".into(), value: pem.into(), secret: true },
+        EnvVar {
+            name: "PW".into(),
+            value: secret.into(),
+            secret: true,
+        },
+        EnvVar {
+            name: "KEY".into(),
+            value: pem.into(),
+            secret: true,
+        },
     ];
     spec.command = Some(
         "printf 'first half: s3cr3t-Va'; sleep 0.3; printf 'lue-42 end\\n'; \
@@ -508,14 +743,26 @@ output "leak" {
     let outcome = f.execute(&spec, &opts, &hooks).await;
     assert_eq!(outcome.state, RunState::Failed);
     let chunks = hooks.logs()["planning"].clone();
-    let split = chunks.iter().position(|c| String::from_utf8_lossy(c).contains("first half")).expect("first half");
-    assert!(chunks.len() > split + 1, "the two writes went out as separate chunks");
+    let split = chunks
+        .iter()
+        .position(|c| String::from_utf8_lossy(c).contains("first half"))
+        .expect("first half");
+    assert!(
+        chunks.len() > split + 1,
+        "the two writes went out as separate chunks"
+    );
     let text = hooks.log_text(Phase::Planning);
     assert!(text.contains("first half: *** end"), "{text}");
-    assert!(text.contains("    ***\n    ***\n    ***\n    ***\n"), "{text}");
+    assert!(
+        text.contains("    ***\n    ***\n    ***\n    ***\n"),
+        "{text}"
+    );
     assert!(!text.contains("MIIBVgIBADAN"), "{text}");
     let note = hooks.last_report().note;
-    assert!(note.contains("the task failed (exit code 3)") && note.contains("fatal: ***"), "{note}");
+    assert!(
+        note.contains("the task failed (exit code 3)") && note.contains("fatal: ***"),
+        "{note}"
+    );
     let all = hooks.all_text();
     assert!(!all.contains(secret) && !all.contains("AASCAUAwggE8") && !all.contains(RUN_TOKEN));
 }
@@ -544,10 +791,16 @@ async fn large_output_is_cut_into_numbered_chunks_of_at_most_64_kib() {
 fn live_in_group(pgid: i32) -> Vec<i32> {
     let mut found = Vec::new();
     for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else { continue };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
         // pid (comm) state ppid pgrp ...: comm may hold spaces, so split after ')'.
-        let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else { continue };
+        let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
+            continue;
+        };
         let fields: Vec<&str> = rest.split_whitespace().collect();
         if fields.len() > 2 && fields[2].parse::<i32>() == Ok(pgid) && fields[0] != "Z" {
             found.push(pid);
@@ -573,26 +826,50 @@ async fn a_stop_kills_the_whole_process_group_even_what_ignores_sigterm() {
     let pids = f.work_dir(1).join("src/infra/pids");
     let pgid: i32 = wait_for("the task to start", Duration::from_secs(120), || {
         let pids = pids.clone();
-        async move { std::fs::read_to_string(&pids).ok().and_then(|s| s.trim().parse().ok()) }
+        async move {
+            std::fs::read_to_string(&pids)
+                .ok()
+                .and_then(|s| s.trim().parse().ok())
+        }
     })
     .await;
-    wait_for("the group's processes", Duration::from_secs(10), || async move {
-        (live_in_group(pgid).len() >= 3).then_some(())
-    })
+    wait_for(
+        "the group's processes",
+        Duration::from_secs(10),
+        || async move { (live_in_group(pgid).len() >= 3).then_some(()) },
+    )
     .await;
     stop.stop("canceled by an operator");
-    let outcome = tokio::time::timeout(Duration::from_secs(30), run).await.expect("the stop is prompt").unwrap();
+    let outcome = tokio::time::timeout(Duration::from_secs(30), run)
+        .await
+        .expect("the stop is prompt")
+        .unwrap();
     assert_eq!(outcome.state, RunState::Stopped);
     assert_eq!(outcome.note, "canceled by an operator");
     assert_eq!(hooks.states().last(), Some(&RunState::Stopped));
-    assert_eq!(live_in_group(pgid), Vec::<i32>::new(), "no process of the run's group survives");
-    assert!(hooks.log_text(Phase::Planning).contains("stopping: canceled by an operator"));
+    assert_eq!(
+        live_in_group(pgid),
+        Vec::<i32>::new(),
+        "no process of the run's group survives"
+    );
+    assert!(
+        hooks
+            .log_text(Phase::Planning)
+            .contains("stopping: canceled by an operator")
+    );
 
     // A stop asked for before a phase starts ends the run there.
     let (stop, signal) = StopSignal::new();
     stop.stop("the worker is shutting down");
     let hooks = Recorder::new(decided(None).1);
-    let outcome = engine::execute(&f.spec(2, RunKind::Tracked, &sha), &f.work_dir(2), &f.options(), &hooks, &signal).await;
+    let outcome = engine::execute(
+        &f.spec(2, RunKind::Tracked, &sha),
+        &f.work_dir(2),
+        &f.options(),
+        &hooks,
+        &signal,
+    )
+    .await;
     assert_eq!(outcome.state, RunState::Stopped);
     assert_eq!(hooks.states(), [RunState::Preparing, RunState::Stopped]);
 }
@@ -603,10 +880,22 @@ async fn a_refused_report_ends_the_run_without_further_reports() {
     let sha = f.push(&[("infra/main.tf", CONFIG)]);
     let mut hooks = Recorder::new(decided(None).1);
     hooks.refuse = Some(RunState::Canceled);
-    let outcome = f.execute(&f.spec(1, RunKind::Tracked, &sha), &f.options(), &hooks).await;
+    let outcome = f
+        .execute(&f.spec(1, RunKind::Tracked, &sha), &f.options(), &hooks)
+        .await;
     assert_eq!(outcome.state, RunState::Canceled);
-    assert_eq!(hooks.states(), [RunState::Preparing, RunState::Initializing, RunState::Planning]);
-    assert!(!hooks.logs().contains_key("planning"), "nothing ran after the refusal");
+    assert_eq!(
+        hooks.states(),
+        [
+            RunState::Preparing,
+            RunState::Initializing,
+            RunState::Planning
+        ]
+    );
+    assert!(
+        !hooks.logs().contains_key("planning"),
+        "nothing ran after the refusal"
+    );
 }
 
 /// An HTTP state backend that takes locks and reads but refuses every write,
@@ -624,28 +913,38 @@ async fn refusing_state_backend() -> (SocketAddr, Seen) {
     let log = seen.clone();
     tokio::spawn(async move {
         loop {
-            let Ok((tcp, _)) = listener.accept().await else { return };
+            let Ok((tcp, _)) = listener.accept().await else {
+                return;
+            };
             let log = log.clone();
             tokio::spawn(async move {
-                let svc = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                    let log = log.clone();
-                    async move {
-                        let auth = req.headers().get("authorization").and_then(|v| v.to_str().ok()).map(String::from);
-                        let method = req.method().to_string();
-                        log.lock().unwrap().push((method.clone(), auth));
-                        let _ = req.into_body().collect().await;
-                        let status = match method.as_str() {
-                            "GET" => 404,
-                            "LOCK" | "UNLOCK" => 200,
-                            _ => 403,
-                        };
-                        let mut r = hyper::Response::new(Full::new(Bytes::from_static(b"")));
-                        *r.status_mut() = hyper::StatusCode::from_u16(status).unwrap();
-                        Ok::<_, std::convert::Infallible>(r)
-                    }
-                });
+                let svc = hyper::service::service_fn(
+                    move |req: hyper::Request<hyper::body::Incoming>| {
+                        let log = log.clone();
+                        async move {
+                            let auth = req
+                                .headers()
+                                .get("authorization")
+                                .and_then(|v| v.to_str().ok())
+                                .map(String::from);
+                            let method = req.method().to_string();
+                            log.lock().unwrap().push((method.clone(), auth));
+                            let _ = req.into_body().collect().await;
+                            let status = match method.as_str() {
+                                "GET" => 404,
+                                "LOCK" | "UNLOCK" => 200,
+                                _ => 403,
+                            };
+                            let mut r = hyper::Response::new(Full::new(Bytes::from_static(b"")));
+                            *r.status_mut() = hyper::StatusCode::from_u16(status).unwrap();
+                            Ok::<_, std::convert::Infallible>(r)
+                        }
+                    },
+                );
                 let io = hyper_util::rt::TokioIo::new(tcp);
-                let _ = hyper::server::conn::http1::Builder::new().serve_connection(io, svc).await;
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(io, svc)
+                    .await;
             });
         }
     });
@@ -656,7 +955,10 @@ async fn refusing_state_backend() -> (SocketAddr, Seen) {
 async fn errored_state_is_uploaded_when_terraform_cannot_save_it() {
     let f = Fixture::new("engine-errored").await;
     // No backend block of its own: the engine's override supplies the HTTP backend.
-    let config = CONFIG.replace("terraform {\n  backend \"local\" {\n    path = \"../../../shared.tfstate\"\n  }\n}\n", "");
+    let config = CONFIG.replace(
+        "terraform {\n  backend \"local\" {\n    path = \"../../../shared.tfstate\"\n  }\n}\n",
+        "",
+    );
     assert!(!config.contains("backend"));
     // The repository tries to make the worker write through a link and upload
     // a file of the host as its errored state.
@@ -666,12 +968,18 @@ async fn errored_state_is_uploaded_when_terraform_cannot_save_it() {
     std::fs::write(&host_file, "a file of the worker host").unwrap();
     let sha = f.push_with_links(
         &[("infra/main.tf", &config)],
-        &[("infra/hangar_backend_override.tf", &outside), ("infra/errored.tfstate", &host_file)],
+        &[
+            ("infra/hangar_backend_override.tf", &outside),
+            ("infra/errored.tfstate", &host_file),
+        ],
     );
     let (addr, seen) = refusing_state_backend().await;
     let mut spec = f.spec(1, RunKind::Tracked, &sha);
     spec.autodeploy = true;
-    spec.backend = Backend::Http { state_url: format!("http://{addr}/state/v1/stack"), run_token: RUN_TOKEN.into() };
+    spec.backend = Backend::Http {
+        state_url: format!("http://{addr}/state/v1/stack"),
+        run_token: RUN_TOKEN.into(),
+    };
     let hooks = Recorder::new(decided(None).1);
     let outcome = f.execute(&spec, &f.options(), &hooks).await;
     assert_eq!(outcome.state, RunState::Failed, "{}", hooks.all_text());
@@ -688,24 +996,53 @@ async fn errored_state_is_uploaded_when_terraform_cannot_save_it() {
             _ => None,
         })
         .expect("errored.tfstate uploaded");
-    assert_eq!(std::fs::read_to_string(&outside).unwrap(), "untouched", "nothing written through a link");
-    assert_eq!(std::fs::read_to_string(&host_file).unwrap(), "a file of the worker host");
-    assert!(hooks.log_text(Phase::Applying).contains("removing the errored.tfstate the repository carries"));
-    let state: serde_json::Value = serde_json::from_slice(&errored).expect("a state file, not the host's file");
+    assert_eq!(
+        std::fs::read_to_string(&outside).unwrap(),
+        "untouched",
+        "nothing written through a link"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&host_file).unwrap(),
+        "a file of the worker host"
+    );
+    assert!(
+        hooks
+            .log_text(Phase::Applying)
+            .contains("removing the errored.tfstate the repository carries")
+    );
+    let state: serde_json::Value =
+        serde_json::from_slice(&errored).expect("a state file, not the host's file");
     assert_eq!(state["outputs"]["message"]["value"], "hello world");
 
     // Terraform spoke to the backend as the engine configured it.
     use base64::Engine;
-    let basic = format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("run:{RUN_TOKEN}")));
+    let basic = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("run:{RUN_TOKEN}"))
+    );
     let seen = seen.lock().unwrap().clone();
     let methods: Vec<&str> = seen.iter().map(|(m, _)| m.as_str()).collect();
-    assert!(methods.contains(&"LOCK") && methods.contains(&"UNLOCK") && methods.contains(&"POST"), "{methods:?}");
-    assert!(seen.iter().all(|(_, a)| a.as_deref() == Some(basic.as_str())), "every request carries run:<token>");
+    assert!(
+        methods.contains(&"LOCK") && methods.contains(&"UNLOCK") && methods.contains(&"POST"),
+        "{methods:?}"
+    );
+    assert!(
+        seen.iter()
+            .all(|(_, a)| a.as_deref() == Some(basic.as_str())),
+        "every request carries run:<token>"
+    );
     assert!(!hooks.all_text().contains(RUN_TOKEN));
     let override_file = f.work_dir(1).join("src/infra/hangar_backend_override.tf");
-    assert!(std::fs::read_to_string(override_file).unwrap().contains("backend \"http\""));
+    assert!(
+        std::fs::read_to_string(override_file)
+            .unwrap()
+            .contains("backend \"http\"")
+    );
     use std::os::unix::fs::PermissionsExt;
-    let mode = std::fs::metadata(f.work_dir(1).join("backend.tfbackend")).unwrap().permissions().mode();
+    let mode = std::fs::metadata(f.work_dir(1).join("backend.tfbackend"))
+        .unwrap()
+        .permissions()
+        .mode();
     assert_eq!(mode & 0o777, 0o600, "the run's credential is private");
 }
 
@@ -720,5 +1057,9 @@ fn sha256_hex(data: &[u8]) -> String {
             c.wait_with_output()
         })
         .unwrap();
-    String::from_utf8_lossy(&out.stdout).split_whitespace().next().unwrap().to_string()
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string()
 }

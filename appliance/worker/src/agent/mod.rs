@@ -14,16 +14,20 @@ use std::time::Duration;
 
 use hangar_runner::{BackgroundWorker, RunnerOptions, Step};
 use hangar_types::RunState;
-use hangar_types::worker::{Heartbeat, Notification, Phase, PlanUpload, StateReport, ToolSpec, WorkerStatus};
+use hangar_types::worker::{
+    Heartbeat, Notification, Phase, PlanUpload, StateReport, ToolSpec, WorkerStatus,
+};
 use tokio::sync::{Notify, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-pub use mqtt::{BrokerEvent, probe as probe_broker, options as mqtt_options, topic_filter};
+pub use mqtt::{BrokerEvent, options as mqtt_options, probe as probe_broker, topic_filter};
 
 use crate::api::Api;
 use crate::config::WorkerConfig;
-use crate::engine::{self, Decision, EngineOptions, HookError, Refused, RunHooks, RunSpec, StopHandle, StopSignal};
+use crate::engine::{
+    self, Decision, EngineOptions, HookError, Refused, RunHooks, RunSpec, StopHandle, StopSignal,
+};
 use crate::identity::Identity;
 use outbox::{Item, Outbox};
 
@@ -70,7 +74,9 @@ impl Shared {
 
     /// The appliance says the held run is in `state`.
     fn run_state(&self, run: i64, state: RunState) {
-        let Some(h) = self.held().filter(|h| h.run_id == run) else { return };
+        let Some(h) = self.held().filter(|h| h.run_id == run) else {
+            return;
+        };
         h.state.send_replace(Some(state));
         if state.is_terminal() {
             // The engine refuses to stop an apply; anything else ends here.
@@ -81,12 +87,20 @@ impl Shared {
 
 /// Runs the worker until `stop` is cancelled. On a stop, a run that is
 /// applying is finished first; any other run is stopped and reported.
-pub async fn run(cfg: WorkerConfig, identity: Identity, stop: CancellationToken) -> Result<(), AgentError> {
+pub async fn run(
+    cfg: WorkerConfig,
+    identity: Identity,
+    stop: CancellationToken,
+) -> Result<(), AgentError> {
     for d in [&cfg.work_dir, &cfg.cache_dir] {
-        std::fs::create_dir_all(d).map_err(|source| AgentError::Dir { path: d.clone(), source })?;
+        std::fs::create_dir_all(d).map_err(|source| AgentError::Dir {
+            path: d.clone(),
+            source,
+        })?;
     }
     let api = Api::new(&cfg.server_url, &identity)?;
-    let mqtt_opts = mqtt::options(&cfg, &identity).map_err(|reason| AgentError::Broker { reason })?;
+    let mqtt_opts =
+        mqtt::options(&cfg, &identity).map_err(|reason| AgentError::Broker { reason })?;
     let shared = Arc::new(Shared {
         cfg: cfg.clone(),
         api,
@@ -99,14 +113,21 @@ pub async fn run(cfg: WorkerConfig, identity: Identity, stop: CancellationToken)
 
     let (events_tx, mut events_rx) = mpsc::unbounded_channel();
     let background = CancellationToken::new();
-    let broker = tokio::spawn(mqtt::run(mqtt_opts, cfg.worker_id, events_tx, background.clone()));
+    let broker = tokio::spawn(mqtt::run(
+        mqtt_opts,
+        cfg.worker_id,
+        events_tx,
+        background.clone(),
+    ));
     let notifications = {
         let shared = shared.clone();
         tokio::spawn(async move {
             while let Some(ev) = events_rx.recv().await {
                 match ev {
                     BrokerEvent::Connected => shared.wake.notify_one(),
-                    BrokerEvent::Notification(Notification::WorkAvailable { .. }) => shared.wake.notify_one(),
+                    BrokerEvent::Notification(Notification::WorkAvailable { .. }) => {
+                        shared.wake.notify_one()
+                    }
                     BrokerEvent::Notification(Notification::RunConfirmed { run }) => {
                         shared.run_state(run, RunState::Confirmed)
                     }
@@ -133,16 +154,24 @@ pub async fn run(cfg: WorkerConfig, identity: Identity, stop: CancellationToken)
         })
     };
 
-    let runner = RunLoop { shared: shared.clone() };
+    let runner = RunLoop {
+        shared: shared.clone(),
+    };
     // The run in progress ends itself on a stop (an apply runs to its end), so
     // the deadline only bounds a hang.
-    let opts = RunnerOptions { exit_deadline: Duration::from_secs(24 * 3600), max_error_backoff: Duration::from_secs(30) };
+    let opts = RunnerOptions {
+        exit_deadline: Duration::from_secs(24 * 3600),
+        max_error_backoff: Duration::from_secs(30),
+    };
     let exit = hangar_runner::run(runner, stop.clone(), opts).await;
     info!(%exit, "run loop ended");
     // One last heartbeat says the worker is going.
     let _ = tokio::time::timeout(
         Duration::from_secs(5),
-        shared.api.heartbeat(&Heartbeat { status: WorkerStatus::Offline, run: None }),
+        shared.api.heartbeat(&Heartbeat {
+            status: WorkerStatus::Offline,
+            run: None,
+        }),
     )
     .await;
     background.cancel();
@@ -164,7 +193,10 @@ async fn heartbeats(shared: Arc<Shared>, stop: CancellationToken) {
         } else {
             WorkerStatus::Idle
         };
-        let hb = Heartbeat { status, run: held.as_ref().map(|h| h.run_id) };
+        let hb = Heartbeat {
+            status,
+            run: held.as_ref().map(|h| h.run_id),
+        };
         match shared.api.heartbeat(&hb).await {
             Ok(reply) => {
                 let was = shared.drained.swap(reply.drain, Ordering::Relaxed);
@@ -221,17 +253,27 @@ async fn execute(shared: &Arc<Shared>, a: hangar_types::worker::RunAssignment) {
     info!(run_id, kind = %a.kind, stack = %a.stack.slug, "claimed a run");
     let (stop, signal) = StopSignal::new();
     let (state_tx, state_rx) = watch::channel(None);
-    let held = Arc::new(Held { run_id, stop: stop.clone(), state: state_tx });
+    let held = Arc::new(Held {
+        run_id,
+        stop: stop.clone(),
+        state: state_tx,
+    });
     *shared.held.lock().expect("held lock") = Some(held.clone());
     let on_refused: outbox::OnRefused = {
         let held = held.clone();
         Arc::new(move |state: RunState| {
             held.state.send_replace(Some(state));
-            held.stop.stop(format!("the appliance ended the run ({state})"));
+            held.stop
+                .stop(format!("the appliance ended the run ({state})"));
         })
     };
     let outbox = Outbox::start(shared.api.clone(), run_id, on_refused);
-    let hooks = AgentHooks { shared: shared.clone(), run_id, outbox: &outbox, state: state_rx };
+    let hooks = AgentHooks {
+        shared: shared.clone(),
+        run_id,
+        outbox: &outbox,
+        state: state_rx,
+    };
     let dir = shared.cfg.work_dir.join(format!("run-{run_id}"));
     let _ = std::fs::remove_dir_all(&dir);
     let opts = EngineOptions {
@@ -303,7 +345,10 @@ impl RunHooks for AgentHooks<'_> {
     }
 
     async fn upload_plan(&self, path: &Path, upload: PlanUpload) -> Result<(), HookError> {
-        self.outbox.push(Item::Plan { path: path.to_path_buf(), upload });
+        self.outbox.push(Item::Plan {
+            path: path.to_path_buf(),
+            upload,
+        });
         Ok(())
     }
 

@@ -33,7 +33,9 @@ pub fn options(cfg: &WorkerConfig, identity: &Identity) -> Result<MqttOptions, S
         .set_clean_session(true)
         .set_max_packet_size(64 * 1024, 64 * 1024)
         .set_credentials(tenant, identity.token.to_string())
-        .set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(identity.tls.clone())));
+        .set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
+            identity.tls.clone(),
+        )));
     Ok(opts)
 }
 
@@ -63,7 +65,10 @@ pub async fn run(
         match ev {
             Ok(Event::Incoming(Packet::ConnAck(c))) => {
                 backoff = Duration::from_millis(500);
-                info!(session_present = c.session_present, "connected to the broker");
+                info!(
+                    session_present = c.session_present,
+                    "connected to the broker"
+                );
                 if !c.session_present {
                     // try_: the event loop that would drain a full request queue is this task.
                     if let Err(e) = client.try_subscribe(filter.clone(), QoS::AtLeastOnce) {
@@ -72,19 +77,26 @@ pub async fn run(
                 }
             }
             Ok(Event::Incoming(Packet::SubAck(s))) => {
-                if s.return_codes.iter().any(|c| matches!(c, rumqttc::SubscribeReasonCode::Failure)) {
+                if s.return_codes
+                    .iter()
+                    .any(|c| matches!(c, rumqttc::SubscribeReasonCode::Failure))
+                {
                     warn!(topic = %filter, "the broker refused the subscription");
                 } else {
                     let _ = events.send(BrokerEvent::Connected);
                 }
             }
-            Ok(Event::Incoming(Packet::Publish(p))) => match serde_json::from_slice::<Notification>(&p.payload) {
-                Ok(n) => {
-                    debug!(topic = %p.topic, ?n, "notification");
-                    let _ = events.send(BrokerEvent::Notification(n));
+            Ok(Event::Incoming(Packet::Publish(p))) => {
+                match serde_json::from_slice::<Notification>(&p.payload) {
+                    Ok(n) => {
+                        debug!(topic = %p.topic, ?n, "notification");
+                        let _ = events.send(BrokerEvent::Notification(n));
+                    }
+                    Err(_) => {
+                        warn!(topic = %p.topic, bytes = p.payload.len(), "ignoring an unreadable notification")
+                    }
                 }
-                Err(_) => warn!(topic = %p.topic, bytes = p.payload.len(), "ignoring an unreadable notification"),
-            },
+            }
             Ok(_) => {}
             Err(e) => {
                 warn!(error = %e, retry_in = ?backoff, "broker connection lost");

@@ -17,8 +17,15 @@ use crate::api::{Api, ApiError, ReportReply};
 
 pub(crate) enum Item {
     Report(StateReport),
-    Log { phase: Phase, seq: u64, data: Vec<u8> },
-    Plan { path: PathBuf, upload: PlanUpload },
+    Log {
+        phase: Phase,
+        seq: u64,
+        data: Vec<u8>,
+    },
+    Plan {
+        path: PathBuf,
+        upload: PlanUpload,
+    },
     ErroredState(Vec<u8>),
 }
 

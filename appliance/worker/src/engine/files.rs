@@ -64,41 +64,68 @@ pub(crate) fn backend_config(state_url: &str, run_token: &str) -> String {
 /// The CLI configuration: providers only from `mirror` (no direct installs; no
 /// mirror at all means no provider can be installed), the run token as the
 /// mirror host's credentials, and a plugin cache shared between runs.
-pub(crate) fn cli_config(mirror: Option<&Mirror>, plugin_cache: &Path) -> Result<String, EngineError> {
+pub(crate) fn cli_config(
+    mirror: Option<&Mirror>,
+    plugin_cache: &Path,
+) -> Result<String, EngineError> {
     let mut s = String::new();
     s.push_str("# Written by hangar-worker for one run.\n");
     s.push_str("disable_checkpoint = true\n");
-    s.push_str(&format!("plugin_cache_dir = {}\n", hcl_string(&plugin_cache.display().to_string())));
+    s.push_str(&format!(
+        "plugin_cache_dir = {}\n",
+        hcl_string(&plugin_cache.display().to_string())
+    ));
     s.push_str("provider_installation {\n");
     if let Some(m) = mirror {
-        s.push_str(&format!("  network_mirror {{\n    url = {}\n  }}\n", hcl_string(&m.url)));
+        s.push_str(&format!(
+            "  network_mirror {{\n    url = {}\n  }}\n",
+            hcl_string(&m.url)
+        ));
     }
     s.push_str("}\n");
     if let Some(m) = mirror {
-        let url = url::Url::parse(&m.url).map_err(|_| EngineError::BadUrl { url: m.url.clone() })?;
-        let host = url.host_str().ok_or_else(|| EngineError::BadUrl { url: m.url.clone() })?;
+        let url =
+            url::Url::parse(&m.url).map_err(|_| EngineError::BadUrl { url: m.url.clone() })?;
+        let host = url
+            .host_str()
+            .ok_or_else(|| EngineError::BadUrl { url: m.url.clone() })?;
         let host = match url.port() {
             Some(p) => format!("{host}:{p}"),
             None => host.to_string(),
         };
-        s.push_str(&format!("credentials {} {{\n  token = {}\n}}\n", hcl_string(&host), hcl_string(&m.token)));
+        s.push_str(&format!(
+            "credentials {} {{\n  token = {}\n}}\n",
+            hcl_string(&host),
+            hcl_string(&m.token)
+        ));
     }
     Ok(s)
 }
 
 /// Counts a `terraform show -json` plan's changes: resources to add, change and
 /// destroy (a replacement counts as one add and one destroy), and outputs.
-pub(crate) fn plan_changes(json: &[u8]) -> Result<hangar_types::worker::Changes, serde_json::Error> {
+pub(crate) fn plan_changes(
+    json: &[u8],
+) -> Result<hangar_types::worker::Changes, serde_json::Error> {
     let v: serde_json::Value = serde_json::from_slice(json)?;
     let mut c = hangar_types::worker::Changes::default();
     let actions = |change: &serde_json::Value| -> Vec<String> {
         change
             .get("actions")
             .and_then(|a| a.as_array())
-            .map(|a| a.iter().filter_map(|x| x.as_str().map(str::to_string)).collect())
+            .map(|a| {
+                a.iter()
+                    .filter_map(|x| x.as_str().map(str::to_string))
+                    .collect()
+            })
             .unwrap_or_default()
     };
-    for rc in v.get("resource_changes").and_then(|r| r.as_array()).into_iter().flatten() {
+    for rc in v
+        .get("resource_changes")
+        .and_then(|r| r.as_array())
+        .into_iter()
+        .flatten()
+    {
         let acts = rc.get("change").map(actions).unwrap_or_default();
         let has = |a: &str| acts.iter().any(|x| x == a);
         if has("create") {
@@ -112,7 +139,10 @@ pub(crate) fn plan_changes(json: &[u8]) -> Result<hangar_types::worker::Changes,
         }
     }
     if let Some(outputs) = v.get("output_changes").and_then(|o| o.as_object()) {
-        c.outputs = outputs.values().filter(|o| actions(o).iter().any(|a| a != "no-op")).count() as u32;
+        c.outputs = outputs
+            .values()
+            .filter(|o| actions(o).iter().any(|a| a != "no-op"))
+            .count() as u32;
     }
     Ok(c)
 }
@@ -124,7 +154,10 @@ mod tests {
     #[test]
     fn hcl_strings_cannot_break_out() {
         assert_eq!(hcl_string("a\"b\\c"), r#""a\"b\\c""#);
-        assert_eq!(hcl_string("${file(\"/etc/passwd\")}"), r#""$${file(\"/etc/passwd\")}""#);
+        assert_eq!(
+            hcl_string("${file(\"/etc/passwd\")}"),
+            r#""$${file(\"/etc/passwd\")}""#
+        );
         assert_eq!(hcl_string("%{ if }"), r#""%%{ if }""#);
         assert_eq!(hcl_string("line\nnext"), r#""line\nnext""#);
     }
@@ -145,7 +178,10 @@ mod tests {
 
     #[test]
     fn cli_config_names_only_the_mirror() {
-        let m = Mirror { url: "https://appliance.example:1983/v1/providers/".into(), token: "tok\"en".into() };
+        let m = Mirror {
+            url: "https://appliance.example:1983/v1/providers/".into(),
+            token: "tok\"en".into(),
+        };
         let s = cli_config(Some(&m), Path::new("/cache/plugins")).unwrap();
         assert!(s.contains("network_mirror"));
         assert!(!s.contains("direct"));

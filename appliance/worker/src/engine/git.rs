@@ -25,7 +25,9 @@ pub(crate) enum Checkout {
 impl Git {
     fn env(&self) -> Vec<(String, String)> {
         // The worker's own environment minus anything that would redirect git.
-        let mut env: Vec<(String, String)> = std::env::vars().filter(|(k, _)| !k.starts_with("GIT_")).collect();
+        let mut env: Vec<(String, String)> = std::env::vars()
+            .filter(|(k, _)| !k.starts_with("GIT_"))
+            .collect();
         env.push(("GIT_TERMINAL_PROMPT".into(), "0".into()));
         env.push(("GIT_ASKPASS".into(), "/bin/false".into()));
         env.push(("GIT_CONFIG_NOSYSTEM".into(), "1".into()));
@@ -55,13 +57,21 @@ impl Git {
         stop: &StopSignal,
     ) -> Result<Checkout, EngineError> {
         if !(sha.len() == 40 || sha.len() == 64) || !sha.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(EngineError::BadCommit { sha: sha.to_string() });
+            return Err(EngineError::BadCommit {
+                sha: sha.to_string(),
+            });
         }
-        std::fs::create_dir_all(dest).map_err(|source| EngineError::Io { path: dest.to_path_buf(), source })?;
+        std::fs::create_dir_all(dest).map_err(|source| EngineError::Io {
+            path: dest.to_path_buf(),
+            source,
+        })?;
         log.line(&format!("checking out commit {sha}")).await;
         let steps: [(&[&str], &str); 2] = [
             (&["init", "--quiet", "."], "git init"),
-            (&["remote", "add", "origin", url], "git remote add origin <repository>"),
+            (
+                &["remote", "add", "origin", url],
+                "git remote add origin <repository>",
+            ),
         ];
         for (args, display) in steps {
             match self.step(dest, args, display, log, stop).await? {
@@ -69,23 +79,59 @@ impl Git {
                 other => return Ok(other),
             }
         }
-        let shallow = ["-c", "protocol.version=2", "fetch", "--quiet", "--depth=1", "--no-tags", "origin", sha];
-        match self.step(dest, &shallow, &format!("git fetch --depth=1 origin {sha}"), log, stop).await? {
+        let shallow = [
+            "-c",
+            "protocol.version=2",
+            "fetch",
+            "--quiet",
+            "--depth=1",
+            "--no-tags",
+            "origin",
+            sha,
+        ];
+        match self
+            .step(
+                dest,
+                &shallow,
+                &format!("git fetch --depth=1 origin {sha}"),
+                log,
+                stop,
+            )
+            .await?
+        {
             Checkout::Done => {}
             Checkout::Stopped(r) => return Ok(Checkout::Stopped(r)),
             Checkout::Failed(_) => {
-                log.line("the server does not serve single commits: fetching every branch").await;
-                let all = ["fetch", "--quiet", "origin", "+refs/heads/*:refs/remotes/origin/*"];
+                log.line("the server does not serve single commits: fetching every branch")
+                    .await;
+                let all = [
+                    "fetch",
+                    "--quiet",
+                    "origin",
+                    "+refs/heads/*:refs/remotes/origin/*",
+                ];
                 match self.step(dest, &all, "git fetch origin", log, stop).await? {
                     Checkout::Done => {}
                     other => return Ok(other),
                 }
             }
         }
-        let checkout = ["-c", "advice.detachedHead=false", "checkout", "--quiet", "--detach", sha];
-        match self.step(dest, &checkout, &format!("git checkout {sha}"), log, stop).await? {
+        let checkout = [
+            "-c",
+            "advice.detachedHead=false",
+            "checkout",
+            "--quiet",
+            "--detach",
+            sha,
+        ];
+        match self
+            .step(dest, &checkout, &format!("git checkout {sha}"), log, stop)
+            .await?
+        {
             Checkout::Done => Ok(Checkout::Done),
-            Checkout::Failed(_) => Ok(Checkout::Failed(format!("commit {sha} is not in the repository"))),
+            Checkout::Failed(_) => Ok(Checkout::Failed(format!(
+                "commit {sha} is not in the repository"
+            ))),
             other => Ok(other),
         }
     }
@@ -102,11 +148,15 @@ impl Git {
             return Ok(Checkout::Stopped(r));
         }
         let cmd = self.cmd(cwd, args, display);
-        Ok(match process::run(&cmd, log, stop, true, self.grace).await? {
-            Ended::Exited(0) => Checkout::Done,
-            Ended::Stopped(r) => Checkout::Stopped(r),
-            Ended::Exited(c) => Checkout::Failed(format!("{display} failed (exit code {c})")),
-            Ended::Signaled(s) => Checkout::Failed(format!("{display} was killed by signal {s}")),
-        })
+        Ok(
+            match process::run(&cmd, log, stop, true, self.grace).await? {
+                Ended::Exited(0) => Checkout::Done,
+                Ended::Stopped(r) => Checkout::Stopped(r),
+                Ended::Exited(c) => Checkout::Failed(format!("{display} failed (exit code {c})")),
+                Ended::Signaled(s) => {
+                    Checkout::Failed(format!("{display} was killed by signal {s}"))
+                }
+            },
+        )
     }
 }

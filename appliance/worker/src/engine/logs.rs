@@ -22,7 +22,10 @@ pub struct ChunkPolicy {
 
 impl Default for ChunkPolicy {
     fn default() -> Self {
-        ChunkPolicy { interval: Duration::from_millis(300), max_bytes: 64 * 1024 }
+        ChunkPolicy {
+            interval: Duration::from_millis(300),
+            max_bytes: 64 * 1024,
+        }
     }
 }
 
@@ -42,7 +45,16 @@ pub(crate) struct LogStream<'h, H: RunHooks> {
 
 impl<'h, H: RunHooks> LogStream<'h, H> {
     pub(crate) fn new(hooks: &'h H, phase: Phase, masker: Masker, policy: ChunkPolicy) -> Self {
-        LogStream { hooks, phase, seq: 0, masker, policy, buf: Vec::new(), since: None, tail: Vec::new() }
+        LogStream {
+            hooks,
+            phase,
+            seq: 0,
+            masker,
+            policy,
+            buf: Vec::new(),
+            since: None,
+            tail: Vec::new(),
+        }
     }
 
     /// Tool output, as it arrives.
@@ -87,7 +99,11 @@ impl<'h, H: RunHooks> LogStream<'h, H> {
     /// The last `lines` non-empty lines of the current command's output, masked.
     pub(crate) fn tail_lines(&self, lines: usize) -> String {
         let text = String::from_utf8_lossy(&self.tail);
-        let kept: Vec<&str> = text.lines().map(str::trim_end).filter(|l| !l.trim().is_empty()).collect();
+        let kept: Vec<&str> = text
+            .lines()
+            .map(str::trim_end)
+            .filter(|l| !l.trim().is_empty())
+            .collect();
         kept[kept.len().saturating_sub(lines)..].join("\n")
     }
 
@@ -108,7 +124,11 @@ impl<'h, H: RunHooks> LogStream<'h, H> {
             let rest = self.buf.split_off(self.policy.max_bytes);
             let chunk = std::mem::replace(&mut self.buf, rest);
             self.send(chunk).await;
-            self.since = if self.buf.is_empty() { None } else { Some(Instant::now()) };
+            self.since = if self.buf.is_empty() {
+                None
+            } else {
+                Some(Instant::now())
+            };
         }
     }
 

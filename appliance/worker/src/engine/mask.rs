@@ -16,7 +16,9 @@ pub struct Masker {
 
 impl std::fmt::Debug for Masker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Masker").field("secrets", &self.secrets.len()).finish_non_exhaustive()
+        f.debug_struct("Masker")
+            .field("secrets", &self.secrets.len())
+            .finish_non_exhaustive()
     }
 }
 
@@ -42,7 +44,10 @@ impl Masker {
         }
         all.sort_by(|a, b| b.len().cmp(&a.len()).then_with(|| a.cmp(b)));
         all.dedup();
-        Masker { secrets: all, pending: Vec::new() }
+        Masker {
+            secrets: all,
+            pending: Vec::new(),
+        }
     }
 
     /// Feeds `data`; returns what can be emitted safely now.
@@ -58,7 +63,10 @@ impl Masker {
 
     /// Masks a complete text at once (notes, error messages).
     pub fn mask_all(&self, text: &str) -> String {
-        let mut m = Masker { secrets: self.secrets.clone(), pending: Vec::new() };
+        let mut m = Masker {
+            secrets: self.secrets.clone(),
+            pending: Vec::new(),
+        };
         let mut out = m.push(text.as_bytes());
         out.extend(m.finish());
         String::from_utf8_lossy(&out).into_owned()
@@ -72,7 +80,12 @@ impl Masker {
             let rest = &buf[i..];
             // The rest could still become a secret once more bytes arrive
             // (perhaps a longer one than what already matches here): keep it.
-            if !at_end && self.secrets.iter().any(|s| s.len() > rest.len() && s.starts_with(rest)) {
+            if !at_end
+                && self
+                    .secrets
+                    .iter()
+                    .any(|s| s.len() > rest.len() && s.starts_with(rest))
+            {
                 self.pending = rest.to_vec();
                 return out;
             }

@@ -18,7 +18,9 @@ use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use hangar_types::worker::{Changes, EnvVar, Phase, PlanUpload, RunAssignment, StateReport, ToolSpec};
+use hangar_types::worker::{
+    Changes, EnvVar, Phase, PlanUpload, RunAssignment, StateReport, ToolSpec,
+};
 use hangar_types::{RunKind, RunState};
 use tokio::sync::watch;
 use tracing::{info, warn};
@@ -59,11 +61,22 @@ pub trait RunHooks: Send + Sync {
     /// The `seq`th chunk (from 0, per phase) of a phase's masked output.
     fn log_chunk(&self, phase: Phase, seq: u64, data: Vec<u8>) -> impl Future<Output = ()> + Send;
     /// Writes the tool binary `tool` names to `dest` (verified by the engine).
-    fn download_tool(&self, tool: &ToolSpec, dest: &Path) -> impl Future<Output = Result<(), HookError>> + Send;
+    fn download_tool(
+        &self,
+        tool: &ToolSpec,
+        dest: &Path,
+    ) -> impl Future<Output = Result<(), HookError>> + Send;
     /// Uploads the saved plan at `path`, described by `upload`.
-    fn upload_plan(&self, path: &Path, upload: PlanUpload) -> impl Future<Output = Result<(), HookError>> + Send;
+    fn upload_plan(
+        &self,
+        path: &Path,
+        upload: PlanUpload,
+    ) -> impl Future<Output = Result<(), HookError>> + Send;
     /// Uploads the `errored.tfstate` Terraform left.
-    fn upload_errored_state(&self, data: Vec<u8>) -> impl Future<Output = Result<(), HookError>> + Send;
+    fn upload_errored_state(
+        &self,
+        data: Vec<u8>,
+    ) -> impl Future<Output = Result<(), HookError>> + Send;
     /// Resolves once the run awaiting confirmation was confirmed or ended.
     fn confirmation(&self) -> impl Future<Output = Decision> + Send;
 }
@@ -131,14 +144,20 @@ pub enum Backend {
     /// nothing): for tests and tools that need no appliance.
     Configured,
     /// The appliance's HTTP state backend, with the run's credential.
-    Http { state_url: String, run_token: String },
+    Http {
+        state_url: String,
+        run_token: String,
+    },
 }
 
 impl std::fmt::Debug for Backend {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Backend::Configured => f.write_str("Configured"),
-            Backend::Http { state_url, .. } => f.debug_struct("Http").field("state_url", state_url).finish_non_exhaustive(),
+            Backend::Http { state_url, .. } => f
+                .debug_struct("Http")
+                .field("state_url", state_url)
+                .finish_non_exhaustive(),
         }
     }
 }
@@ -152,7 +171,9 @@ pub struct Mirror {
 
 impl std::fmt::Debug for Mirror {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Mirror").field("url", &self.url).finish_non_exhaustive()
+        f.debug_struct("Mirror")
+            .field("url", &self.url)
+            .finish_non_exhaustive()
     }
 }
 
@@ -200,8 +221,14 @@ impl From<&RunAssignment> for RunSpec {
             command: a.command.clone(),
             env: a.env.clone(),
             tool: a.tool.clone(),
-            backend: Backend::Http { state_url: a.state_url.clone(), run_token: a.run_token.clone() },
-            mirror: Some(Mirror { url: a.provider_mirror_url.clone(), token: a.run_token.clone() }),
+            backend: Backend::Http {
+                state_url: a.state_url.clone(),
+                run_token: a.run_token.clone(),
+            },
+            mirror: Some(Mirror {
+                url: a.provider_mirror_url.clone(),
+                token: a.run_token.clone(),
+            }),
             autodeploy: a.autodeploy,
         }
     }
@@ -210,7 +237,12 @@ impl From<&RunAssignment> for RunSpec {
 impl RunSpec {
     /// Every value that must never appear in a log.
     pub fn secrets(&self) -> Vec<String> {
-        let mut s: Vec<String> = self.env.iter().filter(|e| e.secret).map(|e| e.value.clone()).collect();
+        let mut s: Vec<String> = self
+            .env
+            .iter()
+            .filter(|e| e.secret)
+            .map(|e| e.value.clone())
+            .collect();
         if let Backend::Http { run_token, .. } = &self.backend {
             s.push(run_token.clone());
         }
@@ -305,7 +337,11 @@ pub enum EngineError {
         source: HookError,
     },
     #[error("the tool from {url} has SHA-256 {actual}, expected {expected}")]
-    ToolChecksum { url: String, expected: String, actual: String },
+    ToolChecksum {
+        url: String,
+        expected: String,
+        actual: String,
+    },
     #[error("the tool's SHA-256 {sha256:?} is not 64 hex digits")]
     BadToolHash { sha256: String },
     #[error("{url:?} is not a valid URL")]
@@ -336,8 +372,16 @@ pub fn error_line(e: &(dyn std::error::Error + 'static)) -> String {
 const NOTE_LINES: usize = 12;
 
 /// Environment names the worker sets itself; a stack cannot override them.
-const RESERVED_ENV: &[&str] =
-    &["PATH", "HOME", "TMPDIR", "TF_CLI_CONFIG_FILE", "SSL_CERT_FILE", "TF_IN_AUTOMATION", "TF_INPUT", "CHECKPOINT_DISABLE"];
+const RESERVED_ENV: &[&str] = &[
+    "PATH",
+    "HOME",
+    "TMPDIR",
+    "TF_CLI_CONFIG_FILE",
+    "SSL_CERT_FILE",
+    "TF_IN_AUTOMATION",
+    "TF_INPUT",
+    "CHECKPOINT_DISABLE",
+];
 
 /// Runs `spec` in `work_dir` (created, or empty) until it ends on this worker.
 /// The engine reports every state it moves the run to; the returned outcome is
@@ -349,7 +393,14 @@ pub async fn execute<H: RunHooks>(
     hooks: &H,
     stop: &StopSignal,
 ) -> Outcome {
-    let run = Run { spec, work_dir, opts, hooks, stop, masker_secrets: spec.secrets() };
+    let run = Run {
+        spec,
+        work_dir,
+        opts,
+        hooks,
+        stop,
+        masker_secrets: spec.secrets(),
+    };
     let outcome = run.phases().await;
     info!(run_id = spec.run_id, state = %outcome.state, "run ended on this worker");
     outcome
@@ -374,7 +425,12 @@ enum Halt {
 
 impl<'a, H: RunHooks> Run<'a, H> {
     fn log(&self, phase: Phase) -> LogStream<'a, H> {
-        LogStream::new(self.hooks, phase, Masker::new(self.masker_secrets.iter().map(String::as_str)), self.opts.chunks)
+        LogStream::new(
+            self.hooks,
+            phase,
+            Masker::new(self.masker_secrets.iter().map(String::as_str)),
+            self.opts.chunks,
+        )
     }
 
     fn mask(&self, text: &str) -> String {
@@ -382,21 +438,40 @@ impl<'a, H: RunHooks> Run<'a, H> {
     }
 
     async fn report(&self, to: RunState, note: &str, changes: Option<Changes>) -> Result<(), Halt> {
-        let report = StateReport { to, note: self.mask(note), changes };
+        let report = StateReport {
+            to,
+            note: self.mask(note),
+            changes,
+        };
         match self.hooks.report(report).await {
             Ok(()) => Ok(()),
-            Err(r) => Err(Halt::Ended(r.state, format!("the appliance ended the run ({})", r.state))),
+            Err(r) => Err(Halt::Ended(
+                r.state,
+                format!("the appliance ended the run ({})", r.state),
+            )),
         }
     }
 
     async fn end(&self, halt: Halt, changes: Option<Changes>) -> Outcome {
         match halt {
-            Halt::Ended(state, note) => Outcome { state, note, changes },
+            Halt::Ended(state, note) => Outcome {
+                state,
+                note,
+                changes,
+            },
             Halt::Report(state, note) => {
                 let note = self.mask(&note);
                 match self.report(state, &note, changes).await {
-                    Ok(()) => Outcome { state, note, changes },
-                    Err(Halt::Ended(s, n)) | Err(Halt::Report(s, n)) => Outcome { state: s, note: n, changes },
+                    Ok(()) => Outcome {
+                        state,
+                        note,
+                        changes,
+                    },
+                    Err(Halt::Ended(s, n)) | Err(Halt::Report(s, n)) => Outcome {
+                        state: s,
+                        note: n,
+                        changes,
+                    },
                 }
             }
         }
@@ -424,13 +499,19 @@ impl<'a, H: RunHooks> Run<'a, H> {
         };
         let Some(changes) = changes else {
             // Task runs end in their planning phase.
-            return self.end(Halt::Report(RunState::Finished, "task finished".into()), None).await;
+            return self
+                .end(
+                    Halt::Report(RunState::Finished, "task finished".into()),
+                    None,
+                )
+                .await;
         };
         self.decide_and_apply(&prepared, changes).await
     }
 
     async fn prepare(&self) -> Result<Prepared, Halt> {
-        self.report(RunState::Preparing, "worker preparing the run", None).await?;
+        self.report(RunState::Preparing, "worker preparing the run", None)
+            .await?;
         let mut log = self.log(Phase::Preparing);
         let r = self.prepare_inner(&mut log).await;
         log.finish().await;
@@ -438,13 +519,32 @@ impl<'a, H: RunHooks> Run<'a, H> {
     }
 
     async fn prepare_inner(&self, log: &mut LogStream<'a, H>) -> Result<Prepared, Halt> {
-        let fail = |e: EngineError| Halt::Report(RunState::Failed, format!("preparing failed: {}", error_line(&e)));
+        let fail = |e: EngineError| {
+            Halt::Report(
+                RunState::Failed,
+                format!("preparing failed: {}", error_line(&e)),
+            )
+        };
         let layout = Layout::create(self.work_dir).map_err(fail)?;
         self.stopped()?;
-        let git = git::Git { vcs_ca: self.opts.vcs_ca.clone(), grace: self.opts.stop_grace };
-        match git.checkout(&self.spec.repository, &self.spec.commit_sha, &layout.src, log, self.stop).await {
+        let git = git::Git {
+            vcs_ca: self.opts.vcs_ca.clone(),
+            grace: self.opts.stop_grace,
+        };
+        match git
+            .checkout(
+                &self.spec.repository,
+                &self.spec.commit_sha,
+                &layout.src,
+                log,
+                self.stop,
+            )
+            .await
+        {
             Ok(git::Checkout::Done) => {}
-            Ok(git::Checkout::Stopped(reason)) => return Err(Halt::Report(RunState::Stopped, reason)),
+            Ok(git::Checkout::Stopped(reason)) => {
+                return Err(Halt::Report(RunState::Stopped, reason));
+            }
             Ok(git::Checkout::Failed(what)) => {
                 let tail = log.tail_lines(NOTE_LINES);
                 return Err(Halt::Report(RunState::Failed, format!("{what}\n{tail}")));
@@ -453,25 +553,43 @@ impl<'a, H: RunHooks> Run<'a, H> {
         }
         let root = project_root(&layout.src, &self.spec.project_root).map_err(fail)?;
         self.stopped()?;
-        let tool = tool::ensure(self.hooks, &self.spec.tool, &self.opts.cache_dir, log).await.map_err(fail)?;
+        let tool = tool::ensure(self.hooks, &self.spec.tool, &self.opts.cache_dir, log)
+            .await
+            .map_err(fail)?;
         let plugins = self.opts.cache_dir.join("plugins");
-        std::fs::create_dir_all(&plugins).map_err(|source| fail(EngineError::Io { path: plugins.clone(), source }))?;
+        std::fs::create_dir_all(&plugins).map_err(|source| {
+            fail(EngineError::Io {
+                path: plugins.clone(),
+                source,
+            })
+        })?;
         let cli = files::cli_config(self.spec.mirror.as_ref(), &plugins).map_err(fail)?;
         write_private(&layout.cli_config, &cli).map_err(fail)?;
         let mut env = Vec::new();
         for v in &self.spec.env {
-            if RESERVED_ENV.contains(&v.name.as_str()) || v.name.is_empty() || v.name.contains('=') {
-                log.line(&format!("ignoring environment variable {:?}: the worker sets it", v.name)).await;
+            if RESERVED_ENV.contains(&v.name.as_str()) || v.name.is_empty() || v.name.contains('=')
+            {
+                log.line(&format!(
+                    "ignoring environment variable {:?}: the worker sets it",
+                    v.name
+                ))
+                .await;
                 continue;
             }
             env.push((v.name.clone(), v.value.clone()));
         }
-        let tool_dir = tool.parent().expect("cached tool has a directory").to_path_buf();
+        let tool_dir = tool
+            .parent()
+            .expect("cached tool has a directory")
+            .to_path_buf();
         env.extend([
             ("PATH".to_string(), process::tool_path(&tool_dir)),
             ("HOME".to_string(), layout.home.display().to_string()),
             ("TMPDIR".to_string(), layout.tmp.display().to_string()),
-            ("TF_CLI_CONFIG_FILE".to_string(), layout.cli_config.display().to_string()),
+            (
+                "TF_CLI_CONFIG_FILE".to_string(),
+                layout.cli_config.display().to_string(),
+            ),
             ("TF_IN_AUTOMATION".to_string(), "1".to_string()),
             ("TF_INPUT".to_string(), "0".to_string()),
             ("CHECKPOINT_DISABLE".to_string(), "1".to_string()),
@@ -479,7 +597,12 @@ impl<'a, H: RunHooks> Run<'a, H> {
         if let Some(ca) = &self.opts.appliance_ca {
             env.push(("SSL_CERT_FILE".to_string(), ca.display().to_string()));
         }
-        Ok(Prepared { layout, root, tool, env })
+        Ok(Prepared {
+            layout,
+            root,
+            tool,
+            env,
+        })
     }
 
     fn cmd(&self, p: &Prepared, program: &Path, args: &[&str], display: &str) -> Cmd {
@@ -504,20 +627,30 @@ impl<'a, H: RunHooks> Run<'a, H> {
             Ok(Ended::Stopped(reason)) => Err(Halt::Report(RunState::Stopped, reason)),
             Ok(Ended::Signaled(s)) => {
                 let tail = log.tail_lines(NOTE_LINES);
-                Err(Halt::Report(RunState::Failed, format!("{what} was killed by signal {s}\n{tail}")))
+                Err(Halt::Report(
+                    RunState::Failed,
+                    format!("{what} was killed by signal {s}\n{tail}"),
+                ))
             }
-            Err(e) => Err(Halt::Report(RunState::Failed, format!("{what}: {}", error_line(&e)))),
+            Err(e) => Err(Halt::Report(
+                RunState::Failed,
+                format!("{what}: {}", error_line(&e)),
+            )),
         }
     }
 
     fn failed(&self, log: &LogStream<'a, H>, what: &str, code: i32) -> Halt {
         let tail = log.tail_lines(NOTE_LINES);
-        Halt::Report(RunState::Failed, format!("{what} failed (exit code {code})\n{tail}"))
+        Halt::Report(
+            RunState::Failed,
+            format!("{what} failed (exit code {code})\n{tail}"),
+        )
     }
 
     async fn initialize(&self, p: &Prepared) -> Result<(), Halt> {
         self.stopped()?;
-        self.report(RunState::Initializing, "terraform init", None).await?;
+        self.report(RunState::Initializing, "terraform init", None)
+            .await?;
         let mut log = self.log(Phase::Initializing);
         let r = self.initialize_inner(p, &mut log).await;
         log.finish().await;
@@ -525,17 +658,41 @@ impl<'a, H: RunHooks> Run<'a, H> {
     }
 
     async fn initialize_inner(&self, p: &Prepared, log: &mut LogStream<'a, H>) -> Result<(), Halt> {
-        let fail = |e: EngineError| Halt::Report(RunState::Failed, format!("initializing failed: {}", error_line(&e)));
+        let fail = |e: EngineError| {
+            Halt::Report(
+                RunState::Failed,
+                format!("initializing failed: {}", error_line(&e)),
+            )
+        };
         let mut args: Vec<String> = vec!["init".into(), "-input=false".into(), "-no-color".into()];
-        if let Backend::Http { state_url, run_token } = &self.spec.backend {
+        if let Backend::Http {
+            state_url,
+            run_token,
+        } = &self.spec.backend
+        {
             let override_path = p.root.join(files::BACKEND_OVERRIDE);
             write_fresh(&override_path, files::backend_override()).map_err(fail)?;
-            write_private(&p.layout.backend_config, &files::backend_config(state_url, run_token)).map_err(fail)?;
-            log.line(&format!("state: the appliance's HTTP backend at {state_url}")).await;
-            args.push(format!("-backend-config={}", p.layout.backend_config.display()));
+            write_private(
+                &p.layout.backend_config,
+                &files::backend_config(state_url, run_token),
+            )
+            .map_err(fail)?;
+            log.line(&format!(
+                "state: the appliance's HTTP backend at {state_url}"
+            ))
+            .await;
+            args.push(format!(
+                "-backend-config={}",
+                p.layout.backend_config.display()
+            ));
         }
         let argv: Vec<&str> = args.iter().map(String::as_str).collect();
-        let cmd = self.cmd(p, &p.tool, &argv, &format!("{} {}", self.tool_name(), args.join(" ")));
+        let cmd = self.cmd(
+            p,
+            &p.tool,
+            &argv,
+            &format!("{} {}", self.tool_name(), args.join(" ")),
+        );
         match self.run_tool(&cmd, log, true, "terraform init").await? {
             0 => Ok(()),
             c => Err(self.failed(log, "terraform init", c)),
@@ -552,7 +709,11 @@ impl<'a, H: RunHooks> Run<'a, H> {
     /// `Ok(None)` for a task run (its command ran), else the plan's changes.
     async fn plan(&self, p: &Prepared) -> Result<Option<PlanResult>, Halt> {
         self.stopped()?;
-        let note = if self.spec.kind == RunKind::Task { "running the task" } else { "terraform plan" };
+        let note = if self.spec.kind == RunKind::Task {
+            "running the task"
+        } else {
+            "terraform plan"
+        };
         self.report(RunState::Planning, note, None).await?;
         let mut log = self.log(Phase::Planning);
         let r = if self.spec.kind == RunKind::Task {
@@ -566,7 +727,10 @@ impl<'a, H: RunHooks> Run<'a, H> {
 
     async fn task_inner(&self, p: &Prepared, log: &mut LogStream<'a, H>) -> Result<(), Halt> {
         let Some(command) = self.spec.command.as_deref() else {
-            return Err(Halt::Report(RunState::Failed, error_line(&EngineError::NoCommand)));
+            return Err(Halt::Report(
+                RunState::Failed,
+                error_line(&EngineError::NoCommand),
+            ));
         };
         let cmd = self.cmd(p, Path::new("/bin/sh"), &["-c", command], command);
         match self.run_tool(&cmd, log, true, "the task").await? {
@@ -575,24 +739,52 @@ impl<'a, H: RunHooks> Run<'a, H> {
         }
     }
 
-    async fn plan_inner(&self, p: &Prepared, log: &mut LogStream<'a, H>) -> Result<PlanResult, Halt> {
-        let fail = |e: EngineError| Halt::Report(RunState::Failed, format!("planning failed: {}", error_line(&e)));
+    async fn plan_inner(
+        &self,
+        p: &Prepared,
+        log: &mut LogStream<'a, H>,
+    ) -> Result<PlanResult, Halt> {
+        let fail = |e: EngineError| {
+            Halt::Report(
+                RunState::Failed,
+                format!("planning failed: {}", error_line(&e)),
+            )
+        };
         let out = format!("-out={}", p.layout.plan.display());
-        let args = ["plan", "-input=false", "-no-color", out.as_str(), "-detailed-exitcode"];
-        let cmd = self.cmd(p, &p.tool, &args, &format!("{} {}", self.tool_name(), args.join(" ")));
+        let args = [
+            "plan",
+            "-input=false",
+            "-no-color",
+            out.as_str(),
+            "-detailed-exitcode",
+        ];
+        let cmd = self.cmd(
+            p,
+            &p.tool,
+            &args,
+            &format!("{} {}", self.tool_name(), args.join(" ")),
+        );
         let has_changes = match self.run_tool(&cmd, log, true, "terraform plan").await? {
             0 => false,
             2 => true,
             c => return Err(self.failed(log, "terraform plan", c)),
         };
         let plan_path = p.layout.plan.display().to_string();
-        let show = self.cmd(p, &p.tool, &["show", "-json", "-no-color", &plan_path], "terraform show -json");
+        let show = self.cmd(
+            p,
+            &p.tool,
+            &["show", "-json", "-no-color", &plan_path],
+            "terraform show -json",
+        );
         let (code, json) = process::capture(&show, log).await.map_err(fail)?;
         if code != 0 {
             return Err(self.failed(log, "terraform show -json", code));
         }
         let changes = files::plan_changes(&json).map_err(|e| {
-            Halt::Report(RunState::Failed, format!("terraform show -json printed no readable plan: {e}"))
+            Halt::Report(
+                RunState::Failed,
+                format!("terraform show -json printed no readable plan: {e}"),
+            )
         })?;
         let summary = format!(
             "Plan: {} to add, {} to change, {} to destroy, {} output(s) changed.",
@@ -600,13 +792,29 @@ impl<'a, H: RunHooks> Run<'a, H> {
         );
         log.line(&summary).await;
         let size = std::fs::metadata(&p.layout.plan)
-            .map_err(|source| fail(EngineError::Io { path: p.layout.plan.clone(), source }))?
+            .map_err(|source| {
+                fail(EngineError::Io {
+                    path: p.layout.plan.clone(),
+                    source,
+                })
+            })?
             .len();
         let sha256 = tool::sha256_file(&p.layout.plan).await.map_err(fail)?;
-        if let Err(e) = self.hooks.upload_plan(&p.layout.plan, PlanUpload { size, sha256 }).await {
-            return Err(Halt::Report(RunState::Failed, format!("uploading the plan failed: {}", error_line(&*e))));
+        if let Err(e) = self
+            .hooks
+            .upload_plan(&p.layout.plan, PlanUpload { size, sha256 })
+            .await
+        {
+            return Err(Halt::Report(
+                RunState::Failed,
+                format!("uploading the plan failed: {}", error_line(&*e)),
+            ));
         }
-        Ok(PlanResult { changes, has_changes, summary })
+        Ok(PlanResult {
+            changes,
+            has_changes,
+            summary,
+        })
     }
 
     async fn decide_and_apply(&self, p: &Prepared, plan: PlanResult) -> Outcome {
@@ -618,13 +826,18 @@ impl<'a, H: RunHooks> Run<'a, H> {
             } else {
                 "no changes".to_string()
             };
-            return self.end(Halt::Report(RunState::Finished, note), changes).await;
+            return self
+                .end(Halt::Report(RunState::Finished, note), changes)
+                .await;
         }
         if let Err(h) = self.stopped() {
             return self.end(h, changes).await;
         }
         if !self.spec.autodeploy {
-            if let Err(h) = self.report(RunState::Unconfirmed, &plan.summary, changes).await {
+            if let Err(h) = self
+                .report(RunState::Unconfirmed, &plan.summary, changes)
+                .await
+            {
                 return self.end(h, changes).await;
             }
             let decision = tokio::select! {
@@ -638,11 +851,18 @@ impl<'a, H: RunHooks> Run<'a, H> {
             match decision {
                 Decision::Apply => {}
                 Decision::Ended(state) => {
-                    return Outcome { state, note: format!("the run was {state} before applying"), changes };
+                    return Outcome {
+                        state,
+                        note: format!("the run was {state} before applying"),
+                        changes,
+                    };
                 }
             }
         }
-        if let Err(h) = self.report(RunState::Applying, "applying the saved plan", changes).await {
+        if let Err(h) = self
+            .report(RunState::Applying, "applying the saved plan", changes)
+            .await
+        {
             return self.end(h, changes).await;
         }
         let mut log = self.log(Phase::Applying);
@@ -660,18 +880,32 @@ impl<'a, H: RunHooks> Run<'a, H> {
         // Only what this apply leaves is uploaded: one the repository carried
         // (perhaps a link to a file of this host) goes first.
         if std::fs::symlink_metadata(&errored).is_ok() {
-            log.line("removing the errored.tfstate the repository carries").await;
+            log.line("removing the errored.tfstate the repository carries")
+                .await;
             std::fs::remove_file(&errored).map_err(|source| {
-                Halt::Report(RunState::Failed, error_line(&EngineError::Io { path: errored.clone(), source }))
+                Halt::Report(
+                    RunState::Failed,
+                    error_line(&EngineError::Io {
+                        path: errored.clone(),
+                        source,
+                    }),
+                )
             })?;
         }
         let plan_path = p.layout.plan.display().to_string();
         let args = ["apply", "-input=false", "-no-color", plan_path.as_str()];
-        let cmd = self.cmd(p, &p.tool, &args, &format!("{} {}", self.tool_name(), args.join(" ")));
+        let cmd = self.cmd(
+            p,
+            &p.tool,
+            &args,
+            &format!("{} {}", self.tool_name(), args.join(" ")),
+        );
         // Never stopped by the worker: an interrupted apply leaves state and
         // reality apart.
         let result = self.run_tool(&cmd, log, false, "terraform apply").await;
-        let left = std::fs::symlink_metadata(&errored).map(|m| m.file_type().is_file()).unwrap_or(false);
+        let left = std::fs::symlink_metadata(&errored)
+            .map(|m| m.file_type().is_file())
+            .unwrap_or(false);
         let errored_note = if left {
             let note = match std::fs::read(&errored) {
                 Ok(bytes) => match self.hooks.upload_errored_state(bytes).await {
@@ -698,7 +932,10 @@ impl<'a, H: RunHooks> Run<'a, H> {
             (c, None) => Err(self.failed(log, "terraform apply", c)),
             (c, Some(note)) => {
                 let tail = log.tail_lines(NOTE_LINES);
-                Err(Halt::Report(RunState::Failed, format!("terraform apply failed (exit code {c}); {note}\n{tail}")))
+                Err(Halt::Report(
+                    RunState::Failed,
+                    format!("terraform apply failed (exit code {c}); {note}\n{tail}"),
+                ))
             }
         }
     }
@@ -728,7 +965,9 @@ impl Layout {
         };
         std::fs::create_dir_all(dir).map_err(io(dir))?;
         if std::fs::read_dir(dir).map_err(io(dir))?.next().is_some() {
-            return Err(EngineError::WorkDirInUse { path: dir.to_path_buf() });
+            return Err(EngineError::WorkDirInUse {
+                path: dir.to_path_buf(),
+            });
         }
         let l = Layout {
             src: dir.join("src"),
@@ -753,17 +992,27 @@ struct Prepared {
 }
 
 fn project_root(src: &Path, root: &str) -> Result<PathBuf, EngineError> {
-    let bad = || EngineError::BadProjectRoot { root: root.to_string() };
+    let bad = || EngineError::BadProjectRoot {
+        root: root.to_string(),
+    };
     let rel = Path::new(root.trim_matches('/'));
     if Path::new(root).is_absolute()
-        || rel.components().any(|c| !matches!(c, std::path::Component::Normal(_) | std::path::Component::CurDir))
+        || rel.components().any(|c| {
+            !matches!(
+                c,
+                std::path::Component::Normal(_) | std::path::Component::CurDir
+            )
+        })
     {
         return Err(bad());
     }
     let full = src.join(rel);
     // Symlinks in the repository must not lead outside it.
     let canon = full.canonicalize().map_err(|_| bad())?;
-    let src_canon = src.canonicalize().map_err(|source| EngineError::Io { path: src.to_path_buf(), source })?;
+    let src_canon = src.canonicalize().map_err(|source| EngineError::Io {
+        path: src.to_path_buf(),
+        source,
+    })?;
     if !canon.starts_with(&src_canon) || !canon.is_dir() {
         return Err(bad());
     }
@@ -774,13 +1023,24 @@ fn project_root(src: &Path, root: &str) -> Result<PathBuf, EngineError> {
 /// name: whatever is there (a link included) is replaced, never written through.
 fn write_fresh(path: &Path, contents: &str) -> Result<(), EngineError> {
     use std::io::Write;
-    let io = |source| EngineError::Io { path: path.to_path_buf(), source };
+    let io = |source| EngineError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
     match std::fs::symlink_metadata(path) {
-        Ok(m) if m.is_dir() => return Err(io(std::io::Error::other("a directory of that name is in the way"))),
+        Ok(m) if m.is_dir() => {
+            return Err(io(std::io::Error::other(
+                "a directory of that name is in the way",
+            )));
+        }
         Ok(_) => std::fs::remove_file(path).map_err(io)?,
         Err(_) => {}
     }
-    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).open(path).map_err(io)?;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(path)
+        .map_err(io)?;
     f.write_all(contents.as_bytes()).map_err(io)
 }
 
@@ -793,6 +1053,13 @@ fn write_private(path: &Path, contents: &str) -> Result<(), EngineError> {
         .truncate(true)
         .mode(0o600)
         .open(path)
-        .map_err(|source| EngineError::Io { path: path.to_path_buf(), source })?;
-    f.write_all(contents.as_bytes()).map_err(|source| EngineError::Io { path: path.to_path_buf(), source })
+        .map_err(|source| EngineError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    f.write_all(contents.as_bytes())
+        .map_err(|source| EngineError::Io {
+            path: path.to_path_buf(),
+            source,
+        })
 }

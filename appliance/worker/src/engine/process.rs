@@ -54,7 +54,9 @@ pub(crate) async fn run<H: RunHooks>(
     log.mark();
     log.line(&format!("$ {}", cmd.display)).await;
     let (reader, writer) = std::io::pipe().map_err(|source| EngineError::Pipe { source })?;
-    let writer2 = writer.try_clone().map_err(|source| EngineError::Pipe { source })?;
+    let writer2 = writer
+        .try_clone()
+        .map_err(|source| EngineError::Pipe { source })?;
     let mut command = tokio::process::Command::new(&cmd.program);
     command
         .args(&cmd.args)
@@ -69,7 +71,10 @@ pub(crate) async fn run<H: RunHooks>(
     let spawned = command.spawn();
     // The parent's copies of the pipe's write end go now, or EOF never comes.
     drop(command);
-    let mut child = spawned.map_err(|source| EngineError::Spawn { program: cmd.program.clone(), source })?;
+    let mut child = spawned.map_err(|source| EngineError::Spawn {
+        program: cmd.program.clone(),
+        source,
+    })?;
     let pgid = child.id().map(|p| Pid::from_raw(p as i32));
     let mut rx = tokio::net::unix::pipe::Receiver::from_owned_fd(OwnedFd::from(reader))
         .map_err(|source| EngineError::Pipe { source })?;
@@ -133,7 +138,10 @@ pub(crate) async fn run<H: RunHooks>(
 
 /// Runs a short command and captures its stdout (not streamed: machine-readable
 /// output such as `terraform show -json`). Its stderr goes into the log.
-pub(crate) async fn capture<H: RunHooks>(cmd: &Cmd, log: &mut LogStream<'_, H>) -> Result<(i32, Vec<u8>), EngineError> {
+pub(crate) async fn capture<H: RunHooks>(
+    cmd: &Cmd,
+    log: &mut LogStream<'_, H>,
+) -> Result<(i32, Vec<u8>), EngineError> {
     let out = tokio::process::Command::new(&cmd.program)
         .args(&cmd.args)
         .current_dir(&cmd.cwd)
@@ -144,7 +152,10 @@ pub(crate) async fn capture<H: RunHooks>(cmd: &Cmd, log: &mut LogStream<'_, H>) 
         .kill_on_drop(true)
         .output()
         .await
-        .map_err(|source| EngineError::Spawn { program: cmd.program.clone(), source })?;
+        .map_err(|source| EngineError::Spawn {
+            program: cmd.program.clone(),
+            source,
+        })?;
     if !out.stderr.is_empty() {
         log.mark();
         log.write(&out.stderr).await;
