@@ -55,6 +55,10 @@ pub enum ApiError {
         announced: String,
         actual: String,
     },
+    #[error(
+        "{url} is not on the appliance {server}: refusing to send the worker's credentials there"
+    )]
+    ForeignUrl { url: String, server: String },
     #[error("cannot build an HTTPS client")]
     Client {
         #[source]
@@ -328,6 +332,12 @@ impl Api {
     /// Streams `url` (a tool binary) into `dest`; when the appliance announces
     /// the SHA-256 in `x-hangar-sha256`, the bytes must have it.
     pub async fn download(&self, url: &str, dest: &Path) -> Result<(), ApiError> {
+        if !same_origin(&self.base, url) {
+            return Err(ApiError::ForeignUrl {
+                url: url.to_string(),
+                server: self.base.clone(),
+            });
+        }
         let resp = self
             .send(self.http.get(url).timeout(TRANSFER_TIMEOUT), url)
             .await?;
@@ -367,6 +377,14 @@ impl Api {
     }
 }
 
+/// Whether `url` has the scheme, host and port of `base`.
+fn same_origin(base: &str, url: &str) -> bool {
+    match (url::Url::parse(base), url::Url::parse(url)) {
+        (Ok(b), Ok(u)) => b.origin() == u.origin(),
+        _ => false,
+    }
+}
+
 /// A pre-signed URL without its query (the signature) for messages.
 fn redact_query(url: &str) -> String {
     url.split('?').next().unwrap_or(url).to_string()
@@ -375,6 +393,23 @@ fn redact_query(url: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn credentials_go_only_to_the_appliance() {
+        let base = "https://hangar.example:1983";
+        assert!(same_origin(
+            base,
+            "https://hangar.example:1983/v1/tools/terraform/1.0.3/linux_amd64"
+        ));
+        assert!(!same_origin(base, "https://hangar.example:1984/v1/tools/x"));
+        assert!(!same_origin(base, "https://evil.example:1983/v1/tools/x"));
+        assert!(!same_origin(base, "http://hangar.example:1983/v1/tools/x"));
+        assert!(!same_origin(
+            base,
+            "https://hangar.example:1983@evil.example/x"
+        ));
+        assert!(!same_origin(base, "not a url"));
+    }
 
     #[test]
     fn reasons_come_from_json_or_the_first_line() {

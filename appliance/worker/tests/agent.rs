@@ -1156,6 +1156,31 @@ async fn cancel_stop_and_shutdown_behave_as_the_states_allow() {
         "hi world",
         "the unconfirmed plan was not applied"
     );
+
+    // SIGTERM while a task runs: the task's group is stopped, the run is
+    // reported STOPPED, and the worker exits cleanly.
+    let mut worker = env.spawn_worker();
+    let mut task = env.assignment(4, RunKind::Task, false);
+    task.command = Some("echo $$ > ../task.pid; sleep 300".into());
+    env.app.enqueue(task);
+    env.wait_state(4, RunState::Planning, &worker).await;
+    let pid_file = env.dir.path().join("work/run-4/src/task.pid");
+    let pgid: i32 = wait_for("the task to start", SOON, || {
+        let p = pid_file.clone();
+        async move {
+            std::fs::read_to_string(&p)
+                .ok()
+                .and_then(|s| s.trim().parse().ok())
+        }
+    })
+    .await;
+    stopped_cleanly(&mut worker);
+    assert_eq!(env.app.state(4), Some(RunState::Stopped));
+    assert_eq!(env.app.note(4), "the worker is shutting down");
+    assert!(
+        live_in_group(pgid).is_empty(),
+        "no process of the task survives"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
