@@ -58,7 +58,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let path = cli.config.clone();
             let loader: hangar_supervisor::Loader = std::sync::Arc::new(move || {
                 let c = Config::from_file(&path)?;
-                Ok(hangar_supervisor::Settings::new(c.supervisor, Some(c.database)))
+                let objects = c.objects.as_ref().map(hangar_supervisor::S3Target::from_objects);
+                Ok(hangar_supervisor::Settings::new(c.supervisor, Some(c.database)).with_objects(objects))
             });
             let (stop, reload) = (crate::signals::shutdown_token(), crate::signals::reload_signal());
             Ok(hangar_supervisor::cli::supervise(args, loader, stop, reload).await?)

@@ -213,6 +213,22 @@ pub struct Settings {
     pub objects: Option<S3Target>,
 }
 
+impl S3Target {
+    /// The appliance's `[objects]` section as the readiness check uses it. An
+    /// `[objects]` without a region (and no engine default) leaves it empty; a
+    /// check relying on it then fails with Garage's or MinIO's own answer.
+    pub fn from_objects(o: &hangar_objects::ObjectsConfig) -> S3Target {
+        S3Target {
+            endpoint: o.endpoint.trim_end_matches('/').to_string(),
+            region: o.region().unwrap_or_default().to_string(),
+            bucket: o.bucket.clone(),
+            access_key_file: o.access_key_file.clone(),
+            secret_key_file: o.secret_key_file.clone(),
+            ca_file: o.ca_file.clone(),
+        }
+    }
+}
+
 impl Settings {
     pub fn new(supervisor: Option<SupervisorConfig>, database: Option<DbConfig>) -> Settings {
         Settings {

@@ -93,7 +93,9 @@ async fn crashing_child_backs_off_then_fails_at_the_start_limit_until_an_operato
     let quick = sup.wait_state("quick", State::Failed, LONG).await;
     assert_eq!(quick.last_exit.unwrap().code, Some(0));
 
-    // Back-off: starts are at least 200, 400, 400 ms apart.
+    // Back-off: starts are 200, 400, 400 ms apart. The notes are written just
+    // after each fork, so a slow fork under load shortens a gap: 100 ms of slack
+    // still tells a back-off (and its doubling) from an immediate restart.
     let log = sup.log("flaky");
     let starts: Vec<chrono::DateTime<chrono::Utc>> = log
         .lines()
@@ -102,7 +104,7 @@ async fn crashing_child_backs_off_then_fails_at_the_start_limit_until_an_operato
         .collect();
     assert_eq!(starts.len(), 4, "{log}");
     for (w, min_ms) in starts.windows(2).zip([200, 400, 400]) {
-        assert!((w[1] - w[0]).num_milliseconds() >= min_ms - 5, "starts too close: {starts:?}");
+        assert!((w[1] - w[0]).num_milliseconds() >= min_ms - 100, "starts too close: {starts:?}");
     }
     assert!(log.contains("broken"), "child output is in its log: {log}");
 

@@ -215,8 +215,7 @@ async fn the_whole_appliance_survives_sigkill_and_database_restarts_without_losi
              [[supervisor.service]]\nname = \"objects-tls\"\ncommand = \"{hangar}\"\n\
              args = [\"tls-proxy\", \"--listen\", \"127.0.0.1:{objects_port}\", \"--to\", \"127.0.0.1:{s3_port}\", \
              \"--cert\", \"{ocert}\", \"--key\", \"{okey}\"]\ndepends_on = [\"garage\"]\n\
-             ready = {{ kind = \"s3\", endpoint = \"https://localhost:{objects_port}\", region = \"garage\", bucket = \"hangar\", \
-             access_key_file = \"{ak}\", secret_key_file = \"{sk}\", ca_file = \"{ca}\" }}\n\
+             ready = {{ kind = \"s3\" }}\n\
              [[supervisor.service]]\nname = \"server\"\ncommand = \"{hangar}\"\nargs = [\"--config\", \"{config}\", \"server\"]\n\
              depends_on = [\"postgres\", \"objects-tls\"]\ncheck_interval_ms = 500\n\
              ready = {{ kind = \"https\", url = \"https://localhost:{server_port}/ready\", ca_file = \"{ca}\" }}\n\
@@ -233,8 +232,6 @@ async fn the_whole_appliance_survives_sigkill_and_database_restarts_without_losi
             hangar = hangar.display(),
             ocert = store.cert_path("objects").display(),
             okey = store.key_path("objects").display(),
-            ak = ak.display(),
-            sk = sk.display(),
             ca = store.ca_cert_path().display(),
         ),
     );
@@ -242,6 +239,9 @@ async fn the_whole_appliance_survives_sigkill_and_database_restarts_without_losi
     for name in ["postgres", "garage", "objects-tls", "server", "drain", "scheduler"] {
         sup.wait_state(name, State::Ready, LONG).await;
     }
+    // The object store's check took its endpoint, keys and CA from [objects].
+    let s = sup.status("objects-tls").await;
+    assert!(s.detail.contains(&format!("HEAD https://localhost:{objects_port}/hangar")), "{s:?}");
     let pool = pg.database().pool(Some(4)).unwrap();
 
     // Work flows for the whole test: a new run every 50 ms, retried while the
