@@ -113,11 +113,10 @@ pub async fn run(
 
     let (events_tx, mut events_rx) = mpsc::unbounded_channel();
     let background = CancellationToken::new();
-    let broker = tokio::spawn(mqtt::run(
-        mqtt_opts,
-        cfg.worker_id,
-        events_tx,
+    let broker = tokio::spawn(hangar_runner::run(
+        mqtt::BrokerLink::new(mqtt_opts, cfg.worker_id, events_tx),
         background.clone(),
+        mqtt::BrokerLink::runner_options(),
     ));
     let notifications = {
         let shared = shared.clone();
@@ -140,7 +139,16 @@ pub async fn run(
             }
         })
     };
-    let heartbeat = tokio::spawn(heartbeats(shared.clone(), background.clone()));
+    let heartbeat = tokio::spawn(hangar_runner::run(
+        Heartbeats {
+            shared: shared.clone(),
+        },
+        background.clone(),
+        RunnerOptions {
+            exit_deadline: Duration::from_secs(1),
+            max_error_backoff: cfg.timing.heartbeat(),
+        },
+    ));
     // A stop reaches the run in progress at once; the run loop itself only
     // stops between runs.
     let forward = {
@@ -182,9 +190,19 @@ pub async fn run(
     Ok(())
 }
 
-async fn heartbeats(shared: Arc<Shared>, stop: CancellationToken) {
-    let every = shared.cfg.timing.heartbeat();
-    loop {
+/// Heartbeats as a background loop: one per interval, whatever the last one
+/// met (a failure is logged; the next one is on time).
+struct Heartbeats {
+    shared: Arc<Shared>,
+}
+
+impl BackgroundWorker for Heartbeats {
+    fn name(&self) -> String {
+        "heartbeat".into()
+    }
+
+    async fn work(&mut self) -> Result<Step, String> {
+        let shared = &self.shared;
         let held = shared.held();
         let status = if shared.drained.load(Ordering::Relaxed) {
             WorkerStatus::Drained
@@ -209,10 +227,11 @@ async fn heartbeats(shared: Arc<Shared>, stop: CancellationToken) {
             }
             Err(e) => warn!(error = %engine::error_line(&e), "heartbeat failed"),
         }
-        tokio::select! {
-            _ = tokio::time::sleep(every) => {}
-            _ = stop.cancelled() => return,
-        }
+        Ok(Step::Idle)
+    }
+
+    async fn wait_for_work(&mut self) {
+        tokio::time::sleep(self.shared.cfg.timing.heartbeat()).await;
     }
 }
 

@@ -1,14 +1,17 @@
 //! The broker connection: MQTT over TLS with the worker's client certificate
 //! and token, subscribed to its tenant's topics. rumqttc reconnects by itself
-//! but without pause, so errors are followed by a growing back-off; a CONNACK
-//! without a session means the subscription is gone and is made again.
+//! but without pause, so errors are followed by a growing back-off (the
+//! runner's); a CONNACK without a session means the subscription is gone and
+//! is made again.
 
 use std::time::Duration;
 
+use hangar_runner::{BackgroundWorker, RunnerOptions, Step};
 use hangar_types::worker::{Notification, worker_tenant};
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS, TlsConfiguration, Transport};
+use rumqttc::{
+    AsyncClient, Event, EventLoop, MqttOptions, Packet, QoS, TlsConfiguration, Transport,
+};
 use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::config::{WorkerConfig, endpoint};
@@ -44,69 +47,103 @@ pub fn topic_filter(worker_id: i64) -> String {
     format!("/tenants/{}/#", worker_tenant(worker_id))
 }
 
-/// Keeps a broker connection until `stop`, sending what arrives to `events`.
-pub async fn run(
-    opts: MqttOptions,
-    worker_id: i64,
+/// The broker connection as a background loop: each unit polls the MQTT event
+/// loop once; an error (connection lost or refused) is a failed unit, so the
+/// runner pauses with a growing back-off before the next poll reconnects.
+pub struct BrokerLink {
+    client: AsyncClient,
+    eventloop: EventLoop,
+    filter: String,
     events: mpsc::UnboundedSender<BrokerEvent>,
-    stop: CancellationToken,
-) {
-    let (client, mut eventloop) = AsyncClient::new(opts, 16);
-    let filter = topic_filter(worker_id);
-    let mut backoff = Duration::from_millis(500);
-    loop {
-        let ev = tokio::select! {
-            ev = eventloop.poll() => ev,
-            _ = stop.cancelled() => {
-                let _ = client.try_disconnect();
-                return;
-            }
-        };
+}
+
+impl BrokerLink {
+    pub fn new(
+        opts: MqttOptions,
+        worker_id: i64,
+        events: mpsc::UnboundedSender<BrokerEvent>,
+    ) -> BrokerLink {
+        let (client, eventloop) = AsyncClient::new(opts, 16);
+        BrokerLink {
+            client,
+            eventloop,
+            filter: topic_filter(worker_id),
+            events,
+        }
+    }
+
+    /// How the runner drives it: back-off up to [`MAX_BACKOFF`], and a poll in
+    /// progress is simply dropped at a stop.
+    pub fn runner_options() -> RunnerOptions {
+        RunnerOptions {
+            exit_deadline: Duration::from_millis(200),
+            max_error_backoff: MAX_BACKOFF,
+        }
+    }
+
+    fn handle(&self, ev: Event) {
         match ev {
-            Ok(Event::Incoming(Packet::ConnAck(c))) => {
-                backoff = Duration::from_millis(500);
+            Event::Incoming(Packet::ConnAck(c)) => {
                 info!(
                     session_present = c.session_present,
                     "connected to the broker"
                 );
                 if !c.session_present {
-                    // try_: the event loop that would drain a full request queue is this task.
-                    if let Err(e) = client.try_subscribe(filter.clone(), QoS::AtLeastOnce) {
+                    // try_: the event loop that would drain a full request
+                    // queue is this very loop.
+                    if let Err(e) = self
+                        .client
+                        .try_subscribe(self.filter.clone(), QoS::AtLeastOnce)
+                    {
                         warn!(error = %e, "cannot subscribe");
                     }
                 }
             }
-            Ok(Event::Incoming(Packet::SubAck(s))) => {
+            Event::Incoming(Packet::SubAck(s)) => {
                 if s.return_codes
                     .iter()
                     .any(|c| matches!(c, rumqttc::SubscribeReasonCode::Failure))
                 {
-                    warn!(topic = %filter, "the broker refused the subscription");
+                    warn!(topic = %self.filter, "the broker refused the subscription");
                 } else {
-                    let _ = events.send(BrokerEvent::Connected);
+                    let _ = self.events.send(BrokerEvent::Connected);
                 }
             }
-            Ok(Event::Incoming(Packet::Publish(p))) => {
+            Event::Incoming(Packet::Publish(p)) => {
                 match serde_json::from_slice::<Notification>(&p.payload) {
                     Ok(n) => {
                         debug!(topic = %p.topic, ?n, "notification");
-                        let _ = events.send(BrokerEvent::Notification(n));
+                        let _ = self.events.send(BrokerEvent::Notification(n));
                     }
                     Err(_) => {
                         warn!(topic = %p.topic, bytes = p.payload.len(), "ignoring an unreadable notification")
                     }
                 }
             }
-            Ok(_) => {}
-            Err(e) => {
-                warn!(error = %e, retry_in = ?backoff, "broker connection lost");
-                tokio::select! {
-                    _ = tokio::time::sleep(backoff) => {}
-                    _ = stop.cancelled() => return,
-                }
-                backoff = (backoff * 2).min(MAX_BACKOFF);
-            }
+            _ => {}
         }
+    }
+}
+
+impl BackgroundWorker for BrokerLink {
+    fn name(&self) -> String {
+        "broker".into()
+    }
+
+    async fn work(&mut self) -> Result<Step, String> {
+        match self.eventloop.poll().await {
+            Ok(ev) => {
+                self.handle(ev);
+                Ok(Step::Busy)
+            }
+            Err(e) => Err(format!("broker connection: {e}")),
+        }
+    }
+
+    async fn wait_for_work(&mut self) {}
+
+    async fn finish(&mut self) {
+        let _ = self.client.try_disconnect();
     }
 }
 
