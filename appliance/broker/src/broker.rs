@@ -127,6 +127,19 @@ impl BrokerStatus {
     pub fn ok(&self) -> bool {
         self.listening && self.router && self.bridge
     }
+
+    /// What is wrong, in one line, or `None` when all is well.
+    pub fn problem(&self) -> Option<String> {
+        let problems: Vec<&str> = [
+            (!self.listening).then_some("the MQTT listener is closed"),
+            (!self.router).then_some("the MQTT router does not answer"),
+            (!self.bridge).then_some("not listening to PostgreSQL for changes (reconnecting)"),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        (!problems.is_empty()).then(|| problems.join("; "))
+    }
 }
 
 impl BrokerHandle {

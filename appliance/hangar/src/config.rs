@@ -28,6 +28,8 @@ pub struct Config {
     pub secrets: Option<hangar_server::SecretsConfig>,
     #[serde(default)]
     pub objects: Option<hangar_objects::ObjectsConfig>,
+    #[serde(default)]
+    pub broker: Option<hangar_broker::BrokerConfig>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -119,6 +121,9 @@ mod tests {
         let cfg = Config::from_toml(text, Path::new("hangar.example.toml")).unwrap();
         assert_eq!(cfg.database.port, 5432);
         assert_eq!(cfg.database.pool_size, 16);
+        let broker = cfg.broker.expect("the example documents [broker]");
+        broker.validate().unwrap();
+        assert_eq!(broker.listen.port(), 1984);
     }
 
     #[test]

@@ -98,8 +98,76 @@ impl Env {
         .await;
     }
 
+    /// Rows and certificates for this environment's database and CA.
+    pub fn seed(&self) -> Seed<'_> {
+        Seed { db: &self.pool, pki: &self.pki, dir: &self.dir }
+    }
+
     pub async fn create_pool(&self, name: &str) -> i64 {
-        let mut c = self.pool.get().await.unwrap();
+        self.seed().create_pool(name).await
+    }
+
+    pub async fn create_worker(&self, pool: i64) -> Worker {
+        self.seed().create_worker(pool).await
+    }
+
+    pub fn issue_client_cert(&self, organization: &str) -> hangar_certs::Issued {
+        self.seed().issue_client_cert(organization)
+    }
+
+    pub async fn sql(&self, statement: &str) {
+        self.seed().sql(statement).await
+    }
+
+    pub async fn create_stack(&self, slug: &str, pool: i64) -> i64 {
+        self.seed().create_stack(slug, pool).await
+    }
+
+    /// MQTT options for `w` as a well-behaved worker connects.
+    pub fn options(&self, w: &Worker) -> MqttOptions {
+        self.options_as(&w.name(), Some((&w.name(), &w.token)), Some((&w.cert_pem, &w.key_pem)))
+    }
+
+    pub fn options_as(&self, client_id: &str, login: Option<(&str, &str)>, identity: Option<(&str, &str)>) -> MqttOptions {
+        options_with(self.port(), &self.ca_path(), client_id, login, identity)
+    }
+
+    /// Connects `w` and subscribes it to its two topics.
+    pub async fn subscriber(&self, w: &Worker) -> Client {
+        let mut c = Client::connect(self.options(w)).await.unwrap_or_else(|e| panic!("worker {} refused: {e}", w.id));
+        c.subscribe(&[&w.pool_topic(), &w.worker_topic()]).await.expect("subscribe to own topics");
+        c
+    }
+
+    /// Sends a message on each of `workers`' own topics and waits until each
+    /// got both: whatever was published before has been routed by then.
+    pub async fn barrier(&self, clients: &mut [(&Worker, &mut Client)]) {
+        let marker = Notification::RunCanceled { run: -1 };
+        for (w, _) in clients.iter() {
+            assert_eq!(self.broker.publish_to_worker(w.id, &marker).await.unwrap(), 1);
+        }
+        let pools: std::collections::BTreeSet<i64> = clients.iter().map(|(w, _)| w.pool).collect();
+        let pool_marker = Notification::WorkAvailable { pool: -1 };
+        for p in pools {
+            self.broker.publish_to_pool(p, &pool_marker).await.unwrap();
+        }
+        for (w, c) in clients.iter_mut() {
+            c.wait_for(&w.worker_topic(), &marker).await;
+            c.wait_for(&w.pool_topic(), &pool_marker).await;
+        }
+    }
+}
+
+/// Creates what a test needs in the database, and certificates from the test CA.
+pub struct Seed<'a> {
+    pub db: &'a DbPool,
+    pub pki: &'a CertStore,
+    pub dir: &'a TestDir,
+}
+
+impl Seed<'_> {
+    pub async fn create_pool(&self, name: &str) -> i64 {
+        let mut c = self.db.get().await.unwrap();
         diesel::insert_into(worker_pools::table)
             .values(worker_pools::name.eq(name))
             .returning(worker_pools::id)
@@ -111,7 +179,7 @@ impl Env {
     /// A worker of `pool` with a token and a client certificate whose Subject O
     /// is its tenant name, as joining would make it.
     pub async fn create_worker(&self, pool: i64) -> Worker {
-        let mut c = self.pool.get().await.unwrap();
+        let mut c = self.db.get().await.unwrap();
         let generation: i32 =
             worker_pools::table.find(pool).select(worker_pools::generation).get_result(&mut c).await.unwrap();
         let placeholder = format!("pending-{}", rand_suffix());
@@ -171,12 +239,12 @@ impl Env {
     }
 
     pub async fn sql(&self, statement: &str) {
-        let mut c = self.pool.get().await.unwrap();
+        let mut c = self.db.get().await.unwrap();
         diesel::sql_query(statement).execute(&mut c).await.unwrap_or_else(|e| panic!("{statement}: {e}"));
     }
 
     pub async fn create_stack(&self, slug: &str, pool: i64) -> i64 {
-        let mut c = self.pool.get().await.unwrap();
+        let mut c = self.db.get().await.unwrap();
         diesel::insert_into(stacks::table)
             .values((
                 stacks::slug.eq(slug),
@@ -192,47 +260,6 @@ impl Env {
             .unwrap()
     }
 
-    /// MQTT options for `w` as a well-behaved worker connects.
-    pub fn options(&self, w: &Worker) -> MqttOptions {
-        self.options_as(&w.name(), Some((&w.name(), &w.token)), Some((&w.cert_pem, &w.key_pem)))
-    }
-
-    pub fn options_as(&self, client_id: &str, login: Option<(&str, &str)>, identity: Option<(&str, &str)>) -> MqttOptions {
-        let ca = std::fs::read(self.ca_path()).unwrap();
-        let roots = hangar_certs::tls::roots_from_pem(&ca).unwrap();
-        let identity = identity.map(|(cert, key)| {
-            let chain = hangar_certs::tls::parse_certs(cert.as_bytes()).unwrap();
-            let key = rustls_pki_types_key(key);
-            (chain, key)
-        });
-        let tls = hangar_certs::tls::client_config(roots, identity).unwrap();
-        client_options(client_id, self.port(), login, tls)
-    }
-
-    /// Connects `w` and subscribes it to its two topics.
-    pub async fn subscriber(&self, w: &Worker) -> Client {
-        let mut c = Client::connect(self.options(w)).await.unwrap_or_else(|e| panic!("worker {} refused: {e}", w.id));
-        c.subscribe(&[&w.pool_topic(), &w.worker_topic()]).await.expect("subscribe to own topics");
-        c
-    }
-
-    /// Sends a message on each of `workers`' own topics and waits until each
-    /// got both: whatever was published before has been routed by then.
-    pub async fn barrier(&self, clients: &mut [(&Worker, &mut Client)]) {
-        let marker = Notification::RunCanceled { run: -1 };
-        for (w, _) in clients.iter() {
-            assert_eq!(self.broker.publish_to_worker(w.id, &marker).await.unwrap(), 1);
-        }
-        let pools: std::collections::BTreeSet<i64> = clients.iter().map(|(w, _)| w.pool).collect();
-        let pool_marker = Notification::WorkAvailable { pool: -1 };
-        for p in pools {
-            self.broker.publish_to_pool(p, &pool_marker).await.unwrap();
-        }
-        for (w, c) in clients.iter_mut() {
-            c.wait_for(&w.worker_topic(), &marker).await;
-            c.wait_for(&w.pool_topic(), &pool_marker).await;
-        }
-    }
 }
 
 fn rand_suffix() -> String {
@@ -246,6 +273,28 @@ fn chrono_now_plus_day() -> chrono::DateTime<chrono::Utc> {
 fn rustls_pki_types_key(pem: &str) -> rustls::pki_types::PrivateKeyDer<'static> {
     use rustls::pki_types::pem::PemObject;
     rustls::pki_types::PrivateKeyDer::from_pem_slice(pem.as_bytes()).expect("client key")
+}
+
+/// MQTT options for a client of the broker on `port` trusting `ca`.
+pub fn options_with(
+    port: u16,
+    ca: &Path,
+    client_id: &str,
+    login: Option<(&str, &str)>,
+    identity: Option<(&str, &str)>,
+) -> MqttOptions {
+    let roots = hangar_certs::tls::roots_from_pem(&std::fs::read(ca).unwrap()).unwrap();
+    let identity = identity.map(|(cert, key)| {
+        let chain = hangar_certs::tls::parse_certs(cert.as_bytes()).unwrap();
+        (chain, rustls_pki_types_key(key))
+    });
+    let tls = hangar_certs::tls::client_config(roots, identity).unwrap();
+    client_options(client_id, port, login, tls)
+}
+
+/// MQTT options for `w` as a well-behaved worker connects.
+pub fn worker_options(port: u16, ca: &Path, w: &Worker) -> MqttOptions {
+    options_with(port, ca, &w.name(), Some((&w.name(), &w.token)), Some((&w.cert_pem, &w.key_pem)))
 }
 
 pub fn client_options(client_id: &str, port: u16, login: Option<(&str, &str)>, tls: rustls::ClientConfig) -> MqttOptions {
@@ -389,19 +438,27 @@ impl std::fmt::Display for ConnectFailure {
 
 /// mosquitto_sub/mosquitto_pub arguments for `w` against the broker.
 pub fn mosquitto_args(env: &Env, w: &Worker) -> Vec<String> {
-    let mut a = tls_args(env, &w.cert_path, &w.key_path);
+    mosquitto_worker_args(env.port(), &env.ca_path(), w)
+}
+
+pub fn mosquitto_worker_args(port: u16, ca: &Path, w: &Worker) -> Vec<String> {
+    let mut a = mosquitto_tls_args(port, ca, &w.cert_path, &w.key_path);
     a.extend(["-u".into(), w.name(), "-P".into(), w.token.clone(), "-i".into(), w.name()]);
     a
 }
 
 pub fn tls_args(env: &Env, cert: &Path, key: &Path) -> Vec<String> {
+    mosquitto_tls_args(env.port(), &env.ca_path(), cert, key)
+}
+
+pub fn mosquitto_tls_args(port: u16, ca: &Path, cert: &Path, key: &Path) -> Vec<String> {
     vec![
         "-h".into(),
         "127.0.0.1".into(),
         "-p".into(),
-        env.port().to_string(),
+        port.to_string(),
         "--cafile".into(),
-        env.ca_path().display().to_string(),
+        ca.display().to_string(),
         "--cert".into(),
         cert.display().to_string(),
         "--key".into(),
