@@ -78,6 +78,12 @@ impl fmt::Display for ProjectRoot {
 
 /// A vendor's changed-path entry, normalized the way roots are (`./a//b` → `a/b`).
 pub(crate) fn normalize_path(path: &str) -> String {
+    // Vendors send normal paths; only odd ones are rebuilt.
+    let odd = path.starts_with('/') || path.ends_with('/') || path.starts_with("./") || path == "."
+        || path.contains("//") || path.contains("/./") || path.ends_with("/.");
+    if !odd {
+        return path.to_string();
+    }
     let mut out = String::with_capacity(path.len());
     for part in path.split('/') {
         if part.is_empty() || part == "." {

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeSet;
 
-use super::json::{Ctx, J, check_branch, commit_id};
+use super::json::{Ctx, J, check_branch};
 use super::{Event, ParseError, PrAction, PullRequest, Repository, ref_event};
 
 /// One push may move many refs; a delivery listing more than this is not one a
@@ -40,20 +40,20 @@ fn repository(ctx: &Ctx, j: &J) -> Result<Repository, ParseError> {
     let slug = j.at("slug").str(ctx)?;
     let mut http_url = None;
     let mut ssh_url = None;
-    if let Some(clones) = j.at("links").at("clone").opt_array(ctx)? {
-        for (i, c) in clones.iter().enumerate() {
-            let c = J::at_path(c, format!("{}.links.clone[{i}]", j.path()));
-            let href = c.at("href").opt_text(ctx)?;
-            match c.at("name").opt_str(ctx)? {
-                Some("http") | Some("https") => http_url = href,
-                Some("ssh") => ssh_url = href,
-                _ => {}
-            }
+    let links = j.at("links");
+    let clone = links.at("clone");
+    for c in clone.opt_items(ctx)?.unwrap_or_default() {
+        let href = c.at("href").opt_text(ctx)?;
+        match c.at("name").opt_str(ctx)? {
+            Some("http") | Some("https") => http_url = href,
+            Some("ssh") => ssh_url = href,
+            _ => {}
         }
     }
-    let web_url = match j.at("links").at("self").opt_array(ctx)? {
-        Some([first, ..]) => J::at_path(first, format!("{}.links.self[0]", j.path())).at("href").opt_text(ctx)?,
-        _ => None,
+    let selfs = links.at("self");
+    let web_url = match selfs.opt_items(ctx)?.unwrap_or_default().first() {
+        Some(first) => first.at("href").opt_text(ctx)?,
+        None => None,
     };
     Ok(Repository { full_name: format!("{key}/{slug}"), http_url, ssh_url, web_url })
 }
@@ -69,26 +69,26 @@ fn actor(ctx: &Ctx, root: &J) -> Result<Option<String>, ParseError> {
 fn refs_changed(ctx: &Ctx, root: &J) -> Result<Vec<Event>, ParseError> {
     let repository = repository(ctx, &root.at("repository"))?;
     let pusher = actor(ctx, root)?;
-    let changes = root.at("changes").array(ctx)?;
-    if changes.len() > MAX_REF_CHANGES {
+    let changes_j = root.at("changes");
+    if changes_j.array(ctx)?.len() > MAX_REF_CHANGES {
         return Err(ctx.invalid("changes", "lists more than 10000 refs"));
     }
+    let changes = changes_j.items(ctx)?;
     let mut events = Vec::with_capacity(changes.len());
-    for (i, change) in changes.iter().enumerate() {
-        let c = J::at_path(change, format!("changes[{i}]"));
+    for c in &changes {
         c.object(ctx)?;
-        let git_ref = match c.at("ref").at("id").opt_str(ctx)? {
-            Some(r) => r,
-            None => c.at("refId").str(ctx)?,
+        let r = c.at("ref");
+        let (ref_id, ref_id_alt) = (r.at("id"), c.at("refId"));
+        let (ref_j, git_ref) = match ref_id.opt_str(ctx)? {
+            Some(id) => (&ref_id, id),
+            None => (&ref_id_alt, ref_id_alt.str(ctx)?),
         };
-        let from_field = c.at("fromHash");
-        let to_field = c.at("toHash");
-        let before = commit_id(ctx, from_field.path(), from_field.str(ctx)?)?;
-        let after = commit_id(ctx, to_field.path(), to_field.str(ctx)?)?;
+        let before = c.at("fromHash").commit(ctx)?;
+        let after = c.at("toHash").commit(ctx)?;
         // Bitbucket sends no file lists: every push must be diffed with git.
         events.push(ref_event(
             ctx,
-            &format!("changes[{i}].ref.id"),
+            ref_j,
             git_ref,
             repository.clone(),
             before,
@@ -109,7 +109,8 @@ fn pull_request(ctx: &Ctx, root: &J, action: PrAction) -> Result<Event, ParseErr
     let to = pr.at("toRef");
     let head_ref = branch_of(ctx, &from)?;
     let base_ref = branch_of(ctx, &to)?;
-    let author = pr.at("author").at("user");
+    let author = pr.at("author");
+    let author = author.at("user");
     let author = match author.at("slug").opt_text(ctx)? {
         Some(s) => Some(s),
         None => author.at("name").opt_text(ctx)?,
@@ -136,9 +137,9 @@ fn branch_of(ctx: &Ctx, r: &J) -> Result<String, ParseError> {
     r.object(ctx)?;
     let id = r.at("id");
     let name = match id.opt_str(ctx)? {
-        Some(full) => full.strip_prefix("refs/heads/").ok_or_else(|| ctx.invalid(id.path(), "is not a branch ref"))?,
+        Some(full) => full.strip_prefix("refs/heads/").ok_or_else(|| ctx.invalid(&id.path(), "is not a branch ref"))?,
         None => r.at("displayId").str(ctx)?,
     };
-    check_branch(ctx, id.path(), name)?;
+    check_branch(ctx, &id, name)?;
     Ok(name.to_string())
 }

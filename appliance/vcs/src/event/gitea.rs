@@ -33,30 +33,33 @@ fn user(ctx: &Ctx, j: &J) -> Result<Option<String>, ParseError> {
 }
 
 fn push(ctx: &Ctx, root: &J) -> Result<Event, ParseError> {
-    let git_ref = root.at("ref").str(ctx)?;
+    let ref_j = root.at("ref");
+    let git_ref = ref_j.str(ctx)?;
     let before = root.at("before").commit(ctx)?;
     let after = root.at("after").commit(ctx)?;
     let repository = repository(ctx, &root.at("repository"))?;
-    let commits = root.at("commits").opt_array(ctx)?;
+    let commits_j = root.at("commits");
+    let commits = commits_j.opt_items(ctx)?;
     // Gitea cuts the list to its feed limit (5 by default) and, since 1.17, says
     // how many there were; without that count the list cannot be trusted whole.
     let total = root.at("total_commits").opt_u64(ctx)?;
-    let (paths, listed) = match commits {
-        Some(c) => commit_paths(ctx, c, "commits")?,
+    let (paths, listed) = match &commits {
+        Some(c) => commit_paths(ctx, c)?,
         None => Default::default(),
     };
-    let complete = match (commits, total) {
+    let complete = match (&commits, total) {
         (Some(c), Some(t)) => c.len() as u64 == t && listed,
         _ => false,
     };
     let pusher = user(ctx, &root.at("pusher"))?;
-    ref_event(ctx, "ref", git_ref, repository, before, after, paths, complete, pusher)
+    ref_event(ctx, &ref_j, git_ref, repository, before, after, paths, complete, pusher)
 }
 
 /// A branch or tag deleted in the web interface or by a push. The payload
 /// names the ref without its prefix and carries no commit ids.
 fn delete(ctx: &Ctx, root: &J) -> Result<Event, ParseError> {
-    let name = root.at("ref").str(ctx)?;
+    let ref_j = root.at("ref");
+    let name = ref_j.str(ctx)?;
     let prefix = match root.at("ref_type").str(ctx)? {
         "branch" => "refs/heads/",
         "tag" => "refs/tags/",
@@ -67,7 +70,7 @@ fn delete(ctx: &Ctx, root: &J) -> Result<Event, ParseError> {
     let pusher = user(ctx, &root.at("sender"))?;
     // No commit ids: "before" is unknown rather than absent, so build the
     // deletion directly instead of through `ref_event`'s created/deleted logic.
-    super::json::check_ref(ctx, "ref", &git_ref)?;
+    super::json::check_ref(ctx, &ref_j, &git_ref)?;
     let Some(short) = git_ref.strip_prefix(prefix).map(str::to_string) else {
         return Err(ctx.invalid("ref", "does not match ref_type"));
     };
@@ -106,10 +109,11 @@ fn pull_request(ctx: &Ctx, root: &J) -> Result<Event, ParseError> {
     };
     let head = pr.at("head");
     let base = pr.at("base");
-    let head_ref = head.at("ref").str(ctx)?;
-    check_branch(ctx, head.at("ref").path(), head_ref)?;
-    let base_ref = base.at("ref").str(ctx)?;
-    check_branch(ctx, base.at("ref").path(), base_ref)?;
+    let (head_ref_j, base_ref_j) = (head.at("ref"), base.at("ref"));
+    let head_ref = head_ref_j.str(ctx)?;
+    check_branch(ctx, &head_ref_j, head_ref)?;
+    let base_ref = base_ref_j.str(ctx)?;
+    check_branch(ctx, &base_ref_j, base_ref)?;
     let head_repository = match head.at("repo").opt_object(ctx)? {
         Some(r) => Some(repository(ctx, r)?),
         None => None,

@@ -26,19 +26,21 @@ fn repository(ctx: &Ctx, j: &J) -> Result<Repository, ParseError> {
 }
 
 fn push(ctx: &Ctx, root: J) -> Result<Event, ParseError> {
-    let git_ref = root.at("ref").str(ctx)?;
+    let ref_j = root.at("ref");
+    let git_ref = ref_j.str(ctx)?;
     let before = root.at("before").commit(ctx)?;
     let after = root.at("after").commit(ctx)?;
     let repository = repository(ctx, &root.at("repository"))?;
-    let commits = root.at("commits").opt_array(ctx)?;
+    let commits_j = root.at("commits");
+    let commits = commits_j.opt_items(ctx)?;
     let forced = root.at("forced").opt_bool(ctx)?.unwrap_or(false);
-    let (paths, listed) = match commits {
-        Some(c) => commit_paths(ctx, c, "commits")?,
+    let (paths, listed) = match &commits {
+        Some(c) => commit_paths(ctx, c)?,
         None => Default::default(),
     };
-    let complete = commits.is_some_and(|c| c.len() < MAX_PUSH_COMMITS) && listed && !forced;
+    let complete = commits.as_ref().is_some_and(|c| c.len() < MAX_PUSH_COMMITS) && listed && !forced;
     let pusher = root.at("pusher").at("name").opt_text(ctx)?;
-    ref_event(ctx, "ref", git_ref, repository, before, after, paths, complete, pusher)
+    ref_event(ctx, &ref_j, git_ref, repository, before, after, paths, complete, pusher)
 }
 
 fn pull_request(ctx: &Ctx, root: J) -> Result<Event, ParseError> {
@@ -60,10 +62,11 @@ fn pull_request(ctx: &Ctx, root: J) -> Result<Event, ParseError> {
     };
     let head = pr.at("head");
     let base = pr.at("base");
-    let head_ref = head.at("ref").str(ctx)?;
-    check_branch(ctx, head.at("ref").path(), head_ref)?;
-    let base_ref = base.at("ref").str(ctx)?;
-    check_branch(ctx, base.at("ref").path(), base_ref)?;
+    let (head_ref_j, base_ref_j) = (head.at("ref"), base.at("ref"));
+    let head_ref = head_ref_j.str(ctx)?;
+    check_branch(ctx, &head_ref_j, head_ref)?;
+    let base_ref = base_ref_j.str(ctx)?;
+    check_branch(ctx, &base_ref_j, base_ref)?;
     // A fork deleted after its pull request was opened leaves `head.repo` null.
     let head_repository = match head.at("repo").opt_object(ctx)? {
         Some(r) => Some(repository(ctx, r)?),

@@ -52,7 +52,7 @@ fn repository(ctx: &Ctx, project: &J, legacy: &J) -> Result<Repository, ParseErr
             web_url: project.at("web_url").opt_text(ctx)?,
         });
     }
-    legacy.object(ctx).map_err(|_| ctx.missing(project.path()))?;
+    legacy.object(ctx).map_err(|_| ctx.missing(&project.path()))?;
     let web_url = legacy.at("homepage").opt_text(ctx)?;
     let full_name = web_url
         .as_deref()
@@ -60,7 +60,7 @@ fn repository(ctx: &Ctx, project: &J, legacy: &J) -> Result<Repository, ParseErr
         .and_then(|(_, rest)| rest.split_once('/'))
         .map(|(_, path)| path.trim_matches('/').to_string())
         .filter(|p| !p.is_empty())
-        .ok_or_else(|| ctx.missing(project.path()))?;
+        .ok_or_else(|| ctx.missing(&project.path()))?;
     Ok(Repository {
         full_name,
         http_url: legacy.at("git_http_url").opt_text(ctx)?,
@@ -70,18 +70,20 @@ fn repository(ctx: &Ctx, project: &J, legacy: &J) -> Result<Repository, ParseErr
 }
 
 fn push(ctx: &Ctx, root: &J) -> Result<Event, ParseError> {
-    let git_ref = root.at("ref").str(ctx)?;
+    let ref_j = root.at("ref");
+    let git_ref = ref_j.str(ctx)?;
     let before = root.at("before").commit(ctx)?;
     let after = root.at("after").commit(ctx)?;
     let repository = repository(ctx, &root.at("project"), &root.at("repository"))?;
-    let commits = root.at("commits").opt_array(ctx)?;
+    let commits_j = root.at("commits");
+    let commits = commits_j.opt_items(ctx)?;
     let total = root.at("total_commits_count").opt_u64(ctx)?;
-    let (paths, listed) = match commits {
-        Some(c) => commit_paths(ctx, c, "commits")?,
+    let (paths, listed) = match &commits {
+        Some(c) => commit_paths(ctx, c)?,
         None => Default::default(),
     };
     // GitLab lists at most 20 commits and says how many there were.
-    let complete = match (commits, total) {
+    let complete = match (&commits, total) {
         (Some(c), Some(t)) => c.len() as u64 == t && listed,
         _ => false,
     };
@@ -89,7 +91,7 @@ fn push(ctx: &Ctx, root: &J) -> Result<Event, ParseError> {
         Some(u) => Some(u),
         None => root.at("user_name").opt_text(ctx)?,
     };
-    ref_event(ctx, "ref", git_ref, repository, before, after, paths, complete, pusher)
+    ref_event(ctx, &ref_j, git_ref, repository, before, after, paths, complete, pusher)
 }
 
 fn merge_request(ctx: &Ctx, root: &J) -> Result<Event, ParseError> {
@@ -107,10 +109,11 @@ fn merge_request(ctx: &Ctx, root: &J) -> Result<Event, ParseError> {
         Some(other) => PrAction::Other(other.to_string()),
         None => PrAction::Other("(no action)".to_string()),
     };
-    let head_ref = attrs.at("source_branch").str(ctx)?;
-    check_branch(ctx, attrs.at("source_branch").path(), head_ref)?;
-    let base_ref = attrs.at("target_branch").str(ctx)?;
-    check_branch(ctx, attrs.at("target_branch").path(), base_ref)?;
+    let (source_j, target_j) = (attrs.at("source_branch"), attrs.at("target_branch"));
+    let head_ref = source_j.str(ctx)?;
+    check_branch(ctx, &source_j, head_ref)?;
+    let base_ref = target_j.str(ctx)?;
+    check_branch(ctx, &target_j, base_ref)?;
     let head_repository = match attrs.at("source").opt_object(ctx)? {
         Some(s) => Some(Repository {
             full_name: s.at("path_with_namespace").str(ctx)?.to_string(),

@@ -36,29 +36,70 @@ impl Ctx<'_> {
     }
 }
 
-/// A place in the document, present or not, with its path for messages.
-pub(crate) struct J<'a> {
-    value: Option<&'a Value>,
-    path: String,
+/// One step from a parent to a child.
+#[derive(Clone, Copy)]
+enum Step<'p> {
+    Key(&'p str),
+    Index(usize),
 }
 
-impl<'a> J<'a> {
-    pub fn root(value: &'a Value) -> J<'a> {
-        J { value: Some(value), path: String::new() }
+/// A place in the document, present or not. Its path (`commits[1].added`) is
+/// only spelled out for an error message, by walking back to the root: reading
+/// a valid delivery allocates nothing for paths.
+pub(crate) struct J<'a, 'p> {
+    value: Option<&'a Value>,
+    parent: Option<&'p J<'a, 'p>>,
+    step: Option<Step<'p>>,
+}
+
+impl<'a, 'p> J<'a, 'p> {
+    pub fn root(value: &'a Value) -> J<'a, 'a> {
+        J { value: Some(value), parent: None, step: None }
     }
 
-    pub fn at_path(value: &'a Value, path: String) -> J<'a> {
-        J { value: Some(value), path }
-    }
-
-    pub fn path(&self) -> &str {
-        &self.path
+    /// The path from the root, for messages.
+    pub fn path(&self) -> String {
+        let mut steps = Vec::new();
+        let mut at = Some(self);
+        while let Some(j) = at {
+            if let Some(s) = j.step {
+                steps.push(s);
+            }
+            at = j.parent;
+        }
+        let mut out = String::new();
+        for s in steps.into_iter().rev() {
+            match s {
+                Step::Key(k) => {
+                    if !out.is_empty() {
+                        out.push('.');
+                    }
+                    out.push_str(k);
+                }
+                Step::Index(i) => out.push_str(&format!("[{i}]")),
+            }
+        }
+        if out.is_empty() { "(body)".to_string() } else { out }
     }
 
     /// The member `key` of this object (absent when this is absent or null).
-    pub fn at(&self, key: &str) -> J<'a> {
-        let path = if self.path.is_empty() { key.to_string() } else { format!("{}.{key}", self.path) };
-        J { value: self.value.and_then(|v| v.get(key)), path }
+    pub fn at<'s>(&'s self, key: &'s str) -> J<'a, 's> {
+        J { value: self.value.and_then(|v| v.get(key)), parent: Some(self), step: Some(Step::Key(key)) }
+    }
+
+    /// The elements of this array, none if absent or null.
+    pub fn opt_items(&self, ctx: &Ctx) -> Result<Option<Vec<J<'a, '_>>>, ParseError> {
+        Ok(self.opt_array(ctx)?.map(|items| {
+            items
+                .iter()
+                .enumerate()
+                .map(|(i, v)| J { value: Some(v), parent: Some(self), step: Some(Step::Index(i)) })
+                .collect()
+        }))
+    }
+
+    pub fn items(&self, ctx: &Ctx) -> Result<Vec<J<'a, '_>>, ParseError> {
+        self.opt_items(ctx)?.ok_or_else(|| ctx.missing(&self.path()))
     }
 
     /// Present and not null.
@@ -71,14 +112,14 @@ impl<'a> J<'a> {
     }
 
     pub fn str(&self, ctx: &Ctx) -> Result<&'a str, ParseError> {
-        self.opt_str(ctx)?.ok_or_else(|| ctx.missing(&self.path))
+        self.opt_str(ctx)?.ok_or_else(|| ctx.missing(&self.path()))
     }
 
     pub fn opt_str(&self, ctx: &Ctx) -> Result<Option<&'a str>, ParseError> {
         match self.present() {
             None => Ok(None),
             Some(Value::String(s)) => Ok(Some(s)),
-            Some(_) => Err(ctx.wrong_type(&self.path, "a string")),
+            Some(_) => Err(ctx.wrong_type(&self.path(), "a string")),
         }
     }
 
@@ -88,13 +129,13 @@ impl<'a> J<'a> {
     }
 
     pub fn u64(&self, ctx: &Ctx) -> Result<u64, ParseError> {
-        self.opt_u64(ctx)?.ok_or_else(|| ctx.missing(&self.path))
+        self.opt_u64(ctx)?.ok_or_else(|| ctx.missing(&self.path()))
     }
 
     pub fn opt_u64(&self, ctx: &Ctx) -> Result<Option<u64>, ParseError> {
         match self.present() {
             None => Ok(None),
-            Some(v) => v.as_u64().map(Some).ok_or_else(|| ctx.wrong_type(&self.path, "a non-negative integer")),
+            Some(v) => v.as_u64().map(Some).ok_or_else(|| ctx.wrong_type(&self.path(), "a non-negative integer")),
         }
     }
 
@@ -102,28 +143,28 @@ impl<'a> J<'a> {
         match self.present() {
             None => Ok(None),
             Some(Value::Bool(b)) => Ok(Some(*b)),
-            Some(_) => Err(ctx.wrong_type(&self.path, "true or false")),
+            Some(_) => Err(ctx.wrong_type(&self.path(), "true or false")),
         }
     }
 
     pub fn array(&self, ctx: &Ctx) -> Result<&'a [Value], ParseError> {
-        self.opt_array(ctx)?.ok_or_else(|| ctx.missing(&self.path))
+        self.opt_array(ctx)?.ok_or_else(|| ctx.missing(&self.path()))
     }
 
     pub fn opt_array(&self, ctx: &Ctx) -> Result<Option<&'a [Value]>, ParseError> {
         match self.present() {
             None => Ok(None),
             Some(Value::Array(a)) => Ok(Some(a)),
-            Some(_) => Err(ctx.wrong_type(&self.path, "an array")),
+            Some(_) => Err(ctx.wrong_type(&self.path(), "an array")),
         }
     }
 
     /// This place, required to be an object.
     pub fn object(&self, ctx: &Ctx) -> Result<&Self, ParseError> {
         match self.present() {
-            None => Err(ctx.missing(&self.path)),
+            None => Err(ctx.missing(&self.path())),
             Some(Value::Object(_)) => Ok(self),
-            Some(_) => Err(ctx.wrong_type(&self.path, "an object")),
+            Some(_) => Err(ctx.wrong_type(&self.path(), "an object")),
         }
     }
 
@@ -132,7 +173,7 @@ impl<'a> J<'a> {
         match self.present() {
             None => Ok(None),
             Some(Value::Object(_)) => Ok(Some(self)),
-            Some(_) => Err(ctx.wrong_type(&self.path, "an object")),
+            Some(_) => Err(ctx.wrong_type(&self.path(), "an object")),
         }
     }
 
@@ -140,12 +181,12 @@ impl<'a> J<'a> {
     /// use for "no commit" (a created or deleted ref) is `None`.
     pub fn commit(&self, ctx: &Ctx) -> Result<Option<String>, ParseError> {
         let s = self.str(ctx)?;
-        commit_id(ctx, &self.path, s)
+        commit_id(ctx, &self.path(), s)
     }
 
     /// A commit id that must name a commit.
     pub fn required_commit(&self, ctx: &Ctx) -> Result<String, ParseError> {
-        self.commit(ctx)?.ok_or_else(|| ctx.invalid(&self.path, "is the all-zero commit id"))
+        self.commit(ctx)?.ok_or_else(|| ctx.invalid(&self.path(), "is the all-zero commit id"))
     }
 }
 
@@ -183,18 +224,18 @@ pub(crate) fn valid_ref_name(name: &str) -> bool {
         .all(|part| !part.starts_with('.') && !part.starts_with('-') && !part.ends_with(".lock"))
 }
 
-/// A full ref (`refs/...`) that git would accept.
-pub(crate) fn check_ref(ctx: &Ctx, field: &str, git_ref: &str) -> Result<(), ParseError> {
+/// A full ref (`refs/...`) that git would accept; `field` is where it was read.
+pub(crate) fn check_ref(ctx: &Ctx, field: &J, git_ref: &str) -> Result<(), ParseError> {
     if !git_ref.starts_with("refs/") || !valid_ref_name(git_ref) {
-        return Err(ctx.invalid(field, "is not a valid git ref"));
+        return Err(ctx.invalid(&field.path(), "is not a valid git ref"));
     }
     Ok(())
 }
 
 /// A branch name (without `refs/heads/`) that git would accept.
-pub(crate) fn check_branch(ctx: &Ctx, field: &str, name: &str) -> Result<(), ParseError> {
+pub(crate) fn check_branch(ctx: &Ctx, field: &J, name: &str) -> Result<(), ParseError> {
     if name.starts_with("refs/") || !valid_ref_name(name) {
-        return Err(ctx.invalid(field, "is not a valid branch name"));
+        return Err(ctx.invalid(&field.path(), "is not a valid branch name"));
     }
     Ok(())
 }

@@ -322,19 +322,19 @@ pub fn parse(vendor: Vendor, event: &str, body: &[u8]) -> Result<Vec<Event>, Par
 
 /// Collects the added, modified and removed paths of `commits`; the result is
 /// complete only if every commit carried all three lists.
-fn commit_paths(ctx: &json::Ctx, commits: &[serde_json::Value], path: &str) -> Result<(BTreeSet<String>, bool), ParseError> {
+fn commit_paths(ctx: &json::Ctx, commits: &[json::J]) -> Result<(BTreeSet<String>, bool), ParseError> {
     let mut paths = BTreeSet::new();
     let mut all_listed = true;
-    for (i, c) in commits.iter().enumerate() {
-        let c = json::J::at_path(c, format!("{path}[{i}]"));
+    for c in commits {
         for list in ["added", "modified", "removed"] {
-            match c.at(list).opt_array(ctx)? {
+            let l = c.at(list);
+            match l.opt_items(ctx)? {
                 None => all_listed = false,
                 Some(items) => {
-                    for (j, item) in items.iter().enumerate() {
-                        let p = json::J::at_path(item, format!("{path}[{i}].{list}[{j}]")).str(ctx)?;
+                    for item in &items {
+                        let p = item.str(ctx)?;
                         if p.contains('\0') {
-                            return Err(ctx.invalid(&format!("{path}[{i}].{list}[{j}]"), "contains a NUL byte"));
+                            return Err(ctx.invalid(&item.path(), "contains a NUL byte"));
                         }
                         let p = normalize_path(p);
                         if !p.is_empty() {
@@ -353,7 +353,7 @@ fn commit_paths(ctx: &json::Ctx, commits: &[serde_json::Value], path: &str) -> R
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn ref_event(
     ctx: &json::Ctx,
-    ref_field: &str,
+    ref_field: &json::J,
     git_ref: &str,
     repository: Repository,
     before: Option<String>,
@@ -366,7 +366,7 @@ pub(crate) fn ref_event(
     let created = before.is_none();
     let deleted = after.is_none();
     if created && deleted {
-        return Err(ctx.invalid(ref_field, "the push neither starts nor ends at a commit"));
+        return Err(ctx.invalid(&ref_field.path(), "the push neither starts nor ends at a commit"));
     }
     let target = if let Some(b) = git_ref.strip_prefix("refs/heads/") {
         RefTarget::Branch(b.to_string())
