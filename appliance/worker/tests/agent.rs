@@ -9,7 +9,7 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -682,6 +682,7 @@ fn ip(args: &[&str]) -> Result<(), String> {
 
 impl NetNs {
     fn create() -> NetNs {
+        Self::sweep();
         let used = std::process::Command::new("ip")
             .args(["-o", "-4", "addr", "show"])
             .output()
@@ -736,6 +737,26 @@ impl NetNs {
             }
         }
         panic!("no free address block for a network namespace");
+    }
+
+    /// Removes the namespaces of test processes that died without cleaning up
+    /// (named `hgw<pid>x<n>`).
+    fn sweep() {
+        let Ok(out) = std::process::Command::new("ip")
+            .args(["netns", "list"])
+            .output()
+        else {
+            return;
+        };
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            let name = line.split_whitespace().next().unwrap_or("");
+            let Some(pid) = name.strip_prefix("hgw").and_then(|r| r.split('x').next()) else {
+                continue;
+            };
+            if pid.parse::<u32>().is_ok() && !Path::new(&format!("/proc/{pid}")).exists() {
+                let _ = ip(&["netns", "del", name]);
+            }
+        }
     }
 
     /// `program` to be run inside the namespace.
