@@ -21,6 +21,8 @@ pub struct Config {
     #[serde(default)]
     pub scheduler: hangar_background::SchedulerConfig,
     #[serde(default)]
+    pub vcs: Option<hangar_vcs::VcsConfig>,
+    #[serde(default)]
     pub supervisor: Option<hangar_supervisor::SupervisorConfig>,
     #[serde(default)]
     pub server: Option<hangar_server::ServerConfig>,
@@ -100,6 +102,9 @@ impl Config {
         }
         self.drain.validate().map_err(|(f, p)| invalid(f, &p))?;
         self.scheduler.validate().map_err(|(f, p)| invalid(&f, &p))?;
+        if let Some(vcs) = &self.vcs {
+            vcs.validate().map_err(|e| invalid(e.field, e.problem))?;
+        }
         Ok(())
     }
 }
@@ -132,5 +137,16 @@ mod tests {
         let msg = err.to_string();
         assert!(!msg.contains('\n'), "{msg}");
         assert!(msg.contains("line 2"), "{msg}");
+    }
+
+    #[test]
+    fn vcs_section_is_checked_when_loaded() {
+        let text = include_str!("../hangar.example.toml");
+        let cfg = Config::from_toml(text, Path::new("hangar.example.toml")).unwrap();
+        let vcs = cfg.vcs.expect("the example documents [vcs]");
+        assert_eq!(vcs.poll_interval_secs, 60);
+        let bad = text.replace("poll_interval_secs = 60", "poll_interval_secs = 5");
+        let err = Config::from_toml(&bad, Path::new("x.toml")).unwrap_err().to_string();
+        assert_eq!(err, "invalid configuration x.toml: vcs.poll_interval_secs: must be between 10 and 86400");
     }
 }
