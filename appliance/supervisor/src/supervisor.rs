@@ -113,6 +113,8 @@ fn prepare_dir(path: &Path, group: Option<nix::unistd::Gid>) -> Result<(), Super
 
 impl Supervisor {
     /// Validates `settings`, takes the control socket and starts every service.
+    /// One supervisor per process: it becomes the process's only waiter for
+    /// children (see `reaper`).
     pub async fn start(settings: Settings) -> Result<SupervisorHandle, SupervisorError> {
         let plan = settings.plan()?;
         let group = plan.socket_owner.as_ref().map(|o| o.gid);
