@@ -8,6 +8,30 @@
 //! what run, if any, it means. Commit statuses go back through
 //! [`StatusClient::report`]; plain-git integrations are polled with
 //! [`ls_remote`] and the differences turned into the same [`Event`]s.
+//!
+//! How the parts use it:
+//! - **Integration created**: [`Verifier::new`] with the webhook secret refuses
+//!   an unusable one ([`SecretError`]) before it is stored.
+//! - **`POST /webhooks/{vendor}/{integration}`**: refuse a declared length over
+//!   [`MAX_BODY`] ([`check_declared_length`]) before reading the body, then
+//!   `verifier.verify(&headers, &body, SystemTime::now())`. `Err(e)` answers
+//!   `e.http_status()` and enqueues nothing; `Ok(delivery)` enqueues the raw
+//!   body with `delivery.event` under the uniqueness key
+//!   `"{integration}:{delivery.id}"` (ids are unique per vendor, not across
+//!   integrations) and answers 202.
+//! - **Drain**: `parse(vendor, &event, &body)`; a [`ParseError`] is the
+//!   delivery's outcome, in one line. For each [`Event`]: a [`Push`] to a
+//!   stack's branch of a matching repository ([`Repository::matches_url`]) is a
+//!   tracked run at `after` when [`Push::touches`] the stack's [`ProjectRoot`]
+//!   ([`Touches::Unknown`]: diff `before..after` with git first); a
+//!   [`PullRequest`] opened, updated or reopened against the stack's branch is a
+//!   proposed run at `head_sha` (fetched through `fetch_ref`); everything else
+//!   is recorded and ignored, with its `Display` line as the reason.
+//! - **Run state changes**: [`CommitStatus::for_run`] and
+//!   [`StatusClient::report`], only when [`commit_state`] changes; retry while
+//!   [`StatusError::is_retryable`]. Nothing about the run depends on it.
+//! - **Plain git**: every [`VcsConfig::poll_interval`], [`ls_remote`], then
+//!   [`poll_events`] against the stored previous [`RemoteRefs`] (serializable).
 
 mod config;
 mod event;
