@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use hangar_testkit::git::GitServerOptions;
 use hangar_testkit::{GitServer, TestDir, wait_for};
 use hangar_types::worker::{EnvVar, Phase, PlanUpload, StateReport, ToolSpec};
 use hangar_types::{RunKind, RunState, Tool};
@@ -1062,4 +1063,48 @@ fn sha256_hex(data: &[u8]) -> String {
         .next()
         .unwrap()
         .to_string()
+}
+
+#[tokio::test]
+async fn a_vcs_over_https_is_trusted_only_through_its_configured_ca() {
+    hangar_testkit::init();
+    let dir = TestDir::new("engine-vcs-tls");
+    let password = "s3cret-git-pass";
+    let git = GitServer::start_with(GitServerOptions {
+        tls_pki: Some(dir.path().join("vcs-pki")),
+        credentials: Some(("hangar".into(), password.into())),
+    })
+    .await;
+    git.create_repo("stack");
+    let sha = git.push_files("stack", "main", &[("infra/main.tf", CONFIG)], "over https");
+    let cache = dir.subdir("cache");
+    dir.subdir("runs");
+    let f = Fixture { git, dir, cache };
+    let mut opts = f.options();
+    let mut spec = f.spec(1, RunKind::Proposed, &sha);
+    // Credentials in the URL, as a stack may be configured.
+    spec.repository = f.git.authed_url("stack");
+    assert!(spec.repository.contains(password));
+
+    // Without the VCS's CA the clone is refused (nothing else is trusted).
+    let hooks = Recorder::new(decided(None).1);
+    let outcome = f.execute(&spec, &opts, &hooks).await;
+    assert_eq!(outcome.state, RunState::Failed);
+    assert!(outcome.note.contains("git fetch"), "{}", outcome.note);
+    let preparing = hooks.log_text(Phase::Preparing);
+    assert!(
+        preparing.to_lowercase().contains("certificate"),
+        "{preparing}"
+    );
+    assert!(!hooks.all_text().contains(password));
+
+    opts.vcs_ca = Some(f.git.ca_path().expect("the server's CA").to_path_buf());
+    spec.run_id = 2;
+    let hooks = Recorder::new(decided(None).1);
+    let outcome = f.execute(&spec, &opts, &hooks).await;
+    assert_eq!(outcome.state, RunState::Finished, "{}", hooks.all_text());
+    assert!(
+        !hooks.all_text().contains(password),
+        "the URL's password is masked"
+    );
 }
