@@ -27,9 +27,13 @@ impl CtlClient {
     }
 
     async fn open(&self, request: Request) -> Result<(BufReader<tokio::net::unix::OwnedReadHalf>, tokio::net::unix::OwnedWriteHalf), CtlError> {
-        let stream = UnixStream::connect(&self.path).await.map_err(|source| CtlError::NotRunning {
-            path: self.path.clone(),
-            source,
+        let stream = UnixStream::connect(&self.path).await.map_err(|source| {
+            let path = self.path.clone();
+            if source.kind() == std::io::ErrorKind::PermissionDenied {
+                CtlError::Denied { path, source }
+            } else {
+                CtlError::NotRunning { path, source }
+            }
         })?;
         let (read, mut write) = stream.into_split();
         let mut line = serde_json::to_vec(&RequestLine { v: VERSION, request }).map_err(|e| CtlError::Protocol {

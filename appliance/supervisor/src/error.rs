@@ -45,6 +45,12 @@ pub enum CtlError {
         #[source]
         source: std::io::Error,
     },
+    #[error("not allowed to control the supervisor at {path} (run as root or as a member of the service user's group)")]
+    Denied {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("lost the connection to the supervisor at {path}")]
     Io {
         path: PathBuf,

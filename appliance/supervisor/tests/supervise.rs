@@ -442,6 +442,23 @@ async fn hostile_control_requests_get_errors_and_change_nothing() {
     let meta = std::fs::metadata(&sup.socket).unwrap();
     assert_eq!(meta.permissions().mode() & 0o777, if nix::unistd::Uid::effective().is_root() { 0o660 } else { 0o600 });
     assert_eq!(meta.uid(), sup.user.uid.as_raw());
+    // Another account gets a clear refusal, not "not running".
+    if nix::unistd::Uid::effective().is_root() {
+        use std::os::unix::process::CommandExt;
+        let out = std::process::Command::new(hangar_testkit::cargo_bin("hangar"))
+            .args(["ctl", "--socket"])
+            .arg(&sup.socket)
+            .args(["stop", "s"])
+            .uid(65534)
+            .gid(65534)
+            .current_dir("/")
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("not allowed to control the supervisor"), "{err}");
+        assert_eq!(sup.status("s").await.pid, s.pid);
+    }
     assert_eq!(sup.terminate(), Some(0));
     wait_gone(&m, Duration::from_secs(5)).await;
 }
