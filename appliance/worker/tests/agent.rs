@@ -496,7 +496,10 @@ impl Env {
         };
         cmd.args(["run", "--config-dir"])
             .arg(&self.config_dir)
-            .env("HANGAR_LOG", "info,hangar_worker=debug");
+            .env("HANGAR_LOG", "info,hangar_worker=debug")
+            // An environment that would misdirect git: runs must not inherit it.
+            .env("GIT_DIR", "/nonexistent/git-dir")
+            .env("GIT_SSL_CAINFO", "/nonexistent/ca.pem");
         ChildProcess::spawn(cmd, "hangar-worker", self.dir.path())
     }
 
