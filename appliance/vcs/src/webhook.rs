@@ -131,8 +131,10 @@ pub struct Verifier {
 }
 
 enum Scheme {
-    /// Hex HMAC-SHA256 of the body (GitHub, Gitea, Bitbucket Data Center).
-    BodyHmac(hmac::Key),
+    /// Hex HMAC-SHA256 of the body, each vendor with its own headers.
+    Github(hmac::Key),
+    Gitea(hmac::Key),
+    Bitbucket(hmac::Key),
     /// GitLab's shared token. The expected token is kept only as an HMAC under a
     /// random key: comparing tags is constant-time whatever the lengths.
     GitlabToken { probe: hmac::Key, expected: hmac::Tag },
@@ -144,7 +146,7 @@ enum Scheme {
 impl fmt::Debug for Verifier {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let scheme = match self.scheme {
-            Scheme::BodyHmac(_) => "hmac-sha256 of the body",
+            Scheme::Github(_) | Scheme::Gitea(_) | Scheme::Bitbucket(_) => "hmac-sha256 of the body",
             Scheme::GitlabToken { .. } => "secret token",
             Scheme::GitlabSigning { .. } => "signing token",
         };
@@ -179,10 +181,11 @@ impl Verifier {
         if s.is_empty() {
             return Err(SecretError::Empty { vendor });
         }
+        let body_key = || hmac::Key::new(hmac::HMAC_SHA256, s.as_bytes());
         let scheme = match vendor {
-            Vendor::Github | Vendor::Gitea | Vendor::Bitbucket => {
-                Scheme::BodyHmac(hmac::Key::new(hmac::HMAC_SHA256, s.as_bytes()))
-            }
+            Vendor::Github => Scheme::Github(body_key()),
+            Vendor::Gitea => Scheme::Gitea(body_key()),
+            Vendor::Bitbucket => Scheme::Bitbucket(body_key()),
             Vendor::Gitlab => match signing_key(s)? {
                 Some(key) => Scheme::GitlabSigning {
                     key: hmac::Key::new(hmac::HMAC_SHA256, &key),
@@ -210,8 +213,8 @@ impl Verifier {
             return Err(WebhookError::TooLarge { vendor, size: body.len() as u64 });
         }
         let h = Headers { map: headers, vendor };
-        match (&self.scheme, vendor) {
-            (Scheme::BodyHmac(key), Vendor::Github) => {
+        match &self.scheme {
+            Scheme::Github(key) => {
                 let header = "x-hub-signature-256";
                 let value = h.required_signature(header)?;
                 let hex = value.strip_prefix("sha256=").ok_or(WebhookError::MalformedHeader {
@@ -226,7 +229,7 @@ impl Verifier {
                     event: h.event("x-github-event")?,
                 })
             }
-            (Scheme::BodyHmac(key), Vendor::Gitea) => {
+            Scheme::Gitea(key) => {
                 // Forgejo sends both its own headers and Gitea's; its own win.
                 let (sig, delivery, event) = if h.get("x-forgejo-signature")?.is_some() {
                     ("x-forgejo-signature", "x-forgejo-delivery", "x-forgejo-event")
@@ -245,7 +248,7 @@ impl Verifier {
                 };
                 Ok(Delivery { vendor, id: delivery, event })
             }
-            (Scheme::BodyHmac(key), Vendor::Bitbucket) => {
+            Scheme::Bitbucket(key) => {
                 let header = "x-hub-signature";
                 let value = h.required_signature(header)?;
                 let hex = value.strip_prefix("sha256=").ok_or(WebhookError::MalformedHeader {
@@ -260,7 +263,7 @@ impl Verifier {
                     event: h.event("x-event-key")?,
                 })
             }
-            (Scheme::GitlabToken { probe, expected }, _) => {
+            Scheme::GitlabToken { probe, expected } => {
                 let header = "x-gitlab-token";
                 let given = h.required_signature(header)?;
                 hmac::verify(probe, given.as_bytes(), expected.as_ref())
@@ -276,7 +279,7 @@ impl Verifier {
                 };
                 Ok(Delivery { vendor, id, event: h.event("x-gitlab-event")? })
             }
-            (Scheme::GitlabSigning { key, probe }, _) => {
+            Scheme::GitlabSigning { key, probe } => {
                 let signatures = h.required_signature("webhook-signature")?;
                 let id = h.delivery_id("webhook-id")?;
                 let ts_text = h
@@ -297,7 +300,6 @@ impl Verifier {
                 }
                 Ok(Delivery { vendor, id, event: h.event("x-gitlab-event")? })
             }
-            (Scheme::BodyHmac(_), Vendor::Gitlab) => unreachable!("GitLab verifiers use a GitLab scheme"),
         }
     }
 }
