@@ -104,7 +104,7 @@ pub struct ServiceConfig {
     #[serde(default)]
     pub args: Vec<String>,
     #[serde(default)]
-    pub env: BTreeMap<String, String>,
+    pub env: EnvVars,
     /// Defaults to the user's home directory, or `/`.
     #[serde(default)]
     pub working_dir: Option<PathBuf>,
@@ -125,6 +125,18 @@ pub struct ServiceConfig {
     pub ready_timeout_secs: Option<u64>,
     #[serde(default)]
     pub check_interval_ms: Option<u64>,
+}
+
+/// A service's environment. Values may be credentials a program only takes from
+/// its environment, so `Debug` shows the names alone.
+#[derive(Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct EnvVars(pub BTreeMap<String, String>);
+
+impl std::fmt::Debug for EnvVars {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_map().entries(self.0.keys().map(|k| (k, "<redacted>"))).finish()
+    }
 }
 
 fn default_heartbeat_age() -> u64 {
@@ -290,7 +302,7 @@ pub struct ServiceSpec {
     pub name: String,
     pub command: PathBuf,
     pub args: Vec<String>,
-    pub env: BTreeMap<String, String>,
+    pub env: EnvVars,
     pub working_dir: PathBuf,
     pub run_as: RunAs,
     pub depends_on: Vec<String>,
@@ -488,7 +500,7 @@ impl Settings {
     fn spec(&self, s: &ServiceConfig, d: &ServiceDefaults, default_user: &RunAs) -> Result<ServiceSpec, SupervisorError> {
         let field = |f: &str| format!("supervisor.service[{}].{f}", s.name);
         require_absolute(&s.command, field("command"))?;
-        for (k, v) in &s.env {
+        for (k, v) in &s.env.0 {
             if k.is_empty() || k.contains('=') || k.contains('\0') || v.contains('\0') {
                 return Err(invalid(field("env"), format!("{k:?} is not a valid environment variable")));
             }
@@ -732,6 +744,16 @@ mod tests {
         assert_eq!(plan.get("postgres").unwrap().stop_signal, Signal::SIGINT);
         assert_eq!(plan.get("drain").unwrap().ready.kind(), "heartbeat");
         assert_eq!(plan.dependants("postgres"), ["server", "drain", "scheduler"]);
+    }
+
+    #[test]
+    fn environment_values_stay_out_of_debug_output() {
+        let cfg: ServiceConfig = toml::from_str(
+            "name = \"s\"\ncommand = \"/bin/true\"\nenv = { API_TOKEN = \"hunter2-secret\" }\n",
+        )
+        .unwrap();
+        let shown = format!("{cfg:?}");
+        assert!(shown.contains("API_TOKEN") && !shown.contains("hunter2"), "{shown}");
     }
 
     #[test]

@@ -287,7 +287,7 @@ impl Runner {
         let mut cmd = reaper::command(Launch {
             program: &s.command,
             args: &s.args,
-            env: &s.env,
+            env: &s.env.0,
             working_dir: &s.working_dir,
             run_as: &s.run_as,
             stdout: Stdio::from(write_end),
