@@ -328,6 +328,7 @@ pub async fn ls_remote(req: &LsRemote) -> Result<RemoteRefs, LsRemoteError> {
         Err(_) => {
             kill_group(pgid);
             let _ = child.wait().await;
+            kill_group_and_settle(pgid).await;
             return Err(LsRemoteError::TimedOut { url: shown, timeout: req.timeout });
         }
     };
@@ -342,6 +343,7 @@ pub async fn ls_remote(req: &LsRemote) -> Result<RemoteRefs, LsRemoteError> {
         Err(_) => {
             kill_group(pgid);
             let _ = child.wait().await;
+            kill_group_and_settle(pgid).await;
             return Err(LsRemoteError::TimedOut { url: shown, timeout: req.timeout });
         }
     };
@@ -359,6 +361,20 @@ pub async fn ls_remote(req: &LsRemote) -> Result<RemoteRefs, LsRemoteError> {
 fn kill_group(pgid: Option<nix::unistd::Pid>) {
     if let Some(pgid) = pgid {
         let _ = nix::sys::signal::killpg(pgid, nix::sys::signal::Signal::SIGKILL);
+    }
+}
+
+/// Kills the group and gives the kernel a moment to take its processes down
+/// (the helpers are git's children, not ours to wait for).
+async fn kill_group_and_settle(pgid: Option<nix::unistd::Pid>) {
+    kill_group(pgid);
+    let Some(pgid) = pgid else { return };
+    for _ in 0..100 {
+        // Signal 0 only asks whether anyone in the group is left.
+        if nix::sys::signal::killpg(pgid, None).is_err() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
 
