@@ -41,18 +41,18 @@ fn check(what: &str, output: Output) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
-/// Builds the `hangar` binary next to this test's `hangar-bundle`.
+/// Builds the `hangar` and `hangar-worker` binaries next to this test's `hangar-bundle`.
 fn build_hangar() {
     let bins = bin_dir();
     let mut cargo = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
     cargo
-        .args(["build", "-p", "hangar", "--bin", "hangar"])
+        .args(["build", "-p", "hangar", "--bin", "hangar", "-p", "hangar-worker", "--bin", "hangar-worker"])
         .current_dir(repo());
     if bins.file_name().is_some_and(|n| n == "release") {
         cargo.arg("--release");
     }
     cargo.env("CARGO_TARGET_DIR", bins.parent().unwrap());
-    check("cargo build -p hangar", cargo.output().unwrap());
+    check("cargo build -p hangar -p hangar-worker", cargo.output().unwrap());
 }
 
 struct Site {
@@ -142,6 +142,7 @@ fn the_appliance_bundle_builds_verifies_extracts_and_its_postgres_runs_relocated
     let paths = paths(&inspected);
     for expected in [
         "bin/hangar",
+        "bin/hangar-worker",
         "embedded/postgres/usr/lib/postgresql/15/bin/postgres",
         "embedded/postgres/usr/lib/postgresql/15/bin/initdb",
         "embedded/postgres/usr/lib/postgresql/15/bin/pg_ctl",
@@ -393,6 +394,7 @@ impl Unprivileged {
 
 #[test]
 fn the_worker_bundle_builds_and_verifies() {
+    build_hangar();
     let site = Site::new();
     let bundle = site.build("worker");
     let inspected = site.cli_json(&["inspect"], &bundle);
@@ -402,6 +404,7 @@ fn the_worker_bundle_builds_and_verifies() {
         paths.iter().any(|p| p == "tools/terraform/1.0.3/terraform"),
         "{paths:?}"
     );
+    assert!(paths.iter().any(|p| p == "bin/hangar-worker"), "{paths:?}");
     assert!(
         !paths.iter().any(|p| p.starts_with("embedded/")),
         "no server parts: {paths:?}"
