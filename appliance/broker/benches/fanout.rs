@@ -210,6 +210,7 @@ async fn bench(n: usize, rounds: usize) {
 
     // Subscribers, connected in batches (each TLS handshake and admission is real).
     let received = Arc::new(AtomicUsize::new(0));
+    let target = Arc::new(AtomicUsize::new(usize::MAX));
     let wake = Arc::new(Notify::new());
     let stopping = Arc::new(AtomicBool::new(false));
     let ca = std::fs::read(pki.ca_cert_path()).unwrap();
@@ -232,7 +233,7 @@ async fn bench(n: usize, rounds: usize) {
             o.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(Arc::new(tls))));
             // As the worker does: one wildcard filter over its own tenant.
             let filter = format!("{}#", wire::tenant_prefix(*id));
-            batch.push(tokio::spawn(subscriber(o, filter, received.clone(), wake.clone(), stopping.clone())));
+            batch.push(tokio::spawn(subscriber(o, filter, received.clone(), target.clone(), wake.clone(), stopping.clone())));
         }
         for h in batch {
             clients.push(h.await.unwrap());
@@ -249,12 +250,14 @@ async fn bench(n: usize, rounds: usize) {
     for _ in 0..rounds.min(20) {
         // Warm-up, not measured.
         expected += n;
+        target.store(expected, Ordering::Release);
         broker.send(&format!("pool {pool}"));
         wait_all(&received, &wake, expected).await;
     }
     let mut samples = Vec::new();
     for r in 0..rounds {
         expected += n;
+        target.store(expected, Ordering::Release);
         let t = Instant::now();
         broker.send(&format!("pool {pool}"));
         wait_all(&received, &wake, expected).await;
@@ -266,6 +269,7 @@ async fn bench(n: usize, rounds: usize) {
     let mut via_db = Vec::with_capacity(rounds / 2);
     for _ in 0..rounds / 2 {
         expected += n;
+        target.store(expected, Ordering::Release);
         let t = Instant::now();
         runs::transition(&mut c, run.id, None, RunState::Ready, "bench", "bench").await.unwrap();
         wait_all(&received, &wake, expected).await;
@@ -311,6 +315,7 @@ async fn subscriber(
     o: MqttOptions,
     topic: String,
     received: Arc<AtomicUsize>,
+    target: Arc<AtomicUsize>,
     wake: Arc<Notify>,
     stopping: Arc<AtomicBool>,
 ) -> AsyncClient {
@@ -318,7 +323,7 @@ async fn subscriber(
     loop {
         let (client, mut eventloop) = AsyncClient::new(o.clone(), 16);
         client.subscribe(&topic, QoS::AtMostOnce).await.unwrap();
-        let (received, wake, stopping) = (received.clone(), wake.clone(), stopping.clone());
+        let (received, target, wake, stopping) = (received.clone(), target.clone(), wake.clone(), stopping.clone());
         let (tx, rx) = tokio::sync::oneshot::channel::<bool>();
         tokio::spawn(async move {
             let mut subscribed = Some(tx);
@@ -330,8 +335,10 @@ async fn subscriber(
                         }
                     }
                     Ok(Event::Incoming(Packet::Publish(_))) => {
-                        received.fetch_add(1, Ordering::Relaxed);
-                        wake.notify_one();
+                        // Only the delivery completing a round wakes the measuring task.
+                        if received.fetch_add(1, Ordering::AcqRel) + 1 == AtomicUsize::load(&target, Ordering::Acquire) {
+                            wake.notify_one();
+                        }
                     }
                     Ok(_) => {}
                     Err(e) => match subscribed.take() {
@@ -358,7 +365,7 @@ async fn subscriber(
 
 async fn wait_all(received: &AtomicUsize, wake: &Notify, expected: usize) {
     let deadline = Instant::now() + Duration::from_secs(30);
-    while received.load(Ordering::Relaxed) < expected {
+    while received.load(Ordering::Acquire) < expected {
         assert!(Instant::now() < deadline, "only {} of {expected} deliveries", received.load(Ordering::Relaxed));
         let _ = tokio::time::timeout(Duration::from_millis(50), wake.notified()).await;
     }

@@ -247,19 +247,21 @@ enum End {
 async fn pump(c: &mut Conn, max_packet: usize, kick: &CancellationToken) -> End {
     // MQTT: the server may close a connection silent for 1.5 keep-alive periods.
     let grace = c.keep_alive + c.keep_alive / 2;
-    let mut deadline = Instant::now() + grace;
+    // One timer for the whole session, moved on each read (not one per message).
+    let silence = tokio::time::sleep(grace);
+    tokio::pin!(silence);
     let prefix = wire::tenant_prefix(c.admitted.worker);
     loop {
         tokio::select! {
             _ = kick.cancelled() => return End::Kicked,
-            _ = tokio::time::sleep_until(deadline) => return End::KeepAlive,
+            _ = &mut silence => return End::KeepAlive,
             r = c.tls.read_buf(&mut c.buf) => {
                 match r {
                     Ok(0) => return End::Closed,
                     Ok(_) => {}
                     Err(e) => return End::Network(e),
                 }
-                deadline = Instant::now() + grace;
+                silence.as_mut().reset(Instant::now() + grace);
                 let mut packets = VecDeque::new();
                 let mut goodbye = false;
                 loop {

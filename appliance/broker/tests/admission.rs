@@ -258,6 +258,16 @@ async fn silent_garbage_and_oversized_clients_do_not_hold_the_broker() {
         assert!(rest.is_empty(), "the broker answered {garbage:?} with {rest:?}");
     }
 
+    // A client that goes silent after CONNECT is dropped once 1.5 keep-alive
+    // periods pass without a packet.
+    let mut quiet = tls_connect(&env, &w).await;
+    quiet.write_all(&connect_packet_keep_alive(&w, 1)).await.unwrap();
+    let mut ack = [0u8; 4];
+    quiet.read_exact(&mut ack).await.unwrap();
+    assert_eq!(ack, [0x20, 0x02, 0x00, 0x00]);
+    let rest = tokio::time::timeout(SOON, closed(&mut quiet)).await.expect("keep-alive must expire");
+    assert!(rest.is_empty(), "{rest:?}");
+
     // A client speaking MQTT 5 is told its protocol version is not accepted.
     let mut args = mosquitto_args(&env, &w);
     args.extend(["-V".into(), "5".into(), "-t".into(), w.pool_topic(), "-C".into(), "1".into(), "-W".into(), "5".into()]);
@@ -330,9 +340,13 @@ async fn tls_connect(env: &Env, w: &common::Worker) -> tokio_rustls::client::Tls
 
 /// An MQTT 3.1.1 CONNECT for `w`, encoded by rumqttd's own codec.
 fn connect_packet(w: &common::Worker) -> Vec<u8> {
+    connect_packet_keep_alive(w, 30)
+}
+
+fn connect_packet_keep_alive(w: &common::Worker, keep_alive: u16) -> Vec<u8> {
     use rumqttd::protocol::{Connect, Login, Packet, Protocol};
     let mut out = bytes::BytesMut::new();
-    let connect = Connect { keep_alive: 30, client_id: w.name(), clean_session: true };
+    let connect = Connect { keep_alive, client_id: w.name(), clean_session: true };
     let login = Login { username: w.name(), password: w.token.clone() };
     rumqttd::protocol::v4::V4.write(Packet::Connect(connect, None, None, None, Some(login)), &mut out).unwrap();
     out.to_vec()
