@@ -134,7 +134,7 @@ async fn restarts() {
     .unwrap();
     let mut cmd = Command::new(&hangar);
     cmd.arg("--config").arg(&config).arg("supervise").env("HANGAR_LOG", "warn");
-    let mut sup = ChildProcess::spawn(cmd, "supervise", dir.path());
+    let sup = Supervised(ChildProcess::spawn(cmd, "supervise", dir.path()));
     let client = CtlClient::new(dir.path().join("run/control.sock"));
     let names = ["plain", "postgres", "garage", "objects-tls", "drain", "scheduler"];
     for n in names {
@@ -170,8 +170,18 @@ async fn restarts() {
         );
     }
     println!();
-    sup.terminate(Duration::from_secs(60));
+    drop(sup);
     drop(pg);
+}
+
+/// The supervisor, stopped with SIGTERM when dropped (also when the bench
+/// panics), so that it stops its services rather than orphaning them.
+struct Supervised(ChildProcess);
+
+impl Drop for Supervised {
+    fn drop(&mut self) {
+        self.0.terminate(Duration::from_secs(60));
+    }
 }
 
 async fn status(client: &CtlClient, name: &str) -> hangar_supervisor::protocol::ServiceStatus {

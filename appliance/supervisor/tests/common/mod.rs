@@ -209,6 +209,28 @@ impl Sup {
     }
 }
 
+impl Drop for Sup {
+    /// A test that fails mid-way must not leave services running: SIGTERM lets
+    /// the supervisor stop them; if it cannot, SIGKILL it and kill the process
+    /// groups its pid files name (its children live in their own sessions).
+    fn drop(&mut self) {
+        let Some(mut p) = self.process.take() else { return };
+        p.signal(Signal::SIGTERM);
+        if p.wait_timeout(Duration::from_secs(60)).is_some() {
+            return;
+        }
+        p.kill();
+        for entry in std::fs::read_dir(&self.state_dir).into_iter().flatten().flatten() {
+            let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
+            if let Some(pid) = text.split_whitespace().next().and_then(|p| p.parse::<i32>().ok())
+                && pid > 1
+            {
+                let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL);
+            }
+        }
+    }
+}
+
 /// Pids of processes whose command line contains `marker`, but for the supervisor.
 pub fn processes_with(marker: &str) -> Vec<i32> {
     let mut found = Vec::new();
