@@ -169,7 +169,9 @@ impl StatusError {
     }
 }
 
-/// Sets commit statuses on one integration's git server.
+/// Sets commit statuses on one integration's git server. Cheap to clone (the
+/// connection pool is shared).
+#[derive(Clone)]
 pub struct StatusClient {
     vendor: Vendor,
     api: Url,

@@ -125,11 +125,13 @@ pub fn check_declared_length(vendor: Vendor, content_length: u64) -> Result<(), 
 
 /// Verifies the deliveries of one integration. Built once from the integration's
 /// secret; holds keys, never prints them.
+#[derive(Clone)]
 pub struct Verifier {
     vendor: Vendor,
     scheme: Scheme,
 }
 
+#[derive(Clone)]
 enum Scheme {
     /// Hex HMAC-SHA256 of the body, each vendor with its own headers.
     Github(hmac::Key),
