@@ -121,10 +121,10 @@ impl ObjectsConfig {
             ("objects.secret_key_file", Some(&self.secret_key_file)),
             ("objects.ca_file", self.ca_file.as_ref()),
         ] {
-            if let Some(p) = path {
-                if !p.is_absolute() {
-                    return Err(invalid(field, "must be an absolute path".into()));
-                }
+            if let Some(p) = path
+                && !p.is_absolute()
+            {
+                return Err(invalid(field, "must be an absolute path".into()));
             }
         }
         if self.request_timeout_secs == 0 || self.request_timeout_secs > 3600 {

@@ -44,7 +44,7 @@ pub enum ObjectsError {
     Client {
         endpoint: String,
         #[source]
-        source: s3::error::S3Error,
+        source: Box<s3::error::S3Error>,
     },
     #[error("object store {endpoint}, bucket {bucket}: {op} {key:?} failed")]
     Request {
@@ -53,12 +53,12 @@ pub enum ObjectsError {
         endpoint: String,
         bucket: String,
         #[source]
-        source: s3::error::S3Error,
+        source: Box<s3::error::S3Error>,
     },
 }
 
 impl ObjectsError {
     fn client(endpoint: &str, source: s3::error::S3Error) -> ObjectsError {
-        ObjectsError::Client { endpoint: endpoint.to_string(), source }
+        ObjectsError::Client { endpoint: endpoint.to_string(), source: Box::new(source) }
     }
 }

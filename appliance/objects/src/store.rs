@@ -157,7 +157,7 @@ impl ObjectStore {
             key: key.to_string(),
             endpoint: self.endpoint.clone(),
             bucket: self.transport.name.clone(),
-            source,
+            source: Box::new(source),
         }
     }
 }

@@ -9,15 +9,13 @@ pub enum ServerError {
     #[error("invalid configuration: {field} {problem}")]
     Config { field: &'static str, problem: String },
     #[error("TLS certificate or key")]
-    Certs(#[source] hangar_certs::CertError),
+    Certs(#[source] Box<hangar_certs::CertError>),
     #[error("cannot listen on {addr}")]
     Bind {
         addr: SocketAddr,
         #[source]
         source: std::io::Error,
     },
-    #[error("master key")]
-    MasterKey(#[source] hangar_crypto::CryptoError),
     #[error("cannot read {path}")]
     ReadFile {
         path: PathBuf,
@@ -25,7 +23,7 @@ pub enum ServerError {
         source: std::io::Error,
     },
     #[error("database")]
-    Db(#[from] hangar_db::DbError),
+    Db(#[source] Box<hangar_db::DbError>),
     #[error("database query")]
     Query(#[from] diesel::result::Error),
     #[error(
@@ -38,10 +36,22 @@ pub enum ServerError {
         data_key: i64,
         master_key: String,
         #[source]
-        source: hangar_crypto::CryptoError,
+        source: Box<hangar_crypto::CryptoError>,
     },
     #[error("the database schema is behind this binary: run `hangar migrate` (pending: {pending})")]
     SchemaBehind { pending: String },
     #[error("user {email}: {problem}")]
     User { email: String, problem: String },
+}
+
+impl From<hangar_db::DbError> for ServerError {
+    fn from(e: hangar_db::DbError) -> Self {
+        ServerError::Db(Box::new(e))
+    }
+}
+
+impl ServerError {
+    pub(crate) fn certs(e: hangar_certs::CertError) -> ServerError {
+        ServerError::Certs(Box::new(e))
+    }
 }

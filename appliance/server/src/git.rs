@@ -75,7 +75,7 @@ pub async fn resolve_branch(repository: &str, branch: &str, timeout: Duration) -
     if !out.status.success() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         let status = out.status.to_string();
-        let line = stderr.lines().map(str::trim).filter(|l| !l.is_empty()).last().unwrap_or(&status);
+        let line = stderr.lines().map(str::trim).rfind(|l| !l.is_empty()).unwrap_or(&status);
         return Err(ResolveError::Failed { repository: repository.into(), stderr: line.chars().take(300).collect() });
     }
     String::from_utf8_lossy(&out.stdout)

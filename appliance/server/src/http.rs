@@ -16,7 +16,7 @@ use warp::http::StatusCode;
 use warp::reply::{Reply, Response};
 
 use crate::App;
-use crate::api::{ApiSchema, Identity};
+use crate::api::{ApiSchema, Identity, PoolDirectory};
 use crate::store::users;
 
 /// Failures answered before GraphQL runs.
@@ -236,6 +236,6 @@ where
     if caller.is_none() {
         request = request.disable_introspection();
     }
-    let response = schema.execute(request.data(Identity(caller))).await;
+    let response = schema.execute(request.data(Identity(caller)).data(PoolDirectory::default())).await;
     warp::reply::json(&response).into_response()
 }

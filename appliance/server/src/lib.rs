@@ -174,14 +174,14 @@ async fn run(
 }
 
 fn tls_config(config: &ServerConfig) -> Result<tokio_rustls::TlsAcceptor, ServerError> {
-    let chain = hangar_certs::tls::load_certs(&config.cert_file).map_err(ServerError::Certs)?;
-    let key = hangar_certs::tls::load_key(&config.key_file).map_err(ServerError::Certs)?;
+    let chain = hangar_certs::tls::load_certs(&config.cert_file).map_err(ServerError::certs)?;
+    let key = hangar_certs::tls::load_key(&config.key_file).map_err(ServerError::certs)?;
     let ca = std::fs::read(&config.ca_file).map_err(|source| ServerError::ReadFile { path: config.ca_file.clone(), source })?;
-    let roots = hangar_certs::tls::roots_from_pem(&ca).map_err(ServerError::Certs)?;
+    let roots = hangar_certs::tls::roots_from_pem(&ca).map_err(ServerError::certs)?;
     // Workers present certificates from the appliance CA; browsers and API
     // clients present none and authenticate with tokens.
     let mut cfg = hangar_certs::tls::server_config(chain, key, hangar_certs::tls::ClientAuth::Optional(roots))
-        .map_err(ServerError::Certs)?;
+        .map_err(ServerError::certs)?;
     cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(tokio_rustls::TlsAcceptor::from(Arc::new(cfg)))
 }

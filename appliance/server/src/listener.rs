@@ -7,7 +7,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -96,7 +96,21 @@ pub(crate) async fn serve(
                     req.extensions_mut().insert(p.clone());
                 }
                 req.extensions_mut().insert(RemoteAddr(addr));
-                hyper::service::Service::call(&warp_svc, req)
+                // The access log names the path only: no query string, no headers.
+                let (method, path, started) = (req.method().clone(), req.uri().path().to_owned(), Instant::now());
+                let answer = hyper::service::Service::call(&warp_svc, req);
+                async move {
+                    let resp = answer.await;
+                    if let Ok(r) = &resp {
+                        let (status, ms) = (r.status().as_u16(), started.elapsed().as_secs_f64() * 1000.0);
+                        if path == "/health" || path == "/ready" {
+                            tracing::debug!(peer = %addr, %method, path, status, ms, "request");
+                        } else {
+                            tracing::info!(peer = %addr, %method, path, status, ms, "request");
+                        }
+                    }
+                    resp
+                }
             });
             let mut builder = auto::Builder::new(TokioExecutor::new());
             builder.http1().timer(TokioTimer::new()).header_read_timeout(limits.header_timeout);

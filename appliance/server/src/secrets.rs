@@ -120,7 +120,7 @@ impl SecretBox {
         key.open(&sealed.bytes, context.as_bytes()).map_err(|source| ServerError::DataKeyUnwrap {
             data_key: sealed.data_key_id,
             master_key: self.master.id(),
-            source,
+            source: Box::new(source),
         })
     }
 
@@ -138,7 +138,7 @@ impl SecretBox {
         let key = self.master.unwrap_key(&row.wrapped).map_err(|source| ServerError::DataKeyUnwrap {
             data_key: row.id,
             master_key: self.master.id(),
-            source,
+            source: Box::new(source),
         })?;
         self.lock().insert(row.id, key.clone());
         Ok(key)
@@ -176,7 +176,7 @@ pub async fn rotate_master_key(
             let key = old.unwrap_key(&row.wrapped).map_err(|source| ServerError::DataKeyUnwrap {
                 data_key: row.id,
                 master_key: old.id(),
-                source,
+                source: Box::new(source),
             })?;
             diesel::update(data_keys::table.find(row.id))
                 .set((

@@ -27,6 +27,13 @@ async fn login_sessions_and_bad_tokens() {
     assert_eq!(wrong.0, "UNAUTHENTICATED");
     let huge = app.err(None, login, json!({ "e": "x".repeat(10_000), "p": "y".repeat(100_000) })).await;
     assert_eq!(huge.0, "UNAUTHENTICATED");
+    // A password typed into the email field is not written anywhere.
+    let typo = "Typed-Into-Email-Passw0rd";
+    app.err(None, login, json!({ "e": typo, "p": "x" })).await;
+    let audit = app.ok(&token, "{ auditEvents(action: \"user.login_failed\") { items { target details } } }", json!({})).await;
+    assert_eq!(audit["auditEvents"]["items"].as_array().unwrap().len(), 4, "{audit}");
+    assert!(audit.to_string().contains(&format!("user:{ADMIN_EMAIL}")), "{audit}");
+    assert!(!audit.to_string().contains(typo) && !app.server_log().contains(typo));
 
     // Tokens that are not ours: 401 before any GraphQL runs.
     let hss = token.clone();

@@ -210,10 +210,24 @@ async fn hostile_requests_get_clear_errors_and_the_server_stays_up() {
     let (_, v) = app.gql(Some(&token), &format!("{{ {wide} }}"), json!({})).await;
     assert!(v["errors"][0]["message"].as_str().unwrap().to_lowercase().contains("complex"), "{v}");
 
-    // 10 MB, declared and streamed without a length: 413 both ways.
+    // 10 MB declared: refused from the headers alone, before any body byte.
+    let status_line = raw_request(
+        &app,
+        &format!(
+            "POST /graphql HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {token}\r\n\
+             Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+            10 * 1024 * 1024
+        ),
+    )
+    .await;
+    assert!(status_line.starts_with("HTTP/1.1 413"), "{status_line}");
+    // Sent in full, declared or streamed without a length: 413, or the server
+    // closes while the client is still sending.
     let big = vec![b' '; 10 * 1024 * 1024];
-    let r = post(big.clone(), "application/json").await.unwrap();
-    assert_eq!(r.status(), 413);
+    match post(big.clone(), "application/json").await {
+        Ok(r) => assert_eq!(r.status(), 413),
+        Err(e) => assert!(!e.is_timeout(), "{e}"),
+    }
     let chunks: Vec<Result<Vec<u8>, std::io::Error>> = big.chunks(64 * 1024).map(|c| Ok(c.to_vec())).collect();
     let streamed = app
         .client
@@ -238,6 +252,21 @@ async fn hostile_requests_get_clear_errors_and_the_server_stays_up() {
     // Still serving, and nothing above crashed it.
     assert!(app.server.as_ref().unwrap().output().lines().all(|l| !l.contains("panicked")));
     app.ok(&token, "{ me { email } }", json!({})).await;
+}
+
+/// Sends `head` over TLS and returns the first line of the answer.
+async fn raw_request(app: &Appliance, head: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let roots = hangar_certs::tls::roots_from_pem(&std::fs::read(app.ca_path()).unwrap()).unwrap();
+    let cfg = hangar_certs::tls::client_config(roots, None).unwrap();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg));
+    let tcp = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+    let mut tls = connector.connect(name, tcp).await.unwrap();
+    tls.write_all(head.as_bytes()).await.unwrap();
+    let mut buf = vec![0u8; 1024];
+    let n = tokio::time::timeout(Duration::from_secs(10), tls.read(&mut buf)).await.unwrap().unwrap();
+    String::from_utf8_lossy(&buf[..n]).lines().next().unwrap_or("").to_string()
 }
 
 #[tokio::test]

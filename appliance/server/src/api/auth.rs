@@ -101,16 +101,17 @@ impl AuthMutation {
         let user = match found {
             Some((user, _)) if matches && !user.disabled && plausible => user,
             other => {
-                let reason = match other {
-                    None => "unknown email",
-                    Some((u, _)) if u.disabled && matches => "user disabled",
-                    Some(_) => "wrong password",
+                // Text typed into the email field of an unknown account is kept
+                // out of logs and the audit trail: it may be a password.
+                let (reason, target) = match &other {
+                    None => ("unknown email", "user:(unknown)".to_string()),
+                    Some((u, _)) if u.disabled && matches => ("user disabled", format!("user:{}", u.email)),
+                    Some((u, _)) => ("wrong password", format!("user:{}", u.email)),
                 };
-                let shown: String = email.chars().take(254).collect();
-                audit::record(&mut c, "anonymous", "user.login_failed", &format!("user:{shown}"), json!({ "reason": reason }))
+                audit::record(&mut c, "anonymous", "user.login_failed", &target, json!({ "reason": reason }))
                     .await
                     .map_err(ApiError::from)?;
-                tracing::info!(email = %shown, reason, "login refused");
+                tracing::info!(account = %target, reason, "login refused");
                 return Err(ApiError::LoginFailed.into());
             }
         };

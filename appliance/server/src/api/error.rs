@@ -105,7 +105,7 @@ impl From<crate::ServerError> for ApiError {
     fn from(e: crate::ServerError) -> Self {
         match e {
             crate::ServerError::Query(q) => q.into(),
-            crate::ServerError::Db(d) => d.into(),
+            crate::ServerError::Db(d) => (*d).into(),
             other => ApiError::Internal(hangar_db::error_chain(&other)),
         }
     }

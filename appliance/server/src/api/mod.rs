@@ -59,6 +59,25 @@ pub fn schema(app: Arc<App>, limits: QueryLimits) -> ApiSchema {
 #[derive(Debug, Clone)]
 pub struct Identity(pub Option<Caller>);
 
+/// Request data: every worker pool by id, loaded once on first use. A list of
+/// stacks asking for their pools costs one query, not one per stack.
+#[derive(Debug, Default)]
+pub struct PoolDirectory(tokio::sync::OnceCell<std::collections::HashMap<i64, crate::store::pools::PoolRow>>);
+
+impl PoolDirectory {
+    pub(crate) async fn get(&self, ctx: &Context<'_>, id: i64) -> Result<Option<crate::store::pools::PoolRow>, ApiError> {
+        let pools = self
+            .0
+            .get_or_try_init(|| async {
+                let mut c = conn(ctx).await?;
+                let all = crate::store::pools::list_pools(&mut c).await?;
+                Ok::<_, ApiError>(all.into_iter().map(|p| (p.id, p)).collect())
+            })
+            .await?;
+        Ok(pools.get(&id).cloned())
+    }
+}
+
 pub(crate) fn app<'a>(ctx: &Context<'a>) -> &'a App {
     ctx.data_unchecked::<Arc<App>>()
 }

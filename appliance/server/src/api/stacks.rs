@@ -507,7 +507,7 @@ impl StacksMutation {
                     json!({ "context": context, "priority": priority }),
                 )
                 .await?;
-                Ok(store::stack_by_id(c, sid).await?.ok_or_else(|| ApiError::not_found("stack", stack))?)
+                store::stack_by_id(c, sid).await?.ok_or_else(|| ApiError::not_found("stack", stack))
             })
             .await?;
         Ok(Stack(row))
@@ -525,7 +525,7 @@ impl StacksMutation {
                 }
                 audit::record(c, &caller.actor(), "context.detach", &format!("stack:{stack}"), json!({ "context": context }))
                     .await?;
-                Ok(store::stack_by_id(c, sid).await?.ok_or_else(|| ApiError::not_found("stack", stack))?)
+                store::stack_by_id(c, sid).await?.ok_or_else(|| ApiError::not_found("stack", stack))
             })
             .await?;
         Ok(Stack(row))

@@ -212,8 +212,11 @@ impl Stack {
     async fn worker_pool(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<WorkerPool>> {
         require(ctx, Role::Reader)?;
         let Some(id) = self.0.worker_pool_id else { return Ok(None) };
-        let mut c = conn(ctx).await?;
-        Ok(store::pools::pool_by_id(&mut c, id).await.map_err(ApiError::from)?.map(WorkerPool))
+        let pool = match ctx.data_opt::<super::PoolDirectory>() {
+            Some(pools) => pools.get(ctx, id).await?,
+            None => store::pools::pool_by_id(&mut *conn(ctx).await?, id).await.map_err(ApiError::from)?,
+        };
+        Ok(pool.map(WorkerPool))
     }
 
     async fn variables(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<Variable>> {

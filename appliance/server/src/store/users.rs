@@ -107,6 +107,10 @@ impl TokenRefusal {
     }
 }
 
+/// A session row as checked on each request: id, hash, expiry, revocation,
+/// last use, and its user.
+type SessionLookup = (i64, String, DateTime<Utc>, Option<DateTime<Utc>>, Option<DateTime<Utc>>, UserRow);
+
 /// Resolves a bearer token to its caller.
 pub async fn resolve_token(
     conn: &mut AsyncPgConnection,
@@ -116,7 +120,7 @@ pub async fn resolve_token(
     let now = Utc::now();
     match kind {
         SESSION_KIND => {
-            let found: Option<(i64, String, DateTime<Utc>, Option<DateTime<Utc>>, Option<DateTime<Utc>>, UserRow)> =
+            let found: Option<SessionLookup> =
                 sessions::table
                     .inner_join(users::table)
                     .filter(sessions::token_id.eq(id))

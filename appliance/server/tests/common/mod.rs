@@ -23,11 +23,19 @@ pub struct Options {
     pub handshake_timeout_secs: u64,
     pub shutdown_grace_secs: u64,
     pub git_timeout_secs: u64,
+    /// PostgreSQL with fsync and synchronous commit, as on an appliance (benchmarks).
+    pub durable_db: bool,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Options { max_body_bytes: 1024 * 1024, handshake_timeout_secs: 10, shutdown_grace_secs: 20, git_timeout_secs: 10 }
+        Options {
+            max_body_bytes: 1024 * 1024,
+            handshake_timeout_secs: 10,
+            shutdown_grace_secs: 20,
+            git_timeout_secs: 10,
+            durable_db: false,
+        }
     }
 }
 
@@ -50,7 +58,7 @@ impl Appliance {
     }
 
     pub async fn start_with(opts: Options) -> Appliance {
-        let pg = PgServer::start().await;
+        let pg = PgServer::start_with(hangar_testkit::pg::PgOptions { durable: opts.durable_db, ..Default::default() }).await;
         let garage = Garage::start().await;
         let dir = TestDir::new("server");
         let pki = dir.path().join("pki");
