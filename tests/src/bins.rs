@@ -38,14 +38,76 @@ pub fn cargo_bin(name: &str) -> PathBuf {
     });
     let path = dir.join(name);
     assert!(path.is_file(), "binary {} does not exist", path.display());
-    path
+    runnable_by_service_user(path)
+}
+
+/// Whether every directory above `path` lets others through and `path` lets
+/// others execute it.
+fn others_can_execute(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    let Ok(path) = path.canonicalize() else {
+        return false;
+    };
+    let mode = |p: &Path| fs::metadata(p).map(|m| m.permissions().mode()).unwrap_or(0);
+    mode(&path) & 0o001 != 0 && path.ancestors().skip(1).all(|dir| mode(dir) & 0o001 != 0)
+}
+
+/// `bin`, or when tests run as root and `bin` sits where the service user cannot
+/// reach it (a target directory or tool cache under `/root`), an up-to-date copy in
+/// a root-owned, world-readable directory: services started as the service user,
+/// and tests running commands as other accounts, can execute it but not replace it.
+pub fn runnable_by_service_user(bin: PathBuf) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    if !nix::unistd::Uid::effective().is_root() || others_can_execute(&bin) {
+        return bin;
+    }
+    // One directory per source directory, so two checkouts never swap binaries.
+    let source_dir = bin
+        .parent()
+        .and_then(|d| d.canonicalize().ok())
+        .unwrap_or_default();
+    let key = {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        source_dir.hash(&mut h);
+        format!("{:016x}", h.finish())
+    };
+    let tools = Path::new("/var/lib/hangar-test-tools").join(key);
+    for dir in [tools.parent().expect("has a parent"), &tools] {
+        fs::create_dir_all(dir).unwrap_or_else(|e| panic!("create {}: {e}", dir.display()));
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o755))
+            .unwrap_or_else(|e| panic!("chmod {}: {e}", dir.display()));
+    }
+    let name = bin.file_name().expect("a binary has a file name");
+    let copy = tools.join(name);
+    let source = fs::metadata(&bin).unwrap_or_else(|e| panic!("read {}: {e}", bin.display()));
+    let current = fs::metadata(&copy)
+        .ok()
+        .is_some_and(|m| m.len() == source.len() && m.modified().ok() >= source.modified().ok());
+    if !current {
+        // Each process copies to its own name, then renames: a concurrent test never
+        // runs a half-written binary.
+        let partial = tools.join(format!(
+            "{}.{}.partial",
+            name.to_string_lossy(),
+            std::process::id()
+        ));
+        fs::copy(&bin, &partial)
+            .unwrap_or_else(|e| panic!("copy {} to {}: {e}", bin.display(), partial.display()));
+        fs::set_permissions(&partial, fs::Permissions::from_mode(0o755))
+            .unwrap_or_else(|e| panic!("chmod {}: {e}", partial.display()));
+        fs::rename(&partial, &copy)
+            .unwrap_or_else(|e| panic!("move {} into place: {e}", copy.display()));
+    }
+    copy
 }
 
 fn build_workspace_bins(dir: &Path) {
     use nix::fcntl::{Flock, FlockArg};
     // Under nextest every test is its own process; the first one of the run builds,
     // the others find its stamp. Outside nextest each process checks once.
-    let run_id = std::env::var("NEXTEST_RUN_ID").unwrap_or_else(|_| format!("pid{}", std::process::id()));
+    let run_id =
+        std::env::var("NEXTEST_RUN_ID").unwrap_or_else(|_| format!("pid{}", std::process::id()));
     let stamp = dir.join(format!(".hangar-bins-built-{run_id}"));
     let lock_file = File::create(dir.join(".hangar-bins.lock")).expect("create build lock");
     let _lock = Flock::lock(lock_file, FlockArg::LockExclusive).expect("take build lock");
@@ -55,7 +117,11 @@ fn build_workspace_bins(dir: &Path) {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.toml");
     let mut cmd = Command::new(cargo);
-    cmd.arg("build").arg("--workspace").arg("--bins").arg("--manifest-path").arg(&manifest);
+    cmd.arg("build")
+        .arg("--workspace")
+        .arg("--bins")
+        .arg("--manifest-path")
+        .arg(&manifest);
     if dir.file_name().is_some_and(|n| n == "release") {
         cmd.arg("--release");
     }
@@ -68,7 +134,10 @@ fn build_workspace_bins(dir: &Path) {
     // Stamps of earlier runs are of no use any more.
     if let Ok(entries) = fs::read_dir(dir) {
         for e in entries.flatten() {
-            if e.file_name().to_string_lossy().starts_with(".hangar-bins-built-") {
+            if e.file_name()
+                .to_string_lossy()
+                .starts_with(".hangar-bins-built-")
+            {
                 let _ = fs::remove_file(e.path());
             }
         }
@@ -95,7 +164,9 @@ impl ChildProcess {
             .open(&log)
             .expect("open process log");
         let err = out.try_clone().expect("clone log handle");
-        cmd.stdout(Stdio::from(out)).stderr(Stdio::from(err)).process_group(0);
+        cmd.stdout(Stdio::from(out))
+            .stderr(Stdio::from(err))
+            .process_group(0);
         let child = cmd
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {name} ({:?}): {e}", cmd.get_program()));

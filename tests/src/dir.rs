@@ -20,14 +20,21 @@ impl TestDir {
         let _ = std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o1777));
         let label: String = label
             .chars()
-            .map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '-' })
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' {
+                    c
+                } else {
+                    '-'
+                }
+            })
             .collect();
         let path = tempfile::Builder::new()
             .prefix(&format!("{label}-"))
             .tempdir_in(&root)
             .expect("create test dir")
             .keep();
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).expect("chmod test dir");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))
+            .expect("chmod test dir");
         TestDir {
             path,
             keep: std::env::var_os("HANGAR_TEST_KEEP").is_some(),

@@ -28,8 +28,14 @@ pub struct Garage {
 }
 
 /// Where the garage binary is: `HANGAR_GARAGE_BIN`, else `garage` on PATH, else
-/// `~/.cargo/bin/garage`.
+/// `~/.cargo/bin/garage`. When tests run as root and the binary sits where the
+/// service user cannot reach it (`/root/.cargo/bin`, `/root/.cache/…`), a copy in a
+/// root-owned, world-readable directory is returned instead.
 pub fn garage_bin() -> PathBuf {
+    crate::bins::runnable_by_service_user(find_garage())
+}
+
+fn find_garage() -> PathBuf {
     if let Some(p) = std::env::var_os("HANGAR_GARAGE_BIN") {
         return PathBuf::from(p);
     }
@@ -110,7 +116,10 @@ impl Garage {
             // The S3 port opens only once the layout, key and bucket exist.
             let up = async {
                 loop {
-                    if tokio::net::TcpStream::connect(("127.0.0.1", s3)).await.is_ok() {
+                    if tokio::net::TcpStream::connect(("127.0.0.1", s3))
+                        .await
+                        .is_ok()
+                    {
                         return true;
                     }
                     if process.try_exited().is_some() {
@@ -137,7 +146,10 @@ impl Garage {
             }
             process.kill();
         }
-        panic!("garage did not start in {}: {last_err}", dir.path().display());
+        panic!(
+            "garage did not start in {}: {last_err}",
+            dir.path().display()
+        );
     }
 
     /// `http://127.0.0.1:<port>`.

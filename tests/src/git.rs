@@ -114,7 +114,11 @@ impl GitServer {
 
     /// `http(s)://127.0.0.1:<port>`.
     pub fn base_url(&self) -> String {
-        let scheme = if self.tls_ca.is_some() { "https" } else { "http" };
+        let scheme = if self.tls_ca.is_some() {
+            "https"
+        } else {
+            "http"
+        };
         format!("{scheme}://127.0.0.1:{}", self.addr.port())
     }
 
@@ -152,26 +156,63 @@ impl GitServer {
     /// Creates an empty bare repository that accepts pushes.
     pub fn create_repo(&self, name: &str) -> PathBuf {
         let path = self.root.join(format!("{name}.git"));
-        git(&self.root, &["init", "--quiet", "--bare", "-b", "main", path.to_str().expect("utf-8 path")]);
+        git(
+            &self.root,
+            &[
+                "init",
+                "--quiet",
+                "--bare",
+                "-b",
+                "main",
+                path.to_str().expect("utf-8 path"),
+            ],
+        );
         git(&path, &["config", "http.receivepack", "true"]);
         path
     }
 
     /// Commits `files` (path, contents) on `branch` of repository `name` through a
     /// clone over HTTP(S) and pushes it; returns the new commit's SHA.
-    pub fn push_files(&self, name: &str, branch: &str, files: &[(&str, &str)], message: &str) -> String {
-        let work = self.dir.path().join(format!("work-{name}-{}", rand::random::<u32>()));
+    pub fn push_files(
+        &self,
+        name: &str,
+        branch: &str,
+        files: &[(&str, &str)],
+        message: &str,
+    ) -> String {
+        let work = self
+            .dir
+            .path()
+            .join(format!("work-{name}-{}", rand::random::<u32>()));
         let url = self.authed_url(name);
-        run(self.git().current_dir(self.dir.path()).args(["clone", "--quiet", url.as_str()]).arg(&work));
+        run(self
+            .git()
+            .current_dir(self.dir.path())
+            .args(["clone", "--quiet", url.as_str()])
+            .arg(&work));
         let has_branch = self
             .git()
             .current_dir(&work)
-            .args(["rev-parse", "--verify", "--quiet", &format!("origin/{branch}")])
+            .args([
+                "rev-parse",
+                "--verify",
+                "--quiet",
+                &format!("origin/{branch}"),
+            ])
             .output()
             .map(|o| o.status.success())
             .unwrap_or(false);
         if has_branch {
-            git(&work, &["checkout", "--quiet", "-B", branch, &format!("origin/{branch}")]);
+            git(
+                &work,
+                &[
+                    "checkout",
+                    "--quiet",
+                    "-B",
+                    branch,
+                    &format!("origin/{branch}"),
+                ],
+            );
         } else {
             git(&work, &["checkout", "--quiet", "--orphan", branch]);
         }
@@ -185,9 +226,23 @@ impl GitServer {
         git(&work, &["add", "--all"]);
         git(
             &work,
-            &["-c", "user.name=Hangar Test", "-c", "user.email=test@hangar.invalid", "commit", "--quiet", "-m", message],
+            &[
+                "-c",
+                "user.name=Hangar Test",
+                "-c",
+                "user.email=test@hangar.invalid",
+                "commit",
+                "--quiet",
+                "-m",
+                message,
+            ],
         );
-        run(self.git().current_dir(&work).args(["push", "--quiet", "origin", &format!("HEAD:refs/heads/{branch}")]));
+        run(self.git().current_dir(&work).args([
+            "push",
+            "--quiet",
+            "origin",
+            &format!("HEAD:refs/heads/{branch}"),
+        ]));
         let sha = git(&work, &["rev-parse", "HEAD"]);
         let _ = std::fs::remove_dir_all(&work);
         sha.trim().to_string()
@@ -219,7 +274,9 @@ impl Drop for GitServer {
 }
 
 fn git(dir: &Path, args: &[&str]) -> String {
-    run(std::process::Command::new("git").current_dir(dir).args(args))
+    run(std::process::Command::new("git")
+        .current_dir(dir)
+        .args(args))
 }
 
 /// Runs a git command, panicking with its stderr when it fails; returns stdout.
@@ -274,7 +331,11 @@ fn plain(status: StatusCode, text: &str) -> Response<Full<Bytes>> {
     r
 }
 
-async fn handle(req: Request<Incoming>, peer: SocketAddr, shared: &Shared) -> Response<Full<Bytes>> {
+async fn handle(
+    req: Request<Incoming>,
+    peer: SocketAddr,
+    shared: &Shared,
+) -> Response<Full<Bytes>> {
     shared.requests.fetch_add(1, Ordering::Relaxed);
     let mut remote_user = None;
     if let Some((user, pass)) = &shared.credentials {
@@ -288,8 +349,10 @@ async fn handle(req: Request<Incoming>, peer: SocketAddr, shared: &Shared) -> Re
             .and_then(|b| String::from_utf8(b).ok());
         if given.as_deref() != Some(&format!("{user}:{pass}")) {
             let mut r = plain(StatusCode::UNAUTHORIZED, "authentication required\n");
-            r.headers_mut()
-                .insert(hyper::header::WWW_AUTHENTICATE, "Basic realm=\"git\"".parse().expect("header"));
+            r.headers_mut().insert(
+                hyper::header::WWW_AUTHENTICATE,
+                "Basic realm=\"git\"".parse().expect("header"),
+            );
             return r;
         }
         remote_user = Some(user.clone());
@@ -297,7 +360,12 @@ async fn handle(req: Request<Incoming>, peer: SocketAddr, shared: &Shared) -> Re
     let method = req.method().to_string();
     let path = req.uri().path().to_string();
     let query = req.uri().query().unwrap_or("").to_string();
-    let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let header = |name: &str| {
+        req.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
     let content_type = header("content-type");
     let content_encoding = header("content-encoding");
     let git_protocol = header("git-protocol");
@@ -338,7 +406,12 @@ async fn handle(req: Request<Incoming>, peer: SocketAddr, shared: &Shared) -> Re
         .spawn()
     {
         Ok(c) => c,
-        Err(e) => return plain(StatusCode::INTERNAL_SERVER_ERROR, &format!("git http-backend: {e}\n")),
+        Err(e) => {
+            return plain(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                &format!("git http-backend: {e}\n"),
+            );
+        }
     };
     let mut stdin = child.stdin.take().expect("stdin");
     let writer = tokio::spawn(async move {
@@ -346,11 +419,20 @@ async fn handle(req: Request<Incoming>, peer: SocketAddr, shared: &Shared) -> Re
     });
     let out = match child.wait_with_output().await {
         Ok(o) => o,
-        Err(e) => return plain(StatusCode::INTERNAL_SERVER_ERROR, &format!("git http-backend: {e}\n")),
+        Err(e) => {
+            return plain(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                &format!("git http-backend: {e}\n"),
+            );
+        }
     };
     let _ = writer.await;
-    cgi_response(&out.stdout)
-        .unwrap_or_else(|| plain(StatusCode::BAD_GATEWAY, &String::from_utf8_lossy(&out.stderr)))
+    cgi_response(&out.stdout).unwrap_or_else(|| {
+        plain(
+            StatusCode::BAD_GATEWAY,
+            &String::from_utf8_lossy(&out.stderr),
+        )
+    })
 }
 
 /// Turns CGI output (headers, blank line, body) into an HTTP response.

@@ -66,7 +66,9 @@ pub fn pg_bin_dir() -> PathBuf {
 fn random_secret(len: usize) -> String {
     const CHARS: &[u8] = b"abcdefghijkmnpqrstuvwxyzABCDEFGHJKLMNPQRSTUVWXYZ23456789";
     let mut rng = rand::rng();
-    (0..len).map(|_| CHARS[rng.random_range(0..CHARS.len())] as char).collect()
+    (0..len)
+        .map(|_| CHARS[rng.random_range(0..CHARS.len())] as char)
+        .collect()
 }
 
 /// Knobs for a test cluster.
@@ -80,7 +82,10 @@ pub struct PgOptions {
 
 impl Default for PgOptions {
     fn default() -> Self {
-        PgOptions { durable: false, max_connections: 200 }
+        PgOptions {
+            durable: false,
+            max_connections: 200,
+        }
     }
 }
 
@@ -119,13 +124,25 @@ impl PgServer {
         initdb
             .arg("-D")
             .arg(&data)
-            .args(["-U", "postgres", "--auth=scram-sha-256", "-E", "UTF8", "--locale=C", "--no-sync"])
+            .args([
+                "-U",
+                "postgres",
+                "--auth=scram-sha-256",
+                "-E",
+                "UTF8",
+                "--locale=C",
+                "--no-sync",
+            ])
             .arg(format!("--pwfile={}", pwfile.display()));
         user.apply(&mut initdb);
         run_ok(initdb, "initdb", &dir);
         let _ = fs::remove_file(&pwfile);
 
-        let (fsync, sync_commit) = if opts.durable { ("on", "on") } else { ("off", "off") };
+        let (fsync, sync_commit) = if opts.durable {
+            ("on", "on")
+        } else {
+            ("off", "off")
+        };
         let conf = format!(
             "\n# test cluster\n\
              listen_addresses = '127.0.0.1'\n\
@@ -179,7 +196,9 @@ impl PgServer {
             self.port = free_port();
             match self.pg_ctl_start() {
                 Ok(()) => return,
-                Err(e) if attempt < 4 => eprintln!("postgres did not start on {}: {e}; retrying", self.port),
+                Err(e) if attempt < 4 => {
+                    eprintln!("postgres did not start on {}: {e}; retrying", self.port)
+                }
                 Err(e) => panic!("postgres did not start (log: {}): {e}", self.log.display()),
             }
         }
@@ -210,17 +229,27 @@ impl PgServer {
 
     /// Starts the server again on the same port (after `stop`).
     pub fn start_again(&mut self) {
-        self.pg_ctl_start()
-            .unwrap_or_else(|e| panic!("postgres did not restart (log: {}): {e}", self.log.display()));
+        self.pg_ctl_start().unwrap_or_else(|e| {
+            panic!(
+                "postgres did not restart (log: {}): {e}",
+                self.log.display()
+            )
+        });
     }
 
     /// Stops the server with pg_ctl's `mode`.
     pub fn stop(&mut self, mode: StopMode) {
         let mut cmd = Command::new(self.bin_dir.join("pg_ctl"));
-        cmd.arg("-D").arg(&self.data).args(["-w", "-t", "30", "-m", mode.arg(), "stop"]);
+        cmd.arg("-D")
+            .arg(&self.data)
+            .args(["-w", "-t", "30", "-m", mode.arg(), "stop"]);
         self.user.apply(&mut cmd);
         let out = cmd.output().expect("run pg_ctl stop");
-        assert!(out.status.success(), "pg_ctl stop: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "pg_ctl stop: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         self.running = false;
     }
 
@@ -232,7 +261,11 @@ impl PgServer {
 
     async fn create_app_database(&self) {
         use diesel_async::RunQueryDsl;
-        let mut conn = self.superuser("postgres").connect().await.expect("connect as superuser");
+        let mut conn = self
+            .superuser("postgres")
+            .connect()
+            .await
+            .expect("connect as superuser");
         diesel::sql_query(format!(
             "CREATE ROLE hangar LOGIN PASSWORD '{}'",
             self.app_password
@@ -249,7 +282,11 @@ impl PgServer {
     /// Creates another empty database owned by `hangar`, for tests that need several.
     pub async fn create_database(&self, name: &str) -> Database {
         use diesel_async::RunQueryDsl;
-        let mut conn = self.superuser("postgres").connect().await.expect("connect as superuser");
+        let mut conn = self
+            .superuser("postgres")
+            .connect()
+            .await
+            .expect("connect as superuser");
         diesel::sql_query(format!("CREATE DATABASE \"{name}\" OWNER hangar"))
             .execute(&mut conn)
             .await
@@ -328,7 +365,9 @@ impl Drop for PgServer {
     fn drop(&mut self) {
         if self.running {
             let mut cmd = Command::new(self.bin_dir.join("pg_ctl"));
-            cmd.arg("-D").arg(&self.data).args(["-w", "-t", "10", "-m", "immediate", "stop"]);
+            cmd.arg("-D")
+                .arg(&self.data)
+                .args(["-w", "-t", "10", "-m", "immediate", "stop"]);
             self.user.apply(&mut cmd);
             let _ = cmd.output();
         }
@@ -336,7 +375,9 @@ impl Drop for PgServer {
 }
 
 fn run_ok(mut cmd: Command, what: &str, dir: &TestDir) {
-    let out = cmd.output().unwrap_or_else(|e| panic!("cannot run {what}: {e}"));
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {what}: {e}"));
     if !out.status.success() {
         panic!(
             "{what} failed in {}: {}{}",
@@ -349,7 +390,10 @@ fn run_ok(mut cmd: Command, what: &str, dir: &TestDir) {
 
 fn append(path: &Path, text: &str) {
     use std::io::Write;
-    let mut f = fs::OpenOptions::new().append(true).open(path).expect("open for append");
+    let mut f = fs::OpenOptions::new()
+        .append(true)
+        .open(path)
+        .expect("open for append");
     f.write_all(text.as_bytes()).expect("append");
 }
 

@@ -31,7 +31,11 @@ impl ServiceUser {
             };
         }
         if let Some(u) = User::from_name(TEST_SERVICE_USER).ok().flatten() {
-            return ServiceUser { name: u.name, uid: u.uid, gid: u.gid };
+            return ServiceUser {
+                name: u.name,
+                uid: u.uid,
+                gid: u.gid,
+            };
         }
         // Several test processes may get here at once: one creates the user while
         // the others wait on the lock, then find it.
@@ -40,14 +44,28 @@ impl ServiceUser {
         let lock = std::fs::File::create(&lock_path).expect("create useradd lock");
         let _lock = Flock::lock(lock, FlockArg::LockExclusive).expect("take useradd lock");
         if let Some(u) = User::from_name(TEST_SERVICE_USER).ok().flatten() {
-            return ServiceUser { name: u.name, uid: u.uid, gid: u.gid };
+            return ServiceUser {
+                name: u.name,
+                uid: u.uid,
+                gid: u.gid,
+            };
         }
         let out = Command::new("useradd")
-            .args(["--system", "--user-group", "--no-create-home", "--shell", "/usr/sbin/nologin"])
+            .args([
+                "--system",
+                "--user-group",
+                "--no-create-home",
+                "--shell",
+                "/usr/sbin/nologin",
+            ])
             .arg(TEST_SERVICE_USER)
             .output();
         match User::from_name(TEST_SERVICE_USER).ok().flatten() {
-            Some(u) => ServiceUser { name: u.name, uid: u.uid, gid: u.gid },
+            Some(u) => ServiceUser {
+                name: u.name,
+                uid: u.uid,
+                gid: u.gid,
+            },
             None => panic!(
                 "cannot create the test service user {TEST_SERVICE_USER}: {:?}",
                 out.map(|o| String::from_utf8_lossy(&o.stderr).into_owned())

@@ -47,7 +47,8 @@ async fn migrate_applies_then_reports_up_to_date() {
     let first = hangar(&config, &["migrate"]);
     assert!(first.status.success(), "{}", stderr(&first));
     let out = String::from_utf8_lossy(&first.stdout);
-    assert!(out.starts_with("applied 1 migration(s) to hangar@127.0.0.1:"), "{out}");
+    let expected = format!("applied {} migration(s) to hangar@127.0.0.1:", hangar_db::migrate::known_versions().len());
+    assert!(out.starts_with(&expected), "{out}");
 
     let second = hangar(&config, &["migrate"]);
     assert!(second.status.success(), "{}", stderr(&second));

@@ -848,11 +848,14 @@ async fn a_stop_kills_the_whole_process_group_even_what_ignores_sigterm() {
     assert_eq!(outcome.state, RunState::Stopped);
     assert_eq!(outcome.note, "canceled by an operator");
     assert_eq!(hooks.states().last(), Some(&RunState::Stopped));
-    assert_eq!(
-        live_in_group(pgid),
-        Vec::<i32>::new(),
-        "no process of the run's group survives"
-    );
+    // SIGKILL is delivered by the time the run ends; a killed process can still
+    // take a moment to finish dying on a loaded machine.
+    wait_for(
+        "no process of the run's group to survive",
+        Duration::from_secs(5),
+        || async move { live_in_group(pgid).is_empty().then_some(()) },
+    )
+    .await;
     assert!(
         hooks
             .log_text(Phase::Planning)

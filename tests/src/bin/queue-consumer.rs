@@ -20,7 +20,9 @@ struct Id {
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     if args.len() != 9 {
-        eprintln!("usage: queue-consumer HOST PORT PASSWORD_FILE CA_FILE NAME LEASE_MS WORK_MS CONCURRENCY");
+        eprintln!(
+            "usage: queue-consumer HOST PORT PASSWORD_FILE CA_FILE NAME LEASE_MS WORK_MS CONCURRENCY"
+        );
         std::process::exit(2);
     }
     hangar_certs::tls::install_default_provider();
@@ -66,11 +68,13 @@ fn main() {
                     drop(conn);
                     tokio::time::sleep(work).await;
                     let mut conn = pool.get().await.map_err(|e| JobError::from_error(&e))?;
-                    diesel::sql_query("UPDATE processing_log SET finished_at = clock_timestamp() WHERE id = $1")
-                        .bind::<BigInt, _>(id)
-                        .execute(&mut conn)
-                        .await
-                        .map_err(|e| JobError::from_error(&e))?;
+                    diesel::sql_query(
+                        "UPDATE processing_log SET finished_at = clock_timestamp() WHERE id = $1",
+                    )
+                    .bind::<BigInt, _>(id)
+                    .execute(&mut conn)
+                    .await
+                    .map_err(|e| JobError::from_error(&e))?;
                     Ok(())
                 }
             }),
@@ -83,7 +87,9 @@ fn main() {
         let shutdown = tokio_util::sync::CancellationToken::new();
         let s = shutdown.clone();
         tokio::spawn(async move {
-            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("signal");
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                    .expect("signal");
             term.recv().await;
             s.cancel();
         });
