@@ -94,6 +94,8 @@ diesel::table! {
         failure_reason -> Nullable<Text>,
         created_at -> Timestamptz,
         updated_at -> Timestamptz,
+        run_token_id -> Nullable<Text>,
+        run_token_hash -> Nullable<Text>,
     }
 }
 
