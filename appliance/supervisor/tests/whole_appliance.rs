@@ -174,6 +174,7 @@ async fn the_whole_appliance_survives_sigkill_and_database_restarts_without_losi
     }
     let garage_dir = sup.shared_dir("garage");
     let (rpc, s3_port, admin, objects_port, server_port) = (free_port(), free_port(), free_port(), free_port(), free_port());
+    let broker_port = free_port();
     std::fs::write(
         garage_dir.join("garage.toml"),
         format!(
@@ -191,6 +192,7 @@ async fn the_whole_appliance_survives_sigkill_and_database_restarts_without_losi
         "{db}\n[server]\nlisten = \"127.0.0.1:{server_port}\"\npublic_url = \"https://localhost:{server_port}\"\n\
          cert_file = \"{cert}\"\nkey_file = \"{key}\"\nca_file = \"{ca}\"\nshutdown_grace_secs = 2\n\
          [secrets]\nmaster_key_file = \"{mk}\"\n\
+         [broker]\nlisten = \"127.0.0.1:{broker_port}\"\ncert_file = \"{cert}\"\nkey_file = \"{key}\"\nca_file = \"{ca}\"\n\
          [objects]\nengine = \"garage\"\nendpoint = \"https://localhost:{objects_port}\"\nbucket = \"hangar\"\n\
          access_key_file = \"{ak}\"\nsecret_key_file = \"{sk}\"\nca_file = \"{ca}\"\nrequest_timeout_secs = 5\n",
         db = database_section(&db),
@@ -304,6 +306,24 @@ async fn the_whole_appliance_survives_sigkill_and_database_restarts_without_losi
         let n = AtomicUsize::load(&created, Ordering::Relaxed);
         progress(n + 5).await;
     }
+
+    // The broker lives in the server process: it came back with it, ready and
+    // answering TLS on its port.
+    wait_for("the broker ready in /ready after the server's SIGKILL", LONG, || async {
+        let r = ready_client.get(format!("{server_url}/ready")).send().await.ok()?;
+        let body: serde_json::Value = r.json().await.ok()?;
+        (body["components"]["broker"]["status"] == "ok").then_some(())
+    })
+    .await;
+    let broker_tls = {
+        let roots = hangar_certs::tls::roots_from_pem(&std::fs::read(store.ca_cert_path()).unwrap()).unwrap();
+        tokio_rustls::TlsConnector::from(Arc::new(hangar_certs::tls::client_config(roots, None).unwrap()))
+    };
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", broker_port)).await.unwrap();
+    broker_tls
+        .connect(rustls::pki_types::ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+        .expect("a TLS handshake with the broker, trusting only the appliance CA");
 
     // PostgreSQL: fast (the supervisor's stop signal, SIGINT), then immediate
     // (SIGQUIT to the postmaster, which exits; the supervisor starts it again).
