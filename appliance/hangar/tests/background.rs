@@ -11,7 +11,7 @@ use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
 use hangar_db::queue::{self, NewJob};
 use hangar_db::runs::{self, NewRun};
-use hangar_db::schema::{job_keys, jobs, processes, runs as runs_t, scheduler_entries, stacks};
+use hangar_db::schema::{job_keys, jobs, processes, runs as runs_t, scheduler_entries, sessions, stacks, users};
 use hangar_db::{DbPool, migrate};
 use hangar_testkit::{ChildProcess, PgServer, TestDir, wait_for};
 use hangar_types::{RunKind, RunState};
@@ -365,6 +365,31 @@ async fn retention_forgets_old_keys_and_dead_jobs() {
         .await
         .unwrap();
     queue::enqueue(&mut c, &NewJob::new("recent", json!({})).unique_key("recent")).await.unwrap();
+    // Sessions: one expired two days ago, one revoked two days ago, one live.
+    let user: i64 = diesel::insert_into(users::table)
+        .values((users::email.eq("ret@example.com"), users::password_hash.eq("x"), users::role.eq("reader")))
+        .returning(users::id)
+        .get_result(&mut c)
+        .await
+        .unwrap();
+    let two_days_ago = Utc::now() - chrono::Duration::days(2);
+    for (token, expires, revoked) in [
+        ("expired", two_days_ago, None),
+        ("revoked", Utc::now() + chrono::Duration::hours(1), Some(two_days_ago)),
+        ("live", Utc::now() + chrono::Duration::hours(1), None),
+    ] {
+        diesel::insert_into(sessions::table)
+            .values((
+                sessions::user_id.eq(user),
+                sessions::token_id.eq(token),
+                sessions::token_hash.eq(token),
+                sessions::expires_at.eq(expires),
+                sessions::revoked_at.eq(revoked),
+            ))
+            .execute(&mut c)
+            .await
+            .unwrap();
+    }
     let _s = e.spawn("scheduler", "scheduler", &cfg);
     let _d = e.spawn("drain", "drain", &cfg);
     let start = Instant::now();
@@ -372,12 +397,15 @@ async fn retention_forgets_old_keys_and_dead_jobs() {
         let mut c = e.pool.get().await.unwrap();
         let keys: i64 = job_keys::table.filter(job_keys::unique_key.eq("old")).count().get_result(&mut c).await.unwrap();
         let dead: i64 = jobs::table.filter(jobs::kind.eq("x")).count().get_result(&mut c).await.unwrap();
-        (keys == 0 && dead == 0).then_some(())
+        let sessions: i64 = sessions::table.count().get_result(&mut c).await.unwrap();
+        (keys == 0 && dead == 0 && sessions == 1).then_some(())
     })
     .await;
     assert!(start.elapsed() < Duration::from_secs(20));
     let recent: i64 = job_keys::table.filter(job_keys::unique_key.eq("recent")).count().get_result(&mut c).await.unwrap();
     assert_eq!(recent, 1);
+    let left: Vec<String> = sessions::table.select(sessions::token_id).load(&mut c).await.unwrap();
+    assert_eq!(left, ["live"]);
 }
 
 #[tokio::test]

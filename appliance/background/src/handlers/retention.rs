@@ -1,5 +1,6 @@
 //! `retention.cleanup`: forgets what is no longer needed — deduplication keys and
-//! dead jobs older than the retention period, heartbeats of processes long gone.
+//! dead jobs older than the retention period, heartbeats of processes long gone,
+//! login sessions that expired or were revoked more than a day ago.
 
 use std::sync::Arc;
 
@@ -8,7 +9,7 @@ use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
 use hangar_db::DbPool;
 use hangar_db::queue::{self, JobHandler, handler_fn};
-use hangar_db::schema::{jobs, processes};
+use hangar_db::schema::{jobs, processes, sessions};
 use tracing::info;
 
 use super::{db_error, field};
@@ -33,7 +34,15 @@ pub fn handler(pool: DbPool) -> Arc<dyn JobHandler> {
             .execute(&mut conn)
             .await
             .map_err(db_error)?;
-            info!(keys, dead, processes = gone, days, "retention cleanup");
+            // A day of grace keeps a just-ended session explainable in the logs.
+            let day_ago = Utc::now() - chrono::Duration::days(1);
+            let ended = diesel::delete(
+                sessions::table.filter(sessions::expires_at.lt(day_ago).or(sessions::revoked_at.lt(day_ago))),
+            )
+            .execute(&mut conn)
+            .await
+            .map_err(db_error)?;
+            info!(keys, dead, processes = gone, sessions = ended, days, "retention cleanup");
             Ok(())
         }
     })
