@@ -52,8 +52,14 @@ impl DrainConfig {
     }
 }
 
-/// Runs a drain until `shutdown` is cancelled.
-pub async fn run_drain(db: Database, cfg: &DrainConfig, shutdown: CancellationToken) -> Result<(), DbError> {
+/// Runs a drain until `shutdown` is cancelled. `vcs` is what the VCS handlers
+/// need beyond the database (the secret box for integration tokens).
+pub async fn run_drain(
+    db: Database,
+    cfg: &DrainConfig,
+    vcs: handlers::vcs::VcsContext,
+    shutdown: CancellationToken,
+) -> Result<(), DbError> {
     // Handlers share the pool with claims and acknowledgements.
     let pool = db.pool(Some(cfg.concurrency.min(24) + 4))?;
     let mut consumer_cfg = ConsumerConfig::new(DEFAULT_QUEUE, &heartbeat::process_id(ProcessKind::Drain));
@@ -61,7 +67,7 @@ pub async fn run_drain(db: Database, cfg: &DrainConfig, shutdown: CancellationTo
     consumer_cfg.batch_size = cfg.batch_size;
     consumer_cfg.lease = Duration::from_secs(cfg.lease_seconds);
     consumer_cfg.shutdown_deadline = Duration::from_secs(cfg.shutdown_seconds);
-    let consumer = Consumer::new(db, pool.clone(), consumer_cfg, handlers::all(pool.clone()));
+    let consumer = Consumer::new(db, pool.clone(), consumer_cfg, handlers::all(pool.clone(), std::sync::Arc::new(vcs)));
 
     let beats = CancellationToken::new();
     let beat = tokio::spawn(heartbeat::beat(pool, ProcessKind::Drain, || false, beats.clone()));

@@ -26,6 +26,7 @@ use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use crate::handlers::vcs::POLL as VCS_POLL;
 use crate::handlers::{DRIFT_CHECK, REAP, RETENTION};
 use crate::heartbeat::{self, ProcessKind};
 
@@ -60,6 +61,9 @@ pub struct SchedulerConfig {
     pub retention_days: u32,
     /// How often stacks' drift schedules are checked.
     pub drift: String,
+    /// How often plain-git integrations are considered for polling; each
+    /// repository is listed once per `[vcs] poll_interval_secs`.
+    pub vcs_poll: String,
     #[serde(rename = "entry")]
     pub entries: Vec<EntryConfig>,
 }
@@ -71,6 +75,7 @@ impl Default for SchedulerConfig {
             retention: "17 * * * *".into(),
             retention_days: 30,
             drift: "* * * * *".into(),
+            vcs_poll: "*/10 * * * * *".into(),
             entries: vec![],
         }
     }
@@ -99,8 +104,9 @@ impl SchedulerConfig {
         add("reaper", &self.reaper, REAP, serde_json::json!({}), false)?;
         add("retention", &self.retention, RETENTION, serde_json::json!({ "days": self.retention_days }), false)?;
         add("drift", &self.drift, DRIFT_CHECK, serde_json::json!({}), true)?;
+        add("vcs_poll", &self.vcs_poll, VCS_POLL, serde_json::json!({}), false)?;
         for e in &self.entries {
-            if ["reaper", "retention", "drift"].contains(&e.name.as_str()) || e.name.is_empty() {
+            if ["reaper", "retention", "drift", "vcs_poll"].contains(&e.name.as_str()) || e.name.is_empty() {
                 return Err(("scheduler.entry.name".into(), format!("{:?} is empty or reserved", e.name)));
             }
             add(&e.name, &e.schedule, &e.kind, e.payload.clone(), false)?;

@@ -76,6 +76,8 @@ diesel::table! {
         drift_schedule -> Nullable<Text>,
         created_at -> Timestamptz,
         updated_at -> Timestamptz,
+        // The VCS integration the stack's repository lives on (migration 2026-11-28-000800_vcs).
+        vcs_integration_id -> Nullable<Int8>,
     }
 }
 
@@ -263,3 +265,65 @@ diesel::joinable!(context_attachments -> contexts (context_id));
 diesel::joinable!(variables -> stacks (stack_id));
 diesel::joinable!(variables -> contexts (context_id));
 diesel::joinable!(variables -> data_keys (data_key_id));
+
+// ---- VCS integrations (migration 2026-11-28-000800_vcs) ----
+
+diesel::table! {
+    vcs_integrations (id) {
+        id -> Int8,
+        name -> Text,
+        kind -> Text,
+        base_url -> Text,
+        username -> Nullable<Text>,
+        token_sealed -> Nullable<Bytea>,
+        token_key_id -> Nullable<Int8>,
+        secret_sealed -> Nullable<Bytea>,
+        secret_key_id -> Nullable<Int8>,
+        ca_pem -> Nullable<Text>,
+        created_at -> Timestamptz,
+        updated_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    webhook_deliveries (id) {
+        id -> Int8,
+        integration_id -> Int8,
+        delivery_id -> Text,
+        event -> Text,
+        received_at -> Timestamptz,
+        processed_at -> Nullable<Timestamptz>,
+        outcome -> Text,
+        detail -> Nullable<Text>,
+        run_ids -> Array<Int8>,
+        error -> Nullable<Text>,
+    }
+}
+
+diesel::table! {
+    vcs_runs (run_id) {
+        run_id -> Int8,
+        integration_id -> Int8,
+        repository -> Text,
+        pull_request -> Nullable<Int8>,
+        reported -> Nullable<Text>,
+    }
+}
+
+diesel::table! {
+    vcs_poll_heads (integration_id, repository) {
+        integration_id -> Int8,
+        repository -> Text,
+        refs -> Jsonb,
+        polled_at -> Timestamptz,
+    }
+}
+
+diesel::joinable!(stacks -> vcs_integrations (vcs_integration_id));
+diesel::joinable!(webhook_deliveries -> vcs_integrations (integration_id));
+diesel::joinable!(vcs_runs -> runs (run_id));
+diesel::joinable!(vcs_runs -> vcs_integrations (integration_id));
+diesel::joinable!(vcs_poll_heads -> vcs_integrations (integration_id));
+diesel::allow_tables_to_appear_in_same_query!(vcs_integrations, webhook_deliveries, vcs_runs, vcs_poll_heads, stacks);
+diesel::allow_tables_to_appear_in_same_query!(vcs_runs, runs);
+diesel::allow_tables_to_appear_in_same_query!(vcs_integrations, runs);

@@ -1,14 +1,30 @@
 //! `hangar drain` and `hangar scheduler`: background processes that only talk to
 //! PostgreSQL and stop gracefully on SIGTERM.
 
+use std::sync::Arc;
+
+use hangar_background::handlers::vcs::VcsContext;
+use hangar_crypto::MasterKey;
 use hangar_db::Database;
+use hangar_server::secrets::SecretBox;
 
 use crate::config::Config;
 use crate::signals;
 
 pub async fn drain(cfg: &Config) -> anyhow::Result<()> {
     let db = Database::from_config(&cfg.database, "hangar-drain")?;
-    hangar_background::run_drain(db, &cfg.drain, signals::shutdown_token()).await?;
+    // The master key opens VCS integration tokens (commit statuses, polling);
+    // the server's public URL is where those statuses link to.
+    let secrets = match &cfg.secrets {
+        Some(s) => Some(Arc::new(SecretBox::new(MasterKey::load(&s.master_key_file)?))),
+        None => None,
+    };
+    let vcs = VcsContext {
+        secrets,
+        config: cfg.vcs.clone().unwrap_or_default(),
+        public_url: cfg.server.as_ref().map(|s| s.public_url.to_string()),
+    };
+    hangar_background::run_drain(db, &cfg.drain, vcs, signals::shutdown_token()).await?;
     Ok(())
 }
 

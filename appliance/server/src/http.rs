@@ -106,6 +106,7 @@ pub(crate) fn routes(app: Arc<App>, schema: ApiSchema, max_body: u64) -> BoxedFi
         }
     });
 
+    let app_for_webhooks = app.clone();
     let graphql = warp::path!("graphql")
         .and(warp::post())
         .and(warp::header::optional::<String>("authorization"))
@@ -118,6 +119,7 @@ pub(crate) fn routes(app: Arc<App>, schema: ApiSchema, max_body: u64) -> BoxedFi
         });
 
     let graphql_other = warp::path!("graphql").map(|| HttpError::MethodNotAllowed.into_response());
+    let webhooks = crate::webhooks::route(app_for_webhooks);
 
     health
         .or(ready)
@@ -125,6 +127,8 @@ pub(crate) fn routes(app: Arc<App>, schema: ApiSchema, max_body: u64) -> BoxedFi
         .or(graphql)
         .unify()
         .or(graphql_other)
+        .unify()
+        .or(webhooks)
         .unify()
         .recover(|rejection: warp::Rejection| async move {
             let e = if rejection.find::<warp::reject::MethodNotAllowed>().is_some() {

@@ -17,6 +17,7 @@ mod listener;
 mod ready;
 pub mod secrets;
 pub mod store;
+mod webhooks;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

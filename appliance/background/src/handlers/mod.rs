@@ -5,6 +5,7 @@ mod drift;
 mod reaper;
 mod retention;
 mod schedule;
+pub mod vcs;
 
 use hangar_db::DbPool;
 use hangar_db::queue::{Handlers, JobError};
@@ -15,13 +16,17 @@ pub use retention::RETENTION;
 pub use schedule::SCHEDULE;
 
 /// Every handler the drain runs.
-pub fn all(pool: DbPool) -> Handlers {
+pub fn all(pool: DbPool, vcs: std::sync::Arc<vcs::VcsContext>) -> Handlers {
     let mut h = Handlers::new();
     h.register(SCHEDULE, schedule::handler(pool.clone()));
     h.register(REAP, reaper::handler(pool.clone()));
     h.register(RETENTION, retention::handler(pool.clone()));
     h.register(DRIFT_CHECK, drift::check_handler(pool.clone()));
-    h.register(DRIFT_TRIGGER, drift::trigger_handler(pool));
+    h.register(DRIFT_TRIGGER, drift::trigger_handler(pool.clone()));
+    h.register(vcs::DELIVERY, vcs::delivery_handler(pool.clone()));
+    h.register(vcs::STATUS, vcs::status_handler(pool.clone(), vcs.clone()));
+    h.register(vcs::POLL, vcs::poll_handler(pool.clone()));
+    h.register(vcs::POLL_REPO, vcs::poll_repo_handler(pool, vcs));
     h
 }
 

@@ -15,6 +15,7 @@ mod pools;
 mod runs;
 mod stacks;
 mod types;
+mod vcs;
 
 use std::sync::Arc;
 
@@ -28,10 +29,10 @@ use crate::App;
 use crate::store::users::Caller;
 
 #[derive(MergedObject, Default)]
-pub struct Query(auth::AuthQuery, stacks::StacksQuery, runs::RunsQuery, pools::PoolsQuery, audit::AuditQuery);
+pub struct Query(auth::AuthQuery, stacks::StacksQuery, runs::RunsQuery, pools::PoolsQuery, audit::AuditQuery, vcs::VcsQuery);
 
 #[derive(MergedObject, Default)]
-pub struct Mutation(auth::AuthMutation, stacks::StacksMutation, runs::RunsMutation, pools::PoolsMutation);
+pub struct Mutation(auth::AuthMutation, stacks::StacksMutation, runs::RunsMutation, pools::PoolsMutation, vcs::VcsMutation);
 
 pub type ApiSchema = Schema<Query, Mutation, EmptySubscription>;
 

@@ -7,3 +7,4 @@ pub mod run_tokens;
 pub mod runs;
 pub mod stacks;
 pub mod users;
+pub mod vcs;

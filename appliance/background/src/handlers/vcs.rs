@@ -1,0 +1,640 @@
+//! VCS integrations in the drain: what a git server's events mean for stacks.
+//!
+//! - `vcs.delivery` parses a verified webhook delivery (enqueued raw by the
+//!   server) and turns pushes into tracked runs and pull/merge requests into
+//!   proposed runs, recording one line per event in the delivery log.
+//! - `vcs.status` reports a run's state to the git server as a commit status;
+//!   the `runs_vcs_status` trigger enqueues one on every state change of a run
+//!   that came from a git server. Reporting never touches the run.
+//! - `vcs.poll` (fired by the scheduler) lists every repository of the plain-git
+//!   integrations' stacks with `git ls-remote` once per poll interval and turns
+//!   moved branch heads into the same events a webhook would have sent.
+//!
+//! Every handler is idempotent: a delivery is acted on in one transaction with
+//! its row marked processed, a status is sent only when the commit's state
+//! moves, and a poll compares against the listing it stored.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use diesel::prelude::*;
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use hangar_db::queue::{self, JobError, JobHandler, NewJob, handler_fn};
+use hangar_db::runs::{self, NewRun, TransitionFailure};
+use hangar_db::schema::{runs as runs_t, stacks, vcs_poll_heads, vcs_runs, webhook_deliveries};
+use hangar_db::{DbError, DbPool};
+use hangar_server::secrets::SecretBox;
+use hangar_server::store::vcs::{self as store, IntegrationRow, Kind, STATUS_JOB, VcsRunRow};
+use hangar_types::{RunKind, RunState};
+use hangar_vcs::{
+    CommitStatus, Credentials, Event, LsRemote, PrAction, ProjectRoot, PullRequest, Push, RemoteRefs, StatusClient,
+    StatusClientConfig, Touches, VcsConfig, commit_state,
+};
+use tracing::{info, warn};
+
+use super::{db_error, field};
+
+pub use hangar_server::store::vcs::DELIVERY_JOB as DELIVERY;
+pub const STATUS: &str = STATUS_JOB;
+pub const POLL: &str = "vcs.poll";
+/// One repository of a plain-git integration to list.
+pub const POLL_REPO: &str = "vcs.poll_repo";
+
+/// What the VCS handlers need beyond the database.
+#[derive(Clone)]
+pub struct VcsContext {
+    /// Opens integration tokens; without it (no `[secrets]` in the drain's
+    /// configuration) statuses wait and polling goes without credentials.
+    pub secrets: Option<Arc<SecretBox>>,
+    pub config: VcsConfig,
+    /// The server's public URL, for the link in commit statuses.
+    pub public_url: Option<String>,
+}
+
+impl std::fmt::Debug for VcsContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VcsContext")
+            .field("secrets", &self.secrets.is_some())
+            .field("config", &self.config)
+            .field("public_url", &self.public_url)
+            .finish()
+    }
+}
+
+impl Default for VcsContext {
+    fn default() -> Self {
+        VcsContext { secrets: None, config: VcsConfig::default(), public_url: None }
+    }
+}
+
+/// The columns of a stack the VCS handlers look at.
+#[derive(Debug, Clone, Queryable)]
+struct LinkedStack {
+    id: i64,
+    slug: String,
+    repository: String,
+    branch: String,
+    project_root: String,
+}
+
+async fn linked_stacks(c: &mut AsyncPgConnection, integration: i64) -> Result<Vec<LinkedStack>, diesel::result::Error> {
+    stacks::table
+        .filter(stacks::vcs_integration_id.eq(integration))
+        .order(stacks::id.asc())
+        // Serializes deliveries and polls acting on the same stacks, so that
+        // "cancel the older proposed run" and "one run per commit" hold.
+        .for_update()
+        .select((stacks::id, stacks::slug, stacks::repository, stacks::branch, stacks::project_root))
+        .load(c)
+        .await
+}
+
+/// What a delivery led to.
+#[derive(Debug, Default)]
+struct Outcome {
+    lines: Vec<String>,
+    runs: Vec<i64>,
+}
+
+fn short(sha: &str) -> &str {
+    &sha[..sha.len().min(12)]
+}
+
+/// Creates a run from a git server's event, with its origin and its first
+/// commit status queued, in the caller's transaction.
+async fn create_run(
+    c: &mut AsyncPgConnection,
+    integration: &IntegrationRow,
+    stack: &LinkedStack,
+    repository: &str,
+    new: NewRun,
+    pull_request: Option<i64>,
+) -> Result<i64, DbError> {
+    let run = runs::create(c, &new, &format!("vcs:{}", integration.name)).await?;
+    diesel::insert_into(vcs_runs::table)
+        .values((
+            vcs_runs::run_id.eq(run.id),
+            vcs_runs::integration_id.eq(integration.id),
+            vcs_runs::repository.eq(repository),
+            vcs_runs::pull_request.eq(pull_request),
+        ))
+        .execute(c)
+        .await?;
+    if integration.kind().vendor().is_some() {
+        queue::enqueue(c, &NewJob::new(STATUS, serde_json::json!({ "run": run.id })).max_attempts(8)).await?;
+    }
+    info!(run = run.id, stack = %stack.slug, kind = %new.kind.as_str(), commit = %new.commit_sha, "run created from a VCS event");
+    Ok(run.id)
+}
+
+/// A live run of `kind` on `stack` at `sha`, if one exists: the same commit
+/// announced twice (a webhook and a poll, or a push and a redelivery with a new
+/// id) makes one run.
+async fn live_run_at(c: &mut AsyncPgConnection, stack: i64, kind: RunKind, sha: &str) -> Result<Option<i64>, DbError> {
+    let terminal: Vec<&str> = RunState::ALL.into_iter().filter(|s| s.is_terminal()).map(|s| s.as_str()).collect();
+    Ok(runs_t::table
+        .filter(runs_t::stack_id.eq(stack))
+        .filter(runs_t::kind.eq(kind.as_str()))
+        .filter(runs_t::commit_sha.eq(sha))
+        .filter(runs_t::state.ne_all(terminal))
+        .select(runs_t::id)
+        .first(c)
+        .await
+        .optional()?)
+}
+
+async fn on_push(
+    c: &mut AsyncPgConnection,
+    integration: &IntegrationRow,
+    stacks: &[LinkedStack],
+    push: &Push,
+    out: &mut Outcome,
+) -> Result<(), DbError> {
+    let branch = push.branch().unwrap_or_default();
+    let Some(after) = push.after.as_deref() else {
+        out.lines.push(format!("{}: no commit after the push; ignored", Event::Push(push.clone())));
+        return Ok(());
+    };
+    let same_repo: Vec<&LinkedStack> = stacks.iter().filter(|s| push.repository.matches_url(&s.repository)).collect();
+    if same_repo.is_empty() {
+        out.lines.push(format!(
+            "push to {branch} of {}: no stack linked to {} uses this repository; ignored",
+            push.repository.full_name, integration.name
+        ));
+        return Ok(());
+    }
+    let tracking: Vec<&&LinkedStack> = same_repo.iter().filter(|s| s.branch == branch).collect();
+    if tracking.is_empty() {
+        out.lines.push(format!(
+            "push to {branch} of {}: no linked stack tracks branch {branch}; ignored",
+            push.repository.full_name
+        ));
+        return Ok(());
+    }
+    for stack in tracking {
+        let root = match ProjectRoot::new(&stack.project_root) {
+            Ok(r) => r,
+            Err(e) => {
+                out.lines.push(format!("stack {}: {e}; no run", stack.slug));
+                continue;
+            }
+        };
+        let note = match push.touches(&root) {
+            Touches::No => {
+                out.lines.push(format!(
+                    "stack {}: push {} to {branch} changes nothing under {root}; ignored",
+                    stack.slug,
+                    short(after)
+                ));
+                continue;
+            }
+            Touches::Yes => "",
+            Touches::Unknown => " (the changed paths are not all known, so the run is made to be safe)",
+        };
+        if let Some(existing) = live_run_at(c, stack.id, RunKind::Tracked, after).await? {
+            out.lines.push(format!("stack {}: run {existing} already plans {}; no second run", stack.slug, short(after)));
+            continue;
+        }
+        let who = push.pusher.as_deref().map(|p| format!(" by {p}")).unwrap_or_default();
+        let new = NewRun {
+            stack_id: stack.id,
+            kind: RunKind::Tracked,
+            commit_sha: after.to_string(),
+            branch: branch.to_string(),
+            command: None,
+            triggered_by: format!("push to {branch}{who} ({})", integration.name),
+        };
+        let id = create_run(c, integration, stack, &push.repository.full_name, new, None).await?;
+        out.runs.push(id);
+        out.lines.push(format!("stack {}: tracked run {id} at {}{note}", stack.slug, short(after)));
+    }
+    Ok(())
+}
+
+async fn on_pull_request(
+    c: &mut AsyncPgConnection,
+    integration: &IntegrationRow,
+    stacks: &[LinkedStack],
+    pr: &PullRequest,
+    out: &mut Outcome,
+) -> Result<(), DbError> {
+    let event = Event::PullRequest(pr.clone());
+    if !matches!(pr.action, PrAction::Opened | PrAction::Updated | PrAction::Reopened) {
+        out.lines.push(format!("{event}: nothing to plan; ignored"));
+        return Ok(());
+    }
+    let same_repo: Vec<&LinkedStack> = stacks.iter().filter(|s| pr.repository.matches_url(&s.repository)).collect();
+    if same_repo.is_empty() {
+        out.lines.push(format!(
+            "{event}: no stack linked to {} uses this repository; ignored",
+            integration.name
+        ));
+        return Ok(());
+    }
+    let targets: Vec<&&LinkedStack> = same_repo.iter().filter(|s| s.branch == pr.base_ref).collect();
+    if targets.is_empty() {
+        out.lines.push(format!("{event}: no linked stack tracks branch {}; ignored", pr.base_ref));
+        return Ok(());
+    }
+    let number = i64::try_from(pr.number).unwrap_or(i64::MAX);
+    for stack in targets {
+        if let Some(existing) = live_run_at(c, stack.id, RunKind::Proposed, &pr.head_sha).await? {
+            out.lines.push(format!(
+                "stack {}: proposed run {existing} already plans {}; no second run",
+                stack.slug,
+                short(&pr.head_sha)
+            ));
+            continue;
+        }
+        // Older proposed runs of this pull request that are still going plan a
+        // commit nobody will merge any more.
+        let terminal: Vec<&str> = RunState::ALL.into_iter().filter(|s| s.is_terminal()).map(|s| s.as_str()).collect();
+        let older: Vec<i64> = vcs_runs::table
+            .inner_join(runs_t::table)
+            .filter(vcs_runs::integration_id.eq(integration.id))
+            .filter(vcs_runs::repository.eq(&pr.repository.full_name))
+            .filter(vcs_runs::pull_request.eq(number))
+            .filter(runs_t::stack_id.eq(stack.id))
+            .filter(runs_t::kind.eq(RunKind::Proposed.as_str()))
+            .filter(runs_t::state.ne_all(terminal))
+            .select(runs_t::id)
+            .load(c)
+            .await?;
+        let cause = format!("superseded by {} pushed to pull request #{}", short(&pr.head_sha), pr.number);
+        let actor = format!("vcs:{}", integration.name);
+        for old in older {
+            let state = runs::get(c, old).await?.map(|r| r.state());
+            let to = match state {
+                Some(s) if s.can_become(RunState::Canceled) => RunState::Canceled,
+                Some(s) if s.can_become(RunState::Stopped) => RunState::Stopped,
+                _ => continue,
+            };
+            match runs::transition(c, old, None, to, &cause, &actor).await {
+                Ok(_) => out.lines.push(format!("stack {}: proposed run {old} {} ({cause})", stack.slug, to.as_str().to_lowercase())),
+                Err(TransitionFailure::Db(e)) => return Err(e),
+                Err(e) => out.lines.push(format!("stack {}: proposed run {old} left as it is: {e}", stack.slug)),
+            }
+        }
+        let who = pr.author.as_deref().map(|a| format!(" by {a}")).unwrap_or_default();
+        let new = NewRun {
+            stack_id: stack.id,
+            kind: RunKind::Proposed,
+            commit_sha: pr.head_sha.clone(),
+            branch: pr.head_ref.clone(),
+            command: None,
+            triggered_by: format!("pull request #{}{who} ({})", pr.number, integration.name),
+        };
+        let id = create_run(c, integration, stack, &pr.repository.full_name, new, Some(number)).await?;
+        out.runs.push(id);
+        out.lines.push(format!(
+            "stack {}: proposed run {id} at {} for pull request #{}",
+            stack.slug,
+            short(&pr.head_sha),
+            pr.number
+        ));
+    }
+    Ok(())
+}
+
+/// Acts on parsed events, in the caller's transaction.
+async fn act(
+    c: &mut AsyncPgConnection,
+    integration: &IntegrationRow,
+    events: &[Event],
+) -> Result<Outcome, DbError> {
+    let stacks = linked_stacks(c, integration.id).await?;
+    let mut out = Outcome::default();
+    if events.is_empty() {
+        out.lines.push("the delivery holds no event".into());
+    }
+    for event in events {
+        match event {
+            Event::Push(p) => on_push(c, integration, &stacks, p, &mut out).await?,
+            Event::PullRequest(pr) => on_pull_request(c, integration, &stacks, pr, &mut out).await?,
+            Event::BranchDeleted(_) | Event::Tag(_) | Event::Ping | Event::Other { .. } => {
+                out.lines.push(format!("{event}: not acted on; ignored"));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Writes what became of a delivery.
+async fn finish_delivery(
+    c: &mut AsyncPgConnection,
+    row_id: i64,
+    out: &Outcome,
+    error: Option<String>,
+) -> Result<(), diesel::result::Error> {
+    let outcome = if error.is_some() {
+        "failed"
+    } else if out.runs.is_empty() {
+        "ignored"
+    } else {
+        "runs_created"
+    };
+    let detail = (!out.lines.is_empty()).then(|| out.lines.join("\n"));
+    diesel::update(webhook_deliveries::table.find(row_id))
+        .set((
+            webhook_deliveries::outcome.eq(outcome),
+            webhook_deliveries::detail.eq(detail),
+            webhook_deliveries::run_ids.eq(&out.runs),
+            webhook_deliveries::error.eq(error),
+            webhook_deliveries::processed_at.eq(Utc::now()),
+        ))
+        .execute(c)
+        .await
+        .map(|_| ())
+}
+
+/// The delivery's row, locked, created when missing; `None` when it was
+/// already processed (a job delivered again after a crash).
+async fn lock_delivery(
+    c: &mut AsyncPgConnection,
+    integration: i64,
+    delivery: &str,
+    event: &str,
+) -> Result<Option<i64>, diesel::result::Error> {
+    store::record_delivery(c, integration, delivery, event).await?;
+    let (id, processed): (i64, Option<chrono::DateTime<Utc>>) = webhook_deliveries::table
+        .filter(webhook_deliveries::integration_id.eq(integration))
+        .filter(webhook_deliveries::delivery_id.eq(delivery))
+        .for_update()
+        .select((webhook_deliveries::id, webhook_deliveries::processed_at))
+        .first(c)
+        .await?;
+    Ok(processed.is_none().then_some(id))
+}
+
+pub fn delivery_handler(pool: DbPool) -> Arc<dyn JobHandler> {
+    handler_fn(move |job| {
+        let pool = pool.clone();
+        async move {
+            let integration_id: i64 = field(&job.payload, "integration")?;
+            let delivery: String = field(&job.payload, "delivery")?;
+            let event: String = field(&job.payload, "event")?;
+            let body: String = field(&job.payload, "body")?;
+            let mut conn = pool.get().await.map_err(db_error)?;
+            let Some(integration) = store::by_id(&mut conn, integration_id).await.map_err(db_error)? else {
+                info!(integration = integration_id, delivery, "delivery of a deleted integration; dropped");
+                return Ok(());
+            };
+            let Kind::Vendor(vendor) = integration.kind() else {
+                return Err(JobError::permanent(format!("integration {} is plain git and takes no webhooks", integration.name)));
+            };
+            let parsed = hangar_vcs::parse(vendor, &event, body.as_bytes());
+            let integ = integration.clone();
+            let (d, e) = (delivery.clone(), event.clone());
+            let summary = conn
+                .transaction::<_, DbError, _>(async move |c| {
+                    let Some(row) = lock_delivery(c, integ.id, &d, &e).await? else {
+                        return Ok(None);
+                    };
+                    let (out, error) = match &parsed {
+                        Ok(events) => (act(c, &integ, events).await?, None),
+                        Err(err) => (Outcome::default(), Some(err.to_string())),
+                    };
+                    finish_delivery(c, row, &out, error.clone()).await?;
+                    Ok(Some((out.runs.len(), out.lines.len(), error)))
+                })
+                .await
+                .map_err(db_error)?;
+            match summary {
+                None => info!(integration = %integration.name, delivery, "delivery already processed"),
+                Some((runs, events, None)) => {
+                    info!(integration = %integration.name, delivery, event, runs, events, "delivery processed")
+                }
+                Some((_, _, Some(error))) => warn!(integration = %integration.name, delivery, event, error, "delivery unreadable"),
+            }
+            Ok(())
+        }
+    })
+}
+
+/// A job failure out of a transaction, which needs `From<diesel::result::Error>`.
+struct TxError(JobError);
+
+impl From<diesel::result::Error> for TxError {
+    fn from(e: diesel::result::Error) -> Self {
+        TxError(db_error(e))
+    }
+}
+
+fn status_key(state: RunState) -> String {
+    let (s, what) = commit_state(state);
+    format!("{s:?}: {what}")
+}
+
+pub fn status_handler(pool: DbPool, ctx: Arc<VcsContext>) -> Arc<dyn JobHandler> {
+    handler_fn(move |job| {
+        let (pool, ctx) = (pool.clone(), ctx.clone());
+        async move {
+            let run_id: i64 = field(&job.payload, "run")?;
+            let mut conn = pool.get().await.map_err(db_error)?;
+            conn.transaction::<_, TxError, _>(async move |c| report_status(c, &ctx, run_id).await.map_err(TxError))
+                .await
+                .map_err(|TxError(e)| e)
+        }
+    })
+}
+
+/// Reports run `run_id`'s state when it differs from the last one reported.
+/// The origin row stays locked meanwhile, so two reports for one run cannot
+/// overtake each other.
+async fn report_status(c: &mut AsyncPgConnection, ctx: &VcsContext, run_id: i64) -> Result<(), JobError> {
+    let origin: Option<VcsRunRow> = vcs_runs::table
+        .find(run_id)
+        .for_update()
+        .select(VcsRunRow::as_select())
+        .first(c)
+        .await
+        .optional()
+        .map_err(db_error)?;
+    let Some(origin) = origin else { return Ok(()) };
+    let Some(run) = runs::get(c, run_id).await.map_err(db_error)? else { return Ok(()) };
+    let Some(integration) = store::by_id(c, origin.integration_id).await.map_err(db_error)? else { return Ok(()) };
+    let Kind::Vendor(vendor) = integration.kind() else { return Ok(()) };
+    let key = status_key(run.state());
+    if origin.reported.as_deref() == Some(key.as_str()) {
+        return Ok(());
+    }
+    let Some(secrets) = &ctx.secrets else {
+        return Err(JobError::retry("the drain has no [secrets] section, so it cannot open the integration's API token"));
+    };
+    let opened = store::open(c, secrets, integration.id).await.map_err(|e| JobError::from_error(&e))?;
+    let Some(token) = opened.token else {
+        info!(run = run_id, integration = %integration.name, "no API token: commit status not reported");
+        return Ok(());
+    };
+    let client = StatusClient::new(StatusClientConfig {
+        vendor,
+        base_url: integration.base_url.clone(),
+        token,
+        ca_pem: integration.ca_pem.as_ref().map(|p| p.as_bytes().to_vec()),
+        timeout: ctx.config.status_timeout(),
+    })
+    .map_err(|e| JobError::permanent(hangar_db::error_chain(&e)))?;
+    let slug: String = stacks::table.find(run.stack_id).select(stacks::slug).first(c).await.map_err(db_error)?;
+    let link = format!("{}/runs/{}", ctx.public_url.as_deref().unwrap_or("").trim_end_matches('/'), run.id);
+    let status = CommitStatus::for_run(run.state(), &format!("hangar/{slug}"), &link);
+    match client.report(&origin.repository, &run.commit_sha, &status).await {
+        Ok(_) => {
+            diesel::update(vcs_runs::table.find(run_id))
+                .set(vcs_runs::reported.eq(&key))
+                .execute(c)
+                .await
+                .map_err(db_error)?;
+            info!(run = run_id, integration = %integration.name, state = %key, "commit status reported");
+            Ok(())
+        }
+        Err(e) if e.is_retryable() => Err(JobError::retry(hangar_db::error_chain(&e))),
+        Err(e) => {
+            // A refusal (bad token, unknown commit) will not change by retrying;
+            // the run goes on regardless.
+            warn!(run = run_id, integration = %integration.name, error = %hangar_db::error_chain(&e), "commit status refused");
+            Ok(())
+        }
+    }
+}
+
+pub fn poll_handler(pool: DbPool) -> Arc<dyn JobHandler> {
+    handler_fn(move |_job| {
+        let pool = pool.clone();
+        async move {
+            let mut conn = pool.get().await.map_err(db_error)?;
+            let targets: Vec<(i64, String)> = stacks::table
+                .inner_join(hangar_db::schema::vcs_integrations::table)
+                .filter(hangar_db::schema::vcs_integrations::kind.eq("git"))
+                .select((hangar_db::schema::vcs_integrations::id, stacks::repository))
+                .distinct()
+                .load(&mut conn)
+                .await
+                .map_err(db_error)?;
+            for (integration, repository) in targets {
+                let job = NewJob::new(POLL_REPO, serde_json::json!({ "integration": integration, "repository": repository }))
+                    .max_attempts(1);
+                queue::enqueue(&mut conn, &job).await.map_err(db_error)?;
+            }
+            Ok(())
+        }
+    })
+}
+
+pub fn poll_repo_handler(pool: DbPool, ctx: Arc<VcsContext>) -> Arc<dyn JobHandler> {
+    handler_fn(move |job| {
+        let (pool, ctx) = (pool.clone(), ctx.clone());
+        async move {
+            let integration_id: i64 = field(&job.payload, "integration")?;
+            let repository: String = field(&job.payload, "repository")?;
+            poll_repository(&pool, &ctx, integration_id, &repository).await
+        }
+    })
+}
+
+/// Lists one repository if its poll interval has passed, and acts on what moved
+/// since the stored listing. The first listing is only stored: what existed
+/// before polling began is not news.
+async fn poll_repository(pool: &DbPool, ctx: &VcsContext, integration_id: i64, repository: &str) -> Result<(), JobError> {
+    let mut conn = pool.get().await.map_err(db_error)?;
+    let Some(integration) = store::by_id(&mut conn, integration_id).await.map_err(db_error)? else { return Ok(()) };
+    let previous: Option<(serde_json::Value, chrono::DateTime<Utc>)> = vcs_poll_heads::table
+        .find((integration_id, repository))
+        .select((vcs_poll_heads::refs, vcs_poll_heads::polled_at))
+        .first(&mut conn)
+        .await
+        .optional()
+        .map_err(db_error)?;
+    // A second of slack: the scheduler's ticks and the interval line up.
+    let interval = chrono::Duration::from_std(ctx.config.poll_interval().saturating_sub(Duration::from_secs(1)))
+        .unwrap_or(chrono::Duration::zero());
+    if previous.as_ref().is_some_and(|(_, at)| Utc::now() - *at < interval) {
+        return Ok(());
+    }
+    let mut req = LsRemote::new(repository);
+    req.timeout = ctx.config.ls_remote_timeout();
+    req.git = ctx.config.git.clone();
+    if let Some(secrets) = &ctx.secrets {
+        let opened = store::open(&mut conn, secrets, integration.id).await.map_err(|e| JobError::from_error(&e))?;
+        if let Some(token) = opened.token {
+            req.credentials = Some(match &integration.username {
+                Some(u) => Credentials::Basic { username: u.clone(), password: token },
+                None => Credentials::Bearer(token),
+            });
+        }
+    }
+    let ca_file = match &integration.ca_pem {
+        Some(pem) => {
+            let f = std::env::temp_dir().join(format!("hangar-vcs-ca-{}-{}.pem", integration.id, std::process::id()));
+            std::fs::write(&f, pem).map_err(|e| JobError::from_error(&e))?;
+            Some(f)
+        }
+        None => None,
+    };
+    req.ca_file = ca_file.clone();
+    let listed = hangar_vcs::ls_remote(&req).await;
+    if let Some(f) = ca_file {
+        let _ = std::fs::remove_file(f);
+    }
+    let current = match listed {
+        Ok(r) => r,
+        Err(e) => {
+            warn!(integration = %integration.name, error = %hangar_db::error_chain(&e), "poll failed");
+            return Ok(());
+        }
+    };
+    let stored = serde_json::to_value(&current).map_err(|e| JobError::from_error(&e))?;
+    let repo = repository.to_string();
+    let integ = integration.clone();
+    let summary = conn
+        .transaction::<_, DbError, _>(async move |c| {
+            // Locked so that two drains polling at once act on one change once.
+            let locked: Option<serde_json::Value> = vcs_poll_heads::table
+                .find((integ.id, &repo))
+                .for_update()
+                .select(vcs_poll_heads::refs)
+                .first(c)
+                .await
+                .optional()?;
+            diesel::insert_into(vcs_poll_heads::table)
+                .values((
+                    vcs_poll_heads::integration_id.eq(integ.id),
+                    vcs_poll_heads::repository.eq(&repo),
+                    vcs_poll_heads::refs.eq(&stored),
+                    vcs_poll_heads::polled_at.eq(Utc::now()),
+                ))
+                .on_conflict((vcs_poll_heads::integration_id, vcs_poll_heads::repository))
+                .do_update()
+                .set((vcs_poll_heads::refs.eq(&stored), vcs_poll_heads::polled_at.eq(Utc::now())))
+                .execute(c)
+                .await?;
+            let Some(before) = locked.and_then(|v| serde_json::from_value::<RemoteRefs>(v).ok()) else {
+                return Ok(None);
+            };
+            let events = hangar_vcs::poll_events(&repo, &before, &current);
+            let pushes: Vec<Event> = events.into_iter().filter(|e| matches!(e, Event::Push(_))).collect();
+            if pushes.is_empty() {
+                return Ok(None);
+            }
+            let out = act(c, &integ, &pushes).await?;
+            // Recorded like a delivery, so the log shows what polling found.
+            let heads: Vec<String> = pushes
+                .iter()
+                .filter_map(|e| match e {
+                    Event::Push(p) => Some(format!("{}@{}", p.git_ref, p.after.as_deref().map(short).unwrap_or(""))),
+                    _ => None,
+                })
+                .collect();
+            let id = format!("poll:{repo}:{}", heads.join(","));
+            if let Some(row) = lock_delivery(c, integ.id, &id.chars().take(500).collect::<String>(), "poll").await? {
+                finish_delivery(c, row, &out, None).await?;
+            }
+            Ok(Some(out.runs.len()))
+        })
+        .await
+        .map_err(db_error)?;
+    if let Some(runs) = summary {
+        info!(integration = %integration.name, repository, runs, "poll found new commits");
+    }
+    Ok(())
+}

@@ -1,0 +1,176 @@
+//! `POST /webhooks/{kind}/{integration}`: inbound deliveries from git servers.
+//!
+//! A delivery is checked in this order, each failure answered at once and
+//! nothing enqueued: an unknown kind, integration or a kind that is not the
+//! integration's (404, all alike, so a sender learns nothing about which
+//! integrations exist); a declared or actual body over [`MAX_BODY`] (413,
+//! nothing read past the limit); the vendor's signature or token with the
+//! integration's secret (401, constant-time, in `hangar-vcs`); a body that is
+//! not a JSON object (400). A good delivery is enqueued raw under the key
+//! `"{integration id}:{delivery id}"` with its row in the delivery log, in one
+//! transaction, and answered 202 without parsing: the drain does the rest. A
+//! redelivery answers 200 and enqueues nothing.
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use bytes::{Buf, BytesMut};
+use diesel_async::AsyncConnection;
+use futures::{Stream, StreamExt};
+use hangar_db::queue::{self, Enqueued, NewJob};
+use hangar_vcs::{MAX_BODY, Vendor, Verifier, WebhookError};
+use serde_json::json;
+use warp::Filter;
+use warp::filters::BoxedFilter;
+use warp::http::{HeaderMap, StatusCode};
+use warp::reply::{Reply, Response};
+
+use crate::App;
+use crate::store::vcs::{self as store, DELIVERY_JOB, Kind};
+
+/// Why a delivery was not accepted.
+#[derive(Debug, thiserror::Error)]
+enum Refusal {
+    #[error("no such webhook")]
+    NotFound,
+    #[error(transparent)]
+    Webhook(#[from] WebhookError),
+    #[error("the body cannot be read")]
+    Unreadable,
+    #[error("the body is not a JSON object")]
+    NotJson,
+    #[error("service unavailable")]
+    Unavailable,
+}
+
+impl Refusal {
+    fn status(&self) -> StatusCode {
+        match self {
+            Refusal::NotFound => StatusCode::NOT_FOUND,
+            Refusal::Webhook(e) => e.http_status(),
+            Refusal::Unreadable | Refusal::NotJson => StatusCode::BAD_REQUEST,
+            Refusal::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    fn into_response(self) -> Response {
+        let status = self.status();
+        warp::reply::with_status(warp::reply::json(&json!({ "error": self.to_string() })), status).into_response()
+    }
+}
+
+/// The webhook route.
+pub(crate) fn route(app: Arc<App>) -> BoxedFilter<(Response,)> {
+    warp::path!("webhooks" / String / String)
+        .and(warp::post())
+        .and(warp::header::headers_cloned())
+        .and(warp::body::stream())
+        .then(move |kind: String, integration: String, headers: HeaderMap, body| {
+            let app = app.clone();
+            async move {
+                match accept(&app, &kind, &integration, &headers, body).await {
+                    Ok(r) => r,
+                    Err(e) => {
+                        tracing::info!(kind = %kind.chars().take(32).collect::<String>(), integration = %integration.chars().take(64).collect::<String>(), status = e.status().as_u16(), reason = %e, "webhook refused");
+                        e.into_response()
+                    }
+                }
+            }
+        })
+        .boxed()
+}
+
+async fn accept<S, B>(app: &App, kind: &str, name: &str, headers: &HeaderMap, body: S) -> Result<Response, Refusal>
+where
+    S: Stream<Item = Result<B, warp::Error>>,
+    B: Buf,
+{
+    let vendor: Vendor = kind.parse().map_err(|_| Refusal::NotFound)?;
+    let declared = headers
+        .get(warp::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if let Some(len) = declared {
+        hangar_vcs::check_declared_length(vendor, len)?;
+    }
+    let mut conn = app.db.get().await.map_err(|e| {
+        tracing::warn!(error = %hangar_db::error_chain(&e), "webhook: database unavailable");
+        Refusal::Unavailable
+    })?;
+    let integration = store::by_name(&mut conn, name).await.map_err(|e| {
+        tracing::warn!(error = %e, "webhook: cannot look up the integration");
+        Refusal::Unavailable
+    })?;
+    let Some(integration) = integration.filter(|i| i.kind() == Kind::Vendor(vendor)) else {
+        return Err(Refusal::NotFound);
+    };
+    let secret = store::open(&mut conn, &app.secrets, integration.id).await.map_err(|e| {
+        tracing::error!(integration = %integration.name, error = %hangar_db::error_chain(&e), "webhook: cannot open the webhook secret");
+        Refusal::Unavailable
+    })?;
+    // An integration without a secret cannot authenticate anything: refused
+    // like a wrong signature, never accepted unsigned.
+    let verifier = secret
+        .webhook_secret
+        .as_ref()
+        .and_then(|s| Verifier::new(vendor, s).ok())
+        .ok_or(Refusal::Webhook(WebhookError::BadSignature { vendor, header: "(no webhook secret configured)" }))?;
+    let body = read_limited(body, vendor).await?;
+    let delivery = verifier.verify(headers, &body, SystemTime::now())?;
+    if serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(&body).is_err() {
+        return Err(Refusal::NotJson);
+    }
+    // Valid JSON is valid UTF-8.
+    let text = String::from_utf8(body.to_vec()).map_err(|_| Refusal::NotJson)?;
+    let job = NewJob::new(
+        DELIVERY_JOB,
+        json!({ "integration": integration.id, "delivery": delivery.id, "event": delivery.event, "body": text }),
+    )
+    .unique_key(format!("{}:{}", integration.id, delivery.id));
+    let (integration_id, delivery_id, event) = (integration.id, delivery.id.clone(), delivery.event.clone());
+    let enqueued = conn
+        .transaction::<_, hangar_db::DbError, _>(async move |c| {
+            let e = queue::enqueue(c, &job).await?;
+            store::record_delivery(c, integration_id, &delivery_id, &event).await?;
+            Ok(e)
+        })
+        .await
+        .map_err(|e| {
+            tracing::warn!(error = %hangar_db::error_chain(&e), "webhook: cannot enqueue the delivery");
+            Refusal::Unavailable
+        })?;
+    let (status, state) = match enqueued {
+        Enqueued::Created(_) => (StatusCode::ACCEPTED, "queued"),
+        Enqueued::Duplicate { .. } => (StatusCode::OK, "duplicate"),
+    };
+    tracing::info!(integration = %integration.name, delivery = %delivery.id, event = %delivery.event, state, "webhook accepted");
+    Ok(warp::reply::with_status(
+        warp::reply::json(&json!({ "delivery": delivery.id, "status": state })),
+        status,
+    )
+    .into_response())
+}
+
+/// Reads the body up to [`MAX_BODY`]; a chunk that would cross it ends the read.
+async fn read_limited<S, B>(body: S, vendor: Vendor) -> Result<bytes::Bytes, Refusal>
+where
+    S: Stream<Item = Result<B, warp::Error>>,
+    B: Buf,
+{
+    let mut body = std::pin::pin!(body);
+    let mut buf = BytesMut::new();
+    while let Some(chunk) = body.next().await {
+        let mut chunk = chunk.map_err(|_| Refusal::Unreadable)?;
+        let size = buf.len() + chunk.remaining();
+        if size > MAX_BODY {
+            return Err(Refusal::Webhook(WebhookError::TooLarge { vendor, size: size as u64 }));
+        }
+        while chunk.has_remaining() {
+            let part = chunk.chunk();
+            buf.extend_from_slice(part);
+            let n = part.len();
+            chunk.advance(n);
+        }
+    }
+    Ok(buf.freeze())
+}
