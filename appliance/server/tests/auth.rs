@@ -247,3 +247,29 @@ async fn changing_a_password_ends_other_sessions_and_checks_strength() {
     let log = app.server_log();
     assert!(!log.contains("An0ther-Good-Passphrase") && !log.contains(ADMIN_PASSWORD));
 }
+
+#[tokio::test]
+async fn repeated_failed_logins_throttle_that_account_only() {
+    let app = Appliance::start().await;
+    let admin = app.admin_token().await;
+    let password = "Throttled-Acc0unt-Pass";
+    app.ok(
+        &admin,
+        "mutation($e: String!, $p: String!) { createUser(email: $e, role: READER, password: $p) { id } }",
+        json!({ "e": "guessed@hangar.test", "p": password }),
+    )
+    .await;
+    let login = "mutation($e: String!, $p: String!) { login(email: $e, password: $p) { token } }";
+    for n in 0..10 {
+        let (code, _) = app.err(None, login, json!({ "e": "guessed@hangar.test", "p": format!("Guess-{n}-Passw0rd") })).await;
+        assert_eq!(code, "UNAUTHENTICATED");
+    }
+    // Now even the right password is refused, with a reason a person can act on.
+    let (code, message) = app.err(None, login, json!({ "e": "guessed@hangar.test", "p": password })).await;
+    assert_eq!(code, "REFUSED", "{message}");
+    assert!(message.contains("too many failed logins") && message.contains("15 minutes"), "{message}");
+    // Other accounts are untouched, and the refusals are in the audit trail.
+    app.admin_token().await;
+    let audit = app.ok(&admin, "{ auditEvents(action: \"user.login_throttled\") { items { target } } }", json!({})).await;
+    assert_eq!(audit["auditEvents"]["items"][0]["target"], "user:guessed@hangar.test", "{audit}");
+}

@@ -12,6 +12,11 @@ use crate::admin::valid_email;
 use crate::store::audit;
 use crate::store::users::{self, Via};
 
+/// Failed logins an account may have within [`LOGIN_WINDOW`] before logins for it
+/// are refused until the oldest of them leaves the window.
+const LOGIN_ATTEMPTS: i64 = 10;
+const LOGIN_WINDOW: chrono::Duration = chrono::Duration::minutes(15);
+
 #[derive(SimpleObject)]
 pub struct LoginResult {
     /// The session token, shown this once: send it as `Authorization: Bearer <token>`.
@@ -96,6 +101,22 @@ impl AuthMutation {
         // Oversized input is refused like a wrong password, after the same work.
         let plausible = email.len() <= 254 && password.len() <= 4096;
         let found = if plausible { users::find_for_login(&mut c, &email).await.map_err(ApiError::from)? } else { None };
+        // Guessing is slowed per account, whichever server process is asked.
+        if let Some((user, _)) = &found {
+            let failures =
+                audit::recent_login_failures(&mut c, &user.email, LOGIN_WINDOW).await.map_err(ApiError::from)?;
+            if failures >= LOGIN_ATTEMPTS {
+                tracing::warn!(account = %user.email, failures, "login throttled");
+                audit::record(&mut c, "anonymous", "user.login_throttled", &format!("user:{}", user.email), json!({}))
+                    .await
+                    .map_err(ApiError::from)?;
+                return Err(ApiError::Refused(format!(
+                    "too many failed logins for this account; try again in {} minutes",
+                    LOGIN_WINDOW.num_minutes()
+                ))
+                .into());
+            }
+        }
         let hash = found.as_ref().map(|(_, h)| h.clone()).unwrap_or_else(|| users::decoy_hash().to_string());
         let matches = verify_password(password, hash).await?;
         let user = match found {

@@ -52,3 +52,19 @@ pub async fn list(
     }
     q.load(conn).await
 }
+
+/// Failed logins of the account `email` in the last `window`: the login throttle
+/// counts them, across every server process.
+pub async fn recent_login_failures(
+    conn: &mut AsyncPgConnection,
+    email: &str,
+    window: chrono::Duration,
+) -> Result<i64, diesel::result::Error> {
+    audit_events::table
+        .filter(audit_events::action.eq("user.login_failed"))
+        .filter(audit_events::target.eq(format!("user:{email}")))
+        .filter(audit_events::at.gt(chrono::Utc::now() - window))
+        .count()
+        .get_result(conn)
+        .await
+}
