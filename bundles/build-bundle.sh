@@ -56,7 +56,7 @@ if [ -z "$bin_dir" ]; then
         profile=release
         cargo_flags=(--release)
     fi
-    (cd "$repo" && cargo build "${cargo_flags[@]}" -p hangar -p hangar-worker -p hangar-bundle >&2)
+    (cd "$repo" && cargo build "${cargo_flags[@]}" -p hangar -p hangar-worker -p hangar-install -p hangar-bundle >&2)
     bin_dir="${CARGO_TARGET_DIR:-$repo/target}/$profile"
 fi
 bin_dir="$(cd "$bin_dir" && pwd)"

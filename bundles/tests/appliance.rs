@@ -41,18 +41,33 @@ fn check(what: &str, output: Output) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
-/// Builds the `hangar` and `hangar-worker` binaries next to this test's `hangar-bundle`.
+/// Builds the `hangar`, `hangar-worker` and `hangar-install` binaries next to
+/// this test's `hangar-bundle`.
 fn build_hangar() {
     let bins = bin_dir();
     let mut cargo = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
     cargo
-        .args(["build", "-p", "hangar", "--bin", "hangar", "-p", "hangar-worker", "--bin", "hangar-worker"])
+        .args([
+            "build",
+            "-p",
+            "hangar",
+            "--bin",
+            "hangar",
+            "-p",
+            "hangar-worker",
+            "--bin",
+            "hangar-worker",
+            "-p",
+            "hangar-install",
+            "--bin",
+            "hangar-install",
+        ])
         .current_dir(repo());
     if bins.file_name().is_some_and(|n| n == "release") {
         cargo.arg("--release");
     }
     cargo.env("CARGO_TARGET_DIR", bins.parent().unwrap());
-    check("cargo build -p hangar -p hangar-worker", cargo.output().unwrap());
+    check("cargo build -p hangar -p hangar-worker -p hangar-install", cargo.output().unwrap());
 }
 
 struct Site {
@@ -143,6 +158,7 @@ fn the_appliance_bundle_builds_verifies_extracts_and_its_postgres_runs_relocated
     for expected in [
         "bin/hangar",
         "bin/hangar-worker",
+        "bin/hangar-install",
         "embedded/postgres/usr/lib/postgresql/15/bin/postgres",
         "embedded/postgres/usr/lib/postgresql/15/bin/initdb",
         "embedded/postgres/usr/lib/postgresql/15/bin/pg_ctl",

@@ -1,0 +1,160 @@
+//! The command line of `hangar-install` and what each command does from
+//! parsed arguments to exit.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::error::InstallError;
+use crate::host::{DEFAULT_SERVICE_USER, Host};
+use crate::install::{InstallOptions, install};
+use crate::prompt::{FilePrompter, TtyPrompter};
+use crate::report::{LineReporter, Reporter, TuiReporter};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "hangar-install",
+    version,
+    about = "Installs a Hangar appliance on this host from a signed offline bundle",
+    long_about = "Installs a Hangar appliance on this host from a signed offline bundle: preflight checks, \
+                  the bundle's verification, questions (or an answers file), then PostgreSQL, the object \
+                  store, certificates, configuration, the administrator and the supervisor, and a health \
+                  gate. Run it again at any time: it resumes, repairs or upgrades, and never clobbers data."
+)]
+pub struct Cli {
+    /// Root under which everything is installed.
+    #[arg(long, global = true, default_value = "/", value_name = "DIR")]
+    pub prefix: PathBuf,
+    /// The unprivileged account services run as.
+    #[arg(long, global = true, default_value = DEFAULT_SERVICE_USER, value_name = "USER")]
+    pub service_user: String,
+    /// Start the supervisor directly even when systemd runs the host.
+    #[arg(long, global = true)]
+    pub no_systemd: bool,
+    #[command(flatten)]
+    pub install: InstallArgs,
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct InstallArgs {
+    /// Take every answer from this TOML file (mode 0600) instead of asking.
+    #[arg(long, value_name = "FILE")]
+    pub answers: Option<PathBuf>,
+    /// Also trust the bundle signing keys (*.pub) in this directory.
+    #[arg(long, value_name = "DIR")]
+    pub trust: Vec<PathBuf>,
+    /// Seconds the health gate waits for the appliance.
+    #[arg(long, default_value_t = 180, value_name = "SECS")]
+    pub health_timeout: u64,
+    /// Print the time of each step at the end.
+    #[arg(long)]
+    pub timings: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Install, repair or upgrade (the default).
+    Install(InstallArgs),
+    /// What is installed, which release, the services' states, ready or not.
+    Status,
+    /// Stop everything and remove the unit, the releases and the configuration.
+    Uninstall {
+        /// Also remove the data directory, the secrets and the certificates.
+        #[arg(long)]
+        purge_data: bool,
+    },
+    /// Logs and configuration in one .tar.gz, every secret value redacted.
+    SupportBundle {
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+    },
+}
+
+/// How a command ended.
+#[derive(Debug)]
+pub enum Failure {
+    Usage(String),
+    Failed(InstallError),
+    /// Ran, and has a negative answer (status: not ready).
+    Negative,
+}
+
+impl From<InstallError> for Failure {
+    fn from(e: InstallError) -> Self {
+        Failure::Failed(e)
+    }
+}
+
+pub fn run(cli: Cli) -> Result<(), Failure> {
+    if !cli.prefix.is_absolute() {
+        return Err(Failure::Usage(format!("--prefix {} must be an absolute path", cli.prefix.display())));
+    }
+    let host = Host::detect(&cli.prefix, &cli.service_user, cli.no_systemd);
+    if cli.command.as_ref().is_some_and(|c| !matches!(c, Command::Install(_))) && cli.install.answers.is_some() {
+        return Err(Failure::Usage("--answers belongs to install, not to this command".into()));
+    }
+    match cli.command {
+        None => run_install(&host, cli.install),
+        Some(Command::Install(args)) => run_install(&host, args),
+        Some(Command::Status) => {
+            let (text, ready) = crate::status::status(&host)?;
+            print!("{text}");
+            if ready { Ok(()) } else { Err(Failure::Negative) }
+        }
+        Some(Command::Uninstall { purge_data }) => {
+            for line in crate::uninstall::uninstall(&host, purge_data)? {
+                println!("{line}");
+            }
+            Ok(())
+        }
+        Some(Command::SupportBundle { out }) => {
+            let files = crate::support::support_bundle(&host, &out)?;
+            println!("wrote {} ({} files, secrets redacted)", out.display(), files.len());
+            Ok(())
+        }
+    }
+}
+
+fn run_install(host: &Host, args: InstallArgs) -> Result<(), Failure> {
+    let opts = InstallOptions { trust_dirs: args.trust.clone(), health_timeout: Duration::from_secs(args.health_timeout) };
+    let terminal = std::io::stdin().is_terminal() && std::io::stderr().is_terminal();
+    let result = match &args.answers {
+        Some(path) => {
+            let mut prompter = FilePrompter::load(path)?;
+            let reporter = LineReporter::default();
+            install(host, &mut prompter, &reporter, &opts).map(|i| (i, Box::new(reporter) as Box<dyn Reporter>))
+        }
+        None if terminal => {
+            let mut prompter = TtyPrompter::default();
+            let reporter = TuiReporter::default();
+            install(host, &mut prompter, &reporter, &opts).map(|i| (i, Box::new(reporter) as Box<dyn Reporter>))
+        }
+        None => return Err(Failure::Usage("no terminal to ask on: give --answers FILE".into())),
+    };
+    let (done, reporter) = result?;
+    let mut text = format!(
+        "\nHangar {} is ready.\n\n  console         {}\n  administrator   {} (the password you chose)\n  appliance CA    {}\n  CA SHA-256      {}\n\n\
+         Join a worker host (hangar-worker is in {}/bin of the release): create a join token as the\n\
+         administrator through the API,\n\n  mutation {{ createWorkerPool(name: \"default\") {{ id }} }}\n  mutation {{ createJoinToken(pool: \"default\") {{ token }} }}\n\n\
+         then, on the worker host, with a copy of the CA certificate:\n\n  hangar-worker join --server {} --ca ca.crt --token JOIN_TOKEN\n",
+        done.release,
+        done.console_url,
+        done.admin_email,
+        done.ca_file.display(),
+        done.ca_fingerprint,
+        host.path("/opt/hangar/current").display(),
+        done.console_url,
+    );
+    if args.timings {
+        text += "\nTimings:\n";
+        for (step, took) in &done.timings {
+            text += &format!("  {step:<14} {:>7.2} s\n", took.as_secs_f64());
+        }
+    }
+    reporter.info(&text);
+    Ok(())
+}

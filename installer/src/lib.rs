@@ -1,0 +1,25 @@
+//! `hangar-install`: the appliance installer. The steps are functions over the
+//! [`answers::Answers`] and a [`host::Host`]; the terminal prompts and an answers
+//! file are two [`answers::Prompter`]s, indicatif and plain lines two
+//! [`report::Reporter`]s.
+
+pub mod answers;
+pub mod cli;
+pub mod error;
+pub mod health;
+pub mod host;
+pub mod install;
+pub mod preflight;
+pub mod prompt;
+pub mod render;
+pub mod report;
+pub mod services;
+mod signals;
+pub mod state;
+pub mod status;
+pub mod support;
+pub mod tls;
+pub mod uninstall;
+
+pub use cli::{Cli, Failure, run};
+pub use error::InstallError;

@@ -1,0 +1,260 @@
+//! What the installer tests share: a real appliance bundle built once per test
+//! run by `bundles/build-appliance.sh` from this workspace's binaries, and a
+//! site — a temporary prefix with its own free ports and an answers file.
+
+#![allow(dead_code)]
+
+use std::fs::{self, File};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use hangar_testkit::{TestDir, free_port};
+
+pub const ADMIN_EMAIL: &str = "admin@hangar.test";
+pub const ADMIN_PASSWORD: &str = "Install-Passw0rd-Of-Test";
+
+/// target/<profile>, where cargo put this test run's binaries.
+pub fn profile_dir() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let deps = exe.parent().unwrap();
+    if deps.file_name().is_some_and(|n| n == "deps") { deps.parent().unwrap().to_path_buf() } else { deps.to_path_buf() }
+}
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+/// The installer binary (the workspace binaries are built once per run).
+pub fn installer() -> PathBuf {
+    hangar_testkit::cargo_bin("hangar-install")
+}
+
+/// A signed appliance bundle and the directory trusting its key, built once
+/// per test run (behind a lock and a stamp) from the binaries of this run.
+pub struct Built {
+    pub bundle: PathBuf,
+    pub trust: PathBuf,
+}
+
+pub fn bundle() -> Built {
+    use nix::fcntl::{Flock, FlockArg};
+    installer();
+    let dir = profile_dir().join("hangar-install-tests");
+    fs::create_dir_all(&dir).unwrap();
+    fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).unwrap();
+    let built = Built { bundle: dir.join("appliance.bundle"), trust: dir.join("trust") };
+    let run_id = std::env::var("NEXTEST_RUN_ID").unwrap_or_else(|_| format!("pid{}", std::process::id()));
+    let stamp = dir.join(format!(".built-{run_id}"));
+    let lock = File::create(dir.join(".lock")).unwrap();
+    let _lock = Flock::lock(lock, FlockArg::LockExclusive).map_err(|(_, e)| e).unwrap();
+    if stamp.exists() {
+        return built;
+    }
+    let key = dir.join("dev-key");
+    if !key.with_extension("key").exists() {
+        check("keygen", Command::new(profile_dir().join("hangar-bundle")).arg("keygen").arg("--out").arg(&key).output().unwrap());
+    }
+    let _ = fs::remove_dir_all(&built.trust);
+    fs::create_dir(&built.trust).unwrap();
+    fs::set_permissions(&built.trust, fs::Permissions::from_mode(0o755)).unwrap();
+    fs::copy(key.with_extension("pub"), built.trust.join("dev.pub")).unwrap();
+    fs::set_permissions(built.trust.join("dev.pub"), fs::Permissions::from_mode(0o644)).unwrap();
+    let _ = fs::remove_file(&built.bundle);
+    check(
+        "build-appliance.sh",
+        Command::new(repo().join("bundles/build-appliance.sh"))
+            .arg("--bin-dir")
+            .arg(profile_dir())
+            .arg("--key")
+            .arg(key.with_extension("key"))
+            .arg("--out")
+            .arg(&built.bundle)
+            .args(["--offline", "--compression-level", "1"])
+            .output()
+            .unwrap(),
+    );
+    for e in fs::read_dir(&dir).unwrap().flatten() {
+        if e.file_name().to_string_lossy().starts_with(".built-") {
+            let _ = fs::remove_file(e.path());
+        }
+    }
+    File::create(&stamp).unwrap();
+    built
+}
+
+pub fn check(what: &str, out: Output) -> String {
+    assert!(
+        out.status.success(),
+        "{what} failed ({}):\n{}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A temporary prefix with its own ports and an answers file.
+pub struct Site {
+    pub dir: TestDir,
+    pub prefix: PathBuf,
+    pub answers: PathBuf,
+    pub trust: PathBuf,
+    pub ports: Ports,
+    pub keys: toml::Table,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Ports {
+    pub server: u16,
+    pub broker: u16,
+    pub database: u16,
+    pub objects: u16,
+    pub garage_s3: u16,
+    pub garage_rpc: u16,
+    pub garage_admin: u16,
+}
+
+impl Site {
+    pub fn new(label: &str, built: &Built) -> Site {
+        let dir = TestDir::new(label);
+        let prefix = dir.path().join("root");
+        fs::create_dir(&prefix).unwrap();
+        fs::set_permissions(&prefix, fs::Permissions::from_mode(0o755)).unwrap();
+        let ports = Ports {
+            server: free_port(),
+            broker: free_port(),
+            database: free_port(),
+            objects: free_port(),
+            garage_s3: free_port(),
+            garage_rpc: free_port(),
+            garage_admin: free_port(),
+        };
+        let keys: toml::Table = toml::from_str(&format!(
+            "existing_install = \"upgrade-or-repair\"\n\
+             bundle = {bundle:?}\nallow_downgrade = false\nhostname = \"localhost\"\naddresses = [\"127.0.0.1\"]\n\
+             listen_address = \"127.0.0.1\"\nserver_port = {}\nbroker_port = {}\ndatabase_port = {}\nobjects_port = {}\n\
+             garage_s3_port = {}\ngarage_rpc_port = {}\ngarage_admin_port = {}\ndata_dir = \"/var/lib/hangar\"\n\
+             admin_email = \"{ADMIN_EMAIL}\"\nadmin_password = \"{ADMIN_PASSWORD}\"\nobject_store = \"bundled\"\n\
+             tls = \"generate\"\nconfirm = true\n",
+            ports.server,
+            ports.broker,
+            ports.database,
+            ports.objects,
+            ports.garage_s3,
+            ports.garage_rpc,
+            ports.garage_admin,
+            bundle = built.bundle.display().to_string(),
+        ))
+        .unwrap();
+        let answers = dir.path().join("answers.toml");
+        let site = Site { prefix, answers, trust: built.trust.clone(), ports, keys, dir };
+        site.write_answers();
+        site
+    }
+
+    pub fn write_answers(&self) {
+        fs::write(&self.answers, toml::to_string(&self.keys).unwrap()).unwrap();
+        fs::set_permissions(&self.answers, fs::Permissions::from_mode(0o600)).unwrap();
+    }
+
+    pub fn set(&mut self, key: &str, value: impl Into<toml::Value>) {
+        self.keys.insert(key.into(), value.into());
+        self.write_answers();
+    }
+
+    pub fn remove(&mut self, key: &str) {
+        self.keys.remove(key);
+        self.write_answers();
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.prefix.join(rel)
+    }
+
+    /// `hangar-install --prefix <prefix> ARGS`.
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(installer());
+        cmd.arg("--prefix").arg(&self.prefix).args(args);
+        cmd
+    }
+
+    /// An install from the answers file.
+    pub fn install_command(&self) -> Command {
+        let mut cmd = self.command(&["--answers"]);
+        cmd.arg(&self.answers).arg("--trust").arg(&self.trust).arg("--timings");
+        cmd
+    }
+
+    pub fn install(&self) -> Output {
+        self.install_command().output().unwrap()
+    }
+
+    pub fn ca(&self) -> PathBuf {
+        self.path("etc/hangar/pki/ca.crt")
+    }
+
+    /// Pids of the processes whose command line mentions this site's prefix.
+    pub fn processes(&self) -> Vec<(i32, String)> {
+        let needle = self.prefix.to_string_lossy().into_owned();
+        let mut found = Vec::new();
+        for e in fs::read_dir("/proc").unwrap().flatten() {
+            let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else { continue };
+            if let Ok(cmd) = fs::read(format!("/proc/{pid}/cmdline")) {
+                let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+                if cmd.contains(&needle) && !cmd.contains("hangar-install") {
+                    found.push((pid, cmd));
+                }
+            }
+        }
+        found
+    }
+
+    /// Everything under the prefix, relative, sorted.
+    pub fn files(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        walk(&self.prefix, &self.prefix, &mut out);
+        out.sort();
+        out
+    }
+}
+
+fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) {
+    let Ok(entries) = fs::read_dir(dir) else { return };
+    for e in entries.flatten() {
+        let p = e.path();
+        out.push(p.strip_prefix(root).unwrap().display().to_string());
+        if e.file_type().is_ok_and(|t| t.is_dir()) {
+            walk(root, &p, out);
+        }
+    }
+}
+
+impl Drop for Site {
+    /// Whatever the test did, nothing of the site keeps running.
+    fn drop(&mut self) {
+        if self.path("etc/hangar/install-state.json").exists() {
+            let _ = self.command(&["uninstall"]).output();
+        }
+        for (pid, _) in self.processes() {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// One line, the installer's error line.
+pub fn error_line(out: &Output) -> String {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "one line on stderr, got: {stderr}\nstdout: {}", String::from_utf8_lossy(&out.stdout));
+    lines[0].to_string()
+}
+
+/// A reqwest client trusting only `ca`.
+pub fn client(ca: &Path) -> reqwest::Client {
+    let roots = hangar_certs::tls::roots_from_pem(&fs::read(ca).unwrap()).unwrap();
+    let cfg = hangar_certs::tls::client_config(roots, None).unwrap();
+    reqwest::Client::builder().use_preconfigured_tls(cfg).timeout(Duration::from_secs(20)).build().unwrap()
+}
