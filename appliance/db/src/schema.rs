@@ -327,3 +327,19 @@ diesel::joinable!(vcs_poll_heads -> vcs_integrations (integration_id));
 diesel::allow_tables_to_appear_in_same_query!(vcs_integrations, webhook_deliveries, vcs_runs, vcs_poll_heads, stacks);
 diesel::allow_tables_to_appear_in_same_query!(vcs_runs, runs);
 diesel::allow_tables_to_appear_in_same_query!(vcs_integrations, runs);
+
+// ---- run logs (migration 2026-11-28-000600_run_logs) ----
+
+diesel::table! {
+    run_log_chunks (run_id, phase, seq) {
+        run_id -> Int8,
+        phase -> Text,
+        seq -> Int8,
+        size -> Int4,
+        sha256 -> Text,
+        stored -> Bool,
+        created_at -> Timestamptz,
+    }
+}
+
+diesel::joinable!(run_log_chunks -> runs (run_id));

@@ -14,6 +14,7 @@ pub mod git;
 pub mod hosted;
 mod http;
 mod listener;
+pub mod logs;
 mod ready;
 pub mod secrets;
 pub mod store;
