@@ -156,9 +156,10 @@ impl Layout {
         self.current.join("embedded/postgres/lib")
     }
 
-    /// The supervisor started without systemd records its pid here.
+    /// The supervisor started without systemd records its pid here (not in
+    /// its own state directory, which holds its children's pid files only).
     pub fn supervisor_pid_file(&self) -> PathBuf {
-        self.supervisor.join("supervise.pid")
+        self.data.join("supervise.pid")
     }
 
     pub fn socket(&self) -> PathBuf {
@@ -293,4 +294,19 @@ pub fn process_alive(pid: i32, needle: &str) -> bool {
 pub fn live_pid(file: &Path, needle: &str) -> Option<i32> {
     let pid: i32 = fs::read_to_string(file).ok()?.lines().next()?.trim().parse().ok()?;
     process_alive(pid, needle).then_some(pid)
+}
+
+/// Waits (up to `timeout`) until no process has `path` on its command line.
+pub fn wait_until_unused(path: &Path, timeout: std::time::Duration) {
+    let needle = path.to_string_lossy().into_owned();
+    let deadline = std::time::Instant::now() + timeout;
+    while std::time::Instant::now() < deadline {
+        let busy = fs::read_dir("/proc").into_iter().flatten().flatten().any(|e| {
+            e.file_name().to_string_lossy().parse::<i32>().is_ok_and(|pid| process_alive(pid, &needle))
+        });
+        if !busy {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
 }

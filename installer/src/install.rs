@@ -541,6 +541,9 @@ impl Provision<'_> {
             // once complete: a killed initdb leaves only that to clear.
             let tmp = l.data.join(".postgres.init");
             if tmp.exists() {
+                // An installer killed during initdb leaves initdb running on
+                // its own: let it end before its directory goes.
+                host::wait_until_unused(&tmp, Duration::from_secs(60));
                 fs::remove_dir_all(&tmp).map_err(InstallError::io("remove", &tmp))?;
             }
             ensure_dir(&tmp, 0o700, svc)?;

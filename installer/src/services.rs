@@ -1,6 +1,6 @@
 //! Running the appliance: a systemd unit for `hangar supervise` when systemd
 //! is PID 1, otherwise the supervisor started detached by the installer, its
-//! pid in `<data>/supervisor/supervise.pid`.
+//! pid in `<data>/supervise.pid`.
 
 use std::fs;
 use std::path::PathBuf;

@@ -44,6 +44,7 @@ pub fn uninstall(host: &Host, purge_data: bool) -> Result<Vec<String>, InstallEr
         remove(&l.etc, &mut done)?;
     } else {
         remove(&l.supervisor, &mut done)?;
+        remove(&l.supervisor_pid_file(), &mut done)?;
         remove(&l.state_file, &mut done)?;
         done.push(format!("kept the data in {} and the secrets and certificates in {}", l.data.display(), l.etc.display()));
     }

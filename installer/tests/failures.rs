@@ -1,0 +1,207 @@
+//! What the installer refuses, and what it leaves behind when it is stopped:
+//! mistakes in the answers file, a port already taken and wrong external S3
+//! credentials are refused before anything on the host changes; a tampered
+//! bundle is refused with nothing unpacked; an installer interrupted (SIGINT)
+//! or killed (SIGKILL) in the middle of provisioning leaves a host that the
+//! next run finishes.
+
+mod common;
+
+use std::fs;
+use std::io::{BufRead, BufReader};
+use std::os::unix::fs::PermissionsExt;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use common::{Site, bundle, check, error_line};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+/// Runs the install and expects a refusal whose one line contains `expected`,
+/// with nothing written under the prefix.
+fn refused_before_anything_changes(site: &Site, expected: &str) -> String {
+    let out = site.install();
+    assert_eq!(out.status.code(), Some(1), "stdout: {}\nstderr: {}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let line = error_line(&out);
+    assert!(line.starts_with("hangar-install: error: "), "{line}");
+    assert!(line.contains(expected), "expected {expected:?} in: {line}");
+    assert_eq!(site.files(), Vec::<String>::new(), "the prefix was changed ({line})");
+    line
+}
+
+#[test]
+fn answers_file_mistakes_are_refused_before_anything_changes() {
+    let built = bundle();
+    let mut site = Site::new("install-answers", &built);
+
+    site.remove("hostname");
+    let line = refused_before_anything_changes(&site, "missing key `hostname`");
+    assert!(line.contains(&site.answers.display().to_string()), "{line}");
+    site.set("hostname", "localhost");
+
+    site.set("hostnme", "typo.example");
+    refused_before_anything_changes(&site, "unknown key `hostnme`");
+    site.remove("hostnme");
+
+    for (key, value, expected) in [
+        ("server_port", toml::Value::from("http"), "invalid `server_port`: \"http\" is not a port"),
+        ("server_port", toml::Value::from(0), "invalid `server_port`: \"0\" is not a port"),
+        ("broker_port", toml::Value::from(i64::from(site.ports.server)), "is already chosen for another service"),
+        ("hostname", toml::Value::from("bad_host!"), "invalid `hostname`"),
+        ("addresses", toml::Value::from("10.0.0.300"), "invalid `addresses`: \"10.0.0.300\" is not an IP address"),
+        ("data_dir", toml::Value::from("var/lib/hangar"), "invalid `data_dir`"),
+        ("admin_email", toml::Value::from("not-an-address"), "invalid `admin_email`"),
+        ("admin_password", toml::Value::from("short"), "invalid `admin_password`: password is too weak: use at least 12 characters"),
+        ("object_store", toml::Value::from("ceph"), "invalid `object_store`: \"ceph\" is not one of bundled, external"),
+        ("tls", toml::Value::from(true), "invalid `tls`: must be a string"),
+        ("confirm", toml::Value::from("yes"), "invalid `confirm`: must be true or false"),
+        ("bundle", toml::Value::from("/nonexistent/appliance.bundle"), "invalid `bundle`"),
+    ] {
+        let before = site.keys.get(key).cloned().unwrap();
+        site.set(key, value);
+        let line = refused_before_anything_changes(&site, expected);
+        assert!(!line.contains("Install-Passw0rd"), "{line}");
+        site.set(key, before);
+    }
+
+    site.set("confirm", false);
+    refused_before_anything_changes(&site, "not confirmed; nothing was changed");
+    site.set("confirm", true);
+
+    // The file holds the administrator's password: only its owner may read it.
+    fs::set_permissions(&site.answers, fs::Permissions::from_mode(0o644)).unwrap();
+    refused_before_anything_changes(&site, "must not be readable by group or others");
+    fs::set_permissions(&site.answers, fs::Permissions::from_mode(0o600)).unwrap();
+
+    fs::write(&site.answers, "hostname = [unclosed\n").unwrap();
+    fs::set_permissions(&site.answers, fs::Permissions::from_mode(0o600)).unwrap();
+    refused_before_anything_changes(&site, "answers file");
+}
+
+#[test]
+fn a_port_already_taken_is_refused_before_anything_changes() {
+    let built = bundle();
+    let site = Site::new("install-port", &built);
+    let _taken = std::net::TcpListener::bind(("127.0.0.1", site.ports.database)).unwrap();
+    refused_before_anything_changes(&site, &format!("invalid `database_port`: port {} is already in use", site.ports.database));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn wrong_external_s3_credentials_are_refused_before_anything_changes() {
+    let built = bundle();
+    let garage = hangar_testkit::Garage::start().await;
+    let mut site = Site::new("install-s3", &built);
+    site.set("object_store", "external");
+    site.set("s3_endpoint", garage.endpoint());
+    site.set("s3_region", hangar_testkit::garage::REGION);
+    site.set("s3_bucket", garage.bucket.clone());
+    site.set("s3_access_key", garage.access_key.clone());
+    site.set("s3_secret_key", "0".repeat(64));
+    site.set("s3_ca_file", "");
+    site.set("s3_danger_plain_http", true);
+    let line = refused_before_anything_changes(&site, &format!("object store {}", garage.endpoint()));
+    assert!(!line.contains(&"0".repeat(64)), "{line}");
+
+    // With the right secret the check passes and the questions go on (to the
+    // next missing key): the refusal above was the credential's.
+    site.set("s3_secret_key", garage.secret_key.clone());
+    site.remove("tls");
+    refused_before_anything_changes(&site, "missing key `tls`");
+}
+
+#[test]
+fn a_tampered_bundle_is_refused_and_nothing_is_unpacked() {
+    let built = bundle();
+    let mut site = Site::new("install-tampered", &built);
+    let copy = site.dir.path().join("tampered.bundle");
+    let mut bytes = fs::read(&built.bundle).unwrap();
+    let at = bytes.len() - 1000;
+    bytes[at] ^= 0x40;
+    fs::write(&copy, &bytes).unwrap();
+    site.set("bundle", copy.display().to_string());
+    let out = site.install();
+    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stdout));
+    let line = error_line(&out);
+    assert!(line.contains(&copy.display().to_string()), "{line}");
+    // Nothing of the release, nor anything built on it.
+    let releases = site.path("opt/hangar/releases");
+    assert_eq!(fs::read_dir(&releases).map(|d| d.count()).unwrap_or(0), 0, "{:?}", site.files());
+    for absent in ["opt/hangar/current", "etc/hangar/hangar.toml", "etc/hangar/secrets", "var/lib/hangar"] {
+        assert!(!site.path(absent).exists(), "{absent} exists after a refused bundle");
+    }
+    let state = fs::read_to_string(site.path("etc/hangar/install-state.json")).unwrap();
+    assert!(state.contains("\"completed\": []"), "{state}");
+}
+
+/// Starts an install and stops it with `signal` once its output shows `at`.
+fn stop_install_at(site: &Site, at: &str, signal: Signal) -> (Option<i32>, String) {
+    let mut child = site.install_command().stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut seen = String::new();
+    let mut lines = BufReader::new(stdout).lines();
+    let deadline = Instant::now() + Duration::from_secs(300);
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        seen.push_str(&line);
+        seen.push('\n');
+        if line.contains(at) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{seen}");
+    }
+    assert!(seen.contains(at), "the install never reached {at:?}:\n{seen}");
+    std::thread::sleep(Duration::from_millis(200));
+    kill(Pid::from_raw(child.id() as i32), signal).unwrap();
+    for line in lines {
+        seen.push_str(&line.unwrap_or_default());
+        seen.push('\n');
+    }
+    let status = child.wait().unwrap();
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    (status.code(), format!("{seen}{stderr}"))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_interrupted_or_killed_install_leaves_a_host_the_next_run_finishes() {
+    let built = bundle();
+    let site = Site::new("install-killed", &built);
+
+    // Ctrl-C while the bundle is unpacked: the step completes, the run stops
+    // with a clear message, the release is whole.
+    let (code, out) = stop_install_at(&site, "[..] release", Signal::SIGINT);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("interrupted during"), "{out}");
+    assert!(out.contains("run the installer again"), "{out}");
+    let version = env!("CARGO_PKG_VERSION");
+    assert!(site.path(&format!("opt/hangar/releases/{version}/bin/hangar")).is_file());
+    let hidden: Vec<String> = fs::read_dir(site.path("opt/hangar/releases")).unwrap().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).filter(|n| n.starts_with('.')).collect();
+    assert!(hidden.is_empty(), "staging left: {hidden:?}");
+
+    // SIGKILL while the database is being made: the next run finishes it.
+    let (code, out) = stop_install_at(&site, "[..] database", Signal::SIGKILL);
+    assert_eq!(code, None, "killed: {out}");
+    assert!(!site.path("etc/hangar/hangar.toml.tmp").exists());
+    let state: serde_json::Value = serde_json::from_str(&fs::read_to_string(site.path("etc/hangar/install-state.json")).unwrap()).unwrap();
+    let completed: Vec<&str> = state["completed"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+    assert_eq!(completed.last(), Some(&"configuration"), "{state}");
+    assert!(state["ready_at"].is_null(), "{state}");
+    // The configuration written before the kill is whole and valid.
+    let config = site.path("etc/hangar/hangar.toml");
+    hangar::config::Config::from_file(&config).unwrap();
+    let status = site.command(&["status"]).output().unwrap();
+    assert_eq!(status.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&status.stdout).contains("unfinished"));
+
+    let out = check("the run after the kill", site.install());
+    assert!(out.contains("is ready"), "{out}");
+    assert!(out.contains("already unpacked"), "{out}");
+    assert!(!site.path("var/lib/hangar/.postgres.init").exists());
+    let status = check("status", site.command(&["status"]).output().unwrap());
+    assert!(status.contains("READY") && !status.contains("NOT READY"), "{status}");
+    let http = common::client(&site.ca());
+    let ready = http.get(format!("https://localhost:{}/ready", site.ports.server)).send().await.unwrap();
+    assert_eq!(ready.status(), 200);
+    check("uninstall", site.command(&["uninstall"]).output().unwrap());
+    assert_eq!(site.processes(), Vec::<(i32, String)>::new());
+}
