@@ -167,8 +167,13 @@ impl Ca {
     /// group or others can read, a certificate that is not a CA, and a key that
     /// does not belong to the certificate.
     pub fn load(dir: &Path) -> Result<Ca, CertError> {
-        let cert_path = dir.join(CA_CERT);
-        let key_path = dir.join(CA_KEY);
+        Self::load_files(&dir.join(CA_CERT), &dir.join(CA_KEY))
+    }
+
+    /// [`Ca::load`] for a certificate and key kept under other names (the
+    /// server's configuration names both files).
+    pub fn load_files(cert_path: &Path, key_path: &Path) -> Result<Ca, CertError> {
+        let (cert_path, key_path) = (cert_path.to_path_buf(), key_path.to_path_buf());
         check_private_file(&key_path)?;
         let cert_pem = fs::read_to_string(&cert_path).map_err(CertError::read(&cert_path))?;
         let key_pem = fs::read_to_string(&key_path).map_err(CertError::read(&key_path))?;

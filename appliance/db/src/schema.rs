@@ -55,6 +55,8 @@ diesel::table! {
         revoked_at -> Nullable<Timestamptz>,
         // SHA-256 of the worker's broker token (migration 2026-11-27-000300_worker_credentials).
         token_hash -> Nullable<Text>,
+        // Set by an operator (migration 2026-11-28-000500_worker_api).
+        drained -> Bool,
     }
 }
 
@@ -98,6 +100,11 @@ diesel::table! {
         updated_at -> Timestamptz,
         run_token_id -> Nullable<Text>,
         run_token_hash -> Nullable<Text>,
+        // What the worker reported (migration 2026-11-28-000500_worker_api).
+        changes -> Nullable<Jsonb>,
+        plan_key -> Nullable<Text>,
+        errored_state_key -> Nullable<Text>,
+        errored_state_data_key -> Nullable<Int8>,
     }
 }
 
@@ -343,3 +350,21 @@ diesel::table! {
 }
 
 diesel::joinable!(run_log_chunks -> runs (run_id));
+
+// ---- the worker API (migration 2026-11-28-000500_worker_api) ----
+
+diesel::table! {
+    join_tokens (id) {
+        id -> Int8,
+        token_id -> Text,
+        token_hash -> Text,
+        pool_id -> Int8,
+        created_by -> Text,
+        created_at -> Timestamptz,
+        expires_at -> Timestamptz,
+        used_at -> Nullable<Timestamptz>,
+        worker_id -> Nullable<Int8>,
+    }
+}
+
+diesel::joinable!(join_tokens -> worker_pools (pool_id));

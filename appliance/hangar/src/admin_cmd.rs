@@ -52,6 +52,15 @@ pub enum AdminCommand {
         #[arg(long)]
         new_key_file: PathBuf,
     },
+    /// Make a one-time token with which one worker host joins POOL
+    /// (`hangar-worker join --token`). Prints the token alone on standard output.
+    CreateJoinToken {
+        #[arg(long)]
+        pool: String,
+        /// Minutes until the token expires (at most a week).
+        #[arg(long, default_value_t = 60)]
+        ttl_minutes: i64,
+    },
 }
 
 fn parse_role(s: &str) -> Result<Role, String> {
@@ -90,6 +99,14 @@ pub async fn run(cfg: &Config, args: AdminArgs) -> anyhow::Result<()> {
                 UserOutcome::Updated => "updated",
             };
             println!("{verb} user {email} ({role})");
+            Ok(())
+        }
+        AdminCommand::CreateJoinToken { pool, ttl_minutes } => {
+            let db = Database::from_config(&cfg.database, "hangar-admin")?;
+            let mut conn = db.connect().await?;
+            let made = hangar_server::workers::create_join_token(&mut conn, &pool, ttl_minutes, admin::CLI_ACTOR).await?;
+            eprintln!("join token for pool {pool}, valid until {}", made.expires_at.to_rfc3339());
+            println!("{}", made.token.expose());
             Ok(())
         }
         AdminCommand::RotateMasterKey { new_key_file } => {

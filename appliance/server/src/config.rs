@@ -21,6 +21,29 @@ pub struct ServerConfig {
     pub key_file: PathBuf,
     /// The appliance CA: client certificates (workers) must chain to it.
     pub ca_file: PathBuf,
+    /// The CA's private key (0600), with which joining workers' CSRs are
+    /// signed. Defaults to `ca.key` next to `ca_file`.
+    #[serde(default)]
+    pub ca_key_file: Option<PathBuf>,
+    /// How workers reach the MQTT broker (`mqtts://host:port`). Defaults to
+    /// the host of `public_url` on 1984.
+    #[serde(default)]
+    pub broker_url: Option<String>,
+    /// Tool binaries served to workers, laid out as the appliance bundle lays
+    /// them out: `<tool>/<version>/<binary>` (linux_amd64) or
+    /// `<tool>/<version>/<os>_<arch>/<binary>`.
+    #[serde(default)]
+    pub tools_dir: Option<PathBuf>,
+    /// Terraform providers as `terraform providers mirror` writes them,
+    /// served to runs as a provider network mirror.
+    #[serde(default)]
+    pub provider_mirror_dir: Option<PathBuf>,
+    /// How long a worker's hold on a run lasts without a heartbeat.
+    #[serde(default = "default_lease_secs")]
+    pub worker_lease_secs: u64,
+    /// Validity of the certificates signed for joining workers.
+    #[serde(default = "default_worker_cert_days")]
+    pub worker_cert_days: u32,
     /// Largest request body accepted on `/graphql`, in bytes.
     #[serde(default = "default_max_body")]
     pub max_body_bytes: u64,
@@ -68,6 +91,12 @@ fn default_grace_secs() -> u64 {
 fn default_git_secs() -> u64 {
     20
 }
+fn default_lease_secs() -> u64 {
+    60
+}
+fn default_worker_cert_days() -> u32 {
+    365
+}
 
 /// `[secrets]`: where the master key that wraps every data key is kept.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -93,6 +122,27 @@ impl ServerConfig {
                 return Err(invalid(field, "must be an absolute path"));
             }
         }
+        for (field, path) in [
+            ("server.ca_key_file", &self.ca_key_file),
+            ("server.tools_dir", &self.tools_dir),
+            ("server.provider_mirror_dir", &self.provider_mirror_dir),
+        ] {
+            if path.as_ref().is_some_and(|p| !p.is_absolute()) {
+                return Err(invalid(field, "must be an absolute path"));
+            }
+        }
+        if let Some(b) = &self.broker_url {
+            let ok = url::Url::parse(b).is_ok_and(|u| u.scheme() == "mqtts" && u.host_str().is_some());
+            if !ok {
+                return Err(invalid("server.broker_url", "must be an mqtts:// URL with a host"));
+            }
+        }
+        if !(10..=3600).contains(&self.worker_lease_secs) {
+            return Err(invalid("server.worker_lease_secs", "must be between 10 and 3600"));
+        }
+        if !(1..=3650).contains(&self.worker_cert_days) {
+            return Err(invalid("server.worker_cert_days", "must be between 1 and 3650"));
+        }
         if !(1024..=64 * 1024 * 1024).contains(&self.max_body_bytes) {
             return Err(invalid("server.max_body_bytes", "must be between 1 KiB and 64 MiB"));
         }
@@ -115,6 +165,23 @@ impl ServerConfig {
             }
         }
         Ok(())
+    }
+
+    /// The CA key: as configured, or `ca.key` next to the CA certificate.
+    pub fn ca_key_path(&self) -> PathBuf {
+        self.ca_key_file.clone().unwrap_or_else(|| self.ca_file.with_file_name("ca.key"))
+    }
+
+    /// The broker URL handed to joining workers.
+    pub fn worker_broker_url(&self) -> String {
+        if let Some(b) = &self.broker_url {
+            return b.clone();
+        }
+        let host = url::Url::parse(&self.public_url)
+            .ok()
+            .and_then(|u| u.host_str().map(String::from))
+            .unwrap_or_default();
+        format!("mqtts://{host}:1984")
     }
 
     pub fn handshake_timeout(&self) -> Duration {
@@ -152,6 +219,8 @@ mod tests {
         let cfg = parse(MINIMAL).unwrap();
         assert_eq!(cfg.listen.port(), 1983);
         assert_eq!(cfg.max_body_bytes, 1024 * 1024);
+        assert_eq!(cfg.ca_key_path(), PathBuf::from("/p/ca.key"));
+        assert_eq!(cfg.worker_broker_url(), "mqtts://hangar.example:1984");
     }
 
     #[test]

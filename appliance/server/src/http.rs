@@ -106,6 +106,8 @@ pub(crate) fn routes(app: Arc<App>, schema: ApiSchema, max_body: u64) -> BoxedFi
         }
     });
 
+    let workers = crate::workers::routes(app.clone());
+
     let app_for_webhooks = app.clone();
     let graphql = warp::path!("graphql")
         .and(warp::post())
@@ -123,6 +125,8 @@ pub(crate) fn routes(app: Arc<App>, schema: ApiSchema, max_body: u64) -> BoxedFi
 
     health
         .or(ready)
+        .unify()
+        .or(workers)
         .unify()
         .or(graphql)
         .unify()

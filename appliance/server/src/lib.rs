@@ -19,6 +19,7 @@ mod ready;
 pub mod secrets;
 pub mod store;
 mod webhooks;
+pub mod workers;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -70,6 +71,8 @@ pub(crate) struct App {
     pub(crate) hosted: Vec<Arc<dyn HostedComponent>>,
     pub(crate) session_ttl: chrono::Duration,
     pub(crate) git_timeout: Duration,
+    /// The worker protocol's settings and the CA that signs joining workers.
+    pub(crate) workers: workers::WorkerSettings,
 }
 
 /// The running server.
@@ -93,6 +96,7 @@ impl Server {
         config.validate()?;
         let db = database.pool(None)?;
         let tls = tls_config(&config)?;
+        let workers = workers::WorkerSettings::new(&config)?;
         let secrets = secrets::SecretBox::new(master_key);
         check_database(&db, &secrets).await?;
 
@@ -114,6 +118,7 @@ impl Server {
             hosted,
             session_ttl: chrono::Duration::hours(i64::from(config.session_ttl_hours)),
             git_timeout: Duration::from_secs(config.git_timeout_secs),
+            workers,
         });
         let schema = api::schema(
             app.clone(),

@@ -163,6 +163,8 @@ async fn the_whole_appliance_survives_sigkill_and_database_restarts_without_losi
             .unwrap();
         user.chown(&store.key_path(name));
     }
+    // The server signs joining workers' certificates with the CA key (next to ca.crt).
+    user.chown(&pki.join("ca.key"));
     let secrets = sup.dir.subdir("secrets");
     let (access, secret) = (format!("GK{}", random_hex(24)), random_hex(64));
     let (ak, sk, mk) = (secrets.join("objects-access-key"), secrets.join("objects-secret-key"), secrets.join("master.key"));

@@ -16,6 +16,7 @@ mod runs;
 mod stacks;
 mod types;
 mod vcs;
+mod worker_admin;
 
 use std::sync::Arc;
 
@@ -32,7 +33,14 @@ use crate::store::users::Caller;
 pub struct Query(auth::AuthQuery, stacks::StacksQuery, runs::RunsQuery, pools::PoolsQuery, audit::AuditQuery, vcs::VcsQuery);
 
 #[derive(MergedObject, Default)]
-pub struct Mutation(auth::AuthMutation, stacks::StacksMutation, runs::RunsMutation, pools::PoolsMutation, vcs::VcsMutation);
+pub struct Mutation(
+    auth::AuthMutation,
+    stacks::StacksMutation,
+    runs::RunsMutation,
+    pools::PoolsMutation,
+    worker_admin::WorkerAdminMutation,
+    vcs::VcsMutation,
+);
 
 pub type ApiSchema = Schema<Query, Mutation, EmptySubscription>;
 

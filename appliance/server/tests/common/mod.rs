@@ -25,6 +25,8 @@ pub struct Options {
     pub git_timeout_secs: u64,
     /// PostgreSQL with fsync and synchronous commit, as on an appliance (benchmarks).
     pub durable_db: bool,
+    /// Lines added to the `[server]` section.
+    pub server_extra: String,
 }
 
 impl Default for Options {
@@ -35,6 +37,7 @@ impl Default for Options {
             shutdown_grace_secs: 20,
             git_timeout_secs: 10,
             durable_db: false,
+            server_extra: String::new(),
         }
     }
 }
@@ -120,6 +123,7 @@ max_body_bytes = {max_body}
 handshake_timeout_secs = {handshake}
 shutdown_grace_secs = {grace}
 git_timeout_secs = {git}
+{server_extra}
 
 [secrets]
 master_key_file = "{mk}"
@@ -143,6 +147,7 @@ request_timeout_secs = 5
                 handshake = opts.handshake_timeout_secs,
                 grace = opts.shutdown_grace_secs,
                 git = opts.git_timeout_secs,
+                server_extra = opts.server_extra,
                 mk = master_key.display(),
                 bucket = garage.bucket,
                 ak = ak.display(),

@@ -1,0 +1,458 @@
+//! A worker's calls about runs: heartbeats that renew its lease, claiming a
+//! READY run of its pool, state reports checked by the one transition table,
+//! the plan's upload URL and the sealed `errored.tfstate`.
+
+use std::collections::BTreeMap;
+
+use diesel::prelude::*;
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use hangar_db::runs::{RunRow, TransitionFailure};
+use hangar_db::schema::{runs, workers};
+use hangar_types::worker::{
+    EnvVar, Heartbeat, HeartbeatReply, PlanUpload, PresignedUrl, RunAssignment, RunStatus, StackSpec, StateReport,
+    ToolSpec, WorkerStatus,
+};
+use hangar_types::{RunKind, RunState, Tool};
+use warp::http::{Method, StatusCode};
+
+use super::auth::{self, Worker};
+use super::{MAX_JSON_BYTES, MAX_LOG_CHUNK_BYTES, Reply2, Request, WorkerApiError, json, parse_json};
+use crate::App;
+use crate::store::stacks::{self, Owner, StackRow};
+
+/// How long a plan upload URL stays valid.
+const PLAN_URL_SECS: u32 = 900;
+/// Largest plan accepted.
+const MAX_PLAN_BYTES: u64 = 1 << 30;
+
+/// Routes `/api/v1/worker/…` after authenticating the worker.
+pub(crate) async fn dispatch(app: &App, req: Request) -> Reply2 {
+    let mut conn = app.db.get().await.map_err(WorkerApiError::db)?;
+    let worker = auth::worker(&mut conn, req.peer.as_ref(), req.auth.as_deref()).await?;
+    let tail: Vec<&str> = req.tail.iter().map(String::as_str).collect();
+    let small = |body: &bytes::Bytes| {
+        if body.len() as u64 > MAX_JSON_BYTES {
+            Err(WorkerApiError::TooLarge { limit: MAX_JSON_BYTES })
+        } else {
+            Ok(())
+        }
+    };
+    match (&req.method, tail.as_slice()) {
+        (&Method::POST, ["heartbeat"]) => {
+            small(&req.body)?;
+            heartbeat(app, &mut conn, worker, parse_json(&req.body)?).await
+        }
+        (&Method::POST, ["claim"]) => claim(app, &mut conn, worker).await,
+        (&Method::GET, ["runs", id]) => {
+            let run = held(&mut conn, worker, id).await?;
+            Ok(json(StatusCode::OK, &status_of(&run)))
+        }
+        (&Method::POST, ["runs", id, "state"]) => {
+            small(&req.body)?;
+            let run = run_id(id)?;
+            report(app, &mut conn, worker, run, parse_json(&req.body)?).await
+        }
+        (&Method::POST, ["runs", id, "plan"]) => {
+            small(&req.body)?;
+            let run = held(&mut conn, worker, id).await?;
+            plan_url(app, &mut conn, &run, parse_json(&req.body)?).await
+        }
+        (&Method::POST, ["runs", id, "errored-state"]) => {
+            let run = held(&mut conn, worker, id).await?;
+            errored_state(app, &mut conn, &run, &req.body).await
+        }
+        (&Method::POST, ["runs", id, "logs", phase, seq]) => {
+            if req.body.len() as u64 > MAX_LOG_CHUNK_BYTES {
+                return Err(WorkerApiError::TooLarge { limit: MAX_LOG_CHUNK_BYTES });
+            }
+            let run = held(&mut conn, worker, id).await?;
+            drop(conn);
+            log_chunk(app, &run, phase, seq, req.body).await
+        }
+        (_, ["heartbeat" | "claim"] | ["runs", _] | ["runs", _, "state" | "plan" | "errored-state"]) => {
+            Err(WorkerApiError::NotFound(format!("{} is not answered on this path", req.method)))
+        }
+        _ => Err(WorkerApiError::NotFound("no such worker call".into())),
+    }
+}
+
+fn run_id(s: &str) -> Result<i64, WorkerApiError> {
+    s.parse::<i64>().ok().filter(|v| *v > 0).ok_or_else(|| WorkerApiError::Malformed(format!("{s:?} is not a run id")))
+}
+
+/// The run `id` when this worker holds it (in whatever state).
+async fn held(conn: &mut AsyncPgConnection, worker: Worker, id: &str) -> Result<RunRow, WorkerApiError> {
+    let id = run_id(id)?;
+    let run = hangar_db::runs::get(conn, id).await.map_err(WorkerApiError::db)?;
+    match run {
+        Some(r) if r.worker_id == Some(worker.id) => Ok(r),
+        // Another worker's run and no run look the same.
+        _ => Err(WorkerApiError::NotHolder { run: id }),
+    }
+}
+
+fn status_of(run: &RunRow) -> RunStatus {
+    RunStatus { run_id: run.id, state: run.state(), failure_reason: run.failure_reason.clone() }
+}
+
+fn lease_until(app: &App) -> chrono::DateTime<chrono::Utc> {
+    chrono::Utc::now() + app.workers.lease
+}
+
+async fn heartbeat(app: &App, conn: &mut AsyncPgConnection, worker: Worker, hb: Heartbeat) -> Reply2 {
+    // Drained is the operator's word; offline is what a stopping worker says.
+    let status = if worker.drained {
+        WorkerStatus::Drained
+    } else {
+        match hb.status {
+            WorkerStatus::Busy => WorkerStatus::Busy,
+            WorkerStatus::Offline => WorkerStatus::Offline,
+            WorkerStatus::Idle | WorkerStatus::Drained => WorkerStatus::Idle,
+        }
+    };
+    diesel::update(workers::table.find(worker.id))
+        .set((workers::last_seen_at.eq(diesel::dsl::now), workers::status.eq(status.as_str())))
+        .execute(conn)
+        .await
+        .map_err(WorkerApiError::db)?;
+    let (mut lease, mut run_state) = (None, None);
+    if let Some(run) = hb.run {
+        let terminal: Vec<&str> = RunState::ALL.into_iter().filter(|s| s.is_terminal()).map(|s| s.as_str()).collect();
+        let renewed: Option<(String, Option<chrono::DateTime<chrono::Utc>>)> = diesel::update(
+            runs::table
+                .filter(runs::id.eq(run))
+                .filter(runs::worker_id.eq(worker.id))
+                .filter(runs::state.ne_all(&terminal)),
+        )
+        .set(runs::lease_expires_at.eq(lease_until(app)))
+        .returning((runs::state, runs::lease_expires_at))
+        .get_result(conn)
+        .await
+        .optional()
+        .map_err(WorkerApiError::db)?;
+        match renewed {
+            Some((state, until)) => {
+                run_state = state.parse().ok();
+                lease = until.map(|u| u.to_rfc3339());
+            }
+            // Over (canceled, reaped): say so, so the worker lets go of it.
+            None => {
+                run_state = runs::table
+                    .filter(runs::id.eq(run))
+                    .filter(runs::worker_id.eq(worker.id))
+                    .select(runs::state)
+                    .first::<String>(conn)
+                    .await
+                    .optional()
+                    .map_err(WorkerApiError::db)?
+                    .and_then(|s| s.parse().ok());
+            }
+        }
+    }
+    Ok(json(StatusCode::OK, &HeartbeatReply { lease_expires_at: lease, run_state, drain: worker.drained }))
+}
+
+#[derive(diesel::QueryableByName)]
+struct ReadyRun {
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    id: i64,
+}
+
+/// Why a claim did not produce an assignment.
+enum ClaimFailure {
+    Db(TransitionFailure),
+    /// The run cannot be given to any worker (its tool is missing, a secret
+    /// does not open): it is failed with this reason.
+    Unrunnable { run: i64, reason: String },
+}
+
+impl From<diesel::result::Error> for ClaimFailure {
+    fn from(e: diesel::result::Error) -> Self {
+        ClaimFailure::Db(e.into())
+    }
+}
+
+impl From<TransitionFailure> for ClaimFailure {
+    fn from(e: TransitionFailure) -> Self {
+        ClaimFailure::Db(e)
+    }
+}
+
+async fn claim(app: &App, conn: &mut AsyncPgConnection, worker: Worker) -> Reply2 {
+    if worker.drained {
+        return Ok(warp::reply::Reply::into_response(StatusCode::NO_CONTENT));
+    }
+    let actor = format!("worker:{}", worker.id);
+    let lease = lease_until(app);
+    let result = conn
+        .transaction::<_, ClaimFailure, _>(async |c| {
+            // The oldest READY run of the pool nobody else is claiming right now:
+            // concurrent claimers skip each other's locked rows instead of
+            // queueing behind them, so each run goes to exactly one of them.
+            let found: Option<ReadyRun> = diesel::sql_query(
+                "SELECT r.id FROM runs r JOIN stacks s ON s.id = r.stack_id \
+                 WHERE r.state = 'READY' AND s.worker_pool_id = $1 \
+                 ORDER BY r.id LIMIT 1 FOR UPDATE OF r SKIP LOCKED",
+            )
+            .bind::<diesel::sql_types::BigInt, _>(worker.pool_id)
+            .get_result(c)
+            .await
+            .optional()?;
+            let Some(ReadyRun { id }) = found else { return Ok(None) };
+            diesel::update(runs::table.find(id))
+                .set((runs::worker_id.eq(worker.id), runs::lease_expires_at.eq(lease)))
+                .execute(c)
+                .await?;
+            let run = hangar_db::runs::transition(
+                c,
+                id,
+                Some(&[RunState::Ready]),
+                RunState::Preparing,
+                &format!("claimed by worker {}", worker.id),
+                &actor,
+            )
+            .await?;
+            let token = crate::store::run_tokens::issue(c, id).await?;
+            let assignment = assemble(app, c, &run, token.expose(), lease).await?;
+            Ok(Some(assignment))
+        })
+        .await;
+    match result {
+        Ok(Some(a)) => {
+            tracing::info!(run_id = a.run_id, worker = worker.id, stack = %a.stack.slug, "run claimed");
+            Ok(json(StatusCode::OK, &a))
+        }
+        Ok(None) => Ok(warp::reply::Reply::into_response(StatusCode::NO_CONTENT)),
+        Err(ClaimFailure::Db(e)) => Err(WorkerApiError::db(e)),
+        Err(ClaimFailure::Unrunnable { run, reason }) => {
+            tracing::warn!(run_id = run, %reason, "run cannot be handed to a worker; failing it");
+            // Left READY it would be claimed and refused forever.
+            match hangar_db::runs::transition(conn, run, Some(&[RunState::Ready]), RunState::Failed, &reason, &actor).await {
+                Ok(_) | Err(TransitionFailure::NotAllowed { .. }) => {}
+                Err(e) => return Err(WorkerApiError::db(e)),
+            }
+            Ok(warp::reply::Reply::into_response(StatusCode::NO_CONTENT))
+        }
+    }
+}
+
+/// Everything the worker needs for `run`.
+async fn assemble(
+    app: &App,
+    c: &mut AsyncPgConnection,
+    run: &RunRow,
+    run_token: &str,
+    lease: chrono::DateTime<chrono::Utc>,
+) -> Result<RunAssignment, ClaimFailure> {
+    let unrunnable = |reason: String| ClaimFailure::Unrunnable { run: run.id, reason };
+    let stack: StackRow = stacks::stack_by_id(c, run.stack_id)
+        .await?
+        .ok_or_else(|| unrunnable(format!("stack {} no longer exists", run.stack_id)))?;
+    let tool: Tool = stack.tool.parse().map_err(unrunnable)?;
+    let (os, arch) = ("linux", "amd64");
+    let file = super::tools::locate(&app.workers, tool.as_str(), &stack.tool_version, os, arch)
+        .await
+        .ok_or_else(|| unrunnable(format!("{} {} for {os}_{arch} is not on the appliance", tool.as_str(), stack.tool_version)))?;
+    let sha256 = app
+        .workers
+        .sha256_of(&file)
+        .await
+        .map_err(|e| unrunnable(format!("cannot read {} {}: {e}", tool.as_str(), stack.tool_version)))?;
+    let env = environment(app, c, run.id, &stack).await?;
+    let base = &app.workers.public_url;
+    Ok(RunAssignment {
+        run_id: run.id,
+        kind: run.kind(),
+        stack: StackSpec {
+            id: stack.id,
+            slug: stack.slug.clone(),
+            repository: stack.repository.clone(),
+            project_root: stack.project_root.clone(),
+        },
+        commit_sha: run.commit_sha.clone(),
+        branch: run.branch.clone(),
+        command: run.command.clone(),
+        env,
+        run_token: run_token.to_string(),
+        state_url: format!("{base}/state/v1/{}", stack.slug),
+        tool: ToolSpec {
+            tool,
+            version: stack.tool_version.clone(),
+            url: format!("{base}/v1/tools/{}/{}/{os}_{arch}", tool.as_str(), stack.tool_version),
+            sha256,
+        },
+        provider_mirror_url: format!("{base}/v1/providers/"),
+        lease_expires_at: lease.to_rfc3339(),
+        autodeploy: stack.autodeploy,
+    })
+}
+
+/// The stack's variables over those of its contexts (the context listed
+/// first among attachments winning among contexts), secrets opened.
+async fn environment(app: &App, c: &mut AsyncPgConnection, run_id: i64, stack: &StackRow) -> Result<Vec<EnvVar>, ClaimFailure> {
+    let mut owners: Vec<Owner> =
+        stacks::attachments_of_stack(c, stack.id).await?.into_iter().rev().map(|(_, ctx)| Owner::Context(ctx.id)).collect();
+    owners.push(Owner::Stack(stack.id));
+    let mut env: BTreeMap<String, EnvVar> = BTreeMap::new();
+    for owner in owners {
+        for v in stacks::variables_of(c, owner).await? {
+            let value = if v.secret {
+                let sealed = stacks::sealed_value(c, owner, &v.name).await?.ok_or_else(|| ClaimFailure::Unrunnable {
+                    run: run_id,
+                    reason: format!("secret variable {} has no sealed value", v.name),
+                })?;
+                let plain = app.secrets.open(c, &sealed, &owner.seal_context(&v.name)).await.map_err(|e| {
+                    tracing::error!(variable = %v.name, error = %e, "cannot open a secret variable");
+                    ClaimFailure::Unrunnable { run: run_id, reason: format!("secret variable {} cannot be opened", v.name) }
+                })?;
+                String::from_utf8(plain).map_err(|_| ClaimFailure::Unrunnable {
+                    run: run_id,
+                    reason: format!("secret variable {} is not UTF-8", v.name),
+                })?
+            } else {
+                v.value.clone().unwrap_or_default()
+            };
+            env.insert(v.name.clone(), EnvVar { name: v.name, value, secret: v.secret });
+        }
+    }
+    Ok(env.into_values().collect())
+}
+
+/// States a worker may report; the others are the operator's or the scheduler's.
+fn reportable(to: RunState) -> bool {
+    matches!(
+        to,
+        RunState::Preparing
+            | RunState::Initializing
+            | RunState::Planning
+            | RunState::Unconfirmed
+            | RunState::Applying
+            | RunState::Finished
+            | RunState::Failed
+    )
+}
+
+/// Why a state report was not applied.
+enum NotApplied {
+    /// Refused by the rules: answered 409 with the run as it is.
+    Refused(RunRow),
+    Api(WorkerApiError),
+}
+
+impl From<diesel::result::Error> for NotApplied {
+    fn from(e: diesel::result::Error) -> Self {
+        NotApplied::Api(WorkerApiError::db(e))
+    }
+}
+
+async fn report(app: &App, conn: &mut AsyncPgConnection, worker: Worker, run_id: i64, r: StateReport) -> Reply2 {
+    let note: String = r.note.chars().filter(|c| !c.is_control() || *c == '\n').take(2000).collect();
+    let actor = format!("worker:{}", worker.id);
+    let lease = lease_until(app);
+    let result = conn
+        .transaction::<_, NotApplied, _>(async |c| {
+            let run: RunRow = runs::table
+                .filter(runs::id.eq(run_id))
+                .for_update()
+                .select(RunRow::as_select())
+                .get_result(c)
+                .await
+                .optional()?
+                .filter(|r| r.worker_id == Some(worker.id))
+                .ok_or(NotApplied::Api(WorkerApiError::NotHolder { run: run_id }))?;
+            let from = run.state();
+            // Only tracked runs apply, and only after a human confirmed unless
+            // the stack deploys automatically.
+            let applies = matches!(r.to, RunState::Unconfirmed | RunState::Applying);
+            let skips_confirmation = r.to == RunState::Applying && from == RunState::Planning;
+            let refused = !reportable(r.to)
+                || !from.can_become(r.to)
+                || (applies && run.kind() != RunKind::Tracked)
+                || (skips_confirmation && !stack_autodeploys(c, run.stack_id).await?);
+            if refused {
+                return Err(NotApplied::Refused(run));
+            }
+            if let Some(changes) = r.changes {
+                let v = serde_json::to_value(changes)
+                    .map_err(|e| NotApplied::Api(WorkerApiError::internal("encoding changes", e)))?;
+                diesel::update(runs::table.find(run_id)).set(runs::changes.eq(v)).execute(c).await?;
+            }
+            if !r.to.is_terminal() {
+                diesel::update(runs::table.find(run_id)).set(runs::lease_expires_at.eq(lease)).execute(c).await?;
+            }
+            let cause = if note.is_empty() { format!("reported by worker {}", worker.id) } else { note.clone() };
+            match hangar_db::runs::transition(c, run_id, Some(&[from]), r.to, &cause, &actor).await {
+                Ok(row) => Ok(row),
+                Err(TransitionFailure::NotAllowed { .. }) => Err(NotApplied::Refused(run)),
+                Err(e) => Err(NotApplied::Api(WorkerApiError::db(e))),
+            }
+        })
+        .await;
+    match result {
+        Ok(run) => Ok(json(StatusCode::OK, &status_of(&run))),
+        Err(NotApplied::Refused(run)) => Ok(json(StatusCode::CONFLICT, &status_of(&run))),
+        Err(NotApplied::Api(e)) => Err(e),
+    }
+}
+
+async fn stack_autodeploys(c: &mut AsyncPgConnection, stack: i64) -> QueryResult<bool> {
+    use hangar_db::schema::stacks;
+    stacks::table.find(stack).select(stacks::autodeploy).first(c).await
+}
+
+async fn plan_url(app: &App, conn: &mut AsyncPgConnection, run: &RunRow, upload: PlanUpload) -> Reply2 {
+    if run.state().is_terminal() {
+        return Err(WorkerApiError::NotHolder { run: run.id });
+    }
+    if upload.size > MAX_PLAN_BYTES {
+        return Err(WorkerApiError::TooLarge { limit: MAX_PLAN_BYTES });
+    }
+    let key = format!("runs/{}/plan", run.id);
+    let url = app
+        .objects
+        .presign_put(&key, std::time::Duration::from_secs(u64::from(PLAN_URL_SECS)))
+        .await
+        .map_err(|e| WorkerApiError::internal("presigning a plan upload", e))?;
+    diesel::update(runs::table.find(run.id))
+        .set(runs::plan_key.eq(&key))
+        .execute(conn)
+        .await
+        .map_err(WorkerApiError::db)?;
+    Ok(json(StatusCode::OK, &PresignedUrl { url, expires_in_secs: PLAN_URL_SECS }))
+}
+
+/// Where a run's sealed errored state lives, and the context it is sealed under.
+pub(crate) fn errored_state_key(run: i64) -> (String, String) {
+    (format!("runs/{run}/errored.tfstate.sealed"), format!("run:{run}:errored-state"))
+}
+
+async fn errored_state(app: &App, conn: &mut AsyncPgConnection, run: &RunRow, body: &[u8]) -> Reply2 {
+    if body.is_empty() {
+        return Err(WorkerApiError::Malformed("the errored state is empty".into()));
+    }
+    let (key, context) = errored_state_key(run.id);
+    // State holds secrets: sealed like secret variables before it leaves this process.
+    let sealed = app
+        .secrets
+        .seal(conn, body, &context)
+        .await
+        .map_err(|e| WorkerApiError::internal("sealing an errored state", e))?;
+    app.objects.put(&key, &sealed.bytes).await.map_err(|e| WorkerApiError::internal("storing an errored state", e))?;
+    diesel::update(runs::table.find(run.id))
+        .set((runs::errored_state_key.eq(&key), runs::errored_state_data_key.eq(sealed.data_key_id)))
+        .execute(conn)
+        .await
+        .map_err(WorkerApiError::db)?;
+    tracing::warn!(run_id = run.id, bytes = body.len(), "the worker uploaded errored.tfstate: Terraform could not save state");
+    Ok(warp::reply::Reply::into_response(StatusCode::NO_CONTENT))
+}
+
+/// Hands a chunk to the run's log (stored under `(run, phase, seq)`, so a
+/// resent chunk is harmless).
+async fn log_chunk(app: &App, run: &RunRow, phase: &str, seq: &str, body: bytes::Bytes) -> Reply2 {
+    let phase: hangar_types::worker::Phase = serde_json::from_value(serde_json::Value::String(phase.to_string()))
+        .map_err(|_| WorkerApiError::Malformed(format!("{phase:?} is not a log phase")))?;
+    let seq: u64 = seq.parse().map_err(|_| WorkerApiError::Malformed(format!("{seq:?} is not a chunk number")))?;
+    crate::logs::append_chunk(app, run.id, phase, seq, body).await.map_err(WorkerApiError::Log)?;
+    Ok(warp::reply::Reply::into_response(StatusCode::NO_CONTENT))
+}

@@ -1,0 +1,342 @@
+//! The worker protocol's appliance side (`hangar_types::worker`): joining,
+//! worker authentication, heartbeats, claims, state reports, plans, tool
+//! downloads and the provider mirror.
+//!
+//! Every failure a worker sees is one JSON line `{"error": "..."}` with a
+//! status chosen by one exhaustive match ([`WorkerApiError::status`]).
+
+mod auth;
+mod claim;
+pub(crate) mod join;
+mod mirror;
+mod tools;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use bytes::{Buf, BytesMut};
+use futures::{Stream, StreamExt};
+use warp::Filter;
+use warp::filters::BoxedFilter;
+use warp::http::StatusCode;
+use warp::reply::{Reply, Response};
+
+use crate::{App, PeerCertificates};
+
+pub use join::{JoinTokenError, NewJoinToken, create_join_token};
+
+/// Largest `errored.tfstate` accepted (state can be large; it is stored sealed).
+const MAX_STATE_BYTES: u64 = 64 * 1024 * 1024;
+/// Largest JSON body of a worker call.
+const MAX_JSON_BYTES: u64 = 256 * 1024;
+/// Largest log chunk.
+const MAX_LOG_CHUNK_BYTES: u64 = 4 * 1024 * 1024;
+
+/// What the worker endpoints need beyond the rest of the server.
+pub(crate) struct WorkerSettings {
+    /// Signs joining workers' CSRs.
+    pub(crate) ca: hangar_certs::Ca,
+    pub(crate) public_url: String,
+    pub(crate) broker_url: String,
+    pub(crate) tools_dir: Option<PathBuf>,
+    pub(crate) mirror_dir: Option<PathBuf>,
+    pub(crate) lease: chrono::Duration,
+    pub(crate) cert_validity: time::Duration,
+    /// SHA-256 of served files by path, size and modification time: a tool
+    /// binary is hashed once, not per claim.
+    hashes: Mutex<HashMap<PathBuf, (u64, SystemTime, String)>>,
+}
+
+impl WorkerSettings {
+    pub(crate) fn new(config: &crate::ServerConfig) -> Result<WorkerSettings, crate::ServerError> {
+        let ca = hangar_certs::Ca::load_files(&config.ca_file, &config.ca_key_path()).map_err(crate::ServerError::certs)?;
+        Ok(WorkerSettings {
+            ca,
+            public_url: config.public_url.trim_end_matches('/').to_string(),
+            broker_url: config.worker_broker_url(),
+            tools_dir: config.tools_dir.clone(),
+            mirror_dir: config.provider_mirror_dir.clone(),
+            lease: chrono::Duration::seconds(config.worker_lease_secs as i64),
+            cert_validity: time::Duration::days(i64::from(config.worker_cert_days)),
+            hashes: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Hex SHA-256 of the file at `path`, from the cache while the file is unchanged.
+    pub(crate) async fn sha256_of(&self, path: &std::path::Path) -> std::io::Result<String> {
+        let meta = tokio::fs::metadata(path).await?;
+        let (len, modified) = (meta.len(), meta.modified()?);
+        if let Some((l, m, h)) = self.lock().get(path)
+            && *l == len
+            && *m == modified
+        {
+            return Ok(h.clone());
+        }
+        let p = path.to_path_buf();
+        let hash = tokio::task::spawn_blocking(move || -> std::io::Result<String> {
+            use std::io::Read;
+            let mut f = std::fs::File::open(&p)?;
+            let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+            let mut buf = vec![0u8; 1 << 16];
+            loop {
+                let n = f.read(&mut buf)?;
+                if n == 0 {
+                    break;
+                }
+                ctx.update(&buf[..n]);
+            }
+            Ok(hex::encode(ctx.finish()))
+        })
+        .await
+        .map_err(std::io::Error::other)??;
+        self.lock().insert(path.to_path_buf(), (len, modified, hash.clone()));
+        Ok(hash)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<PathBuf, (u64, SystemTime, String)>> {
+        self.hashes.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Why a worker call was refused.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum WorkerApiError {
+    #[error("a client certificate from the appliance CA is required")]
+    NoCertificate,
+    #[error("worker credentials required: Authorization: Bearer <worker token>")]
+    NoToken,
+    #[error("the worker token does not match the certificate's worker")]
+    BadToken,
+    #[error("the certificate is not the one recorded for worker {worker}")]
+    CertificateMismatch { worker: i64 },
+    #[error("worker {worker} is revoked")]
+    Revoked { worker: i64 },
+    #[error("worker {worker} joined an earlier generation of its pool: join again")]
+    PoolReset { worker: i64 },
+    #[error("the certificate of worker {worker} has expired")]
+    Expired { worker: i64 },
+    #[error("the join token is invalid, expired or already used")]
+    BadJoinToken,
+    #[error("the run token is invalid or its run is over")]
+    BadRunToken,
+    #[error("run {run} is not held by this worker")]
+    NotHolder { run: i64 },
+    #[error("malformed request: {0}")]
+    Malformed(String),
+    #[error("request body exceeds {limit} bytes")]
+    TooLarge { limit: u64 },
+    #[error("not found: {0}")]
+    NotFound(String),
+    #[error(transparent)]
+    Log(crate::logs::LogError),
+    #[error("the database cannot be reached")]
+    Unavailable,
+    #[error("internal error")]
+    Internal,
+}
+
+impl WorkerApiError {
+    fn status(&self) -> StatusCode {
+        match self {
+            WorkerApiError::NoCertificate
+            | WorkerApiError::NoToken
+            | WorkerApiError::BadToken
+            | WorkerApiError::CertificateMismatch { .. }
+            | WorkerApiError::BadJoinToken
+            | WorkerApiError::BadRunToken
+            | WorkerApiError::Expired { .. } => StatusCode::UNAUTHORIZED,
+            WorkerApiError::Revoked { .. } | WorkerApiError::PoolReset { .. } | WorkerApiError::NotHolder { .. } => {
+                StatusCode::FORBIDDEN
+            }
+            WorkerApiError::Malformed(_) => StatusCode::BAD_REQUEST,
+            WorkerApiError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            WorkerApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            WorkerApiError::Log(e) => e.status(),
+            WorkerApiError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            WorkerApiError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    pub(crate) fn into_response(self) -> Response {
+        let body = serde_json::json!({ "error": self.to_string() });
+        warp::reply::with_status(warp::reply::json(&body), self.status()).into_response()
+    }
+
+    /// Logs a database failure with its chain; the caller sees only "unavailable".
+    pub(crate) fn db(e: impl std::error::Error) -> WorkerApiError {
+        tracing::warn!(error = %chain(&e), "worker API: database failure");
+        WorkerApiError::Unavailable
+    }
+
+    /// Logs an unexpected failure with its chain; the caller sees only "internal error".
+    pub(crate) fn internal(what: &str, e: impl std::error::Error) -> WorkerApiError {
+        tracing::error!(error = %chain(&e), "worker API: {what}");
+        WorkerApiError::Internal
+    }
+}
+
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+type Reply2 = Result<Response, WorkerApiError>;
+
+fn json<T: serde::Serialize>(status: StatusCode, v: &T) -> Response {
+    warp::reply::with_status(warp::reply::json(v), status).into_response()
+}
+
+fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, WorkerApiError> {
+    serde_json::from_slice(body).map_err(|e| WorkerApiError::Malformed(format!("body is not the expected JSON ({e})")))
+}
+
+/// What every worker request carries into the handlers.
+pub(crate) struct Request {
+    pub(crate) method: warp::http::Method,
+    /// The path segments after the route's prefix.
+    pub(crate) tail: Vec<String>,
+    pub(crate) auth: Option<String>,
+    pub(crate) peer: Option<PeerCertificates>,
+    pub(crate) body: bytes::Bytes,
+}
+
+/// Reads at most `limit` bytes of body.
+async fn read_limited<S, B>(body: S, limit: u64) -> Result<bytes::Bytes, WorkerApiError>
+where
+    S: Stream<Item = Result<B, warp::Error>>,
+    B: Buf,
+{
+    let mut body = std::pin::pin!(body);
+    let mut buf = BytesMut::new();
+    while let Some(chunk) = body.next().await {
+        let mut chunk = chunk.map_err(|e| WorkerApiError::Malformed(format!("cannot read the body ({e})")))?;
+        if (buf.len() + chunk.remaining()) as u64 > limit {
+            return Err(WorkerApiError::TooLarge { limit });
+        }
+        while chunk.has_remaining() {
+            let part = chunk.chunk();
+            buf.extend_from_slice(part);
+            let n = part.len();
+            chunk.advance(n);
+        }
+    }
+    Ok(buf.freeze())
+}
+
+/// A filter that gathers a [`Request`] under `prefix` (percent-decoded segments).
+fn gather(prefix: &'static [&'static str], limit: u64) -> BoxedFilter<(Result<Request, WorkerApiError>,)> {
+    let mut f: BoxedFilter<()> = warp::any().boxed();
+    for p in prefix {
+        f = f.and(warp::path(*p)).boxed();
+    }
+    f.and(warp::method())
+        .and(warp::path::tail())
+        .and(warp::header::optional::<String>("authorization"))
+        .and(warp::ext::optional::<PeerCertificates>())
+        .and(warp::body::stream())
+        .then(move |method, tail: warp::path::Tail, auth, peer, body| async move {
+            let body = read_limited(body, limit).await?;
+            let tail = tail
+                .as_str()
+                .split('/')
+                .map(|s| {
+                    percent_decode(s).ok_or_else(|| WorkerApiError::Malformed("the path is not valid UTF-8".into()))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(Request { method, tail, auth, peer, body })
+        })
+        .boxed()
+}
+
+fn percent_decode(s: &str) -> Option<String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = bytes.get(i + 1..i + 3)?;
+            out.push(u8::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// The worker routes: `/api/v1/workers/join`, `/api/v1/worker/…`, `/v1/tools/…`
+/// and `/v1/providers/…`. Paths outside them are left to the other routes.
+pub(crate) fn routes(app: Arc<App>) -> BoxedFilter<(Response,)> {
+    let a = app.clone();
+    let join = warp::path!("api" / "v1" / "workers" / "join")
+        .and(warp::post())
+        .and(warp::body::stream())
+        .then(move |body| {
+            let app = a.clone();
+            async move {
+                let r = match read_limited(body, MAX_JSON_BYTES).await {
+                    Ok(body) => join::join(&app, &body).await,
+                    Err(e) => Err(e),
+                };
+                r.unwrap_or_else(WorkerApiError::into_response)
+            }
+        });
+    let a = app.clone();
+    // Log chunks and errored state may be larger than a JSON call: the larger
+    // limit holds for the whole prefix, each handler checks its own.
+    let worker = gather(&["api", "v1", "worker"], MAX_STATE_BYTES).then(move |req: Result<Request, WorkerApiError>| {
+        let app = a.clone();
+        async move {
+            let r = match req {
+                Ok(req) => claim::dispatch(&app, req).await,
+                Err(e) => Err(e),
+            };
+            r.unwrap_or_else(WorkerApiError::into_response)
+        }
+    });
+    let a = app.clone();
+    let tools = gather(&["v1", "tools"], 0).then(move |req: Result<Request, WorkerApiError>| {
+        let app = a.clone();
+        async move {
+            let r = match req {
+                Ok(req) => tools::serve(&app, req).await,
+                Err(e) => Err(e),
+            };
+            r.unwrap_or_else(WorkerApiError::into_response)
+        }
+    });
+    let a = app;
+    let providers = gather(&["v1", "providers"], 0).then(move |req: Result<Request, WorkerApiError>| {
+        let app = a.clone();
+        async move {
+            let r = match req {
+                Ok(req) => mirror::serve(&app, req).await,
+                Err(e) => Err(e),
+            };
+            r.unwrap_or_else(WorkerApiError::into_response)
+        }
+    });
+    join.or(worker).unify().or(tools).unify().or(providers).unify().boxed()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percent_decoding_refuses_what_is_not_utf8() {
+        assert_eq!(percent_decode("a%2Fb").as_deref(), Some("a/b"));
+        assert_eq!(percent_decode("..%2f..").as_deref(), Some("../.."));
+        assert_eq!(percent_decode("%ff"), None);
+        assert_eq!(percent_decode("%4"), None);
+    }
+}
