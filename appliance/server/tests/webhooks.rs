@@ -1,0 +1,256 @@
+//! `POST /webhooks/{kind}/{integration}` against a real appliance (PostgreSQL,
+//! Garage, `hangar server` over TLS) with `hangar drain` running: the hostile
+//! deliveries of the issue are each refused with the right status and leave no
+//! job, no delivery row and no run; a redelivery is answered but acted on once;
+//! a payload for a repository no stack uses is recorded and makes no run. Also
+//! the integrations API: secrets are write-only, admins only, audited.
+
+mod common;
+mod vcs_support;
+
+use common::*;
+use serde_json::json;
+use vcs_support::*;
+
+const SECRET: &str = "It's a Secret to Everybody";
+const REPO_URL: &str = "https://git.example.test/infra/network.git";
+const ZERO: &str = "0000000000000000000000000000000000000000";
+
+async fn setup(app: &Appliance) -> String {
+    let admin = app.admin_token().await;
+    let created = app
+        .ok(
+            &admin,
+            CREATE_INTEGRATION,
+            json!({ "i": { "name": "ghe", "kind": "GITHUB", "baseUrl": "https://git.example.test", "token": "ghp_api_token_value", "webhookSecret": SECRET } }),
+        )
+        .await;
+    let i = &created["createVcsIntegration"];
+    assert_eq!(i["kind"], "GITHUB");
+    assert_eq!(i["hasToken"], true);
+    assert_eq!(i["hasWebhookSecret"], true);
+    assert_eq!(i["webhookPath"], "/webhooks/github/ghe");
+    app.ok(&admin, CREATE_STACK, json!({ "i": stack_input("network", REPO_URL) })).await;
+    app.ok(&admin, LINK, json!({ "s": "network", "i": "ghe" })).await;
+    admin
+}
+
+#[tokio::test]
+async fn hostile_deliveries_are_refused_and_create_nothing() {
+    let app = Appliance::start().await;
+    let admin = setup(&app).await;
+    let _drain = spawn(&app, "drain");
+    let push = serde_json::to_vec(&github_push(REPO_URL, "infra/network", "main", &"a".repeat(40), &"b".repeat(40), &["main.tf"])).unwrap();
+
+    // No signature, a wrong one, a malformed one.
+    assert_eq!(post_github(&app, "ghe", "push", "d-unsigned", &push, None).await.0, 401);
+    assert_eq!(post_github(&app, "ghe", "push", "d-wrong", &push, Some("not the secret")).await.0, 401);
+    let resp = app
+        .client
+        .post(app.url("/webhooks/github/ghe"))
+        .header("x-github-event", "push")
+        .header("x-github-delivery", "d-malformed")
+        .header("x-hub-signature-256", "sha256=zz")
+        .body(push.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 400);
+    // A body signed for another body.
+    let mut tampered = push.clone();
+    let at = tampered.len() - 3;
+    tampered[at] = b' ';
+    let resp = app
+        .client
+        .post(app.url("/webhooks/github/ghe"))
+        .header("x-github-event", "push")
+        .header("x-github-delivery", "d-tampered")
+        .header("x-hub-signature-256", github_signature(SECRET, &push))
+        .body(tampered)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 401);
+
+    // 10 MB: refused on its declared length before a byte of it is sent, and
+    // when streamed without a length, as soon as the limit is crossed.
+    let sig = github_signature(SECRET, b"");
+    let hdrs = [("x-github-event", "push"), ("x-github-delivery", "d-big"), ("x-hub-signature-256", sig.as_str())];
+    let line = status_for_declared_length(&app, "/webhooks/github/ghe", &hdrs, 10 * 1024 * 1024).await;
+    assert!(line.starts_with("HTTP/1.1 413"), "{line}");
+    let chunks = futures::stream::iter((0..160).map(|_| Ok::<_, std::io::Error>(vec![b' '; 64 * 1024])));
+    let resp = app
+        .client
+        .post(app.url("/webhooks/github/ghe"))
+        .header("x-github-event", "push")
+        .header("x-github-delivery", "d-big-stream")
+        .header("x-hub-signature-256", github_signature(SECRET, b""))
+        .body(reqwest::Body::wrap_stream(chunks))
+        .send()
+        .await;
+    // The server may answer and close before the whole body was sent; either
+    // way nothing is enqueued (checked below).
+    if let Ok(r) = resp {
+        assert_eq!(r.status().as_u16(), 413);
+    }
+
+    // Correctly signed, but not JSON (or not an object).
+    assert_eq!(post_github(&app, "ghe", "push", "d-json", b"{\"ref\": ", Some(SECRET)).await.0, 400);
+    assert_eq!(post_github(&app, "ghe", "push", "d-array", b"[1, 2]", Some(SECRET)).await.0, 400);
+
+    // Unknown integration, a kind that is not the integration's, an unknown kind.
+    assert_eq!(post_github(&app, "nope", "push", "d-404", &push, Some(SECRET)).await.0, 404);
+    let resp = app
+        .client
+        .post(app.url("/webhooks/gitlab/ghe"))
+        .header("x-gitlab-event", "Push Hook")
+        .header("x-gitlab-token", SECRET)
+        .header("x-gitlab-event-uuid", "d-kind")
+        .body(push.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 404);
+    let resp = app.client.post(app.url("/webhooks/svn/ghe")).body(push.clone()).send().await.unwrap();
+    assert_eq!(resp.status().as_u16(), 404);
+    // Only POST.
+    let resp = app.client.get(app.url("/webhooks/github/ghe")).send().await.unwrap();
+    assert_ne!(resp.status().as_u16(), 200);
+
+    assert_eq!(delivery_jobs(&app).await, 0, "a refused delivery enqueued a job");
+    assert_eq!(delivery_rows(&app).await, 0, "a refused delivery was recorded");
+
+    // A good delivery, then its redelivery: one job, one run.
+    let (status, body) = post_github(&app, "ghe", "push", "d-good", &push, Some(SECRET)).await;
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(body["status"], "queued");
+    let (status, body) = post_github(&app, "ghe", "push", "d-good", &push, Some(SECRET)).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["status"], "duplicate");
+    let d = processed(&app, &admin, "ghe", "d-good").await;
+    assert_eq!(d["outcome"], "RUNS_CREATED", "{d}");
+    assert_eq!(d["runIds"].as_array().unwrap().len(), 1);
+    // A third time, after it was processed.
+    assert_eq!(post_github(&app, "ghe", "push", "d-good", &push, Some(SECRET)).await.0, 200);
+    assert_eq!(delivery_jobs(&app).await, 1);
+    let runs = runs_of_stack(&app, "network").await;
+    assert_eq!(runs.len(), 1, "{runs:?}");
+    assert_eq!(runs[0].1, "tracked");
+    assert_eq!(runs[0].3, "b".repeat(40));
+
+    // A payload for a repository no stack uses: recorded, no run.
+    let other = serde_json::to_vec(&github_push(
+        "https://git.example.test/someone/else.git",
+        "someone/else",
+        "main",
+        &"c".repeat(40),
+        &"d".repeat(40),
+        &["main.tf"],
+    ))
+    .unwrap();
+    assert_eq!(post_github(&app, "ghe", "push", "d-unknown-repo", &other, Some(SECRET)).await.0, 202);
+    let d = processed(&app, &admin, "ghe", "d-unknown-repo").await;
+    assert_eq!(d["outcome"], "IGNORED", "{d}");
+    assert!(d["detail"].as_str().unwrap().contains("no stack linked to ghe uses this repository"), "{d}");
+
+    // Signed JSON the parser refuses (a push without a ref): recorded as failed.
+    let (status, _) = post_github(&app, "ghe", "push", "d-no-ref", b"{\"after\": 1}", Some(SECRET)).await;
+    assert_eq!(status, 202);
+    let d = processed(&app, &admin, "ghe", "d-no-ref").await;
+    assert_eq!(d["outcome"], "FAILED", "{d}");
+    assert!(d["error"].as_str().unwrap().contains("github push delivery"), "{d}");
+
+    // Tags, deletions and pings: recorded and ignored.
+    let mut tag = github_push(REPO_URL, "infra/network", "main", ZERO, &"e".repeat(40), &[]);
+    tag["ref"] = json!("refs/tags/v1.0.0");
+    let tag = serde_json::to_vec(&tag).unwrap();
+    assert_eq!(post_github(&app, "ghe", "push", "d-tag", &tag, Some(SECRET)).await.0, 202);
+    let d = processed(&app, &admin, "ghe", "d-tag").await;
+    assert_eq!(d["outcome"], "IGNORED", "{d}");
+    assert!(d["detail"].as_str().unwrap().starts_with("tag v1.0.0 created"), "{d}");
+    let deleted = serde_json::to_vec(&github_push(REPO_URL, "infra/network", "main", &"b".repeat(40), ZERO, &[])).unwrap();
+    assert_eq!(post_github(&app, "ghe", "push", "d-deleted", &deleted, Some(SECRET)).await.0, 202);
+    assert_eq!(processed(&app, &admin, "ghe", "d-deleted").await["outcome"], "IGNORED");
+    let ping = br#"{"zen": "Keep it logically awesome.", "hook_id": 1}"#;
+    assert_eq!(post_github(&app, "ghe", "ping", "d-ping", ping, Some(SECRET)).await.0, 202);
+    assert_eq!(processed(&app, &admin, "ghe", "d-ping").await["outcome"], "IGNORED");
+
+    assert_eq!(all_runs(&app).await, 1, "only the one good push made a run");
+}
+
+#[tokio::test]
+async fn integration_secrets_are_write_only_and_admin_only() {
+    let app = Appliance::start().await;
+    let admin = setup(&app).await;
+    let writer = app.user_token(&admin, "writer@hangar.test", "WRITER").await;
+    let reader = app.user_token(&admin, "reader@hangar.test", "READER").await;
+
+    // Nothing in any answer, audit event or log carries a secret.
+    let list = app.ok(&admin, "{ vcsIntegrations { name kind baseUrl hasToken hasWebhookSecret stacks } }", json!({})).await;
+    assert_eq!(list["vcsIntegrations"][0]["stacks"], json!(["network"]));
+    let audit = app.ok(&admin, "{ auditEvents(first: 100) { items { action details } } }", json!({})).await;
+    let everything = format!("{list}{audit}{}", app.server_log());
+    assert!(!everything.contains(SECRET) && !everything.contains("ghp_api_token_value"), "a secret leaked");
+    assert!(audit.to_string().contains("vcs_integration.create"), "{audit}");
+
+    // Admins only for integrations; writers link stacks; readers read deliveries.
+    let (code, _) = app.err(Some(&writer), "{ vcsIntegrations { name } }", json!({})).await;
+    assert_eq!(code, "FORBIDDEN");
+    let (code, _) = app
+        .err(
+            Some(&writer),
+            CREATE_INTEGRATION,
+            json!({ "i": { "name": "x", "kind": "GITEA", "baseUrl": "https://gitea.test", "webhookSecret": "s3cret" } }),
+        )
+        .await;
+    assert_eq!(code, "FORBIDDEN");
+    app.ok(&writer, LINK, json!({ "s": "network", "i": null })).await;
+    app.ok(&writer, LINK, json!({ "s": "network", "i": "ghe" })).await;
+    assert_eq!(app.err(Some(&reader), LINK, json!({ "s": "network", "i": null })).await.0, "FORBIDDEN");
+    app.ok(&reader, DELIVERIES, json!({ "i": "ghe" })).await;
+    assert_eq!(app.err(None, DELIVERIES, json!({ "i": "ghe" })).await.0, "UNAUTHENTICATED");
+
+    // Invalid settings are refused before anything is stored.
+    for (input, field) in [
+        (json!({ "name": "a", "kind": "GITHUB", "baseUrl": "https://g.test" }), "webhookSecret"),
+        (json!({ "name": "b", "kind": "GITHUB", "baseUrl": "http://g.test", "webhookSecret": "s" }), "baseUrl"),
+        (json!({ "name": "c", "kind": "GITLAB", "baseUrl": "https://g.test", "webhookSecret": "whsec_???" }), "webhookSecret"),
+        (json!({ "name": "Bad Name", "kind": "GIT", "baseUrl": "https://g.test" }), "name"),
+        (json!({ "name": "d", "kind": "GITEA", "baseUrl": "https://g.test", "webhookSecret": "s", "caPem": "not a pem" }), "caPem"),
+        (json!({ "name": "e", "kind": "GITEA", "baseUrl": "https://g.test", "webhookSecret": "s\u{0}x" }), "webhookSecret"),
+    ] {
+        let (code, msg) = app.err(Some(&admin), CREATE_INTEGRATION, json!({ "i": input })).await;
+        assert_eq!(code, "BAD_USER_INPUT", "{input}: {msg}");
+        assert!(msg.starts_with(field), "{input}: {msg}");
+    }
+    let (code, _) = app
+        .err(
+            Some(&admin),
+            CREATE_INTEGRATION,
+            json!({ "i": { "name": "ghe", "kind": "GITEA", "baseUrl": "https://g.test", "webhookSecret": "s" } }),
+        )
+        .await;
+    assert_eq!(code, "CONFLICT");
+
+    // Rotating the webhook secret: the old one stops working at once.
+    let push = serde_json::to_vec(&github_push(REPO_URL, "infra/network", "main", &"a".repeat(40), &"b".repeat(40), &["x.tf"])).unwrap();
+    app.ok(
+        &admin,
+        "mutation { updateVcsIntegration(name: \"ghe\", input: { webhookSecret: \"new-secret\" }) { hasWebhookSecret } }",
+        json!({}),
+    )
+    .await;
+    assert_eq!(post_github(&app, "ghe", "push", "r-1", &push, Some(SECRET)).await.0, 401);
+    assert_eq!(post_github(&app, "ghe", "push", "r-2", &push, Some("new-secret")).await.0, 202);
+    // Clearing the secret of a vendor integration is refused.
+    let (code, _) = app
+        .err(Some(&admin), "mutation { updateVcsIntegration(name: \"ghe\", input: { webhookSecret: \"\" }) { name } }", json!({}))
+        .await;
+    assert_eq!(code, "BAD_USER_INPUT");
+
+    // Deleting it unlinks the stack and takes its deliveries with it.
+    app.ok(&admin, "mutation { deleteVcsIntegration(name: \"ghe\") }", json!({})).await;
+    assert_eq!(post_github(&app, "ghe", "push", "r-3", &push, Some("new-secret")).await.0, 404);
+    assert_eq!(delivery_rows(&app).await, 0);
+    assert_eq!(app.err(Some(&admin), DELIVERIES, json!({ "i": "ghe" })).await.0, "NOT_FOUND");
+}
