@@ -109,6 +109,8 @@ pub(crate) fn routes(app: Arc<App>, schema: ApiSchema, max_body: u64) -> BoxedFi
     let workers = crate::workers::routes(app.clone());
 
     let app_for_webhooks = app.clone();
+    let logs = crate::logs::sse::route(app.clone());
+
     let graphql = warp::path!("graphql")
         .and(warp::post())
         .and(warp::header::optional::<String>("authorization"))
@@ -125,6 +127,8 @@ pub(crate) fn routes(app: Arc<App>, schema: ApiSchema, max_body: u64) -> BoxedFi
 
     health
         .or(ready)
+        .unify()
+        .or(logs)
         .unify()
         .or(workers)
         .unify()
@@ -171,7 +175,7 @@ where
     Ok(buf.freeze())
 }
 
-async fn caller(app: &App, auth: Option<&str>) -> Result<Option<users::Caller>, HttpError> {
+pub(crate) async fn caller(app: &App, auth: Option<&str>) -> Result<Option<users::Caller>, HttpError> {
     let Some(auth) = auth else { return Ok(None) };
     let token = auth
         .strip_prefix("Bearer ")

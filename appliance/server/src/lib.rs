@@ -71,6 +71,8 @@ pub(crate) struct App {
     pub(crate) hosted: Vec<Arc<dyn HostedComponent>>,
     pub(crate) session_ttl: chrono::Duration,
     pub(crate) git_timeout: Duration,
+    /// Wakes live log readers when a chunk is stored or a run changes.
+    pub(crate) logs: logs::hub::LogHub,
     /// The worker protocol's settings and the CA that signs joining workers.
     pub(crate) workers: workers::WorkerSettings,
 }
@@ -110,6 +112,8 @@ impl Server {
             .map_err(|source| ServerError::Bind { addr: config.listen, source })?;
         let local_addr = listener.local_addr().map_err(|source| ServerError::Bind { addr: config.listen, source })?;
 
+        // Cancelled first on shutdown: live log readers end with it.
+        let shutdown = CancellationToken::new();
         let app = Arc::new(App {
             db,
             db_target: database.target().to_string(),
@@ -118,6 +122,7 @@ impl Server {
             hosted,
             session_ttl: chrono::Duration::hours(i64::from(config.session_ttl_hours)),
             git_timeout: Duration::from_secs(config.git_timeout_secs),
+            logs: logs::hub::LogHub::start(database.clone(), shutdown.clone()),
             workers,
         });
         let schema = api::schema(
@@ -129,7 +134,6 @@ impl Server {
             handshake_timeout: config.handshake_timeout(),
             header_timeout: Duration::from_secs(30),
         };
-        let shutdown = CancellationToken::new();
         let grace = Duration::from_secs(config.shutdown_grace_secs);
         let task = tokio::spawn(run(listener, tls, routes, limits, shutdown.clone(), grace, app));
         tracing::info!(addr = %local_addr, public_url = %config.public_url, "serving HTTPS");

@@ -30,7 +30,15 @@ use crate::App;
 use crate::store::users::Caller;
 
 #[derive(MergedObject, Default)]
-pub struct Query(auth::AuthQuery, stacks::StacksQuery, runs::RunsQuery, pools::PoolsQuery, audit::AuditQuery, vcs::VcsQuery);
+pub struct Query(
+    auth::AuthQuery,
+    stacks::StacksQuery,
+    runs::RunsQuery,
+    pools::PoolsQuery,
+    audit::AuditQuery,
+    vcs::VcsQuery,
+    crate::logs::api::LogsQuery,
+);
 
 #[derive(MergedObject, Default)]
 pub struct Mutation(

@@ -10,6 +10,10 @@
 //! see the contiguous prefix of a phase: a chunk that has not arrived yet is
 //! waited for, never skipped.
 
+pub(crate) mod api;
+pub(crate) mod hub;
+pub(crate) mod sse;
+
 use std::time::Duration;
 
 use bytes::Bytes;
