@@ -665,6 +665,18 @@ async fn plans_go_to_a_presigned_url_and_errored_state_is_sealed() {
     let (s, _) = w.post(&format!("/api/v1/worker/runs/{run}/plan"), json!({ "size": 1u64 << 40, "sha256": "00" })).await;
     assert_eq!(s, 413);
 
+    // Log chunks: the holder's are taken (and a resend of the same chunk too).
+    let chunk = |who: &Worker, path: String, body: &'static [u8]| {
+        let req = who.http.post(format!("{}{path}", who.base)).bearer_auth(&who.token).body(body);
+        async move { req.send().await.unwrap().status().as_u16() }
+    };
+    let logs = format!("/api/v1/worker/runs/{run}/logs");
+    assert_eq!(chunk(&w, format!("{logs}/planning/0"), b"Plan: 1 to add\n").await, 204);
+    assert_eq!(chunk(&w, format!("{logs}/planning/0"), b"Plan: 1 to add\n").await, 204);
+    assert_eq!(chunk(&w, format!("{logs}/compiling/0"), b"x").await, 400);
+    assert_eq!(chunk(&w, format!("{logs}/planning/minus-one"), b"x").await, 400);
+    assert_eq!(chunk(&o, format!("{logs}/planning/1"), b"x").await, 403);
+
     let state = br#"{"version":4,"serial":3,"outputs":{"password":{"value":"hunter2-in-state"}}}"#.to_vec();
     let post_state = |who: &Worker, body: Vec<u8>| {
         let req = who.http.post(format!("{}/api/v1/worker/runs/{run}/errored-state", who.base)).bearer_auth(&who.token).body(body);
