@@ -181,6 +181,8 @@ diesel::allow_tables_to_appear_in_same_query!(
     context_attachments,
     data_keys,
     variables,
+    state_versions,
+    state_locks,
 );
 
 diesel::table! {
@@ -368,3 +370,37 @@ diesel::table! {
 }
 
 diesel::joinable!(join_tokens -> worker_pools (pool_id));
+
+// ---- the state backend (migration 2026-11-28-000700_state_backend) ----
+
+diesel::table! {
+    state_versions (id) {
+        id -> Int8,
+        stack_id -> Int8,
+        serial -> Int8,
+        lineage -> Text,
+        md5 -> Text,
+        size -> Int8,
+        object_key -> Text,
+        data_key_id -> Int8,
+        run_id -> Nullable<Int8>,
+        user_id -> Nullable<Int8>,
+        created_by -> Text,
+        created_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    state_locks (stack_id) {
+        stack_id -> Int8,
+        lock_id -> Text,
+        info -> Text,
+        run_id -> Nullable<Int8>,
+        user_id -> Nullable<Int8>,
+        held_by -> Text,
+        created_at -> Timestamptz,
+    }
+}
+
+diesel::joinable!(state_versions -> stacks (stack_id));
+diesel::joinable!(state_locks -> stacks (stack_id));

@@ -47,6 +47,9 @@ pub struct ServerConfig {
     /// Largest request body accepted on `/graphql`, in bytes.
     #[serde(default = "default_max_body")]
     pub max_body_bytes: u64,
+    /// Largest Terraform state accepted by the state backend, in bytes.
+    #[serde(default = "default_max_state")]
+    pub max_state_bytes: u64,
     /// Deepest GraphQL selection accepted.
     #[serde(default = "default_max_depth")]
     pub max_query_depth: usize,
@@ -72,6 +75,9 @@ fn default_listen() -> SocketAddr {
 }
 fn default_max_body() -> u64 {
     1024 * 1024
+}
+fn default_max_state() -> u64 {
+    64 * 1024 * 1024
 }
 fn default_max_depth() -> usize {
     12
@@ -145,6 +151,9 @@ impl ServerConfig {
         }
         if !(1024..=64 * 1024 * 1024).contains(&self.max_body_bytes) {
             return Err(invalid("server.max_body_bytes", "must be between 1 KiB and 64 MiB"));
+        }
+        if !(1024..=1024 * 1024 * 1024).contains(&self.max_state_bytes) {
+            return Err(invalid("server.max_state_bytes", "must be between 1 KiB and 1 GiB"));
         }
         if !(2..=64).contains(&self.max_query_depth) {
             return Err(invalid("server.max_query_depth", "must be between 2 and 64"));

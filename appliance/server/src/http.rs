@@ -106,6 +106,7 @@ pub(crate) fn routes(app: Arc<App>, schema: ApiSchema, max_body: u64) -> BoxedFi
         }
     });
 
+    let state = crate::state::routes(app.clone());
     let workers = crate::workers::routes(app.clone());
 
     let app_for_webhooks = app.clone();
@@ -130,6 +131,8 @@ pub(crate) fn routes(app: Arc<App>, schema: ApiSchema, max_body: u64) -> BoxedFi
         .unify()
         .or(logs)
         .unify()
+        .or(state)
+        .unify()
         .or(workers)
         .unify()
         .or(graphql)
@@ -153,7 +156,7 @@ pub(crate) fn routes(app: Arc<App>, schema: ApiSchema, max_body: u64) -> BoxedFi
 }
 
 /// Reads at most `limit` bytes of body.
-async fn read_limited<S, B>(body: S, limit: u64) -> Result<bytes::Bytes, HttpError>
+pub(crate) async fn read_limited<S, B>(body: S, limit: u64) -> Result<bytes::Bytes, HttpError>
 where
     S: Stream<Item = Result<B, warp::Error>>,
     B: Buf,

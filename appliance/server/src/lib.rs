@@ -17,6 +17,7 @@ mod listener;
 pub mod logs;
 mod ready;
 pub mod secrets;
+mod state;
 pub mod store;
 mod webhooks;
 pub mod workers;
@@ -75,6 +76,8 @@ pub(crate) struct App {
     pub(crate) logs: logs::hub::LogHub,
     /// The worker protocol's settings and the CA that signs joining workers.
     pub(crate) workers: workers::WorkerSettings,
+    /// Largest state the state backend accepts.
+    pub(crate) max_state_bytes: u64,
 }
 
 /// The running server.
@@ -124,6 +127,7 @@ impl Server {
             git_timeout: Duration::from_secs(config.git_timeout_secs),
             logs: logs::hub::LogHub::start(database.clone(), shutdown.clone()),
             workers,
+            max_state_bytes: config.max_state_bytes,
         });
         let schema = api::schema(
             app.clone(),

@@ -36,6 +36,7 @@ pub struct Query(
     runs::RunsQuery,
     pools::PoolsQuery,
     audit::AuditQuery,
+    crate::state::api::StateQuery,
     vcs::VcsQuery,
     crate::logs::api::LogsQuery,
 );
@@ -46,6 +47,7 @@ pub struct Mutation(
     stacks::StacksMutation,
     runs::RunsMutation,
     pools::PoolsMutation,
+    crate::state::api::StateMutation,
     worker_admin::WorkerAdminMutation,
     vcs::VcsMutation,
 );
