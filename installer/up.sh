@@ -1,16 +1,17 @@
 #!/usr/bin/env bash
-# Brings Hangar up on this machine, into a local prefix (default ./.hangar-dev):
-# builds the workspace, provisions what exists so far, starts it, and says what
-# it did. Run as root (services run as an unprivileged user, as on an appliance)
-# or as an ordinary user (services then run as that user).
+# Brings Hangar up on this machine, into a local prefix (default ./.hangar-dev),
+# the way an operator would: builds the binaries, builds a signed appliance
+# bundle, and installs it with `hangar-install --answers` into the prefix.
 #
-#   installer/up.sh [--prefix DIR]     bring up (again: idempotent)
-#   installer/up.sh --down [--prefix DIR]   stop what it started
+#   installer/up.sh [--prefix DIR]          bring up (again: resumes, repairs, upgrades)
+#   installer/up.sh --down [--prefix DIR]   stop it and remove the release and the
+#                                           configuration (data and secrets are kept)
 #
-# What exists today: the appliance PKI, PostgreSQL 15 with TLS and
-# scram-sha-256, and the schema (`hangar migrate`). Later steps of the appliance
-# (server, broker, object store, supervisor) are added here as they land, and the
-# whole script gives way to `hangar-install` once the offline bundle exists.
+# Run as root: the installer creates the `hangar` service account and runs every
+# service as it. The bundle is signed with a development key kept in
+# DIR/dev-signing/ and trusted only through DIR/etc/hangar/trust/. The
+# administrator's password is generated on the first run, printed once, and kept
+# in DIR/admin-password (0600). Services listen on loopback only.
 set -euo pipefail
 
 root="$(cd "$(dirname "$0")/.." && pwd)"
@@ -18,112 +19,126 @@ prefix="$root/.hangar-dev"
 down=0
 while (($#)); do
   case "$1" in
-    --prefix) prefix="$(mkdir -p "$2" && cd "$2" && pwd)"; shift 2 ;;
+    --prefix) [ $# -ge 2 ] || { echo "up.sh: --prefix needs a directory" >&2; exit 2; }
+              prefix="$(mkdir -p "$2" && cd "$2" && pwd)"; shift 2 ;;
     --down) down=1; shift ;;
-    -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "up.sh: unknown argument $1 (try --help)" >&2; exit 2 ;;
   esac
 done
 
-pg_bin="${HANGAR_PG_BIN:-/usr/lib/postgresql/15/bin}"
-etc="$prefix/etc/hangar"; pki="$etc/pki"; secrets="$etc/secrets"
-data="$prefix/var/lib/hangar/postgres"; logs="$prefix/var/log/hangar"
-port="${HANGAR_DB_PORT:-5432}"
+[ "$(id -u)" = 0 ] || { echo "up.sh: run as root (the installer creates the service account and runs services as it)" >&2; exit 1; }
 
-if [ "$(id -u)" = 0 ]; then
-  svc=hangar
-  id "$svc" >/dev/null 2>&1 || useradd --system --user-group --no-create-home --shell /usr/sbin/nologin "$svc"
-  as_svc() { runuser -u "$svc" -- "$@"; }
-else
-  svc="$(id -un)"
-  as_svc() { "$@"; }
-fi
+target="$(cargo metadata --format-version 1 --no-deps --manifest-path "$root/Cargo.toml" \
+  | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')"
+install_bin="$target/debug/hangar-install"
 
 if ((down)); then
-  if [ -f "$data/postmaster.pid" ]; then as_svc "$pg_bin/pg_ctl" -D "$data" -m fast -w stop; fi
-  echo "stopped PostgreSQL in $data (data kept)"
+  if [ -f "$prefix/etc/hangar/install-state.json" ]; then
+    "$install_bin" --prefix "$prefix" uninstall
+  else
+    echo "nothing installed in $prefix"
+  fi
   exit 0
 fi
 
-[ -x "$pg_bin/initdb" ] || { echo "up.sh: PostgreSQL 15 server binaries not found in $pg_bin (apt-get install postgresql-15)" >&2; exit 1; }
+# Every directory above the prefix must let the service account through: the
+# services run from the release unpacked there.
+dir="$prefix"
+while [ "$dir" != / ]; do
+  if [ "$(( $(stat -c '%a' "$dir") % 10 & 1 ))" = 0 ]; then
+    echo "up.sh: the service account cannot enter $dir (mode $(stat -c '%a' "$dir")); choose another --prefix" >&2
+    exit 1
+  fi
+  dir="$(dirname "$dir")"
+done
 
-echo "==> building the workspace"
-cargo build --quiet --workspace --bins --manifest-path "$root/Cargo.toml"
-hangar="$(cargo metadata --format-version 1 --no-deps --manifest-path "$root/Cargo.toml" \
-  | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')/debug/hangar"
+echo "==> building the binaries"
+cargo build --quiet --manifest-path "$root/Cargo.toml" -p hangar -p hangar-worker -p hangar-install -p hangar-bundle
 
-mkdir -p "$pki" "$secrets" "$data" "$logs"
-chmod 0700 "$secrets"
-
-echo "==> PKI in $pki"
-if [ ! -f "$pki/ca.key" ]; then
-  (umask 077; openssl ecparam -name prime256v1 -genkey -noout -out "$pki/ca.key")
-  openssl req -x509 -new -key "$pki/ca.key" -sha256 -days 3650 -subj "/CN=Hangar appliance CA/O=Hangar" \
-    -addext "basicConstraints=critical,CA:TRUE,pathlen:0" -addext "keyUsage=critical,keyCertSign,cRLSign,digitalSignature" \
-    -out "$pki/ca.crt"
-  echo "    created the appliance CA"
+signing="$prefix/dev-signing"
+trust="$prefix/etc/hangar/trust"
+mkdir -p "$signing" "$trust"
+chmod 700 "$signing"
+chmod 755 "$prefix" "$prefix/etc" "$prefix/etc/hangar" "$trust"
+if [ ! -f "$signing/dev.key" ]; then
+  "$target/debug/hangar-bundle" keygen --out "$signing/dev" >/dev/null
+  echo "    made a development signing key in $signing"
 fi
-if [ ! -f "$pki/db.crt" ]; then
-  (umask 077; openssl ecparam -name prime256v1 -genkey -noout | openssl pkcs8 -topk8 -nocrypt -out "$pki/db.key")
-  openssl req -new -key "$pki/db.key" -subj "/CN=postgres" -out "$pki/db.csr"
-  openssl x509 -req -in "$pki/db.csr" -CA "$pki/ca.crt" -CAkey "$pki/ca.key" -CAcreateserial -days 365 -sha256 \
-    -extfile <(printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\n') \
-    -out "$pki/db.crt" 2>/dev/null
-  rm -f "$pki/db.csr"
-  echo "    issued the database certificate"
+install -m 0644 "$signing/dev.pub" "$trust/dev.pub"
+
+echo "==> building the appliance bundle"
+bundle="$prefix/hangar-appliance.bundle"
+"$root/bundles/build-appliance.sh" --bin-dir "$target/debug" --key "$signing/dev.key" \
+  --out "$bundle.partial" --compression-level 3 >/dev/null
+mv "$bundle.partial" "$bundle"
+
+answers="$prefix/answers.toml"
+password_file="$prefix/admin-password"
+new_password=0
+if [ ! -f "$password_file" ]; then
+  (umask 077; printf 'Hangar-%s\n' "$(head -c 18 /dev/urandom | base64 | tr -d '/+=')" > "$password_file")
+  new_password=1
 fi
 
-echo "==> PostgreSQL in $data (as $svc, port $port)"
-if [ ! -f "$secrets/db-password" ]; then
-  (umask 077; openssl rand -hex 24 > "$secrets/db-password"; openssl rand -hex 24 > "$secrets/db-superuser-password")
-fi
-chown -R "$svc": "$data" "$logs" "$pki/db.key" "$pki/db.crt" 2>/dev/null || true
-if [ ! -f "$data/PG_VERSION" ]; then
-  pwfile="$(mktemp)"; cp "$secrets/db-superuser-password" "$pwfile"; chown "$svc" "$pwfile"
-  as_svc "$pg_bin/initdb" -D "$data" -U postgres --auth=scram-sha-256 -E UTF8 --locale=C --pwfile="$pwfile" >/dev/null
-  rm -f "$pwfile"
-  cat >> "$data/postgresql.conf" <<CONF
-listen_addresses = '127.0.0.1'
-port = $port
-unix_socket_directories = '$data'
-ssl = on
-ssl_cert_file = '$pki/db.crt'
-ssl_key_file = '$pki/db.key'
-ssl_min_protocol_version = 'TLSv1.2'
-password_encryption = 'scram-sha-256'
-CONF
-  printf 'local all all scram-sha-256\nhostssl all all 127.0.0.1/32 scram-sha-256\n' > "$data/pg_hba.conf"
-  echo "    initialised the cluster"
-fi
-if ! as_svc "$pg_bin/pg_ctl" -D "$data" status >/dev/null 2>&1; then
-  as_svc "$pg_bin/pg_ctl" -D "$data" -l "$logs/postgres.log" -w start >/dev/null
-  echo "    started PostgreSQL (log: $logs/postgres.log)"
-fi
-PGPASSWORD="$(cat "$secrets/db-superuser-password")" "$pg_bin/psql" -qAt \
-  "host=127.0.0.1 port=$port user=postgres dbname=postgres sslmode=verify-full sslrootcert=$pki/ca.crt" <<SQL
-SELECT 'CREATE ROLE hangar LOGIN' WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'hangar') \gexec
-ALTER ROLE hangar PASSWORD '$(cat "$secrets/db-password")';
-SELECT 'CREATE DATABASE hangar OWNER hangar' WHERE NOT EXISTS (SELECT FROM pg_database WHERE datname = 'hangar') \gexec
-SQL
+# A port the installer may use: the usual one when nothing listens there.
+pick_port() {
+  if ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then
+    echo "$1"
+  else
+    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+  fi
+}
 
-cat > "$etc/hangar.toml" <<CONF
-[database]
-host = "127.0.0.1"
-port = $port
-name = "hangar"
-user = "hangar"
-password_file = "$secrets/db-password"
-ca_file = "$pki/ca.crt"
-CONF
+# The ports of an earlier run are kept: the installer knows them as its own.
+if [ -f "$answers" ]; then
+  port_of() { sed -n "s/^$1 = \([0-9]*\)$/\1/p" "$answers"; }
+  ports=(server "$(port_of server_port)" broker "$(port_of broker_port)" database "$(port_of database_port)"
+         objects "$(port_of objects_port)" s3 "$(port_of garage_s3_port)" rpc "$(port_of garage_rpc_port)"
+         admin "$(port_of garage_admin_port)")
+else
+  ports=(server "$(pick_port 1983)" broker "$(pick_port 1984)" database "$(pick_port 5432)"
+         objects "$(pick_port 9000)" s3 "$(pick_port 3900)" rpc "$(pick_port 3901)" admin "$(pick_port 3903)")
+fi
+declare -A port=()
+for ((i = 0; i < ${#ports[@]}; i += 2)); do port[${ports[i]}]="${ports[i+1]}"; done
 
-echo "==> schema"
-"$hangar" --config "$etc/hangar.toml" migrate | sed 's/^/    /'
+(umask 077; cat > "$answers.partial" <<TOML
+# Answers for hangar-install, written by installer/up.sh.
+existing_install = "upgrade-or-repair"
+bundle = "$bundle"
+allow_downgrade = true
+hostname = "localhost"
+addresses = ["127.0.0.1"]
+listen_address = "127.0.0.1"
+server_port = ${port[server]}
+broker_port = ${port[broker]}
+database_port = ${port[database]}
+objects_port = ${port[objects]}
+garage_s3_port = ${port[s3]}
+garage_rpc_port = ${port[rpc]}
+garage_admin_port = ${port[admin]}
+data_dir = "/var/lib/hangar"
+admin_email = "admin@hangar.localhost"
+admin_password = "$(cat "$password_file")"
+object_store = "bundled"
+tls = "generate"
+confirm = true
+TOML
+)
+mv "$answers.partial" "$answers"
+
+echo "==> installing into $prefix"
+"$install_bin" --prefix "$prefix" --no-systemd --answers "$answers" --timings
 
 cat <<DONE
 
-Hangar (foundation) is up in $prefix:
-  configuration   $etc/hangar.toml
-  PostgreSQL 15   127.0.0.1:$port, TLS (CA $pki/ca.crt), database "hangar"
-  stop with       installer/up.sh --down --prefix $prefix
-The web console arrives with the server; nothing listens on 1983 yet.
+Hangar is up in $prefix:
+  console         https://localhost:${port[server]}  (trust $prefix/etc/hangar/pki/ca.crt)
+  administrator   admin@hangar.localhost, password in $password_file
+  status          $install_bin --prefix $prefix status
+  stop            installer/up.sh --down --prefix $prefix
 DONE
+if ((new_password)); then
+  echo "  password        $(cat "$password_file")   (shown once; kept in $password_file)"
+fi

