@@ -114,12 +114,16 @@ async fn stack(app: &Appliance, admin: &str, slug: &str) -> i64 {
     made["createStack"]["id"].as_str().unwrap().parse().unwrap()
 }
 
-/// A run on `stack_id` and its token.
+/// A tracked run on `stack_id` and its token.
 async fn run_with_token(app: &Appliance, stack_id: i64) -> (i64, String) {
+    run_of_kind(app, stack_id, RunKind::Tracked).await
+}
+
+async fn run_of_kind(app: &Appliance, stack_id: i64, kind: RunKind) -> (i64, String) {
     let mut c = app.pg.database().connect().await.unwrap();
     let new = NewRun {
         stack_id,
-        kind: RunKind::Tracked,
+        kind,
         commit_sha: "0123456789abcdef0123456789abcdef01234567".into(),
         branch: "main".into(),
         command: None,
@@ -565,4 +569,35 @@ async fn terraform_inits_applies_pulls_and_force_unlocks_against_the_backend() {
     assert_eq!(serde_json::from_slice::<Value>(&got.body).unwrap()["outputs"]["message"]["value"], "hi world");
     // Terraform released its lock after each apply.
     assert!(app.ok(&admin, "{ stateLock(stack: \"infra\") { lockId } }", json!({})).await["stateLock"].is_null());
+}
+
+#[tokio::test]
+async fn runs_that_only_plan_read_and_lock_in_parallel_but_never_write() {
+    let app = Appliance::start().await;
+    let admin = app.admin_token().await;
+    let stack_id = stack(&app, &admin, "net").await;
+    let (_, tracked) = run_with_token(&app, stack_id).await;
+    let (_, proposed) = run_of_kind(&app, stack_id, RunKind::Proposed).await;
+    let (_, drift) = run_of_kind(&app, stack_id, RunKind::Drift).await;
+
+    assert_eq!(lock(&app, "net", Auth::Basic(&tracked), "apply-lock", "w").await.status, 200);
+    let v1 = state("lin", 1, "one");
+    assert_eq!(post(&app, "net", Auth::Basic(&tracked), Some("apply-lock"), &v1).await.status, 200);
+
+    // Plans lock without waiting for, or blocking, the tracked run.
+    for token in [&proposed, &drift] {
+        assert_eq!(lock(&app, "net", Auth::Basic(token), "plan-lock", "p").await.status, 200);
+        let got = call(&app, "GET", &state_path("net"), Auth::Basic(token), None, None).await;
+        assert_eq!(got.body, v1);
+        let w = post(&app, "net", Auth::Basic(token), Some("plan-lock"), &state("lin", 2, "two")).await;
+        assert_eq!(w.status, 403, "{}", w.text());
+        assert!(w.text().contains("only plans"), "{}", w.text());
+        assert_eq!(unlock(&app, "net", Auth::Basic(token), "plan-lock").await.status, 200);
+        assert_eq!(call(&app, "LOCK", &state_path("net"), Auth::Basic(token), Some(b"nope"), None).await.status, 400);
+    }
+    // The tracked run's lock is untouched and its writes go on.
+    let q = app.ok(&admin, "{ stateLock(stack: \"net\") { lockId } }", json!({})).await;
+    assert_eq!(q["stateLock"]["lockId"], "apply-lock");
+    assert_eq!(post(&app, "net", Auth::Basic(&tracked), Some("apply-lock"), &state("lin", 2, "two")).await.status, 200);
+    assert_eq!(versions(&app, &admin, "net").await.len(), 2);
 }

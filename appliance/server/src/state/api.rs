@@ -84,6 +84,7 @@ impl From<StateError> for ApiError {
             StateError::Unavailable(why) => ApiError::Unavailable(why),
             e @ (StateError::Unauthenticated
             | StateError::Forbidden { .. }
+            | StateError::ReadOnly { .. }
             | StateError::Md5Mismatch { .. }
             | StateError::MethodNotAllowed
             | StateError::Internal(_)) => ApiError::Internal(e.to_string()),

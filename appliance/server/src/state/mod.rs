@@ -14,6 +14,10 @@
 //! object store, recorded in `state_versions`. Writes to one stack are checked
 //! and stored one at a time under the stack's row lock.
 //!
+//! Proposed and drift runs only plan, and run in parallel with each other and
+//! with the stack's tracked run: their LOCK and UNLOCK succeed without taking
+//! the stack's lock (a plan only reads the state) and their writes are refused.
+//!
 //! A lock taken by a run is released lazily: the next LOCK or write on the
 //! stack drops it once the run is over, except on a stack awaiting
 //! reconciliation (an apply that lost its worker), whose lock stays until an
@@ -29,7 +33,7 @@ use base64::engine::general_purpose::STANDARD as B64;
 use bytes::Buf;
 use diesel_async::{AsyncConnection, AsyncPgConnection};
 use futures::Stream;
-use hangar_types::Role;
+use hangar_types::{RunKind, Role};
 use md5::Digest as _;
 use serde::Deserialize;
 use serde_json::json;
@@ -58,6 +62,8 @@ pub(crate) enum StateError {
     Unauthenticated,
     #[error("these credentials do not open the state of stack {slug:?}")]
     Forbidden { slug: String },
+    #[error("a {kind} run only plans: it cannot write state")]
+    ReadOnly { kind: RunKind },
     #[error("stack {slug:?} does not exist")]
     StackNotFound { slug: String },
     #[error("state version {id} of stack {slug:?} does not exist")]
@@ -84,7 +90,7 @@ impl StateError {
     fn status(&self) -> StatusCode {
         match self {
             StateError::Unauthenticated => StatusCode::UNAUTHORIZED,
-            StateError::Forbidden { .. } => StatusCode::FORBIDDEN,
+            StateError::Forbidden { .. } | StateError::ReadOnly { .. } => StatusCode::FORBIDDEN,
             StateError::StackNotFound { .. } | StateError::VersionNotFound { .. } => StatusCode::NOT_FOUND,
             StateError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             StateError::Malformed(_) | StateError::Md5Mismatch { .. } => StatusCode::BAD_REQUEST,
@@ -158,14 +164,14 @@ impl From<HttpError> for StateError {
 
 /// Who is asking.
 pub(crate) enum Principal {
-    Run(TokenHolder),
+    Run(TokenHolder, RunKind),
     User(Caller),
 }
 
 impl Principal {
     pub(crate) fn writer(&self) -> Writer {
         match self {
-            Principal::Run(h) => Writer { run_id: Some(h.run_id), user_id: None, label: format!("run {}", h.run_id) },
+            Principal::Run(h, _) => Writer { run_id: Some(h.run_id), user_id: None, label: format!("run {}", h.run_id) },
             Principal::User(c) => Writer { run_id: None, user_id: Some(c.user_id), label: c.actor() },
         }
     }
@@ -174,6 +180,14 @@ impl Principal {
     /// finishing a stuck apply); a run only ever uses its own.
     fn is_operator(&self) -> bool {
         matches!(self, Principal::User(_))
+    }
+
+    /// A run that only plans (see the module's notes), by its kind.
+    fn plans_only(&self) -> Option<RunKind> {
+        match self {
+            Principal::Run(_, kind) if !kind.holds_stack() => Some(*kind),
+            _ => None,
+        }
     }
 }
 
@@ -207,7 +221,11 @@ async fn authenticate(c: &mut AsyncPgConnection, auth: Option<&str>, role: Role,
             return Err(StateError::Unauthenticated);
         }
         return match run_tokens::holder(c, &secret).await? {
-            Some(h) => Ok(Principal::Run(h)),
+            Some(h) => {
+                let kind = store::run_kind(c, h.run_id).await?.and_then(|k| k.parse::<RunKind>().ok());
+                // An unknown kind is treated as the most restricted one.
+                Ok(Principal::Run(h, kind.unwrap_or(RunKind::Proposed)))
+            }
             None => {
                 tracing::info!("run token refused: unknown, or its run is over");
                 Err(StateError::Unauthenticated)
@@ -231,8 +249,8 @@ async fn authenticate(c: &mut AsyncPgConnection, auth: Option<&str>, role: Role,
 async fn stack_for(c: &mut AsyncPgConnection, principal: &Principal, slug: &str) -> Result<i64, StateError> {
     match principal {
         // A run's token opens its own stack and says nothing about others.
-        Principal::Run(h) if h.stack_slug == slug => Ok(h.stack_id),
-        Principal::Run(_) => Err(StateError::Forbidden { slug: slug.to_string() }),
+        Principal::Run(h, _) if h.stack_slug == slug => Ok(h.stack_id),
+        Principal::Run(..) => Err(StateError::Forbidden { slug: slug.to_string() }),
         Principal::User(_) => stacks::stack_by_slug(c, slug)
             .await?
             .map(|s| s.id)
@@ -489,6 +507,14 @@ where
     }
     let body = read_limited(body, limit).await?;
     let writer = principal.writer();
+    if let Some(kind) = principal.plans_only() {
+        return match req.method.as_str() {
+            "GET" => get_state(&app, &mut c, stack_id).await,
+            "UNLOCK" if body.iter().all(u8::is_ascii_whitespace) => Ok(ok_empty()),
+            "LOCK" | "UNLOCK" => parse_lock_info(&body).map(|_| ok_empty()),
+            _ => Err(StateError::ReadOnly { kind }),
+        };
+    }
     match req.method.as_str() {
         "GET" => get_state(&app, &mut c, stack_id).await,
         "POST" => {

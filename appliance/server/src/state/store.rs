@@ -182,3 +182,8 @@ pub async fn hold_stack(conn: &mut AsyncPgConnection, stack_id: i64) -> QueryRes
         stacks::table.find(stack_id).select(stacks::id).for_update().first(conn).await.optional()?;
     Ok(found.is_some())
 }
+
+/// The kind of run `run_id` (as stored).
+pub async fn run_kind(conn: &mut AsyncPgConnection, run_id: i64) -> QueryResult<Option<String>> {
+    runs::table.find(run_id).select(runs::kind).first(conn).await.optional()
+}
