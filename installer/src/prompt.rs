@@ -11,10 +11,16 @@ use crate::answers::{Check, KEYS, PromptError, Prompter, Question};
 use crate::error::InstallError;
 
 /// Answers from a TOML file.
-#[derive(Debug)]
 pub struct FilePrompter {
     path: PathBuf,
     table: toml::Table,
+}
+
+/// The file holds the administrator's password: only its keys are shown.
+impl std::fmt::Debug for FilePrompter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FilePrompter").field("path", &self.path).field("keys", &self.table.keys().collect::<Vec<_>>()).finish()
+    }
 }
 
 impl FilePrompter {
