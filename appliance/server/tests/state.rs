@@ -449,6 +449,13 @@ async fn versions_are_imported_listed_and_downloaded() {
     let (_, token) = run_with_token(&app, net_id).await;
     assert_eq!(call(&app, "GET", &url, Auth::Basic(&token), None, None).await.status, 401);
 
+    // A stack with state cannot be deleted (its versions would be lost); one
+    // without can.
+    let delete = "mutation($s: String!) { deleteStack(slug: $s) }";
+    assert_eq!(app.err(Some(&admin), delete, json!({ "s": "net" })).await.0, "CONFLICT");
+    assert_eq!(app.ok(&admin, delete, json!({ "s": "dns" })).await["deleteStack"], true);
+    assert_eq!(versions(&app, &reader, "net").await.len(), 2);
+
     // What the object store holds is sealed: the state's text is not in it.
     let objects = garage_objects(&app).await;
     assert!(!objects.is_empty());
