@@ -205,3 +205,27 @@ async fn an_interrupted_or_killed_install_leaves_a_host_the_next_run_finishes() 
     check("uninstall", site.command(&["uninstall"]).output().unwrap());
     assert_eq!(site.processes(), Vec::<(i32, String)>::new());
 }
+
+#[test]
+fn a_bundle_older_than_the_installed_release_is_refused_unless_allowed() {
+    let built = bundle();
+    let mut site = Site::new("install-downgrade", &built);
+    check("install", site.install());
+    // The installed release, as the state file records it, is newer than the bundle.
+    let state_file = site.path("etc/hangar/install-state.json");
+    let mut state: serde_json::Value = serde_json::from_str(&fs::read_to_string(&state_file).unwrap()).unwrap();
+    state["release"] = "9.9.9".into();
+    fs::write(&state_file, serde_json::to_string_pretty(&state).unwrap()).unwrap();
+    let config = fs::read(site.path("etc/hangar/hangar.toml")).unwrap();
+
+    let out = site.install();
+    assert_eq!(out.status.code(), Some(1));
+    let line = error_line(&out);
+    assert!(line.contains("9.9.9") && line.contains(env!("CARGO_PKG_VERSION")), "{line}");
+    assert_eq!(fs::read(site.path("etc/hangar/hangar.toml")).unwrap(), config, "nothing changed");
+    assert!(fs::read_to_string(&state_file).unwrap().contains("9.9.9"));
+
+    site.set("allow_downgrade", true);
+    let out = check("an allowed downgrade", site.install());
+    assert!(out.contains("is ready"), "{out}");
+}
