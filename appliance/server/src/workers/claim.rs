@@ -156,6 +156,30 @@ async fn heartbeat(app: &App, conn: &mut AsyncPgConnection, worker: Worker, hb: 
 struct ReadyRun {
     #[diesel(sql_type = diesel::sql_types::BigInt)]
     id: i64,
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    stack_id: i64,
+}
+
+/// How often a claim or report is retried while the drain is scheduling the run's stack.
+const BUSY_RETRIES: u32 = 100;
+const BUSY_PAUSE: std::time::Duration = std::time::Duration::from_millis(5);
+
+/// Takes the key-share lock on the run's stack that the foreign-key check of
+/// a second update of the run in this transaction needs, without waiting.
+///
+/// The drain locks a stack and then its runs; a transaction that holds a run
+/// and then waits for its stack would deadlock with it. Not waiting breaks
+/// the cycle: the caller rolls back and tries again in a moment.
+async fn hold_stack(c: &mut AsyncPgConnection, stack_id: i64) -> Result<bool, diesel::result::Error> {
+    let r = diesel::sql_query("SELECT id FROM stacks WHERE id = $1 FOR KEY SHARE NOWAIT")
+        .bind::<diesel::sql_types::BigInt, _>(stack_id)
+        .execute(c)
+        .await;
+    match r {
+        Ok(_) => Ok(true),
+        Err(diesel::result::Error::DatabaseError(_, info)) if info.message().contains("could not obtain lock") => Ok(false),
+        Err(e) => Err(e),
+    }
 }
 
 /// Why a claim did not produce an assignment.
@@ -164,6 +188,8 @@ enum ClaimFailure {
     /// The run cannot be given to any worker (its tool is missing, a secret
     /// does not open): it is failed with this reason.
     Unrunnable { run: i64, reason: String },
+    /// The drain holds the run's stack: try again.
+    Busy,
 }
 
 impl From<diesel::result::Error> for ClaimFailure {
@@ -184,45 +210,22 @@ async fn claim(app: &App, conn: &mut AsyncPgConnection, worker: Worker) -> Reply
     }
     let actor = format!("worker:{}", worker.id);
     let lease = lease_until(app);
-    let result = conn
-        .transaction::<_, ClaimFailure, _>(async |c| {
-            // The oldest READY run of the pool nobody else is claiming right now:
-            // concurrent claimers skip each other's locked rows instead of
-            // queueing behind them, so each run goes to exactly one of them.
-            let found: Option<ReadyRun> = diesel::sql_query(
-                "SELECT r.id FROM runs r JOIN stacks s ON s.id = r.stack_id \
-                 WHERE r.state = 'READY' AND s.worker_pool_id = $1 \
-                 ORDER BY r.id LIMIT 1 FOR UPDATE OF r SKIP LOCKED",
-            )
-            .bind::<diesel::sql_types::BigInt, _>(worker.pool_id)
-            .get_result(c)
-            .await
-            .optional()?;
-            let Some(ReadyRun { id }) = found else { return Ok(None) };
-            diesel::update(runs::table.find(id))
-                .set((runs::worker_id.eq(worker.id), runs::lease_expires_at.eq(lease)))
-                .execute(c)
-                .await?;
-            let run = hangar_db::runs::transition(
-                c,
-                id,
-                Some(&[RunState::Ready]),
-                RunState::Preparing,
-                &format!("claimed by worker {}", worker.id),
-                &actor,
-            )
-            .await?;
-            let token = crate::store::run_tokens::issue(c, id).await?;
-            let assignment = assemble(app, c, &run, token.expose(), lease).await?;
-            Ok(Some(assignment))
-        })
-        .await;
+    let mut attempts = 0;
+    let result = loop {
+        let r = claim_once(app, conn, worker, lease, &actor).await;
+        attempts += 1;
+        if !matches!(r, Err(ClaimFailure::Busy)) || attempts >= BUSY_RETRIES {
+            break r;
+        }
+        tokio::time::sleep(BUSY_PAUSE).await;
+    };
     match result {
         Ok(Some(a)) => {
             tracing::info!(run_id = a.run_id, worker = worker.id, stack = %a.stack.slug, "run claimed");
             Ok(json(StatusCode::OK, &a))
         }
-        Ok(None) => Ok(warp::reply::Reply::into_response(StatusCode::NO_CONTENT)),
+        // Still busy after the retries: the worker asks again at its next notification or poll.
+        Ok(None) | Err(ClaimFailure::Busy) => Ok(warp::reply::Reply::into_response(StatusCode::NO_CONTENT)),
         Err(ClaimFailure::Db(e)) => Err(WorkerApiError::db(e)),
         Err(ClaimFailure::Unrunnable { run, reason }) => {
             tracing::warn!(run_id = run, %reason, "run cannot be handed to a worker; failing it");
@@ -234,6 +237,50 @@ async fn claim(app: &App, conn: &mut AsyncPgConnection, worker: Worker) -> Reply
             Ok(warp::reply::Reply::into_response(StatusCode::NO_CONTENT))
         }
     }
+}
+
+async fn claim_once(
+    app: &App,
+    conn: &mut AsyncPgConnection,
+    worker: Worker,
+    lease: chrono::DateTime<chrono::Utc>,
+    actor: &str,
+) -> Result<Option<RunAssignment>, ClaimFailure> {
+    conn.transaction::<_, ClaimFailure, _>(async |c| {
+            // The oldest READY run of the pool nobody else is claiming right now:
+            // concurrent claimers skip each other's locked rows instead of
+            // queueing behind them, so each run goes to exactly one of them.
+            let found: Option<ReadyRun> = diesel::sql_query(
+                "SELECT r.id, r.stack_id FROM runs r JOIN stacks s ON s.id = r.stack_id \
+                 WHERE r.state = 'READY' AND s.worker_pool_id = $1 \
+                 ORDER BY r.id LIMIT 1 FOR UPDATE OF r SKIP LOCKED",
+            )
+            .bind::<diesel::sql_types::BigInt, _>(worker.pool_id)
+            .get_result(c)
+            .await
+            .optional()?;
+            let Some(ReadyRun { id, stack_id }) = found else { return Ok(None) };
+            if !hold_stack(c, stack_id).await? {
+                return Err(ClaimFailure::Busy);
+            }
+            diesel::update(runs::table.find(id))
+                .set((runs::worker_id.eq(worker.id), runs::lease_expires_at.eq(lease)))
+                .execute(c)
+                .await?;
+            let run = hangar_db::runs::transition(
+                c,
+                id,
+                Some(&[RunState::Ready]),
+                RunState::Preparing,
+                &format!("claimed by worker {}", worker.id),
+                actor,
+            )
+            .await?;
+            let token = crate::store::run_tokens::issue(c, id).await?;
+            let assignment = assemble(app, c, &run, token.expose(), lease).await?;
+            Ok(Some(assignment))
+        })
+        .await
 }
 
 /// Everything the worker needs for `run`.
@@ -337,6 +384,8 @@ enum NotApplied {
     /// Refused by the rules: answered 409 with the run as it is.
     Refused(RunRow),
     Api(WorkerApiError),
+    /// The drain holds the run's stack: try again.
+    Busy,
 }
 
 impl From<diesel::result::Error> for NotApplied {
@@ -349,8 +398,34 @@ async fn report(app: &App, conn: &mut AsyncPgConnection, worker: Worker, run_id:
     let note: String = r.note.chars().filter(|c| !c.is_control() || *c == '\n').take(2000).collect();
     let actor = format!("worker:{}", worker.id);
     let lease = lease_until(app);
-    let result = conn
-        .transaction::<_, NotApplied, _>(async |c| {
+    let mut attempts = 0;
+    let result = loop {
+        let r = report_once(conn, worker, run_id, &r, &note, &actor, lease).await;
+        attempts += 1;
+        if !matches!(r, Err(NotApplied::Busy)) || attempts >= BUSY_RETRIES {
+            break r;
+        }
+        tokio::time::sleep(BUSY_PAUSE).await;
+    };
+    match result {
+        Ok(run) => Ok(json(StatusCode::OK, &status_of(&run))),
+        Err(NotApplied::Refused(run)) => Ok(json(StatusCode::CONFLICT, &status_of(&run))),
+        Err(NotApplied::Api(e)) => Err(e),
+        // A transient condition: the worker retries 503s.
+        Err(NotApplied::Busy) => Err(WorkerApiError::Unavailable),
+    }
+}
+
+async fn report_once(
+    conn: &mut AsyncPgConnection,
+    worker: Worker,
+    run_id: i64,
+    r: &StateReport,
+    note: &str,
+    actor: &str,
+    lease: chrono::DateTime<chrono::Utc>,
+) -> Result<RunRow, NotApplied> {
+    conn.transaction::<_, NotApplied, _>(async |c| {
             let run: RunRow = runs::table
                 .filter(runs::id.eq(run_id))
                 .for_update()
@@ -360,6 +435,9 @@ async fn report(app: &App, conn: &mut AsyncPgConnection, worker: Worker, run_id:
                 .optional()?
                 .filter(|r| r.worker_id == Some(worker.id))
                 .ok_or(NotApplied::Api(WorkerApiError::NotHolder { run: run_id }))?;
+            if !hold_stack(c, run.stack_id).await? {
+                return Err(NotApplied::Busy);
+            }
             let from = run.state();
             // Only tracked runs apply, and only after a human confirmed unless
             // the stack deploys automatically.
@@ -380,19 +458,14 @@ async fn report(app: &App, conn: &mut AsyncPgConnection, worker: Worker, run_id:
             if !r.to.is_terminal() {
                 diesel::update(runs::table.find(run_id)).set(runs::lease_expires_at.eq(lease)).execute(c).await?;
             }
-            let cause = if note.is_empty() { format!("reported by worker {}", worker.id) } else { note.clone() };
-            match hangar_db::runs::transition(c, run_id, Some(&[from]), r.to, &cause, &actor).await {
+            let cause = if note.is_empty() { format!("reported by worker {}", worker.id) } else { note.to_string() };
+            match hangar_db::runs::transition(c, run_id, Some(&[from]), r.to, &cause, actor).await {
                 Ok(row) => Ok(row),
                 Err(TransitionFailure::NotAllowed { .. }) => Err(NotApplied::Refused(run)),
                 Err(e) => Err(NotApplied::Api(WorkerApiError::db(e))),
             }
         })
-        .await;
-    match result {
-        Ok(run) => Ok(json(StatusCode::OK, &status_of(&run))),
-        Err(NotApplied::Refused(run)) => Ok(json(StatusCode::CONFLICT, &status_of(&run))),
-        Err(NotApplied::Api(e)) => Err(e),
-    }
+        .await
 }
 
 async fn stack_autodeploys(c: &mut AsyncPgConnection, stack: i64) -> QueryResult<bool> {
