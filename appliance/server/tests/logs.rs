@@ -423,3 +423,24 @@ async fn a_follower_waits_for_a_missing_chunk_of_an_ended_run_within_the_grace_p
     r.expect_chunk("planning", 2, "two\n").await;
     assert_eq!(r.next().await.unwrap().event, "end");
 }
+
+#[tokio::test]
+async fn deleting_a_runs_logs_removes_objects_and_rows_together() {
+    let app = Appliance::start().await;
+    let store = Store::open(&app).await;
+    let (run, other) = (store.run().await, store.run().await);
+    for r in [run, other] {
+        store.append(r, Phase::Preparing, 0, "a").await.unwrap();
+        store.append(r, Phase::Planning, 0, "b").await.unwrap();
+        store.append(r, Phase::Planning, 1, "c").await.unwrap();
+    }
+    assert_eq!(logs::delete_run_logs(&store.db, &store.objects, run).await.unwrap(), 3);
+    assert!(store.rows(run).await.is_empty());
+    for (phase, seq) in [(Phase::Preparing, 0), (Phase::Planning, 0), (Phase::Planning, 1)] {
+        assert!(store.objects.get(&logs::object_key(run, phase, seq)).await.is_err(), "{phase:?}/{seq} left behind");
+        assert!(store.objects.get(&logs::object_key(other, phase, seq)).await.is_ok(), "another run's log was touched");
+    }
+    assert_eq!(store.rows(other).await.len(), 3);
+    // Nothing left: a second deletion has nothing to do.
+    assert_eq!(logs::delete_run_logs(&store.db, &store.objects, run).await.unwrap(), 0);
+}
