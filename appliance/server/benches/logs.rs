@@ -1,0 +1,208 @@
+//! Run log benchmark: chunk append throughput (object store put, row, NOTIFY)
+//! and the latency from the start of an append to the chunk's arrival at a
+//! Server-Sent Events follower of the release `hangar server` binary, with real
+//! PostgreSQL (fsync on) and Garage behind `hangar tls-proxy`.
+//!
+//! `cargo bench -p hangar-server --bench logs` (add `-- --quick` for a short
+//! run). Appends are made by this process with `hangar_server::logs::append`,
+//! the function the worker route calls after authenticating the worker.
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::{Appliance, CREATE_STACK, Options, stack_input};
+use futures::StreamExt;
+use hangar_db::DbPool;
+use hangar_db::runs::{self, NewRun};
+use hangar_objects::{ObjectStore, ObjectsConfig};
+use hangar_server::logs;
+use hangar_types::worker::Phase;
+use hangar_types::{RunKind, RunState};
+use serde_json::json;
+
+struct Store {
+    db: DbPool,
+    objects: ObjectStore,
+    stack: i64,
+}
+
+impl Store {
+    async fn run(&self) -> i64 {
+        let mut c = self.db.get().await.unwrap();
+        let new = NewRun {
+            stack_id: self.stack,
+            kind: RunKind::Proposed,
+            commit_sha: "b".repeat(40),
+            branch: "main".into(),
+            command: None,
+            triggered_by: "bench".into(),
+        };
+        let id = runs::create(&mut c, &new, "bench").await.unwrap().id;
+        for to in [RunState::Ready, RunState::Preparing, RunState::Initializing, RunState::Planning] {
+            runs::transition(&mut c, id, None, to, "bench", "bench").await.unwrap();
+        }
+        id
+    }
+}
+
+fn main() {
+    let quick = std::env::args().any(|a| a == "--quick");
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    rt.block_on(async move {
+        let app = Appliance::start_with(Options { durable_db: true, ..Options::default() }).await;
+        let token = app.admin_token().await;
+        let config: toml::Table = toml::from_str(&std::fs::read_to_string(&app.config).unwrap()).unwrap();
+        let objects: ObjectsConfig = config["objects"].clone().try_into().unwrap();
+        let created = app.ok(&token, CREATE_STACK, json!({ "i": stack_input("bench", "https://git.example/bench.git") })).await;
+        let store = Arc::new(Store {
+            db: app.pg.database().pool(Some(16)).unwrap(),
+            objects: ObjectStore::connect(&objects).await.unwrap(),
+            stack: created["createStack"]["id"].as_str().unwrap().parse().unwrap(),
+        });
+
+        println!("machine: {}", machine());
+        println!("server: release `hangar server`, PostgreSQL fsync=on, Garage behind `hangar tls-proxy`, TLS 1.3 on loopback\n");
+        println!("| append | chunk | writers | chunks | chunks/s | MiB/s | p50 | p99 |");
+        println!("|---|---|---|---|---|---|---|---|");
+        let total = if quick { 200 } else { 1000 };
+        for (size, label) in [(1024usize, "1 KiB"), (64 * 1024, "64 KiB")] {
+            for writers in [1usize, 8] {
+                let f = append_throughput(&store, size, writers, total).await;
+                println!(
+                    "| `logs::append` | {label} | {writers} | {total} | {:.0} | {:.1} | {:.1} ms | {:.1} ms |",
+                    f.per_sec,
+                    f.per_sec * size as f64 / (1024.0 * 1024.0),
+                    f.p50_ms,
+                    f.p99_ms
+                );
+            }
+        }
+
+        println!("\n| delivery | chunk | followers | chunks | p50 | p99 | max |");
+        println!("|---|---|---|---|---|---|---|");
+        let chunks = if quick { 100 } else { 500 };
+        for followers in [1usize, 10] {
+            let (p50, p99, max) = delivery_latency(&app, &token, &store, followers, chunks).await;
+            println!("| append start → SSE event | 1 KiB | {followers} | {chunks} | {p50:.1} ms | {p99:.1} ms | {max:.1} ms |");
+        }
+    });
+}
+
+struct Figures {
+    per_sec: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+}
+
+/// `total` chunks of `size` bytes, numbered in order per writer (each writer its
+/// own run, as each worker appends to its own run).
+async fn append_throughput(store: &Arc<Store>, size: usize, writers: usize, total: usize) -> Figures {
+    let body = Bytes::from(vec![b'x'; size]);
+    let per_writer = total / writers;
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..writers {
+        let (store, body) = (store.clone(), body.clone());
+        tasks.push(tokio::spawn(async move {
+            let run = store.run().await;
+            let mut lat = Vec::with_capacity(per_writer);
+            for seq in 0..per_writer as u64 {
+                let t = Instant::now();
+                logs::append(&store.db, &store.objects, run, Phase::Planning, seq, body.clone()).await.unwrap();
+                lat.push(t.elapsed());
+            }
+            lat
+        }));
+    }
+    let mut lat: Vec<Duration> = Vec::new();
+    for t in tasks {
+        lat.extend(t.await.unwrap());
+    }
+    let elapsed = start.elapsed();
+    lat.sort();
+    Figures {
+        per_sec: lat.len() as f64 / elapsed.as_secs_f64(),
+        p50_ms: ms(lat[lat.len() / 2]),
+        p99_ms: ms(lat[lat.len() * 99 / 100]),
+    }
+}
+
+/// One chunk at a time: the time from the start of its append until every
+/// follower has its event.
+async fn delivery_latency(app: &Appliance, token: &str, store: &Arc<Store>, followers: usize, chunks: usize) -> (f64, f64, f64) {
+    let run = store.run().await;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(usize, u64)>();
+    for f in 0..followers {
+        let resp = app
+            .client
+            .get(app.url(&format!("/api/v1/runs/{run}/logs?follow=true&phase=planning")))
+            .bearer_auth(token)
+            .timeout(Duration::from_secs(3600))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            let mut body = resp.bytes_stream();
+            let mut buf = String::new();
+            while let Some(Ok(b)) = body.next().await {
+                buf.push_str(std::str::from_utf8(&b).unwrap());
+                while let Some(end) = buf.find("\n\n") {
+                    let block: String = buf.drain(..end + 2).collect();
+                    if let Some(data) = block.lines().find_map(|l| l.strip_prefix("data:")) {
+                        let v: serde_json::Value = serde_json::from_str(data).unwrap();
+                        if let Some(seq) = v["seq"].as_u64() {
+                            let _ = tx.send((f, seq));
+                        }
+                    }
+                }
+            }
+        });
+    }
+    let body = Bytes::from(vec![b'y'; 1024]);
+    let mut lat = Vec::with_capacity(chunks);
+    for seq in 0..chunks as u64 {
+        let t = Instant::now();
+        logs::append(&store.db, &store.objects, run, Phase::Planning, seq, body.clone()).await.unwrap();
+        let mut got = 0;
+        while got < followers {
+            let (_, s) = tokio::time::timeout(Duration::from_secs(30), rx.recv()).await.expect("delivery").unwrap();
+            assert_eq!(s, seq, "chunks arrive in order");
+            got += 1;
+        }
+        lat.push(t.elapsed());
+    }
+    let mut c = store.db.get().await.unwrap();
+    runs::transition(&mut c, run, None, RunState::Finished, "bench", "bench").await.unwrap();
+    lat.sort();
+    (ms(lat[lat.len() / 2]), ms(lat[lat.len() * 99 / 100]), ms(*lat.last().unwrap()))
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
+        .unwrap_or_default();
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    let mem_kib = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|s| s.lines().next().and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse::<u64>().ok())))
+        .unwrap_or(0);
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    format!(
+        "{cpu}, {cores} cores, {} GiB RAM, load average at start {}",
+        mem_kib / 1024 / 1024,
+        load.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
+    )
+}
