@@ -242,5 +242,23 @@ mod tests {
         assert!(e.contains("server.key_file"), "{e}");
         let e = parse(&format!("{MINIMAL}tls = false\n")).unwrap_err();
         assert!(e.contains("unknown field"), "{e}");
+        let e = parse(&format!("{MINIMAL}ca_key_file = \"ca.key\"\n")).unwrap_err();
+        assert!(e.contains("server.ca_key_file"), "{e}");
+        let e = parse(&format!("{MINIMAL}broker_url = \"tcp://hangar.example:1984\"\n")).unwrap_err();
+        assert!(e.contains("server.broker_url"), "{e}");
+        let e = parse(&format!("{MINIMAL}worker_lease_secs = 1\n")).unwrap_err();
+        assert!(e.contains("server.worker_lease_secs"), "{e}");
+        let e = parse(&format!("{MINIMAL}tools_dir = \"tools\"\n")).unwrap_err();
+        assert!(e.contains("server.tools_dir"), "{e}");
+    }
+
+    #[test]
+    fn the_shipped_example_documents_the_worker_settings() {
+        let example: toml::Table = toml::from_str(include_str!("../../hangar/hangar.example.toml")).unwrap();
+        let cfg: ServerConfig = example["server"].clone().try_into().unwrap();
+        cfg.validate().unwrap();
+        assert_eq!(cfg.ca_key_path(), PathBuf::from("/etc/hangar/pki/ca.key"));
+        assert!(cfg.tools_dir.is_some() && cfg.provider_mirror_dir.is_some());
+        assert_eq!(cfg.worker_broker_url(), "mqtts://hangar.example.internal:1984");
     }
 }
