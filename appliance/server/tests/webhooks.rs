@@ -254,3 +254,47 @@ async fn integration_secrets_are_write_only_and_admin_only() {
     assert_eq!(delivery_rows(&app).await, 0);
     assert_eq!(app.err(Some(&admin), DELIVERIES, json!({ "i": "ghe" })).await.0, "NOT_FOUND");
 }
+
+#[tokio::test]
+async fn gitlab_and_gitea_deliveries_are_verified_their_own_way() {
+    let app = Appliance::start().await;
+    let admin = app.admin_token().await;
+    for (name, kind, secret) in [("lab", "GITLAB", "gitlab-secret-token"), ("tea", "GITEA", "gitea-hmac-secret")] {
+        app.ok(
+            &admin,
+            CREATE_INTEGRATION,
+            json!({ "i": { "name": name, "kind": kind, "baseUrl": "https://git.example.test", "webhookSecret": secret } }),
+        )
+        .await;
+    }
+    let body = br#"{"object_kind": "push"}"#.to_vec();
+    let post = |path: &'static str, headers: Vec<(&'static str, String)>| {
+        let mut req = app.client.post(app.url(path)).header("content-type", "application/json").body(body.clone());
+        for (k, v) in headers {
+            req = req.header(k, v);
+        }
+        async move { req.send().await.unwrap().status().as_u16() }
+    };
+    let lab = |token: &str, id: &str| {
+        vec![("x-gitlab-event", "Push Hook".to_string()), ("x-gitlab-token", token.to_string()), ("x-gitlab-event-uuid", id.to_string())]
+    };
+    assert_eq!(post("/webhooks/gitlab/lab", lab("wrong-token", "l-1")).await, 401);
+    assert_eq!(post("/webhooks/gitlab/lab", vec![("x-gitlab-event", "Push Hook".into())]).await, 401);
+    assert_eq!(post("/webhooks/gitlab/lab", lab("gitlab-secret-token", "l-2")).await, 202);
+    assert_eq!(post("/webhooks/gitlab/lab", lab("gitlab-secret-token", "l-2")).await, 200);
+
+    let sig = |secret: &str| {
+        let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret.as_bytes());
+        hex::encode(ring::hmac::sign(&key, &body).as_ref())
+    };
+    let tea = |s: String, id: &str| {
+        vec![("x-gitea-event", "push".to_string()), ("x-gitea-delivery", id.to_string()), ("x-gitea-signature", s)]
+    };
+    assert_eq!(post("/webhooks/gitea/tea", tea(sig("not-it"), "t-1")).await, 401);
+    assert_eq!(post("/webhooks/gitea/tea", tea(sig("gitea-hmac-secret"), "t-2")).await, 202);
+    // Forgejo's name for the kind reaches the same integration.
+    assert_eq!(post("/webhooks/forgejo/tea", tea(sig("gitea-hmac-secret"), "t-3")).await, 202);
+    // A GitHub-style signature on the Gitea integration is not Gitea's.
+    assert_eq!(post("/webhooks/github/tea", tea(sig("gitea-hmac-secret"), "t-4")).await, 404);
+    assert_eq!(delivery_rows(&app).await, 3);
+}
