@@ -38,7 +38,10 @@ fn main() {
             .output()
             .unwrap(),
     );
-    let bins = repo.join("target/release");
+    // A separate target directory (CARGO_TARGET_DIR) keeps this build from
+    // waiting on others' locks.
+    let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| repo.join("target"));
+    let bins = target.join("release");
     let work = TestDir::new("install-bench");
     let key = work.path().join("bench-key");
     check("keygen", Command::new(bins.join("hangar-bundle")).arg("keygen").arg("--out").arg(&key).output().unwrap());
