@@ -203,7 +203,7 @@ async fn two_schedulers_fire_each_tick_once_and_hand_over_when_the_leader_dies()
     let e = env("scheduler").await;
     let cfg = e.config(
         "scheduler",
-        "[scheduler]\nreaper = \"0 0 1 1 *\"\nretention = \"0 0 1 1 *\"\ndrift = \"0 0 1 1 *\"\n\
+        "[scheduler]\nreaper = \"0 0 1 1 *\"\nretention = \"0 0 1 1 *\"\ndrift = \"0 0 1 1 *\"\nvcs_poll = \"0 0 1 1 *\"\n\
          [[scheduler.entry]]\nname = \"tick\"\nschedule = \"* * * * * *\"\nkind = \"test.tick\"\n",
     );
     let mut a = e.spawn("scheduler", "scheduler-a", &cfg);
