@@ -89,6 +89,7 @@ fn main() {
             let (p50, p99, max) = delivery_latency(&app, &token, &store, followers, chunks).await;
             println!("| append start → SSE event | 1 KiB | {followers} | {chunks} | {p50:.1} ms | {p99:.1} ms | {max:.1} ms |");
         }
+        println!("\nappends retried after a 503 (busy store): {}", RETRIES.load(std::sync::atomic::Ordering::Relaxed));
     });
 }
 
@@ -112,7 +113,7 @@ async fn append_throughput(store: &Arc<Store>, size: usize, writers: usize, tota
             let mut lat = Vec::with_capacity(per_writer);
             for seq in 0..per_writer as u64 {
                 let t = Instant::now();
-                logs::append(&store.db, &store.objects, run, Phase::Planning, seq, body.clone()).await.unwrap();
+                append_retrying(&store, run, seq, &body).await;
                 lat.push(t.elapsed());
             }
             lat
@@ -168,7 +169,7 @@ async fn delivery_latency(app: &Appliance, token: &str, store: &Arc<Store>, foll
     let mut lat = Vec::with_capacity(chunks);
     for seq in 0..chunks as u64 {
         let t = Instant::now();
-        logs::append(&store.db, &store.objects, run, Phase::Planning, seq, body.clone()).await.unwrap();
+        append_retrying(store, run, seq, &body).await;
         let mut got = 0;
         while got < followers {
             let (_, s) = tokio::time::timeout(Duration::from_secs(30), rx.recv()).await.expect("delivery").unwrap();
@@ -181,6 +182,25 @@ async fn delivery_latency(app: &Appliance, token: &str, store: &Arc<Store>, foll
     runs::transition(&mut c, run, None, RunState::Finished, "bench", "bench").await.unwrap();
     lat.sort();
     (ms(lat[lat.len() / 2]), ms(lat[lat.len() * 99 / 100]), ms(*lat.last().unwrap()))
+}
+
+/// Answers the worker would retry (503: the database or the object store was
+/// busy) are retried as the worker does; each one is counted.
+static RETRIES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+async fn append_retrying(store: &Store, run: i64, seq: u64, body: &Bytes) {
+    let mut pause = Duration::from_millis(20);
+    loop {
+        match logs::append(&store.db, &store.objects, run, Phase::Planning, seq, body.clone()).await {
+            Ok(()) => return,
+            Err(e) if e.status() == 503 => {
+                RETRIES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(1));
+            }
+            Err(e) => panic!("append {run}/{seq}: {e:?}"),
+        }
+    }
 }
 
 fn ms(d: Duration) -> f64 {
