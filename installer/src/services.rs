@@ -65,23 +65,29 @@ pub fn start(host: &Host, l: &Layout, config_changed: bool) -> Result<String, In
         .arg(&l.config)
         .arg("supervise")
         .current_dir(&l.data);
-    let child = detach(&mut cmd, &log)?;
+    let mut child = detach(&mut cmd, &log)?;
     let pid = child.id();
     write_atomic(&l.supervisor_pid_file(), format!("{pid}\n").as_bytes(), 0o644, None)?;
-    // The supervisor is not the installer's to wait for: it outlives it.
-    std::mem::forget(child);
     let deadline = Instant::now() + Duration::from_secs(30);
     while !l.socket().exists() {
-        if live_pid(&l.supervisor_pid_file(), NEEDLE).is_none() {
+        // Asked of the child itself: right after exec, /proc/<pid>/cmdline can
+        // still read empty, which a pid-file check would take for an exit.
+        if let Ok(Some(status)) = child.try_wait() {
             let tail = fs::read_to_string(&log).unwrap_or_default();
             let last = tail.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("").to_string();
-            return Err(InstallError::Health { what: "the supervisor".into(), secs: 0, detail: format!("it exited: {last} (log {})", log.display()) });
+            return Err(InstallError::Health {
+                what: "the supervisor".into(),
+                secs: 0,
+                detail: format!("it exited ({status}): {last} (log {})", log.display()),
+            });
         }
         if Instant::now() > deadline {
             return Err(InstallError::Health { what: "the supervisor's control socket".into(), secs: 30, detail: l.socket().display().to_string() });
         }
         std::thread::sleep(Duration::from_millis(50));
     }
+    // The supervisor is not the installer's to wait for: it outlives it.
+    std::mem::forget(child);
     Ok(format!("no systemd: started the supervisor directly (pid {pid}, log {})", log.display()))
 }
 

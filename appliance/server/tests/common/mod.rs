@@ -324,6 +324,10 @@ pub fn client_trusting(ca: &Path) -> reqwest::Client {
         .add_root_certificate(cert)
         .https_only(true)
         .timeout(Duration::from_secs(30))
+        // The server may answer a refused request before reading its body and
+        // then close the connection; a pooled connection reused at that moment
+        // fails the next request with no answer. Each request gets its own.
+        .pool_max_idle_per_host(0)
         .build()
         .unwrap()
 }
