@@ -446,6 +446,12 @@ impl Runner {
             s.last_exit_at_ms = Some(now_ms());
             s.pid = None;
             s.detail = msg.clone();
+            // A crashed child is not shown ready, not even for the moment
+            // before its back-off begins.
+            if !asked && s.state != State::Backoff {
+                s.state = State::Backoff;
+                s.since_ms = now_ms();
+            }
         });
     }
 
