@@ -27,6 +27,9 @@ pub struct Options {
     pub durable_db: bool,
     /// Lines added to the `[server]` section.
     pub server_extra: String,
+    /// Host the MQTT broker in the server process (on a free loopback port,
+    /// with the server's certificate) and point `broker_url` at it.
+    pub broker: bool,
 }
 
 impl Default for Options {
@@ -38,6 +41,7 @@ impl Default for Options {
             git_timeout_secs: 10,
             durable_db: false,
             server_extra: String::new(),
+            broker: false,
         }
     }
 }
@@ -52,6 +56,8 @@ pub struct Appliance {
     pub addr: std::net::SocketAddr,
     pub server: Option<ChildProcess>,
     pub client: reqwest::Client,
+    /// The hosted broker's port, when `Options::broker` asked for one.
+    pub broker_port: Option<u16>,
     _tls_proxy: ChildProcess,
 }
 
@@ -100,6 +106,19 @@ impl Appliance {
         hangar_crypto::MasterKey::generate().save(&master_key).unwrap();
 
         let addr: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let broker_port = opts.broker.then(free_port);
+        let (broker_url, broker_section) = match broker_port {
+            None => (String::new(), String::new()),
+            Some(port) => (
+                format!("broker_url = \"mqtts://localhost:{port}\"\n"),
+                format!(
+                    "[broker]\nlisten = \"127.0.0.1:{port}\"\ncert_file = \"{cert}\"\nkey_file = \"{key}\"\nca_file = \"{ca}\"\n",
+                    cert = store.cert_path("server").display(),
+                    key = store.key_path("server").display(),
+                    ca = store.ca_cert_path().display(),
+                ),
+            ),
+        };
         let config = dir.path().join("hangar.toml");
         std::fs::write(
             &config,
@@ -123,8 +142,9 @@ max_body_bytes = {max_body}
 handshake_timeout_secs = {handshake}
 shutdown_grace_secs = {grace}
 git_timeout_secs = {git}
-{server_extra}
+{broker_url}{server_extra}
 
+{broker_section}
 [secrets]
 master_key_file = "{mk}"
 
@@ -166,6 +186,7 @@ request_timeout_secs = 5
             addr,
             server: None,
             client: client_trusting(&store.ca_cert_path()),
+            broker_port,
             _tls_proxy: tls_proxy,
             dir,
         };
