@@ -8,7 +8,7 @@ use hangar_db::runs::{self as db_runs, NewRun, RunRow, TransitionFailure};
 use hangar_types::{Role, RunKind, RunState};
 use serde_json::json;
 
-use super::types::{DeadJob, Run, RunPage, run_page};
+use super::types::{DeadJob, Run, RunKindValue, RunPage, run_page};
 use super::{ApiError, app, conn, require};
 use crate::store::{audit, stacks};
 use crate::{git, store::users::Caller};
@@ -111,10 +111,22 @@ pub struct RunsMutation;
 
 #[Object]
 impl RunsMutation {
-    /// Queues a tracked run of a stack at `commitSha`, or at the head of the
-    /// stack's branch (asked of the repository) when none is given.
-    async fn trigger_run(&self, ctx: &Context<'_>, stack: String, commit_sha: Option<String>) -> async_graphql::Result<Run> {
+    /// Queues a run of a stack at `commitSha`, or at the head of the stack's
+    /// branch (asked of the repository) when none is given: TRACKED (the
+    /// default; may apply) or PROPOSED (plans only, beside the tracked runs).
+    async fn trigger_run(
+        &self,
+        ctx: &Context<'_>,
+        stack: String,
+        commit_sha: Option<String>,
+        #[graphql(default_with = "RunKindValue::Tracked")] kind: RunKindValue,
+    ) -> async_graphql::Result<Run> {
         let caller = require(ctx, Role::Writer)?.clone();
+        let kind = RunKind::from(kind);
+        // Drift runs come from the schedule and tasks need a command.
+        if !matches!(kind, RunKind::Tracked | RunKind::Proposed) {
+            return Err(ApiError::invalid("kind", "must be TRACKED or PROPOSED").into());
+        }
         let commit = commit_sha.as_deref().map(check_sha).transpose()?;
         let app = app(ctx);
         let mut c = conn(ctx).await?;
@@ -135,7 +147,7 @@ impl RunsMutation {
         let actor = caller.actor();
         let new = NewRun {
             stack_id: s.id,
-            kind: RunKind::Tracked,
+            kind,
             commit_sha: commit.clone(),
             branch: s.branch.clone(),
             command: None,
@@ -149,7 +161,7 @@ impl RunsMutation {
                     &actor,
                     "run.trigger",
                     &format!("run:{}", run.id),
-                    json!({ "stack": s.slug, "commit": commit, "kind": "tracked" }),
+                    json!({ "stack": s.slug, "commit": commit, "kind": kind.as_str() }),
                 )
                 .await?;
                 Ok(run)

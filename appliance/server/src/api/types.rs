@@ -461,6 +461,40 @@ impl Run {
         let rows = hangar_db::runs::events(&mut c, self.0.id).await.map_err(ApiError::from)?;
         Ok(rows.into_iter().map(RunEvent).collect())
     }
+    /// What the plan changes, once planning ended; null before and for runs
+    /// that never planned.
+    async fn changes(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<RunChanges>> {
+        require(ctx, Role::Reader)?;
+        let mut c = conn(ctx).await?;
+        let reported = store::runs::outcome(&mut c, self.0.id).await.map_err(ApiError::from)?;
+        let Some((Some(json), _)) = reported else { return Ok(None) };
+        // Written by the worker API from the same type; unreadable means not reported.
+        Ok(serde_json::from_value::<hangar_types::worker::Changes>(json).ok().map(RunChanges::from))
+    }
+    /// Whether Terraform could not save the state during the apply and its
+    /// `errored.tfstate` was stored on the appliance (sealed) for an operator.
+    async fn errored_state_uploaded(&self, ctx: &Context<'_>) -> async_graphql::Result<bool> {
+        require(ctx, Role::Reader)?;
+        let mut c = conn(ctx).await?;
+        let reported = store::runs::outcome(&mut c, self.0.id).await.map_err(ApiError::from)?;
+        Ok(reported.is_some_and(|(_, errored)| errored))
+    }
+}
+
+/// A plan's change summary, as the worker reported it.
+#[derive(SimpleObject, Debug, Clone, Copy)]
+pub struct RunChanges {
+    pub add: u32,
+    pub change: u32,
+    pub destroy: u32,
+    /// Output values the plan changes.
+    pub outputs: u32,
+}
+
+impl From<hangar_types::worker::Changes> for RunChanges {
+    fn from(c: hangar_types::worker::Changes) -> Self {
+        RunChanges { add: c.add, change: c.change, destroy: c.destroy, outputs: c.outputs }
+    }
 }
 
 pub struct RunEvent(pub RunEventRow);

@@ -24,3 +24,18 @@ pub async fn list_for_stack(
     }
     q.load(conn).await
 }
+
+/// What a run's worker reported beyond its state: the plan's change summary
+/// (JSON of `hangar_types::worker::Changes`) and whether an errored state was
+/// stored. `None` when the run does not exist.
+pub async fn outcome(
+    conn: &mut AsyncPgConnection,
+    run: i64,
+) -> Result<Option<(Option<serde_json::Value>, bool)>, diesel::result::Error> {
+    runs::table
+        .find(run)
+        .select((runs::changes, runs::errored_state_key.is_not_null()))
+        .first(conn)
+        .await
+        .optional()
+}
