@@ -712,6 +712,51 @@ async fn plans_go_to_a_presigned_url_and_errored_state_is_sealed() {
     assert_eq!(plan_stored, plan);
 }
 
+#[tokio::test]
+async fn log_chunk_paths_with_hostile_phases_or_numbers_are_refused_with_a_reason() {
+    let env = Env::start().await;
+    let w = env.join("builders", "host-a").await;
+    let run = env.ready_run(RunKind::Tracked).await;
+    w.claim().await.unwrap();
+    let send = |tail: &str| {
+        let req = w
+            .http
+            .post(format!("{}/api/v1/worker/runs/{run}/logs/{tail}", w.base))
+            .bearer_auth(&w.token)
+            .body(b"output\n".to_vec());
+        async move {
+            let r = req.send().await.unwrap();
+            let status = r.status().as_u16();
+            (status, r.json::<Value>().await.unwrap_or(Value::Null))
+        }
+    };
+    for (tail, says) in [
+        ("planning/+7", "chunk number"),
+        ("planning/-1", "chunk number"),
+        ("planning/%2B1", "chunk number"),
+        ("planning/%201", "chunk number"),
+        ("planning/0x10", "chunk number"),
+        ("planning/1e3", "chunk number"),
+        ("planning/1000000", "chunk number"),
+        ("planning/18446744073709551616", "chunk number"),
+        ("planning/%EF%BC%91", "chunk number"),
+        ("Planning/0", "phase"),
+        ("PLANNING/0", "phase"),
+        ("planning%20/0", "phase"),
+        ("%22planning%22/0", "phase"),
+        ("plan/0", "phase"),
+    ] {
+        let (status, body) = send(tail).await;
+        assert_eq!(status, 400, "{tail}: {body}");
+        assert!(error_of(&body).contains(says), "{tail}: {body}");
+    }
+    assert_eq!(env.count(&format!("SELECT count(*) AS n FROM run_log_chunks WHERE run_id = {run}")).await, 0);
+    // The largest number there is, and the smallest, are taken.
+    assert_eq!(send("planning/999999").await.0, 204);
+    assert_eq!(send("planning/0").await.0, 204);
+    assert_eq!(env.count(&format!("SELECT count(*) AS n FROM run_log_chunks WHERE run_id = {run}")).await, 2);
+}
+
 /// An object straight from Garage (its plain S3 port, the test's own credentials).
 async fn object(env: &Env, key: &str) -> Vec<u8> {
     env.app.garage.bucket().get_object(key).await.unwrap().bytes().to_vec()

@@ -523,9 +523,10 @@ async fn errored_state(app: &App, conn: &mut AsyncPgConnection, run: &RunRow, bo
 /// Hands a chunk to the run's log (stored under `(run, phase, seq)`, so a
 /// resent chunk is harmless).
 async fn log_chunk(app: &App, run: &RunRow, phase: &str, seq: &str, body: bytes::Bytes) -> Reply2 {
-    let phase: hangar_types::worker::Phase = serde_json::from_value(serde_json::Value::String(phase.to_string()))
-        .map_err(|_| WorkerApiError::Malformed(format!("{phase:?} is not a log phase")))?;
-    let seq: u64 = seq.parse().map_err(|_| WorkerApiError::Malformed(format!("{seq:?} is not a chunk number")))?;
+    // The same strict parsers as the readers' routes: serde would take
+    // `"planning"` only, but `parse` takes `+7` and numbers past the log's end.
+    let phase = crate::logs::parse_phase(phase).map_err(WorkerApiError::Log)?;
+    let seq = crate::logs::parse_seq(seq).map_err(WorkerApiError::Log)?;
     crate::logs::append_chunk(app, run.id, phase, seq, body).await.map_err(WorkerApiError::Log)?;
     Ok(warp::reply::Reply::into_response(StatusCode::NO_CONTENT))
 }
