@@ -33,6 +33,7 @@
 //! - **Plain git**: every [`VcsConfig::poll_interval`], [`ls_remote`], then
 //!   [`poll_events`] against the stored previous [`RemoteRefs`] (serializable).
 
+mod changes;
 mod config;
 mod event;
 mod paths;
@@ -42,6 +43,7 @@ mod status;
 mod vendor;
 mod webhook;
 
+pub use changes::{Base, ChangesError, Diff, GitCache, Remote};
 pub use config::{VcsConfig, VcsConfigError};
 pub use event::{
     Event, ParseError, PrAction, PullRequest, Push, RefTarget, Repository, parse,

@@ -50,7 +50,7 @@ impl Credentials {
         }
     }
 
-    fn secrets(&self) -> Vec<String> {
+    pub(crate) fn secrets(&self) -> Vec<String> {
         match self {
             Credentials::Basic { username, password } => {
                 let pair = format!("{username}:{}", password.expose());
@@ -216,7 +216,7 @@ fn url_path(url: &str) -> String {
 }
 
 /// `url` with any password replaced by `***`, for messages.
-fn shown_url(url: &str) -> String {
+pub(crate) fn shown_url(url: &str) -> String {
     if let Ok(mut u) = url::Url::parse(url)
         && u.password().is_some()
     {
@@ -226,7 +226,7 @@ fn shown_url(url: &str) -> String {
     url.chars().take(300).collect()
 }
 
-fn check_url(req: &LsRemote) -> Result<(), LsRemoteError> {
+pub(crate) fn check_url(req: &LsRemote) -> Result<(), LsRemoteError> {
     let url = req.url.as_str();
     let refuse = |problem| LsRemoteError::Url { url: shown_url(url), problem };
     if url.is_empty() || url.starts_with('-') {
@@ -258,11 +258,8 @@ fn check_url(req: &LsRemote) -> Result<(), LsRemoteError> {
     Ok(())
 }
 
-/// Lists the branches, tags and `HEAD` of a remote repository.
-pub async fn ls_remote(req: &LsRemote) -> Result<RemoteRefs, LsRemoteError> {
-    check_url(req)?;
-    let shown = shown_url(&req.url);
-    let mut cmd = tokio::process::Command::new(&req.git);
+/// The environment every git command talking to a git server runs with.
+pub(crate) fn git_environment(cmd: &mut tokio::process::Command, credentials: Option<&Credentials>, ca_file: Option<&std::path::Path>) {
     cmd.env_clear();
     for keep in ["PATH", "HOME", "SSH_AUTH_SOCK"] {
         if let Some(v) = std::env::var_os(keep) {
@@ -276,7 +273,7 @@ pub async fn ls_remote(req: &LsRemote) -> Result<RemoteRefs, LsRemoteError> {
         .env("GIT_ALLOW_PROTOCOL", ALLOWED_PROTOCOLS)
         .env("GIT_SSH_COMMAND", "ssh -o BatchMode=yes");
     let mut config: Vec<(&str, String)> = vec![("credential.helper", String::new())];
-    if let Some(creds) = &req.credentials {
+    if let Some(creds) = credentials {
         config.push(("http.extraHeader", creds.header()));
         // The header would follow a redirect to another host.
         config.push(("http.followRedirects", "false".into()));
@@ -285,9 +282,17 @@ pub async fn ls_remote(req: &LsRemote) -> Result<RemoteRefs, LsRemoteError> {
     for (i, (k, v)) in config.iter().enumerate() {
         cmd.env(format!("GIT_CONFIG_KEY_{i}"), k).env(format!("GIT_CONFIG_VALUE_{i}"), v);
     }
-    if let Some(ca) = &req.ca_file {
+    if let Some(ca) = ca_file {
         cmd.env("GIT_SSL_CAINFO", ca);
     }
+}
+
+/// Lists the branches, tags and `HEAD` of a remote repository.
+pub async fn ls_remote(req: &LsRemote) -> Result<RemoteRefs, LsRemoteError> {
+    check_url(req)?;
+    let shown = shown_url(&req.url);
+    let mut cmd = tokio::process::Command::new(&req.git);
+    git_environment(&mut cmd, req.credentials.as_ref(), req.ca_file.as_deref());
     cmd.args(["ls-remote", "--symref", "--", &req.url, "HEAD", "refs/heads/*", "refs/tags/*"])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

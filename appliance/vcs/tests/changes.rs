@@ -1,0 +1,163 @@
+//! Asking git which paths a push changed, against the test kit's real git
+//! server: an ordinary push, a force push whose old commit only the cache still
+//! holds, a new branch compared with its merge base, and the refusals (a
+//! commit the server never had, a hostile commit id or URL, a server that
+//! never answers).
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use hangar_testkit::{GitServer, TestDir};
+use hangar_vcs::{Base, ChangesError, GitCache, ProjectRoot, Remote};
+
+struct Work {
+    dir: PathBuf,
+}
+
+impl Work {
+    fn clone(server: &GitServer, repo: &str, parent: &Path) -> Work {
+        let dir = parent.join(format!("clone-{}", rand_name()));
+        let out = server.git().arg("clone").arg("--quiet").arg(server.url(repo)).arg(&dir).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        Work { dir }
+    }
+
+    fn git(&self, args: &[&str]) -> String {
+        let out = std::process::Command::new("git")
+            .current_dir(&self.dir)
+            .args(["-c", "user.name=Dev", "-c", "user.email=dev@example.test"])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    fn commit(&self, files: &[(&str, &str)], amend: bool) -> String {
+        for (p, c) in files {
+            let path = self.dir.join(p);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, c).unwrap();
+        }
+        self.git(&["add", "--all"]);
+        if amend {
+            self.git(&["commit", "--quiet", "--amend", "-m", "amended"]);
+        } else {
+            self.git(&["commit", "--quiet", "-m", "change"]);
+        }
+        self.git(&["rev-parse", "HEAD"])
+    }
+
+    fn push(&self, branch: &str) {
+        self.git(&["push", "--quiet", "--force", "origin", &format!("HEAD:refs/heads/{branch}")]);
+    }
+}
+
+fn rand_name() -> String {
+    format!("{:08x}", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos())
+}
+
+fn remote(server: &GitServer) -> Remote {
+    Remote { url: server.url("infra"), credentials: None, ca_file: None }
+}
+
+fn infra() -> ProjectRoot {
+    ProjectRoot::new("infra").unwrap()
+}
+
+fn paths(d: &hangar_vcs::Diff) -> Vec<&str> {
+    d.paths.iter().map(String::as_str).collect()
+}
+
+#[tokio::test]
+async fn pushes_force_pushes_and_new_branches_are_diffed_with_git() {
+    let server = GitServer::start().await;
+    server.create_repo("infra");
+    let first = server.push_files("infra", "main", &[("infra/main.tf", "# v1\n"), ("README.md", "a\n")], "first");
+    let dir = TestDir::new("changes");
+    let cache = GitCache::new(dir.path().join("cache"), "git", Duration::from_secs(30));
+    let work = Work::clone(&server, "infra", dir.path());
+
+    // An ordinary push outside the root, then one inside it.
+    let docs = work.commit(&[("README.md", "b\n")], false);
+    work.push("main");
+    let d = cache.changed_paths(&remote(&server), &Base::Commit(first.clone()), &docs, &infra()).await.unwrap();
+    assert!(d.paths.is_empty(), "{d:?}");
+    assert_eq!(d.base, first);
+    let change = work.commit(&[("infra/main.tf", "# v2\n"), ("infra/sub/x.tf", "# x\n")], false);
+    work.push("main");
+    let d = cache.changed_paths(&remote(&server), &Base::Commit(docs.clone()), &change, &infra()).await.unwrap();
+    assert_eq!(paths(&d), ["infra/main.tf", "infra/sub/x.tf"]);
+    // Component-wise: `infrastructure/` is not under `infra`.
+    let beside = work.commit(&[("infrastructure/y.tf", "# y\n")], false);
+    work.push("main");
+    let d = cache.changed_paths(&remote(&server), &Base::Commit(change.clone()), &beside, &infra()).await.unwrap();
+    assert!(d.paths.is_empty(), "{d:?}");
+
+    // A force push replacing the last commit: the old one is gone from every
+    // branch of the server, but the cache fetched it before.
+    let amended = work.commit(&[("infrastructure/y.tf", "# y2\n")], true);
+    work.push("main");
+    let d = cache.changed_paths(&remote(&server), &Base::Commit(beside.clone()), &amended, &infra()).await.unwrap();
+    assert!(d.paths.is_empty(), "the amend touched only infrastructure/: {d:?}");
+    let rewritten = work.commit(&[("infra/main.tf", "# v3\n")], true);
+    work.push("main");
+    let d = cache.changed_paths(&remote(&server), &Base::Commit(amended.clone()), &rewritten, &infra()).await.unwrap();
+    assert_eq!(paths(&d), ["infra/main.tf"]);
+
+    // A new branch: compared with where it left the default branch.
+    work.git(&["checkout", "--quiet", "-b", "release"]);
+    let rel = work.commit(&[("docs/notes.md", "n\n")], false);
+    work.push("release");
+    let d = cache.changed_paths(&remote(&server), &Base::NewBranch { known: vec![] }, &rel, &infra()).await.unwrap();
+    assert_eq!(d.base, rewritten, "the merge base with main");
+    assert!(d.paths.is_empty(), "{d:?}");
+    let rel2 = work.commit(&[("infra/main.tf", "# release\n")], false);
+    work.push("release2");
+    let d = cache.changed_paths(&remote(&server), &Base::NewBranch { known: vec![first.clone()] }, &rel2, &infra()).await.unwrap();
+    assert_eq!(d.base, first, "the stack's last run comes first");
+    assert_eq!(paths(&d), ["infra/main.tf", "infra/sub/x.tf"]);
+    // An orphan branch shares no history with anything.
+    work.git(&["checkout", "--quiet", "--orphan", "lonely"]);
+    let lonely = work.commit(&[("infra/main.tf", "# alone\n")], false);
+    work.push("lonely");
+    let e = cache.changed_paths(&remote(&server), &Base::NewBranch { known: vec![] }, &lonely, &infra()).await.unwrap_err();
+    assert!(matches!(e, ChangesError::NoMergeBase { .. }), "{e}");
+}
+
+#[tokio::test]
+async fn what_git_cannot_answer_is_an_error_naming_it() {
+    let server = GitServer::start().await;
+    server.create_repo("infra");
+    let first = server.push_files("infra", "main", &[("infra/main.tf", "# v1\n")], "first");
+    let dir = TestDir::new("changes");
+    let cache = GitCache::new(dir.path().join("cache"), "git", Duration::from_secs(30));
+
+    // A commit the server never had.
+    let ghost = "0123456789abcdef0123456789abcdef01234567";
+    let e = cache.changed_paths(&remote(&server), &Base::Commit(ghost.into()), &first, &infra()).await.unwrap_err();
+    assert!(matches!(e, ChangesError::MissingCommit { ref sha, .. } if sha == ghost), "{e}");
+    assert!(e.to_string().contains(&server.url("infra")), "{e}");
+
+    // Commit ids and URLs that would be options or local paths to git.
+    for bad in ["--upload-pack=touch /tmp/x", "HEAD", "main", "0123"] {
+        let e = cache.changed_paths(&remote(&server), &Base::Commit(first.clone()), bad, &infra()).await.unwrap_err();
+        assert!(matches!(e, ChangesError::BadCommit { .. }), "{bad}: {e}");
+        let e = cache.changed_paths(&remote(&server), &Base::Commit(bad.into()), &first, &infra()).await.unwrap_err();
+        assert!(matches!(e, ChangesError::BadCommit { .. }), "{bad}: {e}");
+    }
+    for url in ["file:///etc", "/srv/git/infra.git", "ext::sh -c touch% /tmp/x", "-uhelp"] {
+        let r = Remote { url: url.into(), credentials: None, ca_file: None };
+        let e = cache.changed_paths(&r, &Base::Commit(first.clone()), &first, &infra()).await.unwrap_err();
+        assert!(matches!(e, ChangesError::Url(_)), "{url}: {e}");
+    }
+
+    // A server that accepts the connection and never answers: killed at the
+    // deadline.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let r = Remote { url: format!("http://{}/infra.git", silent.local_addr().unwrap()), credentials: None, ca_file: None };
+    let quick = GitCache::new(dir.path().join("quick"), "git", Duration::from_secs(2));
+    let e = quick.changed_paths(&r, &Base::Commit(first.clone()), &first, &infra()).await.unwrap_err();
+    assert!(matches!(e, ChangesError::TimedOut { .. }), "{e}");
+    drop(silent);
+}
