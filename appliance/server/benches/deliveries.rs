@@ -11,15 +11,15 @@
 //! `cargo bench -p hangar-server --bench deliveries` (add `-- --quick` for a
 //! short run).
 
-#[path = "../tests/common/mod.rs"]
-mod common;
+mod support;
+use support::common;
 #[path = "../tests/vcs_support/mod.rs"]
 mod vcs_support;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{Appliance, CREATE_STACK, Options, stack_input};
+use support::{Appliance, CREATE_STACK, Options, Summary, stack_input};
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
 use hangar_db::schema::runs;
@@ -30,11 +30,8 @@ const SECRET: &str = "bench-webhook-secret";
 const REPO: &str = "https://git.example.test/infra/network.git";
 
 fn main() {
-    let quick = std::env::args().any(|a| a == "--quick");
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
-    rt.block_on(async move {
-        let app = Appliance::start_with(Options { durable_db: true, ..Options::default() }).await;
-        let admin = app.admin_token().await;
+    support::main(async move {
+        let support::Bench { app, admin, quick } = support::start(Options::default()).await;
         app.ok(
             &admin,
             CREATE_INTEGRATION,
@@ -46,8 +43,7 @@ fn main() {
         let app = Arc::new(app);
         let size = body(0).len();
 
-        println!("machine: {}", machine());
-        println!("server: release binaries, PostgreSQL fsync=on, TLS 1.3 on loopback, GitHub push deliveries of {size} bytes\n");
+        println!("GitHub push deliveries of {size} bytes, release `hangar drain` for the latency row\n");
         println!("| measurement | clients | deliveries | deliveries/s | p50 | p99 | max |");
         println!("|---|---|---|---|---|---|---|");
         let per_client = if quick { 100 } else { 500 };
@@ -96,10 +92,9 @@ fn request(app: &Appliance, client: &reqwest::Client, delivery: &str, body: Vec<
 
 type Figures = (usize, f64, f64, f64, f64);
 
-fn figures(mut all: Vec<Duration>, elapsed: f64) -> Figures {
-    all.sort();
-    let pct = |p: f64| all[((all.len() as f64 * p) as usize).min(all.len() - 1)].as_secs_f64() * 1000.0;
-    (all.len(), all.len() as f64 / elapsed, pct(0.50), pct(0.99), all.last().unwrap().as_secs_f64() * 1000.0)
+fn figures(all: Vec<Duration>, elapsed: f64) -> Figures {
+    let f = Summary::of(all);
+    (f.n, f.n as f64 / elapsed, f.p50, f.p99, f.max)
 }
 
 async fn accept(app: &Arc<Appliance>, clients: usize, per_client: usize, first: usize) -> Figures {
@@ -110,7 +105,7 @@ async fn accept(app: &Arc<Appliance>, clients: usize, per_client: usize, first: 
     let started = Instant::now();
     for c in 0..clients {
         let app = app.clone();
-        let client = common::client_trusting(&app.ca_path());
+        let client = support::client(&app);
         tasks.push(tokio::spawn(async move {
             let mut latencies = Vec::with_capacity(per_client);
             for i in 0..(warmup + per_client) {
@@ -152,7 +147,7 @@ async fn wait_for_queue(app: &Appliance) {
 }
 
 async fn latency(app: &Arc<Appliance>, samples: usize, first: usize) -> Figures {
-    let client = common::client_trusting(&app.ca_path());
+    let client = support::client(app);
     let mut db = app.pg.database().connect().await.unwrap();
     let mut all = Vec::with_capacity(samples);
     let started = Instant::now();
@@ -180,22 +175,4 @@ async fn latency(app: &Arc<Appliance>, samples: usize, first: usize) -> Figures 
         all.push(t.elapsed());
     }
     figures(all, started.elapsed().as_secs_f64())
-}
-
-fn machine() -> String {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string()))
-        .unwrap_or_default();
-    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
-    let mem_kib = std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|s| s.lines().next().and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse::<u64>().ok())))
-        .unwrap_or(0);
-    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
-    format!(
-        "{cpu}, {cores} cores, {} GiB RAM, load average at start {}",
-        mem_kib / 1024 / 1024,
-        load.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
-    )
 }

@@ -6,13 +6,12 @@
 //! run). Each client is its own HTTP/1.1 keep-alive connection; latency is
 //! measured per request at the client, after a warm-up.
 
-#[path = "../tests/common/mod.rs"]
-mod common;
+mod support;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{Appliance, CREATE_STACK, Options, stack_input};
+use support::{Appliance, CREATE_STACK, Options, Summary, stack_input};
 use serde_json::{Value, json};
 
 const FLAT_LIST: &str = "{ stacks { slug name repository branch projectRoot tool toolVersion autodeploy labels } }";
@@ -28,11 +27,8 @@ struct Figures {
 }
 
 fn main() {
-    let quick = std::env::args().any(|a| a == "--quick");
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
-    rt.block_on(async move {
-        let app = Appliance::start_with(Options { durable_db: true, ..Options::default() }).await;
-        let token = app.admin_token().await;
+    support::main(async move {
+        let support::Bench { app, admin: token, quick } = support::start(Options::default()).await;
         app.ok(&token, "mutation { createWorkerPool(name: \"bench\") { id } }", json!({})).await;
         for i in 0..100 {
             let mut input = stack_input(&format!("stack-{i:03}"), &format!("https://git.example/infra/stack-{i:03}.git"));
@@ -43,8 +39,6 @@ fn main() {
         let listed = app.ok(&token, FLAT_LIST, json!({})).await;
         assert_eq!(listed["stacks"].as_array().unwrap().len(), 100);
 
-        println!("machine: {}", machine());
-        println!("server: release `hangar server`, PostgreSQL fsync=on, Garage behind `hangar tls-proxy`, TLS 1.3 on loopback\n");
         println!("| operation | clients | requests | requests/s | p50 | p99 | max |");
         println!("|---|---|---|---|---|---|---|");
         let per_client = if quick { 100 } else { 500 };
@@ -84,7 +78,7 @@ where
     let mut tasks = Vec::new();
     let started = Instant::now();
     for c in 0..clients {
-        let client = common::client_trusting(&app.ca_path());
+        let client = support::client(app);
         let (url, token, make) = (url.clone(), token.to_string(), make.clone());
         tasks.push(tokio::spawn(async move {
             let mut latencies = Vec::with_capacity(per_client);
@@ -114,31 +108,12 @@ where
     }
     // Includes the warm-up of the slowest client: a conservative rate.
     let elapsed = started.elapsed().as_secs_f64();
-    all.sort();
-    let pct = |p: f64| all[((all.len() as f64 * p) as usize).min(all.len() - 1)].as_secs_f64() * 1000.0;
+    let s = Summary::of(all);
     Figures {
-        requests: all.len(),
+        requests: s.n,
         per_sec: (clients * (per_client + warmup)) as f64 / elapsed,
-        p50_ms: pct(0.50),
-        p99_ms: pct(0.99),
-        max_ms: all.last().map(|d| d.as_secs_f64() * 1000.0).unwrap_or(0.0),
+        p50_ms: s.p50,
+        p99_ms: s.p99,
+        max_ms: s.max,
     }
-}
-
-fn machine() -> String {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string()))
-        .unwrap_or_default();
-    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
-    let mem_kib = std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|s| s.lines().next().and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse::<u64>().ok())))
-        .unwrap_or(0);
-    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
-    format!(
-        "{cpu}, {cores} cores, {} GiB RAM, load average at start {}",
-        mem_kib / 1024 / 1024,
-        load.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
-    )
 }

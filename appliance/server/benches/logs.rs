@@ -7,14 +7,13 @@
 //! run). Appends are made by this process with `hangar_server::logs::append`,
 //! the function the worker route calls after authenticating the worker.
 
-#[path = "../tests/common/mod.rs"]
-mod common;
+mod support;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::{Appliance, CREATE_STACK, Options, stack_input};
+use support::{Appliance, CREATE_STACK, Options, Summary, stack_input};
 use futures::StreamExt;
 use hangar_db::DbPool;
 use hangar_db::runs::{self, NewRun};
@@ -50,11 +49,8 @@ impl Store {
 }
 
 fn main() {
-    let quick = std::env::args().any(|a| a == "--quick");
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
-    rt.block_on(async move {
-        let app = Appliance::start_with(Options { durable_db: true, ..Options::default() }).await;
-        let token = app.admin_token().await;
+    support::main(async move {
+        let support::Bench { app, admin: token, quick } = support::start(Options::default()).await;
         let config: toml::Table = toml::from_str(&std::fs::read_to_string(&app.config).unwrap()).unwrap();
         let objects: ObjectsConfig = config["objects"].clone().try_into().unwrap();
         let created = app.ok(&token, CREATE_STACK, json!({ "i": stack_input("bench", "https://git.example/bench.git") })).await;
@@ -64,8 +60,6 @@ fn main() {
             stack: created["createStack"]["id"].as_str().unwrap().parse().unwrap(),
         });
 
-        println!("machine: {}", machine());
-        println!("server: release `hangar server`, PostgreSQL fsync=on, Garage behind `hangar tls-proxy`, TLS 1.3 on loopback\n");
         println!("| append | chunk | writers | chunks | chunks/s | MiB/s | p50 | p99 |");
         println!("|---|---|---|---|---|---|---|---|");
         let total = if quick { 200 } else { 1000 };
@@ -124,12 +118,8 @@ async fn append_throughput(store: &Arc<Store>, size: usize, writers: usize, tota
         lat.extend(t.await.unwrap());
     }
     let elapsed = start.elapsed();
-    lat.sort();
-    Figures {
-        per_sec: lat.len() as f64 / elapsed.as_secs_f64(),
-        p50_ms: ms(lat[lat.len() / 2]),
-        p99_ms: ms(lat[lat.len() * 99 / 100]),
-    }
+    let f = Summary::of(lat);
+    Figures { per_sec: f.n as f64 / elapsed.as_secs_f64(), p50_ms: f.p50, p99_ms: f.p99 }
 }
 
 /// One chunk at a time: the time from the start of its append until every
@@ -180,8 +170,8 @@ async fn delivery_latency(app: &Appliance, token: &str, store: &Arc<Store>, foll
     }
     let mut c = store.db.get().await.unwrap();
     runs::transition(&mut c, run, None, RunState::Finished, "bench", "bench").await.unwrap();
-    lat.sort();
-    (ms(lat[lat.len() / 2]), ms(lat[lat.len() * 99 / 100]), ms(*lat.last().unwrap()))
+    let f = Summary::of(lat);
+    (f.p50, f.p99, f.max)
 }
 
 /// Answers the worker would retry (503: the database or the object store was
@@ -201,28 +191,4 @@ async fn append_retrying(store: &Store, run: i64, seq: u64, body: &Bytes) {
             Err(e) => panic!("append {run}/{seq}: {e:?}"),
         }
     }
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
-}
-
-fn machine() -> String {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
-        })
-        .unwrap_or_default();
-    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
-    let mem_kib = std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|s| s.lines().next().and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse::<u64>().ok())))
-        .unwrap_or(0);
-    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
-    format!(
-        "{cpu}, {cores} cores, {} GiB RAM, load average at start {}",
-        mem_kib / 1024 / 1024,
-        load.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
-    )
 }

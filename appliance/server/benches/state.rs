@@ -7,24 +7,20 @@
 //! run). Each client is one HTTP/1.1 keep-alive connection; latency is
 //! measured per request at the client, after a warm-up.
 
-#[path = "../tests/common/mod.rs"]
-mod common;
+mod support;
 
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
-use common::{Appliance, CREATE_STACK, Options, stack_input};
+use support::{CREATE_STACK, Options, Summary, stack_input};
 use md5::Digest as _;
 use serde_json::json;
 
 const STATE_BYTES: usize = 1024 * 1024;
 
 fn main() {
-    let quick = std::env::args().any(|a| a == "--quick");
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
-    rt.block_on(async move {
-        let app = Appliance::start_with(Options { durable_db: true, ..Options::default() }).await;
-        let admin = app.admin_token().await;
+    support::main(async move {
+        let support::Bench { app, admin, quick } = support::start(Options::default()).await;
         let key = app.ok(&admin, "mutation { createApiKey(name: \"bench\") { key } }", json!({})).await["createApiKey"]["key"]
             .as_str()
             .unwrap()
@@ -32,11 +28,9 @@ fn main() {
         for i in 0..4 {
             app.ok(&admin, CREATE_STACK, json!({ "i": stack_input(&format!("bench-{i}"), "https://git.example/b.git") })).await;
         }
-        println!("machine: {}", machine());
-        println!("server: release `hangar server`, PostgreSQL fsync=on, Garage behind `hangar tls-proxy`, TLS 1.3 on loopback\n");
 
         let (writes, reads) = if quick { (20, 50) } else { (100, 300) };
-        let client = common::client_trusting(&app.ca_path());
+        let client = support::client(&app);
         let url = app.url("/state/v1/bench-0");
         let filler = "x".repeat(STATE_BYTES);
         let mut latencies = Vec::new();
@@ -77,7 +71,7 @@ fn main() {
             let started = Instant::now();
             let mut tasks = Vec::new();
             for c in 0..clients {
-                let client = common::client_trusting(&app.ca_path());
+                let client = support::client(&app);
                 let (url, key) = (app.url(&format!("/state/v1/bench-{c}")), key.clone());
                 tasks.push(tokio::spawn(async move {
                     let mut lat = Vec::with_capacity(pairs);
@@ -99,44 +93,20 @@ fn main() {
                 all.extend(t.await.unwrap());
             }
             let secs = started.elapsed().as_secs_f64();
-            all.sort();
-            let pct = |p: f64| ms(all[((all.len() as f64 * p) as usize).min(all.len() - 1)]);
+            let f = Summary::of(all);
             println!(
                 "| | {clients} | {} | {:.0} | {:.0} | {:.2} ms | {:.2} ms |",
-                all.len(),
-                all.len() as f64 / secs,
-                2.0 * all.len() as f64 / secs,
-                pct(0.50),
-                pct(0.99)
+                f.n,
+                f.n as f64 / secs,
+                2.0 * f.n as f64 / secs,
+                f.p50,
+                f.p99
             );
         }
     });
 }
 
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
-}
-
-fn row(name: &str, all: &mut [Duration]) {
-    all.sort();
-    let pct = |p: f64| ms(all[((all.len() as f64 * p) as usize).min(all.len() - 1)]);
-    println!("| {name} | {} | {:.1} ms | {:.1} ms | {:.1} ms |", all.len(), pct(0.50), pct(0.99), ms(all[all.len() - 1]));
-}
-
-fn machine() -> String {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string()))
-        .unwrap_or_default();
-    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
-    let mem_kib = std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|s| s.lines().next().and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse::<u64>().ok())))
-        .unwrap_or(0);
-    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
-    format!(
-        "{cpu}, {cores} cores, {} GiB RAM, load average at start {}",
-        mem_kib / 1024 / 1024,
-        load.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
-    )
+fn row(name: &str, all: &mut Vec<Duration>) {
+    let f = Summary::of(std::mem::take(all));
+    println!("| {name} | {} | {:.1} ms | {:.1} ms | {:.1} ms |", f.n, f.p50, f.p99, f.max);
 }
