@@ -267,3 +267,84 @@ impl Fleet {
         .n
     }
 }
+
+/// A Terraform "version" in the appliance's tools directory that is a script
+/// holding chosen subcommands (`plan`, `apply`, ...) until the test releases
+/// them, then exec'ing the real Terraform 1.0.3. The worker verifies it
+/// against the SHA-256 the appliance announces like any tool. A held command
+/// also starts a `sleep` child in its process group, so a test can tell
+/// whether the whole group was stopped or only the process the worker started.
+pub struct HeldTool {
+    /// What a stack names as its `toolVersion`.
+    pub version: String,
+    gate: PathBuf,
+}
+
+impl Fleet {
+    /// Serves a held Terraform as `version` (e.g. `1.0.3-held`) for `held` commands.
+    pub fn hold_tool(&self, version: &str, held: &[&str]) -> HeldTool {
+        let gate = self.files.subdir(&format!("gate-{version}"));
+        let dir = self.files.path().join("tools/terraform").join(version);
+        std::fs::create_dir_all(&dir).unwrap();
+        let script = format!(
+            "#!/bin/sh\n\
+             gate='{gate}'\n\
+             case ' {held} ' in *\" $1 \"*)\n\
+             \x20 /bin/sleep 600 &\n\
+             \x20 echo $! > \"$gate/$1.child\"\n\
+             \x20 echo $$ > \"$gate/$1.pid.new\" && /bin/mv \"$gate/$1.pid.new\" \"$gate/$1.pid\"\n\
+             \x20 while [ ! -e \"$gate/$1.go\" ]; do /bin/sleep 0.1; done\n\
+             \x20 kill $! 2>/dev/null\n\
+             \x20 ;;\n\
+             esac\n\
+             exec '{terraform}' \"$@\"\n",
+            gate = gate.display(),
+            held = held.join(" "),
+            terraform = hangar_testkit::terraform::terraform().display(),
+        );
+        let path = dir.join("terraform");
+        std::fs::write(&path, script).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        HeldTool { version: version.to_string(), gate }
+    }
+}
+
+impl HeldTool {
+    /// Waits until a held `command` is waiting; returns its process group id
+    /// (the worker starts each command as a group leader) and its child's pid.
+    pub async fn reached(&self, command: &str) -> (i32, i32) {
+        let read = |ext: &str| {
+            std::fs::read_to_string(self.gate.join(format!("{command}.{ext}"))).ok().and_then(|s| s.trim().parse().ok())
+        };
+        wait_for(&format!("a held `terraform {command}` to start"), SOON, || async {
+            Some((read("pid")?, read("child")?))
+        })
+        .await
+    }
+
+    /// Lets `command` run, now and every later time.
+    pub fn release(&self, command: &str) {
+        std::fs::write(self.gate.join(format!("{command}.go")), b"").unwrap();
+    }
+}
+
+/// The pids of the live processes in process group `pgid`.
+pub fn process_group(pgid: i32) -> Vec<i32> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else { continue };
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else { continue };
+        // `pid (comm) state ppid pgrp ...`: comm may hold spaces and parentheses.
+        let Some(rest) = stat.rfind(')').map(|i| &stat[i + 1..]) else { continue };
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        // A zombie is gone as a process; only its parent has not reaped it yet.
+        if matches!(fields.as_slice(), ["Z", ..]) {
+            continue;
+        }
+        if fields.get(2).and_then(|g| g.parse::<i32>().ok()) == Some(pgid) {
+            found.push(pid);
+        }
+    }
+    found
+}
