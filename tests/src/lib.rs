@@ -7,6 +7,7 @@ pub mod bins;
 mod dir;
 pub mod garage;
 pub mod git;
+pub mod netns;
 pub mod pg;
 mod ports;
 pub mod terraform;
@@ -16,6 +17,7 @@ pub use bins::{ChildProcess, cargo_bin};
 pub use dir::TestDir;
 pub use garage::Garage;
 pub use git::GitServer;
+pub use netns::{NetNs, Relay};
 pub use pg::{PgServer, StopMode};
 pub use ports::free_port;
 

@@ -9,16 +9,17 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use hangar_broker::{Broker, BrokerConfig, BrokerHandle, BrokerLimits};
 use hangar_certs::{CaOptions, CertStore, LeafRequest, Usage};
+use hangar_testkit::netns::{NetNs, relay};
 use hangar_testkit::{ChildProcess, GitServer, PgServer, TestDir, wait_for};
 use hangar_types::worker::{
-    EnvVar, Heartbeat, HeartbeatReply, Notification, PresignedUrl, RunAssignment, RunStatus,
+    EnvVar, Heartbeat, HeartbeatReply, Notification, PlanStored, RunAssignment, RunStatus,
     StackSpec, StateReport, ToolSpec, WorkerStatus,
 };
 use hangar_types::{RunKind, RunState, Tool};
@@ -153,7 +154,6 @@ impl Appliance {
         auth: Option<&str>,
         has_cert: bool,
         body: &[u8],
-        base: &str,
     ) -> (u16, Vec<u8>) {
         let json = |v: &dyn erased::Json| (200u16, v.to_json());
         let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
@@ -170,12 +170,6 @@ impl Appliance {
                     404,
                     br#"{"errors":["no such provider in the mirror"]}"#.to_vec(),
                 );
-            }
-            // The object store: the pre-signed URL is the credential.
-            ("PUT", ["upload", name]) => {
-                let run: i64 = name.trim_start_matches("plan-").parse().unwrap();
-                self.plans.lock().unwrap().insert(run, body.to_vec());
-                return (200, vec![]);
             }
             _ => {}
         }
@@ -236,10 +230,16 @@ impl Appliance {
                 self.logs.lock().unwrap().insert(key, body.to_vec());
                 (204, vec![])
             }
-            ("POST", ["api", "v1", "worker", "runs", id, "plan"]) => json(&PresignedUrl {
-                url: format!("{base}/upload/plan-{id}?X-Signature=abc"),
-                expires_in_secs: 600,
-            }),
+            ("POST", ["api", "v1", "worker", "runs", id, "plan"]) => {
+                self.plans
+                    .lock()
+                    .unwrap()
+                    .insert(id.parse().unwrap(), body.to_vec());
+                json(&PlanStored {
+                    size: body.len() as u64,
+                    sha256: hex::encode(ring::digest::digest(&ring::digest::SHA256, body)),
+                })
+            }
             _ => (404, br#"{"error":"no such route"}"#.to_vec()),
         }
     }
@@ -597,13 +597,12 @@ async fn serve(app: Arc<Appliance>, pki: &CertStore, host: std::net::IpAddr) -> 
         .await
         .unwrap();
     let addr = listener.local_addr().unwrap();
-    let base = format!("https://{host}:{}", addr.port());
     tokio::spawn(async move {
         loop {
             let Ok((tcp, _)) = listener.accept().await else {
                 return;
             };
-            let (acceptor, app, base) = (acceptor.clone(), app.clone(), base.clone());
+            let (acceptor, app) = (acceptor.clone(), app.clone());
             tokio::spawn(async move {
                 let Ok(tls) = acceptor.accept(tcp).await else {
                     return;
@@ -615,7 +614,7 @@ async fn serve(app: Arc<Appliance>, pki: &CertStore, host: std::net::IpAddr) -> 
                     .is_some_and(|c| !c.is_empty());
                 let svc = hyper::service::service_fn(
                     move |req: hyper::Request<hyper::body::Incoming>| {
-                        let (app, base) = (app.clone(), base.clone());
+                        let app = app.clone();
                         async move {
                             let method = req.method().to_string();
                             let path = req.uri().path().to_string();
@@ -635,7 +634,7 @@ async fn serve(app: Arc<Appliance>, pki: &CertStore, host: std::net::IpAddr) -> 
                                 tokio::time::sleep(delay).await;
                             }
                             let (status, body) =
-                                app.answer(&method, &path, auth.as_deref(), has_cert, &body, &base);
+                                app.answer(&method, &path, auth.as_deref(), has_cert, &body);
                             let mut r = hyper::Response::new(Full::new(Bytes::from(body)));
                             *r.status_mut() = hyper::StatusCode::from_u16(status).unwrap();
                             if path.starts_with("/v1/tools/") && status == 200 {
@@ -652,155 +651,6 @@ async fn serve(app: Arc<Appliance>, pki: &CertStore, host: std::net::IpAddr) -> 
                 let _ = hyper::server::conn::http1::Builder::new()
                     .serve_connection(io, svc)
                     .await;
-            });
-        }
-    });
-    addr
-}
-
-/// A network namespace of the test's own, linked to the host by a veth pair
-/// (a /30: the host side and the namespace side) and with no other route.
-/// Removed, with its link, when dropped.
-struct NetNs {
-    name: String,
-    host_addr: std::net::Ipv4Addr,
-    ns_addr: std::net::Ipv4Addr,
-}
-
-fn ip(args: &[&str]) -> Result<(), String> {
-    let out = std::process::Command::new("ip")
-        .args(args)
-        .output()
-        .map_err(|e| format!("ip: {e}"))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "ip {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
-    }
-}
-
-impl NetNs {
-    fn create() -> NetNs {
-        Self::sweep();
-        let used = std::process::Command::new("ip")
-            .args(["-o", "-4", "addr", "show"])
-            .output()
-            .expect("ip addr");
-        let used = String::from_utf8_lossy(&used.stdout).into_owned();
-        let pid = std::process::id();
-        for attempt in 0..64u32 {
-            // A /30 in 10.213.0.0/16 nobody on this host uses yet.
-            let n = (pid.wrapping_mul(31).wrapping_add(attempt * 7919)) % 16_384;
-            let (b, c) = ((n / 64) as u8, ((n % 64) * 4) as u8);
-            let host_addr = std::net::Ipv4Addr::new(10, 213, b, c + 1);
-            if used.contains(&format!("inet {host_addr}/")) {
-                continue;
-            }
-            let ns_addr = std::net::Ipv4Addr::new(10, 213, b, c + 2);
-            let name = format!("hgw{pid}x{attempt}");
-            let (host_if, ns_if) = (format!("hw{n}a"), format!("hw{n}b"));
-            let ns = NetNs {
-                name: name.clone(),
-                host_addr,
-                ns_addr,
-            };
-            let made = (|| {
-                ip(&["netns", "add", &name])?;
-                ip(&[
-                    "link", "add", &host_if, "type", "veth", "peer", "name", &ns_if,
-                ])?;
-                ip(&["link", "set", &ns_if, "netns", &name])?;
-                ip(&["addr", "add", &format!("{host_addr}/30"), "dev", &host_if])?;
-                ip(&["link", "set", &host_if, "up"])?;
-                ip(&[
-                    "-n",
-                    &name,
-                    "addr",
-                    "add",
-                    &format!("{ns_addr}/30"),
-                    "dev",
-                    &ns_if,
-                ])?;
-                ip(&["-n", &name, "link", "set", &ns_if, "up"])?;
-                ip(&["-n", &name, "link", "set", "lo", "up"])
-            })();
-            match made {
-                Ok(()) => return ns,
-                Err(e) => {
-                    let _ = ip(&["link", "del", &host_if]);
-                    drop(ns);
-                    panic!(
-                        "cannot make a network namespace (tests run as root with iproute2): {e}"
-                    );
-                }
-            }
-        }
-        panic!("no free address block for a network namespace");
-    }
-
-    /// Removes the namespaces of test processes that died without cleaning up
-    /// (named `hgw<pid>x<n>`).
-    fn sweep() {
-        let Ok(out) = std::process::Command::new("ip")
-            .args(["netns", "list"])
-            .output()
-        else {
-            return;
-        };
-        for line in String::from_utf8_lossy(&out.stdout).lines() {
-            let name = line.split_whitespace().next().unwrap_or("");
-            let Some(pid) = name.strip_prefix("hgw").and_then(|r| r.split('x').next()) else {
-                continue;
-            };
-            if pid.parse::<u32>().is_ok() && !Path::new(&format!("/proc/{pid}")).exists() {
-                let _ = ip(&["netns", "del", name]);
-            }
-        }
-    }
-
-    /// `program` to be run inside the namespace.
-    fn command(&self, program: &str) -> std::process::Command {
-        let mut c = std::process::Command::new("ip");
-        c.args(["netns", "exec", &self.name, program]);
-        c
-    }
-
-    fn run(&self, args: &[&str]) -> String {
-        let out = std::process::Command::new("ip")
-            .args(["netns", "exec", &self.name])
-            .args(args)
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-}
-
-impl Drop for NetNs {
-    fn drop(&mut self) {
-        // The veth pair goes with the namespace that holds one of its ends.
-        let _ = ip(&["netns", "del", &self.name]);
-    }
-}
-
-/// Relays TCP from `host`:<new port> to `target`; returns the new address.
-async fn relay(host: std::net::IpAddr, target: SocketAddr) -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind(SocketAddr::new(host, 0))
-        .await
-        .unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut inbound, _)) = listener.accept().await else {
-                return;
-            };
-            tokio::spawn(async move {
-                if let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await {
-                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
-                }
             });
         }
     });
