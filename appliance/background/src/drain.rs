@@ -25,11 +25,15 @@ pub struct DrainConfig {
     pub lease_seconds: u64,
     /// Seconds a stopping drain waits for running handlers.
     pub shutdown_seconds: u64,
+    /// Where the drain keeps its own files: bare copies of the stacks'
+    /// repositories, to learn with git what a push changed when the webhook
+    /// does not list it. Without one, such pushes always make a run.
+    pub data_dir: Option<std::path::PathBuf>,
 }
 
 impl Default for DrainConfig {
     fn default() -> Self {
-        DrainConfig { concurrency: 32, batch_size: 50, lease_seconds: 60, shutdown_seconds: 10 }
+        DrainConfig { concurrency: 32, batch_size: 50, lease_seconds: 60, shutdown_seconds: 10, data_dir: None }
     }
 }
 
@@ -47,6 +51,9 @@ impl DrainConfig {
         }
         if self.shutdown_seconds > 600 {
             return Err(("drain.shutdown_seconds", "must be at most 600".into()));
+        }
+        if self.data_dir.as_ref().is_some_and(|d| !d.is_absolute()) {
+            return Err(("drain.data_dir", "must be an absolute path".into()));
         }
         Ok(())
     }

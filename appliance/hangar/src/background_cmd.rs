@@ -7,6 +7,7 @@ use hangar_background::handlers::vcs::VcsContext;
 use hangar_crypto::MasterKey;
 use hangar_db::Database;
 use hangar_server::secrets::SecretBox;
+use hangar_vcs::GitCache;
 
 use crate::config::Config;
 use crate::signals;
@@ -19,10 +20,22 @@ pub async fn drain(cfg: &Config) -> anyhow::Result<()> {
         Some(s) => Some(Arc::new(SecretBox::new(MasterKey::load(&s.master_key_file)?))),
         None => None,
     };
+    let vcs_config = cfg.vcs.clone().unwrap_or_default();
+    // git gets as long as the server gives it to resolve a branch.
+    let git_timeout = match &cfg.server {
+        Some(s) => std::time::Duration::from_secs(s.git_timeout_secs),
+        None => vcs_config.ls_remote_timeout(),
+    };
+    let git_cache = cfg
+        .drain
+        .data_dir
+        .as_ref()
+        .map(|d| Arc::new(GitCache::new(d.join("git"), vcs_config.git.clone(), git_timeout)));
     let vcs = VcsContext {
         secrets,
-        config: cfg.vcs.clone().unwrap_or_default(),
+        config: vcs_config,
         public_url: cfg.server.as_ref().map(|s| s.public_url.to_string()),
+        git_cache,
     };
     hangar_background::run_drain(db, &cfg.drain, vcs, signals::shutdown_token()).await?;
     Ok(())

@@ -23,7 +23,7 @@ pub fn all(pool: DbPool, vcs: std::sync::Arc<vcs::VcsContext>) -> Handlers {
     h.register(RETENTION, retention::handler(pool.clone()));
     h.register(DRIFT_CHECK, drift::check_handler(pool.clone()));
     h.register(DRIFT_TRIGGER, drift::trigger_handler(pool.clone()));
-    h.register(vcs::DELIVERY, vcs::delivery_handler(pool.clone()));
+    h.register(vcs::DELIVERY, vcs::delivery_handler(pool.clone(), vcs.clone()));
     h.register(vcs::STATUS, vcs::status_handler(pool.clone(), vcs.clone()));
     h.register(vcs::POLL, vcs::poll_handler(pool.clone()));
     h.register(vcs::POLL_REPO, vcs::poll_repo_handler(pool, vcs));

@@ -14,6 +14,7 @@
 //! its row marked processed, a status is sent only when the commit's state
 //! moves, and a poll compares against the listing it stored.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -28,7 +29,7 @@ use hangar_server::secrets::SecretBox;
 use hangar_server::store::vcs::{self as store, IntegrationRow, Kind, STATUS_JOB, VcsRunRow};
 use hangar_types::{RunKind, RunState};
 use hangar_vcs::{
-    CommitStatus, Credentials, Event, LsRemote, PrAction, ProjectRoot, PullRequest, Push, RemoteRefs, StatusClient,
+    Base, CommitStatus, Credentials, Event, GitCache, LsRemote, PrAction, ProjectRoot, PullRequest, Push, RemoteRefs, StatusClient,
     StatusClientConfig, Touches, VcsConfig, commit_state,
 };
 use tracing::{info, warn};
@@ -50,6 +51,9 @@ pub struct VcsContext {
     pub config: VcsConfig,
     /// The server's public URL, for the link in commit statuses.
     pub public_url: Option<String>,
+    /// Bare copies of repositories under the drain's data directory, to ask
+    /// git what a push changed when its delivery does not list every path.
+    pub git_cache: Option<Arc<GitCache>>,
 }
 
 impl std::fmt::Debug for VcsContext {
@@ -58,13 +62,14 @@ impl std::fmt::Debug for VcsContext {
             .field("secrets", &self.secrets.is_some())
             .field("config", &self.config)
             .field("public_url", &self.public_url)
+            .field("git_cache", &self.git_cache.as_ref().map(|c| c.dir().to_path_buf()))
             .finish()
     }
 }
 
 impl Default for VcsContext {
     fn default() -> Self {
-        VcsContext { secrets: None, config: VcsConfig::default(), public_url: None }
+        VcsContext { secrets: None, config: VcsConfig::default(), public_url: None, git_cache: None }
     }
 }
 
@@ -88,6 +93,150 @@ async fn linked_stacks(c: &mut AsyncPgConnection, integration: i64) -> Result<Ve
         .select((stacks::id, stacks::slug, stacks::repository, stacks::branch, stacks::project_root))
         .load(c)
         .await
+}
+
+/// What git said about one push to one stack when the delivery did not list
+/// every changed path.
+#[derive(Debug, Clone)]
+struct Verdict {
+    touches: bool,
+    /// Why, for the delivery log.
+    note: String,
+}
+
+/// Verdicts by (stack, ref, pushed commit).
+type Verdicts = HashMap<(i64, String, String), Verdict>;
+
+fn verdict_key(stack: i64, push: &Push) -> (i64, String, String) {
+    (stack, push.git_ref.clone(), push.after.clone().unwrap_or_default())
+}
+
+/// The host of an `https://` URL, lowercased; `None` for any other scheme.
+fn https_host(url: &str) -> Option<String> {
+    let rest = url.strip_prefix("https://")?;
+    let authority = rest.split(['/', '?', '#']).next()?;
+    let host = authority.rsplit('@').next()?;
+    (!host.is_empty()).then(|| host.to_ascii_lowercase())
+}
+
+/// How the drain reaches a stack's repository: the integration's token and CA
+/// go only to the integration's own host, over HTTPS.
+async fn remote_for(
+    c: &mut AsyncPgConnection,
+    ctx: &VcsContext,
+    cache: &GitCache,
+    integration: &IntegrationRow,
+    repository: &str,
+) -> Result<hangar_vcs::Remote, JobError> {
+    let mut remote = hangar_vcs::Remote { url: repository.to_string(), credentials: None, ca_file: None };
+    let same_host = https_host(repository).is_some() && https_host(repository) == https_host(&integration.base_url);
+    if !same_host {
+        return Ok(remote);
+    }
+    if let Some(pem) = &integration.ca_pem {
+        let file = cache.dir().join(format!("ca-{}.pem", integration.id));
+        std::fs::create_dir_all(cache.dir()).map_err(|e| JobError::from_error(&e))?;
+        std::fs::write(&file, pem).map_err(|e| JobError::from_error(&e))?;
+        remote.ca_file = Some(file);
+    }
+    if let Some(secrets) = &ctx.secrets {
+        let opened = store::open(c, secrets, integration.id).await.map_err(|e| JobError::from_error(&e))?;
+        if let Some(token) = opened.token {
+            remote.credentials = Some(match &integration.username {
+                Some(u) => Credentials::Basic { username: u.clone(), password: token },
+                None => Credentials::Bearer(token),
+            });
+        }
+    }
+    Ok(remote)
+}
+
+/// Asks git, before any row is locked, about every push in `events` whose
+/// delivery leaves open whether it touches a linked stack's project root:
+/// `git diff --name-only` between the commits before and after it (for a new
+/// branch, from its merge base with the stack's last tracked run or the
+/// default branch).
+async fn ask_git(
+    c: &mut AsyncPgConnection,
+    ctx: &VcsContext,
+    integration: &IntegrationRow,
+    events: &[Event],
+) -> Result<Verdicts, JobError> {
+    let mut verdicts = Verdicts::new();
+    let pushes: Vec<&Push> = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Push(p) if p.after.is_some() && !p.paths_complete => Some(p),
+            _ => None,
+        })
+        .collect();
+    if pushes.is_empty() {
+        return Ok(verdicts);
+    }
+    let linked: Vec<LinkedStack> = stacks::table
+        .filter(stacks::vcs_integration_id.eq(integration.id))
+        .order(stacks::id.asc())
+        .select((stacks::id, stacks::slug, stacks::repository, stacks::branch, stacks::project_root))
+        .load(c)
+        .await
+        .map_err(db_error)?;
+    for push in pushes {
+        let after = push.after.as_deref().unwrap_or_default();
+        let branch = push.branch().unwrap_or_default();
+        for stack in linked.iter().filter(|s| s.branch == branch && push.repository.matches_url(&s.repository)) {
+            let Ok(root) = ProjectRoot::new(&stack.project_root) else { continue };
+            if push.touches(&root) != Touches::Unknown {
+                continue;
+            }
+            let Some(cache) = &ctx.git_cache else {
+                let note = "the changed paths are not all known and the drain has no [drain] data_dir to ask git, so the run is made to be safe".to_string();
+                verdicts.insert(verdict_key(stack.id, push), Verdict { touches: true, note });
+                continue;
+            };
+            let (base, how) = match &push.before {
+                Some(before) => (Base::Commit(before.clone()), format!("since {}", short(before))),
+                None => {
+                    let last: Option<String> = runs_t::table
+                        .filter(runs_t::stack_id.eq(stack.id))
+                        .filter(runs_t::kind.eq(RunKind::Tracked.as_str()))
+                        .order(runs_t::id.desc())
+                        .select(runs_t::commit_sha)
+                        .first(c)
+                        .await
+                        .optional()
+                        .map_err(db_error)?;
+                    (Base::NewBranch { known: last.into_iter().collect() }, String::new())
+                }
+            };
+            let remote = remote_for(c, ctx, cache, integration, &stack.repository).await?;
+            let verdict = match cache.changed_paths(&remote, &base, after, &root).await {
+                Ok(diff) => {
+                    let how = if how.is_empty() {
+                        format!("since its merge base {} (a new branch)", short(&diff.base))
+                    } else {
+                        how
+                    };
+                    let n = diff.paths.len();
+                    Verdict {
+                        touches: n > 0,
+                        note: format!("git diff {how}: {n} changed path{} under {root}", if n == 1 { "" } else { "s" }),
+                    }
+                }
+                Err(e) => {
+                    warn!(stack = %stack.slug, commit = %after, error = %hangar_db::error_chain(&e), "git could not tell what a push changed");
+                    Verdict {
+                        touches: true,
+                        note: format!(
+                            "git could not tell what the push changed, so the run is made to be safe: {}",
+                            hangar_db::error_chain(&e)
+                        ),
+                    }
+                }
+            };
+            verdicts.insert(verdict_key(stack.id, push), verdict);
+        }
+    }
+    Ok(verdicts)
 }
 
 /// What a delivery led to.
@@ -149,6 +298,7 @@ async fn on_push(
     integration: &IntegrationRow,
     stacks: &[LinkedStack],
     push: &Push,
+    verdicts: &Verdicts,
     out: &mut Outcome,
 ) -> Result<(), DbError> {
     let branch = push.branch().unwrap_or_default();
@@ -180,8 +330,8 @@ async fn on_push(
                 continue;
             }
         };
-        let note = match push.touches(&root) {
-            Touches::No => {
+        let note = match (push.touches(&root), verdicts.get(&verdict_key(stack.id, push))) {
+            (Touches::No, _) => {
                 out.lines.push(format!(
                     "stack {}: push {} to {branch} changes nothing under {root}; ignored",
                     stack.slug,
@@ -189,8 +339,18 @@ async fn on_push(
                 ));
                 continue;
             }
-            Touches::Yes => "",
-            Touches::Unknown => " (the changed paths are not all known, so the run is made to be safe)",
+            (Touches::Unknown, Some(v)) if !v.touches => {
+                out.lines.push(format!(
+                    "stack {}: push {} to {branch} changes nothing under {root} ({}); ignored",
+                    stack.slug,
+                    short(after),
+                    v.note
+                ));
+                continue;
+            }
+            (Touches::Yes, _) => String::new(),
+            (Touches::Unknown, Some(v)) => format!(" ({})", v.note),
+            (Touches::Unknown, None) => " (the changed paths are not all known, so the run is made to be safe)".to_string(),
         };
         if let Some(existing) = live_run_at(c, stack.id, RunKind::Tracked, after).await? {
             out.lines.push(format!("stack {}: run {existing} already plans {}; no second run", stack.slug, short(after)));
@@ -302,6 +462,7 @@ async fn act(
     c: &mut AsyncPgConnection,
     integration: &IntegrationRow,
     events: &[Event],
+    verdicts: &Verdicts,
 ) -> Result<Outcome, DbError> {
     let stacks = linked_stacks(c, integration.id).await?;
     let mut out = Outcome::default();
@@ -310,7 +471,7 @@ async fn act(
     }
     for event in events {
         match event {
-            Event::Push(p) => on_push(c, integration, &stacks, p, &mut out).await?,
+            Event::Push(p) => on_push(c, integration, &stacks, p, verdicts, &mut out).await?,
             Event::PullRequest(pr) => on_pull_request(c, integration, &stacks, pr, &mut out).await?,
             Event::BranchDeleted(_) | Event::Tag(_) | Event::Ping | Event::Other { .. } => {
                 out.lines.push(format!("{event}: not acted on; ignored"));
@@ -367,9 +528,9 @@ async fn lock_delivery(
     Ok(processed.is_none().then_some(id))
 }
 
-pub fn delivery_handler(pool: DbPool) -> Arc<dyn JobHandler> {
+pub fn delivery_handler(pool: DbPool, ctx: Arc<VcsContext>) -> Arc<dyn JobHandler> {
     handler_fn(move |job| {
-        let pool = pool.clone();
+        let (pool, ctx) = (pool.clone(), ctx.clone());
         async move {
             let integration_id: i64 = field(&job.payload, "integration")?;
             let delivery: String = field(&job.payload, "delivery")?;
@@ -384,6 +545,10 @@ pub fn delivery_handler(pool: DbPool) -> Arc<dyn JobHandler> {
                 return Err(JobError::permanent(format!("integration {} is plain git and takes no webhooks", integration.name)));
             };
             let parsed = hangar_vcs::parse(vendor, &event, body.as_bytes());
+            let verdicts = match &parsed {
+                Ok(events) => ask_git(&mut conn, &ctx, &integration, events).await?,
+                Err(_) => Verdicts::new(),
+            };
             let integ = integration.clone();
             let (d, e) = (delivery.clone(), event.clone());
             let summary = conn
@@ -392,7 +557,7 @@ pub fn delivery_handler(pool: DbPool) -> Arc<dyn JobHandler> {
                         return Ok(None);
                     };
                     let (out, error) = match &parsed {
-                        Ok(events) => (act(c, &integ, events).await?, None),
+                        Ok(events) => (act(c, &integ, events, &verdicts).await?, None),
                         Err(err) => (Outcome::default(), Some(err.to_string())),
                     };
                     finish_delivery(c, row, &out, error.clone()).await?;
@@ -584,6 +749,12 @@ async fn poll_repository(pool: &DbPool, ctx: &VcsContext, integration_id: i64, r
         }
     };
     let stored = serde_json::to_value(&current).map_err(|e| JobError::from_error(&e))?;
+    // git is asked before the listing row is locked; should another drain have
+    // polled meanwhile, pushes it did not ask about make runs to be safe.
+    let verdicts = match previous.as_ref().and_then(|(v, _)| serde_json::from_value::<RemoteRefs>(v.clone()).ok()) {
+        Some(before) => ask_git(&mut conn, ctx, &integration, &hangar_vcs::poll_events(repository, &before, &current)).await?,
+        None => Verdicts::new(),
+    };
     let repo = repository.to_string();
     let integ = integration.clone();
     let summary = conn
@@ -616,7 +787,7 @@ async fn poll_repository(pool: &DbPool, ctx: &VcsContext, integration_id: i64, r
             if pushes.is_empty() {
                 return Ok(None);
             }
-            let out = act(c, &integ, &pushes).await?;
+            let out = act(c, &integ, &pushes, &verdicts).await?;
             // Recorded like a delivery, so the log shows what polling found.
             let heads: Vec<String> = pushes
                 .iter()

@@ -132,6 +132,9 @@ password_file = "{pw}"
 ca_file = "{ca}"
 pool_size = 12
 
+[drain]
+data_dir = "{drain_dir}"
+
 [server]
 listen = "{addr}"
 public_url = "https://localhost:{port}"
@@ -158,6 +161,7 @@ ca_file = "{pki_ca}"
 request_timeout_secs = 5
 "#,
                 pg_port = pg.port,
+                drain_dir = dir.path().join("drain").display(),
                 pw = db.password_file.display(),
                 ca = db.ca_file.display(),
                 port = addr.port(),
