@@ -11,7 +11,7 @@
 mod common;
 mod fleet;
 
-use fleet::{Fleet, process_group};
+use fleet::{Fleet, FleetOptions, process_group};
 use hangar_testkit::{GitServer, wait_for};
 use serde_json::{Value, json};
 
@@ -306,6 +306,7 @@ async fn a_plan_is_stopped_with_its_process_group_an_apply_is_not_and_autodeploy
     .await;
     assert_eq!(fleet.history(&stopped).await, ["QUEUED", "READY", "PREPARING", "INITIALIZING", "PLANNING", "STOPPED"]);
     assert_eq!(fleet.state_versions("held").await, 0);
+    assert!(run(&fleet, &stopped).await["changes"].is_null(), "a plan that never ended reported changes");
     fleet.wait_workers("builders", "idle", 1).await;
 
     // The worker takes the next run; stopping it while it applies is refused
@@ -328,6 +329,26 @@ async fn a_plan_is_stopped_with_its_process_group_an_apply_is_not_and_autodeploy
     assert_eq!(fleet.state_versions("held").await, 1);
     assert_eq!(run(&fleet, &applied).await["changes"], json!({ "add": 0, "change": 0, "destroy": 0, "outputs": 2 }));
 
+    // Ended runs stay ended; only tracked and proposed runs are triggered by hand.
+    for (mutation, id) in [("cancelRun", &stopped), ("cancelRun", &applied), ("discardRun", &applied)] {
+        let (_, message) = fleet
+            .app
+            .err(Some(&fleet.admin), &format!("mutation($id: ID!) {{ {mutation}(id: $id) {{ state }} }}"), json!({ "id": id }))
+            .await;
+        assert!(message.contains("STOPPED") || message.contains("FINISHED"), "{mutation} {id}: {message}");
+    }
+    for kind in ["TASK", "DRIFT"] {
+        let (code, message) = fleet
+            .app
+            .err(
+                Some(&fleet.admin),
+                "mutation($k: RunKindValue!) { triggerRun(stack: \"held\", kind: $k) { id } }",
+                json!({ "k": kind }),
+            )
+            .await;
+        assert!(message.contains("kind"), "{kind}: {code} {message}");
+    }
+
     // Autodeploy: from trigger to FINISHED with nobody confirming.
     let auto = fleet.trigger("auto").await;
     fleet.wait_state(&auto, "FINISHED", &[&worker]).await;
@@ -339,4 +360,28 @@ async fn a_plan_is_stopped_with_its_process_group_an_apply_is_not_and_autodeploy
     let r = run(&fleet, &auto).await;
     assert_eq!(r["changes"]["outputs"], 2, "{r}");
     assert_eq!(r["erroredStateUploaded"], false);
+}
+
+#[tokio::test]
+async fn a_state_terraform_cannot_save_is_uploaded_as_errored_and_the_run_says_so() {
+    // The appliance refuses any state over 2 KiB; the configuration's state is larger.
+    let fleet = Fleet::start_with_server(FleetOptions::default(), "max_state_bytes = 2048\n").await;
+    let git = GitServer::start().await;
+    git.create_repo("big");
+    let big = format!("{}\noutput \"filler\" {{\n  value = join(\"\", [for i in range(400) : \"0123456789\"])\n}}\n", fleet::CONFIG);
+    git.push_files("big", "main", &[("infra/main.tf", big.as_str())], "a state too large for the appliance");
+    fleet.create_stack("big", &git.url("big"), "builders", json!({ "autodeploy": true })).await;
+    let config_dir = fleet.join_worker("builders", "host-c").await;
+    let worker = fleet.run_worker(&config_dir, "host-c");
+    fleet.wait_workers("builders", "idle", 1).await;
+
+    let id = fleet.trigger("big").await;
+    let failed = fleet.wait_state(&id, "FAILED", &[&worker]).await;
+    let reason = failed["failureReason"].as_str().unwrap_or_default();
+    assert!(reason.contains("errored.tfstate was uploaded"), "{failed}");
+    let r = run(&fleet, &id).await;
+    assert_eq!(r["erroredStateUploaded"], true, "{r}");
+    assert_eq!(r["changes"]["outputs"], 3, "{r}");
+    assert_eq!(fleet.state_versions("big").await, 0, "an oversized state was stored");
+    assert_eq!(fleet.history(&id).await, ["QUEUED", "READY", "PREPARING", "INITIALIZING", "PLANNING", "APPLYING", "FAILED"]);
 }

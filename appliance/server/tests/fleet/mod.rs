@@ -78,12 +78,19 @@ impl Fleet {
     }
 
     pub async fn start_with(opts: FleetOptions) -> Fleet {
+        Self::start_with_server(opts, "").await
+    }
+
+    /// As `start_with`, with `server_settings` (TOML lines of the `[server]`
+    /// section, e.g. `max_state_bytes = 4096`) added to the server's configuration.
+    pub async fn start_with_server(opts: FleetOptions, server_settings: &str) -> Fleet {
         let files = TestDir::new("fleet");
         let tools = files.subdir("tools");
         let bin_dir = tools.join("terraform/1.0.3");
         std::fs::create_dir_all(&bin_dir).unwrap();
         std::fs::copy(hangar_testkit::terraform::terraform(), bin_dir.join("terraform")).unwrap();
-        let extra = format!("tools_dir = \"{}\"\nworker_lease_secs = {}\n", tools.display(), opts.lease_secs);
+        let extra =
+            format!("tools_dir = \"{}\"\nworker_lease_secs = {}\n{server_settings}", tools.display(), opts.lease_secs);
         let app = Appliance::start_with(Options { server_extra: extra, broker: true, ..Options::default() }).await;
         wait_for("the hosted broker to be ready", SOON, || async {
             let (status, body) = app.ready().await;
