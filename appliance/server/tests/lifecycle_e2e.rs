@@ -323,10 +323,17 @@ async fn a_plan_is_stopped_with_its_process_group_an_apply_is_not_and_autodeploy
     let (state, _) = fleet.run(&applied).await;
     assert_eq!(state, "APPLYING");
     assert!(!process_group(apply_group).is_empty(), "the refused stop interrupted the apply");
+    // A run waiting behind the apply (one tracked run per stack at a time) is
+    // canceled before any worker saw it.
+    let waiting = fleet.trigger("held").await;
+    let d = fleet.ok("mutation($id: ID!) { cancelRun(id: $id) { state } }", json!({ "id": waiting })).await;
+    assert_eq!(d["cancelRun"]["state"], "CANCELED");
     tool.release("apply");
     fleet.wait_state(&applied, "FINISHED", &[&worker]).await;
     assert_eq!(fleet.history(&applied).await, CONFIRMED_PATH);
     assert_eq!(fleet.state_versions("held").await, 1);
+    let waited = fleet.history(&waiting).await;
+    assert!(matches!(waited.as_slice(), [.., last] if last == "CANCELED") && !waited.contains(&"PREPARING".to_string()), "{waited:?}");
     assert_eq!(run(&fleet, &applied).await["changes"], json!({ "add": 0, "change": 0, "destroy": 0, "outputs": 2 }));
 
     // Ended runs stay ended; only tracked and proposed runs are triggered by hand.
