@@ -13,7 +13,7 @@ use diesel_async::RunQueryDsl;
 use hangar_db::runs::{NewRun, RunRow};
 use hangar_testkit::TestDir;
 use hangar_types::worker::{
-    Changes, Heartbeat, HeartbeatReply, HostInfo, JoinRequest, JoinResponse, PresignedUrl, RunAssignment, RunStatus,
+    Changes, Heartbeat, HeartbeatReply, HostInfo, JoinRequest, JoinResponse, PlanStored, RunAssignment, RunStatus,
     StateReport, WorkerStatus,
 };
 use hangar_types::{RunKind, RunState};
@@ -644,27 +644,51 @@ async fn state_reports_follow_the_table_and_only_the_holder_makes_them() {
 }
 
 #[tokio::test]
-async fn plans_go_to_a_presigned_url_and_errored_state_is_sealed() {
+async fn plans_and_errored_state_are_stored_sealed() {
     let env = Env::start().await;
     let w = env.join("builders", "host-a").await;
     let o = env.join("builders", "host-o").await;
     let run = env.ready_run(RunKind::Tracked).await;
     w.claim().await.unwrap();
-    let plan = b"a saved plan, as terraform wrote it".to_vec();
-    let (s, body) =
-        w.post(&format!("/api/v1/worker/runs/{run}/plan"), json!({ "size": plan.len(), "sha256": sha256_hex(&plan) })).await;
+    let plan = b"a saved plan, as terraform wrote it: var.password = hunter2-in-plan".to_vec();
+    let send_plan = |who: &Worker, body: Vec<u8>| {
+        let req = who.http.post(format!("{}/api/v1/worker/runs/{run}/plan", who.base)).bearer_auth(&who.token).body(body);
+        async move {
+            let r = req.send().await.unwrap();
+            let status = r.status().as_u16();
+            (status, r.json::<Value>().await.unwrap_or(Value::Null))
+        }
+    };
+    let get_plan = |who: &Worker| {
+        let req = who.http.get(format!("{}/api/v1/worker/runs/{run}/plan", who.base)).bearer_auth(&who.token);
+        async move {
+            let r = req.send().await.unwrap();
+            (r.status().as_u16(), r.bytes().await.unwrap().to_vec())
+        }
+    };
+    assert_eq!(get_plan(&w).await.0, 404, "no plan stored yet");
+    let (s, body) = send_plan(&w, plan.clone()).await;
     assert_eq!(s, 200, "{body}");
-    let url: PresignedUrl = serde_json::from_value(body).unwrap();
-    assert!(url.expires_in_secs > 0);
-    // The worker PUTs it as is, trusting only the appliance CA.
-    let r = w.http.put(&url.url).body(plan.clone()).send().await.unwrap();
-    assert!(r.status().is_success(), "{}", r.text().await.unwrap());
-    let back = w.http.get(&url.url).send().await.unwrap();
-    assert!(back.status().is_client_error(), "a PUT signature does not allow a GET");
-    assert_eq!(o.post(&format!("/api/v1/worker/runs/{run}/plan"), json!({ "size": 1, "sha256": "00" })).await.0, 403);
-    let (s, _) = w.post(&format!("/api/v1/worker/runs/{run}/plan"), json!({ "size": 1u64 << 40, "sha256": "00" })).await;
-    assert_eq!(s, 413);
-
+    let stored: PlanStored = serde_json::from_value(body).unwrap();
+    assert_eq!(stored, PlanStored { size: plan.len() as u64, sha256: sha256_hex(&plan) });
+    // What lies in the bucket is sealed: neither the plan nor its secret.
+    let object_key = format!("runs/{run}/plan.sealed");
+    let in_bucket = object(&env, &object_key).await;
+    assert!(in_bucket.len() > plan.len());
+    assert!(!in_bucket.windows(b"hunter2".len()).any(|w| w == b"hunter2"), "plan stored in clear");
+    assert!(!in_bucket.windows(b"a saved plan".len()).any(|w| w == b"a saved plan"), "plan stored in clear");
+    // The holder gets it back opened; nobody else gets it at all.
+    assert_eq!(get_plan(&w).await, (200, plan.clone()));
+    assert_eq!(get_plan(&o).await.0, 403);
+    assert_eq!(send_plan(&o, b"another worker's plan".to_vec()).await.0, 403);
+    assert_eq!(get_plan(&w).await.1, plan, "a refused upload changes nothing");
+    let (s, body) = send_plan(&w, Vec::new()).await;
+    assert_eq!((s, error_of(&body).contains("empty")), (400, true), "{body}");
+    let too_big = vec![b'p'; hangar_types::worker::MAX_PLAN_BYTES as usize + 1];
+    let (s, body) = send_plan(&w, too_big).await;
+    assert_eq!(s, 413, "{body}");
+    assert!(error_of(&body).contains(&hangar_types::worker::MAX_PLAN_BYTES.to_string()), "{body}");
+    assert_eq!(get_plan(&w).await.1, plan, "an oversize upload changes nothing");
     // Log chunks: the holder's are taken (and a resend of the same chunk too).
     let chunk = |who: &Worker, path: String, body: &'static [u8]| {
         let req = who.http.post(format!("{}{path}", who.base)).bearer_auth(&who.token).body(body);
@@ -701,15 +725,25 @@ async fn plans_go_to_a_presigned_url_and_errored_state_is_sealed() {
     .get_result(&mut c)
     .await
     .unwrap();
-    assert_eq!(keys.plan_key.as_deref(), Some(format!("runs/{run}/plan").as_str()));
+    assert_eq!(keys.plan_key.as_deref(), Some(object_key.as_str()));
     let key = keys.errored_state_key.expect("stored");
     assert!(keys.errored_state_data_key.is_some());
     // What lies in the bucket is sealed: the state's secret is not in it.
     let stored = object(&env, &key).await;
     assert!(!stored.is_empty());
     assert!(!stored.windows(b"hunter2".len()).any(|w| w == b"hunter2"), "errored state stored in clear");
-    let plan_stored = object(&env, &format!("runs/{run}/plan")).await;
-    assert_eq!(plan_stored, plan);
+    // Once the run is over its plan is no longer handed out.
+    assert_eq!(w.report(run, RunState::Failed, "done", None).await.0, 200);
+    assert_eq!(get_plan(&w).await.0, 403);
+    // A plan object copied under another run's key does not open there.
+    let run2 = env.ready_run(RunKind::Tracked).await;
+    let w2 = env.join("builders", "host-b").await;
+    assert_eq!(w2.claim().await.unwrap().run_id, run2);
+    env.app.garage.bucket().put_object(format!("runs/{run2}/plan.sealed"), &in_bucket).await.unwrap();
+    env.exec(&format!("UPDATE runs SET plan_key = 'runs/{run2}/plan.sealed' WHERE id = {run2}")).await;
+    let r = w2.http.get(format!("{}/api/v1/worker/runs/{run2}/plan", w2.base)).bearer_auth(&w2.token).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 500);
+    assert!(!r.text().await.unwrap().contains("hunter2"));
 }
 
 #[tokio::test]
@@ -779,6 +813,20 @@ async fn tools_are_served_to_workers_with_their_hash_and_nothing_else() {
     assert_eq!(r.bytes().await.unwrap().as_ref(), TOOL_BYTES);
     let r = get("/v1/tools/terraform/1.0.4/linux_arm64", true).await;
     assert_eq!((r.status().as_u16(), r.bytes().await.unwrap().as_ref()), (200, b"arm".as_ref()));
+    // A binary of many chunks arrives whole, with its length announced.
+    let big: Vec<u8> = (0..(3 * 1024 * 1024 + 7)).map(|i: u32| (i % 253) as u8).collect();
+    std::fs::create_dir_all(env.files.path().join("tools/terraform/1.0.5")).unwrap();
+    std::fs::write(env.files.path().join("tools/terraform/1.0.5/terraform"), &big).unwrap();
+    let r = get("/v1/tools/terraform/1.0.5/linux_amd64", true).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["content-length"].to_str().unwrap(), big.len().to_string());
+    assert_eq!(r.headers()["x-hangar-sha256"].to_str().unwrap(), sha256_hex(&big));
+    assert!(r.bytes().await.unwrap().as_ref() == big.as_slice(), "the streamed binary differs");
+    let head = w.http.head(env.app.url("/v1/tools/terraform/1.0.3/linux_amd64")).bearer_auth(&w.token).send().await.unwrap();
+    assert_eq!(head.status(), 200);
+    assert_eq!(head.headers()["content-length"].to_str().unwrap(), TOOL_BYTES.len().to_string());
+    assert_eq!(head.headers()["x-hangar-sha256"].to_str().unwrap(), sha256_hex(TOOL_BYTES));
+    assert!(head.bytes().await.unwrap().is_empty());
 
     assert_eq!(get("/v1/tools/terraform/1.0.3/linux_amd64", false).await.status(), 401);
     let anonymous = client(&env.app, None);
@@ -834,6 +882,8 @@ async fn the_provider_mirror_speaks_terraforms_protocol_to_runs() {
     assert_eq!(doc["archives"]["darwin_arm64"]["url"], "terraform-provider-null_3.2.1_darwin_arm64.zip");
     let r = get(&format!("{base}/terraform-provider-null_3.2.1_linux_amd64.zip"), Some(&a.run_token)).await;
     assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["content-type"].to_str().unwrap(), "application/zip");
+    assert_eq!(r.headers()["content-length"].to_str().unwrap(), ZIP_BYTES.len().to_string());
     assert_eq!(r.bytes().await.unwrap().as_ref(), ZIP_BYTES);
 
     for (path, token, status) in [

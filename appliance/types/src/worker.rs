@@ -13,7 +13,8 @@
 //! | report a state change | `POST /api/v1/worker/runs/{id}/state` [`StateReport`] → 200 [`RunStatus`], 409 [`RunStatus`] when refused |
 //! | current state of a run | `GET /api/v1/worker/runs/{id}` → [`RunStatus`] |
 //! | append a log chunk | `POST /api/v1/worker/runs/{id}/logs/{phase}/{seq}` (raw bytes, masked) → 204 |
-//! | where to upload the plan | `POST /api/v1/worker/runs/{id}/plan` [`PlanUpload`] → [`PresignedUrl`] |
+//! | store the saved plan | `POST /api/v1/worker/runs/{id}/plan` (raw bytes, at most [`MAX_PLAN_BYTES`]) → [`PlanStored`] |
+//! | the saved plan back | `GET /api/v1/worker/runs/{id}/plan` → raw bytes |
 //! | upload `errored.tfstate` | `POST /api/v1/worker/runs/{id}/errored-state` (raw bytes) → 204 |
 //! | a tool binary | `GET /v1/tools/{tool}/{version}/{os}_{arch}` → bytes, header `x-hangar-sha256` |
 //! | provider mirror | `/v1/providers/…` (Terraform's provider network mirror protocol) |
@@ -28,7 +29,9 @@
 //! - a state report refused with 409 whose [`RunStatus`] already has the
 //!   reported state counts as accepted (a claim may have moved the run to
 //!   PREPARING itself);
-//! - the plan is PUT, as is, to the [`PresignedUrl`] (no extra headers);
+//! - the plan goes to the appliance, which seals it before it reaches the
+//!   object store (a plan holds the values of secret variables); the worker
+//!   checks the size and SHA-256 the appliance answers against its own file;
 //! - task runs report PLANNING while their command runs, then FINISHED or FAILED.
 
 use serde::{Deserialize, Serialize};
@@ -245,17 +248,27 @@ pub struct RunStatus {
     pub failure_reason: Option<String>,
 }
 
+/// Largest saved plan the appliance stores. Plans are sealed in one piece, so
+/// this bounds the server's memory per upload; real plans are far smaller.
+pub const MAX_PLAN_BYTES: u64 = 64 * 1024 * 1024;
+
+/// A saved plan as the worker has it on disk: what the appliance's
+/// [`PlanStored`] must match.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PlanUpload {
     pub size: u64,
+    /// Lowercase hex.
     pub sha256: String,
 }
 
+/// What the appliance stored (sealed) for a run's plan: size and SHA-256 of
+/// the plaintext it received.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PresignedUrl {
-    pub url: String,
-    pub expires_in_secs: u32,
+pub struct PlanStored {
+    pub size: u64,
+    /// Lowercase hex.
+    pub sha256: String,
 }
 
 /// Log phases, one object per chunk under each.

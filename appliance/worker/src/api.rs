@@ -1,5 +1,5 @@
 //! The worker's HTTPS client for the appliance: the worker API of
-//! `hangar_types::worker`, tool downloads and pre-signed uploads. TLS trusts
+//! `hangar_types::worker`, tool downloads and the plan upload. TLS trusts
 //! only the appliance CA and presents the worker's client certificate; every
 //! call also carries the worker token as a bearer credential.
 
@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use hangar_types::worker::{
-    Heartbeat, HeartbeatReply, Phase, PlanUpload, PresignedUrl, RunAssignment, RunStatus,
+    Heartbeat, HeartbeatReply, Phase, PlanStored, PlanUpload, RunAssignment, RunStatus,
     StateReport,
 };
 use reqwest::StatusCode;
@@ -54,6 +54,12 @@ pub enum ApiError {
         url: String,
         announced: String,
         actual: String,
+    },
+    #[error("{url} stored a plan of {stored}, the worker sent {sent}")]
+    Stored {
+        url: String,
+        sent: String,
+        stored: String,
     },
     #[error(
         "{url} is not on the appliance {server}: refusing to send the worker's credentials there"
@@ -293,29 +299,41 @@ impl Api {
         Self::check(resp, &url).await.map(|_| ())
     }
 
-    pub async fn plan_url(&self, run: i64, upload: &PlanUpload) -> Result<PresignedUrl, ApiError> {
-        self.post_json(&format!("/api/v1/worker/runs/{run}/plan"), upload)
-            .await
-    }
-
-    /// PUTs a file to a pre-signed URL (the object store, behind the appliance's TLS).
-    pub async fn put_presigned(&self, url: &str, path: &Path) -> Result<(), ApiError> {
+    /// Sends the saved plan at `path` to the appliance, which stores it sealed;
+    /// what it stored must be what `expected` describes.
+    pub async fn upload_plan(
+        &self,
+        run: i64,
+        path: &Path,
+        expected: &PlanUpload,
+    ) -> Result<(), ApiError> {
         let data = tokio::fs::read(path).await.map_err(|source| ApiError::Io {
             path: path.to_path_buf(),
             source,
         })?;
-        let resp = self
+        let url = self.url(&format!("/api/v1/worker/runs/{run}/plan"));
+        let req = self
             .http
-            .put(url)
+            .post(&url)
             .timeout(TRANSFER_TIMEOUT)
-            .body(data)
-            .send()
+            .header("content-type", "application/octet-stream");
+        let resp = self.send(req.body(data), &url).await?;
+        let resp = Self::check(resp, &url).await?;
+        let stored: PlanStored = resp
+            .json()
             .await
-            .map_err(|source| ApiError::Unreachable {
-                url: redact_query(url),
+            .map_err(|source| ApiError::Decode {
+                url: url.clone(),
                 source,
             })?;
-        Self::check(resp, &redact_query(url)).await.map(|_| ())
+        if stored.size != expected.size || !stored.sha256.eq_ignore_ascii_case(&expected.sha256) {
+            return Err(ApiError::Stored {
+                url,
+                sent: format!("{} bytes, SHA-256 {}", expected.size, expected.sha256),
+                stored: format!("{} bytes, SHA-256 {}", stored.size, stored.sha256),
+            });
+        }
+        Ok(())
     }
 
     pub async fn errored_state(&self, run: i64, data: Vec<u8>) -> Result<(), ApiError> {
@@ -383,11 +401,6 @@ fn same_origin(base: &str, url: &str) -> bool {
         (Ok(b), Ok(u)) => b.origin() == u.origin(),
         _ => false,
     }
-}
-
-/// A pre-signed URL without its query (the signature) for messages.
-fn redact_query(url: &str) -> String {
-    url.split('?').next().unwrap_or(url).to_string()
 }
 
 #[cfg(test)]

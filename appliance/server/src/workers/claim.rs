@@ -1,6 +1,6 @@
 //! A worker's calls about runs: heartbeats that renew its lease, claiming a
 //! READY run of its pool, state reports checked by the one transition table,
-//! the plan's upload URL and the sealed `errored.tfstate`.
+//! the sealed plan (in `plans`) and the sealed `errored.tfstate`.
 
 use std::collections::BTreeMap;
 
@@ -9,7 +9,7 @@ use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use hangar_db::runs::{RunRow, TransitionFailure};
 use hangar_db::schema::{runs, workers};
 use hangar_types::worker::{
-    EnvVar, Heartbeat, HeartbeatReply, PlanUpload, PresignedUrl, RunAssignment, RunStatus, StackSpec, StateReport,
+    EnvVar, Heartbeat, HeartbeatReply, RunAssignment, RunStatus, StackSpec, StateReport,
     ToolSpec, WorkerStatus,
 };
 use hangar_types::{RunKind, RunState, Tool};
@@ -20,10 +20,6 @@ use super::{MAX_JSON_BYTES, MAX_LOG_CHUNK_BYTES, Reply2, Request, WorkerApiError
 use crate::App;
 use crate::store::stacks::{self, Owner, StackRow};
 
-/// How long a plan upload URL stays valid.
-const PLAN_URL_SECS: u32 = 900;
-/// Largest plan accepted.
-const MAX_PLAN_BYTES: u64 = 1 << 30;
 
 /// Routes `/api/v1/worker/…` after authenticating the worker.
 pub(crate) async fn dispatch(app: &App, req: Request) -> Reply2 {
@@ -53,9 +49,12 @@ pub(crate) async fn dispatch(app: &App, req: Request) -> Reply2 {
             report(app, &mut conn, worker, run, parse_json(&req.body)?).await
         }
         (&Method::POST, ["runs", id, "plan"]) => {
-            small(&req.body)?;
             let run = held(&mut conn, worker, id).await?;
-            plan_url(app, &mut conn, &run, parse_json(&req.body)?).await
+            super::plans::store(app, &mut conn, &run, &req.body).await
+        }
+        (&Method::GET, ["runs", id, "plan"]) => {
+            let run = held(&mut conn, worker, id).await?;
+            super::plans::fetch(app, &mut conn, &run).await
         }
         (&Method::POST, ["runs", id, "errored-state"]) => {
             let run = held(&mut conn, worker, id).await?;
@@ -471,27 +470,6 @@ async fn report_once(
 async fn stack_autodeploys(c: &mut AsyncPgConnection, stack: i64) -> QueryResult<bool> {
     use hangar_db::schema::stacks;
     stacks::table.find(stack).select(stacks::autodeploy).first(c).await
-}
-
-async fn plan_url(app: &App, conn: &mut AsyncPgConnection, run: &RunRow, upload: PlanUpload) -> Reply2 {
-    if run.state().is_terminal() {
-        return Err(WorkerApiError::NotHolder { run: run.id });
-    }
-    if upload.size > MAX_PLAN_BYTES {
-        return Err(WorkerApiError::TooLarge { limit: MAX_PLAN_BYTES });
-    }
-    let key = format!("runs/{}/plan", run.id);
-    let url = app
-        .objects
-        .presign_put(&key, std::time::Duration::from_secs(u64::from(PLAN_URL_SECS)))
-        .await
-        .map_err(|e| WorkerApiError::internal("presigning a plan upload", e))?;
-    diesel::update(runs::table.find(run.id))
-        .set(runs::plan_key.eq(&key))
-        .execute(conn)
-        .await
-        .map_err(WorkerApiError::db)?;
-    Ok(json(StatusCode::OK, &PresignedUrl { url, expires_in_secs: PLAN_URL_SECS }))
 }
 
 /// Where a run's sealed errored state lives, and the context it is sealed under.

@@ -11,7 +11,6 @@ use std::path::PathBuf;
 
 use serde_json::json;
 use warp::http::{Method, StatusCode};
-use warp::reply::Reply;
 
 use super::{Reply2, Request, WorkerApiError, json as reply_json};
 use crate::App;
@@ -98,14 +97,7 @@ pub(crate) async fn serve(app: &App, req: Request) -> Reply2 {
         return Ok(reply_json(StatusCode::OK, &json!({ "archives": archives })));
     }
     let archive = found.into_iter().find(|a| a.file_name == *doc).ok_or_else(missing)?;
-    let body = if req.method == Method::HEAD {
-        Vec::new()
-    } else {
-        tokio::fs::read(&archive.path).await.map_err(|e| WorkerApiError::internal("reading a provider", e))?
-    };
-    let mut r = warp::reply::with_status(body, StatusCode::OK).into_response();
-    r.headers_mut().insert("content-type", warp::http::HeaderValue::from_static("application/zip"));
-    Ok(r)
+    super::files::serve_file(&archive.path, req.method == Method::HEAD, "application/zip").await
 }
 
 #[cfg(test)]

@@ -7,8 +7,10 @@
 
 mod auth;
 mod claim;
+mod files;
 pub(crate) mod join;
 mod mirror;
+mod plans;
 mod tools;
 
 use std::collections::HashMap;
@@ -291,9 +293,9 @@ pub(crate) fn routes(app: Arc<App>) -> BoxedFilter<(Response,)> {
             }
         });
     let a = app.clone();
-    // Log chunks and errored state may be larger than a JSON call: the larger
-    // limit holds for the whole prefix, each handler checks its own.
-    let worker = gather(&["api", "v1", "worker"], MAX_STATE_BYTES).then(move |req: Result<Request, WorkerApiError>| {
+    // Log chunks, plans and errored state may be larger than a JSON call: the
+    // largest limit holds for the whole prefix, each handler checks its own.
+    let worker = gather(&["api", "v1", "worker"], MAX_STATE_BYTES.max(hangar_types::worker::MAX_PLAN_BYTES)).then(move |req: Result<Request, WorkerApiError>| {
         let app = a.clone();
         async move {
             let r = match req {

@@ -10,8 +10,7 @@
 
 use std::path::{Path, PathBuf};
 
-use warp::http::{Method, StatusCode};
-use warp::reply::Reply;
+use warp::http::Method;
 
 use super::{Reply2, Request, WorkerApiError, WorkerSettings};
 use crate::App;
@@ -78,16 +77,9 @@ pub(crate) async fn serve(app: &App, req: Request) -> Reply2 {
     let (os, arch) = platform.split_once('_').ok_or_else(missing)?;
     let file = locate(&app.workers, tool, version, os, arch).await.ok_or_else(missing)?;
     let sha256 = app.workers.sha256_of(&file).await.map_err(|e| WorkerApiError::internal("hashing a tool", e))?;
-    let body = if req.method == Method::HEAD {
-        Vec::new()
-    } else {
-        tokio::fs::read(&file).await.map_err(|e| WorkerApiError::internal("reading a tool", e))?
-    };
-    let mut r = warp::reply::with_status(body, StatusCode::OK).into_response();
-    let h = r.headers_mut();
-    h.insert("content-type", warp::http::HeaderValue::from_static("application/octet-stream"));
+    let mut r = super::files::serve_file(&file, req.method == Method::HEAD, "application/octet-stream").await?;
     if let Ok(v) = warp::http::HeaderValue::from_str(&sha256) {
-        h.insert("x-hangar-sha256", v);
+        r.headers_mut().insert("x-hangar-sha256", v);
     }
     Ok(r)
 }

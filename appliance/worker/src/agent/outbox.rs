@@ -79,10 +79,7 @@ async fn deliver(api: &Api, run: i64, item: Item, on_refused: &OnRefused) {
                 Err(e) => Err(e),
             },
             Item::Log { phase, seq, data } => api.log_chunk(run, *phase, *seq, data.clone()).await,
-            Item::Plan { path, upload } => match api.plan_url(run, upload).await {
-                Ok(p) => api.put_presigned(&p.url, path).await,
-                Err(e) => Err(e),
-            },
+            Item::Plan { path, upload } => api.upload_plan(run, path, upload).await,
             Item::ErroredState(data) => api.errored_state(run, data.clone()).await,
         };
         match result {

@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use hangar_types::worker::{
-    Changes, EnvVar, Phase, PlanUpload, RunAssignment, StateReport, ToolSpec,
+    Changes, EnvVar, MAX_PLAN_BYTES, Phase, PlanUpload, RunAssignment, StateReport, ToolSpec,
 };
 use hangar_types::{RunKind, RunState};
 use tokio::sync::watch;
@@ -799,6 +799,15 @@ impl<'a, H: RunHooks> Run<'a, H> {
                 })
             })?
             .len();
+        // Refused here rather than by the appliance after the upload: the run
+        // must not go on to apply a plan the appliance never stored.
+        if size > MAX_PLAN_BYTES {
+            let message = format!(
+                "the saved plan is {size} bytes, more than the {MAX_PLAN_BYTES} bytes the appliance stores"
+            );
+            log.line(&message).await;
+            return Err(Halt::Report(RunState::Failed, message));
+        }
         let sha256 = tool::sha256_file(&p.layout.plan).await.map_err(fail)?;
         if let Err(e) = self
             .hooks
