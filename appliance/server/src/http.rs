@@ -68,7 +68,7 @@ impl HttpError {
         let body = serde_json::json!({
             "errors": [{ "message": self.to_string(), "extensions": { "code": self.code() } }]
         });
-        let mut r = warp::reply::with_status(warp::reply::json(&body), self.status()).into_response();
+        let mut r = json_response(self.status(), &body);
         if matches!(self, HttpError::InvalidToken) {
             r.headers_mut().insert(warp::http::header::WWW_AUTHENTICATE, warp::http::HeaderValue::from_static("Bearer"));
         }
@@ -153,6 +153,18 @@ pub(crate) fn routes(app: Arc<App>, schema: ApiSchema, max_body: u64) -> BoxedFi
         })
         .unify()
         .boxed()
+}
+
+/// `body` as JSON with `status`: every JSON answer outside GraphQL's own
+/// responses is shaped here.
+pub(crate) fn json_response<T: serde::Serialize>(status: StatusCode, body: &T) -> Response {
+    warp::reply::with_status(warp::reply::json(body), status).into_response()
+}
+
+/// `{"error": "<message>"}` with `status`: the error body of the non-GraphQL
+/// APIs (the worker protocol), one line a client can show as it is.
+pub(crate) fn error_response(status: StatusCode, message: &str) -> Response {
+    json_response(status, &serde_json::json!({ "error": message }))
 }
 
 /// Reads at most `limit` bytes of body.

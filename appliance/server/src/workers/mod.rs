@@ -18,12 +18,12 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
-use bytes::{Buf, BytesMut};
-use futures::{Stream, StreamExt};
+use bytes::Buf;
+use futures::Stream;
 use warp::Filter;
 use warp::filters::BoxedFilter;
 use warp::http::StatusCode;
-use warp::reply::{Reply, Response};
+use warp::reply::Response;
 
 use crate::{App, PeerCertificates};
 
@@ -162,8 +162,7 @@ impl WorkerApiError {
     }
 
     pub(crate) fn into_response(self) -> Response {
-        let body = serde_json::json!({ "error": self.to_string() });
-        warp::reply::with_status(warp::reply::json(&body), self.status()).into_response()
+        crate::http::error_response(self.status(), &self.to_string())
     }
 
     /// Logs a database failure with its chain; the caller sees only "unavailable".
@@ -193,7 +192,17 @@ fn chain(e: &dyn std::error::Error) -> String {
 type Reply2 = Result<Response, WorkerApiError>;
 
 fn json<T: serde::Serialize>(status: StatusCode, v: &T) -> Response {
-    warp::reply::with_status(warp::reply::json(v), status).into_response()
+    crate::http::json_response(status, v)
+}
+
+impl From<crate::http::HttpError> for WorkerApiError {
+    fn from(e: crate::http::HttpError) -> Self {
+        match e {
+            crate::http::HttpError::BodyTooLarge { limit } => WorkerApiError::TooLarge { limit },
+            crate::http::HttpError::Unavailable => WorkerApiError::Unavailable,
+            other => WorkerApiError::Malformed(other.to_string()),
+        }
+    }
 }
 
 fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, WorkerApiError> {
@@ -210,27 +219,13 @@ pub(crate) struct Request {
     pub(crate) body: bytes::Bytes,
 }
 
-/// Reads at most `limit` bytes of body.
+/// Reads at most `limit` bytes of body, as every route of the server does.
 async fn read_limited<S, B>(body: S, limit: u64) -> Result<bytes::Bytes, WorkerApiError>
 where
     S: Stream<Item = Result<B, warp::Error>>,
     B: Buf,
 {
-    let mut body = std::pin::pin!(body);
-    let mut buf = BytesMut::new();
-    while let Some(chunk) = body.next().await {
-        let mut chunk = chunk.map_err(|e| WorkerApiError::Malformed(format!("cannot read the body ({e})")))?;
-        if (buf.len() + chunk.remaining()) as u64 > limit {
-            return Err(WorkerApiError::TooLarge { limit });
-        }
-        while chunk.has_remaining() {
-            let part = chunk.chunk();
-            buf.extend_from_slice(part);
-            let n = part.len();
-            chunk.advance(n);
-        }
-    }
-    Ok(buf.freeze())
+    Ok(crate::http::read_limited(body, limit).await?)
 }
 
 /// A filter that gathers a [`Request`] under `prefix` (percent-decoded segments).
