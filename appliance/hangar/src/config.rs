@@ -149,4 +149,14 @@ mod tests {
         let err = Config::from_toml(&bad, Path::new("x.toml")).unwrap_err().to_string();
         assert_eq!(err, "invalid configuration x.toml: vcs.poll_interval_secs: must be between 10 and 86400");
     }
+
+    #[test]
+    fn drain_data_dir_must_be_absolute() {
+        let text = include_str!("../hangar.example.toml");
+        let cfg = Config::from_toml(text, Path::new("hangar.example.toml")).unwrap();
+        assert_eq!(cfg.drain.data_dir.as_deref(), Some(Path::new("/var/lib/hangar/drain")));
+        let bad = text.replace("data_dir = \"/var/lib/hangar/drain\"", "data_dir = \"var/lib/hangar/drain\"");
+        let err = Config::from_toml(&bad, Path::new("x.toml")).unwrap_err().to_string();
+        assert_eq!(err, "invalid configuration x.toml: drain.data_dir: must be an absolute path");
+    }
 }

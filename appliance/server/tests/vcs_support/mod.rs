@@ -88,6 +88,101 @@ pub async fn post_github(
     (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
 }
 
+/// Hex HMAC-SHA256 of `body` under `secret`: what Gitea/Forgejo send bare and
+/// Bitbucket Data Center and GitHub after `sha256=`.
+pub fn hex_hmac(secret: &str, body: &[u8]) -> String {
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret.as_bytes());
+    hex::encode(ring::hmac::sign(&key, body).as_ref())
+}
+
+/// Bitbucket Data Center's headers for a delivery signed with `secret`.
+pub fn bitbucket_headers(secret: &str, id: &str, event: &str, body: &[u8]) -> Vec<(String, String)> {
+    vec![
+        ("x-hub-signature".into(), format!("sha256={}", hex_hmac(secret, body))),
+        ("x-request-id".into(), id.into()),
+        ("x-event-key".into(), event.into()),
+    ]
+}
+
+/// Gitea's headers (Forgejo's with `forgejo`: it sends both sets, its own
+/// first).
+pub fn gitea_headers(secret: &str, id: &str, event: &str, body: &[u8], forgejo: bool) -> Vec<(String, String)> {
+    let sig = hex_hmac(secret, body);
+    let mut h = vec![
+        ("x-gitea-signature".into(), sig.clone()),
+        ("x-gitea-delivery".into(), id.into()),
+        ("x-gitea-event".into(), event.into()),
+    ];
+    if forgejo {
+        h.push(("x-forgejo-signature".into(), sig));
+        h.push(("x-forgejo-delivery".into(), id.into()));
+        h.push(("x-forgejo-event".into(), event.into()));
+    }
+    h
+}
+
+/// GitLab's headers with a secret token.
+pub fn gitlab_token_headers(token: &str, id: &str, event: &str) -> Vec<(String, String)> {
+    vec![
+        ("x-gitlab-token".into(), token.into()),
+        ("x-gitlab-event-uuid".into(), id.into()),
+        ("x-gitlab-event".into(), event.into()),
+    ]
+}
+
+/// GitLab's signed headers (the Standard Webhooks scheme): `signing_token` is
+/// `whsec_<base64 key>`, the signature `v1,<base64 HMAC-SHA256 of
+/// "id.timestamp.body">` under the decoded key.
+pub fn gitlab_signed_headers(signing_token: &str, id: &str, timestamp: u64, event: &str, body: &[u8]) -> Vec<(String, String)> {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let key = b64.decode(signing_token.strip_prefix("whsec_").unwrap()).unwrap();
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &key);
+    let mut signed = format!("{id}.{timestamp}.").into_bytes();
+    signed.extend_from_slice(body);
+    let sig = b64.encode(ring::hmac::sign(&key, &signed).as_ref());
+    vec![
+        ("webhook-id".into(), id.into()),
+        ("webhook-timestamp".into(), timestamp.to_string()),
+        ("webhook-signature".into(), format!("v1,{sig}")),
+        ("x-gitlab-event".into(), event.into()),
+    ]
+}
+
+/// POSTs `body` to `path` with `headers`; the status and the answer.
+pub async fn post_with(app: &Appliance, path: &str, headers: &[(String, String)], body: &[u8]) -> (u16, Value) {
+    let mut req = app.client.post(app.url(path)).header("content-type", "application/json").body(body.to_vec());
+    for (k, v) in headers {
+        req = req.header(k.as_str(), v.as_str());
+    }
+    let resp = req.send().await.expect("POST webhook");
+    let status = resp.status().as_u16();
+    let text = resp.text().await.unwrap_or_default();
+    (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+}
+
+/// A vendor's published example delivery, kept with the parsers' fixtures.
+pub fn fixture(path: &str) -> Value {
+    let file = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../vcs/tests/fixtures").join(path);
+    serde_json::from_slice(&std::fs::read(&file).unwrap_or_else(|e| panic!("{}: {e}", file.display()))).unwrap()
+}
+
+/// Bitbucket Data Center's `repo:refs_changed` example, for repository
+/// `clone_url` with one change of `git_ref` (`ADD` when `from` is all zeros).
+pub fn bitbucket_push(clone_url: &str, git_ref: &str, from: &str, to: &str) -> Value {
+    let mut v = fixture("bitbucket/repo-refs_changed.json");
+    // The documented example carries no links; real deliveries do.
+    v["repository"]["links"] = json!({ "clone": [{ "href": clone_url, "name": "http" }] });
+    let change = &mut v["changes"][0];
+    change["ref"]["id"] = json!(git_ref);
+    change["ref"]["displayId"] = json!(git_ref.trim_start_matches("refs/heads/"));
+    change["refId"] = json!(git_ref);
+    change["fromHash"] = json!(from);
+    change["toHash"] = json!(to);
+    change["type"] = json!(if from.bytes().all(|b| b == b'0') { "ADD" } else { "UPDATE" });
+    v
+}
+
 /// Sends only the head of a request declaring `content_length` bytes of body
 /// and returns the status line the server answers with before any body byte.
 pub async fn status_for_declared_length(app: &Appliance, path: &str, headers: &[(&str, &str)], content_length: u64) -> String {
