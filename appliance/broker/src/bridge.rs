@@ -8,13 +8,14 @@
 //! forgets cached admissions, re-checks every connected worker, and announces
 //! work again for each pool that has READY runs.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use diesel::sql_types::BigInt;
 use diesel_async::RunQueryDsl;
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use hangar_db::runs::{RUNS_CHANNEL, RunChange};
 use hangar_db::{Database, DbError};
 use hangar_types::RunState;
@@ -32,6 +33,8 @@ const MIN_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// A safety net under the triggers: connected workers are re-checked this often.
 const REVALIDATE_EVERY: Duration = Duration::from_secs(10);
+/// Notifications handled together at most, so a flood cannot starve the re-checks.
+const MAX_BATCH: usize = 4096;
 
 /// Who a run change concerns.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -108,7 +111,34 @@ async fn listen(shared: &Shared, db: &Database, backoff: &mut Duration) -> Resul
             n = stream.next() => match n {
                 None => return Ok(()),
                 Some(Err(e)) => return Err(e.into()),
-                Some(Ok(n)) => handle(shared, &n.channel, &n.payload).await,
+                Some(Ok(n)) => {
+                    // What else has already arrived is handled with it: one
+                    // commit that makes many runs READY asks for one
+                    // announcement per pool, not one per run to every worker.
+                    let mut batch = vec![n];
+                    let mut ended = None;
+                    while batch.len() < MAX_BATCH {
+                        match stream.next().now_or_never() {
+                            Some(Some(Ok(n))) => batch.push(n),
+                            Some(Some(Err(e))) => {
+                                ended = Some(Err(e.into()));
+                                break;
+                            }
+                            Some(None) => {
+                                ended = Some(Ok(()));
+                                break;
+                            }
+                            None => break,
+                        }
+                    }
+                    let mut announced = HashSet::new();
+                    for n in &batch {
+                        handle(shared, &n.channel, &n.payload, &mut announced).await;
+                    }
+                    if let Some(end) = ended {
+                        return end;
+                    }
+                }
             },
             _ = recheck.tick() => {
                 if let Err(e) = revalidate(shared, &shared.registry.workers()).await {
@@ -143,14 +173,17 @@ async fn catch_up(shared: &Shared) -> Result<(), DbError> {
     Ok(())
 }
 
-async fn handle(shared: &Shared, channel: &str, payload: &str) {
+/// Handles one notification; `announced` holds the pools already told of work
+/// in this batch, which need not hear it again.
+async fn handle(shared: &Shared, channel: &str, payload: &str, announced: &mut HashSet<i64>) {
     if channel == RUNS_CHANNEL {
         match serde_json::from_str::<RunChange>(payload) {
-            Ok(change) => {
-                if let Some((target, n)) = notification_for(&change) {
-                    deliver(shared, target, n).await;
-                }
-            }
+            Ok(change) => match notification_for(&change) {
+                // A worker told once claims until nothing is left.
+                Some((Target::Pool(pool), Notification::WorkAvailable { .. })) if !announced.insert(pool) => {}
+                Some((target, n)) => deliver(shared, target, n).await,
+                None => {}
+            },
             Err(e) => warn!(payload, error = %e, "unreadable run change"),
         }
     } else if channel == WORKERS_CHANNEL {
