@@ -150,11 +150,16 @@ async fn state_lock(fleet: &Fleet, stack: &str) -> Value {
 /// A run's whole stored log through `GET /api/v1/runs/{id}/logs`, once it
 /// holds `expected` (the worker delivers its last chunks after reporting).
 async fn logs(fleet: &Fleet, id: &str, expected: &str) -> String {
-    wait_for(&format!("the log of run {id} to hold {expected:?}"), fleet::SOON, || async {
+    log_of(fleet, id, "", expected).await
+}
+
+/// As `logs`, with a query string (`?phase=initializing`).
+async fn log_of(fleet: &Fleet, id: &str, query: &str, expected: &str) -> String {
+    wait_for(&format!("the log{query} of run {id} to hold {expected:?}"), fleet::SOON, || async {
         let r = fleet
             .app
             .client
-            .get(fleet.app.url(&format!("/api/v1/runs/{id}/logs")))
+            .get(fleet.app.url(&format!("/api/v1/runs/{id}/logs{query}")))
             .bearer_auth(&fleet.admin)
             .send()
             .await
@@ -298,6 +303,10 @@ async fn a_plan_is_stopped_with_its_process_group_an_apply_is_not_and_autodeploy
     fleet.wait_state(&stopped, "PLANNING", &[&worker]).await;
     let (pgid, child) = tool.reached("plan").await;
     assert!(process_group(pgid).contains(&child), "the held plan's child runs in its group");
+    // The log of the phases done is readable while the run goes on.
+    let init = log_of(&fleet, &stopped, "?phase=initializing", "successfully initialized").await;
+    assert!(init.contains("Initializing the backend"), "{init}");
+    assert_eq!(fleet.run(&stopped).await.0, "PLANNING");
     let d = fleet.ok("mutation($id: ID!) { cancelRun(id: $id) { state } }", json!({ "id": stopped })).await;
     assert_eq!(d["cancelRun"]["state"], "STOPPED");
     wait_for(&format!("process group {pgid} of the stopped plan to be gone"), fleet::SOON, || async {
