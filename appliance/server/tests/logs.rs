@@ -25,6 +25,7 @@ struct Store {
     db: DbPool,
     objects: ObjectStore,
     stack: i64,
+    slug: String,
 }
 
 impl Store {
@@ -36,7 +37,7 @@ impl Store {
         let slug = format!("logs-{}", rand_suffix());
         let created = app.ok(&w, CREATE_STACK, json!({ "i": stack_input(&slug, "https://git.invalid/infra.git") })).await;
         let stack = created["createStack"]["id"].as_str().unwrap().parse().unwrap();
-        Store { db: app.pg.database().pool(Some(4)).unwrap(), objects, stack }
+        Store { db: app.pg.database().pool(Some(4)).unwrap(), objects, stack, slug }
     }
 
     async fn run(&self) -> i64 {
@@ -443,4 +444,51 @@ async fn deleting_a_runs_logs_removes_objects_and_rows_together() {
     assert_eq!(store.rows(other).await.len(), 3);
     // Nothing left: a second deletion has nothing to do.
     assert_eq!(logs::delete_run_logs(&store.db, &store.objects, run).await.unwrap(), 0);
+}
+
+#[tokio::test]
+async fn deleting_a_stack_removes_the_objects_its_runs_left() {
+    let app = Appliance::start().await;
+    let store = Store::open(&app).await;
+    let kept = Store::open(&app).await;
+    let (run, done, other) = (store.run().await, store.run().await, kept.run().await);
+    for r in [run, done, other] {
+        store.append(r, Phase::Preparing, 0, "a").await.unwrap();
+        store.append(r, Phase::Planning, 0, "b").await.unwrap();
+    }
+    // A sealed plan and an errored state, where the worker API puts them.
+    let extra = [format!("runs/{done}/plan.sealed"), format!("runs/{done}/errored.tfstate.sealed")];
+    for key in &extra {
+        store.objects.put(key, b"sealed bytes").await.unwrap();
+    }
+    let mut c = store.db.get().await.unwrap();
+    diesel::sql_query(format!(
+        "UPDATE runs SET plan_key = '{}', errored_state_key = '{}' WHERE id = {done}",
+        extra[0], extra[1]
+    ))
+    .execute(&mut c)
+    .await
+    .unwrap();
+    let admin = app.admin_token().await;
+    let deleted = app.ok(&admin, "mutation($s: String!) { deleteStack(slug: $s) }", json!({ "s": store.slug })).await;
+    assert_eq!(deleted["deleteStack"], true);
+    let mut keys: Vec<String> = [run, done]
+        .into_iter()
+        .flat_map(|r| [logs::object_key(r, Phase::Preparing, 0), logs::object_key(r, Phase::Planning, 0)])
+        .collect();
+    keys.extend(extra);
+    // Gone from Garage itself, listed with the test's own S3 credentials.
+    let bucket = app.garage.bucket();
+    let mut left = Vec::new();
+    for page in bucket.list("runs/".into(), None).await.unwrap() {
+        left.extend(page.contents.into_iter().map(|o| o.key));
+    }
+    for key in &keys {
+        assert!(!left.contains(key), "{key} left behind: {left:?}");
+    }
+    // Another stack's run keeps its log.
+    for (phase, seq) in [(Phase::Preparing, 0), (Phase::Planning, 0)] {
+        assert!(left.contains(&logs::object_key(other, phase, seq)), "another stack's log was touched: {left:?}");
+    }
+    assert_eq!(kept.rows(other).await.len(), 2);
 }

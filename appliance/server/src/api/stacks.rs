@@ -365,17 +365,22 @@ impl StacksMutation {
         Ok(Stack(row))
     }
 
-    /// Deletes a stack with its runs and variables.
+    /// Deletes a stack with its runs and variables, and then the objects its
+    /// runs left (logs, plans, errored state).
     async fn delete_stack(&self, ctx: &Context<'_>, slug: String) -> async_graphql::Result<bool> {
         let caller = require(ctx, Role::Writer)?.clone();
         let mut c = conn(ctx).await?;
-        c.transaction::<_, ApiError, _>(async move |c| {
-            let id = stack_id(c, &slug).await?;
-            store::delete_stack(c, id).await?;
-            audit::record(c, &caller.actor(), "stack.delete", &format!("stack:{slug}"), json!({})).await?;
-            Ok(())
-        })
-        .await?;
+        let s = slug.clone();
+        let keys = c
+            .transaction::<_, ApiError, _>(async move |c| {
+                let id = stack_id(c, &s).await?;
+                let keys = crate::store::run_objects::keys_of_stack(c, id).await?;
+                store::delete_stack(c, id).await?;
+                audit::record(c, &caller.actor(), "stack.delete", &format!("stack:{s}"), json!({})).await?;
+                Ok(keys)
+            })
+            .await?;
+        crate::store::run_objects::delete_objects(&app(ctx).objects, &slug, &keys).await;
         Ok(true)
     }
 

@@ -3,6 +3,7 @@
 
 pub mod audit;
 pub mod pools;
+pub mod run_objects;
 pub mod run_tokens;
 pub mod runs;
 pub mod stacks;
