@@ -13,6 +13,8 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use nix::errno::Errno;
+use nix::fcntl::{Flock, FlockArg};
 use tokio::io::AsyncReadExt;
 
 use crate::paths::ProjectRoot;
@@ -140,6 +142,8 @@ impl GitCache {
             locks.entry(repo.clone()).or_default().clone()
         };
         let _held = lock.lock().await;
+        // And one at a time across the drains sharing the data directory.
+        let _file = self.lock_file(&repo).await?;
 
         let mut wanted: Vec<&str> = vec![after];
         wanted.extend(known.iter().map(String::as_str));
@@ -241,6 +245,28 @@ impl GitCache {
             }
         }
         Ok(path)
+    }
+
+    /// An exclusive lock on `<repository>.lock`, waited for up to the git
+    /// timeout; released when dropped.
+    async fn lock_file(&self, repo: &Path) -> Result<Flock<std::fs::File>, ChangesError> {
+        let path = repo.with_extension("lock");
+        let cache = |source| ChangesError::Cache { path: path.clone(), source };
+        let mut file = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path).map_err(cache)?;
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        loop {
+            match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+                Ok(held) => return Ok(held),
+                Err((f, Errno::EWOULDBLOCK)) if tokio::time::Instant::now() < deadline => {
+                    file = f;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err((_, Errno::EWOULDBLOCK)) => {
+                    return Err(ChangesError::TimedOut { what: "cache lock", url: path.display().to_string(), timeout: self.timeout });
+                }
+                Err((_, e)) => return Err(cache(std::io::Error::from(e))),
+            }
+        }
     }
 
     async fn has(&self, repo: &Path, sha: &str) -> Result<bool, ChangesError> {

@@ -126,6 +126,51 @@ async fn pushes_force_pushes_and_new_branches_are_diffed_with_git() {
 }
 
 #[tokio::test]
+async fn drains_sharing_a_cache_fetch_one_at_a_time_and_all_get_answers() {
+    let server = GitServer::start().await;
+    server.create_repo("infra");
+    let first = server.push_files("infra", "main", &[("infra/main.tf", "# v1\n")], "first");
+    let second = server.push_files("infra", "main", &[("infra/main.tf", "# v2\n")], "second");
+    let dir = TestDir::new("changes");
+    // Two processes' caches over one directory, each asked twice at once.
+    let a = GitCache::new(dir.path().join("cache"), "git", Duration::from_secs(30));
+    let b = GitCache::new(dir.path().join("cache"), "git", Duration::from_secs(30));
+    let (r, base) = (remote(&server), Base::Commit(first.clone()));
+    let all = futures_join(vec![
+        a.changed_paths(&r, &base, &second, &infra()),
+        a.changed_paths(&r, &base, &second, &infra()),
+        b.changed_paths(&r, &base, &second, &infra()),
+        b.changed_paths(&r, &base, &second, &infra()),
+    ])
+    .await;
+    for d in all {
+        assert_eq!(paths(&d.unwrap()), ["infra/main.tf"]);
+    }
+    let repos = std::fs::read_dir(dir.path().join("cache")).unwrap().filter(|e| e.as_ref().unwrap().path().extension().is_some_and(|x| x == "git")).count();
+    assert_eq!(repos, 1, "one bare repository per remote");
+}
+
+/// Awaits every future, concurrently, in order.
+async fn futures_join<F: std::future::Future>(fs: Vec<F>) -> Vec<F::Output> {
+    let mut pinned: Vec<std::pin::Pin<Box<F>>> = fs.into_iter().map(Box::pin).collect();
+    let mut out: Vec<Option<F::Output>> = pinned.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (i, f) in pinned.iter_mut().enumerate() {
+            if out[i].is_none() {
+                match f.as_mut().poll(cx) {
+                    std::task::Poll::Ready(v) => out[i] = Some(v),
+                    std::task::Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending { std::task::Poll::Pending } else { std::task::Poll::Ready(()) }
+    })
+    .await;
+    out.into_iter().map(Option::unwrap).collect()
+}
+
+#[tokio::test]
 async fn what_git_cannot_answer_is_an_error_naming_it() {
     let server = GitServer::start().await;
     server.create_repo("infra");
