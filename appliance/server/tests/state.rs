@@ -464,6 +464,121 @@ async fn versions_are_imported_listed_and_downloaded() {
     }
 }
 
+/// The audit trail's `state.*` actions on `stack`, oldest first, with their actors.
+async fn state_audit(app: &Appliance, stack: &str) -> Vec<(String, String, Value)> {
+    use diesel_async::RunQueryDsl;
+    #[derive(diesel::QueryableByName)]
+    struct Row {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        action: String,
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        actor: String,
+        #[diesel(sql_type = diesel::sql_types::Jsonb)]
+        details: Value,
+    }
+    let mut c = app.pg.database().connect().await.unwrap();
+    let rows: Vec<Row> = diesel::sql_query(
+        "SELECT action, actor, details FROM audit_events WHERE target = $1 AND action LIKE 'state.%' ORDER BY id",
+    )
+    .bind::<diesel::sql_types::Text, _>(format!("stack:{stack}"))
+    .load(&mut c)
+    .await
+    .unwrap();
+    rows.into_iter().map(|r| (r.action, r.actor, r.details)).collect()
+}
+
+/// The keys under `state/{stack_id}/` in the appliance's bucket.
+async fn state_keys(app: &Appliance, stack_id: i64) -> Vec<String> {
+    let mut keys = Vec::new();
+    for page in app.garage.bucket().list(format!("state/{stack_id}/"), None).await.expect("list the bucket") {
+        keys.extend(page.contents.into_iter().map(|o| o.key));
+    }
+    keys
+}
+
+#[tokio::test]
+async fn what_people_do_through_the_backend_is_audited_and_runs_are_not() {
+    let app = Appliance::start().await;
+    let admin = app.admin_token().await;
+    let net = stack(&app, &admin, "net").await;
+    stack(&app, &admin, "dns").await;
+    let key = api_key(&app, &admin, "ops").await;
+    let actions = actions_of;
+
+    // A person's lock, write and unlock through Terraform's protocol.
+    assert_eq!(lock(&app, "net", Auth::Bearer(&key), "person-1", "ops").await.status, 200);
+    assert_eq!(post(&app, "net", Auth::Bearer(&key), Some("person-1"), &state("l", 1, "by hand")).await.status, 200);
+    assert_eq!(unlock(&app, "net", Auth::Bearer(&key), "person-1").await.status, 200);
+    let trail = state_audit(&app, "net").await;
+    assert_eq!(actions(&trail), ["state.lock", "state.write", "state.unlock"]);
+    assert!(trail.iter().all(|(_, actor, _)| actor.contains(ADMIN_EMAIL)), "{trail:?}");
+    assert_eq!(trail[1].2["serial"], 1);
+    assert_eq!(trail[1].2["via"], "state backend");
+    // A write refused (an older serial) is not in the trail.
+    assert_eq!(post(&app, "net", Auth::Bearer(&key), None, &state("l", 0, "older")).await.status, 409);
+    assert_eq!(state_audit(&app, "net").await.len(), 3);
+
+    // A run's own lock, write and unlock are its job, not an admin action.
+    let (run, token) = run_with_token(&app, net).await;
+    assert_eq!(lock(&app, "net", Auth::Basic(&token), "run-1", "run").await.status, 200);
+    assert_eq!(post(&app, "net", Auth::Basic(&token), Some("run-1"), &state("l", 2, "by a run")).await.status, 200);
+    assert_eq!(unlock(&app, "net", Auth::Basic(&token), "run-1").await.status, 200);
+    assert_eq!(state_audit(&app, "net").await.len(), 3);
+    // Taking a run's lock away is.
+    assert_eq!(lock(&app, "net", Auth::Basic(&token), "run-2", "run").await.status, 200);
+    let forced = app.ok(&admin, "mutation { forceUnlockState(stack: \"net\") { lockId } }", json!({})).await;
+    assert_eq!(forced["forceUnlockState"]["lockId"], "run-2");
+    let trail = state_audit(&app, "net").await;
+    assert_eq!(actions(&trail).last().map(String::as_str), Some("state.force_unlock"));
+    assert_eq!(trail.last().unwrap().2["held_by"], format!("run {run}"));
+
+    // An import is recorded once, with the version it made; a refused one not at all.
+    let import = "mutation($s: String!, $t: String!) { importState(stack: $s, state: $t) { id serial } }";
+    let original = String::from_utf8(state("imported", 7, "from elsewhere")).unwrap();
+    let made = app.ok(&admin, import, json!({ "s": "dns", "t": original })).await;
+    assert_eq!(app.err(Some(&admin), import, json!({ "s": "dns", "t": original })).await.0, "CONFLICT");
+    let trail = state_audit(&app, "dns").await;
+    assert_eq!(actions(&trail), ["state.import"]);
+    assert_eq!(trail[0].2["version"].to_string(), made["importState"]["id"].as_str().unwrap());
+    assert_eq!(trail[0].2["via"], "api");
+}
+
+#[tokio::test]
+async fn a_write_whose_transaction_fails_leaves_no_object_behind() {
+    use diesel_async::RunQueryDsl;
+    let app = Appliance::start().await;
+    let admin = app.admin_token().await;
+    let net = stack(&app, &admin, "net").await;
+    let key = api_key(&app, &admin, "ops").await;
+    assert_eq!(post(&app, "net", Auth::Bearer(&key), None, &state("l", 1, "first")).await.status, 200);
+    assert_eq!(state_keys(&app, net).await.len(), 1);
+
+    // The database refuses the version row after the sealed object was put.
+    let mut c = app.pg.database().connect().await.unwrap();
+    for sql in [
+        "CREATE FUNCTION refuse_state_versions() RETURNS trigger LANGUAGE plpgsql AS \
+         $$ BEGIN RAISE EXCEPTION 'state versions refused by the test'; END $$",
+        "CREATE TRIGGER refuse_state_versions BEFORE INSERT ON state_versions \
+         FOR EACH ROW EXECUTE FUNCTION refuse_state_versions()",
+    ] {
+        diesel::sql_query(sql).execute(&mut c).await.unwrap();
+    }
+    let failed = post(&app, "net", Auth::Bearer(&key), None, &state("l", 2, "second")).await;
+    assert!(failed.status.is_server_error(), "{}: {}", failed.status, failed.text());
+    assert_eq!(state_keys(&app, net).await.len(), 1, "the failed write's object was left behind");
+    assert_eq!(actions_of(&state_audit(&app, "net").await), ["state.write"], "a failed write is not audited");
+
+    diesel::sql_query("DROP TRIGGER refuse_state_versions ON state_versions").execute(&mut c).await.unwrap();
+    assert_eq!(post(&app, "net", Auth::Bearer(&key), None, &state("l", 2, "second")).await.status, 200);
+    assert_eq!(state_keys(&app, net).await.len(), 2);
+    let got = call(&app, "GET", &state_path("net"), Auth::Bearer(&key), None, None).await;
+    assert_eq!(got.body, state("l", 2, "second"));
+}
+
+fn actions_of(rows: &[(String, String, Value)]) -> Vec<String> {
+    rows.iter().map(|r| r.0.clone()).collect()
+}
+
 /// Every state object in the appliance's bucket, read with the S3 API.
 async fn garage_objects(app: &Appliance) -> Vec<Vec<u8>> {
     let bucket = app.garage.bucket();

@@ -170,21 +170,13 @@ impl StateMutation {
         let mut c = conn(ctx).await?;
         let id = stack_id(&mut c, &stack).await?;
         let writer = Principal::User(caller.clone()).writer();
-        let row = match super::write_version(app, &mut c, id, state.as_bytes(), &writer, WriteMode::Import)
+        // Audited by write_version, in the transaction that stores the version.
+        let row = match super::write_version(app, &mut c, (id, &stack), state.as_bytes(), &writer, WriteMode::Import)
             .await
             .map_err(ApiError::from)?
         {
             Written::Stored(v) | Written::Unchanged(v) => v,
         };
-        audit::record(
-            &mut c,
-            &caller.actor(),
-            "state.import",
-            &format!("stack:{stack}"),
-            json!({ "version": row.id, "serial": row.serial, "lineage": row.lineage, "size": row.size }),
-        )
-        .await
-        .map_err(ApiError::from)?;
         Ok(row.into())
     }
 }

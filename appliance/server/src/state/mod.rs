@@ -322,19 +322,27 @@ fn seal_context(object_key: &str) -> String {
 }
 
 /// Checks `body` against the stack's lock and latest version and stores it as
-/// a new version, all under the stack's row lock.
+/// a new version, all under the stack's row lock. A version a person (not a
+/// run) writes is recorded in the audit trail in the same transaction.
+///
+/// The sealed object is put before the row that names it is inserted; when
+/// the transaction then fails, the object is deleted again (best effort,
+/// logged), so a refused or failed write leaves nothing in the bucket.
 pub(crate) async fn write_version(
     app: &App,
     c: &mut AsyncPgConnection,
-    stack_id: i64,
+    stack: (i64, &str),
     body: &[u8],
     writer: &Writer,
     mode: WriteMode<'_>,
 ) -> Result<Written, StateError> {
+    let (stack_id, slug) = stack;
     let header = parse_state(body)?;
     let (md5, _) = md5_hex(body);
     let serial = header.serial as i64;
-    c.transaction::<_, StateError, _>(async move |c| {
+    let uploaded: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
+    let uploaded_ref = &uploaded;
+    let result = c.transaction::<_, StateError, _>(async move |c| {
         if !store::hold_stack(c, stack_id).await? {
             return Err(StateError::Conflict("the stack was deleted".into()));
         }
@@ -391,6 +399,7 @@ pub(crate) async fn write_version(
             .put(&object_key, &sealed.bytes)
             .await
             .map_err(|e| StateError::Unavailable(format!("object store: {}", hangar_db::error_chain(&e))))?;
+        *uploaded_ref.lock().unwrap_or_else(|p| p.into_inner()) = Some(object_key.clone());
         let row = store::insert_version(
             c,
             &store::NewVersion {
@@ -405,9 +414,34 @@ pub(crate) async fn write_version(
             },
         )
         .await?;
+        if writer.user_id.is_some() {
+            let action = match mode {
+                WriteMode::Backend { .. } => "state.write",
+                WriteMode::Import => "state.import",
+            };
+            let via = if matches!(mode, WriteMode::Import) { "api" } else { "state backend" };
+            audit::record(
+                c,
+                &writer.label,
+                action,
+                &format!("stack:{slug}"),
+                json!({ "version": row.id, "serial": row.serial, "lineage": row.lineage, "size": row.size, "via": via }),
+            )
+            .await?;
+        }
         Ok(Written::Stored(row))
     })
-    .await
+    .await;
+    if result.is_err() {
+        let orphan = uploaded.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(key) = orphan {
+            match app.objects.delete(&key).await {
+                Ok(()) => tracing::info!(stack = %slug, key = %key, "removed the object of a state write that failed"),
+                Err(e) => tracing::warn!(stack = %slug, key = %key, error = %hangar_db::error_chain(&e), "the object of a failed state write was left in the object store"),
+            }
+        }
+    }
+    result
 }
 
 /// The plaintext of a stored version, checked against its recorded MD5.
@@ -529,7 +563,7 @@ where
                 }
             }
             let mode = WriteMode::Backend { lock_id: lock_id.as_deref(), operator: principal.is_operator() };
-            match write_version(&app, &mut c, stack_id, &body, &writer, mode).await? {
+            match write_version(&app, &mut c, (stack_id, &req.slug), &body, &writer, mode).await? {
                 Written::Stored(v) => {
                     tracing::info!(stack = %req.slug, serial = v.serial, size = v.size, version = v.id, by = %writer.label, "state version stored");
                 }
@@ -564,6 +598,11 @@ async fn lock(c: &mut AsyncPgConnection, stack_id: i64, slug: &str, body: &[u8],
             tracing::info!(stack = %slug, lock = %stale.lock_id, held_by = %stale.held_by, "released the lock of a finished run");
         }
         if store::try_lock(c, stack_id, &id, &info, writer).await? {
+            // A person holding the state keeps every run off it: worth a trace.
+            if writer.user_id.is_some() {
+                audit::record(c, &writer.label, "state.lock", &format!("stack:{slug}"), json!({ "lock_id": id, "via": "state backend" }))
+                    .await?;
+            }
             tracing::info!(stack = %slug, lock = %id, by = %writer.label, "state locked");
             return Ok(ok_empty());
         }
@@ -618,6 +657,16 @@ async fn unlock(
         .await?;
         tracing::warn!(stack = %slug, lock = %lock.lock_id, held_by = %lock.held_by, by = %writer.label, "state force-unlocked");
     } else {
+        if writer.user_id.is_some() {
+            audit::record(
+                c,
+                &writer.label,
+                "state.unlock",
+                &format!("stack:{slug}"),
+                json!({ "lock_id": lock.lock_id, "via": "state backend" }),
+            )
+            .await?;
+        }
         tracing::info!(stack = %slug, lock = %lock.lock_id, by = %writer.label, "state unlocked");
     }
     Ok(ok_empty())
