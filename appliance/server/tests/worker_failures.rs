@@ -342,13 +342,17 @@ async fn in_its_own_network_namespace_a_worker_needs_only_the_appliance_and_the_
     // Inside, `localhost` (the name in the appliance's URLs and certificates)
     // is the host's end of the link, where relays lead to the appliance.
     ns.set_hosts(&[("localhost", IpAddr::V4(ns.host_addr))]);
+    // git (curl) takes `localhost` to be loopback whatever the hosts file
+    // says: the repository is named by the link's address, which the host
+    // reaches as well.
+    let loopback = IpAddr::V4(Ipv4Addr::LOCALHOST);
     let git = GitServer::start().await;
-    let repository = format!("http://localhost:{}/net.git", git.addr().port());
+    let git_relay = Relay::start(SocketAddr::new(IpAddr::V4(ns.host_addr), 0), git.addr()).await;
+    let repository = format!("http://{}/net.git", git_relay.addr());
     let (fleet, _hold) = fleet_with_stack(FleetOptions::default(), &git, &repository).await;
 
-    let loopback = IpAddr::V4(Ipv4Addr::LOCALHOST);
-    let mut relays = Vec::new();
-    for port in [fleet.app.addr.port(), fleet.app.broker_port.unwrap(), objects_port(&fleet.app.config), git.addr().port()] {
+    let mut relays = vec![git_relay];
+    for port in [fleet.app.addr.port(), fleet.app.broker_port.unwrap(), objects_port(&fleet.app.config)] {
         relays.push(Relay::start(SocketAddr::new(IpAddr::V4(ns.host_addr), port), SocketAddr::new(loopback, port)).await);
     }
 
