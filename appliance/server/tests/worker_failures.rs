@@ -381,6 +381,24 @@ async fn in_its_own_network_namespace_a_worker_needs_only_the_appliance_and_the_
     // The tool came from the appliance, through the link.
     let cached = std::fs::read_dir(fleet.files.path().join("cache-host-ns")).map(|d| d.count()).unwrap_or(0);
     assert!(cached > 0, "the tool was downloaded into the worker's cache");
+
+    // A configuration that needs a provider: Terraform asks the appliance's
+    // mirror, with the run's token (a 404, not a 401: the mirror holds none),
+    // and nothing else.
+    let needs_provider = "terraform {\n  required_providers {\n    null = { source = \"hashicorp/null\" }\n  }\n}\n";
+    git.push_files("net", "main", &[("infra/providers.tf", needs_provider)], "a provider");
+    let id = fleet.trigger("net").await;
+    let run = fleet.wait_state(&id, "FAILED", &[&worker]).await;
+    let reason = run["failureReason"].as_str().unwrap_or_default();
+    assert!(reason.starts_with("terraform init failed"), "{reason}");
+    assert!(reason.contains("hashicorp/null"), "{reason}");
+    let log = fleet.app.server_log();
+    let asked: Vec<&str> = log.lines().filter(|l| l.contains("path=\"/v1/providers/")).collect();
+    assert!(!asked.is_empty(), "the mirror was asked");
+    for line in asked {
+        assert!(line.contains("/v1/providers/registry.terraform.io/hashicorp/null/"), "{line}");
+        assert!(line.contains("status=404"), "{line}");
+    }
 }
 
 /// The port of the object store's TLS front, from the appliance's config.

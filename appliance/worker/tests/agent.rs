@@ -2,10 +2,12 @@
 //! (hangar-broker on a real PostgreSQL, the worker admitted by its client
 //! certificate and token), a real git server and the genuine Terraform 1.0.3.
 //! The worker API and the HTTP state backend are served by a stand-in that
-//! speaks the protocol of `hangar_types::worker` over mTLS until the appliance
-//! serves them; it keeps the run states by the one transition table and can
-//! go down on demand. One test runs the worker in a network namespace of its
-//! own whose only route leads to the appliance and the git server.
+//! speaks the protocol of `hangar_types::worker` over mTLS; it keeps the run
+//! states by the one transition table and can go down on demand, answer 503s,
+//! slow state writes, flip the drain flag and confirm runs while the worker
+//! cannot hear — what the worker's own behaviour hangs on, shown here without
+//! the appliance. The real appliance's runs (lost workers, restarts, network
+//! cuts, a network namespace) are tested in the server's `worker_failures`.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -16,7 +18,6 @@ use std::time::Duration;
 
 use hangar_broker::{Broker, BrokerConfig, BrokerHandle, BrokerLimits};
 use hangar_certs::{CaOptions, CertStore, LeafRequest, Usage};
-use hangar_testkit::netns::{NetNs, relay};
 use hangar_testkit::{ChildProcess, GitServer, PgServer, TestDir, wait_for};
 use hangar_types::worker::{
     EnvVar, Heartbeat, HeartbeatReply, Notification, PlanStored, RunAssignment, RunStatus,
@@ -298,25 +299,14 @@ struct Env {
     host: std::net::IpAddr,
     /// The repository URL the worker clones.
     repo_url: String,
-    /// The worker's own network namespace, when it has one.
-    netns: Option<NetNs>,
 }
 
 impl Env {
     async fn start(label: &str, poll_secs: u64) -> Env {
-        Self::start_in(label, poll_secs, None).await
-    }
-
-    /// With `netns`, the worker runs in that namespace and everything it needs
-    /// listens on the namespace link's host side.
-    async fn start_in(label: &str, poll_secs: u64, netns: Option<NetNs>) -> Env {
         // Scoped: its `load` would shadow the atomics' elsewhere.
         use diesel_async::RunQueryDsl;
         hangar_testkit::init();
-        let host: std::net::IpAddr = match &netns {
-            Some(ns) => ns.host_addr.into(),
-            None => "127.0.0.1".parse().unwrap(),
-        };
+        let host: std::net::IpAddr = "127.0.0.1".parse().unwrap();
         let pg = PgServer::start().await;
         hangar_db::migrate::run_pending(&pg.database())
             .await
@@ -421,11 +411,7 @@ impl Env {
         let git = GitServer::start().await;
         git.create_repo("net");
         let sha = git.push_files("net", "main", &[("infra/main.tf", CONFIG)], "a stack");
-        let repo_url = match &netns {
-            // The test git server listens on loopback: relay it to the link.
-            Some(_) => format!("http://{}/net.git", relay(host, git.addr()).await),
-            None => git.url("net"),
-        };
+        let repo_url = git.url("net");
         Env {
             pg,
             db_pool: pool,
@@ -441,7 +427,6 @@ impl Env {
             sha,
             host,
             repo_url,
-            netns,
         }
     }
 
@@ -490,10 +475,7 @@ impl Env {
     }
 
     fn spawn_worker(&self) -> ChildProcess {
-        let mut cmd = match &self.netns {
-            Some(ns) => ns.command(env!("CARGO_BIN_EXE_hangar-worker")),
-            None => std::process::Command::new(env!("CARGO_BIN_EXE_hangar-worker")),
-        };
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_hangar-worker"));
         cmd.args(["run", "--config-dir"])
             .arg(&self.config_dir)
             .env("HANGAR_LOG", "info,hangar_worker=debug")
@@ -1055,61 +1037,4 @@ async fn cancel_stop_and_shutdown_behave_as_the_states_allow() {
         live_in_group(pgid).is_empty(),
         "no process of the task survives"
     );
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn in_a_network_namespace_the_worker_needs_only_the_appliance_and_the_vcs() {
-    let ns = NetNs::create();
-    let ns_addr = ns.ns_addr;
-    let env = Env::start_in("agent-netns", 1, Some(ns)).await;
-    let routes = env
-        .netns
-        .as_ref()
-        .unwrap()
-        .run(&["ip", "-4", "route", "show"]);
-    assert_eq!(
-        routes.lines().count(),
-        1,
-        "one link route and no default route: {routes}"
-    );
-    assert!(routes.contains(&format!("src {ns_addr}")), "{routes}");
-
-    let mut worker = env.spawn_worker();
-    env.wait_connected().await;
-    env.app.enqueue(env.assignment(1, RunKind::Tracked, true));
-    env.wait_state(1, RunState::Finished, &worker).await;
-    assert_eq!(state_outputs(&env.app)["message"]["value"], "hi world");
-    assert!(env.app.log_text(1, "applying").contains("Apply complete!"));
-
-    // A configuration that needs a provider: Terraform asks the appliance's
-    // mirror, with the run's token, and nothing else.
-    let needs_provider =
-        "terraform {\n  required_providers {\n    null = { source = \"hashicorp/null\" }\n  }\n}\n";
-    let sha = env._git.push_files(
-        "net",
-        "main",
-        &[("infra/providers.tf", needs_provider)],
-        "a provider",
-    );
-    let mut a = env.assignment(2, RunKind::Tracked, true);
-    a.commit_sha = sha;
-    env.app.enqueue(a);
-    env.wait_state(2, RunState::Failed, &worker).await;
-    let note = env.app.note(2);
-    assert!(note.starts_with("terraform init failed"), "{note}");
-    assert!(note.contains("hashicorp/null"), "{note}");
-    let asked = env.app.mirror_requests.lock().unwrap().clone();
-    assert!(!asked.is_empty(), "the mirror was asked");
-    for (path, auth) in &asked {
-        assert!(
-            path.starts_with("/v1/providers/registry.terraform.io/hashicorp/null/"),
-            "{path}"
-        );
-        assert_eq!(
-            auth.as_deref(),
-            Some("Bearer hrt_2_run_token_value"),
-            "{path}"
-        );
-    }
-    stopped_cleanly(&mut worker);
 }
