@@ -43,5 +43,11 @@ async fn a_tracked_run_goes_from_trigger_through_confirmation_to_finished_on_a_r
     // The secret reached Terraform (its length is an output) and never a log.
     let all = format!("{}{}", worker.output(), fleet.app.server_log());
     assert!(!all.contains("e2e-secret-value"), "a secret value reached a log");
+    // Terraform's saved plan holds the secret variable's value: the bucket holds it sealed.
+    let plan = fleet.app.garage.bucket().get_object(format!("runs/{id}/plan.sealed")).await.expect("the plan was stored");
+    let plan = plan.bytes();
+    assert!(plan.len() > 100, "a sealed plan of {} bytes", plan.len());
+    assert!(!plan.windows(b"e2e-secret-value".len()).any(|w| w == b"e2e-secret-value"), "the plan is stored in clear");
+    assert!(!plan.starts_with(b"PK"), "the plan's zip is stored in clear");
     assert!(worker.output().contains(&format!("run_id={id}")) || worker.output().contains(&id));
 }
