@@ -110,6 +110,8 @@ pub struct Layout {
     pub pg_run: PathBuf,
     pub objects: PathBuf,
     pub supervisor: PathBuf,
+    /// The drain's own files (its bare copies of the stacks' repositories).
+    pub drain: PathBuf,
     pub logs: PathBuf,
 }
 
@@ -134,6 +136,7 @@ impl Layout {
             pg_run: data.join("run"),
             objects: data.join("objects"),
             supervisor: data.join("supervisor"),
+            drain: data.join("drain"),
             data,
             logs: host.path("/var/log/hangar"),
         }

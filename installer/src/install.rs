@@ -399,6 +399,7 @@ impl Provision<'_> {
         ensure_dir(&l.data, 0o755, None)?;
         ensure_dir(&l.pg_run, 0o700, svc)?;
         ensure_dir(&l.supervisor, 0o750, svc)?;
+        ensure_dir(&l.drain, 0o700, svc)?;
         ensure_dir(&l.logs, 0o750, svc)?;
         if self.answers.bundled_objects() {
             ensure_dir(&l.objects, 0o700, svc)?;

@@ -52,6 +52,7 @@ pub fn hangar_toml(answers: &Answers, l: &Layout, service_user: &str) -> String 
          [database]\nhost = \"127.0.0.1\"\nport = {db_port}\nname = {db}\nuser = {role}\npassword_file = {pw}\nca_file = {ca}\npool_size = 16\n\n\
          [server]\nlisten = {server_listen}\npublic_url = {public}\ncert_file = {scert}\nkey_file = {skey}\nca_file = {ca}\n\
          ca_key_file = {cakey}\nbroker_url = {broker_url}\ntools_dir = {tools}\nprovider_mirror_dir = {providers}\n\n\
+         [drain]\ndata_dir = {drain}\n\n\
          [secrets]\nmaster_key_file = {mk}\n\n\
          [broker]\nlisten = {broker_listen}\ncert_file = {bcert}\nkey_file = {bkey}\nca_file = {ca}\n\n",
         secrets = l.secrets.display(),
@@ -68,6 +69,7 @@ pub fn hangar_toml(answers: &Answers, l: &Layout, service_user: &str) -> String 
         broker_url = q(format!("mqtts://{}:{}", answers.hostname, answers.ports.broker)),
         tools = qp(&l.current.join("tools")),
         providers = qp(&l.current.join("tools/providers")),
+        drain = qp(&l.drain),
         mk = qp(&l.secret(MASTER_KEY)),
         broker_listen = listen(answers.ports.broker),
         bcert = qp(&l.pki.join("broker.crt")),

@@ -85,6 +85,11 @@ async fn installs_from_a_real_bundle_serves_graphql_and_uninstalls_cleanly() {
         secret_values.push(value);
     }
     assert!(secret_values.len() >= 5, "{secret_values:?}");
+    // The drain keeps its repository copies in a directory of the service user's own.
+    let drain_dir = site.path("var/lib/hangar/drain");
+    assert!(config.contains(&format!("[drain]\ndata_dir = \"{}\"", drain_dir.display())), "{config}");
+    let meta = fs::metadata(&drain_dir).unwrap();
+    assert_eq!((meta.uid(), meta.permissions().mode() & 0o777), (svc.uid.as_raw(), 0o700));
     let release = site.path("opt/hangar/current");
     assert_eq!(fs::read_link(&release).unwrap(), std::path::Path::new("releases").join(env!("CARGO_PKG_VERSION")));
 
