@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use diesel::prelude::*;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use hangar_db::runs::{RunRow, TransitionFailure};
-use hangar_db::schema::{runs, workers};
+use hangar_db::schema::runs;
 use hangar_types::worker::{
     EnvVar, Heartbeat, HeartbeatReply, RunAssignment, RunStatus, StackSpec, StateReport,
     ToolSpec, WorkerStatus,
@@ -109,11 +109,19 @@ async fn heartbeat(app: &App, conn: &mut AsyncPgConnection, worker: Worker, hb: 
             WorkerStatus::Idle | WorkerStatus::Drained => WorkerStatus::Idle,
         }
     };
-    diesel::update(workers::table.find(worker.id))
-        .set((workers::last_seen_at.eq(diesel::dsl::now), workers::status.eq(status.as_str())))
-        .execute(conn)
-        .await
-        .map_err(WorkerApiError::db)?;
+    // Without waiting for the WAL flush: a crash losing the last few seconds of
+    // `last_seen_at` costs nothing (the next heartbeat writes it again), and
+    // thousands of idle workers otherwise queue on the disk. The run's lease
+    // below is renewed durably.
+    diesel::sql_query(
+        "WITH relaxed AS MATERIALIZED (SELECT set_config('synchronous_commit', 'off', true)) \
+         UPDATE workers SET last_seen_at = now(), status = $2 FROM relaxed WHERE workers.id = $1",
+    )
+    .bind::<diesel::sql_types::BigInt, _>(worker.id)
+    .bind::<diesel::sql_types::Text, _>(status.as_str())
+    .execute(conn)
+    .await
+    .map_err(WorkerApiError::db)?;
     let (mut lease, mut run_state) = (None, None);
     if let Some(run) = hb.run {
         let terminal: Vec<&str> = RunState::ALL.into_iter().filter(|s| s.is_terminal()).map(|s| s.as_str()).collect();
