@@ -19,9 +19,9 @@
 //!    The server's memory is its VmRSS, sampled every 100 ms.
 //!
 //! `cargo bench -p hangar-server --bench workers -- [--quick] [--workers N]
-//! [--runs M] [--trickle K]`. Each worker holds three connections (two HTTPS,
-//! one MQTT), with a descriptor at each end: raise the open-file limit first
-//! (`ulimit -n 100000`) for thousands of workers.
+//! [--runs M] [--trickle K]`. Each worker holds two connections (HTTPS and
+//! MQTT), with a descriptor at each end, in this process and in the server:
+//! the open-file limit (`ulimit -n`) bounds N at about half of it.
 
 mod support;
 
@@ -50,19 +50,27 @@ struct Sim {
     http: reqwest::Client,
     base: String,
     mqtt: MqttOptions,
+    /// One request at a time, so one HTTPS connection: with thousands of
+    /// workers the open-file limit (one descriptor per connection at each
+    /// end) is the first thing to run out.
+    one: tokio::sync::Mutex<()>,
 }
 
 impl Sim {
-    async fn claim(&self) -> Option<RunAssignment> {
+    async fn claim(&self) -> Result<Option<RunAssignment>, u16> {
+        let _one = self.one.lock().await;
         let r = self.http.post(format!("{}/api/v1/worker/claim", self.base)).bearer_auth(&self.token).send().await.unwrap();
         match r.status().as_u16() {
-            204 => None,
-            200 => Some(r.json().await.unwrap()),
+            204 => Ok(None),
+            200 => Ok(Some(r.json().await.unwrap())),
+            // The server is out of database connections for now: the worker pauses and asks again.
+            503 => Err(503),
             s => panic!("claim answered {s}: {}", r.text().await.unwrap_or_default()),
         }
     }
 
     async fn heartbeat(&self) -> bool {
+        let _one = self.one.lock().await;
         let r = self
             .http
             .post(format!("{}/api/v1/worker/heartbeat", self.base))
@@ -74,6 +82,7 @@ impl Sim {
     }
 
     async fn fail(&self, run: i64) {
+        let _one = self.one.lock().await;
         let body = StateReport { to: RunState::Failed, note: "bench".into(), changes: None };
         let r = self
             .http
@@ -104,6 +113,8 @@ struct Log {
     /// When each notification arrived (kept for the single-worker measurement).
     notified_at: Mutex<Vec<Instant>>,
     mqtt_errors: AtomicU64,
+    /// Claims answered 503 and asked again after a pause.
+    unavailable: AtomicU64,
     stopping: AtomicBool,
 }
 
@@ -127,7 +138,7 @@ async fn join(app: &Appliance, admin: &str, pool: &str, name: String, broker_por
         .tls_built_in_root_certs(false)
         .add_root_certificate(ca)
         .identity(id)
-        .pool_max_idle_per_host(2)
+        .pool_max_idle_per_host(1)
         .timeout(Duration::from_secs(300))
         .build()
         .unwrap();
@@ -146,7 +157,7 @@ async fn join(app: &Appliance, admin: &str, pool: &str, name: String, broker_por
         .set_max_packet_size(64 * 1024, 64 * 1024)
         .set_credentials(tenant, resp.worker_token.clone())
         .set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(Arc::new(tls))));
-    Sim { id: resp.worker_id, token: resp.worker_token, http, base: app.url(""), mqtt }
+    Sim { id: resp.worker_id, token: resp.worker_token, http, base: app.url(""), mqtt, one: Default::default() }
 }
 
 /// Runs one simulated worker until the log says stop.
@@ -221,7 +232,17 @@ fn drive(sim: Sim, log: Arc<Log>, record_notifications: bool) {
             // Claim until there is nothing left, as the worker's run loop does.
             loop {
                 log.sent.fetch_add(1, Ordering::Relaxed);
-                let got = sim.claim().await;
+                let mut pause = Duration::from_secs(1);
+                let got = loop {
+                    match sim.claim().await {
+                        Ok(got) => break got,
+                        Err(_) => {
+                            log.unavailable.fetch_add(1, Ordering::Relaxed);
+                            tokio::time::sleep(pause).await;
+                            pause = (pause * 2).min(Duration::from_secs(30));
+                        }
+                    }
+                };
                 let at = Instant::now();
                 if let Some(a) = &got {
                     log.claims.lock().unwrap().entry(a.run_id).or_default().push((sim.id, at));
@@ -443,9 +464,10 @@ fn main() {
         assert_eq!(claims.len(), expected, "every run claimed");
         let (t, b) = (Summary::of(trickle), Summary::of(burst));
         println!(
-            "{n_workers} workers: joined and subscribed in {join_secs:.1} s; heartbeats {hb_rate:.0}/s ({} failed); MQTT reconnects {}",
+            "{n_workers} workers: joined and subscribed in {join_secs:.1} s; heartbeats {hb_rate:.0}/s ({} failed); MQTT reconnects {}; claims answered 503 and retried {}",
             log.heartbeat_errors.load(Ordering::Relaxed),
-            log.mqtt_errors.load(Ordering::Relaxed)
+            log.mqtt_errors.load(Ordering::Relaxed),
+            log.unavailable.load(Ordering::Relaxed)
         );
         println!(
             "one READY run at a time: {trickle_notes} notifications and {trickle_requests} claim requests for {n_trickle} runs"
