@@ -120,13 +120,21 @@ impl Hold {
         std::fs::write(self.ctl.join(format!("hold-{}", phase.command())), b"").unwrap();
     }
 
-    /// Waits until Terraform is held in `phase` with the state lock taken.
-    async fn reached(&self, phase: Phase, worker: &ChildProcess) {
+    /// Waits until Terraform is held in `phase` with the state lock taken;
+    /// run `id` ending first fails the test at once.
+    async fn reached(&self, phase: Phase, fleet: &Fleet, id: &str, worker: &ChildProcess) {
         let at = self.ctl.join(format!("at-{}", phase.command()));
         let what = format!("terraform {} to be held (worker log: {})", phase.command(), worker.log_path().display());
         wait_for(&what, SOON, || {
             let at = at.clone();
-            async move { at.exists().then_some(()) }
+            async move {
+                if at.exists() {
+                    return Some(());
+                }
+                let (state, run) = fleet.run(id).await;
+                assert!(!fleet::TERMINAL.contains(&state.as_str()), "run {id} ended {state} before terraform was held: {run}");
+                None
+            }
         })
         .await;
     }
@@ -176,7 +184,7 @@ async fn a_worker_killed_while_planning_fails_its_run_once_the_lease_expires_and
 
     hold.hold(Phase::Plan);
     let id = fleet.trigger("net").await;
-    hold.reached(Phase::Plan, &worker).await;
+    hold.reached(Phase::Plan, &fleet, &id, &worker).await;
     assert_eq!(fleet.run(&id).await.0, "PLANNING");
     let (_, lock) = stack_view(&fleet).await;
     assert_eq!(lock["runId"], json!(id), "the held plan took the state lock: {lock}");
@@ -215,7 +223,7 @@ async fn a_worker_killed_while_applying_is_never_retried_and_leaves_the_lock_for
 
     hold.hold(Phase::Apply);
     let id = fleet.trigger("net").await;
-    hold.reached(Phase::Apply, &worker).await;
+    hold.reached(Phase::Apply, &fleet, &id, &worker).await;
     assert_eq!(fleet.run(&id).await.0, "APPLYING");
     kill_worker(&mut worker);
     hold.release(Phase::Apply);
@@ -273,14 +281,14 @@ async fn a_server_restarted_mid_run_is_rejoined_over_https_and_mqtt_and_the_run_
     let id = fleet.trigger("net").await;
 
     // Killed outright while planning.
-    hold.reached(Phase::Plan, &worker).await;
+    hold.reached(Phase::Plan, &fleet, &id, &worker).await;
     fleet.app.server().kill();
     hold.release(Phase::Plan);
     tokio::time::sleep(Duration::from_secs(2)).await;
     fleet.app.start_server().await;
 
     // Stopped gracefully while applying.
-    hold.reached(Phase::Apply, &worker).await;
+    hold.reached(Phase::Apply, &fleet, &id, &worker).await;
     let status = fleet.app.server().terminate(Duration::from_secs(30));
     assert_eq!(status.and_then(|s| s.code()), Some(0), "the server stops cleanly: {}", fleet.app.server().output_tail());
     hold.release(Phase::Apply);
@@ -302,31 +310,62 @@ async fn a_server_restarted_mid_run_is_rejoined_over_https_and_mqtt_and_the_run_
     assert_eq!(fleet.state_versions("net").await, 2);
 }
 
+/// A worker host in a network namespace of its own: inside, `localhost`
+/// (the name in the appliance's URLs and certificates) is the host's end of
+/// the link, where relays lead to the server, the broker and the object store.
+/// Returns the relays (server, broker, objects) and the worker's process.
+async fn namespaced_worker(fleet: &Fleet, ns: &NetNs, name: &str) -> (Vec<Relay>, ChildProcess) {
+    ns.set_hosts(&[("localhost", IpAddr::V4(ns.host_addr))]);
+    let loopback = IpAddr::V4(Ipv4Addr::LOCALHOST);
+    let mut relays = Vec::new();
+    for port in [fleet.app.addr.port(), fleet.app.broker_port.unwrap(), objects_port(&fleet.app.config)] {
+        relays.push(Relay::start(SocketAddr::new(IpAddr::V4(ns.host_addr), port), SocketAddr::new(loopback, port)).await);
+    }
+    let config = fleet.join_worker("builders", name).await;
+    let mut cmd = ns.command(cargo_bin("hangar-worker"));
+    cmd.args(["run", "--config-dir"])
+        .arg(&config)
+        .env("HANGAR_LOG", "info,hangar_worker=debug")
+        .stdin(std::process::Stdio::null());
+    let worker = ChildProcess::spawn(cmd, &format!("worker-{name}"), fleet.files.path());
+    (relays, worker)
+}
+
+/// A git server the namespaced worker reaches: git (curl) takes `localhost`
+/// to be loopback whatever the hosts file says, so the repository is named by
+/// the link's address, which the host reaches as well.
+async fn git_across(ns: &NetNs) -> (GitServer, Relay, String) {
+    let git = GitServer::start().await;
+    let relay = Relay::start(SocketAddr::new(IpAddr::V4(ns.host_addr), 0), git.addr()).await;
+    let repository = format!("http://{}/net.git", relay.addr());
+    (git, relay, repository)
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_network_cut_shorter_than_the_lease_does_not_lose_the_run() {
-    let git = GitServer::start().await;
-    let (fleet, hold) = fleet_with_stack(FleetOptions { lease_secs: 20, scheduler: true }, &git, &git.url("net")).await;
-    let loopback = IpAddr::V4(Ipv4Addr::LOCALHOST);
-    let server = Relay::start(SocketAddr::new(loopback, 0), fleet.app.addr).await;
-    let broker = Relay::start(SocketAddr::new(loopback, 0), SocketAddr::new(loopback, fleet.app.broker_port.unwrap())).await;
-    let url = format!("https://localhost:{}", server.addr().port());
-    let config = fleet.join_worker_via("builders", "host-a", &url, broker.addr().port()).await;
-    let worker = fleet.run_worker(&config, "host-a");
+    // The worker's only way to the appliance is the link; cutting the relays
+    // cuts HTTPS, MQTT, the state backend and the object store at once.
+    let ns = NetNs::create();
+    let (git, _git_relay, repository) = git_across(&ns).await;
+    let (fleet, hold) = fleet_with_stack(FleetOptions { lease_secs: 20, scheduler: true }, &git, &repository).await;
+    let (relays, worker) = namespaced_worker(&fleet, &ns, "host-a").await;
     fleet.wait_workers("builders", "idle", 1).await;
 
     hold.hold(Phase::Plan);
     let id = fleet.trigger("net").await;
-    hold.reached(Phase::Plan, &worker).await;
+    hold.reached(Phase::Plan, &fleet, &id, &worker).await;
     // The plan goes on while the worker cannot reach the appliance: its
-    // heartbeats, log chunks and reports wait for the network.
-    server.cut().await;
-    broker.cut().await;
+    // heartbeats, log chunks, reports and state calls wait for the network.
+    for r in &relays {
+        r.cut().await;
+    }
     hold.release(Phase::Plan);
-    let refused = tokio::net::TcpStream::connect(server.addr()).await;
-    assert!(refused.is_err(), "a cut relay refuses connections");
+    let refused = ns.run(&["bash", "-c", &format!("exec 3<>/dev/tcp/localhost/{} && echo open", fleet.app.addr.port())]);
+    assert!(refused.is_empty(), "a cut link refuses connections: {refused}");
     tokio::time::sleep(Duration::from_secs(6)).await;
-    server.restore().await;
-    broker.restore().await;
+    for r in &relays {
+        r.restore().await;
+    }
 
     fleet.wait_state(&id, "FINISHED", &[&worker]).await;
     assert_eq!(
@@ -334,27 +373,31 @@ async fn a_network_cut_shorter_than_the_lease_does_not_lose_the_run() {
         ["QUEUED", "READY", "PREPARING", "INITIALIZING", "PLANNING", "APPLYING", "FINISHED"]
     );
     assert_eq!(fleet.state_versions("net").await, 1);
+
+    // A plan confirmed while the worker is cut off: the notification is
+    // lost, and the worker learns of the confirmation once it is back.
+    fleet.create_stack("manual", &repository, "builders", json!({ "autodeploy": false })).await;
+    let id = fleet.trigger("manual").await;
+    fleet.wait_state(&id, "UNCONFIRMED", &[&worker]).await;
+    for r in &relays {
+        r.cut().await;
+    }
+    fleet.ok("mutation($id: ID!) { confirmRun(id: $id) { state } }", json!({ "id": id })).await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(fleet.run(&id).await.0, "CONFIRMED", "nothing got through the cut");
+    for r in &relays {
+        r.restore().await;
+    }
+    fleet.wait_state(&id, "FINISHED", &[&worker]).await;
+    assert_eq!(fleet.state_versions("manual").await, 1);
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn in_its_own_network_namespace_a_worker_needs_only_the_appliance_and_the_git_server() {
     let ns = NetNs::create();
-    // Inside, `localhost` (the name in the appliance's URLs and certificates)
-    // is the host's end of the link, where relays lead to the appliance.
-    ns.set_hosts(&[("localhost", IpAddr::V4(ns.host_addr))]);
-    // git (curl) takes `localhost` to be loopback whatever the hosts file
-    // says: the repository is named by the link's address, which the host
-    // reaches as well.
-    let loopback = IpAddr::V4(Ipv4Addr::LOCALHOST);
-    let git = GitServer::start().await;
-    let git_relay = Relay::start(SocketAddr::new(IpAddr::V4(ns.host_addr), 0), git.addr()).await;
-    let repository = format!("http://{}/net.git", git_relay.addr());
+    let (git, _git_relay, repository) = git_across(&ns).await;
     let (fleet, _hold) = fleet_with_stack(FleetOptions::default(), &git, &repository).await;
-
-    let mut relays = vec![git_relay];
-    for port in [fleet.app.addr.port(), fleet.app.broker_port.unwrap(), objects_port(&fleet.app.config)] {
-        relays.push(Relay::start(SocketAddr::new(IpAddr::V4(ns.host_addr), port), SocketAddr::new(loopback, port)).await);
-    }
+    let (_relays, worker) = namespaced_worker(&fleet, &ns, "host-ns").await;
 
     let routes = ns.run(&["ip", "-4", "route", "show"]);
     assert_eq!(routes.lines().count(), 1, "one link route and no default route: {routes}");
@@ -362,13 +405,6 @@ async fn in_its_own_network_namespace_a_worker_needs_only_the_appliance_and_the_
     let default = ns.run(&["ip", "-4", "route", "get", "1.1.1.1"]);
     assert!(default.is_empty(), "no route out: {default}");
 
-    let config = fleet.join_worker("builders", "host-ns").await;
-    let mut cmd = ns.command(cargo_bin("hangar-worker"));
-    cmd.args(["run", "--config-dir"])
-        .arg(&config)
-        .env("HANGAR_LOG", "info,hangar_worker=debug")
-        .stdin(std::process::Stdio::null());
-    let worker = ChildProcess::spawn(cmd, "worker-host-ns", fleet.files.path());
     fleet.wait_workers("builders", "idle", 1).await;
 
     let id = fleet.trigger("net").await;

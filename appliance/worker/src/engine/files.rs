@@ -58,6 +58,10 @@ pub(crate) fn backend_config(state_url: &str, run_token: &str) -> String {
     ] {
         s.push_str(&format!("{k} = {}\n", hcl_string(v)));
     }
+    // Terraform gives up on the backend after 2 retries by default, so a
+    // network blip of a few seconds would fail the run while its lease still
+    // holds; these retries (1, 2, 4, then 5 s apart) ride out about a minute.
+    s.push_str("retry_max = 12\nretry_wait_min = 1\nretry_wait_max = 5\n");
     s
 }
 
