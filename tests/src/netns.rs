@@ -189,16 +189,6 @@ impl Drop for Relay {
     }
 }
 
-/// Relays `host`:<a free port> to `target` for as long as the runtime lives;
-/// returns the new address.
-pub async fn relay(host: IpAddr, target: SocketAddr) -> SocketAddr {
-    let r = Relay::start(SocketAddr::new(host, 0), target).await;
-    let addr = r.addr();
-    // Detached: its task ends with the runtime.
-    std::mem::forget(r);
-    addr
-}
-
 async fn serve(
     listener: TcpListener,
     addr: SocketAddr,
