@@ -15,7 +15,6 @@ use std::time::Duration;
 
 use nix::errno::Errno;
 use nix::fcntl::{Flock, FlockArg};
-use tokio::io::AsyncReadExt;
 
 use crate::paths::ProjectRoot;
 use crate::poll::{Credentials, LsRemote, LsRemoteError, check_url, git_environment, shown_url};
@@ -23,7 +22,6 @@ use crate::secret::redact;
 
 /// More output than this from one git command is not a list of paths.
 const MAX_OUTPUT: usize = 16 * 1024 * 1024;
-const MAX_STDERR: usize = 64 * 1024;
 /// The ref the cache keeps the remote's default branch under.
 const REMOTE_HEAD: &str = "refs/hangar/remote-head";
 
@@ -311,46 +309,13 @@ impl GitCache {
             .env("GIT_LITERAL_PATHSPECS", "1")
             .current_dir(repo)
             .args(["-c", "gc.auto=0", "-c", "core.hooksPath=/dev/null"])
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .process_group(0)
-            .kill_on_drop(true);
-        let mut child = cmd.spawn().map_err(|source| ChangesError::Spawn { git: self.git.clone(), source })?;
-        let pgid = child.id().map(|id| nix::unistd::Pid::from_raw(id as i32));
-        let mut stdout = child.stdout.take().expect("stdout is piped");
-        let mut stderr = child.stderr.take().expect("stderr is piped");
-        let work = async {
-            let err = tokio::spawn(async move {
-                let mut buf = Vec::new();
-                let mut chunk = [0u8; 8192];
-                loop {
-                    match stderr.read(&mut chunk).await {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) if buf.len() < MAX_STDERR => buf.extend_from_slice(&chunk[..n]),
-                        Ok(_) => {}
-                    }
-                }
-                buf
-            });
-            let mut out = Vec::new();
-            let _ = (&mut stdout).take(MAX_OUTPUT as u64).read_to_end(&mut out).await;
-            drop(stdout);
-            let status = child.wait().await;
-            (out, err.await.unwrap_or_default(), status)
-        };
-        let result = tokio::time::timeout(self.timeout, work).await;
-        // Helpers (git-remote-https) may outlive git itself.
-        if let Some(pgid) = pgid {
-            let _ = nix::sys::signal::killpg(pgid, nix::sys::signal::Signal::SIGKILL);
-        }
-        match result {
-            Err(_) => Err(ChangesError::TimedOut { what, url: shown_url(&remote.url), timeout: self.timeout }),
-            Ok((_, _, Err(source))) => Err(ChangesError::Spawn { git: self.git.clone(), source }),
-            Ok((stdout, stderr, Ok(status))) => {
-                Ok(Ran { ok: status.success(), stdout, stderr: String::from_utf8_lossy(&stderr).into_owned() })
+            .args(args);
+        match crate::child::run(cmd, self.timeout, MAX_OUTPUT).await {
+            Err(crate::child::RunError::TimedOut) => {
+                Err(ChangesError::TimedOut { what, url: shown_url(&remote.url), timeout: self.timeout })
             }
+            Err(crate::child::RunError::Spawn(source)) => Err(ChangesError::Spawn { git: self.git.clone(), source }),
+            Ok(c) => Ok(Ran { ok: c.status.success(), stdout: c.stdout, stderr: String::from_utf8_lossy(&c.stderr).into_owned() }),
         }
     }
 }

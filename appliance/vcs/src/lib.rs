@@ -34,6 +34,7 @@
 //!   [`poll_events`] against the stored previous [`RemoteRefs`] (serializable).
 
 mod changes;
+mod child;
 mod config;
 mod event;
 mod paths;

@@ -10,12 +10,10 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
-use std::process::Stdio;
 use std::time::Duration;
 
 use base64::Engine;
 use serde::{Deserialize, Serialize};
-use tokio::io::AsyncReadExt;
 
 use crate::event::json::valid_ref_name;
 use crate::event::{Event, Push, RefTarget, Repository};
@@ -27,7 +25,6 @@ const ALLOWED_PROTOCOLS: &str = "http:https:ssh:git";
 /// More than this on standard output is not a listing of a repository's
 /// branches and tags.
 const MAX_OUTPUT: usize = 32 * 1024 * 1024;
-const MAX_STDERR: usize = 64 * 1024;
 
 /// How git authenticates to an HTTP(S) server.
 #[derive(Debug, Clone)]
@@ -293,94 +290,22 @@ pub async fn ls_remote(req: &LsRemote) -> Result<RemoteRefs, LsRemoteError> {
     let shown = shown_url(&req.url);
     let mut cmd = tokio::process::Command::new(&req.git);
     git_environment(&mut cmd, req.credentials.as_ref(), req.ca_file.as_deref());
-    cmd.args(["ls-remote", "--symref", "--", &req.url, "HEAD", "refs/heads/*", "refs/tags/*"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0)
-        .kill_on_drop(true);
-    let mut child = cmd
-        .spawn()
-        .map_err(|source| LsRemoteError::Spawn { git: req.git.clone(), source })?;
-    let pgid = child.id().map(|id| nix::unistd::Pid::from_raw(id as i32));
-    let mut stdout = child.stdout.take().expect("stdout is piped");
-    let mut stderr = child.stderr.take().expect("stderr is piped");
-
-    let run = async {
-        let err = tokio::spawn(async move {
-            let mut buf = Vec::new();
-            // Keep reading past the cap so git never blocks on a full pipe.
-            let mut chunk = [0u8; 8192];
-            loop {
-                match stderr.read(&mut chunk).await {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) if buf.len() < MAX_STDERR => buf.extend_from_slice(&chunk[..n]),
-                    Ok(_) => {}
-                }
-            }
-            buf
-        });
-        let mut out = Vec::new();
-        let _ = (&mut stdout).take(MAX_OUTPUT as u64 + 1).read_to_end(&mut out).await;
-        if out.len() > MAX_OUTPUT {
-            // Stop git now rather than wait for the deadline.
-            kill_group(pgid);
-        }
-        (out, err.await.unwrap_or_default())
+    cmd.args(["ls-remote", "--symref", "--", &req.url, "HEAD", "refs/heads/*", "refs/tags/*"]);
+    let ran = match crate::child::run(cmd, req.timeout, MAX_OUTPUT).await {
+        Ok(ran) => ran,
+        Err(crate::child::RunError::Spawn(source)) => return Err(LsRemoteError::Spawn { git: req.git.clone(), source }),
+        Err(crate::child::RunError::TimedOut) => return Err(LsRemoteError::TimedOut { url: shown, timeout: req.timeout }),
     };
-    let (out, err) = match tokio::time::timeout(req.timeout, run).await {
-        Ok(r) => r,
-        Err(_) => {
-            kill_group(pgid);
-            let _ = child.wait().await;
-            kill_group_and_settle(pgid).await;
-            return Err(LsRemoteError::TimedOut { url: shown, timeout: req.timeout });
-        }
-    };
-    if out.len() > MAX_OUTPUT {
-        kill_group(pgid);
-        let _ = child.wait().await;
+    if ran.overflowed {
         return Err(LsRemoteError::TooMuchOutput { url: shown });
     }
-    let status = match tokio::time::timeout(req.timeout, child.wait()).await {
-        Ok(Ok(s)) => s,
-        Ok(Err(source)) => return Err(LsRemoteError::Spawn { git: req.git.clone(), source }),
-        Err(_) => {
-            kill_group(pgid);
-            let _ = child.wait().await;
-            kill_group_and_settle(pgid).await;
-            return Err(LsRemoteError::TimedOut { url: shown, timeout: req.timeout });
-        }
-    };
-    // Helpers (git-remote-https) may outlive git itself on some failures.
-    kill_group(pgid);
-    if !status.success() {
+    if !ran.status.success() {
         let secrets: Vec<String> = req.credentials.iter().flat_map(Credentials::secrets).collect();
         let secret_refs: Vec<&str> = secrets.iter().map(String::as_str).collect();
-        let message = failure_message(&String::from_utf8_lossy(&err), status, req.credentials.is_some());
+        let message = failure_message(&String::from_utf8_lossy(&ran.stderr), ran.status, req.credentials.is_some());
         return Err(LsRemoteError::Failed { url: shown, message: redact(&message, &secret_refs) });
     }
-    parse_listing(&String::from_utf8_lossy(&out), &shown)
-}
-
-fn kill_group(pgid: Option<nix::unistd::Pid>) {
-    if let Some(pgid) = pgid {
-        let _ = nix::sys::signal::killpg(pgid, nix::sys::signal::Signal::SIGKILL);
-    }
-}
-
-/// Kills the group and gives the kernel a moment to take its processes down
-/// (the helpers are git's children, not ours to wait for).
-async fn kill_group_and_settle(pgid: Option<nix::unistd::Pid>) {
-    kill_group(pgid);
-    let Some(pgid) = pgid else { return };
-    for _ in 0..100 {
-        // Signal 0 only asks whether anyone in the group is left.
-        if nix::sys::signal::killpg(pgid, None).is_err() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    parse_listing(&String::from_utf8_lossy(&ran.stdout), &shown)
 }
 
 /// git's last `fatal:` or `error:` line (or its last line), on one line. When
