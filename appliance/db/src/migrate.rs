@@ -43,10 +43,8 @@ pub async fn run_up_to(db: &Database, last: Option<&str>) -> Result<Vec<String>,
                 let pending = conn.pending_migrations(MIGRATIONS).map_err(DbError::Migration)?;
                 let Some(next) = pending.first() else { break };
                 let version = next.name().version().to_string();
-                if let Some(last) = &last {
-                    if version.as_str() > last.as_str() {
-                        break;
-                    }
+                if last.as_ref().is_some_and(|last| version.as_str() > last.as_str()) {
+                    break;
                 }
                 conn.run_migration(next.as_ref()).map_err(DbError::Migration)?;
                 applied.push(version);
