@@ -105,6 +105,7 @@ impl Prompter for FilePrompter {
 }
 
 /// Prompts on the terminal (dialoguer).
+#[derive(Default)]
 pub struct TtyPrompter {
     theme: ColorfulTheme,
 }
@@ -112,12 +113,6 @@ pub struct TtyPrompter {
 impl std::fmt::Debug for TtyPrompter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TtyPrompter").finish_non_exhaustive()
-    }
-}
-
-impl Default for TtyPrompter {
-    fn default() -> Self {
-        TtyPrompter { theme: ColorfulTheme::default() }
     }
 }
 

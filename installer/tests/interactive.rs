@@ -44,7 +44,7 @@ fn the_prompts_on_a_terminal_install_the_appliance() {
     // A word is not a port: refused, asked again.
     step(&mut s, "HTTPS port", "https");
     s.expect("is not a port").unwrap();
-    s.send(&"\x7f".repeat(8)).unwrap();
+    s.send("\x7f".repeat(8)).unwrap();
     s.send(p.server.to_string()).unwrap();
     s.send(ENTER).unwrap();
     step(&mut s, "MQTT broker port", &p.broker.to_string());
@@ -69,7 +69,7 @@ fn the_prompts_on_a_terminal_install_the_appliance() {
     s.send("\x1b[A").unwrap();
     s.send(ENTER).unwrap();
     s.expect("Summary").unwrap();
-    s.expect(&format!("server {}", p.server)).unwrap();
+    s.expect(format!("server {}", p.server)).unwrap();
     s.expect("Install with these settings").unwrap();
     s.send("y").unwrap();
 

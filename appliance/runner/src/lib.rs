@@ -157,7 +157,7 @@ mod tests {
             if n <= self.fail_first {
                 return Err("not yet".into());
             }
-            Ok(if n % 3 == 0 { Step::Idle } else { Step::Busy })
+            Ok(if n.is_multiple_of(3) { Step::Idle } else { Step::Busy })
         }
         async fn wait_for_work(&mut self) {
             tokio::time::sleep(Duration::from_millis(5)).await;

@@ -625,7 +625,7 @@ fn workdir(app: &Appliance, name: &str, username: &str, password: &str) -> std::
 }
 
 fn terraform(app: &Appliance, dir: &Path, args: &[&str]) -> Output {
-    let out = Command::new(hangar_testkit::terraform::terraform())
+    Command::new(hangar_testkit::terraform::terraform())
         .args(args)
         .current_dir(dir)
         // Go reads its trust roots from here: only the appliance's CA.
@@ -637,8 +637,7 @@ fn terraform(app: &Appliance, dir: &Path, args: &[&str]) -> Output {
         .env("HOME", dir)
         .env_remove("TF_LOG")
         .output()
-        .expect("run terraform");
-    out
+        .expect("run terraform")
 }
 
 fn ok(out: &Output, what: &str) {

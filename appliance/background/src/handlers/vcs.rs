@@ -43,7 +43,7 @@ pub const POLL: &str = "vcs.poll";
 pub const POLL_REPO: &str = "vcs.poll_repo";
 
 /// What the VCS handlers need beyond the database.
-#[derive(Clone)]
+#[derive(Clone, Default)]
 pub struct VcsContext {
     /// Opens integration tokens; without it (no `[secrets]` in the drain's
     /// configuration) statuses wait and polling goes without credentials.
@@ -64,12 +64,6 @@ impl std::fmt::Debug for VcsContext {
             .field("public_url", &self.public_url)
             .field("git_cache", &self.git_cache.as_ref().map(|c| c.dir().to_path_buf()))
             .finish()
-    }
-}
-
-impl Default for VcsContext {
-    fn default() -> Self {
-        VcsContext { secrets: None, config: VcsConfig::default(), public_url: None, git_cache: None }
     }
 }
 

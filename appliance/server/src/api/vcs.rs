@@ -445,7 +445,7 @@ impl VcsMutation {
                     json!({ "integration": integration }),
                 )
                 .await?;
-                Ok(stack_store::stack_by_id(c, s.id).await?.ok_or_else(|| ApiError::not_found("stack", &stack))?)
+                stack_store::stack_by_id(c, s.id).await?.ok_or_else(|| ApiError::not_found("stack", &stack))
             })
             .await?;
         Ok(Stack(row))
