@@ -260,6 +260,70 @@ impl GitServer {
         };
         cmd
     }
+    /// A developer's clone of repository `name` under `parent`, for commits
+    /// made the way people make them: branches, amends, force pushes.
+    pub fn working_copy(&self, name: &str, parent: &Path) -> WorkingCopy<'_> {
+        let dir = parent.join(format!("clone-{name}-{:08x}", rand::random::<u32>()));
+        let out = self.git().args(["clone", "--quiet", &self.authed_url(name)]).arg(&dir).output().expect("run git clone");
+        assert!(out.status.success(), "git clone {name}: {}", String::from_utf8_lossy(&out.stderr));
+        WorkingCopy { server: self, dir }
+    }
+}
+
+/// A clone of a repository of a [`GitServer`]; see [`GitServer::working_copy`].
+pub struct WorkingCopy<'a> {
+    server: &'a GitServer,
+    pub dir: PathBuf,
+}
+
+impl std::fmt::Debug for WorkingCopy<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WorkingCopy").field("dir", &self.dir).finish_non_exhaustive()
+    }
+}
+
+impl WorkingCopy<'_> {
+    /// Runs git in the clone as a developer; panics when git fails. Returns
+    /// its trimmed standard output.
+    pub fn git(&self, args: &[&str]) -> String {
+        let out = self
+            .server
+            .git()
+            .current_dir(&self.dir)
+            .args(["-c", "user.name=Dev", "-c", "user.email=dev@example.test"])
+            .args(args)
+            .output()
+            .expect("run git");
+        assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    /// Writes `files`, commits them with `message` (amending the last commit
+    /// when asked) and returns the new commit.
+    pub fn commit(&self, files: &[(&str, &str)], message: &str, amend: bool) -> String {
+        for (path, contents) in files {
+            let p = self.dir.join(path);
+            std::fs::create_dir_all(p.parent().expect("a file in the clone")).expect("create directories");
+            std::fs::write(p, contents).expect("write a file");
+        }
+        self.git(&["add", "--all"]);
+        if amend {
+            self.git(&["commit", "--quiet", "--amend", "-m", message]);
+        } else {
+            self.git(&["commit", "--quiet", "-m", message]);
+        }
+        self.git(&["rev-parse", "HEAD"])
+    }
+
+    /// Pushes `HEAD` to `branch`, forced when asked.
+    pub fn push(&self, branch: &str, force: bool) {
+        let refspec = format!("HEAD:refs/heads/{branch}");
+        if force {
+            self.git(&["push", "--quiet", "--force", "origin", &refspec]);
+        } else {
+            self.git(&["push", "--quiet", "origin", &refspec]);
+        }
+    }
 }
 
 impl Drop for GitServer {

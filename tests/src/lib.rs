@@ -16,7 +16,7 @@ pub mod user;
 pub use bins::{ChildProcess, cargo_bin};
 pub use dir::TestDir;
 pub use garage::Garage;
-pub use git::GitServer;
+pub use git::{GitServer, WorkingCopy};
 pub use netns::{NetNs, Relay};
 pub use pg::{PgServer, StopMode};
 pub use ports::free_port;

@@ -10,7 +10,6 @@ mod common;
 mod fleet;
 mod vcs_support;
 
-use std::path::{Path, PathBuf};
 
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
@@ -20,65 +19,6 @@ use serde_json::{Value, json};
 use vcs_support::*;
 
 const SECRET: &str = "e2e-webhook-secret";
-
-/// A clone of a repository of the test's git server, for making commits the
-/// way a developer does: branches, amends, force pushes.
-struct Work<'a> {
-    git: &'a GitServer,
-    dir: PathBuf,
-}
-
-impl<'a> Work<'a> {
-    fn clone(git: &'a GitServer, repo: &str, parent: &Path) -> Work<'a> {
-        let dir = parent.join(format!("clone-{repo}-{}", common::rand_suffix()));
-        let w = Work { git, dir: dir.clone() };
-        w.run_in(parent, &["clone", "--quiet", &git.authed_url(repo), dir.to_str().unwrap()]);
-        w
-    }
-
-    fn run_in(&self, cwd: &Path, args: &[&str]) -> String {
-        let out = self
-            .git
-            .git()
-            .current_dir(cwd)
-            .args(["-c", "user.name=Dev", "-c", "user.email=dev@example.test"])
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
-    }
-
-    fn git(&self, args: &[&str]) -> String {
-        self.run_in(&self.dir, args)
-    }
-
-    /// Writes `files`, commits them (amending the last commit when asked) and
-    /// returns the new commit.
-    fn commit(&self, files: &[(&str, &str)], message: &str, amend: bool) -> String {
-        for (path, contents) in files {
-            let p = self.dir.join(path);
-            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-            std::fs::write(p, contents).unwrap();
-        }
-        self.git(&["add", "--all"]);
-        if amend {
-            self.git(&["commit", "--quiet", "--amend", "-m", message]);
-        } else {
-            self.git(&["commit", "--quiet", "-m", message]);
-        }
-        self.git(&["rev-parse", "HEAD"])
-    }
-
-    fn push(&self, branch: &str, force: bool) {
-        let refspec = format!("HEAD:refs/heads/{branch}");
-        if force {
-            self.git(&["push", "--quiet", "--force", "origin", &refspec]);
-        } else {
-            self.git(&["push", "--quiet", "origin", &refspec]);
-        }
-    }
-}
 
 /// The stack's configuration with another default greeting, so that a plan
 /// shows a change.
@@ -187,7 +127,7 @@ async fn pull_requests_are_planned_by_a_worker_and_a_newer_push_cancels_the_olde
     // Before any worker is up, so that nothing here races one: a proposed run
     // at the pull request's head; a newer push to it cancels the older run,
     // and the same head announced again makes no second run.
-    let feature = Work::clone(&git, "net", fleet.files.path());
+    let feature = git.working_copy("net", fleet.files.path());
     feature.git(&["checkout", "--quiet", "-b", "feature", "origin/main"]);
     let f1 = feature.commit(&[("infra/main.tf", &config_saying("bonjour"))], "french", false);
     feature.push("feature", false);

@@ -4,58 +4,10 @@
 //! commit the server never had, a hostile commit id or URL, a server that
 //! never answers).
 
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use hangar_testkit::{GitServer, TestDir};
 use hangar_vcs::{Base, ChangesError, GitCache, ProjectRoot, Remote};
-
-struct Work {
-    dir: PathBuf,
-}
-
-impl Work {
-    fn clone(server: &GitServer, repo: &str, parent: &Path) -> Work {
-        let dir = parent.join(format!("clone-{}", rand_name()));
-        let out = server.git().arg("clone").arg("--quiet").arg(server.url(repo)).arg(&dir).output().unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        Work { dir }
-    }
-
-    fn git(&self, args: &[&str]) -> String {
-        let out = std::process::Command::new("git")
-            .current_dir(&self.dir)
-            .args(["-c", "user.name=Dev", "-c", "user.email=dev@example.test"])
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
-    }
-
-    fn commit(&self, files: &[(&str, &str)], amend: bool) -> String {
-        for (p, c) in files {
-            let path = self.dir.join(p);
-            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-            std::fs::write(path, c).unwrap();
-        }
-        self.git(&["add", "--all"]);
-        if amend {
-            self.git(&["commit", "--quiet", "--amend", "-m", "amended"]);
-        } else {
-            self.git(&["commit", "--quiet", "-m", "change"]);
-        }
-        self.git(&["rev-parse", "HEAD"])
-    }
-
-    fn push(&self, branch: &str) {
-        self.git(&["push", "--quiet", "--force", "origin", &format!("HEAD:refs/heads/{branch}")]);
-    }
-}
-
-fn rand_name() -> String {
-    format!("{:08x}", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos())
-}
 
 fn remote(server: &GitServer) -> Remote {
     Remote { url: server.url("infra"), credentials: None, ca_file: None }
@@ -76,51 +28,51 @@ async fn pushes_force_pushes_and_new_branches_are_diffed_with_git() {
     let first = server.push_files("infra", "main", &[("infra/main.tf", "# v1\n"), ("README.md", "a\n")], "first");
     let dir = TestDir::new("changes");
     let cache = GitCache::new(dir.path().join("cache"), "git", Duration::from_secs(30));
-    let work = Work::clone(&server, "infra", dir.path());
+    let work = server.working_copy("infra", dir.path());
 
     // An ordinary push outside the root, then one inside it.
-    let docs = work.commit(&[("README.md", "b\n")], false);
-    work.push("main");
+    let docs = work.commit(&[("README.md", "b\n")], "change", false);
+    work.push("main", true);
     let d = cache.changed_paths(&remote(&server), &Base::Commit(first.clone()), &docs, &infra()).await.unwrap();
     assert!(d.paths.is_empty(), "{d:?}");
     assert_eq!(d.base, first);
-    let change = work.commit(&[("infra/main.tf", "# v2\n"), ("infra/sub/x.tf", "# x\n")], false);
-    work.push("main");
+    let change = work.commit(&[("infra/main.tf", "# v2\n"), ("infra/sub/x.tf", "# x\n")], "change", false);
+    work.push("main", true);
     let d = cache.changed_paths(&remote(&server), &Base::Commit(docs.clone()), &change, &infra()).await.unwrap();
     assert_eq!(paths(&d), ["infra/main.tf", "infra/sub/x.tf"]);
     // Component-wise: `infrastructure/` is not under `infra`.
-    let beside = work.commit(&[("infrastructure/y.tf", "# y\n")], false);
-    work.push("main");
+    let beside = work.commit(&[("infrastructure/y.tf", "# y\n")], "change", false);
+    work.push("main", true);
     let d = cache.changed_paths(&remote(&server), &Base::Commit(change.clone()), &beside, &infra()).await.unwrap();
     assert!(d.paths.is_empty(), "{d:?}");
 
     // A force push replacing the last commit: the old one is gone from every
     // branch of the server, but the cache fetched it before.
-    let amended = work.commit(&[("infrastructure/y.tf", "# y2\n")], true);
-    work.push("main");
+    let amended = work.commit(&[("infrastructure/y.tf", "# y2\n")], "change", true);
+    work.push("main", true);
     let d = cache.changed_paths(&remote(&server), &Base::Commit(beside.clone()), &amended, &infra()).await.unwrap();
     assert!(d.paths.is_empty(), "the amend touched only infrastructure/: {d:?}");
-    let rewritten = work.commit(&[("infra/main.tf", "# v3\n")], true);
-    work.push("main");
+    let rewritten = work.commit(&[("infra/main.tf", "# v3\n")], "change", true);
+    work.push("main", true);
     let d = cache.changed_paths(&remote(&server), &Base::Commit(amended.clone()), &rewritten, &infra()).await.unwrap();
     assert_eq!(paths(&d), ["infra/main.tf"]);
 
     // A new branch: compared with where it left the default branch.
     work.git(&["checkout", "--quiet", "-b", "release"]);
-    let rel = work.commit(&[("docs/notes.md", "n\n")], false);
-    work.push("release");
+    let rel = work.commit(&[("docs/notes.md", "n\n")], "change", false);
+    work.push("release", true);
     let d = cache.changed_paths(&remote(&server), &Base::NewBranch { known: vec![] }, &rel, &infra()).await.unwrap();
     assert_eq!(d.base, rewritten, "the merge base with main");
     assert!(d.paths.is_empty(), "{d:?}");
-    let rel2 = work.commit(&[("infra/main.tf", "# release\n")], false);
-    work.push("release2");
+    let rel2 = work.commit(&[("infra/main.tf", "# release\n")], "change", false);
+    work.push("release2", true);
     let d = cache.changed_paths(&remote(&server), &Base::NewBranch { known: vec![first.clone()] }, &rel2, &infra()).await.unwrap();
     assert_eq!(d.base, first, "the stack's last run comes first");
     assert_eq!(paths(&d), ["infra/main.tf", "infra/sub/x.tf"]);
     // An orphan branch shares no history with anything.
     work.git(&["checkout", "--quiet", "--orphan", "lonely"]);
-    let lonely = work.commit(&[("infra/main.tf", "# alone\n")], false);
-    work.push("lonely");
+    let lonely = work.commit(&[("infra/main.tf", "# alone\n")], "change", false);
+    work.push("lonely", true);
     let e = cache.changed_paths(&remote(&server), &Base::NewBranch { known: vec![] }, &lonely, &infra()).await.unwrap_err();
     assert!(matches!(e, ChangesError::NoMergeBase { .. }), "{e}");
 }
