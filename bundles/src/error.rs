@@ -24,6 +24,8 @@ pub enum BundleError {
     Truncated { path: PathBuf },
     #[error("{}: data follows the end of the payload ({extra} bytes)", path.display())]
     TrailingBytes { path: PathBuf, extra: u64 },
+    #[error("{}: corrupt header: {reason}", path.display())]
+    CorruptHeader { path: PathBuf, reason: &'static str },
 
     // ---- the manifest ----
     #[error("{}: manifest of {size} bytes exceeds the limit of {max}", path.display())]
@@ -180,13 +182,25 @@ pub enum BundleError {
         #[source]
         source: std::io::Error,
     },
-    #[error("cannot move {} into place as {}", staging.display(), dest.display())]
+    #[error("{}: cannot write {} in {}", path.display(), what(entry.as_deref()), dir.display())]
+    ExtractWrite {
+        path: PathBuf,
+        /// The directory extraction writes in (the destination's parent).
+        dir: PathBuf,
+        entry: Option<String>,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot move the extracted files into place as {}", dest.display())]
     Commit {
         staging: PathBuf,
         dest: PathBuf,
         #[source]
         source: std::io::Error,
     },
+
+    #[error("{}: interrupted; nothing was extracted", path.display())]
+    Interrupted { path: PathBuf },
 
     #[error(transparent)]
     Key(#[from] KeyError),
@@ -201,6 +215,7 @@ impl BundleError {
             BundleError::UnsupportedFormat { .. } => "unsupported_format",
             BundleError::Truncated { .. } => "truncated",
             BundleError::TrailingBytes { .. } => "trailing_bytes",
+            BundleError::CorruptHeader { .. } => "corrupt_header",
             BundleError::ManifestTooLarge { .. } => "manifest_too_large",
             BundleError::BadManifest { .. } => "bad_manifest",
             BundleError::ManifestField { .. } => "manifest_field",
@@ -238,7 +253,9 @@ impl BundleError {
             BundleError::DestinationExists { .. } => "destination_exists",
             BundleError::NoParent { .. } => "no_parent",
             BundleError::Write { .. } => "write",
+            BundleError::ExtractWrite { .. } => "write",
             BundleError::Commit { .. } => "commit",
+            BundleError::Interrupted { .. } => "interrupted",
             BundleError::Key(e) => e.code(),
         }
     }
@@ -259,8 +276,17 @@ impl BundleError {
             | BundleError::BadExtendedHeader { entry, .. }
             | BundleError::HashMismatch { entry, .. }
             | BundleError::TruncatedEntry { entry, .. } => Some(entry),
+            BundleError::ExtractWrite { entry, .. } => entry.as_deref(),
             _ => None,
         }
+    }
+}
+
+/// What an extraction was writing when it failed.
+fn what(entry: Option<&str>) -> String {
+    match entry {
+        Some(entry) => format!("entry {entry:?}"),
+        None => "the staging directory".into(),
     }
 }
 

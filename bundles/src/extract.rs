@@ -12,6 +12,7 @@ use std::io::{self, BufReader, Read, Write};
 use std::os::fd::AsFd;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::{fmt, thread};
 
@@ -19,12 +20,14 @@ use ring::digest;
 
 use crate::BundleError;
 use crate::bundle::Bundle;
+use crate::format::read_exact_at;
 use crate::limits::MAX_EXTENSION_BYTES;
 use crate::manifest::{Entry, check_entry_path};
 use crate::stream::{
     Capped, FRAME_HEADER_MAX, Fault, FaultCell, FrameProblem, HashFeed, PayloadSource,
     check_frame_header, hash_all,
 };
+use crate::tempname::hidden_name;
 
 /// Size of the buffers handed from the reader to the writer thread.
 const CHUNK: usize = 512 << 10;
@@ -45,6 +48,9 @@ pub struct ExtractOptions<'a> {
     /// Called with the file bytes processed so far and the total, from the
     /// calling thread, as extraction proceeds.
     pub progress: Option<&'a mut dyn FnMut(Progress)>,
+    /// Set (by a signal handler, say) to stop: the work ends within one buffer
+    /// with [`BundleError::Interrupted`], the staging directory removed.
+    pub interrupt: Option<&'a AtomicBool>,
 }
 
 impl fmt::Debug for ExtractOptions<'_> {
@@ -55,6 +61,7 @@ impl fmt::Debug for ExtractOptions<'_> {
             .field("danger_allow_expired", &self.danger_allow_expired)
             .field("platform", &self.platform)
             .field("progress", &self.progress.is_some())
+            .field("interrupt", &self.interrupt)
             .finish()
     }
 }
@@ -79,7 +86,7 @@ impl Bundle {
     /// Reads the whole payload and checks it against the manifest, writing nothing.
     pub fn verify(&self, mut options: ExtractOptions<'_>) -> Result<Summary, BundleError> {
         self.check_policy(&options)?;
-        let (summary, _) = self.stream(NullSink, options.progress.take())?;
+        let (summary, _) = self.stream(NullSink, options.progress.take(), options.interrupt)?;
         Ok(summary)
     }
 
@@ -121,10 +128,11 @@ impl Bundle {
                 dest: dest.to_path_buf(),
             });
         }
-        let staging = Staging::create(parent, &name.to_string_lossy())?;
-        let sink = FsSink::new(staging.path.clone());
-        let (summary, sink) = self.stream(sink, options.progress.take())?;
+        let staging = Staging::create(parent, name, &self.path)?;
+        let sink = FsSink::new(staging.path.clone(), &self.path, parent);
+        let (summary, sink) = self.stream(sink, options.progress.take(), options.interrupt)?;
         sink.finish()?;
+        self.check_interrupt(options.interrupt)?;
         staging.commit(parent, name.as_ref(), dest)?;
         Ok(summary)
     }
@@ -134,6 +142,7 @@ impl Bundle {
         &self,
         sink: S,
         mut progress: Option<&mut dyn FnMut(Progress)>,
+        interrupt: Option<&AtomicBool>,
     ) -> Result<(Summary, S), BundleError> {
         let manifest = &self.manifest;
         let total = manifest.total_size();
@@ -153,6 +162,7 @@ impl Bundle {
                 HashFeed::new(hash_tx),
                 &mut progress,
                 total,
+                interrupt,
             );
             drop(tx);
             let write_result = writer
@@ -161,6 +171,11 @@ impl Bundle {
             let digest = hasher
                 .join()
                 .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+            // An interruption first: the writer only saw its input end early.
+            let read_result = match read_result {
+                Err(e @ BundleError::Interrupted { .. }) => return Err(e),
+                other => other,
+            };
             // A writer error is the more precise one (the reader only saw a closed channel).
             let (summary, sink) = write_result?;
             let end = read_result?;
@@ -189,6 +204,7 @@ impl Bundle {
         hash: HashFeed,
         progress: &mut Option<&mut dyn FnMut(Progress)>,
         total: u64,
+        interrupt: Option<&AtomicBool>,
     ) -> Result<ReadEnd, BundleError> {
         let path = &self.path;
         let manifest = &self.manifest;
@@ -196,7 +212,7 @@ impl Bundle {
 
         let mut head = [0u8; FRAME_HEADER_MAX];
         let head_len = (FRAME_HEADER_MAX as u64).min(size) as usize;
-        read_at_exact(&self.file, &mut head[..head_len], self.payload_offset, path)?;
+        read_exact_at(&self.file, &mut head[..head_len], self.payload_offset, path)?;
         check_frame_header(&head[..head_len], self.limits.max_window_log)
             .map_err(|problem| frame_error(path, problem, self.limits.max_window_log))?;
 
@@ -235,6 +251,7 @@ impl Bundle {
             .map_err(|e| failure(&position, e))?
             .raw(true);
         for raw in entries {
+            self.check_interrupt(interrupt)?;
             let mut member = raw.map_err(|e| failure(&position, e))?;
             let Some(resolved) = self.resolve(&mut member, &mut pending, &position, &failure)?
             else {
@@ -252,6 +269,7 @@ impl Bundle {
                     tx.send(Msg::FileStart(next)).map_err(|_| gone())?;
                     let mut remaining = *size;
                     while remaining > 0 {
+                        self.check_interrupt(interrupt)?;
                         let mut buf = recycle
                             .try_recv()
                             .unwrap_or_else(|_| Vec::with_capacity(CHUNK));
@@ -321,6 +339,15 @@ impl Bundle {
 }
 
 impl Bundle {
+    fn check_interrupt(&self, interrupt: Option<&AtomicBool>) -> Result<(), BundleError> {
+        if interrupt.is_some_and(|i| i.load(Ordering::SeqCst)) {
+            return Err(BundleError::Interrupted {
+                path: self.path.clone(),
+            });
+        }
+        Ok(())
+    }
+
     /// Reads one tar member's header. Extension headers (GNU long name, PAX) are
     /// kept in `pending` for the member they describe, and `None` returned; for
     /// any other member, its name (checked), type (file or directory only) and
@@ -626,22 +653,6 @@ fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
     Ok(filled)
 }
 
-fn read_at_exact(file: &File, buf: &mut [u8], offset: u64, path: &Path) -> Result<(), BundleError> {
-    use std::os::unix::fs::FileExt;
-    file.read_exact_at(buf, offset).map_err(|source| {
-        if source.kind() == io::ErrorKind::UnexpectedEof {
-            BundleError::Truncated {
-                path: path.to_path_buf(),
-            }
-        } else {
-            BundleError::Read {
-                path: path.to_path_buf(),
-                source,
-            }
-        }
-    })
-}
-
 /// From the reader to the writer thread.
 enum Msg {
     Dir(usize),
@@ -732,35 +743,48 @@ impl Sink for NullSink {
 /// directories in [`FsSink::finish`].
 struct FsSink {
     root: PathBuf,
-    file: Option<(File, PathBuf)>,
-    dirs: Vec<(PathBuf, u32)>,
+    /// The bundle and the directory the staging directory is in, for errors:
+    /// the staging directory itself is gone by the time one is reported.
+    bundle: PathBuf,
+    parent: PathBuf,
+    /// The file being written and its manifest path.
+    file: Option<(File, String)>,
+    dirs: Vec<(PathBuf, String, u32)>,
 }
 
 impl FsSink {
-    fn new(root: PathBuf) -> FsSink {
+    fn new(root: PathBuf, bundle: &Path, parent: &Path) -> FsSink {
         FsSink {
             root,
+            bundle: bundle.to_path_buf(),
+            parent: parent.to_path_buf(),
             file: None,
             dirs: Vec::new(),
         }
     }
 
-    fn write_err(path: &Path) -> impl FnOnce(io::Error) -> BundleError + '_ {
-        move |source| BundleError::Write {
-            path: path.to_path_buf(),
+    fn write_err(&self, entry: Option<&str>) -> impl FnOnce(io::Error) -> BundleError + use<> {
+        let (path, dir, entry) = (
+            self.bundle.clone(),
+            self.parent.clone(),
+            entry.map(str::to_owned),
+        );
+        move |source| BundleError::ExtractWrite {
+            path,
+            dir,
+            entry,
             source,
         }
     }
 
     /// Applies directory modes (deepest first) and flushes everything to disk.
     fn finish(self) -> Result<(), BundleError> {
-        for (path, mode) in self.dirs.iter().rev() {
+        for (path, name, mode) in self.dirs.iter().rev() {
             fs::set_permissions(path, fs::Permissions::from_mode(*mode))
-                .map_err(Self::write_err(path))?;
+                .map_err(self.write_err(Some(name)))?;
         }
-        let root = File::open(&self.root).map_err(Self::write_err(&self.root))?;
-        nix::unistd::syncfs(root.as_fd())
-            .map_err(|e| Self::write_err(&self.root)(io::Error::from(e)))?;
+        let root = File::open(&self.root).map_err(self.write_err(None))?;
+        nix::unistd::syncfs(root.as_fd()).map_err(|e| self.write_err(None)(io::Error::from(e)))?;
         Ok(())
     }
 }
@@ -771,8 +795,9 @@ impl Sink for FsSink {
         DirBuilder::new()
             .mode(0o700)
             .create(&path)
-            .map_err(Self::write_err(&path))?;
-        self.dirs.push((path, entry.mode().0));
+            .map_err(self.write_err(Some(entry.path())))?;
+        self.dirs
+            .push((path, entry.path().to_owned(), entry.mode().0));
         Ok(())
     }
 
@@ -784,20 +809,24 @@ impl Sink for FsSink {
             .mode(0o600)
             .custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits())
             .open(&path)
-            .map_err(Self::write_err(&path))?;
-        self.file = Some((file, path));
+            .map_err(self.write_err(Some(entry.path())))?;
+        self.file = Some((file, entry.path().to_owned()));
         Ok(())
     }
 
     fn file_data(&mut self, data: &[u8]) -> Result<(), BundleError> {
-        let (file, path) = self.file.as_mut().expect("data follows file_begin");
-        file.write_all(data).map_err(Self::write_err(path))
+        let (file, name) = self.file.as_mut().expect("data follows file_begin");
+        if let Err(e) = file.write_all(data) {
+            let name = name.clone();
+            return Err(self.write_err(Some(&name))(e));
+        }
+        Ok(())
     }
 
     fn file_end(&mut self, entry: &Entry) -> Result<(), BundleError> {
-        let (file, path) = self.file.take().expect("file_end follows file_begin");
+        let (file, _) = self.file.take().expect("file_end follows file_begin");
         file.set_permissions(fs::Permissions::from_mode(entry.mode().0))
-            .map_err(Self::write_err(&path))
+            .map_err(self.write_err(Some(entry.path())))
     }
 }
 
@@ -808,14 +837,19 @@ struct Staging {
 }
 
 impl Staging {
-    fn create(parent: &Path, name: &str) -> Result<Staging, BundleError> {
-        let suffix: u64 = rand::random();
-        let path = parent.join(format!(".{name}.staging-{suffix:016x}"));
+    fn create(
+        parent: &Path,
+        name: &std::ffi::OsStr,
+        bundle: &Path,
+    ) -> Result<Staging, BundleError> {
+        let path = parent.join(hidden_name(name, "staging"));
         DirBuilder::new()
             .mode(0o700)
             .create(&path)
-            .map_err(|source| BundleError::Write {
-                path: path.clone(),
+            .map_err(|source| BundleError::ExtractWrite {
+                path: bundle.to_path_buf(),
+                dir: parent.to_path_buf(),
+                entry: None,
                 source,
             })?;
         Ok(Staging {

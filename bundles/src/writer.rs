@@ -2,6 +2,7 @@
 //! compressed, hashed entry by entry, described by a manifest, signed.
 
 use std::collections::BTreeMap;
+use std::ffi::OsStr;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufWriter, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
@@ -16,6 +17,7 @@ use crate::limits::Limits;
 use crate::manifest::{
     Compression, Entry, FORMAT_VERSION, Kind, Manifest, Mode, Payload, Sha256, check_entry_path,
 };
+use crate::tempname::hidden_name;
 use crate::{BuildError, Progress};
 
 /// One entry of a layout.
@@ -42,6 +44,7 @@ impl Layout {
         if dest.is_empty() {
             return Ok(());
         }
+        check_mode(dest, mode)?;
         self.add_parents(dest)?;
         match self.entries.get(dest) {
             Some(LayoutEntry::Dir { .. }) => Ok(()),
@@ -74,6 +77,7 @@ impl Layout {
             });
         }
         let mode = mode.unwrap_or_else(|| normal_mode(meta.permissions().mode()));
+        check_mode(dest, mode)?;
         self.add_parents(dest)?;
         if self.entries.contains_key(dest) {
             return Err(conflict(dest, "is listed twice"));
@@ -191,6 +195,19 @@ fn source_error(path: &Path, e: io::Error) -> BuildError {
     }
 }
 
+/// Refuses at once a mode the reader would refuse (see FORMAT.md), rather than
+/// after the whole payload is compressed.
+fn check_mode(dest: &str, mode: u32) -> Result<(), BuildError> {
+    let problem = if mode & !0o777 != 0 {
+        "has bits beyond 0777 (setuid, setgid or sticky)"
+    } else if mode & 0o022 != 0 {
+        "lets group or others write (at most 0755)"
+    } else {
+        return Ok(());
+    };
+    Err(conflict(dest, &format!("mode {mode:04o} {problem}")))
+}
+
 fn normal_mode(mode: u32) -> u32 {
     if mode & 0o111 != 0 { 0o755 } else { 0o644 }
 }
@@ -257,11 +274,8 @@ pub fn build_bundle(
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
     };
-    let name = out
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "bundle".into());
-    let payload_tmp = TempFile::create(&dir, &format!(".{name}.payload"))?;
+    let name = out.file_name().unwrap_or(OsStr::new("bundle"));
+    let payload_tmp = TempFile::create(&dir, name, "payload")?;
     let mtime = u64::try_from(options.created.timestamp()).unwrap_or(0);
 
     let write_err = |path: &Path| {
@@ -381,11 +395,8 @@ pub(crate) fn write_file_atomically(
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
     };
-    let name = out
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "bundle".into());
-    let tmp = TempFile::create(&dir, &format!(".{name}.tmp"))?;
+    let name = out.file_name().unwrap_or(OsStr::new("bundle"));
+    let tmp = TempFile::create(&dir, name, "tmp")?;
     let file = tmp.file()?;
     let result = (|| {
         let mut w = BufWriter::with_capacity(1 << 20, &file);
@@ -411,9 +422,9 @@ struct TempFile {
 }
 
 impl TempFile {
-    fn create(dir: &Path, prefix: &str) -> Result<TempFile, BuildError> {
-        let suffix: u64 = rand::random();
-        let path = dir.join(format!("{prefix}-{suffix:016x}"));
+    /// `.<name>.<tag>-<random>` in `dir`.
+    fn create(dir: &Path, name: &OsStr, tag: &str) -> Result<TempFile, BuildError> {
+        let path = dir.join(hidden_name(name, tag));
         let file = OpenOptions::new()
             .read(true)
             .write(true)

@@ -348,7 +348,170 @@ fn policy_flags_downgrade_and_expiry() {
 }
 
 #[test]
-fn the_cause_chain_goes_to_the_log_only() {
+fn an_interrupted_extraction_removes_its_staging_directory() {
+    use nix::sys::signal::{Signal, kill};
+    use nix::unistd::Pid;
+    use std::time::{Duration, Instant};
+
+    let site = Site::new();
+    // Big enough that the extraction is still writing when the signal comes.
+    fs::write(site.path("src/big"), common::noise(5, 160 << 20)).unwrap();
+    let key = site.trusted_key("release");
+    let bundle = site.path("big.bundle");
+    ok(&[
+        "build",
+        "--recipe",
+        s(&site.path("recipe.toml")),
+        "--out",
+        s(&bundle),
+        "--var",
+        "version=1.0.0",
+        "--compression-level",
+        "1",
+        "--key",
+        s(&key),
+    ]);
+    let releases = site.path("releases");
+    fs::create_dir(&releases).unwrap();
+    for signal in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
+        let into = releases.join("1.0.0");
+        let mut child = Command::new(BIN)
+            .args(["extract", s(&bundle), "--into", s(&into), "--trust"])
+            .arg(site.path("trust"))
+            .env_remove("HANGAR_LOG")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let staging = loop {
+            let found = fs::read_dir(&releases)
+                .unwrap()
+                .map(|e| e.unwrap().path())
+                .find(|p| p.to_string_lossy().contains(".staging-"));
+            if let Some(found) = found {
+                break found;
+            }
+            assert!(
+                child.try_wait().unwrap().is_none(),
+                "{signal}: the extraction ended before the signal"
+            );
+            assert!(Instant::now() < deadline, "{signal}: no staging directory");
+            std::thread::sleep(Duration::from_millis(1));
+        };
+        kill(Pid::from_raw(child.id() as i32), signal).unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert_eq!(out.status.code(), Some(1), "{signal}: {}", stderr(&out));
+        let err = stderr(&out);
+        assert!(
+            err.lines().count() == 1 && err.contains("interrupted") && err.contains("big.bundle"),
+            "{signal}: {err}"
+        );
+        assert!(
+            !staging.exists(),
+            "{signal}: {} left behind",
+            staging.display()
+        );
+        assert_eq!(
+            fs::read_dir(&releases).unwrap().count(),
+            0,
+            "{signal}: something is left in {}",
+            releases.display()
+        );
+    }
+}
+
+#[test]
+fn a_full_disk_is_reported_with_its_reason_and_a_path_that_exists() {
+    let site = Site::new();
+    let key = site.trusted_key("release");
+    let bundle = site.path("t.bundle");
+    ok(&[
+        "build",
+        "--recipe",
+        s(&site.path("recipe.toml")),
+        "--out",
+        s(&bundle),
+        "--var",
+        "version=1.0.0",
+        "--key",
+        s(&key),
+    ]);
+    // A 64 KiB filesystem of the extraction's own (a tmpfs in a private mount
+    // namespace), too small for the 200 kB tool.
+    let small = site.path("small");
+    fs::create_dir(&small).unwrap();
+    let o = Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c"])
+        .arg(r#"mount -t tmpfs -o size=64k tmpfs "$1" || exit 99; exec "$2" extract "$3" --into "$1/release" --trust "$4""#)
+        .args(["sh", s(&small), BIN, s(&bundle), s(&site.path("trust"))])
+        .env_remove("HANGAR_LOG")
+        .output()
+        .expect("run unshare (util-linux)");
+    let err = stderr(&o);
+    assert_ne!(
+        o.status.code(),
+        Some(99),
+        "this test mounts a tmpfs in a mount namespace of its own, which needs root: {err}"
+    );
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("No space left on device"), "the reason: {err}");
+    assert!(err.contains("\"tools/tool\""), "the entry: {err}");
+    // The directory named is the destination's parent, which is still there;
+    // the staging directory inside it is not, and is not named.
+    assert!(
+        err.contains(&format!("in {}:", small.display())),
+        "the directory: {err}"
+    );
+    assert!(!err.contains(".staging-"), "{err}");
+}
+
+#[test]
+fn inspect_shows_invisible_characters_escaped() {
+    let site = Site::new();
+    for name in [
+        "hangar\u{200b}",
+        "tool\u{202e}txt.sh",
+        "a\u{2066}b",
+        "x\u{feff}",
+    ] {
+        fs::write(site.path("src").join(name), "x").unwrap();
+    }
+    let key = site.trusted_key("release");
+    let bundle = site.path("t.bundle");
+    ok(&[
+        "build",
+        "--recipe",
+        s(&site.path("recipe.toml")),
+        "--out",
+        s(&bundle),
+        "--var",
+        "version=1.0.0",
+        "--key",
+        s(&key),
+    ]);
+    let text = ok(&["inspect", s(&bundle), "--trust", s(&site.path("trust"))]);
+    for shown in [
+        r"tools/hangar\u{200b}",
+        r"tools/tool\u{202e}txt.sh",
+        r"tools/a\u{2066}b",
+        r"tools/x\u{feff}",
+    ] {
+        assert!(text.contains(shown), "{shown}: {text}");
+    }
+    for hidden in ['\u{200b}', '\u{202e}', '\u{2066}', '\u{feff}'] {
+        assert!(
+            !text.contains(hidden),
+            "{hidden:?} printed as it is: {text}"
+        );
+    }
+    // Ordinary names, quotes and accents included, are shown as they are.
+    assert!(text.contains("tools/conf"), "{text}");
+}
+
+#[test]
+fn the_error_line_carries_its_cause_and_the_log_the_chain() {
     let site = Site::new();
     let log = site.path("log");
     let missing = site.path("missing.bundle");
@@ -379,9 +542,10 @@ fn the_cause_chain_goes_to_the_log_only() {
     ]);
     let err = stderr(&o);
     assert!(
-        err.contains("cannot read bundle") && !err.contains("No such file"),
+        err.contains("cannot read bundle") && err.contains("No such file"),
         "{err}"
     );
+    assert_eq!(err.lines().count(), 1, "{err}");
     let logged = fs::read_to_string(&log).unwrap();
     assert!(logged.contains("No such file"), "{logged}");
 }

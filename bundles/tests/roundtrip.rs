@@ -227,6 +227,89 @@ fn extraction_never_replaces_anything() {
 }
 
 #[test]
+fn names_up_to_the_filesystem_limit_work_as_destinations() {
+    // The staging and temporary names add to the name they are made from; a
+    // legal name must still work, however long.
+    let dir = tempfile::tempdir().unwrap();
+    fs::write(dir.path().join("f"), b"content").unwrap();
+    let mut layout = Layout::new();
+    layout
+        .add_file("bin/f", &dir.path().join("f"), None)
+        .unwrap();
+    let keys = [key(1)];
+    let store = trust(&[&keys[0]]);
+    for len in [229, 230, 240, 255] {
+        let out = dir.path().join(format!("{}.bundle", "b".repeat(len - 7)));
+        build_bundle(&layout, &out, options(&keys)).unwrap();
+        let bundle = Bundle::open(&out, &store).unwrap();
+        let dest = dir.path().join("é".repeat(len / 2) + &"r".repeat(len % 2));
+        assert_eq!(dest.file_name().unwrap().len(), len);
+        bundle.extract(&dest, ExtractOptions::default()).unwrap();
+        assert_eq!(fs::read(dest.join("bin/f")).unwrap(), b"content");
+        fs::remove_dir_all(&dest).unwrap();
+        fs::remove_file(&out).unwrap();
+    }
+    // Nothing else was left behind.
+    let left: Vec<_> = fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(left, ["f"]);
+}
+
+#[test]
+fn trees_of_many_small_files_are_not_bombs() {
+    // They compress extremely well, yet what they decompress to is mostly tar
+    // headers: building and reading them must work, up to the entry limit.
+    // In memory when possible: 120,000 file creations and a sync of the disk
+    // would make this slow on a busy machine, and are not what it is about.
+    let shm = Path::new("/dev/shm");
+    let dir = if shm.is_dir() {
+        tempfile::tempdir_in(shm)
+    } else {
+        tempfile::tempdir()
+    }
+    .unwrap();
+    let small = common::corpus::words(1500);
+    // At levels that compress each hard in reasonable time; the last one has as
+    // many entries as a bundle may hold (the files and their directory).
+    for (name, count, content, level) in [
+        ("empty", 30_000, &b""[..], 19),
+        ("copies", 30_000, &small[..], 9),
+        ("most", 249_999, &b""[..], 3),
+    ] {
+        let src = dir.path().join(name);
+        fs::create_dir(&src).unwrap();
+        for i in 0..count {
+            fs::write(src.join(format!("f{i:06}")), content).unwrap();
+        }
+        let mut layout = Layout::new();
+        layout.add_tree(name, &src).unwrap();
+        let keys = [key(1)];
+        let out = dir.path().join(format!("{name}.bundle"));
+        let manifest = build_bundle(
+            &layout,
+            &out,
+            BuildOptions {
+                compression_level: level,
+                ..options(&keys)
+            },
+        )
+        .unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(manifest.file_count(), count);
+        let bundle = Bundle::open(&out, &trust(&[&keys[0]])).unwrap();
+        let dest = dir.path().join(format!("{name}.out"));
+        let summary = bundle.extract(&dest, ExtractOptions::default()).unwrap();
+        assert_eq!(summary.files as usize, count);
+        let last = dest.join(name).join(format!("f{:06}", count - 1));
+        assert_eq!(fs::read(last).unwrap(), content);
+        fs::remove_file(&out).unwrap();
+        fs::remove_dir_all(&dest).unwrap();
+        fs::remove_dir_all(&src).unwrap();
+    }
+}
+
+#[test]
 fn limits_are_enforced_when_opening() {
     let dir = tempfile::tempdir().unwrap();
     fs::write(dir.path().join("f"), vec![1u8; 5000]).unwrap();
@@ -498,7 +581,7 @@ env = { GREETING = "hello ${bin_dir}" }
 fn recipe_errors_name_what_is_wrong() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("w.bundle");
-    let cases: [(&str, &str); 6] = [
+    let cases: [(&str, &str); 8] = [
         (
             "[[source]]\ntype = \"file\"\npath = \"${bin_dir}/hangar-worker\"\ndest = \"bin/hangar-worker\"\n",
             "recipe_variable",
@@ -517,6 +600,15 @@ fn recipe_errors_name_what_is_wrong() {
         ),
         (
             "[[source]]\ntype = \"dir\"\ndest = \"../x\"\n",
+            "destination",
+        ),
+        // Modes the reader would refuse are refused before anything is compressed.
+        (
+            "[[source]]\ntype = \"dir\"\ndest = \"x\"\nmode = \"0777\"\n",
+            "destination",
+        ),
+        (
+            "[[source]]\ntype = \"file\"\npath = \"recipe.toml\"\ndest = \"x\"\nmode = \"0664\"\n",
             "destination",
         ),
         (

@@ -29,6 +29,11 @@ pub struct InstallOptions {
     pub trust_dirs: Vec<PathBuf>,
     /// How long the health gate waits.
     pub health_timeout: Duration,
+    /// Accept a different bundle of a version this host already has (another
+    /// build of it, or the same version with other build metadata): for
+    /// development builds, which rebuild one version again and again.
+    /// Otherwise refused: a replayed old bundle would swap the binaries.
+    pub danger_replace_release: bool,
 }
 
 /// What the operator is told at the end.
@@ -96,10 +101,13 @@ pub fn install(host: &Host, prompter: &mut dyn Prompter, reporter: &dyn Reporter
             return Err(InstallError::Aborted("left the existing installation alone; nothing was changed".into()));
         }
     }
-    let installed_version: Option<semver::Version> = previous
-        .as_ref()
-        .filter(|p| p.is_complete())
-        .and_then(|p| p.release.parse().ok());
+    // The newest release on this host: the one the state names, even when
+    // unfinished (its migrations may have run), and the one `current` points to.
+    let installed_version: Option<semver::Version> = [previous.as_ref().map(|p| p.release.clone()), current_release(&probe)]
+        .into_iter()
+        .flatten()
+        .filter_map(|v| v.parse::<semver::Version>().ok())
+        .max_by(|a, b| a.cmp_precedence(b));
     let trust = trust_store(&probe, &opts.trust_dirs)?;
     let opened: RefCell<Option<Opened>> = RefCell::new(None);
     let now = (host.clock)();
@@ -129,6 +137,9 @@ pub fn install(host: &Host, prompter: &mut dyn Prompter, reporter: &dyn Reporter
             platform: Some(hangar_bundle::host_platform()),
             ..Default::default()
         })?;
+        if !opts.danger_replace_release {
+            check_not_a_replay(&probe, &bundle)?;
+        }
         *opened.borrow_mut() = Some(Opened { bundle, allow_downgrade });
         Ok(())
     };
@@ -190,9 +201,8 @@ pub fn install(host: &Host, prompter: &mut dyn Prompter, reporter: &dyn Reporter
             ready_at: None,
         },
     };
-    ensure_dir(&layout.etc, 0o755, None)?;
-    state.save(&layout.state_file)?;
-
+    // Nothing is written before the release step has verified the whole
+    // bundle: a refused bundle leaves the host as it was, state file included.
     let mut p = Provision { host, answers: &answers, layout: &layout, reporter, bundle: &bundle, owner: None, config_changed: false };
     let mut timings = Vec::new();
     reporter.info("Provisioning");
@@ -217,6 +227,9 @@ pub fn install(host: &Host, prompter: &mut dyn Prompter, reporter: &dyn Reporter
             Ok(detail) => {
                 reporter.step_done(step, &detail, t.elapsed());
                 timings.push((step.to_string(), t.elapsed()));
+                if *step == "release" {
+                    ensure_dir(&layout.etc, 0o755, None)?;
+                }
                 state.mark(step, &layout.state_file)?;
             }
             Err(e) => {
@@ -238,6 +251,40 @@ pub fn install(host: &Host, prompter: &mut dyn Prompter, reporter: &dyn Reporter
         ca_file,
         timings,
     })
+}
+
+/// The SHA-256 of a bundle's manifest, which names everything in it: what the
+/// release directory's marker records.
+fn manifest_digest(bundle: &Bundle) -> String {
+    hex::encode(ring::digest::digest(&ring::digest::SHA256, bundle.manifest_bytes()))
+}
+
+/// Where the digest of the bundle a release was unpacked from is kept.
+fn marker_path(l: &Layout, version: &str) -> PathBuf {
+    l.releases.join(format!(".{version}.manifest-sha256"))
+}
+
+/// Refuses a bundle of a version this host has (the same, or equal but for
+/// build metadata, `1.0.0+x` for `1.0.0`) unless it is the very bundle that
+/// release was unpacked from: a validly signed old bundle of that version
+/// would otherwise replace its binaries without a word.
+fn check_not_a_replay(l: &Layout, bundle: &Bundle) -> Result<(), InstallError> {
+    let version = &bundle.manifest().version;
+    let Ok(entries) = fs::read_dir(&l.releases) else { return Ok(()) };
+    let digest = manifest_digest(bundle);
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Ok(installed) = name.parse::<semver::Version>() else { continue };
+        if !installed.cmp_precedence(version).is_eq() || !entry.path().is_dir() {
+            continue;
+        }
+        let recorded = fs::read_to_string(marker_path(l, &name)).unwrap_or_default();
+        if installed == *version && recorded.trim() == digest {
+            continue;
+        }
+        return Err(InstallError::Replay { bundle: bundle.path().to_path_buf(), version: version.to_string(), installed: name });
+    }
+    Ok(())
 }
 
 fn bundled_engine_is_minio(bundle: &Bundle) -> bool {
@@ -299,16 +346,32 @@ struct Provision<'a> {
 }
 
 impl Provision<'_> {
+    /// Verifies the whole bundle while unpacking it, then points `current` at
+    /// it. Directories made for it are removed again when the bundle is
+    /// refused: until this step completes, the host is as it was.
     fn release(&mut self) -> Result<String, InstallError> {
+        let missing: Vec<PathBuf> = self.layout.releases.ancestors().take_while(|d| !d.exists()).map(Path::to_path_buf).collect();
+        let result = self.unpack();
+        if result.is_err() {
+            // Deepest first; only empty ones (remove_dir refuses the others).
+            for dir in &missing {
+                let _ = fs::remove_dir(dir);
+            }
+        }
+        result
+    }
+
+    fn unpack(&mut self) -> Result<String, InstallError> {
         let l = self.layout;
         let version = self.bundle.manifest().version.to_string();
         ensure_dir(&l.releases, 0o755, None)?;
         let dest = l.releases.join(&version);
         // The manifest's hash tells a rebuilt bundle of the same version (a
         // development build) from the one unpacked already.
-        let digest = hex::encode(ring::digest::digest(&ring::digest::SHA256, self.bundle.manifest_bytes()));
-        let marker = l.releases.join(format!(".{version}.manifest-sha256"));
-        let same = dest.is_dir() && fs::read_to_string(&marker).is_ok_and(|m| m.trim() == digest);
+        let digest = manifest_digest(self.bundle);
+        let marker = marker_path(l, &version);
+        let recorded = fs::read_to_string(&marker).ok();
+        let same = dest.is_dir() && recorded.as_deref().is_some_and(|m| m.trim() == digest);
         let mut detail = if same {
             format!("release {version} already unpacked")
         } else {
@@ -322,7 +385,12 @@ impl Provision<'_> {
             let mut progress = |p: hangar_bundle::Progress| reporter.progress(p.done, p.total);
             let installed = current_release(l).and_then(|v| v.parse().ok()).filter(|v: &semver::Version| v.to_string() != version);
             let into = if dest.is_dir() { l.releases.join(format!(".{version}.incoming")) } else { dest.clone() };
-            let summary = self.bundle.extract(
+            if into == dest {
+                // Recorded first: killed after the rename, the next run still
+                // knows which bundle the release came from.
+                write_atomic(&marker, format!("{digest}\n").as_bytes(), 0o644, None)?;
+            }
+            let extracted = self.bundle.extract(
                 &into,
                 ExtractOptions {
                     installed_version: installed,
@@ -331,7 +399,21 @@ impl Provision<'_> {
                     progress: Some(&mut progress),
                     ..Default::default()
                 },
-            )?;
+            );
+            let summary = match extracted {
+                Ok(summary) => summary,
+                Err(e) => {
+                    if into == dest {
+                        match &recorded {
+                            Some(text) => write_atomic(&marker, text.as_bytes(), 0o644, None)?,
+                            None => {
+                                let _ = fs::remove_file(&marker);
+                            }
+                        }
+                    }
+                    return Err(e.into());
+                }
+            };
             if into != dest {
                 // Same version, other contents: the services stop before their
                 // binaries are swapped.

@@ -1,12 +1,14 @@
 //! What the installer refuses, and what it leaves behind when it is stopped:
 //! mistakes in the answers file, a port already taken and wrong external S3
-//! credentials are refused before anything on the host changes; a tampered
-//! bundle is refused with nothing unpacked; an installer interrupted (SIGINT)
+//! credentials are refused before anything on the host changes; a bundle
+//! whose payload is bad, a downgrade and a replayed bundle of an installed
+//! version leave the host exactly as it was; an installer interrupted (SIGINT)
 //! or killed (SIGKILL) in the middle of provisioning leaves a host that the
 //! next run finishes.
 
 mod common;
 
+use std::collections::BTreeMap;
 use std::fs;
 use std::io::{BufRead, BufReader};
 use std::os::unix::fs::PermissionsExt;
@@ -123,14 +125,69 @@ fn a_tampered_bundle_is_refused_and_nothing_is_unpacked() {
     assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stdout));
     let line = error_line(&out);
     assert!(line.contains(&copy.display().to_string()), "{line}");
-    // Nothing of the release, nor anything built on it.
-    let releases = site.path("opt/hangar/releases");
-    assert_eq!(fs::read_dir(&releases).map(|d| d.count()).unwrap_or(0), 0, "{:?}", site.files());
-    for absent in ["opt/hangar/current", "etc/hangar/hangar.toml", "etc/hangar/secrets", "var/lib/hangar"] {
-        assert!(!site.path(absent).exists(), "{absent} exists after a refused bundle");
-    }
-    let state = fs::read_to_string(site.path("etc/hangar/install-state.json")).unwrap();
-    assert!(state.contains("\"completed\": []"), "{state}");
+    // The signature and the policy passed, the payload did not: the host is as
+    // it was, with no state file naming the refused release.
+    assert_eq!(site.files(), Vec::<String>::new(), "the prefix was changed ({line})");
+}
+
+/// `etc/hangar` and `opt/hangar` of `site`, to compare before and after.
+fn host_state(site: &Site) -> (BTreeMap<String, String>, BTreeMap<String, String>) {
+    (common::snapshot(&site.path("etc/hangar")), common::snapshot(&site.path("opt/hangar")))
+}
+
+#[test]
+fn refused_bundles_leave_an_installed_host_as_it_was() {
+    let built = bundle();
+    let mut site = Site::new("install-refusals", &built);
+    check("install", site.install());
+    let version = env!("CARGO_PKG_VERSION");
+    let created = common::created_of(&built.bundle, &built.trust);
+    let dir = site.dir.path().to_path_buf();
+    let refuse = |site: &mut Site, bundle: &std::path::Path, expected: &[&str]| {
+        site.set("bundle", bundle.display().to_string());
+        let before = host_state(site);
+        let out = site.install();
+        assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stdout));
+        let line = error_line(&out);
+        for needle in expected {
+            assert!(line.contains(needle), "{needle:?} in: {line}");
+        }
+        assert!(before == host_state(site), "the host changed after: {line}");
+    };
+
+    // An upgrade whose signature and policy pass but whose payload is bad.
+    let newer = common::variant(&built, &dir, "newer.bundle", "99.0.0", created, |_| {});
+    let mut bytes = fs::read(&newer).unwrap();
+    let at = bytes.len() - 1000;
+    bytes[at] ^= 0x40;
+    fs::write(&newer, &bytes).unwrap();
+    refuse(&mut site, &newer, &["newer.bundle"]);
+
+    // Another signed bundle of the installed version, older and with other
+    // contents; and the same version with build metadata.
+    let note = |tree: &std::path::Path| fs::write(tree.join("bin/NOTE"), "a rebuild\n").unwrap();
+    let rebuilt = common::variant(&built, &dir, "rebuilt.bundle", version, created - chrono::Duration::days(30), note);
+    refuse(&mut site, &rebuilt, &["rebuilt.bundle", &format!("release {version} is installed from another bundle"), "--danger-replace-release"]);
+    let tagged_version = format!("{version}+rebuild");
+    let tagged = common::variant(&built, &dir, "tagged.bundle", &tagged_version, created, note);
+    refuse(&mut site, &tagged, &["tagged.bundle", &tagged_version, "--danger-replace-release"]);
+    assert!(!site.path(&format!("opt/hangar/releases/{version}/bin/NOTE")).exists());
+
+    // Asked for explicitly (development builds), the rebuild replaces the release.
+    site.set("bundle", rebuilt.display().to_string());
+    let out = check("an explicit replacement", site.install_command().arg("--danger-replace-release").output().unwrap());
+    assert!(out.contains("is ready") && !out.contains("already unpacked"), "{out}");
+    assert_eq!(fs::read_to_string(site.path(&format!("opt/hangar/releases/{version}/bin/NOTE"))).unwrap(), "a rebuild\n");
+
+    // An unfinished installation: an older bundle is a downgrade all the same,
+    // refused before anything is written, the state kept as it is.
+    let state_file = site.path("etc/hangar/install-state.json");
+    let mut state: serde_json::Value = serde_json::from_str(&fs::read_to_string(&state_file).unwrap()).unwrap();
+    state["ready_at"] = serde_json::Value::Null;
+    fs::write(&state_file, serde_json::to_string_pretty(&state).unwrap()).unwrap();
+    let older = common::variant(&built, &dir, "older.bundle", "0.0.9", created, |_| {});
+    refuse(&mut site, &older, &["older.bundle", "0.0.9", &format!("older than the installed {version}")]);
+    check("uninstall", site.command(&["uninstall"]).output().unwrap());
 }
 
 /// Starts an install and stops it with `signal` once its output shows `at`.

@@ -1,8 +1,10 @@
 //! The commands of `hangar-bundle`, each a thin layer over the library.
 
+use std::borrow::Cow;
 use std::fs;
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use clap::{Args, Parser, Subcommand};
 use hangar_bundle::recipe::{Recipe, RecipeBuild};
@@ -11,6 +13,7 @@ use hangar_bundle::{
     SigningKey, TrustStore, Version, generate_key_files, sign_bundle,
 };
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use nix::sys::signal::{SigSet, Signal};
 use serde_json::json;
 
 /// Prints a line on stdout. A reader that went away (`inspect | head`) is not an
@@ -178,9 +181,11 @@ pub fn init_logging(cli: &Cli) {
     }
 }
 
-/// Prints the one-line error (and, with --json, a JSON object on stdout).
+/// Prints the one-line error with its causes (and, with --json, a JSON object
+/// on stdout): "cannot write ...: No space left on device".
 pub fn report_error(cli: &Cli, error: &anyhow::Error) {
-    eprintln!("error: {error}");
+    let line = format!("{error:#}").replace('\n', " ");
+    eprintln!("error: {line}");
     if cli.json {
         let code = error
             .downcast_ref::<BundleError>()
@@ -188,10 +193,7 @@ pub fn report_error(cli: &Cli, error: &anyhow::Error) {
             .or_else(|| error.downcast_ref::<BuildError>().map(BuildError::code))
             .or_else(|| error.downcast_ref::<KeyError>().map(KeyError::code))
             .unwrap_or("error");
-        out!(
-            "{}",
-            json!({ "ok": false, "code": code, "error": error.to_string() })
-        );
+        out!("{}", json!({ "ok": false, "code": code, "error": line }));
     }
 }
 
@@ -347,6 +349,41 @@ fn options<'a>(
         danger_allow_expired: policy.danger_allow_expired,
         platform: policy.platform.clone(),
         progress,
+        interrupt: None,
+    }
+}
+
+/// Set when SIGINT, SIGTERM or SIGHUP arrives during an extraction.
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+/// From now on SIGINT, SIGTERM and SIGHUP set [`INTERRUPTED`] instead of
+/// killing the process, so that an extraction stops at its next buffer and
+/// removes its staging directory (possibly gigabytes) before exiting.
+///
+/// The signals are blocked in the calling thread, and so in every thread it
+/// starts afterwards (the extraction's), and taken by one thread of their own.
+fn catch_signals() {
+    let mut set = SigSet::empty();
+    for signal in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
+        set.add(signal);
+    }
+    if let Err(e) = set.thread_block() {
+        tracing::warn!(error = %e, "cannot catch signals; an interrupted extraction leaves its staging directory");
+        return;
+    }
+    let waiter = std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            while let Ok(signal) = set.wait() {
+                if !INTERRUPTED.swap(true, Ordering::SeqCst) {
+                    tracing::warn!(%signal, "interrupted: removing the staging directory");
+                }
+            }
+        });
+    if let Err(e) = waiter {
+        tracing::warn!(error = %e, "cannot catch signals; an interrupted extraction leaves its staging directory");
+        // Unblocked again, so that a signal still ends the process.
+        let _ = set.thread_unblock();
     }
 }
 
@@ -459,11 +496,10 @@ fn inspect(cli: &Cli, path: &Path, trust: &TrustArgs) -> anyhow::Result<()> {
         human_bytes(m.payload.size),
     );
     for entry in &m.entries {
+        let path = visible(entry.path());
         match entry {
-            Entry::Dir { path, mode } => out!("  {mode} {:>12}  {path}/", "-"),
-            Entry::File {
-                path, mode, size, ..
-            } => out!("  {mode} {size:>12}  {path}"),
+            Entry::Dir { mode, .. } => out!("  {mode} {:>12}  {path}/", "-"),
+            Entry::File { mode, size, .. } => out!("  {mode} {size:>12}  {path}"),
         }
     }
     Ok(())
@@ -476,6 +512,8 @@ fn extract(
     trust: &TrustArgs,
     policy: &PolicyArgs,
 ) -> anyhow::Result<()> {
+    // Before any other thread exists (see catch_signals).
+    catch_signals();
     let trust = trust_store(trust)?;
     let bundle = Bundle::open(path, &trust)?;
     if policy.danger_allow_expired {
@@ -483,7 +521,13 @@ fn extract(
     }
     let bar = progress_bar(cli, "extracting");
     let mut report = |p: Progress| bar.update(p);
-    let summary = bundle.extract(into, options(policy, Some(&mut report)))?;
+    let summary = bundle.extract(
+        into,
+        ExtractOptions {
+            interrupt: Some(&INTERRUPTED),
+            ..options(policy, Some(&mut report))
+        },
+    )?;
     bar.finish();
     let m = bundle.manifest();
     if cli.json {
@@ -513,6 +557,51 @@ fn extract(
     }
     Ok(())
 }
+
+/// `text` with every character that does not show as itself escaped (`\u{200b}`):
+/// zero-width and bidirectional-override characters would let a name pass
+/// for another (`bin/hangar\u{200b}` for `bin/hangar`).
+fn visible(text: &str) -> Cow<'_, str> {
+    // `escape_debug` escapes what is not printable and what modifies the
+    // character before it; quotes are left as they are.
+    let shows_as_itself = |c: char| matches!(c, '"' | '\'') || c.escape_debug().len() == 1;
+    let hidden = |c: char| !shows_as_itself(c) || INVISIBLE.iter().any(|r| r.contains(&c));
+    if !text.chars().any(hidden) {
+        return Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 16);
+    for c in text.chars() {
+        if hidden(c) {
+            out.push_str(&format!("\\u{{{:x}}}", u32::from(c)));
+        } else {
+            out.push(c);
+        }
+    }
+    Cow::Owned(out)
+}
+
+/// Characters that draw nothing or reorder what follows, beyond those
+/// `escape_debug` already escapes: soft hyphen, Hangul fillers, Mongolian
+/// vowel separator, zero-width spaces and joiners, directional marks,
+/// embeddings, overrides and isolates, invisible operators, the byte order
+/// mark, variation selectors, and tags.
+const INVISIBLE: &[std::ops::RangeInclusive<char>] = &[
+    '\u{ad}'..='\u{ad}',
+    '\u{34f}'..='\u{34f}',
+    '\u{61c}'..='\u{61c}',
+    '\u{115f}'..='\u{1160}',
+    '\u{17b4}'..='\u{17b5}',
+    '\u{180b}'..='\u{180f}',
+    '\u{200b}'..='\u{200f}',
+    '\u{202a}'..='\u{202e}',
+    '\u{2060}'..='\u{206f}',
+    '\u{3164}'..='\u{3164}',
+    '\u{fe00}'..='\u{fe0f}',
+    '\u{feff}'..='\u{feff}',
+    '\u{ffa0}'..='\u{ffa0}',
+    '\u{fff0}'..='\u{fffb}',
+    '\u{e0000}'..='\u{e0fff}',
+];
 
 /// A byte progress bar on stderr, drawn only when stderr is a terminal.
 struct Bar(Option<ProgressBar>);
