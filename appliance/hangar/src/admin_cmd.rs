@@ -116,7 +116,7 @@ pub async fn run(cfg: &Config, args: AdminArgs) -> anyhow::Result<()> {
             let mut conn = db.connect().await?;
             // Before any key file is written: the configured key must be the one
             // that wraps the stored data keys.
-            hangar_server::secrets::SecretBox::new(old.clone()).check(&mut conn).await?;
+            hangar_store::secrets::SecretBox::new(old.clone()).check(&mut conn).await?;
             let new = if new_key_file.exists() {
                 MasterKey::load(&new_key_file)?
             } else {

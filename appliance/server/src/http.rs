@@ -17,7 +17,7 @@ use warp::reply::{Reply, Response};
 
 use crate::App;
 use crate::api::{ApiSchema, Identity, PoolDirectory};
-use crate::store::users;
+use hangar_store::users;
 
 /// Failures answered before GraphQL runs.
 #[derive(Debug, thiserror::Error)]

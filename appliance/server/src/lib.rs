@@ -16,9 +16,7 @@ mod http;
 mod listener;
 pub mod logs;
 mod ready;
-pub mod secrets;
 mod state;
-pub mod store;
 mod webhooks;
 pub mod workers;
 
@@ -68,7 +66,7 @@ pub(crate) struct App {
     /// `user@host:port/db`, for messages.
     pub(crate) db_target: String,
     pub(crate) objects: Arc<ObjectStore>,
-    pub(crate) secrets: secrets::SecretBox,
+    pub(crate) secrets: hangar_store::secrets::SecretBox,
     pub(crate) hosted: Vec<Arc<dyn HostedComponent>>,
     pub(crate) session_ttl: chrono::Duration,
     pub(crate) git_timeout: Duration,
@@ -102,7 +100,7 @@ impl Server {
         let db = database.pool(None)?;
         let tls = tls_config(&config)?;
         let workers = workers::WorkerSettings::new(&config)?;
-        let secrets = secrets::SecretBox::new(master_key);
+        let secrets = hangar_store::secrets::SecretBox::new(master_key);
         check_database(&db, &secrets).await?;
 
         // ---- components the server hosts ----
@@ -210,7 +208,7 @@ struct Version {
 /// Refuses to start on a schema older than this binary or with data keys the
 /// configured master key did not wrap. A database that does not answer yet is
 /// only logged: `/ready` reports it until it does.
-async fn check_database(db: &DbPool, secrets: &secrets::SecretBox) -> Result<(), ServerError> {
+async fn check_database(db: &DbPool, secrets: &hangar_store::secrets::SecretBox) -> Result<(), ServerError> {
     let mut conn = match db.get().await {
         Ok(c) => c,
         Err(e) => {
@@ -229,5 +227,5 @@ async fn check_database(db: &DbPool, secrets: &secrets::SecretBox) -> Result<(),
     if !pending.is_empty() {
         return Err(ServerError::SchemaBehind { pending: pending.join(", ") });
     }
-    secrets.check(&mut conn).await
+    Ok(secrets.check(&mut conn).await?)
 }

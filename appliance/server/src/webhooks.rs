@@ -26,7 +26,7 @@ use warp::http::{HeaderMap, StatusCode};
 use warp::reply::{Reply, Response};
 
 use crate::App;
-use crate::store::vcs::{self as store, DELIVERY_JOB, Kind};
+use hangar_store::vcs::{self as store, DELIVERY_JOB, Kind};
 
 /// Why a delivery was not accepted.
 #[derive(Debug, thiserror::Error)]

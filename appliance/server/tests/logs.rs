@@ -16,6 +16,7 @@ use hangar_db::runs::{self, NewRun};
 use hangar_db::{DbPool, schema::run_log_chunks};
 use hangar_objects::{ObjectStore, ObjectsConfig};
 use hangar_server::logs::{self, LogError};
+use hangar_store::run_objects::log_chunk_key;
 use hangar_types::worker::Phase;
 use hangar_types::{RunKind, RunState};
 use serde_json::json;
@@ -96,7 +97,7 @@ async fn append_stores_announces_and_takes_retries_but_not_conflicts() {
     let notice: logs::ChunkNotice = serde_json::from_str(&n.payload).unwrap();
     assert_eq!(notice, logs::ChunkNotice { run, phase: Phase::Planning, seq: 0 });
     assert_eq!(
-        store.objects.get(&logs::object_key(run, Phase::Planning, 0)).await.unwrap(),
+        store.objects.get(&log_chunk_key(run, Phase::Planning, 0)).await.unwrap(),
         b"Terraform will perform:\n"
     );
 
@@ -107,7 +108,7 @@ async fn append_stores_announces_and_takes_retries_but_not_conflicts() {
     assert!(matches!(e, LogError::Conflict { seq: 0, .. }), "{e:?}");
     assert_eq!(e.status(), 409);
     assert_eq!(
-        store.objects.get(&logs::object_key(run, Phase::Planning, 0)).await.unwrap(),
+        store.objects.get(&log_chunk_key(run, Phase::Planning, 0)).await.unwrap(),
         b"Terraform will perform:\n"
     );
     assert_eq!(store.rows(run).await, vec![("planning".to_string(), 0, 24, true)]);
@@ -126,7 +127,7 @@ async fn append_stores_announces_and_takes_retries_but_not_conflicts() {
     assert!(matches!(e, LogError::UnknownRun { .. }), "{e:?}");
     assert_eq!(e.status(), 404);
     assert_eq!(store.rows(run).await.len(), 3, "refused chunks leave no row");
-    assert!(store.objects.get(&logs::object_key(run, Phase::Planning, 3)).await.is_err(), "nor an object");
+    assert!(store.objects.get(&log_chunk_key(run, Phase::Planning, 3)).await.is_err(), "nor an object");
 }
 
 #[tokio::test]
@@ -149,7 +150,7 @@ async fn concurrent_appends_of_one_number_store_exactly_one_content() {
     for r in results.iter().filter(|r| r.is_err()) {
         assert!(matches!(r, Err(LogError::Conflict { .. })), "{r:?}");
     }
-    let stored = store.objects.get(&logs::object_key(run, Phase::Preparing, 1)).await.unwrap();
+    let stored = store.objects.get(&log_chunk_key(run, Phase::Preparing, 1)).await.unwrap();
     assert_eq!(stored, format!("writer {}\n", winners[0]).into_bytes());
 }
 
@@ -438,8 +439,8 @@ async fn deleting_a_runs_logs_removes_objects_and_rows_together() {
     assert_eq!(logs::delete_run_logs(&store.db, &store.objects, run).await.unwrap(), 3);
     assert!(store.rows(run).await.is_empty());
     for (phase, seq) in [(Phase::Preparing, 0), (Phase::Planning, 0), (Phase::Planning, 1)] {
-        assert!(store.objects.get(&logs::object_key(run, phase, seq)).await.is_err(), "{phase:?}/{seq} left behind");
-        assert!(store.objects.get(&logs::object_key(other, phase, seq)).await.is_ok(), "another run's log was touched");
+        assert!(store.objects.get(&log_chunk_key(run, phase, seq)).await.is_err(), "{phase:?}/{seq} left behind");
+        assert!(store.objects.get(&log_chunk_key(other, phase, seq)).await.is_ok(), "another run's log was touched");
     }
     assert_eq!(store.rows(other).await.len(), 3);
     // Nothing left: a second deletion has nothing to do.
@@ -474,7 +475,7 @@ async fn deleting_a_stack_removes_the_objects_its_runs_left() {
     assert_eq!(deleted["deleteStack"], true);
     let mut keys: Vec<String> = [run, done]
         .into_iter()
-        .flat_map(|r| [logs::object_key(r, Phase::Preparing, 0), logs::object_key(r, Phase::Planning, 0)])
+        .flat_map(|r| [log_chunk_key(r, Phase::Preparing, 0), log_chunk_key(r, Phase::Planning, 0)])
         .collect();
     keys.extend(extra);
     // Gone from Garage itself, listed with the test's own S3 credentials.
@@ -488,7 +489,7 @@ async fn deleting_a_stack_removes_the_objects_its_runs_left() {
     }
     // Another stack's run keeps its log.
     for (phase, seq) in [(Phase::Preparing, 0), (Phase::Planning, 0)] {
-        assert!(left.contains(&logs::object_key(other, phase, seq)), "another stack's log was touched: {left:?}");
+        assert!(left.contains(&log_chunk_key(other, phase, seq)), "another stack's log was touched: {left:?}");
     }
     assert_eq!(kept.rows(other).await.len(), 2);
 }

@@ -15,7 +15,7 @@ use std::process::{Command, Output};
 use base64::Engine as _;
 use common::*;
 use hangar_db::runs::{self, NewRun};
-use hangar_server::store::run_tokens;
+use hangar_store::run_tokens;
 use hangar_types::{RunKind, RunState};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};

@@ -282,6 +282,14 @@ pub enum Phase {
 }
 
 impl Phase {
+    /// Every phase, in the order a run goes through them.
+    pub const ALL: [Phase; 4] = [Phase::Preparing, Phase::Initializing, Phase::Planning, Phase::Applying];
+
+    /// The phase named exactly as in paths and object keys (`planning`).
+    pub fn parse(s: &str) -> Option<Phase> {
+        Phase::ALL.into_iter().find(|p| p.as_str() == s)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Phase::Preparing => "preparing",

@@ -25,8 +25,8 @@ use hangar_db::queue::{self, JobError, JobHandler, NewJob, handler_fn};
 use hangar_db::runs::{self, NewRun, TransitionFailure};
 use hangar_db::schema::{runs as runs_t, stacks, vcs_poll_heads, vcs_runs, webhook_deliveries};
 use hangar_db::{DbError, DbPool};
-use hangar_server::secrets::SecretBox;
-use hangar_server::store::vcs::{self as store, IntegrationRow, Kind, STATUS_JOB, VcsRunRow};
+use hangar_store::secrets::SecretBox;
+use hangar_store::vcs::{self as store, IntegrationRow, Kind, STATUS_JOB, VcsRunRow};
 use hangar_types::{RunKind, RunState};
 use hangar_vcs::{
     Base, CommitStatus, Credentials, Event, GitCache, LsRemote, PrAction, ProjectRoot, PullRequest, Push, RemoteRefs, StatusClient,
@@ -36,7 +36,7 @@ use tracing::{info, warn};
 
 use super::{db_error, field};
 
-pub use hangar_server::store::vcs::DELIVERY_JOB as DELIVERY;
+pub use hangar_store::vcs::DELIVERY_JOB as DELIVERY;
 pub const STATUS: &str = STATUS_JOB;
 pub const POLL: &str = "vcs.poll";
 /// One repository of a plain-git integration to list.

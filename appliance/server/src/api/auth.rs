@@ -9,8 +9,8 @@ use serde_json::json;
 use super::types::{ApiKey, User, UserRole};
 use super::{ApiError, app, conn, require};
 use crate::admin::valid_email;
-use crate::store::audit;
-use crate::store::users::{self, Via};
+use hangar_store::audit;
+use hangar_store::users::{self, Via};
 
 /// Failed logins an account may have within [`LOGIN_WINDOW`] before logins for it
 /// are refused until the oldest of them leaves the window.

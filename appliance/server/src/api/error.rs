@@ -101,11 +101,10 @@ impl From<hangar_db::DbError> for ApiError {
     }
 }
 
-impl From<crate::ServerError> for ApiError {
-    fn from(e: crate::ServerError) -> Self {
+impl From<hangar_store::StoreError> for ApiError {
+    fn from(e: hangar_store::StoreError) -> Self {
         match e {
-            crate::ServerError::Query(q) => q.into(),
-            crate::ServerError::Db(d) => (*d).into(),
+            hangar_store::StoreError::Query(q) => q.into(),
             other => ApiError::Internal(hangar_db::error_chain(&other)),
         }
     }

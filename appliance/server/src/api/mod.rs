@@ -27,7 +27,7 @@ use hangar_types::Role;
 pub use error::ApiError;
 
 use crate::App;
-use crate::store::users::Caller;
+use hangar_store::users::Caller;
 
 #[derive(MergedObject, Default)]
 pub struct Query(
@@ -81,15 +81,15 @@ pub struct Identity(pub Option<Caller>);
 /// Request data: every worker pool by id, loaded once on first use. A list of
 /// stacks asking for their pools costs one query, not one per stack.
 #[derive(Debug, Default)]
-pub struct PoolDirectory(tokio::sync::OnceCell<std::collections::HashMap<i64, crate::store::pools::PoolRow>>);
+pub struct PoolDirectory(tokio::sync::OnceCell<std::collections::HashMap<i64, hangar_store::pools::PoolRow>>);
 
 impl PoolDirectory {
-    pub(crate) async fn get(&self, ctx: &Context<'_>, id: i64) -> Result<Option<crate::store::pools::PoolRow>, ApiError> {
+    pub(crate) async fn get(&self, ctx: &Context<'_>, id: i64) -> Result<Option<hangar_store::pools::PoolRow>, ApiError> {
         let pools = self
             .0
             .get_or_try_init(|| async {
                 let mut c = conn(ctx).await?;
-                let all = crate::store::pools::list_pools(&mut c).await?;
+                let all = hangar_store::pools::list_pools(&mut c).await?;
                 Ok::<_, ApiError>(all.into_iter().map(|p| (p.id, p)).collect())
             })
             .await?;

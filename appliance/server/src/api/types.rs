@@ -7,7 +7,7 @@ use hangar_db::runs::{RunEventRow, RunRow};
 use hangar_types::Role;
 
 use super::{ApiError, conn, require};
-use crate::store::{self, pools::PoolRow, pools::WorkerRow, stacks::ContextRow, stacks::StackRow, stacks::VariableRow};
+use hangar_store::{self as store, pools::PoolRow, pools::WorkerRow, stacks::ContextRow, stacks::StackRow, stacks::VariableRow};
 
 /// What the API shows instead of a secret value.
 pub const MASK: &str = "********";

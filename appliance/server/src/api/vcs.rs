@@ -13,9 +13,9 @@ use serde_json::json;
 use super::stacks::check_slug;
 use super::types::Stack;
 use super::{ApiError, app, conn, require};
-use crate::store::stacks as stack_store;
-use crate::store::vcs::{self as store, DeliveryRow, IntegrationChanges, IntegrationRow, Kind, NewIntegration};
-use crate::store::audit;
+use hangar_store::stacks as stack_store;
+use hangar_store::vcs::{self as store, DeliveryRow, IntegrationChanges, IntegrationRow, Kind, NewIntegration};
+use hangar_store::audit;
 
 /// What an integration talks to.
 #[derive(Enum, Copy, Clone, Eq, PartialEq, Debug)]

@@ -11,7 +11,7 @@ use serde_json::json;
 
 use super::types::Worker;
 use super::{ApiError, conn, require};
-use crate::store::{audit, pools};
+use hangar_store::{audit, pools};
 use crate::workers::join::{self, JoinTokenError};
 
 /// A join token, shown this once.

@@ -23,6 +23,7 @@ use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use hangar_db::schema::{run_log_chunks, runs};
 use hangar_db::{DbError, DbPool};
 use hangar_objects::{ObjectStore, ObjectsError};
+use hangar_store::run_objects::log_chunk_key;
 use hangar_types::RunState;
 use hangar_types::worker::Phase;
 use serde::{Deserialize, Serialize};
@@ -41,9 +42,6 @@ pub const MAX_SEQ: u64 = 999_999;
 /// How long after a run ended its late chunks are still taken: a worker's
 /// outbox may deliver the last output after an operator canceled the run.
 pub const TERMINAL_GRACE: Duration = Duration::from_secs(600);
-
-/// Every phase, in the order a run goes through them.
-pub const PHASES: [Phase; 4] = [Phase::Preparing, Phase::Initializing, Phase::Planning, Phase::Applying];
 
 /// Why a chunk was not taken or a log cannot be read.
 #[derive(Debug, thiserror::Error)]
@@ -95,10 +93,7 @@ impl LogError {
 
 /// Parses a phase exactly as it appears in paths (`planning`), nothing else.
 pub fn parse_phase(s: &str) -> Result<Phase, LogError> {
-    PHASES
-        .into_iter()
-        .find(|p| p.as_str() == s)
-        .ok_or_else(|| LogError::BadPhase { given: s.chars().take(40).collect() })
+    Phase::parse(s).ok_or_else(|| LogError::BadPhase { given: s.chars().take(40).collect() })
 }
 
 /// Parses a chunk number as it appears in paths: decimal digits only, at most [`MAX_SEQ`].
@@ -109,11 +104,6 @@ pub fn parse_seq(s: &str) -> Result<u64, LogError> {
         .flatten()
         .filter(|v| *v <= MAX_SEQ)
         .ok_or_else(|| LogError::BadSeq { given: s.chars().take(40).collect() })
-}
-
-/// Where a chunk's bytes live.
-pub fn object_key(run: i64, phase: Phase, seq: u64) -> String {
-    format!("runs/{run}/logs/{}/{seq:08}", phase.as_str())
 }
 
 /// What [`LOGS_CHANNEL`] carries for every stored chunk.
@@ -181,7 +171,7 @@ pub async fn append(
         // Writing the same object again is harmless either way.
     }
 
-    let key = object_key(run_id, phase, seq);
+    let key = log_chunk_key(run_id, phase, seq);
     if let Err(source) = objects.put(&key, &body).await {
         if inserted == 1 {
             // Give the number back, so the retry is not bound to these bytes
@@ -294,7 +284,7 @@ pub(crate) struct Contiguous {
 
 /// The bytes of one stored chunk.
 pub(crate) async fn fetch(objects: &ObjectStore, run: i64, phase: Phase, seq: u64) -> Result<Vec<u8>, LogError> {
-    let key = object_key(run, phase, seq);
+    let key = log_chunk_key(run, phase, seq);
     objects.get(&key).await.map_err(|source| LogError::Objects { key, source })
 }
 
@@ -310,7 +300,7 @@ pub async fn delete_run_logs(db: &DbPool, objects: &ObjectStore, run: i64) -> Re
         .map_err(|e| LogError::db(run, e))?;
     for (phase, seq) in &chunks {
         let phase = parse_phase(phase)?;
-        let key = object_key(run, phase, *seq as u64);
+        let key = log_chunk_key(run, phase, *seq as u64);
         objects.delete(&key).await.map_err(|source| LogError::Objects { key, source })?;
     }
     diesel::delete(run_log_chunks::table.filter(run_log_chunks::run_id.eq(run)))
@@ -388,12 +378,6 @@ mod tests {
         assert_eq!(big.status(), StatusCode::PAYLOAD_TOO_LARGE);
         assert_eq!(LogError::Conflict { run: 1, phase: "planning", seq: 0 }.status(), StatusCode::CONFLICT);
         assert_eq!(LogError::RunOver { run: 1, state: RunState::Finished }.status(), StatusCode::GONE);
-    }
-
-    #[test]
-    fn keys_sort_by_number() {
-        assert_eq!(object_key(7, Phase::Planning, 12), "runs/7/logs/planning/00000012");
-        assert!(object_key(7, Phase::Planning, 9) < object_key(7, Phase::Planning, 10));
     }
 
     #[test]

@@ -23,7 +23,7 @@ use warp::reply::{Reply, Response};
 use warp::sse::Event;
 
 use super::hub::HubEvent;
-use super::{LogError, PHASES, Utf8Joiner, contiguous, fetch, parse_phase, progress};
+use super::{LogError, Utf8Joiner, contiguous, fetch, parse_phase, progress};
 use crate::App;
 
 /// A follower re-reads at least this often, whatever it was told, and sends a
@@ -128,7 +128,7 @@ async fn respond(app: Arc<App>, run: String, auth: Option<String>, query: LogQue
     }
     let run_id = run.parse::<i64>().ok().filter(|r| *r > 0).ok_or_else(|| ReadError::BadRun(run.chars().take(40).collect()))?;
     let phases: Vec<Phase> = match query.phase.as_deref() {
-        None => PHASES.to_vec(),
+        None => Phase::ALL.to_vec(),
         Some(p) => vec![parse_phase(p)?],
     };
     let follow = match query.follow.as_deref() {

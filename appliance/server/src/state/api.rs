@@ -11,7 +11,7 @@ use serde_json::json;
 use super::store::{self, LockRow, VersionRow};
 use super::{Principal, StateError, WriteMode, Written};
 use crate::api::{ApiError, app, conn, require};
-use crate::store::{audit, stacks};
+use hangar_store::{audit, stacks};
 
 /// One stored version of a stack's Terraform state.
 #[derive(SimpleObject)]

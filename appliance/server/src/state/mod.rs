@@ -44,9 +44,9 @@ use warp::reply::{Reply, Response};
 
 use crate::App;
 use crate::http::{HttpError, read_limited};
-use crate::store::run_tokens::{self, TokenHolder};
-use crate::store::users::{self, Caller};
-use crate::store::{audit, stacks};
+use hangar_store::run_tokens::{self, TokenHolder};
+use hangar_store::users::{self, Caller};
+use hangar_store::{audit, stacks};
 use store::{LockRow, VersionRow, Writer};
 
 /// LockInfo is a few hundred bytes; anything near this is not one.
@@ -144,10 +144,10 @@ impl From<diesel::result::Error> for StateError {
     }
 }
 
-impl From<crate::ServerError> for StateError {
-    fn from(e: crate::ServerError) -> Self {
+impl From<hangar_store::StoreError> for StateError {
+    fn from(e: hangar_store::StoreError) -> Self {
         match e {
-            crate::ServerError::Query(q) => q.into(),
+            hangar_store::StoreError::Query(q) => q.into(),
             other => StateError::Internal(hangar_db::error_chain(&other)),
         }
     }
@@ -451,7 +451,7 @@ pub(crate) async fn read_version(app: &App, c: &mut AsyncPgConnection, v: &Versi
         .get(&v.object_key)
         .await
         .map_err(|e| StateError::Unavailable(format!("object store: {}", hangar_db::error_chain(&e))))?;
-    let sealed = crate::secrets::Sealed { data_key_id: v.data_key_id, bytes: sealed };
+    let sealed = hangar_store::secrets::Sealed { data_key_id: v.data_key_id, bytes: sealed };
     let plain = app.secrets.open(c, &sealed, &seal_context(&v.object_key)).await?;
     if md5_hex(&plain).0 != v.md5 {
         return Err(StateError::Internal(format!("state object {} does not match its recorded MD5", v.object_key)));

@@ -18,7 +18,7 @@ use warp::http::{Method, StatusCode};
 use super::auth::{self, Worker};
 use super::{MAX_JSON_BYTES, MAX_LOG_CHUNK_BYTES, Reply2, Request, WorkerApiError, json, parse_json};
 use crate::App;
-use crate::store::stacks::{self, Owner, StackRow};
+use hangar_store::stacks::{self, Owner, StackRow};
 
 
 /// Routes `/api/v1/worker/…` after authenticating the worker.
@@ -283,7 +283,7 @@ async fn claim_once(
                 actor,
             )
             .await?;
-            let token = crate::store::run_tokens::issue(c, id).await?;
+            let token = hangar_store::run_tokens::issue(c, id).await?;
             let assignment = assemble(app, c, &run, token.expose(), lease).await?;
             Ok(Some(assignment))
         })

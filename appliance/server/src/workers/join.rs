@@ -12,7 +12,7 @@ use serde_json::json;
 use super::auth::WORKER_TOKEN_KIND;
 use super::{WorkerApiError, json as reply_json, parse_json};
 use crate::App;
-use crate::store::audit;
+use hangar_store::audit;
 
 /// The token kind: `hjt_<id>_<secret>`.
 pub const KIND: &str = "hjt";

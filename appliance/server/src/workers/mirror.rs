@@ -61,7 +61,7 @@ async fn archives(root: &std::path::Path, host: &str, ns: &str, ty: &str) -> Vec
 pub(crate) async fn serve(app: &App, req: Request) -> Reply2 {
     let token = super::auth::bearer(req.auth.as_deref()).ok_or(WorkerApiError::BadRunToken)?;
     let mut conn = app.db.get().await.map_err(WorkerApiError::db)?;
-    crate::store::run_tokens::holder(&mut conn, token)
+    hangar_store::run_tokens::holder(&mut conn, token)
         .await
         .map_err(WorkerApiError::db)?
         .ok_or(WorkerApiError::BadRunToken)?;

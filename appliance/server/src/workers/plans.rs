@@ -17,7 +17,7 @@ use warp::reply::Reply;
 
 use super::{Reply2, WorkerApiError, json};
 use crate::App;
-use crate::secrets::Sealed;
+use hangar_store::secrets::Sealed;
 
 /// Marks a sealed plan object, version 1 of its layout.
 const MAGIC: &[u8; 8] = b"HGPLAN1\n";

@@ -12,7 +12,7 @@ use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use hangar_db::schema::{stacks, vcs_integrations, vcs_runs, webhook_deliveries};
 use hangar_vcs::{Secret, Vendor};
 
-use crate::ServerError;
+use crate::StoreError;
 use crate::secrets::{Sealed, SecretBox};
 
 /// Job kind of a verified delivery waiting to be parsed by the drain.
@@ -130,7 +130,7 @@ async fn seal_opt(
     conn: &mut AsyncPgConnection,
     value: Option<&Secret>,
     context: &str,
-) -> Result<(Option<Vec<u8>>, Option<i64>), ServerError> {
+) -> Result<(Option<Vec<u8>>, Option<i64>), StoreError> {
     match value {
         None => Ok((None, None)),
         Some(v) => {
@@ -146,7 +146,7 @@ pub async fn insert(
     conn: &mut AsyncPgConnection,
     secrets: &SecretBox,
     new: &NewIntegration,
-) -> Result<IntegrationRow, ServerError> {
+) -> Result<IntegrationRow, StoreError> {
     let row: IntegrationRow = diesel::insert_into(vcs_integrations::table)
         .values((
             vcs_integrations::name.eq(&new.name),
@@ -179,7 +179,7 @@ pub async fn update(
     secrets: &SecretBox,
     id: i64,
     changes: &IntegrationChanges,
-) -> Result<IntegrationRow, ServerError> {
+) -> Result<IntegrationRow, StoreError> {
     if let Some(token) = &changes.token {
         let (sealed, key) = seal_opt(secrets, conn, token.as_ref(), &token_context(id)).await?;
         diesel::update(vcs_integrations::table.find(id))
@@ -237,7 +237,7 @@ pub async fn has_secrets(conn: &mut AsyncPgConnection, id: i64) -> Result<(bool,
 }
 
 /// Opens an integration's token and webhook secret.
-pub async fn open(conn: &mut AsyncPgConnection, secrets: &SecretBox, id: i64) -> Result<Opened, ServerError> {
+pub async fn open(conn: &mut AsyncPgConnection, secrets: &SecretBox, id: i64) -> Result<Opened, StoreError> {
     let cols: SealedColumns = vcs_integrations::table
         .find(id)
         .select((

@@ -10,6 +10,7 @@ use diesel::prelude::*;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use hangar_db::schema::runs;
 use hangar_objects::ObjectStore;
+use hangar_types::worker::Phase;
 
 #[derive(QueryableByName)]
 struct Chunk {
@@ -19,6 +20,11 @@ struct Chunk {
     phase: String,
     #[diesel(sql_type = diesel::sql_types::BigInt)]
     seq: i64,
+}
+
+/// The object key of a run's log chunk. Zero-padded so that keys list in chunk order.
+pub fn log_chunk_key(run: i64, phase: Phase, seq: u64) -> String {
+    format!("runs/{run}/logs/{}/{seq:08}", phase.as_str())
 }
 
 /// Every object key the runs of stack `stack_id` hold.
@@ -32,9 +38,9 @@ pub async fn keys_of_stack(conn: &mut AsyncPgConnection, stack_id: i64) -> Query
     .await?;
     let mut keys = Vec::with_capacity(chunks.len());
     for Chunk { run_id: run, phase, seq } in chunks {
-        match crate::logs::parse_phase(&phase) {
-            Ok(p) => keys.push(crate::logs::object_key(run, p, seq as u64)),
-            Err(_) => tracing::warn!(run_id = run, %phase, seq, "a log chunk row names no known phase; its object is not deleted"),
+        match Phase::parse(&phase) {
+            Some(p) => keys.push(log_chunk_key(run, p, seq as u64)),
+            None => tracing::warn!(run_id = run, %phase, seq, "a log chunk row names no known phase; its object is not deleted"),
         }
     }
     let run_keys: Vec<(Option<String>, Option<String>)> = runs::table
@@ -60,4 +66,15 @@ pub async fn delete_objects(objects: &ObjectStore, stack: &str, keys: &[String])
         tracing::info!(stack, objects = keys.len(), failed, "objects of a deleted stack's runs removed");
     }
     failed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_keys_sort_by_number() {
+        assert_eq!(log_chunk_key(7, Phase::Planning, 12), "runs/7/logs/planning/00000012");
+        assert!(log_chunk_key(7, Phase::Planning, 9) < log_chunk_key(7, Phase::Planning, 10));
+    }
 }
