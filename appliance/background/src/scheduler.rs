@@ -18,7 +18,8 @@ use croner::Cron;
 use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Bool};
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
-use hangar_db::queue::{self, NewJob};
+use hangar_db::jobs::{Job, NoPayload, Retention, Window};
+use hangar_db::queue;
 use hangar_db::schema::scheduler_entries;
 use hangar_db::{Database, DbError, DbPool};
 use hangar_runner::{BackgroundWorker, RunnerOptions, Step};
@@ -26,15 +27,14 @@ use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::handlers::vcs::POLL as VCS_POLL;
-use crate::handlers::{DRIFT_CHECK, REAP, RETENTION};
 use crate::heartbeat::{self, ProcessKind};
 
 /// Advisory lock key of scheduler leadership (a constant unique to this purpose).
 const LEADER_LOCK: i64 = 0x4841_4e47_4152_0002;
 
 /// An operator-defined entry: `schedule` (cron, seconds optional) enqueues a job
-/// of `kind` with `payload`.
+/// of `kind` with `payload`, which must be one of the drain's jobs
+/// ([`hangar_db::jobs::Job`]): checked when the configuration is loaded.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct EntryConfig {
@@ -81,35 +81,53 @@ impl Default for SchedulerConfig {
     }
 }
 
+/// What an entry enqueues when it fires.
+#[derive(Debug, Clone)]
+enum Fires {
+    /// The same job every time.
+    Job(Job),
+    /// A drift check of the window since the previous tick.
+    DriftWindow,
+}
+
+impl Fires {
+    /// The job of the tick at `at`, the previous one having been at `last`.
+    fn job(&self, last: Option<DateTime<Utc>>, at: DateTime<Utc>) -> Job {
+        match self {
+            Fires::Job(job) => job.clone(),
+            Fires::DriftWindow => Job::DriftCheck(Window { from: last.unwrap_or(at), to: at }),
+        }
+    }
+}
+
 /// An entry ready to fire.
 #[derive(Debug, Clone)]
 struct Entry {
     name: String,
     cron: Cron,
-    kind: String,
-    payload: serde_json::Value,
-    /// Drift checks get the window since the previous tick.
-    windowed: bool,
+    fires: Fires,
 }
 
 impl SchedulerConfig {
     /// Every entry, built-in ones first; an invalid schedule is an error naming it.
     fn entries(&self) -> Result<Vec<Entry>, (String, String)> {
         let mut out = Vec::new();
-        let mut add = |name: &str, schedule: &str, kind: &str, payload: serde_json::Value, windowed: bool| {
+        let mut add = |name: &str, schedule: &str, fires: Fires| {
             let cron = Cron::from_str(schedule).map_err(|e| (format!("scheduler.{name}"), format!("invalid schedule {schedule:?}: {e}")))?;
-            out.push(Entry { name: name.into(), cron, kind: kind.into(), payload, windowed });
+            out.push(Entry { name: name.into(), cron, fires });
             Ok::<(), (String, String)>(())
         };
-        add("reaper", &self.reaper, REAP, serde_json::json!({}), false)?;
-        add("retention", &self.retention, RETENTION, serde_json::json!({ "days": self.retention_days }), false)?;
-        add("drift", &self.drift, DRIFT_CHECK, serde_json::json!({}), true)?;
-        add("vcs_poll", &self.vcs_poll, VCS_POLL, serde_json::json!({}), false)?;
+        add("reaper", &self.reaper, Fires::Job(Job::Reap(NoPayload {})))?;
+        add("retention", &self.retention, Fires::Job(Job::Retention(Retention { days: i64::from(self.retention_days) })))?;
+        add("drift", &self.drift, Fires::DriftWindow)?;
+        add("vcs_poll", &self.vcs_poll, Fires::Job(Job::VcsPoll(NoPayload {})))?;
         for e in &self.entries {
             if ["reaper", "retention", "drift", "vcs_poll"].contains(&e.name.as_str()) || e.name.is_empty() {
                 return Err(("scheduler.entry.name".into(), format!("{:?} is empty or reserved", e.name)));
             }
-            add(&e.name, &e.schedule, &e.kind, e.payload.clone(), false)?;
+            let job = Job::parse(&e.kind, &e.payload)
+                .map_err(|err| (format!("scheduler.entry {:?}", e.name), hangar_db::error_chain(&err)))?;
+            add(&e.name, &e.schedule, Fires::Job(job))?;
         }
         Ok(out)
     }
@@ -274,11 +292,7 @@ async fn fire_once(
         if moved == 0 {
             return Ok(false);
         }
-        let mut payload = entry.payload.clone();
-        if entry.windowed {
-            payload = serde_json::json!({ "from": last, "to": at });
-        }
-        let job = NewJob::new(&entry.kind, payload).unique_key(format!("cron:{}:{}", entry.name, at.to_rfc3339()));
+        let job = entry.fires.job(last, at).to_new().unique_key(format!("cron:{}:{}", entry.name, at.to_rfc3339()));
         queue::enqueue(c, &job).await?;
         info!(entry = %entry.name, at = %at, "fired");
         Ok(true)

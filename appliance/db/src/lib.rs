@@ -1,8 +1,10 @@
 //! Hangar's database layer: TLS connections and pools, the schema and its embedded
-//! migrations, and the PostgreSQL job queue the drain consumes.
+//! migrations, the PostgreSQL job queue the drain consumes and the typed set of
+//! jobs it carries.
 
 mod connect;
 mod error;
+pub mod jobs;
 pub mod migrate;
 pub mod queue;
 pub mod runs;

@@ -151,6 +151,20 @@ mod tests {
     }
 
     #[test]
+    fn scheduler_entries_enqueue_only_the_drains_jobs() {
+        let text = include_str!("../hangar.example.toml");
+        let entry = |kind: &str, payload: &str| {
+            format!("{text}\n[[scheduler.entry]]\nname = \"nightly\"\nschedule = \"0 3 * * *\"\nkind = \"{kind}\"\npayload = {payload}\n")
+        };
+        let cfg = Config::from_toml(&entry("retention.cleanup", "{ days = 7 }"), Path::new("x.toml")).unwrap();
+        assert_eq!(cfg.scheduler.entries.len(), 1);
+        let err = Config::from_toml(&entry("report.nightly", "{}"), Path::new("x.toml")).unwrap_err().to_string();
+        assert_eq!(err, "invalid configuration x.toml: scheduler.entry \"nightly\": unknown job kind \"report.nightly\"");
+        let err = Config::from_toml(&entry("retention.cleanup", "{ weeks = 1 }"), Path::new("x.toml")).unwrap_err().to_string();
+        assert!(err.starts_with("invalid configuration x.toml: scheduler.entry \"nightly\": payload of a retention.cleanup job: "), "{err}");
+    }
+
+    #[test]
     fn drain_data_dir_must_be_absolute() {
         let text = include_str!("../hangar.example.toml");
         let cfg = Config::from_toml(text, Path::new("hangar.example.toml")).unwrap();

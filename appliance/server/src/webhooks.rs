@@ -17,7 +17,8 @@ use std::time::SystemTime;
 use bytes::{Buf, BytesMut};
 use diesel_async::AsyncConnection;
 use futures::{Stream, StreamExt};
-use hangar_db::queue::{self, Enqueued, NewJob};
+use hangar_db::jobs::{Delivery, Job};
+use hangar_db::queue::{self, Enqueued};
 use hangar_vcs::{MAX_BODY, Vendor, Verifier, WebhookError};
 use serde_json::json;
 use warp::Filter;
@@ -26,7 +27,7 @@ use warp::http::{HeaderMap, StatusCode};
 use warp::reply::{Reply, Response};
 
 use crate::App;
-use hangar_store::vcs::{self as store, DELIVERY_JOB, Kind};
+use hangar_store::vcs::{self as store, Kind};
 
 /// Why a delivery was not accepted.
 #[derive(Debug, thiserror::Error)]
@@ -122,10 +123,13 @@ where
     }
     // Valid JSON is valid UTF-8.
     let text = String::from_utf8(body.to_vec()).map_err(|_| Refusal::NotJson)?;
-    let job = NewJob::new(
-        DELIVERY_JOB,
-        json!({ "integration": integration.id, "delivery": delivery.id, "event": delivery.event, "body": text }),
-    )
+    let job = Job::VcsDelivery(Delivery {
+        integration: integration.id,
+        delivery: delivery.id.clone(),
+        event: delivery.event.clone(),
+        body: text,
+    })
+    .to_new()
     .unique_key(format!("{}:{}", integration.id, delivery.id));
     let (integration_id, delivery_id, event) = (integration.id, delivery.id.clone(), delivery.event.clone());
     let enqueued = conn

@@ -15,12 +15,6 @@ use hangar_vcs::{Secret, Vendor};
 use crate::StoreError;
 use crate::secrets::{Sealed, SecretBox};
 
-/// Job kind of a verified delivery waiting to be parsed by the drain.
-pub const DELIVERY_JOB: &str = "vcs.delivery";
-/// Job kind of a commit status to report for a run (see the `runs_vcs_status`
-/// trigger, which enqueues one on every state change of such a run).
-pub const STATUS_JOB: &str = "vcs.status";
-
 /// What an integration talks to: a vendor with webhooks and a status API, or a
 /// plain git server that is polled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -4,13 +4,11 @@
 //! and its stack is marked as needing reconciliation; the state lock is left in
 //! place for an operator to inspect.
 
-use std::sync::Arc;
-
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use diesel_async::{AsyncConnection, RunQueryDsl};
 use hangar_db::DbPool;
-use hangar_db::queue::{JobHandler, handler_fn};
+use hangar_db::queue::JobError;
 use hangar_db::runs::{self, TransitionFailure};
 use hangar_db::schema::{runs as runs_t, stacks};
 use hangar_types::RunState;
@@ -18,21 +16,14 @@ use tracing::warn;
 
 use super::db_error;
 
-pub const REAP: &str = "runs.reap";
-
-pub fn handler(pool: DbPool) -> Arc<dyn JobHandler> {
-    handler_fn(move |_job| {
-        let pool = pool.clone();
-        async move {
-            let mut conn = pool.get().await.map_err(db_error)?;
-            reap(&mut conn).await.map_err(db_error)?;
-            Ok(())
-        }
-    })
+pub(super) async fn handle(pool: &DbPool) -> Result<(), JobError> {
+    let mut conn = pool.get().await.map_err(db_error)?;
+    reap(&mut conn).await.map_err(db_error)?;
+    Ok(())
 }
 
 /// Fails every run whose lease has expired; returns how many.
-pub async fn reap(conn: &mut hangar_db::AsyncPgConnection) -> Result<usize, hangar_db::DbError> {
+async fn reap(conn: &mut hangar_db::AsyncPgConnection) -> Result<usize, hangar_db::DbError> {
     let on_worker: Vec<&str> = RunState::ALL.iter().filter(|s| s.is_on_worker()).map(|s| s.as_str()).collect();
     let expired: Vec<(i64, String, i64, Option<DateTime<Utc>>)> = runs_t::table
         .filter(runs_t::state.eq_any(&on_worker))

@@ -21,12 +21,13 @@ use std::time::Duration;
 use chrono::Utc;
 use diesel::prelude::*;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
-use hangar_db::queue::{self, JobError, JobHandler, NewJob, handler_fn};
+use hangar_db::jobs::{Delivery, Job, PollRepo, RunRef};
+use hangar_db::queue::{self, JobError};
 use hangar_db::runs::{self, NewRun, TransitionFailure};
 use hangar_db::schema::{runs as runs_t, stacks, vcs_poll_heads, vcs_runs, webhook_deliveries};
 use hangar_db::{DbError, DbPool};
 use hangar_store::secrets::SecretBox;
-use hangar_store::vcs::{self as store, IntegrationRow, Kind, STATUS_JOB, VcsRunRow};
+use hangar_store::vcs::{self as store, IntegrationRow, Kind, VcsRunRow};
 use hangar_types::{RunKind, RunState};
 use hangar_vcs::{
     Base, CommitStatus, Credentials, Event, GitCache, LsRemote, PrAction, ProjectRoot, PullRequest, Push, RemoteRefs, StatusClient,
@@ -34,13 +35,7 @@ use hangar_vcs::{
 };
 use tracing::{info, warn};
 
-use super::{db_error, field};
-
-pub use hangar_store::vcs::DELIVERY_JOB as DELIVERY;
-pub const STATUS: &str = STATUS_JOB;
-pub const POLL: &str = "vcs.poll";
-/// One repository of a plain-git integration to list.
-pub const POLL_REPO: &str = "vcs.poll_repo";
+use super::db_error;
 
 /// What the VCS handlers need beyond the database.
 #[derive(Clone, Default)]
@@ -265,7 +260,7 @@ async fn create_run(
         .execute(c)
         .await?;
     if integration.kind().vendor().is_some() {
-        queue::enqueue(c, &NewJob::new(STATUS, serde_json::json!({ "run": run.id })).max_attempts(8)).await?;
+        queue::enqueue(c, &Job::VcsStatus(RunRef { run: run.id }).to_new()).await?;
     }
     info!(run = run.id, stack = %stack.slug, kind = %new.kind.as_str(), commit = %new.commit_sha, "run created from a VCS event");
     Ok(run.id)
@@ -522,53 +517,45 @@ async fn lock_delivery(
     Ok(processed.is_none().then_some(id))
 }
 
-pub fn delivery_handler(pool: DbPool, ctx: Arc<VcsContext>) -> Arc<dyn JobHandler> {
-    handler_fn(move |job| {
-        let (pool, ctx) = (pool.clone(), ctx.clone());
-        async move {
-            let integration_id: i64 = field(&job.payload, "integration")?;
-            let delivery: String = field(&job.payload, "delivery")?;
-            let event: String = field(&job.payload, "event")?;
-            let body: String = field(&job.payload, "body")?;
-            let mut conn = pool.get().await.map_err(db_error)?;
-            let Some(integration) = store::by_id(&mut conn, integration_id).await.map_err(db_error)? else {
-                info!(integration = integration_id, delivery, "delivery of a deleted integration; dropped");
-                return Ok(());
+pub(super) async fn delivery(pool: &DbPool, ctx: &VcsContext, job: Delivery) -> Result<(), JobError> {
+    let Delivery { integration: integration_id, delivery, event, body } = job;
+    let mut conn = pool.get().await.map_err(db_error)?;
+    let Some(integration) = store::by_id(&mut conn, integration_id).await.map_err(db_error)? else {
+        info!(integration = integration_id, delivery, "delivery of a deleted integration; dropped");
+        return Ok(());
+    };
+    let Kind::Vendor(vendor) = integration.kind() else {
+        return Err(JobError::permanent(format!("integration {} is plain git and takes no webhooks", integration.name)));
+    };
+    let parsed = hangar_vcs::parse(vendor, &event, body.as_bytes());
+    let verdicts = match &parsed {
+        Ok(events) => ask_git(&mut conn, ctx, &integration, events).await?,
+        Err(_) => Verdicts::new(),
+    };
+    let integ = integration.clone();
+    let (d, e) = (delivery.clone(), event.clone());
+    let summary = conn
+        .transaction::<_, DbError, _>(async move |c| {
+            let Some(row) = lock_delivery(c, integ.id, &d, &e).await? else {
+                return Ok(None);
             };
-            let Kind::Vendor(vendor) = integration.kind() else {
-                return Err(JobError::permanent(format!("integration {} is plain git and takes no webhooks", integration.name)));
+            let (out, error) = match &parsed {
+                Ok(events) => (act(c, &integ, events, &verdicts).await?, None),
+                Err(err) => (Outcome::default(), Some(err.to_string())),
             };
-            let parsed = hangar_vcs::parse(vendor, &event, body.as_bytes());
-            let verdicts = match &parsed {
-                Ok(events) => ask_git(&mut conn, &ctx, &integration, events).await?,
-                Err(_) => Verdicts::new(),
-            };
-            let integ = integration.clone();
-            let (d, e) = (delivery.clone(), event.clone());
-            let summary = conn
-                .transaction::<_, DbError, _>(async move |c| {
-                    let Some(row) = lock_delivery(c, integ.id, &d, &e).await? else {
-                        return Ok(None);
-                    };
-                    let (out, error) = match &parsed {
-                        Ok(events) => (act(c, &integ, events, &verdicts).await?, None),
-                        Err(err) => (Outcome::default(), Some(err.to_string())),
-                    };
-                    finish_delivery(c, row, &out, error.clone()).await?;
-                    Ok(Some((out.runs.len(), out.lines.len(), error)))
-                })
-                .await
-                .map_err(db_error)?;
-            match summary {
-                None => info!(integration = %integration.name, delivery, "delivery already processed"),
-                Some((runs, events, None)) => {
-                    info!(integration = %integration.name, delivery, event, runs, events, "delivery processed")
-                }
-                Some((_, _, Some(error))) => warn!(integration = %integration.name, delivery, event, error, "delivery unreadable"),
-            }
-            Ok(())
+            finish_delivery(c, row, &out, error.clone()).await?;
+            Ok(Some((out.runs.len(), out.lines.len(), error)))
+        })
+        .await
+        .map_err(db_error)?;
+    match summary {
+        None => info!(integration = %integration.name, delivery, "delivery already processed"),
+        Some((runs, events, None)) => {
+            info!(integration = %integration.name, delivery, event, runs, events, "delivery processed")
         }
-    })
+        Some((_, _, Some(error))) => warn!(integration = %integration.name, delivery, event, error, "delivery unreadable"),
+    }
+    Ok(())
 }
 
 /// A job failure out of a transaction, which needs `From<diesel::result::Error>`.
@@ -585,17 +572,11 @@ fn status_key(state: RunState) -> String {
     format!("{s:?}: {what}")
 }
 
-pub fn status_handler(pool: DbPool, ctx: Arc<VcsContext>) -> Arc<dyn JobHandler> {
-    handler_fn(move |job| {
-        let (pool, ctx) = (pool.clone(), ctx.clone());
-        async move {
-            let run_id: i64 = field(&job.payload, "run")?;
-            let mut conn = pool.get().await.map_err(db_error)?;
-            conn.transaction::<_, TxError, _>(async move |c| report_status(c, &ctx, run_id).await.map_err(TxError))
-                .await
-                .map_err(|TxError(e)| e)
-        }
-    })
+pub(super) async fn status(pool: &DbPool, ctx: &VcsContext, RunRef { run }: RunRef) -> Result<(), JobError> {
+    let mut conn = pool.get().await.map_err(db_error)?;
+    conn.transaction::<_, TxError, _>(async move |c| report_status(c, ctx, run).await.map_err(TxError))
+        .await
+        .map_err(|TxError(e)| e)
 }
 
 /// Reports run `run_id`'s state when it differs from the last one reported.
@@ -657,44 +638,29 @@ async fn report_status(c: &mut AsyncPgConnection, ctx: &VcsContext, run_id: i64)
     }
 }
 
-pub fn poll_handler(pool: DbPool) -> Arc<dyn JobHandler> {
-    handler_fn(move |_job| {
-        let pool = pool.clone();
-        async move {
-            let mut conn = pool.get().await.map_err(db_error)?;
-            let targets: Vec<(i64, String)> = stacks::table
-                .inner_join(hangar_db::schema::vcs_integrations::table)
-                .filter(hangar_db::schema::vcs_integrations::kind.eq("git"))
-                .select((hangar_db::schema::vcs_integrations::id, stacks::repository))
-                .distinct()
-                .load(&mut conn)
-                .await
-                .map_err(db_error)?;
-            for (integration, repository) in targets {
-                let job = NewJob::new(POLL_REPO, serde_json::json!({ "integration": integration, "repository": repository }))
-                    .max_attempts(1);
-                queue::enqueue(&mut conn, &job).await.map_err(db_error)?;
-            }
-            Ok(())
-        }
-    })
-}
-
-pub fn poll_repo_handler(pool: DbPool, ctx: Arc<VcsContext>) -> Arc<dyn JobHandler> {
-    handler_fn(move |job| {
-        let (pool, ctx) = (pool.clone(), ctx.clone());
-        async move {
-            let integration_id: i64 = field(&job.payload, "integration")?;
-            let repository: String = field(&job.payload, "repository")?;
-            poll_repository(&pool, &ctx, integration_id, &repository).await
-        }
-    })
+pub(super) async fn poll(pool: &DbPool) -> Result<(), JobError> {
+    let mut conn = pool.get().await.map_err(db_error)?;
+    let targets: Vec<(i64, String)> = stacks::table
+        .inner_join(hangar_db::schema::vcs_integrations::table)
+        .filter(hangar_db::schema::vcs_integrations::kind.eq("git"))
+        .select((hangar_db::schema::vcs_integrations::id, stacks::repository))
+        .distinct()
+        .load(&mut conn)
+        .await
+        .map_err(db_error)?;
+    for (integration, repository) in targets {
+        let job = Job::VcsPollRepo(PollRepo { integration, repository }).to_new();
+        queue::enqueue(&mut conn, &job).await.map_err(db_error)?;
+    }
+    Ok(())
 }
 
 /// Lists one repository if its poll interval has passed, and acts on what moved
 /// since the stored listing. The first listing is only stored: what existed
 /// before polling began is not news.
-async fn poll_repository(pool: &DbPool, ctx: &VcsContext, integration_id: i64, repository: &str) -> Result<(), JobError> {
+pub(super) async fn poll_repository(pool: &DbPool, ctx: &VcsContext, job: PollRepo) -> Result<(), JobError> {
+    let PollRepo { integration: integration_id, repository } = job;
+    let repository = repository.as_str();
     let mut conn = pool.get().await.map_err(db_error)?;
     let Some(integration) = store::by_id(&mut conn, integration_id).await.map_err(db_error)? else { return Ok(()) };
     let previous: Option<(serde_json::Value, chrono::DateTime<Utc>)> = vcs_poll_heads::table
