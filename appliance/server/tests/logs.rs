@@ -17,7 +17,7 @@ use hangar_db::{DbPool, schema::run_log_chunks};
 use hangar_objects::{ObjectStore, ObjectsConfig};
 use hangar_server::logs::{self, LogError};
 use hangar_store::run_objects::log_chunk_key;
-use hangar_types::worker::Phase;
+use hangar_types::worker::{MAX_LOG_CHUNK_BYTES, MAX_LOG_SEQ, Phase};
 use hangar_types::{RunKind, RunState};
 use serde_json::json;
 
@@ -115,11 +115,11 @@ async fn append_stores_announces_and_takes_retries_but_not_conflicts() {
 
     // An empty chunk is a chunk; one of exactly the limit is taken, one byte more is not.
     store.append(run, Phase::Planning, 1, Bytes::new()).await.unwrap();
-    store.append(run, Phase::Planning, 2, vec![b'x'; logs::MAX_CHUNK_BYTES]).await.unwrap();
-    let e = store.append(run, Phase::Planning, 3, vec![b'x'; logs::MAX_CHUNK_BYTES + 1]).await.unwrap_err();
+    store.append(run, Phase::Planning, 2, vec![b'x'; MAX_LOG_CHUNK_BYTES as usize]).await.unwrap();
+    let e = store.append(run, Phase::Planning, 3, vec![b'x'; MAX_LOG_CHUNK_BYTES as usize + 1]).await.unwrap_err();
     assert!(matches!(e, LogError::TooLarge { .. }), "{e:?}");
     assert_eq!(e.status(), 413);
-    let e = store.append(run, Phase::Planning, logs::MAX_SEQ + 1, "x").await.unwrap_err();
+    let e = store.append(run, Phase::Planning, MAX_LOG_SEQ + 1, "x").await.unwrap_err();
     assert!(matches!(e, LogError::BadSeq { .. }), "{e:?}");
     let e = store.append(run, Phase::Planning, u64::MAX, "x").await.unwrap_err();
     assert!(matches!(e, LogError::BadSeq { .. }), "{e:?}");

@@ -5,6 +5,10 @@
 //! carries only [`Notification`]s — ids, never secrets — that tell a worker to
 //! ask over HTTPS.
 //!
+//! The calls, each a [`WorkerRoute`] (method, path and body limit defined
+//! there once; the worker builds its URLs and the server parses requests
+//! with it):
+//!
 //! | call | method and path |
 //! |---|---|
 //! | join a pool (no client certificate yet) | `POST /api/v1/workers/join` [`JoinRequest`] → [`JoinResponse`] |
@@ -34,7 +38,14 @@
 //!   checks the size and SHA-256 the appliance answers against its own file;
 //! - task runs report PLANNING while their command runs, then FINISHED or FAILED.
 
+mod route;
+
 use serde::{Deserialize, Serialize};
+
+pub use route::{
+    Body, MAX_ERRORED_STATE_BYTES, MAX_JSON_BYTES, MAX_LOG_CHUNK_BYTES, MAX_LOG_SEQ, Method, RouteError, ToolDownload,
+    WorkerRoute, parse_phase, parse_run_id, parse_seq,
+};
 
 use crate::{RunKind, RunState, Tool};
 

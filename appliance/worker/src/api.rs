@@ -10,7 +10,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use hangar_types::worker::{
     Heartbeat, HeartbeatReply, Phase, PlanStored, PlanUpload, RunAssignment, RunStatus,
-    StateReport,
+    StateReport, WorkerRoute,
 };
 use reqwest::StatusCode;
 use serde::Serialize;
@@ -172,6 +172,10 @@ impl Api {
         format!("{}{path}", self.base)
     }
 
+    fn route(&self, route: WorkerRoute) -> String {
+        self.url(&route.path())
+    }
+
     async fn send(
         &self,
         req: reqwest::RequestBuilder,
@@ -201,10 +205,10 @@ impl Api {
 
     async fn post_json<B: Serialize, R: DeserializeOwned>(
         &self,
-        path: &str,
+        route: WorkerRoute,
         body: &B,
     ) -> Result<R, ApiError> {
-        let url = self.url(path);
+        let url = self.route(route);
         let resp = self
             .send(
                 self.http.post(&url).timeout(REQUEST_TIMEOUT).json(body),
@@ -227,12 +231,12 @@ impl Api {
     }
 
     pub async fn heartbeat(&self, hb: &Heartbeat) -> Result<HeartbeatReply, ApiError> {
-        self.post_json("/api/v1/worker/heartbeat", hb).await
+        self.post_json(WorkerRoute::Heartbeat, hb).await
     }
 
     /// A READY run of the pool, if there is one this worker won.
     pub async fn claim(&self) -> Result<Option<RunAssignment>, ApiError> {
-        let url = self.url("/api/v1/worker/claim");
+        let url = self.route(WorkerRoute::Claim);
         let resp = self
             .send(self.http.post(&url).timeout(REQUEST_TIMEOUT), &url)
             .await?;
@@ -247,7 +251,7 @@ impl Api {
     }
 
     pub async fn report(&self, run: i64, report: &StateReport) -> Result<ReportReply, ApiError> {
-        let url = self.url(&format!("/api/v1/worker/runs/{run}/state"));
+        let url = self.route(WorkerRoute::ReportState { run });
         let resp = self
             .send(
                 self.http.post(&url).timeout(REQUEST_TIMEOUT).json(report),
@@ -269,7 +273,7 @@ impl Api {
     }
 
     pub async fn run_status(&self, run: i64) -> Result<RunStatus, ApiError> {
-        let url = self.url(&format!("/api/v1/worker/runs/{run}"));
+        let url = self.route(WorkerRoute::RunStatus { run });
         let resp = self
             .send(self.http.get(&url).timeout(REQUEST_TIMEOUT), &url)
             .await?;
@@ -286,10 +290,7 @@ impl Api {
         seq: u64,
         data: Vec<u8>,
     ) -> Result<(), ApiError> {
-        let url = self.url(&format!(
-            "/api/v1/worker/runs/{run}/logs/{}/{seq}",
-            phase.as_str()
-        ));
+        let url = self.route(WorkerRoute::LogChunk { run, phase, seq });
         let req = self
             .http
             .post(&url)
@@ -311,7 +312,7 @@ impl Api {
             path: path.to_path_buf(),
             source,
         })?;
-        let url = self.url(&format!("/api/v1/worker/runs/{run}/plan"));
+        let url = self.route(WorkerRoute::StorePlan { run });
         let req = self
             .http
             .post(&url)
@@ -337,7 +338,7 @@ impl Api {
     }
 
     pub async fn errored_state(&self, run: i64, data: Vec<u8>) -> Result<(), ApiError> {
-        let url = self.url(&format!("/api/v1/worker/runs/{run}/errored-state"));
+        let url = self.route(WorkerRoute::ErroredState { run });
         let req = self
             .http
             .post(&url)

@@ -21,7 +21,7 @@ use hangar_certs::{CaOptions, CertStore, LeafRequest, Usage};
 use hangar_testkit::{ChildProcess, GitServer, PgServer, TestDir, wait_for};
 use hangar_types::worker::{
     EnvVar, Heartbeat, HeartbeatReply, Notification, PlanStored, RunAssignment, RunStatus,
-    StackSpec, StateReport, ToolSpec, WorkerStatus,
+    StackSpec, StateReport, ToolSpec, WorkerRoute, WorkerStatus,
 };
 use hangar_types::{RunKind, RunState, Tool};
 use http_body_util::{BodyExt, Full};
@@ -182,12 +182,16 @@ impl Appliance {
             self.unavailable_answers.fetch_add(1, Ordering::SeqCst);
             return (503, br#"{"error":"unavailable"}"#.to_vec());
         }
-        match (method, parts.as_slice()) {
-            ("GET", ["v1", "tools", "terraform", "1.0.3", "linux_amd64"]) => {
-                self.tool_gets.fetch_add(1, Ordering::SeqCst);
-                (200, self.tool.clone())
-            }
-            ("POST", ["api", "v1", "worker", "heartbeat"]) => {
+        if (method, parts.as_slice()) == ("GET", ["v1", "tools", "terraform", "1.0.3", "linux_amd64"].as_slice()) {
+            self.tool_gets.fetch_add(1, Ordering::SeqCst);
+            return (200, self.tool.clone());
+        }
+        // The worker API as the appliance matches it.
+        let Ok(route) = WorkerRoute::parse(method, &parts) else {
+            return (404, br#"{"error":{"code":"NOT_FOUND","message":"no such route"}}"#.to_vec());
+        };
+        match route {
+            WorkerRoute::Heartbeat => {
                 let hb: Heartbeat = serde_json::from_slice(body).unwrap();
                 self.heartbeats.lock().unwrap().push(hb.clone());
                 let run_state = hb.run.and_then(|r| self.state(r));
@@ -197,23 +201,19 @@ impl Appliance {
                     drain: self.drain.load(Ordering::SeqCst),
                 })
             }
-            ("POST", ["api", "v1", "worker", "claim"]) => {
+            WorkerRoute::Claim => {
                 self.claims.fetch_add(1, Ordering::SeqCst);
                 match self.queue.lock().unwrap().pop_front() {
                     Some(a) => json(&a),
                     None => (204, vec![]),
                 }
             }
-            ("GET", ["api", "v1", "worker", "runs", id]) => {
-                let run: i64 = id.parse().unwrap();
-                json(&RunStatus {
-                    run_id: run,
-                    state: self.state(run).unwrap(),
-                    failure_reason: None,
-                })
-            }
-            ("POST", ["api", "v1", "worker", "runs", id, "state"]) => {
-                let run: i64 = id.parse().unwrap();
+            WorkerRoute::RunStatus { run } => json(&RunStatus {
+                run_id: run,
+                state: self.state(run).unwrap(),
+                failure_reason: None,
+            }),
+            WorkerRoute::ReportState { run } => {
                 let r: StateReport = serde_json::from_slice(body).unwrap();
                 let ok = self.set(run, r.to, &r.note);
                 let status = RunStatus {
@@ -226,22 +226,21 @@ impl Appliance {
                     serde_json::to_vec(&status).unwrap(),
                 )
             }
-            ("POST", ["api", "v1", "worker", "runs", id, "logs", phase, seq]) => {
-                let key = (id.parse().unwrap(), phase.to_string(), seq.parse().unwrap());
+            WorkerRoute::LogChunk { run, phase, seq } => {
+                let key = (run, phase.as_str().to_string(), seq);
                 self.logs.lock().unwrap().insert(key, body.to_vec());
                 (204, vec![])
             }
-            ("POST", ["api", "v1", "worker", "runs", id, "plan"]) => {
-                self.plans
-                    .lock()
-                    .unwrap()
-                    .insert(id.parse().unwrap(), body.to_vec());
+            WorkerRoute::StorePlan { run } => {
+                self.plans.lock().unwrap().insert(run, body.to_vec());
                 json(&PlanStored {
                     size: body.len() as u64,
                     sha256: hex::encode(ring::digest::digest(&ring::digest::SHA256, body)),
                 })
             }
-            _ => (404, br#"{"error":"no such route"}"#.to_vec()),
+            WorkerRoute::Join | WorkerRoute::FetchPlan { .. } | WorkerRoute::ErroredState { .. } => {
+                (404, br#"{"error":{"code":"NOT_FOUND","message":"not staged here"}}"#.to_vec())
+            }
         }
     }
 

@@ -1,6 +1,7 @@
 //! The worker protocol's appliance side (`hangar_types::worker`): joining,
 //! worker authentication, heartbeats, claims, state reports, plans, tool
-//! downloads and the provider mirror.
+//! downloads and the provider mirror. Requests are matched to a
+//! [`WorkerRoute`], whose body limit holds before anything is read.
 //!
 //! Every failure a worker sees is one JSON line `{"error": "..."}` with a
 //! status chosen by one exhaustive match ([`WorkerApiError::status`]).
@@ -20,6 +21,7 @@ use std::time::SystemTime;
 
 use bytes::Buf;
 use futures::Stream;
+use hangar_types::worker::{RouteError, WorkerRoute};
 use warp::Filter;
 use warp::filters::BoxedFilter;
 use warp::http::StatusCode;
@@ -28,13 +30,6 @@ use warp::reply::Response;
 use crate::{App, PeerCertificates};
 
 pub use join::{JoinTokenError, NewJoinToken, create_join_token};
-
-/// Largest `errored.tfstate` accepted (state can be large; it is stored sealed).
-const MAX_STATE_BYTES: u64 = 64 * 1024 * 1024;
-/// Largest JSON body of a worker call.
-const MAX_JSON_BYTES: u64 = 256 * 1024;
-/// Largest log chunk.
-const MAX_LOG_CHUNK_BYTES: u64 = 4 * 1024 * 1024;
 
 /// What the worker endpoints need beyond the rest of the server.
 pub(crate) struct WorkerSettings {
@@ -132,6 +127,8 @@ pub(crate) enum WorkerApiError {
     #[error("not found: {0}")]
     NotFound(String),
     #[error(transparent)]
+    Route(#[from] RouteError),
+    #[error(transparent)]
     Log(crate::logs::LogError),
     #[error("the database cannot be reached")]
     Unavailable,
@@ -155,6 +152,10 @@ impl WorkerApiError {
             WorkerApiError::Malformed(_) => StatusCode::BAD_REQUEST,
             WorkerApiError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             WorkerApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            WorkerApiError::Route(RouteError::Unknown | RouteError::Method { .. }) => StatusCode::NOT_FOUND,
+            WorkerApiError::Route(RouteError::RunId { .. } | RouteError::Phase { .. } | RouteError::Seq { .. }) => {
+                StatusCode::BAD_REQUEST
+            }
             WorkerApiError::Log(e) => e.status(),
             WorkerApiError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             WorkerApiError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
@@ -209,14 +210,14 @@ fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, WorkerAp
     serde_json::from_slice(body).map_err(|e| WorkerApiError::Malformed(format!("body is not the expected JSON ({e})")))
 }
 
-/// What every worker request carries into the handlers.
+/// What a tool download or provider mirror request carries into its handler
+/// (neither takes a body).
 pub(crate) struct Request {
     pub(crate) method: warp::http::Method,
     /// The path segments after the route's prefix.
     pub(crate) tail: Vec<String>,
     pub(crate) auth: Option<String>,
     pub(crate) peer: Option<PeerCertificates>,
-    pub(crate) body: bytes::Bytes,
 }
 
 /// Reads at most `limit` bytes of body, as every route of the server does.
@@ -228,7 +229,8 @@ where
     Ok(crate::http::read_limited(body, limit).await?)
 }
 
-/// A filter that gathers a [`Request`] under `prefix` (percent-decoded segments).
+/// A filter that gathers a [`Request`] under `prefix` (percent-decoded
+/// segments), refusing a body over `limit`.
 fn gather(prefix: &'static [&'static str], limit: u64) -> BoxedFilter<(Result<Request, WorkerApiError>,)> {
     let mut f: BoxedFilter<()> = warp::any().boxed();
     for p in prefix {
@@ -240,7 +242,7 @@ fn gather(prefix: &'static [&'static str], limit: u64) -> BoxedFilter<(Result<Re
         .and(warp::ext::optional::<PeerCertificates>())
         .and(warp::body::stream())
         .then(move |method, tail: warp::path::Tail, auth, peer, body| async move {
-            let body = read_limited(body, limit).await?;
+            read_limited(body, limit).await?;
             let tail = tail
                 .as_str()
                 .split('/')
@@ -248,7 +250,7 @@ fn gather(prefix: &'static [&'static str], limit: u64) -> BoxedFilter<(Result<Re
                     percent_decode(s).ok_or_else(|| WorkerApiError::Malformed("the path is not valid UTF-8".into()))
                 })
                 .collect::<Result<Vec<_>, _>>()?;
-            Ok(Request { method, tail, auth, peer, body })
+            Ok(Request { method, tail, auth, peer })
         })
         .boxed()
 }
@@ -270,36 +272,60 @@ fn percent_decode(s: &str) -> Option<String> {
     String::from_utf8(out).ok()
 }
 
-/// The worker routes: `/api/v1/workers/join`, `/api/v1/worker/…`, `/v1/tools/…`
-/// and `/v1/providers/…`. Paths outside them are left to the other routes.
+/// Whether `path` is the worker API's: the join call or under its prefix.
+fn worker_api_path(path: &str) -> bool {
+    path == WorkerRoute::JOIN_PATH
+        || path.strip_prefix(WorkerRoute::PREFIX).is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+}
+
+/// One call of the worker API: matched to its route, its body read up to the
+/// route's limit, then handed to the handler.
+async fn call<S, B>(
+    app: &App,
+    method: warp::http::Method,
+    path: &str,
+    auth: Option<String>,
+    peer: Option<PeerCertificates>,
+    body: S,
+) -> Result<Response, WorkerApiError>
+where
+    S: Stream<Item = Result<B, warp::Error>>,
+    B: Buf,
+{
+    let segments = path
+        .trim_start_matches('/')
+        .split('/')
+        .map(|s| percent_decode(s).ok_or_else(|| WorkerApiError::Malformed("the path is not valid UTF-8".into())))
+        .collect::<Result<Vec<_>, _>>()?;
+    let segments: Vec<&str> = segments.iter().map(String::as_str).collect();
+    let route = WorkerRoute::parse(method.as_str(), &segments)?;
+    let body = read_limited(body, route.body().max()).await?;
+    match route {
+        // The one call made without a worker's credentials.
+        WorkerRoute::Join => join::join(app, &body).await,
+        _ => claim::dispatch(app, route, auth.as_deref(), peer.as_ref(), body).await,
+    }
+}
+
+/// The worker routes: every [`WorkerRoute`], `/v1/tools/…` and `/v1/providers/…`.
+/// Paths outside them are left to the other routes.
 pub(crate) fn routes(app: Arc<App>) -> BoxedFilter<(Response,)> {
     let a = app.clone();
-    let join = warp::path!("api" / "v1" / "workers" / "join")
-        .and(warp::post())
+    let api = warp::method()
+        .and(warp::path::full())
+        .and_then(|method: warp::http::Method, path: warp::path::FullPath| async move {
+            if worker_api_path(path.as_str()) { Ok((method, path)) } else { Err(warp::reject::not_found()) }
+        })
+        .untuple_one()
+        .and(warp::header::optional::<String>("authorization"))
+        .and(warp::ext::optional::<PeerCertificates>())
         .and(warp::body::stream())
-        .then(move |body| {
+        .then(move |method, path: warp::path::FullPath, auth, peer, body| {
             let app = a.clone();
             async move {
-                let r = match read_limited(body, MAX_JSON_BYTES).await {
-                    Ok(body) => join::join(&app, &body).await,
-                    Err(e) => Err(e),
-                };
-                r.unwrap_or_else(WorkerApiError::into_response)
+                call(&app, method, path.as_str(), auth, peer, body).await.unwrap_or_else(WorkerApiError::into_response)
             }
         });
-    let a = app.clone();
-    // Log chunks, plans and errored state may be larger than a JSON call: the
-    // largest limit holds for the whole prefix, each handler checks its own.
-    let worker = gather(&["api", "v1", "worker"], MAX_STATE_BYTES.max(hangar_types::worker::MAX_PLAN_BYTES)).then(move |req: Result<Request, WorkerApiError>| {
-        let app = a.clone();
-        async move {
-            let r = match req {
-                Ok(req) => claim::dispatch(&app, req).await,
-                Err(e) => Err(e),
-            };
-            r.unwrap_or_else(WorkerApiError::into_response)
-        }
-    });
     let a = app.clone();
     let tools = gather(&["v1", "tools"], 0).then(move |req: Result<Request, WorkerApiError>| {
         let app = a.clone();
@@ -322,12 +348,22 @@ pub(crate) fn routes(app: Arc<App>) -> BoxedFilter<(Response,)> {
             r.unwrap_or_else(WorkerApiError::into_response)
         }
     });
-    join.or(worker).unify().or(tools).unify().or(providers).unify().boxed()
+    api.or(tools).unify().or(providers).unify().boxed()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_worker_api_owns_its_prefix_only() {
+        assert!(worker_api_path("/api/v1/workers/join"));
+        assert!(worker_api_path("/api/v1/worker"));
+        assert!(worker_api_path("/api/v1/worker/runs/1/plan"));
+        assert!(!worker_api_path("/api/v1/workers"));
+        assert!(!worker_api_path("/api/v1/workerz/x"));
+        assert!(!worker_api_path("/api/v1/runs/1/logs"));
+    }
 
     #[test]
     fn percent_decoding_refuses_what_is_not_utf8() {

@@ -11,7 +11,7 @@ use diesel::prelude::*;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use hangar_db::runs::RunRow;
 use hangar_db::schema::runs;
-use hangar_types::worker::{MAX_PLAN_BYTES, PlanStored};
+use hangar_types::worker::PlanStored;
 use warp::http::StatusCode;
 use warp::reply::Reply;
 
@@ -51,9 +51,6 @@ fn decode(object: Vec<u8>) -> Option<Sealed> {
 pub(crate) async fn store(app: &App, conn: &mut AsyncPgConnection, run: &RunRow, body: &[u8]) -> Reply2 {
     if run.state().is_terminal() {
         return Err(WorkerApiError::NotHolder { run: run.id });
-    }
-    if body.len() as u64 > MAX_PLAN_BYTES {
-        return Err(WorkerApiError::TooLarge { limit: MAX_PLAN_BYTES });
     }
     if body.is_empty() {
         return Err(WorkerApiError::Malformed("the plan is empty".into()));
