@@ -15,22 +15,17 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use croner::Cron;
-use diesel::prelude::*;
-use diesel::sql_types::{BigInt, Bool};
-use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use diesel_async::{AsyncConnection, AsyncPgConnection};
 use hangar_db::jobs::{Job, NoPayload, Retention, Window};
 use hangar_db::queue;
-use hangar_db::schema::scheduler_entries;
 use hangar_db::{Database, DbError, DbPool};
+use hangar_store::{StoreError, scheduler as store};
 use hangar_runner::{BackgroundWorker, RunnerOptions, Step};
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::heartbeat::{self, ProcessKind};
-
-/// Advisory lock key of scheduler leadership (a constant unique to this purpose).
-const LEADER_LOCK: i64 = 0x4841_4e47_4152_0002;
 
 /// An operator-defined entry: `schedule` (cron, seconds optional) enqueues a job
 /// of `kind` with `payload`, which must be one of the drain's jobs
@@ -180,18 +175,12 @@ struct Scheduler {
     next: Option<DateTime<Utc>>,
 }
 
-#[derive(QueryableByName)]
-struct Locked {
-    #[diesel(sql_type = Bool)]
-    locked: bool,
-}
-
 impl Scheduler {
     /// Makes sure we lead, or finds out we do not. Returns whether we lead.
     async fn ensure_leadership(&mut self) -> Result<bool, String> {
         if let Some(conn) = self.lock_conn.as_mut() {
             // Still connected means still holding the lock.
-            match diesel::sql_query("SELECT 1::bigint AS one").execute(conn).await {
+            match store::still_connected(conn).await {
                 Ok(_) => return Ok(true),
                 Err(e) => {
                     warn!(error = %e, "lost the leader connection; leadership is gone");
@@ -201,11 +190,7 @@ impl Scheduler {
             }
         }
         let mut conn = self.db.connect().await.map_err(|e| hangar_db::error_chain(&e))?;
-        let Locked { locked } = diesel::sql_query("SELECT pg_try_advisory_lock($1) AS locked")
-            .bind::<BigInt, _>(LEADER_LOCK)
-            .get_result(&mut conn)
-            .await
-            .map_err(|e| hangar_db::error_chain(&e))?;
+        let locked = store::try_lead(&mut conn).await.map_err(|e| hangar_db::error_chain(&e))?;
         if locked {
             info!(scheduler = %self.me, "became the scheduler leader");
             self.lock_conn = Some(conn);
@@ -220,14 +205,7 @@ impl Scheduler {
         let now = Utc::now();
         let mut next = now + chrono::Duration::hours(1);
         for entry in &self.entries {
-            let last: Option<Option<DateTime<Utc>>> = scheduler_entries::table
-                .filter(scheduler_entries::name.eq(&entry.name))
-                .select(scheduler_entries::last_fire_at)
-                .get_result(&mut conn)
-                .await
-                .optional()
-                .map_err(|e| hangar_db::error_chain(&e))?;
-            let last = last.flatten();
+            let last = store::last_fire(&mut conn, &entry.name).await.map_err(|e| hangar_db::error_chain(&e))?.flatten();
             // The latest occurrence not after now.
             let due = entry.cron.find_previous_occurrence(&now, true).ok();
             if let Some(at) = due {
@@ -237,7 +215,9 @@ impl Scheduler {
                     Some(l) => at > l,
                 };
                 if last.is_none() {
-                    record_start(&mut conn, entry, at).await.map_err(|e| hangar_db::error_chain(&e))?;
+                    store::record_start(&mut conn, &entry.name, entry.cron.pattern.as_str(), at)
+                        .await
+                        .map_err(|e| hangar_db::error_chain(&e))?;
                 } else if fire {
                     fire_once(&mut conn, entry, last, at, &self.me).await.map_err(|e| hangar_db::error_chain(&e))?;
                 }
@@ -250,20 +230,6 @@ impl Scheduler {
     }
 }
 
-/// Remembers when an entry was first seen, so it fires from its next occurrence.
-async fn record_start(conn: &mut AsyncPgConnection, entry: &Entry, at: DateTime<Utc>) -> Result<(), DbError> {
-    diesel::insert_into(scheduler_entries::table)
-        .values((
-            scheduler_entries::name.eq(&entry.name),
-            scheduler_entries::schedule.eq(entry.cron.pattern.as_str()),
-            scheduler_entries::last_fire_at.eq(at),
-        ))
-        .on_conflict_do_nothing()
-        .execute(conn)
-        .await?;
-    Ok(())
-}
-
 /// Moves `last_fire_at` from `last` to `at` and enqueues the entry's job, in one
 /// transaction; does nothing when another scheduler moved it first.
 async fn fire_once(
@@ -272,24 +238,11 @@ async fn fire_once(
     last: Option<DateTime<Utc>>,
     at: DateTime<Utc>,
     me: &str,
-) -> Result<bool, DbError> {
+) -> Result<bool, StoreError> {
     let entry = entry.clone();
     let me = me.to_string();
-    conn.transaction::<_, DbError, _>(async move |c| {
-        let moved = diesel::update(
-            scheduler_entries::table
-                .filter(scheduler_entries::name.eq(&entry.name))
-                .filter(scheduler_entries::last_fire_at.is_not_distinct_from(last)),
-        )
-        .set((
-            scheduler_entries::last_fire_at.eq(at),
-            scheduler_entries::last_fired_by.eq(&me),
-            scheduler_entries::fires.eq(scheduler_entries::fires + 1),
-            scheduler_entries::schedule.eq(entry.cron.pattern.as_str()),
-        ))
-        .execute(c)
-        .await?;
-        if moved == 0 {
+    conn.transaction::<_, StoreError, _>(async move |c| {
+        if !store::advance(c, &entry.name, entry.cron.pattern.as_str(), last, at, &me).await? {
             return Ok(false);
         }
         let job = entry.fires.job(last, at).to_new().unique_key(format!("cron:{}:{}", entry.name, at.to_rfc3339()));

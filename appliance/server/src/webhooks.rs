@@ -133,7 +133,7 @@ where
     .unique_key(format!("{}:{}", integration.id, delivery.id));
     let (integration_id, delivery_id, event) = (integration.id, delivery.id.clone(), delivery.event.clone());
     let enqueued = conn
-        .transaction::<_, hangar_db::DbError, _>(async move |c| {
+        .transaction::<_, hangar_store::StoreError, _>(async move |c| {
             let e = queue::enqueue(c, &job).await?;
             store::record_delivery(c, integration_id, &delivery_id, &event).await?;
             Ok(e)

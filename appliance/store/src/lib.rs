@@ -6,9 +6,11 @@
 pub mod audit;
 mod error;
 pub mod pools;
+pub mod processes;
 pub mod run_objects;
 pub mod run_tokens;
 pub mod runs;
+pub mod scheduler;
 pub mod secrets;
 pub mod stacks;
 pub mod users;

@@ -12,6 +12,8 @@ use hangar_db::schema::runs;
 use hangar_objects::ObjectStore;
 use hangar_types::worker::Phase;
 
+use crate::StoreError;
+
 #[derive(QueryableByName)]
 struct Chunk {
     #[diesel(sql_type = diesel::sql_types::BigInt)]
@@ -28,7 +30,7 @@ pub fn log_chunk_key(run: i64, phase: Phase, seq: u64) -> String {
 }
 
 /// Every object key the runs of stack `stack_id` hold.
-pub async fn keys_of_stack(conn: &mut AsyncPgConnection, stack_id: i64) -> QueryResult<Vec<String>> {
+pub async fn keys_of_stack(conn: &mut AsyncPgConnection, stack_id: i64) -> Result<Vec<String>, StoreError> {
     // The schema does not let these two tables meet in one diesel query.
     let chunks: Vec<Chunk> = diesel::sql_query(
         "SELECT c.run_id, c.phase, c.seq FROM run_log_chunks c JOIN runs r ON r.id = c.run_id WHERE r.stack_id = $1",

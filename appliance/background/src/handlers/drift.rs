@@ -7,27 +7,19 @@
 use std::str::FromStr;
 
 use croner::Cron;
-use diesel::prelude::*;
-use diesel_async::RunQueryDsl;
 use hangar_db::DbPool;
 use hangar_db::jobs::{DriftOccurrence, Job, Window};
 use hangar_db::queue::{self, JobError};
 use hangar_db::runs::{self, NewRun};
-use hangar_db::schema::{runs as runs_t, stacks};
-use hangar_types::{RunKind, RunState};
+use hangar_store::{runs as run_store, stacks};
+use hangar_types::RunKind;
 use tracing::{info, warn};
 
 use super::db_error;
 
 pub(super) async fn check(pool: &DbPool, Window { from, to }: Window) -> Result<(), JobError> {
     let mut conn = pool.get().await.map_err(db_error)?;
-    let scheduled: Vec<(i64, String)> = stacks::table
-        .filter(stacks::drift_schedule.is_not_null())
-        .select((stacks::id, stacks::drift_schedule.assume_not_null()))
-        .load(&mut conn)
-        .await
-        .map_err(db_error)?;
-    for (stack, schedule) in scheduled {
+    for (stack, schedule) in stacks::drift_schedules(&mut conn).await.map_err(db_error)? {
         let cron = match Cron::from_str(&schedule) {
             Ok(c) => c,
             Err(e) => {
@@ -51,39 +43,14 @@ pub(super) async fn trigger(pool: &DbPool, DriftOccurrence { stack, at }: DriftO
     let triggered_by = format!("drift schedule ({})", at.to_rfc3339());
     let mut conn = pool.get().await.map_err(db_error)?;
     // A redelivered job must not make a second run.
-    let existing: Option<i64> = runs_t::table
-        .filter(runs_t::stack_id.eq(stack))
-        .filter(runs_t::triggered_by.eq(&triggered_by))
-        .select(runs_t::id)
-        .first(&mut conn)
-        .await
-        .optional()
-        .map_err(db_error)?;
-    if existing.is_some() {
+    if run_store::triggered_by(&mut conn, stack, &triggered_by).await.map_err(db_error)?.is_some() {
         return Ok(());
     }
-    let branch: Option<String> = stacks::table
-        .filter(stacks::id.eq(stack))
-        .select(stacks::branch)
-        .get_result(&mut conn)
-        .await
-        .optional()
-        .map_err(db_error)?;
-    let Some(branch) = branch else {
+    let Some(branch) = stacks::branch_of(&mut conn, stack).await.map_err(db_error)? else {
         return Err(JobError::permanent(format!("stack {stack} no longer exists")));
     };
     // Drift is measured against what was last applied.
-    let applied: Option<String> = runs_t::table
-        .filter(runs_t::stack_id.eq(stack))
-        .filter(runs_t::kind.eq(RunKind::Tracked.as_str()))
-        .filter(runs_t::state.eq(RunState::Finished.as_str()))
-        .order(runs_t::id.desc())
-        .select(runs_t::commit_sha)
-        .first(&mut conn)
-        .await
-        .optional()
-        .map_err(db_error)?;
-    let Some(commit) = applied else {
+    let Some(commit) = run_store::last_tracked_commit(&mut conn, stack, true).await.map_err(db_error)? else {
         info!(stack, "no applied commit yet; no drift run");
         return Ok(());
     };

@@ -105,6 +105,7 @@ impl From<hangar_store::StoreError> for ApiError {
     fn from(e: hangar_store::StoreError) -> Self {
         match e {
             hangar_store::StoreError::Query(q) => q.into(),
+            hangar_store::StoreError::Db(d) => d.into(),
             other => ApiError::Internal(hangar_db::error_chain(&other)),
         }
     }

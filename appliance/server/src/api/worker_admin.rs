@@ -32,6 +32,7 @@ impl From<JoinTokenError> for ApiError {
             JoinTokenError::NoSuchPool { pool } => ApiError::not_found("worker pool", pool),
             e @ JoinTokenError::BadTtl { .. } => ApiError::invalid("ttlMinutes", e.to_string()),
             JoinTokenError::Query(q) => ApiError::from(q),
+            JoinTokenError::Store(s) => ApiError::from(s),
         }
     }
 }

@@ -18,6 +18,7 @@ use warp::http::StatusCode;
 use super::auth::{self, Worker};
 use super::{Reply2, WorkerApiError, json, parse_json};
 use crate::{App, PeerCertificates};
+use hangar_store::StoreError;
 use hangar_store::stacks::{self, Owner, StackRow};
 
 
@@ -174,6 +175,7 @@ async fn hold_stack(c: &mut AsyncPgConnection, stack_id: i64) -> Result<bool, di
 /// Why a claim did not produce an assignment.
 enum ClaimFailure {
     Db(TransitionFailure),
+    Store(StoreError),
     /// The run cannot be given to any worker (its tool is missing, a secret
     /// does not open): it is failed with this reason.
     Unrunnable { run: i64, reason: String },
@@ -184,6 +186,12 @@ enum ClaimFailure {
 impl From<diesel::result::Error> for ClaimFailure {
     fn from(e: diesel::result::Error) -> Self {
         ClaimFailure::Db(e.into())
+    }
+}
+
+impl From<StoreError> for ClaimFailure {
+    fn from(e: StoreError) -> Self {
+        ClaimFailure::Store(e)
     }
 }
 
@@ -216,6 +224,7 @@ async fn claim(app: &App, conn: &mut AsyncPgConnection, worker: Worker) -> Reply
         // Still busy after the retries: the worker asks again at its next notification or poll.
         Ok(None) | Err(ClaimFailure::Busy) => Ok(warp::reply::Reply::into_response(StatusCode::NO_CONTENT)),
         Err(ClaimFailure::Db(e)) => Err(WorkerApiError::db(e)),
+        Err(ClaimFailure::Store(e)) => Err(WorkerApiError::db(e)),
         Err(ClaimFailure::Unrunnable { run, reason }) => {
             tracing::warn!(run_id = run, %reason, "run cannot be handed to a worker; failing it");
             // Left READY it would be claimed and refused forever.
