@@ -65,7 +65,7 @@ pub(crate) async fn beat(
 }
 
 async fn write(pool: &DbPool, id: &str, kind: ProcessKind, leader: bool) -> Result<(), String> {
-    let mut conn = pool.get().await.map_err(|e| hangar_db::error_chain(&e))?;
+    let mut conn = pool.get().await.map_err(|e| hangar_types::error_chain(&e))?;
     let beat = Beat {
         id,
         kind: kind.as_str(),
@@ -74,5 +74,5 @@ async fn write(pool: &DbPool, id: &str, kind: ProcessKind, leader: bool) -> Resu
         version: env!("CARGO_PKG_VERSION"),
         leader,
     };
-    processes::beat(&mut conn, &beat).await.map_err(|e| hangar_db::error_chain(&e))
+    processes::beat(&mut conn, &beat).await.map_err(|e| hangar_types::error_chain(&e))
 }

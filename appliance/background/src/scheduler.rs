@@ -121,7 +121,7 @@ impl SchedulerConfig {
                 return Err(("scheduler.entry.name".into(), format!("{:?} is empty or reserved", e.name)));
             }
             let job = Job::parse(&e.kind, &e.payload)
-                .map_err(|err| (format!("scheduler.entry {:?}", e.name), hangar_db::error_chain(&err)))?;
+                .map_err(|err| (format!("scheduler.entry {:?}", e.name), hangar_types::error_chain(&err)))?;
             add(&e.name, &e.schedule, Fires::Job(job))?;
         }
         Ok(out)
@@ -189,8 +189,8 @@ impl Scheduler {
                 }
             }
         }
-        let mut conn = self.db.connect().await.map_err(|e| hangar_db::error_chain(&e))?;
-        let locked = store::try_lead(&mut conn).await.map_err(|e| hangar_db::error_chain(&e))?;
+        let mut conn = self.db.connect().await.map_err(|e| hangar_types::error_chain(&e))?;
+        let locked = store::try_lead(&mut conn).await.map_err(|e| hangar_types::error_chain(&e))?;
         if locked {
             info!(scheduler = %self.me, "became the scheduler leader");
             self.lock_conn = Some(conn);
@@ -201,11 +201,11 @@ impl Scheduler {
 
     /// Fires every entry due now; returns when the next one is due.
     async fn fire_due(&mut self) -> Result<DateTime<Utc>, String> {
-        let mut conn = self.pool.get().await.map_err(|e| hangar_db::error_chain(&e))?;
+        let mut conn = self.pool.get().await.map_err(|e| hangar_types::error_chain(&e))?;
         let now = Utc::now();
         let mut next = now + chrono::Duration::hours(1);
         for entry in &self.entries {
-            let last = store::last_fire(&mut conn, &entry.name).await.map_err(|e| hangar_db::error_chain(&e))?.flatten();
+            let last = store::last_fire(&mut conn, &entry.name).await.map_err(|e| hangar_types::error_chain(&e))?.flatten();
             // The latest occurrence not after now.
             let due = entry.cron.find_previous_occurrence(&now, true).ok();
             if let Some(at) = due {
@@ -217,9 +217,9 @@ impl Scheduler {
                 if last.is_none() {
                     store::record_start(&mut conn, &entry.name, entry.cron.pattern.as_str(), at)
                         .await
-                        .map_err(|e| hangar_db::error_chain(&e))?;
+                        .map_err(|e| hangar_types::error_chain(&e))?;
                 } else if fire {
-                    fire_once(&mut conn, entry, last, at, &self.me).await.map_err(|e| hangar_db::error_chain(&e))?;
+                    fire_once(&mut conn, entry, last, at, &self.me).await.map_err(|e| hangar_types::error_chain(&e))?;
                 }
             }
             if let Ok(n) = entry.cron.find_next_occurrence(&now, false) {

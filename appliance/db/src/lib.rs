@@ -5,6 +5,7 @@
 mod connect;
 mod error;
 pub mod jobs;
+pub mod listen;
 pub mod migrate;
 pub mod queue;
 pub mod runs;
@@ -13,8 +14,3 @@ pub mod schema;
 pub use connect::{Database, DbConfig, DbPool, Password, PooledConn};
 pub use diesel_async::AsyncPgConnection;
 pub use error::DbError;
-
-/// One line holding an error and all of its causes, for logs and messages.
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    connect::error_chain(e)
-}

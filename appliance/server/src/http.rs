@@ -198,7 +198,7 @@ pub(crate) async fn caller(app: &App, auth: Option<&str>) -> Result<Option<users
         .map(str::trim)
         .ok_or(HttpError::InvalidToken)?;
     let mut conn = app.db.get().await.map_err(|e| {
-        tracing::warn!(error = %hangar_db::error_chain(&e), "cannot check a token: database unavailable");
+        tracing::warn!(error = %hangar_types::error_chain(&e), "cannot check a token: database unavailable");
         HttpError::Unavailable
     })?;
     match users::resolve_token(&mut conn, token).await {

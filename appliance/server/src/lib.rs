@@ -212,7 +212,7 @@ async fn check_database(db: &DbPool, secrets: &hangar_store::secrets::SecretBox)
     let mut conn = match db.get().await {
         Ok(c) => c,
         Err(e) => {
-            tracing::warn!(error = %hangar_db::error_chain(&e), "database not reachable at start; continuing");
+            tracing::warn!(error = %hangar_types::error_chain(&e), "database not reachable at start; continuing");
             return Ok(());
         }
     };

@@ -95,7 +95,7 @@ where
         hangar_vcs::check_declared_length(vendor, len)?;
     }
     let mut conn = app.db.get().await.map_err(|e| {
-        tracing::warn!(error = %hangar_db::error_chain(&e), "webhook: database unavailable");
+        tracing::warn!(error = %hangar_types::error_chain(&e), "webhook: database unavailable");
         Refusal::Unavailable
     })?;
     let integration = store::by_name(&mut conn, name).await.map_err(|e| {
@@ -106,7 +106,7 @@ where
         return Err(Refusal::NotFound);
     };
     let secret = store::open(&mut conn, &app.secrets, integration.id).await.map_err(|e| {
-        tracing::error!(integration = %integration.name, error = %hangar_db::error_chain(&e), "webhook: cannot open the webhook secret");
+        tracing::error!(integration = %integration.name, error = %hangar_types::error_chain(&e), "webhook: cannot open the webhook secret");
         Refusal::Unavailable
     })?;
     // An integration without a secret cannot authenticate anything: refused
@@ -140,7 +140,7 @@ where
         })
         .await
         .map_err(|e| {
-            tracing::warn!(error = %hangar_db::error_chain(&e), "webhook: cannot enqueue the delivery");
+            tracing::warn!(error = %hangar_types::error_chain(&e), "webhook: cannot enqueue the delivery");
             Refusal::Unavailable
         })?;
     let (status, state) = match enqueued {

@@ -61,7 +61,7 @@ pub async fn delete_objects(objects: &ObjectStore, stack: &str, keys: &[String])
     for key in keys {
         if let Err(e) = objects.delete(key).await {
             failed += 1;
-            tracing::warn!(stack, key = %key, error = %hangar_db::error_chain(&e), "an object of a deleted stack was left in the object store");
+            tracing::warn!(stack, key = %key, error = %hangar_types::error_chain(&e), "an object of a deleted stack was left in the object store");
         }
     }
     if !keys.is_empty() {

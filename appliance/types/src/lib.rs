@@ -1,10 +1,12 @@
 //! Types shared by every part of Hangar, the worker included: run kinds and
 //! states with the one table of allowed transitions, user roles, and the worker
-//! protocol's messages. No I/O.
+//! protocol's messages, and the one formatter of error chains. No I/O.
 
+mod error;
 mod role;
 mod run;
 pub mod worker;
 
+pub use error::error_chain;
 pub use role::Role;
 pub use run::{RunKind, RunState, TransitionError, Tool};

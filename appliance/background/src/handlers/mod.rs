@@ -42,7 +42,7 @@ impl Drain {
     async fn handle(&self, claimed: ClaimedJob) -> Result<(), JobError> {
         // Retrying a malformed job cannot help.
         let job = Job::parse(&claimed.kind, &claimed.payload)
-            .map_err(|e| JobError::permanent(hangar_db::error_chain(&e)))?;
+            .map_err(|e| JobError::permanent(hangar_types::error_chain(&e)))?;
         let pool = &self.pool;
         match job {
             Job::Schedule(p) => schedule::handle(pool, p).await,

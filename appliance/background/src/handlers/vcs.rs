@@ -175,12 +175,12 @@ async fn ask_git(
                     }
                 }
                 Err(e) => {
-                    warn!(stack = %stack.slug, commit = %after, error = %hangar_db::error_chain(&e), "git could not tell what a push changed");
+                    warn!(stack = %stack.slug, commit = %after, error = %hangar_types::error_chain(&e), "git could not tell what a push changed");
                     Verdict {
                         touches: true,
                         note: format!(
                             "git could not tell what the push changed, so the run is made to be safe: {}",
-                            hangar_db::error_chain(&e)
+                            hangar_types::error_chain(&e)
                         ),
                     }
                 }
@@ -508,7 +508,7 @@ async fn report_status(c: &mut AsyncPgConnection, ctx: &VcsContext, run_id: i64)
         ca_pem: integration.ca_pem.as_ref().map(|p| p.as_bytes().to_vec()),
         timeout: ctx.config.status_timeout(),
     })
-    .map_err(|e| JobError::permanent(hangar_db::error_chain(&e)))?;
+    .map_err(|e| JobError::permanent(hangar_types::error_chain(&e)))?;
     let Some(stack) = stacks::stack_by_id(c, run.stack_id).await.map_err(db_error)? else { return Ok(()) };
     let slug = stack.slug;
     let link = format!("{}/runs/{}", ctx.public_url.as_deref().unwrap_or("").trim_end_matches('/'), run.id);
@@ -519,11 +519,11 @@ async fn report_status(c: &mut AsyncPgConnection, ctx: &VcsContext, run_id: i64)
             info!(run = run_id, integration = %integration.name, state = %key, "commit status reported");
             Ok(())
         }
-        Err(e) if e.is_retryable() => Err(JobError::retry(hangar_db::error_chain(&e))),
+        Err(e) if e.is_retryable() => Err(JobError::retry(hangar_types::error_chain(&e))),
         Err(e) => {
             // A refusal (bad token, unknown commit) will not change by retrying;
             // the run goes on regardless.
-            warn!(run = run_id, integration = %integration.name, error = %hangar_db::error_chain(&e), "commit status refused");
+            warn!(run = run_id, integration = %integration.name, error = %hangar_types::error_chain(&e), "commit status refused");
             Ok(())
         }
     }
@@ -581,7 +581,7 @@ pub(super) async fn poll_repository(pool: &DbPool, ctx: &VcsContext, job: PollRe
     let current = match listed {
         Ok(r) => r,
         Err(e) => {
-            warn!(integration = %integration.name, error = %hangar_db::error_chain(&e), "poll failed");
+            warn!(integration = %integration.name, error = %hangar_types::error_chain(&e), "poll failed");
             return Ok(());
         }
     };

@@ -111,7 +111,7 @@ pub(crate) fn require<'a>(ctx: &Context<'a>, role: Role) -> Result<&'a Caller, A
 }
 
 pub(crate) async fn conn(ctx: &Context<'_>) -> Result<PooledConn, ApiError> {
-    app(ctx).db.get().await.map_err(|e| ApiError::Unavailable(hangar_db::error_chain(&e)))
+    app(ctx).db.get().await.map_err(|e| ApiError::Unavailable(hangar_types::error_chain(&e)))
 }
 
 /// Parses an `ID` argument.

@@ -216,7 +216,7 @@ fn check_ca(pem: &str) -> Result<(), ApiError> {
     }
     hangar_certs::tls::roots_from_pem(pem.as_bytes())
         .map(|_| ())
-        .map_err(|e| ApiError::invalid("caPem", format!("holds no usable certificate ({})", hangar_db::error_chain(&e))))
+        .map_err(|e| ApiError::invalid("caPem", format!("holds no usable certificate ({})", hangar_types::error_chain(&e))))
 }
 
 /// Checks the base URL (and, for vendors, that a status client can be made

@@ -52,7 +52,7 @@ impl From<LogError> for ApiError {
     fn from(e: LogError) -> ApiError {
         match e {
             LogError::UnknownRun { run } => ApiError::not_found("run", run.to_string()),
-            other => ApiError::Unavailable(hangar_db::error_chain(&other)),
+            other => ApiError::Unavailable(hangar_types::error_chain(&other)),
         }
     }
 }

@@ -85,7 +85,7 @@ impl ReadError {
         let message = match &self {
             // Which store or table failed is for the server log, not the client.
             ReadError::Log(e @ (LogError::Db { .. } | LogError::Objects { .. })) => {
-                tracing::warn!(error = %hangar_db::error_chain(e), "cannot read a run log");
+                tracing::warn!(error = %hangar_types::error_chain(e), "cannot read a run log");
                 "service unavailable: the log cannot be read".to_string()
             }
             other => other.to_string(),
@@ -233,7 +233,7 @@ async fn follow_log(
             Ok(Step::Done) => return,
             Ok(Step::Continue { gaps }) => gaps,
             Err(e) => {
-                tracing::warn!(run_id = run, error = %hangar_db::error_chain(&e), "log follower cannot read; retrying");
+                tracing::warn!(run_id = run, error = %hangar_types::error_chain(&e), "log follower cannot read; retrying");
                 false
             }
         };

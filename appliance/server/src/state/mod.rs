@@ -148,7 +148,7 @@ impl From<hangar_store::StoreError> for StateError {
     fn from(e: hangar_store::StoreError) -> Self {
         match e {
             hangar_store::StoreError::Query(q) => q.into(),
-            other => StateError::Internal(hangar_db::error_chain(&other)),
+            other => StateError::Internal(hangar_types::error_chain(&other)),
         }
     }
 }
@@ -209,7 +209,7 @@ fn presented_secret(auth: &str) -> Option<String> {
 }
 
 pub(crate) async fn conn(app: &App) -> Result<hangar_db::PooledConn, StateError> {
-    app.db.get().await.map_err(|e| StateError::Unavailable(hangar_db::error_chain(&e)))
+    app.db.get().await.map_err(|e| StateError::Unavailable(hangar_types::error_chain(&e)))
 }
 
 /// A run token (for its run's stack) or a user's session or API key; `role`
@@ -398,7 +398,7 @@ pub(crate) async fn write_version(
         app.objects
             .put(&object_key, &sealed.bytes)
             .await
-            .map_err(|e| StateError::Unavailable(format!("object store: {}", hangar_db::error_chain(&e))))?;
+            .map_err(|e| StateError::Unavailable(format!("object store: {}", hangar_types::error_chain(&e))))?;
         *uploaded_ref.lock().unwrap_or_else(|p| p.into_inner()) = Some(object_key.clone());
         let row = store::insert_version(
             c,
@@ -437,7 +437,7 @@ pub(crate) async fn write_version(
         if let Some(key) = orphan {
             match app.objects.delete(&key).await {
                 Ok(()) => tracing::info!(stack = %slug, key = %key, "removed the object of a state write that failed"),
-                Err(e) => tracing::warn!(stack = %slug, key = %key, error = %hangar_db::error_chain(&e), "the object of a failed state write was left in the object store"),
+                Err(e) => tracing::warn!(stack = %slug, key = %key, error = %hangar_types::error_chain(&e), "the object of a failed state write was left in the object store"),
             }
         }
     }
@@ -450,7 +450,7 @@ pub(crate) async fn read_version(app: &App, c: &mut AsyncPgConnection, v: &Versi
         .objects
         .get(&v.object_key)
         .await
-        .map_err(|e| StateError::Unavailable(format!("object store: {}", hangar_db::error_chain(&e))))?;
+        .map_err(|e| StateError::Unavailable(format!("object store: {}", hangar_types::error_chain(&e))))?;
     let sealed = hangar_store::secrets::Sealed { data_key_id: v.data_key_id, bytes: sealed };
     let plain = app.secrets.open(c, &sealed, &seal_context(&v.object_key)).await?;
     if md5_hex(&plain).0 != v.md5 {

@@ -168,26 +168,15 @@ impl WorkerApiError {
 
     /// Logs a database failure with its chain; the caller sees only "unavailable".
     pub(crate) fn db(e: impl std::error::Error) -> WorkerApiError {
-        tracing::warn!(error = %chain(&e), "worker API: database failure");
+        tracing::warn!(error = %hangar_types::error_chain(&e), "worker API: database failure");
         WorkerApiError::Unavailable
     }
 
     /// Logs an unexpected failure with its chain; the caller sees only "internal error".
     pub(crate) fn internal(what: &str, e: impl std::error::Error) -> WorkerApiError {
-        tracing::error!(error = %chain(&e), "worker API: {what}");
+        tracing::error!(error = %hangar_types::error_chain(&e), "worker API: {what}");
         WorkerApiError::Internal
     }
-}
-
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }
 
 type Reply2 = Result<Response, WorkerApiError>;
