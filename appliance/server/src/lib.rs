@@ -1,6 +1,8 @@
-//! `hangar server`: the appliance's HTTPS endpoint on 1983 — `/health`,
-//! `/ready` and the GraphQL API — with secrets sealed at rest, plus the
-//! administration tasks the installer and operators run (`hangar admin`).
+//! `hangar server`: the appliance's HTTPS endpoint on 1983 — `/health` and
+//! `/ready`, the GraphQL API, run logs, Terraform's state backend, the worker
+//! API with tool downloads and the provider mirror, and VCS webhooks (the
+//! table is in `routes`) — plus the administration tasks the installer and
+//! operators run (`hangar admin`). Data goes through `hangar-store`.
 //!
 //! Lifecycle: [`Server::start`] binds and returns a [`ServerHandle`] with
 //! `local_addr()`, `shutdown()` and `wait()`; the address comes from the
@@ -11,11 +13,13 @@ mod api;
 mod config;
 mod error;
 pub mod git;
+mod graphql;
 pub mod hosted;
 mod http;
 mod listener;
 pub mod logs;
 mod ready;
+mod routes;
 mod state;
 mod webhooks;
 pub mod workers;
@@ -127,11 +131,11 @@ impl Server {
             workers,
             max_state_bytes: config.max_state_bytes,
         });
-        let schema = api::schema(
+        let schema = graphql::schema(
             app.clone(),
-            api::QueryLimits { max_depth: config.max_query_depth, max_complexity: config.max_query_complexity },
+            graphql::QueryLimits { max_depth: config.max_query_depth, max_complexity: config.max_query_complexity },
         );
-        let routes = http::routes(app.clone(), schema, config.max_body_bytes);
+        let routes = routes::routes(app.clone(), schema, config.max_body_bytes);
         let limits = listener::ConnectionLimits {
             handshake_timeout: config.handshake_timeout(),
             header_timeout: Duration::from_secs(30),

@@ -14,11 +14,12 @@
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use bytes::{Buf, BytesMut};
+use bytes::Buf;
 use diesel_async::AsyncConnection;
-use futures::{Stream, StreamExt};
+use futures::Stream;
 use hangar_db::jobs::{Delivery, Job};
 use hangar_db::queue::{self, Enqueued};
+use hangar_types::http::ErrorCode;
 use hangar_vcs::{MAX_BODY, Vendor, Verifier, WebhookError};
 use serde_json::json;
 use warp::Filter;
@@ -27,6 +28,7 @@ use warp::http::{HeaderMap, StatusCode};
 use warp::reply::{Reply, Response};
 
 use crate::App;
+use crate::http::HttpError;
 use hangar_store::vcs::{self as store, Kind};
 
 /// Why a delivery was not accepted.
@@ -45,18 +47,18 @@ enum Refusal {
 }
 
 impl Refusal {
-    fn status(&self) -> StatusCode {
+    fn code(&self) -> ErrorCode {
         match self {
-            Refusal::NotFound => StatusCode::NOT_FOUND,
-            Refusal::Webhook(e) => e.http_status(),
-            Refusal::Unreadable | Refusal::NotJson => StatusCode::BAD_REQUEST,
-            Refusal::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Refusal::NotFound => ErrorCode::NotFound,
+            // The VCS crate says how each refusal of a delivery is answered.
+            Refusal::Webhook(e) => ErrorCode::for_status(e.http_status().as_u16()),
+            Refusal::Unreadable | Refusal::NotJson => ErrorCode::BadRequest,
+            Refusal::Unavailable => ErrorCode::Unavailable,
         }
     }
 
     fn into_response(self) -> Response {
-        let status = self.status();
-        warp::reply::with_status(warp::reply::json(&json!({ "error": self.to_string() })), status).into_response()
+        crate::http::error_response(self.code(), &self.to_string())
     }
 }
 
@@ -72,7 +74,7 @@ pub(crate) fn route(app: Arc<App>) -> BoxedFilter<(Response,)> {
                 match accept(&app, &kind, &integration, &headers, body).await {
                     Ok(r) => r,
                     Err(e) => {
-                        tracing::info!(kind = %kind.chars().take(32).collect::<String>(), integration = %integration.chars().take(64).collect::<String>(), status = e.status().as_u16(), reason = %e, "webhook refused");
+                        tracing::info!(kind = %kind.chars().take(32).collect::<String>(), integration = %integration.chars().take(64).collect::<String>(), status = e.code().status(), reason = %e, "webhook refused");
                         e.into_response()
                     }
                 }
@@ -116,7 +118,10 @@ where
         .as_ref()
         .and_then(|s| Verifier::new(vendor, s).ok())
         .ok_or(Refusal::Webhook(WebhookError::BadSignature { vendor, header: "(no webhook secret configured)" }))?;
-    let body = read_limited(body, vendor).await?;
+    let body = crate::http::read_limited(body, MAX_BODY as u64).await.map_err(|e| match e {
+        HttpError::BodyTooLarge { read, .. } => Refusal::Webhook(WebhookError::TooLarge { vendor, size: read }),
+        _ => Refusal::Unreadable,
+    })?;
     let delivery = verifier.verify(headers, &body, SystemTime::now())?;
     if serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(&body).is_err() {
         return Err(Refusal::NotJson);
@@ -153,28 +158,4 @@ where
         status,
     )
     .into_response())
-}
-
-/// Reads the body up to [`MAX_BODY`]; a chunk that would cross it ends the read.
-async fn read_limited<S, B>(body: S, vendor: Vendor) -> Result<bytes::Bytes, Refusal>
-where
-    S: Stream<Item = Result<B, warp::Error>>,
-    B: Buf,
-{
-    let mut body = std::pin::pin!(body);
-    let mut buf = BytesMut::new();
-    while let Some(chunk) = body.next().await {
-        let mut chunk = chunk.map_err(|_| Refusal::Unreadable)?;
-        let size = buf.len() + chunk.remaining();
-        if size > MAX_BODY {
-            return Err(Refusal::Webhook(WebhookError::TooLarge { vendor, size: size as u64 }));
-        }
-        while chunk.has_remaining() {
-            let part = chunk.chunk();
-            buf.extend_from_slice(part);
-            let n = part.len();
-            chunk.advance(n);
-        }
-    }
-    Ok(buf.freeze())
 }

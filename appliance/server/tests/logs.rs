@@ -288,6 +288,9 @@ async fn the_log_endpoint_refuses_hostile_requests() {
         let (status, body) = get(bad.to_string(), Some(&admin)).await;
         assert_eq!(status, 400, "{bad}: {body}");
         assert!(!body.contains("hangar_"), "no internals in {body}");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v["error"]["code"], "BAD_REQUEST", "{bad}: {body}");
+        assert!(v["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "{bad}: {body}");
     }
     let post = app.client.post(app.url(&ok)).bearer_auth(&admin).body("x").send().await.unwrap();
     assert_eq!(post.status(), 405);

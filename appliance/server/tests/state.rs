@@ -233,6 +233,7 @@ async fn writes_need_the_holders_lock_id_and_follow_the_history() {
     let bad_md5 = call(&app, "POST", &format!("{}?ID=la", state_path("net")), Auth::Basic(&a), Some(&v1), Some(&md5_b64(b"x"))).await;
     assert_eq!(bad_md5.status, 400, "{}", bad_md5.text());
     assert!(bad_md5.text().contains("Content-MD5"), "{}", bad_md5.text());
+    assert_eq!(bad_md5.json()["error"]["code"], "BAD_REQUEST", "{}", bad_md5.text());
     let garbage_md5 = call(&app, "POST", &format!("{}?ID=la", state_path("net")), Auth::Basic(&a), Some(&v1), Some("%%%")).await;
     assert_eq!(garbage_md5.status, 400);
     for bad in [&b"{not json"[..], b"[]", br#"{"serial":1}"#, br#"{"serial":-3,"lineage":"x"}"#, br#"{"serial":1,"lineage":""}"#] {

@@ -140,7 +140,8 @@ async fn gitlab_deliveries_are_verified_by_token_and_by_signature_with_its_five_
         let h = gitlab_signed_headers(LAB_SIGNING, id, at, "Push Hook", &body);
         let (status, answer) = post_with(&app, path, &h, &body).await;
         assert_eq!(status, 401, "{id}: {answer}");
-        assert!(answer["error"].as_str().unwrap_or_default().contains("timestamp"), "{answer}");
+        assert_eq!(answer["error"]["code"], "UNAUTHENTICATED", "{answer}");
+        assert!(answer["error"]["message"].as_str().unwrap_or_default().contains("timestamp"), "{answer}");
     }
     common_refusals(&app, path, "/webhooks/gitlab/nothing", &body, |id, b| gitlab_signed_headers(LAB_SIGNING, id, now(), "Push Hook", b)).await;
     assert_eq!(delivery_jobs(&app).await, 1, "a refused delivery enqueued a job");

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
+use hangar_types::http::ErrorBody;
 use hangar_types::worker::{
     Heartbeat, HeartbeatReply, Phase, PlanStored, PlanUpload, RunAssignment, RunStatus,
     StateReport, WorkerRoute,
@@ -94,21 +95,12 @@ pub enum ReportReply {
     Refused(RunStatus),
 }
 
-/// The appliance's reason for refusing a request, from its body: a JSON
-/// `error`/`message`/`reason` field, else the first line of text, bounded.
+/// The appliance's reason for refusing a request, from its body: the message
+/// of its error body (`hangar_types::http::ErrorBody`), else the first line of
+/// text (a proxy's page, say), bounded.
 pub fn server_reason(body: &[u8]) -> String {
-    if let Ok(v) = serde_json::from_slice::<serde_json::Value>(body) {
-        for key in ["error", "message", "reason"] {
-            match v.get(key) {
-                Some(serde_json::Value::String(s)) => return bound(s),
-                Some(serde_json::Value::Object(o)) => {
-                    if let Some(serde_json::Value::String(s)) = o.get("message") {
-                        return bound(s);
-                    }
-                }
-                _ => {}
-            }
-        }
+    if let Ok(ErrorBody { error }) = serde_json::from_slice::<ErrorBody>(body) {
+        return bound(&error.message);
     }
     let text = String::from_utf8_lossy(body);
     let line = text
@@ -428,10 +420,16 @@ mod tests {
     #[test]
     fn reasons_come_from_json_or_the_first_line() {
         assert_eq!(
-            server_reason(br#"{"error":"join token expired"}"#),
+            server_reason(
+                br#"{"error":{"code":"UNAUTHENTICATED","message":"join token expired"}}"#
+            ),
             "join token expired"
         );
-        assert_eq!(server_reason(br#"{"error":{"message":"used"}}"#), "used");
+        // Not the appliance's body: its first line, as it is.
+        assert_eq!(
+            server_reason(br#"{"error":"proxy said no"}"#),
+            r#"{"error":"proxy said no"}"#
+        );
         assert_eq!(server_reason(b"\n  token refused\nmore"), "token refused");
         assert_eq!(server_reason(b""), "(no reason given)");
         assert_eq!(server_reason("x\u{1b}[31my".as_bytes()), "x[31my");

@@ -23,6 +23,7 @@ use hangar_types::worker::{
     EnvVar, Heartbeat, HeartbeatReply, Notification, PlanStored, RunAssignment, RunStatus,
     StackSpec, StateReport, ToolSpec, WorkerRoute, WorkerStatus,
 };
+use hangar_types::http::{ErrorBody, ErrorCode};
 use hangar_types::{RunKind, RunState, Tool};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
@@ -176,11 +177,11 @@ impl Appliance {
         }
         if !has_cert || auth != Some(&format!("Bearer {}", self.worker_token)) {
             self.refused_without_cert.fetch_add(1, Ordering::SeqCst);
-            return (401, br#"{"error":"worker credentials required"}"#.to_vec());
+            return (401, error_body(ErrorCode::Unauthenticated, "worker credentials required"));
         }
         if self.down.load(Ordering::SeqCst) {
             self.unavailable_answers.fetch_add(1, Ordering::SeqCst);
-            return (503, br#"{"error":"unavailable"}"#.to_vec());
+            return (503, error_body(ErrorCode::Unavailable, "unavailable"));
         }
         if (method, parts.as_slice()) == ("GET", ["v1", "tools", "terraform", "1.0.3", "linux_amd64"].as_slice()) {
             self.tool_gets.fetch_add(1, Ordering::SeqCst);
@@ -188,7 +189,7 @@ impl Appliance {
         }
         // The worker API as the appliance matches it.
         let Ok(route) = WorkerRoute::parse(method, &parts) else {
-            return (404, br#"{"error":{"code":"NOT_FOUND","message":"no such route"}}"#.to_vec());
+            return (404, error_body(ErrorCode::NotFound, "no such route"));
         };
         match route {
             WorkerRoute::Heartbeat => {
@@ -239,7 +240,7 @@ impl Appliance {
                 })
             }
             WorkerRoute::Join | WorkerRoute::FetchPlan { .. } | WorkerRoute::ErroredState { .. } => {
-                (404, br#"{"error":{"code":"NOT_FOUND","message":"not staged here"}}"#.to_vec())
+                (404, error_body(ErrorCode::NotFound, "not staged here"))
             }
         }
     }
@@ -1036,4 +1037,9 @@ async fn cancel_stop_and_shutdown_behave_as_the_states_allow() {
         live_in_group(pgid).is_empty(),
         "no process of the task survives"
     );
+}
+
+/// The appliance's error body.
+fn error_body(code: ErrorCode, message: &str) -> Vec<u8> {
+    serde_json::to_vec(&ErrorBody::new(code, message)).unwrap()
 }

@@ -1,5 +1,7 @@
-//! The GraphQL API at `POST /graphql`: the schema, who is asking, what they may
-//! do, and the errors they see.
+//! The GraphQL API's resolvers and what they share: who is asking, what they
+//! may do, and the errors they see. The schema that merges the resolvers of
+//! this module, of the state backend and of run logs is assembled in
+//! `crate::graphql`.
 //!
 //! Authorization is checked in every resolver of the two root types; nested
 //! objects are reachable only through them. Roles: a reader reads everything
@@ -8,19 +10,19 @@
 //! others' API keys, worker pools and workers. A caller without a token may
 //! only log in.
 
-mod audit;
-mod auth;
+pub(crate) mod audit;
+pub(crate) mod auth;
 mod error;
-mod pools;
-mod runs;
-mod stacks;
+pub(crate) mod pools;
+pub(crate) mod runs;
+pub(crate) mod stacks;
 mod types;
-mod vcs;
-mod worker_admin;
+pub(crate) mod vcs;
+pub(crate) mod worker_admin;
 
 use std::sync::Arc;
 
-use async_graphql::{Context, EmptySubscription, MergedObject, Schema};
+use async_graphql::Context;
 use hangar_db::PooledConn;
 use hangar_types::Role;
 
@@ -28,51 +30,6 @@ pub use error::ApiError;
 
 use crate::App;
 use hangar_store::users::Caller;
-
-#[derive(MergedObject, Default)]
-pub struct Query(
-    auth::AuthQuery,
-    stacks::StacksQuery,
-    runs::RunsQuery,
-    pools::PoolsQuery,
-    audit::AuditQuery,
-    crate::state::api::StateQuery,
-    vcs::VcsQuery,
-    crate::logs::api::LogsQuery,
-);
-
-#[derive(MergedObject, Default)]
-pub struct Mutation(
-    auth::AuthMutation,
-    stacks::StacksMutation,
-    runs::RunsMutation,
-    pools::PoolsMutation,
-    crate::state::api::StateMutation,
-    worker_admin::WorkerAdminMutation,
-    vcs::VcsMutation,
-);
-
-pub type ApiSchema = Schema<Query, Mutation, EmptySubscription>;
-
-/// Limits on what one query may ask for.
-#[derive(Debug, Clone, Copy)]
-pub struct QueryLimits {
-    pub max_depth: usize,
-    pub max_complexity: usize,
-}
-
-pub fn schema(app: Arc<App>, limits: QueryLimits) -> ApiSchema {
-    Schema::build(Query::default(), Mutation::default(), EmptySubscription)
-        .data(app)
-        .limit_depth(limits.max_depth)
-        .limit_complexity(limits.max_complexity)
-        // Bounds the parser's recursion, whatever the depth limit says.
-        .limit_recursive_depth(64)
-        .limit_directives(16)
-        // Suggestions ("did you mean ...") would describe the schema to anyone.
-        .disable_suggestions()
-        .finish()
-}
 
 /// Request data: the authenticated caller, when there is one.
 #[derive(Debug, Clone)]

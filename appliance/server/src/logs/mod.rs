@@ -25,6 +25,7 @@ use hangar_db::{DbError, DbPool};
 use hangar_objects::{ObjectStore, ObjectsError};
 use hangar_store::run_objects::log_chunk_key;
 use hangar_types::RunState;
+use hangar_types::http::ErrorCode;
 use hangar_types::worker::{MAX_LOG_CHUNK_BYTES, MAX_LOG_SEQ, Phase};
 use serde::{Deserialize, Serialize};
 use warp::http::StatusCode;
@@ -67,17 +68,22 @@ pub enum LogError {
 }
 
 impl LogError {
-    /// The HTTP status a client is answered with.
-    pub fn status(&self) -> StatusCode {
+    /// The code a client is answered with.
+    pub fn code(&self) -> ErrorCode {
         match self {
-            LogError::UnknownRun { .. } => StatusCode::NOT_FOUND,
-            LogError::BadPhase { .. } | LogError::BadSeq { .. } => StatusCode::BAD_REQUEST,
-            LogError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            LogError::Conflict { .. } => StatusCode::CONFLICT,
-            LogError::RunOver { .. } => StatusCode::GONE,
+            LogError::UnknownRun { .. } => ErrorCode::NotFound,
+            LogError::BadPhase { .. } | LogError::BadSeq { .. } => ErrorCode::BadRequest,
+            LogError::TooLarge { .. } => ErrorCode::PayloadTooLarge,
+            LogError::Conflict { .. } => ErrorCode::Conflict,
+            LogError::RunOver { .. } => ErrorCode::Gone,
             // Both are worth a retry: the worker resends the same chunk.
-            LogError::Db { .. } | LogError::Objects { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            LogError::Db { .. } | LogError::Objects { .. } => ErrorCode::Unavailable,
         }
+    }
+
+    /// The HTTP status that goes with [`LogError::code`].
+    pub fn status(&self) -> StatusCode {
+        crate::http::status_of(self.code())
     }
 
     fn db(run: i64, e: impl Into<DbError>) -> LogError {

@@ -13,12 +13,12 @@ use std::time::Duration;
 
 use futures::Stream;
 use hangar_types::Role;
+use hangar_types::http::ErrorCode;
 use hangar_types::worker::Phase;
 use serde::Deserialize;
 use tokio::sync::{broadcast, mpsc};
 use warp::Filter;
 use warp::filters::BoxedFilter;
-use warp::http::StatusCode;
 use warp::reply::{Reply, Response};
 use warp::sse::Event;
 
@@ -62,26 +62,18 @@ enum ReadError {
 }
 
 impl ReadError {
-    fn status(&self) -> StatusCode {
+    fn code(&self) -> ErrorCode {
         match self {
-            ReadError::NoToken | ReadError::BadToken => StatusCode::UNAUTHORIZED,
-            ReadError::Forbidden => StatusCode::FORBIDDEN,
-            ReadError::BadRun(_) | ReadError::BadFollow => StatusCode::BAD_REQUEST,
-            ReadError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
-            ReadError::Log(e) => e.status(),
+            ReadError::NoToken | ReadError::BadToken => ErrorCode::Unauthenticated,
+            ReadError::Forbidden => ErrorCode::Forbidden,
+            ReadError::BadRun(_) | ReadError::BadFollow => ErrorCode::BadRequest,
+            ReadError::Unavailable => ErrorCode::Unavailable,
+            ReadError::Log(e) => e.code(),
         }
     }
 
-    /// The same body shape as the GraphQL endpoint's HTTP errors.
     fn into_response(self) -> Response {
-        let status = self.status();
-        let code = match status {
-            StatusCode::UNAUTHORIZED => "UNAUTHENTICATED",
-            StatusCode::FORBIDDEN => "FORBIDDEN",
-            StatusCode::NOT_FOUND => "NOT_FOUND",
-            StatusCode::BAD_REQUEST => "BAD_REQUEST",
-            _ => "UNAVAILABLE",
-        };
+        let code = self.code();
         let message = match &self {
             // Which store or table failed is for the server log, not the client.
             ReadError::Log(e @ (LogError::Db { .. } | LogError::Objects { .. })) => {
@@ -90,9 +82,8 @@ impl ReadError {
             }
             other => other.to_string(),
         };
-        let body = serde_json::json!({ "errors": [{ "message": message, "extensions": { "code": code } }] });
-        let mut r = warp::reply::with_status(warp::reply::json(&body), status).into_response();
-        if status == StatusCode::UNAUTHORIZED {
+        let mut r = crate::http::error_response(code, &message);
+        if code == ErrorCode::Unauthenticated {
             r.headers_mut().insert(warp::http::header::WWW_AUTHENTICATE, warp::http::HeaderValue::from_static("Bearer"));
         }
         r

@@ -33,6 +33,7 @@ use base64::engine::general_purpose::STANDARD as B64;
 use bytes::Buf;
 use diesel_async::{AsyncConnection, AsyncPgConnection};
 use futures::Stream;
+use hangar_types::http::ErrorCode;
 use hangar_types::{RunKind, Role};
 use md5::Digest as _;
 use serde::Deserialize;
@@ -43,7 +44,7 @@ use warp::http::{HeaderValue, Method, StatusCode, header};
 use warp::reply::{Reply, Response};
 
 use crate::App;
-use crate::http::{HttpError, read_limited};
+use crate::http::{HttpError, error_response, read_limited, status_of};
 use hangar_store::run_tokens::{self, TokenHolder};
 use hangar_store::users::{self, Caller};
 use hangar_store::{audit, stacks};
@@ -87,40 +88,42 @@ pub(crate) enum StateError {
 }
 
 impl StateError {
-    fn status(&self) -> StatusCode {
+    fn code(&self) -> ErrorCode {
         match self {
-            StateError::Unauthenticated => StatusCode::UNAUTHORIZED,
-            StateError::Forbidden { .. } | StateError::ReadOnly { .. } => StatusCode::FORBIDDEN,
-            StateError::StackNotFound { .. } | StateError::VersionNotFound { .. } => StatusCode::NOT_FOUND,
-            StateError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            StateError::Malformed(_) | StateError::Md5Mismatch { .. } => StatusCode::BAD_REQUEST,
-            StateError::Locked { .. } => StatusCode::LOCKED,
-            StateError::Conflict(_) => StatusCode::CONFLICT,
-            StateError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            StateError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-            StateError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            StateError::Unauthenticated => ErrorCode::Unauthenticated,
+            StateError::Forbidden { .. } | StateError::ReadOnly { .. } => ErrorCode::Forbidden,
+            StateError::StackNotFound { .. } | StateError::VersionNotFound { .. } => ErrorCode::NotFound,
+            StateError::TooLarge { .. } => ErrorCode::PayloadTooLarge,
+            StateError::Malformed(_) | StateError::Md5Mismatch { .. } => ErrorCode::BadRequest,
+            StateError::Locked { .. } => ErrorCode::Locked,
+            StateError::Conflict(_) => ErrorCode::Conflict,
+            StateError::MethodNotAllowed => ErrorCode::MethodNotAllowed,
+            StateError::Unavailable(_) => ErrorCode::Unavailable,
+            StateError::Internal(_) => ErrorCode::Internal,
         }
     }
 
     fn into_response(self) -> Response {
-        let status = self.status();
-        let body = match &self {
+        let code = self.code();
+        let mut r = match &self {
             // The client unmarshals the body of a 423 as the holder's LockInfo.
-            StateError::Locked { info, .. } => info.clone(),
+            StateError::Locked { info, .. } => {
+                let mut r = warp::reply::with_status(info.clone(), status_of(code)).into_response();
+                r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+                r
+            }
             StateError::Internal(detail) => {
                 let reference = rand::random::<u32>();
                 tracing::error!(reference, error = %detail, "state backend request failed");
-                json!({ "error": format!("internal error (reference {reference})") }).to_string()
+                error_response(code, &format!("internal error (reference {reference})"))
             }
             StateError::Unavailable(detail) => {
                 tracing::warn!(error = %detail, "state backend request failed: a dependency is unavailable");
-                json!({ "error": "service unavailable" }).to_string()
+                error_response(code, "service unavailable")
             }
-            other => json!({ "error": other.to_string() }).to_string(),
+            other => error_response(code, &other.to_string()),
         };
-        let mut r = warp::reply::with_status(body, status).into_response();
         let h = r.headers_mut();
-        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
         match self {
             StateError::Unauthenticated => {
                 h.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Basic realm=\"hangar state\", charset=\"UTF-8\""));
@@ -156,7 +159,7 @@ impl From<hangar_store::StoreError> for StateError {
 impl From<HttpError> for StateError {
     fn from(e: HttpError) -> Self {
         match e {
-            HttpError::BodyTooLarge { limit } => StateError::TooLarge { limit },
+            HttpError::BodyTooLarge { limit, .. } => StateError::TooLarge { limit },
             other => StateError::Malformed(other.to_string()),
         }
     }

@@ -3,8 +3,9 @@
 //! downloads and the provider mirror. Requests are matched to a
 //! [`WorkerRoute`], whose body limit holds before anything is read.
 //!
-//! Every failure a worker sees is one JSON line `{"error": "..."}` with a
-//! status chosen by one exhaustive match ([`WorkerApiError::status`]).
+//! Every failure a worker sees is the appliance's one error body
+//! (`hangar_types::http`), its code chosen by one exhaustive match
+//! ([`WorkerApiError::code`]).
 
 mod auth;
 mod claim;
@@ -21,6 +22,7 @@ use std::time::SystemTime;
 
 use bytes::Buf;
 use futures::Stream;
+use hangar_types::http::ErrorCode;
 use hangar_types::worker::{RouteError, WorkerRoute};
 use warp::Filter;
 use warp::filters::BoxedFilter;
@@ -137,7 +139,7 @@ pub(crate) enum WorkerApiError {
 }
 
 impl WorkerApiError {
-    fn status(&self) -> StatusCode {
+    fn code(&self) -> ErrorCode {
         match self {
             WorkerApiError::NoCertificate
             | WorkerApiError::NoToken
@@ -145,25 +147,25 @@ impl WorkerApiError {
             | WorkerApiError::CertificateMismatch { .. }
             | WorkerApiError::BadJoinToken
             | WorkerApiError::BadRunToken
-            | WorkerApiError::Expired { .. } => StatusCode::UNAUTHORIZED,
+            | WorkerApiError::Expired { .. } => ErrorCode::Unauthenticated,
             WorkerApiError::Revoked { .. } | WorkerApiError::PoolReset { .. } | WorkerApiError::NotHolder { .. } => {
-                StatusCode::FORBIDDEN
+                ErrorCode::Forbidden
             }
-            WorkerApiError::Malformed(_) => StatusCode::BAD_REQUEST,
-            WorkerApiError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            WorkerApiError::NotFound(_) => StatusCode::NOT_FOUND,
-            WorkerApiError::Route(RouteError::Unknown | RouteError::Method { .. }) => StatusCode::NOT_FOUND,
+            WorkerApiError::Malformed(_) => ErrorCode::BadRequest,
+            WorkerApiError::TooLarge { .. } => ErrorCode::PayloadTooLarge,
+            WorkerApiError::NotFound(_) => ErrorCode::NotFound,
+            WorkerApiError::Route(RouteError::Unknown | RouteError::Method { .. }) => ErrorCode::NotFound,
             WorkerApiError::Route(RouteError::RunId { .. } | RouteError::Phase { .. } | RouteError::Seq { .. }) => {
-                StatusCode::BAD_REQUEST
+                ErrorCode::BadRequest
             }
-            WorkerApiError::Log(e) => e.status(),
-            WorkerApiError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
-            WorkerApiError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+            WorkerApiError::Log(e) => e.code(),
+            WorkerApiError::Unavailable => ErrorCode::Unavailable,
+            WorkerApiError::Internal => ErrorCode::Internal,
         }
     }
 
     pub(crate) fn into_response(self) -> Response {
-        crate::http::error_response(self.status(), &self.to_string())
+        crate::http::error_response(self.code(), &self.to_string())
     }
 
     /// Logs a database failure with its chain; the caller sees only "unavailable".
@@ -188,7 +190,7 @@ fn json<T: serde::Serialize>(status: StatusCode, v: &T) -> Response {
 impl From<crate::http::HttpError> for WorkerApiError {
     fn from(e: crate::http::HttpError) -> Self {
         match e {
-            crate::http::HttpError::BodyTooLarge { limit } => WorkerApiError::TooLarge { limit },
+            crate::http::HttpError::BodyTooLarge { limit, .. } => WorkerApiError::TooLarge { limit },
             crate::http::HttpError::Unavailable => WorkerApiError::Unavailable,
             other => WorkerApiError::Malformed(other.to_string()),
         }
@@ -209,15 +211,6 @@ pub(crate) struct Request {
     pub(crate) peer: Option<PeerCertificates>,
 }
 
-/// Reads at most `limit` bytes of body, as every route of the server does.
-async fn read_limited<S, B>(body: S, limit: u64) -> Result<bytes::Bytes, WorkerApiError>
-where
-    S: Stream<Item = Result<B, warp::Error>>,
-    B: Buf,
-{
-    Ok(crate::http::read_limited(body, limit).await?)
-}
-
 /// A filter that gathers a [`Request`] under `prefix` (percent-decoded
 /// segments), refusing a body over `limit`.
 fn gather(prefix: &'static [&'static str], limit: u64) -> BoxedFilter<(Result<Request, WorkerApiError>,)> {
@@ -231,7 +224,7 @@ fn gather(prefix: &'static [&'static str], limit: u64) -> BoxedFilter<(Result<Re
         .and(warp::ext::optional::<PeerCertificates>())
         .and(warp::body::stream())
         .then(move |method, tail: warp::path::Tail, auth, peer, body| async move {
-            read_limited(body, limit).await?;
+            crate::http::read_limited(body, limit).await?;
             let tail = tail
                 .as_str()
                 .split('/')
@@ -288,7 +281,7 @@ where
         .collect::<Result<Vec<_>, _>>()?;
     let segments: Vec<&str> = segments.iter().map(String::as_str).collect();
     let route = WorkerRoute::parse(method.as_str(), &segments)?;
-    let body = read_limited(body, route.body().max()).await?;
+    let body = crate::http::read_limited(body, route.body().max()).await?;
     match route {
         // The one call made without a worker's credentials.
         WorkerRoute::Join => join::join(app, &body).await,
