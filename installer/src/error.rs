@@ -56,7 +56,7 @@ pub enum InstallError {
     #[error("object store {endpoint}: {problem}")]
     Objects { endpoint: String, problem: String },
     #[error("the configuration the installer wrote is invalid")]
-    Config(#[source] hangar::config::ConfigError),
+    Config(#[source] hangar_config::ConfigError),
     #[error("service user {user}: {problem}")]
     User { user: String, problem: String },
     #[error("health gate: {what} not ready after {secs} s: {detail}")]

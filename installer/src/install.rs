@@ -517,7 +517,7 @@ impl Provision<'_> {
 
     fn configuration(&mut self) -> Result<String, InstallError> {
         let text = render::hangar_toml(self.answers, self.layout, &self.host.service_user);
-        hangar::config::Config::from_toml(&text, &self.layout.config).map_err(InstallError::Config)?;
+        hangar_config::Config::from_toml(&text, &self.layout.config).map_err(InstallError::Config)?;
         let changed = write_if_changed(&self.layout.config, text.as_bytes(), 0o644, None)?;
         self.config_changed |= changed;
         Ok(format!("{}{}", self.layout.config.display(), if changed { "" } else { " (unchanged)" }))

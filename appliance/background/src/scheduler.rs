@@ -8,146 +8,35 @@
 //! compare-and-set, in the same transaction as the job it enqueues, so even two
 //! leaders at once (a network partition) cannot fire one tick twice.
 
-use std::str::FromStr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use croner::Cron;
 use diesel_async::{AsyncConnection, AsyncPgConnection};
-use hangar_db::jobs::{Job, NoPayload, Retention, Window};
+use hangar_config::scheduler::Entry;
+use hangar_config::{Invalid, SchedulerConfig};
 use hangar_db::queue;
 use hangar_db::{Database, DbError, DbPool};
-use hangar_store::{StoreError, scheduler as store};
 use hangar_runner::{BackgroundWorker, RunnerOptions, Step};
-use serde::Deserialize;
+use hangar_store::{StoreError, scheduler as store};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::heartbeat::{self, ProcessKind};
 
-/// An operator-defined entry: `schedule` (cron, seconds optional) enqueues a job
-/// of `kind` with `payload`, which must be one of the drain's jobs
-/// ([`hangar_db::jobs::Job`]): checked when the configuration is loaded.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct EntryConfig {
-    pub name: String,
-    pub schedule: String,
-    pub kind: String,
-    #[serde(default = "empty_object")]
-    pub payload: serde_json::Value,
-}
-
-fn empty_object() -> serde_json::Value {
-    serde_json::json!({})
-}
-
-/// The `[scheduler]` section of `hangar.toml`.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct SchedulerConfig {
-    /// When the stuck-run reaper looks for runs whose worker lease expired.
-    pub reaper: String,
-    /// When retention cleanup runs.
-    pub retention: String,
-    /// How long dead jobs and deduplication keys are kept.
-    pub retention_days: u32,
-    /// How often stacks' drift schedules are checked.
-    pub drift: String,
-    /// How often plain-git integrations are considered for polling; each
-    /// repository is listed once per `[vcs] poll_interval_secs`.
-    pub vcs_poll: String,
-    #[serde(rename = "entry")]
-    pub entries: Vec<EntryConfig>,
-}
-
-impl Default for SchedulerConfig {
-    fn default() -> Self {
-        SchedulerConfig {
-            reaper: "*/10 * * * * *".into(),
-            retention: "17 * * * *".into(),
-            retention_days: 30,
-            drift: "* * * * *".into(),
-            vcs_poll: "*/10 * * * * *".into(),
-            entries: vec![],
-        }
-    }
-}
-
-/// What an entry enqueues when it fires.
-#[derive(Debug, Clone)]
-enum Fires {
-    /// The same job every time.
-    Job(Job),
-    /// A drift check of the window since the previous tick.
-    DriftWindow,
-}
-
-impl Fires {
-    /// The job of the tick at `at`, the previous one having been at `last`.
-    fn job(&self, last: Option<DateTime<Utc>>, at: DateTime<Utc>) -> Job {
-        match self {
-            Fires::Job(job) => job.clone(),
-            Fires::DriftWindow => Job::DriftCheck(Window { from: last.unwrap_or(at), to: at }),
-        }
-    }
-}
-
-/// An entry ready to fire.
-#[derive(Debug, Clone)]
-struct Entry {
-    name: String,
-    cron: Cron,
-    fires: Fires,
-}
-
-impl SchedulerConfig {
-    /// Every entry, built-in ones first; an invalid schedule is an error naming it.
-    fn entries(&self) -> Result<Vec<Entry>, (String, String)> {
-        let mut out = Vec::new();
-        let mut add = |name: &str, schedule: &str, fires: Fires| {
-            let cron = Cron::from_str(schedule).map_err(|e| (format!("scheduler.{name}"), format!("invalid schedule {schedule:?}: {e}")))?;
-            out.push(Entry { name: name.into(), cron, fires });
-            Ok::<(), (String, String)>(())
-        };
-        add("reaper", &self.reaper, Fires::Job(Job::Reap(NoPayload {})))?;
-        add("retention", &self.retention, Fires::Job(Job::Retention(Retention { days: i64::from(self.retention_days) })))?;
-        add("drift", &self.drift, Fires::DriftWindow)?;
-        add("vcs_poll", &self.vcs_poll, Fires::Job(Job::VcsPoll(NoPayload {})))?;
-        for e in &self.entries {
-            if ["reaper", "retention", "drift", "vcs_poll"].contains(&e.name.as_str()) || e.name.is_empty() {
-                return Err(("scheduler.entry.name".into(), format!("{:?} is empty or reserved", e.name)));
-            }
-            let job = Job::parse(&e.kind, &e.payload)
-                .map_err(|err| (format!("scheduler.entry {:?}", e.name), hangar_types::error_chain(&err)))?;
-            add(&e.name, &e.schedule, Fires::Job(job))?;
-        }
-        Ok(out)
-    }
-
-    /// Problems with the values, as (field, problem).
-    pub fn validate(&self) -> Result<(), (String, String)> {
-        if self.retention_days == 0 {
-            return Err(("scheduler.retention_days".into(), "must be at least 1".into()));
-        }
-        self.entries().map(|_| ())
-    }
-}
-
 /// Why the scheduler could not run.
 #[derive(Debug, thiserror::Error)]
 pub enum SchedulerError {
-    #[error("invalid configuration: {field}: {problem}")]
-    Config { field: String, problem: String },
+    #[error("invalid configuration")]
+    Config(#[source] Invalid),
     #[error(transparent)]
     Db(#[from] DbError),
 }
 
 /// Runs a scheduler until `shutdown` is cancelled.
 pub async fn run_scheduler(db: Database, cfg: &SchedulerConfig, shutdown: CancellationToken) -> Result<(), SchedulerError> {
-    let entries = cfg.entries().map_err(|(field, problem)| SchedulerError::Config { field, problem })?;
+    let entries = cfg.entries().map_err(SchedulerError::Config)?;
     let pool = db.pool(Some(3))?;
     let leading = Arc::new(AtomicBool::new(false));
     let beats = CancellationToken::new();

@@ -11,7 +11,7 @@ use hangar_db::Database;
 use hangar_server::admin::{self, UserOutcome};
 use hangar_types::Role;
 
-use crate::config::Config;
+use hangar_config::Config;
 
 #[derive(Debug, Args)]
 pub struct AdminArgs {

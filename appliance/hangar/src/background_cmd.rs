@@ -9,7 +9,7 @@ use hangar_db::Database;
 use hangar_store::secrets::SecretBox;
 use hangar_vcs::GitCache;
 
-use crate::config::Config;
+use hangar_config::Config;
 use crate::signals;
 
 pub async fn drain(cfg: &Config) -> anyhow::Result<()> {

@@ -6,8 +6,8 @@ use std::path::PathBuf;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
-    #[error("invalid configuration: {field} {problem}")]
-    Config { field: &'static str, problem: String },
+    #[error("invalid configuration")]
+    Config(#[from] hangar_config::Invalid),
     #[error("TLS certificate or key")]
     Certs(#[source] Box<hangar_certs::CertError>),
     #[error("cannot listen on {addr}")]

@@ -10,7 +10,6 @@
 
 pub mod admin;
 mod api;
-mod config;
 mod error;
 pub mod git;
 mod graphql;
@@ -36,14 +35,13 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-pub use config::{SecretsConfig, ServerConfig};
 pub use error::ServerError;
 pub use hosted::HostedComponent;
 pub use listener::{PeerCertificates, RemoteAddr};
 
 /// Everything the server needs, resolved by the caller.
 pub struct ServerSettings {
-    pub config: ServerConfig,
+    pub config: hangar_config::ServerConfig,
     /// The database; the server keeps its own pool of `pool_size` connections.
     pub database: Database,
     pub objects: Arc<ObjectStore>,
@@ -190,7 +188,7 @@ async fn run(
     tracing::info!("server stopped");
 }
 
-fn tls_config(config: &ServerConfig) -> Result<tokio_rustls::TlsAcceptor, ServerError> {
+fn tls_config(config: &hangar_config::ServerConfig) -> Result<tokio_rustls::TlsAcceptor, ServerError> {
     let chain = hangar_certs::tls::load_certs(&config.cert_file).map_err(ServerError::certs)?;
     let key = hangar_certs::tls::load_key(&config.key_file).map_err(ServerError::certs)?;
     let ca = std::fs::read(&config.ca_file).map_err(|source| ServerError::ReadFile { path: config.ca_file.clone(), source })?;

@@ -16,7 +16,8 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use hangar_broker::{Broker, BrokerConfig, BrokerHandle, BrokerLimits};
+use hangar_broker::{Broker, BrokerHandle};
+use hangar_config::{BrokerConfig, BrokerLimits};
 use hangar_certs::{CaOptions, CertStore, LeafRequest, Usage};
 use hangar_testkit::{ChildProcess, GitServer, PgServer, TestDir, wait_for};
 use hangar_types::worker::{

@@ -49,7 +49,7 @@ pub(crate) struct WorkerSettings {
 }
 
 impl WorkerSettings {
-    pub(crate) fn new(config: &crate::ServerConfig) -> Result<WorkerSettings, crate::ServerError> {
+    pub(crate) fn new(config: &hangar_config::ServerConfig) -> Result<WorkerSettings, crate::ServerError> {
         let ca = hangar_certs::Ca::load_files(&config.ca_file, &config.ca_key_path()).map_err(crate::ServerError::certs)?;
         Ok(WorkerSettings {
             ca,
