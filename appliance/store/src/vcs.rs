@@ -1,5 +1,6 @@
-//! VCS integrations, the stacks linked to them, the webhook delivery log and
-//! the runs that came from a git server. The API token and the webhook secret
+//! VCS integrations, the stacks linked to them, the webhook delivery log, the
+//! runs that came from a git server and what polling last saw of a plain-git
+//! repository. The API token and the webhook secret
 //! are sealed on the way in; only the server's webhook path and the drain open
 //! them, never the API.
 
