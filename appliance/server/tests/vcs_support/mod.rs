@@ -235,7 +235,7 @@ pub async fn delivery_jobs(app: &Appliance) -> i64 {
     let mut c = app.pg.database().connect().await.unwrap();
     let keys: i64 = job_keys::table.count().get_result(&mut c).await.unwrap();
     let unkeyed: i64 = jobs::table
-        .filter(jobs::kind.eq("vcs.delivery"))
+        .filter(jobs::kind.eq(hangar_db::jobs::JobKind::VcsDelivery.as_str()))
         .filter(jobs::unique_key.is_null())
         .count()
         .get_result(&mut c)
