@@ -8,6 +8,7 @@ mod github;
 mod gitlab;
 mod gitea;
 pub(crate) mod json;
+mod pulls;
 
 use std::collections::BTreeSet;
 use std::fmt;
