@@ -20,7 +20,8 @@ use warp::filters::BoxedFilter;
 use warp::reply::{Reply, Response};
 
 use crate::App;
-use crate::api::{self, Identity, PoolDirectory};
+use crate::api::{self, Identity, LoginGate, PoolDirectory, Source};
+use crate::listener::RemoteAddr;
 use crate::http::{HttpError, caller, json_response, read_limited};
 
 #[derive(MergedObject, Default)]
@@ -124,10 +125,11 @@ pub(crate) fn route(app: Arc<App>, schema: ApiSchema, admission: Admission, max_
         .and(warp::header::optional::<String>("authorization"))
         .and(warp::header::optional::<String>("content-type"))
         .and(warp::header::optional::<u64>("content-length"))
+        .and(warp::ext::optional::<RemoteAddr>())
         .and(warp::body::stream())
-        .then(move |auth, content_type, length, body| {
+        .then(move |auth, content_type, length, remote: Option<RemoteAddr>, body| {
             let (app, schema, admission) = (app.clone(), schema.clone(), admission.clone());
-            let req = GraphQlRequest { auth, content_type, length };
+            let req = GraphQlRequest { auth, content_type, length, source: remote.map(|r| r.0.ip()) };
             async move { execute(app, schema, &admission, max_body, req, body).await }
         });
     let other = warp::path!("graphql").map(|| error_response(HttpError::MethodNotAllowed));
@@ -151,6 +153,8 @@ struct GraphQlRequest {
     auth: Option<String>,
     content_type: Option<String>,
     length: Option<u64>,
+    /// The client's address, for the login throttle.
+    source: Option<std::net::IpAddr>,
 }
 
 async fn execute<S, B>(
@@ -165,7 +169,7 @@ where
     S: Stream<Item = Result<B, warp::Error>>,
     B: Buf,
 {
-    let GraphQlRequest { auth, content_type, length } = req;
+    let GraphQlRequest { auth, content_type, length, source } = req;
     // Refuse a declared oversize body without reading it.
     if let Some(declared) = length.filter(|l| *l > max_body) {
         return error_response(HttpError::BodyTooLarge { limit: max_body, read: declared });
@@ -208,6 +212,7 @@ where
     if caller.is_none() {
         request = request.disable_introspection();
     }
-    let response = schema.execute(request.data(Identity(caller)).data(PoolDirectory::default())).await;
+    let request = request.data(Identity(caller)).data(PoolDirectory::default()).data(LoginGate::default()).data(Source(source));
+    let response = schema.execute(request).await;
     warp::reply::json(&response).into_response()
 }

@@ -1,7 +1,9 @@
-//! One anonymous request must not be able to stall the server, against the
-//! real `hangar server` process: fragment fan-out is refused before validation
-//! and `/ready` stays up under it, anonymous callers get the smallest budget,
-//! and variables are coerced to their declared types.
+//! One anonymous request must not be able to stall the server or lock anyone
+//! out, against the real `hangar server` process: fragment fan-out is refused
+//! before validation and `/ready` stays up under it, anonymous callers get the
+//! smallest budget, one request makes at most one login, failed logins are
+//! throttled per address and per account without locking out the account's
+//! own user, and variables are coerced to their declared types.
 
 mod common;
 
@@ -10,6 +12,8 @@ use std::time::Duration;
 
 use common::*;
 use serde_json::{Value, json};
+
+const LOGIN: &str = "mutation($e: String!, $p: String!) { login(email: $e, password: $p) { token } }";
 
 /// The query of the report: each fragment spreads the next one twice, 2^26
 /// selections from about a kilobyte.
@@ -36,10 +40,36 @@ fn client_from(app: &Appliance, source: &str) -> reqwest::Client {
         .unwrap()
 }
 
+async fn gql_from(app: &Appliance, client: &reqwest::Client, query: &str, variables: Value) -> Value {
+    let r = client.post(app.url("/graphql")).json(&json!({ "query": query, "variables": variables })).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    r.json().await.unwrap()
+}
+
+async fn login_from(app: &Appliance, client: &reqwest::Client, email: &str, password: &str) -> Value {
+    gql_from(app, client, LOGIN, json!({ "e": email, "p": password })).await
+}
+
 fn error_of(v: &Value) -> (String, String) {
     let e = &v["errors"][0];
     assert!(!e.is_null(), "expected an error: {v}");
     (e["extensions"]["code"].as_str().unwrap_or("").to_string(), e["message"].as_str().unwrap_or("").to_string())
+}
+
+async fn audit_count(app: &Appliance, action: &str) -> i64 {
+    use diesel_async::RunQueryDsl;
+    #[derive(diesel::QueryableByName)]
+    struct N {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        n: i64,
+    }
+    let mut c = app.pg.database().connect().await.unwrap();
+    let n: N = diesel::sql_query("SELECT count(*) AS n FROM audit_events WHERE action = $1")
+        .bind::<diesel::sql_types::Text, _>(action)
+        .get_result(&mut c)
+        .await
+        .unwrap();
+    n.n
 }
 
 #[tokio::test]
@@ -102,6 +132,86 @@ async fn callers_without_a_token_get_the_smallest_budget() {
     assert!(message.ends_with("at most 50 are allowed without a token"), "{message}");
     let data = app.ok(&admin, &q, json!({})).await;
     assert_eq!(data["a29"]["email"], ADMIN_EMAIL);
+}
+
+#[tokio::test]
+async fn one_request_makes_at_most_one_login() {
+    let app = Appliance::start().await;
+    // A thousand aliased logins cost more than any anonymous budget: refused
+    // before a single password is hashed.
+    let many: String = (0..1000).map(|i| format!("l{i}: login(email: \"{ADMIN_EMAIL}\", password: \"wrong-{i}\") {{ token }} ")).collect();
+    let (_, v) = app.gql(None, &format!("mutation {{ {many} }}"), json!({})).await;
+    assert_eq!(error_of(&v).0, "QUERY_TOO_COMPLEX", "{v}");
+    assert_eq!(audit_count(&app, "user.login_failed").await, 0);
+
+    // Within the budget, the first login is tried and the others refused
+    // (however far execution goes once the first one failed).
+    let few: String = (0..10).map(|i| format!("l{i}: login(email: \"{ADMIN_EMAIL}\", password: \"wrong-{i}\") {{ token }} ")).collect();
+    let (_, v) = app.gql(None, &format!("mutation {{ {few} }}"), json!({})).await;
+    let errors = v["errors"].as_array().unwrap();
+    assert_eq!(errors[0]["message"], "login failed: unknown email or wrong password", "{v}");
+    assert!(errors[1..].iter().all(|e| e["message"] == "a request may attempt one login"), "{v}");
+    assert_eq!(audit_count(&app, "user.login_failed").await, 1);
+    // Even when the first one succeeds, the second is not tried.
+    let two = format!(
+        "mutation {{ a: login(email: \"{ADMIN_EMAIL}\", password: \"{ADMIN_PASSWORD}\") {{ token }} b: login(email: \"{ADMIN_EMAIL}\", password: \"x\") {{ token }} }}"
+    );
+    let logins = audit_count(&app, "user.login").await;
+    let (_, v) = app.gql(None, &two, json!({})).await;
+    assert_eq!(v["errors"][0]["message"], "a request may attempt one login", "{v}");
+    assert_eq!(audit_count(&app, "user.login").await, logins + 1);
+    assert_eq!(audit_count(&app, "user.login_failed").await, 1);
+}
+
+#[tokio::test]
+async fn failed_logins_are_throttled_per_address_and_nobody_locks_out_another() {
+    let app = Appliance::start().await;
+    let attacker = client_from(&app, "127.0.0.2");
+    for i in 0..10 {
+        let v = login_from(&app, &attacker, ADMIN_EMAIL, &format!("Wrong-Guess-{i}")).await;
+        assert_eq!(error_of(&v).0, "UNAUTHENTICATED", "{v}");
+    }
+    // That address is done for now, even with the right password...
+    let v = login_from(&app, &attacker, ADMIN_EMAIL, ADMIN_PASSWORD).await;
+    let (code, message) = error_of(&v);
+    assert_eq!(code, "REFUSED");
+    assert_eq!(message, "too many failed logins from this address; try again in 15 minutes");
+    // ...and for any account, known or not.
+    let v = login_from(&app, &attacker, "nobody@hangar.test", "x").await;
+    assert_eq!(error_of(&v).1, "too many failed logins from this address; try again in 15 minutes");
+    // The administrator, from elsewhere, is not locked out.
+    let user = client_from(&app, "127.0.0.3");
+    let v = login_from(&app, &user, ADMIN_EMAIL, ADMIN_PASSWORD).await;
+    assert!(v["data"]["login"]["token"].is_string(), "{v}");
+    // Failures are recorded with where they came from.
+    let admin = app.admin_token().await;
+    let audit = app.ok(&admin, "{ auditEvents(action: \"user.login_failed\") { items { details } } }", json!({})).await;
+    let items = audit["auditEvents"]["items"].as_array().unwrap();
+    assert_eq!(items.len(), 10);
+    assert!(items.iter().all(|i| i["details"]["source"] == "127.0.0.2"), "{audit}");
+}
+
+#[tokio::test]
+async fn guessing_one_account_from_many_addresses_is_slowed_without_locking_it() {
+    let app = Appliance::start().await;
+    // 50 failures from six addresses, each under its own limit of 10: the
+    // account's limit.
+    for a in 0..6 {
+        let c = client_from(&app, &format!("127.0.1.{}", a + 1));
+        for i in 0..(if a < 5 { 9 } else { 5 }) {
+            let v = login_from(&app, &c, ADMIN_EMAIL, &format!("Guess-{a}-{i}")).await;
+            assert_eq!(error_of(&v).0, "UNAUTHENTICATED", "{v}");
+        }
+    }
+    // An address that has failed on this account is refused, right password
+    // or not.
+    let guesser = client_from(&app, "127.0.1.1");
+    let v = login_from(&app, &guesser, ADMIN_EMAIL, ADMIN_PASSWORD).await;
+    assert_eq!(error_of(&v).1, "too many failed logins for this account from this address; try again in 15 minutes");
+    // Its own user, from an address with no failures on it, still gets in.
+    let user = client_from(&app, "127.0.1.100");
+    let v = login_from(&app, &user, ADMIN_EMAIL, ADMIN_PASSWORD).await;
+    assert!(v["data"]["login"]["token"].is_string(), "{v}");
 }
 
 #[tokio::test]

@@ -28,6 +28,7 @@ use async_graphql::Context;
 use hangar_db::PooledConn;
 use hangar_types::Role;
 
+pub use auth::{LoginGate, Source};
 pub use error::ApiError;
 
 use crate::App;
