@@ -302,7 +302,7 @@ pub fn ask(p: &mut dyn Prompter, ctx: &mut Context<'_>) -> Result<Answers, Insta
         match (ctx.check_bundle)(&path, p) {
             Ok(()) => break path,
             Err(e) if p.interactive() && !matches!(e, InstallError::Aborted(_)) => {
-                p.say(&format!("refused: {}", crate::error::chain(&e)));
+                p.say(&format!("refused: {}", hangar_types::error_chain(&e)));
             }
             Err(e) => return Err(e),
         }

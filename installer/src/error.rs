@@ -56,7 +56,7 @@ pub enum InstallError {
     #[error("object store {endpoint}: {problem}")]
     Objects { endpoint: String, problem: String },
     #[error("the configuration the installer wrote is invalid")]
-    Config(#[source] hangar::config::ConfigError),
+    Config(#[source] hangar_config::ConfigError),
     #[error("service user {user}: {problem}")]
     User { user: String, problem: String },
     #[error("health gate: {what} not ready after {secs} s: {detail}")]
@@ -93,17 +93,3 @@ impl InstallError {
     }
 }
 
-/// `e` and its causes, joined on one line.
-pub fn chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut cur = e.source();
-    while let Some(s) = cur {
-        let text = s.to_string();
-        if !text.is_empty() && !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        cur = s.source();
-    }
-    out.replace('\n', " ")
-}

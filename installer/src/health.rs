@@ -54,7 +54,7 @@ pub async fn ready(hostname: &str, addr: std::net::SocketAddr, ca: &Path) -> Res
         .build()
         .map_err(|e| e.to_string())?;
     let url = format!("https://{hostname}:{}/ready", addr.port());
-    let resp = client.get(&url).send().await.map_err(|e| crate::error::chain(&e))?;
+    let resp = client.get(&url).send().await.map_err(|e| hangar_types::error_chain(&e))?;
     let status = resp.status();
     let body: serde_json::Value = resp.json().await.unwrap_or_default();
     if status.is_success() { Ok(body) } else { Err(format!("{url} answered {status}: {body}")) }
@@ -98,7 +98,7 @@ pub fn gate(answers: &Answers, l: &Layout, host: &Host, timeout: Duration) -> Re
                 }
                 last = waiting.join(", ");
             }
-            Err(e) => last = crate::error::chain(&e),
+            Err(e) => last = hangar_types::error_chain(&e),
         }
         if Instant::now() > deadline {
             return Err(InstallError::Health { what: "the services".into(), secs, detail: last });

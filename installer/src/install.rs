@@ -14,7 +14,7 @@ use hangar_bundle::{Bundle, ExtractOptions, TrustStore};
 use hangar_certs::{CaOptions, CertStore, LeafRequest};
 
 use crate::answers::{self, Answers, Context, ExternalS3, ObjectStoreChoice, Prompter, ProvidedTls, Q_DOWNGRADE, Q_EXISTING};
-use crate::error::{InstallError, chain};
+use crate::error::InstallError;
 use crate::host::{self, Host, Layout, chown, ensure_dir, run, run_with_input, user_ids, write_atomic, write_if_changed};
 use crate::render::{self, DB_NAME, DB_PASSWORD, DB_ROLE, GARAGE_RPC_SECRET, MASTER_KEY, OBJECTS_ACCESS_KEY, OBJECTS_SECRET_KEY};
 use crate::report::Reporter;
@@ -233,7 +233,7 @@ pub fn install(host: &Host, prompter: &mut dyn Prompter, reporter: &dyn Reporter
                 state.mark(step, &layout.state_file)?;
             }
             Err(e) => {
-                reporter.step_failed(step, &chain(&e), t.elapsed());
+                reporter.step_failed(step, &hangar_types::error_chain(&e), t.elapsed());
                 return Err(e);
             }
         }
@@ -328,8 +328,8 @@ pub fn check_external_s3(s3: &ExternalS3) -> Result<(), String> {
     };
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
     rt.block_on(async {
-        let store = hangar_objects::ObjectStore::connect(&cfg).await.map_err(|e| chain(&e))?;
-        store.health().await.map_err(|e| chain(&e))
+        let store = hangar_objects::ObjectStore::connect(&cfg).await.map_err(|e| hangar_types::error_chain(&e))?;
+        store.health().await.map_err(|e| hangar_types::error_chain(&e))
     })
 }
 
@@ -599,7 +599,7 @@ impl Provision<'_> {
 
     fn configuration(&mut self) -> Result<String, InstallError> {
         let text = render::hangar_toml(self.answers, self.layout, &self.host.service_user);
-        hangar::config::Config::from_toml(&text, &self.layout.config).map_err(InstallError::Config)?;
+        hangar_config::Config::from_toml(&text, &self.layout.config).map_err(InstallError::Config)?;
         let changed = write_if_changed(&self.layout.config, text.as_bytes(), 0o644, None)?;
         self.config_changed |= changed;
         Ok(format!("{}{}", self.layout.config.display(), if changed { "" } else { " (unchanged)" }))

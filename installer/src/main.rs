@@ -16,7 +16,7 @@ fn main() -> ExitCode {
         }
         Err(hangar_install::Failure::Negative) => ExitCode::FAILURE,
         Err(hangar_install::Failure::Failed(e)) => {
-            eprintln!("hangar-install: error: {}", hangar_install::error::chain(&e));
+            eprintln!("hangar-install: error: {}", hangar_types::error_chain(&e));
             ExitCode::FAILURE
         }
     }

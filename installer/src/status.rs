@@ -48,7 +48,7 @@ pub fn status(host: &Host) -> Result<(String, bool), InstallError> {
             }
             Err(e) => {
                 ready = false;
-                let _ = writeln!(out, "  (no status: {})", crate::error::chain(&e));
+                let _ = writeln!(out, "  (no status: {})", hangar_types::error_chain(&e));
             }
         }
         let ca = l.pki.join("ca.crt");

@@ -44,7 +44,7 @@ pub fn support_bundle(host: &Host, out: &Path) -> Result<Vec<String>, InstallErr
     }
     let status = match crate::status::status(host) {
         Ok((text, _)) => text,
-        Err(e) => format!("status unavailable: {}\n", crate::error::chain(&e)),
+        Err(e) => format!("status unavailable: {}\n", hangar_types::error_chain(&e)),
     };
     files.push(("status.txt".into(), redact(status.as_bytes(), &secrets)));
     files.push((

@@ -245,7 +245,7 @@ async fn an_interrupted_or_killed_install_leaves_a_host_the_next_run_finishes() 
     assert!(state["ready_at"].is_null(), "{state}");
     // The configuration written before the kill is whole and valid.
     let config = site.path("etc/hangar/hangar.toml");
-    hangar::config::Config::from_file(&config).unwrap();
+    hangar_config::Config::from_file(&config).unwrap();
     let status = site.command(&["status"]).output().unwrap();
     assert_eq!(status.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&status.stdout).contains("unfinished"));

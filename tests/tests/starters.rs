@@ -33,7 +33,7 @@ async fn postgres_runs_unprivileged_with_tls_and_refuses_plaintext() {
         tokio_postgres::NoTls,
     )
     .await;
-    let err = hangar_db::error_chain(&plain.err().expect("plaintext connection must be refused"));
+    let err = hangar_types::error_chain(&plain.err().expect("plaintext connection must be refused"));
     assert!(err.contains("no encryption"), "{err}");
 
     // A wrong password is refused too.

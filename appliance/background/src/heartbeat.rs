@@ -4,10 +4,8 @@
 
 use std::time::Duration;
 
-use diesel::prelude::*;
-use diesel_async::RunQueryDsl;
 use hangar_db::DbPool;
-use hangar_db::schema::processes;
+use hangar_store::processes::{self, Beat};
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
@@ -62,26 +60,19 @@ pub(crate) async fn beat(
         }
     }
     if let Ok(mut conn) = pool.get().await {
-        let _ = diesel::delete(processes::table.filter(processes::id.eq(&id))).execute(&mut conn).await;
+        let _ = processes::forget(&mut conn, &id).await;
     }
 }
 
 async fn write(pool: &DbPool, id: &str, kind: ProcessKind, leader: bool) -> Result<(), String> {
-    let mut conn = pool.get().await.map_err(|e| hangar_db::error_chain(&e))?;
-    diesel::insert_into(processes::table)
-        .values((
-            processes::id.eq(id),
-            processes::kind.eq(kind.as_str()),
-            processes::hostname.eq(hostname()),
-            processes::pid.eq(std::process::id() as i32),
-            processes::version.eq(env!("CARGO_PKG_VERSION")),
-            processes::leader.eq(leader),
-        ))
-        .on_conflict(processes::id)
-        .do_update()
-        .set((processes::last_seen_at.eq(diesel::dsl::now), processes::leader.eq(leader)))
-        .execute(&mut conn)
-        .await
-        .map_err(|e| hangar_db::error_chain(&e))?;
-    Ok(())
+    let mut conn = pool.get().await.map_err(|e| hangar_types::error_chain(&e))?;
+    let beat = Beat {
+        id,
+        kind: kind.as_str(),
+        hostname: &hostname(),
+        pid: std::process::id() as i32,
+        version: env!("CARGO_PKG_VERSION"),
+        leader,
+    };
+    processes::beat(&mut conn, &beat).await.map_err(|e| hangar_types::error_chain(&e))
 }

@@ -8,6 +8,6 @@ pub mod handlers;
 mod heartbeat;
 pub mod scheduler;
 
-pub use drain::{DrainConfig, run_drain};
+pub use drain::run_drain;
 pub use heartbeat::{ProcessKind, process_id};
-pub use scheduler::{EntryConfig, SchedulerConfig, SchedulerError, run_scheduler};
+pub use scheduler::{SchedulerError, run_scheduler};

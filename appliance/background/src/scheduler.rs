@@ -8,133 +8,35 @@
 //! compare-and-set, in the same transaction as the job it enqueues, so even two
 //! leaders at once (a network partition) cannot fire one tick twice.
 
-use std::str::FromStr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use croner::Cron;
-use diesel::prelude::*;
-use diesel::sql_types::{BigInt, Bool};
-use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
-use hangar_db::queue::{self, NewJob};
-use hangar_db::schema::scheduler_entries;
+use diesel_async::{AsyncConnection, AsyncPgConnection};
+use hangar_config::scheduler::Entry;
+use hangar_config::{Invalid, SchedulerConfig};
+use hangar_db::queue;
 use hangar_db::{Database, DbError, DbPool};
 use hangar_runner::{BackgroundWorker, RunnerOptions, Step};
-use serde::Deserialize;
+use hangar_store::{StoreError, scheduler as store};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::handlers::vcs::POLL as VCS_POLL;
-use crate::handlers::{DRIFT_CHECK, REAP, RETENTION};
 use crate::heartbeat::{self, ProcessKind};
-
-/// Advisory lock key of scheduler leadership (a constant unique to this purpose).
-const LEADER_LOCK: i64 = 0x4841_4e47_4152_0002;
-
-/// An operator-defined entry: `schedule` (cron, seconds optional) enqueues a job
-/// of `kind` with `payload`.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct EntryConfig {
-    pub name: String,
-    pub schedule: String,
-    pub kind: String,
-    #[serde(default = "empty_object")]
-    pub payload: serde_json::Value,
-}
-
-fn empty_object() -> serde_json::Value {
-    serde_json::json!({})
-}
-
-/// The `[scheduler]` section of `hangar.toml`.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct SchedulerConfig {
-    /// When the stuck-run reaper looks for runs whose worker lease expired.
-    pub reaper: String,
-    /// When retention cleanup runs.
-    pub retention: String,
-    /// How long dead jobs and deduplication keys are kept.
-    pub retention_days: u32,
-    /// How often stacks' drift schedules are checked.
-    pub drift: String,
-    /// How often plain-git integrations are considered for polling; each
-    /// repository is listed once per `[vcs] poll_interval_secs`.
-    pub vcs_poll: String,
-    #[serde(rename = "entry")]
-    pub entries: Vec<EntryConfig>,
-}
-
-impl Default for SchedulerConfig {
-    fn default() -> Self {
-        SchedulerConfig {
-            reaper: "*/10 * * * * *".into(),
-            retention: "17 * * * *".into(),
-            retention_days: 30,
-            drift: "* * * * *".into(),
-            vcs_poll: "*/10 * * * * *".into(),
-            entries: vec![],
-        }
-    }
-}
-
-/// An entry ready to fire.
-#[derive(Debug, Clone)]
-struct Entry {
-    name: String,
-    cron: Cron,
-    kind: String,
-    payload: serde_json::Value,
-    /// Drift checks get the window since the previous tick.
-    windowed: bool,
-}
-
-impl SchedulerConfig {
-    /// Every entry, built-in ones first; an invalid schedule is an error naming it.
-    fn entries(&self) -> Result<Vec<Entry>, (String, String)> {
-        let mut out = Vec::new();
-        let mut add = |name: &str, schedule: &str, kind: &str, payload: serde_json::Value, windowed: bool| {
-            let cron = Cron::from_str(schedule).map_err(|e| (format!("scheduler.{name}"), format!("invalid schedule {schedule:?}: {e}")))?;
-            out.push(Entry { name: name.into(), cron, kind: kind.into(), payload, windowed });
-            Ok::<(), (String, String)>(())
-        };
-        add("reaper", &self.reaper, REAP, serde_json::json!({}), false)?;
-        add("retention", &self.retention, RETENTION, serde_json::json!({ "days": self.retention_days }), false)?;
-        add("drift", &self.drift, DRIFT_CHECK, serde_json::json!({}), true)?;
-        add("vcs_poll", &self.vcs_poll, VCS_POLL, serde_json::json!({}), false)?;
-        for e in &self.entries {
-            if ["reaper", "retention", "drift", "vcs_poll"].contains(&e.name.as_str()) || e.name.is_empty() {
-                return Err(("scheduler.entry.name".into(), format!("{:?} is empty or reserved", e.name)));
-            }
-            add(&e.name, &e.schedule, &e.kind, e.payload.clone(), false)?;
-        }
-        Ok(out)
-    }
-
-    /// Problems with the values, as (field, problem).
-    pub fn validate(&self) -> Result<(), (String, String)> {
-        if self.retention_days == 0 {
-            return Err(("scheduler.retention_days".into(), "must be at least 1".into()));
-        }
-        self.entries().map(|_| ())
-    }
-}
 
 /// Why the scheduler could not run.
 #[derive(Debug, thiserror::Error)]
 pub enum SchedulerError {
-    #[error("invalid configuration: {field}: {problem}")]
-    Config { field: String, problem: String },
+    #[error("invalid configuration")]
+    Config(#[source] Invalid),
     #[error(transparent)]
     Db(#[from] DbError),
 }
 
 /// Runs a scheduler until `shutdown` is cancelled.
 pub async fn run_scheduler(db: Database, cfg: &SchedulerConfig, shutdown: CancellationToken) -> Result<(), SchedulerError> {
-    let entries = cfg.entries().map_err(|(field, problem)| SchedulerError::Config { field, problem })?;
+    let entries = cfg.entries().map_err(SchedulerError::Config)?;
     let pool = db.pool(Some(3))?;
     let leading = Arc::new(AtomicBool::new(false));
     let beats = CancellationToken::new();
@@ -162,18 +64,12 @@ struct Scheduler {
     next: Option<DateTime<Utc>>,
 }
 
-#[derive(QueryableByName)]
-struct Locked {
-    #[diesel(sql_type = Bool)]
-    locked: bool,
-}
-
 impl Scheduler {
     /// Makes sure we lead, or finds out we do not. Returns whether we lead.
     async fn ensure_leadership(&mut self) -> Result<bool, String> {
         if let Some(conn) = self.lock_conn.as_mut() {
             // Still connected means still holding the lock.
-            match diesel::sql_query("SELECT 1::bigint AS one").execute(conn).await {
+            match store::still_connected(conn).await {
                 Ok(_) => return Ok(true),
                 Err(e) => {
                     warn!(error = %e, "lost the leader connection; leadership is gone");
@@ -182,12 +78,8 @@ impl Scheduler {
                 }
             }
         }
-        let mut conn = self.db.connect().await.map_err(|e| hangar_db::error_chain(&e))?;
-        let Locked { locked } = diesel::sql_query("SELECT pg_try_advisory_lock($1) AS locked")
-            .bind::<BigInt, _>(LEADER_LOCK)
-            .get_result(&mut conn)
-            .await
-            .map_err(|e| hangar_db::error_chain(&e))?;
+        let mut conn = self.db.connect().await.map_err(|e| hangar_types::error_chain(&e))?;
+        let locked = store::try_lead(&mut conn).await.map_err(|e| hangar_types::error_chain(&e))?;
         if locked {
             info!(scheduler = %self.me, "became the scheduler leader");
             self.lock_conn = Some(conn);
@@ -198,18 +90,11 @@ impl Scheduler {
 
     /// Fires every entry due now; returns when the next one is due.
     async fn fire_due(&mut self) -> Result<DateTime<Utc>, String> {
-        let mut conn = self.pool.get().await.map_err(|e| hangar_db::error_chain(&e))?;
+        let mut conn = self.pool.get().await.map_err(|e| hangar_types::error_chain(&e))?;
         let now = Utc::now();
         let mut next = now + chrono::Duration::hours(1);
         for entry in &self.entries {
-            let last: Option<Option<DateTime<Utc>>> = scheduler_entries::table
-                .filter(scheduler_entries::name.eq(&entry.name))
-                .select(scheduler_entries::last_fire_at)
-                .get_result(&mut conn)
-                .await
-                .optional()
-                .map_err(|e| hangar_db::error_chain(&e))?;
-            let last = last.flatten();
+            let last = store::last_fire(&mut conn, &entry.name).await.map_err(|e| hangar_types::error_chain(&e))?.flatten();
             // The latest occurrence not after now.
             let due = entry.cron.find_previous_occurrence(&now, true).ok();
             if let Some(at) = due {
@@ -219,9 +104,11 @@ impl Scheduler {
                     Some(l) => at > l,
                 };
                 if last.is_none() {
-                    record_start(&mut conn, entry, at).await.map_err(|e| hangar_db::error_chain(&e))?;
+                    store::record_start(&mut conn, &entry.name, entry.cron.pattern.as_str(), at)
+                        .await
+                        .map_err(|e| hangar_types::error_chain(&e))?;
                 } else if fire {
-                    fire_once(&mut conn, entry, last, at, &self.me).await.map_err(|e| hangar_db::error_chain(&e))?;
+                    fire_once(&mut conn, entry, last, at, &self.me).await.map_err(|e| hangar_types::error_chain(&e))?;
                 }
             }
             if let Ok(n) = entry.cron.find_next_occurrence(&now, false) {
@@ -232,20 +119,6 @@ impl Scheduler {
     }
 }
 
-/// Remembers when an entry was first seen, so it fires from its next occurrence.
-async fn record_start(conn: &mut AsyncPgConnection, entry: &Entry, at: DateTime<Utc>) -> Result<(), DbError> {
-    diesel::insert_into(scheduler_entries::table)
-        .values((
-            scheduler_entries::name.eq(&entry.name),
-            scheduler_entries::schedule.eq(entry.cron.pattern.as_str()),
-            scheduler_entries::last_fire_at.eq(at),
-        ))
-        .on_conflict_do_nothing()
-        .execute(conn)
-        .await?;
-    Ok(())
-}
-
 /// Moves `last_fire_at` from `last` to `at` and enqueues the entry's job, in one
 /// transaction; does nothing when another scheduler moved it first.
 async fn fire_once(
@@ -254,31 +127,14 @@ async fn fire_once(
     last: Option<DateTime<Utc>>,
     at: DateTime<Utc>,
     me: &str,
-) -> Result<bool, DbError> {
+) -> Result<bool, StoreError> {
     let entry = entry.clone();
     let me = me.to_string();
-    conn.transaction::<_, DbError, _>(async move |c| {
-        let moved = diesel::update(
-            scheduler_entries::table
-                .filter(scheduler_entries::name.eq(&entry.name))
-                .filter(scheduler_entries::last_fire_at.is_not_distinct_from(last)),
-        )
-        .set((
-            scheduler_entries::last_fire_at.eq(at),
-            scheduler_entries::last_fired_by.eq(&me),
-            scheduler_entries::fires.eq(scheduler_entries::fires + 1),
-            scheduler_entries::schedule.eq(entry.cron.pattern.as_str()),
-        ))
-        .execute(c)
-        .await?;
-        if moved == 0 {
+    conn.transaction::<_, StoreError, _>(async move |c| {
+        if !store::advance(c, &entry.name, entry.cron.pattern.as_str(), last, at, &me).await? {
             return Ok(false);
         }
-        let mut payload = entry.payload.clone();
-        if entry.windowed {
-            payload = serde_json::json!({ "from": last, "to": at });
-        }
-        let job = NewJob::new(&entry.kind, payload).unique_key(format!("cron:{}:{}", entry.name, at.to_rfc3339()));
+        let job = entry.fires.job(last, at).to_new().unique_key(format!("cron:{}:{}", entry.name, at.to_rfc3339()));
         queue::enqueue(c, &job).await?;
         info!(entry = %entry.name, at = %at, "fired");
         Ok(true)

@@ -14,7 +14,8 @@ use std::time::{Duration, Instant};
 
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
-use hangar_broker::{Broker, BrokerConfig, BrokerLimits, Notification, WORKER_TOKEN_KIND, wire};
+use hangar_broker::{Broker, Notification, WORKER_TOKEN_KIND, wire};
+use hangar_config::{BrokerConfig, BrokerLimits};
 use hangar_certs::{CaOptions, CertStore, LeafRequest, Usage};
 use hangar_db::runs::{self, NewRun};
 use hangar_db::schema::{stacks, worker_pools, workers};

@@ -216,7 +216,7 @@ impl Authenticator {
             return Err(Refusal::BadToken);
         }
         let record = self.record(worker).await.map_err(|e| {
-            tracing::warn!(worker, error = %hangar_db::error_chain(&e), "cannot look up a connecting worker");
+            tracing::warn!(worker, error = %hangar_types::error_chain(&e), "cannot look up a connecting worker");
             Refusal::Unavailable
         })?;
         let record = record.ok_or(Refusal::UnknownWorker)?;

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use diesel::sql_types::BigInt;
 use diesel_async::RunQueryDsl;
-use futures::{FutureExt, StreamExt};
+use hangar_db::listen::{ListenOptions, Listener, Notice, listen};
 use hangar_db::runs::{RUNS_CHANNEL, RunChange};
 use hangar_db::{Database, DbError};
 use hangar_types::RunState;
@@ -29,8 +29,6 @@ use crate::wire::Notification;
 /// The channel the `worker_credentials` migration's triggers notify on.
 pub const WORKERS_CHANNEL: &str = "hangar_workers";
 
-const MIN_BACKOFF: Duration = Duration::from_millis(100);
-const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// A safety net under the triggers: connected workers are re-checked this often.
 const REVALIDATE_EVERY: Duration = Duration::from_secs(10);
 /// Notifications handled together at most, so a flood cannot starve the re-checks.
@@ -69,82 +67,37 @@ struct WorkerChange {
 
 /// Runs until `stop`, reconnecting with back-off.
 pub(crate) async fn run(shared: Arc<Shared>, db: Database, stop: CancellationToken) {
-    let mut backoff = MIN_BACKOFF;
-    loop {
-        let outcome = tokio::select! {
-            _ = stop.cancelled() => break,
-            r = listen(&shared, &db, &mut backoff) => r,
-        };
-        shared.bridge_up.store(false, Ordering::Relaxed);
-        match outcome {
-            Ok(()) => warn!(database = db.target(), "LISTEN connection closed; reconnecting"),
-            Err(e) => warn!(
-                database = db.target(),
-                error = %hangar_db::error_chain(&e),
-                retry_in = ?backoff,
-                "LISTEN connection failed"
-            ),
-        }
-        tokio::select! {
-            _ = stop.cancelled() => break,
-            _ = tokio::time::sleep(backoff) => {}
-        }
-        backoff = (backoff * 2).min(MAX_BACKOFF);
-    }
-    shared.bridge_up.store(false, Ordering::Relaxed);
+    let mut opts = ListenOptions::new("broker bridge", &[RUNS_CHANNEL, WORKERS_CHANNEL]);
+    opts.max_batch = MAX_BATCH;
+    opts.tick = Some(REVALIDATE_EVERY);
+    listen(&db, &opts, &mut Bridge(shared), &stop).await;
 }
 
-async fn listen(shared: &Shared, db: &Database, backoff: &mut Duration) -> Result<(), DbError> {
-    let mut conn = db.connect().await?;
-    diesel::sql_query(format!("LISTEN {RUNS_CHANNEL}")).execute(&mut conn).await?;
-    diesel::sql_query(format!("LISTEN {WORKERS_CHANNEL}")).execute(&mut conn).await?;
-    *backoff = MIN_BACKOFF;
-    catch_up(shared).await?;
-    shared.bridge_up.store(true, Ordering::Relaxed);
-    info!(database = db.target(), "broker bridge listening for run and worker changes");
-    let mut stream = std::pin::pin!(conn.notifications_stream());
-    let mut recheck = tokio::time::interval(REVALIDATE_EVERY);
-    recheck.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    recheck.tick().await;
-    loop {
-        tokio::select! {
-            n = stream.next() => match n {
-                None => return Ok(()),
-                Some(Err(e)) => return Err(e.into()),
-                Some(Ok(n)) => {
-                    // What else has already arrived is handled with it: one
-                    // commit that makes many runs READY asks for one
-                    // announcement per pool, not one per run to every worker.
-                    let mut batch = vec![n];
-                    let mut ended = None;
-                    while batch.len() < MAX_BATCH {
-                        match stream.next().now_or_never() {
-                            Some(Some(Ok(n))) => batch.push(n),
-                            Some(Some(Err(e))) => {
-                                ended = Some(Err(e.into()));
-                                break;
-                            }
-                            Some(None) => {
-                                ended = Some(Ok(()));
-                                break;
-                            }
-                            None => break,
-                        }
-                    }
-                    let mut announced = HashSet::new();
-                    for n in &batch {
-                        handle(shared, &n.channel, &n.payload, &mut announced).await;
-                    }
-                    if let Some(end) = ended {
-                        return end;
-                    }
-                }
-            },
-            _ = recheck.tick() => {
-                if let Err(e) = revalidate(shared, &shared.registry.workers()).await {
-                    warn!(error = %hangar_db::error_chain(&e), "cannot re-check connected workers");
-                }
-            }
+struct Bridge(Arc<Shared>);
+
+impl Listener for Bridge {
+    async fn connected(&mut self) -> Result<(), DbError> {
+        catch_up(&self.0).await?;
+        self.0.bridge_up.store(true, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// One commit that makes many runs READY asks for one announcement per
+    /// pool, not one per run to every worker.
+    async fn notified(&mut self, batch: Vec<Notice>) {
+        let mut announced = HashSet::new();
+        for n in &batch {
+            handle(&self.0, &n.channel, &n.payload, &mut announced).await;
+        }
+    }
+
+    fn disconnected(&mut self) {
+        self.0.bridge_up.store(false, Ordering::Relaxed);
+    }
+
+    async fn tick(&mut self) {
+        if let Err(e) = revalidate(&self.0, &self.0.registry.workers()).await {
+            warn!(error = %hangar_types::error_chain(&e), "cannot re-check connected workers");
         }
     }
 }
@@ -203,7 +156,7 @@ async fn handle(shared: &Shared, channel: &str, payload: &str, announced: &mut H
             WorkerChange { worker: None, pool: None } => return,
         };
         if let Err(e) = revalidate(shared, &affected).await {
-            warn!(error = %hangar_db::error_chain(&e), "cannot re-check changed workers");
+            warn!(error = %hangar_types::error_chain(&e), "cannot re-check changed workers");
         }
     }
 }

@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
+use hangar_config::BrokerConfig;
 use hangar_db::{Database, DbPool};
 use serde::Serialize;
 use tokio::net::TcpListener;
@@ -21,7 +22,7 @@ use crate::engine::Engine;
 use crate::registry::Registry;
 use crate::tls::TlsFiles;
 use crate::wire::{self, Notification};
-use crate::{BrokerConfig, BrokerError, bridge, session};
+use crate::{BrokerError, bridge, session};
 
 /// How long the health probe waits for a message to come back through the router.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);

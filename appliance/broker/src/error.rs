@@ -5,8 +5,8 @@ use std::path::PathBuf;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BrokerError {
-    #[error("{field} {problem}")]
-    Config { field: &'static str, problem: String },
+    #[error("invalid configuration")]
+    Config(#[from] hangar_config::Invalid),
     #[error("broker TLS material")]
     Tls {
         path: PathBuf,

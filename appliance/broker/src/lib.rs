@@ -11,7 +11,6 @@
 mod auth;
 mod bridge;
 mod broker;
-mod config;
 mod engine;
 mod error;
 mod registry;
@@ -23,6 +22,5 @@ pub use auth::WORKER_TOKEN_KIND;
 pub use bridge::WORKERS_CHANNEL;
 pub use broker::{Broker, BrokerHandle, BrokerStatus};
 pub(crate) use broker::Shared;
-pub use config::{BrokerConfig, BrokerLimits};
 pub use error::BrokerError;
 pub use wire::Notification;

@@ -60,7 +60,7 @@ impl TlsFiles {
                         state.acceptor = acceptor;
                     }
                     Err(e) => error!(
-                        error = %hangar_db::error_chain(&e),
+                        error = %hangar_types::error_chain(&e),
                         "broker certificate files changed but cannot be used; keeping the previous ones"
                     ),
                 }

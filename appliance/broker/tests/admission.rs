@@ -8,7 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{Client, ConnectFailure, Env, SOON, mosquitto, mosquitto_args, tls_args};
-use hangar_broker::{BrokerLimits, Notification};
+use hangar_broker::Notification;
+use hangar_config::BrokerLimits;
 use hangar_certs::{CaOptions, CertStore, LeafRequest, Usage};
 use rumqttc::ConnectReturnCode::{BadClientId, BadUserNamePassword, NotAuthorized, ServiceUnavailable};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -170,7 +170,7 @@ impl Database {
             .pg
             .connect(self.tls.clone())
             .await
-            .map_err(|e| ConnectionError::BadConnection(error_chain(&e)))?;
+            .map_err(|e| ConnectionError::BadConnection(hangar_types::error_chain(&e)))?;
         AsyncPgConnection::try_from_client_and_connection(client, conn).await
     }
 
@@ -198,20 +198,4 @@ impl Database {
                 reason: e.to_string(),
             })
     }
-}
-
-/// Flattens an error and its sources into one line, for errors that must be
-/// carried as text (diesel's `ConnectionError::BadConnection`).
-pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        let t = c.to_string();
-        if !s.contains(&t) {
-            s.push_str(": ");
-            s.push_str(&t);
-        }
-        cur = c.source();
-    }
-    s
 }

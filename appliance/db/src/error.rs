@@ -38,7 +38,7 @@ impl From<diesel_async::pooled_connection::deadpool::PoolError> for DbError {
     fn from(e: diesel_async::pooled_connection::deadpool::PoolError) -> Self {
         DbError::Pool {
             target: "pool".into(),
-            reason: crate::connect::error_chain(&e),
+            reason: hangar_types::error_chain(&e),
         }
     }
 }

@@ -1,8 +1,11 @@
 //! Hangar's database layer: TLS connections and pools, the schema and its embedded
-//! migrations, and the PostgreSQL job queue the drain consumes.
+//! migrations, the PostgreSQL job queue the drain consumes and the typed set of
+//! jobs it carries.
 
 mod connect;
 mod error;
+pub mod jobs;
+pub mod listen;
 pub mod migrate;
 pub mod queue;
 pub mod runs;
@@ -11,8 +14,3 @@ pub mod schema;
 pub use connect::{Database, DbConfig, DbPool, Password, PooledConn};
 pub use diesel_async::AsyncPgConnection;
 pub use error::DbError;
-
-/// One line holding an error and all of its causes, for logs and messages.
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    connect::error_chain(e)
-}

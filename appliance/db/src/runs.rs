@@ -9,14 +9,13 @@ use hangar_types::{RunKind, RunState, TransitionError};
 use serde::Serialize;
 
 use crate::DbError;
+use crate::jobs::{Job, StackRef};
 use crate::queue::{self, NewJob};
 use crate::schema::{run_events, runs, stacks};
 
 /// The channel every run transition is announced on; the payload is a
 /// [`RunChange`] as JSON. The server turns these into broker messages.
 pub const RUNS_CHANNEL: &str = "hangar_runs";
-/// Job kind that promotes a stack's queued runs when it may.
-pub const SCHEDULE_JOB: &str = "run.schedule";
 
 #[derive(Debug, Clone, Queryable, Selectable, Serialize)]
 #[diesel(table_name = runs)]
@@ -128,7 +127,7 @@ pub async fn create(conn: &mut AsyncPgConnection, new: &NewRun, actor: &str) -> 
 
 /// The job that (re)considers a stack's queued runs.
 pub fn schedule_job(stack_id: i64) -> NewJob {
-    NewJob::new(SCHEDULE_JOB, serde_json::json!({ "stack": stack_id }))
+    Job::Schedule(StackRef { stack: stack_id }).to_new()
 }
 
 /// Moves run `id` to `to` if the transition table allows it from its current

@@ -11,7 +11,7 @@ use hangar_db::Database;
 use hangar_server::admin::{self, UserOutcome};
 use hangar_types::Role;
 
-use crate::config::Config;
+use hangar_config::Config;
 
 #[derive(Debug, Args)]
 pub struct AdminArgs {
@@ -116,7 +116,7 @@ pub async fn run(cfg: &Config, args: AdminArgs) -> anyhow::Result<()> {
             let mut conn = db.connect().await?;
             // Before any key file is written: the configured key must be the one
             // that wraps the stored data keys.
-            hangar_server::secrets::SecretBox::new(old.clone()).check(&mut conn).await?;
+            hangar_store::secrets::SecretBox::new(old.clone()).check(&mut conn).await?;
             let new = if new_key_file.exists() {
                 MasterKey::load(&new_key_file)?
             } else {

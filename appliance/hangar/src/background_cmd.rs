@@ -6,10 +6,10 @@ use std::sync::Arc;
 use hangar_background::handlers::vcs::VcsContext;
 use hangar_crypto::MasterKey;
 use hangar_db::Database;
-use hangar_server::secrets::SecretBox;
+use hangar_store::secrets::SecretBox;
 use hangar_vcs::GitCache;
 
-use crate::config::Config;
+use hangar_config::Config;
 use crate::signals;
 
 pub async fn drain(cfg: &Config) -> anyhow::Result<()> {

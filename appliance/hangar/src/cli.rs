@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
-use crate::config::{self, Config};
+use hangar_config::{self as config, Config};
 use crate::logging::{self, LogFormat};
 
 #[derive(Debug, Parser)]

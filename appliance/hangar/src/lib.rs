@@ -1,8 +1,8 @@
-//! The `hangar` appliance binary's logic: configuration and the subcommands.
+//! The `hangar` appliance binary's logic: the subcommands (the configuration
+//! they read is `hangar-config`'s).
 
 mod background_cmd;
 pub mod cli;
-pub mod config;
 pub mod logging;
 mod migrate_cmd;
 mod server_cmd;

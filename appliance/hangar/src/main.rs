@@ -15,7 +15,7 @@ fn main() -> std::process::ExitCode {
     match runtime.block_on(hangar::run(cli)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("hangar: error: {}", hangar_db::error_chain(e.as_ref()));
+            eprintln!("hangar: error: {}", hangar_types::error_chain(e.as_ref()));
             std::process::ExitCode::FAILURE
         }
     }

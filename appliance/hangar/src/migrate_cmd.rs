@@ -3,7 +3,7 @@
 use anyhow::Context;
 use hangar_db::{Database, migrate};
 
-use crate::config::Config;
+use hangar_config::Config;
 
 pub async fn run(cfg: &Config, status_only: bool) -> anyhow::Result<()> {
     let db = Database::from_config(&cfg.database, "hangar-migrate")?;

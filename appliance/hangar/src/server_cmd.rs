@@ -11,7 +11,7 @@ use hangar_broker::{Broker, BrokerHandle};
 use hangar_objects::ObjectStore;
 use hangar_server::{HostedComponent, Server, ServerSettings};
 
-use crate::config::Config;
+use hangar_config::Config;
 
 pub async fn run(cfg: &Config, path: &Path) -> anyhow::Result<()> {
     let missing = |section: &str| format!("{}: the [{section}] section is required by `hangar server`", path.display());

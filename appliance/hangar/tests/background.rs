@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
+use hangar_db::jobs::JobKind;
 use hangar_db::queue::{self, NewJob};
 use hangar_db::runs::{self, NewRun};
 use hangar_db::schema::{job_keys, jobs, processes, runs as runs_t, scheduler_entries, sessions, stacks, users};
@@ -148,7 +149,7 @@ async fn failing_jobs_are_retried_then_kept_dead_with_their_error() {
     let cfg = e.config("drain", "");
     let mut c = e.pool.get().await.unwrap();
     queue::enqueue(&mut c, &NewJob::new("no.such.kind", json!({})).max_attempts(2)).await.unwrap();
-    queue::enqueue(&mut c, &NewJob::new(runs::SCHEDULE_JOB, json!({ "stack": "not a number" }))).await.unwrap();
+    queue::enqueue(&mut c, &NewJob::new(JobKind::Schedule.as_str(), json!({ "stack": "not a number" }))).await.unwrap();
     let _d = e.spawn("drain", "drain", &cfg);
     let dead = wait_for("two dead jobs", Duration::from_secs(30), || async {
         let mut c = e.pool.get().await.unwrap();
@@ -159,9 +160,10 @@ async fn failing_jobs_are_retried_then_kept_dead_with_their_error() {
     let unknown = dead.iter().find(|j| j.kind == "no.such.kind").unwrap();
     assert_eq!(unknown.attempts, 2);
     assert!(unknown.last_error.as_deref().unwrap().contains("no handler"));
-    let malformed = dead.iter().find(|j| j.kind == runs::SCHEDULE_JOB).unwrap();
+    let malformed = dead.iter().find(|j| j.kind == JobKind::Schedule.as_str()).unwrap();
     assert_eq!(malformed.attempts, 1, "a malformed payload is not retried");
-    assert!(malformed.last_error.as_deref().unwrap().contains("\"stack\""), "{:?}", malformed.last_error);
+    let error = malformed.last_error.as_deref().unwrap();
+    assert!(error.contains("payload of a run.schedule job") && error.contains("not a number"), "{error}");
 }
 
 #[derive(QueryableByName)]
@@ -204,7 +206,7 @@ async fn two_schedulers_fire_each_tick_once_and_hand_over_when_the_leader_dies()
     let cfg = e.config(
         "scheduler",
         "[scheduler]\nreaper = \"0 0 1 1 *\"\nretention = \"0 0 1 1 *\"\ndrift = \"0 0 1 1 *\"\nvcs_poll = \"0 0 1 1 *\"\n\
-         [[scheduler.entry]]\nname = \"tick\"\nschedule = \"* * * * * *\"\nkind = \"test.tick\"\n",
+         [[scheduler.entry]]\nname = \"tick\"\nschedule = \"* * * * * *\"\nkind = \"runs.reap\"\n",
     );
     let mut a = e.spawn("scheduler", "scheduler-a", &cfg);
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -246,7 +248,7 @@ async fn two_schedulers_fire_each_tick_once_and_hand_over_when_the_leader_dies()
     let mut distinct = all.clone();
     distinct.dedup();
     assert_eq!(distinct.len(), all.len());
-    let jobs_made: i64 = jobs::table.filter(jobs::kind.eq("test.tick")).count().get_result(&mut c).await.unwrap();
+    let jobs_made: i64 = jobs::table.filter(jobs::kind.eq(JobKind::Reap.as_str())).count().get_result(&mut c).await.unwrap();
     assert_eq!(jobs_made as usize, all.len());
     let fired_lines = a.output().matches("fired").count() + b.output().matches("fired").count();
     assert_eq!(fired_lines, all.len());

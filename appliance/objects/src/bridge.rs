@@ -152,12 +152,7 @@ async fn forward(req: Request<Incoming>, shared: &Shared) -> Response<ProxyBody>
     let resp = match sent {
         Ok(r) => r,
         Err(e) => {
-            let mut msg = format!("object store {}: {e}", shared.authority);
-            let mut cur = std::error::Error::source(&e);
-            while let Some(c) = cur {
-                msg.push_str(&format!(": {c}"));
-                cur = c.source();
-            }
+            let msg = format!("object store {}: {}", shared.authority, hangar_types::error_chain(&e));
             tracing::warn!(store = %shared.authority, error = %msg, "object store request failed");
             return text(StatusCode::BAD_GATEWAY, msg);
         }

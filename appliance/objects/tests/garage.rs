@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hangar_certs::{CaOptions, CertStore, LeafRequest};
-use hangar_objects::{Engine, ObjectStore, ObjectsConfig, ObjectsError};
+use hangar_objects::{Engine, ObjectStore, ObjectsConfig};
 use hangar_testkit::{Garage, TestDir};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -64,16 +64,6 @@ async fn tls_front(pki: &Path, garage_port: u16) -> (SocketAddr, tokio::task::Jo
     (addr, task)
 }
 
-fn chain(e: &ObjectsError) -> String {
-    let mut s = e.to_string();
-    let mut cur = std::error::Error::source(e);
-    while let Some(c) = cur {
-        s.push_str(&format!(": {c}"));
-        cur = c.source();
-    }
-    s
-}
-
 #[tokio::test]
 async fn plain_http_health_put_get_and_presigned_urls() {
     let garage = Garage::start().await;
@@ -100,7 +90,7 @@ async fn plain_http_health_put_get_and_presigned_urls() {
     assert_eq!(http.get(&forged).send().await.unwrap().status(), 403);
 
     store.delete("plans/1.tfplan").await.unwrap();
-    let missing = chain(&store.get("plans/1.tfplan").await.unwrap_err());
+    let missing = hangar_types::error_chain(&store.get("plans/1.tfplan").await.unwrap_err());
     assert!(missing.contains("get \"plans/1.tfplan\"") && missing.contains("404"), "{missing}");
     assert!(store.presign_get("x", Duration::from_secs(8 * 86_400)).await.is_err(), "longer than S3 allows");
     assert!(!format!("{store:?}").contains(&garage.secret_key));
@@ -115,24 +105,24 @@ async fn health_fails_clearly_on_bad_credentials_missing_bucket_and_a_dead_store
     let wrong_dir = dir.subdir("wrong");
     let (a, s) = write_keys(&wrong_dir, &garage.access_key, "0000000000000000000000000000000000000000000000000000000000000000");
     let wrong = ObjectsConfig { access_key_file: a, secret_key_file: s, ..good.clone() };
-    let e = chain(&ObjectStore::connect(&wrong).await.unwrap().health().await.unwrap_err());
+    let e = hangar_types::error_chain(&ObjectStore::connect(&wrong).await.unwrap().health().await.unwrap_err());
     assert!(e.contains(&garage.endpoint()) && e.contains("403"), "{e}");
 
     let no_bucket = ObjectsConfig { bucket: "no-such-bucket".into(), ..good.clone() };
-    let e = chain(&ObjectStore::connect(&no_bucket).await.unwrap().health().await.unwrap_err());
+    let e = hangar_types::error_chain(&ObjectStore::connect(&no_bucket).await.unwrap().health().await.unwrap_err());
     assert!(e.contains("no-such-bucket") && e.contains("404"), "{e}");
 
     // A credential file others can read is refused before any request.
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&good.secret_key_file, std::fs::Permissions::from_mode(0o644)).unwrap();
-    let e = chain(&ObjectStore::connect(&good).await.unwrap_err());
+    let e = hangar_types::error_chain(&ObjectStore::connect(&good).await.unwrap_err());
     assert!(e.contains("objects-secret-key") && e.contains("0600"), "{e}");
     std::fs::set_permissions(&good.secret_key_file, std::fs::Permissions::from_mode(0o600)).unwrap();
 
     let store = ObjectStore::connect(&good).await.unwrap();
     store.health().await.unwrap();
     garage.kill();
-    let e = chain(&store.health().await.unwrap_err());
+    let e = hangar_types::error_chain(&store.health().await.unwrap_err());
     assert!(e.contains(&garage.endpoint()), "{e}");
 }
 
@@ -167,9 +157,9 @@ async fn https_endpoint_is_trusted_through_ca_file_only() {
     let other_pki = dir.path().join("other-pki");
     CertStore::open_or_create(&other_pki, &CaOptions::default()).unwrap();
     let untrusted = ObjectsConfig { ca_file: Some(other_pki.join("ca.crt")), ..cfg.clone() };
-    let e = chain(&ObjectStore::connect(&untrusted).await.unwrap().health().await.unwrap_err());
+    let e = hangar_types::error_chain(&ObjectStore::connect(&untrusted).await.unwrap().health().await.unwrap_err());
     assert!(e.contains(&endpoint) && e.to_lowercase().contains("certificate"), "{e}");
     let system_roots = ObjectsConfig { ca_file: None, ..cfg };
-    let e = chain(&ObjectStore::connect(&system_roots).await.unwrap().health().await.unwrap_err());
+    let e = hangar_types::error_chain(&ObjectStore::connect(&system_roots).await.unwrap().health().await.unwrap_err());
     assert!(e.contains(&endpoint), "{e}");
 }

@@ -1,9 +1,13 @@
-//! The one shape every background loop of Hangar has — the drain's consumer, the
-//! scheduler, the supervisor's watchers, the worker host's run loop: do a unit of
-//! work, say whether there is more (busy) or not (idle), and wait for work when
-//! idle. Shutdown is only observed between units, so a unit is never cut in half;
-//! a unit that overruns the exit deadline is abandoned (its work must be safe to
-//! redo — leases and idempotent handlers make it so).
+//! The one shape of Hangar's background loops — the drain's consumer, the
+//! scheduler, and the worker host's run loop, heartbeats and broker link: do a
+//! unit of work, say whether there is more (busy) or not (idle), and wait for
+//! work when idle. Shutdown is only observed between units, so a unit is never
+//! cut in half; a unit that overruns the exit deadline is abandoned (its work
+//! must be safe to redo — leases and idempotent handlers make it so).
+//!
+//! The supervisor does not use it: each of its services has a task of its own
+//! driven by child exits, readiness checks and operator commands
+//! (`hangar_supervisor`'s `service` module), which is not a loop of units.
 
 use std::fmt;
 use std::time::Duration;

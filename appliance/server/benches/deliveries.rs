@@ -134,7 +134,7 @@ async fn wait_for_queue(app: &Appliance) {
     let mut c = app.pg.database().connect().await.unwrap();
     loop {
         let n: i64 = hangar_db::schema::jobs::table
-            .filter(hangar_db::schema::jobs::kind.eq("vcs.delivery"))
+            .filter(hangar_db::schema::jobs::kind.eq(hangar_db::jobs::JobKind::VcsDelivery.as_str()))
             .count()
             .get_result(&mut c)
             .await

@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 
 use hangar_db::runs::NewRun;
 use hangar_testkit::{ChildProcess, TestDir, cargo_bin, wait_for};
-use hangar_types::worker::{HostInfo, JoinRequest, JoinResponse, Notification, RunAssignment, StateReport};
+use hangar_types::worker::{HostInfo, JoinRequest, JoinResponse, Notification, RunAssignment, StateReport, WorkerRoute};
 use hangar_types::{RunKind, RunState};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS, TlsConfiguration, Transport};
 use serde_json::json;
@@ -59,7 +59,7 @@ struct Sim {
 impl Sim {
     async fn claim(&self) -> Result<Option<RunAssignment>, u16> {
         let _one = self.one.lock().await;
-        let r = self.http.post(format!("{}/api/v1/worker/claim", self.base)).bearer_auth(&self.token).send().await.unwrap();
+        let r = self.http.post(format!("{}{}", self.base, WorkerRoute::Claim.path())).bearer_auth(&self.token).send().await.unwrap();
         match r.status().as_u16() {
             204 => Ok(None),
             200 => Ok(Some(r.json().await.unwrap())),
@@ -73,7 +73,7 @@ impl Sim {
         let _one = self.one.lock().await;
         let r = self
             .http
-            .post(format!("{}/api/v1/worker/heartbeat", self.base))
+            .post(format!("{}{}", self.base, WorkerRoute::Heartbeat.path()))
             .bearer_auth(&self.token)
             .json(&json!({ "status": "idle", "run": null }))
             .send()
@@ -86,7 +86,7 @@ impl Sim {
         let body = StateReport { to: RunState::Failed, note: "bench".into(), changes: None };
         let r = self
             .http
-            .post(format!("{}/api/v1/worker/runs/{run}/state", self.base))
+            .post(format!("{}{}", self.base, WorkerRoute::ReportState { run }.path()))
             .bearer_auth(&self.token)
             .json(&body)
             .send()
@@ -128,7 +128,7 @@ async fn join(app: &Appliance, admin: &str, pool: &str, name: String, broker_por
         csr_pem: csr,
         host: HostInfo { hostname: name, os: "linux".into(), arch: "amd64".into(), version: "bench".into() },
     };
-    let r = app.client.post(app.url("/api/v1/workers/join")).json(&req).send().await.unwrap();
+    let r = app.client.post(app.url(WorkerRoute::JOIN_PATH)).json(&req).send().await.unwrap();
     assert_eq!(r.status(), 200);
     let resp: JoinResponse = r.json().await.unwrap();
     let ca_pem = std::fs::read(app.ca_path()).unwrap();

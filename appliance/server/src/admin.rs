@@ -8,7 +8,7 @@ use hangar_types::Role;
 use serde_json::json;
 
 use crate::ServerError;
-use crate::store::{audit, users};
+use hangar_store::{audit, users};
 
 /// How command-line changes are named in the audit trail.
 pub const CLI_ACTOR: &str = "hangar admin (command line)";
@@ -98,7 +98,7 @@ pub async fn rotate_master_key(
 ) -> Result<usize, ServerError> {
     let (old, new) = (old.clone(), new.clone());
     conn.transaction::<_, ServerError, _>(async move |c| {
-        let n = crate::secrets::rotate_master_key(c, &old, &new).await?;
+        let n = hangar_store::secrets::rotate_master_key(c, &old, &new).await?;
         audit::record(
             c,
             CLI_ACTOR,

@@ -6,8 +6,8 @@ use std::path::PathBuf;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
-    #[error("invalid configuration: {field} {problem}")]
-    Config { field: &'static str, problem: String },
+    #[error("invalid configuration")]
+    Config(#[from] hangar_config::Invalid),
     #[error("TLS certificate or key")]
     Certs(#[source] Box<hangar_certs::CertError>),
     #[error("cannot listen on {addr}")]
@@ -26,18 +26,8 @@ pub enum ServerError {
     Db(#[source] Box<hangar_db::DbError>),
     #[error("database query")]
     Query(#[from] diesel::result::Error),
-    #[error(
-        "data key {data_key} is wrapped by master key {stored}, but the configured master key is {configured} \
-         (was the master key rotated without swapping the key file?)"
-    )]
-    MasterKeyMismatch { data_key: i64, stored: String, configured: String },
-    #[error("data key {data_key} does not open with master key {master_key}")]
-    DataKeyUnwrap {
-        data_key: i64,
-        master_key: String,
-        #[source]
-        source: Box<hangar_crypto::CryptoError>,
-    },
+    #[error(transparent)]
+    Store(#[from] hangar_store::StoreError),
     #[error("the database schema is behind this binary: run `hangar migrate` (pending: {pending})")]
     SchemaBehind { pending: String },
     #[error("user {email}: {problem}")]

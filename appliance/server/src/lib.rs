@@ -1,6 +1,8 @@
-//! `hangar server`: the appliance's HTTPS endpoint on 1983 — `/health`,
-//! `/ready` and the GraphQL API — with secrets sealed at rest, plus the
-//! administration tasks the installer and operators run (`hangar admin`).
+//! `hangar server`: the appliance's HTTPS endpoint on 1983 — `/health` and
+//! `/ready`, the GraphQL API, run logs, Terraform's state backend, the worker
+//! API with tool downloads and the provider mirror, and VCS webhooks (the
+//! table is in `routes`) — plus the administration tasks the installer and
+//! operators run (`hangar admin`). Data goes through `hangar-store`.
 //!
 //! Lifecycle: [`Server::start`] binds and returns a [`ServerHandle`] with
 //! `local_addr()`, `shutdown()` and `wait()`; the address comes from the
@@ -8,17 +10,16 @@
 
 pub mod admin;
 mod api;
-mod config;
 mod error;
 pub mod git;
+mod graphql;
 pub mod hosted;
 mod http;
 mod listener;
 pub mod logs;
 mod ready;
-pub mod secrets;
+mod routes;
 mod state;
-pub mod store;
 mod webhooks;
 pub mod workers;
 
@@ -34,14 +35,13 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-pub use config::{SecretsConfig, ServerConfig};
 pub use error::ServerError;
 pub use hosted::HostedComponent;
 pub use listener::{PeerCertificates, RemoteAddr};
 
 /// Everything the server needs, resolved by the caller.
 pub struct ServerSettings {
-    pub config: ServerConfig,
+    pub config: hangar_config::ServerConfig,
     /// The database; the server keeps its own pool of `pool_size` connections.
     pub database: Database,
     pub objects: Arc<ObjectStore>,
@@ -68,7 +68,7 @@ pub(crate) struct App {
     /// `user@host:port/db`, for messages.
     pub(crate) db_target: String,
     pub(crate) objects: Arc<ObjectStore>,
-    pub(crate) secrets: secrets::SecretBox,
+    pub(crate) secrets: hangar_store::secrets::SecretBox,
     pub(crate) hosted: Vec<Arc<dyn HostedComponent>>,
     pub(crate) session_ttl: chrono::Duration,
     pub(crate) git_timeout: Duration,
@@ -102,7 +102,7 @@ impl Server {
         let db = database.pool(None)?;
         let tls = tls_config(&config)?;
         let workers = workers::WorkerSettings::new(&config)?;
-        let secrets = secrets::SecretBox::new(master_key);
+        let secrets = hangar_store::secrets::SecretBox::new(master_key);
         check_database(&db, &secrets).await?;
 
         // ---- components the server hosts ----
@@ -129,11 +129,10 @@ impl Server {
             workers,
             max_state_bytes: config.max_state_bytes,
         });
-        let schema = api::schema(
-            app.clone(),
-            api::QueryLimits { max_depth: config.max_query_depth, max_complexity: config.max_query_complexity },
-        );
-        let routes = http::routes(app.clone(), schema, config.max_body_bytes);
+        let limits = graphql::QueryLimits { max_depth: config.max_query_depth, max_complexity: config.max_query_complexity };
+        let schema = graphql::schema(app.clone(), limits);
+        let admission = graphql::Admission::new(&schema, limits);
+        let routes = routes::routes(app.clone(), schema, admission, config.max_body_bytes);
         let limits = listener::ConnectionLimits {
             handshake_timeout: config.handshake_timeout(),
             header_timeout: Duration::from_secs(30),
@@ -188,7 +187,7 @@ async fn run(
     tracing::info!("server stopped");
 }
 
-fn tls_config(config: &ServerConfig) -> Result<tokio_rustls::TlsAcceptor, ServerError> {
+fn tls_config(config: &hangar_config::ServerConfig) -> Result<tokio_rustls::TlsAcceptor, ServerError> {
     let chain = hangar_certs::tls::load_certs(&config.cert_file).map_err(ServerError::certs)?;
     let key = hangar_certs::tls::load_key(&config.key_file).map_err(ServerError::certs)?;
     let ca = std::fs::read(&config.ca_file).map_err(|source| ServerError::ReadFile { path: config.ca_file.clone(), source })?;
@@ -210,11 +209,11 @@ struct Version {
 /// Refuses to start on a schema older than this binary or with data keys the
 /// configured master key did not wrap. A database that does not answer yet is
 /// only logged: `/ready` reports it until it does.
-async fn check_database(db: &DbPool, secrets: &secrets::SecretBox) -> Result<(), ServerError> {
+async fn check_database(db: &DbPool, secrets: &hangar_store::secrets::SecretBox) -> Result<(), ServerError> {
     let mut conn = match db.get().await {
         Ok(c) => c,
         Err(e) => {
-            tracing::warn!(error = %hangar_db::error_chain(&e), "database not reachable at start; continuing");
+            tracing::warn!(error = %hangar_types::error_chain(&e), "database not reachable at start; continuing");
             return Ok(());
         }
     };
@@ -229,5 +228,5 @@ async fn check_database(db: &DbPool, secrets: &secrets::SecretBox) -> Result<(),
     if !pending.is_empty() {
         return Err(ServerError::SchemaBehind { pending: pending.join(", ") });
     }
-    secrets.check(&mut conn).await
+    Ok(secrets.check(&mut conn).await?)
 }

@@ -41,7 +41,7 @@ where
 }
 
 async fn postgres(app: &App) -> Result<(), String> {
-    let failed = |e: &dyn std::error::Error| format!("PostgreSQL at {}: {}", app.db_target, hangar_db::error_chain(e));
+    let failed = |e: &dyn std::error::Error| format!("PostgreSQL at {}: {}", app.db_target, hangar_types::error_chain(e));
     let mut conn = app.db.get().await.map_err(|e| failed(&e))?;
     diesel::sql_query("SELECT 1").execute(&mut conn).await.map(|_| ()).map_err(|e| failed(&e))
 }
@@ -50,7 +50,7 @@ async fn postgres(app: &App) -> Result<(), String> {
 pub(crate) async fn report(app: &App) -> (bool, Value) {
     let pg = bounded("PostgreSQL", postgres(app));
     let objects = bounded("the object store", async {
-        app.objects.health().await.map_err(|e| hangar_db::error_chain(&e))
+        app.objects.health().await.map_err(|e| hangar_types::error_chain(&e))
     });
     let hosted = futures::future::join_all(
         app.hosted.iter().map(|h| async move { (h.name(), bounded(h.name(), h.ready()).await) }),

@@ -3,22 +3,28 @@
 //! A delivery is checked in this order, each failure answered at once and
 //! nothing enqueued: an unknown kind, integration or a kind that is not the
 //! integration's (404, all alike, so a sender learns nothing about which
-//! integrations exist); a declared or actual body over [`MAX_BODY`] (413,
-//! nothing read past the limit); the vendor's signature or token with the
-//! integration's secret (401, constant-time, in `hangar-vcs`); a body that is
-//! not a JSON object (400). A good delivery is enqueued raw under the key
-//! `"{integration id}:{delivery id}"` with its row in the delivery log, in one
-//! transaction, and answered 202 without parsing: the drain does the rest. A
-//! redelivery answers 200 and enqueues nothing.
+//! integrations exist, whatever else is wrong with the request); a declared
+//! or actual body over the vendor's limit ([`hangar_vcs::max_body`]: 413,
+//! nothing read past it, nothing hashed); the vendor's signature or token with
+//! the integration's secret (401, constant-time, in `hangar-vcs`); a
+//! form-encoded body Hangar cannot take (415, saying to choose JSON); a
+//! document that is not a JSON object (400). A good delivery's JSON is
+//! enqueued raw under the key `"{integration id}:{delivery id}"` with its row
+//! in the delivery log, in one transaction, and answered 202 without parsing:
+//! the drain does the rest. A redelivery answers 200 and enqueues nothing.
+//! Bitbucket's unsigned "Test connection" ping is answered 200 with what it
+//! means, and enqueues nothing either.
 
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use bytes::{Buf, BytesMut};
+use bytes::Buf;
 use diesel_async::AsyncConnection;
-use futures::{Stream, StreamExt};
-use hangar_db::queue::{self, Enqueued, NewJob};
-use hangar_vcs::{MAX_BODY, Vendor, Verifier, WebhookError};
+use futures::Stream;
+use hangar_db::jobs::{Delivery, Job};
+use hangar_db::queue::{self, Enqueued};
+use hangar_types::http::ErrorCode;
+use hangar_vcs::{Vendor, Verifier, WebhookError};
 use serde_json::json;
 use warp::Filter;
 use warp::filters::BoxedFilter;
@@ -26,7 +32,8 @@ use warp::http::{HeaderMap, StatusCode};
 use warp::reply::{Reply, Response};
 
 use crate::App;
-use crate::store::vcs::{self as store, DELIVERY_JOB, Kind};
+use crate::http::HttpError;
+use hangar_store::vcs::{self as store, Kind};
 
 /// Why a delivery was not accepted.
 #[derive(Debug, thiserror::Error)]
@@ -44,18 +51,26 @@ enum Refusal {
 }
 
 impl Refusal {
-    fn status(&self) -> StatusCode {
+    fn code(&self) -> ErrorCode {
         match self {
-            Refusal::NotFound => StatusCode::NOT_FOUND,
-            Refusal::Webhook(e) => e.http_status(),
-            Refusal::Unreadable | Refusal::NotJson => StatusCode::BAD_REQUEST,
-            Refusal::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Refusal::NotFound => ErrorCode::NotFound,
+            // The VCS crate says how each refusal of a delivery is answered.
+            Refusal::Webhook(e) => ErrorCode::for_status(e.http_status().as_u16()),
+            Refusal::Unreadable | Refusal::NotJson => ErrorCode::BadRequest,
+            Refusal::Unavailable => ErrorCode::Unavailable,
         }
     }
 
     fn into_response(self) -> Response {
-        let status = self.status();
-        warp::reply::with_status(warp::reply::json(&json!({ "error": self.to_string() })), status).into_response()
+        match &self {
+            // Answered, not refused: nothing was verified or queued, and the
+            // text says so.
+            Refusal::Webhook(e @ WebhookError::UnsignedTestConnection { .. }) => crate::http::json_response(
+                e.http_status(),
+                &json!({ "status": "ping", "message": e.to_string() }),
+            ),
+            _ => crate::http::error_response(self.code(), &self.to_string()),
+        }
     }
 }
 
@@ -71,7 +86,7 @@ pub(crate) fn route(app: Arc<App>) -> BoxedFilter<(Response,)> {
                 match accept(&app, &kind, &integration, &headers, body).await {
                     Ok(r) => r,
                     Err(e) => {
-                        tracing::info!(kind = %kind.chars().take(32).collect::<String>(), integration = %integration.chars().take(64).collect::<String>(), status = e.status().as_u16(), reason = %e, "webhook refused");
+                        tracing::info!(kind = %kind.chars().take(32).collect::<String>(), integration = %integration.chars().take(64).collect::<String>(), status = e.code().status(), reason = %e, "webhook refused");
                         e.into_response()
                     }
                 }
@@ -86,15 +101,8 @@ where
     B: Buf,
 {
     let vendor: Vendor = kind.parse().map_err(|_| Refusal::NotFound)?;
-    let declared = headers
-        .get(warp::http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if let Some(len) = declared {
-        hangar_vcs::check_declared_length(vendor, len)?;
-    }
     let mut conn = app.db.get().await.map_err(|e| {
-        tracing::warn!(error = %hangar_db::error_chain(&e), "webhook: database unavailable");
+        tracing::warn!(error = %hangar_types::error_chain(&e), "webhook: database unavailable");
         Refusal::Unavailable
     })?;
     let integration = store::by_name(&mut conn, name).await.map_err(|e| {
@@ -104,8 +112,16 @@ where
     let Some(integration) = integration.filter(|i| i.kind() == Kind::Vendor(vendor)) else {
         return Err(Refusal::NotFound);
     };
+    // Nothing of the body has been read yet.
+    let declared = headers
+        .get(warp::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if let Some(len) = declared {
+        hangar_vcs::check_declared_length(vendor, len)?;
+    }
     let secret = store::open(&mut conn, &app.secrets, integration.id).await.map_err(|e| {
-        tracing::error!(integration = %integration.name, error = %hangar_db::error_chain(&e), "webhook: cannot open the webhook secret");
+        tracing::error!(integration = %integration.name, error = %hangar_types::error_chain(&e), "webhook: cannot open the webhook secret");
         Refusal::Unavailable
     })?;
     // An integration without a secret cannot authenticate anything: refused
@@ -115,28 +131,36 @@ where
         .as_ref()
         .and_then(|s| Verifier::new(vendor, s).ok())
         .ok_or(Refusal::Webhook(WebhookError::BadSignature { vendor, header: "(no webhook secret configured)" }))?;
-    let body = read_limited(body, vendor).await?;
+    let limit = hangar_vcs::max_body(vendor);
+    let body = crate::http::read_limited(body, limit as u64).await.map_err(|e| match e {
+        HttpError::BodyTooLarge { read, .. } => Refusal::Webhook(WebhookError::TooLarge { vendor, size: read, limit }),
+        _ => Refusal::Unreadable,
+    })?;
     let delivery = verifier.verify(headers, &body, SystemTime::now())?;
-    if serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(&body).is_err() {
+    let document = delivery.document(&body);
+    if serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(document).is_err() {
         return Err(Refusal::NotJson);
     }
     // Valid JSON is valid UTF-8.
-    let text = String::from_utf8(body.to_vec()).map_err(|_| Refusal::NotJson)?;
-    let job = NewJob::new(
-        DELIVERY_JOB,
-        json!({ "integration": integration.id, "delivery": delivery.id, "event": delivery.event, "body": text }),
-    )
+    let text = String::from_utf8(document.to_vec()).map_err(|_| Refusal::NotJson)?;
+    let job = Job::VcsDelivery(Delivery {
+        integration: integration.id,
+        delivery: delivery.id.clone(),
+        event: delivery.event.clone(),
+        body: text,
+    })
+    .to_new()
     .unique_key(format!("{}:{}", integration.id, delivery.id));
     let (integration_id, delivery_id, event) = (integration.id, delivery.id.clone(), delivery.event.clone());
     let enqueued = conn
-        .transaction::<_, hangar_db::DbError, _>(async move |c| {
+        .transaction::<_, hangar_store::StoreError, _>(async move |c| {
             let e = queue::enqueue(c, &job).await?;
             store::record_delivery(c, integration_id, &delivery_id, &event).await?;
             Ok(e)
         })
         .await
         .map_err(|e| {
-            tracing::warn!(error = %hangar_db::error_chain(&e), "webhook: cannot enqueue the delivery");
+            tracing::warn!(error = %hangar_types::error_chain(&e), "webhook: cannot enqueue the delivery");
             Refusal::Unavailable
         })?;
     let (status, state) = match enqueued {
@@ -149,28 +173,4 @@ where
         status,
     )
     .into_response())
-}
-
-/// Reads the body up to [`MAX_BODY`]; a chunk that would cross it ends the read.
-async fn read_limited<S, B>(body: S, vendor: Vendor) -> Result<bytes::Bytes, Refusal>
-where
-    S: Stream<Item = Result<B, warp::Error>>,
-    B: Buf,
-{
-    let mut body = std::pin::pin!(body);
-    let mut buf = BytesMut::new();
-    while let Some(chunk) = body.next().await {
-        let mut chunk = chunk.map_err(|_| Refusal::Unreadable)?;
-        let size = buf.len() + chunk.remaining();
-        if size > MAX_BODY {
-            return Err(Refusal::Webhook(WebhookError::TooLarge { vendor, size: size as u64 }));
-        }
-        while chunk.has_remaining() {
-            let part = chunk.chunk();
-            buf.extend_from_slice(part);
-            let n = part.len();
-            chunk.advance(n);
-        }
-    }
-    Ok(buf.freeze())
 }

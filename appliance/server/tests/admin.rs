@@ -12,8 +12,8 @@ use diesel_async::RunQueryDsl;
 use hangar_crypto::MasterKey;
 use hangar_db::queue::{self, NewJob};
 use hangar_db::schema::{data_keys, stacks, workers};
-use hangar_server::secrets::SecretBox;
-use hangar_server::store::stacks::{Owner, sealed_value};
+use hangar_store::secrets::SecretBox;
+use hangar_store::stacks::{Owner, sealed_value};
 use serde_json::json;
 
 #[tokio::test]

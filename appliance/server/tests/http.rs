@@ -243,10 +243,19 @@ async fn hostile_requests_get_clear_errors_and_the_server_stays_up() {
         Err(e) => assert!(!e.is_timeout(), "{e}"),
     }
 
-    // Other paths and methods.
-    assert_eq!(app.client.get(&url).send().await.unwrap().status(), 405);
-    assert_eq!(app.client.delete(app.url("/health")).send().await.unwrap().status(), 405);
-    assert_eq!(app.client.get(app.url("/nope")).send().await.unwrap().status(), 404);
+    // Other paths and methods: GraphQL's shape on its own path, the one error
+    // body of every other route elsewhere.
+    let r = app.client.get(&url).send().await.unwrap();
+    assert_eq!(r.status(), 405);
+    assert_eq!(code(&r.json().await.unwrap()), "METHOD_NOT_ALLOWED");
+    let r = app.client.delete(app.url("/health")).send().await.unwrap();
+    assert_eq!(r.status(), 405);
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(v["error"]["code"], "METHOD_NOT_ALLOWED", "{v}");
+    let r = app.client.get(app.url("/nope")).send().await.unwrap();
+    assert_eq!(r.status(), 404);
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(v, json!({ "error": { "code": "NOT_FOUND", "message": "not found" } }));
     assert_eq!(app.client.get(app.url("/../../etc/passwd")).send().await.unwrap().status(), 404);
 
     // Still serving, and nothing above crashed it.

@@ -16,7 +16,8 @@ use hangar_db::runs::{self, NewRun};
 use hangar_db::{DbPool, schema::run_log_chunks};
 use hangar_objects::{ObjectStore, ObjectsConfig};
 use hangar_server::logs::{self, LogError};
-use hangar_types::worker::Phase;
+use hangar_store::run_objects::log_chunk_key;
+use hangar_types::worker::{MAX_LOG_CHUNK_BYTES, MAX_LOG_SEQ, Phase};
 use hangar_types::{RunKind, RunState};
 use serde_json::json;
 
@@ -96,7 +97,7 @@ async fn append_stores_announces_and_takes_retries_but_not_conflicts() {
     let notice: logs::ChunkNotice = serde_json::from_str(&n.payload).unwrap();
     assert_eq!(notice, logs::ChunkNotice { run, phase: Phase::Planning, seq: 0 });
     assert_eq!(
-        store.objects.get(&logs::object_key(run, Phase::Planning, 0)).await.unwrap(),
+        store.objects.get(&log_chunk_key(run, Phase::Planning, 0)).await.unwrap(),
         b"Terraform will perform:\n"
     );
 
@@ -107,18 +108,18 @@ async fn append_stores_announces_and_takes_retries_but_not_conflicts() {
     assert!(matches!(e, LogError::Conflict { seq: 0, .. }), "{e:?}");
     assert_eq!(e.status(), 409);
     assert_eq!(
-        store.objects.get(&logs::object_key(run, Phase::Planning, 0)).await.unwrap(),
+        store.objects.get(&log_chunk_key(run, Phase::Planning, 0)).await.unwrap(),
         b"Terraform will perform:\n"
     );
     assert_eq!(store.rows(run).await, vec![("planning".to_string(), 0, 24, true)]);
 
     // An empty chunk is a chunk; one of exactly the limit is taken, one byte more is not.
     store.append(run, Phase::Planning, 1, Bytes::new()).await.unwrap();
-    store.append(run, Phase::Planning, 2, vec![b'x'; logs::MAX_CHUNK_BYTES]).await.unwrap();
-    let e = store.append(run, Phase::Planning, 3, vec![b'x'; logs::MAX_CHUNK_BYTES + 1]).await.unwrap_err();
+    store.append(run, Phase::Planning, 2, vec![b'x'; MAX_LOG_CHUNK_BYTES as usize]).await.unwrap();
+    let e = store.append(run, Phase::Planning, 3, vec![b'x'; MAX_LOG_CHUNK_BYTES as usize + 1]).await.unwrap_err();
     assert!(matches!(e, LogError::TooLarge { .. }), "{e:?}");
     assert_eq!(e.status(), 413);
-    let e = store.append(run, Phase::Planning, logs::MAX_SEQ + 1, "x").await.unwrap_err();
+    let e = store.append(run, Phase::Planning, MAX_LOG_SEQ + 1, "x").await.unwrap_err();
     assert!(matches!(e, LogError::BadSeq { .. }), "{e:?}");
     let e = store.append(run, Phase::Planning, u64::MAX, "x").await.unwrap_err();
     assert!(matches!(e, LogError::BadSeq { .. }), "{e:?}");
@@ -126,7 +127,7 @@ async fn append_stores_announces_and_takes_retries_but_not_conflicts() {
     assert!(matches!(e, LogError::UnknownRun { .. }), "{e:?}");
     assert_eq!(e.status(), 404);
     assert_eq!(store.rows(run).await.len(), 3, "refused chunks leave no row");
-    assert!(store.objects.get(&logs::object_key(run, Phase::Planning, 3)).await.is_err(), "nor an object");
+    assert!(store.objects.get(&log_chunk_key(run, Phase::Planning, 3)).await.is_err(), "nor an object");
 }
 
 #[tokio::test]
@@ -149,7 +150,7 @@ async fn concurrent_appends_of_one_number_store_exactly_one_content() {
     for r in results.iter().filter(|r| r.is_err()) {
         assert!(matches!(r, Err(LogError::Conflict { .. })), "{r:?}");
     }
-    let stored = store.objects.get(&logs::object_key(run, Phase::Preparing, 1)).await.unwrap();
+    let stored = store.objects.get(&log_chunk_key(run, Phase::Preparing, 1)).await.unwrap();
     assert_eq!(stored, format!("writer {}\n", winners[0]).into_bytes());
 }
 
@@ -287,6 +288,9 @@ async fn the_log_endpoint_refuses_hostile_requests() {
         let (status, body) = get(bad.to_string(), Some(&admin)).await;
         assert_eq!(status, 400, "{bad}: {body}");
         assert!(!body.contains("hangar_"), "no internals in {body}");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v["error"]["code"], "BAD_REQUEST", "{bad}: {body}");
+        assert!(v["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "{bad}: {body}");
     }
     let post = app.client.post(app.url(&ok)).bearer_auth(&admin).body("x").send().await.unwrap();
     assert_eq!(post.status(), 405);
@@ -438,8 +442,8 @@ async fn deleting_a_runs_logs_removes_objects_and_rows_together() {
     assert_eq!(logs::delete_run_logs(&store.db, &store.objects, run).await.unwrap(), 3);
     assert!(store.rows(run).await.is_empty());
     for (phase, seq) in [(Phase::Preparing, 0), (Phase::Planning, 0), (Phase::Planning, 1)] {
-        assert!(store.objects.get(&logs::object_key(run, phase, seq)).await.is_err(), "{phase:?}/{seq} left behind");
-        assert!(store.objects.get(&logs::object_key(other, phase, seq)).await.is_ok(), "another run's log was touched");
+        assert!(store.objects.get(&log_chunk_key(run, phase, seq)).await.is_err(), "{phase:?}/{seq} left behind");
+        assert!(store.objects.get(&log_chunk_key(other, phase, seq)).await.is_ok(), "another run's log was touched");
     }
     assert_eq!(store.rows(other).await.len(), 3);
     // Nothing left: a second deletion has nothing to do.
@@ -474,7 +478,7 @@ async fn deleting_a_stack_removes_the_objects_its_runs_left() {
     assert_eq!(deleted["deleteStack"], true);
     let mut keys: Vec<String> = [run, done]
         .into_iter()
-        .flat_map(|r| [logs::object_key(r, Phase::Preparing, 0), logs::object_key(r, Phase::Planning, 0)])
+        .flat_map(|r| [log_chunk_key(r, Phase::Preparing, 0), log_chunk_key(r, Phase::Planning, 0)])
         .collect();
     keys.extend(extra);
     // Gone from Garage itself, listed with the test's own S3 credentials.
@@ -488,7 +492,7 @@ async fn deleting_a_stack_removes_the_objects_its_runs_left() {
     }
     // Another stack's run keeps its log.
     for (phase, seq) in [(Phase::Preparing, 0), (Phase::Planning, 0)] {
-        assert!(left.contains(&logs::object_key(other, phase, seq)), "another stack's log was touched: {left:?}");
+        assert!(left.contains(&log_chunk_key(other, phase, seq)), "another stack's log was touched: {left:?}");
     }
     assert_eq!(kept.rows(other).await.len(), 2);
 }

@@ -50,12 +50,12 @@ async fn tables_exist_migration_is_idempotent_and_constraints_hold() {
 
 #[test]
 fn the_example_configuration_sections_are_valid() {
-    let text = include_str!("../../hangar/hangar.example.toml");
+    let text = include_str!("../../config/hangar.example.toml");
     let doc: toml::Table = toml::from_str(text).unwrap();
-    let server: hangar_server::ServerConfig = doc["server"].clone().try_into().unwrap();
+    let server: hangar_config::ServerConfig = doc["server"].clone().try_into().unwrap();
     server.validate().unwrap();
     assert_eq!(server.listen.port(), 1983);
-    let secrets: hangar_server::SecretsConfig = doc["secrets"].clone().try_into().unwrap();
+    let secrets: hangar_config::SecretsConfig = doc["secrets"].clone().try_into().unwrap();
     secrets.validate().unwrap();
     let objects: hangar_objects::ObjectsConfig = doc["objects"].clone().try_into().unwrap();
     objects.validate().unwrap();

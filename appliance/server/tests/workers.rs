@@ -16,6 +16,7 @@ use hangar_types::worker::{
     Changes, Heartbeat, HeartbeatReply, HostInfo, JoinRequest, JoinResponse, PlanStored, RunAssignment, RunStatus,
     StateReport, WorkerStatus,
 };
+use hangar_types::http::{ErrorBody, ErrorCode};
 use hangar_types::{RunKind, RunState};
 use serde_json::{Value, json};
 
@@ -229,8 +230,10 @@ fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(ring::digest::digest(&ring::digest::SHA256, bytes))
 }
 
+/// The message of the appliance's error body, whose code must match its status.
 fn error_of(body: &Value) -> String {
-    body["error"].as_str().unwrap_or_else(|| panic!("no error in {body}")).to_string()
+    let parsed: ErrorBody = serde_json::from_value(body.clone()).unwrap_or_else(|e| panic!("not the error body ({e}): {body}"));
+    parsed.error.message
 }
 
 #[tokio::test]
@@ -417,7 +420,9 @@ async fn worker_calls_need_the_right_certificate_and_token_of_a_live_worker() {
     assert!(error_of(&body).contains("expired"));
     // Unknown calls under the prefix.
     let d = env.join("builders", "host-d").await;
-    assert_eq!(d.call(reqwest::Method::GET, "/api/v1/worker/nothing", None).await.0, 404);
+    let (s, body) = d.call(reqwest::Method::GET, "/api/v1/worker/nothing", None).await;
+    assert_eq!(s, 404);
+    assert_eq!(serde_json::from_value::<ErrorBody>(body.clone()).unwrap().error.code, ErrorCode::NotFound, "{body}");
     assert_eq!(d.call(reqwest::Method::GET, "/api/v1/worker/claim", None).await.0, 404);
 }
 

@@ -246,7 +246,7 @@ pub async fn tls_proxy(
                 }
                 match handle.reload_certificate() {
                     Ok(()) => tracing::info!("certificate reloaded"),
-                    Err(e) => tracing::error!(error = %hangar_db::error_chain(&e), "certificate reload failed; keeping the previous one"),
+                    Err(e) => tracing::error!(error = %hangar_types::error_chain(&e), "certificate reload failed; keeping the previous one"),
                 }
             }
         }

@@ -727,7 +727,7 @@ mod tests {
     /// The `[supervisor]` of the shipped example plans, in dependency order.
     #[test]
     fn shipped_example_plans_in_dependency_order() {
-        let text = include_str!("../../hangar/hangar.example.toml");
+        let text = include_str!("../../config/hangar.example.toml");
         let table: toml::Table = toml::from_str(text).unwrap();
         let mut sup: SupervisorConfig = table["supervisor"].clone().try_into().unwrap();
         let database: DbConfig = table["database"].clone().try_into().unwrap();

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use diesel_async::RunQueryDsl;
-use hangar_db::error_chain;
+use hangar_types::error_chain;
 
 use crate::config::{ReadyCheck, RunAs, S3Target};
 use crate::reaper::{self, Launch, Reaper};

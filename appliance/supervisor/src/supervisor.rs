@@ -254,7 +254,7 @@ impl Core {
                             *self.shared.reload_error.lock().unwrap_or_else(|e| e.into_inner()) = None;
                         }
                         Err(e) => {
-                            let msg = hangar_db::error_chain(e);
+                            let msg = hangar_types::error_chain(e);
                             tracing::error!(error = %msg, "configuration reload failed; the previous configuration stays in force");
                             *self.shared.reload_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(msg);
                         }

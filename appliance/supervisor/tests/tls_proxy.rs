@@ -149,7 +149,7 @@ async fn plaintext_clients_and_foreign_certificates_get_nothing() {
         .send()
         .await
         .unwrap_err();
-    let chain = hangar_db::error_chain(&err);
+    let chain = hangar_types::error_chain(&err);
     assert!(chain.contains("certificate") || chain.contains("UnknownIssuer"), "{chain}");
 
     // Several clients that connect and never handshake do not block a real one.

@@ -5,6 +5,10 @@
 //! carries only [`Notification`]s — ids, never secrets — that tell a worker to
 //! ask over HTTPS.
 //!
+//! The calls, each a [`WorkerRoute`] (method, path and body limit defined
+//! there once; the worker builds its URLs and the server parses requests
+//! with it):
+//!
 //! | call | method and path |
 //! |---|---|
 //! | join a pool (no client certificate yet) | `POST /api/v1/workers/join` [`JoinRequest`] → [`JoinResponse`] |
@@ -34,7 +38,14 @@
 //!   checks the size and SHA-256 the appliance answers against its own file;
 //! - task runs report PLANNING while their command runs, then FINISHED or FAILED.
 
+mod route;
+
 use serde::{Deserialize, Serialize};
+
+pub use route::{
+    Body, MAX_ERRORED_STATE_BYTES, MAX_JSON_BYTES, MAX_LOG_CHUNK_BYTES, MAX_LOG_SEQ, Method, RouteError, ToolDownload,
+    WorkerRoute, parse_phase, parse_run_id, parse_seq,
+};
 
 use crate::{RunKind, RunState, Tool};
 
@@ -282,6 +293,14 @@ pub enum Phase {
 }
 
 impl Phase {
+    /// Every phase, in the order a run goes through them.
+    pub const ALL: [Phase; 4] = [Phase::Preparing, Phase::Initializing, Phase::Planning, Phase::Applying];
+
+    /// The phase named exactly as in paths and object keys (`planning`).
+    pub fn parse(s: &str) -> Option<Phase> {
+        Phase::ALL.into_iter().find(|p| p.as_str() == s)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Phase::Preparing => "preparing",

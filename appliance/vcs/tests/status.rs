@@ -346,12 +346,7 @@ async fn a_server_with_a_certificate_from_another_ca_is_refused() {
     let e = client.report("o/r", SHA, &status(RunState::Queued)).await.unwrap_err();
     assert!(matches!(e, StatusError::Transport { .. }), "{e}");
     // The whole chain names the certificate problem.
-    let mut chain = e.to_string();
-    let mut src = std::error::Error::source(&e);
-    while let Some(s) = src {
-        chain.push_str(&format!(": {s}"));
-        src = s.source();
-    }
+    let chain = hangar_types::error_chain(&e);
     assert!(chain.to_lowercase().contains("certificate"), "{chain}");
     assert!(srv.take().is_empty(), "no request reached the server");
     // And with no CA given, the system roots do not know the test CA either.

@@ -8,9 +8,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
+use hangar_types::http::ErrorBody;
 use hangar_types::worker::{
     Heartbeat, HeartbeatReply, Phase, PlanStored, PlanUpload, RunAssignment, RunStatus,
-    StateReport,
+    StateReport, WorkerRoute,
 };
 use reqwest::StatusCode;
 use serde::Serialize;
@@ -94,21 +95,12 @@ pub enum ReportReply {
     Refused(RunStatus),
 }
 
-/// The appliance's reason for refusing a request, from its body: a JSON
-/// `error`/`message`/`reason` field, else the first line of text, bounded.
+/// The appliance's reason for refusing a request, from its body: the message
+/// of its error body (`hangar_types::http::ErrorBody`), else the first line of
+/// text (a proxy's page, say), bounded.
 pub fn server_reason(body: &[u8]) -> String {
-    if let Ok(v) = serde_json::from_slice::<serde_json::Value>(body) {
-        for key in ["error", "message", "reason"] {
-            match v.get(key) {
-                Some(serde_json::Value::String(s)) => return bound(s),
-                Some(serde_json::Value::Object(o)) => {
-                    if let Some(serde_json::Value::String(s)) = o.get("message") {
-                        return bound(s);
-                    }
-                }
-                _ => {}
-            }
-        }
+    if let Ok(ErrorBody { error }) = serde_json::from_slice::<ErrorBody>(body) {
+        return bound(&error.message);
     }
     let text = String::from_utf8_lossy(body);
     let line = text
@@ -172,6 +164,10 @@ impl Api {
         format!("{}{path}", self.base)
     }
 
+    fn route(&self, route: WorkerRoute) -> String {
+        self.url(&route.path())
+    }
+
     async fn send(
         &self,
         req: reqwest::RequestBuilder,
@@ -201,10 +197,10 @@ impl Api {
 
     async fn post_json<B: Serialize, R: DeserializeOwned>(
         &self,
-        path: &str,
+        route: WorkerRoute,
         body: &B,
     ) -> Result<R, ApiError> {
-        let url = self.url(path);
+        let url = self.route(route);
         let resp = self
             .send(
                 self.http.post(&url).timeout(REQUEST_TIMEOUT).json(body),
@@ -227,12 +223,12 @@ impl Api {
     }
 
     pub async fn heartbeat(&self, hb: &Heartbeat) -> Result<HeartbeatReply, ApiError> {
-        self.post_json("/api/v1/worker/heartbeat", hb).await
+        self.post_json(WorkerRoute::Heartbeat, hb).await
     }
 
     /// A READY run of the pool, if there is one this worker won.
     pub async fn claim(&self) -> Result<Option<RunAssignment>, ApiError> {
-        let url = self.url("/api/v1/worker/claim");
+        let url = self.route(WorkerRoute::Claim);
         let resp = self
             .send(self.http.post(&url).timeout(REQUEST_TIMEOUT), &url)
             .await?;
@@ -247,7 +243,7 @@ impl Api {
     }
 
     pub async fn report(&self, run: i64, report: &StateReport) -> Result<ReportReply, ApiError> {
-        let url = self.url(&format!("/api/v1/worker/runs/{run}/state"));
+        let url = self.route(WorkerRoute::ReportState { run });
         let resp = self
             .send(
                 self.http.post(&url).timeout(REQUEST_TIMEOUT).json(report),
@@ -269,7 +265,7 @@ impl Api {
     }
 
     pub async fn run_status(&self, run: i64) -> Result<RunStatus, ApiError> {
-        let url = self.url(&format!("/api/v1/worker/runs/{run}"));
+        let url = self.route(WorkerRoute::RunStatus { run });
         let resp = self
             .send(self.http.get(&url).timeout(REQUEST_TIMEOUT), &url)
             .await?;
@@ -286,10 +282,7 @@ impl Api {
         seq: u64,
         data: Vec<u8>,
     ) -> Result<(), ApiError> {
-        let url = self.url(&format!(
-            "/api/v1/worker/runs/{run}/logs/{}/{seq}",
-            phase.as_str()
-        ));
+        let url = self.route(WorkerRoute::LogChunk { run, phase, seq });
         let req = self
             .http
             .post(&url)
@@ -311,7 +304,7 @@ impl Api {
             path: path.to_path_buf(),
             source,
         })?;
-        let url = self.url(&format!("/api/v1/worker/runs/{run}/plan"));
+        let url = self.route(WorkerRoute::StorePlan { run });
         let req = self
             .http
             .post(&url)
@@ -337,7 +330,7 @@ impl Api {
     }
 
     pub async fn errored_state(&self, run: i64, data: Vec<u8>) -> Result<(), ApiError> {
-        let url = self.url(&format!("/api/v1/worker/runs/{run}/errored-state"));
+        let url = self.route(WorkerRoute::ErroredState { run });
         let req = self
             .http
             .post(&url)
@@ -427,10 +420,16 @@ mod tests {
     #[test]
     fn reasons_come_from_json_or_the_first_line() {
         assert_eq!(
-            server_reason(br#"{"error":"join token expired"}"#),
+            server_reason(
+                br#"{"error":{"code":"UNAUTHENTICATED","message":"join token expired"}}"#
+            ),
             "join token expired"
         );
-        assert_eq!(server_reason(br#"{"error":{"message":"used"}}"#), "used");
+        // Not the appliance's body: its first line, as it is.
+        assert_eq!(
+            server_reason(br#"{"error":"proxy said no"}"#),
+            r#"{"error":"proxy said no"}"#
+        );
         assert_eq!(server_reason(b"\n  token refused\nmore"), "token refused");
         assert_eq!(server_reason(b""), "(no reason given)");
         assert_eq!(server_reason("x\u{1b}[31my".as_bytes()), "x[31my");

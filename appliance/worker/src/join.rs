@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
-use hangar_types::worker::{HostInfo, JoinRequest, JoinResponse};
+use hangar_types::worker::{HostInfo, JoinRequest, JoinResponse, WorkerRoute};
 
 use crate::api::{self, ApiError};
 use crate::config::{self, IdentityPaths, Timing, WorkerConfig};
@@ -137,7 +137,7 @@ pub async fn join(opts: &JoinOptions) -> Result<Joined, JoinError> {
         source,
     })?;
     let http = api::https_client(tls)?;
-    let url = format!("{server}/api/v1/workers/join");
+    let url = format!("{server}{}", WorkerRoute::Join.path());
     let resp = http
         .post(&url)
         .timeout(std::time::Duration::from_secs(30))

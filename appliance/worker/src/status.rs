@@ -7,7 +7,7 @@ use std::time::Duration;
 use crate::agent;
 use crate::api::Api;
 use crate::config::WorkerConfig;
-use crate::engine::error_line;
+use hangar_types::error_chain;
 use crate::identity::Identity;
 
 /// The report, and whether both ends were reachable.
@@ -29,7 +29,7 @@ pub async fn status(cfg: &WorkerConfig, identity: &Identity) -> (String, bool) {
             );
         }
         Err(e) => {
-            let _ = writeln!(out, "cert     unreadable: {}", error_line(&e));
+            let _ = writeln!(out, "cert     unreadable: {}", error_chain(&e));
         }
     }
     let server_ok = match Api::new(&cfg.server_url, identity) {
@@ -43,7 +43,7 @@ pub async fn status(cfg: &WorkerConfig, identity: &Identity) -> (String, bool) {
                     out,
                     "server   {} unreachable: {}",
                     cfg.server_url,
-                    error_line(&e)
+                    error_chain(&e)
                 );
                 false
             }
@@ -53,7 +53,7 @@ pub async fn status(cfg: &WorkerConfig, identity: &Identity) -> (String, bool) {
                 out,
                 "server   {} unusable: {}",
                 cfg.server_url,
-                error_line(&e)
+                error_chain(&e)
             );
             false
         }

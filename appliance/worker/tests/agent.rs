@@ -16,13 +16,15 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use hangar_broker::{Broker, BrokerConfig, BrokerHandle, BrokerLimits};
+use hangar_broker::{Broker, BrokerHandle};
+use hangar_config::{BrokerConfig, BrokerLimits};
 use hangar_certs::{CaOptions, CertStore, LeafRequest, Usage};
 use hangar_testkit::{ChildProcess, GitServer, PgServer, TestDir, wait_for};
 use hangar_types::worker::{
     EnvVar, Heartbeat, HeartbeatReply, Notification, PlanStored, RunAssignment, RunStatus,
-    StackSpec, StateReport, ToolSpec, WorkerStatus,
+    StackSpec, StateReport, ToolSpec, WorkerRoute, WorkerStatus,
 };
+use hangar_types::http::{ErrorBody, ErrorCode};
 use hangar_types::{RunKind, RunState, Tool};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
@@ -176,18 +178,22 @@ impl Appliance {
         }
         if !has_cert || auth != Some(&format!("Bearer {}", self.worker_token)) {
             self.refused_without_cert.fetch_add(1, Ordering::SeqCst);
-            return (401, br#"{"error":"worker credentials required"}"#.to_vec());
+            return (401, error_body(ErrorCode::Unauthenticated, "worker credentials required"));
         }
         if self.down.load(Ordering::SeqCst) {
             self.unavailable_answers.fetch_add(1, Ordering::SeqCst);
-            return (503, br#"{"error":"unavailable"}"#.to_vec());
+            return (503, error_body(ErrorCode::Unavailable, "unavailable"));
         }
-        match (method, parts.as_slice()) {
-            ("GET", ["v1", "tools", "terraform", "1.0.3", "linux_amd64"]) => {
-                self.tool_gets.fetch_add(1, Ordering::SeqCst);
-                (200, self.tool.clone())
-            }
-            ("POST", ["api", "v1", "worker", "heartbeat"]) => {
+        if (method, parts.as_slice()) == ("GET", ["v1", "tools", "terraform", "1.0.3", "linux_amd64"].as_slice()) {
+            self.tool_gets.fetch_add(1, Ordering::SeqCst);
+            return (200, self.tool.clone());
+        }
+        // The worker API as the appliance matches it.
+        let Ok(route) = WorkerRoute::parse(method, &parts) else {
+            return (404, error_body(ErrorCode::NotFound, "no such route"));
+        };
+        match route {
+            WorkerRoute::Heartbeat => {
                 let hb: Heartbeat = serde_json::from_slice(body).unwrap();
                 self.heartbeats.lock().unwrap().push(hb.clone());
                 let run_state = hb.run.and_then(|r| self.state(r));
@@ -197,23 +203,19 @@ impl Appliance {
                     drain: self.drain.load(Ordering::SeqCst),
                 })
             }
-            ("POST", ["api", "v1", "worker", "claim"]) => {
+            WorkerRoute::Claim => {
                 self.claims.fetch_add(1, Ordering::SeqCst);
                 match self.queue.lock().unwrap().pop_front() {
                     Some(a) => json(&a),
                     None => (204, vec![]),
                 }
             }
-            ("GET", ["api", "v1", "worker", "runs", id]) => {
-                let run: i64 = id.parse().unwrap();
-                json(&RunStatus {
-                    run_id: run,
-                    state: self.state(run).unwrap(),
-                    failure_reason: None,
-                })
-            }
-            ("POST", ["api", "v1", "worker", "runs", id, "state"]) => {
-                let run: i64 = id.parse().unwrap();
+            WorkerRoute::RunStatus { run } => json(&RunStatus {
+                run_id: run,
+                state: self.state(run).unwrap(),
+                failure_reason: None,
+            }),
+            WorkerRoute::ReportState { run } => {
                 let r: StateReport = serde_json::from_slice(body).unwrap();
                 let ok = self.set(run, r.to, &r.note);
                 let status = RunStatus {
@@ -226,22 +228,21 @@ impl Appliance {
                     serde_json::to_vec(&status).unwrap(),
                 )
             }
-            ("POST", ["api", "v1", "worker", "runs", id, "logs", phase, seq]) => {
-                let key = (id.parse().unwrap(), phase.to_string(), seq.parse().unwrap());
+            WorkerRoute::LogChunk { run, phase, seq } => {
+                let key = (run, phase.as_str().to_string(), seq);
                 self.logs.lock().unwrap().insert(key, body.to_vec());
                 (204, vec![])
             }
-            ("POST", ["api", "v1", "worker", "runs", id, "plan"]) => {
-                self.plans
-                    .lock()
-                    .unwrap()
-                    .insert(id.parse().unwrap(), body.to_vec());
+            WorkerRoute::StorePlan { run } => {
+                self.plans.lock().unwrap().insert(run, body.to_vec());
                 json(&PlanStored {
                     size: body.len() as u64,
                     sha256: hex::encode(ring::digest::digest(&ring::digest::SHA256, body)),
                 })
             }
-            _ => (404, br#"{"error":"no such route"}"#.to_vec()),
+            WorkerRoute::Join | WorkerRoute::FetchPlan { .. } | WorkerRoute::ErroredState { .. } => {
+                (404, error_body(ErrorCode::NotFound, "not staged here"))
+            }
         }
     }
 
@@ -1037,4 +1038,9 @@ async fn cancel_stop_and_shutdown_behave_as_the_states_allow() {
         live_in_group(pgid).is_empty(),
         "no process of the task survives"
     );
+}
+
+/// The appliance's error body.
+fn error_body(code: ErrorCode, message: &str) -> Vec<u8> {
+    serde_json::to_vec(&ErrorBody::new(code, message)).unwrap()
 }

@@ -12,7 +12,8 @@ use std::sync::{Arc, Mutex};
 
 use hangar_certs::{Ca, CaOptions, CsrPolicy, LeafRequest, Usage};
 use hangar_testkit::TestDir;
-use hangar_types::worker::{JoinRequest, JoinResponse};
+use hangar_types::http::{ErrorBody, ErrorCode};
+use hangar_types::worker::{JoinRequest, JoinResponse, WorkerRoute};
 use hangar_worker::config::WorkerConfig;
 use hangar_worker::identity::Identity;
 use http_body_util::{BodyExt, Full};
@@ -114,15 +115,15 @@ fn answer(ca: &Ca, path: &str, body: &[u8], last: &Mutex<Option<JoinRequest>>) -
     if path == "/health" {
         return (200, "ok".into());
     }
-    if path != "/api/v1/workers/join" {
-        return (404, r#"{"error":"not found"}"#.into());
+    if path != WorkerRoute::JOIN_PATH {
+        return (404, error_body(ErrorCode::NotFound, "not found"));
     }
     let Ok(req) = serde_json::from_slice::<JoinRequest>(body) else {
-        return (400, r#"{"error":"not a join request"}"#.into());
+        return (400, error_body(ErrorCode::BadRequest, "not a join request"));
     };
     *last.lock().unwrap() = Some(req.clone());
     if req.token != GOOD_TOKEN {
-        return (403, r#"{"error":"join token expired"}"#.into());
+        return (403, error_body(ErrorCode::Forbidden, "join token expired"));
     }
     let policy = CsrPolicy {
         common_name: "worker-7".into(),
@@ -499,4 +500,9 @@ fn run_and_status_without_a_configuration_fail_in_one_line() {
         err.contains("worker.toml:") && err.trim().lines().count() == 1,
         "{err}"
     );
+}
+
+/// The appliance's error body.
+fn error_body(code: ErrorCode, message: &str) -> String {
+    serde_json::to_string(&ErrorBody::new(code, message)).unwrap()
 }

@@ -5,115 +5,64 @@
 //! applied, against reality.
 
 use std::str::FromStr;
-use std::sync::Arc;
 
-use chrono::{DateTime, Utc};
 use croner::Cron;
-use diesel::prelude::*;
-use diesel_async::RunQueryDsl;
 use hangar_db::DbPool;
-use hangar_db::queue::{self, JobError, JobHandler, NewJob, handler_fn};
+use hangar_db::jobs::{DriftOccurrence, Job, Window};
+use hangar_db::queue::{self, JobError};
 use hangar_db::runs::{self, NewRun};
-use hangar_db::schema::{runs as runs_t, stacks};
-use hangar_types::{RunKind, RunState};
+use hangar_store::{runs as run_store, stacks};
+use hangar_types::RunKind;
 use tracing::{info, warn};
 
-use super::{db_error, field};
+use super::db_error;
 
-pub const DRIFT_CHECK: &str = "drift.check";
-pub const DRIFT_TRIGGER: &str = "drift.trigger";
-
-pub fn check_handler(pool: DbPool) -> Arc<dyn JobHandler> {
-    handler_fn(move |job| {
-        let pool = pool.clone();
-        async move {
-            let from: DateTime<Utc> = field(&job.payload, "from")?;
-            let to: DateTime<Utc> = field(&job.payload, "to")?;
-            let mut conn = pool.get().await.map_err(db_error)?;
-            let scheduled: Vec<(i64, String)> = stacks::table
-                .filter(stacks::drift_schedule.is_not_null())
-                .select((stacks::id, stacks::drift_schedule.assume_not_null()))
-                .load(&mut conn)
-                .await
-                .map_err(db_error)?;
-            for (stack, schedule) in scheduled {
-                let cron = match Cron::from_str(&schedule) {
-                    Ok(c) => c,
-                    Err(e) => {
-                        warn!(stack, schedule, error = %e, "invalid drift schedule; skipped");
-                        continue;
-                    }
-                };
-                // The last occurrence in (from, to], if any.
-                let Ok(at) = cron.find_previous_occurrence(&to, true) else { continue };
-                if at <= from {
-                    continue;
-                }
-                let key = format!("drift:{stack}:{}", at.to_rfc3339());
-                let job = NewJob::new(DRIFT_TRIGGER, serde_json::json!({ "stack": stack, "at": at })).unique_key(key);
-                queue::enqueue(&mut conn, &job).await.map_err(db_error)?;
+pub(super) async fn check(pool: &DbPool, Window { from, to }: Window) -> Result<(), JobError> {
+    let mut conn = pool.get().await.map_err(db_error)?;
+    for (stack, schedule) in stacks::drift_schedules(&mut conn).await.map_err(db_error)? {
+        let cron = match Cron::from_str(&schedule) {
+            Ok(c) => c,
+            Err(e) => {
+                warn!(stack, schedule, error = %e, "invalid drift schedule; skipped");
+                continue;
             }
-            Ok(())
+        };
+        // The last occurrence in (from, to], if any.
+        let Ok(at) = cron.find_previous_occurrence(&to, true) else { continue };
+        if at <= from {
+            continue;
         }
-    })
+        let key = format!("drift:{stack}:{}", at.to_rfc3339());
+        let job = Job::DriftTrigger(DriftOccurrence { stack, at }).to_new().unique_key(key);
+        queue::enqueue(&mut conn, &job).await.map_err(db_error)?;
+    }
+    Ok(())
 }
 
-pub fn trigger_handler(pool: DbPool) -> Arc<dyn JobHandler> {
-    handler_fn(move |job| {
-        let pool = pool.clone();
-        async move {
-            let stack: i64 = field(&job.payload, "stack")?;
-            let at: DateTime<Utc> = field(&job.payload, "at")?;
-            let triggered_by = format!("drift schedule ({})", at.to_rfc3339());
-            let mut conn = pool.get().await.map_err(db_error)?;
-            // A redelivered job must not make a second run.
-            let existing: Option<i64> = runs_t::table
-                .filter(runs_t::stack_id.eq(stack))
-                .filter(runs_t::triggered_by.eq(&triggered_by))
-                .select(runs_t::id)
-                .first(&mut conn)
-                .await
-                .optional()
-                .map_err(db_error)?;
-            if existing.is_some() {
-                return Ok(());
-            }
-            let branch: Option<String> = stacks::table
-                .filter(stacks::id.eq(stack))
-                .select(stacks::branch)
-                .get_result(&mut conn)
-                .await
-                .optional()
-                .map_err(db_error)?;
-            let Some(branch) = branch else {
-                return Err(JobError::permanent(format!("stack {stack} no longer exists")));
-            };
-            // Drift is measured against what was last applied.
-            let applied: Option<String> = runs_t::table
-                .filter(runs_t::stack_id.eq(stack))
-                .filter(runs_t::kind.eq(RunKind::Tracked.as_str()))
-                .filter(runs_t::state.eq(RunState::Finished.as_str()))
-                .order(runs_t::id.desc())
-                .select(runs_t::commit_sha)
-                .first(&mut conn)
-                .await
-                .optional()
-                .map_err(db_error)?;
-            let Some(commit) = applied else {
-                info!(stack, "no applied commit yet; no drift run");
-                return Ok(());
-            };
-            let new = NewRun {
-                stack_id: stack,
-                kind: RunKind::Drift,
-                commit_sha: commit,
-                branch,
-                command: None,
-                triggered_by,
-            };
-            let run = runs::create(&mut conn, &new, "scheduler").await.map_err(db_error)?;
-            info!(run = run.id, stack, "drift run created");
-            Ok(())
-        }
-    })
+pub(super) async fn trigger(pool: &DbPool, DriftOccurrence { stack, at }: DriftOccurrence) -> Result<(), JobError> {
+    let triggered_by = format!("drift schedule ({})", at.to_rfc3339());
+    let mut conn = pool.get().await.map_err(db_error)?;
+    // A redelivered job must not make a second run.
+    if run_store::triggered_by(&mut conn, stack, &triggered_by).await.map_err(db_error)?.is_some() {
+        return Ok(());
+    }
+    let Some(branch) = stacks::branch_of(&mut conn, stack).await.map_err(db_error)? else {
+        return Err(JobError::permanent(format!("stack {stack} no longer exists")));
+    };
+    // Drift is measured against what was last applied.
+    let Some(commit) = run_store::last_tracked_commit(&mut conn, stack, true).await.map_err(db_error)? else {
+        info!(stack, "no applied commit yet; no drift run");
+        return Ok(());
+    };
+    let new = NewRun {
+        stack_id: stack,
+        kind: RunKind::Drift,
+        commit_sha: commit,
+        branch,
+        command: None,
+        triggered_by,
+    };
+    let run = runs::create(&mut conn, &new, "scheduler").await.map_err(db_error)?;
+    info!(run = run.id, stack, "drift run created");
+    Ok(())
 }

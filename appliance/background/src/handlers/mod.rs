@@ -1,5 +1,6 @@
-//! The drain's job handlers, by kind. Every handler is idempotent: a job can be
-//! delivered again after a crash.
+//! The drain's job handlers: one per kind of [`Job`], chosen by one exhaustive
+//! match. Every handler is idempotent: a job can be delivered again after a
+//! crash.
 
 mod drift;
 mod reaper;
@@ -7,34 +8,54 @@ mod retention;
 mod schedule;
 pub mod vcs;
 
+use std::sync::Arc;
+
 use hangar_db::DbPool;
-use hangar_db::queue::{Handlers, JobError};
+use hangar_db::jobs::{Job, JobKind};
+use hangar_db::queue::{ClaimedJob, Handlers, JobError, handler_fn};
 
-pub use drift::{DRIFT_CHECK, DRIFT_TRIGGER};
-pub use reaper::REAP;
-pub use retention::RETENTION;
-pub use schedule::SCHEDULE;
 
-/// Every handler the drain runs.
-pub fn all(pool: DbPool, vcs: std::sync::Arc<vcs::VcsContext>) -> Handlers {
+/// What the handlers share.
+struct Drain {
+    pool: DbPool,
+    vcs: Arc<vcs::VcsContext>,
+}
+
+/// Every handler the drain runs: one for each kind of job.
+pub fn all(pool: DbPool, vcs: Arc<vcs::VcsContext>) -> Handlers {
+    let drain = Arc::new(Drain { pool, vcs });
     let mut h = Handlers::new();
-    h.register(SCHEDULE, schedule::handler(pool.clone()));
-    h.register(REAP, reaper::handler(pool.clone()));
-    h.register(RETENTION, retention::handler(pool.clone()));
-    h.register(DRIFT_CHECK, drift::check_handler(pool.clone()));
-    h.register(DRIFT_TRIGGER, drift::trigger_handler(pool.clone()));
-    h.register(vcs::DELIVERY, vcs::delivery_handler(pool.clone(), vcs.clone()));
-    h.register(vcs::STATUS, vcs::status_handler(pool.clone(), vcs.clone()));
-    h.register(vcs::POLL, vcs::poll_handler(pool.clone()));
-    h.register(vcs::POLL_REPO, vcs::poll_repo_handler(pool, vcs));
+    for kind in JobKind::ALL {
+        let drain = drain.clone();
+        h.register(
+            kind.as_str(),
+            handler_fn(move |job| {
+                let drain = drain.clone();
+                async move { drain.handle(job).await }
+            }),
+        );
+    }
     h
 }
 
-/// Reads a field of a job's payload, failing permanently when it is missing:
-/// retrying a malformed job cannot help.
-pub(crate) fn field<T: serde::de::DeserializeOwned>(payload: &serde_json::Value, name: &str) -> Result<T, JobError> {
-    serde_json::from_value(payload.get(name).cloned().unwrap_or(serde_json::Value::Null))
-        .map_err(|e| JobError::permanent(format!("payload field {name:?}: {e}")))
+impl Drain {
+    async fn handle(&self, claimed: ClaimedJob) -> Result<(), JobError> {
+        // Retrying a malformed job cannot help.
+        let job = Job::parse(&claimed.kind, &claimed.payload)
+            .map_err(|e| JobError::permanent(hangar_types::error_chain(&e)))?;
+        let pool = &self.pool;
+        match job {
+            Job::Schedule(p) => schedule::handle(pool, p).await,
+            Job::Reap(_) => reaper::handle(pool).await,
+            Job::Retention(p) => retention::handle(pool, p).await,
+            Job::DriftCheck(p) => drift::check(pool, p).await,
+            Job::DriftTrigger(p) => drift::trigger(pool, p).await,
+            Job::VcsDelivery(p) => vcs::delivery(pool, &self.vcs, p).await,
+            Job::VcsStatus(p) => vcs::status(pool, &self.vcs, p).await,
+            Job::VcsPoll(_) => vcs::poll(pool).await,
+            Job::VcsPollRepo(p) => vcs::poll_repository(pool, &self.vcs, p).await,
+        }
+    }
 }
 
 pub(crate) fn db_error(e: impl std::error::Error + 'static) -> JobError {

@@ -4,44 +4,51 @@
 //! and its stack is marked as needing reconciliation; the state lock is left in
 //! place for an operator to inspect.
 
-use std::sync::Arc;
-
-use chrono::{DateTime, Utc};
-use diesel::prelude::*;
-use diesel_async::{AsyncConnection, RunQueryDsl};
+use diesel_async::{AsyncConnection, AsyncPgConnection};
 use hangar_db::DbPool;
-use hangar_db::queue::{JobHandler, handler_fn};
+use hangar_db::queue::JobError;
 use hangar_db::runs::{self, TransitionFailure};
-use hangar_db::schema::{runs as runs_t, stacks};
+use hangar_store::runs::{ExpiredLease, expired_leases};
+use hangar_store::{StoreError, stacks};
 use hangar_types::RunState;
 use tracing::warn;
 
 use super::db_error;
 
-pub const REAP: &str = "runs.reap";
+pub(super) async fn handle(pool: &DbPool) -> Result<(), JobError> {
+    let mut conn = pool.get().await.map_err(db_error)?;
+    reap(&mut conn).await.map_err(db_error)?;
+    Ok(())
+}
 
-pub fn handler(pool: DbPool) -> Arc<dyn JobHandler> {
-    handler_fn(move |_job| {
-        let pool = pool.clone();
-        async move {
-            let mut conn = pool.get().await.map_err(db_error)?;
-            reap(&mut conn).await.map_err(db_error)?;
-            Ok(())
-        }
-    })
+/// Why a lost run could not be failed.
+enum ReapFailure {
+    Transition(TransitionFailure),
+    Store(StoreError),
+}
+
+impl From<TransitionFailure> for ReapFailure {
+    fn from(e: TransitionFailure) -> Self {
+        ReapFailure::Transition(e)
+    }
+}
+
+impl From<StoreError> for ReapFailure {
+    fn from(e: StoreError) -> Self {
+        ReapFailure::Store(e)
+    }
+}
+
+impl From<diesel::result::Error> for ReapFailure {
+    fn from(e: diesel::result::Error) -> Self {
+        ReapFailure::Store(e.into())
+    }
 }
 
 /// Fails every run whose lease has expired; returns how many.
-pub async fn reap(conn: &mut hangar_db::AsyncPgConnection) -> Result<usize, hangar_db::DbError> {
-    let on_worker: Vec<&str> = RunState::ALL.iter().filter(|s| s.is_on_worker()).map(|s| s.as_str()).collect();
-    let expired: Vec<(i64, String, i64, Option<DateTime<Utc>>)> = runs_t::table
-        .filter(runs_t::state.eq_any(&on_worker))
-        .filter(runs_t::lease_expires_at.lt(diesel::dsl::now))
-        .select((runs_t::id, runs_t::state, runs_t::stack_id, runs_t::lease_expires_at))
-        .load(conn)
-        .await?;
+async fn reap(conn: &mut AsyncPgConnection) -> Result<usize, StoreError> {
     let mut reaped = 0;
-    for (id, state, stack, lease) in expired {
+    for ExpiredLease { run_id: id, state, stack_id: stack, lease_expires_at: lease } in expired_leases(conn).await? {
         let applying = state == RunState::Applying.as_str();
         let reason = if applying {
             "worker lost during apply: not retried, the stack needs reconciliation".to_string()
@@ -49,16 +56,13 @@ pub async fn reap(conn: &mut hangar_db::AsyncPgConnection) -> Result<usize, hang
             format!("worker lost during {state}: its lease expired at {}", lease.map(|l| l.to_rfc3339()).unwrap_or_default())
         };
         let result = conn
-            .transaction::<_, TransitionFailure, _>(async |c| {
+            .transaction::<_, ReapFailure, _>(async |c| {
                 // Only if still expired and in the same state (a heartbeat may have
                 // renewed it since the list was read).
                 let run = runs::transition(c, id, Some(&[state.parse().unwrap_or(RunState::Failed)]), RunState::Failed, &reason, "reaper")
                     .await?;
                 if applying {
-                    diesel::update(stacks::table.filter(stacks::id.eq(stack)))
-                        .set(stacks::needs_reconciliation.eq(true))
-                        .execute(c)
-                        .await?;
+                    stacks::mark_needs_reconciliation(c, stack).await?;
                 }
                 Ok(run)
             })
@@ -68,8 +72,9 @@ pub async fn reap(conn: &mut hangar_db::AsyncPgConnection) -> Result<usize, hang
                 reaped += 1;
                 warn!(run = id, stack, state, "run failed: worker lost");
             }
-            Err(TransitionFailure::NotAllowed { .. } | TransitionFailure::NotFound(_)) => {}
-            Err(TransitionFailure::Db(e)) => return Err(e),
+            Err(ReapFailure::Transition(TransitionFailure::NotAllowed { .. } | TransitionFailure::NotFound(_))) => {}
+            Err(ReapFailure::Transition(TransitionFailure::Db(e))) => return Err(e.into()),
+            Err(ReapFailure::Store(e)) => return Err(e),
         }
     }
     Ok(reaped)

@@ -2,48 +2,23 @@
 //! dead jobs older than the retention period, heartbeats of processes long gone,
 //! login sessions that expired or were revoked more than a day ago.
 
-use std::sync::Arc;
-
 use chrono::Utc;
-use diesel::prelude::*;
-use diesel_async::RunQueryDsl;
 use hangar_db::DbPool;
-use hangar_db::queue::{self, JobHandler, handler_fn};
-use hangar_db::schema::{jobs, processes, sessions};
+use hangar_db::jobs::Retention;
+use hangar_db::queue::{self, JobError};
+use hangar_store::{processes, users};
 use tracing::info;
 
-use super::{db_error, field};
+use super::db_error;
 
-pub const RETENTION: &str = "retention.cleanup";
-
-pub fn handler(pool: DbPool) -> Arc<dyn JobHandler> {
-    handler_fn(move |job| {
-        let pool = pool.clone();
-        async move {
-            let days: i64 = field(&job.payload, "days")?;
-            let cutoff = Utc::now() - chrono::Duration::days(days.max(1));
-            let mut conn = pool.get().await.map_err(db_error)?;
-            let keys = queue::prune_keys(&mut conn, cutoff).await.map_err(db_error)?;
-            let dead = diesel::delete(jobs::table.filter(jobs::state.eq("dead")).filter(jobs::created_at.lt(cutoff)))
-                .execute(&mut conn)
-                .await
-                .map_err(db_error)?;
-            let gone = diesel::delete(
-                processes::table.filter(processes::last_seen_at.lt(Utc::now() - chrono::Duration::hours(1))),
-            )
-            .execute(&mut conn)
-            .await
-            .map_err(db_error)?;
-            // A day of grace keeps a just-ended session explainable in the logs.
-            let day_ago = Utc::now() - chrono::Duration::days(1);
-            let ended = diesel::delete(
-                sessions::table.filter(sessions::expires_at.lt(day_ago).or(sessions::revoked_at.lt(day_ago))),
-            )
-            .execute(&mut conn)
-            .await
-            .map_err(db_error)?;
-            info!(keys, dead, processes = gone, sessions = ended, days, "retention cleanup");
-            Ok(())
-        }
-    })
+pub(super) async fn handle(pool: &DbPool, Retention { days }: Retention) -> Result<(), JobError> {
+    let cutoff = Utc::now() - chrono::Duration::days(days.max(1));
+    let mut conn = pool.get().await.map_err(db_error)?;
+    let keys = queue::prune_keys(&mut conn, cutoff).await.map_err(db_error)?;
+    let dead = queue::prune_dead(&mut conn, cutoff).await.map_err(db_error)?;
+    let gone = processes::forget_silent_since(&mut conn, Utc::now() - chrono::Duration::hours(1)).await.map_err(db_error)?;
+    // A day of grace keeps a just-ended session explainable in the logs.
+    let ended = users::prune_sessions(&mut conn, Utc::now() - chrono::Duration::days(1)).await.map_err(db_error)?;
+    info!(keys, dead, processes = gone, sessions = ended, days, "retention cleanup");
+    Ok(())
 }

@@ -19,14 +19,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
-use diesel::prelude::*;
-use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
-use hangar_db::queue::{self, JobError, JobHandler, NewJob, handler_fn};
+use diesel_async::{AsyncConnection, AsyncPgConnection};
+use hangar_db::DbPool;
+use hangar_db::jobs::{Delivery, Job, PollRepo, RunRef};
+use hangar_db::queue::{self, JobError};
 use hangar_db::runs::{self, NewRun, TransitionFailure};
-use hangar_db::schema::{runs as runs_t, stacks, vcs_poll_heads, vcs_runs, webhook_deliveries};
-use hangar_db::{DbError, DbPool};
-use hangar_server::secrets::SecretBox;
-use hangar_server::store::vcs::{self as store, IntegrationRow, Kind, STATUS_JOB, VcsRunRow};
+use hangar_store::secrets::SecretBox;
+use hangar_store::vcs::{self as store, DeliveryOutcome, IntegrationRow, Kind, LinkedStack};
+use hangar_store::{StoreError, runs as run_store, stacks};
 use hangar_types::{RunKind, RunState};
 use hangar_vcs::{
     Base, CommitStatus, Credentials, Event, GitCache, LsRemote, PrAction, ProjectRoot, PullRequest, Push, RemoteRefs, StatusClient,
@@ -34,13 +34,7 @@ use hangar_vcs::{
 };
 use tracing::{info, warn};
 
-use super::{db_error, field};
-
-pub use hangar_server::store::vcs::DELIVERY_JOB as DELIVERY;
-pub const STATUS: &str = STATUS_JOB;
-pub const POLL: &str = "vcs.poll";
-/// One repository of a plain-git integration to list.
-pub const POLL_REPO: &str = "vcs.poll_repo";
+use super::db_error;
 
 /// What the VCS handlers need beyond the database.
 #[derive(Clone, Default)]
@@ -65,28 +59,6 @@ impl std::fmt::Debug for VcsContext {
             .field("git_cache", &self.git_cache.as_ref().map(|c| c.dir().to_path_buf()))
             .finish()
     }
-}
-
-/// The columns of a stack the VCS handlers look at.
-#[derive(Debug, Clone, Queryable)]
-struct LinkedStack {
-    id: i64,
-    slug: String,
-    repository: String,
-    branch: String,
-    project_root: String,
-}
-
-async fn linked_stacks(c: &mut AsyncPgConnection, integration: i64) -> Result<Vec<LinkedStack>, diesel::result::Error> {
-    stacks::table
-        .filter(stacks::vcs_integration_id.eq(integration))
-        .order(stacks::id.asc())
-        // Serializes deliveries and polls acting on the same stacks, so that
-        // "cancel the older proposed run" and "one run per commit" hold.
-        .for_update()
-        .select((stacks::id, stacks::slug, stacks::repository, stacks::branch, stacks::project_root))
-        .load(c)
-        .await
 }
 
 /// What git said about one push to one stack when the delivery did not list
@@ -167,13 +139,7 @@ async fn ask_git(
     if pushes.is_empty() {
         return Ok(verdicts);
     }
-    let linked: Vec<LinkedStack> = stacks::table
-        .filter(stacks::vcs_integration_id.eq(integration.id))
-        .order(stacks::id.asc())
-        .select((stacks::id, stacks::slug, stacks::repository, stacks::branch, stacks::project_root))
-        .load(c)
-        .await
-        .map_err(db_error)?;
+    let linked = store::stacks_of(c, integration.id, false).await.map_err(db_error)?;
     for push in pushes {
         let after = push.after.as_deref().unwrap_or_default();
         let branch = push.branch().unwrap_or_default();
@@ -190,15 +156,7 @@ async fn ask_git(
             let (base, how) = match &push.before {
                 Some(before) => (Base::Commit(before.clone()), format!("since {}", short(before))),
                 None => {
-                    let last: Option<String> = runs_t::table
-                        .filter(runs_t::stack_id.eq(stack.id))
-                        .filter(runs_t::kind.eq(RunKind::Tracked.as_str()))
-                        .order(runs_t::id.desc())
-                        .select(runs_t::commit_sha)
-                        .first(c)
-                        .await
-                        .optional()
-                        .map_err(db_error)?;
+                    let last = run_store::last_tracked_commit(c, stack.id, false).await.map_err(db_error)?;
                     (Base::NewBranch { known: last.into_iter().collect() }, String::new())
                 }
             };
@@ -217,12 +175,12 @@ async fn ask_git(
                     }
                 }
                 Err(e) => {
-                    warn!(stack = %stack.slug, commit = %after, error = %hangar_db::error_chain(&e), "git could not tell what a push changed");
+                    warn!(stack = %stack.slug, commit = %after, error = %hangar_types::error_chain(&e), "git could not tell what a push changed");
                     Verdict {
                         touches: true,
                         note: format!(
                             "git could not tell what the push changed, so the run is made to be safe: {}",
-                            hangar_db::error_chain(&e)
+                            hangar_types::error_chain(&e)
                         ),
                     }
                 }
@@ -253,38 +211,14 @@ async fn create_run(
     repository: &str,
     new: NewRun,
     pull_request: Option<i64>,
-) -> Result<i64, DbError> {
+) -> Result<i64, StoreError> {
     let run = runs::create(c, &new, &format!("vcs:{}", integration.name)).await?;
-    diesel::insert_into(vcs_runs::table)
-        .values((
-            vcs_runs::run_id.eq(run.id),
-            vcs_runs::integration_id.eq(integration.id),
-            vcs_runs::repository.eq(repository),
-            vcs_runs::pull_request.eq(pull_request),
-        ))
-        .execute(c)
-        .await?;
+    store::record_origin(c, run.id, integration.id, repository, pull_request).await?;
     if integration.kind().vendor().is_some() {
-        queue::enqueue(c, &NewJob::new(STATUS, serde_json::json!({ "run": run.id })).max_attempts(8)).await?;
+        queue::enqueue(c, &Job::VcsStatus(RunRef { run: run.id }).to_new()).await?;
     }
     info!(run = run.id, stack = %stack.slug, kind = %new.kind.as_str(), commit = %new.commit_sha, "run created from a VCS event");
     Ok(run.id)
-}
-
-/// A live run of `kind` on `stack` at `sha`, if one exists: the same commit
-/// announced twice (a webhook and a poll, or a push and a redelivery with a new
-/// id) makes one run.
-async fn live_run_at(c: &mut AsyncPgConnection, stack: i64, kind: RunKind, sha: &str) -> Result<Option<i64>, DbError> {
-    let terminal: Vec<&str> = RunState::ALL.into_iter().filter(|s| s.is_terminal()).map(|s| s.as_str()).collect();
-    Ok(runs_t::table
-        .filter(runs_t::stack_id.eq(stack))
-        .filter(runs_t::kind.eq(kind.as_str()))
-        .filter(runs_t::commit_sha.eq(sha))
-        .filter(runs_t::state.ne_all(terminal))
-        .select(runs_t::id)
-        .first(c)
-        .await
-        .optional()?)
 }
 
 async fn on_push(
@@ -294,7 +228,7 @@ async fn on_push(
     push: &Push,
     verdicts: &Verdicts,
     out: &mut Outcome,
-) -> Result<(), DbError> {
+) -> Result<(), StoreError> {
     let branch = push.branch().unwrap_or_default();
     let Some(after) = push.after.as_deref() else {
         out.lines.push(format!("{}: no commit after the push; ignored", Event::Push(push.clone())));
@@ -346,7 +280,9 @@ async fn on_push(
             (Touches::Unknown, Some(v)) => format!(" ({})", v.note),
             (Touches::Unknown, None) => " (the changed paths are not all known, so the run is made to be safe)".to_string(),
         };
-        if let Some(existing) = live_run_at(c, stack.id, RunKind::Tracked, after).await? {
+        // The same commit announced twice (a webhook and a poll, or a push and
+        // a redelivery with a new id) makes one run.
+        if let Some(existing) = run_store::live_run_at(c, stack.id, RunKind::Tracked, after).await? {
             out.lines.push(format!("stack {}: run {existing} already plans {}; no second run", stack.slug, short(after)));
             continue;
         }
@@ -372,7 +308,7 @@ async fn on_pull_request(
     stacks: &[LinkedStack],
     pr: &PullRequest,
     out: &mut Outcome,
-) -> Result<(), DbError> {
+) -> Result<(), StoreError> {
     let event = Event::PullRequest(pr.clone());
     if !matches!(pr.action, PrAction::Opened | PrAction::Updated | PrAction::Reopened) {
         out.lines.push(format!("{event}: nothing to plan; ignored"));
@@ -393,7 +329,7 @@ async fn on_pull_request(
     }
     let number = i64::try_from(pr.number).unwrap_or(i64::MAX);
     for stack in targets {
-        if let Some(existing) = live_run_at(c, stack.id, RunKind::Proposed, &pr.head_sha).await? {
+        if let Some(existing) = run_store::live_run_at(c, stack.id, RunKind::Proposed, &pr.head_sha).await? {
             out.lines.push(format!(
                 "stack {}: proposed run {existing} already plans {}; no second run",
                 stack.slug,
@@ -403,18 +339,7 @@ async fn on_pull_request(
         }
         // Older proposed runs of this pull request that are still going plan a
         // commit nobody will merge any more.
-        let terminal: Vec<&str> = RunState::ALL.into_iter().filter(|s| s.is_terminal()).map(|s| s.as_str()).collect();
-        let older: Vec<i64> = vcs_runs::table
-            .inner_join(runs_t::table)
-            .filter(vcs_runs::integration_id.eq(integration.id))
-            .filter(vcs_runs::repository.eq(&pr.repository.full_name))
-            .filter(vcs_runs::pull_request.eq(number))
-            .filter(runs_t::stack_id.eq(stack.id))
-            .filter(runs_t::kind.eq(RunKind::Proposed.as_str()))
-            .filter(runs_t::state.ne_all(terminal))
-            .select(runs_t::id)
-            .load(c)
-            .await?;
+        let older = store::live_proposed_runs(c, integration.id, &pr.repository.full_name, number, stack.id).await?;
         let cause = format!("superseded by {} pushed to pull request #{}", short(&pr.head_sha), pr.number);
         let actor = format!("vcs:{}", integration.name);
         for old in older {
@@ -426,7 +351,7 @@ async fn on_pull_request(
             };
             match runs::transition(c, old, None, to, &cause, &actor).await {
                 Ok(_) => out.lines.push(format!("stack {}: proposed run {old} {} ({cause})", stack.slug, to.as_str().to_lowercase())),
-                Err(TransitionFailure::Db(e)) => return Err(e),
+                Err(TransitionFailure::Db(e)) => return Err(e.into()),
                 Err(e) => out.lines.push(format!("stack {}: proposed run {old} left as it is: {e}", stack.slug)),
             }
         }
@@ -457,8 +382,9 @@ async fn act(
     integration: &IntegrationRow,
     events: &[Event],
     verdicts: &Verdicts,
-) -> Result<Outcome, DbError> {
-    let stacks = linked_stacks(c, integration.id).await?;
+) -> Result<Outcome, StoreError> {
+    // Locked: deliveries and polls acting on the same stacks serialize.
+    let stacks = store::stacks_of(c, integration.id, true).await?;
     let mut out = Outcome::default();
     if events.is_empty() {
         out.lines.push("the delivery holds no event".into());
@@ -481,94 +407,57 @@ async fn finish_delivery(
     row_id: i64,
     out: &Outcome,
     error: Option<String>,
-) -> Result<(), diesel::result::Error> {
+) -> Result<(), StoreError> {
     let outcome = if error.is_some() {
-        "failed"
+        DeliveryOutcome::Failed
     } else if out.runs.is_empty() {
-        "ignored"
+        DeliveryOutcome::Ignored
     } else {
-        "runs_created"
+        DeliveryOutcome::RunsCreated
     };
     let detail = (!out.lines.is_empty()).then(|| out.lines.join("\n"));
-    diesel::update(webhook_deliveries::table.find(row_id))
-        .set((
-            webhook_deliveries::outcome.eq(outcome),
-            webhook_deliveries::detail.eq(detail),
-            webhook_deliveries::run_ids.eq(&out.runs),
-            webhook_deliveries::error.eq(error),
-            webhook_deliveries::processed_at.eq(Utc::now()),
-        ))
-        .execute(c)
+    store::finish_delivery(c, row_id, outcome, detail, &out.runs, error).await
+}
+
+pub(super) async fn delivery(pool: &DbPool, ctx: &VcsContext, job: Delivery) -> Result<(), JobError> {
+    let Delivery { integration: integration_id, delivery, event, body } = job;
+    let mut conn = pool.get().await.map_err(db_error)?;
+    let Some(integration) = store::by_id(&mut conn, integration_id).await.map_err(db_error)? else {
+        info!(integration = integration_id, delivery, "delivery of a deleted integration; dropped");
+        return Ok(());
+    };
+    let Kind::Vendor(vendor) = integration.kind() else {
+        return Err(JobError::permanent(format!("integration {} is plain git and takes no webhooks", integration.name)));
+    };
+    let parsed = hangar_vcs::parse(vendor, &event, body.as_bytes());
+    let verdicts = match &parsed {
+        Ok(events) => ask_git(&mut conn, ctx, &integration, events).await?,
+        Err(_) => Verdicts::new(),
+    };
+    let integ = integration.clone();
+    let (d, e) = (delivery.clone(), event.clone());
+    let summary = conn
+        .transaction::<_, StoreError, _>(async move |c| {
+            let Some(row) = store::lock_delivery(c, integ.id, &d, &e).await? else {
+                return Ok(None);
+            };
+            let (out, error) = match &parsed {
+                Ok(events) => (act(c, &integ, events, &verdicts).await?, None),
+                Err(err) => (Outcome::default(), Some(err.to_string())),
+            };
+            finish_delivery(c, row, &out, error.clone()).await?;
+            Ok(Some((out.runs.len(), out.lines.len(), error)))
+        })
         .await
-        .map(|_| ())
-}
-
-/// The delivery's row, locked, created when missing; `None` when it was
-/// already processed (a job delivered again after a crash).
-async fn lock_delivery(
-    c: &mut AsyncPgConnection,
-    integration: i64,
-    delivery: &str,
-    event: &str,
-) -> Result<Option<i64>, diesel::result::Error> {
-    store::record_delivery(c, integration, delivery, event).await?;
-    let (id, processed): (i64, Option<chrono::DateTime<Utc>>) = webhook_deliveries::table
-        .filter(webhook_deliveries::integration_id.eq(integration))
-        .filter(webhook_deliveries::delivery_id.eq(delivery))
-        .for_update()
-        .select((webhook_deliveries::id, webhook_deliveries::processed_at))
-        .first(c)
-        .await?;
-    Ok(processed.is_none().then_some(id))
-}
-
-pub fn delivery_handler(pool: DbPool, ctx: Arc<VcsContext>) -> Arc<dyn JobHandler> {
-    handler_fn(move |job| {
-        let (pool, ctx) = (pool.clone(), ctx.clone());
-        async move {
-            let integration_id: i64 = field(&job.payload, "integration")?;
-            let delivery: String = field(&job.payload, "delivery")?;
-            let event: String = field(&job.payload, "event")?;
-            let body: String = field(&job.payload, "body")?;
-            let mut conn = pool.get().await.map_err(db_error)?;
-            let Some(integration) = store::by_id(&mut conn, integration_id).await.map_err(db_error)? else {
-                info!(integration = integration_id, delivery, "delivery of a deleted integration; dropped");
-                return Ok(());
-            };
-            let Kind::Vendor(vendor) = integration.kind() else {
-                return Err(JobError::permanent(format!("integration {} is plain git and takes no webhooks", integration.name)));
-            };
-            let parsed = hangar_vcs::parse(vendor, &event, body.as_bytes());
-            let verdicts = match &parsed {
-                Ok(events) => ask_git(&mut conn, &ctx, &integration, events).await?,
-                Err(_) => Verdicts::new(),
-            };
-            let integ = integration.clone();
-            let (d, e) = (delivery.clone(), event.clone());
-            let summary = conn
-                .transaction::<_, DbError, _>(async move |c| {
-                    let Some(row) = lock_delivery(c, integ.id, &d, &e).await? else {
-                        return Ok(None);
-                    };
-                    let (out, error) = match &parsed {
-                        Ok(events) => (act(c, &integ, events, &verdicts).await?, None),
-                        Err(err) => (Outcome::default(), Some(err.to_string())),
-                    };
-                    finish_delivery(c, row, &out, error.clone()).await?;
-                    Ok(Some((out.runs.len(), out.lines.len(), error)))
-                })
-                .await
-                .map_err(db_error)?;
-            match summary {
-                None => info!(integration = %integration.name, delivery, "delivery already processed"),
-                Some((runs, events, None)) => {
-                    info!(integration = %integration.name, delivery, event, runs, events, "delivery processed")
-                }
-                Some((_, _, Some(error))) => warn!(integration = %integration.name, delivery, event, error, "delivery unreadable"),
-            }
-            Ok(())
+        .map_err(db_error)?;
+    match summary {
+        None => info!(integration = %integration.name, delivery, "delivery already processed"),
+        Some((runs, events, None)) => {
+            info!(integration = %integration.name, delivery, event, runs, events, "delivery processed")
         }
-    })
+        Some((_, _, Some(error))) => warn!(integration = %integration.name, delivery, event, error, "delivery unreadable"),
+    }
+    Ok(())
 }
 
 /// A job failure out of a transaction, which needs `From<diesel::result::Error>`.
@@ -585,32 +474,18 @@ fn status_key(state: RunState) -> String {
     format!("{s:?}: {what}")
 }
 
-pub fn status_handler(pool: DbPool, ctx: Arc<VcsContext>) -> Arc<dyn JobHandler> {
-    handler_fn(move |job| {
-        let (pool, ctx) = (pool.clone(), ctx.clone());
-        async move {
-            let run_id: i64 = field(&job.payload, "run")?;
-            let mut conn = pool.get().await.map_err(db_error)?;
-            conn.transaction::<_, TxError, _>(async move |c| report_status(c, &ctx, run_id).await.map_err(TxError))
-                .await
-                .map_err(|TxError(e)| e)
-        }
-    })
+pub(super) async fn status(pool: &DbPool, ctx: &VcsContext, RunRef { run }: RunRef) -> Result<(), JobError> {
+    let mut conn = pool.get().await.map_err(db_error)?;
+    conn.transaction::<_, TxError, _>(async move |c| report_status(c, ctx, run).await.map_err(TxError))
+        .await
+        .map_err(|TxError(e)| e)
 }
 
 /// Reports run `run_id`'s state when it differs from the last one reported.
 /// The origin row stays locked meanwhile, so two reports for one run cannot
 /// overtake each other.
 async fn report_status(c: &mut AsyncPgConnection, ctx: &VcsContext, run_id: i64) -> Result<(), JobError> {
-    let origin: Option<VcsRunRow> = vcs_runs::table
-        .find(run_id)
-        .for_update()
-        .select(VcsRunRow::as_select())
-        .first(c)
-        .await
-        .optional()
-        .map_err(db_error)?;
-    let Some(origin) = origin else { return Ok(()) };
+    let Some(origin) = store::lock_origin(c, run_id).await.map_err(db_error)? else { return Ok(()) };
     let Some(run) = runs::get(c, run_id).await.map_err(db_error)? else { return Ok(()) };
     let Some(integration) = store::by_id(c, origin.integration_id).await.map_err(db_error)? else { return Ok(()) };
     let Kind::Vendor(vendor) = integration.kind() else { return Ok(()) };
@@ -633,77 +508,45 @@ async fn report_status(c: &mut AsyncPgConnection, ctx: &VcsContext, run_id: i64)
         ca_pem: integration.ca_pem.as_ref().map(|p| p.as_bytes().to_vec()),
         timeout: ctx.config.status_timeout(),
     })
-    .map_err(|e| JobError::permanent(hangar_db::error_chain(&e)))?;
-    let slug: String = stacks::table.find(run.stack_id).select(stacks::slug).first(c).await.map_err(db_error)?;
+    .map_err(|e| JobError::permanent(hangar_types::error_chain(&e)))?;
+    let Some(stack) = stacks::stack_by_id(c, run.stack_id).await.map_err(db_error)? else { return Ok(()) };
+    let slug = stack.slug;
     let link = format!("{}/runs/{}", ctx.public_url.as_deref().unwrap_or("").trim_end_matches('/'), run.id);
     let status = CommitStatus::for_run(run.state(), &format!("hangar/{slug}"), &link);
     match client.report(&origin.repository, &run.commit_sha, &status).await {
         Ok(_) => {
-            diesel::update(vcs_runs::table.find(run_id))
-                .set(vcs_runs::reported.eq(&key))
-                .execute(c)
-                .await
-                .map_err(db_error)?;
+            store::mark_reported(c, run_id, &key).await.map_err(db_error)?;
             info!(run = run_id, integration = %integration.name, state = %key, "commit status reported");
             Ok(())
         }
-        Err(e) if e.is_retryable() => Err(JobError::retry(hangar_db::error_chain(&e))),
+        Err(e) if e.is_retryable() => Err(JobError::retry(hangar_types::error_chain(&e))),
         Err(e) => {
             // A refusal (bad token, unknown commit) will not change by retrying;
             // the run goes on regardless.
-            warn!(run = run_id, integration = %integration.name, error = %hangar_db::error_chain(&e), "commit status refused");
+            warn!(run = run_id, integration = %integration.name, error = %hangar_types::error_chain(&e), "commit status refused");
             Ok(())
         }
     }
 }
 
-pub fn poll_handler(pool: DbPool) -> Arc<dyn JobHandler> {
-    handler_fn(move |_job| {
-        let pool = pool.clone();
-        async move {
-            let mut conn = pool.get().await.map_err(db_error)?;
-            let targets: Vec<(i64, String)> = stacks::table
-                .inner_join(hangar_db::schema::vcs_integrations::table)
-                .filter(hangar_db::schema::vcs_integrations::kind.eq("git"))
-                .select((hangar_db::schema::vcs_integrations::id, stacks::repository))
-                .distinct()
-                .load(&mut conn)
-                .await
-                .map_err(db_error)?;
-            for (integration, repository) in targets {
-                let job = NewJob::new(POLL_REPO, serde_json::json!({ "integration": integration, "repository": repository }))
-                    .max_attempts(1);
-                queue::enqueue(&mut conn, &job).await.map_err(db_error)?;
-            }
-            Ok(())
-        }
-    })
-}
-
-pub fn poll_repo_handler(pool: DbPool, ctx: Arc<VcsContext>) -> Arc<dyn JobHandler> {
-    handler_fn(move |job| {
-        let (pool, ctx) = (pool.clone(), ctx.clone());
-        async move {
-            let integration_id: i64 = field(&job.payload, "integration")?;
-            let repository: String = field(&job.payload, "repository")?;
-            poll_repository(&pool, &ctx, integration_id, &repository).await
-        }
-    })
+pub(super) async fn poll(pool: &DbPool) -> Result<(), JobError> {
+    let mut conn = pool.get().await.map_err(db_error)?;
+    for (integration, repository) in store::poll_targets(&mut conn).await.map_err(db_error)? {
+        let job = Job::VcsPollRepo(PollRepo { integration, repository }).to_new();
+        queue::enqueue(&mut conn, &job).await.map_err(db_error)?;
+    }
+    Ok(())
 }
 
 /// Lists one repository if its poll interval has passed, and acts on what moved
 /// since the stored listing. The first listing is only stored: what existed
 /// before polling began is not news.
-async fn poll_repository(pool: &DbPool, ctx: &VcsContext, integration_id: i64, repository: &str) -> Result<(), JobError> {
+pub(super) async fn poll_repository(pool: &DbPool, ctx: &VcsContext, job: PollRepo) -> Result<(), JobError> {
+    let PollRepo { integration: integration_id, repository } = job;
+    let repository = repository.as_str();
     let mut conn = pool.get().await.map_err(db_error)?;
     let Some(integration) = store::by_id(&mut conn, integration_id).await.map_err(db_error)? else { return Ok(()) };
-    let previous: Option<(serde_json::Value, chrono::DateTime<Utc>)> = vcs_poll_heads::table
-        .find((integration_id, repository))
-        .select((vcs_poll_heads::refs, vcs_poll_heads::polled_at))
-        .first(&mut conn)
-        .await
-        .optional()
-        .map_err(db_error)?;
+    let previous = store::poll_heads(&mut conn, integration_id, repository, false).await.map_err(db_error)?;
     // A second of slack: the scheduler's ticks and the interval line up.
     let interval = chrono::Duration::from_std(ctx.config.poll_interval().saturating_sub(Duration::from_secs(1)))
         .unwrap_or(chrono::Duration::zero());
@@ -738,7 +581,7 @@ async fn poll_repository(pool: &DbPool, ctx: &VcsContext, integration_id: i64, r
     let current = match listed {
         Ok(r) => r,
         Err(e) => {
-            warn!(integration = %integration.name, error = %hangar_db::error_chain(&e), "poll failed");
+            warn!(integration = %integration.name, error = %hangar_types::error_chain(&e), "poll failed");
             return Ok(());
         }
     };
@@ -752,28 +595,11 @@ async fn poll_repository(pool: &DbPool, ctx: &VcsContext, integration_id: i64, r
     let repo = repository.to_string();
     let integ = integration.clone();
     let summary = conn
-        .transaction::<_, DbError, _>(async move |c| {
+        .transaction::<_, StoreError, _>(async move |c| {
             // Locked so that two drains polling at once act on one change once.
-            let locked: Option<serde_json::Value> = vcs_poll_heads::table
-                .find((integ.id, &repo))
-                .for_update()
-                .select(vcs_poll_heads::refs)
-                .first(c)
-                .await
-                .optional()?;
-            diesel::insert_into(vcs_poll_heads::table)
-                .values((
-                    vcs_poll_heads::integration_id.eq(integ.id),
-                    vcs_poll_heads::repository.eq(&repo),
-                    vcs_poll_heads::refs.eq(&stored),
-                    vcs_poll_heads::polled_at.eq(Utc::now()),
-                ))
-                .on_conflict((vcs_poll_heads::integration_id, vcs_poll_heads::repository))
-                .do_update()
-                .set((vcs_poll_heads::refs.eq(&stored), vcs_poll_heads::polled_at.eq(Utc::now())))
-                .execute(c)
-                .await?;
-            let Some(before) = locked.and_then(|v| serde_json::from_value::<RemoteRefs>(v).ok()) else {
+            let locked = store::poll_heads(c, integ.id, &repo, true).await?;
+            store::store_poll_heads(c, integ.id, &repo, &stored).await?;
+            let Some(before) = locked.and_then(|(v, _)| serde_json::from_value::<RemoteRefs>(v).ok()) else {
                 return Ok(None);
             };
             let events = hangar_vcs::poll_events(&repo, &before, &current);
@@ -791,7 +617,7 @@ async fn poll_repository(pool: &DbPool, ctx: &VcsContext, integration_id: i64, r
                 })
                 .collect();
             let id = format!("poll:{repo}:{}", heads.join(","));
-            if let Some(row) = lock_delivery(c, integ.id, &id.chars().take(500).collect::<String>(), "poll").await? {
+            if let Some(row) = store::lock_delivery(c, integ.id, &id.chars().take(500).collect::<String>(), "poll").await? {
                 finish_delivery(c, row, &out, None).await?;
             }
             Ok(Some(out.runs.len()))

@@ -12,7 +12,8 @@ use std::time::Duration;
 
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
-use hangar_broker::{Broker, BrokerConfig, BrokerHandle, BrokerLimits, Notification};
+use hangar_broker::{Broker, BrokerHandle, Notification};
+use hangar_config::{BrokerConfig, BrokerLimits};
 use hangar_certs::{CaOptions, CertStore, LeafRequest, Usage};
 use hangar_db::schema::{stacks, worker_pools, workers};
 use hangar_db::{DbPool, migrate};

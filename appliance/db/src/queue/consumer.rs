@@ -11,9 +11,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use chrono::Utc;
-use diesel_async::RunQueryDsl;
 use futures::future::BoxFuture;
-use futures::{FutureExt, StreamExt};
+use futures::FutureExt;
 use tokio::sync::{Semaphore, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use hangar_runner::{BackgroundWorker, RunnerOptions, Step};
@@ -45,7 +44,7 @@ impl JobError {
     }
     /// A retryable failure carrying an error and its whole cause chain.
     pub fn from_error(e: &(dyn std::error::Error + 'static)) -> Self {
-        JobError::retry(crate::connect::error_chain(e))
+        JobError::retry(hangar_types::error_chain(e))
     }
 }
 
@@ -310,11 +309,11 @@ impl BackgroundWorker for ConsumerLoop {
         // Mark notifications seen *before* claiming, so one that arrives during
         // the claim wakes the next wait instead of being lost.
         self.wake_rx.borrow_and_update();
-        let mut conn = self.pool.get().await.map_err(|e| crate::connect::error_chain(&e))?;
+        let mut conn = self.pool.get().await.map_err(|e| hangar_types::error_chain(&e))?;
         self.stats.claim_queries.fetch_add(1, Ordering::Relaxed);
         let claimed = super::claim(&mut conn, &self.cfg.queue, &self.cfg.consumer_id, want, self.cfg.lease)
             .await
-            .map_err(|e| format!("claim failed: {}", crate::connect::error_chain(&e)))?;
+            .map_err(|e| format!("claim failed: {}", hangar_types::error_chain(&e)))?;
         drop(conn);
         let got = claimed.len() as i64;
         self.stats.claimed.fetch_add(got as u64, Ordering::Relaxed);
@@ -416,7 +415,7 @@ async fn acknowledge(
         let mut conn = match pool.get().await {
             Ok(c) => c,
             Err(e) => {
-                warn!(error = %crate::connect::error_chain(&e), pending = done.len() + failed.len(), "cannot acknowledge yet");
+                warn!(error = %hangar_types::error_chain(&e), pending = done.len() + failed.len(), "cannot acknowledge yet");
                 tokio::time::sleep(Duration::from_millis(200)).await;
                 continue;
             }
@@ -434,7 +433,7 @@ async fn acknowledge(
                     }
                 }
                 Err(e) => {
-                    warn!(error = %crate::connect::error_chain(&e), "acknowledgement failed; retrying");
+                    warn!(error = %hangar_types::error_chain(&e), "acknowledgement failed; retrying");
                     tokio::time::sleep(Duration::from_millis(200)).await;
                     continue;
                 }
@@ -463,7 +462,7 @@ async fn acknowledge(
                     inflight.lock().expect("inflight lock").remove(&o.token.id);
                 }
                 Err(e) => {
-                    warn!(error = %crate::connect::error_chain(&e), "recording a failure failed; retrying");
+                    warn!(error = %hangar_types::error_chain(&e), "recording a failure failed; retrying");
                     failed.push(o);
                     tokio::time::sleep(Duration::from_millis(200)).await;
                     break;
@@ -504,49 +503,39 @@ async fn renew_leases(
                     warn!(lost = tokens.len() - held.len(), "some leases were lost before renewal");
                 }
                 Ok(_) => {}
-                Err(e) => warn!(error = %crate::connect::error_chain(&e), "lease renewal failed"),
+                Err(e) => warn!(error = %hangar_types::error_chain(&e), "lease renewal failed"),
             },
-            Err(e) => warn!(error = %crate::connect::error_chain(&e), "lease renewal failed"),
+            Err(e) => warn!(error = %hangar_types::error_chain(&e), "lease renewal failed"),
         }
     }
 }
 
-/// Keeps a dedicated connection LISTENing and bumps `wake` for every notification
-/// about `queue`. After a reconnect it bumps once, since notifications sent while
-/// disconnected are lost.
-async fn listen(db: Database, queue: String, wake: Arc<watch::Sender<u64>>, stop: CancellationToken) {
-    let mut backoff = Duration::from_millis(100);
-    loop {
-        let session = async {
-            let mut conn = db.connect().await?;
-            diesel::sql_query(format!("LISTEN {NOTIFY_CHANNEL}"))
-                .execute(&mut conn)
-                .await?;
-            wake.send_modify(|n| *n += 1);
-            let mut stream = std::pin::pin!(conn.notifications_stream());
-            while let Some(n) = stream.next().await {
-                let n = n?;
-                if n.payload == queue {
-                    wake.send_modify(|c| *c += 1);
-                }
-            }
-            Ok::<(), DbError>(())
-        };
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            r = session => {
-                match r {
-                    Ok(()) => warn!("notification connection closed; reconnecting"),
-                    Err(e) => warn!(error = %crate::connect::error_chain(&e), retry_in = ?backoff, "notification connection failed"),
-                }
-            }
-        }
-        // Wake the consumer so it polls while we are without notifications.
-        wake.send_modify(|n| *n += 1);
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(backoff) => {}
-        }
-        backoff = (backoff * 2).min(Duration::from_secs(5));
+/// Bumps `wake` for every notification about `queue`, and after every
+/// (re)connect and disconnect: notifications sent while disconnected are lost,
+/// so the consumer polls then.
+struct QueueListener {
+    queue: String,
+    wake: Arc<watch::Sender<u64>>,
+}
+
+impl crate::listen::Listener for QueueListener {
+    async fn connected(&mut self) -> Result<(), DbError> {
+        self.wake.send_modify(|n| *n += 1);
+        Ok(())
     }
+
+    async fn notified(&mut self, batch: Vec<crate::listen::Notice>) {
+        if batch.iter().any(|n| n.payload == self.queue) {
+            self.wake.send_modify(|c| *c += 1);
+        }
+    }
+
+    fn disconnected(&mut self) {
+        self.wake.send_modify(|n| *n += 1);
+    }
+}
+
+async fn listen(db: Database, queue: String, wake: Arc<watch::Sender<u64>>, stop: CancellationToken) {
+    let opts = crate::listen::ListenOptions::new("job queue", &[NOTIFY_CHANNEL]);
+    crate::listen::listen(&db, &opts, &mut QueueListener { queue, wake }, &stop).await;
 }

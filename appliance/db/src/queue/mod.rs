@@ -498,6 +498,13 @@ pub async fn prune_keys(conn: &mut AsyncPgConnection, older_than: DateTime<Utc>)
         .await? as u64)
 }
 
+/// Deletes dead jobs made before `older_than`; returns how many.
+pub async fn prune_dead(conn: &mut AsyncPgConnection, older_than: DateTime<Utc>) -> Result<u64, DbError> {
+    Ok(diesel::delete(jobs::table.filter(jobs::state.eq("dead")).filter(jobs::created_at.lt(older_than)))
+        .execute(conn)
+        .await? as u64)
+}
+
 /// How many jobs are in each condition.
 pub async fn counts(conn: &mut AsyncPgConnection) -> Result<QueueCounts, DbError> {
     Ok(diesel::sql_query(

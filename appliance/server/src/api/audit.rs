@@ -5,7 +5,7 @@ use hangar_types::Role;
 
 use super::types::{AuditEvent, AuditPage};
 use super::{ApiError, conn, require};
-use crate::store::audit;
+use hangar_store::audit;
 
 #[derive(Default)]
 pub struct AuditQuery;

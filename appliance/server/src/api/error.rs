@@ -94,19 +94,19 @@ impl From<hangar_db::DbError> for ApiError {
         match e {
             hangar_db::DbError::Query(q) => q.into(),
             hangar_db::DbError::Pool { .. } | hangar_db::DbError::Connect { .. } => {
-                ApiError::Unavailable(hangar_db::error_chain(&e))
+                ApiError::Unavailable(hangar_types::error_chain(&e))
             }
-            other => ApiError::Internal(hangar_db::error_chain(&other)),
+            other => ApiError::Internal(hangar_types::error_chain(&other)),
         }
     }
 }
 
-impl From<crate::ServerError> for ApiError {
-    fn from(e: crate::ServerError) -> Self {
+impl From<hangar_store::StoreError> for ApiError {
+    fn from(e: hangar_store::StoreError) -> Self {
         match e {
-            crate::ServerError::Query(q) => q.into(),
-            crate::ServerError::Db(d) => (*d).into(),
-            other => ApiError::Internal(hangar_db::error_chain(&other)),
+            hangar_store::StoreError::Query(q) => q.into(),
+            hangar_store::StoreError::Db(d) => d.into(),
+            other => ApiError::Internal(hangar_types::error_chain(&other)),
         }
     }
 }

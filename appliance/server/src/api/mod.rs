@@ -1,5 +1,7 @@
-//! The GraphQL API at `POST /graphql`: the schema, who is asking, what they may
-//! do, and the errors they see.
+//! The GraphQL API's resolvers and what they share: who is asking, what they
+//! may do, and the errors they see. The schema that merges the resolvers of
+//! this module, of the state backend and of run logs is assembled in
+//! `crate::graphql`.
 //!
 //! Authorization is checked in every resolver of the two root types; nested
 //! objects are reachable only through them. Roles: a reader reads everything
@@ -8,71 +10,29 @@
 //! others' API keys, worker pools and workers. A caller without a token may
 //! only log in.
 
-mod audit;
-mod auth;
+pub(crate) mod audit;
+pub(crate) mod auth;
+pub(crate) mod cost;
 mod error;
-mod pools;
-mod runs;
-mod stacks;
+pub(crate) mod pools;
+pub(crate) mod runs;
+pub(crate) mod stacks;
 mod types;
-mod vcs;
-mod worker_admin;
+pub(crate) mod variables;
+pub(crate) mod vcs;
+pub(crate) mod worker_admin;
 
 use std::sync::Arc;
 
-use async_graphql::{Context, EmptySubscription, MergedObject, Schema};
+use async_graphql::Context;
 use hangar_db::PooledConn;
 use hangar_types::Role;
 
+pub use auth::{LoginGate, Source};
 pub use error::ApiError;
 
 use crate::App;
-use crate::store::users::Caller;
-
-#[derive(MergedObject, Default)]
-pub struct Query(
-    auth::AuthQuery,
-    stacks::StacksQuery,
-    runs::RunsQuery,
-    pools::PoolsQuery,
-    audit::AuditQuery,
-    crate::state::api::StateQuery,
-    vcs::VcsQuery,
-    crate::logs::api::LogsQuery,
-);
-
-#[derive(MergedObject, Default)]
-pub struct Mutation(
-    auth::AuthMutation,
-    stacks::StacksMutation,
-    runs::RunsMutation,
-    pools::PoolsMutation,
-    crate::state::api::StateMutation,
-    worker_admin::WorkerAdminMutation,
-    vcs::VcsMutation,
-);
-
-pub type ApiSchema = Schema<Query, Mutation, EmptySubscription>;
-
-/// Limits on what one query may ask for.
-#[derive(Debug, Clone, Copy)]
-pub struct QueryLimits {
-    pub max_depth: usize,
-    pub max_complexity: usize,
-}
-
-pub fn schema(app: Arc<App>, limits: QueryLimits) -> ApiSchema {
-    Schema::build(Query::default(), Mutation::default(), EmptySubscription)
-        .data(app)
-        .limit_depth(limits.max_depth)
-        .limit_complexity(limits.max_complexity)
-        // Bounds the parser's recursion, whatever the depth limit says.
-        .limit_recursive_depth(64)
-        .limit_directives(16)
-        // Suggestions ("did you mean ...") would describe the schema to anyone.
-        .disable_suggestions()
-        .finish()
-}
+use hangar_store::users::Caller;
 
 /// Request data: the authenticated caller, when there is one.
 #[derive(Debug, Clone)]
@@ -81,15 +41,15 @@ pub struct Identity(pub Option<Caller>);
 /// Request data: every worker pool by id, loaded once on first use. A list of
 /// stacks asking for their pools costs one query, not one per stack.
 #[derive(Debug, Default)]
-pub struct PoolDirectory(tokio::sync::OnceCell<std::collections::HashMap<i64, crate::store::pools::PoolRow>>);
+pub struct PoolDirectory(tokio::sync::OnceCell<std::collections::HashMap<i64, hangar_store::pools::PoolRow>>);
 
 impl PoolDirectory {
-    pub(crate) async fn get(&self, ctx: &Context<'_>, id: i64) -> Result<Option<crate::store::pools::PoolRow>, ApiError> {
+    pub(crate) async fn get(&self, ctx: &Context<'_>, id: i64) -> Result<Option<hangar_store::pools::PoolRow>, ApiError> {
         let pools = self
             .0
             .get_or_try_init(|| async {
                 let mut c = conn(ctx).await?;
-                let all = crate::store::pools::list_pools(&mut c).await?;
+                let all = hangar_store::pools::list_pools(&mut c).await?;
                 Ok::<_, ApiError>(all.into_iter().map(|p| (p.id, p)).collect())
             })
             .await?;
@@ -111,7 +71,7 @@ pub(crate) fn require<'a>(ctx: &Context<'a>, role: Role) -> Result<&'a Caller, A
 }
 
 pub(crate) async fn conn(ctx: &Context<'_>) -> Result<PooledConn, ApiError> {
-    app(ctx).db.get().await.map_err(|e| ApiError::Unavailable(hangar_db::error_chain(&e)))
+    app(ctx).db.get().await.map_err(|e| ApiError::Unavailable(hangar_types::error_chain(&e)))
 }
 
 /// Parses an `ID` argument.

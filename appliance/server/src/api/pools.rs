@@ -8,7 +8,7 @@ use serde_json::json;
 use super::stacks::check_slug;
 use super::types::{Worker, WorkerPool};
 use super::{ApiError, conn, require};
-use crate::store::{audit, pools};
+use hangar_store::{audit, pools};
 
 #[derive(Default)]
 pub struct PoolsQuery;

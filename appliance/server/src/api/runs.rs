@@ -10,8 +10,9 @@ use serde_json::json;
 
 use super::types::{DeadJob, Run, RunKindValue, RunPage, run_page};
 use super::{ApiError, app, conn, require};
-use crate::store::{audit, stacks};
-use crate::{git, store::users::Caller};
+use hangar_store::{audit, stacks};
+use crate::git;
+use hangar_store::users::Caller;
 
 fn transition_error(run: i64, e: TransitionFailure, wanted: &str) -> ApiError {
     match e {

@@ -10,8 +10,8 @@ use serde_json::json;
 use super::types::{ContextObj, IacTool, Stack, Variable};
 use super::{ApiError, app, conn, require};
 use crate::git;
-use crate::store::stacks::{self as store, Content, NewStack, Owner, StackChanges};
-use crate::store::{audit, pools};
+use hangar_store::stacks::{self as store, Content, NewStack, Owner, StackChanges};
+use hangar_store::{audit, pools};
 
 #[derive(InputObject)]
 pub struct StackInput {
@@ -374,13 +374,13 @@ impl StacksMutation {
         let keys = c
             .transaction::<_, ApiError, _>(async move |c| {
                 let id = stack_id(c, &s).await?;
-                let keys = crate::store::run_objects::keys_of_stack(c, id).await?;
+                let keys = hangar_store::run_objects::keys_of_stack(c, id).await?;
                 store::delete_stack(c, id).await?;
                 audit::record(c, &caller.actor(), "stack.delete", &format!("stack:{s}"), json!({})).await?;
                 Ok(keys)
             })
             .await?;
-        crate::store::run_objects::delete_objects(&app(ctx).objects, &slug, &keys).await;
+        hangar_store::run_objects::delete_objects(&app(ctx).objects, &slug, &keys).await;
         Ok(true)
     }
 

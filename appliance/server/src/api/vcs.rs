@@ -13,9 +13,9 @@ use serde_json::json;
 use super::stacks::check_slug;
 use super::types::Stack;
 use super::{ApiError, app, conn, require};
-use crate::store::stacks as stack_store;
-use crate::store::vcs::{self as store, DeliveryRow, IntegrationChanges, IntegrationRow, Kind, NewIntegration};
-use crate::store::audit;
+use hangar_store::stacks as stack_store;
+use hangar_store::vcs::{self as store, DeliveryRow, IntegrationChanges, IntegrationRow, Kind, NewIntegration};
+use hangar_store::audit;
 
 /// What an integration talks to.
 #[derive(Enum, Copy, Clone, Eq, PartialEq, Debug)]
@@ -216,7 +216,7 @@ fn check_ca(pem: &str) -> Result<(), ApiError> {
     }
     hangar_certs::tls::roots_from_pem(pem.as_bytes())
         .map(|_| ())
-        .map_err(|e| ApiError::invalid("caPem", format!("holds no usable certificate ({})", hangar_db::error_chain(&e))))
+        .map_err(|e| ApiError::invalid("caPem", format!("holds no usable certificate ({})", hangar_types::error_chain(&e))))
 }
 
 /// Checks the base URL (and, for vendors, that a status client can be made

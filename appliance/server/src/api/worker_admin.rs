@@ -11,7 +11,7 @@ use serde_json::json;
 
 use super::types::Worker;
 use super::{ApiError, conn, require};
-use crate::store::{audit, pools};
+use hangar_store::{audit, pools};
 use crate::workers::join::{self, JoinTokenError};
 
 /// A join token, shown this once.
@@ -32,6 +32,7 @@ impl From<JoinTokenError> for ApiError {
             JoinTokenError::NoSuchPool { pool } => ApiError::not_found("worker pool", pool),
             e @ JoinTokenError::BadTtl { .. } => ApiError::invalid("ttlMinutes", e.to_string()),
             JoinTokenError::Query(q) => ApiError::from(q),
+            JoinTokenError::Store(s) => ApiError::from(s),
         }
     }
 }

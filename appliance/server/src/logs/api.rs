@@ -6,7 +6,7 @@ use futures::StreamExt;
 use hangar_types::Role;
 use hangar_types::worker::Phase;
 
-use super::{LogError, PHASES, Utf8Joiner, contiguous, fetch, progress};
+use super::{LogError, Utf8Joiner, contiguous, fetch, progress};
 use crate::api::{ApiError, app, conn, require};
 
 /// Longest text one query returns; the rest is in the download.
@@ -52,7 +52,7 @@ impl From<LogError> for ApiError {
     fn from(e: LogError) -> ApiError {
         match e {
             LogError::UnknownRun { run } => ApiError::not_found("run", run.to_string()),
-            other => ApiError::Unavailable(hangar_db::error_chain(&other)),
+            other => ApiError::Unavailable(hangar_types::error_chain(&other)),
         }
     }
 }
@@ -69,7 +69,7 @@ impl LogsQuery {
         let app = app(ctx);
         let phases: Vec<Phase> = match phase {
             Some(p) => vec![p.into()],
-            None => PHASES.to_vec(),
+            None => Phase::ALL.to_vec(),
         };
         let mut c = conn(ctx).await?;
         let state = progress(&mut c, run).await.map_err(ApiError::from)?;

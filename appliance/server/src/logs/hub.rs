@@ -4,10 +4,9 @@
 //! object store by number, so one that fell behind (or a reconnect that missed
 //! notifications) re-reads instead of losing output.
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
+use hangar_db::listen::{ListenOptions, Listener, Notice, listen};
 use hangar_db::runs::{RUNS_CHANNEL, RunChange};
 use hangar_db::{Database, DbError};
 use tokio::sync::broadcast;
@@ -15,8 +14,6 @@ use tokio_util::sync::CancellationToken;
 
 use super::{ChunkNotice, LOGS_CHANNEL};
 
-const MIN_BACKOFF: Duration = Duration::from_millis(200);
-const MAX_BACKOFF: Duration = Duration::from_secs(10);
 /// Wake-ups buffered per reader before it is told it lagged.
 const CAPACITY: usize = 4096;
 
@@ -69,52 +66,34 @@ impl LogHub {
 }
 
 async fn run(hub: LogHub, db: Database) {
-    let hub = Arc::new(hub);
-    let mut backoff = MIN_BACKOFF;
-    loop {
-        let outcome = tokio::select! {
-            _ = hub.stop.cancelled() => break,
-            r = listen(&hub, &db, &mut backoff) => r,
-        };
-        match outcome {
-            Ok(()) => tracing::warn!(database = db.target(), "log LISTEN connection closed; reconnecting"),
-            Err(e) => tracing::warn!(
-                database = db.target(),
-                error = %hangar_db::error_chain(&e),
-                retry_in = ?backoff,
-                "log LISTEN connection failed"
-            ),
-        }
-        tokio::select! {
-            _ = hub.stop.cancelled() => break,
-            _ = tokio::time::sleep(backoff) => {}
-        }
-        backoff = (backoff * 2).min(MAX_BACKOFF);
-    }
+    let mut opts = ListenOptions::new("log hub", &[LOGS_CHANNEL, RUNS_CHANNEL]);
+    opts.min_backoff = Duration::from_millis(200);
+    opts.max_backoff = Duration::from_secs(10);
+    let stop = hub.stop.clone();
+    listen(&db, &opts, &mut HubListener(hub), &stop).await;
 }
 
-async fn listen(hub: &LogHub, db: &Database, backoff: &mut Duration) -> Result<(), DbError> {
-    use diesel_async::RunQueryDsl;
-    let mut conn = db.connect().await?;
-    diesel::sql_query(format!("LISTEN {LOGS_CHANNEL}")).execute(&mut conn).await?;
-    diesel::sql_query(format!("LISTEN {RUNS_CHANNEL}")).execute(&mut conn).await?;
-    *backoff = MIN_BACKOFF;
-    // Whatever happened while not listening is found by re-reading.
-    let _ = hub.tx.send(HubEvent::Resync);
-    tracing::info!(database = db.target(), "listening for log chunks");
-    let mut stream = std::pin::pin!(conn.notifications_stream());
-    while let Some(n) = stream.next().await {
-        let n = n?;
-        let event = if n.channel == LOGS_CHANNEL {
-            serde_json::from_str::<ChunkNotice>(&n.payload).ok().map(HubEvent::Chunk)
-        } else {
-            serde_json::from_str::<RunChange>(&n.payload).ok().map(|c| HubEvent::Run(c.run))
-        };
-        match event {
-            // No receivers is not an error: nobody is reading a log right now.
-            Some(e) => drop(hub.tx.send(e)),
-            None => tracing::warn!(channel = %n.channel, "unreadable notification ignored"),
+struct HubListener(LogHub);
+
+impl Listener for HubListener {
+    async fn connected(&mut self) -> Result<(), DbError> {
+        // Whatever happened while not listening is found by re-reading.
+        let _ = self.0.tx.send(HubEvent::Resync);
+        Ok(())
+    }
+
+    async fn notified(&mut self, batch: Vec<Notice>) {
+        for n in batch {
+            let event = if n.channel == LOGS_CHANNEL {
+                serde_json::from_str::<ChunkNotice>(&n.payload).ok().map(HubEvent::Chunk)
+            } else {
+                serde_json::from_str::<RunChange>(&n.payload).ok().map(|c| HubEvent::Run(c.run))
+            };
+            match event {
+                // No receivers is not an error: nobody is reading a log right now.
+                Some(e) => drop(self.0.tx.send(e)),
+                None => tracing::warn!(channel = %n.channel, "unreadable notification ignored"),
+            }
         }
     }
-    Ok(())
 }

@@ -23,8 +23,10 @@ use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use hangar_db::schema::{run_log_chunks, runs};
 use hangar_db::{DbError, DbPool};
 use hangar_objects::{ObjectStore, ObjectsError};
+use hangar_store::run_objects::log_chunk_key;
 use hangar_types::RunState;
-use hangar_types::worker::Phase;
+use hangar_types::http::ErrorCode;
+use hangar_types::worker::{MAX_LOG_CHUNK_BYTES, MAX_LOG_SEQ, Phase};
 use serde::{Deserialize, Serialize};
 use warp::http::StatusCode;
 
@@ -32,18 +34,9 @@ use crate::App;
 
 /// The channel a stored chunk is announced on; the payload is a [`ChunkNotice`].
 pub const LOGS_CHANNEL: &str = "hangar_logs";
-/// Largest chunk accepted. Workers send at most 64 KiB; the margin is for other
-/// senders, not an invitation.
-pub const MAX_CHUNK_BYTES: usize = 1024 * 1024;
-/// Highest chunk number accepted: a million 64 KiB chunks is 64 GiB of output
-/// for one phase, far past any log worth keeping.
-pub const MAX_SEQ: u64 = 999_999;
 /// How long after a run ended its late chunks are still taken: a worker's
 /// outbox may deliver the last output after an operator canceled the run.
 pub const TERMINAL_GRACE: Duration = Duration::from_secs(600);
-
-/// Every phase, in the order a run goes through them.
-pub const PHASES: [Phase; 4] = [Phase::Preparing, Phase::Initializing, Phase::Planning, Phase::Applying];
 
 /// Why a chunk was not taken or a log cannot be read.
 #[derive(Debug, thiserror::Error)]
@@ -52,9 +45,9 @@ pub enum LogError {
     UnknownRun { run: i64 },
     #[error("unknown log phase {given:?} (expected preparing, initializing, planning or applying)")]
     BadPhase { given: String },
-    #[error("chunk number {given:?} is not between 0 and {MAX_SEQ}")]
+    #[error("chunk number {given:?} is not between 0 and {MAX_LOG_SEQ}")]
     BadSeq { given: String },
-    #[error("log chunk {run}/{phase}/{seq} is {size} bytes, more than {MAX_CHUNK_BYTES}")]
+    #[error("log chunk {run}/{phase}/{seq} is {size} bytes, more than {MAX_LOG_CHUNK_BYTES}")]
     TooLarge { run: i64, phase: &'static str, seq: u64, size: usize },
     #[error("log chunk {run}/{phase}/{seq} was already stored with different content")]
     Conflict { run: i64, phase: &'static str, seq: u64 },
@@ -75,17 +68,22 @@ pub enum LogError {
 }
 
 impl LogError {
-    /// The HTTP status a client is answered with.
-    pub fn status(&self) -> StatusCode {
+    /// The code a client is answered with.
+    pub fn code(&self) -> ErrorCode {
         match self {
-            LogError::UnknownRun { .. } => StatusCode::NOT_FOUND,
-            LogError::BadPhase { .. } | LogError::BadSeq { .. } => StatusCode::BAD_REQUEST,
-            LogError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            LogError::Conflict { .. } => StatusCode::CONFLICT,
-            LogError::RunOver { .. } => StatusCode::GONE,
+            LogError::UnknownRun { .. } => ErrorCode::NotFound,
+            LogError::BadPhase { .. } | LogError::BadSeq { .. } => ErrorCode::BadRequest,
+            LogError::TooLarge { .. } => ErrorCode::PayloadTooLarge,
+            LogError::Conflict { .. } => ErrorCode::Conflict,
+            LogError::RunOver { .. } => ErrorCode::Gone,
             // Both are worth a retry: the worker resends the same chunk.
-            LogError::Db { .. } | LogError::Objects { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            LogError::Db { .. } | LogError::Objects { .. } => ErrorCode::Unavailable,
         }
+    }
+
+    /// The HTTP status that goes with [`LogError::code`].
+    pub fn status(&self) -> StatusCode {
+        crate::http::status_of(self.code())
     }
 
     fn db(run: i64, e: impl Into<DbError>) -> LogError {
@@ -95,25 +93,7 @@ impl LogError {
 
 /// Parses a phase exactly as it appears in paths (`planning`), nothing else.
 pub fn parse_phase(s: &str) -> Result<Phase, LogError> {
-    PHASES
-        .into_iter()
-        .find(|p| p.as_str() == s)
-        .ok_or_else(|| LogError::BadPhase { given: s.chars().take(40).collect() })
-}
-
-/// Parses a chunk number as it appears in paths: decimal digits only, at most [`MAX_SEQ`].
-pub fn parse_seq(s: &str) -> Result<u64, LogError> {
-    s.bytes()
-        .all(|b| b.is_ascii_digit())
-        .then(|| s.parse::<u64>().ok())
-        .flatten()
-        .filter(|v| *v <= MAX_SEQ)
-        .ok_or_else(|| LogError::BadSeq { given: s.chars().take(40).collect() })
-}
-
-/// Where a chunk's bytes live.
-pub fn object_key(run: i64, phase: Phase, seq: u64) -> String {
-    format!("runs/{run}/logs/{}/{seq:08}", phase.as_str())
+    Phase::parse(s).ok_or_else(|| LogError::BadPhase { given: s.chars().take(40).collect() })
 }
 
 /// What [`LOGS_CHANNEL`] carries for every stored chunk.
@@ -141,10 +121,10 @@ pub async fn append(
     seq: u64,
     body: Bytes,
 ) -> Result<(), LogError> {
-    if seq > MAX_SEQ {
+    if seq > MAX_LOG_SEQ {
         return Err(LogError::BadSeq { given: seq.to_string() });
     }
-    if body.len() > MAX_CHUNK_BYTES {
+    if body.len() as u64 > MAX_LOG_CHUNK_BYTES {
         return Err(LogError::TooLarge { run: run_id, phase: phase.as_str(), seq, size: body.len() });
     }
     let sha = hex::encode(ring::digest::digest(&ring::digest::SHA256, &body));
@@ -181,7 +161,7 @@ pub async fn append(
         // Writing the same object again is harmless either way.
     }
 
-    let key = object_key(run_id, phase, seq);
+    let key = log_chunk_key(run_id, phase, seq);
     if let Err(source) = objects.put(&key, &body).await {
         if inserted == 1 {
             // Give the number back, so the retry is not bound to these bytes
@@ -294,7 +274,7 @@ pub(crate) struct Contiguous {
 
 /// The bytes of one stored chunk.
 pub(crate) async fn fetch(objects: &ObjectStore, run: i64, phase: Phase, seq: u64) -> Result<Vec<u8>, LogError> {
-    let key = object_key(run, phase, seq);
+    let key = log_chunk_key(run, phase, seq);
     objects.get(&key).await.map_err(|source| LogError::Objects { key, source })
 }
 
@@ -310,7 +290,7 @@ pub async fn delete_run_logs(db: &DbPool, objects: &ObjectStore, run: i64) -> Re
         .map_err(|e| LogError::db(run, e))?;
     for (phase, seq) in &chunks {
         let phase = parse_phase(phase)?;
-        let key = object_key(run, phase, *seq as u64);
+        let key = log_chunk_key(run, phase, *seq as u64);
         objects.delete(&key).await.map_err(|source| LogError::Objects { key, source })?;
     }
     diesel::delete(run_log_chunks::table.filter(run_log_chunks::run_id.eq(run)))
@@ -368,32 +348,20 @@ mod tests {
     use super::*;
 
     #[test]
-    fn phases_and_numbers_parse_strictly() {
+    fn phases_parse_strictly() {
         assert_eq!(parse_phase("planning").unwrap(), Phase::Planning);
         for bad in ["Planning", "planning ", "", "plan", "applying/../x", "PLANNING"] {
             assert!(matches!(parse_phase(bad), Err(LogError::BadPhase { .. })), "{bad:?}");
-        }
-        assert_eq!(parse_seq("0").unwrap(), 0);
-        assert_eq!(parse_seq("000017").unwrap(), 17);
-        assert_eq!(parse_seq(&MAX_SEQ.to_string()).unwrap(), MAX_SEQ);
-        for bad in ["-1", "+1", "1e3", "", " 1", "1000000", "18446744073709551616", "0x10"] {
-            assert!(matches!(parse_seq(bad), Err(LogError::BadSeq { .. })), "{bad:?}");
         }
     }
 
     #[test]
     fn statuses_follow_the_error() {
         assert_eq!(LogError::UnknownRun { run: 1 }.status(), StatusCode::NOT_FOUND);
-        let big = LogError::TooLarge { run: 1, phase: "planning", seq: 0, size: MAX_CHUNK_BYTES + 1 };
+        let big = LogError::TooLarge { run: 1, phase: "planning", seq: 0, size: MAX_LOG_CHUNK_BYTES as usize + 1 };
         assert_eq!(big.status(), StatusCode::PAYLOAD_TOO_LARGE);
         assert_eq!(LogError::Conflict { run: 1, phase: "planning", seq: 0 }.status(), StatusCode::CONFLICT);
         assert_eq!(LogError::RunOver { run: 1, state: RunState::Finished }.status(), StatusCode::GONE);
-    }
-
-    #[test]
-    fn keys_sort_by_number() {
-        assert_eq!(object_key(7, Phase::Planning, 12), "runs/7/logs/planning/00000012");
-        assert!(object_key(7, Phase::Planning, 9) < object_key(7, Phase::Planning, 10));
     }
 
     #[test]

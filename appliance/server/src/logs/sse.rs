@@ -13,17 +13,17 @@ use std::time::Duration;
 
 use futures::Stream;
 use hangar_types::Role;
+use hangar_types::http::ErrorCode;
 use hangar_types::worker::Phase;
 use serde::Deserialize;
 use tokio::sync::{broadcast, mpsc};
 use warp::Filter;
 use warp::filters::BoxedFilter;
-use warp::http::StatusCode;
 use warp::reply::{Reply, Response};
 use warp::sse::Event;
 
 use super::hub::HubEvent;
-use super::{LogError, PHASES, Utf8Joiner, contiguous, fetch, parse_phase, progress};
+use super::{LogError, Utf8Joiner, contiguous, fetch, parse_phase, progress};
 use crate::App;
 
 /// A follower re-reads at least this often, whatever it was told, and sends a
@@ -62,37 +62,28 @@ enum ReadError {
 }
 
 impl ReadError {
-    fn status(&self) -> StatusCode {
+    fn code(&self) -> ErrorCode {
         match self {
-            ReadError::NoToken | ReadError::BadToken => StatusCode::UNAUTHORIZED,
-            ReadError::Forbidden => StatusCode::FORBIDDEN,
-            ReadError::BadRun(_) | ReadError::BadFollow => StatusCode::BAD_REQUEST,
-            ReadError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
-            ReadError::Log(e) => e.status(),
+            ReadError::NoToken | ReadError::BadToken => ErrorCode::Unauthenticated,
+            ReadError::Forbidden => ErrorCode::Forbidden,
+            ReadError::BadRun(_) | ReadError::BadFollow => ErrorCode::BadRequest,
+            ReadError::Unavailable => ErrorCode::Unavailable,
+            ReadError::Log(e) => e.code(),
         }
     }
 
-    /// The same body shape as the GraphQL endpoint's HTTP errors.
     fn into_response(self) -> Response {
-        let status = self.status();
-        let code = match status {
-            StatusCode::UNAUTHORIZED => "UNAUTHENTICATED",
-            StatusCode::FORBIDDEN => "FORBIDDEN",
-            StatusCode::NOT_FOUND => "NOT_FOUND",
-            StatusCode::BAD_REQUEST => "BAD_REQUEST",
-            _ => "UNAVAILABLE",
-        };
+        let code = self.code();
         let message = match &self {
             // Which store or table failed is for the server log, not the client.
             ReadError::Log(e @ (LogError::Db { .. } | LogError::Objects { .. })) => {
-                tracing::warn!(error = %hangar_db::error_chain(e), "cannot read a run log");
+                tracing::warn!(error = %hangar_types::error_chain(e), "cannot read a run log");
                 "service unavailable: the log cannot be read".to_string()
             }
             other => other.to_string(),
         };
-        let body = serde_json::json!({ "errors": [{ "message": message, "extensions": { "code": code } }] });
-        let mut r = warp::reply::with_status(warp::reply::json(&body), status).into_response();
-        if status == StatusCode::UNAUTHORIZED {
+        let mut r = crate::http::error_response(code, &message);
+        if code == ErrorCode::Unauthenticated {
             r.headers_mut().insert(warp::http::header::WWW_AUTHENTICATE, warp::http::HeaderValue::from_static("Bearer"));
         }
         r
@@ -128,7 +119,7 @@ async fn respond(app: Arc<App>, run: String, auth: Option<String>, query: LogQue
     }
     let run_id = run.parse::<i64>().ok().filter(|r| *r > 0).ok_or_else(|| ReadError::BadRun(run.chars().take(40).collect()))?;
     let phases: Vec<Phase> = match query.phase.as_deref() {
-        None => PHASES.to_vec(),
+        None => Phase::ALL.to_vec(),
         Some(p) => vec![parse_phase(p)?],
     };
     let follow = match query.follow.as_deref() {
@@ -233,7 +224,7 @@ async fn follow_log(
             Ok(Step::Done) => return,
             Ok(Step::Continue { gaps }) => gaps,
             Err(e) => {
-                tracing::warn!(run_id = run, error = %hangar_db::error_chain(&e), "log follower cannot read; retrying");
+                tracing::warn!(run_id = run, error = %hangar_types::error_chain(&e), "log follower cannot read; retrying");
                 false
             }
         };

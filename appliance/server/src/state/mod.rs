@@ -22,6 +22,24 @@
 //! stack drops it once the run is over, except on a stack awaiting
 //! reconciliation (an apply that lost its worker), whose lock stays until an
 //! operator force-unlocks it.
+//!
+//! An UNLOCK names the lock it releases: by the LockInfo body Terraform sends
+//! after its own LOCK, or by `?ID=<lock id>` in the unlock address. A name
+//! that is not the current lock's is refused with 423 and the holder's
+//! LockInfo; an UNLOCK when nothing is locked, with 409. Terraform 1.0.3's
+//! `force-unlock` sends no body at all (its HTTP client forgets the ID it was
+//! given), so an empty UNLOCK names nothing: it releases only a lock the
+//! caller itself holds (its own run's, or the same user's from a `terraform`
+//! that died), and anyone else's is refused like a wrong name. An operator
+//! releases another holder's lock with the API's `forceUnlockState(stack,
+//! lockId)`, which names it. Every release of a lock by someone other than
+//! its holder is audited with the holder it displaced (who, which run, since
+//! when, and Terraform's own account).
+//!
+//! Terraform 1.0.3 shows only the lock's ID when it finds the state locked,
+//! and waits for no lock (it ignores `-lock-timeout` over HTTP): who holds a
+//! lock, for which run and since when is in the API (`stateLock`, and
+//! `stateLock` on a stack).
 
 pub(crate) mod api;
 pub(crate) mod store;
@@ -33,6 +51,7 @@ use base64::engine::general_purpose::STANDARD as B64;
 use bytes::Buf;
 use diesel_async::{AsyncConnection, AsyncPgConnection};
 use futures::Stream;
+use hangar_types::http::ErrorCode;
 use hangar_types::{RunKind, Role};
 use md5::Digest as _;
 use serde::Deserialize;
@@ -43,10 +62,10 @@ use warp::http::{HeaderValue, Method, StatusCode, header};
 use warp::reply::{Reply, Response};
 
 use crate::App;
-use crate::http::{HttpError, read_limited};
-use crate::store::run_tokens::{self, TokenHolder};
-use crate::store::users::{self, Caller};
-use crate::store::{audit, stacks};
+use crate::http::{HttpError, error_response, read_limited, status_of};
+use hangar_store::run_tokens::{self, TokenHolder};
+use hangar_store::users::{self, Caller};
+use hangar_store::{audit, stacks};
 use store::{LockRow, VersionRow, Writer};
 
 /// LockInfo is a few hundred bytes; anything near this is not one.
@@ -87,40 +106,42 @@ pub(crate) enum StateError {
 }
 
 impl StateError {
-    fn status(&self) -> StatusCode {
+    fn code(&self) -> ErrorCode {
         match self {
-            StateError::Unauthenticated => StatusCode::UNAUTHORIZED,
-            StateError::Forbidden { .. } | StateError::ReadOnly { .. } => StatusCode::FORBIDDEN,
-            StateError::StackNotFound { .. } | StateError::VersionNotFound { .. } => StatusCode::NOT_FOUND,
-            StateError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            StateError::Malformed(_) | StateError::Md5Mismatch { .. } => StatusCode::BAD_REQUEST,
-            StateError::Locked { .. } => StatusCode::LOCKED,
-            StateError::Conflict(_) => StatusCode::CONFLICT,
-            StateError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            StateError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-            StateError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            StateError::Unauthenticated => ErrorCode::Unauthenticated,
+            StateError::Forbidden { .. } | StateError::ReadOnly { .. } => ErrorCode::Forbidden,
+            StateError::StackNotFound { .. } | StateError::VersionNotFound { .. } => ErrorCode::NotFound,
+            StateError::TooLarge { .. } => ErrorCode::PayloadTooLarge,
+            StateError::Malformed(_) | StateError::Md5Mismatch { .. } => ErrorCode::BadRequest,
+            StateError::Locked { .. } => ErrorCode::Locked,
+            StateError::Conflict(_) => ErrorCode::Conflict,
+            StateError::MethodNotAllowed => ErrorCode::MethodNotAllowed,
+            StateError::Unavailable(_) => ErrorCode::Unavailable,
+            StateError::Internal(_) => ErrorCode::Internal,
         }
     }
 
     fn into_response(self) -> Response {
-        let status = self.status();
-        let body = match &self {
+        let code = self.code();
+        let mut r = match &self {
             // The client unmarshals the body of a 423 as the holder's LockInfo.
-            StateError::Locked { info, .. } => info.clone(),
+            StateError::Locked { info, .. } => {
+                let mut r = warp::reply::with_status(info.clone(), status_of(code)).into_response();
+                r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+                r
+            }
             StateError::Internal(detail) => {
                 let reference = rand::random::<u32>();
                 tracing::error!(reference, error = %detail, "state backend request failed");
-                json!({ "error": format!("internal error (reference {reference})") }).to_string()
+                error_response(code, &format!("internal error (reference {reference})"))
             }
             StateError::Unavailable(detail) => {
                 tracing::warn!(error = %detail, "state backend request failed: a dependency is unavailable");
-                json!({ "error": "service unavailable" }).to_string()
+                error_response(code, "service unavailable")
             }
-            other => json!({ "error": other.to_string() }).to_string(),
+            other => error_response(code, &other.to_string()),
         };
-        let mut r = warp::reply::with_status(body, status).into_response();
         let h = r.headers_mut();
-        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
         match self {
             StateError::Unauthenticated => {
                 h.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Basic realm=\"hangar state\", charset=\"UTF-8\""));
@@ -144,11 +165,11 @@ impl From<diesel::result::Error> for StateError {
     }
 }
 
-impl From<crate::ServerError> for StateError {
-    fn from(e: crate::ServerError) -> Self {
+impl From<hangar_store::StoreError> for StateError {
+    fn from(e: hangar_store::StoreError) -> Self {
         match e {
-            crate::ServerError::Query(q) => q.into(),
-            other => StateError::Internal(hangar_db::error_chain(&other)),
+            hangar_store::StoreError::Query(q) => q.into(),
+            other => StateError::Internal(hangar_types::error_chain(&other)),
         }
     }
 }
@@ -156,7 +177,7 @@ impl From<crate::ServerError> for StateError {
 impl From<HttpError> for StateError {
     fn from(e: HttpError) -> Self {
         match e {
-            HttpError::BodyTooLarge { limit } => StateError::TooLarge { limit },
+            HttpError::BodyTooLarge { limit, .. } => StateError::TooLarge { limit },
             other => StateError::Malformed(other.to_string()),
         }
     }
@@ -209,7 +230,7 @@ fn presented_secret(auth: &str) -> Option<String> {
 }
 
 pub(crate) async fn conn(app: &App) -> Result<hangar_db::PooledConn, StateError> {
-    app.db.get().await.map_err(|e| StateError::Unavailable(hangar_db::error_chain(&e)))
+    app.db.get().await.map_err(|e| StateError::Unavailable(hangar_types::error_chain(&e)))
 }
 
 /// A run token (for its run's stack) or a user's session or API key; `role`
@@ -288,10 +309,14 @@ struct LockInfoId {
 fn parse_lock_info(body: &[u8]) -> Result<String, StateError> {
     let info: LockInfoId = serde_json::from_slice(body)
         .map_err(|e| StateError::Malformed(format!("the body is not Terraform lock info JSON ({e})")))?;
-    if info.id.is_empty() || info.id.len() > MAX_LOCK_ID || info.id.chars().any(char::is_control) {
+    check_lock_id(info.id)
+}
+
+pub(crate) fn check_lock_id(id: String) -> Result<String, StateError> {
+    if id.is_empty() || id.len() > MAX_LOCK_ID || id.chars().any(char::is_control) {
         return Err(StateError::Malformed(format!("the lock ID must be 1 to {MAX_LOCK_ID} printable characters")));
     }
-    Ok(info.id)
+    Ok(id)
 }
 
 /// How a write's lock and history are checked.
@@ -398,7 +423,7 @@ pub(crate) async fn write_version(
         app.objects
             .put(&object_key, &sealed.bytes)
             .await
-            .map_err(|e| StateError::Unavailable(format!("object store: {}", hangar_db::error_chain(&e))))?;
+            .map_err(|e| StateError::Unavailable(format!("object store: {}", hangar_types::error_chain(&e))))?;
         *uploaded_ref.lock().unwrap_or_else(|p| p.into_inner()) = Some(object_key.clone());
         let row = store::insert_version(
             c,
@@ -437,7 +462,7 @@ pub(crate) async fn write_version(
         if let Some(key) = orphan {
             match app.objects.delete(&key).await {
                 Ok(()) => tracing::info!(stack = %slug, key = %key, "removed the object of a state write that failed"),
-                Err(e) => tracing::warn!(stack = %slug, key = %key, error = %hangar_db::error_chain(&e), "the object of a failed state write was left in the object store"),
+                Err(e) => tracing::warn!(stack = %slug, key = %key, error = %hangar_types::error_chain(&e), "the object of a failed state write was left in the object store"),
             }
         }
     }
@@ -450,8 +475,8 @@ pub(crate) async fn read_version(app: &App, c: &mut AsyncPgConnection, v: &Versi
         .objects
         .get(&v.object_key)
         .await
-        .map_err(|e| StateError::Unavailable(format!("object store: {}", hangar_db::error_chain(&e))))?;
-    let sealed = crate::secrets::Sealed { data_key_id: v.data_key_id, bytes: sealed };
+        .map_err(|e| StateError::Unavailable(format!("object store: {}", hangar_types::error_chain(&e))))?;
+    let sealed = hangar_store::secrets::Sealed { data_key_id: v.data_key_id, bytes: sealed };
     let plain = app.secrets.open(c, &sealed, &seal_context(&v.object_key)).await?;
     if md5_hex(&plain).0 != v.md5 {
         return Err(StateError::Internal(format!("state object {} does not match its recorded MD5", v.object_key)));
@@ -574,7 +599,12 @@ where
             Ok(ok_empty())
         }
         "LOCK" => lock(&mut c, stack_id, &req.slug, &body, &writer).await,
-        "UNLOCK" => unlock(&mut c, stack_id, &req.slug, &body, &principal, &writer).await,
+        "UNLOCK" => {
+            let named = url::form_urlencoded::parse(req.query.as_bytes())
+                .find(|(k, _)| k == "ID")
+                .map(|(_, v)| v.into_owned());
+            unlock(&mut c, stack_id, &req.slug, &body, named, &principal, &writer).await
+        }
         _ => Err(StateError::MethodNotAllowed),
     }
 }
@@ -621,23 +651,38 @@ async fn unlock(
     stack_id: i64,
     slug: &str,
     body: &[u8],
+    named_in_query: Option<String>,
     principal: &Principal,
     writer: &Writer,
 ) -> Result<Response, StateError> {
-    let current = store::current_lock(c, stack_id).await?;
-    let Some(lock) = current else {
+    // The body's LockInfo names the lock; failing that, `?ID=`. Terraform
+    // 1.0.3's `force-unlock` sends neither (see the module's notes).
+    let named = if body.iter().all(u8::is_ascii_whitespace) {
+        match named_in_query {
+            Some(id) => Some(check_lock_id(id)?),
+            None => None,
+        }
+    } else {
+        Some(parse_lock_info(body)?)
+    };
+    let Some(lock) = store::current_lock(c, stack_id).await? else {
         return Err(StateError::Conflict("the state is not locked".into()));
     };
-    // Terraform's `force-unlock` in a fresh process has no lock info to send:
-    // an empty body means "whatever lock there is", which only an operator or
-    // the holder may ask.
-    let presented = if body.iter().all(u8::is_ascii_whitespace) { None } else { Some(parse_lock_info(body)?) };
     let own = writer.holds(&lock);
-    let allowed = match &presented {
+    let allowed = match &named {
         Some(id) => *id == lock.lock_id && (own || principal.is_operator()),
-        None => own || principal.is_operator(),
+        // Naming nothing releases only the caller's own lock.
+        None => own,
     };
     if !allowed {
+        tracing::info!(
+            stack = %slug,
+            lock = %lock.lock_id,
+            held_by = %lock.held_by,
+            named = named.as_deref().unwrap_or("(nothing)"),
+            by = %writer.label,
+            "unlock refused: it does not name the lock held"
+        );
         return Err(locked(lock));
     }
     if !store::unlock(c, stack_id, &lock.lock_id).await? {
@@ -647,14 +692,8 @@ async fn unlock(
         };
     }
     if !own {
-        audit::record(
-            c,
-            &writer.label,
-            "state.force_unlock",
-            &format!("stack:{slug}"),
-            json!({ "lock_id": lock.lock_id, "held_by": lock.held_by, "via": "state backend" }),
-        )
-        .await?;
+        audit::record(c, &writer.label, "state.force_unlock", &format!("stack:{slug}"), displaced(&lock, "state backend"))
+            .await?;
         tracing::warn!(stack = %slug, lock = %lock.lock_id, held_by = %lock.held_by, by = %writer.label, "state force-unlocked");
     } else {
         if writer.user_id.is_some() {
@@ -670,6 +709,22 @@ async fn unlock(
         tracing::info!(stack = %slug, lock = %lock.lock_id, by = %writer.label, "state unlocked");
     }
     Ok(ok_empty())
+}
+
+/// The audit details of a forced release: the holder it displaced, as the
+/// API shows a lock (who, which run, since when, and Terraform's account).
+pub(crate) fn displaced(lock: &LockRow, via: &str) -> serde_json::Value {
+    let info: serde_json::Value = serde_json::from_str(&lock.info).unwrap_or_default();
+    let field = |k: &str| info.get(k).and_then(|v| v.as_str()).map(str::to_string);
+    json!({
+        "lock_id": lock.lock_id,
+        "held_by": lock.held_by,
+        "run_id": lock.run_id,
+        "locked_at": lock.created_at,
+        "who": field("Who"),
+        "operation": field("Operation"),
+        "via": via,
+    })
 }
 
 fn locked(l: LockRow) -> StateError {

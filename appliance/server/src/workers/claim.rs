@@ -9,79 +9,62 @@ use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use hangar_db::runs::{RunRow, TransitionFailure};
 use hangar_db::schema::runs;
 use hangar_types::worker::{
-    EnvVar, Heartbeat, HeartbeatReply, RunAssignment, RunStatus, StackSpec, StateReport,
-    ToolSpec, WorkerStatus,
+    EnvVar, Heartbeat, HeartbeatReply, RouteError, RunAssignment, RunStatus, StackSpec, StateReport, ToolDownload,
+    ToolSpec, WorkerRoute, WorkerStatus,
 };
 use hangar_types::{RunKind, RunState, Tool};
-use warp::http::{Method, StatusCode};
+use warp::http::StatusCode;
 
 use super::auth::{self, Worker};
-use super::{MAX_JSON_BYTES, MAX_LOG_CHUNK_BYTES, Reply2, Request, WorkerApiError, json, parse_json};
-use crate::App;
-use crate::store::stacks::{self, Owner, StackRow};
+use super::{Reply2, WorkerApiError, json, parse_json};
+use crate::{App, PeerCertificates};
+use hangar_store::StoreError;
+use hangar_store::stacks::{self, Owner, StackRow};
 
 
-/// Routes `/api/v1/worker/…` after authenticating the worker.
-pub(crate) async fn dispatch(app: &App, req: Request) -> Reply2 {
+/// Answers a call of a joined worker after authenticating it.
+pub(crate) async fn dispatch(
+    app: &App,
+    route: WorkerRoute,
+    auth: Option<&str>,
+    peer: Option<&PeerCertificates>,
+    body: bytes::Bytes,
+) -> Reply2 {
     let mut conn = app.db.get().await.map_err(WorkerApiError::db)?;
-    let worker = auth::worker(&mut conn, req.peer.as_ref(), req.auth.as_deref()).await?;
-    let tail: Vec<&str> = req.tail.iter().map(String::as_str).collect();
-    let small = |body: &bytes::Bytes| {
-        if body.len() as u64 > MAX_JSON_BYTES {
-            Err(WorkerApiError::TooLarge { limit: MAX_JSON_BYTES })
-        } else {
-            Ok(())
-        }
-    };
-    match (&req.method, tail.as_slice()) {
-        (&Method::POST, ["heartbeat"]) => {
-            small(&req.body)?;
-            heartbeat(app, &mut conn, worker, parse_json(&req.body)?).await
-        }
-        (&Method::POST, ["claim"]) => claim(app, &mut conn, worker).await,
-        (&Method::GET, ["runs", id]) => {
-            let run = held(&mut conn, worker, id).await?;
+    let worker = auth::worker(&mut conn, peer, auth).await?;
+    match route {
+        // Answered before any worker is authenticated (see `super::call`).
+        WorkerRoute::Join => Err(WorkerApiError::Route(RouteError::Unknown)),
+        WorkerRoute::Heartbeat => heartbeat(app, &mut conn, worker, parse_json(&body)?).await,
+        WorkerRoute::Claim => claim(app, &mut conn, worker).await,
+        WorkerRoute::RunStatus { run } => {
+            let run = held(&mut conn, worker, run).await?;
             Ok(json(StatusCode::OK, &status_of(&run)))
         }
-        (&Method::POST, ["runs", id, "state"]) => {
-            small(&req.body)?;
-            let run = run_id(id)?;
-            report(app, &mut conn, worker, run, parse_json(&req.body)?).await
+        WorkerRoute::ReportState { run } => report(app, &mut conn, worker, run, parse_json(&body)?).await,
+        WorkerRoute::StorePlan { run } => {
+            let run = held(&mut conn, worker, run).await?;
+            super::plans::store(app, &mut conn, &run, &body).await
         }
-        (&Method::POST, ["runs", id, "plan"]) => {
-            let run = held(&mut conn, worker, id).await?;
-            super::plans::store(app, &mut conn, &run, &req.body).await
-        }
-        (&Method::GET, ["runs", id, "plan"]) => {
-            let run = held(&mut conn, worker, id).await?;
+        WorkerRoute::FetchPlan { run } => {
+            let run = held(&mut conn, worker, run).await?;
             super::plans::fetch(app, &mut conn, &run).await
         }
-        (&Method::POST, ["runs", id, "errored-state"]) => {
-            let run = held(&mut conn, worker, id).await?;
-            errored_state(app, &mut conn, &run, &req.body).await
+        WorkerRoute::ErroredState { run } => {
+            let run = held(&mut conn, worker, run).await?;
+            errored_state(app, &mut conn, &run, &body).await
         }
-        (&Method::POST, ["runs", id, "logs", phase, seq]) => {
-            if req.body.len() as u64 > MAX_LOG_CHUNK_BYTES {
-                return Err(WorkerApiError::TooLarge { limit: MAX_LOG_CHUNK_BYTES });
-            }
-            let run = held(&mut conn, worker, id).await?;
+        WorkerRoute::LogChunk { run, phase, seq } => {
+            let run = held(&mut conn, worker, run).await?;
             drop(conn);
-            log_chunk(app, &run, phase, seq, req.body).await
+            crate::logs::append_chunk(app, run.id, phase, seq, body).await.map_err(WorkerApiError::Log)?;
+            Ok(warp::reply::Reply::into_response(StatusCode::NO_CONTENT))
         }
-        (_, ["heartbeat" | "claim"] | ["runs", _] | ["runs", _, "state" | "plan" | "errored-state"]) => {
-            Err(WorkerApiError::NotFound(format!("{} is not answered on this path", req.method)))
-        }
-        _ => Err(WorkerApiError::NotFound("no such worker call".into())),
     }
 }
 
-fn run_id(s: &str) -> Result<i64, WorkerApiError> {
-    s.parse::<i64>().ok().filter(|v| *v > 0).ok_or_else(|| WorkerApiError::Malformed(format!("{s:?} is not a run id")))
-}
-
 /// The run `id` when this worker holds it (in whatever state).
-async fn held(conn: &mut AsyncPgConnection, worker: Worker, id: &str) -> Result<RunRow, WorkerApiError> {
-    let id = run_id(id)?;
+async fn held(conn: &mut AsyncPgConnection, worker: Worker, id: i64) -> Result<RunRow, WorkerApiError> {
     let run = hangar_db::runs::get(conn, id).await.map_err(WorkerApiError::db)?;
     match run {
         Some(r) if r.worker_id == Some(worker.id) => Ok(r),
@@ -192,6 +175,7 @@ async fn hold_stack(c: &mut AsyncPgConnection, stack_id: i64) -> Result<bool, di
 /// Why a claim did not produce an assignment.
 enum ClaimFailure {
     Db(TransitionFailure),
+    Store(StoreError),
     /// The run cannot be given to any worker (its tool is missing, a secret
     /// does not open): it is failed with this reason.
     Unrunnable { run: i64, reason: String },
@@ -202,6 +186,12 @@ enum ClaimFailure {
 impl From<diesel::result::Error> for ClaimFailure {
     fn from(e: diesel::result::Error) -> Self {
         ClaimFailure::Db(e.into())
+    }
+}
+
+impl From<StoreError> for ClaimFailure {
+    fn from(e: StoreError) -> Self {
+        ClaimFailure::Store(e)
     }
 }
 
@@ -234,6 +224,7 @@ async fn claim(app: &App, conn: &mut AsyncPgConnection, worker: Worker) -> Reply
         // Still busy after the retries: the worker asks again at its next notification or poll.
         Ok(None) | Err(ClaimFailure::Busy) => Ok(warp::reply::Reply::into_response(StatusCode::NO_CONTENT)),
         Err(ClaimFailure::Db(e)) => Err(WorkerApiError::db(e)),
+        Err(ClaimFailure::Store(e)) => Err(WorkerApiError::db(e)),
         Err(ClaimFailure::Unrunnable { run, reason }) => {
             tracing::warn!(run_id = run, %reason, "run cannot be handed to a worker; failing it");
             // Left READY it would be claimed and refused forever.
@@ -283,7 +274,7 @@ async fn claim_once(
                 actor,
             )
             .await?;
-            let token = crate::store::run_tokens::issue(c, id).await?;
+            let token = hangar_store::run_tokens::issue(c, id).await?;
             let assignment = assemble(app, c, &run, token.expose(), lease).await?;
             Ok(Some(assignment))
         })
@@ -332,7 +323,10 @@ async fn assemble(
         tool: ToolSpec {
             tool,
             version: stack.tool_version.clone(),
-            url: format!("{base}/v1/tools/{}/{}/{os}_{arch}", tool.as_str(), stack.tool_version),
+            url: format!(
+                "{base}{}",
+                ToolDownload { tool: tool.as_str(), version: &stack.tool_version, os, arch }.path()
+            ),
             sha256,
         },
         provider_mirror_url: format!("{base}/v1/providers/"),
@@ -503,16 +497,5 @@ async fn errored_state(app: &App, conn: &mut AsyncPgConnection, run: &RunRow, bo
         .await
         .map_err(WorkerApiError::db)?;
     tracing::warn!(run_id = run.id, bytes = body.len(), "the worker uploaded errored.tfstate: Terraform could not save state");
-    Ok(warp::reply::Reply::into_response(StatusCode::NO_CONTENT))
-}
-
-/// Hands a chunk to the run's log (stored under `(run, phase, seq)`, so a
-/// resent chunk is harmless).
-async fn log_chunk(app: &App, run: &RunRow, phase: &str, seq: &str, body: bytes::Bytes) -> Reply2 {
-    // The same strict parsers as the readers' routes: serde would take
-    // `"planning"` only, but `parse` takes `+7` and numbers past the log's end.
-    let phase = crate::logs::parse_phase(phase).map_err(WorkerApiError::Log)?;
-    let seq = crate::logs::parse_seq(seq).map_err(WorkerApiError::Log)?;
-    crate::logs::append_chunk(app, run.id, phase, seq, body).await.map_err(WorkerApiError::Log)?;
     Ok(warp::reply::Reply::into_response(StatusCode::NO_CONTENT))
 }

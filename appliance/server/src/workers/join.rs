@@ -12,7 +12,7 @@ use serde_json::json;
 use super::auth::WORKER_TOKEN_KIND;
 use super::{WorkerApiError, json as reply_json, parse_json};
 use crate::App;
-use crate::store::audit;
+use hangar_store::audit;
 
 /// The token kind: `hjt_<id>_<secret>`.
 pub const KIND: &str = "hjt";
@@ -29,6 +29,8 @@ pub enum JoinTokenError {
     BadTtl { ttl_minutes: i64 },
     #[error("database query")]
     Query(#[from] diesel::result::Error),
+    #[error(transparent)]
+    Store(#[from] hangar_store::StoreError),
 }
 
 /// A join token just made: the token itself is shown this once.
@@ -87,6 +89,13 @@ pub async fn create_join_token(
 enum Refused {
     Api(WorkerApiError),
     Db(diesel::result::Error),
+    Store(hangar_store::StoreError),
+}
+
+impl From<hangar_store::StoreError> for Refused {
+    fn from(e: hangar_store::StoreError) -> Self {
+        Refused::Store(e)
+    }
 }
 
 impl From<diesel::result::Error> for Refused {
@@ -212,6 +221,7 @@ pub(crate) async fn join(app: &App, body: &[u8]) -> Result<warp::reply::Response
         }
         Err(Refused::Api(e)) => Err(e),
         Err(Refused::Db(e)) => Err(WorkerApiError::db(e)),
+        Err(Refused::Store(e)) => Err(WorkerApiError::db(e)),
     }
 }
 

@@ -81,7 +81,7 @@ pub(crate) async fn serve(app: &App, req: Request) -> Reply2 {
     };
     let token = token.as_str();
     let mut conn = app.db.get().await.map_err(WorkerApiError::db)?;
-    crate::store::run_tokens::holder(&mut conn, token)
+    hangar_store::run_tokens::holder(&mut conn, token)
         .await
         .map_err(WorkerApiError::db)?
         .ok_or(WorkerApiError::BadRunToken)?;

@@ -1,9 +1,11 @@
 //! The worker protocol's appliance side (`hangar_types::worker`): joining,
 //! worker authentication, heartbeats, claims, state reports, plans, tool
-//! downloads and the provider mirror.
+//! downloads and the provider mirror. Requests are matched to a
+//! [`WorkerRoute`], whose body limit holds before anything is read.
 //!
-//! Every failure a worker sees is one JSON line `{"error": "..."}` with a
-//! status chosen by one exhaustive match ([`WorkerApiError::status`]).
+//! Every failure a worker sees is the appliance's one error body
+//! (`hangar_types::http`), its code chosen by one exhaustive match
+//! ([`WorkerApiError::code`]).
 
 mod auth;
 mod claim;
@@ -20,6 +22,8 @@ use std::time::SystemTime;
 
 use bytes::Buf;
 use futures::Stream;
+use hangar_types::http::ErrorCode;
+use hangar_types::worker::{RouteError, WorkerRoute};
 use warp::Filter;
 use warp::filters::BoxedFilter;
 use warp::http::StatusCode;
@@ -28,13 +32,6 @@ use warp::reply::Response;
 use crate::{App, PeerCertificates};
 
 pub use join::{JoinTokenError, NewJoinToken, create_join_token};
-
-/// Largest `errored.tfstate` accepted (state can be large; it is stored sealed).
-const MAX_STATE_BYTES: u64 = 64 * 1024 * 1024;
-/// Largest JSON body of a worker call.
-const MAX_JSON_BYTES: u64 = 256 * 1024;
-/// Largest log chunk.
-const MAX_LOG_CHUNK_BYTES: u64 = 4 * 1024 * 1024;
 
 /// What the worker endpoints need beyond the rest of the server.
 pub(crate) struct WorkerSettings {
@@ -52,7 +49,7 @@ pub(crate) struct WorkerSettings {
 }
 
 impl WorkerSettings {
-    pub(crate) fn new(config: &crate::ServerConfig) -> Result<WorkerSettings, crate::ServerError> {
+    pub(crate) fn new(config: &hangar_config::ServerConfig) -> Result<WorkerSettings, crate::ServerError> {
         let ca = hangar_certs::Ca::load_files(&config.ca_file, &config.ca_key_path()).map_err(crate::ServerError::certs)?;
         Ok(WorkerSettings {
             ca,
@@ -132,6 +129,8 @@ pub(crate) enum WorkerApiError {
     #[error("not found: {0}")]
     NotFound(String),
     #[error(transparent)]
+    Route(#[from] RouteError),
+    #[error(transparent)]
     Log(crate::logs::LogError),
     #[error("the database cannot be reached")]
     Unavailable,
@@ -140,7 +139,7 @@ pub(crate) enum WorkerApiError {
 }
 
 impl WorkerApiError {
-    fn status(&self) -> StatusCode {
+    fn code(&self) -> ErrorCode {
         match self {
             WorkerApiError::NoCertificate
             | WorkerApiError::NoToken
@@ -148,45 +147,38 @@ impl WorkerApiError {
             | WorkerApiError::CertificateMismatch { .. }
             | WorkerApiError::BadJoinToken
             | WorkerApiError::BadRunToken
-            | WorkerApiError::Expired { .. } => StatusCode::UNAUTHORIZED,
+            | WorkerApiError::Expired { .. } => ErrorCode::Unauthenticated,
             WorkerApiError::Revoked { .. } | WorkerApiError::PoolReset { .. } | WorkerApiError::NotHolder { .. } => {
-                StatusCode::FORBIDDEN
+                ErrorCode::Forbidden
             }
-            WorkerApiError::Malformed(_) => StatusCode::BAD_REQUEST,
-            WorkerApiError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            WorkerApiError::NotFound(_) => StatusCode::NOT_FOUND,
-            WorkerApiError::Log(e) => e.status(),
-            WorkerApiError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
-            WorkerApiError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+            WorkerApiError::Malformed(_) => ErrorCode::BadRequest,
+            WorkerApiError::TooLarge { .. } => ErrorCode::PayloadTooLarge,
+            WorkerApiError::NotFound(_) => ErrorCode::NotFound,
+            WorkerApiError::Route(RouteError::Unknown | RouteError::Method { .. }) => ErrorCode::NotFound,
+            WorkerApiError::Route(RouteError::RunId { .. } | RouteError::Phase { .. } | RouteError::Seq { .. }) => {
+                ErrorCode::BadRequest
+            }
+            WorkerApiError::Log(e) => e.code(),
+            WorkerApiError::Unavailable => ErrorCode::Unavailable,
+            WorkerApiError::Internal => ErrorCode::Internal,
         }
     }
 
     pub(crate) fn into_response(self) -> Response {
-        crate::http::error_response(self.status(), &self.to_string())
+        crate::http::error_response(self.code(), &self.to_string())
     }
 
     /// Logs a database failure with its chain; the caller sees only "unavailable".
     pub(crate) fn db(e: impl std::error::Error) -> WorkerApiError {
-        tracing::warn!(error = %chain(&e), "worker API: database failure");
+        tracing::warn!(error = %hangar_types::error_chain(&e), "worker API: database failure");
         WorkerApiError::Unavailable
     }
 
     /// Logs an unexpected failure with its chain; the caller sees only "internal error".
     pub(crate) fn internal(what: &str, e: impl std::error::Error) -> WorkerApiError {
-        tracing::error!(error = %chain(&e), "worker API: {what}");
+        tracing::error!(error = %hangar_types::error_chain(&e), "worker API: {what}");
         WorkerApiError::Internal
     }
-}
-
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }
 
 type Reply2 = Result<Response, WorkerApiError>;
@@ -198,7 +190,7 @@ fn json<T: serde::Serialize>(status: StatusCode, v: &T) -> Response {
 impl From<crate::http::HttpError> for WorkerApiError {
     fn from(e: crate::http::HttpError) -> Self {
         match e {
-            crate::http::HttpError::BodyTooLarge { limit } => WorkerApiError::TooLarge { limit },
+            crate::http::HttpError::BodyTooLarge { limit, .. } => WorkerApiError::TooLarge { limit },
             crate::http::HttpError::Unavailable => WorkerApiError::Unavailable,
             other => WorkerApiError::Malformed(other.to_string()),
         }
@@ -209,7 +201,8 @@ fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, WorkerAp
     serde_json::from_slice(body).map_err(|e| WorkerApiError::Malformed(format!("body is not the expected JSON ({e})")))
 }
 
-/// What every worker request carries into the handlers.
+/// What a tool download or provider mirror request carries into its handler
+/// (neither takes a body).
 pub(crate) struct Request {
     pub(crate) method: warp::http::Method,
     /// The path segments after the route's prefix.
@@ -218,19 +211,10 @@ pub(crate) struct Request {
     /// The raw query string (empty when there is none).
     pub(crate) query: String,
     pub(crate) peer: Option<PeerCertificates>,
-    pub(crate) body: bytes::Bytes,
 }
 
-/// Reads at most `limit` bytes of body, as every route of the server does.
-async fn read_limited<S, B>(body: S, limit: u64) -> Result<bytes::Bytes, WorkerApiError>
-where
-    S: Stream<Item = Result<B, warp::Error>>,
-    B: Buf,
-{
-    Ok(crate::http::read_limited(body, limit).await?)
-}
-
-/// A filter that gathers a [`Request`] under `prefix` (percent-decoded segments).
+/// A filter that gathers a [`Request`] under `prefix` (percent-decoded
+/// segments), refusing a body over `limit`.
 fn gather(prefix: &'static [&'static str], limit: u64) -> BoxedFilter<(Result<Request, WorkerApiError>,)> {
     let mut f: BoxedFilter<()> = warp::any().boxed();
     for p in prefix {
@@ -243,7 +227,7 @@ fn gather(prefix: &'static [&'static str], limit: u64) -> BoxedFilter<(Result<Re
         .and(warp::ext::optional::<PeerCertificates>())
         .and(warp::body::stream())
         .then(move |method, tail: warp::path::Tail, auth, query, peer, body| async move {
-            let body = read_limited(body, limit).await?;
+            crate::http::read_limited(body, limit).await?;
             let tail = tail
                 .as_str()
                 .split('/')
@@ -251,7 +235,7 @@ fn gather(prefix: &'static [&'static str], limit: u64) -> BoxedFilter<(Result<Re
                     percent_decode(s).ok_or_else(|| WorkerApiError::Malformed("the path is not valid UTF-8".into()))
                 })
                 .collect::<Result<Vec<_>, _>>()?;
-            Ok(Request { method, tail, auth, query, peer, body })
+            Ok(Request { method, tail, auth, query, peer })
         })
         .boxed()
 }
@@ -273,36 +257,60 @@ fn percent_decode(s: &str) -> Option<String> {
     String::from_utf8(out).ok()
 }
 
-/// The worker routes: `/api/v1/workers/join`, `/api/v1/worker/…`, `/v1/tools/…`
-/// and `/v1/providers/…`. Paths outside them are left to the other routes.
+/// Whether `path` is the worker API's: the join call or under its prefix.
+fn worker_api_path(path: &str) -> bool {
+    path == WorkerRoute::JOIN_PATH
+        || path.strip_prefix(WorkerRoute::PREFIX).is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+}
+
+/// One call of the worker API: matched to its route, its body read up to the
+/// route's limit, then handed to the handler.
+async fn call<S, B>(
+    app: &App,
+    method: warp::http::Method,
+    path: &str,
+    auth: Option<String>,
+    peer: Option<PeerCertificates>,
+    body: S,
+) -> Result<Response, WorkerApiError>
+where
+    S: Stream<Item = Result<B, warp::Error>>,
+    B: Buf,
+{
+    let segments = path
+        .trim_start_matches('/')
+        .split('/')
+        .map(|s| percent_decode(s).ok_or_else(|| WorkerApiError::Malformed("the path is not valid UTF-8".into())))
+        .collect::<Result<Vec<_>, _>>()?;
+    let segments: Vec<&str> = segments.iter().map(String::as_str).collect();
+    let route = WorkerRoute::parse(method.as_str(), &segments)?;
+    let body = crate::http::read_limited(body, route.body().max()).await?;
+    match route {
+        // The one call made without a worker's credentials.
+        WorkerRoute::Join => join::join(app, &body).await,
+        _ => claim::dispatch(app, route, auth.as_deref(), peer.as_ref(), body).await,
+    }
+}
+
+/// The worker routes: every [`WorkerRoute`], `/v1/tools/…` and `/v1/providers/…`.
+/// Paths outside them are left to the other routes.
 pub(crate) fn routes(app: Arc<App>) -> BoxedFilter<(Response,)> {
     let a = app.clone();
-    let join = warp::path!("api" / "v1" / "workers" / "join")
-        .and(warp::post())
+    let api = warp::method()
+        .and(warp::path::full())
+        .and_then(|method: warp::http::Method, path: warp::path::FullPath| async move {
+            if worker_api_path(path.as_str()) { Ok((method, path)) } else { Err(warp::reject::not_found()) }
+        })
+        .untuple_one()
+        .and(warp::header::optional::<String>("authorization"))
+        .and(warp::ext::optional::<PeerCertificates>())
         .and(warp::body::stream())
-        .then(move |body| {
+        .then(move |method, path: warp::path::FullPath, auth, peer, body| {
             let app = a.clone();
             async move {
-                let r = match read_limited(body, MAX_JSON_BYTES).await {
-                    Ok(body) => join::join(&app, &body).await,
-                    Err(e) => Err(e),
-                };
-                r.unwrap_or_else(WorkerApiError::into_response)
+                call(&app, method, path.as_str(), auth, peer, body).await.unwrap_or_else(WorkerApiError::into_response)
             }
         });
-    let a = app.clone();
-    // Log chunks, plans and errored state may be larger than a JSON call: the
-    // largest limit holds for the whole prefix, each handler checks its own.
-    let worker = gather(&["api", "v1", "worker"], MAX_STATE_BYTES.max(hangar_types::worker::MAX_PLAN_BYTES)).then(move |req: Result<Request, WorkerApiError>| {
-        let app = a.clone();
-        async move {
-            let r = match req {
-                Ok(req) => claim::dispatch(&app, req).await,
-                Err(e) => Err(e),
-            };
-            r.unwrap_or_else(WorkerApiError::into_response)
-        }
-    });
     let a = app.clone();
     let tools = gather(&["v1", "tools"], 0).then(move |req: Result<Request, WorkerApiError>| {
         let app = a.clone();
@@ -325,12 +333,22 @@ pub(crate) fn routes(app: Arc<App>) -> BoxedFilter<(Response,)> {
             r.unwrap_or_else(WorkerApiError::into_response)
         }
     });
-    join.or(worker).unify().or(tools).unify().or(providers).unify().boxed()
+    api.or(tools).unify().or(providers).unify().boxed()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_worker_api_owns_its_prefix_only() {
+        assert!(worker_api_path("/api/v1/workers/join"));
+        assert!(worker_api_path("/api/v1/worker"));
+        assert!(worker_api_path("/api/v1/worker/runs/1/plan"));
+        assert!(!worker_api_path("/api/v1/workers"));
+        assert!(!worker_api_path("/api/v1/workerz/x"));
+        assert!(!worker_api_path("/api/v1/runs/1/logs"));
+    }
 
     #[test]
     fn percent_decoding_refuses_what_is_not_utf8() {

@@ -11,13 +11,13 @@ use diesel::prelude::*;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use hangar_db::runs::RunRow;
 use hangar_db::schema::runs;
-use hangar_types::worker::{MAX_PLAN_BYTES, PlanStored};
+use hangar_types::worker::PlanStored;
 use warp::http::StatusCode;
 use warp::reply::Reply;
 
 use super::{Reply2, WorkerApiError, json};
 use crate::App;
-use crate::secrets::Sealed;
+use hangar_store::secrets::Sealed;
 
 /// Marks a sealed plan object, version 1 of its layout.
 const MAGIC: &[u8; 8] = b"HGPLAN1\n";
@@ -51,9 +51,6 @@ fn decode(object: Vec<u8>) -> Option<Sealed> {
 pub(crate) async fn store(app: &App, conn: &mut AsyncPgConnection, run: &RunRow, body: &[u8]) -> Reply2 {
     if run.state().is_terminal() {
         return Err(WorkerApiError::NotHolder { run: run.id });
-    }
-    if body.len() as u64 > MAX_PLAN_BYTES {
-        return Err(WorkerApiError::TooLarge { limit: MAX_PLAN_BYTES });
     }
     if body.is_empty() {
         return Err(WorkerApiError::Malformed("the plan is empty".into()));

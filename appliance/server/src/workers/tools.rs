@@ -10,6 +10,7 @@
 
 use std::path::{Path, PathBuf};
 
+use hangar_types::worker::ToolDownload;
 use warp::http::Method;
 
 use super::{Reply2, Request, WorkerApiError, WorkerSettings};
@@ -73,8 +74,7 @@ pub(crate) async fn serve(app: &App, req: Request) -> Reply2 {
     }
     let tail: Vec<&str> = req.tail.iter().map(String::as_str).collect();
     let missing = || WorkerApiError::NotFound("no such tool, version or platform".into());
-    let [tool, version, platform] = tail.as_slice() else { return Err(missing()) };
-    let (os, arch) = platform.split_once('_').ok_or_else(missing)?;
+    let ToolDownload { tool, version, os, arch } = ToolDownload::parse(&tail).ok_or_else(missing)?;
     let file = locate(&app.workers, tool, version, os, arch).await.ok_or_else(missing)?;
     let sha256 = app.workers.sha256_of(&file).await.map_err(|e| WorkerApiError::internal("hashing a tool", e))?;
     let mut r = super::files::serve_file(&file, req.method == Method::HEAD, "application/octet-stream").await?;

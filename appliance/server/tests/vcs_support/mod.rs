@@ -125,7 +125,8 @@ pub fn gitea_headers(secret: &str, id: &str, event: &str, body: &[u8], forgejo: 
 pub fn gitlab_token_headers(token: &str, id: &str, event: &str) -> Vec<(String, String)> {
     vec![
         ("x-gitlab-token".into(), token.into()),
-        ("x-gitlab-event-uuid".into(), id.into()),
+        ("idempotency-key".into(), id.into()),
+        ("x-gitlab-event-uuid".into(), format!("uuid-{id}")),
         ("x-gitlab-event".into(), event.into()),
     ]
 }
@@ -235,7 +236,7 @@ pub async fn delivery_jobs(app: &Appliance) -> i64 {
     let mut c = app.pg.database().connect().await.unwrap();
     let keys: i64 = job_keys::table.count().get_result(&mut c).await.unwrap();
     let unkeyed: i64 = jobs::table
-        .filter(jobs::kind.eq("vcs.delivery"))
+        .filter(jobs::kind.eq(hangar_db::jobs::JobKind::VcsDelivery.as_str()))
         .filter(jobs::unique_key.is_null())
         .count()
         .get_result(&mut c)

@@ -225,7 +225,7 @@ impl BackgroundWorker for Heartbeats {
                     shared.run_state(h.run_id, state);
                 }
             }
-            Err(e) => warn!(error = %engine::error_line(&e), "heartbeat failed"),
+            Err(e) => warn!(error = %hangar_types::error_chain(&e), "heartbeat failed"),
         }
         Ok(Step::Idle)
     }
@@ -252,7 +252,7 @@ impl BackgroundWorker for RunLoop {
         let assignment = match self.shared.api.claim().await {
             Ok(Some(a)) => a,
             Ok(None) => return Ok(Step::Idle),
-            Err(e) => return Err(engine::error_line(&e)),
+            Err(e) => return Err(hangar_types::error_chain(&e)),
         };
         execute(&self.shared, assignment).await;
         Ok(Step::Busy)
@@ -354,7 +354,7 @@ impl RunHooks for AgentHooks<'_> {
             match self.shared.api.download(&tool.url, dest).await {
                 Ok(()) => return Ok(()),
                 Err(e) if e.is_transient() && attempts < 5 => {
-                    warn!(run_id = self.run_id, error = %engine::error_line(&e), "tool download failed; retrying");
+                    warn!(run_id = self.run_id, error = %hangar_types::error_chain(&e), "tool download failed; retrying");
                     tokio::time::sleep(pause).await;
                     pause *= 2;
                 }

@@ -13,7 +13,7 @@ use hangar_types::worker::{Phase, PlanUpload, StateReport};
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
-use crate::api::{Api, ApiError, ReportReply};
+use crate::api::{Api, ReportReply};
 
 pub(crate) enum Item {
     Report(StateReport),
@@ -85,18 +85,14 @@ async fn deliver(api: &Api, run: i64, item: Item, on_refused: &OnRefused) {
         match result {
             Ok(()) => return,
             Err(e) if e.is_transient() => {
-                debug!(run_id = run, error = %crate::engine::error_line(&e), "retrying");
+                debug!(run_id = run, error = %hangar_types::error_chain(&e), "retrying");
                 tokio::time::sleep(pause).await;
                 pause = (pause * 2).min(MAX_BACKOFF);
             }
             Err(e) => {
-                warn!(run_id = run, error = %error_chain(&e), "the appliance did not take an item of the run");
+                warn!(run_id = run, error = %hangar_types::error_chain(&e), "the appliance did not take an item of the run");
                 return;
             }
         }
     }
-}
-
-fn error_chain(e: &ApiError) -> String {
-    crate::engine::error_line(e)
 }

@@ -356,18 +356,6 @@ pub enum EngineError {
     NoCommand,
 }
 
-/// One line naming the error and its causes.
-pub fn error_line(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s.replace('\n', " ")
-}
-
 /// Lines of a failing command kept in the run's note.
 const NOTE_LINES: usize = 12;
 
@@ -522,7 +510,7 @@ impl<'a, H: RunHooks> Run<'a, H> {
         let fail = |e: EngineError| {
             Halt::Report(
                 RunState::Failed,
-                format!("preparing failed: {}", error_line(&e)),
+                format!("preparing failed: {}", hangar_types::error_chain(&e)),
             )
         };
         let layout = Layout::create(self.work_dir).map_err(fail)?;
@@ -634,7 +622,7 @@ impl<'a, H: RunHooks> Run<'a, H> {
             }
             Err(e) => Err(Halt::Report(
                 RunState::Failed,
-                format!("{what}: {}", error_line(&e)),
+                format!("{what}: {}", hangar_types::error_chain(&e)),
             )),
         }
     }
@@ -661,7 +649,7 @@ impl<'a, H: RunHooks> Run<'a, H> {
         let fail = |e: EngineError| {
             Halt::Report(
                 RunState::Failed,
-                format!("initializing failed: {}", error_line(&e)),
+                format!("initializing failed: {}", hangar_types::error_chain(&e)),
             )
         };
         let mut args: Vec<String> = vec!["init".into(), "-input=false".into(), "-no-color".into()];
@@ -729,7 +717,7 @@ impl<'a, H: RunHooks> Run<'a, H> {
         let Some(command) = self.spec.command.as_deref() else {
             return Err(Halt::Report(
                 RunState::Failed,
-                error_line(&EngineError::NoCommand),
+                hangar_types::error_chain(&EngineError::NoCommand),
             ));
         };
         let cmd = self.cmd(p, Path::new("/bin/sh"), &["-c", command], command);
@@ -747,7 +735,7 @@ impl<'a, H: RunHooks> Run<'a, H> {
         let fail = |e: EngineError| {
             Halt::Report(
                 RunState::Failed,
-                format!("planning failed: {}", error_line(&e)),
+                format!("planning failed: {}", hangar_types::error_chain(&e)),
             )
         };
         let out = format!("-out={}", p.layout.plan.display());
@@ -816,7 +804,7 @@ impl<'a, H: RunHooks> Run<'a, H> {
         {
             return Err(Halt::Report(
                 RunState::Failed,
-                format!("uploading the plan failed: {}", error_line(&*e)),
+                format!("uploading the plan failed: {}", hangar_types::error_chain(&*e)),
             ));
         }
         Ok(PlanResult {
@@ -894,7 +882,7 @@ impl<'a, H: RunHooks> Run<'a, H> {
             std::fs::remove_file(&errored).map_err(|source| {
                 Halt::Report(
                     RunState::Failed,
-                    error_line(&EngineError::Io {
+                    hangar_types::error_chain(&EngineError::Io {
                         path: errored.clone(),
                         source,
                     }),
@@ -922,7 +910,7 @@ impl<'a, H: RunHooks> Run<'a, H> {
                         .to_string(),
                     Err(e) => format!(
                         "Terraform could not save the state, and uploading its errored.tfstate failed ({}); it is kept in {}",
-                        error_line(&*e),
+                        hangar_types::error_chain(&*e),
                         errored.display()
                     ),
                 },

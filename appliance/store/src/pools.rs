@@ -5,6 +5,8 @@ use diesel::prelude::*;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use hangar_db::schema::{worker_pools, workers};
 
+use crate::StoreError;
+
 #[derive(Debug, Clone, Queryable, Selectable)]
 #[diesel(table_name = worker_pools)]
 pub struct PoolRow {
@@ -31,60 +33,60 @@ pub struct WorkerRow {
     pub revoked_at: Option<DateTime<Utc>>,
 }
 
-pub async fn list_pools(conn: &mut AsyncPgConnection) -> Result<Vec<PoolRow>, diesel::result::Error> {
-    worker_pools::table.order(worker_pools::name.asc()).select(PoolRow::as_select()).load(conn).await
+pub async fn list_pools(conn: &mut AsyncPgConnection) -> Result<Vec<PoolRow>, StoreError> {
+    Ok(worker_pools::table.order(worker_pools::name.asc()).select(PoolRow::as_select()).load(conn).await?)
 }
 
-pub async fn pool_by_name(conn: &mut AsyncPgConnection, name: &str) -> Result<Option<PoolRow>, diesel::result::Error> {
-    worker_pools::table.filter(worker_pools::name.eq(name)).select(PoolRow::as_select()).first(conn).await.optional()
+pub async fn pool_by_name(conn: &mut AsyncPgConnection, name: &str) -> Result<Option<PoolRow>, StoreError> {
+    Ok(worker_pools::table.filter(worker_pools::name.eq(name)).select(PoolRow::as_select()).first(conn).await.optional()?)
 }
 
-pub async fn pool_by_id(conn: &mut AsyncPgConnection, id: i64) -> Result<Option<PoolRow>, diesel::result::Error> {
-    worker_pools::table.find(id).select(PoolRow::as_select()).first(conn).await.optional()
+pub async fn pool_by_id(conn: &mut AsyncPgConnection, id: i64) -> Result<Option<PoolRow>, StoreError> {
+    Ok(worker_pools::table.find(id).select(PoolRow::as_select()).first(conn).await.optional()?)
 }
 
 pub async fn insert_pool(
     conn: &mut AsyncPgConnection,
     name: &str,
     description: &str,
-) -> Result<PoolRow, diesel::result::Error> {
-    diesel::insert_into(worker_pools::table)
+) -> Result<PoolRow, StoreError> {
+    Ok(diesel::insert_into(worker_pools::table)
         .values((worker_pools::name.eq(name), worker_pools::description.eq(description)))
         .returning(PoolRow::as_returning())
         .get_result(conn)
-        .await
+        .await?)
 }
 
-pub async fn delete_pool(conn: &mut AsyncPgConnection, id: i64) -> Result<bool, diesel::result::Error> {
+pub async fn delete_pool(conn: &mut AsyncPgConnection, id: i64) -> Result<bool, StoreError> {
     Ok(diesel::delete(worker_pools::table.find(id)).execute(conn).await? == 1)
 }
 
 /// Bumps the pool's generation: credentials issued for an older generation are
 /// refused from then on.
-pub async fn reset_pool(conn: &mut AsyncPgConnection, id: i64) -> Result<PoolRow, diesel::result::Error> {
-    diesel::update(worker_pools::table.find(id))
+pub async fn reset_pool(conn: &mut AsyncPgConnection, id: i64) -> Result<PoolRow, StoreError> {
+    Ok(diesel::update(worker_pools::table.find(id))
         .set((worker_pools::generation.eq(worker_pools::generation + 1), worker_pools::updated_at.eq(diesel::dsl::now)))
         .returning(PoolRow::as_returning())
         .get_result(conn)
-        .await
+        .await?)
 }
 
 pub async fn list_workers(
     conn: &mut AsyncPgConnection,
     pool_id: Option<i64>,
-) -> Result<Vec<WorkerRow>, diesel::result::Error> {
+) -> Result<Vec<WorkerRow>, StoreError> {
     let mut q = workers::table.order(workers::id.asc()).select(WorkerRow::as_select()).into_boxed();
     if let Some(p) = pool_id {
         q = q.filter(workers::pool_id.eq(p));
     }
-    q.load(conn).await
+    Ok(q.load(conn).await?)
 }
 
-pub async fn revoke_worker(conn: &mut AsyncPgConnection, id: i64) -> Result<Option<WorkerRow>, diesel::result::Error> {
-    diesel::update(workers::table.find(id))
+pub async fn revoke_worker(conn: &mut AsyncPgConnection, id: i64) -> Result<Option<WorkerRow>, StoreError> {
+    Ok(diesel::update(workers::table.find(id))
         .set((workers::revoked_at.eq(diesel::dsl::now), workers::status.eq("offline")))
         .returning(WorkerRow::as_returning())
         .get_result(conn)
         .await
-        .optional()
+        .optional()?)
 }

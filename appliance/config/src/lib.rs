@@ -1,10 +1,26 @@
-//! `hangar.toml`: the appliance configuration. Strict (unknown keys are errors),
-//! validated when loaded, and free of secrets (those live in files it points to).
+//! `hangar.toml`: the appliance configuration, for the `hangar` binary and for
+//! the installer that writes it. Strict (unknown keys are errors), validated
+//! when loaded, and free of secrets (those live in files it points to).
+//!
+//! The sections of the server, the broker, the drain and the scheduler are
+//! defined here, so that reading the file needs none of those crates; the
+//! others come from the small crates that own them (database, VCS,
+//! supervisor, object store).
+
+pub mod broker;
+pub mod drain;
+pub mod scheduler;
+pub mod server;
 
 use std::path::{Path, PathBuf};
 
 use hangar_db::DbConfig;
 use serde::Deserialize;
+
+pub use broker::{BrokerConfig, BrokerLimits};
+pub use drain::DrainConfig;
+pub use scheduler::{EntryConfig, SchedulerConfig};
+pub use server::{SecretsConfig, ServerConfig};
 
 /// Where the configuration is unless told otherwise.
 pub const DEFAULT_PATH: &str = "/etc/hangar/hangar.toml";
@@ -17,21 +33,36 @@ pub const DEFAULT_PATH: &str = "/etc/hangar/hangar.toml";
 pub struct Config {
     pub database: DbConfig,
     #[serde(default)]
-    pub drain: hangar_background::DrainConfig,
+    pub drain: DrainConfig,
     #[serde(default)]
-    pub scheduler: hangar_background::SchedulerConfig,
+    pub scheduler: SchedulerConfig,
     #[serde(default)]
     pub vcs: Option<hangar_vcs::VcsConfig>,
     #[serde(default)]
     pub supervisor: Option<hangar_supervisor::SupervisorConfig>,
     #[serde(default)]
-    pub server: Option<hangar_server::ServerConfig>,
+    pub server: Option<ServerConfig>,
     #[serde(default)]
-    pub secrets: Option<hangar_server::SecretsConfig>,
+    pub secrets: Option<SecretsConfig>,
     #[serde(default)]
     pub objects: Option<hangar_objects::ObjectsConfig>,
     #[serde(default)]
-    pub broker: Option<hangar_broker::BrokerConfig>,
+    pub broker: Option<BrokerConfig>,
+}
+
+/// A value of a section that cannot be used, named by its field
+/// (`server.public_url`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {problem}")]
+pub struct Invalid {
+    pub field: String,
+    pub problem: String,
+}
+
+impl Invalid {
+    pub fn new(field: impl Into<String>, problem: impl Into<String>) -> Invalid {
+        Invalid { field: field.into(), problem: problem.into() }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -100,8 +131,8 @@ impl Config {
         if db.pool_size == 0 || db.pool_size > 512 {
             return Err(invalid("database.pool_size", "must be between 1 and 512"));
         }
-        self.drain.validate().map_err(|(f, p)| invalid(f, &p))?;
-        self.scheduler.validate().map_err(|(f, p)| invalid(&f, &p))?;
+        self.drain.validate().map_err(|e| invalid(&e.field, &e.problem))?;
+        self.scheduler.validate().map_err(|e| invalid(&e.field, &e.problem))?;
         if let Some(vcs) = &self.vcs {
             vcs.validate().map_err(|e| invalid(e.field, e.problem))?;
         }
@@ -148,6 +179,20 @@ mod tests {
         let bad = text.replace("poll_interval_secs = 60", "poll_interval_secs = 5");
         let err = Config::from_toml(&bad, Path::new("x.toml")).unwrap_err().to_string();
         assert_eq!(err, "invalid configuration x.toml: vcs.poll_interval_secs: must be between 10 and 86400");
+    }
+
+    #[test]
+    fn scheduler_entries_enqueue_only_the_drains_jobs() {
+        let text = include_str!("../hangar.example.toml");
+        let entry = |kind: &str, payload: &str| {
+            format!("{text}\n[[scheduler.entry]]\nname = \"nightly\"\nschedule = \"0 3 * * *\"\nkind = \"{kind}\"\npayload = {payload}\n")
+        };
+        let cfg = Config::from_toml(&entry("retention.cleanup", "{ days = 7 }"), Path::new("x.toml")).unwrap();
+        assert_eq!(cfg.scheduler.entries.len(), 1);
+        let err = Config::from_toml(&entry("report.nightly", "{}"), Path::new("x.toml")).unwrap_err().to_string();
+        assert_eq!(err, "invalid configuration x.toml: scheduler.entry \"nightly\": unknown job kind \"report.nightly\"");
+        let err = Config::from_toml(&entry("retention.cleanup", "{ weeks = 1 }"), Path::new("x.toml")).unwrap_err().to_string();
+        assert!(err.starts_with("invalid configuration x.toml: scheduler.entry \"nightly\": payload of a retention.cleanup job: "), "{err}");
     }
 
     #[test]

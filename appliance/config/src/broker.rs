@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::BrokerError;
+use crate::Invalid;
 
 /// `[broker]`.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -81,8 +81,8 @@ fn default_max_packet_size() -> usize {
 
 impl BrokerConfig {
     /// Checks what can be checked without touching the files or the network.
-    pub fn validate(&self) -> Result<(), BrokerError> {
-        let invalid = |field: &'static str, problem: &str| BrokerError::Config { field, problem: problem.into() };
+    pub fn validate(&self) -> Result<(), Invalid> {
+        let invalid = |field: &'static str, problem: &str| Invalid::new(field, problem);
         for (field, path) in [
             ("broker.cert_file", &self.cert_file),
             ("broker.key_file", &self.key_file),
@@ -108,7 +108,7 @@ impl BrokerConfig {
         Ok(())
     }
 
-    pub(crate) fn connect_timeout(&self) -> Duration {
+    pub fn connect_timeout(&self) -> Duration {
         Duration::from_secs(self.limits.connect_timeout_secs)
     }
 }
@@ -140,9 +140,9 @@ mod tests {
     #[test]
     fn bad_values_name_their_field() {
         let e = parse(&FILES.replace("/etc/hangar/pki/broker.key", "broker.key")).unwrap_err();
-        assert_eq!(e, "broker.key_file must be an absolute path");
+        assert_eq!(e, "broker.key_file: must be an absolute path");
         let e = parse(&format!("{FILES}\n[limits]\nmax_packet_size = 10\n")).unwrap_err();
-        assert_eq!(e, "broker.limits.max_packet_size must be between 256 and 1048576 bytes");
+        assert_eq!(e, "broker.limits.max_packet_size: must be between 256 and 1048576 bytes");
         let e = parse(&format!("{FILES}\n[limits]\nmax_connections = 0\n")).unwrap_err();
         assert!(e.contains("max_connections"), "{e}");
         let e = parse(&format!("{FILES}\nport = 1984\n")).unwrap_err();

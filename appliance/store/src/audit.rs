@@ -6,6 +6,8 @@ use diesel::prelude::*;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use hangar_db::schema::audit_events;
 
+use crate::StoreError;
+
 #[derive(Debug, Clone, Queryable, Selectable)]
 #[diesel(table_name = audit_events)]
 pub struct AuditRow {
@@ -23,8 +25,8 @@ pub async fn record(
     action: &str,
     target: &str,
     details: serde_json::Value,
-) -> Result<(), diesel::result::Error> {
-    diesel::insert_into(audit_events::table)
+) -> Result<(), StoreError> {
+    Ok(diesel::insert_into(audit_events::table)
         .values((
             audit_events::actor.eq(actor),
             audit_events::action.eq(action),
@@ -33,7 +35,7 @@ pub async fn record(
         ))
         .execute(conn)
         .await
-        .map(|_| ())
+        .map(|_| ())?)
 }
 
 /// Newest first, `limit` events older than `before` (an event id).
@@ -42,7 +44,7 @@ pub async fn list(
     limit: i64,
     before: Option<i64>,
     action: Option<&str>,
-) -> Result<Vec<AuditRow>, diesel::result::Error> {
+) -> Result<Vec<AuditRow>, StoreError> {
     let mut q = audit_events::table.order(audit_events::id.desc()).limit(limit).select(AuditRow::as_select()).into_boxed();
     if let Some(b) = before {
         q = q.filter(audit_events::id.lt(b));
@@ -50,7 +52,7 @@ pub async fn list(
     if let Some(a) = action {
         q = q.filter(audit_events::action.eq(a.to_string()));
     }
-    q.load(conn).await
+    Ok(q.load(conn).await?)
 }
 
 /// Failed logins of the account `email` in the last `window`: the login throttle
@@ -59,12 +61,31 @@ pub async fn recent_login_failures(
     conn: &mut AsyncPgConnection,
     email: &str,
     window: chrono::Duration,
-) -> Result<i64, diesel::result::Error> {
-    audit_events::table
+) -> Result<i64, StoreError> {
+    Ok(audit_events::table
         .filter(audit_events::action.eq("user.login_failed"))
         .filter(audit_events::target.eq(format!("user:{email}")))
         .filter(audit_events::at.gt(chrono::Utc::now() - window))
         .count()
         .get_result(conn)
-        .await
+        .await?)
+}
+
+/// Failed logins from the address `source` in the last `window`, of the
+/// account `email` only when given: the per-address login throttle.
+pub async fn recent_login_failures_from(
+    conn: &mut AsyncPgConnection,
+    source: &str,
+    email: Option<&str>,
+    window: chrono::Duration,
+) -> Result<i64, StoreError> {
+    use diesel::sql_types::{Bool, Text};
+    let recent = audit_events::table
+        .filter(audit_events::action.eq("user.login_failed"))
+        .filter(audit_events::at.gt(chrono::Utc::now() - window))
+        .filter(diesel::dsl::sql::<Bool>("details->>'source' = ").bind::<Text, _>(source.to_string()));
+    Ok(match email {
+        Some(email) => recent.filter(audit_events::target.eq(format!("user:{email}"))).count().get_result(conn).await?,
+        None => recent.count().get_result(conn).await?,
+    })
 }

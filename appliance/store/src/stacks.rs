@@ -6,6 +6,8 @@ use diesel::prelude::*;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use hangar_db::schema::{context_attachments, contexts, stacks, variables};
 
+use crate::StoreError;
+
 #[derive(Debug, Clone, Queryable, Selectable)]
 #[diesel(table_name = stacks)]
 pub struct StackRow {
@@ -108,55 +110,55 @@ impl Owner {
 pub async fn list_stacks(
     conn: &mut AsyncPgConnection,
     label: Option<&str>,
-) -> Result<Vec<StackRow>, diesel::result::Error> {
+) -> Result<Vec<StackRow>, StoreError> {
     let mut q = stacks::table.order(stacks::slug.asc()).select(StackRow::as_select()).into_boxed();
     if let Some(l) = label {
         q = q.filter(stacks::labels.contains(vec![l.to_string()]));
     }
-    q.load(conn).await
+    Ok(q.load(conn).await?)
 }
 
-pub async fn stack_by_slug(conn: &mut AsyncPgConnection, slug: &str) -> Result<Option<StackRow>, diesel::result::Error> {
-    stacks::table.filter(stacks::slug.eq(slug)).select(StackRow::as_select()).first(conn).await.optional()
+pub async fn stack_by_slug(conn: &mut AsyncPgConnection, slug: &str) -> Result<Option<StackRow>, StoreError> {
+    Ok(stacks::table.filter(stacks::slug.eq(slug)).select(StackRow::as_select()).first(conn).await.optional()?)
 }
 
-pub async fn stack_by_id(conn: &mut AsyncPgConnection, id: i64) -> Result<Option<StackRow>, diesel::result::Error> {
-    stacks::table.find(id).select(StackRow::as_select()).first(conn).await.optional()
+pub async fn stack_by_id(conn: &mut AsyncPgConnection, id: i64) -> Result<Option<StackRow>, StoreError> {
+    Ok(stacks::table.find(id).select(StackRow::as_select()).first(conn).await.optional()?)
 }
 
-pub async fn insert_stack(conn: &mut AsyncPgConnection, new: &NewStack) -> Result<StackRow, diesel::result::Error> {
-    diesel::insert_into(stacks::table).values(new).returning(StackRow::as_returning()).get_result(conn).await
+pub async fn insert_stack(conn: &mut AsyncPgConnection, new: &NewStack) -> Result<StackRow, StoreError> {
+    Ok(diesel::insert_into(stacks::table).values(new).returning(StackRow::as_returning()).get_result(conn).await?)
 }
 
 pub async fn update_stack(
     conn: &mut AsyncPgConnection,
     id: i64,
     changes: &StackChanges,
-) -> Result<StackRow, diesel::result::Error> {
-    diesel::update(stacks::table.find(id))
+) -> Result<StackRow, StoreError> {
+    Ok(diesel::update(stacks::table.find(id))
         .set((changes, stacks::updated_at.eq(diesel::dsl::now)))
         .returning(StackRow::as_returning())
         .get_result(conn)
-        .await
+        .await?)
 }
 
-pub async fn delete_stack(conn: &mut AsyncPgConnection, id: i64) -> Result<bool, diesel::result::Error> {
+pub async fn delete_stack(conn: &mut AsyncPgConnection, id: i64) -> Result<bool, StoreError> {
     Ok(diesel::delete(stacks::table.find(id)).execute(conn).await? == 1)
 }
 
-pub async fn list_contexts(conn: &mut AsyncPgConnection) -> Result<Vec<ContextRow>, diesel::result::Error> {
-    contexts::table.order(contexts::slug.asc()).select(ContextRow::as_select()).load(conn).await
+pub async fn list_contexts(conn: &mut AsyncPgConnection) -> Result<Vec<ContextRow>, StoreError> {
+    Ok(contexts::table.order(contexts::slug.asc()).select(ContextRow::as_select()).load(conn).await?)
 }
 
 pub async fn context_by_slug(
     conn: &mut AsyncPgConnection,
     slug: &str,
-) -> Result<Option<ContextRow>, diesel::result::Error> {
-    contexts::table.filter(contexts::slug.eq(slug)).select(ContextRow::as_select()).first(conn).await.optional()
+) -> Result<Option<ContextRow>, StoreError> {
+    Ok(contexts::table.filter(contexts::slug.eq(slug)).select(ContextRow::as_select()).first(conn).await.optional()?)
 }
 
-pub async fn context_by_id(conn: &mut AsyncPgConnection, id: i64) -> Result<Option<ContextRow>, diesel::result::Error> {
-    contexts::table.find(id).select(ContextRow::as_select()).first(conn).await.optional()
+pub async fn context_by_id(conn: &mut AsyncPgConnection, id: i64) -> Result<Option<ContextRow>, StoreError> {
+    Ok(contexts::table.find(id).select(ContextRow::as_select()).first(conn).await.optional()?)
 }
 
 pub async fn insert_context(
@@ -164,12 +166,12 @@ pub async fn insert_context(
     slug: &str,
     name: &str,
     description: &str,
-) -> Result<ContextRow, diesel::result::Error> {
-    diesel::insert_into(contexts::table)
+) -> Result<ContextRow, StoreError> {
+    Ok(diesel::insert_into(contexts::table)
         .values((contexts::slug.eq(slug), contexts::name.eq(name), contexts::description.eq(description)))
         .returning(ContextRow::as_returning())
         .get_result(conn)
-        .await
+        .await?)
 }
 
 pub async fn update_context(
@@ -177,8 +179,8 @@ pub async fn update_context(
     id: i64,
     name: Option<&str>,
     description: Option<&str>,
-) -> Result<ContextRow, diesel::result::Error> {
-    diesel::update(contexts::table.find(id))
+) -> Result<ContextRow, StoreError> {
+    Ok(diesel::update(contexts::table.find(id))
         .set((
             name.map(|n| contexts::name.eq(n.to_string())),
             description.map(|d| contexts::description.eq(d.to_string())),
@@ -186,10 +188,10 @@ pub async fn update_context(
         ))
         .returning(ContextRow::as_returning())
         .get_result(conn)
-        .await
+        .await?)
 }
 
-pub async fn delete_context(conn: &mut AsyncPgConnection, id: i64) -> Result<bool, diesel::result::Error> {
+pub async fn delete_context(conn: &mut AsyncPgConnection, id: i64) -> Result<bool, StoreError> {
     Ok(diesel::delete(contexts::table.find(id)).execute(conn).await? == 1)
 }
 
@@ -199,8 +201,8 @@ pub async fn attach(
     stack_id: i64,
     context_id: i64,
     priority: i32,
-) -> Result<(), diesel::result::Error> {
-    diesel::insert_into(context_attachments::table)
+) -> Result<(), StoreError> {
+    Ok(diesel::insert_into(context_attachments::table)
         .values((
             context_attachments::stack_id.eq(stack_id),
             context_attachments::context_id.eq(context_id),
@@ -211,10 +213,10 @@ pub async fn attach(
         .set(context_attachments::priority.eq(priority))
         .execute(conn)
         .await
-        .map(|_| ())
+        .map(|_| ())?)
 }
 
-pub async fn detach(conn: &mut AsyncPgConnection, stack_id: i64, context_id: i64) -> Result<bool, diesel::result::Error> {
+pub async fn detach(conn: &mut AsyncPgConnection, stack_id: i64, context_id: i64) -> Result<bool, StoreError> {
     let n = diesel::delete(
         context_attachments::table
             .filter(context_attachments::stack_id.eq(stack_id))
@@ -229,37 +231,37 @@ pub async fn detach(conn: &mut AsyncPgConnection, stack_id: i64, context_id: i64
 pub async fn attachments_of_stack(
     conn: &mut AsyncPgConnection,
     stack_id: i64,
-) -> Result<Vec<(i32, ContextRow)>, diesel::result::Error> {
-    context_attachments::table
+) -> Result<Vec<(i32, ContextRow)>, StoreError> {
+    Ok(context_attachments::table
         .inner_join(contexts::table)
         .filter(context_attachments::stack_id.eq(stack_id))
         .order((context_attachments::priority.asc(), contexts::slug.asc()))
         .select((context_attachments::priority, ContextRow::as_select()))
         .load(conn)
-        .await
+        .await?)
 }
 
 /// Stacks a context is attached to.
 pub async fn stacks_of_context(
     conn: &mut AsyncPgConnection,
     context_id: i64,
-) -> Result<Vec<(i32, StackRow)>, diesel::result::Error> {
-    context_attachments::table
+) -> Result<Vec<(i32, StackRow)>, StoreError> {
+    Ok(context_attachments::table
         .inner_join(stacks::table)
         .filter(context_attachments::context_id.eq(context_id))
         .order(stacks::slug.asc())
         .select((context_attachments::priority, StackRow::as_select()))
         .load(conn)
-        .await
+        .await?)
 }
 
-pub async fn variables_of(conn: &mut AsyncPgConnection, owner: Owner) -> Result<Vec<VariableRow>, diesel::result::Error> {
+pub async fn variables_of(conn: &mut AsyncPgConnection, owner: Owner) -> Result<Vec<VariableRow>, StoreError> {
     let q = variables::table.order(variables::name.asc()).select(VariableRow::as_select()).into_boxed();
     let q = match owner {
         Owner::Stack(id) => q.filter(variables::stack_id.eq(id)),
         Owner::Context(id) => q.filter(variables::context_id.eq(id)),
     };
-    q.load(conn).await
+    Ok(q.load(conn).await?)
 }
 
 /// What a variable holds when written.
@@ -275,7 +277,7 @@ pub async fn upsert_variable(
     owner: Owner,
     name: &str,
     content: Content,
-) -> Result<VariableRow, diesel::result::Error> {
+) -> Result<VariableRow, StoreError> {
     let (stack_id, context_id) = match owner {
         Owner::Stack(id) => (Some(id), None),
         Owner::Context(id) => (None, Some(id)),
@@ -291,7 +293,7 @@ pub async fn upsert_variable(
     };
     match existing {
         Some(id) => {
-            diesel::update(variables::table.find(id))
+            Ok(diesel::update(variables::table.find(id))
                 .set((
                     variables::secret.eq(secret),
                     variables::value.eq(value),
@@ -301,10 +303,10 @@ pub async fn upsert_variable(
                 ))
                 .returning(VariableRow::as_returning())
                 .get_result(conn)
-                .await
+                .await?)
         }
         None => {
-            diesel::insert_into(variables::table)
+            Ok(diesel::insert_into(variables::table)
                 .values((
                     variables::stack_id.eq(stack_id),
                     variables::context_id.eq(context_id),
@@ -316,12 +318,12 @@ pub async fn upsert_variable(
                 ))
                 .returning(VariableRow::as_returning())
                 .get_result(conn)
-                .await
+                .await?)
         }
     }
 }
 
-pub async fn delete_variable(conn: &mut AsyncPgConnection, owner: Owner, name: &str) -> Result<bool, diesel::result::Error> {
+pub async fn delete_variable(conn: &mut AsyncPgConnection, owner: Owner, name: &str) -> Result<bool, StoreError> {
     let n = match owner {
         Owner::Stack(id) => {
             diesel::delete(variables::table.filter(variables::stack_id.eq(id)).filter(variables::name.eq(name)))
@@ -343,7 +345,7 @@ pub async fn sealed_value(
     conn: &mut AsyncPgConnection,
     owner: Owner,
     name: &str,
-) -> Result<Option<crate::secrets::Sealed>, diesel::result::Error> {
+) -> Result<Option<crate::secrets::Sealed>, StoreError> {
     let q = variables::table
         .filter(variables::name.eq(name))
         .filter(variables::secret.eq(true))
@@ -355,4 +357,25 @@ pub async fn sealed_value(
     };
     let row: Option<(Option<i64>, Option<Vec<u8>>)> = q.first(conn).await.optional()?;
     Ok(row.and_then(|(k, s)| Some(crate::secrets::Sealed { data_key_id: k?, bytes: s? })))
+}
+
+/// Stacks with a drift schedule, and the schedule.
+pub async fn drift_schedules(conn: &mut AsyncPgConnection) -> Result<Vec<(i64, String)>, StoreError> {
+    Ok(stacks::table
+        .filter(stacks::drift_schedule.is_not_null())
+        .select((stacks::id, stacks::drift_schedule.assume_not_null()))
+        .load(conn)
+        .await?)
+}
+
+/// The branch stack `id` tracks; `None` when it no longer exists.
+pub async fn branch_of(conn: &mut AsyncPgConnection, id: i64) -> Result<Option<String>, StoreError> {
+    Ok(stacks::table.find(id).select(stacks::branch).first(conn).await.optional()?)
+}
+
+/// Marks stack `id` as needing an operator's reconciliation (an apply lost
+/// its worker).
+pub async fn mark_needs_reconciliation(conn: &mut AsyncPgConnection, id: i64) -> Result<(), StoreError> {
+    diesel::update(stacks::table.find(id)).set(stacks::needs_reconciliation.eq(true)).execute(conn).await?;
+    Ok(())
 }

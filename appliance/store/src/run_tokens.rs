@@ -7,6 +7,8 @@ use hangar_crypto::SecretString;
 use hangar_db::schema::{runs, stacks};
 use hangar_types::RunState;
 
+use crate::StoreError;
+
 /// The token kind: `hrt_<id>_<secret>`.
 pub const KIND: &str = "hrt";
 
@@ -21,7 +23,7 @@ pub struct TokenHolder {
 
 /// Gives `run_id` a fresh token, replacing any earlier one (a re-claimed run's
 /// previous holder loses access). The token is returned this once.
-pub async fn issue(conn: &mut AsyncPgConnection, run_id: i64) -> QueryResult<SecretString> {
+pub async fn issue(conn: &mut AsyncPgConnection, run_id: i64) -> Result<SecretString, StoreError> {
     let issued = hangar_crypto::new_token(KIND);
     diesel::update(runs::table.find(run_id))
         .set((runs::run_token_id.eq(&issued.id), runs::run_token_hash.eq(&issued.hash)))
@@ -32,7 +34,7 @@ pub async fn issue(conn: &mut AsyncPgConnection, run_id: i64) -> QueryResult<Sec
 
 /// The run `presented` belongs to, when the token is well formed, matches the
 /// stored hash and its run has not reached a terminal state.
-pub async fn holder(conn: &mut AsyncPgConnection, presented: &str) -> QueryResult<Option<TokenHolder>> {
+pub async fn holder(conn: &mut AsyncPgConnection, presented: &str) -> Result<Option<TokenHolder>, StoreError> {
     let Some((KIND, id)) = hangar_crypto::token_parts(presented) else {
         return Ok(None);
     };

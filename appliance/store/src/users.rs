@@ -11,6 +11,8 @@ use hangar_crypto::{IssuedToken, new_token, token_matches, token_parts};
 use hangar_db::schema::{api_keys, sessions, users};
 use hangar_types::Role;
 
+use crate::StoreError;
+
 /// Token kinds (the text before the first `_`).
 pub const SESSION_KIND: &str = "hss";
 pub const API_KEY_KIND: &str = "hak";
@@ -115,7 +117,7 @@ type SessionLookup = (i64, String, DateTime<Utc>, Option<DateTime<Utc>>, Option<
 pub async fn resolve_token(
     conn: &mut AsyncPgConnection,
     token: &str,
-) -> Result<Result<Caller, TokenRefusal>, diesel::result::Error> {
+) -> Result<Result<Caller, TokenRefusal>, StoreError> {
     let Some((kind, id)) = token_parts(token) else { return Ok(Err(TokenRefusal::Malformed)) };
     let now = Utc::now();
     match kind {
@@ -197,13 +199,13 @@ diesel::define_sql_function! {
 pub async fn find_for_login(
     conn: &mut AsyncPgConnection,
     email: &str,
-) -> Result<Option<(UserRow, String)>, diesel::result::Error> {
-    users::table
+) -> Result<Option<(UserRow, String)>, StoreError> {
+    Ok(users::table
         .filter(lower(users::email).eq(lower(email)))
         .select((UserRow::as_select(), users::password_hash))
         .first(conn)
         .await
-        .optional()
+        .optional()?)
 }
 
 /// A PHC string that matches no password, verified when the account does not
@@ -220,7 +222,7 @@ pub async fn create_session(
     conn: &mut AsyncPgConnection,
     user_id: i64,
     ttl: Duration,
-) -> Result<(IssuedToken, DateTime<Utc>), diesel::result::Error> {
+) -> Result<(IssuedToken, DateTime<Utc>), StoreError> {
     let token = new_token(SESSION_KIND);
     let expires = Utc::now() + ttl;
     diesel::insert_into(sessions::table)
@@ -235,7 +237,7 @@ pub async fn create_session(
     Ok((token, expires))
 }
 
-pub async fn revoke_session(conn: &mut AsyncPgConnection, id: i64) -> Result<bool, diesel::result::Error> {
+pub async fn revoke_session(conn: &mut AsyncPgConnection, id: i64) -> Result<bool, StoreError> {
     let n = diesel::update(sessions::table.find(id).filter(sessions::revoked_at.is_null()))
         .set(sessions::revoked_at.eq(diesel::dsl::now))
         .execute(conn)
@@ -248,8 +250,8 @@ pub async fn revoke_sessions_of(
     conn: &mut AsyncPgConnection,
     user_id: i64,
     except: Option<i64>,
-) -> Result<usize, diesel::result::Error> {
-    diesel::update(
+) -> Result<usize, StoreError> {
+    Ok(diesel::update(
         sessions::table
             .filter(sessions::user_id.eq(user_id))
             .filter(sessions::revoked_at.is_null())
@@ -257,19 +259,19 @@ pub async fn revoke_sessions_of(
     )
     .set(sessions::revoked_at.eq(diesel::dsl::now))
     .execute(conn)
-    .await
+    .await?)
 }
 
-pub async fn get_user(conn: &mut AsyncPgConnection, id: i64) -> Result<Option<UserRow>, diesel::result::Error> {
-    users::table.find(id).select(UserRow::as_select()).first(conn).await.optional()
+pub async fn get_user(conn: &mut AsyncPgConnection, id: i64) -> Result<Option<UserRow>, StoreError> {
+    Ok(users::table.find(id).select(UserRow::as_select()).first(conn).await.optional()?)
 }
 
-pub async fn list_users(conn: &mut AsyncPgConnection) -> Result<Vec<UserRow>, diesel::result::Error> {
-    users::table.order(users::id.asc()).select(UserRow::as_select()).load(conn).await
+pub async fn list_users(conn: &mut AsyncPgConnection) -> Result<Vec<UserRow>, StoreError> {
+    Ok(users::table.order(users::id.asc()).select(UserRow::as_select()).load(conn).await?)
 }
 
-pub async fn password_hash(conn: &mut AsyncPgConnection, id: i64) -> Result<String, diesel::result::Error> {
-    users::table.find(id).select(users::password_hash).first(conn).await
+pub async fn password_hash(conn: &mut AsyncPgConnection, id: i64) -> Result<String, StoreError> {
+    Ok(users::table.find(id).select(users::password_hash).first(conn).await?)
 }
 
 pub async fn insert_user(
@@ -278,8 +280,8 @@ pub async fn insert_user(
     name: &str,
     role: Role,
     password_hash: &str,
-) -> Result<UserRow, diesel::result::Error> {
-    diesel::insert_into(users::table)
+) -> Result<UserRow, StoreError> {
+    Ok(diesel::insert_into(users::table)
         .values((
             users::email.eq(email),
             users::name.eq(name),
@@ -288,15 +290,15 @@ pub async fn insert_user(
         ))
         .returning(UserRow::as_returning())
         .get_result(conn)
-        .await
+        .await?)
 }
 
-pub async fn set_password(conn: &mut AsyncPgConnection, id: i64, hash: &str) -> Result<(), diesel::result::Error> {
-    diesel::update(users::table.find(id))
+pub async fn set_password(conn: &mut AsyncPgConnection, id: i64, hash: &str) -> Result<(), StoreError> {
+    Ok(diesel::update(users::table.find(id))
         .set((users::password_hash.eq(hash), users::updated_at.eq(diesel::dsl::now)))
         .execute(conn)
         .await
-        .map(|_| ())
+        .map(|_| ())?)
 }
 
 /// Changes of a user an admin may make.
@@ -312,23 +314,23 @@ pub async fn update_user(
     conn: &mut AsyncPgConnection,
     id: i64,
     changes: &UserChanges,
-) -> Result<Option<UserRow>, diesel::result::Error> {
-    diesel::update(users::table.find(id))
+) -> Result<Option<UserRow>, StoreError> {
+    Ok(diesel::update(users::table.find(id))
         .set((changes, users::updated_at.eq(diesel::dsl::now)))
         .returning(UserRow::as_returning())
         .get_result(conn)
         .await
-        .optional()
+        .optional()?)
 }
 
 /// How many enabled admins remain (the last one may not be demoted or disabled).
-pub async fn enabled_admins(conn: &mut AsyncPgConnection) -> Result<i64, diesel::result::Error> {
-    users::table
+pub async fn enabled_admins(conn: &mut AsyncPgConnection) -> Result<i64, StoreError> {
+    Ok(users::table
         .filter(users::role.eq(Role::Admin.as_str()))
         .filter(users::disabled.eq(false))
         .count()
         .get_result(conn)
-        .await
+        .await?)
 }
 
 pub async fn create_api_key(
@@ -337,7 +339,7 @@ pub async fn create_api_key(
     name: &str,
     role: Role,
     expires_at: Option<DateTime<Utc>>,
-) -> Result<(IssuedToken, ApiKeyRow), diesel::result::Error> {
+) -> Result<(IssuedToken, ApiKeyRow), StoreError> {
     let token = new_token(API_KEY_KIND);
     let row = diesel::insert_into(api_keys::table)
         .values((
@@ -357,23 +359,31 @@ pub async fn create_api_key(
 pub async fn list_api_keys(
     conn: &mut AsyncPgConnection,
     user_id: Option<i64>,
-) -> Result<Vec<ApiKeyRow>, diesel::result::Error> {
+) -> Result<Vec<ApiKeyRow>, StoreError> {
     let mut q = api_keys::table.order(api_keys::id.asc()).select(ApiKeyRow::as_select()).into_boxed();
     if let Some(u) = user_id {
         q = q.filter(api_keys::user_id.eq(u));
     }
-    q.load(conn).await
+    Ok(q.load(conn).await?)
 }
 
-pub async fn get_api_key(conn: &mut AsyncPgConnection, id: i64) -> Result<Option<ApiKeyRow>, diesel::result::Error> {
-    api_keys::table.find(id).select(ApiKeyRow::as_select()).first(conn).await.optional()
+pub async fn get_api_key(conn: &mut AsyncPgConnection, id: i64) -> Result<Option<ApiKeyRow>, StoreError> {
+    Ok(api_keys::table.find(id).select(ApiKeyRow::as_select()).first(conn).await.optional()?)
 }
 
-pub async fn revoke_api_key(conn: &mut AsyncPgConnection, id: i64) -> Result<Option<ApiKeyRow>, diesel::result::Error> {
-    diesel::update(api_keys::table.find(id))
+pub async fn revoke_api_key(conn: &mut AsyncPgConnection, id: i64) -> Result<Option<ApiKeyRow>, StoreError> {
+    Ok(diesel::update(api_keys::table.find(id))
         .set(api_keys::revoked_at.eq(diesel::dsl::now))
         .returning(ApiKeyRow::as_returning())
         .get_result(conn)
         .await
-        .optional()
+        .optional()?)
+}
+
+/// Forgets login sessions that expired or were revoked before `before`;
+/// returns how many.
+pub async fn prune_sessions(conn: &mut AsyncPgConnection, before: DateTime<Utc>) -> Result<usize, StoreError> {
+    Ok(diesel::delete(sessions::table.filter(sessions::expires_at.lt(before).or(sessions::revoked_at.lt(before))))
+        .execute(conn)
+        .await?)
 }

@@ -1,5 +1,6 @@
-//! VCS integrations, the stacks linked to them, the webhook delivery log and
-//! the runs that came from a git server. The API token and the webhook secret
+//! VCS integrations, the stacks linked to them, the webhook delivery log, the
+//! runs that came from a git server and what polling last saw of a plain-git
+//! repository. The API token and the webhook secret
 //! are sealed on the way in; only the server's webhook path and the drain open
 //! them, never the API.
 
@@ -9,17 +10,12 @@ use std::str::FromStr;
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
-use hangar_db::schema::{stacks, vcs_integrations, vcs_runs, webhook_deliveries};
+use hangar_db::schema::{runs, stacks, vcs_integrations, vcs_poll_heads, vcs_runs, webhook_deliveries};
+use hangar_types::{RunKind, RunState};
 use hangar_vcs::{Secret, Vendor};
 
-use crate::ServerError;
+use crate::StoreError;
 use crate::secrets::{Sealed, SecretBox};
-
-/// Job kind of a verified delivery waiting to be parsed by the drain.
-pub const DELIVERY_JOB: &str = "vcs.delivery";
-/// Job kind of a commit status to report for a run (see the `runs_vcs_status`
-/// trigger, which enqueues one on every state change of such a run).
-pub const STATUS_JOB: &str = "vcs.status";
 
 /// What an integration talks to: a vendor with webhooks and a status API, or a
 /// plain git server that is polled.
@@ -130,7 +126,7 @@ async fn seal_opt(
     conn: &mut AsyncPgConnection,
     value: Option<&Secret>,
     context: &str,
-) -> Result<(Option<Vec<u8>>, Option<i64>), ServerError> {
+) -> Result<(Option<Vec<u8>>, Option<i64>), StoreError> {
     match value {
         None => Ok((None, None)),
         Some(v) => {
@@ -146,7 +142,7 @@ pub async fn insert(
     conn: &mut AsyncPgConnection,
     secrets: &SecretBox,
     new: &NewIntegration,
-) -> Result<IntegrationRow, ServerError> {
+) -> Result<IntegrationRow, StoreError> {
     let row: IntegrationRow = diesel::insert_into(vcs_integrations::table)
         .values((
             vcs_integrations::name.eq(&new.name),
@@ -179,7 +175,7 @@ pub async fn update(
     secrets: &SecretBox,
     id: i64,
     changes: &IntegrationChanges,
-) -> Result<IntegrationRow, ServerError> {
+) -> Result<IntegrationRow, StoreError> {
     if let Some(token) = &changes.token {
         let (sealed, key) = seal_opt(secrets, conn, token.as_ref(), &token_context(id)).await?;
         diesel::update(vcs_integrations::table.find(id))
@@ -206,38 +202,38 @@ pub async fn update(
         .await?)
 }
 
-pub async fn delete(conn: &mut AsyncPgConnection, id: i64) -> Result<bool, diesel::result::Error> {
+pub async fn delete(conn: &mut AsyncPgConnection, id: i64) -> Result<bool, StoreError> {
     Ok(diesel::delete(vcs_integrations::table.find(id)).execute(conn).await? == 1)
 }
 
-pub async fn list(conn: &mut AsyncPgConnection) -> Result<Vec<IntegrationRow>, diesel::result::Error> {
-    vcs_integrations::table.order(vcs_integrations::name.asc()).select(IntegrationRow::as_select()).load(conn).await
+pub async fn list(conn: &mut AsyncPgConnection) -> Result<Vec<IntegrationRow>, StoreError> {
+    Ok(vcs_integrations::table.order(vcs_integrations::name.asc()).select(IntegrationRow::as_select()).load(conn).await?)
 }
 
-pub async fn by_name(conn: &mut AsyncPgConnection, name: &str) -> Result<Option<IntegrationRow>, diesel::result::Error> {
-    vcs_integrations::table
+pub async fn by_name(conn: &mut AsyncPgConnection, name: &str) -> Result<Option<IntegrationRow>, StoreError> {
+    Ok(vcs_integrations::table
         .filter(vcs_integrations::name.eq(name))
         .select(IntegrationRow::as_select())
         .first(conn)
         .await
-        .optional()
+        .optional()?)
 }
 
-pub async fn by_id(conn: &mut AsyncPgConnection, id: i64) -> Result<Option<IntegrationRow>, diesel::result::Error> {
-    vcs_integrations::table.find(id).select(IntegrationRow::as_select()).first(conn).await.optional()
+pub async fn by_id(conn: &mut AsyncPgConnection, id: i64) -> Result<Option<IntegrationRow>, StoreError> {
+    Ok(vcs_integrations::table.find(id).select(IntegrationRow::as_select()).first(conn).await.optional()?)
 }
 
 /// Which secrets an integration holds, without opening them.
-pub async fn has_secrets(conn: &mut AsyncPgConnection, id: i64) -> Result<(bool, bool), diesel::result::Error> {
-    vcs_integrations::table
+pub async fn has_secrets(conn: &mut AsyncPgConnection, id: i64) -> Result<(bool, bool), StoreError> {
+    Ok(vcs_integrations::table
         .find(id)
         .select((vcs_integrations::token_sealed.is_not_null(), vcs_integrations::secret_sealed.is_not_null()))
         .first(conn)
-        .await
+        .await?)
 }
 
 /// Opens an integration's token and webhook secret.
-pub async fn open(conn: &mut AsyncPgConnection, secrets: &SecretBox, id: i64) -> Result<Opened, ServerError> {
+pub async fn open(conn: &mut AsyncPgConnection, secrets: &SecretBox, id: i64) -> Result<Opened, StoreError> {
     let cols: SealedColumns = vcs_integrations::table
         .find(id)
         .select((
@@ -265,36 +261,36 @@ pub async fn link_stack(
     conn: &mut AsyncPgConnection,
     stack_id: i64,
     integration: Option<i64>,
-) -> Result<(), diesel::result::Error> {
-    diesel::update(stacks::table.find(stack_id))
+) -> Result<(), StoreError> {
+    Ok(diesel::update(stacks::table.find(stack_id))
         .set((stacks::vcs_integration_id.eq(integration), stacks::updated_at.eq(diesel::dsl::now)))
         .execute(conn)
         .await
-        .map(|_| ())
+        .map(|_| ())?)
 }
 
 /// The integration a stack is linked to.
 pub async fn integration_of_stack(
     conn: &mut AsyncPgConnection,
     stack_id: i64,
-) -> Result<Option<IntegrationRow>, diesel::result::Error> {
-    stacks::table
+) -> Result<Option<IntegrationRow>, StoreError> {
+    Ok(stacks::table
         .inner_join(vcs_integrations::table)
         .filter(stacks::id.eq(stack_id))
         .select(IntegrationRow::as_select())
         .first(conn)
         .await
-        .optional()
+        .optional()?)
 }
 
 /// Slugs of the stacks linked to an integration.
-pub async fn linked_stacks(conn: &mut AsyncPgConnection, integration: i64) -> Result<Vec<String>, diesel::result::Error> {
-    stacks::table
+pub async fn linked_stacks(conn: &mut AsyncPgConnection, integration: i64) -> Result<Vec<String>, StoreError> {
+    Ok(stacks::table
         .filter(stacks::vcs_integration_id.eq(integration))
         .order(stacks::slug.asc())
         .select(stacks::slug)
         .load(conn)
-        .await
+        .await?)
 }
 
 /// One accepted webhook delivery and what became of it.
@@ -320,7 +316,7 @@ pub async fn record_delivery(
     integration: i64,
     delivery_id: &str,
     event: &str,
-) -> Result<bool, diesel::result::Error> {
+) -> Result<bool, StoreError> {
     let n = diesel::insert_into(webhook_deliveries::table)
         .values((
             webhook_deliveries::integration_id.eq(integration),
@@ -339,14 +335,14 @@ pub async fn deliveries(
     conn: &mut AsyncPgConnection,
     integration: i64,
     limit: i64,
-) -> Result<Vec<DeliveryRow>, diesel::result::Error> {
-    webhook_deliveries::table
+) -> Result<Vec<DeliveryRow>, StoreError> {
+    Ok(webhook_deliveries::table
         .filter(webhook_deliveries::integration_id.eq(integration))
         .order(webhook_deliveries::id.desc())
         .limit(limit)
         .select(DeliveryRow::as_select())
         .load(conn)
-        .await
+        .await?)
 }
 
 /// A run that came from a git server.
@@ -358,4 +354,188 @@ pub struct VcsRunRow {
     pub repository: String,
     pub pull_request: Option<i64>,
     pub reported: Option<String>,
+}
+
+/// The columns of a linked stack the drain looks at.
+#[derive(Debug, Clone, Queryable)]
+pub struct LinkedStack {
+    pub id: i64,
+    pub slug: String,
+    pub repository: String,
+    pub branch: String,
+    pub project_root: String,
+}
+
+/// The stacks linked to `integration`, by id. With `lock`, their rows are
+/// locked for the caller's transaction: deliveries and polls acting on the
+/// same stacks then serialize, so that "cancel the older proposed run" and
+/// "one run per commit" hold.
+pub async fn stacks_of(conn: &mut AsyncPgConnection, integration: i64, lock: bool) -> Result<Vec<LinkedStack>, StoreError> {
+    let q = stacks::table
+        .filter(stacks::vcs_integration_id.eq(integration))
+        .order(stacks::id.asc())
+        .select((stacks::id, stacks::slug, stacks::repository, stacks::branch, stacks::project_root));
+    Ok(if lock { q.for_update().load(conn).await? } else { q.load(conn).await? })
+}
+
+/// Records where run `run` came from, in the caller's transaction.
+pub async fn record_origin(
+    conn: &mut AsyncPgConnection,
+    run: i64,
+    integration: i64,
+    repository: &str,
+    pull_request: Option<i64>,
+) -> Result<(), StoreError> {
+    diesel::insert_into(vcs_runs::table)
+        .values((
+            vcs_runs::run_id.eq(run),
+            vcs_runs::integration_id.eq(integration),
+            vcs_runs::repository.eq(repository),
+            vcs_runs::pull_request.eq(pull_request),
+        ))
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// Live proposed runs of `stack` for pull request `number` of `repository`.
+pub async fn live_proposed_runs(
+    conn: &mut AsyncPgConnection,
+    integration: i64,
+    repository: &str,
+    number: i64,
+    stack: i64,
+) -> Result<Vec<i64>, StoreError> {
+    let terminal: Vec<&str> = RunState::ALL.into_iter().filter(|s| s.is_terminal()).map(|s| s.as_str()).collect();
+    Ok(vcs_runs::table
+        .inner_join(runs::table)
+        .filter(vcs_runs::integration_id.eq(integration))
+        .filter(vcs_runs::repository.eq(repository))
+        .filter(vcs_runs::pull_request.eq(number))
+        .filter(runs::stack_id.eq(stack))
+        .filter(runs::kind.eq(RunKind::Proposed.as_str()))
+        .filter(runs::state.ne_all(terminal))
+        .select(runs::id)
+        .load(conn)
+        .await?)
+}
+
+/// The origin of run `run`, locked for the caller's transaction, so two
+/// reports for one run cannot overtake each other.
+pub async fn lock_origin(conn: &mut AsyncPgConnection, run: i64) -> Result<Option<VcsRunRow>, StoreError> {
+    Ok(vcs_runs::table.find(run).for_update().select(VcsRunRow::as_select()).first(conn).await.optional()?)
+}
+
+/// Remembers the commit state last reported for run `run`.
+pub async fn mark_reported(conn: &mut AsyncPgConnection, run: i64, reported: &str) -> Result<(), StoreError> {
+    diesel::update(vcs_runs::table.find(run)).set(vcs_runs::reported.eq(reported)).execute(conn).await?;
+    Ok(())
+}
+
+/// The delivery's row, locked, created when missing; `None` when it was
+/// already processed (a job delivered again after a crash).
+pub async fn lock_delivery(
+    conn: &mut AsyncPgConnection,
+    integration: i64,
+    delivery: &str,
+    event: &str,
+) -> Result<Option<i64>, StoreError> {
+    record_delivery(conn, integration, delivery, event).await?;
+    let (id, processed): (i64, Option<DateTime<Utc>>) = webhook_deliveries::table
+        .filter(webhook_deliveries::integration_id.eq(integration))
+        .filter(webhook_deliveries::delivery_id.eq(delivery))
+        .for_update()
+        .select((webhook_deliveries::id, webhook_deliveries::processed_at))
+        .first(conn)
+        .await?;
+    Ok(processed.is_none().then_some(id))
+}
+
+/// What became of a delivery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeliveryOutcome {
+    RunsCreated,
+    Ignored,
+    Failed,
+}
+
+impl DeliveryOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeliveryOutcome::RunsCreated => "runs_created",
+            DeliveryOutcome::Ignored => "ignored",
+            DeliveryOutcome::Failed => "failed",
+        }
+    }
+}
+
+/// Writes what became of delivery row `row`: one line per event in `detail`,
+/// the runs it made, the error that made it unreadable.
+pub async fn finish_delivery(
+    conn: &mut AsyncPgConnection,
+    row: i64,
+    outcome: DeliveryOutcome,
+    detail: Option<String>,
+    run_ids: &[i64],
+    error: Option<String>,
+) -> Result<(), StoreError> {
+    diesel::update(webhook_deliveries::table.find(row))
+        .set((
+            webhook_deliveries::outcome.eq(outcome.as_str()),
+            webhook_deliveries::detail.eq(detail),
+            webhook_deliveries::run_ids.eq(run_ids),
+            webhook_deliveries::error.eq(error),
+            webhook_deliveries::processed_at.eq(Utc::now()),
+        ))
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// Every (plain-git integration, repository) a linked stack uses: what polling lists.
+pub async fn poll_targets(conn: &mut AsyncPgConnection) -> Result<Vec<(i64, String)>, StoreError> {
+    Ok(stacks::table
+        .inner_join(vcs_integrations::table)
+        .filter(vcs_integrations::kind.eq(Kind::PlainGit.as_str()))
+        .select((vcs_integrations::id, stacks::repository))
+        .distinct()
+        .load(conn)
+        .await?)
+}
+
+/// What the last poll of `repository` saw (a `hangar_vcs::RemoteRefs` as
+/// JSON) and when; with `lock`, the row is locked for the caller's
+/// transaction, so that two drains polling at once act on one change once.
+pub async fn poll_heads(
+    conn: &mut AsyncPgConnection,
+    integration: i64,
+    repository: &str,
+    lock: bool,
+) -> Result<Option<(serde_json::Value, DateTime<Utc>)>, StoreError> {
+    let q = vcs_poll_heads::table
+        .find((integration, repository))
+        .select((vcs_poll_heads::refs, vcs_poll_heads::polled_at));
+    Ok(if lock { q.for_update().first(conn).await.optional()? } else { q.first(conn).await.optional()? })
+}
+
+/// Stores what a poll of `repository` saw, now.
+pub async fn store_poll_heads(
+    conn: &mut AsyncPgConnection,
+    integration: i64,
+    repository: &str,
+    refs: &serde_json::Value,
+) -> Result<(), StoreError> {
+    diesel::insert_into(vcs_poll_heads::table)
+        .values((
+            vcs_poll_heads::integration_id.eq(integration),
+            vcs_poll_heads::repository.eq(repository),
+            vcs_poll_heads::refs.eq(refs),
+            vcs_poll_heads::polled_at.eq(Utc::now()),
+        ))
+        .on_conflict((vcs_poll_heads::integration_id, vcs_poll_heads::repository))
+        .do_update()
+        .set((vcs_poll_heads::refs.eq(refs), vcs_poll_heads::polled_at.eq(Utc::now())))
+        .execute(conn)
+        .await?;
+    Ok(())
 }

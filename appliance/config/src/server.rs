@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::ServerError;
+use crate::Invalid;
 
 /// `[server]`: the HTTPS listener on 1983 and the API's limits.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -113,8 +113,8 @@ pub struct SecretsConfig {
 }
 
 impl ServerConfig {
-    pub fn validate(&self) -> Result<(), ServerError> {
-        let invalid = |field: &'static str, problem: &str| ServerError::Config { field, problem: problem.into() };
+    pub fn validate(&self) -> Result<(), Invalid> {
+        let invalid = |field: &'static str, problem: &str| Invalid::new(field, problem);
         let url = url::Url::parse(&self.public_url).map_err(|_| invalid("server.public_url", "is not a URL"))?;
         if url.scheme() != "https" || url.host_str().is_none() {
             return Err(invalid("server.public_url", "must be an https:// URL with a host"));
@@ -199,12 +199,9 @@ impl ServerConfig {
 }
 
 impl SecretsConfig {
-    pub fn validate(&self) -> Result<(), ServerError> {
+    pub fn validate(&self) -> Result<(), Invalid> {
         if !self.master_key_file.is_absolute() {
-            return Err(ServerError::Config {
-                field: "secrets.master_key_file",
-                problem: "must be an absolute path".into(),
-            });
+            return Err(Invalid::new("secrets.master_key_file", "must be an absolute path"));
         }
         Ok(())
     }
@@ -254,7 +251,7 @@ mod tests {
 
     #[test]
     fn the_shipped_example_documents_the_worker_settings() {
-        let example: toml::Table = toml::from_str(include_str!("../../hangar/hangar.example.toml")).unwrap();
+        let example: toml::Table = toml::from_str(include_str!("../hangar.example.toml")).unwrap();
         let cfg: ServerConfig = example["server"].clone().try_into().unwrap();
         cfg.validate().unwrap();
         assert_eq!(cfg.ca_key_path(), PathBuf::from("/etc/hangar/pki/ca.key"));

@@ -14,7 +14,7 @@ use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use hangar_crypto::{DataKey, MasterKey};
 use hangar_db::schema::data_keys;
 
-use crate::ServerError;
+use crate::StoreError;
 
 #[derive(Debug, Clone, Queryable, Selectable)]
 #[diesel(table_name = data_keys)]
@@ -60,7 +60,7 @@ impl SecretBox {
 
     /// Fails when any stored data key is wrapped by another master key (a
     /// rotation whose key file was not swapped, or the wrong file).
-    pub async fn check(&self, conn: &mut AsyncPgConnection) -> Result<(), ServerError> {
+    pub async fn check(&self, conn: &mut AsyncPgConnection) -> Result<(), StoreError> {
         let mine = self.master.id();
         let other: Option<(i64, String)> = data_keys::table
             .filter(data_keys::master_key_id.ne(&mine))
@@ -69,13 +69,13 @@ impl SecretBox {
             .await
             .optional()?;
         match other {
-            Some((data_key, stored)) => Err(ServerError::MasterKeyMismatch { data_key, stored, configured: mine }),
+            Some((data_key, stored)) => Err(StoreError::MasterKeyMismatch { data_key, stored, configured: mine }),
             None => Ok(()),
         }
     }
 
     /// Seals `plaintext` under the newest data key (made on first use).
-    pub async fn seal(&self, conn: &mut AsyncPgConnection, plaintext: &[u8], context: &str) -> Result<Sealed, ServerError> {
+    pub async fn seal(&self, conn: &mut AsyncPgConnection, plaintext: &[u8], context: &str) -> Result<Sealed, StoreError> {
         let newest: Option<DataKeyRow> = data_keys::table
             .order(data_keys::id.desc())
             .select(DataKeyRow::as_select())
@@ -104,7 +104,7 @@ impl SecretBox {
         conn: &mut AsyncPgConnection,
         sealed: &Sealed,
         context: &str,
-    ) -> Result<Vec<u8>, ServerError> {
+    ) -> Result<Vec<u8>, StoreError> {
         let cached = self.lock().get(&sealed.data_key_id).cloned();
         let key = match cached {
             Some(k) => k,
@@ -117,25 +117,25 @@ impl SecretBox {
                 self.unwrap_row(&row)?
             }
         };
-        key.open(&sealed.bytes, context.as_bytes()).map_err(|source| ServerError::DataKeyUnwrap {
+        key.open(&sealed.bytes, context.as_bytes()).map_err(|source| StoreError::DataKeyUnwrap {
             data_key: sealed.data_key_id,
             master_key: self.master.id(),
             source: Box::new(source),
         })
     }
 
-    fn unwrap_row(&self, row: &DataKeyRow) -> Result<DataKey, ServerError> {
+    fn unwrap_row(&self, row: &DataKeyRow) -> Result<DataKey, StoreError> {
         if let Some(k) = self.lock().get(&row.id) {
             return Ok(k.clone());
         }
         if row.master_key_id != self.master.id() {
-            return Err(ServerError::MasterKeyMismatch {
+            return Err(StoreError::MasterKeyMismatch {
                 data_key: row.id,
                 stored: row.master_key_id.clone(),
                 configured: self.master.id(),
             });
         }
-        let key = self.master.unwrap_key(&row.wrapped).map_err(|source| ServerError::DataKeyUnwrap {
+        let key = self.master.unwrap_key(&row.wrapped).map_err(|source| StoreError::DataKeyUnwrap {
             data_key: row.id,
             master_key: self.master.id(),
             source: Box::new(source),
@@ -156,9 +156,9 @@ pub async fn rotate_master_key(
     conn: &mut AsyncPgConnection,
     old: &MasterKey,
     new: &MasterKey,
-) -> Result<usize, ServerError> {
+) -> Result<usize, StoreError> {
     let (old, new) = (old.clone(), new.clone());
-    conn.transaction::<_, ServerError, _>(async move |c| {
+    conn.transaction::<_, StoreError, _>(async move |c| {
         let rows: Vec<DataKeyRow> = data_keys::table
             .order(data_keys::id.asc())
             .for_update()
@@ -167,13 +167,13 @@ pub async fn rotate_master_key(
             .await?;
         for row in &rows {
             if row.master_key_id != old.id() {
-                return Err(ServerError::MasterKeyMismatch {
+                return Err(StoreError::MasterKeyMismatch {
                     data_key: row.id,
                     stored: row.master_key_id.clone(),
                     configured: old.id(),
                 });
             }
-            let key = old.unwrap_key(&row.wrapped).map_err(|source| ServerError::DataKeyUnwrap {
+            let key = old.unwrap_key(&row.wrapped).map_err(|source| StoreError::DataKeyUnwrap {
                 data_key: row.id,
                 master_key: old.id(),
                 source: Box::new(source),

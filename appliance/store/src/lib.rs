@@ -1,0 +1,19 @@
+//! The appliance's data layer, apart from any transport: the domain's queries
+//! and the secrets sealed at rest. The HTTP server, GraphQL, the drain and the
+//! console are its clients. Functions take a connection so callers compose them
+//! into one transaction with the mutation's audit event.
+
+pub mod audit;
+mod error;
+pub mod pools;
+pub mod processes;
+pub mod run_objects;
+pub mod run_tokens;
+pub mod runs;
+pub mod scheduler;
+pub mod secrets;
+pub mod stacks;
+pub mod users;
+pub mod vcs;
+
+pub use error::StoreError;
