@@ -96,7 +96,11 @@ fn fragment_sizes(doc: &ExecutableDocument) -> Result<HashMap<&str, u64>, CostEr
         doc.fragments.iter().map(|(name, f)| (name.as_str(), direct(&f.node.selection_set.node))).collect();
     let mut sizes: HashMap<&str, u64> = HashMap::with_capacity(own.len());
     let mut visiting: std::collections::HashSet<&str> = std::collections::HashSet::new();
-    for &start in own.keys() {
+    // In the order the document declares them, so that a cycle is always
+    // reported by the same name.
+    let mut starts: Vec<(&str, _)> = doc.fragments.iter().map(|(name, f)| (name.as_str(), f.pos)).collect();
+    starts.sort_by_key(|&(_, pos)| (pos.line, pos.column));
+    for (start, _) in starts {
         if sizes.contains_key(start) {
             continue;
         }

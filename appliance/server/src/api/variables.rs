@@ -169,7 +169,7 @@ impl InputTypes {
         } else {
             Err(match input {
                 Input::Int => format!("{name} is a whole number between -2147483648 and 2147483647"),
-                Input::Enum(values) => format!("{name} is one of {}", values.join(", ")),
+                Input::Enum(values) => format!("{} is not a value of {name} ({})", shown(value), values.join(", ")),
                 _ => format!("{name} cannot represent {}", kind(value)),
             })
         }
@@ -254,7 +254,7 @@ mod tests {
         // A single value stands for a list of one.
         check(q, serde_json::json!({ "i": { "slug": "a", "name": "A", "tool": "TERRAFORM", "labels": "x" } })).unwrap();
         for (bad, why) in [
-            (serde_json::json!({ "slug": "a", "name": "A", "tool": "PULUMI" }), "field StackInput.tool: Tool is one of TERRAFORM, OPENTOFU"),
+            (serde_json::json!({ "slug": "a", "name": "A", "tool": "PULUMI" }), "field StackInput.tool: \"PULUMI\" is not a value of Tool (TERRAFORM, OPENTOFU)"),
             (serde_json::json!({ "slug": "a", "tool": "TERRAFORM" }), "field StackInput.name of required type String! was not provided"),
             (serde_json::json!({ "slug": "a", "name": "A", "tool": "TERRAFORM", "x": 1 }), "field \"x\" is not defined by StackInput"),
             (serde_json::json!({ "slug": "a", "name": "A", "tool": "TERRAFORM", "labels": [1] }), "field StackInput.labels: at [0]: String cannot represent a number"),
