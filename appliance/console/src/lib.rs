@@ -17,7 +17,6 @@ mod assets;
 mod backend;
 mod headers;
 mod pages;
-mod queries;
 mod session;
 mod view;
 

@@ -4,6 +4,7 @@
 //! into one transaction with the mutation's audit event.
 
 pub mod audit;
+pub mod console;
 mod error;
 pub mod pools;
 pub mod processes;

@@ -9,7 +9,7 @@ use warp::reply::Response;
 
 use super::{Req, Session, html, not_found, op_error, see_other, unavailable, urlencode};
 use crate::Console;
-use crate::queries::{self, AuditFilter};
+use hangar_store::console::{self as queries, AuditFilter};
 use crate::view::{Badge, Frame, Viewer, When};
 
 /// A value shown once, with its label.

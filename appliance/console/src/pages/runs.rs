@@ -16,7 +16,7 @@ use warp::sse::Event;
 
 use super::{Session, html, not_found, op_error, see_other, unavailable};
 use crate::Console;
-use crate::queries;
+use hangar_store::console as queries;
 use crate::view::{Badge, Frame, Viewer, When, duration, state_class};
 
 /// Log text rendered into the page per phase; the download has all of it.

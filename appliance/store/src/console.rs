@@ -1,6 +1,7 @@
-//! What the console's pages read: the stacks list with each stack's last run,
-//! filtered and paginated in the database, and the rows of the stack and run
-//! pages. Reads only: every change goes through the API's operations.
+//! What the web console's pages read: the stacks list with each stack's last
+//! run, filtered and paginated in the database, the audit trail filtered by
+//! actor, action and target, and the rows of the other pages. Reads only, and
+//! never a secret's value: every change goes through the API's operations.
 
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
@@ -11,43 +12,44 @@ use hangar_db::schema::{
     vcs_integrations, webhook_deliveries, worker_pools, workers,
 };
 
-pub(crate) type Q<T> = Result<T, diesel::result::Error>;
+/// What every read here returns.
+pub type Q<T> = Result<T, diesel::result::Error>;
 
 /// Which stacks the list shows.
 #[derive(Debug, Clone, Default)]
-pub(crate) struct StackFilter {
+pub struct StackFilter {
     /// Part of the slug or name, any case.
-    pub(crate) text: String,
+    pub text: String,
     /// A label the stack carries.
-    pub(crate) label: String,
+    pub label: String,
     /// The state of its last run (`NONE`: never run).
-    pub(crate) state: String,
+    pub state: String,
 }
 
 /// One line of the stacks list.
 #[derive(Debug, Clone, QueryableByName)]
-pub(crate) struct StackLine {
+pub struct StackLine {
     #[diesel(sql_type = Text)]
-    pub(crate) slug: String,
+    pub slug: String,
     #[diesel(sql_type = Text)]
-    pub(crate) name: String,
+    pub name: String,
     #[diesel(sql_type = Text)]
-    pub(crate) branch: String,
+    pub branch: String,
     #[diesel(sql_type = Array<Text>)]
-    pub(crate) labels: Vec<String>,
+    pub labels: Vec<String>,
     #[diesel(sql_type = Bool)]
-    pub(crate) needs_reconciliation: bool,
+    pub needs_reconciliation: bool,
     #[diesel(sql_type = Nullable<Text>)]
-    pub(crate) pool: Option<String>,
+    pub pool: Option<String>,
     #[diesel(sql_type = Nullable<BigInt>)]
-    pub(crate) run_id: Option<i64>,
+    pub run_id: Option<i64>,
     #[diesel(sql_type = Nullable<Text>)]
-    pub(crate) run_state: Option<String>,
+    pub run_state: Option<String>,
     #[diesel(sql_type = Nullable<Timestamptz>)]
-    pub(crate) run_at: Option<DateTime<Utc>>,
+    pub run_at: Option<DateTime<Utc>>,
     /// Every stack the filter matches, on each line.
     #[diesel(sql_type = BigInt)]
-    pub(crate) total: i64,
+    pub total: i64,
 }
 
 /// `LIKE` pattern for text anywhere, with the pattern characters escaped.
@@ -65,7 +67,7 @@ fn contains_pattern(s: &str) -> String {
 
 /// A page of the stacks list by slug, with each stack's newest run; the
 /// total matching is on every line (zero lines: none match, or past the end).
-pub(crate) async fn stack_lines(c: &mut AsyncPgConnection, f: &StackFilter, offset: i64, limit: i64) -> Q<Vec<StackLine>> {
+pub async fn stack_lines(c: &mut AsyncPgConnection, f: &StackFilter, offset: i64, limit: i64) -> Q<Vec<StackLine>> {
     // The newest run of each stack comes from runs_stack_idx (stack_id, id DESC).
     diesel::sql_query(
         "SELECT s.slug, s.name, s.branch, s.labels, s.needs_reconciliation, p.name AS pool,
@@ -92,37 +94,37 @@ pub(crate) async fn stack_lines(c: &mut AsyncPgConnection, f: &StackFilter, offs
 
 #[derive(Debug, Clone, Queryable, Selectable)]
 #[diesel(table_name = stacks)]
-pub(crate) struct StackRow {
-    pub(crate) id: i64,
-    pub(crate) slug: String,
-    pub(crate) name: String,
-    pub(crate) description: String,
-    pub(crate) repository: String,
-    pub(crate) branch: String,
-    pub(crate) project_root: String,
-    pub(crate) tool: String,
-    pub(crate) tool_version: String,
-    pub(crate) worker_pool_id: Option<i64>,
-    pub(crate) autodeploy: bool,
-    pub(crate) labels: Vec<String>,
-    pub(crate) needs_reconciliation: bool,
-    pub(crate) vcs_integration_id: Option<i64>,
+pub struct StackRow {
+    pub id: i64,
+    pub slug: String,
+    pub name: String,
+    pub description: String,
+    pub repository: String,
+    pub branch: String,
+    pub project_root: String,
+    pub tool: String,
+    pub tool_version: String,
+    pub worker_pool_id: Option<i64>,
+    pub autodeploy: bool,
+    pub labels: Vec<String>,
+    pub needs_reconciliation: bool,
+    pub vcs_integration_id: Option<i64>,
 }
 
-pub(crate) async fn stack(c: &mut AsyncPgConnection, slug: &str) -> Q<Option<StackRow>> {
+pub async fn stack(c: &mut AsyncPgConnection, slug: &str) -> Q<Option<StackRow>> {
     stacks::table.filter(stacks::slug.eq(slug)).select(StackRow::as_select()).first(c).await.optional()
 }
 
-pub(crate) async fn stack_by_id(c: &mut AsyncPgConnection, id: i64) -> Q<Option<StackRow>> {
+pub async fn stack_by_id(c: &mut AsyncPgConnection, id: i64) -> Q<Option<StackRow>> {
     stacks::table.find(id).select(StackRow::as_select()).first(c).await.optional()
 }
 
-pub(crate) async fn pool_name(c: &mut AsyncPgConnection, id: i64) -> Q<Option<String>> {
+pub async fn pool_name(c: &mut AsyncPgConnection, id: i64) -> Q<Option<String>> {
     worker_pools::table.find(id).select(worker_pools::name).first(c).await.optional()
 }
 
 /// The integration's name and web address.
-pub(crate) async fn integration(c: &mut AsyncPgConnection, id: i64) -> Q<Option<(String, String, String)>> {
+pub async fn integration(c: &mut AsyncPgConnection, id: i64) -> Q<Option<(String, String, String)>> {
     vcs_integrations::table
         .find(id)
         .select((vcs_integrations::name, vcs_integrations::kind, vcs_integrations::base_url))
@@ -132,7 +134,7 @@ pub(crate) async fn integration(c: &mut AsyncPgConnection, id: i64) -> Q<Option<
 }
 
 /// Newest first, `limit` runs of a stack older than run `before`.
-pub(crate) async fn runs_of(c: &mut AsyncPgConnection, stack: i64, before: Option<i64>, limit: i64) -> Q<Vec<hangar_db::runs::RunRow>> {
+pub async fn runs_of(c: &mut AsyncPgConnection, stack: i64, before: Option<i64>, limit: i64) -> Q<Vec<hangar_db::runs::RunRow>> {
     let mut q = runs::table
         .filter(runs::stack_id.eq(stack))
         .order(runs::id.desc())
@@ -145,17 +147,17 @@ pub(crate) async fn runs_of(c: &mut AsyncPgConnection, stack: i64, before: Optio
     q.load(c).await
 }
 
-pub(crate) async fn run(c: &mut AsyncPgConnection, id: i64) -> Q<Option<hangar_db::runs::RunRow>> {
+pub async fn run(c: &mut AsyncPgConnection, id: i64) -> Q<Option<hangar_db::runs::RunRow>> {
     runs::table.find(id).select(hangar_db::runs::RunRow::as_select()).first(c).await.optional()
 }
 
 /// The plan's reported change summary and whether an errored state was kept.
-pub(crate) async fn run_outcome(c: &mut AsyncPgConnection, id: i64) -> Q<(Option<serde_json::Value>, bool)> {
+pub async fn run_outcome(c: &mut AsyncPgConnection, id: i64) -> Q<(Option<serde_json::Value>, bool)> {
     runs::table.find(id).select((runs::changes, runs::errored_state_key.is_not_null())).first(c).await
 }
 
 /// Every state a run went through, oldest first: (state, at).
-pub(crate) async fn run_history(c: &mut AsyncPgConnection, id: i64) -> Q<Vec<(String, DateTime<Utc>)>> {
+pub async fn run_history(c: &mut AsyncPgConnection, id: i64) -> Q<Vec<(String, DateTime<Utc>)>> {
     run_events::table
         .filter(run_events::run_id.eq(id))
         .order(run_events::id.asc())
@@ -166,7 +168,7 @@ pub(crate) async fn run_history(c: &mut AsyncPgConnection, id: i64) -> Q<Vec<(St
 
 /// A stack's variables: (name, secret, plain value, updated). A secret's value
 /// is never selected.
-pub(crate) async fn stack_variables(c: &mut AsyncPgConnection, stack: i64) -> Q<Vec<(String, bool, Option<String>, DateTime<Utc>)>> {
+pub async fn stack_variables(c: &mut AsyncPgConnection, stack: i64) -> Q<Vec<(String, bool, Option<String>, DateTime<Utc>)>> {
     variables::table
         .filter(variables::stack_id.eq(stack))
         .order(variables::name.asc())
@@ -176,7 +178,7 @@ pub(crate) async fn stack_variables(c: &mut AsyncPgConnection, stack: i64) -> Q<
 }
 
 /// Contexts attached to a stack: (slug, name, priority).
-pub(crate) async fn stack_contexts(c: &mut AsyncPgConnection, stack: i64) -> Q<Vec<(String, String, i32)>> {
+pub async fn stack_contexts(c: &mut AsyncPgConnection, stack: i64) -> Q<Vec<(String, String, i32)>> {
     context_attachments::table
         .inner_join(contexts::table)
         .filter(context_attachments::stack_id.eq(stack))
@@ -187,12 +189,12 @@ pub(crate) async fn stack_contexts(c: &mut AsyncPgConnection, stack: i64) -> Q<V
 }
 
 /// Who holds a stack's state lock, since when.
-pub(crate) async fn lock_of(c: &mut AsyncPgConnection, stack: i64) -> Q<Option<(String, DateTime<Utc>)>> {
+pub async fn lock_of(c: &mut AsyncPgConnection, stack: i64) -> Q<Option<(String, DateTime<Utc>)>> {
     state_locks::table.find(stack).select((state_locks::held_by, state_locks::created_at)).first(c).await.optional()
 }
 
 /// Newest first: (id, serial, lineage, created_by, created_at).
-pub(crate) async fn state_versions_of(c: &mut AsyncPgConnection, stack: i64, limit: i64) -> Q<Vec<(i64, i64, String, String, DateTime<Utc>)>> {
+pub async fn state_versions_of(c: &mut AsyncPgConnection, stack: i64, limit: i64) -> Q<Vec<(i64, i64, String, String, DateTime<Utc>)>> {
     state_versions::table
         .filter(state_versions::stack_id.eq(stack))
         .order(state_versions::id.desc())
@@ -203,7 +205,7 @@ pub(crate) async fn state_versions_of(c: &mut AsyncPgConnection, stack: i64, lim
 }
 
 /// Names of every worker pool and VCS integration, for the forms' choices.
-pub(crate) async fn names(c: &mut AsyncPgConnection) -> Q<(Vec<String>, Vec<String>)> {
+pub async fn names(c: &mut AsyncPgConnection) -> Q<(Vec<String>, Vec<String>)> {
     let pools = worker_pools::table.order(worker_pools::name.asc()).select(worker_pools::name).load(c).await?;
     let vcs = vcs_integrations::table.order(vcs_integrations::name.asc()).select(vcs_integrations::name).load(c).await?;
     Ok((pools, vcs))
@@ -211,20 +213,20 @@ pub(crate) async fn names(c: &mut AsyncPgConnection) -> Q<(Vec<String>, Vec<Stri
 
 /// A worker as the pools page shows it.
 #[derive(Debug, Clone, Queryable)]
-pub(crate) struct WorkerLine {
-    pub(crate) id: i64,
-    pub(crate) pool_id: i64,
-    pub(crate) name: String,
-    pub(crate) status: String,
-    pub(crate) drained: bool,
-    pub(crate) metadata: serde_json::Value,
-    pub(crate) last_seen_at: Option<DateTime<Utc>>,
-    pub(crate) revoked_at: Option<DateTime<Utc>>,
-    pub(crate) pool_generation: i32,
+pub struct WorkerLine {
+    pub id: i64,
+    pub pool_id: i64,
+    pub name: String,
+    pub status: String,
+    pub drained: bool,
+    pub metadata: serde_json::Value,
+    pub last_seen_at: Option<DateTime<Utc>>,
+    pub revoked_at: Option<DateTime<Utc>>,
+    pub pool_generation: i32,
 }
 
 /// Every pool (id, name, description, generation) and every worker.
-pub(crate) async fn pools_and_workers(c: &mut AsyncPgConnection) -> Q<(Vec<(i64, String, String, i32)>, Vec<WorkerLine>)> {
+pub async fn pools_and_workers(c: &mut AsyncPgConnection) -> Q<(Vec<(i64, String, String, i32)>, Vec<WorkerLine>)> {
     let pools = worker_pools::table
         .order(worker_pools::name.asc())
         .select((worker_pools::id, worker_pools::name, worker_pools::description, worker_pools::generation))
@@ -249,7 +251,7 @@ pub(crate) async fn pools_and_workers(c: &mut AsyncPgConnection) -> Q<(Vec<(i64,
 }
 
 /// Every VCS integration: (id, name, kind, base_url, created_at, linked stacks).
-pub(crate) async fn integrations(c: &mut AsyncPgConnection) -> Q<Vec<(i64, String, String, String, DateTime<Utc>, i64)>> {
+pub async fn integrations(c: &mut AsyncPgConnection) -> Q<Vec<(i64, String, String, String, DateTime<Utc>, i64)>> {
     let rows: Vec<(i64, String, String, String, DateTime<Utc>)> = vcs_integrations::table
         .order(vcs_integrations::name.asc())
         .select((vcs_integrations::id, vcs_integrations::name, vcs_integrations::kind, vcs_integrations::base_url, vcs_integrations::created_at))
@@ -264,7 +266,7 @@ pub(crate) async fn integrations(c: &mut AsyncPgConnection) -> Q<Vec<(i64, Strin
 }
 
 /// An integration by name: (id, kind, base_url, username).
-pub(crate) async fn integration_named(c: &mut AsyncPgConnection, name: &str) -> Q<Option<(i64, String, String, Option<String>)>> {
+pub async fn integration_named(c: &mut AsyncPgConnection, name: &str) -> Q<Option<(i64, String, String, Option<String>)>> {
     vcs_integrations::table
         .filter(vcs_integrations::name.eq(name))
         .select((vcs_integrations::id, vcs_integrations::kind, vcs_integrations::base_url, vcs_integrations::username))
@@ -274,7 +276,7 @@ pub(crate) async fn integration_named(c: &mut AsyncPgConnection, name: &str) -> 
 }
 
 /// Slugs and names of the stacks linked to an integration.
-pub(crate) async fn linked_stacks(c: &mut AsyncPgConnection, integration: i64) -> Q<Vec<(String, String)>> {
+pub async fn linked_stacks(c: &mut AsyncPgConnection, integration: i64) -> Q<Vec<(String, String)>> {
     stacks::table
         .filter(stacks::vcs_integration_id.eq(integration))
         .order(stacks::slug.asc())
@@ -285,18 +287,18 @@ pub(crate) async fn linked_stacks(c: &mut AsyncPgConnection, integration: i64) -
 
 /// A delivery as the log shows it.
 #[derive(Debug, Clone, Queryable)]
-pub(crate) struct DeliveryLine {
-    pub(crate) delivery_id: String,
-    pub(crate) event: String,
-    pub(crate) received_at: DateTime<Utc>,
-    pub(crate) outcome: String,
-    pub(crate) detail: Option<String>,
-    pub(crate) run_ids: Vec<i64>,
-    pub(crate) error: Option<String>,
+pub struct DeliveryLine {
+    pub delivery_id: String,
+    pub event: String,
+    pub received_at: DateTime<Utc>,
+    pub outcome: String,
+    pub detail: Option<String>,
+    pub run_ids: Vec<i64>,
+    pub error: Option<String>,
 }
 
 /// The newest `limit` deliveries of an integration.
-pub(crate) async fn deliveries(c: &mut AsyncPgConnection, integration: i64, limit: i64) -> Q<Vec<DeliveryLine>> {
+pub async fn deliveries(c: &mut AsyncPgConnection, integration: i64, limit: i64) -> Q<Vec<DeliveryLine>> {
     webhook_deliveries::table
         .filter(webhook_deliveries::integration_id.eq(integration))
         .order(webhook_deliveries::id.desc())
@@ -315,7 +317,7 @@ pub(crate) async fn deliveries(c: &mut AsyncPgConnection, integration: i64, limi
 }
 
 /// Every context: (slug, name, description, variables, stacks attached).
-pub(crate) async fn contexts_list(c: &mut AsyncPgConnection) -> Q<Vec<(i64, String, String, String)>> {
+pub async fn contexts_list(c: &mut AsyncPgConnection) -> Q<Vec<(i64, String, String, String)>> {
     contexts::table
         .order(contexts::slug.asc())
         .select((contexts::id, contexts::slug, contexts::name, contexts::description))
@@ -323,7 +325,7 @@ pub(crate) async fn contexts_list(c: &mut AsyncPgConnection) -> Q<Vec<(i64, Stri
         .await
 }
 
-pub(crate) async fn context_named(c: &mut AsyncPgConnection, slug: &str) -> Q<Option<(i64, String, String, String)>> {
+pub async fn context_named(c: &mut AsyncPgConnection, slug: &str) -> Q<Option<(i64, String, String, String)>> {
     contexts::table
         .filter(contexts::slug.eq(slug))
         .select((contexts::id, contexts::slug, contexts::name, contexts::description))
@@ -334,7 +336,7 @@ pub(crate) async fn context_named(c: &mut AsyncPgConnection, slug: &str) -> Q<Op
 
 /// A context's variables: (name, secret, plain value, updated). A secret's
 /// value is never selected.
-pub(crate) async fn context_variables(c: &mut AsyncPgConnection, context: i64) -> Q<Vec<(String, bool, Option<String>, DateTime<Utc>)>> {
+pub async fn context_variables(c: &mut AsyncPgConnection, context: i64) -> Q<Vec<(String, bool, Option<String>, DateTime<Utc>)>> {
     variables::table
         .filter(variables::context_id.eq(context))
         .order(variables::name.asc())
@@ -344,7 +346,7 @@ pub(crate) async fn context_variables(c: &mut AsyncPgConnection, context: i64) -
 }
 
 /// Stacks a context is attached to: (slug, name, priority).
-pub(crate) async fn context_stacks(c: &mut AsyncPgConnection, context: i64) -> Q<Vec<(String, String, i32)>> {
+pub async fn context_stacks(c: &mut AsyncPgConnection, context: i64) -> Q<Vec<(String, String, i32)>> {
     context_attachments::table
         .inner_join(stacks::table)
         .filter(context_attachments::context_id.eq(context))
@@ -355,12 +357,12 @@ pub(crate) async fn context_stacks(c: &mut AsyncPgConnection, context: i64) -> Q
 }
 
 /// Every stack's slug, for choosing one.
-pub(crate) async fn stack_slugs(c: &mut AsyncPgConnection) -> Q<Vec<String>> {
+pub async fn stack_slugs(c: &mut AsyncPgConnection) -> Q<Vec<String>> {
     stacks::table.order(stacks::slug.asc()).select(stacks::slug).load(c).await
 }
 
 /// Every user: (id, email, name, role, disabled, created_at).
-pub(crate) async fn users_list(c: &mut AsyncPgConnection) -> Q<Vec<(i64, String, String, String, bool, DateTime<Utc>)>> {
+pub async fn users_list(c: &mut AsyncPgConnection) -> Q<Vec<(i64, String, String, String, bool, DateTime<Utc>)>> {
     users::table
         .order(users::email.asc())
         .select((users::id, users::email, users::name, users::role, users::disabled, users::created_at))
@@ -369,11 +371,11 @@ pub(crate) async fn users_list(c: &mut AsyncPgConnection) -> Q<Vec<(i64, String,
 }
 
 /// An API key as listed: (id, owner email, name, prefix, role, created, last used, expires, revoked).
-pub(crate) type KeyLine =
+pub type KeyLine =
     (i64, String, String, String, String, DateTime<Utc>, Option<DateTime<Utc>>, Option<DateTime<Utc>>, Option<DateTime<Utc>>);
 
 /// API keys, of one user (by email) or of everyone.
-pub(crate) async fn api_keys_list(c: &mut AsyncPgConnection, owner: Option<&str>) -> Q<Vec<KeyLine>> {
+pub async fn api_keys_list(c: &mut AsyncPgConnection, owner: Option<&str>) -> Q<Vec<KeyLine>> {
     let mut q = api_keys::table
         .inner_join(users::table)
         .order(api_keys::id.desc())
@@ -397,14 +399,14 @@ pub(crate) async fn api_keys_list(c: &mut AsyncPgConnection, owner: Option<&str>
 
 /// Which audit events the trail shows.
 #[derive(Debug, Clone, Default)]
-pub(crate) struct AuditFilter {
-    pub(crate) actor: String,
-    pub(crate) action: String,
-    pub(crate) target: String,
+pub struct AuditFilter {
+    pub actor: String,
+    pub action: String,
+    pub target: String,
 }
 
 /// Newest first, `limit` events older than `before`: (id, actor, action, target, details, at).
-pub(crate) async fn audit_page(
+pub async fn audit_page(
     c: &mut AsyncPgConnection,
     f: &AuditFilter,
     before: Option<i64>,
