@@ -2,6 +2,7 @@
 //! hover), state badges, and who is looking.
 
 use chrono::{DateTime, Utc};
+use hangar_store::access::Op;
 use hangar_types::{Role, RunState};
 
 /// A moment, shown relative ("5 min ago") with the absolute time on hover.
@@ -81,13 +82,36 @@ pub(crate) struct Viewer {
     pub(crate) csrf: String,
 }
 
+/// What a viewer may do is the API's role table, asked for each control shown.
 impl Viewer {
-    pub(crate) fn can_write(&self) -> bool {
-        self.role.allows(Role::Writer)
+    pub(crate) fn may(&self, op: Op) -> bool {
+        op.allowed(self.role)
     }
 
+    /// Stacks, variables, contexts and runs.
+    pub(crate) fn can_write(&self) -> bool {
+        self.may(Op::Write)
+    }
+
+    /// The Administration section (users, keys, audit, jobs, System).
     pub(crate) fn is_admin(&self) -> bool {
-        self.role.allows(Role::Admin)
+        self.may(Op::ListUsers)
+    }
+
+    pub(crate) fn can_manage_pools(&self) -> bool {
+        self.may(Op::ManagePools)
+    }
+
+    pub(crate) fn can_list_vcs(&self) -> bool {
+        self.may(Op::ListVcs)
+    }
+
+    pub(crate) fn can_manage_vcs(&self) -> bool {
+        self.may(Op::ManageVcs)
+    }
+
+    pub(crate) fn can_manage_state(&self) -> bool {
+        self.may(Op::ManageState)
     }
 
     pub(crate) fn role_name(&self) -> &'static str {

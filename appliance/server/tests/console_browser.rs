@@ -258,7 +258,7 @@ async fn a_person_runs_terraform_from_the_console() {
     c.goto(&format!("{base}/admin")).await.unwrap();
     fill(&c, "u-email", "reader@hangar.test").await;
     c.find(Locator::Id("u-role")).await.unwrap().select_by_value("READER").await.unwrap();
-    fill(&c, "u-password", "Reader-Pw-0123456789!").await;
+    fill(&c, "u-password", "Quiet-Lantern-0123456789!").await;
     click_button(&c, "Create the user").await;
     shoot(&c, "admin").await;
 
@@ -275,7 +275,7 @@ async fn a_person_runs_terraform_from_the_console() {
 
     {
         let (_reader_driver, r) = browser(&fleet.files, "reader").await;
-        sign_in(&r, &base, "reader@hangar.test", "Reader-Pw-0123456789!").await;
+        sign_in(&r, &base, "reader@hangar.test", "Quiet-Lantern-0123456789!").await;
         r.goto(&format!("{base}{run_path}")).await.unwrap();
         assert!(page_has(&r, "UNCONFIRMED").await);
         assert!(r.find(Locator::XPath("//button[normalize-space(.)='Confirm']")).await.is_err(), "a reader sees no Confirm");

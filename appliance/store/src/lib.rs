@@ -3,6 +3,7 @@
 //! console are its clients. Functions take a connection so callers compose them
 //! into one transaction with the mutation's audit event.
 
+pub mod access;
 pub mod audit;
 pub mod console;
 mod error;

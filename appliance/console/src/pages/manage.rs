@@ -9,6 +9,7 @@ use warp::reply::Response;
 
 use super::{Req, Session, html, not_found, op_error, see_other, unavailable, urlencode};
 use crate::Console;
+use hangar_store::access::Op;
 use hangar_store::console::{self as queries, AuditFilter};
 use crate::view::{Badge, Frame, Viewer, When};
 
@@ -197,6 +198,9 @@ struct VcsPage {
 }
 
 pub(super) async fn vcs(c: &Console, s: &Session) -> Response {
+    if let Err(r) = allowed(s, Op::ListVcs) {
+        return r;
+    }
     let mut conn = match c.db.get().await {
         Ok(c) => c,
         Err(e) => return unavailable(Some(&s.viewer), &e),
@@ -319,12 +323,15 @@ pub(super) async fn vcs_one(c: &Console, s: &Session, name: &str) -> Response {
             }
         })
         .collect();
-    let webhook_url = (kind != "git").then(|| format!("{}/webhooks/{kind}/{name}", c.public_url));
+    // The integration's settings are for those who may list integrations;
+    // its deliveries and stacks for every reader, as in the API.
+    let settings = s.viewer.may(Op::ListVcs);
+    let webhook_url = (settings && kind != "git").then(|| format!("{}/webhooks/{kind}/{name}", c.public_url));
     let page = VcsOnePage {
         frame: Frame::new(name.to_string(), "vcs", Some(s.viewer.clone())),
         name: name.to_string(),
         kind,
-        base_url,
+        base_url: if settings { base_url } else { String::new() },
         webhook_url,
         stacks,
         deliveries,
@@ -506,17 +513,19 @@ struct AdminPage {
     jobs: Vec<JobView>,
 }
 
-/// Admin pages: anyone else is told so, as the API would.
-fn admin_only(s: &Session) -> Result<(), Response> {
-    if s.viewer.is_admin() {
+/// Pages that read what the role table keeps from some roles: anyone else
+/// is told so, as the API would.
+fn allowed(s: &Session, op: Op) -> Result<(), Response> {
+    if s.viewer.may(op) {
         Ok(())
     } else {
-        Err(super::error_page(Some(&s.viewer), StatusCode::FORBIDDEN, "Not allowed", "This page needs the admin role."))
+        let message = format!("This page needs the {} role.", op.role());
+        Err(super::error_page(Some(&s.viewer), StatusCode::FORBIDDEN, "Not allowed", &message))
     }
 }
 
 pub(super) async fn admin(c: &Console, s: &Session) -> Response {
-    if let Err(r) = admin_only(s) {
+    if let Err(r) = allowed(s, Op::ListUsers).and(allowed(s, Op::ManageJobs)) {
         return r;
     }
     let mut conn = match c.db.get().await {
@@ -602,7 +611,7 @@ struct AuditPage {
 }
 
 pub(super) async fn audit(c: &Console, s: &Session, req: &Req) -> Response {
-    if let Err(r) = admin_only(s) {
+    if let Err(r) = allowed(s, Op::ReadAudit) {
         return r;
     }
     const PAGE: i64 = 50;
@@ -689,7 +698,7 @@ fn bytes(n: &Result<u64, String>) -> String {
 }
 
 pub(super) async fn system(c: &Console, s: &Session) -> Response {
-    if let Err(r) = admin_only(s) {
+    if let Err(r) = allowed(s, Op::ReadSystem) {
         return r;
     }
     let facts = c.backend.system().await;
