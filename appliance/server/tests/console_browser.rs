@@ -115,19 +115,31 @@ async fn shoot(c: &Client, name: &str) {
     c.set_window_size(1280, 900).await.unwrap();
 }
 
+/// The element `loc`, waiting for the page that holds it to load.
+async fn find(c: &Client, loc: Locator<'_>) -> fantoccini::elements::Element {
+    let what = format!("{loc:?}");
+    match c.wait().at_most(Duration::from_secs(30)).for_element(loc).await {
+        Ok(e) => e,
+        Err(e) => {
+            let _ = std::fs::write(screenshots_dir().join("failed.png"), c.screenshot().await.unwrap_or_default());
+            panic!("{what} on {}: {e}", c.current_url().await.map(|u| u.to_string()).unwrap_or_default())
+        }
+    }
+}
+
 async fn fill(c: &Client, id: &str, value: &str) {
-    let e = c.find(Locator::Id(id)).await.unwrap_or_else(|e| panic!("field #{id}: {e}"));
+    let e = find(c, Locator::Id(id)).await;
     e.clear().await.unwrap();
     e.send_keys(value).await.unwrap();
 }
 
 async fn click(c: &Client, css: &str) {
-    c.find(Locator::Css(css)).await.unwrap_or_else(|e| panic!("{css}: {e}")).click().await.unwrap();
+    find(c, Locator::Css(css)).await.click().await.unwrap();
 }
 
 async fn click_button(c: &Client, text: &str) {
     let xpath = format!("//button[normalize-space(.)='{text}']");
-    c.find(Locator::XPath(&xpath)).await.unwrap_or_else(|e| panic!("button {text:?}: {e}")).click().await.unwrap();
+    find(c, Locator::XPath(&xpath)).await.click().await.unwrap();
 }
 
 async fn sign_in(c: &Client, base: &str, email: &str, password: &str) {
@@ -187,10 +199,11 @@ async fn a_person_runs_terraform_from_the_console() {
     click(&c, "a[href='/pools']").await;
     fill(&c, "pool-name", "browser").await;
     click_button(&c, "Create the pool").await;
+    find(&c, Locator::Id("pool-h-browser")).await;
     click_button(&c, "Create a join token").await;
-    let token = c.find(Locator::Id("once-2")).await.unwrap().text().await.unwrap();
+    let token = find(&c, Locator::Id("once-2")).await.text().await.unwrap();
     assert!(token.starts_with("hjt_"), "{token}");
-    let command = c.find(Locator::Id("once-1")).await.unwrap().text().await.unwrap();
+    let command = find(&c, Locator::Id("once-1")).await.text().await.unwrap();
     assert!(command.starts_with("hangar-worker join --server ") && command.contains(&token), "{command}");
     let worker_dir = fleet.files.subdir("worker-w1");
     let out = Command::new(hangar_testkit::cargo_bin("hangar-worker"))
@@ -218,21 +231,21 @@ async fn a_person_runs_terraform_from_the_console() {
     // A VCS integration (plain git, polled) and a stack on it, by the forms.
     click(&c, "a[href='/vcs']").await;
     fill(&c, "vcs-name", "local-git").await;
-    c.find(Locator::Id("vcs-kind")).await.unwrap().select_by_value("GIT").await.unwrap();
+    find(&c, Locator::Id("vcs-kind")).await.select_by_value("GIT").await.unwrap();
     fill(&c, "vcs-url", &git.base_url()).await;
     click_button(&c, "Connect").await;
-    assert!(c.current_url().await.unwrap().path().ends_with("/vcs/local-git"));
+    find(&c, Locator::XPath("//h1[normalize-space(.)='local-git']")).await;
     c.goto(&format!("{base}/stacks/new")).await.unwrap();
     fill(&c, "name", "Network").await;
     fill(&c, "slug", "network").await;
     fill(&c, "repository", &git.url("infra")).await;
     fill(&c, "project_root", "infra").await;
     fill(&c, "tool_version", "1.0.3-console").await;
-    c.find(Locator::Id("pool")).await.unwrap().select_by_value("browser").await.unwrap();
-    c.find(Locator::Id("vcs")).await.unwrap().select_by_value("local-git").await.unwrap();
+    find(&c, Locator::Id("pool")).await.select_by_value("browser").await.unwrap();
+    find(&c, Locator::Id("vcs")).await.select_by_value("local-git").await.unwrap();
     fill(&c, "labels", "team:net prod").await;
     click_button(&c, "Create the stack").await;
-    assert!(c.current_url().await.unwrap().path().ends_with("/stacks/network"), "{}", c.source().await.unwrap());
+    find(&c, Locator::XPath("//h1[normalize-space(.)='Network']")).await;
 
     // A secret variable, typed into the form; never shown again.
     click(&c, "details summary").await;
@@ -240,10 +253,11 @@ async fn a_person_runs_terraform_from_the_console() {
     fill(&c, "var-value", SECRET).await;
     click(&c, "#var-secret").await;
     click_button(&c, "Save variable").await;
-    assert!(page_has(&c, "secret · set").await);
+    find(&c, Locator::XPath("//span[normalize-space(.)='secret · set']")).await;
 
     // Trigger: the run page shows the plan's output while it is still planning.
     click_button(&c, "Trigger a run").await;
+    find(&c, Locator::Css("pre[data-phase=planning]")).await;
     let run_path = c.current_url().await.unwrap().path().to_string();
     let run_id = run_path.trim_start_matches("/runs/").to_string();
     wait_for("the plan's output in the page while planning", SOON, || async {
@@ -257,9 +271,10 @@ async fn a_person_runs_terraform_from_the_console() {
     // A reader in another browser: no Confirm button, and a hand-made POST is refused.
     c.goto(&format!("{base}/admin")).await.unwrap();
     fill(&c, "u-email", "reader@hangar.test").await;
-    c.find(Locator::Id("u-role")).await.unwrap().select_by_value("READER").await.unwrap();
+    find(&c, Locator::Id("u-role")).await.select_by_value("READER").await.unwrap();
     fill(&c, "u-password", "Quiet-Lantern-0123456789!").await;
     click_button(&c, "Create the user").await;
+    find(&c, Locator::XPath("//td[contains(., 'reader@hangar.test')]")).await;
     shoot(&c, "admin").await;
 
     std::fs::write(&gate, b"").unwrap();
@@ -279,7 +294,7 @@ async fn a_person_runs_terraform_from_the_console() {
         r.goto(&format!("{base}{run_path}")).await.unwrap();
         assert!(page_has(&r, "UNCONFIRMED").await);
         assert!(r.find(Locator::XPath("//button[normalize-space(.)='Confirm']")).await.is_err(), "a reader sees no Confirm");
-        let token = r.find(Locator::Css("input[name=csrf]")).await.unwrap().attr("value").await.unwrap().unwrap();
+        let token = find(&r, Locator::Css("input[name=csrf]")).await.attr("value").await.unwrap().unwrap();
         let status = r
             .execute_async(
                 "const [url, token, done] = arguments; fetch(url, {method: 'POST', headers: {'Content-Type': 'application/x-www-form-urlencoded'}, body: 'csrf=' + token}).then(r => done(r.status));",
@@ -311,12 +326,13 @@ async fn a_person_runs_terraform_from_the_console() {
         (badge == "FINISHED").then_some(())
     })
     .await;
-    let log = c.find(Locator::Css("pre[data-phase=applying]")).await.unwrap().text().await.unwrap();
+    let log = find(&c, Locator::Css("pre[data-phase=applying]")).await.text().await.unwrap();
     assert!(log.contains("Apply complete!"), "{log}");
     shoot(&c, "run-finished").await;
     c.goto(&format!("{base}/stacks/network")).await.unwrap();
-    let serial = c.find(Locator::Css("#state + table tbody tr td")).await.unwrap().text().await.unwrap();
-    assert_eq!(serial.trim(), "1", "state version 1");
+    let version = find(&c, Locator::Css("#state + table tbody tr td")).await.text().await.unwrap();
+    assert_eq!(version.trim(), "1", "state version 1");
+    assert_eq!(fleet.state_versions("network").await, 1);
     shoot(&c, "stack").await;
 
     // A hostile stack name renders as text: no dialog, no injected element.
@@ -325,6 +341,7 @@ async fn a_person_runs_terraform_from_the_console() {
     fill(&c, "slug", "hostile").await;
     fill(&c, "repository", &git.url("infra")).await;
     click_button(&c, "Create the stack").await;
+    find(&c, Locator::XPath("//p[normalize-space(.)='hostile']")).await;
     for path in ["/stacks", "/stacks/hostile"] {
         c.goto(&format!("{base}{path}")).await.unwrap();
         assert!(c.get_alert_text().await.is_err(), "{path} opened a dialog");
@@ -344,8 +361,11 @@ async fn a_person_runs_terraform_from_the_console() {
     // Nothing was requested from any origin but the appliance.
     let urls = requested_urls(&c).await;
     assert!(urls.iter().any(|u| u.starts_with(&origin)), "the log holds the appliance's requests: {urls:?}");
+    // Requests that leave the browser (the browser's own chrome:// pages, and
+    // the test's data: page, do not).
+    let network = |u: &&String| ["http://", "https://", "ws://", "wss://"].iter().any(|s| u.starts_with(s));
     let foreign: Vec<&String> =
-        urls.iter().filter(|u| !u.starts_with(&format!("{origin}/")) && *u != &origin && !u.starts_with("data:")).collect();
+        urls.iter().filter(network).filter(|u| !u.starts_with(&format!("{origin}/")) && *u != &origin).collect();
     assert!(foreign.is_empty(), "requests to other origins: {foreign:?}");
     c.close().await.unwrap();
 }

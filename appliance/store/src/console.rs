@@ -193,6 +193,11 @@ pub async fn lock_of(c: &mut AsyncPgConnection, stack: i64) -> Q<Option<(String,
     state_locks::table.find(stack).select((state_locks::held_by, state_locks::created_at)).first(c).await.optional()
 }
 
+/// How many state versions a stack has: the newest is version that number.
+pub async fn count_state_versions(c: &mut AsyncPgConnection, stack: i64) -> Q<i64> {
+    state_versions::table.filter(state_versions::stack_id.eq(stack)).count().get_result(c).await
+}
+
 /// Newest first: (id, serial, lineage, created_by, created_at).
 pub async fn state_versions_of(c: &mut AsyncPgConnection, stack: i64, limit: i64) -> Q<Vec<(i64, i64, String, String, DateTime<Utc>)>> {
     state_versions::table

@@ -209,19 +209,23 @@ async fn dispatch(c: &Console, req: Req) -> Response {
 
 /// The session of the request's cookie, or a redirect to the login page.
 async fn authenticate(c: &Console, req: &Req) -> Result<Session, Response> {
-    let to_login = || {
+    let to_login = |clear: bool| {
         let next = if req.method == Method::GET { req.path.clone() } else { "/stacks".into() };
         let mut r = see_other(&format!("/login?next={}", urlencode(&next)));
-        r.headers_mut().append(header::SET_COOKIE, session::clear_cookie());
+        // Only a cookie that was sent and is over is removed: a request that
+        // came without one (from another site, say) must not sign anyone out.
+        if clear {
+            r.headers_mut().append(header::SET_COOKIE, session::clear_cookie());
+        }
         r
     };
-    let Some(token) = session::session_token(req.header(header::COOKIE)) else { return Err(to_login()) };
+    let Some(token) = session::session_token(req.header(header::COOKIE)) else { return Err(to_login(false)) };
     match c.backend.session(&token).await {
         Ok(Some(user)) => {
             let csrf = session::csrf_token(&token);
             Ok(Session { token, viewer: Viewer { email: user.email, role: user.role, csrf } })
         }
-        Ok(None) => Err(to_login()),
+        Ok(None) => Err(to_login(true)),
         Err(e) => {
             tracing::warn!(error = %e, "cannot check a console session");
             Err(error_page(None, StatusCode::SERVICE_UNAVAILABLE, "Unavailable", "The database cannot be reached just now. Try again in a moment."))

@@ -162,6 +162,8 @@ pub(crate) struct LockView {
 
 pub(crate) struct VersionView {
     pub(crate) id: i64,
+    /// 1 for a stack's first version.
+    pub(crate) number: i64,
     pub(crate) serial: i64,
     pub(crate) lineage: String,
     pub(crate) created_by: String,
@@ -206,12 +208,13 @@ pub(super) async fn show(c: &Console, s: &Session, req: &Req, slug: &str) -> Res
         };
         let lock = queries::lock_of(&mut conn, stack.id).await?;
         let versions = queries::state_versions_of(&mut conn, stack.id, 10).await?;
+        let version_count = queries::count_state_versions(&mut conn, stack.id).await?;
         let runs = queries::runs_of(&mut conn, stack.id, before, RUNS + 1).await?;
         let variables = queries::stack_variables(&mut conn, stack.id).await?;
         let contexts = queries::stack_contexts(&mut conn, stack.id).await?;
-        Ok::<_, diesel::result::Error>(Some((stack, pool, vcs, lock, versions, runs, variables, contexts)))
+        Ok::<_, diesel::result::Error>(Some((stack, pool, vcs, lock, (versions, version_count), runs, variables, contexts)))
     };
-    let (stack, pool, vcs, lock, versions, mut runs, variables, contexts) = match read.await {
+    let (stack, pool, vcs, lock, (versions, version_count), mut runs, variables, contexts) = match read.await {
         Ok(Some(found)) => found,
         Ok(None) => return not_found(Some(&s.viewer)),
         Err(e) => return unavailable(Some(&s.viewer), &e),
@@ -227,7 +230,15 @@ pub(super) async fn show(c: &Console, s: &Session, req: &Req, slug: &str) -> Res
         lock: lock.map(|(held_by, at)| LockView { held_by, when: When::at(at) }),
         versions: versions
             .into_iter()
-            .map(|(id, serial, lineage, created_by, at)| VersionView { id, serial, lineage, created_by, when: When::at(at) })
+            .enumerate()
+            .map(|(i, (id, serial, lineage, created_by, at))| VersionView {
+                id,
+                number: version_count - i as i64,
+                serial,
+                lineage,
+                created_by,
+                when: When::at(at),
+            })
             .collect(),
         runs: runs
             .into_iter()
