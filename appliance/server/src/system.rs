@@ -65,7 +65,7 @@ fn certificate(name: &str, path: &std::path::Path) -> CertificateFact {
 
 fn disk(dir: &std::path::Path) -> DiskFact {
     let free = nix::sys::statvfs::statvfs(dir)
-        .map(|s| s.blocks_available() as u64 * s.fragment_size() as u64)
+        .map(|s| s.blocks_available() * s.fragment_size())
         .map_err(|e| format!("{e}"));
     DiskFact { path: dir.display().to_string(), used_bytes: du(dir), free_bytes: free }
 }

@@ -89,10 +89,10 @@ async fn requested_urls(c: &Client) -> Vec<String> {
     for entry in log.as_array().cloned().unwrap_or_default() {
         let Some(msg) = entry["message"].as_str() else { continue };
         let Ok(msg) = serde_json::from_str::<Value>(msg) else { continue };
-        if msg["message"]["method"] == "Network.requestWillBeSent" {
-            if let Some(u) = msg["message"]["params"]["request"]["url"].as_str() {
-                urls.push(u.to_string());
-            }
+        if msg["message"]["method"] == "Network.requestWillBeSent"
+            && let Some(u) = msg["message"]["params"]["request"]["url"].as_str()
+        {
+            urls.push(u.to_string());
         }
     }
     urls
@@ -348,6 +348,7 @@ async fn a_person_runs_terraform_from_the_console() {
         assert!(c.find_all(Locator::Css("main img")).await.unwrap().is_empty(), "{path} holds an injected element");
         assert!(page_has(&c, "onerror=alert(1)").await, "{path} shows the name as text");
     }
+    c.goto(&format!("{base}/stacks")).await.unwrap();
     shoot(&c, "stacks").await;
 
     // The secret's value is in no page the test visited.

@@ -198,7 +198,7 @@ struct VcsPage {
 }
 
 pub(super) async fn vcs(c: &Console, s: &Session) -> Response {
-    if let Err(r) = allowed(s, Op::ListVcs) {
+    if let Some(r) = refused(s, Op::ListVcs) {
         return r;
     }
     let mut conn = match c.db.get().await {
@@ -515,17 +515,17 @@ struct AdminPage {
 
 /// Pages that read what the role table keeps from some roles: anyone else
 /// is told so, as the API would.
-fn allowed(s: &Session, op: Op) -> Result<(), Response> {
+fn refused(s: &Session, op: Op) -> Option<Response> {
     if s.viewer.may(op) {
-        Ok(())
+        None
     } else {
         let message = format!("This page needs the {} role.", op.role());
-        Err(super::error_page(Some(&s.viewer), StatusCode::FORBIDDEN, "Not allowed", &message))
+        Some(super::error_page(Some(&s.viewer), StatusCode::FORBIDDEN, "Not allowed", &message))
     }
 }
 
 pub(super) async fn admin(c: &Console, s: &Session) -> Response {
-    if let Err(r) = allowed(s, Op::ListUsers).and(allowed(s, Op::ManageJobs)) {
+    if let Some(r) = refused(s, Op::ListUsers).or_else(|| refused(s, Op::ManageJobs)) {
         return r;
     }
     let mut conn = match c.db.get().await {
@@ -611,7 +611,7 @@ struct AuditPage {
 }
 
 pub(super) async fn audit(c: &Console, s: &Session, req: &Req) -> Response {
-    if let Err(r) = allowed(s, Op::ReadAudit) {
+    if let Some(r) = refused(s, Op::ReadAudit) {
         return r;
     }
     const PAGE: i64 = 50;
@@ -698,7 +698,7 @@ fn bytes(n: &Result<u64, String>) -> String {
 }
 
 pub(super) async fn system(c: &Console, s: &Session) -> Response {
-    if let Err(r) = allowed(s, Op::ReadSystem) {
+    if let Some(r) = refused(s, Op::ReadSystem) {
         return r;
     }
     let facts = c.backend.system().await;

@@ -315,12 +315,13 @@ pub(super) async fn delete_variable(c: &Console, s: &Session, req: &Req, slug: &
     }
 }
 
-/// The typed confirmation of a destructive form: the stack's slug, exactly.
-fn confirmed(req: &Req, slug: &str, viewer: &Viewer) -> Result<(), Response> {
+/// The refusal of a destructive form whose typed confirmation is not the
+/// stack's slug, exactly.
+fn unconfirmed(req: &Req, slug: &str, viewer: &Viewer) -> Option<Response> {
     if req.field("confirm").map(str::trim) == Some(slug) {
-        Ok(())
+        None
     } else {
-        Err(super::error_page(
+        Some(super::error_page(
             Some(viewer),
             StatusCode::UNPROCESSABLE_ENTITY,
             "Not confirmed",
@@ -330,7 +331,7 @@ fn confirmed(req: &Req, slug: &str, viewer: &Viewer) -> Result<(), Response> {
 }
 
 pub(super) async fn unlock(c: &Console, s: &Session, req: &Req, slug: &str) -> Response {
-    if let Err(r) = confirmed(req, slug, &s.viewer) {
+    if let Some(r) = unconfirmed(req, slug, &s.viewer) {
         return r;
     }
     let answer = c
@@ -344,7 +345,7 @@ pub(super) async fn unlock(c: &Console, s: &Session, req: &Req, slug: &str) -> R
 }
 
 pub(super) async fn delete(c: &Console, s: &Session, req: &Req, slug: &str) -> Response {
-    if let Err(r) = confirmed(req, slug, &s.viewer) {
+    if let Some(r) = unconfirmed(req, slug, &s.viewer) {
         return r;
     }
     let answer = c.backend.execute(Some(&s.token), "mutation($s: String!) { deleteStack(slug: $s) }", json!({ "s": slug })).await;
