@@ -108,7 +108,7 @@ impl Policy {
             engine.add_policy(SOURCE.to_string(), body.to_string()).map_err(|e| syntax_error(&e.to_string()))?;
         let valid_package = package
             .strip_prefix("data.")
-            .is_some_and(|p| p.split('.').all(|c| is_identifier(c)));
+            .is_some_and(|p| p.split('.').all(is_identifier));
         if !valid_package {
             return Err(CompileError::Package { package: package.trim_start_matches("data.").to_string() });
         }
