@@ -252,4 +252,37 @@ deny contains msg if {
     assert_eq!(first[0]["messages"], json!([{ "text": "hangartest_file.motd must be 0600, not 0777" }]));
     // Replaying is only that: nothing was recorded for it.
     assert_eq!(evaluations(&fleet, &denied).await.len(), 1);
+
+    // The console's run page explains each decision.
+    let page = console_page(&fleet, &format!("/runs/{denied}")).await;
+    assert!(page.contains("<h2 id=\"policies\">Policies</h2>"), "{page}");
+    assert!(page.contains("no-world-writable"), "{page}");
+    assert!(page.contains("hangartest_file.motd would be world-writable"), "{page}");
+    let page = console_page(&fleet, &format!("/runs/{gated}")).await;
+    assert!(page.contains("two-approvals") && page.contains("carol@example.com") && page.contains("looked at it"), "{page}");
+}
+
+/// A console page as the administrator sees it, signed in through the form.
+async fn console_page(fleet: &Fleet, path: &str) -> String {
+    let cert = reqwest::Certificate::from_pem(&std::fs::read(fleet.app.ca_path()).unwrap()).unwrap();
+    let client = reqwest::Client::builder()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(cert)
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let base = fleet.app.url("");
+    let origin = base.trim_end_matches('/').to_string();
+    let r = client
+        .post(format!("{origin}/login"))
+        .header("origin", &origin)
+        .form(&[("email", common::ADMIN_EMAIL), ("password", common::ADMIN_PASSWORD), ("next", "/stacks")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 303);
+    let cookie = r.headers()["set-cookie"].to_str().unwrap().split(';').next().unwrap().to_string();
+    let r = client.get(format!("{origin}{path}")).header("cookie", cookie).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    r.text().await.unwrap()
 }
