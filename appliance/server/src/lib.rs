@@ -84,6 +84,8 @@ pub(crate) struct App {
     pub(crate) workers: workers::WorkerSettings,
     /// Largest state the state backend accepts.
     pub(crate) max_state_bytes: u64,
+    /// Room for webhook bodies being read, in KiB (`webhooks::Budget`).
+    pub(crate) webhook_budget: webhooks::Budget,
 }
 
 /// The running server.
@@ -134,6 +136,7 @@ impl Server {
             logs: logs::hub::LogHub::start(database.clone(), shutdown.clone()),
             workers,
             max_state_bytes: config.max_state_bytes,
+            webhook_budget: webhooks::Budget::new(config.webhook_bytes_in_flight),
         });
         let limits = graphql::QueryLimits { max_depth: config.max_query_depth, max_complexity: config.max_query_complexity };
         let schema = graphql::schema(app.clone(), limits);
