@@ -87,6 +87,8 @@ pub(crate) struct App {
     pub(crate) max_state_bytes: u64,
     /// Evaluates policies under their limits (shared by every request).
     pub(crate) policies: hangar_policy::Evaluator,
+    /// Room for webhook bodies being read, in KiB (`webhooks::Budget`).
+    pub(crate) webhook_budget: webhooks::Budget,
 }
 
 /// The running server.
@@ -138,6 +140,7 @@ impl Server {
             workers,
             max_state_bytes: config.max_state_bytes,
             policies: hangar_policy::Evaluator::new(hangar_policy::Limits::default()),
+            webhook_budget: webhooks::Budget::new(config.webhook_bytes_in_flight),
         });
         let limits = graphql::QueryLimits { max_depth: config.max_query_depth, max_complexity: config.max_query_complexity };
         let schema = graphql::schema(app.clone(), limits);
