@@ -42,19 +42,35 @@ if ((down)); then
   exit 0
 fi
 
+# Packages, Garage and the bundles' offline inputs, when missing.
+"$root/scripts/prepare.sh" --for up
+# shellcheck source=scripts/env.sh
+source "$root/scripts/env.sh"
+
+if [ ! -d "$prefix" ]; then
+  mkdir -p "$prefix"
+  chmod 755 "$prefix"
+fi
 # Every directory above the prefix must let the service account through: the
 # services run from the release unpacked there.
 dir="$prefix"
 while [ "$dir" != / ]; do
-  if [ "$(( $(stat -c '%a' "$dir") % 10 & 1 ))" = 0 ]; then
-    echo "up.sh: the service account cannot enter $dir (mode $(stat -c '%a' "$dir")); choose another --prefix" >&2
+  mode="$(stat -c '%a' "$dir")"
+  if (( (8#$mode & 1) == 0 )); then
+    echo "up.sh: the service account cannot enter $dir (mode $mode); choose another --prefix" >&2
     exit 1
   fi
   dir="$(dirname "$dir")"
 done
 
-echo "==> building the binaries"
+if [ -x "$install_bin" ]; then
+  echo "==> building the binaries"
+else
+  echo "==> building the binaries (the first build takes about 10 minutes on 2 cores)"
+fi
+started=$SECONDS
 cargo build --quiet --manifest-path "$root/Cargo.toml" -p hangar -p hangar-worker -p hangar-install -p hangar-bundle
+echo "    built in $((SECONDS - started)) s"
 
 signing="$prefix/dev-signing"
 trust="$prefix/etc/hangar/trust"

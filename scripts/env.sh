@@ -1,0 +1,13 @@
+# Sourced by Hangar's scripts: where the tools and downloads they prepare are
+# kept, and the PATH that finds them.
+#
+# HANGAR_CACHE      the cache (default ~/.cache/hangar): bin/ holds garage and
+#                   cargo-nextest, bundles/ the offline inputs of the bundles
+# HANGAR_CACHE_DIR  the bundle scripts' download cache (default $HANGAR_CACHE/bundles)
+export HANGAR_CACHE="${HANGAR_CACHE:-$HOME/.cache/hangar}"
+export HANGAR_CACHE_DIR="${HANGAR_CACHE_DIR:-$HANGAR_CACHE/bundles}"
+export GARAGE_VERSION=2.5.0
+case ":$PATH:" in
+  *":$HANGAR_CACHE/bin:"*) ;;
+  *) export PATH="$HANGAR_CACHE/bin:$HOME/.cargo/bin:$PATH" ;;
+esac
