@@ -19,6 +19,7 @@ use ring::digest;
 
 use crate::BundleError;
 use crate::bundle::Bundle;
+use crate::format::read_exact_at;
 use crate::limits::MAX_EXTENSION_BYTES;
 use crate::manifest::{Entry, check_entry_path};
 use crate::stream::{
@@ -196,7 +197,7 @@ impl Bundle {
 
         let mut head = [0u8; FRAME_HEADER_MAX];
         let head_len = (FRAME_HEADER_MAX as u64).min(size) as usize;
-        read_at_exact(&self.file, &mut head[..head_len], self.payload_offset, path)?;
+        read_exact_at(&self.file, &mut head[..head_len], self.payload_offset, path)?;
         check_frame_header(&head[..head_len], self.limits.max_window_log)
             .map_err(|problem| frame_error(path, problem, self.limits.max_window_log))?;
 
@@ -624,22 +625,6 @@ fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
         }
     }
     Ok(filled)
-}
-
-fn read_at_exact(file: &File, buf: &mut [u8], offset: u64, path: &Path) -> Result<(), BundleError> {
-    use std::os::unix::fs::FileExt;
-    file.read_exact_at(buf, offset).map_err(|source| {
-        if source.kind() == io::ErrorKind::UnexpectedEof {
-            BundleError::Truncated {
-                path: path.to_path_buf(),
-            }
-        } else {
-            BundleError::Read {
-                path: path.to_path_buf(),
-                source,
-            }
-        }
-    })
 }
 
 /// From the reader to the writer thread.

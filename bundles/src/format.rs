@@ -110,7 +110,8 @@ pub(crate) fn read_head(file: &File, path: &Path, limits: &Limits) -> Result<Hea
     })
 }
 
-fn read_exact_at(file: &File, buf: &mut [u8], offset: u64, path: &Path) -> Result<(), BundleError> {
+/// Reads exactly `buf.len()` bytes at `offset`; a file that ends first is truncated.
+pub(crate) fn read_exact_at(file: &File, buf: &mut [u8], offset: u64, path: &Path) -> Result<(), BundleError> {
     file.read_exact_at(buf, offset).map_err(|source| {
         if source.kind() == io::ErrorKind::UnexpectedEof {
             BundleError::Truncated {
