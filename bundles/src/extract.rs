@@ -26,6 +26,7 @@ use crate::stream::{
     Capped, FRAME_HEADER_MAX, Fault, FaultCell, FrameProblem, HashFeed, PayloadSource,
     check_frame_header, hash_all,
 };
+use crate::tempname::hidden_name;
 
 /// Size of the buffers handed from the reader to the writer thread.
 const CHUNK: usize = 512 << 10;
@@ -122,7 +123,7 @@ impl Bundle {
                 dest: dest.to_path_buf(),
             });
         }
-        let staging = Staging::create(parent, &name.to_string_lossy())?;
+        let staging = Staging::create(parent, name)?;
         let sink = FsSink::new(staging.path.clone());
         let (summary, sink) = self.stream(sink, options.progress.take())?;
         sink.finish()?;
@@ -793,9 +794,8 @@ struct Staging {
 }
 
 impl Staging {
-    fn create(parent: &Path, name: &str) -> Result<Staging, BundleError> {
-        let suffix: u64 = rand::random();
-        let path = parent.join(format!(".{name}.staging-{suffix:016x}"));
+    fn create(parent: &Path, name: &std::ffi::OsStr) -> Result<Staging, BundleError> {
+        let path = parent.join(hidden_name(name, "staging"));
         DirBuilder::new()
             .mode(0o700)
             .create(&path)

@@ -38,6 +38,7 @@ mod pubkey_pem;
 pub mod recipe;
 mod sign;
 mod stream;
+mod tempname;
 mod trust;
 mod writer;
 

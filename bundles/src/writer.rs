@@ -2,6 +2,7 @@
 //! compressed, hashed entry by entry, described by a manifest, signed.
 
 use std::collections::BTreeMap;
+use std::ffi::OsStr;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufWriter, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
@@ -16,6 +17,7 @@ use crate::limits::Limits;
 use crate::manifest::{
     Compression, Entry, FORMAT_VERSION, Kind, Manifest, Mode, Payload, Sha256, check_entry_path,
 };
+use crate::tempname::hidden_name;
 use crate::{BuildError, Progress};
 
 /// One entry of a layout.
@@ -257,11 +259,8 @@ pub fn build_bundle(
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
     };
-    let name = out
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "bundle".into());
-    let payload_tmp = TempFile::create(&dir, &format!(".{name}.payload"))?;
+    let name = out.file_name().unwrap_or(OsStr::new("bundle"));
+    let payload_tmp = TempFile::create(&dir, name, "payload")?;
     let mtime = u64::try_from(options.created.timestamp()).unwrap_or(0);
 
     let write_err = |path: &Path| {
@@ -381,11 +380,8 @@ pub(crate) fn write_file_atomically(
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
     };
-    let name = out
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "bundle".into());
-    let tmp = TempFile::create(&dir, &format!(".{name}.tmp"))?;
+    let name = out.file_name().unwrap_or(OsStr::new("bundle"));
+    let tmp = TempFile::create(&dir, name, "tmp")?;
     let file = tmp.file()?;
     let result = (|| {
         let mut w = BufWriter::with_capacity(1 << 20, &file);
@@ -411,9 +407,9 @@ struct TempFile {
 }
 
 impl TempFile {
-    fn create(dir: &Path, prefix: &str) -> Result<TempFile, BuildError> {
-        let suffix: u64 = rand::random();
-        let path = dir.join(format!("{prefix}-{suffix:016x}"));
+    /// `.<name>.<tag>-<random>` in `dir`.
+    fn create(dir: &Path, name: &OsStr, tag: &str) -> Result<TempFile, BuildError> {
+        let path = dir.join(hidden_name(name, tag));
         let file = OpenOptions::new()
             .read(true)
             .write(true)

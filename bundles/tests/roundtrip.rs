@@ -227,6 +227,37 @@ fn extraction_never_replaces_anything() {
 }
 
 #[test]
+fn names_up_to_the_filesystem_limit_work_as_destinations() {
+    // The staging and temporary names add to the name they are made from; a
+    // legal name must still work, however long.
+    let dir = tempfile::tempdir().unwrap();
+    fs::write(dir.path().join("f"), b"content").unwrap();
+    let mut layout = Layout::new();
+    layout
+        .add_file("bin/f", &dir.path().join("f"), None)
+        .unwrap();
+    let keys = [key(1)];
+    let store = trust(&[&keys[0]]);
+    for len in [229, 230, 240, 255] {
+        let out = dir.path().join(format!("{}.bundle", "b".repeat(len - 7)));
+        build_bundle(&layout, &out, options(&keys)).unwrap();
+        let bundle = Bundle::open(&out, &store).unwrap();
+        let dest = dir.path().join("é".repeat(len / 2) + &"r".repeat(len % 2));
+        assert_eq!(dest.file_name().unwrap().len(), len);
+        bundle.extract(&dest, ExtractOptions::default()).unwrap();
+        assert_eq!(fs::read(dest.join("bin/f")).unwrap(), b"content");
+        fs::remove_dir_all(&dest).unwrap();
+        fs::remove_file(&out).unwrap();
+    }
+    // Nothing else was left behind.
+    let left: Vec<_> = fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(left, ["f"]);
+}
+
+#[test]
 fn limits_are_enforced_when_opening() {
     let dir = tempfile::tempdir().unwrap();
     fs::write(dir.path().join("f"), vec![1u8; 5000]).unwrap();
