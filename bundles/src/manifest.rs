@@ -322,6 +322,10 @@ impl Manifest {
                     "mode has bits beyond 0777 (setuid, setgid or sticky)",
                 ));
             }
+            if mode & 0o022 != 0 {
+                // Extracted as root, a writable binary is anyone's to replace.
+                return Err(entry_err("mode lets group or others write (at most 0755)"));
+            }
             match entry {
                 Entry::Dir { .. } if mode & 0o700 != 0o700 => {
                     return Err(entry_err("a directory's mode must give its owner rwx"));

@@ -44,6 +44,7 @@ impl Layout {
         if dest.is_empty() {
             return Ok(());
         }
+        check_mode(dest, mode)?;
         self.add_parents(dest)?;
         match self.entries.get(dest) {
             Some(LayoutEntry::Dir { .. }) => Ok(()),
@@ -76,6 +77,7 @@ impl Layout {
             });
         }
         let mode = mode.unwrap_or_else(|| normal_mode(meta.permissions().mode()));
+        check_mode(dest, mode)?;
         self.add_parents(dest)?;
         if self.entries.contains_key(dest) {
             return Err(conflict(dest, "is listed twice"));
@@ -191,6 +193,19 @@ fn source_error(path: &Path, e: io::Error) -> BuildError {
             source: e,
         }
     }
+}
+
+/// Refuses at once a mode the reader would refuse (see FORMAT.md), rather than
+/// after the whole payload is compressed.
+fn check_mode(dest: &str, mode: u32) -> Result<(), BuildError> {
+    let problem = if mode & !0o777 != 0 {
+        "has bits beyond 0777 (setuid, setgid or sticky)"
+    } else if mode & 0o022 != 0 {
+        "lets group or others write (at most 0755)"
+    } else {
+        return Ok(());
+    };
+    Err(conflict(dest, &format!("mode {mode:04o} {problem}")))
 }
 
 fn normal_mode(mode: u32) -> u32 {

@@ -13,10 +13,12 @@ fn fixtures() -> PathBuf {
 }
 
 fn fixture_trust() -> TrustStore {
-    // Built from the key file rather than the directory: a checkout's directory
+    // Built from the key files rather than the directory: a checkout's directory
     // modes depend on the umask, and the trust directory rules are tested elsewhere.
     let mut trust = TrustStore::empty();
-    trust.add(PublicKey::from_file(&fixtures().join("trust/fixture.pub")).unwrap());
+    for name in ["fixture.pub", "fixture-2.pub"] {
+        trust.add(PublicKey::from_file(&fixtures().join("trust").join(name)).unwrap());
+    }
     trust
 }
 

@@ -35,6 +35,8 @@ const REQUIRED: &[&str] = &[
     "downgrade",
     "expired",
     "file taken from another signed bundle",
+    "world-writable file (signed)",
+    "group-writable directory (signed)",
 ];
 
 struct Outcome {

@@ -529,7 +529,7 @@ env = { GREETING = "hello ${bin_dir}" }
 fn recipe_errors_name_what_is_wrong() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("w.bundle");
-    let cases: [(&str, &str); 6] = [
+    let cases: [(&str, &str); 8] = [
         (
             "[[source]]\ntype = \"file\"\npath = \"${bin_dir}/hangar-worker\"\ndest = \"bin/hangar-worker\"\n",
             "recipe_variable",
@@ -548,6 +548,15 @@ fn recipe_errors_name_what_is_wrong() {
         ),
         (
             "[[source]]\ntype = \"dir\"\ndest = \"../x\"\n",
+            "destination",
+        ),
+        // Modes the reader would refuse are refused before anything is compressed.
+        (
+            "[[source]]\ntype = \"dir\"\ndest = \"x\"\nmode = \"0777\"\n",
+            "destination",
+        ),
+        (
+            "[[source]]\ntype = \"file\"\npath = \"recipe.toml\"\ndest = \"x\"\nmode = \"0664\"\n",
             "destination",
         ),
         (

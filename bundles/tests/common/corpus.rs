@@ -574,6 +574,38 @@ pub fn hostile(outside: &Path) -> Vec<Case> {
         entry("bin/su"),
     );
 
+    // Unpacked by root, a file or directory others can write is theirs to replace.
+    for (name, entry, mode) in [
+        ("world-writable file (signed)", "bin/open", 0o777),
+        ("group-writable file (signed)", "bin/shared", 0o775),
+        ("others-writable data file (signed)", "bin/notes", 0o646),
+    ] {
+        let mut entries = entries_of(small);
+        entries.push(file_entry(entry, mode, b"x"));
+        case(
+            name,
+            signed(&meta, entries, &payload, &trusted),
+            "manifest_entry",
+            Some(entry.to_owned()),
+        );
+    }
+    for (name, entry, mode) in [
+        ("world-writable directory (signed)", "open", 0o777),
+        ("group-writable directory (signed)", "shared", 0o775),
+    ] {
+        let mut entries = entries_of(small);
+        entries.push(Entry::Dir {
+            path: entry.into(),
+            mode: hangar_bundle::manifest::Mode(mode),
+        });
+        case(
+            name,
+            signed(&meta, entries, &payload, &trusted),
+            "manifest_entry",
+            Some(entry.to_owned()),
+        );
+    }
+
     let mut entries = entries_of(small);
     entries.push(file_entry("nodir/file", 0o644, b"x"));
     case(
