@@ -13,10 +13,10 @@ pub struct Limits {
     pub max_file_size: u64,
     /// Largest sum of all file sizes.
     pub max_total_size: u64,
-    /// Most the payload may expand (decompressed bound over compressed size).
-    /// Only applies above [`Limits::ratio_floor`], where it matters.
+    /// Most the payload may expand: the bytes of all files over the payload's
+    /// size. Only applies above [`Limits::ratio_floor`].
     pub max_compression_ratio: u64,
-    /// Decompressed sizes below this are never a bomb, whatever the ratio.
+    /// Files adding up to less than this are never a bomb, whatever the ratio.
     pub ratio_floor: u64,
     /// Largest zstd window, as a power of two. The builder uses at most 2^23.
     pub max_window_log: u32,

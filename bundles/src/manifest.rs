@@ -355,9 +355,12 @@ impl Manifest {
                 max: limits.max_total_size,
             });
         }
-        let bound = self.decompressed_bound();
-        if bound > limits.ratio_floor {
-            let ratio = bound / self.payload.size.max(1);
+        // A bomb is output out of all proportion to its input: the files'
+        // bytes are counted, not the room for headers `decompressed_bound`
+        // allows (3 KiB for every entry, which refused honest trees of many
+        // empty or small files). Headers are never written anywhere.
+        if total > limits.ratio_floor {
+            let ratio = total / self.payload.size.max(1);
             if ratio > limits.max_compression_ratio {
                 return Err(BundleError::CompressionRatio {
                     path: path(),
