@@ -222,11 +222,24 @@ impl<'de> Deserialize<'de> for Sha256 {
 impl Manifest {
     /// Parses and validates manifest bytes read from the bundle at `bundle`.
     pub fn parse(bytes: &[u8], bundle: &Path, limits: &Limits) -> Result<Manifest, BundleError> {
-        let manifest: Manifest =
-            serde_json::from_slice(bytes).map_err(|source| BundleError::BadManifest {
+        let bad = |source| BundleError::BadManifest {
+            path: bundle.to_path_buf(),
+            source,
+        };
+        // Entries are counted before any is kept: a manifest within the size
+        // limit can list millions of tiny entries, several times its size in memory.
+        let count = serde_json::from_slice::<EntryCount>(bytes)
+            .map_err(bad)?
+            .entries
+            .0;
+        if count > limits.max_entries {
+            return Err(BundleError::TooManyEntries {
                 path: bundle.to_path_buf(),
-                source,
-            })?;
+                count,
+                max: limits.max_entries,
+            });
+        }
+        let manifest: Manifest = serde_json::from_slice(bytes).map_err(bad)?;
         manifest.validate(bundle, limits)?;
         Ok(manifest)
     }
@@ -384,6 +397,40 @@ impl Manifest {
             .iter()
             .map(per_entry)
             .fold(END_ALLOWANCE, u64::saturating_add)
+    }
+}
+
+/// The number of entries of a manifest, found without keeping any of them
+/// (every other field is skipped; the full parse checks them).
+#[derive(Deserialize)]
+struct EntryCount {
+    #[serde(default)]
+    entries: Counted,
+}
+
+#[derive(Default)]
+struct Counted(u64);
+
+impl<'de> Deserialize<'de> for Counted {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Counted, D::Error> {
+        struct Count;
+        impl<'de> serde::de::Visitor<'de> for Count {
+            type Value = Counted;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a list of entries")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Counted, A::Error> {
+                let mut n = 0u64;
+                while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {
+                    n += 1;
+                }
+                Ok(Counted(n))
+            }
+        }
+        d.deserialize_seq(Count)
     }
 }
 
