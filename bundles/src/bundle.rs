@@ -58,7 +58,17 @@ impl Bundle {
             });
         }
         let (file, head) = open_head(path, limits)?;
+        let corrupt = |head: &Head| -> Result<(), BundleError> {
+            match head.layout_problem(&file, path)? {
+                Some(reason) => Err(BundleError::CorruptHeader {
+                    path: path.to_path_buf(),
+                    reason,
+                }),
+                None => Ok(()),
+            }
+        };
         if head.signatures.is_empty() {
+            corrupt(&head)?;
             return Err(BundleError::Unsigned {
                 path: path.to_path_buf(),
             });
@@ -81,6 +91,7 @@ impl Bundle {
             });
         }
         if !signatures.iter().any(|s| s.trusted) {
+            corrupt(&head)?;
             let key_ids: Vec<String> = signatures.iter().map(|s| s.key_id.to_string()).collect();
             return Err(BundleError::UntrustedSigners {
                 path: path.to_path_buf(),
@@ -121,6 +132,15 @@ impl Bundle {
             })?
             .len();
         let expected = head.payload_offset.saturating_add(manifest.payload.size);
+        if file_len != expected
+            && let Some(reason) = head.layout_problem(&file, path)?
+        {
+            // A wrong signature count moves the payload: not a truncated file.
+            return Err(BundleError::CorruptHeader {
+                path: path.to_path_buf(),
+                reason,
+            });
+        }
         if file_len < expected {
             return Err(BundleError::Truncated {
                 path: path.to_path_buf(),

@@ -24,6 +24,8 @@ pub enum BundleError {
     Truncated { path: PathBuf },
     #[error("{}: data follows the end of the payload ({extra} bytes)", path.display())]
     TrailingBytes { path: PathBuf, extra: u64 },
+    #[error("{}: corrupt header: {reason}", path.display())]
+    CorruptHeader { path: PathBuf, reason: &'static str },
 
     // ---- the manifest ----
     #[error("{}: manifest of {size} bytes exceeds the limit of {max}", path.display())]
@@ -201,6 +203,7 @@ impl BundleError {
             BundleError::UnsupportedFormat { .. } => "unsupported_format",
             BundleError::Truncated { .. } => "truncated",
             BundleError::TrailingBytes { .. } => "trailing_bytes",
+            BundleError::CorruptHeader { .. } => "corrupt_header",
             BundleError::ManifestTooLarge { .. } => "manifest_too_large",
             BundleError::BadManifest { .. } => "bad_manifest",
             BundleError::ManifestField { .. } => "manifest_field",

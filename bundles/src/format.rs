@@ -110,8 +110,57 @@ pub(crate) fn read_head(file: &File, path: &Path, limits: &Limits) -> Result<Hea
     })
 }
 
+/// The first bytes of a zstd frame (RFC 8878).
+pub(crate) const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
+
+impl Head {
+    /// Why the header's manifest length or signature count cannot be right,
+    /// when they cannot: the bytes they delimit as the manifest are not one JSON
+    /// object, or no zstd frame starts where they place the payload. Used to
+    /// explain a bundle whose signatures make no sense, so that its "key ids"
+    /// (then bytes of JSON or of the payload) are not reported as signers.
+    pub(crate) fn layout_problem(
+        &self,
+        file: &File,
+        path: &Path,
+    ) -> Result<Option<&'static str>, BundleError> {
+        let json_space = |b: &u8| matches!(b, b' ' | b'\t' | b'\n' | b'\r');
+        let trimmed: &[u8] = {
+            let m = &self.manifest_bytes;
+            let start = m.iter().position(|b| !json_space(b)).unwrap_or(m.len());
+            let end = m
+                .iter()
+                .rposition(|b| !json_space(b))
+                .map_or(start, |i| i + 1);
+            &m[start..end]
+        };
+        if trimmed.first() != Some(&b'{') || trimmed.last() != Some(&b'}') {
+            return Ok(Some(
+                "the manifest length does not match the manifest (the bytes it delimits are not a JSON object)",
+            ));
+        }
+        let mut magic = [0u8; 4];
+        let starts_with_zstd = match read_exact_at(file, &mut magic, self.payload_offset, path) {
+            Ok(()) => magic == ZSTD_MAGIC,
+            Err(BundleError::Truncated { .. }) => false,
+            Err(e) => return Err(e),
+        };
+        if !starts_with_zstd {
+            return Ok(Some(
+                "the payload does not start where the manifest length and signature count place it",
+            ));
+        }
+        Ok(None)
+    }
+}
+
 /// Reads exactly `buf.len()` bytes at `offset`; a file that ends first is truncated.
-pub(crate) fn read_exact_at(file: &File, buf: &mut [u8], offset: u64, path: &Path) -> Result<(), BundleError> {
+pub(crate) fn read_exact_at(
+    file: &File,
+    buf: &mut [u8],
+    offset: u64,
+    path: &Path,
+) -> Result<(), BundleError> {
     file.read_exact_at(buf, offset).map_err(|source| {
         if source.kind() == io::ErrorKind::UnexpectedEof {
             BundleError::Truncated {

@@ -14,6 +14,8 @@ use std::sync::mpsc;
 
 use ring::digest;
 
+use crate::format::ZSTD_MAGIC;
+
 /// Why a reader below the tar parser failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Fault {
@@ -208,7 +210,6 @@ pub(crate) enum FrameProblem {
     Window(u32),
 }
 
-const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
 /// Enough bytes for any zstd frame header (magic included).
 pub(crate) const FRAME_HEADER_MAX: usize = 18;
 

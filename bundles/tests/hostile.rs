@@ -35,6 +35,8 @@ const REQUIRED: &[&str] = &[
     "downgrade",
     "expired",
     "file taken from another signed bundle",
+    "manifest length too short",
+    "signature after the payload",
     "world-writable file (signed)",
     "group-writable directory (signed)",
 ];
@@ -197,6 +199,7 @@ fn every_hostile_bundle_is_refused_and_leaves_no_trace() {
                         | "unsigned"
                         | "truncated"
                         | "trailing_bytes"
+                        | "corrupt_header"
                         | "not_a_bundle"
                         | "unsupported_format"
                         | "compression_ratio"

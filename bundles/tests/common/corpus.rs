@@ -190,6 +190,31 @@ pub fn hostile(outside: &Path) -> Vec<Case> {
     b.extend_from_slice(b"more");
     case("trailing bytes", b, "trailing_bytes", None);
 
+    // Lengths in the header that do not match the file: the "key ids" read
+    // would be bytes of the manifest or of the payload, never worth naming.
+    let manifest_len = (signatures_at - manifest_at) as u32;
+    for (name, len) in [
+        ("manifest length too short", manifest_len - 40),
+        ("manifest length too long", manifest_len + 72),
+    ] {
+        let mut b = genuine_a.clone();
+        b[12..16].copy_from_slice(&len.to_le_bytes());
+        case(name, b, "corrupt_header", None);
+    }
+    for (name, count) in [
+        ("signature count too high", 2u32),
+        ("signature count zero", 0),
+    ] {
+        let mut b = genuine_a.clone();
+        b[16..20].copy_from_slice(&count.to_le_bytes());
+        case(name, b, "corrupt_header", None);
+    }
+    // The signature record moved after the payload.
+    let mut b = genuine_a[..signatures_at].to_vec();
+    b.extend_from_slice(&genuine_a[payload_at..]);
+    b.extend_from_slice(&genuine_a[signatures_at..payload_at]);
+    case("signature after the payload", b, "corrupt_header", None);
+
     let mut b = genuine_a.clone();
     b[..8].copy_from_slice(b"NOTABNDL");
     case("bad magic", b, "not_a_bundle", None);
