@@ -182,7 +182,16 @@ pub enum BundleError {
         #[source]
         source: std::io::Error,
     },
-    #[error("cannot move {} into place as {}", staging.display(), dest.display())]
+    #[error("{}: cannot write {} in {}", path.display(), what(entry.as_deref()), dir.display())]
+    ExtractWrite {
+        path: PathBuf,
+        /// The directory extraction writes in (the destination's parent).
+        dir: PathBuf,
+        entry: Option<String>,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot move the extracted files into place as {}", dest.display())]
     Commit {
         staging: PathBuf,
         dest: PathBuf,
@@ -241,6 +250,7 @@ impl BundleError {
             BundleError::DestinationExists { .. } => "destination_exists",
             BundleError::NoParent { .. } => "no_parent",
             BundleError::Write { .. } => "write",
+            BundleError::ExtractWrite { .. } => "write",
             BundleError::Commit { .. } => "commit",
             BundleError::Key(e) => e.code(),
         }
@@ -262,8 +272,17 @@ impl BundleError {
             | BundleError::BadExtendedHeader { entry, .. }
             | BundleError::HashMismatch { entry, .. }
             | BundleError::TruncatedEntry { entry, .. } => Some(entry),
+            BundleError::ExtractWrite { entry, .. } => entry.as_deref(),
             _ => None,
         }
+    }
+}
+
+/// What an extraction was writing when it failed.
+fn what(entry: Option<&str>) -> String {
+    match entry {
+        Some(entry) => format!("entry {entry:?}"),
+        None => "the staging directory".into(),
     }
 }
 

@@ -123,8 +123,8 @@ impl Bundle {
                 dest: dest.to_path_buf(),
             });
         }
-        let staging = Staging::create(parent, name)?;
-        let sink = FsSink::new(staging.path.clone());
+        let staging = Staging::create(parent, name, &self.path)?;
+        let sink = FsSink::new(staging.path.clone(), &self.path, parent);
         let (summary, sink) = self.stream(sink, options.progress.take())?;
         sink.finish()?;
         staging.commit(parent, name.as_ref(), dest)?;
@@ -718,35 +718,48 @@ impl Sink for NullSink {
 /// directories in [`FsSink::finish`].
 struct FsSink {
     root: PathBuf,
-    file: Option<(File, PathBuf)>,
-    dirs: Vec<(PathBuf, u32)>,
+    /// The bundle and the directory the staging directory is in, for errors:
+    /// the staging directory itself is gone by the time one is reported.
+    bundle: PathBuf,
+    parent: PathBuf,
+    /// The file being written and its manifest path.
+    file: Option<(File, String)>,
+    dirs: Vec<(PathBuf, String, u32)>,
 }
 
 impl FsSink {
-    fn new(root: PathBuf) -> FsSink {
+    fn new(root: PathBuf, bundle: &Path, parent: &Path) -> FsSink {
         FsSink {
             root,
+            bundle: bundle.to_path_buf(),
+            parent: parent.to_path_buf(),
             file: None,
             dirs: Vec::new(),
         }
     }
 
-    fn write_err(path: &Path) -> impl FnOnce(io::Error) -> BundleError + '_ {
-        move |source| BundleError::Write {
-            path: path.to_path_buf(),
+    fn write_err(&self, entry: Option<&str>) -> impl FnOnce(io::Error) -> BundleError + use<> {
+        let (path, dir, entry) = (
+            self.bundle.clone(),
+            self.parent.clone(),
+            entry.map(str::to_owned),
+        );
+        move |source| BundleError::ExtractWrite {
+            path,
+            dir,
+            entry,
             source,
         }
     }
 
     /// Applies directory modes (deepest first) and flushes everything to disk.
     fn finish(self) -> Result<(), BundleError> {
-        for (path, mode) in self.dirs.iter().rev() {
+        for (path, name, mode) in self.dirs.iter().rev() {
             fs::set_permissions(path, fs::Permissions::from_mode(*mode))
-                .map_err(Self::write_err(path))?;
+                .map_err(self.write_err(Some(name)))?;
         }
-        let root = File::open(&self.root).map_err(Self::write_err(&self.root))?;
-        nix::unistd::syncfs(root.as_fd())
-            .map_err(|e| Self::write_err(&self.root)(io::Error::from(e)))?;
+        let root = File::open(&self.root).map_err(self.write_err(None))?;
+        nix::unistd::syncfs(root.as_fd()).map_err(|e| self.write_err(None)(io::Error::from(e)))?;
         Ok(())
     }
 }
@@ -757,8 +770,9 @@ impl Sink for FsSink {
         DirBuilder::new()
             .mode(0o700)
             .create(&path)
-            .map_err(Self::write_err(&path))?;
-        self.dirs.push((path, entry.mode().0));
+            .map_err(self.write_err(Some(entry.path())))?;
+        self.dirs
+            .push((path, entry.path().to_owned(), entry.mode().0));
         Ok(())
     }
 
@@ -770,20 +784,24 @@ impl Sink for FsSink {
             .mode(0o600)
             .custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits())
             .open(&path)
-            .map_err(Self::write_err(&path))?;
-        self.file = Some((file, path));
+            .map_err(self.write_err(Some(entry.path())))?;
+        self.file = Some((file, entry.path().to_owned()));
         Ok(())
     }
 
     fn file_data(&mut self, data: &[u8]) -> Result<(), BundleError> {
-        let (file, path) = self.file.as_mut().expect("data follows file_begin");
-        file.write_all(data).map_err(Self::write_err(path))
+        let (file, name) = self.file.as_mut().expect("data follows file_begin");
+        if let Err(e) = file.write_all(data) {
+            let name = name.clone();
+            return Err(self.write_err(Some(&name))(e));
+        }
+        Ok(())
     }
 
     fn file_end(&mut self, entry: &Entry) -> Result<(), BundleError> {
-        let (file, path) = self.file.take().expect("file_end follows file_begin");
+        let (file, _) = self.file.take().expect("file_end follows file_begin");
         file.set_permissions(fs::Permissions::from_mode(entry.mode().0))
-            .map_err(Self::write_err(&path))
+            .map_err(self.write_err(Some(entry.path())))
     }
 }
 
@@ -794,13 +812,19 @@ struct Staging {
 }
 
 impl Staging {
-    fn create(parent: &Path, name: &std::ffi::OsStr) -> Result<Staging, BundleError> {
+    fn create(
+        parent: &Path,
+        name: &std::ffi::OsStr,
+        bundle: &Path,
+    ) -> Result<Staging, BundleError> {
         let path = parent.join(hidden_name(name, "staging"));
         DirBuilder::new()
             .mode(0o700)
             .create(&path)
-            .map_err(|source| BundleError::Write {
-                path: path.clone(),
+            .map_err(|source| BundleError::ExtractWrite {
+                path: bundle.to_path_buf(),
+                dir: parent.to_path_buf(),
+                entry: None,
                 source,
             })?;
         Ok(Staging {

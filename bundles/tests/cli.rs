@@ -348,7 +348,53 @@ fn policy_flags_downgrade_and_expiry() {
 }
 
 #[test]
-fn the_cause_chain_goes_to_the_log_only() {
+fn a_full_disk_is_reported_with_its_reason_and_a_path_that_exists() {
+    let site = Site::new();
+    let key = site.trusted_key("release");
+    let bundle = site.path("t.bundle");
+    ok(&[
+        "build",
+        "--recipe",
+        s(&site.path("recipe.toml")),
+        "--out",
+        s(&bundle),
+        "--var",
+        "version=1.0.0",
+        "--key",
+        s(&key),
+    ]);
+    // A 64 KiB filesystem of the extraction's own (a tmpfs in a private mount
+    // namespace), too small for the 200 kB tool.
+    let small = site.path("small");
+    fs::create_dir(&small).unwrap();
+    let o = Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c"])
+        .arg(r#"mount -t tmpfs -o size=64k tmpfs "$1" || exit 99; exec "$2" extract "$3" --into "$1/release" --trust "$4""#)
+        .args(["sh", s(&small), BIN, s(&bundle), s(&site.path("trust"))])
+        .env_remove("HANGAR_LOG")
+        .output()
+        .expect("run unshare (util-linux)");
+    let err = stderr(&o);
+    assert_ne!(
+        o.status.code(),
+        Some(99),
+        "this test mounts a tmpfs in a mount namespace of its own, which needs root: {err}"
+    );
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("No space left on device"), "the reason: {err}");
+    assert!(err.contains("\"tools/tool\""), "the entry: {err}");
+    // The directory named is the destination's parent, which is still there;
+    // the staging directory inside it is not, and is not named.
+    assert!(
+        err.contains(&format!("in {}:", small.display())),
+        "the directory: {err}"
+    );
+    assert!(!err.contains(".staging-"), "{err}");
+}
+
+#[test]
+fn the_error_line_carries_its_cause_and_the_log_the_chain() {
     let site = Site::new();
     let log = site.path("log");
     let missing = site.path("missing.bundle");
@@ -379,9 +425,10 @@ fn the_cause_chain_goes_to_the_log_only() {
     ]);
     let err = stderr(&o);
     assert!(
-        err.contains("cannot read bundle") && !err.contains("No such file"),
+        err.contains("cannot read bundle") && err.contains("No such file"),
         "{err}"
     );
+    assert_eq!(err.lines().count(), 1, "{err}");
     let logged = fs::read_to_string(&log).unwrap();
     assert!(logged.contains("No such file"), "{logged}");
 }

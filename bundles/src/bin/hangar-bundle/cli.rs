@@ -178,9 +178,11 @@ pub fn init_logging(cli: &Cli) {
     }
 }
 
-/// Prints the one-line error (and, with --json, a JSON object on stdout).
+/// Prints the one-line error with its causes (and, with --json, a JSON object
+/// on stdout): "cannot write ...: No space left on device".
 pub fn report_error(cli: &Cli, error: &anyhow::Error) {
-    eprintln!("error: {error}");
+    let line = format!("{error:#}").replace('\n', " ");
+    eprintln!("error: {line}");
     if cli.json {
         let code = error
             .downcast_ref::<BundleError>()
@@ -188,10 +190,7 @@ pub fn report_error(cli: &Cli, error: &anyhow::Error) {
             .or_else(|| error.downcast_ref::<BuildError>().map(BuildError::code))
             .or_else(|| error.downcast_ref::<KeyError>().map(KeyError::code))
             .unwrap_or("error");
-        out!(
-            "{}",
-            json!({ "ok": false, "code": code, "error": error.to_string() })
-        );
+        out!("{}", json!({ "ok": false, "code": code, "error": line }));
     }
 }
 

@@ -1,8 +1,8 @@
 //! `hangar-bundle`: makes, signs, verifies, inspects and extracts offline bundles.
 //!
 //! Exit codes: 0 success, 1 failure, 2 usage error. A failure prints one line on
-//! stderr; the whole cause chain goes to the log (`--log-file`, or stderr when
-//! `HANGAR_LOG` is set).
+//! stderr, what failed followed by its causes; the log (`--log-file`, or stderr
+//! when `HANGAR_LOG` is set) records it too.
 
 mod cli;
 
