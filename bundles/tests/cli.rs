@@ -394,6 +394,49 @@ fn a_full_disk_is_reported_with_its_reason_and_a_path_that_exists() {
 }
 
 #[test]
+fn inspect_shows_invisible_characters_escaped() {
+    let site = Site::new();
+    for name in [
+        "hangar\u{200b}",
+        "tool\u{202e}txt.sh",
+        "a\u{2066}b",
+        "x\u{feff}",
+    ] {
+        fs::write(site.path("src").join(name), "x").unwrap();
+    }
+    let key = site.trusted_key("release");
+    let bundle = site.path("t.bundle");
+    ok(&[
+        "build",
+        "--recipe",
+        s(&site.path("recipe.toml")),
+        "--out",
+        s(&bundle),
+        "--var",
+        "version=1.0.0",
+        "--key",
+        s(&key),
+    ]);
+    let text = ok(&["inspect", s(&bundle), "--trust", s(&site.path("trust"))]);
+    for shown in [
+        r"tools/hangar\u{200b}",
+        r"tools/tool\u{202e}txt.sh",
+        r"tools/a\u{2066}b",
+        r"tools/x\u{feff}",
+    ] {
+        assert!(text.contains(shown), "{shown}: {text}");
+    }
+    for hidden in ['\u{200b}', '\u{202e}', '\u{2066}', '\u{feff}'] {
+        assert!(
+            !text.contains(hidden),
+            "{hidden:?} printed as it is: {text}"
+        );
+    }
+    // Ordinary names, quotes and accents included, are shown as they are.
+    assert!(text.contains("tools/conf"), "{text}");
+}
+
+#[test]
 fn the_error_line_carries_its_cause_and_the_log_the_chain() {
     let site = Site::new();
     let log = site.path("log");

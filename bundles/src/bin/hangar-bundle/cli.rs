@@ -1,5 +1,6 @@
 //! The commands of `hangar-bundle`, each a thin layer over the library.
 
+use std::borrow::Cow;
 use std::fs;
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -458,11 +459,10 @@ fn inspect(cli: &Cli, path: &Path, trust: &TrustArgs) -> anyhow::Result<()> {
         human_bytes(m.payload.size),
     );
     for entry in &m.entries {
+        let path = visible(entry.path());
         match entry {
-            Entry::Dir { path, mode } => out!("  {mode} {:>12}  {path}/", "-"),
-            Entry::File {
-                path, mode, size, ..
-            } => out!("  {mode} {size:>12}  {path}"),
+            Entry::Dir { mode, .. } => out!("  {mode} {:>12}  {path}/", "-"),
+            Entry::File { mode, size, .. } => out!("  {mode} {size:>12}  {path}"),
         }
     }
     Ok(())
@@ -512,6 +512,51 @@ fn extract(
     }
     Ok(())
 }
+
+/// `text` with every character that does not show as itself escaped (`\u{200b}`):
+/// zero-width and bidirectional-override characters would let a name pass
+/// for another (`bin/hangar\u{200b}` for `bin/hangar`).
+fn visible(text: &str) -> Cow<'_, str> {
+    // `escape_debug` escapes what is not printable and what modifies the
+    // character before it; quotes are left as they are.
+    let shows_as_itself = |c: char| matches!(c, '"' | '\'') || c.escape_debug().len() == 1;
+    let hidden = |c: char| !shows_as_itself(c) || INVISIBLE.iter().any(|r| r.contains(&c));
+    if !text.chars().any(hidden) {
+        return Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 16);
+    for c in text.chars() {
+        if hidden(c) {
+            out.push_str(&format!("\\u{{{:x}}}", u32::from(c)));
+        } else {
+            out.push(c);
+        }
+    }
+    Cow::Owned(out)
+}
+
+/// Characters that draw nothing or reorder what follows, beyond those
+/// `escape_debug` already escapes: soft hyphen, Hangul fillers, Mongolian
+/// vowel separator, zero-width spaces and joiners, directional marks,
+/// embeddings, overrides and isolates, invisible operators, the byte order
+/// mark, variation selectors, and tags.
+const INVISIBLE: &[std::ops::RangeInclusive<char>] = &[
+    '\u{ad}'..='\u{ad}',
+    '\u{34f}'..='\u{34f}',
+    '\u{61c}'..='\u{61c}',
+    '\u{115f}'..='\u{1160}',
+    '\u{17b4}'..='\u{17b5}',
+    '\u{180b}'..='\u{180f}',
+    '\u{200b}'..='\u{200f}',
+    '\u{202a}'..='\u{202e}',
+    '\u{2060}'..='\u{206f}',
+    '\u{3164}'..='\u{3164}',
+    '\u{fe00}'..='\u{fe0f}',
+    '\u{feff}'..='\u{feff}',
+    '\u{ffa0}'..='\u{ffa0}',
+    '\u{fff0}'..='\u{fffb}',
+    '\u{e0000}'..='\u{e0fff}',
+];
 
 /// A byte progress bar on stderr, drawn only when stderr is a terminal.
 struct Bar(Option<ProgressBar>);
