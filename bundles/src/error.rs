@@ -199,6 +199,9 @@ pub enum BundleError {
         source: std::io::Error,
     },
 
+    #[error("{}: interrupted; nothing was extracted", path.display())]
+    Interrupted { path: PathBuf },
+
     #[error(transparent)]
     Key(#[from] KeyError),
 }
@@ -252,6 +255,7 @@ impl BundleError {
             BundleError::Write { .. } => "write",
             BundleError::ExtractWrite { .. } => "write",
             BundleError::Commit { .. } => "commit",
+            BundleError::Interrupted { .. } => "interrupted",
             BundleError::Key(e) => e.code(),
         }
     }

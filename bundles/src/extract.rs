@@ -12,6 +12,7 @@ use std::io::{self, BufReader, Read, Write};
 use std::os::fd::AsFd;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::{fmt, thread};
 
@@ -47,6 +48,9 @@ pub struct ExtractOptions<'a> {
     /// Called with the file bytes processed so far and the total, from the
     /// calling thread, as extraction proceeds.
     pub progress: Option<&'a mut dyn FnMut(Progress)>,
+    /// Set (by a signal handler, say) to stop: the work ends within one buffer
+    /// with [`BundleError::Interrupted`], the staging directory removed.
+    pub interrupt: Option<&'a AtomicBool>,
 }
 
 impl fmt::Debug for ExtractOptions<'_> {
@@ -57,6 +61,7 @@ impl fmt::Debug for ExtractOptions<'_> {
             .field("danger_allow_expired", &self.danger_allow_expired)
             .field("platform", &self.platform)
             .field("progress", &self.progress.is_some())
+            .field("interrupt", &self.interrupt)
             .finish()
     }
 }
@@ -81,7 +86,7 @@ impl Bundle {
     /// Reads the whole payload and checks it against the manifest, writing nothing.
     pub fn verify(&self, mut options: ExtractOptions<'_>) -> Result<Summary, BundleError> {
         self.check_policy(&options)?;
-        let (summary, _) = self.stream(NullSink, options.progress.take())?;
+        let (summary, _) = self.stream(NullSink, options.progress.take(), options.interrupt)?;
         Ok(summary)
     }
 
@@ -125,8 +130,9 @@ impl Bundle {
         }
         let staging = Staging::create(parent, name, &self.path)?;
         let sink = FsSink::new(staging.path.clone(), &self.path, parent);
-        let (summary, sink) = self.stream(sink, options.progress.take())?;
+        let (summary, sink) = self.stream(sink, options.progress.take(), options.interrupt)?;
         sink.finish()?;
+        self.check_interrupt(options.interrupt)?;
         staging.commit(parent, name.as_ref(), dest)?;
         Ok(summary)
     }
@@ -136,6 +142,7 @@ impl Bundle {
         &self,
         sink: S,
         mut progress: Option<&mut dyn FnMut(Progress)>,
+        interrupt: Option<&AtomicBool>,
     ) -> Result<(Summary, S), BundleError> {
         let manifest = &self.manifest;
         let total = manifest.total_size();
@@ -155,6 +162,7 @@ impl Bundle {
                 HashFeed::new(hash_tx),
                 &mut progress,
                 total,
+                interrupt,
             );
             drop(tx);
             let write_result = writer
@@ -163,6 +171,11 @@ impl Bundle {
             let digest = hasher
                 .join()
                 .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+            // An interruption first: the writer only saw its input end early.
+            let read_result = match read_result {
+                Err(e @ BundleError::Interrupted { .. }) => return Err(e),
+                other => other,
+            };
             // A writer error is the more precise one (the reader only saw a closed channel).
             let (summary, sink) = write_result?;
             let end = read_result?;
@@ -191,6 +204,7 @@ impl Bundle {
         hash: HashFeed,
         progress: &mut Option<&mut dyn FnMut(Progress)>,
         total: u64,
+        interrupt: Option<&AtomicBool>,
     ) -> Result<ReadEnd, BundleError> {
         let path = &self.path;
         let manifest = &self.manifest;
@@ -237,6 +251,7 @@ impl Bundle {
             .map_err(|e| failure(&position, e))?
             .raw(true);
         for raw in entries {
+            self.check_interrupt(interrupt)?;
             let mut member = raw.map_err(|e| failure(&position, e))?;
             let Some(resolved) = self.resolve(&mut member, &mut pending, &position, &failure)?
             else {
@@ -254,6 +269,7 @@ impl Bundle {
                     tx.send(Msg::FileStart(next)).map_err(|_| gone())?;
                     let mut remaining = *size;
                     while remaining > 0 {
+                        self.check_interrupt(interrupt)?;
                         let mut buf = recycle
                             .try_recv()
                             .unwrap_or_else(|_| Vec::with_capacity(CHUNK));
@@ -323,6 +339,15 @@ impl Bundle {
 }
 
 impl Bundle {
+    fn check_interrupt(&self, interrupt: Option<&AtomicBool>) -> Result<(), BundleError> {
+        if interrupt.is_some_and(|i| i.load(Ordering::SeqCst)) {
+            return Err(BundleError::Interrupted {
+                path: self.path.clone(),
+            });
+        }
+        Ok(())
+    }
+
     /// Reads one tar member's header. Extension headers (GNU long name, PAX) are
     /// kept in `pending` for the member they describe, and `None` returned; for
     /// any other member, its name (checked), type (file or directory only) and

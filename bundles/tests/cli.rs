@@ -348,6 +348,80 @@ fn policy_flags_downgrade_and_expiry() {
 }
 
 #[test]
+fn an_interrupted_extraction_removes_its_staging_directory() {
+    use nix::sys::signal::{Signal, kill};
+    use nix::unistd::Pid;
+    use std::time::{Duration, Instant};
+
+    let site = Site::new();
+    // Big enough that the extraction is still writing when the signal comes.
+    fs::write(site.path("src/big"), common::noise(5, 160 << 20)).unwrap();
+    let key = site.trusted_key("release");
+    let bundle = site.path("big.bundle");
+    ok(&[
+        "build",
+        "--recipe",
+        s(&site.path("recipe.toml")),
+        "--out",
+        s(&bundle),
+        "--var",
+        "version=1.0.0",
+        "--compression-level",
+        "1",
+        "--key",
+        s(&key),
+    ]);
+    let releases = site.path("releases");
+    fs::create_dir(&releases).unwrap();
+    for signal in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
+        let into = releases.join("1.0.0");
+        let mut child = Command::new(BIN)
+            .args(["extract", s(&bundle), "--into", s(&into), "--trust"])
+            .arg(site.path("trust"))
+            .env_remove("HANGAR_LOG")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let staging = loop {
+            let found = fs::read_dir(&releases)
+                .unwrap()
+                .map(|e| e.unwrap().path())
+                .find(|p| p.to_string_lossy().contains(".staging-"));
+            if let Some(found) = found {
+                break found;
+            }
+            assert!(
+                child.try_wait().unwrap().is_none(),
+                "{signal}: the extraction ended before the signal"
+            );
+            assert!(Instant::now() < deadline, "{signal}: no staging directory");
+            std::thread::sleep(Duration::from_millis(1));
+        };
+        kill(Pid::from_raw(child.id() as i32), signal).unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert_eq!(out.status.code(), Some(1), "{signal}: {}", stderr(&out));
+        let err = stderr(&out);
+        assert!(
+            err.lines().count() == 1 && err.contains("interrupted") && err.contains("big.bundle"),
+            "{signal}: {err}"
+        );
+        assert!(
+            !staging.exists(),
+            "{signal}: {} left behind",
+            staging.display()
+        );
+        assert_eq!(
+            fs::read_dir(&releases).unwrap().count(),
+            0,
+            "{signal}: something is left in {}",
+            releases.display()
+        );
+    }
+}
+
+#[test]
 fn a_full_disk_is_reported_with_its_reason_and_a_path_that_exists() {
     let site = Site::new();
     let key = site.trusted_key("release");

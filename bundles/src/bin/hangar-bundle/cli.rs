@@ -4,6 +4,7 @@ use std::borrow::Cow;
 use std::fs;
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use clap::{Args, Parser, Subcommand};
 use hangar_bundle::recipe::{Recipe, RecipeBuild};
@@ -12,6 +13,7 @@ use hangar_bundle::{
     SigningKey, TrustStore, Version, generate_key_files, sign_bundle,
 };
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use nix::sys::signal::{SigSet, Signal};
 use serde_json::json;
 
 /// Prints a line on stdout. A reader that went away (`inspect | head`) is not an
@@ -347,6 +349,41 @@ fn options<'a>(
         danger_allow_expired: policy.danger_allow_expired,
         platform: policy.platform.clone(),
         progress,
+        interrupt: None,
+    }
+}
+
+/// Set when SIGINT, SIGTERM or SIGHUP arrives during an extraction.
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+/// From now on SIGINT, SIGTERM and SIGHUP set [`INTERRUPTED`] instead of
+/// killing the process, so that an extraction stops at its next buffer and
+/// removes its staging directory (possibly gigabytes) before exiting.
+///
+/// The signals are blocked in the calling thread, and so in every thread it
+/// starts afterwards (the extraction's), and taken by one thread of their own.
+fn catch_signals() {
+    let mut set = SigSet::empty();
+    for signal in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
+        set.add(signal);
+    }
+    if let Err(e) = set.thread_block() {
+        tracing::warn!(error = %e, "cannot catch signals; an interrupted extraction leaves its staging directory");
+        return;
+    }
+    let waiter = std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            while let Ok(signal) = set.wait() {
+                if !INTERRUPTED.swap(true, Ordering::SeqCst) {
+                    tracing::warn!(%signal, "interrupted: removing the staging directory");
+                }
+            }
+        });
+    if let Err(e) = waiter {
+        tracing::warn!(error = %e, "cannot catch signals; an interrupted extraction leaves its staging directory");
+        // Unblocked again, so that a signal still ends the process.
+        let _ = set.thread_unblock();
     }
 }
 
@@ -475,6 +512,8 @@ fn extract(
     trust: &TrustArgs,
     policy: &PolicyArgs,
 ) -> anyhow::Result<()> {
+    // Before any other thread exists (see catch_signals).
+    catch_signals();
     let trust = trust_store(trust)?;
     let bundle = Bundle::open(path, &trust)?;
     if policy.danger_allow_expired {
@@ -482,7 +521,13 @@ fn extract(
     }
     let bar = progress_bar(cli, "extracting");
     let mut report = |p: Progress| bar.update(p);
-    let summary = bundle.extract(into, options(policy, Some(&mut report)))?;
+    let summary = bundle.extract(
+        into,
+        ExtractOptions {
+            interrupt: Some(&INTERRUPTED),
+            ..options(policy, Some(&mut report))
+        },
+    )?;
     bar.finish();
     let m = bundle.manifest();
     if cli.json {
