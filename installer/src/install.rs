@@ -190,9 +190,8 @@ pub fn install(host: &Host, prompter: &mut dyn Prompter, reporter: &dyn Reporter
             ready_at: None,
         },
     };
-    ensure_dir(&layout.etc, 0o755, None)?;
-    state.save(&layout.state_file)?;
-
+    // Nothing is written before the release step has verified the whole
+    // bundle: a refused bundle leaves the host as it was, state file included.
     let mut p = Provision { host, answers: &answers, layout: &layout, reporter, bundle: &bundle, owner: None, config_changed: false };
     let mut timings = Vec::new();
     reporter.info("Provisioning");
@@ -217,6 +216,9 @@ pub fn install(host: &Host, prompter: &mut dyn Prompter, reporter: &dyn Reporter
             Ok(detail) => {
                 reporter.step_done(step, &detail, t.elapsed());
                 timings.push((step.to_string(), t.elapsed()));
+                if *step == "release" {
+                    ensure_dir(&layout.etc, 0o755, None)?;
+                }
                 state.mark(step, &layout.state_file)?;
             }
             Err(e) => {
@@ -238,6 +240,17 @@ pub fn install(host: &Host, prompter: &mut dyn Prompter, reporter: &dyn Reporter
         ca_file,
         timings,
     })
+}
+
+/// The SHA-256 of a bundle's manifest, which names everything in it: what the
+/// release directory's marker records.
+fn manifest_digest(bundle: &Bundle) -> String {
+    hex::encode(ring::digest::digest(&ring::digest::SHA256, bundle.manifest_bytes()))
+}
+
+/// Where the digest of the bundle a release was unpacked from is kept.
+fn marker_path(l: &Layout, version: &str) -> PathBuf {
+    l.releases.join(format!(".{version}.manifest-sha256"))
 }
 
 fn bundled_engine_is_minio(bundle: &Bundle) -> bool {
@@ -299,16 +312,32 @@ struct Provision<'a> {
 }
 
 impl Provision<'_> {
+    /// Verifies the whole bundle while unpacking it, then points `current` at
+    /// it. Directories made for it are removed again when the bundle is
+    /// refused: until this step completes, the host is as it was.
     fn release(&mut self) -> Result<String, InstallError> {
+        let missing: Vec<PathBuf> = self.layout.releases.ancestors().take_while(|d| !d.exists()).map(Path::to_path_buf).collect();
+        let result = self.unpack();
+        if result.is_err() {
+            // Deepest first; only empty ones (remove_dir refuses the others).
+            for dir in &missing {
+                let _ = fs::remove_dir(dir);
+            }
+        }
+        result
+    }
+
+    fn unpack(&mut self) -> Result<String, InstallError> {
         let l = self.layout;
         let version = self.bundle.manifest().version.to_string();
         ensure_dir(&l.releases, 0o755, None)?;
         let dest = l.releases.join(&version);
         // The manifest's hash tells a rebuilt bundle of the same version (a
         // development build) from the one unpacked already.
-        let digest = hex::encode(ring::digest::digest(&ring::digest::SHA256, self.bundle.manifest_bytes()));
-        let marker = l.releases.join(format!(".{version}.manifest-sha256"));
-        let same = dest.is_dir() && fs::read_to_string(&marker).is_ok_and(|m| m.trim() == digest);
+        let digest = manifest_digest(self.bundle);
+        let marker = marker_path(l, &version);
+        let recorded = fs::read_to_string(&marker).ok();
+        let same = dest.is_dir() && recorded.as_deref().is_some_and(|m| m.trim() == digest);
         let mut detail = if same {
             format!("release {version} already unpacked")
         } else {
@@ -322,7 +351,12 @@ impl Provision<'_> {
             let mut progress = |p: hangar_bundle::Progress| reporter.progress(p.done, p.total);
             let installed = current_release(l).and_then(|v| v.parse().ok()).filter(|v: &semver::Version| v.to_string() != version);
             let into = if dest.is_dir() { l.releases.join(format!(".{version}.incoming")) } else { dest.clone() };
-            let summary = self.bundle.extract(
+            if into == dest {
+                // Recorded first: killed after the rename, the next run still
+                // knows which bundle the release came from.
+                write_atomic(&marker, format!("{digest}\n").as_bytes(), 0o644, None)?;
+            }
+            let extracted = self.bundle.extract(
                 &into,
                 ExtractOptions {
                     installed_version: installed,
@@ -331,7 +365,21 @@ impl Provision<'_> {
                     progress: Some(&mut progress),
                     ..Default::default()
                 },
-            )?;
+            );
+            let summary = match extracted {
+                Ok(summary) => summary,
+                Err(e) => {
+                    if into == dest {
+                        match &recorded {
+                            Some(text) => write_atomic(&marker, text.as_bytes(), 0o644, None)?,
+                            None => {
+                                let _ = fs::remove_file(&marker);
+                            }
+                        }
+                    }
+                    return Err(e.into());
+                }
+            };
             if into != dest {
                 // Same version, other contents: the services stop before their
                 // binaries are swapped.

@@ -1,12 +1,14 @@
 //! What the installer refuses, and what it leaves behind when it is stopped:
 //! mistakes in the answers file, a port already taken and wrong external S3
-//! credentials are refused before anything on the host changes; a tampered
-//! bundle is refused with nothing unpacked; an installer interrupted (SIGINT)
+//! credentials are refused before anything on the host changes; a bundle
+//! whose payload is bad leaves the host exactly as it was; an installer
+//! interrupted (SIGINT)
 //! or killed (SIGKILL) in the middle of provisioning leaves a host that the
 //! next run finishes.
 
 mod common;
 
+use std::collections::BTreeMap;
 use std::fs;
 use std::io::{BufRead, BufReader};
 use std::os::unix::fs::PermissionsExt;
@@ -123,14 +125,44 @@ fn a_tampered_bundle_is_refused_and_nothing_is_unpacked() {
     assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stdout));
     let line = error_line(&out);
     assert!(line.contains(&copy.display().to_string()), "{line}");
-    // Nothing of the release, nor anything built on it.
-    let releases = site.path("opt/hangar/releases");
-    assert_eq!(fs::read_dir(&releases).map(|d| d.count()).unwrap_or(0), 0, "{:?}", site.files());
-    for absent in ["opt/hangar/current", "etc/hangar/hangar.toml", "etc/hangar/secrets", "var/lib/hangar"] {
-        assert!(!site.path(absent).exists(), "{absent} exists after a refused bundle");
-    }
-    let state = fs::read_to_string(site.path("etc/hangar/install-state.json")).unwrap();
-    assert!(state.contains("\"completed\": []"), "{state}");
+    // The signature and the policy passed, the payload did not: the host is as
+    // it was, with no state file naming the refused release.
+    assert_eq!(site.files(), Vec::<String>::new(), "the prefix was changed ({line})");
+}
+
+/// `etc/hangar` and `opt/hangar` of `site`, to compare before and after.
+fn host_state(site: &Site) -> (BTreeMap<String, String>, BTreeMap<String, String>) {
+    (common::snapshot(&site.path("etc/hangar")), common::snapshot(&site.path("opt/hangar")))
+}
+
+#[test]
+fn refused_bundles_leave_an_installed_host_as_it_was() {
+    let built = bundle();
+    let mut site = Site::new("install-refusals", &built);
+    check("install", site.install());
+    let created = common::created_of(&built.bundle, &built.trust);
+    let dir = site.dir.path().to_path_buf();
+    let refuse = |site: &mut Site, bundle: &std::path::Path, args: &[&str], expected: &[&str]| {
+        site.set("bundle", bundle.display().to_string());
+        let before = host_state(site);
+        let out = site.install_command().args(args).output().unwrap();
+        assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stdout));
+        let line = error_line(&out);
+        for needle in expected {
+            assert!(line.contains(needle), "{needle:?} in: {line}");
+        }
+        assert!(before == host_state(site), "the host changed after: {line}");
+    };
+
+    // An upgrade whose signature and policy pass but whose payload is bad.
+    let newer = common::variant(&built, &dir, "newer.bundle", "99.0.0", created, |_| {});
+    let mut bytes = fs::read(&newer).unwrap();
+    let at = bytes.len() - 1000;
+    bytes[at] ^= 0x40;
+    fs::write(&newer, &bytes).unwrap();
+    refuse(&mut site, &newer, &[], &["newer.bundle"]);
+
+    check("uninstall", site.command(&["uninstall"]).output().unwrap());
 }
 
 /// Starts an install and stops it with `signal` once its output shows `at`.

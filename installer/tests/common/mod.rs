@@ -84,6 +84,78 @@ pub fn bundle() -> Built {
     built
 }
 
+/// Another appliance bundle made from the test bundle's release: unpacked,
+/// changed by `edit` (given the unpacked tree), rebuilt as `version` created at
+/// `created`, and signed by the test key. Written to `dir/name`.
+pub fn variant(
+    built: &Built,
+    dir: &Path,
+    name: &str,
+    version: &str,
+    created: chrono::DateTime<chrono::Utc>,
+    edit: impl FnOnce(&Path),
+) -> PathBuf {
+    use hangar_bundle::{BuildOptions, Bundle, ExtractOptions, Kind, Layout, SigningKey, TrustStore, build_bundle};
+    let mut trust = TrustStore::empty();
+    trust.add_dir(&built.trust).unwrap();
+    let tree = dir.join(format!("{name}.tree"));
+    Bundle::open(&built.bundle, &trust).unwrap().extract(&tree, ExtractOptions::default()).unwrap();
+    edit(&tree);
+    let mut layout = Layout::new();
+    layout.add_tree("", &tree).unwrap();
+    let key = SigningKey::from_file(&profile_dir().join("hangar-install-tests/dev-key.key")).unwrap();
+    let out = dir.join(name);
+    build_bundle(
+        &layout,
+        &out,
+        BuildOptions {
+            kind: Kind::Appliance,
+            version: version.parse().unwrap(),
+            platform: hangar_bundle::host_platform(),
+            created,
+            expires: None,
+            compression_level: 1,
+            threads: 2,
+            signing_keys: std::slice::from_ref(&key),
+            progress: None,
+        },
+    )
+    .unwrap();
+    fs::remove_dir_all(&tree).unwrap();
+    out
+}
+
+/// The time the test bundle was built at, give or take: what an older or a
+/// newer build of it says.
+pub fn created_of(bundle: &Path, trust: &Path) -> chrono::DateTime<chrono::Utc> {
+    let mut store = hangar_bundle::TrustStore::empty();
+    store.add_dir(trust).unwrap();
+    hangar_bundle::Bundle::open(bundle, &store).unwrap().manifest().created
+}
+
+/// Every path under `root` with its kind, mode and (for files) content, for
+/// telling whether anything changed.
+pub fn snapshot(root: &Path) -> std::collections::BTreeMap<String, String> {
+    use std::os::unix::fs::MetadataExt;
+    let mut out = std::collections::BTreeMap::new();
+    let mut paths = Vec::new();
+    walk(root, root, &mut paths);
+    for rel in paths {
+        let path = root.join(&rel);
+        let meta = fs::symlink_metadata(&path).unwrap();
+        let what = if meta.file_type().is_symlink() {
+            format!("link {}", fs::read_link(&path).unwrap().display())
+        } else if meta.is_dir() {
+            format!("dir {:o}", meta.mode())
+        } else {
+            let digest = ring::digest::digest(&ring::digest::SHA256, &fs::read(&path).unwrap());
+            format!("file {:o} {}", meta.mode(), hex::encode(digest))
+        };
+        out.insert(rel, what);
+    }
+    out
+}
+
 pub fn check(what: &str, out: Output) -> String {
     assert!(
         out.status.success(),
