@@ -96,10 +96,13 @@ pub fn install(host: &Host, prompter: &mut dyn Prompter, reporter: &dyn Reporter
             return Err(InstallError::Aborted("left the existing installation alone; nothing was changed".into()));
         }
     }
-    let installed_version: Option<semver::Version> = previous
-        .as_ref()
-        .filter(|p| p.is_complete())
-        .and_then(|p| p.release.parse().ok());
+    // The newest release on this host: the one the state names, even when
+    // unfinished (its migrations may have run), and the one `current` points to.
+    let installed_version: Option<semver::Version> = [previous.as_ref().map(|p| p.release.clone()), current_release(&probe)]
+        .into_iter()
+        .flatten()
+        .filter_map(|v| v.parse::<semver::Version>().ok())
+        .max_by(|a, b| a.cmp_precedence(b));
     let trust = trust_store(&probe, &opts.trust_dirs)?;
     let opened: RefCell<Option<Opened>> = RefCell::new(None);
     let now = (host.clock)();

@@ -1,8 +1,8 @@
 //! What the installer refuses, and what it leaves behind when it is stopped:
 //! mistakes in the answers file, a port already taken and wrong external S3
 //! credentials are refused before anything on the host changes; a bundle
-//! whose payload is bad leaves the host exactly as it was; an installer
-//! interrupted (SIGINT)
+//! whose payload is bad and a downgrade leave the host exactly as it was; an
+//! installer interrupted (SIGINT)
 //! or killed (SIGKILL) in the middle of provisioning leaves a host that the
 //! next run finishes.
 
@@ -140,6 +140,7 @@ fn refused_bundles_leave_an_installed_host_as_it_was() {
     let built = bundle();
     let mut site = Site::new("install-refusals", &built);
     check("install", site.install());
+    let version = env!("CARGO_PKG_VERSION");
     let created = common::created_of(&built.bundle, &built.trust);
     let dir = site.dir.path().to_path_buf();
     let refuse = |site: &mut Site, bundle: &std::path::Path, args: &[&str], expected: &[&str]| {
@@ -162,6 +163,14 @@ fn refused_bundles_leave_an_installed_host_as_it_was() {
     fs::write(&newer, &bytes).unwrap();
     refuse(&mut site, &newer, &[], &["newer.bundle"]);
 
+    // An unfinished installation: an older bundle is a downgrade all the same,
+    // refused before anything is written, the state kept as it is.
+    let state_file = site.path("etc/hangar/install-state.json");
+    let mut state: serde_json::Value = serde_json::from_str(&fs::read_to_string(&state_file).unwrap()).unwrap();
+    state["ready_at"] = serde_json::Value::Null;
+    fs::write(&state_file, serde_json::to_string_pretty(&state).unwrap()).unwrap();
+    let older = common::variant(&built, &dir, "older.bundle", "0.0.9", created, |_| {});
+    refuse(&mut site, &older, &[], &["older.bundle", "0.0.9", &format!("older than the installed {version}")]);
     check("uninstall", site.command(&["uninstall"]).output().unwrap());
 }
 
