@@ -53,6 +53,12 @@ pub struct InstallArgs {
     /// Print the time of each step at the end.
     #[arg(long)]
     pub timings: bool,
+    /// Accept a different bundle of a version already on this host (a rebuild
+    /// of it, or other build metadata such as 1.0.0+dev) and replace that
+    /// release's files. For development builds only: otherwise a replayed old
+    /// bundle of the version could swap its binaries.
+    #[arg(long)]
+    pub danger_replace_release: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -120,7 +126,11 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
 }
 
 fn run_install(host: &Host, args: InstallArgs) -> Result<(), Failure> {
-    let opts = InstallOptions { trust_dirs: args.trust.clone(), health_timeout: Duration::from_secs(args.health_timeout) };
+    let opts = InstallOptions {
+        trust_dirs: args.trust.clone(),
+        health_timeout: Duration::from_secs(args.health_timeout),
+        danger_replace_release: args.danger_replace_release,
+    };
     let terminal = std::io::stdin().is_terminal() && std::io::stderr().is_terminal();
     let result = match &args.answers {
         Some(path) => {

@@ -65,6 +65,12 @@ pub enum InstallError {
         secs: u64,
         detail: String,
     },
+    #[error(
+        "{}: release {installed} is installed from another bundle; refusing a different bundle of version {version} \
+         (a replayed one could swap its binaries); for a development build, give --danger-replace-release",
+        bundle.display()
+    )]
+    Replay { bundle: PathBuf, version: String, installed: String },
     #[error("install state {path}: {problem}")]
     State { path: PathBuf, problem: String },
     #[error("no installation in {prefix}")]

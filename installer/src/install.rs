@@ -29,6 +29,11 @@ pub struct InstallOptions {
     pub trust_dirs: Vec<PathBuf>,
     /// How long the health gate waits.
     pub health_timeout: Duration,
+    /// Accept a different bundle of a version this host already has (another
+    /// build of it, or the same version with other build metadata): for
+    /// development builds, which rebuild one version again and again.
+    /// Otherwise refused: a replayed old bundle would swap the binaries.
+    pub danger_replace_release: bool,
 }
 
 /// What the operator is told at the end.
@@ -132,6 +137,9 @@ pub fn install(host: &Host, prompter: &mut dyn Prompter, reporter: &dyn Reporter
             platform: Some(hangar_bundle::host_platform()),
             ..Default::default()
         })?;
+        if !opts.danger_replace_release {
+            check_not_a_replay(&probe, &bundle)?;
+        }
         *opened.borrow_mut() = Some(Opened { bundle, allow_downgrade });
         Ok(())
     };
@@ -254,6 +262,29 @@ fn manifest_digest(bundle: &Bundle) -> String {
 /// Where the digest of the bundle a release was unpacked from is kept.
 fn marker_path(l: &Layout, version: &str) -> PathBuf {
     l.releases.join(format!(".{version}.manifest-sha256"))
+}
+
+/// Refuses a bundle of a version this host has (the same, or equal but for
+/// build metadata, `1.0.0+x` for `1.0.0`) unless it is the very bundle that
+/// release was unpacked from: a validly signed old bundle of that version
+/// would otherwise replace its binaries without a word.
+fn check_not_a_replay(l: &Layout, bundle: &Bundle) -> Result<(), InstallError> {
+    let version = &bundle.manifest().version;
+    let Ok(entries) = fs::read_dir(&l.releases) else { return Ok(()) };
+    let digest = manifest_digest(bundle);
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Ok(installed) = name.parse::<semver::Version>() else { continue };
+        if !installed.cmp_precedence(version).is_eq() || !entry.path().is_dir() {
+            continue;
+        }
+        let recorded = fs::read_to_string(marker_path(l, &name)).unwrap_or_default();
+        if installed == *version && recorded.trim() == digest {
+            continue;
+        }
+        return Err(InstallError::Replay { bundle: bundle.path().to_path_buf(), version: version.to_string(), installed: name });
+    }
+    Ok(())
 }
 
 fn bundled_engine_is_minio(bundle: &Bundle) -> bool {

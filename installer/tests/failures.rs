@@ -1,8 +1,8 @@
 //! What the installer refuses, and what it leaves behind when it is stopped:
 //! mistakes in the answers file, a port already taken and wrong external S3
 //! credentials are refused before anything on the host changes; a bundle
-//! whose payload is bad and a downgrade leave the host exactly as it was; an
-//! installer interrupted (SIGINT)
+//! whose payload is bad, a downgrade and a replayed bundle of an installed
+//! version leave the host exactly as it was; an installer interrupted (SIGINT)
 //! or killed (SIGKILL) in the middle of provisioning leaves a host that the
 //! next run finishes.
 
@@ -143,10 +143,10 @@ fn refused_bundles_leave_an_installed_host_as_it_was() {
     let version = env!("CARGO_PKG_VERSION");
     let created = common::created_of(&built.bundle, &built.trust);
     let dir = site.dir.path().to_path_buf();
-    let refuse = |site: &mut Site, bundle: &std::path::Path, args: &[&str], expected: &[&str]| {
+    let refuse = |site: &mut Site, bundle: &std::path::Path, expected: &[&str]| {
         site.set("bundle", bundle.display().to_string());
         let before = host_state(site);
-        let out = site.install_command().args(args).output().unwrap();
+        let out = site.install();
         assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stdout));
         let line = error_line(&out);
         for needle in expected {
@@ -161,7 +161,23 @@ fn refused_bundles_leave_an_installed_host_as_it_was() {
     let at = bytes.len() - 1000;
     bytes[at] ^= 0x40;
     fs::write(&newer, &bytes).unwrap();
-    refuse(&mut site, &newer, &[], &["newer.bundle"]);
+    refuse(&mut site, &newer, &["newer.bundle"]);
+
+    // Another signed bundle of the installed version, older and with other
+    // contents; and the same version with build metadata.
+    let note = |tree: &std::path::Path| fs::write(tree.join("bin/NOTE"), "a rebuild\n").unwrap();
+    let rebuilt = common::variant(&built, &dir, "rebuilt.bundle", version, created - chrono::Duration::days(30), note);
+    refuse(&mut site, &rebuilt, &["rebuilt.bundle", &format!("release {version} is installed from another bundle"), "--danger-replace-release"]);
+    let tagged_version = format!("{version}+rebuild");
+    let tagged = common::variant(&built, &dir, "tagged.bundle", &tagged_version, created, note);
+    refuse(&mut site, &tagged, &["tagged.bundle", &tagged_version, "--danger-replace-release"]);
+    assert!(!site.path(&format!("opt/hangar/releases/{version}/bin/NOTE")).exists());
+
+    // Asked for explicitly (development builds), the rebuild replaces the release.
+    site.set("bundle", rebuilt.display().to_string());
+    let out = check("an explicit replacement", site.install_command().arg("--danger-replace-release").output().unwrap());
+    assert!(out.contains("is ready") && !out.contains("already unpacked"), "{out}");
+    assert_eq!(fs::read_to_string(site.path(&format!("opt/hangar/releases/{version}/bin/NOTE"))).unwrap(), "a rebuild\n");
 
     // An unfinished installation: an older bundle is a downgrade all the same,
     // refused before anything is written, the state kept as it is.
@@ -170,7 +186,7 @@ fn refused_bundles_leave_an_installed_host_as_it_was() {
     state["ready_at"] = serde_json::Value::Null;
     fs::write(&state_file, serde_json::to_string_pretty(&state).unwrap()).unwrap();
     let older = common::variant(&built, &dir, "older.bundle", "0.0.9", created, |_| {});
-    refuse(&mut site, &older, &[], &["older.bundle", "0.0.9", &format!("older than the installed {version}")]);
+    refuse(&mut site, &older, &["older.bundle", "0.0.9", &format!("older than the installed {version}")]);
     check("uninstall", site.command(&["uninstall"]).output().unwrap());
 }
 
