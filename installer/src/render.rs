@@ -183,11 +183,19 @@ pub fn garage_toml(answers: &Answers, l: &Layout) -> String {
     )
 }
 
+/// The TLS 1.2 suites PostgreSQL may use: the AEAD ones with forward secrecy
+/// that rustls offers on every other listener, in its order. TLS 1.3 (whose
+/// suites PostgreSQL 15 does not configure) has only AEAD suites in OpenSSL's
+/// default set.
+pub const POSTGRES_TLS12_CIPHERS: &str = "ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-ECDSA-CHACHA20-POLY1305:\
+                                          ECDHE-RSA-AES256-GCM-SHA384:ECDHE-RSA-AES128-GCM-SHA256:ECDHE-RSA-CHACHA20-POLY1305";
+
 /// PostgreSQL's settings, included from `postgresql.conf`.
 pub fn postgres_conf(answers: &Answers, l: &Layout) -> String {
     format!(
         "# Written by hangar-install.\nlisten_addresses = '127.0.0.1'\nport = {port}\nunix_socket_directories = '{run}'\n\
          ssl = on\nssl_cert_file = '{cert}'\nssl_key_file = '{key}'\nssl_min_protocol_version = 'TLSv1.2'\n\
+         ssl_ciphers = '{POSTGRES_TLS12_CIPHERS}'\nssl_prefer_server_ciphers = on\n\
          password_encryption = 'scram-sha-256'\njit = off\nlogging_collector = off\n",
         port = answers.ports.database,
         run = l.pg_run.display(),

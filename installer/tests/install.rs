@@ -1,7 +1,7 @@
 //! End to end: a real appliance bundle, built from this workspace by
 //! `bundles/build-appliance.sh`, installed non-interactively into a temporary
 //! prefix; the appliance reached over TLS trusting only the CA the installer
-//! made; the administrator logs in through GraphQL; a second run repairs
+//! made; PostgreSQL's TLS as strict as the other listeners'; the administrator logs in through GraphQL; a second run repairs
 //! nothing and clobbers nothing; status, a redacted support bundle, and an
 //! uninstall that leaves no process and only the data behind.
 
@@ -71,6 +71,16 @@ async fn installs_from_a_real_bundle_serves_graphql_and_uninstalls_cleanly() {
     // A client trusting the system's roots does not get in.
     let foreign = reqwest::Client::builder().build().unwrap();
     assert!(foreign.get(format!("{base}/ready")).send().await.is_err());
+
+    // PostgreSQL offers what every other listener offers: AEAD suites only. A
+    // client offering only CBC suites (LUCKY13's) is refused, an AEAD one served.
+    let cbc = "ECDHE-ECDSA-AES128-SHA:ECDHE-ECDSA-AES256-SHA384:ECDHE-RSA-AES128-SHA256:AES128-SHA:AES256-SHA256";
+    let (served, text) = common::postgres_handshake(site.ports.database, &site.ca(), cbc);
+    assert!(!served, "a CBC-only client was served: {text}");
+    let aead = "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256";
+    let (served, text) = common::postgres_handshake(site.ports.database, &site.ca(), aead);
+    assert!(served && text.contains("Verify return code: 0 (ok)"), "an AEAD client was refused: {text}");
+    assert!(text.contains("-GCM-SHA256"), "{text}");
 
     // Secrets: 0600, owned by the service user; none in hangar.toml.
     let svc = nix::unistd::User::from_name("hangar").unwrap().expect("the service user exists");

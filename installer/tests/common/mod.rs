@@ -156,6 +156,20 @@ pub fn snapshot(root: &Path) -> std::collections::BTreeMap<String, String> {
     out
 }
 
+/// `openssl s_client -starttls postgres` offering only the TLS 1.2 suites
+/// `ciphers`: whether the handshake succeeded, and what it printed.
+pub fn postgres_handshake(port: u16, ca: &Path, ciphers: &str) -> (bool, String) {
+    let out = Command::new("openssl")
+        .args(["s_client", "-starttls", "postgres", "-connect", &format!("127.0.0.1:{port}"), "-tls1_2", "-cipher", ciphers])
+        .arg("-CAfile")
+        .arg(ca)
+        .arg("-verify_return_error")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run openssl");
+    (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+}
+
 pub fn check(what: &str, out: Output) -> String {
     assert!(
         out.status.success(),
