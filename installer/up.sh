@@ -145,7 +145,9 @@ TOML
 mv "$answers.partial" "$answers"
 
 echo "==> installing into $prefix"
-"$install_bin" --prefix "$prefix" --no-systemd --answers "$answers" --timings
+# A rebuilt development bundle keeps its version: replacing the installed
+# release with it must be asked for.
+"$install_bin" --prefix "$prefix" --no-systemd --answers "$answers" --timings --danger-replace-release
 
 cat <<DONE
 
