@@ -90,6 +90,42 @@ impl Bundle {
         Ok(summary)
     }
 
+    /// Verifies the whole payload like [`Bundle::verify`] and keeps the content
+    /// of the file entry `wanted` (at most `max` bytes, checked against the
+    /// manifest before anything is read): a release's own description, read
+    /// from a bundle whose every byte was checked, before anything is written.
+    /// `None` when the bundle has no such file.
+    pub fn verify_reading(
+        &self,
+        mut options: ExtractOptions<'_>,
+        wanted: &str,
+        max: u64,
+    ) -> Result<(Summary, Option<Vec<u8>>), BundleError> {
+        self.check_policy(&options)?;
+        let found = self
+            .manifest
+            .entries
+            .iter()
+            .find(|e| e.path() == wanted && !e.is_dir());
+        if let Some(entry) = found
+            && entry.size() > max
+        {
+            return Err(BundleError::FileTooLarge {
+                path: self.path.clone(),
+                entry: wanted.to_owned(),
+                size: entry.size(),
+                max,
+            });
+        }
+        let sink = CaptureSink {
+            wanted: wanted.to_owned(),
+            capturing: false,
+            content: found.map(|_| Vec::new()),
+        };
+        let (summary, sink) = self.stream(sink, options.progress.take(), options.interrupt)?;
+        Ok((summary, sink.content))
+    }
+
     /// Extracts the bundle into `dest`, which must not exist but whose parent must.
     ///
     /// The files go to a staging directory next to `dest` (so the final rename
@@ -733,6 +769,35 @@ impl Sink for NullSink {
         Ok(())
     }
     fn file_end(&mut self, _: &Entry) -> Result<(), BundleError> {
+        Ok(())
+    }
+}
+
+/// Checks without writing, keeping one file's content.
+struct CaptureSink {
+    wanted: String,
+    capturing: bool,
+    content: Option<Vec<u8>>,
+}
+
+impl Sink for CaptureSink {
+    fn dir(&mut self, _: &Entry) -> Result<(), BundleError> {
+        Ok(())
+    }
+    fn file_begin(&mut self, entry: &Entry) -> Result<(), BundleError> {
+        self.capturing = entry.path() == self.wanted;
+        Ok(())
+    }
+    fn file_data(&mut self, data: &[u8]) -> Result<(), BundleError> {
+        if self.capturing
+            && let Some(content) = self.content.as_mut()
+        {
+            content.extend_from_slice(data);
+        }
+        Ok(())
+    }
+    fn file_end(&mut self, _: &Entry) -> Result<(), BundleError> {
+        self.capturing = false;
         Ok(())
     }
 }
