@@ -162,6 +162,17 @@ pub fn hangar_toml(answers: &Answers, l: &Layout, service_user: &str) -> String 
         ready = q(format!("https://{}/ready", answers.local_addr(answers.ports.server))),
         ca = qp(&ca),
     );
+    if answers.backups.schedule.is_some() {
+        // The schedule and retention are read from backup.toml.
+        s += &format!(
+            "\n[[supervisor.service]]\nname = \"backups\"\ncommand = {installer}\n\
+             args = [\"--prefix\", {prefix}, \"--service-user\", {user}, \"backup\", \"--scheduled\"]\n\
+             depends_on = [\"postgres\"]\n",
+            installer = qp(&l.bin("hangar-install")),
+            prefix = qp(&l.prefix),
+            user = q(service_user),
+        );
+    }
     s
 }
 
