@@ -174,12 +174,18 @@ impl BackupSettings {
     }
 }
 
-/// A cron expression of five fields (minute hour day month weekday), UTC.
+/// A cron expression of five fields (minute hour day month weekday), or six
+/// with the seconds first; UTC.
 pub fn check_schedule(s: &str) -> Result<croner::Cron, String> {
-    if s.split_whitespace().count() != 5 {
+    let fields = s.split_whitespace().count();
+    if !(5..=6).contains(&fields) {
         return Err(format!("{s:?} is not a cron expression of five fields (minute hour day month weekday)"));
     }
-    s.parse::<croner::Cron>().map_err(|e| format!("{s:?} is not a valid cron expression: {e}"))
+    croner::parser::CronParser::builder()
+        .seconds(croner::parser::Seconds::Optional)
+        .build()
+        .parse(s)
+        .map_err(|e| format!("{s:?} is not a valid cron expression: {e}"))
 }
 
 /// Writes a JSON record atomically, readable by the service user (the server
