@@ -185,8 +185,9 @@ impl Upgrade<'_> {
                 self.hand_over()?;
             }
             if self.interrupted() {
+                // Before the switch starts nothing has changed yet.
                 let e = InstallError::Interrupted { step: name.to_string() };
-                return if i < FIRST_CHANGE { self.abandon(name, e) } else { self.begin_rollback(name, e) };
+                return if i <= FIRST_CHANGE { self.abandon(name, e) } else { self.begin_rollback(name, e) };
             }
             if let Err(e) = self.step(name, Phase::Forward) {
                 return if i < FIRST_CHANGE { self.abandon(name, e) } else { self.begin_rollback(name, e) };
