@@ -1,7 +1,8 @@
 //! Hangar's test kit: starts the real things tests need — PostgreSQL 15 with TLS,
 //! Garage (the S3 server standing in for MinIO), a git server over HTTP(S), and
 //! Hangar's own binaries as separate processes — on free loopback ports, each in a
-//! temporary directory that is kept and printed when the test fails.
+//! temporary directory that is kept and printed when the test fails. Also the
+//! test provider packaged for Terraform's provider mirrors.
 
 pub mod bins;
 mod dir;
@@ -10,6 +11,7 @@ pub mod git;
 pub mod netns;
 pub mod pg;
 mod ports;
+pub mod provider;
 pub mod terraform;
 pub mod user;
 

@@ -129,11 +129,10 @@ impl Server {
             workers,
             max_state_bytes: config.max_state_bytes,
         });
-        let schema = graphql::schema(
-            app.clone(),
-            graphql::QueryLimits { max_depth: config.max_query_depth, max_complexity: config.max_query_complexity },
-        );
-        let routes = routes::routes(app.clone(), schema, config.max_body_bytes);
+        let limits = graphql::QueryLimits { max_depth: config.max_query_depth, max_complexity: config.max_query_complexity };
+        let schema = graphql::schema(app.clone(), limits);
+        let admission = graphql::Admission::new(&schema, limits);
+        let routes = routes::routes(app.clone(), schema, admission, config.max_body_bytes);
         let limits = listener::ConnectionLimits {
             handshake_timeout: config.handshake_timeout(),
             header_timeout: Duration::from_secs(30),

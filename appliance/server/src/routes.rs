@@ -20,11 +20,11 @@ use warp::http::StatusCode;
 use warp::reply::{Reply, Response};
 
 use crate::App;
-use crate::graphql::ApiSchema;
+use crate::graphql::{Admission, ApiSchema};
 use crate::http::HttpError;
 
 /// Every route of the server.
-pub(crate) fn routes(app: Arc<App>, schema: ApiSchema, max_body: u64) -> BoxedFilter<(Response,)> {
+pub(crate) fn routes(app: Arc<App>, schema: ApiSchema, admission: Admission, max_body: u64) -> BoxedFilter<(Response,)> {
     let health = warp::path!("health")
         .and(warp::get().or(warp::head()).unify())
         .map(|| warp::reply::json(&serde_json::json!({ "status": "ok" })).into_response());
@@ -48,7 +48,7 @@ pub(crate) fn routes(app: Arc<App>, schema: ApiSchema, max_body: u64) -> BoxedFi
         .unify()
         .or(crate::workers::routes(app.clone()))
         .unify()
-        .or(crate::graphql::route(app.clone(), schema, max_body))
+        .or(crate::graphql::route(app.clone(), schema, admission, max_body))
         .unify()
         .or(crate::webhooks::route(app))
         .unify()

@@ -3,13 +3,17 @@
 //! A delivery is checked in this order, each failure answered at once and
 //! nothing enqueued: an unknown kind, integration or a kind that is not the
 //! integration's (404, all alike, so a sender learns nothing about which
-//! integrations exist); a declared or actual body over [`MAX_BODY`] (413,
-//! nothing read past the limit); the vendor's signature or token with the
-//! integration's secret (401, constant-time, in `hangar-vcs`); a body that is
-//! not a JSON object (400). A good delivery is enqueued raw under the key
-//! `"{integration id}:{delivery id}"` with its row in the delivery log, in one
-//! transaction, and answered 202 without parsing: the drain does the rest. A
-//! redelivery answers 200 and enqueues nothing.
+//! integrations exist, whatever else is wrong with the request); a declared
+//! or actual body over the vendor's limit ([`hangar_vcs::max_body`]: 413,
+//! nothing read past it, nothing hashed); the vendor's signature or token with
+//! the integration's secret (401, constant-time, in `hangar-vcs`); a
+//! form-encoded body Hangar cannot take (415, saying to choose JSON); a
+//! document that is not a JSON object (400). A good delivery's JSON is
+//! enqueued raw under the key `"{integration id}:{delivery id}"` with its row
+//! in the delivery log, in one transaction, and answered 202 without parsing:
+//! the drain does the rest. A redelivery answers 200 and enqueues nothing.
+//! Bitbucket's unsigned "Test connection" ping is answered 200 with what it
+//! means, and enqueues nothing either.
 
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -20,7 +24,7 @@ use futures::Stream;
 use hangar_db::jobs::{Delivery, Job};
 use hangar_db::queue::{self, Enqueued};
 use hangar_types::http::ErrorCode;
-use hangar_vcs::{MAX_BODY, Vendor, Verifier, WebhookError};
+use hangar_vcs::{Vendor, Verifier, WebhookError};
 use serde_json::json;
 use warp::Filter;
 use warp::filters::BoxedFilter;
@@ -58,7 +62,15 @@ impl Refusal {
     }
 
     fn into_response(self) -> Response {
-        crate::http::error_response(self.code(), &self.to_string())
+        match &self {
+            // Answered, not refused: nothing was verified or queued, and the
+            // text says so.
+            Refusal::Webhook(e @ WebhookError::UnsignedTestConnection { .. }) => crate::http::json_response(
+                e.http_status(),
+                &json!({ "status": "ping", "message": e.to_string() }),
+            ),
+            _ => crate::http::error_response(self.code(), &self.to_string()),
+        }
     }
 }
 
@@ -89,13 +101,6 @@ where
     B: Buf,
 {
     let vendor: Vendor = kind.parse().map_err(|_| Refusal::NotFound)?;
-    let declared = headers
-        .get(warp::http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if let Some(len) = declared {
-        hangar_vcs::check_declared_length(vendor, len)?;
-    }
     let mut conn = app.db.get().await.map_err(|e| {
         tracing::warn!(error = %hangar_types::error_chain(&e), "webhook: database unavailable");
         Refusal::Unavailable
@@ -107,6 +112,14 @@ where
     let Some(integration) = integration.filter(|i| i.kind() == Kind::Vendor(vendor)) else {
         return Err(Refusal::NotFound);
     };
+    // Nothing of the body has been read yet.
+    let declared = headers
+        .get(warp::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if let Some(len) = declared {
+        hangar_vcs::check_declared_length(vendor, len)?;
+    }
     let secret = store::open(&mut conn, &app.secrets, integration.id).await.map_err(|e| {
         tracing::error!(integration = %integration.name, error = %hangar_types::error_chain(&e), "webhook: cannot open the webhook secret");
         Refusal::Unavailable
@@ -118,16 +131,18 @@ where
         .as_ref()
         .and_then(|s| Verifier::new(vendor, s).ok())
         .ok_or(Refusal::Webhook(WebhookError::BadSignature { vendor, header: "(no webhook secret configured)" }))?;
-    let body = crate::http::read_limited(body, MAX_BODY as u64).await.map_err(|e| match e {
-        HttpError::BodyTooLarge { read, .. } => Refusal::Webhook(WebhookError::TooLarge { vendor, size: read }),
+    let limit = hangar_vcs::max_body(vendor);
+    let body = crate::http::read_limited(body, limit as u64).await.map_err(|e| match e {
+        HttpError::BodyTooLarge { read, .. } => Refusal::Webhook(WebhookError::TooLarge { vendor, size: read, limit }),
         _ => Refusal::Unreadable,
     })?;
     let delivery = verifier.verify(headers, &body, SystemTime::now())?;
-    if serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(&body).is_err() {
+    let document = delivery.document(&body);
+    if serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(document).is_err() {
         return Err(Refusal::NotJson);
     }
     // Valid JSON is valid UTF-8.
-    let text = String::from_utf8(body.to_vec()).map_err(|_| Refusal::NotJson)?;
+    let text = String::from_utf8(document.to_vec()).map_err(|_| Refusal::NotJson)?;
     let job = Job::VcsDelivery(Delivery {
         integration: integration.id,
         delivery: delivery.id.clone(),

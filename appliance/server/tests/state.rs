@@ -377,16 +377,29 @@ async fn credentials_open_only_what_they_should() {
     // empty-bodied force-unlock.
     assert_eq!(call(&app, "UNLOCK", &state_path("net"), Auth::Basic(&third), Some(b""), None).await.status, 423);
 
-    let force = "mutation { forceUnlockState(stack: \"net\") { lockId heldBy } }";
-    assert_eq!(app.err(Some(&reader), force, json!({})).await.0, "FORBIDDEN");
-    let removed = app.ok(&admin, force, json!({})).await;
+    let force = "mutation($l: String!) { forceUnlockState(stack: \"net\", lockId: $l) { lockId heldBy } }";
+    assert_eq!(app.err(Some(&reader), force, json!({ "l": "next-lock" })).await.0, "FORBIDDEN");
+    // An unlock must name the lock it releases: a made-up id releases nothing,
+    // and the answer names the holder.
+    let (code, message) = app.err(Some(&admin), force, json!({ "l": "made-up" })).await;
+    assert_eq!(code, "CONFLICT");
+    assert!(message.contains(&format!("run {next_run}")) && message.contains("\"next-lock\""), "{message}");
+    assert_eq!(app.ok(&reader, lock_q, json!({})).await["stateLock"]["lockId"], "next-lock");
+    let removed = app.ok(&admin, force, json!({ "l": "next-lock" })).await;
     assert_eq!(removed["forceUnlockState"]["lockId"], "next-lock");
     assert!(app.ok(&reader, lock_q, json!({})).await["stateLock"].is_null());
-    assert!(app.ok(&admin, force, json!({})).await["forceUnlockState"].is_null());
-    let audit = app.ok(&admin, "query { auditEvents(action: \"state.force_unlock\") { items { actor target } } }", json!({})).await;
+    assert!(app.ok(&admin, force, json!({ "l": "next-lock" })).await["forceUnlockState"].is_null());
+    let audit = app.ok(&admin, "query { auditEvents(action: \"state.force_unlock\") { items { actor target details } } }", json!({})).await;
     let events = audit["auditEvents"]["items"].as_array().unwrap();
     assert_eq!(events.len(), 1, "{audit}");
     assert_eq!(events[0]["target"], "stack:net");
+    // The holder it displaced: who, which run, since when, Terraform's account.
+    let displaced = &events[0]["details"];
+    assert_eq!(displaced["held_by"], format!("run {next_run}"), "{displaced}");
+    assert_eq!(displaced["run_id"], next_run, "{displaced}");
+    assert_eq!(displaced["who"], "w2", "{displaced}");
+    assert_eq!(displaced["operation"], "OperationTypeApply", "{displaced}");
+    assert!(displaced["locked_at"].is_string(), "{displaced}");
     assert_eq!(lock(&app, "net", Auth::Basic(&third), "third-lock", "w3").await.status, 200);
 }
 
@@ -527,7 +540,7 @@ async fn what_people_do_through_the_backend_is_audited_and_runs_are_not() {
     assert_eq!(state_audit(&app, "net").await.len(), 3);
     // Taking a run's lock away is.
     assert_eq!(lock(&app, "net", Auth::Basic(&token), "run-2", "run").await.status, 200);
-    let forced = app.ok(&admin, "mutation { forceUnlockState(stack: \"net\") { lockId } }", json!({})).await;
+    let forced = app.ok(&admin, "mutation { forceUnlockState(stack: \"net\", lockId: \"run-2\") { lockId } }", json!({})).await;
     assert_eq!(forced["forceUnlockState"]["lockId"], "run-2");
     let trail = state_audit(&app, "net").await;
     assert_eq!(actions(&trail).last().map(String::as_str), Some("state.force_unlock"));
@@ -675,14 +688,29 @@ async fn terraform_inits_applies_pulls_and_force_unlocks_against_the_backend() {
     assert!(err.contains("Error acquiring the state lock"), "{err}");
     assert!(err.contains("operator-lock-0001"), "{err}");
 
-    // The run cannot force it open; the operator's own terraform can.
+    // The run cannot force it open. Neither can an operator's Terraform 1.0.3:
+    // its `force-unlock` sends no body, so it names no lock, and a made-up id
+    // must not release whatever lock there is.
     let refused = terraform(&app, &run_dir, &["force-unlock", "-no-color", "-force", "operator-lock-0001"]);
     assert!(!refused.status.success(), "{}", stdout(&refused));
     let op_dir = workdir(&app, "operator", "operator", &key);
     ok(&terraform(&app, &op_dir, &["init", "-no-color", "-backend-config=backend.hcl"]), "operator init");
-    ok(&terraform(&app, &op_dir, &["force-unlock", "-no-color", "-force", "operator-lock-0001"]), "force-unlock");
+    for id in ["made-up-id", "operator-lock-0001"] {
+        let forced = terraform(&app, &op_dir, &["force-unlock", "-no-color", "-force", id]);
+        assert!(!forced.status.success(), "force-unlock {id}: {}", stdout(&forced));
+    }
+    let lock_q = "{ stack(slug: \"infra\") { stateLock { lockId heldBy runId who createdAt } } }";
+    let held_now = app.ok(&admin, lock_q, json!({})).await;
+    assert_eq!(held_now["stack"]["stateLock"]["lockId"], "operator-lock-0001", "{held_now}");
+    assert_eq!(held_now["stack"]["stateLock"]["who"], "worker-b@host");
+    // The API names the lock it releases.
+    let force = "mutation($l: String!) { forceUnlockState(stack: \"infra\", lockId: $l) { lockId } }";
+    let released = app.ok(&key, force, json!({ "l": "operator-lock-0001" })).await;
+    assert_eq!(released["forceUnlockState"]["lockId"], "operator-lock-0001");
     let audit = app.ok(&admin, "query { auditEvents(action: \"state.force_unlock\") { items { actor } } }", json!({})).await;
-    assert_eq!(audit["auditEvents"]["items"][0]["actor"], format!("{ADMIN_EMAIL} (API key operator)"));
+    let items = audit["auditEvents"]["items"].as_array().unwrap();
+    assert_eq!(items.len(), 1, "{audit}");
+    assert_eq!(items[0]["actor"], format!("{ADMIN_EMAIL} (API key operator)"));
 
     ok(&terraform(&app, &run_dir, &["apply", "-no-color", "-auto-approve", "-var", "greeting=hi"]), "second apply");
     let listed = versions(&app, &admin, "infra").await;
@@ -722,4 +750,56 @@ async fn runs_that_only_plan_read_and_lock_in_parallel_but_never_write() {
     assert_eq!(q["stateLock"]["lockId"], "apply-lock");
     assert_eq!(post(&app, "net", Auth::Basic(&tracked), Some("apply-lock"), &state("lin", 2, "two")).await.status, 200);
     assert_eq!(versions(&app, &admin, "net").await.len(), 2);
+}
+
+/// An UNLOCK names the lock it releases (its LockInfo body, or `?ID=`). An
+/// empty one, as Terraform 1.0.3's `force-unlock` sends, names nothing and
+/// releases only the caller's own lock; every release of someone else's lock
+/// is audited with the holder it displaced.
+#[tokio::test]
+async fn unlocks_must_name_the_lock_they_release() {
+    let app = Appliance::start().await;
+    let admin = app.admin_token().await;
+    let net = stack(&app, &admin, "net").await;
+    let key = api_key(&app, &admin, "operator").await;
+
+    // An operator's own lock, left by a terraform that died: an empty UNLOCK
+    // from the same user releases it.
+    assert_eq!(lock(&app, "net", Auth::Bearer(&key), "op-1", "me@laptop").await.status, 200);
+    assert_eq!(call(&app, "UNLOCK", &state_path("net"), Auth::Bearer(&key), Some(b""), None).await.status, 200);
+    assert_eq!(call(&app, "UNLOCK", &state_path("net"), Auth::Bearer(&key), Some(b""), None).await.status, 409);
+
+    // A run's lock: an operator's empty UNLOCK, a wrong name in the body or in
+    // the address, are all refused with 423 and the holder's lock info.
+    let (run, token) = run_with_token(&app, net).await;
+    assert_eq!(lock(&app, "net", Auth::Basic(&token), "run-lock", "worker@host").await.status, 200);
+    let empty = call(&app, "UNLOCK", &state_path("net"), Auth::Bearer(&key), Some(b""), None).await;
+    assert_eq!(empty.status, 423, "{}", empty.text());
+    assert_eq!(empty.json()["ID"], "run-lock");
+    assert_eq!(empty.json()["Who"], "worker@host");
+    assert_eq!(unlock(&app, "net", Auth::Bearer(&key), "made-up").await.status, 423);
+    let wrong = format!("{}?ID=made-up", state_path("net"));
+    assert_eq!(call(&app, "UNLOCK", &wrong, Auth::Bearer(&key), Some(b""), None).await.status, 423);
+    let q = "{ stack(slug: \"net\") { stateLock { lockId heldBy runId who createdAt } } }";
+    let held = app.ok(&admin, q, json!({})).await;
+    let held = &held["stack"]["stateLock"];
+    assert_eq!(held["lockId"], "run-lock", "{held}");
+    assert_eq!(held["heldBy"], format!("run {run}"));
+    assert_eq!(held["runId"], run.to_string());
+    assert_eq!(held["who"], "worker@host");
+    assert!(held["createdAt"].is_string());
+    assert!(state_audit(&app, "net").await.iter().all(|(action, _, _)| action != "state.force_unlock"));
+
+    // Named in the address, as a Terraform that sends no body can be told to.
+    let named = format!("{}?ID=run-lock", state_path("net"));
+    assert_eq!(call(&app, "UNLOCK", &named, Auth::Bearer(&key), Some(b""), None).await.status, 200);
+    assert!(app.ok(&admin, q, json!({})).await["stack"]["stateLock"].is_null());
+    let trail = state_audit(&app, "net").await;
+    let (_, actor, details) = trail.iter().find(|(action, _, _)| action == "state.force_unlock").expect("audited");
+    assert_eq!(actor, &format!("{ADMIN_EMAIL} (API key operator)"));
+    assert_eq!(details["lock_id"], "run-lock");
+    assert_eq!(details["held_by"], format!("run {run}"));
+    assert_eq!(details["run_id"], run);
+    assert_eq!(details["who"], "worker@host");
+    assert_eq!(details["via"], "state backend");
 }

@@ -72,13 +72,14 @@ async fn hostile_deliveries_are_refused_and_create_nothing() {
         .unwrap();
     assert_eq!(resp.status().as_u16(), 401);
 
-    // 10 MB: refused on its declared length before a byte of it is sent, and
-    // when streamed without a length, as soon as the limit is crossed.
+    // Over GitHub's 25 MB: refused on its declared length before a byte of it
+    // is sent, and when streamed without a length, as soon as the limit is
+    // crossed.
     let sig = github_signature(SECRET, b"");
     let hdrs = [("x-github-event", "push"), ("x-github-delivery", "d-big"), ("x-hub-signature-256", sig.as_str())];
-    let line = status_for_declared_length(&app, "/webhooks/github/ghe", &hdrs, 10 * 1024 * 1024).await;
+    let line = status_for_declared_length(&app, "/webhooks/github/ghe", &hdrs, 26 * 1024 * 1024).await;
     assert!(line.starts_with("HTTP/1.1 413"), "{line}");
-    let chunks = futures::stream::iter((0..160).map(|_| Ok::<_, std::io::Error>(vec![b' '; 64 * 1024])));
+    let chunks = futures::stream::iter((0..420).map(|_| Ok::<_, std::io::Error>(vec![b' '; 64 * 1024])));
     let resp = app
         .client
         .post(app.url("/webhooks/github/ghe"))
@@ -297,4 +298,153 @@ async fn gitlab_and_gitea_deliveries_are_verified_their_own_way() {
     // A GitHub-style signature on the Gitea integration is not Gitea's.
     assert_eq!(post("/webhooks/github/tea", tea(sig("gitea-hmac-secret"), "t-4")).await, 404);
     assert_eq!(delivery_rows(&app).await, 3);
+}
+
+/// Deliveries as real git servers send them, end to end: GitLab before 17.4
+/// (one event UUID shared by distinct events) and before 14.8 (no id header
+/// at all), Gitea's form-encoded bodies, GitHub's (refused with what to
+/// change), Bitbucket's unsigned "Test connection", Gitea's "Test Delivery"
+/// buttons (pings, never runs), a GitLab token that GitLab could never send,
+/// and the order of the checks (an unknown integration is 404 whatever its
+/// size).
+#[tokio::test]
+async fn deliveries_as_real_git_servers_send_them() {
+    let app = Appliance::start().await;
+    let admin = app.admin_token().await;
+    for (name, kind, secret) in [
+        ("lab", "GITLAB", "gitlab-secret-token"),
+        ("tea", "GITEA", "gitea-hmac-secret"),
+        ("ghe", "GITHUB", SECRET),
+        ("bb", "BITBUCKET", "bitbucket-secret"),
+    ] {
+        app.ok(
+            &admin,
+            CREATE_INTEGRATION,
+            json!({ "i": { "name": name, "kind": kind, "baseUrl": "https://git.example.test", "webhookSecret": secret } }),
+        )
+        .await;
+    }
+    app.ok(&admin, CREATE_STACK, json!({ "i": stack_input("app", "https://git.example.test/org/app.git") })).await;
+    app.ok(&admin, LINK, json!({ "s": "app", "i": "tea" })).await;
+    let _drain = spawn(&app, "drain");
+    let post = |path: &str, headers: Vec<(&'static str, String)>, body: Vec<u8>| {
+        let mut req = app.client.post(app.url(path)).body(body);
+        for (k, v) in headers {
+            req = req.header(k, v);
+        }
+        async move {
+            let r = req.send().await.unwrap();
+            let status = r.status().as_u16();
+            (status, r.json::<serde_json::Value>().await.unwrap_or_default())
+        }
+    };
+    let hmac = |secret: &str, body: &[u8]| {
+        let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret.as_bytes());
+        hex::encode(ring::hmac::sign(&key, body).as_ref())
+    };
+
+    // GitLab 14.8 to 17.3: two events under one UUID are two deliveries; the
+    // same one resent is one. Before 14.8 there is no id header at all.
+    let lab = |extra: Vec<(&'static str, String)>| {
+        let mut h = vec![("x-gitlab-event", "Push Hook".to_string()), ("x-gitlab-token", "gitlab-secret-token".to_string())];
+        h.extend(extra);
+        h
+    };
+    let uuid = || vec![("x-gitlab-event-uuid", "13792a34-cac6-4fda-95a8-c58e00a3954e".to_string())];
+    let (a, b) = (br#"{"object_kind": "push", "after": "a"}"#.to_vec(), br#"{"object_kind": "push", "after": "b"}"#.to_vec());
+    assert_eq!(post("/webhooks/gitlab/lab", lab(uuid()), a.clone()).await.0, 202);
+    assert_eq!(post("/webhooks/gitlab/lab", lab(uuid()), b.clone()).await.0, 202, "a distinct event under the same UUID");
+    assert_eq!(post("/webhooks/gitlab/lab", lab(uuid()), a.clone()).await.0, 200, "the same delivery again");
+    let (status, answer) = post("/webhooks/gitlab/lab", lab(vec![]), a.clone()).await;
+    assert_eq!(status, 202, "a GitLab older than 14.8: {answer}");
+    assert_eq!(post("/webhooks/gitlab/lab", lab(vec![]), a.clone()).await.0, 200);
+
+    // A GitLab token GitLab could never send is refused when it is set.
+    let (code, message) = app
+        .err(
+            Some(&admin),
+            CREATE_INTEGRATION,
+            json!({ "i": { "name": "lab2", "kind": "GITLAB", "baseUrl": "https://git.example.test", "webhookSecret": "pässwörd" } }),
+        )
+        .await;
+    assert_eq!(code, "BAD_USER_INPUT");
+    assert!(message.contains("X-Gitlab-Token"), "{message}");
+
+    // Gitea's form-encoded body: verified on the JSON it carries, which is
+    // what is queued.
+    let json_doc = br#"{"zen": "form-encoded", "ref": "refs/heads/main"}"#;
+    let mut form = url::form_urlencoded::Serializer::new(String::new());
+    form.append_pair("payload", std::str::from_utf8(json_doc).unwrap());
+    let form = form.finish().into_bytes();
+    let tea = |sig: String, id: &str| {
+        vec![
+            ("content-type", "application/x-www-form-urlencoded".to_string()),
+            ("x-gitea-event", "issues".to_string()),
+            ("x-gitea-delivery", id.to_string()),
+            ("x-gitea-signature", sig),
+        ]
+    };
+    let (status, answer) = post("/webhooks/gitea/tea", tea(hmac("gitea-hmac-secret", json_doc), "f-1"), form.clone()).await;
+    assert_eq!(status, 202, "{answer}");
+    let d = processed(&app, &admin, "tea", "f-1").await;
+    assert_eq!(d["outcome"], "IGNORED", "{d}");
+    assert!(d["error"].is_null(), "the queued document is the JSON: {d}");
+    assert_eq!(post("/webhooks/gitea/tea", tea(hmac("gitea-hmac-secret", &form), "f-2"), form.clone()).await.0, 401);
+    // GitHub's form bodies: the signature holds, and the answer says what to change.
+    let (status, answer) = post(
+        "/webhooks/github/ghe",
+        vec![
+            ("content-type", "application/x-www-form-urlencoded".to_string()),
+            ("x-github-event", "ping".to_string()),
+            ("x-github-delivery", "g-form".to_string()),
+            ("x-hub-signature-256", github_signature(SECRET, &form)),
+        ],
+        form.clone(),
+    )
+    .await;
+    assert_eq!(status, 415, "{answer}");
+    assert!(answer["error"]["message"].as_str().unwrap().contains("application/json"), "{answer}");
+
+    // Bitbucket's "Test connection" is unsigned: a clear answer, nothing queued.
+    let rows = delivery_rows(&app).await;
+    let (status, answer) = post(
+        "/webhooks/bitbucket/bb",
+        vec![("x-event-key", "diagnostics:ping".to_string()), ("x-request-id", "bb-test".to_string())],
+        br#"{"test": true}"#.to_vec(),
+    )
+    .await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["status"], "ping");
+    assert!(answer["message"].as_str().unwrap().contains("nothing was queued"), "{answer}");
+    assert_eq!(delivery_rows(&app).await, rows);
+
+    // Gitea's "Test Delivery": all-zero ids (current), or the head twice
+    // (older). Pings, never runs.
+    let zero = "0".repeat(40);
+    let head = "bffeb74224043ba2feb48d137756c8a9331c449a".to_string();
+    for (id, before, after) in [("t-new", zero.clone(), zero.clone()), ("t-old", head.clone(), head.clone())] {
+        let body = serde_json::to_vec(&json!({
+            "ref": "refs/heads/main", "before": before, "after": after, "compare_url": "",
+            "commits": [{ "id": after, "message": "test", "added": ["main.tf"], "removed": [], "modified": [] }],
+            "total_commits": 1,
+            "repository": { "full_name": "org/app", "clone_url": "https://git.example.test/org/app.git" },
+            "pusher": { "login": "admin" }
+        }))
+        .unwrap();
+        let headers = vec![
+            ("content-type", "application/json".to_string()),
+            ("x-gitea-event", "push".to_string()),
+            ("x-gitea-delivery", id.to_string()),
+            ("x-gitea-signature", hmac("gitea-hmac-secret", &body)),
+        ];
+        assert_eq!(post("/webhooks/gitea/tea", headers, body).await.0, 202);
+        let d = processed(&app, &admin, "tea", id).await;
+        assert_eq!(d["outcome"], "IGNORED", "{d}");
+        assert!(d["detail"].as_str().unwrap().starts_with("ping"), "{d}");
+    }
+    assert!(runs_of_stack(&app, "app").await.is_empty(), "a test delivery made a run");
+
+    // An unknown integration is 404 however large the body says it is.
+    let line = status_for_declared_length(&app, "/webhooks/github/nope", &[("x-github-event", "push")], 100 * 1024 * 1024).await;
+    assert!(line.starts_with("HTTP/1.1 404"), "{line}");
 }

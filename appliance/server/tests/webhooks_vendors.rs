@@ -3,7 +3,7 @@
 //! example delivery (the parsers' fixtures), signed as that vendor signs it,
 //! makes its run; the hostile deliveries (no, wrong or malformed signature, a
 //! body signed for another, GitLab's signed timestamps more than five minutes
-//! off, a replay, 10 MB, invalid JSON, an unknown integration) are refused
+//! off, a replay, 26 MiB, invalid JSON, an unknown integration) are refused
 //! with the vendor's status and leave no job and no run; a repository no stack
 //! uses is recorded and makes no run.
 
@@ -60,7 +60,7 @@ fn bytes(v: &Value) -> Vec<u8> {
 }
 
 /// The refusals every vendor shares, for a delivery `sign` signs: a body
-/// signed for another body, invalid JSON, a 10 MB body (declared), an unknown
+/// signed for another body, invalid JSON, a 26 MiB body (declared), an unknown
 /// integration. None may enqueue anything.
 async fn common_refusals(app: &Appliance, path: &str, unknown_path: &str, body: &[u8], sign: impl Fn(&str, &[u8]) -> Vec<(String, String)>) {
     let mut tampered = body.to_vec();
@@ -72,7 +72,7 @@ async fn common_refusals(app: &Appliance, path: &str, unknown_path: &str, body: 
     assert_eq!(post_with(app, path, &sign("x-array", b"[1]"), b"[1]").await.0, 400, "{path}: not an object");
     let big = sign("x-big", b"");
     let refs: Vec<(&str, &str)> = big.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    let line = status_for_declared_length(app, path, &refs, 10 * 1024 * 1024).await;
+    let line = status_for_declared_length(app, path, &refs, 26 * 1024 * 1024).await;
     assert!(line.starts_with("HTTP/1.1 413"), "{path}: {line}");
     assert_eq!(post_with(app, unknown_path, &sign("x-404", body), body).await.0, 404, "{unknown_path}");
 }
@@ -99,7 +99,6 @@ async fn gitlab_deliveries_are_verified_by_token_and_by_signature_with_its_five_
     assert_eq!(post_with(&app, "/webhooks/gitlab/lab", &with(&ok, "x-gitlab-token", "wrong"), &body).await.0, 401);
     // The token of the signing integration is not a token.
     assert_eq!(post_with(&app, "/webhooks/gitlab/labsig", &with(&ok, "x-gitlab-token", LAB_SIGNING), &body).await.0, 401);
-    assert_eq!(post_with(&app, "/webhooks/gitlab/lab", &without(&ok, "x-gitlab-event-uuid"), &body).await.0, 400);
     let token_sign = |id: &str, _: &[u8]| gitlab_token_headers(LAB_TOKEN, id, "Push Hook");
     // A token does not cover the body, so a changed body is GitLab's own: only
     // invalid JSON, size and the unknown integration are refused.
@@ -107,7 +106,7 @@ async fn gitlab_deliveries_are_verified_by_token_and_by_signature_with_its_five_
     assert_eq!(post_with(&app, "/webhooks/gitlab/lab", &token_sign("l-json", junk), junk).await.0, 400);
     let big = token_sign("l-big", b"");
     let refs: Vec<(&str, &str)> = big.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    assert!(status_for_declared_length(&app, "/webhooks/gitlab/lab", &refs, 10 * 1024 * 1024).await.starts_with("HTTP/1.1 413"));
+    assert!(status_for_declared_length(&app, "/webhooks/gitlab/lab", &refs, 26 * 1024 * 1024).await.starts_with("HTTP/1.1 413"));
     assert_eq!(post_with(&app, "/webhooks/gitlab/nope", &ok, &body).await.0, 404);
     assert_eq!(delivery_jobs(&app).await, 0, "a refused delivery enqueued a job");
 

@@ -257,7 +257,9 @@ async fn a_worker_killed_while_applying_is_never_retried_and_leaves_the_lock_for
     assert_eq!(still["lockId"], lock["lockId"], "the lost apply's lock is kept");
 
     // The operator removes it.
-    let d = fleet.ok("mutation { forceUnlockState(stack: \"net\") { lockId runId } }", json!({})).await;
+    let d = fleet
+        .ok("mutation($l: String!) { forceUnlockState(stack: \"net\", lockId: $l) { lockId runId } }", json!({ "l": lock["lockId"] }))
+        .await;
     assert_eq!(d["forceUnlockState"]["lockId"], lock["lockId"]);
     let (_, gone) = stack_view(&fleet).await;
     assert!(gone.is_null(), "{gone}");

@@ -880,21 +880,31 @@ async fn the_provider_mirror_speaks_terraforms_protocol_to_runs() {
     let r = get(&format!("{base}/3.2.1.json"), Some(&a.run_token)).await;
     assert_eq!(r.status(), 200);
     let doc: Value = r.json().await.unwrap();
+    // Terraform downloads archives with no credentials: their URLs carry the
+    // run's token.
+    let archive = "terraform-provider-null_3.2.1_linux_amd64.zip";
     assert_eq!(
         doc["archives"]["linux_amd64"],
-        json!({ "url": "terraform-provider-null_3.2.1_linux_amd64.zip", "hashes": [format!("zh:{}", sha256_hex(ZIP_BYTES))] })
+        json!({ "url": format!("{archive}?token={}", a.run_token), "hashes": [format!("zh:{}", sha256_hex(ZIP_BYTES))] })
     );
-    assert_eq!(doc["archives"]["darwin_arm64"]["url"], "terraform-provider-null_3.2.1_darwin_arm64.zip");
-    let r = get(&format!("{base}/terraform-provider-null_3.2.1_linux_amd64.zip"), Some(&a.run_token)).await;
-    assert_eq!(r.status(), 200);
-    assert_eq!(r.headers()["content-type"].to_str().unwrap(), "application/zip");
-    assert_eq!(r.headers()["content-length"].to_str().unwrap(), ZIP_BYTES.len().to_string());
-    assert_eq!(r.bytes().await.unwrap().as_ref(), ZIP_BYTES);
+    assert_eq!(doc["archives"]["darwin_arm64"]["url"], format!("terraform-provider-null_3.2.1_darwin_arm64.zip?token={}", a.run_token));
+    for (path, token) in [(format!("{base}/{archive}"), Some(a.run_token.as_str())), (format!("{base}/{archive}?token={}", a.run_token), None)] {
+        let r = get(&path, token).await;
+        assert_eq!(r.status(), 200, "{path}");
+        assert_eq!(r.headers()["content-type"].to_str().unwrap(), "application/zip");
+        assert_eq!(r.headers()["content-length"].to_str().unwrap(), ZIP_BYTES.len().to_string());
+        assert_eq!(r.bytes().await.unwrap().as_ref(), ZIP_BYTES);
+    }
 
     for (path, token, status) in [
         (format!("{base}/index.json"), None, 401),
         (format!("{base}/index.json"), Some("hrt_aaaaaaaaaaaa_aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"), 401),
         (format!("{base}/index.json"), Some(w.token.as_str()), 401),
+        // A token in the query opens archives only, and only a live run's.
+        (format!("{base}/index.json?token={}", a.run_token), None, 401),
+        (format!("{base}/{archive}"), None, 401),
+        (format!("{base}/{archive}?token=hrt_aaaaaaaaaaaa_aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"), None, 401),
+        (format!("{base}/{archive}?token={}", w.token), None, 401),
         ("registry.terraform.io/hashicorp/random/index.json".to_string(), Some(a.run_token.as_str()), 404),
         (format!("{base}/9.9.9.json"), Some(a.run_token.as_str()), 404),
         (format!("{base}/..%2F..%2F..%2F..%2Foutside"), Some(a.run_token.as_str()), 404),

@@ -70,3 +70,22 @@ pub async fn recent_login_failures(
         .get_result(conn)
         .await?)
 }
+
+/// Failed logins from the address `source` in the last `window`, of the
+/// account `email` only when given: the per-address login throttle.
+pub async fn recent_login_failures_from(
+    conn: &mut AsyncPgConnection,
+    source: &str,
+    email: Option<&str>,
+    window: chrono::Duration,
+) -> Result<i64, StoreError> {
+    use diesel::sql_types::{Bool, Text};
+    let recent = audit_events::table
+        .filter(audit_events::action.eq("user.login_failed"))
+        .filter(audit_events::at.gt(chrono::Utc::now() - window))
+        .filter(diesel::dsl::sql::<Bool>("details->>'source' = ").bind::<Text, _>(source.to_string()));
+    Ok(match email {
+        Some(email) => recent.filter(audit_events::target.eq(format!("user:{email}"))).count().get_result(conn).await?,
+        None => recent.count().get_result(conn).await?,
+    })
+}

@@ -13,12 +13,12 @@
 //! - **Integration created**: [`Verifier::new`] with the webhook secret refuses
 //!   an unusable one ([`SecretError`]) before it is stored.
 //! - **`POST /webhooks/{vendor}/{integration}`**: refuse a declared length over
-//!   [`MAX_BODY`] ([`check_declared_length`]) before reading the body, then
+//!   [`max_body`] ([`check_declared_length`]) before reading the body, then
 //!   `verifier.verify(&headers, &body, SystemTime::now())`. `Err(e)` answers
-//!   `e.http_status()` and enqueues nothing; `Ok(delivery)` enqueues the raw
-//!   body with `delivery.event` under the uniqueness key
-//!   `"{integration}:{delivery.id}"` (ids are unique per vendor, not across
-//!   integrations) and answers 202.
+//!   `e.http_status()` and enqueues nothing; `Ok(delivery)` enqueues
+//!   `delivery.document(&body)` (the JSON) with `delivery.event` under the
+//!   uniqueness key `"{integration}:{delivery.id}"` (ids are unique per vendor,
+//!   not across integrations) and answers 202.
 //! - **Drain**: `parse(vendor, &event, &body)`; a [`ParseError`] is the
 //!   delivery's outcome, in one line. For each [`Event`]: a [`Push`] to a
 //!   stack's branch of a matching repository ([`Repository::matches_url`]) is a
@@ -61,5 +61,5 @@ pub use status::{
 pub use vendor::{UnknownVendor, Vendor};
 pub use webhook::{
     Delivery, MAX_BODY, SecretError, TIMESTAMP_TOLERANCE, Verifier, WebhookError,
-    check_declared_length, vendor_headers,
+    check_declared_length, max_body, vendor_headers,
 };

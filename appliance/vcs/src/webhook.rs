@@ -4,14 +4,19 @@
 //! | vendor | authenticity | delivery id | event |
 //! |---|---|---|---|
 //! | GitHub Enterprise Server | `X-Hub-Signature-256: sha256=<hex HMAC-SHA256 of the body>` | `X-GitHub-Delivery` | `X-GitHub-Event` |
-//! | GitLab, secret token | `X-Gitlab-Token: <the token>` | `Idempotency-Key`, else `X-Gitlab-Event-UUID` | `X-Gitlab-Event` |
+//! | GitLab, secret token | `X-Gitlab-Token: <the token>` | `Idempotency-Key` (17.4 and later); else `X-Gitlab-Event-UUID` with a digest of the body (14.8 to 17.3); else the digest alone (before 14.8) | `X-Gitlab-Event` |
 //! | GitLab, signing token | `webhook-signature: v1,<base64 HMAC-SHA256 of "id.timestamp.body">` (space-separated list), `webhook-id`, `webhook-timestamp` within 5 minutes | `webhook-id` | `X-Gitlab-Event` |
-//! | Gitea / Forgejo | `X-Forgejo-Signature` or `X-Gitea-Signature: <hex HMAC-SHA256 of the body>` | `X-Forgejo-Delivery` / `X-Gitea-Delivery` | `X-Forgejo-Event` / `X-Gitea-Event` |
+//! | Gitea / Forgejo | `X-Forgejo-Signature` or `X-Gitea-Signature: <hex HMAC-SHA256 of the JSON>` (the body, or a form body's `payload` field) | `X-Forgejo-Delivery` / `X-Gitea-Delivery` | `X-Forgejo-Event` / `X-Gitea-Event` |
 //! | Bitbucket Data Center | `X-Hub-Signature: sha256=<hex HMAC-SHA256 of the body>` | `X-Request-Id` | `X-Event-Key` |
 //!
-//! Every comparison is constant-time (ring's HMAC verification). Authenticity is
-//! checked first, so an unauthenticated sender learns nothing about the other
-//! headers it got wrong.
+//! Every comparison is constant-time (ring's HMAC verification). The size is
+//! checked first, before a byte is hashed; then authenticity, so an
+//! unauthenticated sender learns nothing about the other headers it got wrong.
+//!
+//! Bodies are JSON. Gitea can be set to send `application/x-www-form-urlencoded`
+//! bodies instead (`payload=<the JSON>`, the JSON signed): those are verified on
+//! the JSON and accepted ([`Delivery::document`]). Other vendors' form bodies
+//! are refused with 415 once authenticated, telling the operator to choose JSON.
 
 use std::fmt;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -23,12 +28,23 @@ use ring::hmac;
 
 use crate::{Secret, Vendor};
 
-/// The largest delivery body accepted. Deliveries are small except GitHub pushes,
-/// whose `commits` array holds up to 2,048 commits with their file lists; 4 MiB
-/// keeps those while refusing anything that is plainly not a webhook. The server
-/// must refuse a larger body before reading it (see [`check_declared_length`]);
-/// [`Verifier::verify`] refuses it again before hashing a byte.
-pub const MAX_BODY: usize = 4 * 1024 * 1024;
+/// The largest delivery body accepted from any vendor (see [`max_body`]).
+pub const MAX_BODY: usize = 25 * 1024 * 1024;
+
+/// The largest delivery body accepted from `vendor`: the most it documents
+/// sending. GitHub caps payloads at 25 MB (a push lists up to 2,048 commits
+/// with their files, over 7 MB), and GitLab does not send a payload over 25 MiB.
+/// Gitea and Bitbucket Data Center document no limit and send small bodies
+/// (Gitea cuts the commit list to its feed limit, Bitbucket sends no commits):
+/// 4 MiB holds any of theirs. The server refuses a larger declared body before
+/// reading it ([`check_declared_length`]); [`Verifier::verify`] refuses a
+/// larger body again before hashing a byte.
+pub fn max_body(vendor: Vendor) -> usize {
+    match vendor {
+        Vendor::Github | Vendor::Gitlab => MAX_BODY,
+        Vendor::Gitea | Vendor::Bitbucket => 4 * 1024 * 1024,
+    }
+}
 
 /// How far a signed timestamp (GitLab's `webhook-timestamp`) may be from the
 /// appliance's clock, either way, before the delivery counts as a replay.
@@ -42,13 +58,24 @@ pub struct Delivery {
     pub vendor: Vendor,
     pub id: String,
     pub event: String,
+    /// The JSON a form-encoded body carried (Gitea's `payload` field), which is
+    /// what the vendor signed; `None` when the body is the JSON itself.
+    pub form_payload: Option<Vec<u8>>,
+}
+
+impl Delivery {
+    /// The delivery's JSON document: `body` itself, or the JSON its form
+    /// carried. This, not the raw body, is what is stored and parsed.
+    pub fn document<'a>(&'a self, body: &'a [u8]) -> &'a [u8] {
+        self.form_payload.as_deref().unwrap_or(body)
+    }
 }
 
 /// Why a delivery was refused. [`WebhookError::http_status`] is the answer.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum WebhookError {
-    #[error("{vendor} webhook body of {size} bytes is larger than the {MAX_BODY}-byte limit")]
-    TooLarge { vendor: Vendor, size: u64 },
+    #[error("{vendor} webhook body of {size} bytes is larger than the {limit}-byte limit")]
+    TooLarge { vendor: Vendor, size: u64, limit: usize },
     #[error("{vendor} webhook carries no {header} header, so it cannot be authenticated")]
     Unsigned { vendor: Vendor, header: &'static str },
     #[error("{vendor} webhook has no {header} header")]
@@ -72,6 +99,18 @@ pub enum WebhookError {
         timestamp: u64,
         skew_secs: i64,
     },
+    #[error("{vendor} webhook body is form-encoded: set the webhook's content type to application/json")]
+    FormEncoded { vendor: Vendor },
+    #[error("{vendor} webhook form body is malformed: {problem}")]
+    MalformedForm { vendor: Vendor, problem: &'static str },
+    /// Bitbucket Data Center's "Test connection" button, which sends its
+    /// `diagnostics:ping` unsigned. Not an attack and not a delivery: answered
+    /// 200 with this text, so the operator sees the URL works and learns that
+    /// only signed deliveries will be acted on.
+    #[error(
+        "{vendor} test connection received; it carries no X-Hub-Signature, so it was not verified and nothing was queued (deliveries must be signed with the integration's webhook secret)"
+    )]
+    UnsignedTestConnection { vendor: Vendor },
 }
 
 impl WebhookError {
@@ -84,9 +123,11 @@ impl WebhookError {
             | WebhookError::BadSignature { .. }
             | WebhookError::WrongToken { .. }
             | WebhookError::StaleTimestamp { .. } => StatusCode::UNAUTHORIZED,
-            WebhookError::MissingHeader { .. } | WebhookError::MalformedHeader { .. } => {
-                StatusCode::BAD_REQUEST
-            }
+            WebhookError::MissingHeader { .. }
+            | WebhookError::MalformedHeader { .. }
+            | WebhookError::MalformedForm { .. } => StatusCode::BAD_REQUEST,
+            WebhookError::FormEncoded { .. } => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            WebhookError::UnsignedTestConnection { .. } => StatusCode::OK,
         }
     }
 
@@ -98,7 +139,10 @@ impl WebhookError {
             | WebhookError::MalformedHeader { vendor, .. }
             | WebhookError::BadSignature { vendor, .. }
             | WebhookError::WrongToken { vendor, .. }
-            | WebhookError::StaleTimestamp { vendor, .. } => *vendor,
+            | WebhookError::StaleTimestamp { vendor, .. }
+            | WebhookError::FormEncoded { vendor }
+            | WebhookError::MalformedForm { vendor, .. }
+            | WebhookError::UnsignedTestConnection { vendor } => *vendor,
         }
     }
 }
@@ -113,12 +157,17 @@ pub enum SecretError {
     SigningTokenNotBase64,
     #[error("the GitLab signing token holds a {len}-byte key; between 24 and 64 bytes are expected")]
     SigningTokenLength { len: usize },
+    #[error(
+        "the GitLab secret token must be printable ASCII without leading or trailing spaces: GitLab sends it as the X-Gitlab-Token header, which can carry nothing else"
+    )]
+    TokenNotSendable,
 }
 
 /// Checks a delivery's declared `Content-Length` before its body is read.
 pub fn check_declared_length(vendor: Vendor, content_length: u64) -> Result<(), WebhookError> {
-    if content_length > MAX_BODY as u64 {
-        return Err(WebhookError::TooLarge { vendor, size: content_length });
+    let limit = max_body(vendor);
+    if content_length > limit as u64 {
+        return Err(WebhookError::TooLarge { vendor, size: content_length, limit });
     }
     Ok(())
 }
@@ -194,6 +243,12 @@ impl Verifier {
                     probe: probe_key(),
                 },
                 None => {
+                    // Header values are visible ASCII and lose surrounding
+                    // whitespace on the way: no other token can ever match.
+                    let sendable = s.bytes().all(|b| (0x20..0x7f).contains(&b)) && s.trim() == s;
+                    if !sendable {
+                        return Err(SecretError::TokenNotSendable);
+                    }
                     let probe = probe_key();
                     let expected = hmac::sign(&probe, s.as_bytes());
                     Scheme::GitlabToken { probe, expected }
@@ -211,10 +266,21 @@ impl Verifier {
     /// appliance's clock, for GitLab's signed timestamps.
     pub fn verify(&self, headers: &HeaderMap, body: &[u8], now: SystemTime) -> Result<Delivery, WebhookError> {
         let vendor = self.vendor;
-        if body.len() > MAX_BODY {
-            return Err(WebhookError::TooLarge { vendor, size: body.len() as u64 });
+        let limit = max_body(vendor);
+        if body.len() > limit {
+            return Err(WebhookError::TooLarge { vendor, size: body.len() as u64, limit });
         }
         let h = Headers { map: headers, vendor };
+        let delivery = self.authenticate(&h, body, now)?;
+        // Only an authenticated sender learns that its content type is wrong.
+        if delivery.form_payload.is_none() && is_form(&h)? {
+            return Err(WebhookError::FormEncoded { vendor });
+        }
+        Ok(delivery)
+    }
+
+    fn authenticate(&self, h: &Headers<'_>, body: &[u8], now: SystemTime) -> Result<Delivery, WebhookError> {
+        let vendor = self.vendor;
         match &self.scheme {
             Scheme::Github(key) => {
                 let header = "x-hub-signature-256";
@@ -229,6 +295,7 @@ impl Verifier {
                     vendor,
                     id: h.delivery_id("x-github-delivery")?,
                     event: h.event("x-github-event")?,
+                    form_payload: None,
                 })
             }
             Scheme::Gitea(key) => {
@@ -239,7 +306,10 @@ impl Verifier {
                     ("x-gitea-signature", "x-gitea-delivery", "x-gitea-event")
                 };
                 let value = h.required_signature(sig)?;
-                verify_hex(key, body, value, vendor, sig)?;
+                // A form body carries the JSON in its `payload` field, and the
+                // JSON is what Gitea signs.
+                let form_payload = if is_form(h)? { Some(form_payload(body, vendor)?) } else { None };
+                verify_hex(key, form_payload.as_deref().unwrap_or(body), value, vendor, sig)?;
                 let delivery = match h.get(delivery)? {
                     Some(_) => h.delivery_id(delivery)?,
                     None => h.delivery_id("x-gitea-delivery")?,
@@ -248,10 +318,13 @@ impl Verifier {
                     Some(_) => h.event(event)?,
                     None => h.event("x-gitea-event")?,
                 };
-                Ok(Delivery { vendor, id: delivery, event })
+                Ok(Delivery { vendor, id: delivery, event, form_payload })
             }
             Scheme::Bitbucket(key) => {
                 let header = "x-hub-signature";
+                if h.get(header)?.is_none() && h.get("x-event-key")? == Some("diagnostics:ping") {
+                    return Err(WebhookError::UnsignedTestConnection { vendor });
+                }
                 let value = h.required_signature(header)?;
                 let hex = value.strip_prefix("sha256=").ok_or(WebhookError::MalformedHeader {
                     vendor,
@@ -263,6 +336,7 @@ impl Verifier {
                     vendor,
                     id: h.delivery_id("x-request-id")?,
                     event: h.event("x-event-key")?,
+                    form_payload: None,
                 })
             }
             Scheme::GitlabToken { probe, expected } => {
@@ -270,16 +344,7 @@ impl Verifier {
                 let given = h.required_signature(header)?;
                 hmac::verify(probe, given.as_bytes(), expected.as_ref())
                     .map_err(|_| WebhookError::WrongToken { vendor, header })?;
-                let id = match h.get("idempotency-key")? {
-                    Some(_) => h.delivery_id("idempotency-key")?,
-                    None => match h.get("x-gitlab-event-uuid")? {
-                        Some(_) => h.delivery_id("x-gitlab-event-uuid")?,
-                        None => {
-                            return Err(WebhookError::MissingHeader { vendor, header: "idempotency-key" });
-                        }
-                    },
-                };
-                Ok(Delivery { vendor, id, event: h.event("x-gitlab-event")? })
+                Ok(Delivery { vendor, id: gitlab_delivery_id(h, body)?, event: h.event("x-gitlab-event")?, form_payload: None })
             }
             Scheme::GitlabSigning { key, probe } => {
                 let signatures = h.required_signature("webhook-signature")?;
@@ -300,10 +365,57 @@ impl Verifier {
                 if skew_secs.unsigned_abs() > TIMESTAMP_TOLERANCE.as_secs() {
                     return Err(WebhookError::StaleTimestamp { vendor, timestamp, skew_secs });
                 }
-                Ok(Delivery { vendor, id, event: h.event("x-gitlab-event")? })
+                Ok(Delivery { vendor, id, event: h.event("x-gitlab-event")?, form_payload: None })
             }
         }
     }
+}
+
+/// A token-authenticated GitLab delivery's id, from what its version sends.
+/// 17.4 and later: `Idempotency-Key`, the same on every retry. 14.8 to 17.3:
+/// `X-Gitlab-Event-UUID`, which recursive webhooks share, so a digest of the
+/// body tells their distinct events apart (a resent delivery has the same
+/// body). Before 14.8, neither header: the digest alone.
+fn gitlab_delivery_id(h: &Headers<'_>, body: &[u8]) -> Result<String, WebhookError> {
+    if h.get("idempotency-key")?.is_some() {
+        return h.delivery_id("idempotency-key");
+    }
+    let digest = ring::digest::digest(&ring::digest::SHA256, body);
+    let digest = hex::encode(&digest.as_ref()[..16]);
+    let header = "x-gitlab-event-uuid";
+    if h.get(header)?.is_none() {
+        return Ok(format!("body-{digest}"));
+    }
+    let id = format!("{}:{digest}", h.delivery_id(header)?);
+    if id.len() > 128 {
+        return Err(WebhookError::MalformedHeader {
+            vendor: h.vendor,
+            header,
+            problem: "is not an id of at most 95 letters, digits and -_.:",
+        });
+    }
+    Ok(id)
+}
+
+/// Whether the body is declared form-encoded (`application/x-www-form-urlencoded`).
+fn is_form(h: &Headers<'_>) -> Result<bool, WebhookError> {
+    Ok(h.get("content-type")?
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/x-www-form-urlencoded")))
+}
+
+/// The JSON of a form body that is exactly one `payload=<JSON>` field, as
+/// Gitea sends it.
+fn form_payload(body: &[u8], vendor: Vendor) -> Result<Vec<u8>, WebhookError> {
+    let malformed = WebhookError::MalformedForm { vendor, problem: "is not exactly one payload=<JSON> field" };
+    let mut payload = None;
+    for (key, value) in url::form_urlencoded::parse(body) {
+        if key != "payload" || payload.is_some() {
+            return Err(malformed);
+        }
+        payload = Some(value.into_owned().into_bytes());
+    }
+    payload.ok_or(malformed)
 }
 
 fn parse_timestamp(text: &str) -> Option<u64> {

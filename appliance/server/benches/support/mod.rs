@@ -12,6 +12,8 @@ pub mod common;
 use std::future::Future;
 use std::time::Duration;
 
+// Not every benchmark uses every helper.
+#[allow(unused_imports)]
 pub use common::{Appliance, CREATE_STACK, Options, stack_input};
 
 /// The appliance a benchmark measures, and the admin token it acts with.

@@ -12,10 +12,38 @@ use crate::admin::valid_email;
 use hangar_store::audit;
 use hangar_store::users::{self, Via};
 
-/// Failed logins an account may have within [`LOGIN_WINDOW`] before logins for it
-/// are refused until the oldest of them leaves the window.
-const LOGIN_ATTEMPTS: i64 = 10;
+/// Failed logins are counted over this window, across every server process
+/// (they are audit events).
 const LOGIN_WINDOW: chrono::Duration = chrono::Duration::minutes(15);
+/// Failed logins one address may have within the window, whatever the
+/// accounts: past it, that address is refused before any password is hashed.
+const SOURCE_FAILURES: i64 = 10;
+/// Failed logins an account may have within the window from everywhere. Past
+/// it, only the addresses that have failed on it are refused: guessing from
+/// many addresses is slowed, and nobody can lock out an account they do not
+/// own, since its user's address has no failures on it.
+const ACCOUNT_FAILURES: i64 = 50;
+
+/// Request data: whether this request has used its one login. Logins are
+/// what the throttle counts, so a request holding a thousand aliased `login`
+/// fields gets one attempt, not a thousand.
+#[derive(Debug, Default)]
+pub struct LoginGate(std::sync::atomic::AtomicBool);
+
+/// Request data: the address the request came from, when the listener knows
+/// it.
+#[derive(Debug, Clone, Copy)]
+pub struct Source(pub Option<std::net::IpAddr>);
+
+impl Source {
+    fn label(&self) -> String {
+        self.0.map(|ip| ip.to_string()).unwrap_or_else(|| "unknown".into())
+    }
+}
+
+fn throttled(what: &str) -> ApiError {
+    ApiError::Refused(format!("too many failed logins {what}; try again in {} minutes", LOGIN_WINDOW.num_minutes()))
+}
 
 #[derive(SimpleObject)]
 pub struct LoginResult {
@@ -94,27 +122,49 @@ async fn verify_password(password: String, hash: String) -> Result<bool, ApiErro
 
 #[Object]
 impl AuthMutation {
-    /// Exchanges an email and password for a session token.
+    /// Exchanges an email and password for a session token. One login per
+    /// request; failed logins are throttled per address and per account.
     async fn login(&self, ctx: &Context<'_>, email: String, password: String) -> async_graphql::Result<LoginResult> {
         let app = app(ctx);
+        if ctx.data_opt::<LoginGate>().is_some_and(|g| g.0.swap(true, std::sync::atomic::Ordering::SeqCst)) {
+            return Err(ApiError::Refused("a request may attempt one login".into()).into());
+        }
+        let source = ctx.data_opt::<Source>().copied().unwrap_or(Source(None)).label();
         let mut c = conn(ctx).await?;
+        let from_source =
+            audit::recent_login_failures_from(&mut c, &source, None, LOGIN_WINDOW).await.map_err(ApiError::from)?;
+        if from_source >= SOURCE_FAILURES {
+            tracing::warn!(source = %source, failures = from_source, "login throttled: address");
+            audit::record(&mut c, "anonymous", "user.login_throttled", "user:(any)", json!({ "source": source, "by": "address" }))
+                .await
+                .map_err(ApiError::from)?;
+            return Err(throttled("from this address").into());
+        }
         // Oversized input is refused like a wrong password, after the same work.
         let plausible = email.len() <= 254 && password.len() <= 4096;
         let found = if plausible { users::find_for_login(&mut c, &email).await.map_err(ApiError::from)? } else { None };
-        // Guessing is slowed per account, whichever server process is asked.
         if let Some((user, _)) = &found {
             let failures =
                 audit::recent_login_failures(&mut c, &user.email, LOGIN_WINDOW).await.map_err(ApiError::from)?;
-            if failures >= LOGIN_ATTEMPTS {
-                tracing::warn!(account = %user.email, failures, "login throttled");
-                audit::record(&mut c, "anonymous", "user.login_throttled", &format!("user:{}", user.email), json!({}))
+            let here = if failures >= ACCOUNT_FAILURES {
+                audit::recent_login_failures_from(&mut c, &source, Some(&user.email), LOGIN_WINDOW)
                     .await
-                    .map_err(ApiError::from)?;
-                return Err(ApiError::Refused(format!(
-                    "too many failed logins for this account; try again in {} minutes",
-                    LOGIN_WINDOW.num_minutes()
-                ))
-                .into());
+                    .map_err(ApiError::from)?
+            } else {
+                0
+            };
+            if here > 0 {
+                tracing::warn!(account = %user.email, source = %source, failures, "login throttled: account");
+                audit::record(
+                    &mut c,
+                    "anonymous",
+                    "user.login_throttled",
+                    &format!("user:{}", user.email),
+                    json!({ "source": source, "by": "account" }),
+                )
+                .await
+                .map_err(ApiError::from)?;
+                return Err(throttled("for this account from this address").into());
             }
         }
         let hash = found.as_ref().map(|(_, h)| h.clone()).unwrap_or_else(|| users::decoy_hash().to_string());
@@ -129,10 +179,10 @@ impl AuthMutation {
                     Some((u, _)) if u.disabled && matches => ("user disabled", format!("user:{}", u.email)),
                     Some((u, _)) => ("wrong password", format!("user:{}", u.email)),
                 };
-                audit::record(&mut c, "anonymous", "user.login_failed", &target, json!({ "reason": reason }))
+                audit::record(&mut c, "anonymous", "user.login_failed", &target, json!({ "reason": reason, "source": source }))
                     .await
                     .map_err(ApiError::from)?;
-                tracing::info!(account = %target, reason, "login refused");
+                tracing::info!(account = %target, reason, source = %source, "login refused");
                 return Err(ApiError::LoginFailed.into());
             }
         };

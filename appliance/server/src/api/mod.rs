@@ -12,11 +12,13 @@
 
 pub(crate) mod audit;
 pub(crate) mod auth;
+pub(crate) mod cost;
 mod error;
 pub(crate) mod pools;
 pub(crate) mod runs;
 pub(crate) mod stacks;
 mod types;
+pub(crate) mod variables;
 pub(crate) mod vcs;
 pub(crate) mod worker_admin;
 
@@ -26,6 +28,7 @@ use async_graphql::Context;
 use hangar_db::PooledConn;
 use hangar_types::Role;
 
+pub use auth::{LoginGate, Source};
 pub use error::ApiError;
 
 use crate::App;

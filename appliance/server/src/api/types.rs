@@ -162,6 +162,14 @@ pub struct Stack(pub StackRow);
 
 #[Object]
 impl Stack {
+    /// The lock on this stack's Terraform state, if any: who holds it, for
+    /// which run, since when.
+    async fn state_lock(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<crate::state::api::StateLock>> {
+        require(ctx, Role::Reader)?;
+        let mut c = conn(ctx).await?;
+        let lock = crate::state::store::current_lock(&mut c, self.0.id).await.map_err(ApiError::from)?;
+        Ok(lock.map(crate::state::api::StateLock::from))
+    }
     async fn id(&self) -> ID {
         ID(self.0.id.to_string())
     }

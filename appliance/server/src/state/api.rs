@@ -6,7 +6,6 @@ use async_graphql::{Context, ID, Object, SimpleObject};
 use chrono::{DateTime, Utc};
 use diesel_async::AsyncConnection;
 use hangar_types::Role;
-use serde_json::json;
 
 use super::store::{self, LockRow, VersionRow};
 use super::{Principal, StateError, WriteMode, Written};
@@ -45,15 +44,20 @@ impl From<VersionRow> for StateVersion {
     }
 }
 
-/// The lock on a stack's state, as Terraform took it.
+/// The lock on a stack's state, as Terraform took it: who holds it, for which
+/// run, and since when. Terraform 1.0.3 prints only the lock's ID when it
+/// finds the state locked; this is where the rest is.
 #[derive(SimpleObject)]
 pub struct StateLock {
     pub lock_id: String,
+    /// The holder as Hangar knows it: "run 12", or the user (and API key).
     pub held_by: String,
+    /// The run holding the lock, when a run does.
     pub run_id: Option<ID>,
     /// Terraform's own account: the operation, and who ran it on which host.
     pub operation: String,
     pub who: String,
+    /// When the lock was taken.
     pub created_at: DateTime<Utc>,
 }
 
@@ -132,28 +136,42 @@ pub struct StateMutation;
 
 #[Object]
 impl StateMutation {
-    /// Removes whatever lock a stack's state has (admin); returns the lock
-    /// removed, or null when there was none. Audited.
-    async fn force_unlock_state(&self, ctx: &Context<'_>, stack: String) -> async_graphql::Result<Option<StateLock>> {
+    /// Removes the lock `lockId` from a stack's state (admin), whoever holds
+    /// it; returns the lock removed, or null when the state is not locked. A
+    /// `lockId` that is not the current lock's is refused, naming the holder.
+    /// Audited with the holder it displaced.
+    async fn force_unlock_state(
+        &self,
+        ctx: &Context<'_>,
+        stack: String,
+        lock_id: String,
+    ) -> async_graphql::Result<Option<StateLock>> {
         let caller = require(ctx, Role::Admin)?.clone();
+        let lock_id = super::check_lock_id(lock_id)
+            .map_err(|_| ApiError::invalid("lockId", "must be 1 to 256 printable characters"))?;
         let mut c = conn(ctx).await?;
         let actor = caller.actor();
         let removed = c
             .transaction::<_, ApiError, _>(async move |c| {
                 let id = stack_id(c, &stack).await?;
-                let removed = store::force_unlock(c, id).await?;
-                if let Some(l) = &removed {
-                    audit::record(
-                        c,
-                        &actor,
-                        "state.force_unlock",
-                        &format!("stack:{stack}"),
-                        json!({ "lock_id": l.lock_id, "held_by": l.held_by, "via": "api" }),
-                    )
-                    .await?;
-                    tracing::warn!(stack = %stack, lock = %l.lock_id, held_by = %l.held_by, by = %actor, "state force-unlocked");
+                let Some(current) = store::current_lock(c, id).await? else {
+                    return Ok(None);
+                };
+                if current.lock_id != lock_id {
+                    return Err(ApiError::Conflict(format!(
+                        "the state is locked by {} with lock {:?} since {}, not {lock_id:?}; nothing was released",
+                        current.held_by,
+                        current.lock_id,
+                        current.created_at.to_rfc3339()
+                    )));
                 }
-                Ok(removed)
+                if !store::unlock(c, id, &lock_id).await? {
+                    return Err(ApiError::Conflict("the lock changed while it was being released; try again".into()));
+                }
+                audit::record(c, &actor, "state.force_unlock", &format!("stack:{stack}"), super::displaced(&current, "api"))
+                    .await?;
+                tracing::warn!(stack = %stack, lock = %current.lock_id, held_by = %current.held_by, by = %actor, "state force-unlocked");
+                Ok(Some(current))
             })
             .await?;
         Ok(removed.map(StateLock::from))

@@ -22,6 +22,24 @@
 //! stack drops it once the run is over, except on a stack awaiting
 //! reconciliation (an apply that lost its worker), whose lock stays until an
 //! operator force-unlocks it.
+//!
+//! An UNLOCK names the lock it releases: by the LockInfo body Terraform sends
+//! after its own LOCK, or by `?ID=<lock id>` in the unlock address. A name
+//! that is not the current lock's is refused with 423 and the holder's
+//! LockInfo; an UNLOCK when nothing is locked, with 409. Terraform 1.0.3's
+//! `force-unlock` sends no body at all (its HTTP client forgets the ID it was
+//! given), so an empty UNLOCK names nothing: it releases only a lock the
+//! caller itself holds (its own run's, or the same user's from a `terraform`
+//! that died), and anyone else's is refused like a wrong name. An operator
+//! releases another holder's lock with the API's `forceUnlockState(stack,
+//! lockId)`, which names it. Every release of a lock by someone other than
+//! its holder is audited with the holder it displaced (who, which run, since
+//! when, and Terraform's own account).
+//!
+//! Terraform 1.0.3 shows only the lock's ID when it finds the state locked,
+//! and waits for no lock (it ignores `-lock-timeout` over HTTP): who holds a
+//! lock, for which run and since when is in the API (`stateLock`, and
+//! `stateLock` on a stack).
 
 pub(crate) mod api;
 pub(crate) mod store;
@@ -291,10 +309,14 @@ struct LockInfoId {
 fn parse_lock_info(body: &[u8]) -> Result<String, StateError> {
     let info: LockInfoId = serde_json::from_slice(body)
         .map_err(|e| StateError::Malformed(format!("the body is not Terraform lock info JSON ({e})")))?;
-    if info.id.is_empty() || info.id.len() > MAX_LOCK_ID || info.id.chars().any(char::is_control) {
+    check_lock_id(info.id)
+}
+
+pub(crate) fn check_lock_id(id: String) -> Result<String, StateError> {
+    if id.is_empty() || id.len() > MAX_LOCK_ID || id.chars().any(char::is_control) {
         return Err(StateError::Malformed(format!("the lock ID must be 1 to {MAX_LOCK_ID} printable characters")));
     }
-    Ok(info.id)
+    Ok(id)
 }
 
 /// How a write's lock and history are checked.
@@ -577,7 +599,12 @@ where
             Ok(ok_empty())
         }
         "LOCK" => lock(&mut c, stack_id, &req.slug, &body, &writer).await,
-        "UNLOCK" => unlock(&mut c, stack_id, &req.slug, &body, &principal, &writer).await,
+        "UNLOCK" => {
+            let named = url::form_urlencoded::parse(req.query.as_bytes())
+                .find(|(k, _)| k == "ID")
+                .map(|(_, v)| v.into_owned());
+            unlock(&mut c, stack_id, &req.slug, &body, named, &principal, &writer).await
+        }
         _ => Err(StateError::MethodNotAllowed),
     }
 }
@@ -624,23 +651,38 @@ async fn unlock(
     stack_id: i64,
     slug: &str,
     body: &[u8],
+    named_in_query: Option<String>,
     principal: &Principal,
     writer: &Writer,
 ) -> Result<Response, StateError> {
-    let current = store::current_lock(c, stack_id).await?;
-    let Some(lock) = current else {
+    // The body's LockInfo names the lock; failing that, `?ID=`. Terraform
+    // 1.0.3's `force-unlock` sends neither (see the module's notes).
+    let named = if body.iter().all(u8::is_ascii_whitespace) {
+        match named_in_query {
+            Some(id) => Some(check_lock_id(id)?),
+            None => None,
+        }
+    } else {
+        Some(parse_lock_info(body)?)
+    };
+    let Some(lock) = store::current_lock(c, stack_id).await? else {
         return Err(StateError::Conflict("the state is not locked".into()));
     };
-    // Terraform's `force-unlock` in a fresh process has no lock info to send:
-    // an empty body means "whatever lock there is", which only an operator or
-    // the holder may ask.
-    let presented = if body.iter().all(u8::is_ascii_whitespace) { None } else { Some(parse_lock_info(body)?) };
     let own = writer.holds(&lock);
-    let allowed = match &presented {
+    let allowed = match &named {
         Some(id) => *id == lock.lock_id && (own || principal.is_operator()),
-        None => own || principal.is_operator(),
+        // Naming nothing releases only the caller's own lock.
+        None => own,
     };
     if !allowed {
+        tracing::info!(
+            stack = %slug,
+            lock = %lock.lock_id,
+            held_by = %lock.held_by,
+            named = named.as_deref().unwrap_or("(nothing)"),
+            by = %writer.label,
+            "unlock refused: it does not name the lock held"
+        );
         return Err(locked(lock));
     }
     if !store::unlock(c, stack_id, &lock.lock_id).await? {
@@ -650,14 +692,8 @@ async fn unlock(
         };
     }
     if !own {
-        audit::record(
-            c,
-            &writer.label,
-            "state.force_unlock",
-            &format!("stack:{slug}"),
-            json!({ "lock_id": lock.lock_id, "held_by": lock.held_by, "via": "state backend" }),
-        )
-        .await?;
+        audit::record(c, &writer.label, "state.force_unlock", &format!("stack:{slug}"), displaced(&lock, "state backend"))
+            .await?;
         tracing::warn!(stack = %slug, lock = %lock.lock_id, held_by = %lock.held_by, by = %writer.label, "state force-unlocked");
     } else {
         if writer.user_id.is_some() {
@@ -673,6 +709,22 @@ async fn unlock(
         tracing::info!(stack = %slug, lock = %lock.lock_id, by = %writer.label, "state unlocked");
     }
     Ok(ok_empty())
+}
+
+/// The audit details of a forced release: the holder it displaced, as the
+/// API shows a lock (who, which run, since when, and Terraform's account).
+pub(crate) fn displaced(lock: &LockRow, via: &str) -> serde_json::Value {
+    let info: serde_json::Value = serde_json::from_str(&lock.info).unwrap_or_default();
+    let field = |k: &str| info.get(k).and_then(|v| v.as_str()).map(str::to_string);
+    json!({
+        "lock_id": lock.lock_id,
+        "held_by": lock.held_by,
+        "run_id": lock.run_id,
+        "locked_at": lock.created_at,
+        "who": field("Who"),
+        "operation": field("Operation"),
+        "via": via,
+    })
 }
 
 fn locked(l: LockRow) -> StateError {

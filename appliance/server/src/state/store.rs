@@ -122,15 +122,6 @@ pub async fn unlock(conn: &mut AsyncPgConnection, stack_id: i64, lock_id: &str) 
     Ok(n == 1)
 }
 
-/// Removes whatever lock `stack_id` has; returns it.
-pub async fn force_unlock(conn: &mut AsyncPgConnection, stack_id: i64) -> QueryResult<Option<LockRow>> {
-    diesel::delete(state_locks::table.find(stack_id))
-        .returning(LockRow::as_returning())
-        .get_result(conn)
-        .await
-        .optional()
-}
-
 pub async fn latest_version(conn: &mut AsyncPgConnection, stack_id: i64) -> QueryResult<Option<VersionRow>> {
     state_versions::table
         .filter(state_versions::stack_id.eq(stack_id))

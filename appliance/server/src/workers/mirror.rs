@@ -4,7 +4,13 @@
 //! The JSON documents are made from the zips found there (its own JSON files
 //! are not trusted), with `zh:` hashes (SHA-256 of each zip). Callers are runs:
 //! `Authorization: Bearer <run token>`, what the worker's Terraform CLI
-//! configuration sends.
+//! configuration sends. Terraform sends no credentials when it downloads an
+//! archive (the protocol leaves it to mirrors to hand out archive URLs that
+//! authorize themselves), so a version document names each archive with the
+//! caller's own run token in the query, and an archive is served to a run
+//! token given there too. The token dies with its run, the access log never
+//! records query strings, and the worker masks the token in whatever
+//! Terraform prints.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -58,8 +64,22 @@ async fn archives(root: &std::path::Path, host: &str, ns: &str, ty: &str) -> Vec
     out
 }
 
+/// The query parameter of an archive URL that carries the run token.
+const TOKEN_PARAM: &str = "token";
+
+/// The run token of `query`, if it gives one.
+fn query_token(query: &str) -> Option<String> {
+    url::form_urlencoded::parse(query.as_bytes()).find(|(k, _)| k == TOKEN_PARAM).map(|(_, v)| v.into_owned())
+}
+
 pub(crate) async fn serve(app: &App, req: Request) -> Reply2 {
-    let token = super::auth::bearer(req.auth.as_deref()).ok_or(WorkerApiError::BadRunToken)?;
+    let archive_asked = req.tail.last().is_some_and(|d| d.ends_with(".zip"));
+    let token = match super::auth::bearer(req.auth.as_deref()) {
+        Some(t) => t.to_string(),
+        None if archive_asked => query_token(&req.query).ok_or(WorkerApiError::BadRunToken)?,
+        None => return Err(WorkerApiError::BadRunToken),
+    };
+    let token = token.as_str();
     let mut conn = app.db.get().await.map_err(WorkerApiError::db)?;
     hangar_store::run_tokens::holder(&mut conn, token)
         .await
@@ -89,7 +109,12 @@ pub(crate) async fn serve(app: &App, req: Request) -> Reply2 {
         for a in found.iter().filter(|a| a.version == version) {
             let hash = app.workers.sha256_of(&a.path).await.map_err(|e| WorkerApiError::internal("hashing a provider", e))?;
             // Relative to this document's URL, as the protocol allows.
-            archives.insert(a.platform.clone(), json!({ "url": a.file_name, "hashes": [format!("zh:{hash}")] }));
+            let url = format!(
+                "{}?{TOKEN_PARAM}={}",
+                a.file_name,
+                url::form_urlencoded::byte_serialize(token.as_bytes()).collect::<String>()
+            );
+            archives.insert(a.platform.clone(), json!({ "url": url, "hashes": [format!("zh:{hash}")] }));
         }
         if archives.is_empty() {
             return Err(missing());
@@ -112,5 +137,13 @@ mod tests {
         assert!(!segment_ok(".hidden"));
         assert!(!segment_ok("a/b"));
         assert!(!segment_ok(""));
+    }
+
+    #[test]
+    fn archive_urls_carry_the_token_in_their_query() {
+        assert_eq!(query_token("token=hrt_abc_def").as_deref(), Some("hrt_abc_def"));
+        assert_eq!(query_token("x=1&token=a%2Bb").as_deref(), Some("a+b"));
+        assert_eq!(query_token(""), None);
+        assert_eq!(query_token("tokens=1"), None);
     }
 }

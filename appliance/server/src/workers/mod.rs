@@ -208,6 +208,8 @@ pub(crate) struct Request {
     /// The path segments after the route's prefix.
     pub(crate) tail: Vec<String>,
     pub(crate) auth: Option<String>,
+    /// The raw query string (empty when there is none).
+    pub(crate) query: String,
     pub(crate) peer: Option<PeerCertificates>,
 }
 
@@ -221,9 +223,10 @@ fn gather(prefix: &'static [&'static str], limit: u64) -> BoxedFilter<(Result<Re
     f.and(warp::method())
         .and(warp::path::tail())
         .and(warp::header::optional::<String>("authorization"))
+        .and(warp::query::raw().or(warp::any().map(String::new)).unify())
         .and(warp::ext::optional::<PeerCertificates>())
         .and(warp::body::stream())
-        .then(move |method, tail: warp::path::Tail, auth, peer, body| async move {
+        .then(move |method, tail: warp::path::Tail, auth, query, peer, body| async move {
             crate::http::read_limited(body, limit).await?;
             let tail = tail
                 .as_str()
@@ -232,7 +235,7 @@ fn gather(prefix: &'static [&'static str], limit: u64) -> BoxedFilter<(Result<Re
                     percent_decode(s).ok_or_else(|| WorkerApiError::Malformed("the path is not valid UTF-8".into()))
                 })
                 .collect::<Result<Vec<_>, _>>()?;
-            Ok(Request { method, tail, auth, peer })
+            Ok(Request { method, tail, auth, query, peer })
         })
         .boxed()
 }

@@ -125,7 +125,8 @@ pub fn gitea_headers(secret: &str, id: &str, event: &str, body: &[u8], forgejo: 
 pub fn gitlab_token_headers(token: &str, id: &str, event: &str) -> Vec<(String, String)> {
     vec![
         ("x-gitlab-token".into(), token.into()),
-        ("x-gitlab-event-uuid".into(), id.into()),
+        ("idempotency-key".into(), id.into()),
+        ("x-gitlab-event-uuid".into(), format!("uuid-{id}")),
         ("x-gitlab-event".into(), event.into()),
     ]
 }

@@ -3,33 +3,17 @@
 
 use std::collections::BTreeSet;
 
-use super::json::{Ctx, J, check_branch};
-use super::{Event, ParseError, PrAction, PullRequest, Repository, commit_paths, ref_event};
+use super::json::{Ctx, J};
+use super::pulls::{self, repository, user};
+use super::{Event, ParseError, commit_paths, ref_event};
 
 pub(super) fn parse(ctx: &Ctx, root: J) -> Result<Vec<Event>, ParseError> {
     match ctx.event {
         "push" => push(ctx, &root).map(|e| vec![e]),
-        "pull_request" => pull_request(ctx, &root).map(|e| vec![e]),
+        "pull_request" => pulls::pull_request(ctx, &root, "synchronized").map(|e| vec![e]),
         "delete" => delete(ctx, &root).map(|e| vec![e]),
         other => Ok(vec![Event::Other { event: other.to_string() }]),
     }
-}
-
-fn repository(ctx: &Ctx, j: &J) -> Result<Repository, ParseError> {
-    j.object(ctx)?;
-    Ok(Repository {
-        full_name: j.at("full_name").str(ctx)?.to_string(),
-        http_url: j.at("clone_url").opt_text(ctx)?,
-        ssh_url: j.at("ssh_url").opt_text(ctx)?,
-        web_url: j.at("html_url").opt_text(ctx)?,
-    })
-}
-
-fn user(ctx: &Ctx, j: &J) -> Result<Option<String>, ParseError> {
-    Ok(match j.at("login").opt_text(ctx)? {
-        Some(l) => Some(l),
-        None => j.at("username").opt_text(ctx)?,
-    })
 }
 
 fn push(ctx: &Ctx, root: &J) -> Result<Event, ParseError> {
@@ -88,46 +72,4 @@ fn delete(ctx: &Ctx, root: &J) -> Result<Event, ParseError> {
         pusher,
     };
     Ok(if is_branch { Event::BranchDeleted(push) } else { Event::Tag(push) })
-}
-
-fn pull_request(ctx: &Ctx, root: &J) -> Result<Event, ParseError> {
-    let action = root.at("action").str(ctx)?;
-    let pr = root.at("pull_request");
-    pr.object(ctx)?;
-    let number = match root.at("number").opt_u64(ctx)? {
-        Some(n) => n,
-        None => pr.at("number").u64(ctx)?,
-    };
-    let merged = pr.at("merged").opt_bool(ctx)?.unwrap_or(false);
-    let action = match action {
-        "opened" => PrAction::Opened,
-        "synchronized" => PrAction::Updated,
-        "reopened" => PrAction::Reopened,
-        "closed" if merged => PrAction::Merged,
-        "closed" => PrAction::Closed,
-        other => PrAction::Other(other.to_string()),
-    };
-    let head = pr.at("head");
-    let base = pr.at("base");
-    let (head_ref_j, base_ref_j) = (head.at("ref"), base.at("ref"));
-    let head_ref = head_ref_j.str(ctx)?;
-    check_branch(ctx, &head_ref_j, head_ref)?;
-    let base_ref = base_ref_j.str(ctx)?;
-    check_branch(ctx, &base_ref_j, base_ref)?;
-    let head_repository = match head.at("repo").opt_object(ctx)? {
-        Some(r) => Some(repository(ctx, r)?),
-        None => None,
-    };
-    Ok(Event::PullRequest(PullRequest {
-        action,
-        number,
-        title: pr.at("title").opt_text(ctx)?,
-        head_sha: head.at("sha").required_commit(ctx)?,
-        head_ref: head_ref.to_string(),
-        base_ref: base_ref.to_string(),
-        repository: repository(ctx, &root.at("repository"))?,
-        head_repository,
-        author: user(ctx, &pr.at("user"))?,
-        fetch_ref: format!("refs/pull/{number}/head"),
-    }))
 }

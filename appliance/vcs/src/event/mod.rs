@@ -8,6 +8,7 @@ mod github;
 mod gitlab;
 mod gitea;
 pub(crate) mod json;
+mod pulls;
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -185,7 +186,8 @@ pub enum Event {
     /// A tag created, moved or deleted.
     Tag(Push),
     PullRequest(PullRequest),
-    /// The vendor checking the hook (GitHub `ping`, Bitbucket `diagnostics:ping`).
+    /// The vendor checking the hook (GitHub `ping`, Bitbucket `diagnostics:ping`,
+    /// a "test delivery" push that moves no ref).
     Ping,
     /// Anything else; recorded and ignored.
     Other { event: String },
@@ -254,7 +256,7 @@ impl fmt::Display for Event {
                 pr.base_ref,
                 &pr.head_sha[..pr.head_sha.len().min(12)]
             ),
-            Event::Ping => f.write_str("ping"),
+            Event::Ping => f.write_str("ping (the git server checking the webhook)"),
             Event::Other { event } => write!(f, "{event} (not acted on)"),
         }
     }
@@ -363,11 +365,13 @@ pub(crate) fn ref_event(
     pusher: Option<String>,
 ) -> Result<Event, ParseError> {
     json::check_ref(ctx, ref_field, git_ref)?;
+    // No push leaves a ref where it was: this is a "test delivery" button
+    // (Gitea sends all-zero ids, older versions the branch head twice).
+    if before == after {
+        return Ok(Event::Ping);
+    }
     let created = before.is_none();
     let deleted = after.is_none();
-    if created && deleted {
-        return Err(ctx.invalid(&ref_field.path(), "the push neither starts nor ends at a commit"));
-    }
     let target = if let Some(b) = git_ref.strip_prefix("refs/heads/") {
         RefTarget::Branch(b.to_string())
     } else if let Some(t) = git_ref.strip_prefix("refs/tags/") {
