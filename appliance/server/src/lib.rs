@@ -10,6 +10,7 @@
 
 pub mod admin;
 mod api;
+mod bundles;
 mod error;
 pub mod git;
 mod graphql;
@@ -78,6 +79,8 @@ pub(crate) struct App {
     pub(crate) workers: workers::WorkerSettings,
     /// Largest state the state backend accepts.
     pub(crate) max_state_bytes: u64,
+    /// The staging area of uploaded bundles, when uploads are configured.
+    pub(crate) bundles: Option<bundles::Staging>,
 }
 
 /// The running server.
@@ -102,6 +105,7 @@ impl Server {
         let db = database.pool(None)?;
         let tls = tls_config(&config)?;
         let workers = workers::WorkerSettings::new(&config)?;
+        let staging = bundles::Staging::new(&config)?;
         let secrets = hangar_store::secrets::SecretBox::new(master_key);
         check_database(&db, &secrets).await?;
 
@@ -128,6 +132,7 @@ impl Server {
             logs: logs::hub::LogHub::start(database.clone(), shutdown.clone()),
             workers,
             max_state_bytes: config.max_state_bytes,
+            bundles: staging,
         });
         let limits = graphql::QueryLimits { max_depth: config.max_query_depth, max_complexity: config.max_query_complexity };
         let schema = graphql::schema(app.clone(), limits);
