@@ -142,20 +142,12 @@ pub async fn upload(
         .file_name()
         .map_or_else(|| "bundle".into(), |n| n.to_string_lossy().into_owned());
 
-    let mut state = match record
+    let earlier = record
         .as_deref()
         .and_then(|r| std::fs::read(r).ok())
-        .and_then(|t| serde_json::from_slice::<ResumeRecord>(&t).ok())
-    {
-        Some(r) => match client
-            .call::<UploadState>(Method::GET, &upload_path(&r.id), None)
-            .await
-        {
-            Ok(s) if s.size == size => Some(s),
-            Ok(_) => None,
-            Err(e) if e.status() == Some(404) => None,
-            Err(e) => return Err(e),
-        },
+        .and_then(|t| serde_json::from_slice::<ResumeRecord>(&t).ok());
+    let mut state = match earlier {
+        Some(r) => find_upload(client, &r.id, size, options.retries).await?,
         None => None,
     };
     if state.is_none() {
@@ -228,6 +220,24 @@ pub async fn upload(
         let _ = std::fs::remove_file(r);
     }
     result
+}
+
+/// The upload `id` of `size` bytes, when the appliance still has it; the
+/// request that was writing it when the last run was cut off may hold it for
+/// a moment (409), which is waited out.
+async fn find_upload(client: &Client, id: &str, size: u64, retries: u32) -> Result<Option<UploadState>, ClientError> {
+    let mut tries = 0;
+    loop {
+        match client.call::<UploadState>(Method::GET, &upload_path(id), None).await {
+            Ok(s) => return Ok((s.size == size).then_some(s)),
+            Err(e) if e.status() == Some(404) => return Ok(None),
+            Err(e) if retryable(&e) && tries < retries => {
+                tries += 1;
+                tokio::time::sleep(Duration::from_millis(500 * u64::from(tries))).await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 fn retryable(e: &ClientError) -> bool {

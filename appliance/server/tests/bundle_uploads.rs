@@ -385,3 +385,132 @@ async fn every_hostile_bundle_is_refused_through_the_upload_api_and_leaves_nothi
         "{events}"
     );
 }
+
+/// `hangar bundle upload` with this appliance's address, CA and `key`, its
+/// resume records under `state`.
+fn upload_command(u: &Uploads, key: &str, state: &std::path::Path, args: &[&str]) -> std::process::Command {
+    let mut cmd = std::process::Command::new(hangar_testkit::cargo_bin("hangar"));
+    cmd.arg("bundle")
+        .args(args)
+        .arg("--server")
+        .arg(u.app.url("/"))
+        .arg("--ca-file")
+        .arg(u.app.ca_path())
+        .env("HANGAR_API_KEY", key)
+        .env("HANGAR_CLIENT_CONFIG", state.join("no-client.toml"))
+        .env("XDG_STATE_HOME", state)
+        .stdin(std::process::Stdio::null());
+    cmd
+}
+
+#[tokio::test]
+async fn a_one_gib_upload_killed_halfway_is_resumed_by_running_the_command_again() {
+    use std::io::{Read, Write};
+    let u = start().await;
+    let made = u
+        .app
+        .ok(&u.admin, "mutation { createApiKey(name: \"uploads\", role: ADMIN) { key } }", json!({}))
+        .await;
+    let key = made["createApiKey"]["key"].as_str().unwrap().to_string();
+    let work = tempfile::tempdir().unwrap();
+
+    // 1 GiB that does not compress: the bundle is as large.
+    let source = work.path().join("payload.bin");
+    let mut out = std::fs::File::create(&source).unwrap();
+    let mut random = std::fs::File::open("/dev/urandom").unwrap().take(1 << 30);
+    std::io::copy(&mut random, &mut out).unwrap();
+    out.flush().unwrap();
+    drop(out);
+    let bundle = work.path().join("hangar-1.0.0.bundle");
+    let mut layout = hangar_bundle::Layout::new();
+    layout.add_file("payload.bin", &source, Some(0o644)).unwrap();
+    hangar_bundle::build_bundle(
+        &layout,
+        &bundle,
+        hangar_bundle::BuildOptions {
+            kind: hangar_bundle::Kind::Tools,
+            version: "1.0.0".parse().unwrap(),
+            platform: hangar_bundle::host_platform(),
+            created: chrono::Utc::now(),
+            expires: None,
+            compression_level: 1,
+            threads: 2,
+            signing_keys: &[corpus::trusted_key()],
+            progress: None,
+        },
+    )
+    .unwrap();
+    std::fs::remove_file(&source).unwrap();
+    let size = std::fs::metadata(&bundle).unwrap().len();
+    assert!(size >= 1 << 30, "{size}");
+    let expected = {
+        let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+        let mut f = std::fs::File::open(&bundle).unwrap();
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            let n = f.read(&mut buf).unwrap();
+            if n == 0 {
+                break;
+            }
+            ctx.update(&buf[..n]);
+        }
+        hex::encode(ctx.finish().as_ref())
+    };
+
+    // Killed once more than half is on the appliance.
+    let state = work.path().join("state");
+    let bundle_arg = bundle.to_str().unwrap();
+    let mut first = upload_command(&u, &key, &state, &["upload", bundle_arg, "--chunk-mib", "16"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let part_len = || -> u64 {
+        std::fs::read_dir(u.staging.join("uploads"))
+            .unwrap()
+            .flatten()
+            .filter(|e| e.path().extension().is_some_and(|x| x == "part"))
+            .map(|e| e.metadata().map(|m| m.len()).unwrap_or(0))
+            .max()
+            .unwrap_or(0)
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(600);
+    while part_len() < size / 2 {
+        assert!(first.try_wait().unwrap().is_none(), "the upload ended before it was cut");
+        assert!(std::time::Instant::now() < deadline, "the upload never got halfway");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    first.kill().unwrap();
+    first.wait().unwrap();
+    let cut_at = part_len();
+    assert!(cut_at < size, "cut at {cut_at} of {size}");
+
+    let second = upload_command(&u, &key, &state, &["upload", bundle_arg, "--json"]).output().unwrap();
+    assert!(second.status.success(), "{}", String::from_utf8_lossy(&second.stderr));
+    let staged: Value = serde_json::from_slice(&second.stdout).unwrap();
+    assert_eq!((staged["sha256"].as_str(), staged["size"].as_u64()), (Some(expected.as_str()), Some(size)), "{staged}");
+    assert_eq!(staged["kind"], "tools");
+    // One upload, resumed: never started over.
+    let started = u
+        .app
+        .ok(&u.admin, "{ auditEvents(first: 10, action: \"bundle.upload_started\") { items { target } } }", json!({}))
+        .await;
+    assert_eq!(started["auditEvents"]["items"].as_array().unwrap().len(), 1, "{started}");
+    assert_eq!(started["auditEvents"]["items"][0]["target"], staged["id"]);
+
+    let list = upload_command(&u, &key, &state, &["list", "--json"]).output().unwrap();
+    assert!(list.status.success(), "{}", String::from_utf8_lossy(&list.stderr));
+    let listed: Value = serde_json::from_slice(&list.stdout).unwrap();
+    assert_eq!(listed[0]["id"], staged["id"], "{listed}");
+    std::fs::remove_file(u.staging.join("staged").join(format!("{}.bundle", staged["id"].as_str().unwrap()))).unwrap();
+
+    // Where to connect is a usage question: exit code 2, one line.
+    let bare = std::process::Command::new(hangar_testkit::cargo_bin("hangar"))
+        .args(["bundle", "upload", bundle_arg])
+        .env("HANGAR_CLIENT_CONFIG", state.join("no-client.toml"))
+        .env_remove("HANGAR_SERVER")
+        .output()
+        .unwrap();
+    assert_eq!(bare.status.code(), Some(2), "{}", String::from_utf8_lossy(&bare.stderr));
+    assert!(String::from_utf8_lossy(&bare.stderr).contains("no server"), "{}", String::from_utf8_lossy(&bare.stderr));
+}

@@ -29,7 +29,6 @@ use hangar_store::users::Caller;
 use hangar_types::Role;
 use hangar_types::http::ErrorCode;
 use serde::{Deserialize, Serialize};
-use tokio::io::AsyncWriteExt;
 use warp::Filter;
 use warp::filters::BoxedFilter;
 use warp::http::StatusCode;
@@ -289,6 +288,21 @@ impl Staging {
     }
 }
 
+/// The session's lock: a request about an upload waits for the one writing
+/// it (a client that went away is noticed within the wait) rather than
+/// failing at once.
+async fn lock_session(
+    session: &Arc<tokio::sync::Mutex<Session>>,
+    id: &str,
+) -> Result<tokio::sync::OwnedMutexGuard<Session>, UploadError> {
+    tokio::time::timeout(
+        std::time::Duration::from_secs(30),
+        session.clone().lock_owned(),
+    )
+    .await
+    .map_err(|_| UploadError::Busy(id.to_string()))
+}
+
 /// Upload and bundle ids: 32 lowercase hexadecimal characters.
 fn id_ok(id: &str) -> bool {
     id.len() == 32 && id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
@@ -499,9 +513,7 @@ where
 async fn show(app: &App, auth: Option<&str>, id: &str) -> Result<Response, UploadError> {
     let (_, staging) = admin(app, auth).await?;
     let session = staging.session(id).await?;
-    let s = session
-        .try_lock()
-        .map_err(|_| UploadError::Busy(id.to_string()))?;
+    let s = lock_session(&session, id).await?;
     if s.gone {
         return Err(UploadError::NoUpload(id.to_string()));
     }
@@ -518,7 +530,7 @@ async fn show(app: &App, auth: Option<&str>, id: &str) -> Result<Response, Uploa
 async fn cancel(app: &App, auth: Option<&str>, id: &str) -> Result<Response, UploadError> {
     let (caller, staging) = admin(app, auth).await?;
     let session = staging.session(id).await?;
-    let mut s = session.lock().await;
+    let mut s = lock_session(&session, id).await?;
     if s.gone {
         return Err(UploadError::NoUpload(id.to_string()));
     }
@@ -585,9 +597,7 @@ where
         .parse()
         .map_err(|_| UploadError::Invalid("Upload-Offset: not a number of bytes".into()))?;
     let session = staging.session(id).await?;
-    let mut s = session
-        .try_lock()
-        .map_err(|_| UploadError::Busy(id.to_string()))?;
+    let mut s = lock_session(&session, id).await?;
     if s.gone {
         return Err(UploadError::NoUpload(id.to_string()));
     }
@@ -598,6 +608,31 @@ where
         });
     }
     let part = staging.part_path(id);
+    let mut file = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&part)
+        .map_err(|e| io_error("cannot open", &part, e))?;
+    // Bytes past the acknowledged offset (a write of a request that was cut
+    // off) are cut back; the verification starts again if it read any.
+    let on_disk = file
+        .metadata()
+        .map_err(|e| io_error("cannot read", &part, e))?
+        .len();
+    if on_disk != s.written {
+        let keep = on_disk.min(s.written);
+        file.set_len(keep)
+            .map_err(|e| io_error("cannot truncate", &part, e))?;
+        if keep < s.written {
+            s.verifier = None;
+        }
+        s.written = keep;
+        if offset != s.written {
+            return Err(UploadError::Offset {
+                given: offset,
+                current: s.written,
+            });
+        }
+    }
     if s.verifier
         .as_ref()
         .is_none_or(|v| v.finished() && v.refused().is_none())
@@ -610,54 +645,36 @@ where
             staging.trust.clone(),
         ));
     }
-    let mut file = tokio::fs::OpenOptions::new()
-        .append(true)
-        .open(&part)
-        .await
-        .map_err(|e| io_error("cannot open", &part, e))?;
-    // A file longer than the record (a write cut short by a crash) is cut
-    // back to what was acknowledged.
-    let on_disk = file
-        .metadata()
-        .await
-        .map_err(|e| io_error("cannot read", &part, e))?
-        .len();
-    if on_disk != s.written {
-        file.set_len(s.written)
-            .await
-            .map_err(|e| io_error("cannot truncate", &part, e))?;
-    }
 
     let mut body = std::pin::pin!(body);
     let mut failure = None;
     while let Some(chunk) = body.next().await {
-        let mut chunk = match chunk {
-            Ok(c) => c,
+        let chunk = match chunk {
+            Ok(mut c) => c.copy_to_bytes(c.remaining()),
             // The client went away: what arrived stays, for a resume.
             Err(e) => {
                 tracing::info!(upload = id, offset = s.written, error = %e, "an upload's body ended early");
                 break;
             }
         };
-        if s.written + chunk.remaining() as u64 > s.meta.size {
+        if s.written + chunk.len() as u64 > s.meta.size {
             failure = Some(UploadError::Invalid(format!(
                 "the body goes past the {} bytes declared for the upload",
                 s.meta.size
             )));
             break;
         }
-        while chunk.has_remaining() {
-            let part_bytes = chunk.chunk();
-            let n = part_bytes.len();
-            file.write_all(part_bytes)
-                .await
-                .map_err(|e| io_error("cannot write", &part, e))?;
-            chunk.advance(n);
-            s.written += n as u64;
-        }
-        file.flush()
-            .await
-            .map_err(|e| io_error("cannot write", &part, e))?;
+        // The offset moves only once the bytes are written: a request cut
+        // off mid-write leaves at most bytes past it, cut back above.
+        let n = chunk.len() as u64;
+        file = tokio::task::spawn_blocking(move || {
+            use std::io::Write;
+            file.write_all(&chunk).map(|()| file)
+        })
+        .await
+        .map_err(|e| UploadError::Io(format!("writing {}: {e}", part.display())))?
+        .map_err(|e| io_error("cannot write", &part, e))?;
+        s.written += n;
         if let Some(v) = &s.verifier {
             v.advance(s.written);
             if v.refused().is_some() {
@@ -665,10 +682,10 @@ where
             }
         }
     }
-    file.sync_data()
+    let file = tokio::task::spawn_blocking(move || file.sync_data())
         .await
-        .map_err(|e| io_error("cannot flush", &part, e))?;
-    drop(file);
+        .map_err(|e| UploadError::Io(format!("flushing {}: {e}", part.display())))?;
+    file.map_err(|e| io_error("cannot flush", &staging.part_path(id), e))?;
 
     let refused_early = s.verifier.as_ref().and_then(Verifier::refused);
     if let Some(e) = failure {
