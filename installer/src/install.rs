@@ -487,6 +487,8 @@ impl Provision<'_> {
         // scheduled ones); the lock keeps them from overlapping.
         ensure_dir(&l.data.join("backups"), 0o700, svc)?;
         ensure_dir(&l.data.join("upgrades"), 0o755, None)?;
+        // Uploaded bundles, staged by the server (the service user).
+        ensure_dir(&l.data.join("bundles"), 0o700, svc)?;
         let lock = l.data.join("lifecycle.lock");
         if !lock.exists() {
             write_atomic(&lock, b"", 0o644, None)?;
