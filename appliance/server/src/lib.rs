@@ -11,6 +11,7 @@
 pub mod admin;
 mod api;
 mod bundles;
+mod console;
 mod error;
 pub mod git;
 mod graphql;
@@ -21,6 +22,7 @@ pub mod logs;
 mod ready;
 mod routes;
 mod state;
+mod system;
 mod webhooks;
 pub mod workers;
 
@@ -39,6 +41,7 @@ use tokio_util::task::TaskTracker;
 pub use error::ServerError;
 pub use hosted::HostedComponent;
 pub use listener::{PeerCertificates, RemoteAddr};
+pub use system::{ServicesProbe, SystemSources};
 
 /// Everything the server needs, resolved by the caller.
 pub struct ServerSettings {
@@ -50,6 +53,8 @@ pub struct ServerSettings {
     /// Components the server hosts (the MQTT broker): checked by `/ready` under
     /// their name and stopped after the HTTPS listener drained.
     pub hosted: Vec<Arc<dyn HostedComponent>>,
+    /// Where the console's System page finds its facts.
+    pub system: SystemSources,
 }
 
 impl std::fmt::Debug for ServerSettings {
@@ -59,6 +64,7 @@ impl std::fmt::Debug for ServerSettings {
             .field("objects", &self.objects)
             .field("master_key", &self.master_key)
             .field("hosted", &self.hosted.iter().map(|h| h.name()).collect::<Vec<_>>())
+            .field("system", &self.system)
             .finish_non_exhaustive()
     }
 }
@@ -81,6 +87,8 @@ pub(crate) struct App {
     pub(crate) max_state_bytes: u64,
     /// The staging area of uploaded bundles, when uploads are configured.
     pub(crate) bundles: Option<bundles::Staging>,
+    /// Room for webhook bodies being read, in KiB (`webhooks::Budget`).
+    pub(crate) webhook_budget: webhooks::Budget,
 }
 
 /// The running server.
@@ -100,7 +108,7 @@ impl Server {
     /// against the stored data keys (when the database answers), binds, and
     /// starts serving.
     pub async fn start(settings: ServerSettings) -> Result<ServerHandle, ServerError> {
-        let ServerSettings { config, database, objects, master_key, hosted } = settings;
+        let ServerSettings { config, database, objects, master_key, hosted, system } = settings;
         config.validate()?;
         let db = database.pool(None)?;
         let tls = tls_config(&config)?;
@@ -133,11 +141,18 @@ impl Server {
             workers,
             max_state_bytes: config.max_state_bytes,
             bundles: staging,
+            webhook_budget: webhooks::Budget::new(config.webhook_bytes_in_flight),
         });
         let limits = graphql::QueryLimits { max_depth: config.max_query_depth, max_complexity: config.max_query_complexity };
         let schema = graphql::schema(app.clone(), limits);
         let admission = graphql::Admission::new(&schema, limits);
-        let routes = routes::routes(app.clone(), schema, admission, config.max_body_bytes);
+        let console = hangar_console::routes(hangar_console::ConsoleSettings {
+            db: app.db.clone(),
+            session_ttl: app.session_ttl,
+            public_url: config.public_url.clone(),
+            backend: Arc::new(console::ConsoleBackend { app: app.clone(), schema: schema.clone(), system }),
+        });
+        let routes = routes::routes(app.clone(), schema, admission, console, config.max_body_bytes);
         let limits = listener::ConnectionLimits {
             handshake_timeout: config.handshake_timeout(),
             header_timeout: Duration::from_secs(30),

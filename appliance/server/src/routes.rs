@@ -9,6 +9,7 @@
 //! | the worker API (`/api/v1/workers/join`, `/api/v1/worker/…`), tool downloads (`/v1/tools/…`) and the provider mirror (`/v1/providers/…`) | [`crate::workers`] |
 //! | `POST /webhooks/{kind}/{integration}` | [`crate::webhooks`] |
 //! | bundle uploads and the staged bundles under `/api/v1/bundles` | [`crate::bundles`] |
+//! | the web console: `/`, its pages and `/assets/…` | `hangar_console`, with [`crate::console`] |
 //!
 //! Anything else is answered 404 (405 for a known path with another method)
 //! in the error shape of [`crate::http`].
@@ -25,7 +26,13 @@ use crate::graphql::{Admission, ApiSchema};
 use crate::http::HttpError;
 
 /// Every route of the server.
-pub(crate) fn routes(app: Arc<App>, schema: ApiSchema, admission: Admission, max_body: u64) -> BoxedFilter<(Response,)> {
+pub(crate) fn routes(
+    app: Arc<App>,
+    schema: ApiSchema,
+    admission: Admission,
+    console: BoxedFilter<(Response,)>,
+    max_body: u64,
+) -> BoxedFilter<(Response,)> {
     let health = warp::path!("health")
         .and(warp::get().or(warp::head()).unify())
         .map(|| warp::reply::json(&serde_json::json!({ "status": "ok" })).into_response());
@@ -55,6 +62,8 @@ pub(crate) fn routes(app: Arc<App>, schema: ApiSchema, admission: Admission, max
         .unify()
         .or(crate::webhooks::route(app))
         .unify()
+        .or(console)
+        .unify()
         .recover(|rejection: warp::Rejection| async move {
             let e = if rejection.find::<warp::reject::MethodNotAllowed>().is_some() {
                 HttpError::MethodNotAllowed
@@ -66,5 +75,10 @@ pub(crate) fn routes(app: Arc<App>, schema: ApiSchema, admission: Admission, max
             Ok::<_, std::convert::Infallible>(e.into_response())
         })
         .unify()
+        // Every answer, API or console, carries the same security headers.
+        .map(|mut r: Response| {
+            hangar_console::secure(r.headers_mut());
+            r
+        })
         .boxed()
 }

@@ -3,7 +3,9 @@
 //! console are its clients. Functions take a connection so callers compose them
 //! into one transaction with the mutation's audit event.
 
+pub mod access;
 pub mod audit;
+pub mod console;
 mod error;
 pub mod pools;
 pub mod processes;
