@@ -286,6 +286,7 @@ mod tests {
         cfg.validate().unwrap();
         assert_eq!(cfg.ca_key_path(), PathBuf::from("/etc/hangar/pki/ca.key"));
         assert!(cfg.tools_dir.is_some() && cfg.provider_mirror_dir.is_some());
+        assert!(cfg.bundles_dir.is_some() && cfg.bundle_trust_dir.is_some());
         assert_eq!(cfg.worker_broker_url(), "mqtts://hangar.example.internal:1984");
     }
 }
