@@ -156,6 +156,7 @@ pub(crate) struct ContextView {
 }
 
 pub(crate) struct LockView {
+    pub(crate) lock_id: String,
     pub(crate) held_by: String,
     pub(crate) when: When,
 }
@@ -227,7 +228,7 @@ pub(super) async fn show(c: &Console, s: &Session, req: &Req, slug: &str) -> Res
         viewer: s.viewer.clone(),
         pool,
         vcs,
-        lock: lock.map(|(held_by, at)| LockView { held_by, when: When::at(at) }),
+        lock: lock.map(|(lock_id, held_by, at)| LockView { lock_id, held_by, when: When::at(at) }),
         versions: versions
             .into_iter()
             .enumerate()
@@ -334,9 +335,16 @@ pub(super) async fn unlock(c: &Console, s: &Session, req: &Req, slug: &str) -> R
     if let Some(r) = unconfirmed(req, slug, &s.viewer) {
         return r;
     }
+    // The lock the page showed: if another has taken its place since, the
+    // API refuses and names the new holder rather than removing it unseen.
+    let lock_id = req.field("lock_id").unwrap_or_default();
     let answer = c
         .backend
-        .execute(Some(&s.token), "mutation($s: String!) { forceUnlockState(stack: $s) { lockId } }", json!({ "s": slug }))
+        .execute(
+            Some(&s.token),
+            "mutation($s: String!, $l: String!) { forceUnlockState(stack: $s, lockId: $l) { lockId } }",
+            json!({ "s": slug, "l": lock_id }),
+        )
         .await;
     match answer {
         Ok(_) => see_other(&format!("/stacks/{}", urlencode(slug))),
