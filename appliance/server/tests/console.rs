@@ -218,7 +218,7 @@ async fn roles_escaping_and_secrets() {
 }
 
 #[tokio::test]
-async fn force_unlock_and_delete_need_the_typed_confirmation() {
+async fn settings_force_unlock_and_delete() {
     hangar_testkit::init();
     let app = Appliance::start().await;
     let admin = app.admin_token().await;
@@ -264,6 +264,24 @@ async fn force_unlock_and_delete_need_the_typed_confirmation() {
     assert!(app.ok(&admin, "{ stateLock(stack: \"net\") { lockId } }", json!({})).await["stateLock"].is_null());
     let (_, _, page) = b.get("/stacks/net").await;
     assert!(page.contains("unlocked") && !page.contains(">Force-unlock</button>"), "{page}");
+
+    // Settings: the form holds the stack's values, and what is saved shows.
+    assert!(page.contains("id=\"set-branch\" name=\"branch\" type=\"text\" value=\"main\""), "{page}");
+    let settings = [
+        ("csrf", token.as_str()), ("name", "Network core"), ("description", ""), ("branch", "release/2"),
+        ("project_root", "envs/prod"), ("tool_version", "1.0.3"), ("pool", ""), ("labels", "team:net, prod"), ("autodeploy", "on"),
+    ];
+    let (status, _, body) = b.post("/stacks/net/settings", Some(&origin), &settings).await;
+    assert_eq!(status, 303, "{body}");
+    let (_, _, page) = b.get("/stacks/net").await;
+    for want in ["<h1>Network core</h1>", "release/2", "envs/prod", "yes: plans apply without confirmation", ">team:net</span>", ">prod</span>"] {
+        assert!(page.contains(want), "{want} not in {page}");
+    }
+    let mut bad = settings;
+    bad[3] = ("branch", "-oops");
+    let (status, _, body) = b.post("/stacks/net/settings", Some(&origin), &bad).await;
+    assert_eq!(status, 422, "{body}");
+    assert!(body.contains("branch"), "the refusal names the field: {body}");
 
     // Delete: the name must be typed too.
     let (status, _, _) = b.post("/stacks/net/delete", Some(&origin), &[("csrf", &token), ("confirm", "")]).await;

@@ -278,6 +278,7 @@ async fn a_person_runs_terraform_from_the_console() {
     assert_eq!(red, LOG_HOSTILE);
     assert!(c.find_all(Locator::Css("main script")).await.unwrap().is_empty(), "the log injected a script element");
     assert!(c.get_alert_text().await.is_err(), "the log opened a dialog");
+    c.execute("document.querySelector('pre[data-phase=planning]').scrollIntoView({block: 'end'})", vec![]).await.unwrap();
     shoot(&c, "run-planning").await;
 
     // A reader in another browser: no Confirm button, and a hand-made POST is refused.

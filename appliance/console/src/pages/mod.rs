@@ -171,6 +171,7 @@ async fn dispatch(c: &Console, req: Req) -> Response {
         (["stacks", slug, "trigger"], _, true) => stacks::trigger(c, &session, slug).await,
         (["stacks", slug, "variables"], _, true) => stacks::set_variable(c, &session, &req, slug).await,
         (["stacks", slug, "variables", "delete"], _, true) => stacks::delete_variable(c, &session, &req, slug).await,
+        (["stacks", slug, "settings"], _, true) => stacks::settings(c, &session, &req, slug).await,
         (["stacks", slug, "unlock"], _, true) => stacks::unlock(c, &session, &req, slug).await,
         (["stacks", slug, "delete"], _, true) => stacks::delete(c, &session, &req, slug).await,
         (["runs", id], true, _) => runs::show(c, &session, id).await,
