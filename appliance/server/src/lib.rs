@@ -18,6 +18,7 @@ pub mod hosted;
 mod http;
 mod listener;
 pub mod logs;
+mod policies;
 mod ready;
 mod routes;
 mod state;
@@ -84,6 +85,10 @@ pub(crate) struct App {
     pub(crate) workers: workers::WorkerSettings,
     /// Largest state the state backend accepts.
     pub(crate) max_state_bytes: u64,
+    /// Evaluates policies under their limits (shared by every request).
+    pub(crate) policies: hangar_policy::Evaluator,
+    /// Room for webhook bodies being read, in KiB (`webhooks::Budget`).
+    pub(crate) webhook_budget: webhooks::Budget,
 }
 
 /// The running server.
@@ -134,6 +139,8 @@ impl Server {
             logs: logs::hub::LogHub::start(database.clone(), shutdown.clone()),
             workers,
             max_state_bytes: config.max_state_bytes,
+            policies: hangar_policy::Evaluator::new(hangar_policy::Limits::default()),
+            webhook_budget: webhooks::Budget::new(config.webhook_bytes_in_flight),
         });
         let limits = graphql::QueryLimits { max_depth: config.max_query_depth, max_complexity: config.max_query_complexity };
         let schema = graphql::schema(app.clone(), limits);

@@ -33,6 +33,9 @@ pub enum Op {
     ManageState,
     /// The host's facts: services, certificates, disks.
     ReadSystem,
+    /// Create and save policies, attach and detach them, and replay them
+    /// against recorded inputs (which hold plans).
+    ManagePolicies,
 }
 
 impl Op {
@@ -49,7 +52,8 @@ impl Op {
             | Op::ReadAudit
             | Op::ManageJobs
             | Op::ManageState
-            | Op::ReadSystem => Role::Admin,
+            | Op::ReadSystem
+            | Op::ManagePolicies => Role::Admin,
         }
     }
 
@@ -67,7 +71,7 @@ mod tests {
     fn the_table() {
         assert!(Op::Read.allowed(Role::Reader));
         assert!(!Op::Write.allowed(Role::Reader) && Op::Write.allowed(Role::Writer));
-        for admin_only in [Op::ListUsers, Op::ManageVcs, Op::ManagePools, Op::ReadAudit, Op::ManageState, Op::ReadSystem] {
+        for admin_only in [Op::ListUsers, Op::ManageVcs, Op::ManagePools, Op::ReadAudit, Op::ManageState, Op::ReadSystem, Op::ManagePolicies] {
             assert!(!admin_only.allowed(Role::Writer) && admin_only.allowed(Role::Admin), "{admin_only:?}");
         }
     }

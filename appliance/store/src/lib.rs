@@ -8,6 +8,7 @@ pub mod audit;
 pub mod console;
 mod error;
 pub mod pools;
+pub mod policies;
 pub mod processes;
 pub mod run_objects;
 pub mod run_tokens;

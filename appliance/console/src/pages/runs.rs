@@ -1,4 +1,4 @@
-//! A run's page (state, timeline, plan summary, logs) and what a writer does
+//! A run's page (state, timeline, plan summary, policy decisions and reviews, logs) and what a writer does
 //! there (confirm, discard, cancel), each an API operation; and the stream of
 //! run changes that live pages follow.
 
@@ -56,6 +56,50 @@ pub(crate) struct Changes {
     pub(crate) outputs: u32,
 }
 
+/// One recorded policy evaluation, as the run page lists it.
+pub(crate) struct PolicyView {
+    pub(crate) name: String,
+    pub(crate) version: i32,
+    pub(crate) kind: String,
+    pub(crate) result: Badge,
+    /// `(deny|warn, text)`
+    pub(crate) messages: Vec<(String, String)>,
+    pub(crate) error: Option<String>,
+    pub(crate) millis: String,
+    pub(crate) when: When,
+}
+
+pub(crate) struct ReviewView {
+    pub(crate) reviewer: String,
+    pub(crate) decision: Badge,
+    pub(crate) note: String,
+    pub(crate) when: When,
+}
+
+fn policy_view(e: hangar_store::policies::EvaluationRow) -> PolicyView {
+    let class = match e.result.as_str() {
+        "pass" | "approve" => "ok",
+        "warn" | "undecided" => "wait",
+        _ => "bad",
+    };
+    #[derive(serde::Deserialize)]
+    struct Message {
+        level: String,
+        text: String,
+    }
+    let messages: Vec<Message> = serde_json::from_value(e.messages).unwrap_or_default();
+    PolicyView {
+        name: e.policy_name,
+        version: e.policy_version,
+        kind: e.kind,
+        result: Badge::of(&e.result, class),
+        messages: messages.into_iter().map(|m| (m.level, m.text)).collect(),
+        error: e.error,
+        millis: format!("{:.1} ms", e.duration_us as f64 / 1000.0),
+        when: When::at(e.created_at),
+    }
+}
+
 #[derive(Template)]
 #[template(path = "run.html")]
 struct RunPage {
@@ -75,6 +119,8 @@ struct RunPage {
     phases: Vec<PhaseLog>,
     nothing_yet: bool,
     live: bool,
+    policies: Vec<PolicyView>,
+    reviews: Vec<ReviewView>,
 }
 
 fn phase_title(p: Phase) -> &'static str {
@@ -124,7 +170,17 @@ pub(super) async fn show(c: &Console, s: &Session, id: &str) -> Response {
         let history = queries::run_history(&mut conn, id).await?;
         Ok::<_, diesel::result::Error>(Some((run, stack, integration, outcome, history)))
     };
-    let (run, stack, integration, (changes, errored_state), history) = match read.await {
+    let found = read.await;
+    let decisions = async {
+        let evaluations = hangar_store::policies::evaluations_of_run(&mut conn, id).await?;
+        let reviews = hangar_store::policies::reviews_of_run(&mut conn, id).await?;
+        Ok::<_, hangar_store::StoreError>((evaluations, reviews))
+    };
+    let (evaluations, reviews) = match decisions.await {
+        Ok(d) => d,
+        Err(e) => return unavailable(Some(&s.viewer), &e),
+    };
+    let (run, stack, integration, (changes, errored_state), history) = match found {
         Ok(Some(found)) => found,
         Ok(None) => return not_found(Some(&s.viewer)),
         Err(e) => return unavailable(Some(&s.viewer), &e),
@@ -209,6 +265,16 @@ pub(super) async fn show(c: &Console, s: &Session, id: &str) -> Response {
         phases,
         nothing_yet,
         live,
+        policies: evaluations.into_iter().map(policy_view).collect(),
+        reviews: reviews
+            .into_iter()
+            .map(|r| ReviewView {
+                decision: Badge::of(&r.decision, if r.decision == "approve" { "ok" } else { "bad" }),
+                reviewer: r.reviewer,
+                note: r.note,
+                when: When::at(r.created_at),
+            })
+            .collect(),
     };
     html(StatusCode::OK, &page)
 }

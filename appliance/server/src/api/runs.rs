@@ -173,11 +173,22 @@ impl RunsMutation {
         Ok(Run(row))
     }
 
-    /// Approves the plan of an UNCONFIRMED run: it goes on to apply.
+    /// Approves the plan of an UNCONFIRMED run: it goes on to apply. When
+    /// approval policies apply to its stack, every one must approve (and none
+    /// reject) first; otherwise the refusal says which and why.
     async fn confirm_run(&self, ctx: &Context<'_>, id: ID) -> async_graphql::Result<Run> {
         let caller = require(ctx, Op::Write.role())?.clone();
         let rid = super::id(&id, "id")?;
         let mut c = conn(ctx).await?;
+        let run = db_runs::get(&mut c, rid).await.map_err(ApiError::from)?.ok_or_else(|| ApiError::not_found("run", rid.to_string()))?;
+        if run.state() == RunState::Unconfirmed {
+            let verdict = crate::policies::check_approval(app(ctx), &run)
+                .await
+                .map_err(|e| ApiError::Internal(e.to_string()))?;
+            if !verdict.blocking.is_empty() {
+                return Err(ApiError::Refused(format!("run {rid} cannot be confirmed: {}", verdict.blocking.join("; "))).into());
+            }
+        }
         let row = operate(
             &mut c,
             &caller,

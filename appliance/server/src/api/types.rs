@@ -479,6 +479,15 @@ impl Run {
         // Written by the worker API from the same type; unreadable means not reported.
         Ok(serde_json::from_value::<hangar_types::worker::Changes>(json).ok().map(RunChanges::from))
     }
+    /// Every policy evaluation of the run, oldest first: plan policies when
+    /// its plan was ready, approval policies at each review and confirmation.
+    async fn policy_evaluations(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<super::policies::PolicyEvaluation>> {
+        super::policies::evaluations_of(ctx, self.0.id).await
+    }
+    /// The run's reviews, oldest first (each reviewer's latest).
+    async fn reviews(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<super::policies::RunReview>> {
+        super::policies::reviews_of(ctx, self.0.id).await
+    }
     /// Whether Terraform could not save the state during the apply and its
     /// `errored.tfstate` was stored on the appliance (sealed) for an operator.
     async fn errored_state_uploaded(&self, ctx: &Context<'_>) -> async_graphql::Result<bool> {
