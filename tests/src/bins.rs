@@ -117,6 +117,18 @@ fn build_workspace_bins(dir: &Path) {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.toml");
     let mut cmd = Command::new(cargo);
+    // The variables cargo set for this test crate are read by a build script
+    // (ring's): inherited here, while a build from a shell lacks them, they
+    // make the two builds rebuild each other's dependencies.
+    for (key, _) in std::env::vars_os() {
+        let key = key.to_string_lossy();
+        let per_crate = ["CARGO_PKG_", "CARGO_MANIFEST_", "CARGO_CRATE_", "CARGO_BIN_"].iter().any(|p| key.starts_with(p))
+            || key == "CARGO_PRIMARY_PACKAGE"
+            || key == "CARGO_TARGET_TMPDIR";
+        if per_crate {
+            cmd.env_remove(&*key);
+        }
+    }
     cmd.arg("build")
         .arg("--workspace")
         .arg("--bins")

@@ -105,6 +105,10 @@ async fn sign_in_headers_and_the_checks_on_every_form() {
     let form = [("email", ADMIN_EMAIL), ("password", ADMIN_PASSWORD)];
     assert_eq!(b.post("/login", Some("https://evil.example"), &form).await.0, 403);
     assert_eq!(b.post("/login", None, &form).await.0, 403);
+    // So is any other form from elsewhere, before it could lead to the login page.
+    let (status, _, body) = b.post("/stacks/x/trigger", Some("null"), &[("csrf", "x")]).await;
+    assert_eq!(status, 403);
+    assert!(body.contains("not sent from a page of this Hangar appliance"), "{body}");
     // A wrong password is one clear line.
     let origin = b.origin();
     let (status, _, body) = b.post("/login", Some(&origin), &[("email", ADMIN_EMAIL), ("password", "wrong")]).await;
@@ -211,4 +215,80 @@ async fn roles_escaping_and_secrets() {
     assert!(body.contains("No stack matches"), "{body}");
     let (status, _, _) = b.get("/stacks/does-not-exist").await;
     assert_eq!(status, 404);
+}
+
+#[tokio::test]
+async fn settings_force_unlock_and_delete() {
+    hangar_testkit::init();
+    let app = Appliance::start().await;
+    let admin = app.admin_token().await;
+    app.ok(&admin, CREATE_STACK, json!({ "i": stack_input("net", "https://git.example/team/net.git") })).await;
+    // Someone's Terraform takes the state lock through the HTTP backend.
+    let info = json!({
+        "ID": "lock-4f2a", "Operation": "OperationTypeApply", "Info": "", "Who": "ops@laptop",
+        "Version": "1.0.3", "Created": "2026-11-28T01:00:00Z", "Path": "",
+    });
+    let locked = app
+        .client
+        .request(reqwest::Method::from_bytes(b"LOCK").unwrap(), app.url("/state/v1/net"))
+        .bearer_auth(&admin)
+        .json(&info)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(locked.status(), 200);
+
+    let mut b = Browser::new(&app);
+    b.sign_in(ADMIN_EMAIL, ADMIN_PASSWORD).await;
+    let origin = b.origin();
+    let token = b.csrf().await;
+    let (status, _, page) = b.get("/stacks/net").await;
+    assert_eq!(status, 200);
+    assert!(page.contains(">Force-unlock</button>") && page.contains("name=\"lock_id\" value=\"lock-4f2a\""), "{page}");
+    assert!(page.contains("lock-4f2a") && page.contains("held by"), "the holder is shown: {page}");
+
+    // The slug mistyped: nothing changes.
+    let (status, _, body) = b.post("/stacks/net/unlock", Some(&origin), &[("csrf", &token), ("confirm", "ne"), ("lock_id", "lock-4f2a")]).await;
+    assert_eq!(status, 422, "{body}");
+    assert!(body.contains("does not match"), "{body}");
+    // A lock the page did not show (another took its place): refused, naming the holder.
+    let (status, _, body) = b.post("/stacks/net/unlock", Some(&origin), &[("csrf", &token), ("confirm", "net"), ("lock_id", "older")]).await;
+    assert_eq!(status, 409, "{body}");
+    assert!(body.contains("lock-4f2a"), "{body}");
+    let lock = app.ok(&admin, "{ stateLock(stack: \"net\") { lockId } }", json!({})).await;
+    assert_eq!(lock["stateLock"]["lockId"], "lock-4f2a");
+    // Confirmed: the lock is gone and the page says so.
+    let (status, headers, _) = b.post("/stacks/net/unlock", Some(&origin), &[("csrf", &token), ("confirm", "net"), ("lock_id", "lock-4f2a")]).await;
+    assert_eq!(status, 303);
+    assert_eq!(headers[header::LOCATION], "/stacks/net");
+    assert!(app.ok(&admin, "{ stateLock(stack: \"net\") { lockId } }", json!({})).await["stateLock"].is_null());
+    let (_, _, page) = b.get("/stacks/net").await;
+    assert!(page.contains("unlocked") && !page.contains(">Force-unlock</button>"), "{page}");
+
+    // Settings: the form holds the stack's values, and what is saved shows.
+    assert!(page.contains("id=\"set-branch\" name=\"branch\" type=\"text\" value=\"main\""), "{page}");
+    let settings = [
+        ("csrf", token.as_str()), ("name", "Network core"), ("description", ""), ("branch", "release/2"),
+        ("project_root", "envs/prod"), ("tool_version", "1.0.3"), ("pool", ""), ("labels", "team:net, prod"), ("autodeploy", "on"),
+    ];
+    let (status, _, body) = b.post("/stacks/net/settings", Some(&origin), &settings).await;
+    assert_eq!(status, 303, "{body}");
+    let (_, _, page) = b.get("/stacks/net").await;
+    for want in ["<h1>Network core</h1>", "release/2", "envs/prod", "yes: plans apply without confirmation", ">team:net</span>", ">prod</span>"] {
+        assert!(page.contains(want), "{want} not in {page}");
+    }
+    let mut bad = settings;
+    bad[3] = ("branch", "-oops");
+    let (status, _, body) = b.post("/stacks/net/settings", Some(&origin), &bad).await;
+    assert_eq!(status, 422, "{body}");
+    assert!(body.contains("branch"), "the refusal names the field: {body}");
+
+    // Delete: the name must be typed too.
+    let (status, _, _) = b.post("/stacks/net/delete", Some(&origin), &[("csrf", &token), ("confirm", "")]).await;
+    assert_eq!(status, 422);
+    assert_eq!(b.get("/stacks/net").await.0, 200, "still there");
+    let (status, headers, _) = b.post("/stacks/net/delete", Some(&origin), &[("csrf", &token), ("confirm", "net")]).await;
+    assert_eq!(status, 303);
+    assert_eq!(headers[header::LOCATION], "/stacks");
+    assert_eq!(b.get("/stacks/net").await.0, 404);
 }

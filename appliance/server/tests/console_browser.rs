@@ -24,6 +24,8 @@ use serde_json::{Value, json};
 const PLAN_MARK: &str = "console-test: planning, please wait";
 const SECRET: &str = "browser-secret-7f3a9c21";
 const HOSTILE: &str = "<img src=x onerror=alert(1)>";
+/// A red line of plan output that is also markup: it must arrive as red text.
+const LOG_HOSTILE: &str = "<script>alert('log')</script> in red";
 
 fn chromium() -> Option<(PathBuf, PathBuf)> {
     let find = |names: &[&str]| {
@@ -104,8 +106,10 @@ fn screenshots_dir() -> PathBuf {
     dir
 }
 
-/// Screenshots of the page at 1280 and 390 pixels wide.
+/// Screenshots of the page at 1280 and 390 pixels wide (and a check that the
+/// page holds no secret's value).
 async fn shoot(c: &Client, name: &str) {
+    assert!(!c.source().await.unwrap().contains(SECRET), "the {name} page shows the secret");
     for (w, h) in [(1280, 900), (390, 844)] {
         c.set_window_size(w, h).await.unwrap();
         tokio::time::sleep(Duration::from_millis(150)).await;
@@ -161,7 +165,7 @@ fn held_plan_tool(fleet: &Fleet, version: &str) -> PathBuf {
     let dir = fleet.files.path().join("tools/terraform").join(version);
     std::fs::create_dir_all(&dir).unwrap();
     let script = format!(
-        "#!/bin/sh\nif [ \"$1\" = plan ]; then\n  echo '{PLAN_MARK}'\n  while [ ! -e '{gate}' ]; do /bin/sleep 0.1; done\nfi\nexec '{tf}' \"$@\"\n",
+        "#!/bin/sh\nif [ \"$1\" = plan ]; then\n  echo '{PLAN_MARK}'\n  printf '\\033[31m%s\\033[0m\\n' \"{LOG_HOSTILE}\"\n  while [ ! -e '{gate}' ]; do /bin/sleep 0.1; done\nfi\nexec '{tf}' \"$@\"\n",
         gate = gate.display(),
         tf = hangar_testkit::terraform::terraform().display(),
     );
@@ -266,6 +270,15 @@ async fn a_person_runs_terraform_from_the_console() {
     })
     .await;
     assert_eq!(run_state(&fleet, &run_id).await, "PLANNING", "the line arrived while the run was planning");
+    // Output that is markup arrives as text, its colour as a class.
+    let red = wait_for("the red line in the page", SOON, || async {
+        c.find(Locator::Css("pre[data-phase=planning] span.a-f1")).await.ok()?.text().await.ok()
+    })
+    .await;
+    assert_eq!(red, LOG_HOSTILE);
+    assert!(c.find_all(Locator::Css("main script")).await.unwrap().is_empty(), "the log injected a script element");
+    assert!(c.get_alert_text().await.is_err(), "the log opened a dialog");
+    c.execute("document.querySelector('pre[data-phase=planning]').scrollIntoView({block: 'end'})", vec![]).await.unwrap();
     shoot(&c, "run-planning").await;
 
     // A reader in another browser: no Confirm button, and a hand-made POST is refused.
@@ -314,7 +327,8 @@ async fn a_person_runs_terraform_from_the_console() {
     );
     c.goto(&page).await.unwrap();
     click(&c, "#go").await;
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    find(&c, Locator::XPath("//h1[normalize-space(.)='Refused']")).await;
+    assert!(page_has(&c, "not sent from a page of this Hangar appliance").await);
     let after = fleet.ok("{ runs(stack: \"network\") { items { id } } }", json!({})).await;
     assert_eq!(before, after, "a cross-site form triggered a run");
 
@@ -351,13 +365,14 @@ async fn a_person_runs_terraform_from_the_console() {
     c.goto(&format!("{base}/stacks")).await.unwrap();
     shoot(&c, "stacks").await;
 
-    // The secret's value is in no page the test visited.
-    for path in ["/stacks", "/stacks/network", &run_path, "/pools", "/vcs", "/vcs/local-git", "/contexts", "/admin", "/admin/audit", "/account"] {
+    // The secret's value is in no page (each one photographed), nor in the
+    // answer to a missing one.
+    for path in ["/stacks/network", &run_path, "/vcs", "/vcs/local-git", "/contexts", "/admin/audit", "/account", "/admin/system", "/stacks/nothing-here"] {
         c.goto(&format!("{base}{path}")).await.unwrap();
-        assert!(!c.source().await.unwrap().contains(SECRET), "{path} shows the secret");
+        let name = path.trim_start_matches('/').replace('/', "-");
+        shoot(&c, &name).await;
     }
-    c.goto(&format!("{base}/admin/system")).await.unwrap();
-    shoot(&c, "system").await;
+    assert!(page_has(&c, "Not found").await, "the missing stack's page");
 
     // Nothing was requested from any origin but the appliance.
     let urls = requested_urls(&c).await;

@@ -189,8 +189,13 @@ pub async fn stack_contexts(c: &mut AsyncPgConnection, stack: i64) -> Q<Vec<(Str
 }
 
 /// Who holds a stack's state lock, since when.
-pub async fn lock_of(c: &mut AsyncPgConnection, stack: i64) -> Q<Option<(String, DateTime<Utc>)>> {
-    state_locks::table.find(stack).select((state_locks::held_by, state_locks::created_at)).first(c).await.optional()
+pub async fn lock_of(c: &mut AsyncPgConnection, stack: i64) -> Q<Option<(String, String, DateTime<Utc>)>> {
+    state_locks::table
+        .find(stack)
+        .select((state_locks::lock_id, state_locks::held_by, state_locks::created_at))
+        .first(c)
+        .await
+        .optional()
 }
 
 /// How many state versions a stack has: the newest is version that number.

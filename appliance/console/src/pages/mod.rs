@@ -140,14 +140,16 @@ async fn dispatch(c: &Console, req: Req) -> Response {
         _ => {}
     }
 
+    // A form from another site is refused as such, signed in or not (with
+    // `SameSite=Strict` it arrives without the cookie).
+    if post && !origin_ok(c, &req) {
+        return refused_origin();
+    }
     let session = match authenticate(c, &req).await {
         Ok(s) => s,
         Err(r) => return r,
     };
     if post {
-        if !origin_ok(c, &req) {
-            return refused_origin();
-        }
         let presented = req.field(CSRF_FIELD).unwrap_or_default();
         if !session::csrf_matches(&session.token, presented) {
             return error_page(
@@ -169,6 +171,7 @@ async fn dispatch(c: &Console, req: Req) -> Response {
         (["stacks", slug, "trigger"], _, true) => stacks::trigger(c, &session, slug).await,
         (["stacks", slug, "variables"], _, true) => stacks::set_variable(c, &session, &req, slug).await,
         (["stacks", slug, "variables", "delete"], _, true) => stacks::delete_variable(c, &session, &req, slug).await,
+        (["stacks", slug, "settings"], _, true) => stacks::settings(c, &session, &req, slug).await,
         (["stacks", slug, "unlock"], _, true) => stacks::unlock(c, &session, &req, slug).await,
         (["stacks", slug, "delete"], _, true) => stacks::delete(c, &session, &req, slug).await,
         (["runs", id], true, _) => runs::show(c, &session, id).await,

@@ -156,6 +156,7 @@ pub(crate) struct ContextView {
 }
 
 pub(crate) struct LockView {
+    pub(crate) lock_id: String,
     pub(crate) held_by: String,
     pub(crate) when: When,
 }
@@ -184,6 +185,8 @@ struct StackPage {
     older_href: Option<String>,
     variables: Vec<VariableView>,
     contexts: Vec<ContextView>,
+    /// Every pool's name, for the settings form.
+    pools: Vec<String>,
 }
 
 pub(crate) fn short(sha: &str) -> String {
@@ -212,9 +215,10 @@ pub(super) async fn show(c: &Console, s: &Session, req: &Req, slug: &str) -> Res
         let runs = queries::runs_of(&mut conn, stack.id, before, RUNS + 1).await?;
         let variables = queries::stack_variables(&mut conn, stack.id).await?;
         let contexts = queries::stack_contexts(&mut conn, stack.id).await?;
-        Ok::<_, diesel::result::Error>(Some((stack, pool, vcs, lock, (versions, version_count), runs, variables, contexts)))
+        let (pools, _) = queries::names(&mut conn).await?;
+        Ok::<_, diesel::result::Error>(Some((stack, pool, vcs, lock, (versions, version_count), runs, variables, (contexts, pools))))
     };
-    let (stack, pool, vcs, lock, (versions, version_count), mut runs, variables, contexts) = match read.await {
+    let (stack, pool, vcs, lock, (versions, version_count), mut runs, variables, (contexts, pools)) = match read.await {
         Ok(Some(found)) => found,
         Ok(None) => return not_found(Some(&s.viewer)),
         Err(e) => return unavailable(Some(&s.viewer), &e),
@@ -227,7 +231,7 @@ pub(super) async fn show(c: &Console, s: &Session, req: &Req, slug: &str) -> Res
         viewer: s.viewer.clone(),
         pool,
         vcs,
-        lock: lock.map(|(held_by, at)| LockView { held_by, when: When::at(at) }),
+        lock: lock.map(|(lock_id, held_by, at)| LockView { lock_id, held_by, when: When::at(at) }),
         versions: versions
             .into_iter()
             .enumerate()
@@ -262,6 +266,7 @@ pub(super) async fn show(c: &Console, s: &Session, req: &Req, slug: &str) -> Res
             })
             .collect(),
         contexts: contexts.into_iter().map(|(slug, name, priority)| ContextView { slug, name, priority }).collect(),
+        pools,
         s: stack,
     };
     html(StatusCode::OK, &page)
@@ -334,9 +339,40 @@ pub(super) async fn unlock(c: &Console, s: &Session, req: &Req, slug: &str) -> R
     if let Some(r) = unconfirmed(req, slug, &s.viewer) {
         return r;
     }
+    // The lock the page showed: if another has taken its place since, the
+    // API refuses and names the new holder rather than removing it unseen.
+    let lock_id = req.field("lock_id").unwrap_or_default();
     let answer = c
         .backend
-        .execute(Some(&s.token), "mutation($s: String!) { forceUnlockState(stack: $s) { lockId } }", json!({ "s": slug }))
+        .execute(
+            Some(&s.token),
+            "mutation($s: String!, $l: String!) { forceUnlockState(stack: $s, lockId: $l) { lockId } }",
+            json!({ "s": slug, "l": lock_id }),
+        )
+        .await;
+    match answer {
+        Ok(_) => see_other(&format!("/stacks/{}", urlencode(slug))),
+        Err(e) => op_error(&s.viewer, &e),
+    }
+}
+
+/// The settings form: every field is sent, so what the form shows is what
+/// the stack has afterwards (an empty pool leaves the stack without one).
+pub(super) async fn settings(c: &Console, s: &Session, req: &Req, slug: &str) -> Response {
+    let field = |name: &str| req.field(name).unwrap_or_default().trim().to_string();
+    let labels: Vec<String> = field("labels").split([',', ' ']).map(str::trim).filter(|l| !l.is_empty()).map(str::to_string).collect();
+    let input = json!({
+        "name": field("name"), "description": field("description"), "branch": field("branch"),
+        "projectRoot": field("project_root"), "toolVersion": field("tool_version"), "workerPool": field("pool"),
+        "autodeploy": req.field("autodeploy") == Some("on"), "labels": labels,
+    });
+    let answer = c
+        .backend
+        .execute(
+            Some(&s.token),
+            "mutation($s: String!, $i: StackUpdate!) { updateStack(slug: $s, input: $i) { slug } }",
+            json!({ "s": slug, "i": input }),
+        )
         .await;
     match answer {
         Ok(_) => see_other(&format!("/stacks/{}", urlencode(slug))),
