@@ -263,9 +263,9 @@ fn run_install(host: &Host, args: InstallArgs) -> Result<(), Failure> {
     let (done, reporter) = result?;
     let mut text = format!(
         "\nHangar {} is ready.\n\n  console         {}\n  administrator   {} (the password you chose)\n  appliance CA    {}\n  CA SHA-256      {}\n\n\
-         Join a worker host (hangar-worker is in {}/bin of the release): create a join token as the\n\
-         administrator through the API,\n\n  mutation {{ createWorkerPool(name: \"default\") {{ id }} }}\n  mutation {{ createJoinToken(pool: \"default\") {{ token }} }}\n\n\
-         then, on the worker host, with a copy of the CA certificate:\n\n  hangar-worker join --server {} --ca ca.crt --token JOIN_TOKEN\n",
+         Join a worker host (hangar-worker is in {}/bin of the release): sign in to the console,\n\
+         open Worker pools, create a pool and a join token; the page shows the command to run on\n\
+         the worker host with a copy of the CA certificate:\n\n  hangar-worker join --server {} --ca ca.crt --token JOIN_TOKEN\n",
         done.release,
         done.console_url,
         done.admin_email,
