@@ -14,5 +14,9 @@ root="$(cd "$(dirname "$0")/.." && pwd)"
 # shellcheck source=scripts/env.sh
 source "$root/scripts/env.sh"
 cd "$root"
+# The tests run the workspace's binaries as processes; the first test of a run
+# would build them inside its own time limit, so build them here first.
+printf '==> building the binaries the tests run\n' >&2
+cargo build --workspace --bins --quiet
 printf '==> running the tests\n' >&2
 exec cargo nextest run --workspace "$@"

@@ -16,7 +16,8 @@ pub struct Limits {
     /// Most the payload may expand: the bytes of all files over the payload's
     /// size. Only applies above [`Limits::ratio_floor`].
     pub max_compression_ratio: u64,
-    /// Files adding up to less than this are never a bomb, whatever the ratio.
+    /// Files adding up to less than this are never a bomb, whatever the ratio:
+    /// as many identical 4 KiB files as a bundle may hold stay below it.
     pub ratio_floor: u64,
     /// Largest zstd window, as a power of two. The builder uses at most 2^23.
     pub max_window_log: u32,
@@ -30,7 +31,7 @@ impl Default for Limits {
             max_file_size: 16 << 30,
             max_total_size: 64 << 30,
             max_compression_ratio: 1000,
-            ratio_floor: 64 << 20,
+            ratio_floor: 1 << 30,
             max_window_log: 24,
         }
     }

@@ -29,6 +29,9 @@ const RULES: &[(&str, &[&str])] = &[
             "hangar-broker",
             "hangar-objects",
             "hangar-store",
+            // Policies are evaluated by the appliance, never on a worker host.
+            "hangar-policy",
+            "regorus",
         ],
     ),
     ("hangar-background", HTTP_STACK),

@@ -31,6 +31,11 @@ async fn from_empty_then_nothing_left_to_do() {
     jobs::table.select(jobs::all_columns).limit(0).execute(&mut conn).await.unwrap();
     job_keys::table.select(job_keys::all_columns).limit(0).execute(&mut conn).await.unwrap();
     audit_events::table.select(audit_events::all_columns).limit(0).execute(&mut conn).await.unwrap();
+    policies::table.select(policies::all_columns).limit(0).execute(&mut conn).await.unwrap();
+    policy_versions::table.select(policy_versions::all_columns).limit(0).execute(&mut conn).await.unwrap();
+    stack_policies::table.select(stack_policies::all_columns).limit(0).execute(&mut conn).await.unwrap();
+    policy_evaluations::table.select(policy_evaluations::all_columns).limit(0).execute(&mut conn).await.unwrap();
+    run_reviews::table.select(run_reviews::all_columns).limit(0).execute(&mut conn).await.unwrap();
 }
 
 #[tokio::test]

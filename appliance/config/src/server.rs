@@ -68,6 +68,11 @@ pub struct ServerConfig {
     /// Time `git ls-remote` gets to resolve a branch when a run is triggered.
     #[serde(default = "default_git_secs")]
     pub git_timeout_secs: u64,
+    /// Bytes of webhook bodies held in memory at once, across all deliveries:
+    /// a delivery reserves its length (or its vendor's limit when it declares
+    /// none) before its body is read, and waits briefly for room, then gets 503.
+    #[serde(default = "default_webhook_bytes")]
+    pub webhook_bytes_in_flight: u64,
 }
 
 fn default_listen() -> SocketAddr {
@@ -96,6 +101,9 @@ fn default_grace_secs() -> u64 {
 }
 fn default_git_secs() -> u64 {
     20
+}
+fn default_webhook_bytes() -> u64 {
+    128 * 1024 * 1024
 }
 fn default_lease_secs() -> u64 {
     60
@@ -154,6 +162,9 @@ impl ServerConfig {
         }
         if !(1024..=1024 * 1024 * 1024).contains(&self.max_state_bytes) {
             return Err(invalid("server.max_state_bytes", "must be between 1 KiB and 1 GiB"));
+        }
+        if !(1024 * 1024..=4 * 1024 * 1024 * 1024).contains(&self.webhook_bytes_in_flight) {
+            return Err(invalid("server.webhook_bytes_in_flight", "must be between 1 MiB and 4 GiB"));
         }
         if !(2..=64).contains(&self.max_query_depth) {
             return Err(invalid("server.max_query_depth", "must be between 2 and 64"));

@@ -105,6 +105,8 @@ diesel::table! {
         plan_key -> Nullable<Text>,
         errored_state_key -> Nullable<Text>,
         errored_state_data_key -> Nullable<Int8>,
+        // The sealed `terraform show -json` output (migration 2026-12-07-000900_policies).
+        plan_json_key -> Nullable<Text>,
     }
 }
 
@@ -404,3 +406,74 @@ diesel::table! {
 
 diesel::joinable!(state_versions -> stacks (stack_id));
 diesel::joinable!(state_locks -> stacks (stack_id));
+
+// Policies (migration 2026-12-07-000900_policies).
+diesel::table! {
+    policies (id) {
+        id -> Int8,
+        name -> Text,
+        kind -> Text,
+        description -> Text,
+        labels -> Array<Text>,
+        space -> Nullable<Text>,
+        created_at -> Timestamptz,
+        updated_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    policy_versions (id) {
+        id -> Int8,
+        policy_id -> Int8,
+        version -> Int4,
+        body -> Text,
+        created_by -> Text,
+        created_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    stack_policies (stack_id, policy_id) {
+        stack_id -> Int8,
+        policy_id -> Int8,
+        created_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    policy_evaluations (id) {
+        id -> Int8,
+        run_id -> Int8,
+        policy_id -> Nullable<Int8>,
+        policy_version_id -> Nullable<Int8>,
+        policy_name -> Text,
+        policy_version -> Int4,
+        kind -> Text,
+        result -> Text,
+        messages -> Jsonb,
+        error -> Nullable<Text>,
+        duration_us -> Int8,
+        input_bytes -> Int8,
+        input_sealed -> Nullable<Bytea>,
+        input_data_key -> Nullable<Int8>,
+        created_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    run_reviews (id) {
+        id -> Int8,
+        run_id -> Int8,
+        user_id -> Int8,
+        reviewer -> Text,
+        role -> Text,
+        decision -> Text,
+        note -> Text,
+        created_at -> Timestamptz,
+    }
+}
+
+diesel::joinable!(policy_versions -> policies (policy_id));
+diesel::joinable!(stack_policies -> policies (policy_id));
+diesel::joinable!(stack_policies -> stacks (stack_id));
+diesel::allow_tables_to_appear_in_same_query!(policies, policy_versions, stack_policies, stacks);

@@ -34,6 +34,7 @@ pub struct Query(
     crate::state::api::StateQuery,
     api::vcs::VcsQuery,
     crate::logs::api::LogsQuery,
+    api::policies::PoliciesQuery,
 );
 
 #[derive(MergedObject, Default)]
@@ -45,6 +46,7 @@ pub struct Mutation(
     crate::state::api::StateMutation,
     api::worker_admin::WorkerAdminMutation,
     api::vcs::VcsMutation,
+    api::policies::PoliciesMutation,
 );
 
 pub type ApiSchema = Schema<Query, Mutation, EmptySubscription>;

@@ -103,6 +103,15 @@ where
 }
 
 /// The caller a bearer token in `auth` names; `None` without a token.
+/// The console's session cookie as an `Authorization` value, for the GET
+/// routes the console's pages read (logs, state downloads). Only a session
+/// token is taken from a cookie, never an API key.
+pub(crate) fn console_session(cookie: Option<&str>) -> Option<String> {
+    hangar_console::session_token(cookie)
+        .filter(|t| t.starts_with(&format!("{}_", users::SESSION_KIND)))
+        .map(|t| format!("Bearer {t}"))
+}
+
 pub(crate) async fn caller(app: &App, auth: Option<&str>) -> Result<Option<users::Caller>, HttpError> {
     let Some(auth) = auth else { return Ok(None) };
     let token = auth

@@ -10,6 +10,7 @@
 
 pub mod admin;
 mod api;
+mod console;
 mod error;
 pub mod git;
 mod graphql;
@@ -17,9 +18,11 @@ pub mod hosted;
 mod http;
 mod listener;
 pub mod logs;
+mod policies;
 mod ready;
 mod routes;
 mod state;
+mod system;
 mod webhooks;
 pub mod workers;
 
@@ -38,6 +41,7 @@ use tokio_util::task::TaskTracker;
 pub use error::ServerError;
 pub use hosted::HostedComponent;
 pub use listener::{PeerCertificates, RemoteAddr};
+pub use system::{ServicesProbe, SystemSources};
 
 /// Everything the server needs, resolved by the caller.
 pub struct ServerSettings {
@@ -49,6 +53,8 @@ pub struct ServerSettings {
     /// Components the server hosts (the MQTT broker): checked by `/ready` under
     /// their name and stopped after the HTTPS listener drained.
     pub hosted: Vec<Arc<dyn HostedComponent>>,
+    /// Where the console's System page finds its facts.
+    pub system: SystemSources,
 }
 
 impl std::fmt::Debug for ServerSettings {
@@ -58,6 +64,7 @@ impl std::fmt::Debug for ServerSettings {
             .field("objects", &self.objects)
             .field("master_key", &self.master_key)
             .field("hosted", &self.hosted.iter().map(|h| h.name()).collect::<Vec<_>>())
+            .field("system", &self.system)
             .finish_non_exhaustive()
     }
 }
@@ -78,6 +85,10 @@ pub(crate) struct App {
     pub(crate) workers: workers::WorkerSettings,
     /// Largest state the state backend accepts.
     pub(crate) max_state_bytes: u64,
+    /// Evaluates policies under their limits (shared by every request).
+    pub(crate) policies: hangar_policy::Evaluator,
+    /// Room for webhook bodies being read, in KiB (`webhooks::Budget`).
+    pub(crate) webhook_budget: webhooks::Budget,
 }
 
 /// The running server.
@@ -97,7 +108,7 @@ impl Server {
     /// against the stored data keys (when the database answers), binds, and
     /// starts serving.
     pub async fn start(settings: ServerSettings) -> Result<ServerHandle, ServerError> {
-        let ServerSettings { config, database, objects, master_key, hosted } = settings;
+        let ServerSettings { config, database, objects, master_key, hosted, system } = settings;
         config.validate()?;
         let db = database.pool(None)?;
         let tls = tls_config(&config)?;
@@ -128,11 +139,19 @@ impl Server {
             logs: logs::hub::LogHub::start(database.clone(), shutdown.clone()),
             workers,
             max_state_bytes: config.max_state_bytes,
+            policies: hangar_policy::Evaluator::new(hangar_policy::Limits::default()),
+            webhook_budget: webhooks::Budget::new(config.webhook_bytes_in_flight),
         });
         let limits = graphql::QueryLimits { max_depth: config.max_query_depth, max_complexity: config.max_query_complexity };
         let schema = graphql::schema(app.clone(), limits);
         let admission = graphql::Admission::new(&schema, limits);
-        let routes = routes::routes(app.clone(), schema, admission, config.max_body_bytes);
+        let console = hangar_console::routes(hangar_console::ConsoleSettings {
+            db: app.db.clone(),
+            session_ttl: app.session_ttl,
+            public_url: config.public_url.clone(),
+            backend: Arc::new(console::ConsoleBackend { app: app.clone(), schema: schema.clone(), system }),
+        });
+        let routes = routes::routes(app.clone(), schema, admission, console, config.max_body_bytes);
         let limits = listener::ConnectionLimits {
             handshake_timeout: config.handshake_timeout(),
             header_timeout: Duration::from_secs(30),

@@ -8,6 +8,7 @@
 //! | Terraform's HTTP state backend under `/state/v1/{stack}`, and `GET /api/v1/stacks/{stack}/state/versions/{id}` | [`crate::state`] |
 //! | the worker API (`/api/v1/workers/join`, `/api/v1/worker/…`), tool downloads (`/v1/tools/…`) and the provider mirror (`/v1/providers/…`) | [`crate::workers`] |
 //! | `POST /webhooks/{kind}/{integration}` | [`crate::webhooks`] |
+//! | the web console: `/`, its pages and `/assets/…` | `hangar_console`, with [`crate::console`] |
 //!
 //! Anything else is answered 404 (405 for a known path with another method)
 //! in the error shape of [`crate::http`].
@@ -24,7 +25,13 @@ use crate::graphql::{Admission, ApiSchema};
 use crate::http::HttpError;
 
 /// Every route of the server.
-pub(crate) fn routes(app: Arc<App>, schema: ApiSchema, admission: Admission, max_body: u64) -> BoxedFilter<(Response,)> {
+pub(crate) fn routes(
+    app: Arc<App>,
+    schema: ApiSchema,
+    admission: Admission,
+    console: BoxedFilter<(Response,)>,
+    max_body: u64,
+) -> BoxedFilter<(Response,)> {
     let health = warp::path!("health")
         .and(warp::get().or(warp::head()).unify())
         .map(|| warp::reply::json(&serde_json::json!({ "status": "ok" })).into_response());
@@ -52,6 +59,8 @@ pub(crate) fn routes(app: Arc<App>, schema: ApiSchema, admission: Admission, max
         .unify()
         .or(crate::webhooks::route(app))
         .unify()
+        .or(console)
+        .unify()
         .recover(|rejection: warp::Rejection| async move {
             let e = if rejection.find::<warp::reject::MethodNotAllowed>().is_some() {
                 HttpError::MethodNotAllowed
@@ -63,5 +72,10 @@ pub(crate) fn routes(app: Arc<App>, schema: ApiSchema, admission: Admission, max
             Ok::<_, std::convert::Infallible>(e.into_response())
         })
         .unify()
+        // Every answer, API or console, carries the same security headers.
+        .map(|mut r: Response| {
+            hangar_console::secure(r.headers_mut());
+            r
+        })
         .boxed()
 }

@@ -6,6 +6,10 @@
 //! integrations exist, whatever else is wrong with the request); a declared
 //! or actual body over the vendor's limit ([`hangar_vcs::max_body`]: 413,
 //! nothing read past it, nothing hashed); the vendor's signature or token with
+//! the room to read it in ([`Budget`]: every delivery's body counts against
+//! one budget of bytes in memory, so that many large anonymous bodies cannot
+//! exhaust the server's memory before their signatures are checked; 503 when
+//! no room frees up in a few seconds); the vendor's signature or token with
 //! the integration's secret (401, constant-time, in `hangar-vcs`); a
 //! form-encoded body Hangar cannot take (415, saying to choose JSON); a
 //! document that is not a JSON object (400). A good delivery's JSON is
@@ -48,6 +52,35 @@ enum Refusal {
     NotJson,
     #[error("service unavailable")]
     Unavailable,
+    #[error("too many webhook deliveries are being read at once; send it again later")]
+    Busy,
+}
+
+/// Room for webhook bodies in memory, in KiB, shared by every delivery.
+pub(crate) struct Budget {
+    kib: tokio::sync::Semaphore,
+    total_kib: u32,
+}
+
+/// How long a delivery waits for room before it is answered 503.
+const BUDGET_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+impl Budget {
+    pub(crate) fn new(bytes: u64) -> Budget {
+        let total_kib = u32::try_from(bytes / 1024).unwrap_or(u32::MAX);
+        Budget { kib: tokio::sync::Semaphore::new(total_kib as usize), total_kib }
+    }
+
+    /// Reserves room for `bytes` (never more than the whole budget, so that a
+    /// delivery the vendor's limit allows always fits when nothing else is
+    /// being read); the room is given back when the permit is dropped.
+    async fn reserve(&self, bytes: u64) -> Result<tokio::sync::SemaphorePermit<'_>, Refusal> {
+        let kib = u32::try_from(bytes.div_ceil(1024)).unwrap_or(u32::MAX).clamp(1, self.total_kib);
+        match tokio::time::timeout(BUDGET_WAIT, self.kib.acquire_many(kib)).await {
+            Ok(Ok(permit)) => Ok(permit),
+            Ok(Err(_)) | Err(_) => Err(Refusal::Busy),
+        }
+    }
 }
 
 impl Refusal {
@@ -57,7 +90,7 @@ impl Refusal {
             // The VCS crate says how each refusal of a delivery is answered.
             Refusal::Webhook(e) => ErrorCode::for_status(e.http_status().as_u16()),
             Refusal::Unreadable | Refusal::NotJson => ErrorCode::BadRequest,
-            Refusal::Unavailable => ErrorCode::Unavailable,
+            Refusal::Unavailable | Refusal::Busy => ErrorCode::Unavailable,
         }
     }
 
@@ -131,7 +164,10 @@ where
         .as_ref()
         .and_then(|s| Verifier::new(vendor, s).ok())
         .ok_or(Refusal::Webhook(WebhookError::BadSignature { vendor, header: "(no webhook secret configured)" }))?;
+    // No database connection is held while waiting for room or reading.
+    drop(conn);
     let limit = hangar_vcs::max_body(vendor);
+    let _room = app.webhook_budget.reserve(declared.unwrap_or(limit as u64)).await?;
     let body = crate::http::read_limited(body, limit as u64).await.map_err(|e| match e {
         HttpError::BodyTooLarge { read, .. } => Refusal::Webhook(WebhookError::TooLarge { vendor, size: read, limit }),
         _ => Refusal::Unreadable,
@@ -152,6 +188,10 @@ where
     .to_new()
     .unique_key(format!("{}:{}", integration.id, delivery.id));
     let (integration_id, delivery_id, event) = (integration.id, delivery.id.clone(), delivery.event.clone());
+    let mut conn = app.db.get().await.map_err(|e| {
+        tracing::warn!(error = %hangar_types::error_chain(&e), "webhook: database unavailable");
+        Refusal::Unavailable
+    })?;
     let enqueued = conn
         .transaction::<_, hangar_store::StoreError, _>(async move |c| {
             let e = queue::enqueue(c, &job).await?;

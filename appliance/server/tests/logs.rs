@@ -303,10 +303,12 @@ struct Sse {
     data: serde_json::Value,
 }
 
-/// Reads events from a `follow=true` response, skipping comments.
+/// Reads events from a `follow=true` response, skipping comments; `state`
+/// events (for the console's live pages) are kept apart, in order.
 struct SseReader {
     body: std::pin::Pin<Box<dyn futures::Stream<Item = reqwest::Result<Bytes>> + Send>>,
     buf: String,
+    states: Vec<String>,
 }
 
 impl SseReader {
@@ -321,7 +323,7 @@ impl SseReader {
             .unwrap();
         assert_eq!(resp.status(), 200);
         assert_eq!(resp.headers()["content-type"], "text/event-stream");
-        SseReader { body: Box::pin(resp.bytes_stream()), buf: String::new() }
+        SseReader { body: Box::pin(resp.bytes_stream()), buf: String::new(), states: Vec::new() }
     }
 
     /// The next event, or `None` when the server closed the stream.
@@ -339,6 +341,11 @@ impl SseReader {
                 }
                 if event.is_empty() {
                     continue; // a keep-alive comment
+                }
+                if event == "state" {
+                    let v: serde_json::Value = serde_json::from_str(&data).unwrap();
+                    self.states.push(v["state"].as_str().unwrap().to_string());
+                    continue;
                 }
                 return Some(Sse { event, data: serde_json::from_str(&data).unwrap() });
             }
@@ -400,6 +407,11 @@ async fn followers_get_the_past_then_the_live_chunks_in_order_and_an_end() {
         let end = r.next().await.expect("an end event");
         assert_eq!(end, Sse { event: "end".into(), data: json!({ "run": run, "state": "FINISHED" }) });
         assert_eq!(r.next().await, None);
+        // Each state the reader saw was announced once, in order, the last one included.
+        assert_eq!(r.states.last().map(String::as_str), Some("FINISHED"), "{:?}", r.states);
+        let mut deduped = r.states.clone();
+        deduped.dedup();
+        assert_eq!(deduped, r.states);
     }
 
     // Following a run that already ended sends everything, then `end`, at once.

@@ -448,3 +448,46 @@ async fn deliveries_as_real_git_servers_send_them() {
     let line = status_for_declared_length(&app, "/webhooks/github/nope", &[("x-github-event", "push")], 100 * 1024 * 1024).await;
     assert!(line.starts_with("HTTP/1.1 404"), "{line}");
 }
+
+#[tokio::test]
+async fn bodies_being_read_share_one_budget_of_memory() {
+    // Room for 1 MiB of bodies at once.
+    let app = Appliance::start_with(Options {
+        server_extra: "webhook_bytes_in_flight = 1048576\n".into(),
+        ..Default::default()
+    })
+    .await;
+    setup(&app).await;
+
+    // A sender that declares 700 KiB, sends a little and stalls: it holds
+    // its room while it stalls, signed or not.
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(1);
+    tx.send(Ok(b"{\"ref\":".to_vec())).await.unwrap();
+    let stalled = app
+        .client
+        .post(app.url("/webhooks/github/ghe"))
+        .header("content-type", "application/json")
+        .header("content-length", (700 * 1024).to_string())
+        .header("x-github-event", "push")
+        .header("x-github-delivery", "d-stalled")
+        .body(reqwest::Body::wrap_stream(futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|c| (c, rx)) })))
+        .send();
+    let stalled = tokio::spawn(stalled);
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+
+    // A good delivery of 600 KiB finds no room and is told to come back.
+    let mut push = github_push(REPO_URL, "infra/network", "main", &"a".repeat(40), &"b".repeat(40), &["main.tf"]);
+    push["padding"] = json!("x".repeat(600 * 1024));
+    let push = serde_json::to_vec(&push).unwrap();
+    let (status, body) = post_github(&app, "ghe", "push", "d-big", &push, Some(SECRET)).await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["error"]["message"], "too many webhook deliveries are being read at once; send it again later", "{body}");
+    assert_eq!(delivery_rows(&app).await, 0);
+
+    // Once the stalled sender is gone, its room is free again.
+    drop(tx);
+    let _ = stalled.await;
+    let (status, body) = post_github(&app, "ghe", "push", "d-big", &push, Some(SECRET)).await;
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(delivery_rows(&app).await, 1);
+}

@@ -3,9 +3,12 @@
 //! console are its clients. Functions take a connection so callers compose them
 //! into one transaction with the mutation's audit event.
 
+pub mod access;
 pub mod audit;
+pub mod console;
 mod error;
 pub mod pools;
+pub mod policies;
 pub mod processes;
 pub mod run_objects;
 pub mod run_tokens;

@@ -1,5 +1,5 @@
 //! The objects a stack's runs leave in the object store — log chunks, the
-//! sealed plan, a sealed `errored.tfstate` — found before the stack's rows go
+//! sealed plan and its JSON, a sealed `errored.tfstate` — found before the stack's rows go
 //! (the rows cascade away with the stack) and deleted once they are gone.
 //!
 //! Rows first, then objects: a stack whose deletion failed keeps every log it
@@ -45,12 +45,14 @@ pub async fn keys_of_stack(conn: &mut AsyncPgConnection, stack_id: i64) -> Resul
             None => tracing::warn!(run_id = run, %phase, seq, "a log chunk row names no known phase; its object is not deleted"),
         }
     }
-    let run_keys: Vec<(Option<String>, Option<String>)> = runs::table
+    let run_keys: Vec<(Option<String>, Option<String>, Option<String>)> = runs::table
         .filter(runs::stack_id.eq(stack_id))
-        .select((runs::plan_key, runs::errored_state_key))
+        .select((runs::plan_key, runs::errored_state_key, runs::plan_json_key))
         .load(conn)
         .await?;
-    keys.extend(run_keys.into_iter().flat_map(|(plan, errored)| plan.into_iter().chain(errored)));
+    keys.extend(
+        run_keys.into_iter().flat_map(|(plan, errored, plan_json)| plan.into_iter().chain(errored).chain(plan_json)),
+    );
     Ok(keys)
 }
 

@@ -19,6 +19,7 @@
 //! | append a log chunk | `POST /api/v1/worker/runs/{id}/logs/{phase}/{seq}` (raw bytes, masked) → 204 |
 //! | store the saved plan | `POST /api/v1/worker/runs/{id}/plan` (raw bytes, at most [`MAX_PLAN_BYTES`]) → [`PlanStored`] |
 //! | the saved plan back | `GET /api/v1/worker/runs/{id}/plan` → raw bytes |
+//! | store the plan's JSON | `POST /api/v1/worker/runs/{id}/plan-json` (raw bytes, at most [`MAX_PLAN_JSON_BYTES`]) → 204 |
 //! | upload `errored.tfstate` | `POST /api/v1/worker/runs/{id}/errored-state` (raw bytes) → 204 |
 //! | a tool binary | `GET /v1/tools/{tool}/{version}/{os}_{arch}` → bytes, header `x-hangar-sha256` |
 //! | provider mirror | `/v1/providers/…` (Terraform's provider network mirror protocol) |
@@ -262,6 +263,11 @@ pub struct RunStatus {
 /// Largest saved plan the appliance stores. Plans are sealed in one piece, so
 /// this bounds the server's memory per upload; real plans are far smaller.
 pub const MAX_PLAN_BYTES: u64 = 64 * 1024 * 1024;
+
+/// Largest plan JSON (`terraform show -json`) the appliance keeps for plan
+/// policies. A plan over it is not uploaded; a stack with plan policies then
+/// fails its run, since no policy could read the plan.
+pub const MAX_PLAN_JSON_BYTES: u64 = 32 * 1024 * 1024;
 
 /// A saved plan as the worker has it on disk: what the appliance's
 /// [`PlanStored`] must match.

@@ -329,6 +329,19 @@ impl Api {
         Ok(())
     }
 
+    /// Sends the plan's `terraform show -json` output, which the appliance
+    /// keeps sealed for its plan policies.
+    pub async fn plan_json(&self, run: i64, data: Vec<u8>) -> Result<(), ApiError> {
+        let url = self.route(WorkerRoute::StorePlanJson { run });
+        let req = self
+            .http
+            .post(&url)
+            .timeout(TRANSFER_TIMEOUT)
+            .header("content-type", "application/json");
+        let resp = self.send(req.body(data), &url).await?;
+        Self::check(resp, &url).await.map(|_| ())
+    }
+
     pub async fn errored_state(&self, run: i64, data: Vec<u8>) -> Result<(), ApiError> {
         let url = self.route(WorkerRoute::ErroredState { run });
         let req = self

@@ -240,6 +240,8 @@ impl Appliance {
                     sha256: hex::encode(ring::digest::digest(&ring::digest::SHA256, body)),
                 })
             }
+            // Plan policies are the appliance's; the plan's JSON is taken and dropped.
+            WorkerRoute::StorePlanJson { .. } => (204, vec![]),
             WorkerRoute::Join | WorkerRoute::FetchPlan { .. } | WorkerRoute::ErroredState { .. } => {
                 (404, error_body(ErrorCode::NotFound, "not staged here"))
             }

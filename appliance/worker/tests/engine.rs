@@ -50,6 +50,7 @@ enum Event {
     Report(StateReport),
     Log(Phase, u64, Vec<u8>),
     Plan(PlanUpload, Vec<u8>),
+    PlanJson(Vec<u8>),
     Errored(Vec<u8>),
 }
 
@@ -169,6 +170,11 @@ impl RunHooks for Recorder {
     async fn upload_plan(&self, path: &Path, upload: PlanUpload) -> Result<(), HookError> {
         let data = std::fs::read(path)?;
         self.events.lock().unwrap().push(Event::Plan(upload, data));
+        Ok(())
+    }
+
+    async fn upload_plan_json(&self, data: Vec<u8>) -> Result<(), HookError> {
+        self.events.lock().unwrap().push(Event::PlanJson(data));
         Ok(())
     }
 
@@ -385,6 +391,18 @@ async fn tracked_run_waits_for_confirmation_applies_and_a_rerun_has_no_changes()
         .expect("plan uploaded");
     assert_eq!(upload.size, data.len() as u64);
     assert_eq!(upload.sha256, sha256_hex(&data));
+    // And the plan as `terraform show -json` printed it, for plan policies,
+    // before the report that leaves PLANNING.
+    let events = hooks.events();
+    let json_at = events.iter().position(|e| matches!(e, Event::PlanJson(_))).expect("plan JSON uploaded");
+    let unconfirmed_at = events
+        .iter()
+        .position(|e| matches!(e, Event::Report(r) if r.to == RunState::Unconfirmed))
+        .expect("UNCONFIRMED reported");
+    assert!(json_at < unconfirmed_at, "the plan's JSON goes before the report");
+    let Event::PlanJson(json) = &events[json_at] else { unreachable!() };
+    let plan: serde_json::Value = serde_json::from_slice(json).expect("the plan JSON parses");
+    assert!(plan["resource_changes"].is_array(), "{plan}");
 
     decide.send(Some(Decision::Apply)).unwrap();
     let outcome = tokio::time::timeout(Duration::from_secs(120), run)

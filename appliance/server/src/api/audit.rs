@@ -1,7 +1,7 @@
 //! The audit trail, for admins.
 
 use async_graphql::{Context, ID, Json, Object};
-use hangar_types::Role;
+use hangar_store::access::Op;
 
 use super::types::{AuditEvent, AuditPage};
 use super::{ApiError, conn, require};
@@ -20,7 +20,7 @@ impl AuditQuery {
         after: Option<ID>,
         action: Option<String>,
     ) -> async_graphql::Result<AuditPage> {
-        require(ctx, Role::Admin)?;
+        require(ctx, Op::ReadAudit.role())?;
         if !(1..=500).contains(&first) {
             return Err(ApiError::invalid("first", "must be between 1 and 500").into());
         }

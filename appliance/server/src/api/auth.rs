@@ -3,6 +3,7 @@
 use async_graphql::{Context, ID, Object, SimpleObject};
 use chrono::{DateTime, Utc};
 use diesel_async::AsyncConnection;
+use hangar_store::access::Op;
 use hangar_types::Role;
 use serde_json::json;
 
@@ -67,7 +68,7 @@ pub struct AuthQuery;
 impl AuthQuery {
     /// The caller.
     async fn me(&self, ctx: &Context<'_>) -> async_graphql::Result<User> {
-        let caller = require(ctx, Role::Reader)?;
+        let caller = require(ctx, Op::Read.role())?;
         let mut c = conn(ctx).await?;
         let user = users::get_user(&mut c, caller.user_id).await.map_err(ApiError::from)?;
         Ok(user.map(User::from).ok_or_else(|| ApiError::not_found("user", caller.email.clone()))?)
@@ -75,14 +76,14 @@ impl AuthQuery {
 
     /// Every user (admin).
     async fn users(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<User>> {
-        require(ctx, Role::Admin)?;
+        require(ctx, Op::ListUsers.role())?;
         let mut c = conn(ctx).await?;
         Ok(users::list_users(&mut c).await.map_err(ApiError::from)?.into_iter().map(User::from).collect())
     }
 
     /// The caller's API keys; every user's with `all` (admin).
     async fn api_keys(&self, ctx: &Context<'_>, #[graphql(default = false)] all: bool) -> async_graphql::Result<Vec<ApiKey>> {
-        let caller = require(ctx, if all { Role::Admin } else { Role::Reader })?;
+        let caller = require(ctx, if all { Op::ListUsers.role() } else { Op::Read.role() })?;
         let mut c = conn(ctx).await?;
         let rows = users::list_api_keys(&mut c, (!all).then_some(caller.user_id)).await.map_err(ApiError::from)?;
         Ok(rows.into_iter().map(ApiKey::from).collect())
@@ -201,7 +202,7 @@ impl AuthMutation {
 
     /// Ends the caller's session.
     async fn logout(&self, ctx: &Context<'_>) -> async_graphql::Result<bool> {
-        let caller = require(ctx, Role::Reader)?.clone();
+        let caller = require(ctx, Op::Read.role())?.clone();
         let Via::Session { id: session } = caller.via else {
             return Err(ApiError::Refused("logout ends a session; an API key is revoked with revokeApiKey".into()).into());
         };
@@ -223,7 +224,7 @@ impl AuthMutation {
         current_password: String,
         new_password: String,
     ) -> async_graphql::Result<bool> {
-        let caller = require(ctx, Role::Reader)?.clone();
+        let caller = require(ctx, Op::Read.role())?.clone();
         let mut c = conn(ctx).await?;
         let stored = users::password_hash(&mut c, caller.user_id).await.map_err(ApiError::from)?;
         if current_password.len() > 4096 || !verify_password(current_password, stored).await? {
@@ -255,7 +256,7 @@ impl AuthMutation {
         role: UserRole,
         password: String,
     ) -> async_graphql::Result<User> {
-        let caller = require(ctx, Role::Admin)?.clone();
+        let caller = require(ctx, Op::ManageUsers.role())?.clone();
         if !valid_email(&email) {
             return Err(ApiError::invalid("email", "is not a valid email address").into());
         }
@@ -287,7 +288,7 @@ impl AuthMutation {
         role: Option<UserRole>,
         disabled: Option<bool>,
     ) -> async_graphql::Result<User> {
-        let caller = require(ctx, Role::Admin)?.clone();
+        let caller = require(ctx, Op::ManageUsers.role())?.clone();
         let uid = super::id(&id, "id")?;
         if let Some(n) = &name {
             check_name("name", n, 200)?;
@@ -336,7 +337,7 @@ impl AuthMutation {
         role: Option<UserRole>,
         expires_in_days: Option<i32>,
     ) -> async_graphql::Result<CreatedApiKey> {
-        let caller = require(ctx, Role::Reader)?.clone();
+        let caller = require(ctx, Op::Read.role())?.clone();
         check_name("name", &name, 100)?;
         let role: Role = role.map(Into::into).unwrap_or(caller.role);
         if !caller.role.allows(role) {
@@ -368,14 +369,14 @@ impl AuthMutation {
 
     /// Revokes an API key: the caller's own, or anyone's for an admin.
     async fn revoke_api_key(&self, ctx: &Context<'_>, id: ID) -> async_graphql::Result<ApiKey> {
-        let caller = require(ctx, Role::Reader)?.clone();
+        let caller = require(ctx, Op::Read.role())?.clone();
         let kid = super::id(&id, "id")?;
         let mut c = conn(ctx).await?;
         let actor = caller.actor();
         let row = c
             .transaction::<_, ApiError, _>(async move |c| {
                 let key = users::get_api_key(c, kid).await?.ok_or_else(|| ApiError::not_found("API key", kid.to_string()))?;
-                if key.user_id != caller.user_id && !caller.role.allows(Role::Admin) {
+                if key.user_id != caller.user_id && !Op::ManageUsers.allowed(caller.role) {
                     // Others' keys are not even confirmed to exist.
                     return Err(ApiError::not_found("API key", kid.to_string()));
                 }

@@ -2,7 +2,7 @@
 
 use async_graphql::{Context, ID, Object};
 use diesel_async::AsyncConnection;
-use hangar_types::Role;
+use hangar_store::access::Op;
 use serde_json::json;
 
 use super::stacks::check_slug;
@@ -16,14 +16,14 @@ pub struct PoolsQuery;
 #[Object]
 impl PoolsQuery {
     async fn worker_pools(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<WorkerPool>> {
-        require(ctx, Role::Reader)?;
+        require(ctx, Op::Read.role())?;
         let mut c = conn(ctx).await?;
         Ok(pools::list_pools(&mut c).await.map_err(ApiError::from)?.into_iter().map(WorkerPool).collect())
     }
 
     /// Workers, of one pool when `pool` is given.
     async fn workers(&self, ctx: &Context<'_>, pool: Option<String>) -> async_graphql::Result<Vec<Worker>> {
-        require(ctx, Role::Reader)?;
+        require(ctx, Op::Read.role())?;
         let mut c = conn(ctx).await?;
         let all = pools::list_pools(&mut c).await.map_err(ApiError::from)?;
         let filter = match &pool {
@@ -56,7 +56,7 @@ impl PoolsMutation {
         name: String,
         #[graphql(default)] description: String,
     ) -> async_graphql::Result<WorkerPool> {
-        let caller = require(ctx, Role::Admin)?.clone();
+        let caller = require(ctx, Op::ManagePools.role())?.clone();
         check_slug("name", &name)?;
         if description.chars().count() > 2000 || description.chars().any(|c| c.is_control() && c != '\n') {
             return Err(ApiError::invalid("description", "must be at most 2000 characters without control characters").into());
@@ -74,7 +74,7 @@ impl PoolsMutation {
 
     /// Deletes a pool and its workers; stacks using it are left without a pool.
     async fn delete_worker_pool(&self, ctx: &Context<'_>, name: String) -> async_graphql::Result<bool> {
-        let caller = require(ctx, Role::Admin)?.clone();
+        let caller = require(ctx, Op::ManagePools.role())?.clone();
         let mut c = conn(ctx).await?;
         c.transaction::<_, ApiError, _>(async move |c| {
             let pool = pool_named(c, &name).await?;
@@ -89,7 +89,7 @@ impl PoolsMutation {
     /// Starts a new generation of the pool: workers that joined before must
     /// join again.
     async fn reset_worker_pool(&self, ctx: &Context<'_>, name: String) -> async_graphql::Result<WorkerPool> {
-        let caller = require(ctx, Role::Admin)?.clone();
+        let caller = require(ctx, Op::ManagePools.role())?.clone();
         let mut c = conn(ctx).await?;
         let row = c
             .transaction::<_, ApiError, _>(async move |c| {
@@ -111,7 +111,7 @@ impl PoolsMutation {
 
     /// Refuses a worker from now on.
     async fn revoke_worker(&self, ctx: &Context<'_>, id: ID) -> async_graphql::Result<Worker> {
-        let caller = require(ctx, Role::Admin)?.clone();
+        let caller = require(ctx, Op::ManagePools.role())?.clone();
         let wid = super::id(&id, "id")?;
         let mut c = conn(ctx).await?;
         let row = c

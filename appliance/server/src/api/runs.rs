@@ -2,10 +2,11 @@
 //! checks the one transition table and records the event; this module only
 //! decides which transition an operator's request means.
 
+use hangar_store::access::Op;
 use async_graphql::{Context, ID, Json, Object};
 use diesel_async::{AsyncConnection, AsyncPgConnection};
 use hangar_db::runs::{self as db_runs, NewRun, RunRow, TransitionFailure};
-use hangar_types::{Role, RunKind, RunState};
+use hangar_types::{RunKind, RunState};
 use serde_json::json;
 
 use super::types::{DeadJob, Run, RunKindValue, RunPage, run_page};
@@ -68,7 +69,7 @@ impl RunsQuery {
         #[graphql(default = 20)] first: i32,
         after: Option<ID>,
     ) -> async_graphql::Result<RunPage> {
-        require(ctx, Role::Reader)?;
+        require(ctx, Op::Read.role())?;
         let mut c = conn(ctx).await?;
         let s = stacks::stack_by_slug(&mut c, &stack).await.map_err(ApiError::from)?;
         let s = s.ok_or_else(|| ApiError::not_found("stack", stack))?;
@@ -77,7 +78,7 @@ impl RunsQuery {
     }
 
     async fn run(&self, ctx: &Context<'_>, id: ID) -> async_graphql::Result<Option<Run>> {
-        require(ctx, Role::Reader)?;
+        require(ctx, Op::Read.role())?;
         let rid = super::id(&id, "id")?;
         let mut c = conn(ctx).await?;
         Ok(db_runs::get(&mut c, rid).await.map_err(ApiError::from)?.map(Run))
@@ -85,7 +86,7 @@ impl RunsQuery {
 
     /// Jobs that failed every attempt, newest first (admin).
     async fn dead_jobs(&self, ctx: &Context<'_>, #[graphql(default = 50)] limit: i32) -> async_graphql::Result<Vec<DeadJob>> {
-        require(ctx, Role::Admin)?;
+        require(ctx, Op::ManageJobs.role())?;
         if !(1..=500).contains(&limit) {
             return Err(ApiError::invalid("limit", "must be between 1 and 500").into());
         }
@@ -122,7 +123,7 @@ impl RunsMutation {
         commit_sha: Option<String>,
         #[graphql(default_with = "RunKindValue::Tracked")] kind: RunKindValue,
     ) -> async_graphql::Result<Run> {
-        let caller = require(ctx, Role::Writer)?.clone();
+        let caller = require(ctx, Op::Write.role())?.clone();
         let kind = RunKind::from(kind);
         // Drift runs come from the schedule and tasks need a command.
         if !matches!(kind, RunKind::Tracked | RunKind::Proposed) {
@@ -172,11 +173,22 @@ impl RunsMutation {
         Ok(Run(row))
     }
 
-    /// Approves the plan of an UNCONFIRMED run: it goes on to apply.
+    /// Approves the plan of an UNCONFIRMED run: it goes on to apply. When
+    /// approval policies apply to its stack, every one must approve (and none
+    /// reject) first; otherwise the refusal says which and why.
     async fn confirm_run(&self, ctx: &Context<'_>, id: ID) -> async_graphql::Result<Run> {
-        let caller = require(ctx, Role::Writer)?.clone();
+        let caller = require(ctx, Op::Write.role())?.clone();
         let rid = super::id(&id, "id")?;
         let mut c = conn(ctx).await?;
+        let run = db_runs::get(&mut c, rid).await.map_err(ApiError::from)?.ok_or_else(|| ApiError::not_found("run", rid.to_string()))?;
+        if run.state() == RunState::Unconfirmed {
+            let verdict = crate::policies::check_approval(app(ctx), &run)
+                .await
+                .map_err(|e| ApiError::Internal(e.to_string()))?;
+            if !verdict.blocking.is_empty() {
+                return Err(ApiError::Refused(format!("run {rid} cannot be confirmed: {}", verdict.blocking.join("; "))).into());
+            }
+        }
         let row = operate(
             &mut c,
             &caller,
@@ -192,7 +204,7 @@ impl RunsMutation {
 
     /// Rejects the plan of an UNCONFIRMED run.
     async fn discard_run(&self, ctx: &Context<'_>, id: ID) -> async_graphql::Result<Run> {
-        let caller = require(ctx, Role::Writer)?.clone();
+        let caller = require(ctx, Op::Write.role())?.clone();
         let rid = super::id(&id, "id")?;
         let mut c = conn(ctx).await?;
         let row = operate(
@@ -214,7 +226,7 @@ impl RunsMutation {
         const WAITING: &[RunState] = &[RunState::Queued, RunState::Ready];
         const ON_WORKER: &[RunState] =
             &[RunState::Preparing, RunState::Initializing, RunState::Planning, RunState::Confirmed];
-        let caller = require(ctx, Role::Writer)?.clone();
+        let caller = require(ctx, Op::Write.role())?.clone();
         let rid = super::id(&id, "id")?;
         let mut c = conn(ctx).await?;
         let run = db_runs::get(&mut c, rid).await.map_err(ApiError::from)?.ok_or_else(|| ApiError::not_found("run", rid.to_string()))?;
@@ -239,7 +251,7 @@ impl RunsMutation {
 
     /// Puts a dead job back in the queue with fresh attempts (admin).
     async fn retry_dead_job(&self, ctx: &Context<'_>, id: ID) -> async_graphql::Result<bool> {
-        let caller = require(ctx, Role::Admin)?.clone();
+        let caller = require(ctx, Op::ManageJobs.role())?.clone();
         let jid = super::id(&id, "id")?;
         let mut c = conn(ctx).await?;
         c.transaction::<_, ApiError, _>(async move |c| {

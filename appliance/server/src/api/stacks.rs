@@ -4,7 +4,7 @@
 
 use async_graphql::{Context, InputObject, Object};
 use diesel_async::AsyncConnection;
-use hangar_types::Role;
+use hangar_store::access::Op;
 use serde_json::json;
 
 use super::types::{ContextObj, IacTool, Stack, Variable};
@@ -162,25 +162,25 @@ pub struct StacksQuery;
 impl StacksQuery {
     /// Every stack, by slug; only those carrying `label` when given.
     async fn stacks(&self, ctx: &Context<'_>, label: Option<String>) -> async_graphql::Result<Vec<Stack>> {
-        require(ctx, Role::Reader)?;
+        require(ctx, Op::Read.role())?;
         let mut c = conn(ctx).await?;
         Ok(store::list_stacks(&mut c, label.as_deref()).await.map_err(ApiError::from)?.into_iter().map(Stack).collect())
     }
 
     async fn stack(&self, ctx: &Context<'_>, slug: String) -> async_graphql::Result<Option<Stack>> {
-        require(ctx, Role::Reader)?;
+        require(ctx, Op::Read.role())?;
         let mut c = conn(ctx).await?;
         Ok(store::stack_by_slug(&mut c, &slug).await.map_err(ApiError::from)?.map(Stack))
     }
 
     async fn contexts(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<ContextObj>> {
-        require(ctx, Role::Reader)?;
+        require(ctx, Op::Read.role())?;
         let mut c = conn(ctx).await?;
         Ok(store::list_contexts(&mut c).await.map_err(ApiError::from)?.into_iter().map(ContextObj).collect())
     }
 
     async fn context(&self, ctx: &Context<'_>, slug: String) -> async_graphql::Result<Option<ContextObj>> {
-        require(ctx, Role::Reader)?;
+        require(ctx, Op::Read.role())?;
         let mut c = conn(ctx).await?;
         Ok(store::context_by_slug(&mut c, &slug).await.map_err(ApiError::from)?.map(ContextObj))
     }
@@ -198,7 +198,7 @@ async fn set_variable(
     value: String,
     secret: bool,
 ) -> Result<Variable, ApiError> {
-    let caller = require(ctx, Role::Writer)?.clone();
+    let caller = require(ctx, Op::Write.role())?.clone();
     check_variable(&name, &value)?;
     let app = app(ctx);
     let mut c = conn(ctx).await?;
@@ -229,7 +229,7 @@ async fn set_variable(
 }
 
 async fn delete_variable(ctx: &Context<'_>, owner_kind: &'static str, owner_slug: String, name: String) -> Result<bool, ApiError> {
-    let caller = require(ctx, Role::Writer)?.clone();
+    let caller = require(ctx, Op::Write.role())?.clone();
     let mut c = conn(ctx).await?;
     c.transaction::<_, ApiError, _>(async move |c| {
         let owner = match owner_kind {
@@ -249,7 +249,7 @@ async fn delete_variable(ctx: &Context<'_>, owner_kind: &'static str, owner_slug
 #[Object]
 impl StacksMutation {
     async fn create_stack(&self, ctx: &Context<'_>, input: StackInput) -> async_graphql::Result<Stack> {
-        let caller = require(ctx, Role::Writer)?.clone();
+        let caller = require(ctx, Op::Write.role())?.clone();
         check_slug("slug", &input.slug)?;
         check_text("name", &input.name, 1, 200)?;
         check_text("description", &input.description, 0, 2000)?;
@@ -300,7 +300,7 @@ impl StacksMutation {
     }
 
     async fn update_stack(&self, ctx: &Context<'_>, slug: String, input: StackUpdate) -> async_graphql::Result<Stack> {
-        let caller = require(ctx, Role::Writer)?.clone();
+        let caller = require(ctx, Op::Write.role())?.clone();
         if let Some(v) = &input.name {
             check_text("name", v, 1, 200)?;
         }
@@ -368,7 +368,7 @@ impl StacksMutation {
     /// Deletes a stack with its runs and variables, and then the objects its
     /// runs left (logs, plans, errored state).
     async fn delete_stack(&self, ctx: &Context<'_>, slug: String) -> async_graphql::Result<bool> {
-        let caller = require(ctx, Role::Writer)?.clone();
+        let caller = require(ctx, Op::Write.role())?.clone();
         let mut c = conn(ctx).await?;
         let s = slug.clone();
         let keys = c
@@ -408,7 +408,7 @@ impl StacksMutation {
         name: String,
         #[graphql(default)] description: String,
     ) -> async_graphql::Result<ContextObj> {
-        let caller = require(ctx, Role::Writer)?.clone();
+        let caller = require(ctx, Op::Write.role())?.clone();
         check_slug("slug", &slug)?;
         check_text("name", &name, 1, 200)?;
         check_text("description", &description, 0, 2000)?;
@@ -430,7 +430,7 @@ impl StacksMutation {
         name: Option<String>,
         description: Option<String>,
     ) -> async_graphql::Result<ContextObj> {
-        let caller = require(ctx, Role::Writer)?.clone();
+        let caller = require(ctx, Op::Write.role())?.clone();
         if let Some(n) = &name {
             check_text("name", n, 1, 200)?;
         }
@@ -458,7 +458,7 @@ impl StacksMutation {
 
     /// Deletes a context, its variables and its attachments.
     async fn delete_context(&self, ctx: &Context<'_>, slug: String) -> async_graphql::Result<bool> {
-        let caller = require(ctx, Role::Writer)?.clone();
+        let caller = require(ctx, Op::Write.role())?.clone();
         let mut c = conn(ctx).await?;
         c.transaction::<_, ApiError, _>(async move |c| {
             let id = context_id(c, &slug).await?;
@@ -494,7 +494,7 @@ impl StacksMutation {
         context: String,
         #[graphql(default = 0)] priority: i32,
     ) -> async_graphql::Result<Stack> {
-        let caller = require(ctx, Role::Writer)?.clone();
+        let caller = require(ctx, Op::Write.role())?.clone();
         if !(-1000..=1000).contains(&priority) {
             return Err(ApiError::invalid("priority", "must be between -1000 and 1000").into());
         }
@@ -519,7 +519,7 @@ impl StacksMutation {
     }
 
     async fn detach_context(&self, ctx: &Context<'_>, stack: String, context: String) -> async_graphql::Result<Stack> {
-        let caller = require(ctx, Role::Writer)?.clone();
+        let caller = require(ctx, Op::Write.role())?.clone();
         let mut c = conn(ctx).await?;
         let row = c
             .transaction::<_, ApiError, _>(async move |c| {

@@ -4,7 +4,7 @@
 use async_graphql::{ComplexObject, Context, Enum, ID, Json, Object, SimpleObject};
 use chrono::{DateTime, Utc};
 use hangar_db::runs::{RunEventRow, RunRow};
-use hangar_types::Role;
+use hangar_store::access::Op;
 
 use super::{ApiError, conn, require};
 use hangar_store::{self as store, pools::PoolRow, pools::WorkerRow, stacks::ContextRow, stacks::StackRow, stacks::VariableRow};
@@ -98,7 +98,7 @@ pub struct ApiKey {
 #[ComplexObject]
 impl ApiKey {
     async fn owner(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<User>> {
-        require(ctx, Role::Reader)?;
+        require(ctx, Op::Read.role())?;
         let mut c = conn(ctx).await?;
         Ok(store::users::get_user(&mut c, self.user_id).await.map_err(ApiError::from)?.map(User::from))
     }
@@ -165,7 +165,7 @@ impl Stack {
     /// The lock on this stack's Terraform state, if any: who holds it, for
     /// which run, since when.
     async fn state_lock(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<crate::state::api::StateLock>> {
-        require(ctx, Role::Reader)?;
+        require(ctx, Op::Read.role())?;
         let mut c = conn(ctx).await?;
         let lock = crate::state::store::current_lock(&mut c, self.0.id).await.map_err(ApiError::from)?;
         Ok(lock.map(crate::state::api::StateLock::from))
@@ -218,7 +218,7 @@ impl Stack {
     }
 
     async fn worker_pool(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<WorkerPool>> {
-        require(ctx, Role::Reader)?;
+        require(ctx, Op::Read.role())?;
         let Some(id) = self.0.worker_pool_id else { return Ok(None) };
         let pool = match ctx.data_opt::<super::PoolDirectory>() {
             Some(pools) => pools.get(ctx, id).await?,
@@ -228,7 +228,7 @@ impl Stack {
     }
 
     async fn variables(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<Variable>> {
-        require(ctx, Role::Reader)?;
+        require(ctx, Op::Read.role())?;
         let mut c = conn(ctx).await?;
         let rows = store::stacks::variables_of(&mut c, store::stacks::Owner::Stack(self.0.id))
             .await
@@ -238,7 +238,7 @@ impl Stack {
 
     /// Attached contexts, highest precedence (lowest priority number) first.
     async fn contexts(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<ContextAttachment>> {
-        require(ctx, Role::Reader)?;
+        require(ctx, Op::Read.role())?;
         let mut c = conn(ctx).await?;
         let rows = store::stacks::attachments_of_stack(&mut c, self.0.id).await.map_err(ApiError::from)?;
         Ok(rows.into_iter().map(|(priority, context)| ContextAttachment { priority, context: ContextObj(context) }).collect())
@@ -247,7 +247,7 @@ impl Stack {
     /// The environment a run of this stack gets: its own variables over those of
     /// its contexts, contexts in priority order.
     async fn effective_variables(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<EffectiveVariable>> {
-        require(ctx, Role::Reader)?;
+        require(ctx, Op::Read.role())?;
         let mut c = conn(ctx).await?;
         let mut out: Vec<EffectiveVariable> = Vec::new();
         let mut seen = std::collections::HashSet::new();
@@ -285,7 +285,7 @@ impl Stack {
 }
 
 pub(crate) async fn run_page(ctx: &Context<'_>, stack_id: i64, first: i32, after: Option<ID>) -> Result<RunPage, ApiError> {
-    require(ctx, Role::Reader)?;
+    require(ctx, Op::Read.role())?;
     if !(1..=100).contains(&first) {
         return Err(ApiError::invalid("first", "must be between 1 and 100"));
     }
@@ -333,7 +333,7 @@ impl ContextObj {
         self.0.updated_at
     }
     async fn variables(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<Variable>> {
-        require(ctx, Role::Reader)?;
+        require(ctx, Op::Read.role())?;
         let mut c = conn(ctx).await?;
         let rows = store::stacks::variables_of(&mut c, store::stacks::Owner::Context(self.0.id))
             .await
@@ -341,7 +341,7 @@ impl ContextObj {
         Ok(rows.into_iter().map(Variable::from).collect())
     }
     async fn stacks(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<StackAttachment>> {
-        require(ctx, Role::Reader)?;
+        require(ctx, Op::Read.role())?;
         let mut c = conn(ctx).await?;
         let rows = store::stacks::stacks_of_context(&mut c, self.0.id).await.map_err(ApiError::from)?;
         Ok(rows.into_iter().map(|(priority, s)| StackAttachment { priority, stack: Stack(s) }).collect())
@@ -369,7 +369,7 @@ impl WorkerPool {
         self.0.created_at
     }
     async fn workers(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<Worker>> {
-        require(ctx, Role::Reader)?;
+        require(ctx, Op::Read.role())?;
         let mut c = conn(ctx).await?;
         let rows = store::pools::list_workers(&mut c, Some(self.0.id)).await.map_err(ApiError::from)?;
         Ok(rows.into_iter().map(|w| Worker { row: w, pool_generation: Some(self.0.generation) }).collect())
@@ -417,7 +417,7 @@ impl Worker {
         self.row.revoked_at
     }
     async fn pool(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<WorkerPool>> {
-        require(ctx, Role::Reader)?;
+        require(ctx, Op::Read.role())?;
         let mut c = conn(ctx).await?;
         Ok(store::pools::pool_by_id(&mut c, self.row.pool_id).await.map_err(ApiError::from)?.map(WorkerPool))
     }
@@ -458,13 +458,13 @@ impl Run {
         self.0.updated_at
     }
     async fn stack(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<Stack>> {
-        require(ctx, Role::Reader)?;
+        require(ctx, Op::Read.role())?;
         let mut c = conn(ctx).await?;
         Ok(store::stacks::stack_by_id(&mut c, self.0.stack_id).await.map_err(ApiError::from)?.map(Stack))
     }
     /// Every state the run went through, oldest first.
     async fn events(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<RunEvent>> {
-        require(ctx, Role::Reader)?;
+        require(ctx, Op::Read.role())?;
         let mut c = conn(ctx).await?;
         let rows = hangar_db::runs::events(&mut c, self.0.id).await.map_err(ApiError::from)?;
         Ok(rows.into_iter().map(RunEvent).collect())
@@ -472,17 +472,26 @@ impl Run {
     /// What the plan changes, once planning ended; null before and for runs
     /// that never planned.
     async fn changes(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<RunChanges>> {
-        require(ctx, Role::Reader)?;
+        require(ctx, Op::Read.role())?;
         let mut c = conn(ctx).await?;
         let reported = store::runs::outcome(&mut c, self.0.id).await.map_err(ApiError::from)?;
         let Some((Some(json), _)) = reported else { return Ok(None) };
         // Written by the worker API from the same type; unreadable means not reported.
         Ok(serde_json::from_value::<hangar_types::worker::Changes>(json).ok().map(RunChanges::from))
     }
+    /// Every policy evaluation of the run, oldest first: plan policies when
+    /// its plan was ready, approval policies at each review and confirmation.
+    async fn policy_evaluations(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<super::policies::PolicyEvaluation>> {
+        super::policies::evaluations_of(ctx, self.0.id).await
+    }
+    /// The run's reviews, oldest first (each reviewer's latest).
+    async fn reviews(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<super::policies::RunReview>> {
+        super::policies::reviews_of(ctx, self.0.id).await
+    }
     /// Whether Terraform could not save the state during the apply and its
     /// `errored.tfstate` was stored on the appliance (sealed) for an operator.
     async fn errored_state_uploaded(&self, ctx: &Context<'_>) -> async_graphql::Result<bool> {
-        require(ctx, Role::Reader)?;
+        require(ctx, Op::Read.role())?;
         let mut c = conn(ctx).await?;
         let reported = store::runs::outcome(&mut c, self.0.id).await.map_err(ApiError::from)?;
         Ok(reported.is_some_and(|(_, errored)| errored))

@@ -6,7 +6,7 @@
 use async_graphql::{Context, Enum, ID, InputObject, Object, SimpleObject};
 use chrono::{DateTime, Utc};
 use diesel_async::AsyncConnection;
-use hangar_types::Role;
+use hangar_store::access::Op;
 use hangar_vcs::{Secret, StatusClient, StatusClientConfig, Verifier};
 use serde_json::json;
 
@@ -126,7 +126,7 @@ impl VcsIntegration {
     }
     /// Slugs of the stacks linked to this integration.
     async fn stacks(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<String>> {
-        require(ctx, Role::Reader)?;
+        require(ctx, Op::Read.role())?;
         let mut c = conn(ctx).await?;
         Ok(store::linked_stacks(&mut c, self.row.id).await.map_err(ApiError::from)?)
     }
@@ -259,7 +259,7 @@ pub struct VcsQuery;
 impl VcsQuery {
     /// Every VCS integration, by name.
     async fn vcs_integrations(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<VcsIntegration>> {
-        require(ctx, Role::Admin)?;
+        require(ctx, Op::ListVcs.role())?;
         let mut c = conn(ctx).await?;
         let mut out = Vec::new();
         for row in store::list(&mut c).await.map_err(ApiError::from)? {
@@ -276,7 +276,7 @@ impl VcsQuery {
         integration: String,
         #[graphql(default = 20)] limit: i32,
     ) -> async_graphql::Result<Vec<WebhookDelivery>> {
-        require(ctx, Role::Reader)?;
+        require(ctx, Op::Read.role())?;
         if !(1..=200).contains(&limit) {
             return Err(ApiError::invalid("limit", "must be between 1 and 200").into());
         }
@@ -293,7 +293,7 @@ pub struct VcsMutation;
 #[Object]
 impl VcsMutation {
     async fn create_vcs_integration(&self, ctx: &Context<'_>, input: VcsIntegrationInput) -> async_graphql::Result<VcsIntegration> {
-        let caller = require(ctx, Role::Admin)?.clone();
+        let caller = require(ctx, Op::ManageVcs.role())?.clone();
         check_slug("name", &input.name)?;
         let kind: Kind = input.kind.into();
         for (field, v) in [("token", &input.token), ("webhookSecret", &input.webhook_secret)] {
@@ -348,7 +348,7 @@ impl VcsMutation {
         name: String,
         input: VcsIntegrationUpdate,
     ) -> async_graphql::Result<VcsIntegration> {
-        let caller = require(ctx, Role::Admin)?.clone();
+        let caller = require(ctx, Op::ManageVcs.role())?.clone();
         for (field, v) in [("token", &input.token), ("webhookSecret", &input.webhook_secret)] {
             if let Some(v) = v {
                 check_secret_text(field, v)?;
@@ -407,7 +407,7 @@ impl VcsMutation {
 
     /// Deletes an integration; its stacks stay, unlinked, and its delivery log goes.
     async fn delete_vcs_integration(&self, ctx: &Context<'_>, name: String) -> async_graphql::Result<bool> {
-        let caller = require(ctx, Role::Admin)?.clone();
+        let caller = require(ctx, Op::ManageVcs.role())?.clone();
         let mut c = conn(ctx).await?;
         Ok(c.transaction::<_, ApiError, _>(async move |c| {
             let row = integration_id(c, &name).await?;
@@ -427,7 +427,7 @@ impl VcsMutation {
         stack: String,
         integration: Option<String>,
     ) -> async_graphql::Result<Stack> {
-        let caller = require(ctx, Role::Writer)?.clone();
+        let caller = require(ctx, Op::Write.role())?.clone();
         let mut c = conn(ctx).await?;
         let row = c
             .transaction::<_, ApiError, _>(async move |c| {

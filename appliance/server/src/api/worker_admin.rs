@@ -6,7 +6,7 @@ use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use diesel_async::{AsyncConnection, RunQueryDsl};
 use hangar_db::schema::workers;
-use hangar_types::Role;
+use hangar_store::access::Op;
 use serde_json::json;
 
 use super::types::Worker;
@@ -38,7 +38,7 @@ impl From<JoinTokenError> for ApiError {
 }
 
 async fn set_drained(ctx: &Context<'_>, id: &ID, drained: bool) -> async_graphql::Result<Worker> {
-    let caller = require(ctx, Role::Admin)?.clone();
+    let caller = require(ctx, Op::ManagePools.role())?.clone();
     let wid = super::id(id, "id")?;
     let mut c = conn(ctx).await?;
     let row = c
@@ -74,7 +74,7 @@ impl WorkerAdminMutation {
         pool: String,
         #[graphql(default = 60)] ttl_minutes: i32,
     ) -> async_graphql::Result<JoinToken> {
-        let caller = require(ctx, Role::Admin)?.clone();
+        let caller = require(ctx, Op::ManagePools.role())?.clone();
         let mut c = conn(ctx).await?;
         let made = join::create_join_token(&mut c, &pool, i64::from(ttl_minutes), &caller.actor())
             .await

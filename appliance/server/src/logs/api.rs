@@ -3,7 +3,7 @@
 
 use async_graphql::{Context, Enum, ID, Object, SimpleObject};
 use futures::StreamExt;
-use hangar_types::Role;
+use hangar_store::access::Op;
 use hangar_types::worker::Phase;
 
 use super::{LogError, Utf8Joiner, contiguous, fetch, progress};
@@ -64,7 +64,7 @@ pub struct LogsQuery;
 impl LogsQuery {
     /// A run's log, one phase or all of them in order.
     async fn run_logs(&self, ctx: &Context<'_>, run: ID, phase: Option<LogPhase>) -> async_graphql::Result<RunLog> {
-        require(ctx, Role::Reader)?;
+        require(ctx, Op::Read.role())?;
         let run = crate::api::id(&run, "run")?;
         let app = app(ctx);
         let phases: Vec<Phase> = match phase {

@@ -42,6 +42,8 @@ impl HubEvent {
 #[derive(Debug, Clone)]
 pub(crate) struct LogHub {
     tx: broadcast::Sender<HubEvent>,
+    /// Ids of runs that changed state, for the console's live pages.
+    runs: broadcast::Sender<i64>,
     stop: CancellationToken,
 }
 
@@ -50,13 +52,19 @@ impl LogHub {
     /// notifications queue on that connection) until `stop`.
     pub(crate) fn start(database: Database, stop: CancellationToken) -> LogHub {
         let (tx, _) = broadcast::channel(CAPACITY);
-        let hub = LogHub { tx, stop };
+        let (runs, _) = broadcast::channel(CAPACITY);
+        let hub = LogHub { tx, runs, stop };
         tokio::spawn(run(hub.clone(), database));
         hub
     }
 
     pub(crate) fn subscribe(&self) -> broadcast::Receiver<HubEvent> {
         self.tx.subscribe()
+    }
+
+    /// Run ids as runs change state (`0`: changes may have been missed).
+    pub(crate) fn run_changes(&self) -> broadcast::Receiver<i64> {
+        self.runs.subscribe()
     }
 
     /// Cancelled when the server shuts down: live readers end then.
@@ -79,6 +87,7 @@ impl Listener for HubListener {
     async fn connected(&mut self) -> Result<(), DbError> {
         // Whatever happened while not listening is found by re-reading.
         let _ = self.0.tx.send(HubEvent::Resync);
+        let _ = self.0.runs.send(0);
         Ok(())
     }
 
@@ -89,6 +98,9 @@ impl Listener for HubListener {
             } else {
                 serde_json::from_str::<RunChange>(&n.payload).ok().map(|c| HubEvent::Run(c.run))
             };
+            if let Some(HubEvent::Run(run)) = event {
+                let _ = self.0.runs.send(run);
+            }
             match event {
                 // No receivers is not an error: nobody is reading a log right now.
                 Some(e) => drop(self.0.tx.send(e)),

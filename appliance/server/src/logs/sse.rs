@@ -1,9 +1,11 @@
 //! `GET /api/v1/runs/{id}/logs[?phase=planning][&follow=true]`: a run's log for
 //! the console. Without `follow` it is the whole stored log as `text/plain`;
 //! with it, Server-Sent Events — every stored chunk in order, then each new one
-//! as it is announced, and `event: end` once the run ended and everything was
-//! sent. The caller authenticates as for GraphQL (a session or API key as
-//! `Authorization: Bearer`).
+//! as it is announced, `event: state` when the run changes state, and
+//! `event: end` once the run ended and everything was sent. The caller
+//! authenticates as for GraphQL (a session or API key as `Authorization:
+//! Bearer`), or with the console's session cookie: these reads change nothing,
+//! and the cookie is `SameSite=Strict`.
 
 use std::convert::Infallible;
 use std::pin::Pin;
@@ -95,10 +97,12 @@ pub(crate) fn route(app: Arc<App>) -> BoxedFilter<(Response,)> {
     warp::path!("api" / "v1" / "runs" / String / "logs")
         .and(warp::get())
         .and(warp::header::optional::<String>("authorization"))
+        .and(warp::header::optional::<String>("cookie"))
         .and(warp::query::<LogQuery>())
-        .then(move |run: String, auth: Option<String>, query: LogQuery| {
+        .then(move |run: String, auth: Option<String>, cookie: Option<String>, query: LogQuery| {
             let app = app.clone();
             async move {
+                let auth = auth.or_else(|| crate::http::console_session(cookie.as_deref()));
                 match respond(app, run, auth, query).await {
                     Ok(r) => r,
                     Err(e) => e.into_response(),
@@ -219,8 +223,9 @@ async fn follow_log(
     let mut cursors: Vec<Cursor> =
         phases.into_iter().map(|phase| Cursor { phase, next: 0, text: Utf8Joiner::default() }).collect();
     let stop = app.logs.stopping().clone();
+    let mut last_state = None;
     loop {
-        let gaps = match catch_up(&app, run, &mut cursors, &tx).await {
+        let gaps = match catch_up(&app, run, &mut cursors, &tx, &mut last_state).await {
             Ok(Step::Done) => return,
             Ok(Step::Continue { gaps }) => gaps,
             Err(e) => {
@@ -282,6 +287,7 @@ async fn catch_up(
     run: i64,
     cursors: &mut [Cursor],
     tx: &mpsc::Sender<Result<Event, Infallible>>,
+    last_state: &mut Option<hangar_types::RunState>,
 ) -> Result<Step, LogError> {
     // The state is read before the chunks: a worker stores its output before it
     // reports the end, so an ended run read first has all of it stored by then.
@@ -289,6 +295,13 @@ async fn catch_up(
         let mut conn = app.db.get().await.map_err(|e| LogError::db(run, e))?;
         progress(&mut conn, run).await?
     };
+    if *last_state != Some(state.state) {
+        *last_state = Some(state.state);
+        let e = Event::default().event("state").data(serde_json::json!({ "run": run, "state": state.state.as_str() }).to_string());
+        if !send(tx, e).await {
+            return Ok(Step::Done);
+        }
+    }
     let mut gaps = false;
     for c in cursors.iter_mut() {
         let contiguous = {

@@ -5,7 +5,7 @@
 use async_graphql::{Context, ID, Object, SimpleObject};
 use chrono::{DateTime, Utc};
 use diesel_async::AsyncConnection;
-use hangar_types::Role;
+use hangar_store::access::Op;
 
 use super::store::{self, LockRow, VersionRow};
 use super::{Principal, StateError, WriteMode, Written};
@@ -112,7 +112,7 @@ impl StateQuery {
         stack: String,
         #[graphql(default = 50)] limit: i32,
     ) -> async_graphql::Result<Vec<StateVersion>> {
-        require(ctx, Role::Reader)?;
+        require(ctx, Op::Read.role())?;
         if !(1..=500).contains(&limit) {
             return Err(ApiError::invalid("limit", "must be between 1 and 500").into());
         }
@@ -124,7 +124,7 @@ impl StateQuery {
 
     /// The lock on a stack's state, if any.
     async fn state_lock(&self, ctx: &Context<'_>, stack: String) -> async_graphql::Result<Option<StateLock>> {
-        require(ctx, Role::Reader)?;
+        require(ctx, Op::Read.role())?;
         let mut c = conn(ctx).await?;
         let id = stack_id(&mut c, &stack).await?;
         Ok(store::current_lock(&mut c, id).await.map_err(ApiError::from)?.map(StateLock::from))
@@ -146,7 +146,7 @@ impl StateMutation {
         stack: String,
         lock_id: String,
     ) -> async_graphql::Result<Option<StateLock>> {
-        let caller = require(ctx, Role::Admin)?.clone();
+        let caller = require(ctx, Op::ManageState.role())?.clone();
         let lock_id = super::check_lock_id(lock_id)
             .map_err(|_| ApiError::invalid("lockId", "must be 1 to 256 printable characters"))?;
         let mut c = conn(ctx).await?;
@@ -180,7 +180,7 @@ impl StateMutation {
     /// Stores an existing Terraform state (its JSON) as the first version of a
     /// stack that has none (admin). Audited.
     async fn import_state(&self, ctx: &Context<'_>, stack: String, state: String) -> async_graphql::Result<StateVersion> {
-        let caller = require(ctx, Role::Admin)?.clone();
+        let caller = require(ctx, Op::ManageState.role())?.clone();
         let app = app(ctx);
         if state.len() as u64 > app.max_state_bytes {
             return Err(ApiError::invalid("state", format!("exceeds {} bytes", app.max_state_bytes)).into());

@@ -528,8 +528,11 @@ pub(crate) fn routes(app: Arc<App>) -> BoxedFilter<(Response,)> {
     let download = warp::path!("api" / "v1" / "stacks" / String / "state" / "versions" / String)
         .and(warp::get())
         .and(warp::header::optional::<String>("authorization"))
-        .then(move |slug: String, id: String, auth: Option<String>| {
+        .and(warp::header::optional::<String>("cookie"))
+        .then(move |slug: String, id: String, auth: Option<String>, cookie: Option<String>| {
             let app = app.clone();
+            // The console's "download the latest state" link sends its session cookie.
+            let auth = auth.or_else(|| crate::http::console_session(cookie.as_deref()));
             async move { download(app, slug, id, auth).await.unwrap_or_else(StateError::into_response) }
         });
     backend.or(download).unify().boxed()

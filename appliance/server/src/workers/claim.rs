@@ -52,6 +52,10 @@ pub(crate) async fn dispatch(
             let run = held(&mut conn, worker, run).await?;
             super::plans::fetch(app, &mut conn, &run).await
         }
+        WorkerRoute::StorePlanJson { run } => {
+            let run = held(&mut conn, worker, run).await?;
+            super::plans::store_json(app, &mut conn, &run, &body).await
+        }
         WorkerRoute::ErroredState { run } => {
             let run = held(&mut conn, worker, run).await?;
             errored_state(app, &mut conn, &run, &body).await
@@ -430,6 +434,9 @@ impl From<diesel::result::Error> for NotApplied {
 async fn report(app: &App, conn: &mut AsyncPgConnection, worker: Worker, run_id: i64, r: StateReport) -> Reply2 {
     let note: String = r.note.chars().filter(|c| !c.is_control() || *c == '\n').take(2000).collect();
     let actor = format!("worker:{}", worker.id);
+    if let Some(denied) = plan_policies(app, conn, worker, run_id, &r).await? {
+        return Ok(json(StatusCode::CONFLICT, &status_of(&denied)));
+    }
     let lease = lease_until(app);
     let mut attempts = 0;
     let result = loop {
@@ -446,6 +453,39 @@ async fn report(app: &App, conn: &mut AsyncPgConnection, worker: Worker, run_id:
         Err(NotApplied::Api(e)) => Err(e),
         // A transient condition: the worker retries 503s.
         Err(NotApplied::Busy) => Err(WorkerApiError::Unavailable),
+    }
+}
+
+/// Before a run leaves PLANNING with a plan (to wait for confirmation, apply
+/// or finish), the plan policies of its stack read the plan: a denial fails
+/// the run instead, with the policies' reasons as its note, and the report is
+/// answered 409 with the run as it now is. `None` lets the report through.
+async fn plan_policies(
+    app: &App,
+    conn: &mut AsyncPgConnection,
+    worker: Worker,
+    run_id: i64,
+    r: &StateReport,
+) -> Result<Option<RunRow>, WorkerApiError> {
+    if !matches!(r.to, RunState::Unconfirmed | RunState::Applying | RunState::Finished) {
+        return Ok(None);
+    }
+    let run = held(conn, worker, run_id).await?;
+    if run.state() != RunState::Planning || run.kind() == RunKind::Task {
+        return Ok(None);
+    }
+    let verdict = crate::policies::check_plan(app, &run).await.map_err(|e| {
+        tracing::error!(run_id, error = %e, "plan policies could not be evaluated");
+        WorkerApiError::Unavailable
+    })?;
+    let Some(note) = verdict.note() else { return Ok(None) };
+    tracing::warn!(run_id, reason = %note, "plan policies denied the run");
+    let actor = "policy:plan";
+    match hangar_db::runs::transition(conn, run_id, Some(&[RunState::Planning]), RunState::Failed, &note, actor).await {
+        Ok(row) => Ok(Some(row)),
+        // It moved meanwhile (stopped by an operator): answer with what it is.
+        Err(TransitionFailure::NotAllowed { .. }) => Ok(Some(held(conn, worker, run_id).await?)),
+        Err(e) => Err(WorkerApiError::db(e)),
     }
 }
 

@@ -12,7 +12,7 @@ mod claim;
 mod files;
 pub(crate) mod join;
 mod mirror;
-mod plans;
+pub(crate) mod plans;
 mod tools;
 
 use std::collections::HashMap;

@@ -1,4 +1,4 @@
-//! A run's saved plan, sealed at rest: the worker sends the plan to the
+//! A run's saved plan (and its `terraform show -json` output), sealed at rest: the worker sends the plan to the
 //! appliance, which seals it with a data key before it reaches the object
 //! store, and opens it again only for the worker holding the run.
 //!
@@ -67,6 +67,57 @@ pub(crate) async fn store(app: &App, conn: &mut AsyncPgConnection, run: &RunRow,
     let sha256 = hex::encode(ring::digest::digest(&ring::digest::SHA256, body));
     tracing::info!(run_id = run.id, bytes = body.len(), "plan stored sealed");
     Ok(json(StatusCode::OK, &PlanStored { size: body.len() as u64, sha256 }))
+}
+
+/// Where a run's sealed plan JSON lives, and the context it is sealed under.
+fn plan_json_key(run: i64) -> (String, String) {
+    (format!("runs/{run}/plan.json.sealed"), format!("run:{run}:plan-json"))
+}
+
+/// `POST /api/v1/worker/runs/{id}/plan-json`: seals and stores the plan as
+/// `terraform show -json` printed it, for the plan policies.
+pub(crate) async fn store_json(app: &App, conn: &mut AsyncPgConnection, run: &RunRow, body: &[u8]) -> Reply2 {
+    if run.state().is_terminal() {
+        return Err(WorkerApiError::NotHolder { run: run.id });
+    }
+    if serde_json::from_slice::<serde::de::IgnoredAny>(body).is_err() {
+        return Err(WorkerApiError::Malformed("the plan JSON is not a JSON document".into()));
+    }
+    let (key, context) = plan_json_key(run.id);
+    let sealed =
+        app.secrets.seal(conn, body, &context).await.map_err(|e| WorkerApiError::internal("sealing a plan JSON", e))?;
+    app.objects.put(&key, &encode(&sealed)).await.map_err(|e| WorkerApiError::internal("storing a plan JSON", e))?;
+    diesel::update(runs::table.find(run.id))
+        .set(runs::plan_json_key.eq(&key))
+        .execute(conn)
+        .await
+        .map_err(WorkerApiError::db)?;
+    tracing::info!(run_id = run.id, bytes = body.len(), "plan JSON stored sealed");
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// The run's plan JSON, opened; `None` when its worker sent none.
+pub(crate) async fn open_json(
+    app: &App,
+    conn: &mut AsyncPgConnection,
+    run: i64,
+) -> Result<Option<Vec<u8>>, crate::policies::PolicyFailure> {
+    use crate::policies::PolicyFailure;
+    let key: Option<String> = runs::table
+        .find(run)
+        .select(runs::plan_json_key)
+        .first(conn)
+        .await
+        .map_err(|e| PolicyFailure::internal("reading a run's plan JSON key", e))?;
+    let Some(key) = key else { return Ok(None) };
+    let object = app.objects.get(&key).await.map_err(|e| PolicyFailure::internal("reading a plan JSON", e))?;
+    let sealed = decode(object).ok_or_else(|| PolicyFailure::Internal(format!("{key} is not a sealed plan object")))?;
+    let plain = app
+        .secrets
+        .open(conn, &sealed, &plan_json_key(run).1)
+        .await
+        .map_err(|e| PolicyFailure::internal("opening a plan JSON", e))?;
+    Ok(Some(plain))
 }
 
 /// `GET /api/v1/worker/runs/{id}/plan`: the run's plan, opened.

@@ -5,7 +5,7 @@
 
 use std::fmt;
 
-use super::{MAX_PLAN_BYTES, Phase};
+use super::{MAX_PLAN_BYTES, MAX_PLAN_JSON_BYTES, Phase};
 
 /// Largest JSON body of a worker call.
 pub const MAX_JSON_BYTES: u64 = 256 * 1024;
@@ -83,6 +83,9 @@ pub enum WorkerRoute {
     FetchPlan { run: i64 },
     /// `POST /api/v1/worker/runs/{run}/errored-state`: raw bytes → 204.
     ErroredState { run: i64 },
+    /// `POST /api/v1/worker/runs/{run}/plan-json`: the plan as `terraform show
+    /// -json` printed it, for the appliance's plan policies → 204.
+    StorePlanJson { run: i64 },
 }
 
 /// Why a request is no call of the worker API, each naming what it got.
@@ -155,6 +158,7 @@ impl WorkerRoute {
             WorkerRoute::LogChunk { run, phase, seq } => format!("{p}/runs/{run}/logs/{}/{seq}", phase.as_str()),
             WorkerRoute::StorePlan { run } | WorkerRoute::FetchPlan { run } => format!("{p}/runs/{run}/plan"),
             WorkerRoute::ErroredState { run } => format!("{p}/runs/{run}/errored-state"),
+            WorkerRoute::StorePlanJson { run } => format!("{p}/runs/{run}/plan-json"),
         }
     }
 
@@ -168,6 +172,7 @@ impl WorkerRoute {
             WorkerRoute::LogChunk { .. } => Body::Bytes { max: MAX_LOG_CHUNK_BYTES },
             WorkerRoute::StorePlan { .. } => Body::Bytes { max: MAX_PLAN_BYTES },
             WorkerRoute::ErroredState { .. } => Body::Bytes { max: MAX_ERRORED_STATE_BYTES },
+            WorkerRoute::StorePlanJson { .. } => Body::Bytes { max: MAX_PLAN_JSON_BYTES },
         }
     }
 
@@ -180,7 +185,8 @@ impl WorkerRoute {
             | WorkerRoute::LogChunk { run, .. }
             | WorkerRoute::StorePlan { run }
             | WorkerRoute::FetchPlan { run }
-            | WorkerRoute::ErroredState { run } => Some(run),
+            | WorkerRoute::ErroredState { run }
+            | WorkerRoute::StorePlanJson { run } => Some(run),
         }
     }
 
@@ -197,6 +203,7 @@ impl WorkerRoute {
                 ["runs", id] => WorkerRoute::RunStatus { run: parse_run_id(id)? },
                 ["runs", id, "state"] => WorkerRoute::ReportState { run: parse_run_id(id)? },
                 ["runs", id, "errored-state"] => WorkerRoute::ErroredState { run: parse_run_id(id)? },
+                ["runs", id, "plan-json"] => WorkerRoute::StorePlanJson { run: parse_run_id(id)? },
                 ["runs", id, "plan"] => {
                     let run = parse_run_id(id)?;
                     // One path, two calls: the method picks.
@@ -266,6 +273,7 @@ mod tests {
             WorkerRoute::StorePlan { run: 7 },
             WorkerRoute::FetchPlan { run: 7 },
             WorkerRoute::ErroredState { run: 7 },
+            WorkerRoute::StorePlanJson { run: 7 },
         ];
         for r in all {
             let path = r.path();
@@ -303,6 +311,7 @@ mod tests {
         assert_eq!(WorkerRoute::Heartbeat.body(), Body::Json { max: MAX_JSON_BYTES });
         assert_eq!(WorkerRoute::Claim.body().max(), 0);
         assert_eq!(WorkerRoute::StorePlan { run: 1 }.body().max(), MAX_PLAN_BYTES);
+        assert_eq!(WorkerRoute::StorePlanJson { run: 1 }.body().max(), MAX_PLAN_JSON_BYTES);
     }
 
     #[test]

@@ -371,6 +371,11 @@ impl RunHooks for AgentHooks<'_> {
         Ok(())
     }
 
+    async fn upload_plan_json(&self, data: Vec<u8>) -> Result<(), HookError> {
+        self.outbox.push(Item::PlanJson(data));
+        Ok(())
+    }
+
     async fn upload_errored_state(&self, data: Vec<u8>) -> Result<(), HookError> {
         self.outbox.push(Item::ErroredState(data));
         Ok(())

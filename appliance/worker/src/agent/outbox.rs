@@ -1,5 +1,5 @@
 //! Everything a run sends to the appliance — state reports, log chunks, the
-//! plan, `errored.tfstate` — goes through one ordered outbox per run. Each item
+//! plan and its JSON, `errored.tfstate` — goes through one ordered outbox per run. Each item
 //! is retried with back-off until the appliance takes it (a log chunk keeps its
 //! sequence number, so a retry never duplicates), so the run goes on while the
 //! appliance is unreachable: the lease, not a single request, decides.
@@ -26,6 +26,8 @@ pub(crate) enum Item {
         path: PathBuf,
         upload: PlanUpload,
     },
+    /// `terraform show -json` of the plan.
+    PlanJson(Vec<u8>),
     ErroredState(Vec<u8>),
 }
 
@@ -80,6 +82,7 @@ async fn deliver(api: &Api, run: i64, item: Item, on_refused: &OnRefused) {
             },
             Item::Log { phase, seq, data } => api.log_chunk(run, *phase, *seq, data.clone()).await,
             Item::Plan { path, upload } => api.upload_plan(run, path, upload).await,
+            Item::PlanJson(data) => api.plan_json(run, data.clone()).await,
             Item::ErroredState(data) => api.errored_state(run, data.clone()).await,
         };
         match result {

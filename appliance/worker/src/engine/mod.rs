@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use hangar_types::worker::{
-    Changes, EnvVar, MAX_PLAN_BYTES, Phase, PlanUpload, RunAssignment, StateReport, ToolSpec,
+    Changes, EnvVar, MAX_PLAN_BYTES, MAX_PLAN_JSON_BYTES, Phase, PlanUpload, RunAssignment, StateReport, ToolSpec,
 };
 use hangar_types::{RunKind, RunState};
 use tokio::sync::watch;
@@ -71,6 +71,12 @@ pub trait RunHooks: Send + Sync {
         &self,
         path: &Path,
         upload: PlanUpload,
+    ) -> impl Future<Output = Result<(), HookError>> + Send;
+    /// Uploads the plan as `terraform show -json` printed it (for the
+    /// appliance's plan policies), before the report that leaves PLANNING.
+    fn upload_plan_json(
+        &self,
+        data: Vec<u8>,
     ) -> impl Future<Output = Result<(), HookError>> + Send;
     /// Uploads the `errored.tfstate` Terraform left.
     fn upload_errored_state(
@@ -779,6 +785,20 @@ impl<'a, H: RunHooks> Run<'a, H> {
             changes.add, changes.change, changes.destroy, changes.outputs
         );
         log.line(&summary).await;
+        // The appliance's plan policies read this; one too large to keep is
+        // not sent, and a stack with plan policies then fails its run there.
+        if json.len() as u64 > MAX_PLAN_JSON_BYTES {
+            log.line(&format!(
+                "the plan's JSON is {} bytes, more than the {MAX_PLAN_JSON_BYTES} bytes the appliance keeps: plan policies cannot read it",
+                json.len()
+            ))
+            .await;
+        } else if let Err(e) = self.hooks.upload_plan_json(json).await {
+            return Err(Halt::Report(
+                RunState::Failed,
+                format!("uploading the plan's JSON failed: {}", hangar_types::error_chain(&*e)),
+            ));
+        }
         let size = std::fs::metadata(&p.layout.plan)
             .map_err(|source| {
                 fail(EngineError::Io {

@@ -1,0 +1,98 @@
+//! What the console asks of the server process that mounts it: things that
+//! live with the server's own machinery (the log store and its live hub, git,
+//! the worker CA's join tokens) or that only the host knows (the System page).
+
+use std::future::Future;
+use std::pin::Pin;
+
+use hangar_types::worker::Phase;
+use tokio::sync::broadcast;
+
+/// A boxed future borrowing the backend.
+pub type Pending<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Who a session belongs to, as the API resolves it.
+#[derive(Debug, Clone)]
+pub struct SessionUser {
+    pub email: String,
+    pub role: hangar_types::Role,
+}
+
+/// An operation the API refused or could not do: its GraphQL error code
+/// (`FORBIDDEN`, `BAD_USER_INPUT`, ...) and its one-line message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct OpError {
+    pub code: String,
+    pub message: String,
+}
+
+/// The server's side of the console.
+///
+/// Every change the console makes is an operation of the GraphQL API run in
+/// the server process with the session's token, exactly as a client sending
+/// `Authorization: Bearer` would: the same authorization, validation and
+/// audit, with no second copy of any rule.
+pub trait Backend: Send + Sync + 'static {
+    /// The user of a session token: `Ok(None)` when the token is unknown,
+    /// expired or revoked; `Err` when it cannot be checked now.
+    fn session<'a>(&'a self, token: &'a str) -> Pending<'a, Result<Option<SessionUser>, String>>;
+
+    /// Runs a GraphQL operation as the session `token` (or anonymously) and
+    /// returns its `data`, or the first error.
+    fn execute<'a>(
+        &'a self,
+        token: Option<&'a str>,
+        query: &'a str,
+        variables: serde_json::Value,
+    ) -> Pending<'a, Result<serde_json::Value, OpError>>;
+
+    /// The stored text of one phase of a run's log, up to the first chunk not
+    /// arrived yet, and how many chunks that is. At most `limit` bytes.
+    fn log_text(&self, run: i64, phase: Phase, limit: usize) -> Pending<'_, Result<(String, u64), String>>;
+
+    /// Ids of runs as they change state (and new runs), for live pages.
+    fn run_changes(&self) -> broadcast::Receiver<i64>;
+
+    /// Facts for the System page.
+    fn system(&self) -> Pending<'_, SystemFacts>;
+}
+
+/// The System page's facts, each gathered as well as the server could.
+#[derive(Debug, Clone)]
+pub struct SystemFacts {
+    pub version: String,
+    /// Where the supervised services were asked for, and the answer: each
+    /// service, or why there is none.
+    pub services: Result<Vec<ServiceFact>, String>,
+    /// Certificates the server can read, with when each expires.
+    pub certificates: Vec<CertificateFact>,
+    /// Data directories with their size and the free space where they are.
+    pub disks: Vec<DiskFact>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServiceFact {
+    pub name: String,
+    pub state: String,
+    pub pid: Option<u32>,
+    pub restarts: u32,
+    /// Since when the current process runs.
+    pub started_at: Option<chrono::DateTime<chrono::Utc>>,
+    pub detail: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct CertificateFact {
+    pub name: String,
+    pub subject: String,
+    pub not_after: Result<chrono::DateTime<chrono::Utc>, String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct DiskFact {
+    pub path: String,
+    pub used_bytes: Result<u64, String>,
+    pub free_bytes: Result<u64, String>,
+}
+

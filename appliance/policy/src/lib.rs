@@ -1,0 +1,24 @@
+//! Policies in Rego, evaluated in-process with `regorus` (no OPA service): a
+//! policy is compiled and checked when it is saved ([`Policy::compile`],
+//! errors with line and column), and evaluated under a time limit on a thread
+//! of its own ([`Evaluator`]), so a runaway policy never holds the caller.
+//!
+//! Two kinds ([`PolicyKind`]):
+//! - **plan** policies see a [`PlanInput`] (the plan as `terraform show -json`
+//!   gives it, with the run and the stack) and define `deny` and/or `warn`,
+//!   sets of messages: any `deny` fails the run, `warn` messages are shown;
+//! - **approval** policies see an [`ApprovalInput`] (the run, its plan
+//!   summary, the stack and the reviews so far) and define `approve` and/or
+//!   `reject`, booleans: a run may be confirmed only when every attached
+//!   approval policy approves and none rejects.
+//!
+//! The inputs are defined once, here ([`input`]): the appliance builds them and
+//! the README documents them from these types.
+
+mod compile;
+mod eval;
+pub mod input;
+
+pub use compile::{CompileError, MAX_POLICY_BYTES, Policy, PolicyKind};
+pub use eval::{EvalError, Evaluation, Evaluator, Limits, Message, MessageLevel, Outcome};
+pub use input::{ApprovalInput, PlanInput, PlanSummary, ReviewDecision, ReviewInput, RunInput, StackInput};

@@ -1,0 +1,214 @@
+//! Compiling and evaluating real Rego: the decisions of each kind, errors with
+//! line and column, hostile bodies, and the time limit holding against a
+//! policy that would run for minutes.
+
+use std::time::{Duration, Instant};
+
+use hangar_policy::{
+    ApprovalInput, CompileError, EvalError, Evaluator, Limits, MessageLevel, Outcome, PlanInput, PlanSummary, Policy,
+    PolicyKind, ReviewDecision, ReviewInput, RunInput, StackInput,
+};
+
+const FORBID_SECRETS: &str = r#"
+package hangar.plan
+
+deny contains msg if {
+    some rc in input.plan.resource_changes
+    rc.type == "hangartest_file"
+    startswith(rc.change.after.path, "/etc/")
+    msg := sprintf("%s writes under /etc/", [rc.address])
+}
+
+warn contains msg if {
+    some rc in input.plan.resource_changes
+    "delete" in rc.change.actions
+    msg := sprintf("%s is destroyed", [rc.address])
+}
+"#;
+
+const TWO_APPROVALS: &str = r#"
+package hangar.approval
+
+approvers := {r.reviewer | some r in input.reviews; r.decision == "approve"; r.is_author != true}
+
+approve if count(approvers) >= 2
+
+reject if {
+    some r in input.reviews
+    r.decision == "reject"
+}
+"#;
+
+fn run() -> RunInput {
+    RunInput {
+        id: 7,
+        kind: "tracked".into(),
+        state: "PLANNING".into(),
+        commit_sha: "0123456789abcdef0123456789abcdef01234567".into(),
+        branch: "main".into(),
+        triggered_by: "alice@example.com".into(),
+        author: Some("alice@example.com".into()),
+    }
+}
+
+fn stack() -> StackInput {
+    StackInput {
+        id: 1,
+        slug: "net".into(),
+        name: "Network".into(),
+        labels: vec!["production".into()],
+        branch: "main".into(),
+        repository: "infra/net".into(),
+    }
+}
+
+fn plan_input(changes: serde_json::Value) -> PlanInput {
+    PlanInput { plan: serde_json::json!({ "format_version": "0.2", "resource_changes": changes }), run: run(), stack: stack() }
+}
+
+fn file_change(address: &str, path: &str, actions: &[&str]) -> serde_json::Value {
+    serde_json::json!({
+        "address": address,
+        "type": "hangartest_file",
+        "change": { "actions": actions, "after": { "path": path, "content": "x" } }
+    })
+}
+
+fn review(who: &str, decision: ReviewDecision, is_author: bool) -> ReviewInput {
+    ReviewInput {
+        reviewer: who.into(),
+        role: "writer".into(),
+        decision,
+        note: String::new(),
+        is_author: Some(is_author),
+        at: "2026-12-07T00:00:00Z".into(),
+    }
+}
+
+fn approval_input(reviews: Vec<ReviewInput>) -> ApprovalInput {
+    ApprovalInput {
+        run: RunInput { state: "UNCONFIRMED".into(), ..run() },
+        stack: stack(),
+        plan: Some(PlanSummary { add: 1, change: 0, destroy: 0, outputs: 0 }),
+        reviews,
+    }
+}
+
+fn evaluator() -> Evaluator {
+    Evaluator::new(Limits { time: Duration::from_millis(500), ..Limits::default() })
+}
+
+#[test]
+fn a_plan_policy_denies_warns_and_passes() {
+    let policy = Policy::compile(PolicyKind::Plan, FORBID_SECRETS).unwrap();
+    assert_eq!(policy.package(), "data.hangar.plan");
+    let ev = evaluator();
+
+    let denied = ev
+        .plan(&policy, &plan_input(serde_json::json!([
+            file_change("hangartest_file.motd", "/etc/motd", &["create"]),
+            file_change("hangartest_file.old", "/srv/old", &["delete"]),
+        ])))
+        .unwrap();
+    assert_eq!(denied.outcome, Outcome::Deny);
+    assert_eq!(denied.messages.len(), 2);
+    assert_eq!(denied.messages[0].level, MessageLevel::Deny);
+    assert_eq!(denied.messages[0].text, "hangartest_file.motd writes under /etc/");
+    assert_eq!(denied.messages[1].level, MessageLevel::Warn);
+    assert_eq!(denied.messages[1].text, "hangartest_file.old is destroyed");
+
+    let warned = ev.plan(&policy, &plan_input(serde_json::json!([file_change("hangartest_file.old", "/srv/old", &["delete"])]))).unwrap();
+    assert_eq!(warned.outcome, Outcome::Warn);
+
+    let passed = ev.plan(&policy, &plan_input(serde_json::json!([file_change("hangartest_file.a", "/srv/a", &["create"])]))).unwrap();
+    assert_eq!(passed.outcome, Outcome::Pass);
+    assert!(passed.messages.is_empty());
+}
+
+#[test]
+fn an_approval_policy_counts_reviewers_who_are_not_the_author() {
+    let policy = Policy::compile(PolicyKind::Approval, TWO_APPROVALS).unwrap();
+    let ev = evaluator();
+    let decide = |reviews| ev.approval(&policy, &approval_input(reviews)).unwrap().outcome;
+    assert_eq!(decide(vec![]), Outcome::Undecided);
+    assert_eq!(decide(vec![review("alice@example.com", ReviewDecision::Approve, true), review("bob@example.com", ReviewDecision::Approve, false)]), Outcome::Undecided);
+    assert_eq!(decide(vec![review("bob@example.com", ReviewDecision::Approve, false), review("carol@example.com", ReviewDecision::Approve, false)]), Outcome::Approve);
+    assert_eq!(
+        decide(vec![
+            review("bob@example.com", ReviewDecision::Approve, false),
+            review("carol@example.com", ReviewDecision::Approve, false),
+            review("dave@example.com", ReviewDecision::Reject, false),
+        ]),
+        Outcome::Reject
+    );
+}
+
+#[test]
+fn a_syntax_error_is_refused_with_its_line_and_column() {
+    let body = "package hangar.plan\n\ndeny contains msg if {\n    msg := \"x\" +\n}\n";
+    match Policy::compile(PolicyKind::Plan, body).unwrap_err() {
+        CompileError::Syntax { line, column, message } => {
+            // Where the expression that never ends starts.
+            assert_eq!((line, column), (4, 9), "{message}");
+            assert_eq!(message, "expecting `}` while parsing set");
+        }
+        other => panic!("expected a syntax error, got {other:?}"),
+    }
+    // Rego v0 syntax (no `if`) is refused too, at the rule.
+    let v0 = "package hangar.plan\n\ndeny[msg] {\n  msg := \"x\"\n}\n";
+    let e = Policy::compile(PolicyKind::Plan, v0).unwrap_err();
+    assert!(matches!(e, CompileError::Syntax { line: 3, .. }), "{e:?}: {e}");
+    assert!(e.to_string().starts_with("line 3, column "), "{e}");
+}
+
+#[test]
+fn hostile_or_empty_bodies_are_refused_clearly() {
+    let huge = format!("package hangar.plan\n# {}\ndeny contains \"x\" if false\n", "x".repeat(200 * 1024));
+    let e = Policy::compile(PolicyKind::Plan, &huge).unwrap_err();
+    assert!(matches!(e, CompileError::TooLarge { max: 131072, .. }), "{e}");
+    assert_eq!(Policy::compile(PolicyKind::Plan, "  \n").unwrap_err(), CompileError::Empty);
+    let e = Policy::compile(PolicyKind::Approval, FORBID_SECRETS).unwrap_err();
+    assert_eq!(e.to_string(), "a policy of kind approval must define approve or reject");
+    let e = Policy::compile(PolicyKind::Plan, "package x[\"1.0\"]\ndeny contains \"m\" if true\n").unwrap_err();
+    assert!(matches!(e, CompileError::Package { .. }), "{e:?}");
+    assert_eq!("trigger".parse::<PolicyKind>().unwrap_err(), "unknown policy kind \"trigger\" (expected plan or approval)");
+}
+
+#[test]
+fn a_rule_of_the_wrong_type_is_an_error_not_a_decision() {
+    let policy = Policy::compile(PolicyKind::Approval, "package a\napprove := \"yes\"\n").unwrap();
+    let e = evaluator().approval(&policy, &approval_input(vec![])).unwrap_err();
+    assert_eq!(e, EvalError::RuleType { rule: "approve", expected: "a boolean", got: "a string".into() });
+}
+
+#[test]
+fn a_slow_policy_stops_at_its_time_limit_and_the_next_one_runs() {
+    // About 10^10 steps: minutes without a limit.
+    let slow = r#"
+package hangar.plan
+
+deny contains msg if {
+    n := count([x | some i in numbers.range(1, 100000); some j in numbers.range(1, 100000); x := i * j])
+    msg := sprintf("%d", [n])
+}
+"#;
+    let policy = Policy::compile(PolicyKind::Plan, slow).unwrap();
+    let ev = evaluator();
+    let started = Instant::now();
+    let e = ev.plan(&policy, &plan_input(serde_json::json!([]))).unwrap_err();
+    assert_eq!(e, EvalError::TimeLimit { limit: Duration::from_millis(500) });
+    assert_eq!(e.to_string(), "the policy ran past its time limit of 500 ms");
+    // The caller waited no longer than the limit and its grace, with room for a slow machine.
+    assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+    let fine = Policy::compile(PolicyKind::Plan, FORBID_SECRETS).unwrap();
+    assert_eq!(ev.plan(&fine, &plan_input(serde_json::json!([]))).unwrap().outcome, Outcome::Pass);
+}
+
+#[test]
+fn inputs_over_the_limit_are_refused_before_evaluating() {
+    let policy = Policy::compile(PolicyKind::Plan, FORBID_SECRETS).unwrap();
+    let ev = Evaluator::new(Limits { max_input_bytes: 1024, ..Limits::default() });
+    let big = plan_input(serde_json::json!([{ "padding": "x".repeat(2000) }]));
+    assert!(matches!(ev.plan(&policy, &big).unwrap_err(), EvalError::InputTooLarge { max: 1024, .. }));
+    assert!(matches!(ev.json(&policy, "{not json").unwrap_err(), EvalError::Input { .. }));
+}

@@ -1,0 +1,271 @@
+//! Policies at work: the plan policies a run's plan must pass before it may
+//! wait for confirmation (or apply, or finish), and the approval policies a
+//! run awaiting confirmation must satisfy before `confirmRun` lets it go on.
+//!
+//! Each policy that applies to the run's stack (by hand or by label, see
+//! `hangar_store::policies`) is evaluated at its latest version, on a thread
+//! of its own under the evaluator's limits (`hangar_policy`), and every
+//! evaluation is recorded with its input, sealed. An evaluation that fails
+//! (time limit, a rule of the wrong type) counts as a denial, with its reason:
+//! a policy that cannot decide never lets a run through.
+
+use std::time::{Duration, Instant};
+
+use diesel_async::AsyncPgConnection;
+use hangar_db::runs::RunRow;
+use hangar_policy::{ApprovalInput, Evaluation, MessageLevel, Outcome, PlanInput, PlanSummary, Policy, PolicyKind};
+use hangar_policy::{ReviewDecision, ReviewInput, RunInput, StackInput};
+use hangar_store::policies::{self, NewEvaluation, PolicyRow, PolicyVersionRow};
+use hangar_store::stacks::StackRow;
+
+use crate::App;
+
+/// Largest input kept (sealed) with an evaluation, for replay. Beyond it the
+/// decision is still recorded, its input only measured.
+pub(crate) const MAX_RECORDED_INPUT: usize = 8 * 1024 * 1024;
+
+/// The longest run note a denial writes.
+const MAX_NOTE: usize = 2000;
+
+/// Policies could not be evaluated at all (the database, the object store).
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum PolicyFailure {
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl PolicyFailure {
+    pub(crate) fn internal(what: &str, e: impl std::error::Error) -> PolicyFailure {
+        PolicyFailure::Internal(format!("{what}: {}", hangar_types::error_chain(&e)))
+    }
+}
+
+/// What the plan policies decided about a run.
+#[derive(Debug, Default)]
+pub(crate) struct PlanVerdict {
+    /// One line per denying policy: which, which version, and why.
+    pub(crate) denials: Vec<String>,
+}
+
+impl PlanVerdict {
+    /// The run's failure note.
+    pub(crate) fn note(&self) -> Option<String> {
+        if self.denials.is_empty() {
+            return None;
+        }
+        Some(self.denials.join(" / ").chars().take(MAX_NOTE).collect())
+    }
+}
+
+/// What the approval policies decided about a run awaiting confirmation.
+#[derive(Debug, Default)]
+pub(crate) struct ApprovalVerdict {
+    /// Why it may not be confirmed yet; empty when it may.
+    pub(crate) blocking: Vec<String>,
+}
+
+/// The outcome of one policy, as recorded.
+struct Decided {
+    result: Result<Evaluation, String>,
+    duration: Duration,
+}
+
+fn stack_input(s: &StackRow) -> StackInput {
+    StackInput {
+        id: s.id,
+        slug: s.slug.clone(),
+        name: s.name.clone(),
+        labels: s.labels.clone(),
+        branch: s.branch.clone(),
+        repository: s.repository.clone(),
+    }
+}
+
+async fn run_input(conn: &mut AsyncPgConnection, run: &RunRow) -> Result<RunInput, PolicyFailure> {
+    let author = policies::author_of(conn, &run.triggered_by).await.map_err(|e| PolicyFailure::internal("finding a run's author", e))?;
+    Ok(RunInput {
+        id: run.id,
+        kind: run.kind.clone(),
+        state: run.state.clone(),
+        commit_sha: run.commit_sha.clone(),
+        branch: run.branch.clone(),
+        triggered_by: run.triggered_by.clone(),
+        author,
+    })
+}
+
+async fn stack_of(conn: &mut AsyncPgConnection, run: &RunRow) -> Result<StackRow, PolicyFailure> {
+    hangar_store::stacks::stack_by_id(conn, run.stack_id)
+        .await
+        .map_err(|e| PolicyFailure::internal("reading a run's stack", e))?
+        .ok_or_else(|| PolicyFailure::Internal(format!("the stack of run {} is gone", run.id)))
+}
+
+/// Compiles `body` and evaluates it against `input` off the async runtime.
+pub(crate) async fn evaluate(app: &App, kind: PolicyKind, body: String, input: std::sync::Arc<String>) -> Result<Evaluation, String> {
+    let evaluator = app.policies.clone();
+    tokio::task::spawn_blocking(move || {
+        let policy = Policy::compile(kind, &body).map_err(|e| format!("the policy does not compile: {e}"))?;
+        evaluator.json(&policy, &input).map_err(|e| e.to_string())
+    })
+    .await
+    .unwrap_or_else(|e| Err(format!("the evaluation's task failed: {e}")))
+}
+
+/// Evaluates an already compiled policy against `input` off the async runtime.
+pub(crate) async fn evaluate_compiled(app: &App, policy: Policy, input: std::sync::Arc<String>) -> Result<Evaluation, String> {
+    let evaluator = app.policies.clone();
+    tokio::task::spawn_blocking(move || evaluator.json(&policy, &input).map_err(|e| e.to_string()))
+        .await
+        .unwrap_or_else(|e| Err(format!("the evaluation's task failed: {e}")))
+}
+
+/// Evaluates every policy of `attached` against `input` and records each.
+async fn evaluate_all(
+    app: &App,
+    conn: &mut AsyncPgConnection,
+    run: i64,
+    kind: PolicyKind,
+    attached: Vec<(PolicyRow, PolicyVersionRow)>,
+    input: String,
+) -> Result<Vec<(PolicyRow, PolicyVersionRow, Decided)>, PolicyFailure> {
+    let input_bytes = input.len();
+    let sealed = if input_bytes <= MAX_RECORDED_INPUT {
+        Some(
+            app.secrets
+                .seal(conn, input.as_bytes(), &policies::input_context(run))
+                .await
+                .map_err(|e| PolicyFailure::internal("sealing a policy input", e))?,
+        )
+    } else {
+        None
+    };
+    let input = std::sync::Arc::new(input);
+    let mut out = Vec::with_capacity(attached.len());
+    for (policy, version) in attached {
+        let started = Instant::now();
+        let result = evaluate(app, kind, version.body.clone(), input.clone()).await;
+        let duration = started.elapsed();
+        let (outcome, messages, error) = match &result {
+            Ok(ev) => (ev.outcome.as_str(), serde_json::to_value(&ev.messages).unwrap_or_default(), None),
+            Err(e) => ("error", serde_json::json!([]), Some(e.clone())),
+        };
+        policies::record_evaluation(
+            conn,
+            &NewEvaluation {
+                run_id: run,
+                policy_id: policy.id,
+                policy_version_id: version.id,
+                policy_name: policy.name.clone(),
+                policy_version: version.version,
+                kind: kind.as_str().to_string(),
+                result: outcome.to_string(),
+                messages,
+                error,
+                duration_us: i64::try_from(duration.as_micros()).unwrap_or(i64::MAX),
+                input_bytes: input_bytes as i64,
+                input: sealed.clone(),
+            },
+        )
+        .await
+        .map_err(|e| PolicyFailure::internal("recording a policy evaluation", e))?;
+        tracing::info!(run_id = run, policy = %policy.name, version = version.version, result = outcome, micros = duration.as_micros() as u64, "policy evaluated");
+        out.push((policy, version, Decided { result, duration }));
+    }
+    Ok(out)
+}
+
+/// Runs the plan policies of the run's stack against its plan JSON.
+pub(crate) async fn check_plan(app: &App, run: &RunRow) -> Result<PlanVerdict, PolicyFailure> {
+    let mut conn = app.db.get().await.map_err(|e| PolicyFailure::internal("connecting to the database", e))?;
+    let stack = stack_of(&mut conn, run).await?;
+    let attached = policies::applying_to(&mut conn, stack.id, &stack.labels, PolicyKind::Plan.as_str())
+        .await
+        .map_err(|e| PolicyFailure::internal("listing a stack's plan policies", e))?;
+    if attached.is_empty() {
+        return Ok(PlanVerdict::default());
+    }
+    let names = attached.iter().map(|(p, _)| p.name.as_str()).collect::<Vec<_>>().join(", ");
+    let plan = match crate::workers::plans::open_json(app, &mut conn, run.id).await? {
+        Some(bytes) => match serde_json::from_slice::<serde_json::Value>(&bytes) {
+            Ok(v) => v,
+            Err(e) => {
+                return Ok(PlanVerdict {
+                    denials: vec![format!("the plan JSON of the run does not parse ({e}): plan policies {names} cannot read it")],
+                });
+            }
+        },
+        None => {
+            return Ok(PlanVerdict {
+                denials: vec![format!(
+                    "the worker sent no plan JSON (too large, or an older worker): plan policies {names} cannot read the plan"
+                )],
+            });
+        }
+    };
+    let input = PlanInput { plan, run: run_input(&mut conn, run).await?, stack: stack_input(&stack) };
+    let input = serde_json::to_string(&input).map_err(|e| PolicyFailure::internal("encoding a plan policy input", e))?;
+    let decided = evaluate_all(app, &mut conn, run.id, PolicyKind::Plan, attached, input).await?;
+    let mut verdict = PlanVerdict::default();
+    for (policy, version, d) in decided {
+        let who = format!("plan policy {} (version {})", policy.name, version.version);
+        match d.result {
+            Ok(ev) if ev.outcome == Outcome::Deny => {
+                let why: Vec<&str> =
+                    ev.messages.iter().filter(|m| m.level == MessageLevel::Deny).map(|m| m.text.as_str()).collect();
+                verdict.denials.push(format!("denied by {who}: {}", why.join("; ")));
+            }
+            Ok(_) => {}
+            Err(e) => verdict.denials.push(format!("{who} failed after {} ms: {e}", d.duration.as_millis())),
+        }
+    }
+    Ok(verdict)
+}
+
+/// Runs the approval policies of the run's stack against its reviews so far.
+pub(crate) async fn check_approval(app: &App, run: &RunRow) -> Result<ApprovalVerdict, PolicyFailure> {
+    let mut conn = app.db.get().await.map_err(|e| PolicyFailure::internal("connecting to the database", e))?;
+    let stack = stack_of(&mut conn, run).await?;
+    let attached = policies::applying_to(&mut conn, stack.id, &stack.labels, PolicyKind::Approval.as_str())
+        .await
+        .map_err(|e| PolicyFailure::internal("listing a stack's approval policies", e))?;
+    if attached.is_empty() {
+        return Ok(ApprovalVerdict::default());
+    }
+    let run_in = run_input(&mut conn, run).await?;
+    let reviews = policies::reviews_of_run(&mut conn, run.id)
+        .await
+        .map_err(|e| PolicyFailure::internal("reading a run's reviews", e))?
+        .into_iter()
+        .map(|r| ReviewInput {
+            is_author: run_in.author.as_ref().map(|a| *a == r.reviewer),
+            reviewer: r.reviewer,
+            role: r.role,
+            decision: if r.decision == "reject" { ReviewDecision::Reject } else { ReviewDecision::Approve },
+            note: r.note,
+            at: r.created_at.to_rfc3339(),
+        })
+        .collect();
+    let plan = hangar_store::runs::outcome(&mut conn, run.id)
+        .await
+        .map_err(|e| PolicyFailure::internal("reading a run's plan summary", e))?
+        .and_then(|(changes, _)| changes)
+        .and_then(|c| serde_json::from_value::<hangar_types::worker::Changes>(c).ok())
+        .map(|c| PlanSummary { add: c.add, change: c.change, destroy: c.destroy, outputs: c.outputs });
+    let input = ApprovalInput { run: run_in, stack: stack_input(&stack), plan, reviews };
+    let input = serde_json::to_string(&input).map_err(|e| PolicyFailure::internal("encoding an approval policy input", e))?;
+    let decided = evaluate_all(app, &mut conn, run.id, PolicyKind::Approval, attached, input).await?;
+    let mut verdict = ApprovalVerdict::default();
+    for (policy, version, d) in decided {
+        let who = format!("approval policy {} (version {})", policy.name, version.version);
+        match d.result {
+            Ok(ev) => match ev.outcome {
+                Outcome::Approve => {}
+                Outcome::Reject => verdict.blocking.push(format!("{who} rejects the run")),
+                _ => verdict.blocking.push(format!("{who} has not approved the run yet")),
+            },
+            Err(e) => verdict.blocking.push(format!("{who} failed after {} ms: {e}", d.duration.as_millis())),
+        }
+    }
+    Ok(verdict)
+}

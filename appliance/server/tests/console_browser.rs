@@ -1,0 +1,372 @@
+//! The web console in a real browser: Debian's Chromium, driven over
+//! WebDriver (chromedriver) by fantoccini, against a whole appliance —
+//! PostgreSQL, Garage, `hangar server` with its broker, `hangar drain`, a
+//! real `hangar-worker`, a git server and Terraform 1.0.3. Everything is done
+//! by clicking and typing as a person would; the API is used only to check.
+//!
+//! Screenshots of the main pages at 1280 and 390 pixels wide are written to
+//! `console-screenshots/` in the cargo target's test directory.
+
+mod common;
+mod fleet;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use fantoccini::{Client, ClientBuilder, Locator};
+use fleet::{CONFIG, Fleet, SOON};
+use hangar_testkit::{ChildProcess, GitServer, TestDir, free_port, wait_for};
+use serde_json::{Value, json};
+
+/// Printed by the held `terraform plan` before it waits: the page must show
+/// it while the run is still PLANNING.
+const PLAN_MARK: &str = "console-test: planning, please wait";
+const SECRET: &str = "browser-secret-7f3a9c21";
+const HOSTILE: &str = "<img src=x onerror=alert(1)>";
+
+fn chromium() -> Option<(PathBuf, PathBuf)> {
+    let find = |names: &[&str]| {
+        names.iter().map(|n| Path::new("/usr/bin").join(n)).find(|p| p.exists())
+    };
+    Some((find(&["chromium", "chromium-browser"])?, find(&["chromedriver"])?))
+}
+
+/// chromedriver on a free port, and a session of headless Chromium with a
+/// fresh profile and the performance log on.
+async fn browser(files: &TestDir, name: &str) -> (ChildProcess, Client) {
+    let (chrome, driver) = chromium().expect("chromium and chromedriver (Debian's chromium and chromium-driver packages)");
+    let port = free_port();
+    let mut cmd = Command::new(driver);
+    cmd.arg(format!("--port={port}")).stdin(Stdio::null());
+    let proc = ChildProcess::spawn(cmd, &format!("chromedriver-{name}"), files.path());
+    let url = format!("http://127.0.0.1:{port}");
+    let profile = files.subdir(&format!("chrome-profile-{name}"));
+    let caps = json!({
+        "browserName": "chrome",
+        // The appliance's certificate is from its own CA, which this profile does not hold.
+        "acceptInsecureCerts": true,
+        "goog:loggingPrefs": { "performance": "ALL" },
+        "goog:chromeOptions": {
+            "binary": chrome,
+            "args": [
+                "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-dev-shm-usage",
+                "--window-size=1280,900", format!("--user-data-dir={}", profile.display()),
+            ],
+        },
+    });
+    let caps: serde_json::Map<String, Value> = serde_json::from_value(caps).unwrap();
+    let client = wait_for("chromedriver to start a session", Duration::from_secs(60), || {
+        let (caps, url) = (caps.clone(), url.clone());
+        async move {
+            let connector = hyper_util::client::legacy::connect::HttpConnector::new();
+            ClientBuilder::new(connector).capabilities(caps).connect(&url).await.ok()
+        }
+    })
+    .await;
+    (proc, client)
+}
+
+/// The browser's performance log since the last call (chromedriver's `se/log`).
+#[derive(Debug)]
+struct PerformanceLog;
+
+impl fantoccini::wd::WebDriverCompatibleCommand for PerformanceLog {
+    fn endpoint(&self, base: &url::Url, session: Option<&str>) -> Result<url::Url, url::ParseError> {
+        base.join(&format!("session/{}/se/log", session.unwrap_or_default()))
+    }
+
+    fn method_and_body(&self, _: &url::Url) -> (http::Method, Option<String>) {
+        (http::Method::POST, Some(r#"{"type":"performance"}"#.to_string()))
+    }
+}
+
+/// Every URL the browser requested, from its performance log.
+async fn requested_urls(c: &Client) -> Vec<String> {
+    let log = c.issue_cmd(PerformanceLog).await.expect("the performance log");
+    let mut urls = Vec::new();
+    for entry in log.as_array().cloned().unwrap_or_default() {
+        let Some(msg) = entry["message"].as_str() else { continue };
+        let Ok(msg) = serde_json::from_str::<Value>(msg) else { continue };
+        if msg["message"]["method"] == "Network.requestWillBeSent"
+            && let Some(u) = msg["message"]["params"]["request"]["url"].as_str()
+        {
+            urls.push(u.to_string());
+        }
+    }
+    urls
+}
+
+fn screenshots_dir() -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("console-screenshots");
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Screenshots of the page at 1280 and 390 pixels wide.
+async fn shoot(c: &Client, name: &str) {
+    for (w, h) in [(1280, 900), (390, 844)] {
+        c.set_window_size(w, h).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        let png = c.screenshot().await.unwrap();
+        std::fs::write(screenshots_dir().join(format!("{name}-{w}.png")), png).unwrap();
+    }
+    c.set_window_size(1280, 900).await.unwrap();
+}
+
+/// The element `loc`, waiting for the page that holds it to load.
+async fn find(c: &Client, loc: Locator<'_>) -> fantoccini::elements::Element {
+    let what = format!("{loc:?}");
+    match c.wait().at_most(Duration::from_secs(30)).for_element(loc).await {
+        Ok(e) => e,
+        Err(e) => {
+            let _ = std::fs::write(screenshots_dir().join("failed.png"), c.screenshot().await.unwrap_or_default());
+            panic!("{what} on {}: {e}", c.current_url().await.map(|u| u.to_string()).unwrap_or_default())
+        }
+    }
+}
+
+async fn fill(c: &Client, id: &str, value: &str) {
+    let e = find(c, Locator::Id(id)).await;
+    e.clear().await.unwrap();
+    e.send_keys(value).await.unwrap();
+}
+
+async fn click(c: &Client, css: &str) {
+    find(c, Locator::Css(css)).await.click().await.unwrap();
+}
+
+async fn click_button(c: &Client, text: &str) {
+    let xpath = format!("//button[normalize-space(.)='{text}']");
+    find(c, Locator::XPath(&xpath)).await.click().await.unwrap();
+}
+
+async fn sign_in(c: &Client, base: &str, email: &str, password: &str) {
+    c.goto(&format!("{base}/login")).await.unwrap();
+    fill(c, "email", email).await;
+    fill(c, "password", password).await;
+    click_button(c, "Sign in").await;
+    c.wait().for_element(Locator::Css("nav[aria-label=Main]")).await.expect("signed in");
+}
+
+async fn page_has(c: &Client, text: &str) -> bool {
+    c.source().await.map(|s| s.contains(text)).unwrap_or(false)
+}
+
+/// A Terraform "version" whose `plan` prints a line, waits for `gate`, then
+/// runs the real Terraform 1.0.3: a run that stays PLANNING with output.
+fn held_plan_tool(fleet: &Fleet, version: &str) -> PathBuf {
+    let gate = fleet.files.subdir("plan-gate").join("go");
+    let dir = fleet.files.path().join("tools/terraform").join(version);
+    std::fs::create_dir_all(&dir).unwrap();
+    let script = format!(
+        "#!/bin/sh\nif [ \"$1\" = plan ]; then\n  echo '{PLAN_MARK}'\n  while [ ! -e '{gate}' ]; do /bin/sleep 0.1; done\nfi\nexec '{tf}' \"$@\"\n",
+        gate = gate.display(),
+        tf = hangar_testkit::terraform::terraform().display(),
+    );
+    let path = dir.join("terraform");
+    std::fs::write(&path, script).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    gate
+}
+
+async fn run_state(fleet: &Fleet, id: &str) -> String {
+    fleet.run(id).await.0
+}
+
+#[tokio::test]
+async fn a_person_runs_terraform_from_the_console() {
+    hangar_testkit::init();
+    let fleet = Fleet::start().await;
+    let base = fleet.app.url("");
+    let origin = base.trim_end_matches('/').to_string();
+    let git = GitServer::start().await;
+    git.create_repo("infra");
+    git.push_files("infra", "main", &[("infra/main.tf", CONFIG)], "<script>alert('commit')</script> first commit");
+    let gate = held_plan_tool(&fleet, "1.0.3-console");
+
+    let (_driver, c) = browser(&fleet.files, "admin").await;
+    // Signed out, the console is the login page.
+    c.goto(&base).await.unwrap();
+    assert!(c.current_url().await.unwrap().path().starts_with("/login"));
+    shoot(&c, "login").await;
+    sign_in(&c, &base, common::ADMIN_EMAIL, common::ADMIN_PASSWORD).await;
+    assert!(page_has(&c, "No stacks yet").await, "the empty stacks page");
+
+    // A worker pool, and a worker host joined with the token the page shows once.
+    click(&c, "a[href='/pools']").await;
+    fill(&c, "pool-name", "browser").await;
+    click_button(&c, "Create the pool").await;
+    find(&c, Locator::Id("pool-h-browser")).await;
+    click_button(&c, "Create a join token").await;
+    let token = find(&c, Locator::Id("once-2")).await.text().await.unwrap();
+    assert!(token.starts_with("hjt_"), "{token}");
+    let command = find(&c, Locator::Id("once-1")).await.text().await.unwrap();
+    assert!(command.starts_with("hangar-worker join --server ") && command.contains(&token), "{command}");
+    let worker_dir = fleet.files.subdir("worker-w1");
+    let out = Command::new(hangar_testkit::cargo_bin("hangar-worker"))
+        .args(["join", "--server", &base, "--token", &token, "--name", "w1", "--config-dir"])
+        .arg(&worker_dir)
+        .arg("--ca")
+        .arg(fleet.app.ca_path())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "hangar-worker join: {}", String::from_utf8_lossy(&out.stderr));
+    let toml = std::fs::read_to_string(worker_dir.join("worker.toml"))
+        .unwrap()
+        .replace("/var/lib/hangar-worker/work", &fleet.files.subdir("work-w1").display().to_string())
+        .replace("/var/cache/hangar-worker", &fleet.files.subdir("cache-w1").display().to_string())
+        .replace("heartbeat_secs = 10\n", "heartbeat_secs = 1\n")
+        .replace("poll_secs = 30\n", "poll_secs = 2\n");
+    std::fs::write(worker_dir.join("worker.toml"), toml).unwrap();
+    let _worker = fleet.run_worker(&worker_dir, "w1");
+    fleet.wait_workers("browser", "idle", 1).await;
+    c.goto(&format!("{base}/pools")).await.unwrap();
+    assert!(page_has(&c, "w1").await);
+    shoot(&c, "pools").await;
+
+    // A VCS integration (plain git, polled) and a stack on it, by the forms.
+    click(&c, "a[href='/vcs']").await;
+    fill(&c, "vcs-name", "local-git").await;
+    find(&c, Locator::Id("vcs-kind")).await.select_by_value("GIT").await.unwrap();
+    fill(&c, "vcs-url", &git.base_url()).await;
+    click_button(&c, "Connect").await;
+    find(&c, Locator::XPath("//h1[normalize-space(.)='local-git']")).await;
+    c.goto(&format!("{base}/stacks/new")).await.unwrap();
+    fill(&c, "name", "Network").await;
+    fill(&c, "slug", "network").await;
+    fill(&c, "repository", &git.url("infra")).await;
+    fill(&c, "project_root", "infra").await;
+    fill(&c, "tool_version", "1.0.3-console").await;
+    find(&c, Locator::Id("pool")).await.select_by_value("browser").await.unwrap();
+    find(&c, Locator::Id("vcs")).await.select_by_value("local-git").await.unwrap();
+    fill(&c, "labels", "team:net prod").await;
+    click_button(&c, "Create the stack").await;
+    find(&c, Locator::XPath("//h1[normalize-space(.)='Network']")).await;
+
+    // A secret variable, typed into the form; never shown again.
+    click(&c, "details summary").await;
+    fill(&c, "var-name", "TF_VAR_secret").await;
+    fill(&c, "var-value", SECRET).await;
+    click(&c, "#var-secret").await;
+    click_button(&c, "Save variable").await;
+    find(&c, Locator::XPath("//span[normalize-space(.)='secret · set']")).await;
+
+    // Trigger: the run page shows the plan's output while it is still planning.
+    click_button(&c, "Trigger a run").await;
+    find(&c, Locator::Css("pre[data-phase=planning]")).await;
+    let run_path = c.current_url().await.unwrap().path().to_string();
+    let run_id = run_path.trim_start_matches("/runs/").to_string();
+    wait_for("the plan's output in the page while planning", SOON, || async {
+        let text = c.find(Locator::Css("pre[data-phase=planning]")).await.ok()?.text().await.ok()?;
+        text.contains(PLAN_MARK).then_some(())
+    })
+    .await;
+    assert_eq!(run_state(&fleet, &run_id).await, "PLANNING", "the line arrived while the run was planning");
+    shoot(&c, "run-planning").await;
+
+    // A reader in another browser: no Confirm button, and a hand-made POST is refused.
+    c.goto(&format!("{base}/admin")).await.unwrap();
+    fill(&c, "u-email", "reader@hangar.test").await;
+    find(&c, Locator::Id("u-role")).await.select_by_value("READER").await.unwrap();
+    fill(&c, "u-password", "Quiet-Lantern-0123456789!").await;
+    click_button(&c, "Create the user").await;
+    find(&c, Locator::XPath("//td[contains(., 'reader@hangar.test')]")).await;
+    shoot(&c, "admin").await;
+
+    std::fs::write(&gate, b"").unwrap();
+    c.goto(&format!("{base}{run_path}")).await.unwrap();
+    // The page follows the run: Confirm appears when the plan waits for it.
+    wait_for("the Confirm button", SOON, || async {
+        c.find(Locator::XPath("//button[normalize-space(.)='Confirm']")).await.ok().map(|_| ())
+    })
+    .await;
+    assert_eq!(run_state(&fleet, &run_id).await, "UNCONFIRMED");
+    assert!(page_has(&c, "to add").await, "the plan's summary");
+    shoot(&c, "run-unconfirmed").await;
+
+    {
+        let (_reader_driver, r) = browser(&fleet.files, "reader").await;
+        sign_in(&r, &base, "reader@hangar.test", "Quiet-Lantern-0123456789!").await;
+        r.goto(&format!("{base}{run_path}")).await.unwrap();
+        assert!(page_has(&r, "UNCONFIRMED").await);
+        assert!(r.find(Locator::XPath("//button[normalize-space(.)='Confirm']")).await.is_err(), "a reader sees no Confirm");
+        let token = find(&r, Locator::Css("input[name=csrf]")).await.attr("value").await.unwrap().unwrap();
+        let status = r
+            .execute_async(
+                "const [url, token, done] = arguments; fetch(url, {method: 'POST', headers: {'Content-Type': 'application/x-www-form-urlencoded'}, body: 'csrf=' + token}).then(r => done(r.status));",
+                vec![json!(format!("{run_path}/confirm")), json!(token)],
+            )
+            .await
+            .unwrap();
+        assert_eq!(status, json!(403), "a reader's hand-made confirm is refused");
+        assert_eq!(run_state(&fleet, &run_id).await, "UNCONFIRMED");
+        r.close().await.unwrap();
+    }
+
+    // A form on another site posting to the appliance changes nothing.
+    let before = fleet.ok("{ runs(stack: \"network\") { items { id } } }", json!({})).await;
+    let page = format!(
+        "data:text/html,<form method=post action='{base}/stacks/network/trigger'><input name=csrf value=x><button id=go>go</button></form>"
+    );
+    c.goto(&page).await.unwrap();
+    click(&c, "#go").await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let after = fleet.ok("{ runs(stack: \"network\") { items { id } } }", json!({})).await;
+    assert_eq!(before, after, "a cross-site form triggered a run");
+
+    // Confirm by clicking; the run finishes and the stack has state version 1.
+    c.goto(&format!("{base}{run_path}")).await.unwrap();
+    click_button(&c, "Confirm").await;
+    wait_for("the run to show FINISHED", SOON, || async {
+        let badge = c.find(Locator::Css("#run-head h1 .badge")).await.ok()?.text().await.ok()?;
+        (badge == "FINISHED").then_some(())
+    })
+    .await;
+    let log = find(&c, Locator::Css("pre[data-phase=applying]")).await.text().await.unwrap();
+    assert!(log.contains("Apply complete!"), "{log}");
+    shoot(&c, "run-finished").await;
+    c.goto(&format!("{base}/stacks/network")).await.unwrap();
+    let version = find(&c, Locator::Css("#state + table tbody tr td")).await.text().await.unwrap();
+    assert_eq!(version.trim(), "1", "state version 1");
+    assert_eq!(fleet.state_versions("network").await, 1);
+    shoot(&c, "stack").await;
+
+    // A hostile stack name renders as text: no dialog, no injected element.
+    c.goto(&format!("{base}/stacks/new")).await.unwrap();
+    fill(&c, "name", HOSTILE).await;
+    fill(&c, "slug", "hostile").await;
+    fill(&c, "repository", &git.url("infra")).await;
+    click_button(&c, "Create the stack").await;
+    find(&c, Locator::XPath("//p[normalize-space(.)='hostile']")).await;
+    for path in ["/stacks", "/stacks/hostile"] {
+        c.goto(&format!("{base}{path}")).await.unwrap();
+        assert!(c.get_alert_text().await.is_err(), "{path} opened a dialog");
+        assert!(c.find_all(Locator::Css("main img")).await.unwrap().is_empty(), "{path} holds an injected element");
+        assert!(page_has(&c, "onerror=alert(1)").await, "{path} shows the name as text");
+    }
+    c.goto(&format!("{base}/stacks")).await.unwrap();
+    shoot(&c, "stacks").await;
+
+    // The secret's value is in no page the test visited.
+    for path in ["/stacks", "/stacks/network", &run_path, "/pools", "/vcs", "/vcs/local-git", "/contexts", "/admin", "/admin/audit", "/account"] {
+        c.goto(&format!("{base}{path}")).await.unwrap();
+        assert!(!c.source().await.unwrap().contains(SECRET), "{path} shows the secret");
+    }
+    c.goto(&format!("{base}/admin/system")).await.unwrap();
+    shoot(&c, "system").await;
+
+    // Nothing was requested from any origin but the appliance.
+    let urls = requested_urls(&c).await;
+    assert!(urls.iter().any(|u| u.starts_with(&origin)), "the log holds the appliance's requests: {urls:?}");
+    // Requests that leave the browser (the browser's own chrome:// pages, and
+    // the test's data: page, do not).
+    let network = |u: &&String| ["http://", "https://", "ws://", "wss://"].iter().any(|s| u.starts_with(s));
+    let foreign: Vec<&String> =
+        urls.iter().filter(network).filter(|u| !u.starts_with(&format!("{origin}/")) && *u != &origin).collect();
+    assert!(foreign.is_empty(), "requests to other origins: {foreign:?}");
+    c.close().await.unwrap();
+}
