@@ -70,8 +70,9 @@ pub(crate) async fn dispatch(
 }
 
 /// How long a worker call waits for a database connection before it is
-/// answered 503.
-const WORKER_DB_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+/// answered 503: well within the worker's own 30 s request timeout, so a
+/// claim is never handed to a worker that stopped waiting for the answer.
+const WORKER_DB_WAIT: std::time::Duration = std::time::Duration::from_secs(20);
 
 /// The run `id` when this worker holds it (in whatever state).
 async fn held(conn: &mut AsyncPgConnection, worker: Worker, id: i64) -> Result<RunRow, WorkerApiError> {
