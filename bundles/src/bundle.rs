@@ -67,37 +67,7 @@ impl Bundle {
                 None => Ok(()),
             }
         };
-        if head.signatures.is_empty() {
-            corrupt(&head)?;
-            return Err(BundleError::Unsigned {
-                path: path.to_path_buf(),
-            });
-        }
-        let mut signatures = Vec::with_capacity(head.signatures.len());
-        for record in &head.signatures {
-            let trusted = match trust.get(&record.key_id) {
-                Some(key) if key.key.verifies(&head.manifest_bytes, &record.signature) => true,
-                Some(_) => {
-                    return Err(BundleError::BadSignature {
-                        path: path.to_path_buf(),
-                        key_id: record.key_id.to_string(),
-                    });
-                }
-                None => false,
-            };
-            signatures.push(SignatureInfo {
-                key_id: record.key_id,
-                trusted,
-            });
-        }
-        if !signatures.iter().any(|s| s.trusted) {
-            corrupt(&head)?;
-            let key_ids: Vec<String> = signatures.iter().map(|s| s.key_id.to_string()).collect();
-            return Err(BundleError::UntrustedSigners {
-                path: path.to_path_buf(),
-                key_ids: key_ids.join(", "),
-            });
-        }
+        let signatures = verify_signatures(&head, path, trust, || corrupt(&head))?;
         Bundle::finish_open(path, file, head, signatures, limits)
     }
 
@@ -194,38 +164,89 @@ impl Bundle {
     /// Checks the operator's policy: no downgrade unless allowed, no expired bundle
     /// unless the unsafe override is set, and the expected platform if one is given.
     pub fn check_policy(&self, options: &ExtractOptions<'_>) -> Result<(), BundleError> {
-        let m = &self.manifest;
-        if let Some(installed) = &options.installed_version
-            && m.version.cmp_precedence(installed).is_lt()
-            && !options.allow_downgrade
-        {
-            return Err(BundleError::Downgrade {
-                path: self.path.clone(),
-                version: m.version.to_string(),
-                installed: installed.to_string(),
-            });
-        }
-        if let Some(expires) = m.expires
-            && expires <= Utc::now()
-            && !options.danger_allow_expired
-        {
-            return Err(BundleError::Expired {
-                path: self.path.clone(),
-                expires: expires.to_rfc3339(),
-            });
-        }
-        if let Some(expected) = &options.platform
-            && m.platform != "any"
-            && &m.platform != expected
-        {
-            return Err(BundleError::WrongPlatform {
-                path: self.path.clone(),
-                platform: m.platform.clone(),
-                expected: expected.clone(),
-            });
-        }
-        Ok(())
+        check_policy(&self.manifest, &self.path, options)
     }
+}
+
+/// Every signature by a trusted key must verify, and at least one must exist;
+/// signatures by unknown keys are ignored. `corrupt` explains a head whose
+/// signatures make no sense by its layout, when it can.
+pub(crate) fn verify_signatures(
+    head: &Head,
+    path: &Path,
+    trust: &TrustStore,
+    corrupt: impl Fn() -> Result<(), BundleError>,
+) -> Result<Vec<SignatureInfo>, BundleError> {
+    if head.signatures.is_empty() {
+        corrupt()?;
+        return Err(BundleError::Unsigned {
+            path: path.to_path_buf(),
+        });
+    }
+    let mut signatures = Vec::with_capacity(head.signatures.len());
+    for record in &head.signatures {
+        let trusted = match trust.get(&record.key_id) {
+            Some(key) if key.key.verifies(&head.manifest_bytes, &record.signature) => true,
+            Some(_) => {
+                return Err(BundleError::BadSignature {
+                    path: path.to_path_buf(),
+                    key_id: record.key_id.to_string(),
+                });
+            }
+            None => false,
+        };
+        signatures.push(SignatureInfo {
+            key_id: record.key_id,
+            trusted,
+        });
+    }
+    if !signatures.iter().any(|s| s.trusted) {
+        corrupt()?;
+        let key_ids: Vec<String> = signatures.iter().map(|s| s.key_id.to_string()).collect();
+        return Err(BundleError::UntrustedSigners {
+            path: path.to_path_buf(),
+            key_ids: key_ids.join(", "),
+        });
+    }
+    Ok(signatures)
+}
+
+/// The operator's policy on a verified manifest (see [`Bundle::check_policy`]).
+pub(crate) fn check_policy(
+    m: &Manifest,
+    path: &Path,
+    options: &ExtractOptions<'_>,
+) -> Result<(), BundleError> {
+    if let Some(installed) = &options.installed_version
+        && m.version.cmp_precedence(installed).is_lt()
+        && !options.allow_downgrade
+    {
+        return Err(BundleError::Downgrade {
+            path: path.to_path_buf(),
+            version: m.version.to_string(),
+            installed: installed.to_string(),
+        });
+    }
+    if let Some(expires) = m.expires
+        && expires <= Utc::now()
+        && !options.danger_allow_expired
+    {
+        return Err(BundleError::Expired {
+            path: path.to_path_buf(),
+            expires: expires.to_rfc3339(),
+        });
+    }
+    if let Some(expected) = &options.platform
+        && m.platform != "any"
+        && &m.platform != expected
+    {
+        return Err(BundleError::WrongPlatform {
+            path: path.to_path_buf(),
+            platform: m.platform.clone(),
+            expected: expected.clone(),
+        });
+    }
+    Ok(())
 }
 
 fn open_head(path: &Path, limits: &Limits) -> Result<(File, Head), BundleError> {

@@ -20,11 +20,12 @@ use ring::digest;
 
 use crate::BundleError;
 use crate::bundle::Bundle;
-use crate::format::read_exact_at;
+use crate::limits::Limits;
 use crate::limits::MAX_EXTENSION_BYTES;
+use crate::manifest::Manifest;
 use crate::manifest::{Entry, check_entry_path};
 use crate::stream::{
-    Capped, FRAME_HEADER_MAX, Fault, FaultCell, FrameProblem, HashFeed, PayloadSource,
+    Capped, FRAME_HEADER_MAX, Fault, FaultCell, FileRange, FrameProblem, HashFeed, PayloadSource,
     check_frame_header, hash_all,
 };
 use crate::tempname::hidden_name;
@@ -90,6 +91,42 @@ impl Bundle {
         Ok(summary)
     }
 
+    /// Verifies the whole payload like [`Bundle::verify`] and keeps the content
+    /// of the file entry `wanted` (at most `max` bytes, checked against the
+    /// manifest before anything is read): a release's own description, read
+    /// from a bundle whose every byte was checked, before anything is written.
+    /// `None` when the bundle has no such file.
+    pub fn verify_reading(
+        &self,
+        mut options: ExtractOptions<'_>,
+        wanted: &str,
+        max: u64,
+    ) -> Result<(Summary, Option<Vec<u8>>), BundleError> {
+        self.check_policy(&options)?;
+        let found = self
+            .manifest
+            .entries
+            .iter()
+            .find(|e| e.path() == wanted && !e.is_dir());
+        if let Some(entry) = found
+            && entry.size() > max
+        {
+            return Err(BundleError::FileTooLarge {
+                path: self.path.clone(),
+                entry: wanted.to_owned(),
+                size: entry.size(),
+                max,
+            });
+        }
+        let sink = CaptureSink {
+            wanted: wanted.to_owned(),
+            capturing: false,
+            content: found.map(|_| Vec::new()),
+        };
+        let (summary, sink) = self.stream(sink, options.progress.take(), options.interrupt)?;
+        Ok((summary, sink.content))
+    }
+
     /// Extracts the bundle into `dest`, which must not exist but whose parent must.
     ///
     /// The files go to a staging directory next to `dest` (so the final rename
@@ -141,6 +178,41 @@ impl Bundle {
     fn stream<S: Sink + Send>(
         &self,
         sink: S,
+        progress: Option<&mut dyn FnMut(Progress)>,
+        interrupt: Option<&AtomicBool>,
+    ) -> Result<(Summary, S), BundleError> {
+        let source = FileRange::new(&self.file, self.payload_offset, self.manifest.payload.size);
+        self.pipeline().run(source, sink, progress, interrupt)
+    }
+
+    fn pipeline(&self) -> Pipeline<'_> {
+        Pipeline {
+            path: self.path.clone(),
+            manifest: &self.manifest,
+            limits: &self.limits,
+        }
+    }
+
+    fn check_interrupt(&self, interrupt: Option<&AtomicBool>) -> Result<(), BundleError> {
+        self.pipeline().check_interrupt(interrupt)
+    }
+}
+
+/// The reader's work on one payload, wherever its bytes come from: a file
+/// read with positional reads, or a stream as it arrives.
+pub(crate) struct Pipeline<'a> {
+    pub(crate) path: PathBuf,
+    pub(crate) manifest: &'a Manifest,
+    pub(crate) limits: &'a Limits,
+}
+
+impl Pipeline<'_> {
+    /// Runs the pipeline over the payload `source` (exactly the payload's
+    /// bytes) into `sink`; returns the sink for the caller to finish.
+    pub(crate) fn run<R: Read, S: Sink + Send>(
+        &self,
+        source: R,
+        sink: S,
         mut progress: Option<&mut dyn FnMut(Progress)>,
         interrupt: Option<&AtomicBool>,
     ) -> Result<(Summary, S), BundleError> {
@@ -157,6 +229,7 @@ impl Bundle {
                 .spawn(move || write_loop(rx, recycle_tx, &manifest.entries, sink, &self.path));
             let hasher = scope.spawn(move || hash_all(hash_rx));
             let read_result = self.read_loop(
+                source,
                 &tx,
                 &recycle_rx,
                 HashFeed::new(hash_tx),
@@ -197,8 +270,10 @@ impl Bundle {
 
     /// Reads the payload, feeding the writer with entries and the hasher with
     /// every payload byte, until the end of the payload.
-    fn read_loop(
+    #[allow(clippy::too_many_arguments)]
+    fn read_loop<R: Read>(
         &self,
+        source: R,
         tx: &mpsc::SyncSender<Msg>,
         recycle: &mpsc::Receiver<Vec<u8>>,
         hash: HashFeed,
@@ -210,14 +285,20 @@ impl Bundle {
         let manifest = &self.manifest;
         let size = manifest.payload.size;
 
+        // The frame's header is checked before anything is decoded; its bytes
+        // are hashed like the rest and handed to the decoder after the check.
+        let fault: FaultCell = Default::default();
+        let mut source = PayloadSource::new(source, size, hash, fault.clone());
         let mut head = [0u8; FRAME_HEADER_MAX];
         let head_len = (FRAME_HEADER_MAX as u64).min(size) as usize;
-        read_exact_at(&self.file, &mut head[..head_len], self.payload_offset, path)?;
+        let got = read_full(&mut source, &mut head[..head_len])
+            .map_err(|e| classify(path, &fault, 0, &Position::Start, e))?;
+        if got < head_len {
+            return Err(BundleError::Truncated { path: path.clone() });
+        }
         check_frame_header(&head[..head_len], self.limits.max_window_log)
             .map_err(|problem| frame_error(path, problem, self.limits.max_window_log))?;
-
-        let fault: FaultCell = Default::default();
-        let source = PayloadSource::new(&self.file, self.payload_offset, size, hash, fault.clone());
+        let source = io::Cursor::new(head[..head_len].to_vec()).chain(source);
         let decoder_error = |source| BundleError::Decompress {
             path: path.clone(),
             position: Position::Start.describe(),
@@ -338,7 +419,7 @@ impl Bundle {
     }
 }
 
-impl Bundle {
+impl Pipeline<'_> {
     fn check_interrupt(&self, interrupt: Option<&AtomicBool>) -> Result<(), BundleError> {
         if interrupt.is_some_and(|i| i.load(Ordering::SeqCst)) {
             return Err(BundleError::Interrupted {
@@ -662,7 +743,7 @@ enum Msg {
 }
 
 /// Where verified entries go.
-trait Sink {
+pub(crate) trait Sink {
     fn dir(&mut self, entry: &Entry) -> Result<(), BundleError>;
     fn file_begin(&mut self, entry: &Entry) -> Result<(), BundleError>;
     fn file_data(&mut self, data: &[u8]) -> Result<(), BundleError>;
@@ -720,7 +801,7 @@ fn write_loop<S: Sink>(
 }
 
 /// Checks without writing.
-struct NullSink;
+pub(crate) struct NullSink;
 
 impl Sink for NullSink {
     fn dir(&mut self, _: &Entry) -> Result<(), BundleError> {
@@ -733,6 +814,35 @@ impl Sink for NullSink {
         Ok(())
     }
     fn file_end(&mut self, _: &Entry) -> Result<(), BundleError> {
+        Ok(())
+    }
+}
+
+/// Checks without writing, keeping one file's content.
+struct CaptureSink {
+    wanted: String,
+    capturing: bool,
+    content: Option<Vec<u8>>,
+}
+
+impl Sink for CaptureSink {
+    fn dir(&mut self, _: &Entry) -> Result<(), BundleError> {
+        Ok(())
+    }
+    fn file_begin(&mut self, entry: &Entry) -> Result<(), BundleError> {
+        self.capturing = entry.path() == self.wanted;
+        Ok(())
+    }
+    fn file_data(&mut self, data: &[u8]) -> Result<(), BundleError> {
+        if self.capturing
+            && let Some(content) = self.content.as_mut()
+        {
+            content.extend_from_slice(data);
+        }
+        Ok(())
+    }
+    fn file_end(&mut self, _: &Entry) -> Result<(), BundleError> {
+        self.capturing = false;
         Ok(())
     }
 }

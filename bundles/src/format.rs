@@ -42,14 +42,51 @@ pub(crate) struct Head {
     pub payload_offset: u64,
 }
 
-/// Reads the header, manifest bytes and signature records of `file`.
-pub(crate) fn read_head(file: &File, path: &Path, limits: &Limits) -> Result<Head, BundleError> {
-    let read_err = |source| BundleError::Read {
-        path: path.to_path_buf(),
-        source,
-    };
+/// Reads the header, manifest bytes and signature records from the start of
+/// a stream (a bundle arriving over the network): the same checks as
+/// [`read_head`], with the file's length unknown until it ends.
+pub(crate) fn read_head_from(
+    r: &mut impl Read,
+    path: &Path,
+    limits: &Limits,
+) -> Result<Head, BundleError> {
     let mut header = [0u8; HEADER_LEN as usize];
-    read_exact_at(file, &mut header, 0, path)?;
+    read_exact_from(r, &mut header, path)?;
+    let (manifest_len, signature_count) = check_header(&header, path, limits)?;
+    let mut manifest_bytes = vec![0u8; manifest_len as usize];
+    read_exact_from(r, &mut manifest_bytes, path)?;
+    let mut records = vec![0u8; signature_count as usize * SIGNATURE_RECORD_LEN as usize];
+    read_exact_from(r, &mut records, path)?;
+    Ok(Head {
+        manifest_bytes,
+        signatures: parse_records(&records),
+        payload_offset: HEADER_LEN
+            + u64::from(manifest_len)
+            + u64::from(signature_count) * SIGNATURE_RECORD_LEN,
+    })
+}
+
+fn read_exact_from(r: &mut impl Read, buf: &mut [u8], path: &Path) -> Result<(), BundleError> {
+    r.read_exact(buf).map_err(|source| {
+        if source.kind() == io::ErrorKind::UnexpectedEof {
+            BundleError::Truncated {
+                path: path.to_path_buf(),
+            }
+        } else {
+            BundleError::Read {
+                path: path.to_path_buf(),
+                source,
+            }
+        }
+    })
+}
+
+/// The header's magic, format and limits; its manifest length and signature count.
+fn check_header(
+    header: &[u8; HEADER_LEN as usize],
+    path: &Path,
+    limits: &Limits,
+) -> Result<(u32, u32), BundleError> {
     if header[..8] != MAGIC {
         return Err(BundleError::NotABundle {
             path: path.to_path_buf(),
@@ -77,6 +114,34 @@ pub(crate) fn read_head(file: &File, path: &Path, limits: &Limits) -> Result<Hea
             max: MAX_SIGNATURES,
         });
     }
+    Ok((manifest_len, signature_count))
+}
+
+fn parse_records(records: &[u8]) -> Vec<SignatureRecord> {
+    records
+        .chunks_exact(SIGNATURE_RECORD_LEN as usize)
+        .map(|r| {
+            let mut key_id = [0u8; KEY_ID_LEN];
+            key_id.copy_from_slice(&r[..KEY_ID_LEN]);
+            let mut signature = [0u8; SIGNATURE_LEN];
+            signature.copy_from_slice(&r[KEY_ID_LEN..]);
+            SignatureRecord {
+                key_id: KeyId(key_id),
+                signature,
+            }
+        })
+        .collect()
+}
+
+/// Reads the header, manifest bytes and signature records of `file`.
+pub(crate) fn read_head(file: &File, path: &Path, limits: &Limits) -> Result<Head, BundleError> {
+    let read_err = |source| BundleError::Read {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut header = [0u8; HEADER_LEN as usize];
+    read_exact_at(file, &mut header, 0, path)?;
+    let (manifest_len, signature_count) = check_header(&header, path, limits)?;
     // Check the length before allocating for the manifest.
     let file_len = file.metadata().map_err(read_err)?.len();
     let signatures_at = HEADER_LEN + u64::from(manifest_len);
@@ -90,19 +155,7 @@ pub(crate) fn read_head(file: &File, path: &Path, limits: &Limits) -> Result<Hea
     read_exact_at(file, &mut manifest_bytes, HEADER_LEN, path)?;
     let mut records = vec![0u8; (payload_offset - signatures_at) as usize];
     read_exact_at(file, &mut records, signatures_at, path)?;
-    let signatures = records
-        .chunks_exact(SIGNATURE_RECORD_LEN as usize)
-        .map(|r| {
-            let mut key_id = [0u8; KEY_ID_LEN];
-            key_id.copy_from_slice(&r[..KEY_ID_LEN]);
-            let mut signature = [0u8; SIGNATURE_LEN];
-            signature.copy_from_slice(&r[KEY_ID_LEN..]);
-            SignatureRecord {
-                key_id: KeyId(key_id),
-                signature,
-            }
-        })
-        .collect();
+    let signatures = parse_records(&records);
     Ok(Head {
         manifest_bytes,
         signatures,
@@ -124,20 +177,8 @@ impl Head {
         file: &File,
         path: &Path,
     ) -> Result<Option<&'static str>, BundleError> {
-        let json_space = |b: &u8| matches!(b, b' ' | b'\t' | b'\n' | b'\r');
-        let trimmed: &[u8] = {
-            let m = &self.manifest_bytes;
-            let start = m.iter().position(|b| !json_space(b)).unwrap_or(m.len());
-            let end = m
-                .iter()
-                .rposition(|b| !json_space(b))
-                .map_or(start, |i| i + 1);
-            &m[start..end]
-        };
-        if trimmed.first() != Some(&b'{') || trimmed.last() != Some(&b'}') {
-            return Ok(Some(
-                "the manifest length does not match the manifest (the bytes it delimits are not a JSON object)",
-            ));
+        if let Some(problem) = self.manifest_shape_problem() {
+            return Ok(Some(problem));
         }
         let mut magic = [0u8; 4];
         let starts_with_zstd = match read_exact_at(file, &mut magic, self.payload_offset, path) {
@@ -151,6 +192,27 @@ impl Head {
             ));
         }
         Ok(None)
+    }
+
+    /// Why the bytes the header delimits as the manifest cannot be one (they
+    /// are not one JSON object), when they cannot.
+    pub(crate) fn manifest_shape_problem(&self) -> Option<&'static str> {
+        let json_space = |b: &u8| matches!(b, b' ' | b'\t' | b'\n' | b'\r');
+        let trimmed: &[u8] = {
+            let m = &self.manifest_bytes;
+            let start = m.iter().position(|b| !json_space(b)).unwrap_or(m.len());
+            let end = m
+                .iter()
+                .rposition(|b| !json_space(b))
+                .map_or(start, |i| i + 1);
+            &m[start..end]
+        };
+        if trimmed.first() != Some(&b'{') || trimmed.last() != Some(&b'}') {
+            return Some(
+                "the manifest length does not match the manifest (the bytes it delimits are not a JSON object)",
+            );
+        }
+        None
     }
 }
 

@@ -36,15 +36,52 @@ fn fail(cell: &FaultCell, fault: Fault, message: &'static str) -> io::Error {
     io::Error::other(message)
 }
 
-/// Reads `[offset, offset + len)` of a file with positional reads, handing a
-/// copy of every byte to `hash` (a thread hashing the payload, so that this
-/// work stays off the decompressing thread).
-pub(crate) struct PayloadSource<'f> {
+/// Reads the payload, `len` bytes from `inner`, handing a copy of every byte
+/// to `hash` (a thread hashing the payload, so that this work stays off the
+/// decompressing thread). `inner` ending early is a truncated bundle.
+pub(crate) struct PayloadSource<R> {
+    inner: R,
+    remaining: u64,
+    hash: HashFeed,
+    fault: FaultCell,
+}
+
+/// `[offset, offset + len)` of a file, read with positional reads.
+pub(crate) struct FileRange<'f> {
     file: &'f File,
     pos: u64,
     end: u64,
-    hash: HashFeed,
-    fault: FaultCell,
+}
+
+impl<'f> FileRange<'f> {
+    pub(crate) fn new(file: &'f File, offset: u64, len: u64) -> Self {
+        FileRange {
+            file,
+            pos: offset,
+            end: offset.saturating_add(len),
+        }
+    }
+}
+
+impl Read for FileRange<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let want = usize::try_from(self.end - self.pos)
+            .unwrap_or(usize::MAX)
+            .min(buf.len());
+        if want == 0 {
+            return Ok(0);
+        }
+        loop {
+            match self.file.read_at(&mut buf[..want], self.pos) {
+                Ok(n) => {
+                    self.pos += n as u64;
+                    return Ok(n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            }
+        }
+    }
 }
 
 /// Batches bytes for the hashing thread.
@@ -92,34 +129,27 @@ pub(crate) fn hash_all(rx: mpsc::Receiver<Vec<u8>>) -> [u8; 32] {
     out
 }
 
-impl<'f> PayloadSource<'f> {
-    pub(crate) fn new(
-        file: &'f File,
-        offset: u64,
-        len: u64,
-        hash: HashFeed,
-        fault: FaultCell,
-    ) -> Self {
+impl<R: Read> PayloadSource<R> {
+    pub(crate) fn new(inner: R, len: u64, hash: HashFeed, fault: FaultCell) -> Self {
         PayloadSource {
-            file,
-            pos: offset,
-            end: offset.saturating_add(len),
+            inner,
+            remaining: len,
             hash,
             fault,
         }
     }
 }
 
-impl Read for PayloadSource<'_> {
+impl<R: Read> Read for PayloadSource<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let want = usize::try_from(self.end - self.pos)
+        let want = usize::try_from(self.remaining)
             .unwrap_or(usize::MAX)
             .min(buf.len());
         if want == 0 {
             return Ok(0);
         }
         let n = loop {
-            match self.file.read_at(&mut buf[..want], self.pos) {
+            match self.inner.read(&mut buf[..want]) {
                 Ok(n) => break n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(e),
@@ -133,7 +163,7 @@ impl Read for PayloadSource<'_> {
             ));
         }
         self.hash.push(&buf[..n]);
-        self.pos += n as u64;
+        self.remaining -= n as u64;
         Ok(n)
     }
 }

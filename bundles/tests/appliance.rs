@@ -67,7 +67,10 @@ fn build_hangar() {
         cargo.arg("--release");
     }
     cargo.env("CARGO_TARGET_DIR", bins.parent().unwrap());
-    check("cargo build -p hangar -p hangar-worker -p hangar-install", cargo.output().unwrap());
+    check(
+        "cargo build -p hangar -p hangar-worker -p hangar-install",
+        cargo.output().unwrap(),
+    );
 }
 
 struct Site {

@@ -55,6 +55,8 @@ questions! {
     Q_TLS_CERT = "tls_cert_file", "Certificate chain (PEM)";
     Q_TLS_KEY = "tls_key_file", "Private key (PEM)";
     Q_TLS_CA = "tls_ca_file", "CA certificate the chain leads to (empty: the chain's own root)";
+    Q_BACKUP_SCHEDULE = "backup_schedule", "Scheduled backups (cron, UTC; off for none)";
+    Q_BACKUP_RETENTION = "backup_retention", "Backups to keep";
     Q_CONFIRM = "confirm", "Install with these settings";
 }
 
@@ -82,6 +84,11 @@ pub trait Prompter {
     fn confirm(&mut self, q: Question, default: bool) -> Result<bool, PromptError>;
     /// One of `items` (`(key, label)`): the answers file gives the key.
     fn select(&mut self, q: Question, items: &[(&str, &str)], default: usize) -> Result<usize, PromptError>;
+    /// A question most installations leave at its default: asked on a
+    /// terminal, and an answers file may leave it out.
+    fn optional(&mut self, q: Question, default: &str, check: Check<'_>) -> Result<String, PromptError> {
+        self.input(q, Some(default), check)
+    }
     /// Text shown between questions (a terminal shows it; a file ignores it).
     fn say(&mut self, text: &str);
 }
@@ -156,6 +163,7 @@ pub struct Answers {
     pub admin_password: SecretString,
     pub objects: ObjectStoreChoice,
     pub tls: Option<ProvidedTls>,
+    pub backups: crate::installed::BackupSettings,
 }
 
 impl Answers {
@@ -189,8 +197,12 @@ impl Answers {
             Some(t) => format!("provided ({})", t.cert_file.display()),
         };
         let addrs: Vec<String> = self.addresses.iter().map(|a| a.to_string()).collect();
+        let backups = match &self.backups.schedule {
+            Some(cron) => format!("on the schedule {cron:?} (UTC), the newest {} kept", self.backups.retention),
+            None => format!("none scheduled, the newest {} kept", self.backups.retention),
+        };
         format!(
-            "  bundle          {}\n  host name       {}\n  addresses       {}\n  listen on       {}\n  ports           server {}, broker {}, database {}, object store {}\n  data directory  {}\n  administrator   {}\n  object store    {objects}\n  console TLS     {tls}\n",
+            "  bundle          {}\n  host name       {}\n  addresses       {}\n  listen on       {}\n  ports           server {}, broker {}, database {}, object store {}\n  data directory  {}\n  administrator   {}\n  object store    {objects}\n  console TLS     {tls}\n  backups         {backups}\n",
             self.bundle.display(),
             self.hostname,
             addrs.join(", "),
@@ -422,6 +434,21 @@ pub fn ask(p: &mut dyn Prompter, ctx: &mut Context<'_>) -> Result<Answers, Insta
             Err(problem) => return Err(InstallError::ProvidedTls { path: provided.cert_file, problem }),
         }
     };
+    let schedule = p
+        .optional(Q_BACKUP_SCHEDULE, crate::installed::DEFAULT_SCHEDULE, &|s| {
+            if s.trim() == "off" { Ok(()) } else { crate::installed::check_schedule(s.trim()).map(|_| ()) }
+        })
+        .map_err(err)?;
+    let retention = p
+        .optional(Q_BACKUP_RETENTION, &crate::installed::DEFAULT_RETENTION.to_string(), &|s| match s.trim().parse::<u32>() {
+            Ok(n) if (1..=1000).contains(&n) => Ok(()),
+            _ => Err(format!("{s:?} is not a number of backups (1-1000)")),
+        })
+        .map_err(err)?;
+    let backups = crate::installed::BackupSettings {
+        schedule: Some(schedule.trim().to_string()).filter(|s| s != "off"),
+        retention: retention.trim().parse().map_err(|_| invalid(Q_BACKUP_RETENTION, "not a number".into()))?,
+    };
     let answers = Answers {
         bundle,
         allow_downgrade: false,
@@ -434,6 +461,7 @@ pub fn ask(p: &mut dyn Prompter, ctx: &mut Context<'_>) -> Result<Answers, Insta
         admin_password,
         objects: objects_choice,
         tls,
+        backups,
     };
     p.say(&format!("\nSummary:\n{}", answers.summary()));
     if !p.confirm(Q_CONFIRM, true).map_err(err)? {

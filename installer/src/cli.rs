@@ -61,12 +61,66 @@ pub struct InstallArgs {
     pub danger_replace_release: bool,
 }
 
+/// `hangar-install upgrade`.
+#[derive(Debug, Clone, Args)]
+pub struct UpgradeArgs {
+    /// The new release's appliance bundle. Without it, an unfinished upgrade
+    /// (interrupted, or whose rollback failed) is taken up where it stopped.
+    #[arg(long, value_name = "FILE")]
+    pub bundle: Option<PathBuf>,
+    /// Also trust the bundle signing keys (*.pub) in this directory.
+    #[arg(long, value_name = "DIR")]
+    pub trust: Vec<PathBuf>,
+    /// Accept a bundle older than the installed release.
+    #[arg(long)]
+    pub allow_downgrade: bool,
+    /// Who asked for the upgrade, for its history and the audit trail (the
+    /// appliance passes the user who asked through the API).
+    #[arg(long, value_name = "WHO")]
+    pub requested_by: Option<String>,
+    /// Seconds the health gate waits for the appliance (after the upgrade, or
+    /// after a rollback).
+    #[arg(long, default_value_t = 180, value_name = "SECS")]
+    pub health_timeout: u64,
+    /// Seconds to wait for runs applying to finish before refusing (an apply
+    /// is never interrupted).
+    #[arg(long, default_value_t = 1800, value_name = "SECS")]
+    pub apply_wait: u64,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Install, repair or upgrade (the default).
     Install(InstallArgs),
     /// What is installed, which release, the services' states, ready or not.
     Status,
+    /// Upgrade to a newer release: pre-checks, a backup, the switch, migrations
+    /// and a health gate; any failure after the backup rolls back by itself.
+    Upgrade(UpgradeArgs),
+    /// Back up the database, the configuration and the keys now (the appliance
+    /// keeps running).
+    Backup {
+        /// Run the scheduled backups of etc/hangar/backup.toml until SIGTERM
+        /// (what the supervised `backups` service does).
+        #[arg(long)]
+        scheduled: bool,
+    },
+    /// Restore a backup: onto this installation, or onto a fresh host (with
+    /// the appliance bundle and answers, as for an install).
+    Restore {
+        /// The backup's directory (with its manifest.json).
+        #[arg(long, value_name = "DIR")]
+        from: PathBuf,
+        /// A fresh host: take the install's answers from this file.
+        #[arg(long, value_name = "FILE")]
+        answers: Option<PathBuf>,
+        /// Also trust the bundle signing keys (*.pub) in this directory.
+        #[arg(long, value_name = "DIR")]
+        trust: Vec<PathBuf>,
+        /// Seconds the health gate waits for the appliance.
+        #[arg(long, default_value_t = 180, value_name = "SECS")]
+        health_timeout: u64,
+    },
     /// Stop everything and remove the unit, the releases and the configuration.
     Uninstall {
         /// Also remove the data directory, the secrets and the certificates.
@@ -111,6 +165,15 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
             print!("{text}");
             if ready { Ok(()) } else { Err(Failure::Negative) }
         }
+        Some(Command::Upgrade(args)) => run_upgrade(&host, args),
+        Some(Command::Backup { scheduled: false }) => {
+            let m = crate::lifecycle::backup_now(&host)?;
+            println!("backup {} of release {} ({} files, {} objects referenced)", m.0.id, m.0.release, m.0.files.len(), m.0.objects.referenced);
+            println!("  {}", m.1.display());
+            Ok(())
+        }
+        Some(Command::Backup { scheduled: true }) => Ok(crate::lifecycle::scheduled_backups(&host)?),
+        Some(Command::Restore { from, answers, trust, health_timeout }) => run_restore(&host, from, answers, trust, health_timeout),
         Some(Command::Uninstall { purge_data }) => {
             for line in crate::uninstall::uninstall(&host, purge_data)? {
                 println!("{line}");
@@ -125,7 +188,59 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
     }
 }
 
+fn reporter() -> Box<dyn Reporter> {
+    if std::io::stderr().is_terminal() { Box::new(TuiReporter::default()) } else { Box::new(LineReporter::default()) }
+}
+
+fn run_upgrade(host: &Host, args: UpgradeArgs) -> Result<(), Failure> {
+    let opts = crate::upgrade::UpgradeOptions {
+        bundle: args.bundle,
+        trust_dirs: args.trust,
+        allow_downgrade: args.allow_downgrade,
+        requested_by: args.requested_by,
+        health_timeout: Duration::from_secs(args.health_timeout),
+        apply_wait: Duration::from_secs(args.apply_wait),
+    };
+    let reporter = reporter();
+    let rec = crate::upgrade::upgrade(host, reporter.as_ref(), &opts)?;
+    reporter.info(&format!(
+        "\nHangar {} is ready: upgraded from {} ({}).\n  backup          {}\n  downtime        {:.1} s\n  steps           {}\n",
+        rec.to,
+        rec.from,
+        rec.id,
+        rec.backup.as_deref().unwrap_or("none"),
+        rec.downtime_secs.unwrap_or(0.0),
+        rec.steps_line(),
+    ));
+    Ok(())
+}
+
+fn run_restore(host: &Host, from: PathBuf, answers: Option<PathBuf>, trust: Vec<PathBuf>, health_timeout: u64) -> Result<(), Failure> {
+    let reporter = reporter();
+    let opts = crate::lifecycle::RestoreOptions { from, trust_dirs: trust, health_timeout: Duration::from_secs(health_timeout) };
+    let rec = match answers {
+        Some(path) => {
+            let mut prompter = FilePrompter::load(&path)?;
+            crate::lifecycle::restore(host, Some(&mut prompter), reporter.as_ref(), &opts)?
+        }
+        None if crate::installed::Installation::find(host)?.is_some() => crate::lifecycle::restore(host, None, reporter.as_ref(), &opts)?,
+        None if std::io::stdin().is_terminal() && std::io::stderr().is_terminal() => {
+            let mut prompter = TtyPrompter::default();
+            crate::lifecycle::restore(host, Some(&mut prompter), reporter.as_ref(), &opts)?
+        }
+        None => return Err(Failure::Usage("no installation here and no terminal to ask on: give --answers FILE".into())),
+    };
+    reporter.info(&format!("\nRestored backup {} onto release {}: the appliance is ready ({}).\n", rec.backup.as_deref().unwrap_or("?"), rec.to, rec.steps_line()));
+    Ok(())
+}
+
 fn run_install(host: &Host, args: InstallArgs) -> Result<(), Failure> {
+    if let Some(rec) = crate::upgrade::unfinished(host)? {
+        return Err(Failure::Failed(InstallError::Aborted(format!(
+            "the upgrade from {} to {} is unfinished: run `hangar-install upgrade` to finish it first",
+            rec.from, rec.to
+        ))));
+    }
     let opts = InstallOptions {
         trust_dirs: args.trust.clone(),
         health_timeout: Duration::from_secs(args.health_timeout),

@@ -73,6 +73,12 @@ pub enum InstallError {
     Replay { bundle: PathBuf, version: String, installed: String },
     #[error("install state {path}: {problem}")]
     State { path: PathBuf, problem: String },
+    #[error("refused by the pre-check \"{check}\": {problem}")]
+    Refused { check: String, problem: String },
+    #[error("the upgrade to {to} failed at {failure}; {after}")]
+    UpgradeFailed { to: String, failure: String, after: String },
+    #[error("backup {dir}: {problem}")]
+    Backup { dir: PathBuf, problem: String },
     #[error("no installation in {prefix}")]
     NotInstalled { prefix: PathBuf },
     #[error("interrupted during {step}; the host is consistent: run the installer again to finish")]

@@ -255,12 +255,12 @@ pub fn install(host: &Host, prompter: &mut dyn Prompter, reporter: &dyn Reporter
 
 /// The SHA-256 of a bundle's manifest, which names everything in it: what the
 /// release directory's marker records.
-fn manifest_digest(bundle: &Bundle) -> String {
+pub(crate) fn manifest_digest(bundle: &Bundle) -> String {
     hex::encode(ring::digest::digest(&ring::digest::SHA256, bundle.manifest_bytes()))
 }
 
 /// Where the digest of the bundle a release was unpacked from is kept.
-fn marker_path(l: &Layout, version: &str) -> PathBuf {
+pub(crate) fn marker_path(l: &Layout, version: &str) -> PathBuf {
     l.releases.join(format!(".{version}.manifest-sha256"))
 }
 
@@ -483,6 +483,16 @@ impl Provision<'_> {
         ensure_dir(&l.supervisor, 0o750, svc)?;
         ensure_dir(&l.drain, 0o700, svc)?;
         ensure_dir(&l.logs, 0o750, svc)?;
+        // Backups are made by root (upgrades) and by the service user (the
+        // scheduled ones); the lock keeps them from overlapping.
+        ensure_dir(&l.data.join("backups"), 0o700, svc)?;
+        ensure_dir(&l.data.join("upgrades"), 0o755, None)?;
+        // Uploaded bundles, staged by the server (the service user).
+        ensure_dir(&l.data.join("bundles"), 0o700, svc)?;
+        let lock = l.data.join("lifecycle.lock");
+        if !lock.exists() {
+            write_atomic(&lock, b"", 0o644, None)?;
+        }
         if self.answers.bundled_objects() {
             ensure_dir(&l.objects, 0o700, svc)?;
             ensure_dir(&l.objects.join("meta"), 0o700, svc)?;
@@ -602,6 +612,7 @@ impl Provision<'_> {
         hangar_config::Config::from_toml(&text, &self.layout.config).map_err(InstallError::Config)?;
         let changed = write_if_changed(&self.layout.config, text.as_bytes(), 0o644, None)?;
         self.config_changed |= changed;
+        self.config_changed |= self.answers.backups.save(&crate::installed::backup_settings_path(self.layout))?;
         Ok(format!("{}{}", self.layout.config.display(), if changed { "" } else { " (unchanged)" }))
     }
 

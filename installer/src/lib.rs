@@ -4,22 +4,27 @@
 //! [`report::Reporter`]s.
 
 pub mod answers;
+pub mod backup;
 pub mod cli;
 pub mod error;
 pub mod health;
 pub mod host;
 pub mod install;
+pub mod installed;
+pub mod lifecycle;
+pub mod pgtool;
 pub mod preflight;
 pub mod prompt;
 pub mod render;
 pub mod report;
 pub mod services;
-mod signals;
+pub(crate) mod signals;
 pub mod state;
 pub mod status;
 pub mod support;
 pub mod tls;
 pub mod uninstall;
+pub mod upgrade;
 
 pub use cli::{Cli, Failure, run};
 pub use error::InstallError;

@@ -101,6 +101,15 @@ impl Prompter for FilePrompter {
         })
     }
 
+    fn optional(&mut self, q: Question, default: &str, check: Check<'_>) -> Result<String, PromptError> {
+        let value = match self.table.get(q.key) {
+            None => default.to_string(),
+            Some(_) => self.text(q)?,
+        };
+        check(&value).map_err(|p| self.invalid(q, p))?;
+        Ok(value)
+    }
+
     fn say(&mut self, _text: &str) {}
 }
 

@@ -51,7 +51,8 @@ pub fn hangar_toml(answers: &Answers, l: &Layout, service_user: &str) -> String 
          # it). No secrets here: they live in the files under {secrets}.\n\n\
          [database]\nhost = \"127.0.0.1\"\nport = {db_port}\nname = {db}\nuser = {role}\npassword_file = {pw}\nca_file = {ca}\npool_size = 16\n\n\
          [server]\nlisten = {server_listen}\npublic_url = {public}\ncert_file = {scert}\nkey_file = {skey}\nca_file = {ca}\n\
-         ca_key_file = {cakey}\nbroker_url = {broker_url}\ntools_dir = {tools}\nprovider_mirror_dir = {providers}\n\n\
+         ca_key_file = {cakey}\nbroker_url = {broker_url}\ntools_dir = {tools}\nprovider_mirror_dir = {providers}\n\
+         bundles_dir = {bundles}\nbundle_trust_dir = {trust}\n\n\
          [drain]\ndata_dir = {drain}\n\n\
          [secrets]\nmaster_key_file = {mk}\n\n\
          [broker]\nlisten = {broker_listen}\ncert_file = {bcert}\nkey_file = {bkey}\nca_file = {ca}\n\n",
@@ -69,6 +70,8 @@ pub fn hangar_toml(answers: &Answers, l: &Layout, service_user: &str) -> String 
         broker_url = q(format!("mqtts://{}:{}", answers.hostname, answers.ports.broker)),
         tools = qp(&l.current.join("tools")),
         providers = qp(&l.current.join("tools/providers")),
+        bundles = qp(&l.data.join("bundles")),
+        trust = qp(&l.trust),
         drain = qp(&l.drain),
         mk = qp(&l.secret(MASTER_KEY)),
         broker_listen = listen(answers.ports.broker),
@@ -162,6 +165,17 @@ pub fn hangar_toml(answers: &Answers, l: &Layout, service_user: &str) -> String 
         ready = q(format!("https://{}/ready", answers.local_addr(answers.ports.server))),
         ca = qp(&ca),
     );
+    if answers.backups.schedule.is_some() {
+        // The schedule and retention are read from backup.toml.
+        s += &format!(
+            "\n[[supervisor.service]]\nname = \"backups\"\ncommand = {installer}\n\
+             args = [\"--prefix\", {prefix}, \"--service-user\", {user}, \"backup\", \"--scheduled\"]\n\
+             depends_on = [\"postgres\"]\n",
+            installer = qp(&l.bin("hangar-install")),
+            prefix = qp(&l.prefix),
+            user = q(service_user),
+        );
+    }
     s
 }
 

@@ -27,12 +27,25 @@ pub fn running(host: &Host, l: &Layout) -> bool {
     if host.systemd && unit_path(host).exists() {
         return Command::new("systemctl").args(["is-active", "--quiet", &host.unit_name()]).status().is_ok_and(|s| s.success());
     }
-    live_pid(&l.supervisor_pid_file(), NEEDLE).is_some()
+    supervisor_pid(l).is_some()
 }
 
-/// The supervisor's pid, when the installer started it.
+/// The supervisor's pid, when the installer started it. One whose pid file
+/// was never written (its starter was killed right after starting it) is
+/// found by its command line and recorded.
 pub fn supervisor_pid(l: &Layout) -> Option<i32> {
-    live_pid(&l.supervisor_pid_file(), NEEDLE)
+    if let Some(pid) = live_pid(&l.supervisor_pid_file(), NEEDLE) {
+        return Some(pid);
+    }
+    let config = l.config.to_string_lossy().into_owned();
+    let found = fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+        let pid: i32 = e.file_name().to_string_lossy().parse().ok()?;
+        let cmdline = fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+        let args: Vec<String> = cmdline.split(|b| *b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
+        (args.iter().any(|a| a == &config) && args.iter().any(|a| a == NEEDLE)).then_some(pid)
+    })?;
+    let _ = write_atomic(&l.supervisor_pid_file(), format!("{found}\n").as_bytes(), 0o644, None);
+    Some(found)
 }
 
 /// Starts the supervisor, or restarts it when its configuration changed.

@@ -8,7 +8,57 @@ use crate::error::InstallError;
 use crate::host::Host;
 use crate::install::current_release;
 use crate::state::InstallState;
+use crate::upgrade::record::{Outcome, Phase};
 use crate::{health, services};
+
+/// Upgrades in progress and past (the newest first), and the backups.
+fn lifecycle(host: &Host, out: &mut String) {
+    let Ok(Some(inst)) = crate::installed::Installation::find(host) else { return };
+    let records = crate::upgrade::history(&inst);
+    if let Some(r) = records.iter().rev().find(|r| r.outcome == Outcome::Running && r.kind == "upgrade") {
+        let at = r.steps.last().map(|s| format!("{}{}", if s.phase == Phase::Rollback { "rollback: " } else { "" }, s.name)).unwrap_or_default();
+        let _ = writeln!(out, "upgrade         UNFINISHED {} -> {} ({}), at {at}: run `hangar-install upgrade` to finish it", r.from, r.to, r.id);
+        if let Some(e) = &r.rollback_error {
+            let _ = writeln!(out, "                the rollback failed at {e}");
+        }
+    }
+    if !records.is_empty() {
+        let _ = writeln!(out, "history         (newest first)");
+        for r in records.iter().rev().take(HISTORY) {
+            let _ = writeln!(out, "  {}", r.summary());
+            if !r.steps.is_empty() {
+                let _ = writeln!(out, "      steps: {}", r.steps_line());
+            }
+            if let Some(e) = &r.error {
+                let _ = writeln!(out, "      failed at {e}");
+            }
+        }
+    }
+    let backups = crate::backup::list(&inst);
+    let settings = inst.backup_settings().unwrap_or_default();
+    let schedule = match &settings.schedule {
+        Some(s) => format!("scheduled {s:?} (UTC)"),
+        None => "no schedule".into(),
+    };
+    match backups.last() {
+        Some((dir, m)) => {
+            let _ = writeln!(
+                out,
+                "backups         {} kept (at most {}), {schedule}; newest {} ({})",
+                backups.len(),
+                settings.retention,
+                m.id,
+                dir.display()
+            );
+        }
+        None => {
+            let _ = writeln!(out, "backups         none yet (at most {} kept), {schedule}", settings.retention);
+        }
+    }
+}
+
+/// Records of upgrades and restores shown.
+const HISTORY: usize = 10;
 
 /// The report, and whether everything is ready.
 pub fn status(host: &Host) -> Result<(String, bool), InstallError> {
@@ -71,6 +121,7 @@ pub fn status(host: &Host) -> Result<(String, bool), InstallError> {
         };
         let _ = writeln!(out, "/ready          {line}");
     }
+    lifecycle(host, &mut out);
     let _ = writeln!(out, "overall         {}", if ready { "READY" } else { "NOT READY" });
     Ok((out, ready))
 }

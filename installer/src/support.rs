@@ -31,6 +31,15 @@ pub fn support_bundle(host: &Host, out: &Path) -> Result<Vec<String>, InstallErr
     add("etc/hangar.toml".into(), &l.config);
     add("etc/garage.toml".into(), &l.garage_config);
     add("etc/install-state.json".into(), &l.state_file);
+    add("etc/backup.toml".into(), &crate::installed::backup_settings_path(&l));
+    // The records of upgrades and restores (the newest ones).
+    if let Ok(entries) = fs::read_dir(l.data.join("upgrades")) {
+        let mut records: Vec<PathBuf> = entries.flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|x| x == "json")).collect();
+        records.sort();
+        for p in records.iter().rev().take(20) {
+            add(format!("upgrades/{}", p.file_name().unwrap_or_default().to_string_lossy()), p);
+        }
+    }
     add("postgres/hangar.conf".into(), &l.postgres.join("hangar.conf"));
     add("postgres/pg_hba.conf".into(), &l.postgres.join("pg_hba.conf"));
     add("pki/ca.crt".into(), &l.pki.join("ca.crt"));

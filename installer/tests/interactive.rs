@@ -68,8 +68,15 @@ fn the_prompts_on_a_terminal_install_the_appliance() {
     s.send(DOWN).unwrap();
     s.send("\x1b[A").unwrap();
     s.send(ENTER).unwrap();
+    // Backups: a cron expression that is not one is refused; the defaults kept.
+    step(&mut s, "Scheduled backups", "every night");
+    s.expect("is not a cron expression").unwrap();
+    s.send("\x7f".repeat(20)).unwrap();
+    s.send(ENTER).unwrap();
+    step(&mut s, "Backups to keep", "");
     s.expect("Summary").unwrap();
     s.expect(format!("server {}", p.server)).unwrap();
+    s.expect("0 3 * * *").unwrap();
     s.expect("Install with these settings").unwrap();
     s.send("y").unwrap();
 
@@ -83,4 +90,6 @@ fn the_prompts_on_a_terminal_install_the_appliance() {
     assert!(out.contains("READY") && !out.contains("NOT READY"), "{out}");
     let config = std::fs::read_to_string(site.path("etc/hangar/hangar.toml")).unwrap();
     assert!(config.contains(&format!("listen = \"127.0.0.1:{}\"", p.server)), "{config}");
+    let backups = std::fs::read_to_string(site.path("etc/hangar/backup.toml")).unwrap();
+    assert!(backups.contains("schedule = \"0 3 * * *\"") && backups.contains("retention = 7"), "{backups}");
 }

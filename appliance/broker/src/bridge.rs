@@ -4,11 +4,13 @@
 //! changes and pool resets). Run changes become notifications; worker changes
 //! end the connections they invalidate at once.
 //!
-//! Notifications are lossy by nature: after every (re)connect the bridge
-//! forgets cached admissions, re-checks every connected worker, and announces
-//! work again for each pool that has READY runs.
+//! Work is announced to as many workers as there are new READY runs, not to
+//! the whole pool (see `dispatch`). Notifications are lossy by nature: after
+//! every (re)connect the bridge forgets cached admissions, re-checks every
+//! connected worker, and announces every READY run again; runs that stay READY
+//! for a while are announced again to other workers.
 
-use std::collections::HashSet;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -29,8 +31,15 @@ use crate::wire::Notification;
 /// The channel the `worker_credentials` migration's triggers notify on.
 pub const WORKERS_CHANNEL: &str = "hangar_workers";
 
-/// A safety net under the triggers: connected workers are re-checked this often.
-const REVALIDATE_EVERY: Duration = Duration::from_secs(10);
+/// How often the bridge looks for runs left READY (and, every few ticks,
+/// re-checks connected workers).
+const TICK: Duration = Duration::from_secs(2);
+/// A safety net under the triggers: connected workers are re-checked every
+/// this many ticks (10 s).
+const REVALIDATE_TICKS: u32 = 5;
+/// A run still READY this long after it was made so is announced again: the
+/// worker told of it may have died before claiming.
+const ANNOUNCE_AGAIN_AFTER_SECS: i32 = 2;
 /// Notifications handled together at most, so a flood cannot starve the re-checks.
 const MAX_BATCH: usize = 4096;
 
@@ -69,35 +78,54 @@ struct WorkerChange {
 pub(crate) async fn run(shared: Arc<Shared>, db: Database, stop: CancellationToken) {
     let mut opts = ListenOptions::new("broker bridge", &[RUNS_CHANNEL, WORKERS_CHANNEL]);
     opts.max_batch = MAX_BATCH;
-    opts.tick = Some(REVALIDATE_EVERY);
-    listen(&db, &opts, &mut Bridge(shared), &stop).await;
+    opts.tick = Some(TICK);
+    listen(&db, &opts, &mut Bridge { shared, ticks: 0 }, &stop).await;
 }
 
-struct Bridge(Arc<Shared>);
+struct Bridge {
+    shared: Arc<Shared>,
+    ticks: u32,
+}
 
 impl Listener for Bridge {
     async fn connected(&mut self) -> Result<(), DbError> {
-        catch_up(&self.0).await?;
-        self.0.bridge_up.store(true, Ordering::Relaxed);
+        catch_up(&self.shared).await?;
+        self.shared.bridge_up.store(true, Ordering::Relaxed);
         Ok(())
     }
 
-    /// One commit that makes many runs READY asks for one announcement per
-    /// pool, not one per run to every worker.
+    /// The runs made READY in a batch are announced together, per pool, to
+    /// as many workers as there are runs.
     async fn notified(&mut self, batch: Vec<Notice>) {
-        let mut announced = HashSet::new();
+        let mut ready = BTreeMap::new();
         for n in &batch {
-            handle(&self.0, &n.channel, &n.payload, &mut announced).await;
+            handle(&self.shared, &n.channel, &n.payload, &mut ready).await;
+        }
+        for (pool, runs) in ready {
+            announce(&self.shared, pool, runs).await;
         }
     }
 
     fn disconnected(&mut self) {
-        self.0.bridge_up.store(false, Ordering::Relaxed);
+        self.shared.bridge_up.store(false, Ordering::Relaxed);
     }
 
     async fn tick(&mut self) {
-        if let Err(e) = revalidate(&self.0, &self.0.registry.workers()).await {
-            warn!(error = %hangar_types::error_chain(&e), "cannot re-check connected workers");
+        self.ticks = self.ticks.wrapping_add(1);
+        match waiting_runs(&self.shared, Some(ANNOUNCE_AGAIN_AFTER_SECS)).await {
+            Ok(pools) => {
+                for (pool, runs) in pools {
+                    announce(&self.shared, pool, runs).await;
+                }
+            }
+            Err(e) => warn!(error = %hangar_types::error_chain(&e), "cannot look for runs left READY"),
+        }
+        if self.ticks.is_multiple_of(REVALIDATE_TICKS) {
+            let connected = self.shared.registry.workers();
+            self.shared.turns.keep_only(&connected);
+            if let Err(e) = revalidate(&self.shared, &connected).await {
+                warn!(error = %hangar_types::error_chain(&e), "cannot re-check connected workers");
+            }
         }
     }
 }
@@ -105,35 +133,71 @@ impl Listener for Bridge {
 /// What was missed while not listening.
 async fn catch_up(shared: &Shared) -> Result<(), DbError> {
     shared.auth.forget_all();
+    // Announcements made before the break may have been lost with it.
+    shared.turns.forget_all();
     revalidate(shared, &shared.registry.workers()).await?;
-    #[derive(diesel::QueryableByName)]
-    struct Pool {
-        #[diesel(sql_type = BigInt)]
-        pool: i64,
-    }
-    let pools: Vec<Pool> = {
-        let mut conn = shared.db.get().await?;
-        diesel::sql_query(
-            "SELECT DISTINCT s.worker_pool_id AS pool FROM runs r JOIN stacks s ON s.id = r.stack_id \
-             WHERE r.state = 'READY' AND s.worker_pool_id IS NOT NULL",
-        )
-        .load(&mut conn)
-        .await?
-    };
-    for Pool { pool } in pools {
-        deliver(shared, Target::Pool(pool), Notification::WorkAvailable { pool }).await;
+    for (pool, runs) in waiting_runs(shared, None).await? {
+        announce(shared, pool, runs).await;
     }
     Ok(())
 }
 
-/// Handles one notification; `announced` holds the pools already told of work
-/// in this batch, which need not hear it again.
-async fn handle(shared: &Shared, channel: &str, payload: &str, announced: &mut HashSet<i64>) {
+/// READY runs per pool; with `older_than`, only those READY for at least
+/// that many seconds.
+async fn waiting_runs(shared: &Shared, older_than: Option<i32>) -> Result<Vec<(i64, usize)>, DbError> {
+    #[derive(diesel::QueryableByName)]
+    struct Waiting {
+        #[diesel(sql_type = BigInt)]
+        pool: i64,
+        #[diesel(sql_type = BigInt)]
+        runs: i64,
+    }
+    let mut conn = shared.db.get().await?;
+    let rows: Vec<Waiting> = diesel::sql_query(
+        "SELECT s.worker_pool_id AS pool, count(*) AS runs FROM runs r JOIN stacks s ON s.id = r.stack_id \
+         WHERE r.state = 'READY' AND s.worker_pool_id IS NOT NULL \
+         AND ($1::int IS NULL OR r.updated_at < now() - make_interval(secs => $1::int)) \
+         GROUP BY s.worker_pool_id",
+    )
+    .bind::<diesel::sql_types::Nullable<diesel::sql_types::Integer>, _>(older_than)
+    .load(&mut conn)
+    .await?;
+    Ok(rows.into_iter().map(|w| (w.pool, usize::try_from(w.runs).unwrap_or(usize::MAX))).collect())
+}
+
+/// Tells up to `runs` available workers of `pool` connected here, each on its
+/// own topic. When the database cannot say who is available, every connected
+/// worker of the pool is told: more claims, but no run left waiting.
+async fn announce(shared: &Shared, pool: i64, runs: usize) {
+    let connected = shared.registry.workers_of_pool(pool);
+    if connected.is_empty() || runs == 0 {
+        return;
+    }
+    let candidates = match crate::dispatch::available(&shared.db, &connected).await {
+        Ok(available) => available,
+        Err(e) => {
+            warn!(pool, error = %hangar_types::error_chain(&e), "cannot tell which workers are idle; telling every one");
+            connected
+        }
+    };
+    let chosen = shared.turns.choose(&candidates, runs, std::time::Instant::now());
+    if chosen.is_empty() {
+        return debug!(pool, runs, candidates = candidates.len(), "work waits: no worker connected here is available");
+    }
+    let n = Notification::WorkAvailable { pool };
+    match shared.publish_to_workers(&chosen, &n).await {
+        Ok(()) => debug!(pool, runs, told = chosen.len(), candidates = candidates.len(), "work announced"),
+        Err(e) => warn!(pool, error = %e, "cannot announce work"),
+    }
+}
+
+/// Handles one notification. READY runs are counted per pool in `ready`, to be
+/// announced once the whole batch is read.
+async fn handle(shared: &Shared, channel: &str, payload: &str, ready: &mut BTreeMap<i64, usize>) {
     if channel == RUNS_CHANNEL {
         match serde_json::from_str::<RunChange>(payload) {
             Ok(change) => match notification_for(&change) {
-                // A worker told once claims until nothing is left.
-                Some((Target::Pool(pool), Notification::WorkAvailable { .. })) if !announced.insert(pool) => {}
+                Some((Target::Pool(pool), Notification::WorkAvailable { .. })) => *ready.entry(pool).or_default() += 1,
                 Some((target, n)) => deliver(shared, target, n).await,
                 None => {}
             },

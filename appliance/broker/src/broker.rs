@@ -41,6 +41,8 @@ pub(crate) struct Shared {
     pub slots: Arc<Semaphore>,
     pub listening: AtomicBool,
     pub bridge_up: AtomicBool,
+    /// Who was told of work when, so announcements take turns.
+    pub turns: crate::dispatch::Turns,
 }
 
 impl Shared {
@@ -50,6 +52,12 @@ impl Shared {
         }
         self.engine.publish(vec![wire::worker_topic(worker)], Bytes::from(wire::to_json(n))).await?;
         Ok(1)
+    }
+
+    /// Sends `n` to each of `workers` that is connected, each on its own topic.
+    pub(crate) async fn publish_to_workers(&self, workers: &[i64], n: &Notification) -> Result<(), BrokerError> {
+        let topics = workers.iter().filter(|w| self.registry.is_online(**w)).map(|w| wire::worker_topic(*w)).collect();
+        self.engine.publish(topics, Bytes::from(wire::to_json(n))).await
     }
 
     pub(crate) async fn publish_to_pool(&self, pool: i64, n: &Notification) -> Result<usize, BrokerError> {
@@ -88,6 +96,7 @@ impl Broker {
             engine,
             listening: AtomicBool::new(true),
             bridge_up: AtomicBool::new(false),
+            turns: Default::default(),
         });
         tasks.spawn(accept_loop(shared.clone(), listener, stop.clone(), tasks.clone()));
         tasks.spawn(bridge::run(shared.clone(), db, stop.clone()));

@@ -11,6 +11,7 @@
 mod auth;
 mod bridge;
 mod broker;
+mod dispatch;
 mod engine;
 mod error;
 mod registry;

@@ -2,7 +2,7 @@
 //! fan-out goes to these (an offline worker learns about work when it next
 //! polls), and revalidation disconnects those whose admission lapsed.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -11,10 +11,20 @@ use tracing::warn;
 
 use crate::auth::{Admitted, WorkerRecord};
 
+/// Lookups by worker are constant-time and a pool's members are found in one
+/// pass: with thousands of workers, every announcement and re-check asks.
 #[derive(Debug, Default)]
 pub(crate) struct Registry {
-    sessions: Mutex<HashMap<u64, Entry>>,
+    inner: Mutex<Inner>,
     next: AtomicU64,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    sessions: HashMap<u64, Entry>,
+    /// Connected workers: their pool and how many connections each has
+    /// (a reconnect may briefly overlap the connection it replaces).
+    online: HashMap<i64, (i64, usize)>,
 }
 
 #[derive(Debug)]
@@ -27,43 +37,57 @@ impl Registry {
     /// Records a connection; `kick` ends it. Returns its key.
     pub(crate) fn insert(&self, admitted: Admitted, kick: CancellationToken) -> u64 {
         let key = self.next.fetch_add(1, Ordering::Relaxed);
-        self.lock().insert(key, Entry { admitted, kick });
+        let mut inner = self.lock();
+        let (worker, pool) = (admitted.worker, admitted.pool);
+        inner.sessions.insert(key, Entry { admitted, kick });
+        let slot = inner.online.entry(worker).or_insert((pool, 0));
+        *slot = (pool, slot.1 + 1);
         key
     }
 
     pub(crate) fn remove(&self, key: u64) {
-        self.lock().remove(&key);
+        let mut inner = self.lock();
+        if let Some(e) = inner.sessions.remove(&key)
+            && let Some(slot) = inner.online.get_mut(&e.admitted.worker)
+        {
+            slot.1 -= 1;
+            if slot.1 == 0 {
+                inner.online.remove(&e.admitted.worker);
+            }
+        }
     }
 
     pub(crate) fn len(&self) -> usize {
-        self.lock().len()
+        self.lock().sessions.len()
     }
 
-    /// Distinct connected workers of `pool`.
+    /// Distinct connected workers of `pool`, in ascending order.
     pub(crate) fn workers_of_pool(&self, pool: i64) -> Vec<i64> {
-        let set: BTreeSet<i64> =
-            self.lock().values().filter(|e| e.admitted.pool == pool).map(|e| e.admitted.worker).collect();
-        set.into_iter().collect()
+        let mut v: Vec<i64> = self.lock().online.iter().filter(|(_, (p, _))| *p == pool).map(|(w, _)| *w).collect();
+        v.sort_unstable();
+        v
     }
 
     pub(crate) fn is_online(&self, worker: i64) -> bool {
-        self.lock().values().any(|e| e.admitted.worker == worker)
+        self.lock().online.contains_key(&worker)
     }
 
-    /// Distinct connected workers.
+    /// Distinct connected workers, in ascending order.
     pub(crate) fn workers(&self) -> Vec<i64> {
-        let set: BTreeSet<i64> = self.lock().values().map(|e| e.admitted.worker).collect();
-        set.into_iter().collect()
+        let mut v: Vec<i64> = self.lock().online.keys().copied().collect();
+        v.sort_unstable();
+        v
     }
 
     /// Ends every connection of `workers` whose admission `records` (the
     /// current rows of those workers) no longer supports. Returns how many.
     pub(crate) fn revalidate(&self, workers: &[i64], records: &[WorkerRecord]) -> usize {
         let by_id: HashMap<i64, &WorkerRecord> = records.iter().map(|r| (r.id, r)).collect();
+        let asked: HashSet<i64> = workers.iter().copied().collect();
         let mut kicked = 0;
-        for entry in self.lock().values() {
+        for entry in self.lock().sessions.values() {
             let worker = entry.admitted.worker;
-            if !workers.contains(&worker) {
+            if !asked.contains(&worker) {
                 continue;
             }
             if let Some(why) = entry.admitted.revoked_by(by_id.get(&worker).copied())
@@ -77,8 +101,8 @@ impl Registry {
         kicked
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Entry>> {
-        self.sessions.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 

@@ -193,12 +193,13 @@ async fn hangar_server_runs_the_broker_reports_it_and_stops_it() {
     cmd.args(&args);
     let sub = ChildProcess::spawn(cmd, "mosquitto_sub", app.dir.path());
 
-    // A run of pool A becomes READY in PostgreSQL: the server's bridge tells
-    // pool A's workers, over both clients, and nobody in pool B.
+    // Runs of pool A become READY in PostgreSQL: the server's bridge tells one
+    // of pool A's workers per run, on its own topic, taking turns (so both
+    // clients hear of one), and nobody in pool B.
     let stack = seed.create_stack("net", pool_a).await;
     let mut conn = db.get().await.unwrap();
     let work = Notification::WorkAvailable { pool: pool_a };
-    let line = format!("/tenants/{}/pool {}", a2.name(), hangar_broker::wire::to_json(&work));
+    let line = format!("/tenants/{}/worker {}", a2.name(), hangar_broker::wire::to_json(&work));
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     while !sub.output().contains(&line) {
         assert!(std::time::Instant::now() < deadline, "mosquitto_sub never heard of the READY run: {}", sub.output_tail());
@@ -216,7 +217,7 @@ async fn hangar_server_runs_the_broker_reports_it_and_stops_it() {
         runs::schedule_stack(&mut conn, stack, "drain").await.unwrap();
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    c_a1.wait_for(&a1.pool_topic(), &work).await;
+    c_a1.wait_for(&a1.worker_topic(), &work).await;
     assert!(c_b1.received().is_empty(), "pool B heard of pool A: {:?}", c_b1.received());
 
     // A hostile client does not disturb the server either.

@@ -38,6 +38,17 @@ pub struct ServerConfig {
     /// served to runs as a provider network mirror.
     #[serde(default)]
     pub provider_mirror_dir: Option<PathBuf>,
+    /// The staging area of uploaded bundles (`/var/lib/hangar/bundles`),
+    /// writable by the service user. Without it, uploads are refused.
+    #[serde(default)]
+    pub bundles_dir: Option<PathBuf>,
+    /// Signing keys (`*.pub`) that uploaded bundles may be signed with,
+    /// besides the keys built into the release.
+    #[serde(default)]
+    pub bundle_trust_dir: Option<PathBuf>,
+    /// Largest bundle an upload may declare, in bytes.
+    #[serde(default = "default_max_bundle")]
+    pub max_bundle_bytes: u64,
     /// How long a worker's hold on a run lasts without a heartbeat.
     #[serde(default = "default_lease_secs")]
     pub worker_lease_secs: u64,
@@ -80,6 +91,9 @@ fn default_listen() -> SocketAddr {
 }
 fn default_max_body() -> u64 {
     1024 * 1024
+}
+fn default_max_bundle() -> u64 {
+    16 * 1024 * 1024 * 1024
 }
 fn default_max_state() -> u64 {
     64 * 1024 * 1024
@@ -140,6 +154,8 @@ impl ServerConfig {
             ("server.ca_key_file", &self.ca_key_file),
             ("server.tools_dir", &self.tools_dir),
             ("server.provider_mirror_dir", &self.provider_mirror_dir),
+            ("server.bundles_dir", &self.bundles_dir),
+            ("server.bundle_trust_dir", &self.bundle_trust_dir),
         ] {
             if path.as_ref().is_some_and(|p| !p.is_absolute()) {
                 return Err(invalid(field, "must be an absolute path"));
@@ -159,6 +175,9 @@ impl ServerConfig {
         }
         if !(1024..=64 * 1024 * 1024).contains(&self.max_body_bytes) {
             return Err(invalid("server.max_body_bytes", "must be between 1 KiB and 64 MiB"));
+        }
+        if !(1024 * 1024..=1024 * 1024 * 1024 * 1024).contains(&self.max_bundle_bytes) {
+            return Err(invalid("server.max_bundle_bytes", "must be between 1 MiB and 1 TiB"));
         }
         if !(1024..=1024 * 1024 * 1024).contains(&self.max_state_bytes) {
             return Err(invalid("server.max_state_bytes", "must be between 1 KiB and 1 GiB"));
@@ -267,6 +286,7 @@ mod tests {
         cfg.validate().unwrap();
         assert_eq!(cfg.ca_key_path(), PathBuf::from("/etc/hangar/pki/ca.key"));
         assert!(cfg.tools_dir.is_some() && cfg.provider_mirror_dir.is_some());
+        assert!(cfg.bundles_dir.is_some() && cfg.bundle_trust_dir.is_some());
         assert_eq!(cfg.worker_broker_url(), "mqtts://hangar.example.internal:1984");
     }
 }

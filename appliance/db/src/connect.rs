@@ -199,3 +199,16 @@ impl Database {
             })
     }
 }
+
+/// A connection from `pool`, queueing up to `wait` for one to be free (the
+/// pool's own wait is 10 s). For callers that would rather queue than fail: a
+/// fleet's claims and heartbeats arriving together wait their turn instead of
+/// being answered 503 and asking again.
+pub async fn connection_within(
+    pool: &DbPool,
+    wait: Duration,
+) -> Result<PooledConn, diesel_async::pooled_connection::deadpool::PoolError> {
+    let mut timeouts = pool.timeouts();
+    timeouts.wait = Some(wait);
+    pool.timeout_get(&timeouts).await
+}

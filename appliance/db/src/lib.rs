@@ -11,6 +11,6 @@ pub mod queue;
 pub mod runs;
 pub mod schema;
 
-pub use connect::{Database, DbConfig, DbPool, Password, PooledConn};
+pub use connect::{Database, DbConfig, DbPool, Password, PooledConn, connection_within};
 pub use diesel_async::AsyncPgConnection;
 pub use error::DbError;

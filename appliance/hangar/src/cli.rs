@@ -42,6 +42,8 @@ pub enum Command {
     Server,
     /// Administration: create users (the installer's first admin), rotate the master key.
     Admin(crate::admin_cmd::AdminArgs),
+    /// Bundles on an appliance, from any machine: upload (resumable), list, remove.
+    Bundle(hangar_client::cli::BundleArgs),
 }
 
 /// Runs the parsed command.
@@ -52,6 +54,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Migrate { status } => crate::migrate_cmd::run(&load()?, status).await,
         Command::Server => crate::server_cmd::run(&load()?, &cli.config).await,
         Command::Admin(args) => crate::admin_cmd::run(&load()?, args).await,
+        Command::Bundle(args) => Ok(hangar_client::cli::bundle(args).await?),
         Command::Drain => crate::background_cmd::drain(&load()?).await,
         Command::Scheduler => crate::background_cmd::scheduler(&load()?).await,
         Command::Supervise(args) => {

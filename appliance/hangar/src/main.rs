@@ -16,6 +16,12 @@ fn main() -> std::process::ExitCode {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("hangar: error: {}", hangar_types::error_chain(e.as_ref()));
+            // A client command missing where or how to connect is a usage mistake.
+            if e.downcast_ref::<hangar_client::ClientError>()
+                .is_some_and(hangar_client::ClientError::is_usage)
+            {
+                return std::process::ExitCode::from(2);
+            }
             std::process::ExitCode::FAILURE
         }
     }

@@ -16,6 +16,8 @@
 //!    time (each waits until every claim it set off is answered), then a burst
 //!    of READY runs at once; dispatch latency is from the commit that made a run
 //!    READY to the claim that took it. Every run must be claimed exactly once.
+//!    The notifications and claim requests each phase set off are counted: the
+//!    broker tells one idle worker per READY run, not the pool.
 //!    The server's memory is its VmRSS, sampled every 100 ms.
 //!
 //! `cargo bench -p hangar-server --bench workers -- [--quick] [--workers N]
@@ -427,7 +429,7 @@ fn main() {
         let hb_start = (log.heartbeats.load(Ordering::Relaxed), Instant::now());
         let (sent_before, notified_before) = (log.sent.load(Ordering::Relaxed), log.notifications.load(Ordering::Relaxed));
 
-        // One READY run at a time: every idle worker hears of it and asks.
+        // One READY run at a time: one idle worker hears of it and asks.
         let mut trickle = Vec::with_capacity(n_trickle);
         for _ in 0..n_trickle {
             let id = new_run(&mut c, crowd).await;
@@ -441,6 +443,8 @@ fn main() {
         let trickle_notes = log.notifications.load(Ordering::Relaxed) - notified_before;
 
         // A burst: many runs READY in one commit.
+        let (burst_sent_before, burst_notified_before) =
+            (log.sent.load(Ordering::Relaxed), log.notifications.load(Ordering::Relaxed));
         let mut ids = Vec::with_capacity(n_burst);
         for _ in 0..n_burst {
             ids.push(new_run(&mut c, crowd).await);
@@ -454,6 +458,8 @@ fn main() {
         }
         let burst_secs = burst.iter().max().unwrap().as_secs_f64();
         quiet(&log).await;
+        let burst_requests = log.sent.load(Ordering::Relaxed) - burst_sent_before;
+        let burst_notes = log.notifications.load(Ordering::Relaxed) - burst_notified_before;
         let hb_rate = (log.heartbeats.load(Ordering::Relaxed) - hb_start.0) as f64 / hb_start.1.elapsed().as_secs_f64();
         drop(c);
 
@@ -472,6 +478,7 @@ fn main() {
         println!(
             "one READY run at a time: {trickle_notes} notifications and {trickle_requests} claim requests for {n_trickle} runs"
         );
+        println!("burst: {burst_notes} notifications and {burst_requests} claim requests for {n_burst} runs");
         println!("| simulated workers | READY runs | dispatch | p50 | p99 | max | server RSS before → connected → peak | each run claimed once |");
         println!("|---|---|---|---|---|---|---|---|");
         let rss = format!(

@@ -22,6 +22,14 @@ pub enum ServerError {
         #[source]
         source: std::io::Error,
     },
+    #[error("cannot create the bundle staging area {path}")]
+    Staging {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the bundle signing keys of [server] bundle_trust_dir")]
+    BundleTrust(#[source] hangar_bundle::KeyError),
     #[error("database")]
     Db(#[source] Box<hangar_db::DbError>),
     #[error("database query")]

@@ -10,6 +10,7 @@
 
 pub mod admin;
 mod api;
+mod bundles;
 mod console;
 mod error;
 pub mod git;
@@ -87,6 +88,8 @@ pub(crate) struct App {
     pub(crate) max_state_bytes: u64,
     /// Evaluates policies under their limits (shared by every request).
     pub(crate) policies: hangar_policy::Evaluator,
+    /// The staging area of uploaded bundles, when uploads are configured.
+    pub(crate) bundles: Option<bundles::Staging>,
     /// Room for webhook bodies being read, in KiB (`webhooks::Budget`).
     pub(crate) webhook_budget: webhooks::Budget,
 }
@@ -113,6 +116,7 @@ impl Server {
         let db = database.pool(None)?;
         let tls = tls_config(&config)?;
         let workers = workers::WorkerSettings::new(&config)?;
+        let staging = bundles::Staging::new(&config)?;
         let secrets = hangar_store::secrets::SecretBox::new(master_key);
         check_database(&db, &secrets).await?;
 
@@ -140,6 +144,7 @@ impl Server {
             workers,
             max_state_bytes: config.max_state_bytes,
             policies: hangar_policy::Evaluator::new(hangar_policy::Limits::default()),
+            bundles: staging,
             webhook_budget: webhooks::Budget::new(config.webhook_bytes_in_flight),
         });
         let limits = graphql::QueryLimits { max_depth: config.max_query_depth, max_complexity: config.max_query_complexity };

@@ -8,6 +8,7 @@
 //! | Terraform's HTTP state backend under `/state/v1/{stack}`, and `GET /api/v1/stacks/{stack}/state/versions/{id}` | [`crate::state`] |
 //! | the worker API (`/api/v1/workers/join`, `/api/v1/worker/…`), tool downloads (`/v1/tools/…`) and the provider mirror (`/v1/providers/…`) | [`crate::workers`] |
 //! | `POST /webhooks/{kind}/{integration}` | [`crate::webhooks`] |
+//! | bundle uploads and the staged bundles under `/api/v1/bundles` | [`crate::bundles`] |
 //! | the web console: `/`, its pages and `/assets/…` | `hangar_console`, with [`crate::console`] |
 //!
 //! Anything else is answered 404 (405 for a known path with another method)
@@ -56,6 +57,8 @@ pub(crate) fn routes(
         .or(crate::workers::routes(app.clone()))
         .unify()
         .or(crate::graphql::route(app.clone(), schema, admission, max_body))
+        .unify()
+        .or(crate::bundles::routes(app.clone()))
         .unify()
         .or(crate::webhooks::route(app))
         .unify()

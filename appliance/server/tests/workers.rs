@@ -476,7 +476,13 @@ async fn a_claim_hands_over_everything_the_run_needs() {
     assert_eq!(row.state(), RunState::Preparing);
     assert_eq!(row.worker_id, Some(w.id));
     assert!(row.lease_expires_at.is_some());
+    // The broker tells only workers not marked busy of new work: a claim that
+    // hands over a run marks its worker busy, one that finds nothing idle.
+    let busy = |id: i64| format!("SELECT count(*) AS n FROM workers WHERE id = {id} AND status = 'busy'");
+    assert_eq!(env.count(&busy(w.id)).await, 1, "the claimer is busy");
+    assert_eq!(env.count(&busy(other.id)).await, 0, "the worker that got nothing is not");
     assert!(w.claim().await.is_none(), "nothing else is READY");
+    assert_eq!(env.count(&format!("SELECT count(*) AS n FROM workers WHERE id = {} AND status = 'idle'", w.id)).await, 1);
 
     // A stack whose tool is not on the appliance: its run fails with the reason.
     env.app

@@ -39,14 +39,24 @@ pub struct Built {
 }
 
 pub fn bundle() -> Built {
+    bundle_of(None)
+}
+
+/// As [`bundle`], built as `version` (`bundles/build-appliance.sh --version`)
+/// instead of the workspace's: a release the test bundle upgrades to.
+pub fn bundle_of(version: Option<&str>) -> Built {
     use nix::fcntl::{Flock, FlockArg};
     installer();
     let dir = profile_dir().join("hangar-install-tests");
     fs::create_dir_all(&dir).unwrap();
     fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).unwrap();
-    let built = Built { bundle: dir.join("appliance.bundle"), trust: dir.join("trust") };
+    let name = match version {
+        Some(v) => format!("appliance-{v}.bundle"),
+        None => "appliance.bundle".to_string(),
+    };
+    let built = Built { bundle: dir.join(&name), trust: dir.join("trust") };
     let run_id = std::env::var("NEXTEST_RUN_ID").unwrap_or_else(|_| format!("pid{}", std::process::id()));
-    let stamp = dir.join(format!(".built-{run_id}"));
+    let stamp = dir.join(format!(".built-{name}-{run_id}"));
     let lock = File::create(dir.join(".lock")).unwrap();
     let _lock = Flock::lock(lock, FlockArg::LockExclusive).map_err(|(_, e)| e).unwrap();
     if stamp.exists() {
@@ -56,27 +66,29 @@ pub fn bundle() -> Built {
     if !key.with_extension("key").exists() {
         check("keygen", Command::new(profile_dir().join("hangar-bundle")).arg("keygen").arg("--out").arg(&key).output().unwrap());
     }
-    let _ = fs::remove_dir_all(&built.trust);
-    fs::create_dir(&built.trust).unwrap();
-    fs::set_permissions(&built.trust, fs::Permissions::from_mode(0o755)).unwrap();
-    fs::copy(key.with_extension("pub"), built.trust.join("dev.pub")).unwrap();
-    fs::set_permissions(built.trust.join("dev.pub"), fs::Permissions::from_mode(0o644)).unwrap();
+    if !built.trust.join("dev.pub").exists() {
+        let _ = fs::remove_dir_all(&built.trust);
+        fs::create_dir(&built.trust).unwrap();
+        fs::set_permissions(&built.trust, fs::Permissions::from_mode(0o755)).unwrap();
+        fs::copy(key.with_extension("pub"), built.trust.join("dev.pub")).unwrap();
+        fs::set_permissions(built.trust.join("dev.pub"), fs::Permissions::from_mode(0o644)).unwrap();
+    }
     let _ = fs::remove_file(&built.bundle);
-    check(
-        "build-appliance.sh",
-        Command::new(repo().join("bundles/build-appliance.sh"))
-            .arg("--bin-dir")
-            .arg(profile_dir())
-            .arg("--key")
-            .arg(key.with_extension("key"))
-            .arg("--out")
-            .arg(&built.bundle)
-            .args(["--offline", "--compression-level", "1"])
-            .output()
-            .unwrap(),
-    );
+    let mut cmd = Command::new(repo().join("bundles/build-appliance.sh"));
+    cmd.arg("--bin-dir")
+        .arg(profile_dir())
+        .arg("--key")
+        .arg(key.with_extension("key"))
+        .arg("--out")
+        .arg(&built.bundle)
+        .args(["--offline", "--compression-level", "1"]);
+    if let Some(v) = version {
+        cmd.args(["--version", v]);
+    }
+    check("build-appliance.sh", cmd.output().unwrap());
     for e in fs::read_dir(&dir).unwrap().flatten() {
-        if e.file_name().to_string_lossy().starts_with(".built-") {
+        let n = e.file_name().to_string_lossy().into_owned();
+        if n.starts_with(&format!(".built-{name}-")) {
             let _ = fs::remove_file(e.path());
         }
     }
@@ -345,4 +357,113 @@ pub fn client(ca: &Path) -> reqwest::Client {
     let roots = hangar_certs::tls::roots_from_pem(&fs::read(ca).unwrap()).unwrap();
     let cfg = hangar_certs::tls::client_config(roots, None).unwrap();
     reqwest::Client::builder().use_preconfigured_tls(cfg).timeout(Duration::from_secs(20)).build().unwrap()
+}
+
+/// Rewrites a release tree's `share/hangar/release.toml` (a variant bundle's
+/// description must name its own version).
+pub fn set_release_info(tree: &Path, version: &str, min_upgrade_from: &str) {
+    let path = tree.join("share/hangar/release.toml");
+    fs::write(&path, format!("format = 1\nversion = \"{version}\"\nmin_upgrade_from = \"{min_upgrade_from}\"\n")).unwrap();
+}
+
+/// `hangar-install --prefix <prefix> upgrade --bundle FILE --trust <trust> ARGS`.
+pub fn upgrade(site: &Site, bundle: &Path, args: &[&str]) -> Output {
+    let mut cmd = site.command(&["upgrade", "--bundle"]);
+    cmd.arg(bundle).arg("--trust").arg(&site.trust).args(args);
+    cmd.output().unwrap()
+}
+
+/// Standard output and error of a command, for assertion messages.
+pub fn both(out: &Output) -> String {
+    format!("{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+}
+
+/// The appliance's GraphQL API, logged in as the administrator.
+pub struct Api {
+    pub http: reqwest::Client,
+    pub base: String,
+    pub token: String,
+}
+
+impl Api {
+    pub async fn login(site: &Site) -> Api {
+        let http = client(&site.ca());
+        let base = format!("https://localhost:{}", site.ports.server);
+        let r: serde_json::Value = http
+            .post(format!("{base}/graphql"))
+            .json(&serde_json::json!({
+                "query": "mutation($e: String!, $p: String!) { login(email: $e, password: $p) { token } }",
+                "variables": { "e": ADMIN_EMAIL, "p": ADMIN_PASSWORD },
+            }))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let token = r["data"]["login"]["token"].as_str().unwrap_or_else(|| panic!("login: {r}")).to_string();
+        Api { http, base, token }
+    }
+
+    /// The whole answer to `query`.
+    pub async fn gql(&self, query: &str, variables: serde_json::Value) -> serde_json::Value {
+        self.http
+            .post(format!("{}/graphql", self.base))
+            .bearer_auth(&self.token)
+            .json(&serde_json::json!({ "query": query, "variables": variables }))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    /// The data of `query`, which must not fail.
+    pub async fn ok(&self, query: &str, variables: serde_json::Value) -> serde_json::Value {
+        let r = self.gql(query, variables).await;
+        assert!(r.get("errors").is_none(), "{query}: {r}");
+        r["data"].clone()
+    }
+}
+
+/// The installation's PostgreSQL, through the installer's own tools.
+pub fn cluster(site: &Site) -> hangar_install::pgtool::Cluster {
+    let host = hangar_install::host::Host::detect(&site.prefix, "hangar", true);
+    let inst = hangar_install::installed::Installation::load(&host).unwrap();
+    inst.cluster().unwrap()
+}
+
+/// The installation's state file.
+pub fn state(site: &Site) -> serde_json::Value {
+    serde_json::from_str(&fs::read_to_string(site.path("etc/hangar/install-state.json")).unwrap()).unwrap()
+}
+
+/// The release `current` points to.
+pub fn current(site: &Site) -> String {
+    fs::read_link(site.path("opt/hangar/current")).unwrap().file_name().unwrap().to_string_lossy().into_owned()
+}
+
+/// The upgrade records, oldest first.
+pub fn records(site: &Site) -> Vec<serde_json::Value> {
+    let mut out: Vec<serde_json::Value> = fs::read_dir(site.path("var/lib/hangar/upgrades"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".json"))
+        .map(|e| serde_json::from_str(&fs::read_to_string(e.path()).unwrap()).unwrap())
+        .collect();
+    out.sort_by_key(|r: &serde_json::Value| (r["started_at"].as_str().unwrap_or_default().to_string(), r["id"].as_str().unwrap_or_default().to_string()));
+    out
+}
+
+/// `hangar ctl ARGS` of the installation.
+pub fn ctl(site: &Site, args: &[&str]) -> Output {
+    Command::new(site.path("opt/hangar/current/bin/hangar"))
+        .arg("--config")
+        .arg(site.path("etc/hangar/hangar.toml"))
+        .arg("ctl")
+        .args(args)
+        .output()
+        .unwrap()
 }

@@ -30,7 +30,9 @@ pub(crate) async fn dispatch(
     peer: Option<&PeerCertificates>,
     body: bytes::Bytes,
 ) -> Reply2 {
-    let mut conn = app.db.get().await.map_err(WorkerApiError::db)?;
+    // Workers retry a 503 after a pause; queueing here is cheaper for everyone
+    // than a fleet's burst of claims failing and coming back.
+    let mut conn = hangar_db::connection_within(&app.db, WORKER_DB_WAIT).await.map_err(WorkerApiError::db)?;
     let worker = auth::worker(&mut conn, peer, auth).await?;
     match route {
         // Answered before any worker is authenticated (see `super::call`).
@@ -66,6 +68,10 @@ pub(crate) async fn dispatch(
         }
     }
 }
+
+/// How long a worker call waits for a database connection before it is
+/// answered 503.
+const WORKER_DB_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// The run `id` when this worker holds it (in whatever state).
 async fn held(conn: &mut AsyncPgConnection, worker: Worker, id: i64) -> Result<RunRow, WorkerApiError> {
@@ -226,7 +232,10 @@ async fn claim(app: &App, conn: &mut AsyncPgConnection, worker: Worker) -> Reply
             Ok(json(StatusCode::OK, &a))
         }
         // Still busy after the retries: the worker asks again at its next notification or poll.
-        Ok(None) | Err(ClaimFailure::Busy) => Ok(warp::reply::Reply::into_response(StatusCode::NO_CONTENT)),
+        Ok(None) | Err(ClaimFailure::Busy) => {
+            mark_idle(conn, worker.id).await?;
+            Ok(warp::reply::Reply::into_response(StatusCode::NO_CONTENT))
+        }
         Err(ClaimFailure::Db(e)) => Err(WorkerApiError::db(e)),
         Err(ClaimFailure::Store(e)) => Err(WorkerApiError::db(e)),
         Err(ClaimFailure::Unrunnable { run, reason }) => {
@@ -236,9 +245,25 @@ async fn claim(app: &App, conn: &mut AsyncPgConnection, worker: Worker) -> Reply
                 Ok(_) | Err(TransitionFailure::NotAllowed { .. }) => {}
                 Err(e) => return Err(WorkerApiError::db(e)),
             }
+            mark_idle(conn, worker.id).await?;
             Ok(warp::reply::Reply::into_response(StatusCode::NO_CONTENT))
         }
     }
+}
+
+/// A worker that asked for work and got none is idle: the broker tells such
+/// workers when work comes (`hangar_broker`'s dispatch). Written only when it
+/// changes, and without waiting for the WAL flush, as heartbeats are.
+async fn mark_idle(conn: &mut AsyncPgConnection, worker: i64) -> Result<(), WorkerApiError> {
+    diesel::sql_query(
+        "WITH relaxed AS MATERIALIZED (SELECT set_config('synchronous_commit', 'off', true)) \
+         UPDATE workers SET status = 'idle' FROM relaxed WHERE workers.id = $1 AND status NOT IN ('idle', 'drained')",
+    )
+    .bind::<diesel::sql_types::BigInt, _>(worker)
+    .execute(conn)
+    .await
+    .map_err(WorkerApiError::db)?;
+    Ok(())
 }
 
 async fn claim_once(
@@ -267,6 +292,12 @@ async fn claim_once(
             }
             diesel::update(runs::table.find(id))
                 .set((runs::worker_id.eq(worker.id), runs::lease_expires_at.eq(lease)))
+                .execute(c)
+                .await?;
+            // Busy until it asks again and gets nothing: no announcement of
+            // work goes to it meanwhile.
+            diesel::update(hangar_db::schema::workers::table.find(worker.id))
+                .set(hangar_db::schema::workers::status.eq(WorkerStatus::Busy.as_str()))
                 .execute(c)
                 .await?;
             let run = hangar_db::runs::transition(

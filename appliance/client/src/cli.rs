@@ -1,0 +1,126 @@
+//! The client subcommands of `hangar`: `hangar bundle upload FILE`, `list`,
+//! `remove ID`. Each prints a line for people, or JSON with `--json`.
+
+use std::path::PathBuf;
+
+use clap::{Args, Subcommand};
+
+use crate::bundles::{self, Progress, UploadOptions};
+use crate::{Client, ClientError, ConnectArgs};
+
+/// `hangar bundle …`.
+#[derive(Debug, Args)]
+pub struct BundleArgs {
+    #[command(flatten)]
+    pub connect: ConnectArgs,
+    /// Print JSON instead of lines for people.
+    #[arg(long, global = true)]
+    pub json: bool,
+    #[command(subcommand)]
+    pub command: BundleCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BundleCommand {
+    /// Upload a bundle into the appliance's staging area (resumes an
+    /// interrupted upload of the same file).
+    Upload {
+        file: PathBuf,
+        /// Mebibytes per request.
+        #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=4096))]
+        chunk_mib: u64,
+        /// Keep no resume record (an interrupted upload starts over).
+        #[arg(long)]
+        no_resume: bool,
+    },
+    /// List the staged bundles.
+    List,
+    /// Remove a staged bundle.
+    Remove { id: String },
+}
+
+/// Runs `hangar bundle …`.
+pub async fn bundle(args: BundleArgs) -> Result<(), ClientError> {
+    let client = Client::new(args.connect.resolve()?)?;
+    match args.command {
+        BundleCommand::Upload {
+            file,
+            chunk_mib,
+            no_resume,
+        } => {
+            let mut options = UploadOptions {
+                chunk_bytes: chunk_mib << 20,
+                ..Default::default()
+            };
+            if no_resume {
+                options.state_dir = None;
+            }
+            let bar = if args.json {
+                indicatif::ProgressBar::hidden()
+            } else {
+                indicatif::ProgressBar::new(0)
+            };
+            bar.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "{msg:>10} [{bar:40}] {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta}",
+                )
+                .expect("a valid template")
+                .progress_chars("=> "),
+            );
+            bar.set_message("uploading");
+            let mut on_progress = |p: Progress| match p {
+                Progress::Start { offset, size } => {
+                    bar.set_length(size);
+                    bar.set_position(offset);
+                    bar.reset_eta();
+                }
+                Progress::Sent(at) => bar.set_position(at),
+                Progress::Verifying => bar.set_message("verifying"),
+            };
+            let result = bundles::upload(&client, &file, &options, &mut on_progress).await;
+            bar.finish_and_clear();
+            let staged = result?;
+            if args.json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&staged).expect("serializes")
+                );
+            } else {
+                println!(
+                    "staged {} {} {} ({} bytes, sha256 {}) as {}",
+                    staged.kind,
+                    staged.version,
+                    staged.platform,
+                    staged.size,
+                    staged.sha256,
+                    staged.id
+                );
+            }
+        }
+        BundleCommand::List => {
+            let list = bundles::list(&client).await?;
+            if args.json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&list).expect("serializes")
+                );
+            } else {
+                for b in list {
+                    println!(
+                        "{}  {:<9} {:<12} {:<14} {:>12}  {}",
+                        b.id, b.kind, b.version, b.platform, b.size, b.uploaded_at
+                    );
+                }
+            }
+        }
+        BundleCommand::Remove { id } => {
+            bundles::remove(&client, &id).await?;
+            if args.json {
+                println!("{}", serde_json::json!({ "removed": id }));
+            } else {
+                println!("removed {id}");
+            }
+        }
+    }
+    Ok(())
+}

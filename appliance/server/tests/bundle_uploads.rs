@@ -1,0 +1,516 @@
+//! Bundle uploads through the API (`/api/v1/bundles/…`): chunked and
+//! resumable, verified while the bytes arrive, for admins only, audited; every
+//! hostile bundle of the format's corpus is refused with the reason the file
+//! reader gives, and a refused upload leaves nothing in the staging area.
+
+mod common;
+
+#[path = "../../../bundles/tests/common/mod.rs"]
+#[allow(unused_imports)]
+mod bundle_kit;
+
+use std::path::PathBuf;
+
+use bundle_kit::corpus;
+use common::*;
+use serde_json::{Value, json};
+
+struct Uploads {
+    app: Appliance,
+    staging: PathBuf,
+    admin: String,
+}
+
+async fn start() -> Uploads {
+    let keys = tempfile::tempdir().unwrap().keep();
+    std::fs::write(
+        keys.join("trusted.pub"),
+        corpus::trusted_key().public_key().to_pem(),
+    )
+    .unwrap();
+    let staging = keys.with_extension("staging");
+    let app = Appliance::start_with(Options {
+        server_extra: format!(
+            "bundles_dir = \"{}\"\nbundle_trust_dir = \"{}\"\n",
+            staging.display(),
+            keys.display()
+        ),
+        ..Default::default()
+    })
+    .await;
+    let admin = app.admin_token().await;
+    Uploads {
+        app,
+        staging,
+        admin,
+    }
+}
+
+impl Uploads {
+    async fn call(
+        &self,
+        token: Option<&str>,
+        method: reqwest::Method,
+        path: &str,
+        offset: Option<u64>,
+        body: Vec<u8>,
+    ) -> (u16, Value) {
+        let mut req = self
+            .app
+            .client
+            .request(method, self.app.url(path))
+            .body(body);
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(o) = offset {
+            req = req.header("upload-offset", o.to_string());
+        }
+        let r = req.send().await.expect("send");
+        let status = r.status().as_u16();
+        let text = r.text().await.unwrap();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+
+    async fn begin(&self, name: &str, size: u64) -> String {
+        let body = serde_json::to_vec(&json!({ "name": name, "size": size })).unwrap();
+        let (status, v) = self
+            .call(
+                Some(&self.admin),
+                reqwest::Method::POST,
+                "/api/v1/bundles/uploads",
+                None,
+                body,
+            )
+            .await;
+        assert_eq!(status, 201, "{v}");
+        v["id"].as_str().unwrap().to_string()
+    }
+
+    async fn patch(&self, id: &str, offset: u64, bytes: &[u8]) -> (u16, Value) {
+        let path = format!("/api/v1/bundles/uploads/{id}");
+        self.call(
+            Some(&self.admin),
+            reqwest::Method::PATCH,
+            &path,
+            Some(offset),
+            bytes.to_vec(),
+        )
+        .await
+    }
+
+    /// Names in the staging area's two directories.
+    fn left(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for sub in ["uploads", "staged"] {
+            for e in std::fs::read_dir(self.staging.join(sub)).unwrap() {
+                out.push(format!(
+                    "{sub}/{}",
+                    e.unwrap().file_name().to_string_lossy()
+                ));
+            }
+        }
+        out.sort();
+        out
+    }
+}
+
+fn genuine() -> Vec<u8> {
+    let key = corpus::trusted_key();
+    corpus::genuine(
+        &bundle_kit::Meta::default(),
+        &corpus::sample(&corpus::tool_v1()),
+        &[&key],
+    )
+}
+
+fn sha256_hex(data: &[u8]) -> String {
+    hex::encode(ring::digest::digest(&ring::digest::SHA256, data).as_ref())
+}
+
+#[tokio::test]
+async fn an_upload_in_chunks_is_resumed_where_it_stopped_verified_and_staged() {
+    let u = start().await;
+    let bundle = genuine();
+    let id = u.begin("hangar-1.0.0.bundle", bundle.len() as u64).await;
+
+    let half = bundle.len() / 2;
+    let (status, v) = u.patch(&id, 0, &bundle[..half]).await;
+    assert_eq!(
+        (status, v["offset"].as_u64()),
+        (200, Some(half as u64)),
+        "{v}"
+    );
+    assert!(v.get("bundle").is_none(), "{v}");
+
+    // A client that lost track asks where to resume.
+    let (status, v) = u
+        .call(
+            Some(&u.admin),
+            reqwest::Method::GET,
+            &format!("/api/v1/bundles/uploads/{id}"),
+            None,
+            vec![],
+        )
+        .await;
+    assert_eq!(
+        (status, v["offset"].as_u64()),
+        (200, Some(half as u64)),
+        "{v}"
+    );
+    // A chunk at the wrong offset is refused, and says where to resume.
+    let (status, v) = u.patch(&id, 0, &bundle[..10]).await;
+    assert_eq!(status, 409, "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("resume from {half}")),
+        "{v}"
+    );
+
+    // The server restarts between two chunks: the upload goes on from disk.
+    let mut u = u;
+    u.app.server().terminate(std::time::Duration::from_secs(20));
+    u.app.start_server().await;
+    let (status, v) = u.patch(&id, half as u64, &bundle[half..]).await;
+    assert_eq!(status, 200, "{v}");
+    let staged = &v["bundle"];
+    assert_eq!(
+        (staged["kind"].as_str(), staged["version"].as_str()),
+        (Some("appliance"), Some("1.0.0")),
+        "{v}"
+    );
+    assert_eq!(staged["sha256"], sha256_hex(&bundle), "{v}");
+    assert_eq!(staged["uploaded_by"], ADMIN_EMAIL, "{v}");
+    let on_disk = std::fs::read(u.staging.join("staged").join(format!("{id}.bundle"))).unwrap();
+    assert_eq!(on_disk, bundle);
+    assert_eq!(
+        u.left(),
+        vec![format!("staged/{id}.bundle"), format!("staged/{id}.json")]
+    );
+
+    let (status, v) = u
+        .call(
+            Some(&u.admin),
+            reqwest::Method::GET,
+            "/api/v1/bundles",
+            None,
+            vec![],
+        )
+        .await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["bundles"][0]["id"], id.as_str(), "{v}");
+
+    // The upload is over: it cannot be written to again.
+    let (status, _) = u.patch(&id, bundle.len() as u64, b"x").await;
+    assert_eq!(status, 404);
+
+    let events = u
+        .app
+        .ok(&u.admin, "{ auditEvents(first: 20, action: \"bundle.uploaded\") { items { actor target details } } }", json!({}))
+        .await;
+    let item = &events["auditEvents"]["items"][0];
+    assert_eq!(
+        (item["actor"].as_str(), item["target"].as_str()),
+        (Some(ADMIN_EMAIL), Some(id.as_str())),
+        "{events}"
+    );
+
+    // Removing a staged bundle removes its files.
+    let (status, _) = u
+        .call(
+            Some(&u.admin),
+            reqwest::Method::DELETE,
+            &format!("/api/v1/bundles/{id}"),
+            None,
+            vec![],
+        )
+        .await;
+    assert_eq!(status, 204);
+    assert!(u.left().is_empty(), "{:?}", u.left());
+}
+
+#[tokio::test]
+async fn only_admins_upload_and_limits_hold() {
+    let u = start().await;
+    let writer = u
+        .app
+        .user_token(&u.admin, "writer@hangar.test", "WRITER")
+        .await;
+    let body = serde_json::to_vec(&json!({ "name": "b", "size": 10 })).unwrap();
+    for (token, expected) in [
+        (None, 401),
+        (Some("nonsense"), 401),
+        (Some(writer.as_str()), 403),
+    ] {
+        let (status, v) = u
+            .call(
+                token,
+                reqwest::Method::POST,
+                "/api/v1/bundles/uploads",
+                None,
+                body.clone(),
+            )
+            .await;
+        assert_eq!(status, expected, "{v}");
+        assert!(v["error"]["message"].is_string(), "{v}");
+    }
+    let id = u.begin("b", 10).await;
+    let (status, _) = u
+        .call(
+            Some(&writer),
+            reqwest::Method::PATCH,
+            &format!("/api/v1/bundles/uploads/{id}"),
+            Some(0),
+            vec![0; 4],
+        )
+        .await;
+    assert_eq!(status, 403);
+
+    let too_big = serde_json::to_vec(&json!({ "name": "b", "size": 1u64 << 50 })).unwrap();
+    let (status, v) = u
+        .call(
+            Some(&u.admin),
+            reqwest::Method::POST,
+            "/api/v1/bundles/uploads",
+            None,
+            too_big,
+        )
+        .await;
+    assert_eq!(status, 413, "{v}");
+    for bad in [
+        json!({ "name": "", "size": 10 }),
+        json!({ "name": "a\nb", "size": 10 }),
+        json!({ "name": "b", "size": 0 }),
+        json!({ "size": 3 }),
+    ] {
+        let (status, v) = u
+            .call(
+                Some(&u.admin),
+                reqwest::Method::POST,
+                "/api/v1/bundles/uploads",
+                None,
+                serde_json::to_vec(&bad).unwrap(),
+            )
+            .await;
+        assert_eq!(status, 400, "{bad}: {v}");
+    }
+    // Bytes past the declared size are refused, and the upload is gone.
+    let (status, v) = u.patch(&id, 0, &[0; 11]).await;
+    assert_eq!(status, 400, "{v}");
+    assert!(u.left().is_empty(), "{:?}", u.left());
+    // Ids are checked before they touch the file system.
+    let (status, _) = u.patch("../../etc/passwd", 0, b"x").await;
+    assert_eq!(status, 404);
+    let (status, _) = u
+        .call(
+            Some(&u.admin),
+            reqwest::Method::DELETE,
+            "/api/v1/bundles/..%2f..%2fx",
+            None,
+            vec![],
+        )
+        .await;
+    assert_eq!(status, 404);
+}
+
+#[tokio::test]
+async fn every_hostile_bundle_is_refused_through_the_upload_api_and_leaves_nothing() {
+    let u = start().await;
+    let root = tempfile::tempdir().unwrap();
+    let outside = root.path().join("outside");
+    std::fs::create_dir(&outside).unwrap();
+    let trust = bundle_kit::trust(&[&corpus::trusted_key()]);
+    let mut failures = Vec::new();
+    for (i, case) in corpus::hostile(&outside).iter().enumerate() {
+        // Downgrades are the installer's call, made against the installed
+        // release; the staging area holds bundles of any version.
+        if case.installed.is_some() {
+            continue;
+        }
+        let path = root.path().join(format!("{i:02}.bundle"));
+        std::fs::write(&path, &case.bundle).unwrap();
+        let file_code = match hangar_bundle::Bundle::open(&path, &trust)
+            .and_then(|b| b.verify(Default::default()))
+        {
+            Ok(_) => "accepted",
+            Err(e) => e.code(),
+        };
+        let id = u.begin(case.name, case.bundle.len() as u64).await;
+        // Two chunks: the refusal may come with either.
+        let cut = case.bundle.len() / 2;
+        let (mut status, mut v) = u.patch(&id, 0, &case.bundle[..cut]).await;
+        if status == 200 {
+            (status, v) = u.patch(&id, cut as u64, &case.bundle[cut..]).await;
+        }
+        let message = v["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        let code = message
+            .split_once("refused (")
+            .and_then(|(_, r)| r.split_once(')'))
+            .map(|(c, _)| c)
+            .unwrap_or("?");
+        let same = code == file_code
+            || (code == "length_mismatch"
+                && matches!(file_code, "truncated" | "trailing_bytes" | "corrupt_header"));
+        if status != 400 || !same {
+            failures.push(format!(
+                "{}: {status} {code}, the file reader says {file_code}: {v}",
+                case.name
+            ));
+        }
+        let left = u.left();
+        if !left.is_empty() {
+            failures.push(format!("{}: left {left:?}", case.name));
+        }
+    }
+    assert!(failures.is_empty(), "{failures:#?}");
+    let events = u
+        .app
+        .ok(
+            &u.admin,
+            "{ auditEvents(first: 5, action: \"bundle.upload_refused\") { items { details } } }",
+            json!({}),
+        )
+        .await;
+    assert_eq!(
+        events["auditEvents"]["items"].as_array().unwrap().len(),
+        5,
+        "{events}"
+    );
+}
+
+/// `hangar bundle upload` with this appliance's address, CA and `key`, its
+/// resume records under `state`.
+fn upload_command(u: &Uploads, key: &str, state: &std::path::Path, args: &[&str]) -> std::process::Command {
+    let mut cmd = std::process::Command::new(hangar_testkit::cargo_bin("hangar"));
+    cmd.arg("bundle")
+        .args(args)
+        .arg("--server")
+        .arg(u.app.url("/"))
+        .arg("--ca-file")
+        .arg(u.app.ca_path())
+        .env("HANGAR_API_KEY", key)
+        .env("HANGAR_CLIENT_CONFIG", state.join("no-client.toml"))
+        .env("XDG_STATE_HOME", state)
+        .stdin(std::process::Stdio::null());
+    cmd
+}
+
+#[tokio::test]
+async fn a_one_gib_upload_killed_halfway_is_resumed_by_running_the_command_again() {
+    use std::io::{Read, Write};
+    let u = start().await;
+    let made = u
+        .app
+        .ok(&u.admin, "mutation { createApiKey(name: \"uploads\", role: ADMIN) { key } }", json!({}))
+        .await;
+    let key = made["createApiKey"]["key"].as_str().unwrap().to_string();
+    let work = tempfile::tempdir().unwrap();
+
+    // 1 GiB that does not compress: the bundle is as large.
+    let source = work.path().join("payload.bin");
+    let mut out = std::fs::File::create(&source).unwrap();
+    let mut random = std::fs::File::open("/dev/urandom").unwrap().take(1 << 30);
+    std::io::copy(&mut random, &mut out).unwrap();
+    out.flush().unwrap();
+    drop(out);
+    let bundle = work.path().join("hangar-1.0.0.bundle");
+    let mut layout = hangar_bundle::Layout::new();
+    layout.add_file("payload.bin", &source, Some(0o644)).unwrap();
+    hangar_bundle::build_bundle(
+        &layout,
+        &bundle,
+        hangar_bundle::BuildOptions {
+            kind: hangar_bundle::Kind::Tools,
+            version: "1.0.0".parse().unwrap(),
+            platform: hangar_bundle::host_platform(),
+            created: chrono::Utc::now(),
+            expires: None,
+            compression_level: 1,
+            threads: 2,
+            signing_keys: &[corpus::trusted_key()],
+            progress: None,
+        },
+    )
+    .unwrap();
+    std::fs::remove_file(&source).unwrap();
+    let size = std::fs::metadata(&bundle).unwrap().len();
+    assert!(size >= 1 << 30, "{size}");
+    let expected = {
+        let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+        let mut f = std::fs::File::open(&bundle).unwrap();
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            let n = f.read(&mut buf).unwrap();
+            if n == 0 {
+                break;
+            }
+            ctx.update(&buf[..n]);
+        }
+        hex::encode(ctx.finish().as_ref())
+    };
+
+    // Killed once more than half is on the appliance.
+    let state = work.path().join("state");
+    let bundle_arg = bundle.to_str().unwrap();
+    let mut first = upload_command(&u, &key, &state, &["upload", bundle_arg, "--chunk-mib", "16"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let part_len = || -> u64 {
+        std::fs::read_dir(u.staging.join("uploads"))
+            .unwrap()
+            .flatten()
+            .filter(|e| e.path().extension().is_some_and(|x| x == "part"))
+            .map(|e| e.metadata().map(|m| m.len()).unwrap_or(0))
+            .max()
+            .unwrap_or(0)
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(600);
+    while part_len() < size / 2 {
+        assert!(first.try_wait().unwrap().is_none(), "the upload ended before it was cut");
+        assert!(std::time::Instant::now() < deadline, "the upload never got halfway");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    first.kill().unwrap();
+    first.wait().unwrap();
+    let cut_at = part_len();
+    assert!(cut_at < size, "cut at {cut_at} of {size}");
+
+    let second = upload_command(&u, &key, &state, &["upload", bundle_arg, "--json"]).output().unwrap();
+    assert!(second.status.success(), "{}", String::from_utf8_lossy(&second.stderr));
+    let staged: Value = serde_json::from_slice(&second.stdout).unwrap();
+    assert_eq!((staged["sha256"].as_str(), staged["size"].as_u64()), (Some(expected.as_str()), Some(size)), "{staged}");
+    assert_eq!(staged["kind"], "tools");
+    // One upload, resumed: never started over.
+    let started = u
+        .app
+        .ok(&u.admin, "{ auditEvents(first: 10, action: \"bundle.upload_started\") { items { target } } }", json!({}))
+        .await;
+    assert_eq!(started["auditEvents"]["items"].as_array().unwrap().len(), 1, "{started}");
+    assert_eq!(started["auditEvents"]["items"][0]["target"], staged["id"]);
+
+    let list = upload_command(&u, &key, &state, &["list", "--json"]).output().unwrap();
+    assert!(list.status.success(), "{}", String::from_utf8_lossy(&list.stderr));
+    let listed: Value = serde_json::from_slice(&list.stdout).unwrap();
+    assert_eq!(listed[0]["id"], staged["id"], "{listed}");
+    std::fs::remove_file(u.staging.join("staged").join(format!("{}.bundle", staged["id"].as_str().unwrap()))).unwrap();
+
+    // Where to connect is a usage question: exit code 2, one line.
+    let bare = std::process::Command::new(hangar_testkit::cargo_bin("hangar"))
+        .args(["bundle", "upload", bundle_arg])
+        .env("HANGAR_CLIENT_CONFIG", state.join("no-client.toml"))
+        .env_remove("HANGAR_SERVER")
+        .output()
+        .unwrap();
+    assert_eq!(bare.status.code(), Some(2), "{}", String::from_utf8_lossy(&bare.stderr));
+    assert!(String::from_utf8_lossy(&bare.stderr).contains("no server"), "{}", String::from_utf8_lossy(&bare.stderr));
+}

@@ -1,0 +1,213 @@
+//! Upgrades on real installations, with two appliance bundles built from this
+//! repository (`bundles/build-appliance.sh`, the second with `--version`):
+//! the pre-checks refuse what must be refused and change nothing; an upgrade
+//! backs up first, switches, migrates and passes the health gate, keeping the
+//! previous release on disk and every piece of data; a release whose
+//! migration fails on purpose is rolled back by itself to the running
+//! release on the database as it was; and the history is in `status`, the
+//! records and the audit trail.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::process::Command;
+
+use common::{Api, Site, both, bundle, bundle_of, check, cluster, current, error_line, records, state, upgrade};
+use serde_json::json;
+
+/// The version the second test bundle is built as.
+const NEXT: &str = "0.2.0";
+
+/// `etc/hangar`, `opt/hangar` and the backups, to compare before and after.
+fn host_state(site: &Site) -> (BTreeMap<String, String>, BTreeMap<String, String>, Vec<String>) {
+    let backups = fs::read_dir(site.path("var/lib/hangar/backups"))
+        .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        .unwrap_or_default();
+    (common::snapshot(&site.path("etc/hangar")), common::snapshot(&site.path("opt/hangar")), backups)
+}
+
+/// What an administrator made before the upgrade, read back.
+async fn data(api: &Api) -> serde_json::Value {
+    api.ok(
+        "{ me { email name } users { email role } contexts { slug name } workerPools { name } }",
+        json!({}),
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_upgrade_backs_up_switches_and_keeps_everything_and_the_checks_refuse_what_they_must() {
+    hangar_testkit::init();
+    let built = bundle();
+    let next = bundle_of(Some(NEXT));
+    let version = env!("CARGO_PKG_VERSION");
+    let site = Site::new("upgrade-e2e", &built);
+    check("install", site.install());
+    let api = Api::login(&site).await;
+    api.ok(
+        "mutation { createUser(email: \"dev@hangar.test\", name: \"Dev\", role: WRITER, password: \"Another-Passw0rd-Here\") { id } }",
+        json!({}),
+    )
+    .await;
+    api.ok("mutation { createContext(slug: \"shared\", name: \"Shared settings\") { slug } }", json!({})).await;
+    api.ok("mutation { createWorkerPool(name: \"builders\") { id } }", json!({})).await;
+    let before = data(&api).await;
+
+    // Refusals: each names its check, and the appliance is as it was.
+    let dir = site.dir.path().to_path_buf();
+    let created = common::created_of(&built.bundle, &built.trust);
+    let refused = |bundle: &std::path::Path, args: &[&str], check_name: &str, needles: &[&str]| {
+        let before = host_state(&site);
+        let out = upgrade(&site, bundle, args);
+        assert_eq!(out.status.code(), Some(1), "{}", both(&out));
+        let line = error_line(&out);
+        assert!(line.contains(&format!("refused by the pre-check \"{check_name}\"")), "{line}");
+        for n in needles {
+            assert!(line.contains(n), "{n:?} in: {line}");
+        }
+        assert!(before == host_state(&site), "the host changed after: {line}");
+        assert_eq!(current(&site), version);
+        line
+    };
+    refused(&built.bundle, &[], "version", &[&format!("release {version} is the installed one")]);
+    let far = common::variant(&built, &dir, "far.bundle", "0.5.0", created, |tree| common::set_release_info(tree, "0.5.0", "0.3.0"));
+    refused(&far, &[], "upgrade path", &["upgrade to 0.3.0 first, then to 0.5.0", &format!("this host has {version}")]);
+    let older = common::variant(&built, &dir, "older.bundle", "0.0.9", created, |tree| common::set_release_info(tree, "0.0.9", "0.0.1"));
+    refused(&older, &[], "version", &["0.0.9 is older than the installed", "--allow-downgrade"]);
+    check("stop the drain", common::ctl(&site, &["stop", "drain"]));
+    refused(&next.bundle, &[], "services", &["not every service is ready", "drain stopped"]);
+    check("start the drain", common::ctl(&site, &["start", "drain"]));
+    let records_before = records(&site);
+    assert_eq!(records_before.len(), 4, "{records_before:?}");
+    assert!(records_before.iter().all(|r| r["outcome"] == "refused"), "{records_before:?}");
+
+    // The upgrade.
+    let out = upgrade(&site, &next.bundle, &[]);
+    let text = both(&out);
+    assert!(out.status.success(), "{text}");
+    for c in ["signature and trust root", "kind and platform", "contents", "version", "upgrade path", "database format", "free disk", "services", "runs applying"] {
+        assert!(text.contains(&format!("[ok] {c}:")), "{c} in:\n{text}");
+    }
+    assert!(text.contains("handing over to the installer of release 0.2.0"), "{text}");
+    for step in ["pre-checks", "release", "backup", "switch", "migrate", "start", "health"] {
+        assert!(text.contains(&format!("[ok] {step}:")), "{step} in:\n{text}");
+    }
+    assert!(text.contains(&format!("Hangar {NEXT} is ready: upgraded from {version}")), "{text}");
+    assert_eq!(current(&site), NEXT);
+    assert!(site.path(&format!("opt/hangar/releases/{version}/bin/hangar")).is_file(), "the previous release stays");
+    let st = state(&site);
+    assert_eq!((st["release"].as_str(), st["previous_release"].as_str()), (Some(NEXT), Some(version)), "{st}");
+
+    // Every piece of data is still there, through the new release.
+    let api = Api::login(&site).await;
+    assert_eq!(data(&api).await, before);
+
+    // The backup: a manifest whose checksums hold, the database dump and the keys.
+    let recs = records(&site);
+    let rec = recs.last().unwrap();
+    assert_eq!(rec["outcome"], "completed", "{rec}");
+    assert_eq!((rec["from"].as_str(), rec["to"].as_str()), (Some(version), Some(NEXT)));
+    assert!(rec["downtime_secs"].as_f64().unwrap() > 0.0, "{rec}");
+    assert!(rec["audited"].as_bool().unwrap(), "{rec}");
+    let backup_id = rec["backup"].as_str().unwrap();
+    let backup = site.path(&format!("var/lib/hangar/backups/{backup_id}"));
+    let sums = Command::new("sha256sum").arg("-c").arg("--quiet").arg("SHA256SUMS").current_dir(&backup).output().unwrap();
+    assert!(sums.status.success(), "{}", both(&sums));
+    let manifest: serde_json::Value = serde_json::from_str(&fs::read_to_string(backup.join("manifest.json")).unwrap()).unwrap();
+    assert_eq!(manifest["release"], version);
+    assert_eq!(manifest["reason"], format!("before the upgrade from {version} to {NEXT}"));
+    let files: Vec<&str> = manifest["files"].as_array().unwrap().iter().map(|f| f["path"].as_str().unwrap()).collect();
+    for f in ["database.dump", "objects.txt", "files/hangar.toml", "files/secrets/master.key", "files/pki/ca.key", "files/install-state.json"] {
+        assert!(files.contains(&f), "{f} in {files:?}");
+    }
+    assert!(!manifest["migrations"].as_array().unwrap().is_empty());
+    let mode = fs::metadata(backup.join("files/secrets/master.key")).unwrap();
+    assert_eq!(std::os::unix::fs::PermissionsExt::mode(&mode.permissions()) & 0o777, 0o600);
+
+    // The history: in status, and in the audit trail.
+    let status = check("status", site.command(&["status"]).output().unwrap());
+    assert!(status.contains("READY") && !status.contains("NOT READY"), "{status}");
+    assert!(status.contains(&format!("upgrade {version} -> {NEXT}  completed  by root on")), "{status}");
+    assert!(status.contains("steps: pre-checks"), "{status}");
+    assert!(status.contains(&format!("backup {backup_id}")), "{status}");
+    let audit = api.ok("{ auditEvents(action: \"appliance.upgrade\") { items { actor action target details } } }", json!({})).await;
+    let items = audit["auditEvents"]["items"].as_array().unwrap();
+    let done = items.iter().find(|i| i["target"] == format!("release:{NEXT}") && i["details"]["outcome"] == "completed");
+    assert!(done.is_some(), "{audit}");
+    assert!(items.iter().filter(|i| i["details"]["outcome"] == "refused").count() >= 4, "{audit}");
+
+    // The same upgrade again: nothing to do.
+    let out = upgrade(&site, &next.bundle, &[]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(error_line(&out).contains(&format!("release {NEXT} is the installed one")), "{}", both(&out));
+    check("uninstall", site.command(&["uninstall"]).output().unwrap());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_release_whose_migration_fails_is_rolled_back_to_the_running_one_on_its_data() {
+    hangar_testkit::init();
+    let built = bundle();
+    let version = env!("CARGO_PKG_VERSION");
+    let site = Site::new("upgrade-rollback", &built);
+    check("install", site.install());
+    let api = Api::login(&site).await;
+    api.ok("mutation { createContext(slug: \"kept\", name: \"Kept through a rollback\") { slug } }", json!({})).await;
+    let before = data(&api).await;
+    let migrations_before = cluster(&site).query("SELECT version FROM __diesel_schema_migrations ORDER BY version").unwrap();
+
+    let broken_bin = common::profile_dir().join("hangar-failing-migration");
+    let broken = common::variant(&built, site.dir.path(), "broken.bundle", "0.3.0", common::created_of(&built.bundle, &built.trust), |tree| {
+        fs::copy(&broken_bin, tree.join("bin/hangar")).unwrap();
+        common::set_release_info(tree, "0.3.0", "0.1.0");
+    });
+    let out = upgrade(&site, &broken, &[]);
+    let text = both(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    let line = error_line(&out);
+    assert!(line.contains("the upgrade to 0.3.0 failed at migrate"), "{line}");
+    assert!(line.contains("a deliberately failing migration of the test release"), "{line}");
+    assert!(line.contains(&format!("rolled back: release {version} runs again, the database restored from backup")), "{line}");
+    assert!(line.contains("passed the health gate"), "{line}");
+    for step in ["stop", "switch back", "restore database", "start", "health"] {
+        assert!(text.contains(&format!("[ok] rollback: {step}:")), "{step} in:\n{text}");
+    }
+
+    // The first release runs, on its data as it was before the upgrade.
+    assert_eq!(current(&site), version);
+    assert_eq!(state(&site)["release"], version);
+    assert!(site.path("opt/hangar/releases/0.3.0").is_dir(), "the failed release stays for a look");
+    let pg = cluster(&site);
+    assert_eq!(pg.query("SELECT version FROM __diesel_schema_migrations ORDER BY version").unwrap(), migrations_before);
+    assert_eq!(
+        pg.query("SELECT count(*) FROM information_schema.columns WHERE table_name = 'users' AND column_name = 'upgrade_probe'").unwrap().trim(),
+        "0",
+        "the successful migration of the failed release was undone"
+    );
+    let api = Api::login(&site).await;
+    assert_eq!(data(&api).await, before);
+    assert_eq!(before["me"]["name"], "Administrator");
+    let status = check("status", site.command(&["status"]).output().unwrap());
+    assert!(status.contains("READY") && !status.contains("NOT READY"), "{status}");
+    assert!(status.contains(&format!("upgrade {version} -> 0.3.0  rolled back")), "{status}");
+    assert!(status.contains("failed at migrate:"), "{status}");
+    assert!(status.contains("rollback: restore database"), "{status}");
+    let rec = records(&site).pop().unwrap();
+    assert_eq!(rec["outcome"], "rolled-back", "{rec}");
+    assert!(rec["database_changed"].as_bool().unwrap());
+    assert!(rec["audited"].as_bool().unwrap());
+    let audit = api.ok("{ auditEvents(first: 10) { items { action target details } } }", json!({})).await;
+    let actions: Vec<(&str, &str)> = audit["auditEvents"]["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| (i["action"].as_str().unwrap(), i["target"].as_str().unwrap()))
+        .collect();
+    assert!(actions.contains(&("appliance.upgrade", "release:0.3.0")), "{actions:?}");
+    assert!(actions.contains(&("appliance.rollback", &*format!("release:{version}"))), "{actions:?}");
+
+    // Nothing is left unfinished: an install run (a repair) goes through.
+    let again = check("a repair after the rollback", site.install());
+    assert!(again.contains("is ready"), "{again}");
+    check("uninstall", site.command(&["uninstall"]).output().unwrap());
+}

@@ -1,0 +1,131 @@
+//! An upgrade killed with SIGKILL at each of its steps, forward and during a
+//! rollback, then run again: the next `hangar-install upgrade` takes it up
+//! from its record and completes it, or finishes rolling it back; never a mix
+//! of two releases, never a database half-restored.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use common::{Api, Site, both, bundle, bundle_of, check, cluster, current, error_line, records, state};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use serde_json::json;
+
+/// Starts `hangar-install upgrade ARGS` and kills it with SIGKILL once its
+/// output shows `at`. Returns what it printed.
+fn kill_upgrade_at(site: &Site, args: &[&str], at: &str) -> String {
+    let mut cmd = site.command(&["upgrade"]);
+    cmd.args(args).arg("--trust").arg(&site.trust).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut seen = String::new();
+    let mut lines = BufReader::new(stdout).lines();
+    let deadline = Instant::now() + Duration::from_secs(600);
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        seen.push_str(&line);
+        seen.push('\n');
+        if line.contains(at) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{seen}");
+    }
+    assert!(seen.contains(at), "the upgrade never reached {at:?}:\n{seen}");
+    // Into the step, not at its first instruction.
+    std::thread::sleep(Duration::from_millis(300));
+    kill(Pid::from_raw(child.id() as i32), Signal::SIGKILL).unwrap();
+    for line in lines {
+        seen.push_str(&line.unwrap_or_default());
+        seen.push('\n');
+    }
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), None, "killed, not exited:\n{seen}");
+    seen
+}
+
+/// The appliance is whole on `release`: `current`, the state, a ready status,
+/// no upgrade unfinished, no database left over by a restore, the marker
+/// context still there.
+async fn whole_on(site: &Site, release: &str) {
+    assert_eq!(current(site), release);
+    assert_eq!(state(site)["release"], release);
+    let status = check("status", site.command(&["status"]).output().unwrap());
+    assert!(status.contains("READY") && !status.contains("NOT READY") && !status.contains("UNFINISHED"), "{status}");
+    let dbs = cluster(site).psql("postgres", "SELECT datname FROM pg_database ORDER BY 1", &[]).unwrap();
+    assert!(!dbs.contains("restore"), "{dbs}");
+    let api = Api::login(site).await;
+    let d = api.ok("{ contexts { slug } }", json!({})).await;
+    assert_eq!(d["contexts"][0]["slug"], "marker", "{d}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn killed_at_each_step_forward_the_next_run_completes_the_upgrade() {
+    hangar_testkit::init();
+    let built = bundle();
+    let next = bundle_of(Some("0.2.0"));
+    let first = env!("CARGO_PKG_VERSION");
+    let site = Site::new("upgrade-killed", &built);
+    check("install", site.install());
+    Api::login(&site).await.ok("mutation { createContext(slug: \"marker\", name: \"Marker\") { slug } }", json!({})).await;
+
+    // Back and forth between the two releases (the way back is a downgrade,
+    // asked for), killed at another step each time.
+    let steps = ["release", "pre-checks", "backup", "switch", "migrate", "start", "health"];
+    for (i, step) in steps.iter().enumerate() {
+        let (bundle, to, extra): (&std::path::Path, &str, &[&str]) =
+            if i % 2 == 0 { (&next.bundle, "0.2.0", &[]) } else { (&built.bundle, first, &["--allow-downgrade"]) };
+        let mut args = vec!["--bundle", bundle.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        let seen = kill_upgrade_at(&site, &args, &format!("[..] {step}:"));
+        let rec = records(&site).pop().unwrap();
+        assert_eq!(rec["outcome"], "running", "killed at {step}: {rec}\n{seen}");
+        let status = site.command(&["status"]).output().unwrap();
+        assert!(String::from_utf8_lossy(&status.stdout).contains("UNFINISHED"), "killed at {step}: {}", both(&status));
+        // A plain install must not run over an unfinished upgrade.
+        let install = site.install();
+        assert_eq!(install.status.code(), Some(1), "{}", both(&install));
+        assert!(error_line(&install).contains("is unfinished: run `hangar-install upgrade` to finish it first"));
+
+        let out = site.command(&["upgrade"]).output().unwrap();
+        let text = both(&out);
+        assert!(out.status.success(), "the run after a kill at {step}:\n{text}\n(the killed one printed:\n{seen})");
+        assert!(text.contains("Taking up the unfinished upgrade"), "{text}");
+        assert!(text.contains(&format!("Hangar {to} is ready")), "{text}");
+        whole_on(&site, to).await;
+        let rec = records(&site).pop().unwrap();
+        assert_eq!(rec["outcome"], "completed", "{rec}");
+    }
+    check("uninstall", site.command(&["uninstall"]).output().unwrap());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn killed_during_a_rollback_the_next_run_finishes_rolling_back() {
+    hangar_testkit::init();
+    let built = bundle();
+    let first = env!("CARGO_PKG_VERSION");
+    let site = Site::new("upgrade-rollback-killed", &built);
+    check("install", site.install());
+    Api::login(&site).await.ok("mutation { createContext(slug: \"marker\", name: \"Marker\") { slug } }", json!({})).await;
+    let broken_bin = common::profile_dir().join("hangar-failing-migration");
+    let broken = common::variant(&built, site.dir.path(), "broken.bundle", "0.3.0", common::created_of(&built.bundle, &built.trust), |tree| {
+        std::fs::copy(&broken_bin, tree.join("bin/hangar")).unwrap();
+        common::set_release_info(tree, "0.3.0", "0.1.0");
+    });
+    for step in ["stop", "switch back", "restore database", "start", "health"] {
+        let seen = kill_upgrade_at(&site, &["--bundle", broken.to_str().unwrap()], &format!("[..] rollback: {step}:"));
+        assert!(seen.contains("[!!] migrate:"), "{seen}");
+        let out = site.command(&["upgrade"]).output().unwrap();
+        let text = both(&out);
+        assert_eq!(out.status.code(), Some(1), "the run after a kill in the rollback at {step}:\n{text}\n(the killed one printed:\n{seen})");
+        assert!(text.contains("Taking up the unfinished upgrade"), "{text}");
+        let line = error_line(&out);
+        assert!(line.contains("failed at migrate") && line.contains(&format!("rolled back: release {first} runs again")), "{line}");
+        whole_on(&site, first).await;
+        let rec = records(&site).pop().unwrap();
+        assert_eq!(rec["outcome"], "rolled-back", "{rec}");
+    }
+    check("uninstall", site.command(&["uninstall"]).output().unwrap());
+}
