@@ -51,7 +51,9 @@ pub use route::{
 use crate::{RunKind, RunState, Tool};
 
 /// MQTT topic a worker subscribes to: `/tenants/w<id>/#`. Pool-wide
-/// notifications arrive on `/tenants/w<id>/pool`, its own on `/tenants/w<id>/worker`.
+/// notifications arrive on `/tenants/w<id>/pool`, its own on `/tenants/w<id>/worker`;
+/// `work_available` for a READY run is sent to one idle worker on its own topic,
+/// not to the pool.
 pub fn worker_tenant(worker_id: i64) -> String {
     format!("w{worker_id}")
 }
