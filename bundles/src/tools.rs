@@ -60,7 +60,7 @@ pub struct Applied {
 /// Why a bundle was not applied.
 #[derive(Debug, thiserror::Error)]
 pub enum ApplyError {
-    #[error("{}: a {kind} bundle is not applied to the tools area ({hint})", path.display())]
+    #[error("{}: {kind} bundles are not applied to the tools area ({hint})", path.display())]
     Kind {
         path: PathBuf,
         kind: Kind,
