@@ -387,7 +387,7 @@ fn place(from: &Path, to: &Path) -> Result<bool, ApplyError> {
             let copied = fs::copy(from, &tmp)
                 .and_then(|_| fs::File::open(&tmp)?.sync_all())
                 .map_err(io_err("copy into", &tmp));
-            let linked = copied.and_then(|()| Ok(fs::hard_link(&tmp, to)));
+            let linked = copied.map(|()| fs::hard_link(&tmp, to));
             let _ = fs::remove_file(&tmp);
             linked?
         }

@@ -54,6 +54,24 @@ async fn an_upgrade_backs_up_switches_and_keeps_everything_and_the_checks_refuse
     api.ok("mutation { createWorkerPool(name: \"builders\") { id } }", json!({})).await;
     let before = data(&api).await;
 
+    // The tools area is in the data directory, seeded from the release.
+    let tools = site.path("var/lib/hangar/tools");
+    let config_path = site.path("etc/hangar/hangar.toml");
+    assert!(tools.join("terraform/1.0.3/terraform").is_file());
+    assert!(tools.join(format!("hangar-worker/{version}/hangar-worker")).is_file());
+    let config = fs::read_to_string(&config_path).unwrap();
+    let in_data = [format!("tools_dir = \"{}\"\n", tools.display()), format!("provider_mirror_dir = \"{}/providers\"\n", tools.display())];
+    assert!(in_data.iter().all(|l| config.contains(l.as_str())), "{config}");
+    // As an earlier installer left it, with the tools inside the release,
+    // and a version a tools bundle added since.
+    let release_tools = site.path("opt/hangar/current/tools");
+    let in_release =
+        [format!("tools_dir = \"{}\"\n", release_tools.display()), format!("provider_mirror_dir = \"{}/providers\"\n", release_tools.display())];
+    fs::write(&config_path, config.replace(&in_data[0], &in_release[0]).replace(&in_data[1], &in_release[1])).unwrap();
+    let added = tools.join("terraform/1.0.3-added/terraform");
+    fs::create_dir_all(added.parent().unwrap()).unwrap();
+    fs::write(&added, "#!/bin/sh\n").unwrap();
+
     // Refusals: each names its check, and the appliance is as it was.
     let dir = site.dir.path().to_path_buf();
     let created = common::created_of(&built.bundle, &built.trust);
@@ -102,6 +120,16 @@ async fn an_upgrade_backs_up_switches_and_keeps_everything_and_the_checks_refuse
     // Every piece of data is still there, through the new release.
     let api = Api::login(&site).await;
     assert_eq!(data(&api).await, before);
+
+    // The configuration points at the tools area, which has both releases'
+    // tools and what was added.
+    let config = fs::read_to_string(&config_path).unwrap();
+    assert!(in_data.iter().all(|l| config.contains(l.as_str())), "{config}");
+    assert!(text.contains("the configuration now points at it"), "{text}");
+    assert!(added.is_file(), "a version added to the tools area stays");
+    for v in [version, NEXT] {
+        assert!(tools.join(format!("hangar-worker/{v}/hangar-worker")).is_file(), "{v}'s worker");
+    }
 
     // The backup: a manifest whose checksums hold, the database dump and the keys.
     let recs = records(&site);
