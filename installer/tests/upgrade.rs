@@ -27,6 +27,60 @@ fn host_state(site: &Site) -> (BTreeMap<String, String>, BTreeMap<String, String
     (common::snapshot(&site.path("etc/hangar")), common::snapshot(&site.path("opt/hangar")), backups)
 }
 
+/// Builds a tools bundle with the shipped recipe, signed by the test key,
+/// and uploads and applies it with `hangar bundle`: its files land in the
+/// tools area, the service user's like the rest of it.
+async fn apply_a_tools_bundle(site: &Site, api: &Api, tools: &std::path::Path) {
+    use std::os::unix::fs::MetadataExt;
+    let src = site.dir.path().join("tools-source");
+    let archive = "providers/hangar.test/hangar/hangartest/terraform-provider-hangartest_0.1.0_linux_amd64.zip";
+    for (path, text) in [("terraform/1.0.3-bundled/terraform", "#!/bin/sh\n"), (archive, "a provider archive")] {
+        fs::create_dir_all(src.join(path).parent().unwrap()).unwrap();
+        fs::write(src.join(path), text).unwrap();
+    }
+    let bins = common::profile_dir();
+    let bundle = site.dir.path().join("tools.bundle");
+    let recipe = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../bundles/recipes/tools.toml");
+    check(
+        "hangar-bundle build",
+        Command::new(bins.join("hangar-bundle"))
+            .args(["build", "--recipe"])
+            .arg(recipe)
+            .arg("--var")
+            .arg(format!("dir={}", src.display()))
+            .args(["--var", "version=2026.12.7", "--key"])
+            .arg(bins.join("hangar-install-tests/dev-key.key"))
+            .arg("--out")
+            .arg(&bundle)
+            .output()
+            .unwrap(),
+    );
+    let key = api.ok("mutation { createApiKey(name: \"tools\", role: ADMIN) { key } }", json!({})).await["createApiKey"]["key"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let client = |args: &[&str]| {
+        Command::new(bins.join("hangar"))
+            .arg("bundle")
+            .args(args)
+            .args(["--json", "--server", &api.base, "--ca-file"])
+            .arg(site.ca())
+            .env("HANGAR_API_KEY", &key)
+            .env("XDG_STATE_HOME", site.dir.path().join("client-state"))
+            .env("HANGAR_CLIENT_CONFIG", site.dir.path().join("no-client.toml"))
+            .output()
+            .unwrap()
+    };
+    let staged: serde_json::Value = serde_json::from_str(&check("hangar bundle upload", client(&["upload", bundle.to_str().unwrap()]))).unwrap();
+    let id = staged["id"].as_str().unwrap();
+    let applied: serde_json::Value = serde_json::from_str(&check("hangar bundle apply", client(&["apply", id]))).unwrap();
+    assert_eq!(applied["installed"].as_array().map(Vec::len), Some(2), "{applied}");
+    let owner = fs::metadata(tools).unwrap().uid();
+    for f in [tools.join("terraform/1.0.3-bundled/terraform"), tools.join(archive)] {
+        assert_eq!(fs::metadata(&f).unwrap_or_else(|e| panic!("{}: {e}", f.display())).uid(), owner, "{}", f.display());
+    }
+}
+
 /// What an administrator made before the upgrade, read back.
 async fn data(api: &Api) -> serde_json::Value {
     api.ok(
@@ -71,6 +125,8 @@ async fn an_upgrade_backs_up_switches_and_keeps_everything_and_the_checks_refuse
     let added = tools.join("terraform/1.0.3-added/terraform");
     fs::create_dir_all(added.parent().unwrap()).unwrap();
     fs::write(&added, "#!/bin/sh\n").unwrap();
+    // The site signs tools bundles with the test key.
+    fs::copy(built.trust.join("dev.pub"), site.path("etc/hangar/trust/dev.pub")).unwrap();
 
     // Refusals: each names its check, and the appliance is as it was.
     let dir = site.dir.path().to_path_buf();
@@ -130,6 +186,10 @@ async fn an_upgrade_backs_up_switches_and_keeps_everything_and_the_checks_refuse
     for v in [version, NEXT] {
         assert!(tools.join(format!("hangar-worker/{v}/hangar-worker")).is_file(), "{v}'s worker");
     }
+
+    // The upgraded appliance's server (the service user) applies a tools
+    // bundle to the tools area.
+    apply_a_tools_bundle(&site, &api, &tools).await;
 
     // The backup: a manifest whose checksums hold, the database dump and the keys.
     let recs = records(&site);
