@@ -1,9 +1,11 @@
 //! `GET /v1/tools/{tool}/{version}/{os}_{arch}`: the Terraform/OpenTofu
 //! binaries of `[server] tools_dir`, and the `hangar-worker` binaries applied
 //! from worker bundles, to authenticated workers, with their SHA-256 in
-//! `x-hangar-sha256` and their version in `x-hangar-version`. The version
-//! `latest` is the highest one (by semver precedence) present for the platform:
-//! `hangar-worker update` asks for it.
+//! `x-hangar-sha256` and their version in `x-hangar-version`. For
+//! `hangar-worker` the version `latest` is the highest one (by semver
+//! precedence) present for the platform: `hangar-worker update` asks for it.
+//! Terraform and OpenTofu have no `latest`: a run names its version, and the
+//! hash it was given at its claim must still be that version's.
 //!
 //! Layout (as the installer and applied bundles write it):
 //! `<tool>/<version>/<binary>` is the linux_amd64 build;
@@ -49,7 +51,7 @@ pub(crate) async fn locate(settings: &WorkerSettings, tool: &str, version: &str,
 
 /// As [`locate`], with the version found (`latest` resolved).
 async fn locate_version(settings: &WorkerSettings, tool: &str, version: &str, os: &str, arch: &str) -> Option<(PathBuf, String)> {
-    if version == LATEST_VERSION {
+    if version == LATEST_VERSION && tool == WORKER_TOOL {
         return latest(settings, tool, os, arch).await;
     }
     let root = settings.tools_dir.as_ref()?;
