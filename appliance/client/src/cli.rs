@@ -110,8 +110,13 @@ pub async fn bundle(args: BundleArgs) -> Result<(), ClientError> {
                 );
             } else {
                 for b in list {
+                    let applied = b
+                        .applied
+                        .as_ref()
+                        .map(|a| format!("  applied {} by {}", a.applied_at, a.applied_by))
+                        .unwrap_or_default();
                     println!(
-                        "{}  {:<9} {:<12} {:<14} {:>12}  {}",
+                        "{}  {:<9} {:<12} {:<14} {:>12}  {}{applied}",
                         b.id, b.kind, b.version, b.platform, b.size, b.uploaded_at
                     );
                 }
