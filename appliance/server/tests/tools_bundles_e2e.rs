@@ -337,6 +337,22 @@ async fn applies_refuse_other_kinds_unknown_ids_readers_changed_files_and_strang
     let err = fails(hangar_bundle_cmd(app, &key, &state, &["apply", &changed_id]), "a changed version");
     assert!(err.contains("409") && err.contains("never replaced") && err.contains("terraform/1.0.3/terraform"), "{err}");
 
+    // A staged bundle altered on disk after its upload: the apply reads it
+    // again against its signed manifest and refuses it.
+    let fresh = site.dir.subdir("fresh");
+    std::fs::create_dir_all(fresh.join("terraform/1.0.3-fresh")).unwrap();
+    std::fs::write(fresh.join("terraform/1.0.3-fresh/terraform"), "#!/bin/sh\necho fresh\n".repeat(64)).unwrap();
+    let fresh_bundle = site.dir.path().join("fresh.bundle");
+    site.build_tools(&fresh, "1.0.2", &fresh_bundle);
+    let fresh_id = upload(app, &key, &state, &fresh_bundle);
+    let staged = site.staging.join("staged").join(format!("{fresh_id}.bundle"));
+    let mut bytes = std::fs::read(&staged).unwrap();
+    let at = bytes.len() - 20;
+    bytes[at] ^= 0x55;
+    std::fs::write(&staged, bytes).unwrap();
+    let err = fails(hangar_bundle_cmd(app, &key, &state, &["apply", &fresh_id]), "an altered staged bundle");
+    assert!(err.contains("400") && err.contains(&fresh_id), "{err}");
+
     assert_eq!(files_under(&tools), before, "the tools area is as it was");
     assert!(files_under(&site.mirror).is_empty(), "the mirror is as it was");
     assert!(
