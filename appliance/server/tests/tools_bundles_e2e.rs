@@ -272,6 +272,13 @@ async fn a_tools_bundle_applied_brings_a_terraform_version_and_a_provider_to_a_w
     assert_eq!(again["installed"], json!([]), "{again}");
     assert_eq!(again["unchanged"].as_array().unwrap().len(), 2, "{again}");
     assert_eq!(std::fs::metadata(&served_tf).unwrap().modified().unwrap(), modified);
+    // And through GraphQL.
+    let d = fleet
+        .ok("mutation($id: ID!) { applyBundle(id: $id) { kind version installed unchanged skipped } }", json!({ "id": id }))
+        .await;
+    assert_eq!(d["applyBundle"]["installed"], json!([]), "{d}");
+    assert_eq!((d["applyBundle"]["kind"].as_str(), d["applyBundle"]["version"].as_str()), (Some("tools"), Some("2026.12.7")));
+    assert_eq!(d["applyBundle"]["unchanged"].as_array().unwrap().len(), 2, "{d}");
     // The list shows when and by whom it was applied.
     let list = json_of(&hangar_bundle_cmd(&fleet.app, &key, &state, &["list"]), "hangar bundle list");
     assert_eq!(list[0]["id"], id.as_str());
@@ -314,6 +321,14 @@ async fn applies_refuse_other_kinds_unknown_ids_readers_changed_files_and_strang
     assert!(err.contains("403") && err.contains("admin role"), "{err}");
     let (status, _) = post(app, None, &format!("/api/v1/bundles/{appliance_id}/apply")).await;
     assert_eq!(status, 401);
+    // The same through GraphQL's applyBundle.
+    let apply = "mutation($id: ID!) { applyBundle(id: $id) { installed } }";
+    let (code, message) = app.err(Some(&reader), apply, json!({ "id": appliance_id })).await;
+    assert_eq!(code, "FORBIDDEN", "{message}");
+    let (code, message) = app.err(Some(&fleet.admin), apply, json!({ "id": appliance_id })).await;
+    assert!(code == "REFUSED" && message.contains("wrong_kind"), "{code}: {message}");
+    let (code, message) = app.err(Some(&fleet.admin), apply, json!({ "id": "f".repeat(32) })).await;
+    assert_eq!(code, "NOT_FOUND", "{message}");
 
     // A tools bundle with a file that has no place in the tools area.
     let odd = site.dir.subdir("odd");

@@ -18,6 +18,8 @@ use warp::filters::BoxedFilter;
 use warp::http::StatusCode;
 use warp::reply::Response;
 
+use hangar_store::users::Caller;
+
 use super::{StagedBundle, UploadError, admin, audit, id_ok, io_error};
 use crate::App;
 use crate::http::json_response;
@@ -55,7 +57,30 @@ pub(super) fn route(app: Arc<App>) -> BoxedFilter<(Response,)> {
 }
 
 async fn apply(app: &App, auth: Option<&str>, id: &str) -> Result<Response, UploadError> {
-    let (caller, staging) = admin(app, auth).await?;
+    let (caller, _) = admin(app, auth).await?;
+    let done = apply_bundle(app, &caller, id).await?;
+    Ok(json_response(
+        StatusCode::OK,
+        &ApplyView {
+            bundle: &done.bundle,
+            applied: &done.applied,
+        },
+    ))
+}
+
+/// What an apply did, and the staged bundle with its record.
+pub(crate) struct Outcome {
+    pub(crate) bundle: StagedBundle,
+    pub(crate) applied: Applied,
+}
+
+/// Applies staged bundle `id` for `caller`, an admin (the API's and
+/// GraphQL's `applyBundle` alike).
+pub(crate) async fn apply_bundle(app: &App, caller: &Caller, id: &str) -> Result<Outcome, UploadError> {
+    if !caller.role.allows(hangar_types::Role::Admin) {
+        return Err(UploadError::Forbidden);
+    }
+    let staging = app.bundles.as_ref().ok_or(UploadError::NotConfigured)?;
     if !id_ok(id) {
         return Err(UploadError::NoBundle(id.to_string()));
     }
@@ -135,11 +160,8 @@ async fn apply(app: &App, auth: Option<&str>, id: &str) -> Result<Response, Uplo
     )
     .await;
     staged.applied = Some(record);
-    Ok(json_response(
-        StatusCode::OK,
-        &ApplyView {
-            bundle: &staged,
-            applied: &applied,
-        },
-    ))
+    Ok(Outcome {
+        bundle: staged,
+        applied,
+    })
 }

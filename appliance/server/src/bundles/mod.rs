@@ -20,6 +20,8 @@
 mod apply;
 mod verify;
 
+pub(crate) use apply::apply_bundle;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -153,7 +155,7 @@ pub(crate) enum UploadError {
 }
 
 impl UploadError {
-    fn code(&self) -> ErrorCode {
+    pub(crate) fn code(&self) -> ErrorCode {
         match self {
             UploadError::Http(e) => e.code(),
             UploadError::Unauthenticated => ErrorCode::Unauthenticated,
