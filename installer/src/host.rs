@@ -112,6 +112,8 @@ pub struct Layout {
     pub supervisor: PathBuf,
     /// The drain's own files (its bare copies of the stacks' repositories).
     pub drain: PathBuf,
+    /// Tool binaries and the provider mirror, kept across releases.
+    pub tools: PathBuf,
     pub logs: PathBuf,
 }
 
@@ -137,6 +139,7 @@ impl Layout {
             objects: data.join("objects"),
             supervisor: data.join("supervisor"),
             drain: data.join("drain"),
+            tools: data.join("tools"),
             data,
             logs: host.path("/var/log/hangar"),
         }

@@ -42,7 +42,7 @@ pub enum Command {
     Server,
     /// Administration: create users (the installer's first admin), rotate the master key.
     Admin(crate::admin_cmd::AdminArgs),
-    /// Bundles on an appliance, from any machine: upload (resumable), list, remove.
+    /// Bundles on an appliance, from any machine: upload (resumable), list, apply, remove.
     Bundle(hangar_client::cli::BundleArgs),
     /// Log in to an appliance with a password; the session becomes a client profile.
     Login(hangar_client::commands::LoginArgs),
