@@ -62,8 +62,10 @@ pub enum LogError {
     #[error("object store unavailable for log chunk {key}")]
     Objects {
         key: String,
+        /// Boxed: the object store's errors are large, and this one travels
+        /// inside every result of the log paths.
         #[source]
-        source: ObjectsError,
+        source: Box<ObjectsError>,
     },
 }
 
@@ -174,7 +176,7 @@ pub async fn append(
             .execute(&mut conn)
             .await;
         }
-        return Err(LogError::Objects { key, source });
+        return Err(LogError::Objects { key, source: Box::new(source) });
     }
 
     let notice = ChunkNotice { run: run_id, phase, seq };
@@ -275,7 +277,7 @@ pub(crate) struct Contiguous {
 /// The bytes of one stored chunk.
 pub(crate) async fn fetch(objects: &ObjectStore, run: i64, phase: Phase, seq: u64) -> Result<Vec<u8>, LogError> {
     let key = log_chunk_key(run, phase, seq);
-    objects.get(&key).await.map_err(|source| LogError::Objects { key, source })
+    objects.get(&key).await.map_err(|source| LogError::Objects { key, source: Box::new(source) })
 }
 
 /// Deletes every chunk of `run`, objects first, then the rows, so a failure
@@ -291,7 +293,7 @@ pub async fn delete_run_logs(db: &DbPool, objects: &ObjectStore, run: i64) -> Re
     for (phase, seq) in &chunks {
         let phase = parse_phase(phase)?;
         let key = log_chunk_key(run, phase, *seq as u64);
-        objects.delete(&key).await.map_err(|source| LogError::Objects { key, source })?;
+        objects.delete(&key).await.map_err(|source| LogError::Objects { key, source: Box::new(source) })?;
     }
     diesel::delete(run_log_chunks::table.filter(run_log_chunks::run_id.eq(run)))
         .execute(&mut conn)
