@@ -40,6 +40,7 @@ pub mod recipe;
 mod sign;
 mod stream;
 mod tempname;
+pub mod tools;
 mod trust;
 mod writer;
 
@@ -52,5 +53,6 @@ pub use limits::Limits;
 pub use manifest::{Entry, Kind, Manifest};
 pub use semver::Version;
 pub use sign::sign_bundle;
+pub use tools::{ApplyError, Applied, ToolsArea};
 pub use trust::{KeyOrigin, TrustStore, TrustedKey};
 pub use writer::{BuildOptions, Layout, LayoutEntry, build_bundle};

@@ -112,6 +112,8 @@ pub struct Layout {
     pub supervisor: PathBuf,
     /// The drain's own files (its bare copies of the stacks' repositories).
     pub drain: PathBuf,
+    /// Tool binaries and the provider mirror, kept across releases.
+    pub tools: PathBuf,
     pub logs: PathBuf,
 }
 
@@ -137,6 +139,7 @@ impl Layout {
             objects: data.join("objects"),
             supervisor: data.join("supervisor"),
             drain: data.join("drain"),
+            tools: data.join("tools"),
             data,
             logs: host.path("/var/log/hangar"),
         }
@@ -247,7 +250,25 @@ pub fn run_with_input(cmd: &mut Command, what: &str, input: Option<&[u8]>) -> Re
     use std::os::unix::process::CommandExt;
     let program = cmd.get_program().to_owned();
     // Its own process group: a Ctrl-C at the terminal reaches the installer,
-    // which finishes the step, not the child in the middle of it.
+    // which finishes the step, not the child in the middle of it. And it dies
+    // with the installer: a step's `psql` or `pg_restore` outliving a killed
+    // run would race the next run's retry of that step. (A daemon the child
+    // forks, such as the postmaster of `pg_ctl start`, does not inherit this.)
+    let parent = nix::unistd::getpid();
+    // SAFETY: the closure runs between fork and exec and only makes raw
+    // system calls (prctl, getppid) on a value copied before the fork; it
+    // allocates nothing and takes no lock.
+    #[allow(unsafe_code)]
+    unsafe {
+        cmd.pre_exec(move || {
+            nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)?;
+            // The installer may have died before the line above took effect.
+            if nix::unistd::getppid() != parent {
+                return Err(nix::errno::Errno::ESRCH.into());
+            }
+            Ok(())
+        });
+    }
     cmd.process_group(0)
         .stdin(if input.is_some() { Stdio::piped() } else { Stdio::null() })
         .stdout(Stdio::piped())

@@ -489,6 +489,10 @@ impl Provision<'_> {
         ensure_dir(&l.data.join("upgrades"), 0o755, None)?;
         // Uploaded bundles, staged by the server (the service user).
         ensure_dir(&l.data.join("bundles"), 0o700, svc)?;
+        // Tool binaries and the provider mirror, which tools bundles add to:
+        // seeded from this release, kept across releases.
+        let version = self.bundle.manifest().version.to_string();
+        let seeded = crate::tools::seed(l, &l.releases.join(&version), &version, svc)?;
         let lock = l.data.join("lifecycle.lock");
         if !lock.exists() {
             write_atomic(&lock, b"", 0o644, None)?;
@@ -498,7 +502,15 @@ impl Provision<'_> {
             ensure_dir(&l.objects.join("meta"), 0o700, svc)?;
             ensure_dir(&l.objects.join("data"), 0o700, svc)?;
         }
-        Ok(format!("{}, {}, {}", l.etc.display(), l.data.display(), l.logs.display()))
+        Ok(format!(
+            "{}, {}, {}; tools area {} ({} file(s) copied from the release, {} in place)",
+            l.etc.display(),
+            l.data.display(),
+            l.logs.display(),
+            l.tools.display(),
+            seeded.copied,
+            seeded.unchanged
+        ))
     }
 
     fn certificates(&mut self) -> Result<String, InstallError> {

@@ -23,6 +23,7 @@ pub mod state;
 pub mod status;
 pub mod support;
 pub mod tls;
+pub mod tools;
 pub mod uninstall;
 pub mod upgrade;
 

@@ -7,6 +7,7 @@
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::Command;
+use std::time::{Duration, Instant};
 
 use crate::error::InstallError;
 use crate::host::{Layout, run, run_with_input, user_ids};
@@ -86,22 +87,42 @@ impl Cluster {
 
     /// Starts the cluster outside the supervisor (for migrations and restores
     /// while the appliance is stopped). Returns whether it was started now.
+    /// Either way, it returns once the cluster accepts connections.
     pub fn start_alone(&self) -> Result<bool, InstallError> {
-        if self.running() {
-            return Ok(false);
+        let started = !self.running() && {
+            let l = &self.layout;
+            let start = run(
+                self.command("pg_ctl")
+                    .arg("start")
+                    .arg("-D")
+                    .arg(&l.postgres)
+                    .arg("-l")
+                    .arg(l.logs.join("postgres-install.log"))
+                    .args(["-w", "-t", "120"]),
+                "start",
+            );
+            match start {
+                Ok(_) => true,
+                // A start that a killed run began took the lock file first.
+                Err(_) if self.running() => false,
+                Err(e) => return Err(e),
+            }
+        };
+        self.wait_accepting(Duration::from_secs(120))?;
+        Ok(started)
+    }
+
+    /// Waits until the cluster answers a query: one still starting (or
+    /// recovering after a kill) refuses connections for a while.
+    fn wait_accepting(&self, limit: Duration) -> Result<(), InstallError> {
+        let deadline = Instant::now() + limit;
+        loop {
+            match self.psql("postgres", "SELECT 1", &[]) {
+                Ok(_) => return Ok(()),
+                Err(e) if Instant::now() >= deadline => return Err(e),
+                Err(_) => std::thread::sleep(Duration::from_millis(200)),
+            }
         }
-        let l = &self.layout;
-        run(
-            self.command("pg_ctl")
-                .arg("start")
-                .arg("-D")
-                .arg(&l.postgres)
-                .arg("-l")
-                .arg(l.logs.join("postgres-install.log"))
-                .args(["-w", "-t", "120"]),
-            "start",
-        )?;
-        Ok(true)
     }
 
     /// Stops a cluster started with [`Cluster::start_alone`] (fast mode).
@@ -148,10 +169,12 @@ impl Cluster {
     pub fn restore(&self, file: &Path) -> Result<(), InstallError> {
         let restore = format!("{DB_NAME}_restore");
         let before = format!("{DB_NAME}_before_restore");
-        let terminate = format!(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
-             WHERE datname IN ('{DB_NAME}', '{restore}', '{before}') AND pid <> pg_backend_pid();\n"
-        );
+        // Every other session ends first, whichever database it is in, and is
+        // waited for: with the services stopped, one left is a killed run's
+        // (a `CREATE DATABASE` still copying, say), which would race this run.
+        let terminate = "SELECT count(pg_terminate_backend(pid, 30000)) FROM pg_stat_activity \
+             WHERE backend_type = 'client backend' AND pid <> pg_backend_pid();\n"
+            .to_string();
         let exists = |name: &str| -> Result<bool, InstallError> {
             Ok(self.psql("postgres", &format!("SELECT 1 FROM pg_database WHERE datname = '{name}'"), &[])?.trim() == "1")
         };

@@ -68,8 +68,9 @@ pub fn hangar_toml(answers: &Answers, l: &Layout, service_user: &str) -> String 
         skey = qp(&server_key),
         cakey = qp(&l.pki.join("ca.key")),
         broker_url = q(format!("mqtts://{}:{}", answers.hostname, answers.ports.broker)),
-        tools = qp(&l.current.join("tools")),
-        providers = qp(&l.current.join("tools/providers")),
+        // In the data directory, not the release: tools bundles add to them.
+        tools = qp(&l.tools),
+        providers = qp(&crate::tools::mirror_dir(l)),
         bundles = qp(&l.data.join("bundles")),
         trust = qp(&l.trust),
         drain = qp(&l.drain),

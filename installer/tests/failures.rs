@@ -10,14 +10,11 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::io::{BufRead, BufReader};
 use std::os::unix::fs::PermissionsExt;
-use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::{Site, bundle, check, error_line};
-use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
+use nix::sys::signal::Signal;
 
 /// Runs the install and expects a refusal whose one line contains `expected`,
 /// with nothing written under the prefix.
@@ -192,31 +189,7 @@ fn refused_bundles_leave_an_installed_host_as_it_was() {
 
 /// Starts an install and stops it with `signal` once its output shows `at`.
 fn stop_install_at(site: &Site, at: &str, signal: Signal) -> (Option<i32>, String) {
-    let mut child = site.install_command().stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let mut seen = String::new();
-    let mut lines = BufReader::new(stdout).lines();
-    let deadline = Instant::now() + Duration::from_secs(300);
-    for line in lines.by_ref() {
-        let line = line.unwrap();
-        seen.push_str(&line);
-        seen.push('\n');
-        if line.contains(at) {
-            break;
-        }
-        assert!(Instant::now() < deadline, "{seen}");
-    }
-    assert!(seen.contains(at), "the install never reached {at:?}:\n{seen}");
-    std::thread::sleep(Duration::from_millis(200));
-    kill(Pid::from_raw(child.id() as i32), signal).unwrap();
-    for line in lines {
-        seen.push_str(&line.unwrap_or_default());
-        seen.push('\n');
-    }
-    let status = child.wait().unwrap();
-    let mut stderr = String::new();
-    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
-    (status.code(), format!("{seen}{stderr}"))
+    common::signal_at(site.install_command(), at, Duration::from_millis(200), signal)
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -27,6 +27,60 @@ fn host_state(site: &Site) -> (BTreeMap<String, String>, BTreeMap<String, String
     (common::snapshot(&site.path("etc/hangar")), common::snapshot(&site.path("opt/hangar")), backups)
 }
 
+/// Builds a tools bundle with the shipped recipe, signed by the test key,
+/// and uploads and applies it with `hangar bundle`: its files land in the
+/// tools area, the service user's like the rest of it.
+async fn apply_a_tools_bundle(site: &Site, api: &Api, tools: &std::path::Path) {
+    use std::os::unix::fs::MetadataExt;
+    let src = site.dir.path().join("tools-source");
+    let archive = "providers/hangar.test/hangar/hangartest/terraform-provider-hangartest_0.1.0_linux_amd64.zip";
+    for (path, text) in [("terraform/1.0.3-bundled/terraform", "#!/bin/sh\n"), (archive, "a provider archive")] {
+        fs::create_dir_all(src.join(path).parent().unwrap()).unwrap();
+        fs::write(src.join(path), text).unwrap();
+    }
+    let bins = common::profile_dir();
+    let bundle = site.dir.path().join("tools.bundle");
+    let recipe = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../bundles/recipes/tools.toml");
+    check(
+        "hangar-bundle build",
+        Command::new(bins.join("hangar-bundle"))
+            .args(["build", "--recipe"])
+            .arg(recipe)
+            .arg("--var")
+            .arg(format!("dir={}", src.display()))
+            .args(["--var", "version=2026.12.7", "--key"])
+            .arg(bins.join("hangar-install-tests/dev-key.key"))
+            .arg("--out")
+            .arg(&bundle)
+            .output()
+            .unwrap(),
+    );
+    let key = api.ok("mutation { createApiKey(name: \"tools\", role: ADMIN) { key } }", json!({})).await["createApiKey"]["key"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let client = |args: &[&str]| {
+        Command::new(bins.join("hangar"))
+            .arg("bundle")
+            .args(args)
+            .args(["--json", "--server", &api.base, "--ca-file"])
+            .arg(site.ca())
+            .env("HANGAR_API_KEY", &key)
+            .env("XDG_STATE_HOME", site.dir.path().join("client-state"))
+            .env("HANGAR_CLIENT_CONFIG", site.dir.path().join("no-client.toml"))
+            .output()
+            .unwrap()
+    };
+    let staged: serde_json::Value = serde_json::from_str(&check("hangar bundle upload", client(&["upload", bundle.to_str().unwrap()]))).unwrap();
+    let id = staged["id"].as_str().unwrap();
+    let applied: serde_json::Value = serde_json::from_str(&check("hangar bundle apply", client(&["apply", id]))).unwrap();
+    assert_eq!(applied["installed"].as_array().map(Vec::len), Some(2), "{applied}");
+    let owner = fs::metadata(tools).unwrap().uid();
+    for f in [tools.join("terraform/1.0.3-bundled/terraform"), tools.join(archive)] {
+        assert_eq!(fs::metadata(&f).unwrap_or_else(|e| panic!("{}: {e}", f.display())).uid(), owner, "{}", f.display());
+    }
+}
+
 /// What an administrator made before the upgrade, read back.
 async fn data(api: &Api) -> serde_json::Value {
     api.ok(
@@ -53,6 +107,26 @@ async fn an_upgrade_backs_up_switches_and_keeps_everything_and_the_checks_refuse
     api.ok("mutation { createContext(slug: \"shared\", name: \"Shared settings\") { slug } }", json!({})).await;
     api.ok("mutation { createWorkerPool(name: \"builders\") { id } }", json!({})).await;
     let before = data(&api).await;
+
+    // The tools area is in the data directory, seeded from the release.
+    let tools = site.path("var/lib/hangar/tools");
+    let config_path = site.path("etc/hangar/hangar.toml");
+    assert!(tools.join("terraform/1.0.3/terraform").is_file());
+    assert!(tools.join(format!("hangar-worker/{version}/hangar-worker")).is_file());
+    let config = fs::read_to_string(&config_path).unwrap();
+    let in_data = [format!("tools_dir = \"{}\"\n", tools.display()), format!("provider_mirror_dir = \"{}/providers\"\n", tools.display())];
+    assert!(in_data.iter().all(|l| config.contains(l.as_str())), "{config}");
+    // As an earlier installer left it, with the tools inside the release,
+    // and a version a tools bundle added since.
+    let release_tools = site.path("opt/hangar/current/tools");
+    let in_release =
+        [format!("tools_dir = \"{}\"\n", release_tools.display()), format!("provider_mirror_dir = \"{}/providers\"\n", release_tools.display())];
+    fs::write(&config_path, config.replace(&in_data[0], &in_release[0]).replace(&in_data[1], &in_release[1])).unwrap();
+    let added = tools.join("terraform/1.0.3-added/terraform");
+    fs::create_dir_all(added.parent().unwrap()).unwrap();
+    fs::write(&added, "#!/bin/sh\n").unwrap();
+    // The site signs tools bundles with the test key.
+    fs::copy(built.trust.join("dev.pub"), site.path("etc/hangar/trust/dev.pub")).unwrap();
 
     // Refusals: each names its check, and the appliance is as it was.
     let dir = site.dir.path().to_path_buf();
@@ -102,6 +176,20 @@ async fn an_upgrade_backs_up_switches_and_keeps_everything_and_the_checks_refuse
     // Every piece of data is still there, through the new release.
     let api = Api::login(&site).await;
     assert_eq!(data(&api).await, before);
+
+    // The configuration points at the tools area, which has both releases'
+    // tools and what was added.
+    let config = fs::read_to_string(&config_path).unwrap();
+    assert!(in_data.iter().all(|l| config.contains(l.as_str())), "{config}");
+    assert!(text.contains("the configuration now points at it"), "{text}");
+    assert!(added.is_file(), "a version added to the tools area stays");
+    for v in [version, NEXT] {
+        assert!(tools.join(format!("hangar-worker/{v}/hangar-worker")).is_file(), "{v}'s worker");
+    }
+
+    // The upgraded appliance's server (the service user) applies a tools
+    // bundle to the tools area.
+    apply_a_tools_bundle(&site, &api, &tools).await;
 
     // The backup: a manifest whose checksums hold, the database dump and the keys.
     let recs = records(&site);

@@ -5,44 +5,19 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::{Api, Site, both, bundle, bundle_of, check, cluster, current, error_line, records, state};
-use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
+use nix::sys::signal::Signal;
 use serde_json::json;
 
-/// Starts `hangar-install upgrade ARGS` and kills it with SIGKILL once its
-/// output shows `at`. Returns what it printed.
-fn kill_upgrade_at(site: &Site, args: &[&str], at: &str) -> String {
+/// Starts `hangar-install upgrade ARGS` and kills it with SIGKILL `after`
+/// its output shows `at`. Returns what it printed.
+fn kill_upgrade_at(site: &Site, args: &[&str], at: &str, after: Duration) -> String {
     let mut cmd = site.command(&["upgrade"]);
-    cmd.args(args).arg("--trust").arg(&site.trust).stdout(Stdio::piped()).stderr(Stdio::piped());
-    let mut child = cmd.spawn().unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let mut seen = String::new();
-    let mut lines = BufReader::new(stdout).lines();
-    let deadline = Instant::now() + Duration::from_secs(600);
-    for line in lines.by_ref() {
-        let line = line.unwrap();
-        seen.push_str(&line);
-        seen.push('\n');
-        if line.contains(at) {
-            break;
-        }
-        assert!(Instant::now() < deadline, "{seen}");
-    }
-    assert!(seen.contains(at), "the upgrade never reached {at:?}:\n{seen}");
-    // Into the step, not at its first instruction.
-    std::thread::sleep(Duration::from_millis(300));
-    kill(Pid::from_raw(child.id() as i32), Signal::SIGKILL).unwrap();
-    for line in lines {
-        seen.push_str(&line.unwrap_or_default());
-        seen.push('\n');
-    }
-    let status = child.wait().unwrap();
-    assert_eq!(status.code(), None, "killed, not exited:\n{seen}");
+    cmd.args(args).arg("--trust").arg(&site.trust);
+    let (code, seen) = common::signal_at(cmd, at, after, Signal::SIGKILL);
+    assert_eq!(code, None, "killed, not exited:\n{seen}");
     seen
 }
 
@@ -72,14 +47,25 @@ async fn killed_at_each_step_forward_the_next_run_completes_the_upgrade() {
     Api::login(&site).await.ok("mutation { createContext(slug: \"marker\", name: \"Marker\") { slug } }", json!({})).await;
 
     // Back and forth between the two releases (the way back is a downgrade,
-    // asked for), killed at another step each time.
-    let steps = ["release", "pre-checks", "backup", "switch", "migrate", "start", "health"];
-    for (i, step) in steps.iter().enumerate() {
+    // asked for), killed at another step each time: well into it, or at its
+    // very first instruction (a `pg_ctl start` just begun, say).
+    let steps = [
+        ("release", 300),
+        ("pre-checks", 300),
+        ("backup", 300),
+        ("switch", 300),
+        ("migrate", 0),
+        ("migrate", 300),
+        // These two can pass within a few hundred milliseconds.
+        ("start", 0),
+        ("health", 0),
+    ];
+    for (i, (step, after)) in steps.into_iter().enumerate() {
         let (bundle, to, extra): (&std::path::Path, &str, &[&str]) =
             if i % 2 == 0 { (&next.bundle, "0.2.0", &[]) } else { (&built.bundle, first, &["--allow-downgrade"]) };
         let mut args = vec!["--bundle", bundle.to_str().unwrap()];
         args.extend_from_slice(extra);
-        let seen = kill_upgrade_at(&site, &args, &format!("[..] {step}:"));
+        let seen = kill_upgrade_at(&site, &args, &format!("[..] {step}:"), Duration::from_millis(after));
         let rec = records(&site).pop().unwrap();
         assert_eq!(rec["outcome"], "running", "killed at {step}: {rec}\n{seen}");
         let status = site.command(&["status"]).output().unwrap();
@@ -114,8 +100,10 @@ async fn killed_during_a_rollback_the_next_run_finishes_rolling_back() {
         std::fs::copy(&broken_bin, tree.join("bin/hangar")).unwrap();
         common::set_release_info(tree, "0.3.0", "0.1.0");
     });
-    for step in ["stop", "switch back", "restore database", "start", "health"] {
-        let seen = kill_upgrade_at(&site, &["--bundle", broken.to_str().unwrap()], &format!("[..] rollback: {step}:"));
+    let steps = [("stop", 300), ("switch back", 300), ("restore database", 0), ("restore database", 300), ("start", 0), ("health", 0)];
+    for (step, after) in steps {
+        let at = format!("[..] rollback: {step}:");
+        let seen = kill_upgrade_at(&site, &["--bundle", broken.to_str().unwrap()], &at, Duration::from_millis(after));
         assert!(seen.contains("[!!] migrate:"), "{seen}");
         let out = site.command(&["upgrade"]).output().unwrap();
         let text = both(&out);

@@ -33,6 +33,32 @@ pub struct StagedBundle {
     pub files: u64,
     pub uploaded_by: String,
     pub uploaded_at: String,
+    /// When and by whom it was applied, once it was.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub applied: Option<AppliedRecord>,
+}
+
+/// The appliance's record of a bundle's apply.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AppliedRecord {
+    pub applied_by: String,
+    pub applied_at: String,
+    pub installed: Vec<String>,
+    pub unchanged: Vec<String>,
+    pub skipped: Vec<String>,
+}
+
+/// What an apply did: the bundle's files, by their paths in the bundle.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ApplyResult {
+    pub bundle: StagedBundle,
+    /// Installed now.
+    pub installed: Vec<String>,
+    /// In place already with the same SHA-256.
+    pub unchanged: Vec<String>,
+    /// Not for the tools area (a mirror's JSON documents, a worker bundle's
+    /// other files).
+    pub skipped: Vec<String>,
 }
 
 /// An upload as the appliance reports it.
@@ -357,6 +383,12 @@ pub async fn list(client: &Client) -> Result<Vec<StagedBundle>, ClientError> {
         .call::<StagedList>(Method::GET, "/api/v1/bundles", None)
         .await?
         .bundles)
+}
+
+/// Applies a staged `tools` or `worker` bundle to the appliance's tools area.
+pub async fn apply(client: &Client, id: &str) -> Result<ApplyResult, ClientError> {
+    let path = format!("/api/v1/bundles/{id}/apply");
+    client.call(Method::POST, &path, None).await
 }
 
 /// Removes a staged bundle.

@@ -1,5 +1,5 @@
 //! The client subcommands of `hangar`: `hangar bundle upload FILE`, `list`,
-//! `remove ID`. Each prints a line for people, or JSON with `--json`.
+//! `apply ID`, `remove ID`. Each prints a line for people, or JSON with `--json`.
 
 use std::path::PathBuf;
 
@@ -35,6 +35,10 @@ pub enum BundleCommand {
     },
     /// List the staged bundles.
     List,
+    /// Apply a staged tools bundle (its Terraform/OpenTofu versions and
+    /// providers) or worker bundle (its hangar-worker, for `hangar-worker
+    /// update`); applying one twice changes nothing.
+    Apply { id: String },
     /// Remove a staged bundle.
     Remove { id: String },
 }
@@ -106,11 +110,38 @@ pub async fn bundle(args: BundleArgs) -> Result<(), ClientError> {
                 );
             } else {
                 for b in list {
+                    let applied = b
+                        .applied
+                        .as_ref()
+                        .map(|a| format!("  applied {} by {}", a.applied_at, a.applied_by))
+                        .unwrap_or_default();
                     println!(
-                        "{}  {:<9} {:<12} {:<14} {:>12}  {}",
+                        "{}  {:<9} {:<12} {:<14} {:>12}  {}{applied}",
                         b.id, b.kind, b.version, b.platform, b.size, b.uploaded_at
                     );
                 }
+            }
+        }
+        BundleCommand::Apply { id } => {
+            let done = bundles::apply(&client, &id).await?;
+            if args.json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&done).expect("serializes")
+                );
+            } else {
+                for path in &done.installed {
+                    println!("installed {path}");
+                }
+                println!(
+                    "applied {} {} {}: {} file(s) installed, {} already in place, {} skipped",
+                    done.bundle.kind,
+                    done.bundle.version,
+                    id,
+                    done.installed.len(),
+                    done.unchanged.len(),
+                    done.skipped.len()
+                );
             }
         }
         BundleCommand::Remove { id } => {

@@ -52,10 +52,12 @@ impl Client {
             .server
             .join(path)
             .map_err(|e| ClientError::Config(format!("{}{path}: {e}", self.profile.server)))?;
-        Ok(self
-            .http
-            .request(method, url)
-            .bearer_auth(&self.profile.api_key))
+        let req = self.http.request(method, url);
+        // No key yet: `hangar login` asks for one.
+        if self.profile.api_key.is_empty() {
+            return Ok(req);
+        }
+        Ok(req.bearer_auth(&self.profile.api_key))
     }
 
     /// Sends `req` and reads a JSON answer (`None` for 204).
@@ -80,12 +82,22 @@ impl Client {
             .await
             .map_err(|source| ClientError::Transport { url, source })?;
         if !status.is_success() {
+            let graphql_error = || {
+                let v: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+                let first = v.get("errors")?.get(0)?;
+                Some((
+                    first.pointer("/extensions/code")?.as_str()?.to_string(),
+                    first.get("message")?.as_str()?.to_string(),
+                ))
+            };
             let (code, message) = match serde_json::from_slice::<ErrorBody>(&bytes) {
                 Ok(b) => (b.error.code.to_string(), b.error.message),
-                Err(_) => (
-                    status.canonical_reason().unwrap_or("error").to_string(),
-                    String::from_utf8_lossy(&bytes).chars().take(200).collect(),
-                ),
+                Err(_) => graphql_error().unwrap_or_else(|| {
+                    (
+                        status.canonical_reason().unwrap_or("error").to_string(),
+                        String::from_utf8_lossy(&bytes).chars().take(200).collect(),
+                    )
+                }),
             };
             return Err(ClientError::Api {
                 method: method.to_string(),

@@ -35,6 +35,20 @@ pub enum ClientError {
         code: String,
         message: String,
     },
+    /// A GraphQL operation answered with an error.
+    #[error("{operation}: {code}: {message}")]
+    GraphQl {
+        operation: String,
+        code: String,
+        message: String,
+    },
+    /// A run this command followed ended other than FINISHED.
+    #[error("run {id} ended {state}{}", reason.as_deref().map(|r| format!(": {r}")).unwrap_or_default())]
+    RunEnded {
+        id: String,
+        state: String,
+        reason: Option<String>,
+    },
     /// The server answered something this client does not understand.
     #[error("{path}: unexpected answer: {problem}")]
     Protocol { path: String, problem: String },

@@ -3,14 +3,18 @@
 //! [`Profile`] says where the appliance is, which CA to trust and which API
 //! key to send; [`Client`] makes the calls and turns every failure into one
 //! [`ClientError`]; [`cli`] holds the subcommands (`hangar bundle …`), each
-//! with `--json` output for scripts.
+//! with `--json` output for scripts: `hangar bundle`, `login`, `stack`,
+//! `run`, `env` and `policy`.
 
 pub mod bundles;
 pub mod cli;
 mod client;
+pub mod commands;
 mod error;
+mod graphql;
 mod profile;
+pub mod runs;
 
 pub use client::Client;
 pub use error::ClientError;
-pub use profile::{ConnectArgs, Profile};
+pub use profile::{ConnectArgs, Profile, config_path};

@@ -18,7 +18,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use clap::Args;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::ClientError;
 
@@ -39,19 +39,72 @@ pub struct ConnectArgs {
     pub api_key_file: Option<PathBuf>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 struct ConfigFile {
     #[serde(default)]
     profiles: BTreeMap<String, ProfileFile>,
 }
 
-#[derive(Debug, Default, Clone, Deserialize)]
+#[derive(Debug, Default, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 struct ProfileFile {
+    #[serde(skip_serializing_if = "Option::is_none")]
     server: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     ca_file: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     api_key_file: Option<PathBuf>,
+}
+
+/// Writes profile `name` (server, CA, key file) into the client configuration
+/// file, keeping its other profiles; the key itself goes to `key_file`, 0600.
+/// Returns the configuration file's path.
+pub fn save_profile(
+    name: &str,
+    profile: &Profile,
+    key_file: &Path,
+) -> Result<PathBuf, ClientError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = config_path().ok_or_else(|| {
+        ClientError::Config("no HOME: cannot place the client configuration".into())
+    })?;
+    let mut config = read_config(&path)?.unwrap_or_default();
+    config.profiles.insert(
+        name.to_string(),
+        ProfileFile {
+            server: Some(profile.server.to_string()),
+            ca_file: profile.ca_file.clone(),
+            api_key_file: Some(key_file.to_path_buf()),
+        },
+    );
+    let write = |p: &Path, bytes: &[u8], mode: u32| -> Result<(), ClientError> {
+        let werr = |source| ClientError::Write {
+            path: p.to_path_buf(),
+            source,
+        };
+        if let Some(dir) = p.parent() {
+            std::fs::create_dir_all(dir).map_err(werr)?;
+        }
+        let tmp = p.with_extension("tmp");
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .write(true)
+            .mode(mode)
+            .open(&tmp)
+            .map_err(werr)?;
+        f.write_all(bytes)
+            .and_then(|()| f.sync_all())
+            .map_err(werr)?;
+        std::fs::rename(&tmp, p).map_err(werr)
+    };
+    write(key_file, format!("{}\n", profile.api_key).as_bytes(), 0o600)?;
+    let text = toml::to_string(&config)
+        .map_err(|e| ClientError::Config(format!("cannot write {}: {e}", path.display())))?;
+    write(&path, text.as_bytes(), 0o644)?;
+    Ok(path)
 }
 
 /// A resolved profile: everything a [`crate::Client`] needs.

@@ -277,6 +277,12 @@ pub async fn get(conn: &mut AsyncPgConnection, id: i64) -> Result<Option<RunRow>
     Ok(runs::table.filter(runs::id.eq(id)).select(RunRow::as_select()).get_result(conn).await.optional()?)
 }
 
+/// A run, its row locked until the caller's transaction ends: what is decided
+/// about it meanwhile (a confirmation, a review) happens one at a time.
+pub async fn get_locked(conn: &mut AsyncPgConnection, id: i64) -> Result<Option<RunRow>, DbError> {
+    Ok(runs::table.filter(runs::id.eq(id)).for_update().select(RunRow::as_select()).get_result(conn).await.optional()?)
+}
+
 /// A run's state history, oldest first.
 pub async fn events(conn: &mut AsyncPgConnection, run_id: i64) -> Result<Vec<RunEventRow>, DbError> {
     Ok(run_events::table

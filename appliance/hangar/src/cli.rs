@@ -42,8 +42,18 @@ pub enum Command {
     Server,
     /// Administration: create users (the installer's first admin), rotate the master key.
     Admin(crate::admin_cmd::AdminArgs),
-    /// Bundles on an appliance, from any machine: upload (resumable), list, remove.
+    /// Bundles on an appliance, from any machine: upload (resumable), list, apply, remove.
     Bundle(hangar_client::cli::BundleArgs),
+    /// Log in to an appliance with a password; the session becomes a client profile.
+    Login(hangar_client::commands::LoginArgs),
+    /// Stacks on an appliance: list, show.
+    Stack(hangar_client::commands::StackArgs),
+    /// Runs: trigger (and follow), show, confirm, discard, cancel, review, logs.
+    Run(hangar_client::commands::RunArgs),
+    /// A stack's environment variables: list, set, unset.
+    Env(hangar_client::commands::EnvArgs),
+    /// Policies: test one against the recorded inputs of past runs.
+    Policy(hangar_client::commands::PolicyArgs),
 }
 
 /// Runs the parsed command.
@@ -55,6 +65,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Server => crate::server_cmd::run(&load()?, &cli.config).await,
         Command::Admin(args) => crate::admin_cmd::run(&load()?, args).await,
         Command::Bundle(args) => Ok(hangar_client::cli::bundle(args).await?),
+        Command::Login(args) => Ok(hangar_client::commands::login(args).await?),
+        Command::Stack(args) => Ok(hangar_client::commands::stack(args).await?),
+        Command::Run(args) => Ok(hangar_client::commands::run(args).await?),
+        Command::Env(args) => Ok(hangar_client::commands::env(args).await?),
+        Command::Policy(args) => Ok(hangar_client::commands::policy(args).await?),
         Command::Drain => crate::background_cmd::drain(&load()?).await,
         Command::Scheduler => crate::background_cmd::scheduler(&load()?).await,
         Command::Supervise(args) => {

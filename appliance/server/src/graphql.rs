@@ -47,6 +47,7 @@ pub struct Mutation(
     api::worker_admin::WorkerAdminMutation,
     api::vcs::VcsMutation,
     api::policies::PoliciesMutation,
+    api::bundles::BundlesMutation,
 );
 
 pub type ApiSchema = Schema<Query, Mutation, EmptySubscription>;

@@ -222,18 +222,19 @@ pub(crate) async fn check_plan(app: &App, run: &RunRow) -> Result<PlanVerdict, P
     Ok(verdict)
 }
 
-/// Runs the approval policies of the run's stack against its reviews so far.
-pub(crate) async fn check_approval(app: &App, run: &RunRow) -> Result<ApprovalVerdict, PolicyFailure> {
-    let mut conn = app.db.get().await.map_err(|e| PolicyFailure::internal("connecting to the database", e))?;
-    let stack = stack_of(&mut conn, run).await?;
-    let attached = policies::applying_to(&mut conn, stack.id, &stack.labels, PolicyKind::Approval.as_str())
+/// Runs the approval policies of the run's stack against its reviews so far,
+/// on `conn`: the confirmation runs it in the transaction that holds the
+/// run's row, so that no review lands between the decision and the confirm.
+pub(crate) async fn check_approval(app: &App, conn: &mut AsyncPgConnection, run: &RunRow) -> Result<ApprovalVerdict, PolicyFailure> {
+    let stack = stack_of(conn, run).await?;
+    let attached = policies::applying_to(conn, stack.id, &stack.labels, PolicyKind::Approval.as_str())
         .await
         .map_err(|e| PolicyFailure::internal("listing a stack's approval policies", e))?;
     if attached.is_empty() {
         return Ok(ApprovalVerdict::default());
     }
-    let run_in = run_input(&mut conn, run).await?;
-    let reviews = policies::reviews_of_run(&mut conn, run.id)
+    let run_in = run_input(conn, run).await?;
+    let reviews = policies::reviews_of_run(conn, run.id)
         .await
         .map_err(|e| PolicyFailure::internal("reading a run's reviews", e))?
         .into_iter()
@@ -246,7 +247,7 @@ pub(crate) async fn check_approval(app: &App, run: &RunRow) -> Result<ApprovalVe
             at: r.created_at.to_rfc3339(),
         })
         .collect();
-    let plan = hangar_store::runs::outcome(&mut conn, run.id)
+    let plan = hangar_store::runs::outcome(conn, run.id)
         .await
         .map_err(|e| PolicyFailure::internal("reading a run's plan summary", e))?
         .and_then(|(changes, _)| changes)
@@ -254,7 +255,7 @@ pub(crate) async fn check_approval(app: &App, run: &RunRow) -> Result<ApprovalVe
         .map(|c| PlanSummary { add: c.add, change: c.change, destroy: c.destroy, outputs: c.outputs });
     let input = ApprovalInput { run: run_in, stack: stack_input(&stack), plan, reviews };
     let input = serde_json::to_string(&input).map_err(|e| PolicyFailure::internal("encoding an approval policy input", e))?;
-    let decided = evaluate_all(app, &mut conn, run.id, PolicyKind::Approval, attached, input).await?;
+    let decided = evaluate_all(app, conn, run.id, PolicyKind::Approval, attached, input).await?;
     let mut verdict = ApprovalVerdict::default();
     for (policy, version, d) in decided {
         let who = format!("approval policy {} (version {})", policy.name, version.version);

@@ -162,3 +162,84 @@ async fn confirm_discard_and_cancel_follow_the_transition_table() {
     }
     assert_eq!(actions.iter().filter(|a| *a == "run.trigger").count(), 7);
 }
+
+/// Approval policies decide on the reviews a confirmation sees, and a review
+/// cannot slip in between that decision and the confirmation: a reject
+/// recorded before a run was confirmed always blocks it. Confirmations and
+/// rejections race on many runs; the audit trail (one sequence, written in
+/// each transaction) gives their order.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reject_racing_a_confirmation_is_never_overtaken() {
+    use diesel::prelude::*;
+    use diesel_async::RunQueryDsl;
+    use hangar_db::schema::audit_events;
+
+    let app = Appliance::start().await;
+    let admin = app.admin_token().await;
+    app.ok(&admin, CREATE_STACK, json!({ "i": stack_input("race", "https://git.example/race.git") })).await;
+    let policy = "package hangar.race\n\napprove if { some r in input.reviews; r.decision == \"approve\" }\n\nreject if { some r in input.reviews; r.decision == \"reject\" }\n";
+    app.ok(
+        &admin,
+        "mutation($b: String!) { createPolicy(input: { name: \"race\", kind: APPROVAL, body: $b }) { name } }",
+        json!({ "b": policy }),
+    )
+    .await;
+    app.ok(&admin, "mutation { attachPolicy(policy: \"race\", stack: \"race\") }", json!({})).await;
+    let bob = app.user_token(&admin, "bob@example.com", "WRITER").await;
+    let carol = app.user_token(&admin, "carol@example.com", "WRITER").await;
+    const REVIEW: &str = "mutation($id: ID!, $d: ReviewDecisionValue!) { reviewRun(id: $id, decision: $d) { id } }";
+    const CONFIRM: &str = "mutation($id: ID!) { confirmRun(id: $id) { state } }";
+
+    let mut orders = std::collections::BTreeMap::new();
+    for i in 0..24 {
+        let sha = format!("{:040x}", 0xabc000 + i);
+        let run = app.ok(&admin, TRIGGER, json!({ "s": "race", "c": sha })).await;
+        let rid = run["triggerRun"]["id"].as_str().unwrap().to_string();
+        // A run is confirmed (or discarded) before the next is planned.
+        advance(&app, id(&run["triggerRun"]["id"]), &[RunState::Ready, RunState::Preparing, RunState::Initializing, RunState::Planning, RunState::Unconfirmed]).await;
+        app.ok(&bob, REVIEW, json!({ "id": rid, "d": "APPROVE" })).await;
+
+        // The reject leaves up to 3 ms before or after the confirmation.
+        let stagger = std::time::Duration::from_micros((i as u64 % 7) * 500);
+        let (confirm_first, reject_first) = (i % 2 == 0, i % 2 == 1);
+        let confirm = async {
+            if reject_first {
+                tokio::time::sleep(stagger).await;
+            }
+            app.gql(Some(&admin), CONFIRM, json!({ "id": rid })).await.1
+        };
+        let reject = async {
+            if confirm_first {
+                tokio::time::sleep(stagger).await;
+            }
+            app.ok(&carol, REVIEW, json!({ "id": rid, "d": "REJECT" })).await
+        };
+        let (confirmed, _) = tokio::join!(confirm, reject);
+
+        let mut c = app.pg.database().connect().await.unwrap();
+        let target = format!("run:{rid}");
+        let trail: Vec<(i64, String, String)> = audit_events::table
+            .filter(audit_events::target.eq(&target))
+            .filter(audit_events::action.eq_any(["run.confirm", "run.review"]))
+            .order(audit_events::id.asc())
+            .select((audit_events::id, audit_events::actor, audit_events::action))
+            .load(&mut c)
+            .await
+            .unwrap();
+        let at = |actor: &str, action: &str| trail.iter().position(|(_, a, x)| a.starts_with(actor) && x == action);
+        let rejected = at("carol@example.com", "run.review").expect("the reject is recorded");
+        match at(ADMIN_EMAIL, "run.confirm") {
+            Some(confirmed_at) => {
+                assert_eq!(confirmed["data"]["confirmRun"]["state"], "CONFIRMED", "{confirmed}");
+                assert!(confirmed_at < rejected, "run {rid} was confirmed after a reject was recorded: {trail:?}");
+                *orders.entry("confirmed, then rejected").or_insert(0) += 1;
+            }
+            None => {
+                let message = confirmed["errors"][0]["message"].as_str().unwrap_or_default();
+                assert!(message.ends_with("approval policy race (version 1) rejects the run"), "{confirmed}");
+                *orders.entry("rejected, confirm refused").or_insert(0) += 1;
+            }
+        }
+    }
+    eprintln!("orders seen: {orders:?}");
+}

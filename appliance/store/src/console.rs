@@ -92,24 +92,8 @@ pub async fn stack_lines(c: &mut AsyncPgConnection, f: &StackFilter, offset: i64
     .await
 }
 
-#[derive(Debug, Clone, Queryable, Selectable)]
-#[diesel(table_name = stacks)]
-pub struct StackRow {
-    pub id: i64,
-    pub slug: String,
-    pub name: String,
-    pub description: String,
-    pub repository: String,
-    pub branch: String,
-    pub project_root: String,
-    pub tool: String,
-    pub tool_version: String,
-    pub worker_pool_id: Option<i64>,
-    pub autodeploy: bool,
-    pub labels: Vec<String>,
-    pub needs_reconciliation: bool,
-    pub vcs_integration_id: Option<i64>,
-}
+/// The stacks' one row type (with its VCS integration, which the stack page links).
+pub use crate::stacks::StackRow;
 
 pub async fn stack(c: &mut AsyncPgConnection, slug: &str) -> Q<Option<StackRow>> {
     stacks::table.filter(stacks::slug.eq(slug)).select(StackRow::as_select()).first(c).await.optional()

@@ -25,6 +25,7 @@ pub struct StackRow {
     pub labels: Vec<String>,
     pub needs_reconciliation: bool,
     pub drift_schedule: Option<String>,
+    pub vcs_integration_id: Option<i64>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }

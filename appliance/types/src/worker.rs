@@ -44,8 +44,8 @@ mod route;
 use serde::{Deserialize, Serialize};
 
 pub use route::{
-    Body, MAX_ERRORED_STATE_BYTES, MAX_JSON_BYTES, MAX_LOG_CHUNK_BYTES, MAX_LOG_SEQ, Method, RouteError, ToolDownload,
-    WorkerRoute, parse_phase, parse_run_id, parse_seq,
+    Body, LATEST_VERSION, MAX_ERRORED_STATE_BYTES, MAX_JSON_BYTES, MAX_LOG_CHUNK_BYTES, MAX_LOG_SEQ, Method, RouteError,
+    ToolDownload, VERSION_HEADER, WORKER_TOOL, WorkerRoute, parse_phase, parse_run_id, parse_seq,
 };
 
 use crate::{RunKind, RunState, Tool};

@@ -56,6 +56,8 @@ pub enum ApiError {
         announced: String,
         actual: String,
     },
+    #[error("{url} announced no SHA-256 (x-hangar-sha256) for its download")]
+    Unannounced { url: String },
     #[error("{url} stored a plan of {stored}, the worker sent {sent}")]
     Stored {
         url: String,
@@ -356,6 +358,29 @@ impl Api {
     /// Streams `url` (a tool binary) into `dest`; when the appliance announces
     /// the SHA-256 in `x-hangar-sha256`, the bytes must have it.
     pub async fn download(&self, url: &str, dest: &Path) -> Result<(), ApiError> {
+        self.fetch(url, dest).await.map(|_| ())
+    }
+
+    /// As [`Api::download`], but the appliance must announce the SHA-256 (and
+    /// says which version it served, for `latest`).
+    pub async fn fetch_announced(&self, url: &str, dest: &Path) -> Result<Fetched, ApiError> {
+        let (announced, version) = self.fetch(url, dest).await?;
+        let sha256 = announced.ok_or_else(|| ApiError::Unannounced {
+            url: url.to_string(),
+        })?;
+        Ok(Fetched {
+            sha256,
+            version: version.unwrap_or_default(),
+        })
+    }
+
+    /// Streams `url` into `dest`, checking the announced SHA-256; returns it
+    /// and the announced version.
+    async fn fetch(
+        &self,
+        url: &str,
+        dest: &Path,
+    ) -> Result<(Option<String>, Option<String>), ApiError> {
         if !same_origin(&self.base, url) {
             return Err(ApiError::ForeignUrl {
                 url: url.to_string(),
@@ -366,11 +391,14 @@ impl Api {
             .send(self.http.get(url).timeout(TRANSFER_TIMEOUT), url)
             .await?;
         let resp = Self::check(resp, url).await?;
-        let announced = resp
-            .headers()
-            .get("x-hangar-sha256")
-            .and_then(|v| v.to_str().ok())
-            .map(|s| s.to_ascii_lowercase());
+        let header = |name: &str| {
+            resp.headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        };
+        let announced = header("x-hangar-sha256").map(|s| s.to_ascii_lowercase());
+        let version = header(hangar_types::worker::VERSION_HEADER);
         let io = |source| ApiError::Io {
             path: dest.to_path_buf(),
             source,
@@ -388,17 +416,25 @@ impl Api {
         }
         file.sync_all().await.map_err(io)?;
         let actual = hex::encode(ctx.finish());
-        if let Some(announced) = announced
-            && announced != actual
+        if let Some(announced) = &announced
+            && *announced != actual
         {
             return Err(ApiError::Announced {
                 url: url.to_string(),
-                announced,
+                announced: announced.clone(),
                 actual,
             });
         }
-        Ok(())
+        Ok((announced, version))
     }
+}
+
+/// A download whose SHA-256 the appliance announced and the bytes have.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fetched {
+    pub sha256: String,
+    /// The version served (empty when the appliance did not say).
+    pub version: String,
 }
 
 /// Whether `url` has the scheme, host and port of `base`.

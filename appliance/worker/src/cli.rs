@@ -1,4 +1,4 @@
-//! The command line of `hangar-worker`: `join`, `run` and `status`.
+//! The command line of `hangar-worker`: `join`, `run`, `status` and `update`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -61,6 +61,19 @@ pub enum Command {
         #[arg(long, value_name = "DIR", default_value = DEFAULT_CONFIG_DIR)]
         config_dir: PathBuf,
     },
+    /// Replace this hangar-worker binary with the one the appliance serves
+    /// (applied from a worker bundle), checked against its SHA-256; restart
+    /// the worker afterwards to run it.
+    Update {
+        #[arg(long, value_name = "DIR", default_value = DEFAULT_CONFIG_DIR)]
+        config_dir: PathBuf,
+        /// The version to install [default: the highest the appliance serves].
+        #[arg(long)]
+        version: Option<String>,
+        /// The binary to replace [default: this one].
+        #[arg(long, value_name = "FILE")]
+        binary: Option<PathBuf>,
+    },
 }
 
 /// Failures of a command, each one line at the top.
@@ -74,6 +87,13 @@ pub enum CliError {
     Identity(#[from] crate::identity::IdentityError),
     #[error(transparent)]
     Agent(#[from] crate::agent::AgentError),
+    #[error(transparent)]
+    Update(#[from] crate::update::UpdateError),
+    #[error("cannot tell where this binary is")]
+    CurrentExe {
+        #[source]
+        source: std::io::Error,
+    },
     #[error("cannot read the join token file {path}")]
     TokenFile {
         path: PathBuf,
@@ -141,6 +161,35 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
             } else {
                 ExitCode::from(1)
             })
+        }
+        Command::Update {
+            config_dir,
+            version,
+            binary,
+        } => {
+            let cfg = WorkerConfig::load(&config_dir)?;
+            let identity = Identity::load(&cfg)?;
+            let binary = match binary {
+                Some(b) => b,
+                None => std::env::current_exe().map_err(|source| CliError::CurrentExe { source })?,
+            };
+            let done = crate::update::update(&cfg, &identity, version.as_deref(), &binary).await?;
+            if done.changed {
+                println!(
+                    "updated {} to hangar-worker {} (sha256 {}); restart the worker to run it",
+                    done.path.display(),
+                    done.version,
+                    done.sha256
+                );
+            } else {
+                println!(
+                    "{} is hangar-worker {} already (sha256 {})",
+                    done.path.display(),
+                    done.version,
+                    done.sha256
+                );
+            }
+            Ok(ExitCode::SUCCESS)
         }
     }
 }

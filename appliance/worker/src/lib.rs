@@ -11,3 +11,4 @@ pub mod engine;
 pub mod identity;
 pub mod join;
 pub mod status;
+pub mod update;

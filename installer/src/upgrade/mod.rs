@@ -418,8 +418,31 @@ impl Upgrade<'_> {
 
     fn switch(&mut self) -> Result<String, InstallError> {
         self.stop_everything()?;
+        let tools = self.seed_tools()?;
         let to = self.rec.to.clone();
-        self.point_current(&to).map(|d| format!("every service stopped; {d}"))
+        self.point_current(&to).map(|d| format!("every service stopped; {tools}; {d}"))
+    }
+
+    /// The tools area gets the tools of both releases (the previous one's
+    /// too, for an appliance that kept them inside its release until now),
+    /// and the configuration points at it. A rollback leaves both as they
+    /// are: the keys are the same, and nothing was removed.
+    fn seed_tools(&self) -> Result<String, InstallError> {
+        let l = &self.inst.layout;
+        let owner = crate::host::user_ids(&self.inst.host.service_user)?;
+        let mut copied = 0;
+        for version in [&self.rec.from, &self.rec.to] {
+            let release = l.releases.join(version);
+            if release.is_dir() {
+                copied += crate::tools::seed(l, &release, version, owner)?.copied;
+            }
+        }
+        let moved = crate::tools::move_config_to_data(l)?;
+        Ok(format!(
+            "tools area {}: {copied} file(s) copied{}",
+            l.tools.display(),
+            if moved { ", the configuration now points at it" } else { "" }
+        ))
     }
 
     /// Points `current` at `version` atomically.

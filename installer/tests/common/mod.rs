@@ -521,3 +521,36 @@ pub fn ctl(site: &Site, args: &[&str]) -> Output {
         .output()
         .unwrap()
 }
+
+/// Runs `cmd` and sends it `signal` `after` its output shows a line with
+/// `at` (so: into that step, not before it). Returns its exit code (`None`
+/// when the signal ended it) and everything it printed.
+pub fn signal_at(mut cmd: Command, at: &str, after: Duration, signal: nix::sys::signal::Signal) -> (Option<i32>, String) {
+    use std::io::{BufRead, BufReader, Read};
+    use std::process::Stdio;
+    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut seen = String::new();
+    let mut lines = BufReader::new(stdout).lines();
+    let deadline = std::time::Instant::now() + Duration::from_secs(600);
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        seen.push_str(&line);
+        seen.push('\n');
+        if line.contains(at) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{seen}");
+    }
+    assert!(seen.contains(at), "the run never reached {at:?}:\n{seen}");
+    std::thread::sleep(after);
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), signal).unwrap();
+    for line in lines {
+        seen.push_str(&line.unwrap_or_default());
+        seen.push('\n');
+    }
+    let status = child.wait().unwrap();
+    let mut stderr = String::new();
+    child.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
+    (status.code(), seen + &stderr)
+}

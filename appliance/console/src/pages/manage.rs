@@ -154,14 +154,18 @@ pub(super) async fn join_token(c: &Console, s: &Session, pool: &str) -> Response
         Err(e) => return op_error(&s.viewer, &e),
     };
     let token = d["createJoinToken"]["token"].as_str().unwrap_or_default();
-    let expires = d["createJoinToken"]["expiresAt"].as_str().unwrap_or_default();
+    let expires = d["createJoinToken"]["expiresAt"]
+        .as_str()
+        .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+        .map(|t| crate::view::When::at(t.with_timezone(&chrono::Utc)))
+        .map_or_else(|| "soon".to_string(), |w| format!("{} ({})", w.rel, w.abs));
     let command = format!("hangar-worker join --server {} --token {token} --ca ca.crt", c.public_url);
     once(
         s,
         "pools",
         &format!("Join a worker to {pool}"),
         &format!(
-            "Run this on the worker host, with the appliance CA (etc/hangar/pki/ca.crt on the appliance) copied there as ca.crt, then start `hangar-worker run`. The token works once and expires {expires}."
+            "Run this on the worker host, beside a copy of the appliance CA certificate saved as ca.crt (the installer printed its path; /etc/hangar/pki/ca.crt on a standard install), then start the worker with hangar-worker run. The token works once and expires {expires}."
         ),
         vec![OnceItem { label: "Command".into(), value: command }, OnceItem { label: "Join token".into(), value: token.to_string() }],
         format!("/pools#pool-{}", urlencode(pool)),

@@ -12,6 +12,7 @@
 
 pub(crate) mod audit;
 pub(crate) mod auth;
+pub(crate) mod bundles;
 pub(crate) mod policies;
 pub(crate) mod cost;
 mod error;

@@ -472,6 +472,8 @@ impl PoliciesMutation {
         }
         let actor = caller.actor();
         c.transaction::<_, ApiError, _>(async |c| {
+            // One at a time with a confirmation of the run (see confirmRun).
+            hangar_db::runs::get_locked(c, rid).await?;
             store::review(c, rid, caller.user_id, &caller.email, caller.role.as_str(), decision.as_str(), &note).await?;
             audit::record(c, &actor, "run.review", &format!("run:{rid}"), json!({ "decision": decision.as_str() })).await?;
             Ok(())

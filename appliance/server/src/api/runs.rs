@@ -179,27 +179,35 @@ impl RunsMutation {
     async fn confirm_run(&self, ctx: &Context<'_>, id: ID) -> async_graphql::Result<Run> {
         let caller = require(ctx, Op::Write.role())?.clone();
         let rid = super::id(&id, "id")?;
+        let app = app(ctx);
         let mut c = conn(ctx).await?;
-        let run = db_runs::get(&mut c, rid).await.map_err(ApiError::from)?.ok_or_else(|| ApiError::not_found("run", rid.to_string()))?;
-        if run.state() == RunState::Unconfirmed {
-            let verdict = crate::policies::check_approval(app(ctx), &run)
-                .await
-                .map_err(|e| ApiError::Internal(e.to_string()))?;
-            if !verdict.blocking.is_empty() {
-                return Err(ApiError::Refused(format!("run {rid} cannot be confirmed: {}", verdict.blocking.join("; "))).into());
-            }
-        }
-        let row = operate(
-            &mut c,
-            &caller,
-            rid,
-            &[RunState::Unconfirmed],
-            RunState::Confirmed,
-            "run.confirm",
-            "only an UNCONFIRMED run can be confirmed",
-        )
-        .await?;
-        Ok(Run(row))
+        // The run's row stays locked from the policies' reading of the reviews
+        // to the confirmation (a review takes the same lock), and a refusal
+        // commits: its evaluations are kept.
+        let outcome = c
+            .transaction::<_, ApiError, _>(async |c| {
+                let run = db_runs::get_locked(c, rid).await?.ok_or_else(|| ApiError::not_found("run", rid.to_string()))?;
+                if run.state() == RunState::Unconfirmed {
+                    let verdict =
+                        crate::policies::check_approval(app, c, &run).await.map_err(|e| ApiError::Internal(e.to_string()))?;
+                    if !verdict.blocking.is_empty() {
+                        return Ok(Err(format!("run {rid} cannot be confirmed: {}", verdict.blocking.join("; "))));
+                    }
+                }
+                let row = operate(
+                    c,
+                    &caller,
+                    rid,
+                    &[RunState::Unconfirmed],
+                    RunState::Confirmed,
+                    "run.confirm",
+                    "only an UNCONFIRMED run can be confirmed",
+                )
+                .await?;
+                Ok(Ok(row))
+            })
+            .await?;
+        Ok(Run(outcome.map_err(ApiError::Refused)?))
     }
 
     /// Rejects the plan of an UNCONFIRMED run.
@@ -229,23 +237,28 @@ impl RunsMutation {
         let caller = require(ctx, Op::Write.role())?.clone();
         let rid = super::id(&id, "id")?;
         let mut c = conn(ctx).await?;
-        let run = db_runs::get(&mut c, rid).await.map_err(ApiError::from)?.ok_or_else(|| ApiError::not_found("run", rid.to_string()))?;
-        let state = run.state();
-        let wanted = "it can no longer be canceled";
-        let row = if WAITING.contains(&state) {
-            operate(&mut c, &caller, rid, WAITING, RunState::Canceled, "run.cancel", wanted).await?
-        } else if ON_WORKER.contains(&state) {
-            operate(&mut c, &caller, rid, ON_WORKER, RunState::Stopped, "run.cancel", wanted).await?
-        } else {
-            let why = match state {
-                RunState::Applying => {
-                    format!("run {rid} is APPLYING: an apply cannot be stopped (it could leave state and infrastructure apart); wait for it to finish or fail")
+        // The row is locked while the state is read and changed: a worker
+        // taking the run meanwhile makes it a stop rather than a refusal.
+        let row = c
+            .transaction::<_, ApiError, _>(async |c| {
+                let run = db_runs::get_locked(c, rid).await?.ok_or_else(|| ApiError::not_found("run", rid.to_string()))?;
+                let state = run.state();
+                let wanted = "it can no longer be canceled";
+                if WAITING.contains(&state) {
+                    operate(c, &caller, rid, WAITING, RunState::Canceled, "run.cancel", wanted).await
+                } else if ON_WORKER.contains(&state) {
+                    operate(c, &caller, rid, ON_WORKER, RunState::Stopped, "run.cancel", wanted).await
+                } else {
+                    Err(ApiError::Refused(match state {
+                        RunState::Applying => {
+                            format!("run {rid} is APPLYING: an apply cannot be stopped (it could leave state and infrastructure apart); wait for it to finish or fail")
+                        }
+                        RunState::Unconfirmed => format!("run {rid} is UNCONFIRMED: discard it instead"),
+                        other => format!("run {rid} already ended ({other})"),
+                    }))
                 }
-                RunState::Unconfirmed => format!("run {rid} is UNCONFIRMED: discard it instead"),
-                other => format!("run {rid} already ended ({other})"),
-            };
-            return Err(ApiError::Refused(why).into());
-        };
+            })
+            .await?;
         Ok(Run(row))
     }
 

@@ -9,13 +9,18 @@
 //! | `DELETE /api/v1/bundles/uploads/{id}` | 204: cancelled, its bytes removed |
 //! | `GET /api/v1/bundles` | the staged bundles |
 //! | `DELETE /api/v1/bundles/{id}` | 204: a staged bundle removed |
+//! | `POST /api/v1/bundles/{id}/apply` | 200: a staged `tools` or `worker` bundle applied to the tools area (see [`apply`]) |
 //!
 //! Layout: `uploads/{id}.json` and `uploads/{id}.part` while an upload is
 //! under way (the part's length is its offset, so an upload survives a
 //! restart of the server); `staged/{id}.bundle` and `staged/{id}.json` once
-//! verified. A refused upload's files are removed at once.
+//! verified; `applied/{id}.json` once a staged bundle was applied. A refused
+//! upload's files are removed at once.
 
+mod apply;
 mod verify;
+
+pub(crate) use apply::apply_bundle;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -44,6 +49,9 @@ pub(crate) struct Staging {
     trust: Arc<TrustStore>,
     max_bytes: u64,
     uploads: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<Session>>>>,
+    /// One apply at a time: two bundles bringing the same file are compared
+    /// one after the other, never both written.
+    applying: tokio::sync::Mutex<()>,
 }
 
 /// What is kept of an upload under way.
@@ -75,6 +83,10 @@ pub(crate) struct StagedBundle {
     pub(crate) files: u64,
     pub(crate) uploaded_by: String,
     pub(crate) uploaded_at: DateTime<Utc>,
+    /// When and by whom it was applied: from `applied/{id}.json`, never
+    /// written into this record (which an older release reads strictly).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) applied: Option<apply::AppliedRecord>,
 }
 
 struct Session {
@@ -132,10 +144,18 @@ pub(crate) enum UploadError {
     Refused { code: &'static str, message: String },
     #[error("the staging area failed: {0}")]
     Io(String),
+    #[error("bundle {id} is not applied ({}): {source}", source.code())]
+    Apply {
+        id: String,
+        #[source]
+        source: hangar_bundle::ApplyError,
+    },
+    #[error("bundles are applied to the tools area ([server] tools_dir), which is not configured")]
+    NoToolsArea,
 }
 
 impl UploadError {
-    fn code(&self) -> ErrorCode {
+    pub(crate) fn code(&self) -> ErrorCode {
         match self {
             UploadError::Http(e) => e.code(),
             UploadError::Unauthenticated => ErrorCode::Unauthenticated,
@@ -147,6 +167,16 @@ impl UploadError {
             UploadError::Invalid(_) | UploadError::Refused { .. } => ErrorCode::BadRequest,
             UploadError::TooLarge { .. } => ErrorCode::PayloadTooLarge,
             UploadError::Io(_) => ErrorCode::Internal,
+            UploadError::Apply { source, .. } => match source {
+                hangar_bundle::ApplyError::Conflict { .. } => ErrorCode::Conflict,
+                hangar_bundle::ApplyError::NoMirror { .. } => ErrorCode::Conflict,
+                hangar_bundle::ApplyError::Io { .. } => ErrorCode::Internal,
+                hangar_bundle::ApplyError::Kind { .. }
+                | hangar_bundle::ApplyError::Entry { .. }
+                | hangar_bundle::ApplyError::NoWorkerBinary { .. }
+                | hangar_bundle::ApplyError::Bundle(_) => ErrorCode::BadRequest,
+            },
+            UploadError::NoToolsArea => ErrorCode::Conflict,
         }
     }
 
@@ -177,7 +207,7 @@ impl Staging {
                 .add_dir(keys)
                 .map_err(crate::ServerError::BundleTrust)?;
         }
-        for sub in ["uploads", "staged"] {
+        for sub in ["uploads", "staged", "applied"] {
             let path = dir.join(sub);
             std::fs::create_dir_all(&path)
                 .map_err(|source| crate::ServerError::Staging { path, source })?;
@@ -187,6 +217,7 @@ impl Staging {
             trust: Arc::new(trust),
             max_bytes: config.max_bundle_bytes,
             uploads: Default::default(),
+            applying: tokio::sync::Mutex::new(()),
         }))
     }
 
@@ -205,6 +236,16 @@ impl Staging {
 
     fn info_path(&self, id: &str) -> PathBuf {
         self.dir.join("staged").join(format!("{id}.json"))
+    }
+
+    fn applied_path(&self, id: &str) -> PathBuf {
+        self.dir.join("applied").join(format!("{id}.json"))
+    }
+
+    /// The record of the bundle's apply, if it was applied.
+    async fn applied_record(&self, id: &str) -> Option<apply::AppliedRecord> {
+        let text = tokio::fs::read(self.applied_path(id)).await.ok()?;
+        serde_json::from_slice(&text).ok()
     }
 
     /// The session of upload `id`, loaded from disk after a restart.
@@ -278,8 +319,9 @@ impl Staging {
             let path = entry.path();
             if path.extension().is_some_and(|e| e == "json")
                 && let Ok(text) = tokio::fs::read(&path).await
-                && let Ok(b) = serde_json::from_slice::<StagedBundle>(&text)
+                && let Ok(mut b) = serde_json::from_slice::<StagedBundle>(&text)
             {
+                b.applied = self.applied_record(&b.id).await;
                 out.push(b);
             }
         }
@@ -418,6 +460,8 @@ pub(crate) fn routes(app: Arc<App>) -> BoxedFilter<(Response,)> {
         .or(list)
         .unify()
         .or(remove)
+        .unify()
+        .or(apply::route(app))
         .unify()
         .boxed()
 }
@@ -559,7 +603,7 @@ async fn remove(app: &App, auth: Option<&str>, id: &str) -> Result<Response, Upl
     if !id_ok(id) || tokio::fs::metadata(staging.info_path(id)).await.is_err() {
         return Err(UploadError::NoBundle(id.to_string()));
     }
-    for path in [staging.info_path(id), staging.bundle_path(id)] {
+    for path in [staging.info_path(id), staging.bundle_path(id), staging.applied_path(id)] {
         if let Err(e) = tokio::fs::remove_file(&path).await
             && e.kind() != std::io::ErrorKind::NotFound
         {
@@ -785,6 +829,7 @@ async fn stage(
         files: v.files,
         uploaded_by: meta.created_by.clone(),
         uploaded_at: Utc::now(),
+        applied: None,
     };
     let (part, bundle, info) = (
         staging.part_path(&meta.id),

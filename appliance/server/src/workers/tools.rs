@@ -1,16 +1,22 @@
 //! `GET /v1/tools/{tool}/{version}/{os}_{arch}`: the Terraform/OpenTofu
-//! binaries of `[server] tools_dir`, to authenticated workers, with their
-//! SHA-256 in `x-hangar-sha256`.
+//! binaries of `[server] tools_dir`, and the `hangar-worker` binaries applied
+//! from worker bundles, to authenticated workers, with their SHA-256 in
+//! `x-hangar-sha256` and their version in `x-hangar-version`. For
+//! `hangar-worker` the version `latest` is the highest one (by semver
+//! precedence) present for the platform: `hangar-worker update` asks for it.
+//! Terraform and OpenTofu have no `latest`: a run names its version, and the
+//! hash it was given at its claim must still be that version's.
 //!
-//! Layout (as the appliance bundle writes it): `<tool>/<version>/<binary>` is
-//! the linux_amd64 build; `<tool>/<version>/<os>_<arch>/<binary>` any other.
+//! Layout (as the installer and applied bundles write it):
+//! `<tool>/<version>/<binary>` is the linux_amd64 build;
+//! `<tool>/<version>/<os>_<arch>/<binary>` any other.
 //! Every path segment is checked against a strict alphabet before it touches
 //! the file system, and the file found must still lie inside `tools_dir`
 //! once symbolic links are resolved.
 
 use std::path::{Path, PathBuf};
 
-use hangar_types::worker::ToolDownload;
+use hangar_types::worker::{LATEST_VERSION, ToolDownload, VERSION_HEADER, WORKER_TOOL};
 use warp::http::Method;
 
 use super::{Reply2, Request, WorkerApiError, WorkerSettings};
@@ -21,6 +27,7 @@ fn binary_name(tool: &str) -> Option<&'static str> {
     match tool {
         "terraform" => Some("terraform"),
         "opentofu" => Some("tofu"),
+        WORKER_TOOL => Some(WORKER_TOOL),
         _ => None,
     }
 }
@@ -39,6 +46,14 @@ fn word_ok(w: &str) -> bool {
 
 /// The file serving `tool` `version` for `os`/`arch`, when there is one.
 pub(crate) async fn locate(settings: &WorkerSettings, tool: &str, version: &str, os: &str, arch: &str) -> Option<PathBuf> {
+    locate_version(settings, tool, version, os, arch).await.map(|(path, _)| path)
+}
+
+/// As [`locate`], with the version found (`latest` resolved).
+async fn locate_version(settings: &WorkerSettings, tool: &str, version: &str, os: &str, arch: &str) -> Option<(PathBuf, String)> {
+    if version == LATEST_VERSION && tool == WORKER_TOOL {
+        return latest(settings, tool, os, arch).await;
+    }
     let root = settings.tools_dir.as_ref()?;
     let bin = binary_name(tool)?;
     if !version_ok(version) || !word_ok(os) || !word_ok(arch) {
@@ -52,6 +67,30 @@ pub(crate) async fn locate(settings: &WorkerSettings, tool: &str, version: &str,
     let root = tokio::fs::canonicalize(root).await.ok()?;
     for c in candidates {
         if let Some(found) = inside(&root, &c).await {
+            return Some((found, version.to_string()));
+        }
+    }
+    None
+}
+
+/// The highest version of `tool` with a binary for `os`/`arch`; versions
+/// that are not semver are left out.
+async fn latest(settings: &WorkerSettings, tool: &str, os: &str, arch: &str) -> Option<(PathBuf, String)> {
+    let root = settings.tools_dir.as_ref()?;
+    binary_name(tool)?;
+    let mut versions = Vec::new();
+    let mut entries = tokio::fs::read_dir(root.join(tool)).await.ok()?;
+    while let Ok(Some(e)) = entries.next_entry().await {
+        if let Some(name) = e.file_name().to_str()
+            && version_ok(name)
+            && let Ok(v) = hangar_bundle::Version::parse(name)
+        {
+            versions.push(v);
+        }
+    }
+    versions.sort_by(|a, b| b.cmp_precedence(a));
+    for v in versions {
+        if let Some(found) = Box::pin(locate_version(settings, tool, &v.to_string(), os, arch)).await {
             return Some(found);
         }
     }
@@ -75,11 +114,14 @@ pub(crate) async fn serve(app: &App, req: Request) -> Reply2 {
     let tail: Vec<&str> = req.tail.iter().map(String::as_str).collect();
     let missing = || WorkerApiError::NotFound("no such tool, version or platform".into());
     let ToolDownload { tool, version, os, arch } = ToolDownload::parse(&tail).ok_or_else(missing)?;
-    let file = locate(&app.workers, tool, version, os, arch).await.ok_or_else(missing)?;
+    let (file, version) = locate_version(&app.workers, tool, version, os, arch).await.ok_or_else(missing)?;
     let sha256 = app.workers.sha256_of(&file).await.map_err(|e| WorkerApiError::internal("hashing a tool", e))?;
     let mut r = super::files::serve_file(&file, req.method == Method::HEAD, "application/octet-stream").await?;
     if let Ok(v) = warp::http::HeaderValue::from_str(&sha256) {
         r.headers_mut().insert("x-hangar-sha256", v);
+    }
+    if let Ok(v) = warp::http::HeaderValue::from_str(&version) {
+        r.headers_mut().insert(VERSION_HEADER, v);
     }
     Ok(r)
 }
@@ -100,5 +142,6 @@ mod tests {
         assert!(!word_ok("..") && !word_ok("Linux") && !word_ok(""));
         assert_eq!(binary_name("opentofu"), Some("tofu"));
         assert_eq!(binary_name("../terraform"), None);
+        assert_eq!(binary_name("hangar-worker"), Some("hangar-worker"));
     }
 }

@@ -237,6 +237,13 @@ pub struct ToolDownload<'a> {
     pub arch: &'a str,
 }
 
+/// The tool name under which the appliance serves `hangar-worker` binaries.
+pub const WORKER_TOOL: &str = "hangar-worker";
+/// The version of a tool download that names the highest one present.
+pub const LATEST_VERSION: &str = "latest";
+/// The response header naming the version a tool download served.
+pub const VERSION_HEADER: &str = "x-hangar-version";
+
 impl<'a> ToolDownload<'a> {
     pub const PREFIX: &'static str = "/v1/tools";
 
