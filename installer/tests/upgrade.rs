@@ -275,6 +275,15 @@ async fn a_release_whose_migration_fails_is_rolled_back_to_the_running_one_on_it
     let api = Api::login(&site).await;
     assert_eq!(data(&api).await, before);
     assert_eq!(before["me"]["name"], "Administrator");
+    // The console's System page shows what the supervisor runs again: every
+    // service ready, with the pid of a live process.
+    let services = common::console_services(&site).await;
+    for name in ["postgres", "garage", "objects-tls", "server", "drain", "scheduler"] {
+        let s = services.iter().find(|s| s.name == name).unwrap_or_else(|| panic!("{name} on the System page: {services:?}"));
+        assert_eq!(s.state, "ready", "{s:?}");
+        let pid: u32 = s.pid.parse().unwrap_or_else(|_| panic!("a pid for {s:?}"));
+        assert!(std::path::Path::new(&format!("/proc/{pid}")).exists(), "{s:?} is not a live process");
+    }
     let status = check("status", site.command(&["status"]).output().unwrap());
     assert!(status.contains("READY") && !status.contains("NOT READY"), "{status}");
     assert!(status.contains(&format!("upgrade {version} -> 0.3.0  rolled back")), "{status}");

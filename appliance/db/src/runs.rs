@@ -33,6 +33,8 @@ pub struct RunRow {
     pub failure_reason: Option<String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// The commit's subject, once a worker checked it out.
+    pub commit_message: Option<String>,
 }
 
 impl RunRow {

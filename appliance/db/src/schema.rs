@@ -107,6 +107,8 @@ diesel::table! {
         errored_state_data_key -> Nullable<Int8>,
         // The sealed `terraform show -json` output (migration 2026-12-07-000900_policies).
         plan_json_key -> Nullable<Text>,
+        // The commit's subject, as the worker read it (migration 2026-12-07-001000_run_commit_message).
+        commit_message -> Nullable<Text>,
     }
 }
 

@@ -39,9 +39,10 @@ fn main() {
         .await
         .unwrap();
         diesel::sql_query(format!(
-            "INSERT INTO runs (stack_id, kind, state, commit_sha, branch, triggered_by)
+            "INSERT INTO runs (stack_id, kind, state, commit_sha, branch, triggered_by, commit_message)
              SELECT s.id, 'tracked', CASE WHEN r = {per} AND s.id % 10 = 0 THEN 'UNCONFIRMED' WHEN r % 9 = 0 THEN 'FAILED' ELSE 'FINISHED' END,
-                    md5(s.id::text || '-' || r) || '01234567', 'main', 'admin@hangar.test'
+                    md5(s.id::text || '-' || r) || '01234567', 'main', 'admin@hangar.test',
+                    'Resize the node group of ' || s.slug || ' (change ' || r || ') <and escape this>'
              FROM stacks s, generate_series(1, {per}) r ORDER BY r, s.id",
             per = RUNS / STACKS
         ))

@@ -85,7 +85,7 @@ impl Sim {
 
     async fn fail(&self, run: i64) {
         let _one = self.one.lock().await;
-        let body = StateReport { to: RunState::Failed, note: "bench".into(), changes: None };
+        let body = StateReport { to: RunState::Failed, note: "bench".into(), changes: None, commit_message: None };
         let r = self
             .http
             .post(format!("{}{}", self.base, WorkerRoute::ReportState { run }.path()))

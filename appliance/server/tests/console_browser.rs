@@ -26,6 +26,8 @@ const SECRET: &str = "browser-secret-7f3a9c21";
 const HOSTILE: &str = "<img src=x onerror=alert(1)>";
 /// A red line of plan output that is also markup: it must arrive as red text.
 const LOG_HOSTILE: &str = "<script>alert('log')</script> in red";
+/// The first line of the commit the run plans: markup that must stay text.
+const COMMIT_SUBJECT: &str = "<script>alert(1)</script> first commit";
 
 fn chromium() -> Option<(PathBuf, PathBuf)> {
     let find = |names: &[&str]| {
@@ -188,7 +190,7 @@ async fn a_person_runs_terraform_from_the_console() {
     let origin = base.trim_end_matches('/').to_string();
     let git = GitServer::start().await;
     git.create_repo("infra");
-    git.push_files("infra", "main", &[("infra/main.tf", CONFIG)], "<script>alert('commit')</script> first commit");
+    git.push_files("infra", "main", &[("infra/main.tf", CONFIG)], &format!("{COMMIT_SUBJECT}\n\nThe body stays in git."));
     let gate = held_plan_tool(&fleet, "1.0.3-console");
 
     let (_driver, c) = browser(&fleet.files, "admin").await;
@@ -278,6 +280,11 @@ async fn a_person_runs_terraform_from_the_console() {
     assert_eq!(red, LOG_HOSTILE);
     assert!(c.find_all(Locator::Css("main script")).await.unwrap().is_empty(), "the log injected a script element");
     assert!(c.get_alert_text().await.is_err(), "the log opened a dialog");
+    // The commit's message, which is markup, is its subject as text.
+    let subject = find(&c, Locator::Id("commit-message")).await.text().await.unwrap();
+    assert_eq!(subject, COMMIT_SUBJECT);
+    assert!(c.find_all(Locator::Css("main script")).await.unwrap().is_empty(), "the commit message injected a script element");
+    assert!(c.get_alert_text().await.is_err(), "the commit message opened a dialog");
     c.execute("document.querySelector('pre[data-phase=planning]').scrollIntoView({block: 'end'})", vec![]).await.unwrap();
     shoot(&c, "run-planning").await;
 
@@ -347,6 +354,11 @@ async fn a_person_runs_terraform_from_the_console() {
     let version = find(&c, Locator::Css("#state + table tbody tr td")).await.text().await.unwrap();
     assert_eq!(version.trim(), "1", "state version 1");
     assert_eq!(fleet.state_versions("network").await, 1);
+    // The run history shows the commit's subject as text too.
+    let subject = find(&c, Locator::Css("#stack-runs .subject-cell")).await.text().await.unwrap();
+    assert_eq!(subject, COMMIT_SUBJECT);
+    assert!(c.find_all(Locator::Css("main script")).await.unwrap().is_empty(), "the run history holds an injected element");
+    assert!(c.get_alert_text().await.is_err(), "the run history opened a dialog");
     shoot(&c, "stack").await;
 
     // A hostile stack name renders as text: no dialog, no injected element.

@@ -211,7 +211,7 @@ impl Worker {
     }
 
     async fn report(&self, run: i64, to: RunState, note: &str, changes: Option<Changes>) -> (u16, RunStatus) {
-        let body = serde_json::to_value(StateReport { to, note: note.into(), changes }).unwrap();
+        let body = serde_json::to_value(StateReport { to, note: note.into(), changes, commit_message: None }).unwrap();
         let (s, b) = self.post(&format!("/api/v1/worker/runs/{run}/state"), body).await;
         (s, serde_json::from_value(b.clone()).unwrap_or_else(|_| panic!("{s}: {b}")))
     }
@@ -590,7 +590,17 @@ async fn state_reports_follow_the_table_and_only_the_holder_makes_them() {
     // The claim already moved it to PREPARING: a repeated report gets 409 with that state.
     let (s, st) = w.report(run, RunState::Preparing, "", None).await;
     assert_eq!((s, st.state), (409, RunState::Preparing));
-    assert_eq!(w.report(run, RunState::Initializing, "init", None).await.0, 200);
+    // The commit's message comes with INITIALIZING: its first line is kept,
+    // bounded and without control characters, whatever the worker sent.
+    let message = format!("\n  <script>alert(1)</script> fix\u{1b}[31m the\u{7} VPC {}\nsecond line", "é".repeat(2000));
+    let report = json!({ "to": "INITIALIZING", "note": "init", "changes": null, "commit_message": message });
+    let (s, body) = w.post(&format!("/api/v1/worker/runs/{run}/state"), report).await;
+    assert_eq!(s, 200, "{body}");
+    let stored = env.run(run).await.commit_message.expect("the commit message is stored");
+    assert!(stored.starts_with("<script>alert(1)</script> fix[31m the VPC éé"), "{stored}");
+    assert_eq!(stored.chars().count(), hangar_types::worker::MAX_COMMIT_MESSAGE_CHARS);
+    let api = env.app.ok(&env.admin, "query($id: ID!) { run(id: $id) { commitMessage } }", json!({ "id": run.to_string() })).await;
+    assert_eq!(api["run"]["commitMessage"].as_str(), Some(stored.as_str()));
     // Another worker can neither report nor read it.
     let (s, body) = o.post(&format!("/api/v1/worker/runs/{run}/state"), json!({ "to": "PLANNING", "note": "", "changes": null })).await;
     assert_eq!(s, 403, "{body}");

@@ -253,6 +253,31 @@ pub struct StateReport {
     pub note: String,
     /// With the report leaving PLANNING.
     pub changes: Option<Changes>,
+    /// The checked-out commit's message, with the report entering
+    /// INITIALIZING (the worker is the one place that reads the commit for
+    /// every kind of run, manual triggers included). The appliance keeps its
+    /// first line, at most [`MAX_COMMIT_MESSAGE_CHARS`] characters. Absent
+    /// from older workers' reports; a worker must not be newer than its
+    /// appliance, whose strict parsing refuses fields it does not know.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub commit_message: Option<String>,
+}
+
+/// The most of a commit message's first line the appliance keeps.
+pub const MAX_COMMIT_MESSAGE_CHARS: usize = 500;
+
+/// What the appliance keeps of a commit message: its first non-blank line,
+/// control characters dropped, at most [`MAX_COMMIT_MESSAGE_CHARS`]
+/// characters; `None` when nothing is left.
+pub fn commit_subject(message: &str) -> Option<String> {
+    let line = message.lines().map(str::trim).find(|l| !l.is_empty())?;
+    let subject: String = line
+        .chars()
+        .filter(|c| !c.is_control())
+        .take(MAX_COMMIT_MESSAGE_CHARS)
+        .collect();
+    let subject = subject.trim();
+    (!subject.is_empty()).then(|| subject.to_string())
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -336,5 +361,18 @@ mod tests {
     fn secrets_stay_out_of_debug() {
         let v = EnvVar { name: "TF_VAR_pw".into(), value: "hunter2".into(), secret: true };
         assert!(!format!("{v:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn a_commit_message_is_kept_as_its_bounded_first_line() {
+        assert_eq!(commit_subject("\n  \nFix the VPC\n\nLong body").as_deref(), Some("Fix the VPC"));
+        assert_eq!(commit_subject("a\u{1b}[31mred\u{7}\r\nrest").as_deref(), Some("a[31mred"));
+        assert_eq!(commit_subject(&"é".repeat(2000)).unwrap().chars().count(), MAX_COMMIT_MESSAGE_CHARS);
+        assert_eq!(commit_subject(" \n\t\n"), None);
+        assert_eq!(commit_subject("\u{0}\u{1}"), None);
+        // Older workers send no message; a report without one stays as it was.
+        let old: StateReport = serde_json::from_str(r#"{"to":"INITIALIZING","note":"n","changes":null}"#).unwrap();
+        assert_eq!(old.commit_message, None);
+        assert!(!serde_json::to_string(&old).unwrap().contains("commit_message"));
     }
 }

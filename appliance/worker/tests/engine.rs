@@ -99,6 +99,27 @@ impl Recorder {
             .expect("a report")
     }
 
+    /// The commit message reported (with INITIALIZING, and only there).
+    fn commit_message(&self) -> Option<String> {
+        let reports: Vec<StateReport> = self
+            .events()
+            .into_iter()
+            .filter_map(|e| match e {
+                Event::Report(r) => Some(r),
+                _ => None,
+            })
+            .collect();
+        for r in &reports {
+            assert_eq!(
+                r.commit_message.is_some(),
+                r.to == RunState::Initializing,
+                "a commit message with {:?}",
+                r.to
+            );
+        }
+        reports.into_iter().find_map(|r| r.commit_message)
+    }
+
     /// Every phase's chunks, checked to be numbered 0, 1, 2, ... in order.
     fn logs(&self) -> BTreeMap<&'static str, Vec<Vec<u8>>> {
         let mut by: BTreeMap<&'static str, Vec<Vec<u8>>> = BTreeMap::new();
@@ -135,7 +156,10 @@ impl Recorder {
         for e in self.events() {
             match e {
                 Event::Log(_, _, d) => s.push_str(&String::from_utf8_lossy(&d)),
-                Event::Report(r) => s.push_str(&r.note),
+                Event::Report(r) => {
+                    s.push_str(&r.note);
+                    s.push_str(r.commit_message.as_deref().unwrap_or_default());
+                }
                 _ => {}
             }
             s.push('\n');
@@ -376,6 +400,7 @@ async fn tracked_run_waits_for_confirmation_applies_and_a_rerun_has_no_changes()
         ),
         (0, 0, 0, 1)
     );
+    assert_eq!(hooks.commit_message().as_deref(), Some("change"));
     assert!(
         !f.state_file().exists(),
         "nothing applied before confirmation"
@@ -707,7 +732,13 @@ output "leak" {
   value = "password is ${var.password}"
 }
 "#;
-    let sha = f.push(&[("infra/main.tf", config)]);
+    // A commit message naming the secret is masked like any other text.
+    let sha = f.git.push_files(
+        "stack",
+        "main",
+        &[("infra/main.tf", config)],
+        &format!("rotate to {secret}\n\nbody"),
+    );
     let mut opts = f.options();
     // Short chunks: the split secret below is cut by the timer between its halves.
     opts.chunks = ChunkPolicy {
@@ -738,6 +769,11 @@ output "leak" {
         "{planning}"
     );
     assert!(!hooks.all_text().contains(secret));
+    assert_eq!(
+        hooks.commit_message().as_deref(),
+        Some("rotate to ***"),
+        "the subject, masked"
+    );
 
     // A task printing the secret in two writes 300 ms apart (two chunks), a
     // multi-line secret re-indented line by line, and a failure note.

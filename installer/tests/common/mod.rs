@@ -427,6 +427,60 @@ impl Api {
     }
 }
 
+/// One row of the console's System page: a supervised service.
+#[derive(Debug)]
+pub struct ServiceRow {
+    pub name: String,
+    pub state: String,
+    pub pid: String,
+}
+
+/// The services the console's System page lists, read as a browser gets the
+/// page: signed in through the console's login form with the administrator's
+/// password, then `/admin/system` with the session cookie.
+pub async fn console_services(site: &Site) -> Vec<ServiceRow> {
+    let roots = hangar_certs::tls::roots_from_pem(&fs::read(site.ca()).unwrap()).unwrap();
+    let cfg = hangar_certs::tls::client_config(roots, None).unwrap();
+    let http = reqwest::Client::builder()
+        .use_preconfigured_tls(cfg)
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(20))
+        .build()
+        .unwrap();
+    let base = format!("https://localhost:{}", site.ports.server);
+    let r = http
+        .post(format!("{base}/login"))
+        .header("origin", &base)
+        .form(&[("email", ADMIN_EMAIL), ("password", ADMIN_PASSWORD)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 303, "console sign-in: {}", r.text().await.unwrap_or_default());
+    let cookie = r.headers()["set-cookie"].to_str().unwrap().split(';').next().unwrap().to_string();
+    assert!(cookie.starts_with("__Host-"), "{cookie}");
+    let r = http.get(format!("{base}/admin/system")).header("cookie", &cookie).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let page = r.text().await.unwrap();
+    let services = page
+        .split_once("<h2>Services</h2>")
+        .and_then(|(_, rest)| rest.split_once("<h2>Certificates</h2>"))
+        .map(|(services, _)| services)
+        .unwrap_or_else(|| panic!("no Services section on the System page:\n{page}"));
+    let between = |text: &str, start: &str, end: &str| -> String {
+        let from = text.find(start).map(|i| i + start.len()).unwrap_or_else(|| panic!("{start:?} in {text}"));
+        text[from..].split_once(end).map(|(v, _)| v.trim().to_string()).unwrap_or_default()
+    };
+    services
+        .split("<td class=\"primary-cell\">")
+        .skip(1)
+        .map(|row| ServiceRow {
+            name: between(row, "", "</td>"),
+            state: between(row, "<span class=\"badge ", "</span>").split_once("\">").map(|(_, t)| t.to_string()).unwrap_or_default(),
+            pid: between(row, "<td class=\"num mono small\">", "</td>"),
+        })
+        .collect()
+}
+
 /// The installation's PostgreSQL, through the installer's own tools.
 pub fn cluster(site: &Site) -> hangar_install::pgtool::Cluster {
     let host = hangar_install::host::Host::detect(&site.prefix, "hangar", true);

@@ -28,6 +28,8 @@ pub(crate) struct RunView {
     pub(crate) kind: String,
     pub(crate) branch: String,
     pub(crate) commit_short: String,
+    /// The commit's subject, once a worker read it (text from git: escaped).
+    pub(crate) commit_message: Option<String>,
     pub(crate) triggered_by: String,
     pub(crate) when: When,
 }
@@ -249,6 +251,7 @@ pub(super) async fn show(c: &Console, s: &Session, id: &str) -> Response {
             kind: run.kind().as_str().to_string(),
             branch: run.branch.clone(),
             commit_short: super::stacks::short(&run.commit_sha),
+            commit_message: run.commit_message.clone(),
             triggered_by: run.triggered_by.clone(),
             when: When::at(run.created_at),
         },

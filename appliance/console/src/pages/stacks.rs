@@ -137,6 +137,7 @@ pub(crate) struct RunLineView {
     pub(crate) badge: Badge,
     pub(crate) kind: String,
     pub(crate) commit_short: String,
+    pub(crate) commit_message: Option<String>,
     pub(crate) triggered_by: String,
     pub(crate) when: When,
 }
@@ -251,6 +252,7 @@ pub(super) async fn show(c: &Console, s: &Session, req: &Req, slug: &str) -> Res
                 badge: Badge::run(r.state()),
                 kind: r.kind().as_str().to_string(),
                 commit_short: short(&r.commit_sha),
+                commit_message: r.commit_message.clone(),
                 triggered_by: r.triggered_by.clone(),
                 when: When::at(r.updated_at),
             })

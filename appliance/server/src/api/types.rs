@@ -439,6 +439,11 @@ impl Run {
     async fn commit_sha(&self) -> &str {
         &self.0.commit_sha
     }
+    /// The commit's subject (first line of its message, at most 500
+    /// characters), once a worker checked the commit out.
+    async fn commit_message(&self) -> Option<&str> {
+        self.0.commit_message.as_deref()
+    }
     async fn branch(&self) -> &str {
         &self.0.branch
     }

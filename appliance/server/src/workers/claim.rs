@@ -528,6 +528,10 @@ async fn report_once(
                     .map_err(|e| NotApplied::Api(WorkerApiError::internal("encoding changes", e)))?;
                 diesel::update(runs::table.find(run_id)).set(runs::changes.eq(v)).execute(c).await?;
             }
+            // Bounded and stripped here too: the worker is not trusted to have done it.
+            if let Some(subject) = r.commit_message.as_deref().and_then(hangar_types::worker::commit_subject) {
+                diesel::update(runs::table.find(run_id)).set(runs::commit_message.eq(subject)).execute(c).await?;
+            }
             if !r.to.is_terminal() {
                 diesel::update(runs::table.find(run_id)).set(runs::lease_expires_at.eq(lease)).execute(c).await?;
             }

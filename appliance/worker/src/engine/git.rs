@@ -136,6 +136,39 @@ impl Git {
         }
     }
 
+    /// The checked-out commit's whole message (masked before its subject is
+    /// taken, so a secret cut by the bound cannot slip out in part), or `None`
+    /// when git cannot say: a missing message never fails a run.
+    pub(crate) async fn message<H: RunHooks>(
+        &self,
+        dest: &Path,
+        log: &mut LogStream<'_, H>,
+    ) -> Option<String> {
+        let cmd = self.cmd(
+            dest,
+            &["log", "-1", "--format=%B", "HEAD"],
+            "git log -1 --format=%B HEAD",
+        );
+        match process::capture(&cmd, log).await {
+            Ok((0, out)) => Some(String::from_utf8_lossy(&out).into_owned()),
+            Ok((code, _)) => {
+                log.line(&format!(
+                    "git log exited with {code}: the commit's message is not reported"
+                ))
+                .await;
+                None
+            }
+            Err(e) => {
+                log.line(&format!(
+                    "the commit's message is not reported: {}",
+                    hangar_types::error_chain(&e)
+                ))
+                .await;
+                None
+            }
+        }
+    }
+
     async fn step<H: RunHooks>(
         &self,
         cwd: &Path,

@@ -432,11 +432,16 @@ impl<'a, H: RunHooks> Run<'a, H> {
     }
 
     async fn report(&self, to: RunState, note: &str, changes: Option<Changes>) -> Result<(), Halt> {
-        let report = StateReport {
+        self.send(StateReport {
             to,
             note: self.mask(note),
             changes,
-        };
+            commit_message: None,
+        })
+        .await
+    }
+
+    async fn send(&self, report: StateReport) -> Result<(), Halt> {
         match self.hooks.report(report).await {
             Ok(()) => Ok(()),
             Err(r) => Err(Halt::Ended(
@@ -545,6 +550,7 @@ impl<'a, H: RunHooks> Run<'a, H> {
             }
             Err(e) => return Err(fail(e)),
         }
+        let commit_message = git.message(&layout.src, log).await;
         let root = project_root(&layout.src, &self.spec.project_root).map_err(fail)?;
         self.stopped()?;
         let tool = tool::ensure(self.hooks, &self.spec.tool, &self.opts.cache_dir, log)
@@ -596,6 +602,7 @@ impl<'a, H: RunHooks> Run<'a, H> {
             root,
             tool,
             env,
+            commit_message,
         })
     }
 
@@ -643,8 +650,18 @@ impl<'a, H: RunHooks> Run<'a, H> {
 
     async fn initialize(&self, p: &Prepared) -> Result<(), Halt> {
         self.stopped()?;
-        self.report(RunState::Initializing, "terraform init", None)
-            .await?;
+        // The commit's message travels with this report: it is read from the
+        // checkout, masked like any text leaving the worker.
+        self.send(StateReport {
+            to: RunState::Initializing,
+            note: "terraform init".into(),
+            changes: None,
+            commit_message: p
+                .commit_message
+                .as_deref()
+                .and_then(|m| hangar_types::worker::commit_subject(&self.mask(m))),
+        })
+        .await?;
         let mut log = self.log(Phase::Initializing);
         let r = self.initialize_inner(p, &mut log).await;
         log.finish().await;
@@ -1006,6 +1023,8 @@ struct Prepared {
     root: PathBuf,
     tool: PathBuf,
     env: Vec<(String, String)>,
+    /// The checked-out commit's message, if git could say.
+    commit_message: Option<String>,
 }
 
 fn project_root(src: &Path, root: &str) -> Result<PathBuf, EngineError> {
