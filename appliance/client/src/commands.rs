@@ -433,6 +433,9 @@ fn show_run(run: &Value, json_out: bool) {
         text(&run["branch"]),
         text(&run["triggeredBy"])
     );
+    if let Some(subject) = run["commitMessage"].as_str() {
+        println!("  commit: {subject}");
+    }
     if !run["changes"].is_null() {
         println!("  {}", plan_line(run));
     }

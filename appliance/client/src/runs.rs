@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use crate::{Client, ClientError};
 
 /// The fields every run command shows.
-pub const RUN_FIELDS: &str = "id kind state commitSha branch triggeredBy failureReason createdAt updatedAt stack { slug } changes { add change destroy outputs }";
+pub const RUN_FIELDS: &str = "id kind state commitSha commitMessage branch triggeredBy failureReason createdAt updatedAt stack { slug } changes { add change destroy outputs }";
 
 /// States in which a run waits for nobody but a person.
 const WAITS_FOR_PEOPLE: &[&str] = &["UNCONFIRMED"];

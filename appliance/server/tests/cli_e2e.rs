@@ -163,6 +163,9 @@ async fn the_cli_logs_in_runs_terraform_to_the_end_and_fails_clearly() {
     assert_eq!(std::fs::read_to_string(&motd).unwrap(), "hello");
     let run = json_of(hangar(&home, &["run", "show", &id, "--json"]));
     assert_eq!((run["state"].as_str(), run["stack"]["slug"].as_str()), (Some("FINISHED"), Some("files")), "{run}");
+    assert_eq!(run["commitMessage"], "a file", "{run}");
+    let shown = ok(hangar(&home, &["run", "show", &id]));
+    assert!(shown.contains("FINISHED") && shown.contains("  commit: a file"), "{shown}");
     let log = ok(hangar(&home, &["run", "logs", &id]));
     assert!(log.contains("Plan: 1 to add") && log.contains("Apply complete!"), "{log}");
     let planning = ok(hangar(&home, &["run", "logs", &id, "--phase", "planning"]));
