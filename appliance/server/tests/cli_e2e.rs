@@ -180,7 +180,9 @@ async fn the_cli_logs_in_runs_terraform_to_the_end_and_fails_clearly() {
     let line = fails(hangar(&home, &["run", "trigger", "files", "--follow"]), 1);
     assert!(line.contains("ended FAILED"), "{line}");
 
-    // A queued run canceled; an unknown run named.
+    // A queued run canceled (no worker left to take it first); an unknown
+    // run named.
+    drop(worker);
     git.push_files("files", "main", &[("infra/main.tf", &config_with_file(&motd, "again"))], "again");
     let queued = json_of(hangar(&home, &["run", "trigger", "files", "--proposed", "--json"]));
     assert_eq!(queued["kind"], "PROPOSED");
@@ -201,5 +203,4 @@ async fn the_cli_logs_in_runs_terraform_to_the_end_and_fails_clearly() {
     std::fs::write(&policy, "package hangar.x\n\ndeny contains msg if {\n").unwrap();
     let line = fails(hangar(&home, &["policy", "test", policy.to_str().unwrap(), "--kind", "plan"]), 1);
     assert!(line.contains("body is refused: line "), "{line}");
-    drop(worker);
 }
