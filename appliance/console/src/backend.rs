@@ -69,6 +69,23 @@ pub struct SystemFacts {
     pub certificates: Vec<CertificateFact>,
     /// Data directories with their size and the free space where they are.
     pub disks: Vec<DiskFact>,
+    /// The staged bundles, oldest first; `None` when this server takes no
+    /// uploads (no `bundles_dir`), `Err` when the staging area cannot be read.
+    pub bundles: Option<Result<Vec<BundleFact>, String>>,
+}
+
+/// A verified bundle in the staging area.
+#[derive(Debug, Clone)]
+pub struct BundleFact {
+    pub id: String,
+    pub kind: String,
+    pub version: String,
+    pub platform: String,
+    pub size: u64,
+    pub uploaded_by: String,
+    pub uploaded_at: chrono::DateTime<chrono::Utc>,
+    /// When and by whom it was applied to the tools area.
+    pub applied: Option<(chrono::DateTime<chrono::Utc>, String)>,
 }
 
 #[derive(Debug, Clone)]

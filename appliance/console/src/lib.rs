@@ -22,7 +22,7 @@ mod view;
 
 use std::sync::Arc;
 
-pub use backend::{Backend, CertificateFact, DiskFact, OpError, Pending, ServiceFact, SessionUser, SystemFacts};
+pub use backend::{Backend, BundleFact, CertificateFact, DiskFact, OpError, Pending, ServiceFact, SessionUser, SystemFacts};
 pub use headers::secure;
 pub use session::{COOKIE, session_token};
 

@@ -110,6 +110,25 @@ impl Backend for ConsoleBackend {
     }
 
     fn system(&self) -> Pending<'_, SystemFacts> {
-        Box::pin(async move { self.system.gather().await })
+        Box::pin(async move {
+            let mut facts = self.system.gather().await;
+            if let Some(staging) = &self.app.bundles {
+                facts.bundles = Some(staging.staged().await.map_err(|e| e.to_string()).map(|list| {
+                    list.into_iter()
+                        .map(|b| hangar_console::BundleFact {
+                            applied: b.applied.map(|a| (a.applied_at, a.applied_by)),
+                            id: b.id,
+                            kind: b.kind,
+                            version: b.version,
+                            platform: b.platform,
+                            size: b.size,
+                            uploaded_by: b.uploaded_by,
+                            uploaded_at: b.uploaded_at,
+                        })
+                        .collect()
+                }));
+            }
+            facts
+        })
     }
 }

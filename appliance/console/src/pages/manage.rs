@@ -592,6 +592,10 @@ pub(super) async fn retry_job(c: &Console, s: &Session, id: &str) -> Response {
     operate(c, s, "mutation($id: ID!) { retryDeadJob(id: $id) }", json!({ "id": id }), "/admin#jobs").await
 }
 
+pub(super) async fn apply_bundle(c: &Console, s: &Session, id: &str) -> Response {
+    operate(c, s, "mutation($id: ID!) { applyBundle(id: $id) { id } }", json!({ "id": id }), "/admin/system#bundles").await
+}
+
 pub(super) async fn revoke_key(c: &Console, s: &Session, id: &str) -> Response {
     let back = if s.viewer.is_admin() { "/admin#keys" } else { "/account" };
     operate(c, s, "mutation($id: ID!) { revokeApiKey(id: $id) { id } }", json!({ "id": id }), back).await
@@ -679,10 +683,27 @@ pub(crate) struct DiskView {
 #[template(path = "system.html")]
 struct SystemPage {
     frame: Frame,
+    viewer: Viewer,
     version: String,
     services: Result<Vec<ServiceView>, String>,
     certificates: Vec<CertView>,
     disks: Vec<DiskView>,
+    bundles: Option<Result<Vec<BundleView>, String>>,
+    /// The appliance's address, for the upload command shown.
+    server: String,
+}
+
+pub(crate) struct BundleView {
+    pub(crate) id: String,
+    pub(crate) kind: String,
+    pub(crate) version: String,
+    pub(crate) platform: String,
+    pub(crate) size: String,
+    pub(crate) uploaded_by: String,
+    pub(crate) uploaded: When,
+    /// Tools and worker bundles are applied here; appliance bundles by the installer.
+    pub(crate) appliable: bool,
+    pub(crate) applied: Option<(When, String)>,
 }
 
 fn bytes(n: &Result<u64, String>) -> String {
@@ -729,6 +750,7 @@ pub(super) async fn system(c: &Console, s: &Session) -> Response {
     });
     let page = SystemPage {
         frame: Frame::new("System", "admin", Some(s.viewer.clone())),
+        viewer: s.viewer.clone(),
         version: facts.version,
         services,
         certificates: facts
@@ -737,6 +759,24 @@ pub(super) async fn system(c: &Console, s: &Session) -> Response {
             .map(|c| CertView { name: c.name, subject: c.subject, expires: c.not_after.map(When::at) })
             .collect(),
         disks: facts.disks.into_iter().map(|d| DiskView { used: bytes(&d.used_bytes), free: bytes(&d.free_bytes), path: d.path }).collect(),
+        bundles: facts.bundles.map(|r| {
+            r.map(|list| {
+                list.into_iter()
+                    .map(|b| BundleView {
+                        appliable: matches!(b.kind.as_str(), "tools" | "worker"),
+                        applied: b.applied.map(|(at, by)| (When::at(at), by)),
+                        size: bytes(&Ok(b.size)),
+                        uploaded: When::at(b.uploaded_at),
+                        id: b.id,
+                        kind: b.kind,
+                        version: b.version,
+                        platform: b.platform,
+                        uploaded_by: b.uploaded_by,
+                    })
+                    .collect()
+            })
+        }),
+        server: c.public_url.clone(),
     };
     html(StatusCode::OK, &page)
 }
