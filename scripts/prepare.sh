@@ -77,7 +77,7 @@ command -v cargo >/dev/null || die "cargo is not installed: install Rust with ru
 mkdir -p "$HANGAR_CACHE/bin"
 # `garage --version` says "garage cargo:2.5.0 [features: …]" when cargo built it.
 if ! "$HANGAR_CACHE/bin/garage" --version 2>/dev/null | grep -Eq "[:v]${GARAGE_VERSION//./\\.}( |$)"; then
-  step "building Garage $GARAGE_VERSION, the S3 server (once; 20 to 40 minutes on 2 cores)"
+  step "building Garage $GARAGE_VERSION, the S3 server (once; about 10 minutes on 2 cores)"
   started=$SECONDS
   cargo install garage --version "$GARAGE_VERSION" --locked --root "$HANGAR_CACHE" --quiet
   step "Garage built in $(( (SECONDS - started) / 60 )) min"

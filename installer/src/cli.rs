@@ -127,6 +127,9 @@ pub enum Command {
         #[arg(long)]
         purge_data: bool,
     },
+    /// Carry out the upgrades asked for from the console or the API, as root,
+    /// until killed (the installer runs it as a service beside the appliance).
+    UpgradeAgent,
     /// Logs and configuration in one .tar.gz, every secret value redacted.
     SupportBundle {
         #[arg(long, value_name = "FILE")]
@@ -180,6 +183,7 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
             }
             Ok(())
         }
+        Some(Command::UpgradeAgent) => Ok(crate::agent::run_agent(&host)?),
         Some(Command::SupportBundle { out }) => {
             let files = crate::support::support_bundle(&host, &out)?;
             println!("wrote {} ({} files, secrets redacted)", out.display(), files.len());

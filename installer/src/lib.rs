@@ -3,6 +3,7 @@
 //! file are two [`answers::Prompter`]s, indicatif and plain lines two
 //! [`report::Reporter`]s.
 
+pub mod agent;
 pub mod answers;
 pub mod backup;
 pub mod cli;

@@ -40,6 +40,11 @@ pub fn server_cert(answers: &Answers, l: &Layout) -> (std::path::PathBuf, std::p
     }
 }
 
+/// The server's staging area for uploaded bundles (`[server] bundles_dir`).
+pub fn bundles_dir(l: &Layout) -> std::path::PathBuf {
+    l.data.join("bundles")
+}
+
 pub fn hangar_toml(answers: &Answers, l: &Layout, service_user: &str) -> String {
     let ca = l.pki.join("ca.crt");
     let listen = |port: u16| q(std::net::SocketAddr::new(answers.listen, port).to_string());
@@ -71,7 +76,7 @@ pub fn hangar_toml(answers: &Answers, l: &Layout, service_user: &str) -> String 
         // In the data directory, not the release: tools bundles add to them.
         tools = qp(&l.tools),
         providers = qp(&crate::tools::mirror_dir(l)),
-        bundles = qp(&l.data.join("bundles")),
+        bundles = qp(&bundles_dir(l)),
         trust = qp(&l.trust),
         drain = qp(&l.drain),
         mk = qp(&l.secret(MASTER_KEY)),

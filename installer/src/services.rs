@@ -48,8 +48,15 @@ pub fn supervisor_pid(l: &Layout) -> Option<i32> {
     Some(found)
 }
 
-/// Starts the supervisor, or restarts it when its configuration changed.
+/// Starts the supervisor, or restarts it when its configuration changed,
+/// and the upgrade agent beside it.
 pub fn start(host: &Host, l: &Layout, config_changed: bool) -> Result<String, InstallError> {
+    let started = start_supervisor(host, l, config_changed)?;
+    let agent = crate::agent::ensure_running(host, l)?;
+    Ok(format!("{started}; {agent}"))
+}
+
+fn start_supervisor(host: &Host, l: &Layout, config_changed: bool) -> Result<String, InstallError> {
     if host.systemd {
         let unit = host.unit_name();
         let changed = write_if_changed(&unit_path(host), render::systemd_unit(l).as_bytes(), 0o644, None)?;

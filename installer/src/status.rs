@@ -87,6 +87,14 @@ pub fn status(host: &Host) -> Result<(String, bool), InstallError> {
             (false, _) => "not running".into(),
         }
     );
+    let _ = writeln!(
+        out,
+        "upgrade agent   {}",
+        match crate::agent::pid(host, &l) {
+            Some(pid) => format!("running (pid {pid}): takes the upgrades asked for from the console or the API"),
+            None => "not running: upgrades from the console or the API wait for it".into(),
+        }
+    );
     let mut ready = running;
     if running {
         match health::ctl_status(&l) {

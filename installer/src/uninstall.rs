@@ -16,6 +16,7 @@ pub fn uninstall(host: &Host, purge_data: bool) -> Result<Vec<String>, InstallEr
     let state = InstallState::load(&probe.state_file)?.ok_or_else(|| InstallError::NotInstalled { prefix: host.prefix.clone() })?;
     let l = host.layout(&state.data_dir);
     let mut done = Vec::new();
+    crate::agent::stop(host, &l)?;
     services::stop(host, &l)?;
     services::remove_unit(host)?;
     done.push("stopped the appliance".to_string());

@@ -55,25 +55,11 @@ async fn apply_a_tools_bundle(site: &Site, api: &Api, tools: &std::path::Path) {
             .output()
             .unwrap(),
     );
-    let key = api.ok("mutation { createApiKey(name: \"tools\", role: ADMIN) { key } }", json!({})).await["createApiKey"]["key"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let client = |args: &[&str]| {
-        Command::new(bins.join("hangar"))
-            .arg("bundle")
-            .args(args)
-            .args(["--json", "--server", &api.base, "--ca-file"])
-            .arg(site.ca())
-            .env("HANGAR_API_KEY", &key)
-            .env("XDG_STATE_HOME", site.dir.path().join("client-state"))
-            .env("HANGAR_CLIENT_CONFIG", site.dir.path().join("no-client.toml"))
-            .output()
-            .unwrap()
-    };
-    let staged: serde_json::Value = serde_json::from_str(&check("hangar bundle upload", client(&["upload", bundle.to_str().unwrap()]))).unwrap();
+    let key = common::admin_key(api, "tools").await;
+    let staged: serde_json::Value =
+        serde_json::from_str(&check("hangar bundle upload", common::hangar_client(site, &key, &["bundle", "upload", bundle.to_str().unwrap()]))).unwrap();
     let id = staged["id"].as_str().unwrap();
-    let applied: serde_json::Value = serde_json::from_str(&check("hangar bundle apply", client(&["apply", id]))).unwrap();
+    let applied: serde_json::Value = serde_json::from_str(&check("hangar bundle apply", common::hangar_client(site, &key, &["bundle", "apply", id]))).unwrap();
     assert_eq!(applied["installed"].as_array().map(Vec::len), Some(2), "{applied}");
     let owner = fs::metadata(tools).unwrap().uid();
     for f in [tools.join("terraform/1.0.3-bundled/terraform"), tools.join(archive)] {
@@ -156,10 +142,30 @@ async fn an_upgrade_backs_up_switches_and_keeps_everything_and_the_checks_refuse
     assert_eq!(records_before.len(), 4, "{records_before:?}");
     assert!(records_before.iter().all(|r| r["outcome"] == "refused"), "{records_before:?}");
 
-    // The upgrade.
-    let out = upgrade(&site, &next.bundle, &[]);
-    let text = both(&out);
-    assert!(out.status.success(), "{text}");
+    // The upgrade, asked for through the API as an administrator would from
+    // any machine: the bundle uploaded and the upgrade asked for with
+    // `hangar`; the installer's upgrade agent carries it out. The server
+    // reads the trusted keys at start: it learns the test key first.
+    check("restart the server", common::ctl(&site, &["restart", "server"]));
+    common::wait_ready(&site).await;
+    let api = Api::login(&site).await;
+    let key = common::admin_key(&api, "upgrades").await;
+    let hangar = |args: &[&str]| common::hangar_client(&site, &key, args);
+    // As the audit trail names an API key's holder.
+    let asker = format!("{} (API key upgrades)", common::ADMIN_EMAIL);
+    let staged: serde_json::Value = serde_json::from_str(&check("upload", hangar(&["bundle", "upload", next.bundle.to_str().unwrap()]))).unwrap();
+    assert_eq!((staged["kind"].as_str(), staged["version"].as_str()), (Some("appliance"), Some(NEXT)), "{staged}");
+    let id = staged["id"].as_str().unwrap().to_string();
+    // Applying a release to the tools area is refused.
+    let out = hangar(&["bundle", "apply", &id]);
+    assert_eq!(out.status.code(), Some(1), "{}", both(&out));
+    let out = hangar(&["bundle", "upgrade", &id, "--wait"]);
+    let end: serde_json::Value = serde_json::from_str(&String::from_utf8_lossy(&out.stdout)).unwrap_or_else(|e| panic!("{e}: {}", both(&out)));
+    assert!(out.status.success(), "{}", both(&out));
+    assert_eq!((end["state"].as_str(), end["version"].as_str(), end["requested_by"].as_str()), (Some("completed"), Some(NEXT), Some(asker.as_str())), "{end}");
+    assert!(end["message"].as_str().unwrap().contains(&format!("Hangar {NEXT} runs: upgraded from {version}")), "{end}");
+    // What the upgrade printed, in its log on the host.
+    let text = fs::read_to_string(end["log"].as_str().unwrap()).unwrap();
     for c in ["signature and trust root", "kind and platform", "contents", "version", "upgrade path", "database format", "free disk", "services", "runs applying"] {
         assert!(text.contains(&format!("[ok] {c}:")), "{c} in:\n{text}");
     }
@@ -168,6 +174,18 @@ async fn an_upgrade_backs_up_switches_and_keeps_everything_and_the_checks_refuse
         assert!(text.contains(&format!("[ok] {step}:")), "{step} in:\n{text}");
     }
     assert!(text.contains(&format!("Hangar {NEXT} is ready: upgraded from {version}")), "{text}");
+    assert!(!site.path("var/lib/hangar/upgrades/incoming").read_dir().unwrap().any(|_| true), "the bundle's copy is removed");
+    // The agent is the new release's now.
+    let agent = (0..50)
+        .find_map(|_| {
+            let found = site.agent_exe().filter(|exe| exe.contains(&format!("/releases/{NEXT}/")));
+            if found.is_none() {
+                std::thread::sleep(std::time::Duration::from_millis(200));
+            }
+            found
+        })
+        .unwrap_or_else(|| panic!("the agent runs {:?}", site.agent_exe()));
+    assert!(agent.ends_with("bin/hangar-install"), "{agent}");
     assert_eq!(current(&site), NEXT);
     assert!(site.path(&format!("opt/hangar/releases/{version}/bin/hangar")).is_file(), "the previous release stays");
     let st = state(&site);
@@ -177,7 +195,42 @@ async fn an_upgrade_backs_up_switches_and_keeps_everything_and_the_checks_refuse
     let api = Api::login(&site).await;
     assert_eq!(data(&api).await, before);
 
-    // The configuration points at the tools area, which has both releases'
+    // Requests the server did not write (the service user's directory is
+    // not to be trusted) are refused by the agent with their reason, and
+    // change nothing: a link where the staged release should be, and bytes
+    // other than those the server verified.
+    let requests = site.path("var/lib/hangar/bundles/upgrades");
+    let staged_dir = site.path("var/lib/hangar/bundles/staged");
+    let (linked, altered) = ("a".repeat(32), "c".repeat(32));
+    std::os::unix::fs::symlink(&next.bundle, staged_dir.join(format!("{linked}.bundle"))).unwrap();
+    fs::write(staged_dir.join(format!("{altered}.bundle")), b"not what was verified").unwrap();
+    for (req, bundle) in [("b".repeat(32), &linked), ("d".repeat(32), &altered)] {
+        let body = json!({ "id": req, "bundle": bundle, "sha256": "0".repeat(64), "version": "9.9.9",
+                           "requested_by": "mallory", "requested_at": "2026-12-07T00:00:00Z" });
+        fs::write(requests.join(format!("{req}.request.json")), body.to_string()).unwrap();
+    }
+    fs::write(requests.join(format!("{}.request.json", "e".repeat(32))), "{ not json").unwrap();
+    let done = |req: &str| -> serde_json::Value {
+        let path = requests.join(format!("{req}.done.json"));
+        for _ in 0..100 {
+            if let Ok(text) = fs::read_to_string(&path) {
+                return serde_json::from_str(&text).unwrap();
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        panic!("the agent did not answer {}", path.display());
+    };
+    let refused = done(&"b".repeat(32));
+    assert_eq!(refused["outcome"], "refused", "{refused}");
+    assert!(refused["message"].as_str().unwrap().contains(&format!("cannot read staged bundle {linked}")), "{refused}");
+    let refused = done(&"d".repeat(32));
+    assert_eq!(refused["outcome"], "refused", "{refused}");
+    assert!(refused["message"].as_str().unwrap().contains("changed since it was verified"), "{refused}");
+    assert!(!requests.join(format!("{}.taken.json", "b".repeat(32))).exists(), "never taken");
+    assert!(!requests.join(format!("{}.done.json", "e".repeat(32))).exists(), "garbage is not a request");
+    assert_eq!(current(&site), NEXT);
+    assert_eq!(records(&site).len(), records_before.len() + 1, "no upgrade was tried");
+
     // tools and what was added.
     let config = fs::read_to_string(&config_path).unwrap();
     assert!(in_data.iter().all(|l| config.contains(l.as_str())), "{config}");
@@ -216,9 +269,20 @@ async fn an_upgrade_backs_up_switches_and_keeps_everything_and_the_checks_refuse
     // The history: in status, and in the audit trail.
     let status = check("status", site.command(&["status"]).output().unwrap());
     assert!(status.contains("READY") && !status.contains("NOT READY"), "{status}");
-    assert!(status.contains(&format!("upgrade {version} -> {NEXT}  completed  by root on")), "{status}");
+    assert!(status.contains(&format!("upgrade {version} -> {NEXT}  completed  by {asker}")), "{status}");
+    assert!(status.contains("upgrade agent   running (pid"), "{status}");
+    // And on the console's System page, with the upgrade asked for.
+    let page = common::console_page(&site, "/admin/system").await;
+    let history = page.split_once("id=\"upgrades-h\"").map(|(_, h)| h).unwrap_or_else(|| panic!("no history in:\n{page}"));
+    assert!(history.contains(&format!("<span class=\"mono\">{version}</span> → <span class=\"mono\">{NEXT}</span>")), "{history}");
+    assert!(history.contains(">completed</span>") && history.contains(&format!("backup <span class=\"mono\">{backup_id}</span>")), "{history}");
+    assert!(history.contains("pre-checks ") && history.contains("health "), "{history}");
+    assert!(page.contains(&format!("asked by {asker}")) && !page.contains("aria-label=\"Upgrade the appliance to"), "{page}");
     assert!(status.contains("steps: pre-checks"), "{status}");
     assert!(status.contains(&format!("backup {backup_id}")), "{status}");
+    let api = Api::login(&site).await;
+    let asked = api.ok("{ auditEvents(action: \"appliance.upgrade_requested\") { items { actor target } } }", json!({})).await;
+    assert_eq!(asked["auditEvents"]["items"][0]["actor"], asker, "{asked}");
     let audit = api.ok("{ auditEvents(action: \"appliance.upgrade\") { items { actor action target details } } }", json!({})).await;
     let items = audit["auditEvents"]["items"].as_array().unwrap();
     let done = items.iter().find(|i| i["target"] == format!("release:{NEXT}") && i["details"]["outcome"] == "completed");
@@ -284,6 +348,10 @@ async fn a_release_whose_migration_fails_is_rolled_back_to_the_running_one_on_it
         let pid: u32 = s.pid.parse().unwrap_or_else(|_| panic!("a pid for {s:?}"));
         assert!(std::path::Path::new(&format!("/proc/{pid}")).exists(), "{s:?} is not a live process");
     }
+    let page = common::console_page(&site, "/admin/system").await;
+    let history = page.split_once("id=\"upgrades-h\"").map(|(_, h)| h).unwrap_or_else(|| panic!("no history in:\n{page}"));
+    assert!(history.contains(">rolled back</span>") && history.contains("a deliberately failing migration"), "{history}");
+    assert!(history.contains("migrate failed after") && history.contains("rollback: restore database "), "{history}");
     let status = check("status", site.command(&["status"]).output().unwrap());
     assert!(status.contains("READY") && !status.contains("NOT READY"), "{status}");
     assert!(status.contains(&format!("upgrade {version} -> 0.3.0  rolled back")), "{status}");

@@ -36,6 +36,41 @@ pub struct StagedBundle {
     /// When and by whom it was applied, once it was.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub applied: Option<AppliedRecord>,
+    /// The last upgrade asked for with it (an appliance bundle).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upgrade: Option<UpgradeState>,
+}
+
+/// An upgrade asked for, as the appliance reports it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct UpgradeState {
+    pub id: String,
+    /// `requested`, `running`, `completed`, `rolled-back`, `refused` or `failed`.
+    pub state: String,
+    pub version: String,
+    pub requested_by: String,
+    pub requested_at: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log: Option<String>,
+}
+
+impl UpgradeState {
+    pub fn ended(&self) -> bool {
+        !matches!(self.state.as_str(), "requested" | "running")
+    }
+}
+
+/// The answer to an upgrade asked for.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct UpgradeAccepted {
+    pub bundle: StagedBundle,
+    pub upgrade: UpgradeState,
 }
 
 /// The appliance's record of a bundle's apply.
@@ -389,6 +424,55 @@ pub async fn list(client: &Client) -> Result<Vec<StagedBundle>, ClientError> {
 pub async fn apply(client: &Client, id: &str) -> Result<ApplyResult, ClientError> {
     let path = format!("/api/v1/bundles/{id}/apply");
     client.call(Method::POST, &path, None).await
+}
+
+/// Asks the appliance to upgrade itself to a staged `appliance` bundle.
+pub async fn upgrade(client: &Client, id: &str) -> Result<UpgradeAccepted, ClientError> {
+    let path = format!("/api/v1/bundles/{id}/upgrade");
+    client.call(Method::POST, &path, None).await
+}
+
+/// Follows upgrade `request` (of bundle `id`) until it ends or `timeout`
+/// passes, calling `on_state` at each change. The appliance stops and starts
+/// again on the way: failed requests are retried until the deadline.
+pub async fn wait_upgrade(
+    client: &Client,
+    id: &str,
+    request: &str,
+    timeout: Duration,
+    on_state: &mut dyn FnMut(&UpgradeState),
+) -> Result<UpgradeState, ClientError> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut last = String::new();
+    loop {
+        let unreachable = match list(client).await {
+            Ok(list) => {
+                let found = list
+                    .into_iter()
+                    .find(|b| b.id == id)
+                    .and_then(|b| b.upgrade)
+                    .filter(|u| u.id == request);
+                if let Some(u) = found {
+                    if u.state != last {
+                        last = u.state.clone();
+                        on_state(&u);
+                    }
+                    if u.ended() {
+                        return Ok(u);
+                    }
+                }
+                None
+            }
+            Err(e) => Some(e),
+        };
+        if tokio::time::Instant::now() >= deadline {
+            return Err(unreachable.unwrap_or_else(|| ClientError::Timeout {
+                what: format!("upgrade {request}"),
+                secs: timeout.as_secs(),
+            }));
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
 }
 
 /// Removes a staged bundle.

@@ -1,5 +1,5 @@
 //! The client subcommands of `hangar`: `hangar bundle upload FILE`, `list`,
-//! `apply ID`, `remove ID`. Each prints a line for people, or JSON with `--json`.
+//! `apply ID`, `upgrade ID`, `remove ID`. Each prints a line for people, or JSON with `--json`.
 
 use std::path::PathBuf;
 
@@ -39,6 +39,19 @@ pub enum BundleCommand {
     /// providers) or worker bundle (its hangar-worker, for `hangar-worker
     /// update`); applying one twice changes nothing.
     Apply { id: String },
+    /// Upgrade the appliance to a staged appliance bundle: the appliance
+    /// backs up, switches, migrates and checks its health, and rolls back by
+    /// itself on failure.
+    Upgrade {
+        id: String,
+        /// Follow the upgrade until it ends (the appliance stops and starts
+        /// again on the way); fail unless it completed.
+        #[arg(long)]
+        wait: bool,
+        /// Seconds --wait waits.
+        #[arg(long, default_value_t = 1800, value_name = "SECS")]
+        timeout: u64,
+    },
     /// Remove a staged bundle.
     Remove { id: String },
 }
@@ -142,6 +155,39 @@ pub async fn bundle(args: BundleArgs) -> Result<(), ClientError> {
                     done.unchanged.len(),
                     done.skipped.len()
                 );
+            }
+        }
+        BundleCommand::Upgrade { id, wait, timeout } => {
+            let accepted = bundles::upgrade(&client, &id).await?;
+            let u = &accepted.upgrade;
+            if !args.json {
+                println!(
+                    "upgrade {} to {} asked by {}: the appliance's upgrade agent takes it up",
+                    u.id, u.version, u.requested_by
+                );
+            }
+            if !wait {
+                if args.json {
+                    println!("{}", serde_json::to_string_pretty(u).expect("serializes"));
+                }
+                return Ok(());
+            }
+            let json = args.json;
+            let mut on_state = |s: &bundles::UpgradeState| {
+                if !json {
+                    println!("{}{}", s.state, s.message.as_deref().map(|m| format!(": {m}")).unwrap_or_default());
+                }
+            };
+            let end = bundles::wait_upgrade(&client, &id, &u.id, std::time::Duration::from_secs(timeout), &mut on_state).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&end).expect("serializes"));
+            }
+            if end.state != "completed" {
+                return Err(ClientError::UpgradeEnded {
+                    version: end.version,
+                    state: end.state,
+                    message: end.message.unwrap_or_default(),
+                });
             }
         }
         BundleCommand::Remove { id } => {

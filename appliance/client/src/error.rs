@@ -49,6 +49,16 @@ pub enum ClientError {
         state: String,
         reason: Option<String>,
     },
+    /// Something followed did not end in time.
+    #[error("{what} did not end within {secs} s")]
+    Timeout { what: String, secs: u64 },
+    /// An upgrade this command followed ended other than completed.
+    #[error("the upgrade to {version} ended {state}: {message}")]
+    UpgradeEnded {
+        version: String,
+        state: String,
+        message: String,
+    },
     /// The server answered something this client does not understand.
     #[error("{path}: unexpected answer: {problem}")]
     Protocol { path: String, problem: String },

@@ -130,7 +130,116 @@
     });
   }
 
+  // ---- bundle uploads from the System page ----
+  // The API's resumable upload, with the page's session and CSRF token: the
+  // file goes in chunks; the upload's id is remembered for this file (name,
+  // size, date) so that choosing it again after a dropped connection or a
+  // closed tab sends only what the appliance does not have.
+  function mib(n) { return (n / 1048576).toFixed(1) + " MiB"; }
+  function uploads(form) {
+    form.hidden = false;
+    var input = form.querySelector("input[type=file]");
+    var bar = form.querySelector("progress");
+    var status = form.querySelector("[data-upload-status]");
+    var button = form.querySelector("button");
+    var csrf = form.getAttribute("data-csrf");
+    var chunk = parseInt(form.getAttribute("data-chunk"), 10) || 8388608;
+    function say(text) { status.textContent = text; }
+    function call(method, path, body, offset) {
+      return new Promise(function (resolve, reject) {
+        var x = new XMLHttpRequest();
+        x.open(method, path);
+        x.setRequestHeader("X-Hangar-CSRF", csrf);
+        if (offset !== undefined) x.setRequestHeader("Upload-Offset", String(offset));
+        if (typeof body === "string") x.setRequestHeader("Content-Type", "application/json");
+        x.onload = function () {
+          var v = null;
+          try { v = JSON.parse(x.responseText); } catch (e) { v = null; }
+          resolve({ status: x.status, body: v });
+        };
+        x.onerror = function () { reject(new Error("the connection dropped")); };
+        if (x.upload && offset !== undefined) {
+          x.upload.onprogress = function (e) { form.dispatchEvent(new CustomEvent("sent", { detail: offset + e.loaded })); };
+        }
+        x.send(body === undefined ? null : body);
+      });
+    }
+    function message(r) { return r.body && r.body.error ? r.body.error.message : "the appliance answered " + r.status; }
+    form.addEventListener("submit", function (ev) {
+      ev.preventDefault();
+      var file = input.files && input.files[0];
+      if (!file) { say("Choose a bundle file first."); return; }
+      var key = "hangar-upload:" + file.name + ":" + file.size + ":" + file.lastModified;
+      var id = null, started = Date.now(), from = 0, tries = 0;
+      button.disabled = true;
+      bar.hidden = false;
+      bar.max = file.size;
+      form.addEventListener("sent", function (e) {
+        bar.value = e.detail;
+        var secs = (Date.now() - started) / 1000;
+        say("Uploading " + file.name + ": " + mib(e.detail) + " of " + mib(file.size) + (secs > 1 ? ", " + mib((e.detail - from) / secs) + "/s" : ""));
+      });
+      function fail(text) {
+        button.disabled = false;
+        bar.hidden = true;
+        say(text);
+      }
+      function begin() {
+        var known = null;
+        try { known = localStorage.getItem(key); } catch (e) { known = null; }
+        if (known) {
+          return call("GET", "/api/v1/bundles/uploads/" + encodeURIComponent(known)).then(function (r) {
+            if (r.status === 200 && r.body) { id = known; from = r.body.offset; return r.body.offset; }
+            return create();
+          });
+        }
+        return create();
+      }
+      function create() {
+        return call("POST", "/api/v1/bundles/uploads", JSON.stringify({ name: file.name, size: file.size })).then(function (r) {
+          if (r.status !== 201) throw new Error(message(r));
+          id = r.body.id;
+          try { localStorage.setItem(key, id); } catch (e) { /* no resume then */ }
+          return 0;
+        });
+      }
+      function send(offset) {
+        if (offset > 0) say("Resuming " + file.name + " at " + mib(offset));
+        var end = Math.min(offset + chunk, file.size);
+        return call("PATCH", "/api/v1/bundles/uploads/" + encodeURIComponent(id), file.slice(offset, end), offset).then(function (r) {
+          tries = 0;
+          if (r.status === 200 && r.body && r.body.bundle) return r.body.bundle;
+          if (r.status === 200) { bar.value = r.body.offset; return send(r.body.offset); }
+          if (r.status === 409) {
+            return call("GET", "/api/v1/bundles/uploads/" + encodeURIComponent(id)).then(function (g) {
+              if (g.status !== 200) throw new Error(message(r));
+              return send(g.body.offset);
+            });
+          }
+          try { localStorage.removeItem(key); } catch (e) { /* nothing kept */ }
+          throw new Error(message(r));
+        }, function (err) {
+          // A dropped connection: ask where the appliance stands and go on.
+          tries += 1;
+          if (tries > 5) throw new Error(err.message + ": choose the same file and upload again to resume");
+          say("The connection dropped; retrying (" + tries + " of 5)");
+          return new Promise(function (ok) { setTimeout(ok, 1000 * tries); }).then(function () {
+            return call("GET", "/api/v1/bundles/uploads/" + encodeURIComponent(id)).then(function (g) { return send(g.body.offset); });
+          });
+        });
+      }
+      say("Starting the upload of " + file.name);
+      begin().then(send).then(function (b) {
+        try { localStorage.removeItem(key); } catch (e) { /* nothing kept */ }
+        bar.value = file.size;
+        say("Staged " + b.kind + " " + b.version + " as " + b.id + ". Reloading the list…");
+        setTimeout(function () { location.hash = "bundles"; location.reload(); }, 800);
+      }).catch(function (e) { fail("Not uploaded: " + e.message); });
+    });
+  }
+
   document.addEventListener("DOMContentLoaded", function () {
+    document.querySelectorAll("form[data-upload]").forEach(uploads);
     document.querySelectorAll("[data-log-follow]").forEach(followLog);
     var live = document.querySelector("[data-changes]");
     if (live) followChanges(live.getAttribute("data-changes"));

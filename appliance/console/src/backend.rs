@@ -72,6 +72,39 @@ pub struct SystemFacts {
     /// The staged bundles, oldest first; `None` when this server takes no
     /// uploads (no `bundles_dir`), `Err` when the staging area cannot be read.
     pub bundles: Option<Result<Vec<BundleFact>, String>>,
+    /// Upgrades and restores of the appliance, newest first (the installer's
+    /// records).
+    pub upgrades: Vec<UpgradeRecordFact>,
+}
+
+/// One upgrade or restore, as the installer recorded it.
+#[derive(Debug, Clone)]
+pub struct UpgradeRecordFact {
+    pub id: String,
+    /// `upgrade` or `restore`.
+    pub kind: String,
+    pub from: String,
+    pub to: String,
+    pub requested_by: String,
+    pub started_at: chrono::DateTime<chrono::Utc>,
+    /// `running`, `completed`, `rolled back`, `refused` or `failed`.
+    pub outcome: String,
+    /// Each step with its duration, in order, rollback steps marked.
+    pub steps: Vec<String>,
+    pub backup: Option<String>,
+    pub downtime_secs: Option<f64>,
+    pub error: Option<String>,
+}
+
+/// An upgrade asked for with a staged appliance bundle.
+#[derive(Debug, Clone)]
+pub struct UpgradeFact {
+    pub id: String,
+    /// `requested`, `running`, `completed`, `rolled-back`, `refused` or `failed`.
+    pub state: String,
+    pub requested_by: String,
+    pub requested_at: String,
+    pub message: Option<String>,
 }
 
 /// A verified bundle in the staging area.
@@ -86,6 +119,8 @@ pub struct BundleFact {
     pub uploaded_at: chrono::DateTime<chrono::Utc>,
     /// When and by whom it was applied to the tools area.
     pub applied: Option<(chrono::DateTime<chrono::Utc>, String)>,
+    /// The last upgrade asked for with it (an appliance bundle).
+    pub upgrade: Option<UpgradeFact>,
 }
 
 #[derive(Debug, Clone)]

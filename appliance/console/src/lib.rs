@@ -22,9 +22,11 @@ mod view;
 
 use std::sync::Arc;
 
-pub use backend::{Backend, BundleFact, CertificateFact, DiskFact, OpError, Pending, ServiceFact, SessionUser, SystemFacts};
+pub use backend::{
+    Backend, BundleFact, CertificateFact, DiskFact, OpError, Pending, ServiceFact, SessionUser, SystemFacts, UpgradeFact, UpgradeRecordFact,
+};
 pub use headers::secure;
-pub use session::{COOKIE, session_token};
+pub use session::{COOKIE, browser_write_token, session_token};
 
 use hangar_db::DbPool;
 use warp::filters::BoxedFilter;
@@ -74,7 +76,7 @@ pub fn routes(settings: ConsoleSettings) -> BoxedFilter<(Response,)> {
 }
 
 /// `scheme://host[:port]` of a URL, lowercased, without a default port.
-fn origin_of(url: &str) -> String {
+pub fn origin_of(url: &str) -> String {
     let url = url.trim_end_matches('/');
     let (scheme, rest) = url.split_once("://").unwrap_or(("https", url));
     let host = rest.split(['/', '?', '#']).next().unwrap_or_default().to_ascii_lowercase();

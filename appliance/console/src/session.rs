@@ -62,6 +62,23 @@ pub(crate) fn same_origin(origin_header: Option<&str>, host: Option<&str>, origi
     host.is_some_and(|h| given == format!("https://{}", h.trim().to_ascii_lowercase()))
 }
 
+/// The session token behind a script's request to the API from a console
+/// page (a bundle upload from the System page): the session cookie, the
+/// page's CSRF token in `X-Hangar-CSRF`, and, unless the request only reads
+/// (browsers send no `Origin` on a same-origin GET), the page's origin; all
+/// of them or nothing. Only a session token is taken, never an API key.
+pub fn browser_write_token(
+    cookie: Option<&str>,
+    csrf: Option<&str>,
+    origin_header: Option<&str>,
+    host: Option<&str>,
+    origin: &str,
+    reads: bool,
+) -> Option<String> {
+    let token = session_token(cookie).filter(|t| t.starts_with("hss_"))?;
+    (csrf_matches(&token, csrf?.trim()) && (reads || same_origin(origin_header, host, origin))).then_some(token)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

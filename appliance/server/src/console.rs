@@ -117,6 +117,13 @@ impl Backend for ConsoleBackend {
                     list.into_iter()
                         .map(|b| hangar_console::BundleFact {
                             applied: b.applied.map(|a| (a.applied_at, a.applied_by)),
+                            upgrade: b.upgrade.map(|u| hangar_console::UpgradeFact {
+                                id: u.id,
+                                state: u.state,
+                                requested_by: u.requested_by,
+                                requested_at: u.requested_at,
+                                message: u.message,
+                            }),
                             id: b.id,
                             kind: b.kind,
                             version: b.version,
@@ -127,6 +134,28 @@ impl Backend for ConsoleBackend {
                         })
                         .collect()
                 }));
+                let app = self.app.clone();
+                let records = tokio::task::spawn_blocking(move || {
+                    app.bundles.as_ref().map(|s| crate::bundles::history(s, 10)).unwrap_or_default()
+                })
+                .await
+                .unwrap_or_default();
+                facts.upgrades = records
+                    .into_iter()
+                    .map(|r| hangar_console::UpgradeRecordFact {
+                        steps: r.steps.iter().map(|s| s.line()).collect(),
+                        id: r.id,
+                        kind: r.kind,
+                        from: r.from,
+                        to: r.to,
+                        requested_by: r.requested_by,
+                        started_at: r.started_at,
+                        outcome: r.outcome,
+                        backup: r.backup,
+                        downtime_secs: r.downtime_secs,
+                        error: r.error,
+                    })
+                    .collect();
             }
             facts
         })

@@ -45,7 +45,7 @@ impl SystemSources {
         let disks = tokio::task::spawn_blocking(move || dirs.iter().map(|d| disk(d)).collect())
             .await
             .unwrap_or_default();
-        SystemFacts { version: env!("CARGO_PKG_VERSION").to_string(), services, certificates, disks, bundles: None }
+        SystemFacts { version: env!("CARGO_PKG_VERSION").to_string(), services, certificates, disks, bundles: None, upgrades: Vec::new() }
     }
 }
 

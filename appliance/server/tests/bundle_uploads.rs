@@ -514,3 +514,175 @@ async fn a_one_gib_upload_killed_halfway_is_resumed_by_running_the_command_again
     assert_eq!(bare.status.code(), Some(2), "{}", String::from_utf8_lossy(&bare.stderr));
     assert!(String::from_utf8_lossy(&bare.stderr).contains("no server"), "{}", String::from_utf8_lossy(&bare.stderr));
 }
+
+impl Uploads {
+    /// Uploads `bytes` in one chunk; the staged bundle's id.
+    async fn stage(&self, name: &str, bytes: &[u8]) -> String {
+        let id = self.begin(name, bytes.len() as u64).await;
+        let (status, v) = self.patch(&id, 0, bytes).await;
+        assert_eq!(status, 200, "{v}");
+        v["bundle"]["id"].as_str().unwrap().to_string()
+    }
+
+    async fn upgrade(&self, token: Option<&str>, id: &str) -> (u16, Value) {
+        let path = format!("/api/v1/bundles/{id}/upgrade");
+        self.call(token, reqwest::Method::POST, &path, None, vec![]).await
+    }
+
+    async fn staged(&self, id: &str) -> Value {
+        let (status, v) = self
+            .call(Some(&self.admin), reqwest::Method::GET, "/api/v1/bundles", None, vec![])
+            .await;
+        assert_eq!(status, 200, "{v}");
+        v["bundles"].as_array().unwrap().iter().find(|b| b["id"] == id).cloned().unwrap_or(Value::Null)
+    }
+}
+
+/// What the installer's upgrade agent would write (it runs as root on an
+/// installed appliance; `installer/tests/upgrade.rs` runs the real one).
+fn agent_writes(staging: &std::path::Path, request: &str, file: &str, body: Value) {
+    std::fs::write(staging.join("upgrades").join(format!("{request}.{file}.json")), body.to_string()).unwrap();
+}
+
+#[tokio::test]
+async fn an_upgrade_is_asked_for_by_an_admin_once_at_a_time_with_a_staged_release() {
+    let u = start().await;
+    let key = corpus::trusted_key();
+    let release = u.stage("hangar-1.0.0.bundle", &genuine()).await;
+    let tools_meta = bundle_kit::Meta { kind: hangar_bundle::Kind::Tools, ..Default::default() };
+    let tools = u
+        .stage("tools.bundle", &corpus::genuine(&tools_meta, &corpus::sample(&corpus::tool_v1()), &[&key]))
+        .await;
+    let same_meta = bundle_kit::Meta { version: env!("CARGO_PKG_VERSION"), ..Default::default() };
+    let same = u.stage("same.bundle", &corpus::genuine(&same_meta, &corpus::sample(&corpus::tool_v1()), &[&key])).await;
+    let writer = u.app.user_token(&u.admin, "writer@hangar.test", "WRITER").await;
+
+    // Who may ask, and for what.
+    assert_eq!(u.upgrade(None, &release).await.0, 401);
+    assert_eq!(u.upgrade(Some(&writer), &release).await.0, 403);
+    assert_eq!(u.upgrade(Some(&u.admin), "0123456789abcdef0123456789abcdef").await.0, 404);
+    assert_eq!(u.upgrade(Some(&u.admin), "..%2f..%2fetc").await.0, 404);
+    let (status, v) = u.upgrade(Some(&u.admin), &tools).await;
+    assert_eq!(status, 400, "{v}");
+    assert!(v["error"]["message"].as_str().unwrap().contains("is a tools bundle, not a release: apply it"), "{v}");
+    let (status, v) = u.upgrade(Some(&u.admin), &same).await;
+    assert_eq!(status, 400, "{v}");
+    assert!(v["error"]["message"].as_str().unwrap().contains("is the one running"), "{v}");
+    assert!(!u.staging.join("upgrades").read_dir().unwrap().any(|_| true), "nothing asked for yet");
+
+    // Asked for: the request for the agent, the answer at once.
+    let (status, v) = u.upgrade(Some(&u.admin), &release).await;
+    assert_eq!(status, 202, "{v}");
+    assert_eq!((v["upgrade"]["state"].as_str(), v["upgrade"]["version"].as_str()), (Some("requested"), Some("1.0.0")), "{v}");
+    let request = v["upgrade"]["id"].as_str().unwrap().to_string();
+    let written: Value =
+        serde_json::from_slice(&std::fs::read(u.staging.join("upgrades").join(format!("{request}.request.json"))).unwrap()).unwrap();
+    assert_eq!((written["bundle"].as_str(), written["requested_by"].as_str()), (Some(release.as_str()), Some(ADMIN_EMAIL)), "{written}");
+    assert_eq!(written["sha256"], sha256_hex(&genuine()), "{written}");
+    assert_eq!(u.staged(&release).await["upgrade"]["state"], "requested");
+
+    // One at a time, through the API and GraphQL alike; the release stays
+    // staged while it is being installed.
+    let (status, v) = u.upgrade(Some(&u.admin), &release).await;
+    assert_eq!(status, 409, "{v}");
+    assert!(v["error"]["message"].as_str().unwrap().contains("an upgrade is under way"), "{v}");
+    let (_, v) = u
+        .app
+        .gql(Some(&u.admin), "mutation($b: ID!) { upgradeAppliance(bundle: $b) { state } }", json!({ "b": release }))
+        .await;
+    assert_eq!(v["errors"][0]["extensions"]["code"], "CONFLICT", "{v}");
+    let (status, _) = u
+        .call(Some(&u.admin), reqwest::Method::DELETE, &format!("/api/v1/bundles/{release}"), None, vec![])
+        .await;
+    assert_eq!(status, 409);
+
+    // The agent's progress is what the list shows.
+    agent_writes(&u.staging, &request, "taken", json!({ "id": request, "started_at": "2026-12-07T10:00:00Z", "log": "/var/log/hangar/upgrade.log" }));
+    assert_eq!(u.staged(&release).await["upgrade"]["state"], "running");
+    agent_writes(
+        &u.staging,
+        &request,
+        "done",
+        json!({ "id": request, "outcome": "refused", "message": "refused by the pre-check \"free disk\"", "record": null,
+                "finished_at": "2026-12-07T10:00:05Z", "log": "/var/log/hangar/upgrade.log" }),
+    );
+    let shown = u.staged(&release).await;
+    assert_eq!((shown["upgrade"]["state"].as_str(), shown["upgrade"]["message"].as_str()), (Some("refused"), Some("refused by the pre-check \"free disk\"")), "{shown}");
+
+    // Once it ended, it may be asked for again (here through GraphQL).
+    let d = u
+        .app
+        .ok(&u.admin, "mutation($b: ID!) { upgradeAppliance(bundle: $b) { id state version requestedBy } }", json!({ "b": release }))
+        .await;
+    assert_eq!((d["upgradeAppliance"]["state"].as_str(), d["upgradeAppliance"]["requestedBy"].as_str()), (Some("requested"), Some(ADMIN_EMAIL)), "{d}");
+    assert_ne!(d["upgradeAppliance"]["id"], request.as_str());
+    let events = u
+        .app
+        .ok(&u.admin, "{ auditEvents(first: 20, action: \"appliance.upgrade_requested\") { items { actor target details } } }", json!({}))
+        .await;
+    let items = events["auditEvents"]["items"].as_array().unwrap();
+    assert_eq!(items.len(), 2, "{events}");
+    assert_eq!((items[0]["actor"].as_str(), items[0]["target"].as_str()), (Some(ADMIN_EMAIL), Some("release:1.0.0")), "{events}");
+}
+
+/// A console page's script uploads with the page's session: the cookie, the
+/// page's CSRF token and its origin, all three; an API key never comes from
+/// a cookie.
+#[tokio::test]
+async fn a_console_page_uploads_with_its_session_csrf_token_and_origin() {
+    let u = start().await;
+    let admin = ConsoleSession::login(&u.app).await;
+    let csrf = admin.csrf("/admin/system").await;
+    let page = admin.get("/admin/system").await;
+    assert!(page.contains(&format!("data-upload data-csrf=\"{csrf}\"")), "{page}");
+    let body = serde_json::to_vec(&json!({ "name": "b.bundle", "size": 10 })).unwrap();
+    let post = |cookie: Option<String>, csrf: Option<String>, origin: Option<String>| {
+        let mut r = u.app.client.post(u.app.url("/api/v1/bundles/uploads")).body(body.clone());
+        if let Some(c) = cookie {
+            r = r.header("cookie", c);
+        }
+        if let Some(t) = csrf {
+            r = r.header("x-hangar-csrf", t);
+        }
+        if let Some(o) = origin {
+            r = r.header("origin", o);
+        }
+        async move { r.send().await.unwrap().status().as_u16() }
+    };
+    let (cookie, origin) = (Some(admin.cookie.clone()), Some(admin.origin.clone()));
+    assert_eq!(post(cookie.clone(), Some(csrf.clone()), origin.clone()).await, 201);
+    assert_eq!(post(cookie.clone(), None, origin.clone()).await, 401, "no CSRF token");
+    assert_eq!(post(cookie.clone(), Some("0".repeat(40)), origin.clone()).await, 401, "a forged one");
+    assert_eq!(post(cookie.clone(), Some(csrf.clone()), None).await, 401, "no origin");
+    // Reading where an upload stands needs the token, not the origin (a
+    // browser sends none on a same-origin GET).
+    let list = |csrf: Option<&str>| {
+        let mut r = u.app.client.get(u.app.url("/api/v1/bundles")).header("cookie", &admin.cookie);
+        if let Some(t) = csrf {
+            r = r.header("x-hangar-csrf", t);
+        }
+        async move { r.send().await.unwrap().status().as_u16() }
+    };
+    assert_eq!(list(Some(&csrf)).await, 200);
+    assert_eq!(list(None).await, 401);
+    assert_eq!(post(cookie.clone(), Some(csrf.clone()), Some("https://evil.example".into())).await, 401, "another origin");
+    assert_eq!(post(None, Some(csrf.clone()), origin.clone()).await, 401, "no cookie");
+    // An admin's API key in the cookie, with the CSRF token it would have.
+    let key = u.app.ok(&u.admin, "mutation { createApiKey(name: \"k\", role: ADMIN) { key } }", json!({})).await["createApiKey"]["key"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    ctx.update(b"hangar-console-csrf\0");
+    ctx.update(key.as_bytes());
+    let key_csrf = hex::encode(&ctx.finish().as_ref()[..20]);
+    let in_cookie = format!("{}={key}", hangar_console::COOKIE);
+    assert_eq!(post(Some(in_cookie), Some(key_csrf), origin.clone()).await, 401, "an API key in the cookie");
+    // A writer's session is a session, and is refused as a writer.
+    u.app
+        .ok(&u.admin, "mutation { createUser(email: \"writer@hangar.test\", role: WRITER, password: \"Quiet-Harbor-Lantern-42\") { id } }", json!({}))
+        .await;
+    let writer = ConsoleSession::login_as(&u.app, "writer@hangar.test", "Quiet-Harbor-Lantern-42").await;
+    let csrf = writer.csrf("/account").await;
+    assert_eq!(post(Some(writer.cookie.clone()), Some(csrf), origin).await, 403);
+}

@@ -10,6 +10,10 @@
 mod common;
 mod fleet;
 
+#[path = "../../../bundles/tests/common/mod.rs"]
+#[allow(unused_imports, dead_code)]
+mod bundle_kit;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -396,4 +400,104 @@ async fn a_person_runs_terraform_from_the_console() {
         urls.iter().filter(network).filter(|u| !u.starts_with(&format!("{origin}/")) && *u != &origin).collect();
     assert!(foreign.is_empty(), "requests to other origins: {foreign:?}");
     c.close().await.unwrap();
+}
+
+/// An administrator uploads a signed bundle from the System page: the page's
+/// script sends it through the resumable upload API with the page's session,
+/// and takes up an upload cut halfway (here by a connection that dropped
+/// after half of it arrived) instead of starting over. A file that is not a
+/// bundle is refused with its reason and nothing is staged.
+#[tokio::test]
+async fn an_admin_uploads_a_bundle_from_the_system_page_and_a_cut_upload_resumes() {
+    use bundle_kit::corpus;
+    hangar_testkit::init();
+    let files = TestDir::new("browser-upload");
+    let keys = files.subdir("keys");
+    std::fs::write(keys.join("trusted.pub"), corpus::trusted_key().public_key().to_pem()).unwrap();
+    let staging = files.path().join("staging");
+    let app = common::Appliance::start_with(common::Options {
+        server_extra: format!("bundles_dir = \"{}\"\nbundle_trust_dir = \"{}\"\n", staging.display(), keys.display()),
+        ..Default::default()
+    })
+    .await;
+    let admin = app.admin_token().await;
+    let base = app.url("");
+    let bytes = corpus::genuine(&bundle_kit::Meta::default(), &corpus::sample(&corpus::tool_v1()), &[&corpus::trusted_key()]);
+    let path = files.path().join("hangar-1.0.0.bundle");
+    std::fs::write(&path, &bytes).unwrap();
+
+    // Half of it arrived before the connection dropped.
+    let created: Value = app
+        .client
+        .post(app.url("/api/v1/bundles/uploads"))
+        .bearer_auth(&admin)
+        .json(&json!({ "name": "hangar-1.0.0.bundle", "size": bytes.len() }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = created["id"].as_str().unwrap().to_string();
+    let half = bytes.len() / 2;
+    let r = app
+        .client
+        .patch(app.url(&format!("/api/v1/bundles/uploads/{id}")))
+        .bearer_auth(&admin)
+        .header("upload-offset", "0")
+        .body(bytes[..half].to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+
+    let (_driver, c) = browser(&files, "upload").await;
+    sign_in(&c, &base, common::ADMIN_EMAIL, common::ADMIN_PASSWORD).await;
+    c.goto(&app.url("/admin/system")).await.unwrap();
+    find(&c, Locator::Css("form[data-upload]:not([hidden])")).await;
+    // The browser remembers the upload of this very file, as the page did
+    // when the connection dropped.
+    let modified = std::fs::metadata(&path).unwrap().modified().unwrap().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis();
+    let key = format!("hangar-upload:hangar-1.0.0.bundle:{}:{modified}", bytes.len());
+    c.execute("localStorage.setItem(arguments[0], arguments[1]);", vec![json!(key), json!(id)]).await.unwrap();
+    find(&c, Locator::Id("bundle-file")).await.send_keys(&path.display().to_string()).await.unwrap();
+    click_button(&c, "Upload").await;
+
+    // Staged under the upload's id: only the missing half was sent. The page
+    // reloads with the bundle listed and the upgrade it offers.
+    let staged = wait_for("the bundle to be staged", SOON, || {
+        let (client, url, admin) = (app.client.clone(), app.url("/api/v1/bundles"), admin.clone());
+        async move {
+            let v: Value = client.get(url).bearer_auth(admin).send().await.ok()?.json().await.ok()?;
+            v["bundles"].as_array().and_then(|l| l.first().cloned())
+        }
+    })
+    .await;
+    assert_eq!((staged["id"].as_str(), staged["version"].as_str()), (Some(id.as_str()), Some("1.0.0")), "{staged}");
+    let row = format!("aria-label=\"Upgrade the appliance to 1.0.0\"");
+    wait_for("the page to list it", SOON, || {
+        let c = c.clone();
+        let row = row.clone();
+        async move { page_has(&c, &row).await.then_some(()) }
+    })
+    .await;
+    assert!(page_has(&c, &id).await);
+    let stored: Value = c.execute("return localStorage.getItem(arguments[0]);", vec![json!(key)]).await.unwrap();
+    assert_eq!(stored, Value::Null, "a finished upload is forgotten");
+    shoot(&c, "system-bundles").await;
+
+    // Not a bundle: refused at once, with the reason, and nothing staged.
+    let junk = files.path().join("notes.bundle");
+    std::fs::write(&junk, vec![b'x'; 4096]).unwrap();
+    find(&c, Locator::Id("bundle-file")).await.send_keys(&junk.display().to_string()).await.unwrap();
+    click_button(&c, "Upload").await;
+    wait_for("the refusal", SOON, || {
+        let c = c.clone();
+        async move { page_has(&c, "Not uploaded: the bundle is refused").await.then_some(()) }
+    })
+    .await;
+    shoot(&c, "system-upload-refused").await;
+    let v: Value = app.client.get(app.url("/api/v1/bundles")).bearer_auth(&admin).send().await.unwrap().json().await.unwrap();
+    assert_eq!(v["bundles"].as_array().unwrap().len(), 1, "{v}");
+    assert!(std::fs::read_dir(staging.join("uploads")).unwrap().next().is_none(), "the refused upload left nothing");
 }

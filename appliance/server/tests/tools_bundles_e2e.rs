@@ -440,7 +440,7 @@ async fn a_worker_bundle_applied_is_installed_on_a_worker_host_by_hangar_worker_
     let id = upload(&fleet.app, &key, &state, &bundle);
 
     // Applied from the console's System page, where it is listed once staged.
-    let console = ConsoleSession::login(&fleet.app).await;
+    let console = common::ConsoleSession::login(&fleet.app).await;
     let page = console.get("/admin/system").await;
     assert!(page.contains(&id) && page.contains("9.9.9") && page.contains("aria-label=\"Apply worker bundle 9.9.9\""), "{page}");
     assert!(page.contains("hangar bundle upload FILE --server"), "{page}");
@@ -475,54 +475,4 @@ async fn a_worker_bundle_applied_is_installed_on_a_worker_host_by_hangar_worker_
     let o = update(&[]);
     assert!(o.status.success());
     assert!(String::from_utf8_lossy(&o.stdout).contains("already"), "{}", String::from_utf8_lossy(&o.stdout));
-}
-
-/// The console as the administrator: a session cookie from its login form.
-struct ConsoleSession {
-    client: reqwest::Client,
-    origin: String,
-    cookie: String,
-}
-
-impl ConsoleSession {
-    async fn login(app: &common::Appliance) -> ConsoleSession {
-        let cert = reqwest::Certificate::from_pem(&std::fs::read(app.ca_path()).unwrap()).unwrap();
-        let client = reqwest::Client::builder()
-            .tls_built_in_root_certs(false)
-            .add_root_certificate(cert)
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .unwrap();
-        let origin = app.url("").trim_end_matches('/').to_string();
-        let r = client
-            .post(format!("{origin}/login"))
-            .header("origin", &origin)
-            .form(&[("email", common::ADMIN_EMAIL), ("password", common::ADMIN_PASSWORD), ("next", "/stacks")])
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 303);
-        let cookie = r.headers()["set-cookie"].to_str().unwrap().split(';').next().unwrap().to_string();
-        ConsoleSession { client, origin, cookie }
-    }
-
-    async fn get(&self, path: &str) -> String {
-        let r = self.client.get(format!("{}{path}", self.origin)).header("cookie", &self.cookie).send().await.unwrap();
-        assert_eq!(r.status(), 200, "{path}");
-        r.text().await.unwrap()
-    }
-
-    /// Posts a form from the console's own origin; returns the status.
-    async fn post(&self, path: &str, form: &[(&str, &str)]) -> u16 {
-        let r = self
-            .client
-            .post(format!("{}{path}", self.origin))
-            .header("cookie", &self.cookie)
-            .header("origin", &self.origin)
-            .form(form)
-            .send()
-            .await
-            .unwrap();
-        r.status().as_u16()
-    }
 }

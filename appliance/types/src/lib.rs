@@ -7,6 +7,7 @@ mod error;
 pub mod http;
 mod role;
 mod run;
+pub mod upgrade;
 pub mod worker;
 
 pub use error::error_chain;

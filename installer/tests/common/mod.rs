@@ -309,6 +309,27 @@ impl Site {
         found
     }
 
+    /// The executable of the site's upgrade agent, when one runs.
+    pub fn agent_exe(&self) -> Option<String> {
+        self.agents().first().and_then(|pid| fs::read_link(format!("/proc/{pid}/exe")).ok()).map(|p| p.display().to_string())
+    }
+
+    /// Pids of the site's upgrade agents (`hangar-install upgrade-agent`).
+    pub fn agents(&self) -> Vec<i32> {
+        let needle = self.prefix.to_string_lossy().into_owned();
+        let mut found = Vec::new();
+        for e in fs::read_dir("/proc").unwrap().flatten() {
+            let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else { continue };
+            if let Ok(cmd) = fs::read(format!("/proc/{pid}/cmdline")) {
+                let args: Vec<String> = cmd.split(|b| *b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
+                if args.iter().any(|a| a == &needle) && args.iter().any(|a| a == "upgrade-agent") {
+                    found.push(pid);
+                }
+            }
+        }
+        found
+    }
+
     /// Everything under the prefix, relative, sorted.
     pub fn files(&self) -> Vec<String> {
         let mut out = Vec::new();
@@ -337,7 +358,7 @@ impl Drop for Site {
         if !std::thread::panicking() && self.path("etc/hangar/install-state.json").exists() {
             let _ = self.command(&["uninstall"]).output();
         }
-        for (pid, _) in self.processes() {
+        for pid in self.agents().into_iter().chain(self.processes().into_iter().map(|(pid, _)| pid)) {
             let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
         }
         std::thread::sleep(Duration::from_millis(100));
@@ -435,10 +456,10 @@ pub struct ServiceRow {
     pub pid: String,
 }
 
-/// The services the console's System page lists, read as a browser gets the
-/// page: signed in through the console's login form with the administrator's
-/// password, then `/admin/system` with the session cookie.
-pub async fn console_services(site: &Site) -> Vec<ServiceRow> {
+/// A console page as a browser gets it: signed in through the console's
+/// login form with the administrator's password, then `path` with the
+/// session cookie.
+pub async fn console_page(site: &Site, path: &str) -> String {
     let roots = hangar_certs::tls::roots_from_pem(&fs::read(site.ca()).unwrap()).unwrap();
     let cfg = hangar_certs::tls::client_config(roots, None).unwrap();
     let http = reqwest::Client::builder()
@@ -458,9 +479,14 @@ pub async fn console_services(site: &Site) -> Vec<ServiceRow> {
     assert_eq!(r.status(), 303, "console sign-in: {}", r.text().await.unwrap_or_default());
     let cookie = r.headers()["set-cookie"].to_str().unwrap().split(';').next().unwrap().to_string();
     assert!(cookie.starts_with("__Host-"), "{cookie}");
-    let r = http.get(format!("{base}/admin/system")).header("cookie", &cookie).send().await.unwrap();
+    let r = http.get(format!("{base}{path}")).header("cookie", &cookie).send().await.unwrap();
     assert_eq!(r.status(), 200);
-    let page = r.text().await.unwrap();
+    r.text().await.unwrap()
+}
+
+/// The services the console's System page lists.
+pub async fn console_services(site: &Site) -> Vec<ServiceRow> {
+    let page = console_page(site, "/admin/system").await;
     let services = page
         .split_once("<h2>Services</h2>")
         .and_then(|(_, rest)| rest.split_once("<h2>Certificates</h2>"))
@@ -479,6 +505,41 @@ pub async fn console_services(site: &Site) -> Vec<ServiceRow> {
             pid: between(row, "<td class=\"num mono small\">", "</td>"),
         })
         .collect()
+}
+
+/// `hangar ARGS --json` (the client) against the site with API key `key`.
+pub fn hangar_client(site: &Site, key: &str, args: &[&str]) -> Output {
+    Command::new(profile_dir().join("hangar"))
+        .args(args)
+        .args(["--json", "--server", &format!("https://localhost:{}", site.ports.server), "--ca-file"])
+        .arg(site.ca())
+        .env("HANGAR_API_KEY", key)
+        .env("XDG_STATE_HOME", site.dir.path().join("client-state"))
+        .env("HANGAR_CLIENT_CONFIG", site.dir.path().join("no-client.toml"))
+        .output()
+        .unwrap()
+}
+
+/// A new administrator API key.
+pub async fn admin_key(api: &Api, name: &str) -> String {
+    api.ok("mutation($n: String!) { createApiKey(name: $n, role: ADMIN) { key } }", serde_json::json!({ "n": name })).await["createApiKey"]["key"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+/// Waits until the appliance's `/ready` answers 200.
+pub async fn wait_ready(site: &Site) {
+    let http = client(&site.ca());
+    let url = format!("https://localhost:{}/ready", site.ports.server);
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        if http.get(&url).send().await.is_ok_and(|r| r.status() == 200) {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "{url} not ready within 120 s");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// The installation's PostgreSQL, through the installer's own tools.

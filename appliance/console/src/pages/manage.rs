@@ -596,6 +596,10 @@ pub(super) async fn apply_bundle(c: &Console, s: &Session, id: &str) -> Response
     operate(c, s, "mutation($id: ID!) { applyBundle(id: $id) { id } }", json!({ "id": id }), "/admin/system#bundles").await
 }
 
+pub(super) async fn upgrade_appliance(c: &Console, s: &Session, id: &str) -> Response {
+    operate(c, s, "mutation($b: ID!) { upgradeAppliance(bundle: $b) { id } }", json!({ "b": id }), "/admin/system#bundles").await
+}
+
 pub(super) async fn revoke_key(c: &Console, s: &Session, id: &str) -> Response {
     let back = if s.viewer.is_admin() { "/admin#keys" } else { "/account" };
     operate(c, s, "mutation($id: ID!) { revokeApiKey(id: $id) { id } }", json!({ "id": id }), back).await
@@ -691,6 +695,29 @@ struct SystemPage {
     bundles: Option<Result<Vec<BundleView>, String>>,
     /// The appliance's address, for the upload command shown.
     server: String,
+    upgrades: Vec<UpgradeRecordView>,
+    /// Bytes per request of an upload from the page.
+    chunk_bytes: u64,
+}
+
+pub(crate) struct UpgradeRecordView {
+    pub(crate) kind: String,
+    pub(crate) from: String,
+    pub(crate) to: String,
+    pub(crate) requested_by: String,
+    pub(crate) started: When,
+    pub(crate) badge: Badge,
+    pub(crate) steps: String,
+    pub(crate) backup: String,
+    pub(crate) downtime: String,
+    pub(crate) error: Option<String>,
+}
+
+/// An upgrade asked for with a staged appliance bundle.
+pub(crate) struct UpgradeAskedView {
+    pub(crate) badge: Badge,
+    pub(crate) requested_by: String,
+    pub(crate) message: Option<String>,
 }
 
 pub(crate) struct BundleView {
@@ -704,6 +731,20 @@ pub(crate) struct BundleView {
     /// Tools and worker bundles are applied here; appliance bundles by the installer.
     pub(crate) appliable: bool,
     pub(crate) applied: Option<(When, String)>,
+    /// An appliance bundle the appliance can be upgraded to now.
+    pub(crate) upgradable: bool,
+    pub(crate) upgrade: Option<UpgradeAskedView>,
+}
+
+fn upgrade_badge(state: &str) -> Badge {
+    let class = match state {
+        "completed" => "ok",
+        "requested" | "running" => "run",
+        "rolled-back" | "rolled back" | "refused" => "wait",
+        "failed" => "bad",
+        _ => "idle",
+    };
+    Badge::of(&state.replace('-', " "), class)
 }
 
 fn bytes(n: &Result<u64, String>) -> String {
@@ -748,6 +789,7 @@ pub(super) async fn system(c: &Console, s: &Session) -> Response {
             })
             .collect()
     });
+    let version = facts.version.clone();
     let page = SystemPage {
         frame: Frame::new("System", "admin", Some(s.viewer.clone())),
         viewer: s.viewer.clone(),
@@ -759,10 +801,39 @@ pub(super) async fn system(c: &Console, s: &Session) -> Response {
             .map(|c| CertView { name: c.name, subject: c.subject, expires: c.not_after.map(When::at) })
             .collect(),
         disks: facts.disks.into_iter().map(|d| DiskView { used: bytes(&d.used_bytes), free: bytes(&d.free_bytes), path: d.path }).collect(),
+        upgrades: facts
+            .upgrades
+            .into_iter()
+            .map(|r| UpgradeRecordView {
+                badge: upgrade_badge(&r.outcome),
+                steps: r.steps.join(" · "),
+                backup: r.backup.unwrap_or_else(|| "none".into()),
+                downtime: r.downtime_secs.map(|d| format!("{d:.1} s")).unwrap_or_else(|| "none".into()),
+                started: When::at(r.started_at),
+                kind: r.kind,
+                from: r.from,
+                to: r.to,
+                requested_by: r.requested_by,
+                error: r.error,
+            })
+            .collect(),
         bundles: facts.bundles.map(|r| {
+            let busy = r.as_ref().is_ok_and(|list| {
+                list.iter().any(|b| b.upgrade.as_ref().is_some_and(|u| matches!(u.state.as_str(), "requested" | "running")))
+            });
+            let running = version.clone();
             r.map(|list| {
                 list.into_iter()
                     .map(|b| BundleView {
+                        upgradable: b.kind == "appliance"
+                            && b.version != running
+                            && !busy
+                            && b.upgrade.as_ref().is_none_or(|u| u.state != "completed"),
+                        upgrade: b.upgrade.map(|u| UpgradeAskedView {
+                            badge: upgrade_badge(&u.state),
+                            requested_by: u.requested_by,
+                            message: u.message,
+                        }),
                         appliable: matches!(b.kind.as_str(), "tools" | "worker"),
                         applied: b.applied.map(|(at, by)| (When::at(at), by)),
                         size: bytes(&Ok(b.size)),
@@ -777,6 +848,7 @@ pub(super) async fn system(c: &Console, s: &Session) -> Response {
             })
         }),
         server: c.public_url.clone(),
+        chunk_bytes: 8 << 20,
     };
     html(StatusCode::OK, &page)
 }

@@ -202,6 +202,7 @@ async fn dispatch(c: &Console, req: Req) -> Response {
         (["admin", "audit"], true, _) => manage::audit(c, &session, &req).await,
         (["admin", "system"], true, _) => manage::system(c, &session).await,
         (["admin", "bundles", id, "apply"], _, true) => manage::apply_bundle(c, &session, id).await,
+        (["admin", "bundles", id, "upgrade"], _, true) => manage::upgrade_appliance(c, &session, id).await,
         (["keys", id, "revoke"], _, true) => manage::revoke_key(c, &session, id).await,
         (["account"], true, _) => manage::account(c, &session, None).await,
         (["account", "password"], _, true) => manage::change_password(c, &session, &req).await,

@@ -1,6 +1,7 @@
 //! `applyBundle`: a staged tools or worker bundle applied to the tools area
 //! from GraphQL, the same apply as `POST /api/v1/bundles/{id}/apply`
-//! (`crate::bundles`), for admins.
+//! (`crate::bundles`); `upgradeAppliance`: the appliance upgraded to a staged
+//! appliance bundle, as `POST /api/v1/bundles/{id}/upgrade`. For admins.
 
 use async_graphql::{Context, ID, Object, SimpleObject};
 use hangar_types::Role;
@@ -23,6 +24,20 @@ pub struct BundleApplied {
     /// With no place in the tools area (a mirror's JSON documents, a worker
     /// bundle's other files).
     skipped: Vec<String>,
+}
+
+/// An upgrade asked for: the installer's upgrade agent takes it up.
+#[derive(SimpleObject)]
+pub struct ApplianceUpgrade {
+    /// The request's id.
+    id: ID,
+    /// The staged bundle.
+    bundle: ID,
+    version: String,
+    /// `requested`, `running`, `completed`, `rolled-back`, `refused` or `failed`.
+    state: String,
+    requested_by: String,
+    requested_at: String,
 }
 
 #[derive(Default)]
@@ -60,6 +75,26 @@ impl BundlesMutation {
             installed: done.applied.installed,
             unchanged: done.applied.unchanged,
             skipped: done.applied.skipped,
+        })
+    }
+
+    /// Upgrades the appliance to a staged appliance bundle: the installer's
+    /// upgrade agent backs up, switches, migrates and checks health, and
+    /// rolls back by itself on failure. The answer comes at once; the
+    /// upgrade's progress is in the staged bundles' list and on the System
+    /// page (this server stops and starts again on the way).
+    async fn upgrade_appliance(&self, ctx: &Context<'_>, bundle: ID) -> async_graphql::Result<ApplianceUpgrade> {
+        let caller = require(ctx, Role::Admin)?.clone();
+        let (_, u) = crate::bundles::request_upgrade(app(ctx), &caller, bundle.as_str())
+            .await
+            .map_err(ApiError::from)?;
+        Ok(ApplianceUpgrade {
+            id: ID(u.id),
+            bundle,
+            version: u.version,
+            state: u.state,
+            requested_by: u.requested_by,
+            requested_at: u.requested_at,
         })
     }
 }

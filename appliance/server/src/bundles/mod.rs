@@ -10,17 +10,21 @@
 //! | `GET /api/v1/bundles` | the staged bundles |
 //! | `DELETE /api/v1/bundles/{id}` | 204: a staged bundle removed |
 //! | `POST /api/v1/bundles/{id}/apply` | 200: a staged `tools` or `worker` bundle applied to the tools area (see [`apply`]) |
+//! | `POST /api/v1/bundles/{id}/upgrade` | 202: the appliance upgraded to a staged `appliance` bundle by the installer's upgrade agent (see [`upgrade`]) |
 //!
 //! Layout: `uploads/{id}.json` and `uploads/{id}.part` while an upload is
 //! under way (the part's length is its offset, so an upload survives a
 //! restart of the server); `staged/{id}.bundle` and `staged/{id}.json` once
-//! verified; `applied/{id}.json` once a staged bundle was applied. A refused
-//! upload's files are removed at once.
+//! verified; `applied/{id}.json` once a staged bundle was applied;
+//! `upgrades/` for the upgrades asked for. A refused upload's files are
+//! removed at once.
 
 mod apply;
+mod upgrade;
 mod verify;
 
 pub(crate) use apply::apply_bundle;
+pub(crate) use upgrade::{history, request_upgrade};
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -48,6 +52,9 @@ pub(crate) struct Staging {
     dir: PathBuf,
     trust: Arc<TrustStore>,
     max_bytes: u64,
+    /// The console's origin: a console page's script may upload with its
+    /// session (see [`auth`]).
+    origin: String,
     uploads: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<Session>>>>,
     /// One apply at a time: two bundles bringing the same file are compared
     /// one after the other, never both written.
@@ -87,6 +94,10 @@ pub(crate) struct StagedBundle {
     /// written into this record (which an older release reads strictly).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) applied: Option<apply::AppliedRecord>,
+    /// The last upgrade asked for with it (an appliance bundle): from
+    /// `upgrades/`, never written into this record either.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) upgrade: Option<upgrade::UpgradeView>,
 }
 
 struct Session {
@@ -152,6 +163,8 @@ pub(crate) enum UploadError {
     },
     #[error("bundles are applied to the tools area ([server] tools_dir), which is not configured")]
     NoToolsArea,
+    #[error("an upgrade is under way: {0}")]
+    UpgradeUnderWay(String),
 }
 
 impl UploadError {
@@ -176,7 +189,7 @@ impl UploadError {
                 | hangar_bundle::ApplyError::NoWorkerBinary { .. }
                 | hangar_bundle::ApplyError::Bundle(_) => ErrorCode::BadRequest,
             },
-            UploadError::NoToolsArea => ErrorCode::Conflict,
+            UploadError::NoToolsArea | UploadError::UpgradeUnderWay(_) => ErrorCode::Conflict,
         }
     }
 
@@ -207,7 +220,7 @@ impl Staging {
                 .add_dir(keys)
                 .map_err(crate::ServerError::BundleTrust)?;
         }
-        for sub in ["uploads", "staged", "applied"] {
+        for sub in ["uploads", "staged", "applied", hangar_types::upgrade::DIR] {
             let path = dir.join(sub);
             std::fs::create_dir_all(&path)
                 .map_err(|source| crate::ServerError::Staging { path, source })?;
@@ -216,6 +229,7 @@ impl Staging {
             dir,
             trust: Arc::new(trust),
             max_bytes: config.max_bundle_bytes,
+            origin: hangar_console::origin_of(&config.public_url),
             uploads: Default::default(),
             applying: tokio::sync::Mutex::new(()),
         }))
@@ -322,6 +336,7 @@ impl Staging {
                 && let Ok(mut b) = serde_json::from_slice::<StagedBundle>(&text)
             {
                 b.applied = self.applied_record(&b.id).await;
+                b.upgrade = upgrade::of_bundle(self, &b.id);
                 out.push(b);
             }
         }
@@ -347,7 +362,7 @@ async fn lock_session(
 
 /// Upload and bundle ids: 32 lowercase hexadecimal characters.
 fn id_ok(id: &str) -> bool {
-    id.len() == 32 && id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+    hangar_types::upgrade::id_ok(id)
 }
 
 fn new_id() -> String {
@@ -378,9 +393,35 @@ async fn audit(app: &App, actor: &str, action: &str, target: &str, details: serd
     }
 }
 
+/// The `Authorization` of a request about bundles: its own, or, from a
+/// console page's script, the session of its cookie when the request also
+/// carries the page's CSRF token (`X-Hangar-CSRF`) and origin.
+pub(super) fn auth(app: Arc<App>) -> BoxedFilter<(Option<String>,)> {
+    let origin = app.bundles.as_ref().map(|s| s.origin.clone()).unwrap_or_default();
+    warp::method()
+        .and(warp::header::optional::<String>("authorization"))
+        .and(warp::header::optional::<String>("cookie"))
+        .and(warp::header::optional::<String>("x-hangar-csrf"))
+        .and(warp::header::optional::<String>("origin"))
+        .and(warp::header::optional::<String>("host"))
+        .map(
+            move |method: warp::http::Method, auth: Option<String>, cookie: Option<String>, csrf: Option<String>, from: Option<String>, host: Option<String>| {
+                let reads = method == warp::http::Method::GET || method == warp::http::Method::HEAD;
+                auth.or_else(|| {
+                    hangar_console::browser_write_token(cookie.as_deref(), csrf.as_deref(), from.as_deref(), host.as_deref(), &origin, reads)
+                        .map(|t| format!("Bearer {t}"))
+                })
+            },
+        )
+        .boxed()
+}
+
 /// The routes of this module.
 pub(crate) fn routes(app: Arc<App>) -> BoxedFilter<(Response,)> {
-    let auth = || warp::header::optional::<String>("authorization");
+    let auth = {
+        let f = auth(app.clone());
+        move || f.clone()
+    };
     let with_app = {
         let app = app.clone();
         move || {
@@ -461,7 +502,9 @@ pub(crate) fn routes(app: Arc<App>) -> BoxedFilter<(Response,)> {
         .unify()
         .or(remove)
         .unify()
-        .or(apply::route(app))
+        .or(apply::route(app.clone()))
+        .unify()
+        .or(upgrade::route(app))
         .unify()
         .boxed()
 }
@@ -602,6 +645,12 @@ async fn remove(app: &App, auth: Option<&str>, id: &str) -> Result<Response, Upl
     let (caller, staging) = admin(app, auth).await?;
     if !id_ok(id) || tokio::fs::metadata(staging.info_path(id)).await.is_err() {
         return Err(UploadError::NoBundle(id.to_string()));
+    }
+    if let Some(u) = upgrade::of_bundle(staging, id).filter(|u| !u.ended()) {
+        return Err(UploadError::UpgradeUnderWay(format!(
+            "bundle {id} is being installed ({}): remove it once the upgrade ended",
+            u.state
+        )));
     }
     for path in [staging.info_path(id), staging.bundle_path(id), staging.applied_path(id)] {
         if let Err(e) = tokio::fs::remove_file(&path).await
@@ -830,6 +879,7 @@ async fn stage(
         uploaded_by: meta.created_by.clone(),
         uploaded_at: Utc::now(),
         applied: None,
+        upgrade: None,
     };
     let (part, bundle, info) = (
         staging.part_path(&meta.id),

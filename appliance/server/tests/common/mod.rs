@@ -383,3 +383,67 @@ pub fn stack_input(slug: &str, repository: &str) -> Value {
 
 pub const CREATE_STACK: &str =
     "mutation($i: StackInput!) { createStack(input: $i) { id slug name tool toolVersion labels workerPool { name } } }";
+
+/// The console as a person signed in through its login form: a session
+/// cookie, and requests from the console's own origin.
+#[allow(dead_code)]
+pub struct ConsoleSession {
+    pub client: reqwest::Client,
+    pub origin: String,
+    pub cookie: String,
+}
+
+#[allow(dead_code)]
+impl ConsoleSession {
+    /// As the administrator.
+    pub async fn login(app: &Appliance) -> ConsoleSession {
+        Self::login_as(app, ADMIN_EMAIL, ADMIN_PASSWORD).await
+    }
+
+    pub async fn login_as(app: &Appliance, email: &str, password: &str) -> ConsoleSession {
+        let cert = reqwest::Certificate::from_pem(&std::fs::read(app.ca_path()).unwrap()).unwrap();
+        let client = reqwest::Client::builder()
+            .tls_built_in_root_certs(false)
+            .add_root_certificate(cert)
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap();
+        let origin = app.url("").trim_end_matches('/').to_string();
+        let r = client
+            .post(format!("{origin}/login"))
+            .header("origin", &origin)
+            .form(&[("email", email), ("password", password), ("next", "/stacks")])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 303);
+        let cookie = r.headers()["set-cookie"].to_str().unwrap().split(';').next().unwrap().to_string();
+        ConsoleSession { client, origin, cookie }
+    }
+
+    pub async fn get(&self, path: &str) -> String {
+        let r = self.client.get(format!("{}{path}", self.origin)).header("cookie", &self.cookie).send().await.unwrap();
+        assert_eq!(r.status(), 200, "{path}");
+        r.text().await.unwrap()
+    }
+
+    /// Posts a form from the console's own origin; returns the status.
+    pub async fn post(&self, path: &str, form: &[(&str, &str)]) -> u16 {
+        let r = self
+            .client
+            .post(format!("{}{path}", self.origin))
+            .header("cookie", &self.cookie)
+            .header("origin", &self.origin)
+            .form(form)
+            .send()
+            .await
+            .unwrap();
+        r.status().as_u16()
+    }
+
+    /// The CSRF token a page's forms carry.
+    pub async fn csrf(&self, path: &str) -> String {
+        let page = self.get(path).await;
+        page.split("name=\"csrf\" value=\"").nth(1).and_then(|r| r.split('"').next()).unwrap().to_string()
+    }
+}
