@@ -94,7 +94,8 @@ fn main() {
         rows.push(row);
         common::check("uninstall", site.command(&["uninstall"]).output().unwrap());
     }
-    let median = |f: fn(&(f64, f64, f64, f64, f64, f64, f64)) -> f64| {
+    type Row = (f64, f64, f64, f64, f64, f64, f64);
+    let median = |f: fn(&Row) -> f64| {
         let mut v: Vec<f64> = rows.iter().map(f).collect();
         v.sort_by(f64::total_cmp);
         v[v.len() / 2]

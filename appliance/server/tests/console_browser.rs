@@ -11,7 +11,7 @@ mod common;
 mod fleet;
 
 #[path = "../../../bundles/tests/common/mod.rs"]
-#[allow(unused_imports, dead_code)]
+#[allow(unused_imports)]
 mod bundle_kit;
 
 use std::path::{Path, PathBuf};
@@ -474,7 +474,7 @@ async fn an_admin_uploads_a_bundle_from_the_system_page_and_a_cut_upload_resumes
     })
     .await;
     assert_eq!((staged["id"].as_str(), staged["version"].as_str()), (Some(id.as_str()), Some("1.0.0")), "{staged}");
-    let row = format!("aria-label=\"Upgrade the appliance to 1.0.0\"");
+    let row = "aria-label=\"Upgrade the appliance to 1.0.0\"".to_string();
     wait_for("the page to list it", SOON, || {
         let c = c.clone();
         let row = row.clone();
