@@ -685,4 +685,17 @@ async fn a_console_page_uploads_with_its_session_csrf_token_and_origin() {
     let writer = ConsoleSession::login_as(&u.app, "writer@hangar.test", "Quiet-Harbor-Lantern-42").await;
     let csrf = writer.csrf("/account").await;
     assert_eq!(post(Some(writer.cookie.clone()), Some(csrf), origin).await, 403);
+
+    // The System page's Upgrade button asks for the upgrade; the page then
+    // shows it asked for, and offers no second one.
+    let release = u.stage("hangar-1.0.0.bundle", &genuine()).await;
+    let page = admin.get("/admin/system").await;
+    assert!(page.contains("aria-label=\"Upgrade the appliance to 1.0.0\""), "{page}");
+    let csrf = admin.csrf("/admin/system").await;
+    assert_eq!(admin.post(&format!("/admin/bundles/{release}/upgrade"), &[("csrf", "forged")]).await, 403);
+    assert_eq!(u.staged(&release).await.get("upgrade"), None);
+    assert_eq!(admin.post(&format!("/admin/bundles/{release}/upgrade"), &[("csrf", &csrf)]).await, 303);
+    assert_eq!(u.staged(&release).await["upgrade"]["state"], "requested");
+    let page = admin.get("/admin/system").await;
+    assert!(page.contains(&format!("asked by {ADMIN_EMAIL}")) && !page.contains("aria-label=\"Upgrade the appliance to"), "{page}");
 }
