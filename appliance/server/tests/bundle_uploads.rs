@@ -699,3 +699,37 @@ async fn a_console_page_uploads_with_its_session_csrf_token_and_origin() {
     let page = admin.get("/admin/system").await;
     assert!(page.contains(&format!("asked by {ADMIN_EMAIL}")) && !page.contains("aria-label=\"Upgrade the appliance to"), "{page}");
 }
+
+/// An upload the staging area's disk cannot hold is refused when it starts,
+/// saying how much is free, rather than filling the disk the database shares.
+#[tokio::test]
+async fn an_upload_larger_than_the_free_disk_is_refused_at_its_start() {
+    let keys = tempfile::tempdir().unwrap().keep();
+    let staging = keys.with_extension("staging");
+    let app = Appliance::start_with(Options {
+        server_extra: format!(
+            "bundles_dir = \"{}\"\nbundle_trust_dir = \"{}\"\nmax_bundle_bytes = {}\n",
+            staging.display(),
+            keys.display(),
+            1u64 << 40
+        ),
+        ..Default::default()
+    })
+    .await;
+    let admin = app.admin_token().await;
+    let free = nix::sys::statvfs::statvfs(&staging).map(|s| s.blocks_available() * s.fragment_size()).unwrap();
+    assert!(free + (1 << 30) <= 1 << 40, "this test needs a disk with less than 1 TiB free ({free} bytes)");
+    let r = app
+        .client
+        .post(app.url("/api/v1/bundles/uploads"))
+        .bearer_auth(&admin)
+        .json(&json!({ "name": "huge.bundle", "size": free + (1u64 << 30) }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 413);
+    let v: Value = r.json().await.unwrap();
+    let message = v["error"]["message"].as_str().unwrap();
+    assert!(message.contains("not enough free disk") && message.contains(&staging.display().to_string()), "{v}");
+    assert!(std::fs::read_dir(staging.join("uploads")).unwrap().next().is_none(), "nothing was created");
+}

@@ -47,6 +47,9 @@ use crate::App;
 use crate::http::{HttpError, error_response, json_response};
 use verify::{Outcome, Verifier};
 
+/// Disk the staging area leaves free.
+const RESERVE: u64 = 512 << 20;
+
 /// The staging area and the uploads under way.
 pub(crate) struct Staging {
     dir: PathBuf,
@@ -151,6 +154,10 @@ pub(crate) enum UploadError {
         "a bundle of {size} bytes exceeds the limit of {limit} bytes ([server] max_bundle_bytes)"
     )]
     TooLarge { size: u64, limit: u64 },
+    #[error(
+        "not enough free disk for a bundle of {size} bytes in the staging area {dir}: {free} bytes free, {promised} of them promised to uploads under way, {reserve} kept free"
+    )]
+    NoRoom { dir: String, size: u64, free: u64, promised: u64, reserve: u64 },
     #[error("the bundle is refused ({code}): {message}")]
     Refused { code: &'static str, message: String },
     #[error("the staging area failed: {0}")]
@@ -178,7 +185,7 @@ impl UploadError {
             }
             UploadError::Offset { .. } | UploadError::Busy(_) => ErrorCode::Conflict,
             UploadError::Invalid(_) | UploadError::Refused { .. } => ErrorCode::BadRequest,
-            UploadError::TooLarge { .. } => ErrorCode::PayloadTooLarge,
+            UploadError::TooLarge { .. } | UploadError::NoRoom { .. } => ErrorCode::PayloadTooLarge,
             UploadError::Io(_) => ErrorCode::Internal,
             UploadError::Apply { source, .. } => match source {
                 hangar_bundle::ApplyError::Conflict { .. } => ErrorCode::Conflict,
@@ -254,6 +261,41 @@ impl Staging {
 
     fn applied_path(&self, id: &str) -> PathBuf {
         self.dir.join("applied").join(format!("{id}.json"))
+    }
+
+    /// Refuses an upload of `size` bytes the staging area's disk cannot hold
+    /// next to the rest of the uploads under way, keeping [`RESERVE`] free
+    /// (a full disk would stop the database beside it).
+    async fn room_for(&self, size: u64) -> Result<(), UploadError> {
+        let dir = self.dir.clone();
+        let (free, promised) = tokio::task::spawn_blocking(move || {
+            let free = nix::sys::statvfs::statvfs(&dir)
+                .map(|s| s.blocks_available() * s.fragment_size())
+                .unwrap_or(u64::MAX);
+            let mut promised = 0u64;
+            for e in std::fs::read_dir(dir.join("uploads")).into_iter().flatten().flatten() {
+                let path = e.path();
+                if path.extension().is_some_and(|x| x == "json")
+                    && let Some(meta) = std::fs::read(&path).ok().and_then(|t| serde_json::from_slice::<UploadMeta>(&t).ok())
+                {
+                    let written = std::fs::metadata(path.with_extension("part")).map(|m| m.len()).unwrap_or(0);
+                    promised = promised.saturating_add(meta.size.saturating_sub(written));
+                }
+            }
+            (free, promised)
+        })
+        .await
+        .unwrap_or((u64::MAX, 0));
+        if free.saturating_sub(promised).saturating_sub(RESERVE) < size {
+            return Err(UploadError::NoRoom {
+                dir: self.dir.display().to_string(),
+                size,
+                free,
+                promised,
+                reserve: RESERVE,
+            });
+        }
+        Ok(())
     }
 
     /// The record of the bundle's apply, if it was applied.
@@ -544,6 +586,7 @@ where
             limit: staging.max_bytes,
         });
     }
+    staging.room_for(req.size).await?;
     let meta = UploadMeta {
         id: new_id(),
         name: name.to_string(),
