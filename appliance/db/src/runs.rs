@@ -272,6 +272,19 @@ fn terminal_names() -> Vec<&'static str> {
     RunState::ALL.into_iter().filter(|s| s.is_terminal()).map(|s| s.as_str()).collect()
 }
 
+/// The oldest tracked run of a stack that has not ended, if any.
+pub async fn active_tracked(conn: &mut AsyncPgConnection, stack_id: i64) -> Result<Option<RunRow>, DbError> {
+    Ok(runs::table
+        .filter(runs::stack_id.eq(stack_id))
+        .filter(runs::kind.eq(RunKind::Tracked.as_str()))
+        .filter(runs::state.ne_all(terminal_names()))
+        .order(runs::id.asc())
+        .select(RunRow::as_select())
+        .first(conn)
+        .await
+        .optional()?)
+}
+
 /// A run by id.
 pub async fn get(conn: &mut AsyncPgConnection, id: i64) -> Result<Option<RunRow>, DbError> {
     Ok(runs::table.filter(runs::id.eq(id)).select(RunRow::as_select()).get_result(conn).await.optional()?)

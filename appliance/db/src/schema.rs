@@ -80,6 +80,12 @@ diesel::table! {
         updated_at -> Timestamptz,
         // The VCS integration the stack's repository lives on (migration 2026-11-28-000800_vcs).
         vcs_integration_id -> Nullable<Int8>,
+        // Drift detection (migration 2026-12-07-001100_stack_drift).
+        drift_reconcile -> Bool,
+        drift_checked_at -> Nullable<Timestamptz>,
+        drift_run_id -> Nullable<Int8>,
+        drift_detected_at -> Nullable<Timestamptz>,
+        drifted_resources -> Nullable<Jsonb>,
     }
 }
 

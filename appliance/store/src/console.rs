@@ -39,6 +39,9 @@ pub struct StackLine {
     pub labels: Vec<String>,
     #[diesel(sql_type = Bool)]
     pub needs_reconciliation: bool,
+    /// The last drift run found drift.
+    #[diesel(sql_type = Bool)]
+    pub drifted: bool,
     #[diesel(sql_type = Nullable<Text>)]
     pub pool: Option<String>,
     #[diesel(sql_type = Nullable<BigInt>)]
@@ -70,7 +73,7 @@ fn contains_pattern(s: &str) -> String {
 pub async fn stack_lines(c: &mut AsyncPgConnection, f: &StackFilter, offset: i64, limit: i64) -> Q<Vec<StackLine>> {
     // The newest run of each stack comes from runs_stack_idx (stack_id, id DESC).
     diesel::sql_query(
-        "SELECT s.slug, s.name, s.branch, s.labels, s.needs_reconciliation, p.name AS pool,
+        "SELECT s.slug, s.name, s.branch, s.labels, s.needs_reconciliation, s.drift_detected_at IS NOT NULL AS drifted, p.name AS pool,
                 r.id AS run_id, r.state AS run_state, r.updated_at AS run_at,
                 count(*) OVER () AS total
          FROM stacks s

@@ -28,6 +28,55 @@ pub struct StackRow {
     pub vcs_integration_id: Option<i64>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// A drift found starts a tracked run that puts things back.
+    pub drift_reconcile: bool,
+    /// When a drift run last finished, and which.
+    pub drift_checked_at: Option<DateTime<Utc>>,
+    pub drift_run_id: Option<i64>,
+    /// Since when the stack is drifted; `None` when it is not.
+    pub drift_detected_at: Option<DateTime<Utc>>,
+    /// The last drift run's [`DriftedResource`]s (`[]` when clean).
+    pub drifted_resources: Option<serde_json::Value>,
+}
+
+/// A resource whose real state differs from the configuration, as a drift
+/// run's plan shows it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct DriftedResource {
+    pub address: String,
+    /// Terraform's plan actions: `update`, `create`, `delete`, …
+    pub actions: Vec<String>,
+}
+
+impl StackRow {
+    /// The drifted resources of the last drift run (none when clean or never checked).
+    pub fn drifted(&self) -> Vec<DriftedResource> {
+        self.drifted_resources.clone().and_then(|v| serde_json::from_value(v).ok()).unwrap_or_default()
+    }
+}
+
+/// What a finished drift run found, recorded on its stack: `resources`
+/// empty when the infrastructure matches. Returns whether the stack was
+/// drifted before.
+pub async fn record_drift(
+    conn: &mut AsyncPgConnection,
+    stack: i64,
+    run: i64,
+    resources: &[DriftedResource],
+) -> Result<bool, StoreError> {
+    let before: Option<DateTime<Utc>> = stacks::table.find(stack).select(stacks::drift_detected_at).first(conn).await?;
+    let detected = if resources.is_empty() { None } else { Some(before.unwrap_or_else(Utc::now)) };
+    let value = serde_json::to_value(resources).expect("drifted resources serialize");
+    diesel::update(stacks::table.find(stack))
+        .set((
+            stacks::drift_checked_at.eq(Utc::now()),
+            stacks::drift_run_id.eq(run),
+            stacks::drift_detected_at.eq(detected),
+            stacks::drifted_resources.eq(value),
+        ))
+        .execute(conn)
+        .await?;
+    Ok(before.is_some())
 }
 
 /// A stack as created.
@@ -46,6 +95,7 @@ pub struct NewStack {
     pub autodeploy: bool,
     pub labels: Vec<String>,
     pub drift_schedule: Option<String>,
+    pub drift_reconcile: bool,
 }
 
 /// Changes to a stack; `None` leaves a column as it is.
@@ -63,6 +113,7 @@ pub struct StackChanges {
     pub autodeploy: Option<bool>,
     pub labels: Option<Vec<String>>,
     pub drift_schedule: Option<Option<String>>,
+    pub drift_reconcile: Option<bool>,
 }
 
 #[derive(Debug, Clone, Queryable, Selectable)]

@@ -24,6 +24,7 @@ pub(crate) struct StackLineView {
     pub(crate) labels: Vec<String>,
     pub(crate) pool: Option<String>,
     pub(crate) needs_reconciliation: bool,
+    pub(crate) drifted: bool,
     pub(crate) badge: Badge,
     pub(crate) run_id: Option<i64>,
     pub(crate) run_when: Option<When>,
@@ -105,6 +106,7 @@ pub(super) async fn list(c: &Console, s: &Session, req: &Req) -> Response {
                 labels: l.labels,
                 pool: l.pool,
                 needs_reconciliation: l.needs_reconciliation,
+                drifted: l.drifted,
                 badge,
                 run_id: l.run_id,
                 run_when: l.run_at.map(When::at),
@@ -188,6 +190,16 @@ struct StackPage {
     contexts: Vec<ContextView>,
     /// Every pool's name, for the settings form.
     pools: Vec<String>,
+    drift: DriftView,
+}
+
+/// What the stack's last drift run found.
+pub(crate) struct DriftView {
+    pub(crate) checked: Option<When>,
+    pub(crate) run_id: Option<i64>,
+    pub(crate) since: Option<When>,
+    /// `address (actions)`.
+    pub(crate) resources: Vec<String>,
 }
 
 pub(crate) fn short(sha: &str) -> String {
@@ -269,9 +281,29 @@ pub(super) async fn show(c: &Console, s: &Session, req: &Req, slug: &str) -> Res
             .collect(),
         contexts: contexts.into_iter().map(|(slug, name, priority)| ContextView { slug, name, priority }).collect(),
         pools,
+        drift: DriftView {
+            checked: stack.drift_checked_at.map(When::at),
+            run_id: stack.drift_run_id,
+            since: stack.drift_detected_at.map(When::at),
+            resources: stack.drifted().into_iter().map(|r| format!("{} ({})", r.address, r.actions.join(", "))).collect(),
+        },
         s: stack,
     };
     html(StatusCode::OK, &page)
+}
+
+pub(super) async fn reconcile(c: &Console, s: &Session, slug: &str) -> Response {
+    let answer = c
+        .backend
+        .execute(Some(&s.token), "mutation($s: String!) { reconcileStack(slug: $s) { id } }", json!({ "s": slug }))
+        .await;
+    match answer {
+        Ok(d) => match d["reconcileStack"]["id"].as_str() {
+            Some(id) => see_other(&format!("/runs/{}", urlencode(id))),
+            None => see_other(&format!("/stacks/{}", urlencode(slug))),
+        },
+        Err(e) => op_error(&s.viewer, &e),
+    }
 }
 
 pub(super) async fn trigger(c: &Console, s: &Session, slug: &str) -> Response {

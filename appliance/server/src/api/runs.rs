@@ -115,7 +115,8 @@ pub struct RunsMutation;
 impl RunsMutation {
     /// Queues a run of a stack at `commitSha`, or at the head of the stack's
     /// branch (asked of the repository) when none is given: TRACKED (the
-    /// default; may apply) or PROPOSED (plans only, beside the tracked runs).
+    /// default; may apply), PROPOSED (plans only, beside the tracked runs) or
+    /// DRIFT (a drift check now, as the stack's drift schedule would).
     async fn trigger_run(
         &self,
         ctx: &Context<'_>,
@@ -125,9 +126,9 @@ impl RunsMutation {
     ) -> async_graphql::Result<Run> {
         let caller = require(ctx, Op::Write.role())?.clone();
         let kind = RunKind::from(kind);
-        // Drift runs come from the schedule and tasks need a command.
-        if !matches!(kind, RunKind::Tracked | RunKind::Proposed) {
-            return Err(ApiError::invalid("kind", "must be TRACKED or PROPOSED").into());
+        // Tasks need a command.
+        if !matches!(kind, RunKind::Tracked | RunKind::Proposed | RunKind::Drift) {
+            return Err(ApiError::invalid("kind", "must be TRACKED, PROPOSED or DRIFT").into());
         }
         let commit = commit_sha.as_deref().map(check_sha).transpose()?;
         let app = app(ctx);

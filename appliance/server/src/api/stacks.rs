@@ -33,6 +33,10 @@ pub struct StackInput {
     pub labels: Vec<String>,
     /// Cron expression (5 fields, or 6 with seconds) for drift detection runs.
     pub drift_schedule: Option<String>,
+    /// When a drift run finds drift, start a tracked run that puts the
+    /// infrastructure back (it applies by itself only with `autodeploy`).
+    #[graphql(default)]
+    pub drift_reconcile: bool,
 }
 
 /// Changes to a stack: absent fields stay as they are; an empty `workerPool`
@@ -50,6 +54,7 @@ pub struct StackUpdate {
     pub autodeploy: Option<bool>,
     pub labels: Option<Vec<String>>,
     pub drift_schedule: Option<String>,
+    pub drift_reconcile: Option<bool>,
 }
 
 pub(crate) fn check_slug(field: &'static str, slug: &str) -> Result<(), ApiError> {
@@ -279,6 +284,7 @@ impl StacksMutation {
                     autodeploy: input.autodeploy,
                     labels,
                     drift_schedule: input.drift_schedule.filter(|s| !s.is_empty()),
+                    drift_reconcile: input.drift_reconcile,
                 };
                 let row = store::insert_stack(c, &new).await?;
                 audit::record(
@@ -289,7 +295,7 @@ impl StacksMutation {
                     json!({
                         "name": row.name, "repository": row.repository, "branch": row.branch,
                         "tool": row.tool, "tool_version": row.tool_version, "worker_pool": input.worker_pool,
-                        "autodeploy": row.autodeploy, "labels": row.labels,
+                        "autodeploy": row.autodeploy, "labels": row.labels, "drift_reconcile": row.drift_reconcile,
                     }),
                 )
                 .await?;
@@ -337,6 +343,7 @@ impl StacksMutation {
                     "tool": input.tool.map(|t| hangar_types::Tool::from(t).as_str()),
                     "tool_version": input.tool_version, "worker_pool": input.worker_pool,
                     "autodeploy": input.autodeploy, "labels": labels, "drift_schedule": input.drift_schedule,
+                    "drift_reconcile": input.drift_reconcile,
                 });
                 let changes = StackChanges {
                     name: input.name,
@@ -350,6 +357,7 @@ impl StacksMutation {
                     autodeploy: input.autodeploy,
                     labels: labels.clone(),
                     drift_schedule: input.drift_schedule.map(|s| Some(s).filter(|s| !s.is_empty())),
+                    drift_reconcile: input.drift_reconcile,
                 };
                 let row = store::update_stack(c, id, &changes).await?;
                 let details = match details {
@@ -363,6 +371,27 @@ impl StacksMutation {
             })
             .await?;
         Ok(Stack(row))
+    }
+
+    /// Puts a drifted stack's infrastructure back: queues a tracked run at
+    /// the commit its last drift run planned (or answers the tracked run
+    /// already under way). It applies by itself only with autodeploy.
+    async fn reconcile_stack(&self, ctx: &Context<'_>, slug: String) -> async_graphql::Result<super::types::Run> {
+        let caller = require(ctx, Op::Write.role())?.clone();
+        let mut c = conn(ctx).await?;
+        let stack = store::stack_by_slug(&mut c, &slug).await.map_err(ApiError::from)?;
+        let stack = stack.ok_or_else(|| ApiError::not_found("stack", slug.clone()))?;
+        let drift_run = match (stack.drift_detected_at, stack.drift_run_id) {
+            (Some(_), Some(id)) => hangar_db::runs::get(&mut c, id).await.map_err(|e| ApiError::Internal(e.to_string()))?,
+            _ => None,
+        };
+        let Some(drift_run) = drift_run else {
+            return Err(ApiError::Refused(format!("stack {slug} is not drifted: its last drift run found nothing to put back")).into());
+        };
+        let run = crate::drift::reconcile(&mut c, &stack, &drift_run, &caller.actor(), "reconcile asked for")
+            .await
+            .map_err(ApiError::Internal)?;
+        Ok(super::types::Run(run))
     }
 
     /// Deletes a stack with its runs and variables, and then the objects its

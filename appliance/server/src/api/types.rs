@@ -160,6 +160,28 @@ pub struct EffectiveVariable {
 
 pub struct Stack(pub StackRow);
 
+/// What a stack's last drift run found.
+#[derive(SimpleObject)]
+pub struct StackDrift {
+    /// The last drift run found resources to change.
+    pub drifted: bool,
+    /// When a drift run last finished; null when none ever did.
+    pub checked_at: Option<DateTime<Utc>>,
+    /// Since when the stack is drifted.
+    pub detected_at: Option<DateTime<Utc>>,
+    /// The last drift run.
+    pub run_id: Option<ID>,
+    /// The resources whose real state differs from the configuration.
+    pub resources: Vec<DriftedResource>,
+}
+
+#[derive(SimpleObject)]
+pub struct DriftedResource {
+    pub address: String,
+    /// The plan's actions for it (`update`, `create`, `delete`, …).
+    pub actions: Vec<String>,
+}
+
 #[Object]
 impl Stack {
     /// The lock on this stack's Terraform state, if any: who holds it, for
@@ -209,6 +231,25 @@ impl Stack {
     /// Set when an apply lost its worker: state may not match reality.
     async fn needs_reconciliation(&self) -> bool {
         self.0.needs_reconciliation
+    }
+    /// A drift found queues a tracked run that puts things back.
+    async fn drift_reconcile(&self) -> bool {
+        self.0.drift_reconcile
+    }
+    /// What the last drift run found.
+    async fn drift(&self) -> StackDrift {
+        StackDrift {
+            drifted: self.0.drift_detected_at.is_some(),
+            checked_at: self.0.drift_checked_at,
+            detected_at: self.0.drift_detected_at,
+            run_id: self.0.drift_run_id.map(|id| ID(id.to_string())),
+            resources: self
+                .0
+                .drifted()
+                .into_iter()
+                .map(|r| DriftedResource { address: r.address, actions: r.actions })
+                .collect(),
+        }
     }
     async fn created_at(&self) -> DateTime<Utc> {
         self.0.created_at

@@ -448,7 +448,10 @@ async fn report(app: &App, conn: &mut AsyncPgConnection, worker: Worker, run_id:
         tokio::time::sleep(BUSY_PAUSE).await;
     };
     match result {
-        Ok(run) => Ok(json(StatusCode::OK, &status_of(&run))),
+        Ok(run) => {
+            crate::drift::after_report(app, conn, &run).await;
+            Ok(json(StatusCode::OK, &status_of(&run)))
+        }
         Err(NotApplied::Refused(run)) => Ok(json(StatusCode::CONFLICT, &status_of(&run))),
         Err(NotApplied::Api(e)) => Err(e),
         // A transient condition: the worker retries 503s.
