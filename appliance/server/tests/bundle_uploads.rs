@@ -405,7 +405,7 @@ fn upload_command(u: &Uploads, key: &str, state: &std::path::Path, args: &[&str]
 
 #[tokio::test]
 async fn a_one_gib_upload_killed_halfway_is_resumed_by_running_the_command_again() {
-    use std::io::{Read, Write};
+    use std::io::Read;
     let u = start().await;
     let made = u
         .app
@@ -415,32 +415,8 @@ async fn a_one_gib_upload_killed_halfway_is_resumed_by_running_the_command_again
     let work = tempfile::tempdir().unwrap();
 
     // 1 GiB that does not compress: the bundle is as large.
-    let source = work.path().join("payload.bin");
-    let mut out = std::fs::File::create(&source).unwrap();
-    let mut random = std::fs::File::open("/dev/urandom").unwrap().take(1 << 30);
-    std::io::copy(&mut random, &mut out).unwrap();
-    out.flush().unwrap();
-    drop(out);
     let bundle = work.path().join("hangar-1.0.0.bundle");
-    let mut layout = hangar_bundle::Layout::new();
-    layout.add_file("payload.bin", &source, Some(0o644)).unwrap();
-    hangar_bundle::build_bundle(
-        &layout,
-        &bundle,
-        hangar_bundle::BuildOptions {
-            kind: hangar_bundle::Kind::Tools,
-            version: "1.0.0".parse().unwrap(),
-            platform: hangar_bundle::host_platform(),
-            created: chrono::Utc::now(),
-            expires: None,
-            compression_level: 1,
-            threads: 2,
-            signing_keys: &[corpus::trusted_key()],
-            progress: None,
-        },
-    )
-    .unwrap();
-    std::fs::remove_file(&source).unwrap();
+    random_bundle(&bundle, 1 << 30, corpus::trusted_key());
     let size = std::fs::metadata(&bundle).unwrap().len();
     assert!(size >= 1 << 30, "{size}");
     let expected = {

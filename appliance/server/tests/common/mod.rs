@@ -447,3 +447,34 @@ impl ConsoleSession {
         page.split("name=\"csrf\" value=\"").nth(1).and_then(|r| r.split('"').next()).unwrap().to_string()
     }
 }
+
+/// A tools bundle 1.0.0 at `path` holding `bytes` random bytes in one file
+/// (so that it is as large), signed by `key`.
+#[allow(dead_code)]
+pub fn random_bundle(path: &std::path::Path, bytes: u64, key: hangar_bundle::SigningKey) {
+    use std::io::{Read, Write};
+    let source = path.with_extension("payload");
+    let mut out = std::fs::File::create(&source).unwrap();
+    std::io::copy(&mut std::fs::File::open("/dev/urandom").unwrap().take(bytes), &mut out).unwrap();
+    out.flush().unwrap();
+    drop(out);
+    let mut layout = hangar_bundle::Layout::new();
+    layout.add_file("payload.bin", &source, Some(0o644)).unwrap();
+    hangar_bundle::build_bundle(
+        &layout,
+        path,
+        hangar_bundle::BuildOptions {
+            kind: hangar_bundle::Kind::Tools,
+            version: "1.0.0".parse().unwrap(),
+            platform: hangar_bundle::host_platform(),
+            created: chrono::Utc::now(),
+            expires: None,
+            compression_level: 1,
+            threads: 2,
+            signing_keys: &[key],
+            progress: None,
+        },
+    )
+    .unwrap();
+    std::fs::remove_file(&source).unwrap();
+}
