@@ -117,9 +117,24 @@ async fn drift_is_detected_named_reconciled_and_cleared_on_a_real_file() {
 
     // Reconciled by itself: with driftReconcile and autodeploy, a drift run
     // that finds drift queues a tracked run that applies.
-    fleet
-        .ok("mutation { updateStack(slug: \"files\", input: { driftReconcile: true, autodeploy: true }) { driftReconcile } }", json!({}))
-        .await;
+    // Set on the stack page's settings form, as a person would.
+    let csrf = console.csrf("/stacks/files").await;
+    let form = [
+        ("csrf", csrf.as_str()),
+        ("name", "files"),
+        ("description", ""),
+        ("branch", "main"),
+        ("project_root", "infra"),
+        ("tool_version", "1.0.3"),
+        ("pool", "builders"),
+        ("labels", ""),
+        ("autodeploy", "on"),
+        ("drift_reconcile", "on"),
+    ];
+    assert_eq!(console.post("/stacks/files/settings", &form).await, 303);
+    let d = fleet.ok("query { stack(slug: \"files\") { driftReconcile autodeploy projectRoot toolVersion } }", json!({})).await;
+    assert_eq!(d["stack"], json!({ "driftReconcile": true, "autodeploy": true, "projectRoot": "infra", "toolVersion": "1.0.3" }), "{d}");
+    assert!(console.get("/stacks/files").await.contains("reconciled automatically"));
     std::fs::write(&motd, "tampered again").unwrap();
     let (found_by, drift) = drift_run(&fleet, &worker).await;
     assert_eq!(drift["drifted"], true, "{drift}");

@@ -399,6 +399,7 @@ pub(super) async fn settings(c: &Console, s: &Session, req: &Req, slug: &str) ->
         "name": field("name"), "description": field("description"), "branch": field("branch"),
         "projectRoot": field("project_root"), "toolVersion": field("tool_version"), "workerPool": field("pool"),
         "autodeploy": req.field("autodeploy") == Some("on"), "labels": labels,
+        "driftReconcile": req.field("drift_reconcile") == Some("on"),
     });
     let answer = c
         .backend
