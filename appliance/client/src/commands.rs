@@ -228,6 +228,20 @@ pub enum RunCommand {
         #[arg(long)]
         follow: bool,
     },
+    /// Run a one-off command in a stack's workspace on a worker, after
+    /// `terraform init` (e.g. `hangar run task net -- terraform state list`).
+    Task {
+        stack: String,
+        /// The command and its arguments, run by /bin/sh (quote as for a shell).
+        #[arg(required = true, last = true, num_args = 1..)]
+        command: Vec<String>,
+        /// The commit to run at (40 hex digits).
+        #[arg(long)]
+        commit: Option<String>,
+        /// Stream its output until it ends; the exit code is the outcome's.
+        #[arg(long)]
+        follow: bool,
+    },
     /// A run's state, commit, trigger and plan summary.
     Show { id: String },
     /// Let an UNCONFIRMED run apply its plan.
@@ -308,6 +322,22 @@ pub async fn run(args: RunArgs) -> Result<(), ClientError> {
                     stack,
                     short_sha(&run["commitSha"])
                 );
+            }
+            follow_run(&client, &text(&run["id"]), json_out).await
+        }
+        RunCommand::Task {
+            stack,
+            command,
+            commit,
+            follow,
+        } => {
+            let run = runs::task(&client, &stack, &command.join(" "), commit.as_deref()).await?;
+            if !follow {
+                show_run(&run, json_out);
+                return Ok(());
+            }
+            if !json_out {
+                eprintln!("task {} of {} queued", text(&run["id"]), stack);
             }
             follow_run(&client, &text(&run["id"]), json_out).await
         }

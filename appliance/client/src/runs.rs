@@ -36,6 +36,15 @@ pub async fn trigger(
     Ok(d["triggerRun"].clone())
 }
 
+/// Queues a task: `command` run in the stack's workspace on a worker.
+pub async fn task(client: &Client, stack: &str, command: &str, commit: Option<&str>) -> Result<Value, ClientError> {
+    let q = format!(
+        "mutation($s: String!, $x: String!, $c: String) {{ runTask(stack: $s, command: $x, commitSha: $c) {{ {RUN_FIELDS} }} }}"
+    );
+    let d = client.graphql(&q, json!({ "s": stack, "x": command, "c": commit })).await?;
+    Ok(d["runTask"].clone())
+}
+
 pub async fn show(client: &Client, id: &str) -> Result<Value, ClientError> {
     let q = format!("query($id: ID!) {{ run(id: $id) {{ {RUN_FIELDS} }} }}");
     let d = client.graphql(&q, json!({ "id": id })).await?;

@@ -3,8 +3,8 @@
 //! worker running Terraform 1.0.3 with the test provider), run as a person or
 //! a script would: log in, list and show stacks, set variables (a secret read
 //! from standard input and never printed), trigger a run and follow its logs
-//! to the confirmation, confirm and follow the apply, read the logs back,
-//! replay a policy; and the failures: a run that fails makes the command fail
+//! to the confirmation, confirm and follow the apply, read the logs back, run
+//! a task, replay a policy; and the failures: a run that fails makes the command fail
 //! with its reason, a reader's confirm is refused, a missing server is a
 //! usage error, an unknown run is named.
 
@@ -174,6 +174,10 @@ async fn the_cli_logs_in_runs_terraform_to_the_end_and_fails_clearly() {
     // Following an ended run prints its whole log and ends at once.
     let followed = ok(hangar(&home, &["run", "logs", &id, "--follow"]));
     assert_eq!(followed, log);
+
+    // A task, its command after `--`, followed to its end.
+    let out = ok(hangar(&home, &["run", "task", "files", "--follow", "--", "terraform", "state", "list"]));
+    assert!(out.contains("hangartest_file.motd"), "{out}");
 
     // A run that fails makes the command fail, with the run's reason.
     git.push_files("files", "main", &[("infra/main.tf", "resource \"nope\" {\n")], "broken");

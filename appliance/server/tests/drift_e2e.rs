@@ -6,7 +6,9 @@
 //! reconcile puts the file back and the next drift run is clean again; with
 //! `driftReconcile` and autodeploy the drift is put back by itself. The
 //! stack page and the stacks list show the drift, and the audit trail has
-//! each step.
+//! each step. Then tasks on the same stack: a command run in its workspace
+//! from the console and the API, its output in the run's log, a failing one
+//! failing the run, and the refusals.
 
 mod common;
 mod fleet;
@@ -51,7 +53,7 @@ async fn audit(fleet: &Fleet, action: &str) -> Vec<Value> {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn drift_is_detected_named_reconciled_and_cleared_on_a_real_file() {
+async fn drift_is_detected_and_reconciled_and_tasks_run_on_a_real_file() {
     let mirror_dir = TestDir::new("provider-mirror");
     provider::add_to_mirror(mirror_dir.path());
     let settings = format!("provider_mirror_dir = \"{}\"\n", mirror_dir.path().display());
@@ -146,4 +148,63 @@ async fn drift_is_detected_named_reconciled_and_cleared_on_a_real_file() {
     assert_eq!(std::fs::read_to_string(&motd).unwrap(), "hello");
     let (_, drift) = drift_run(&fleet, &worker).await;
     assert_eq!(drift["drifted"], false, "{drift}");
+
+    // Tasks: from the console's stack page, a command in the stack's
+    // workspace (after init, with the stack's state), its output logged.
+    let csrf = console.csrf("/stacks/files").await;
+    let r = console
+        .client
+        .post(format!("{}/stacks/files/task", console.origin))
+        .header("cookie", &console.cookie)
+        .header("origin", &console.origin)
+        .form(&[("csrf", csrf.as_str()), ("command", "terraform state list")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 303);
+    let at = r.headers()["location"].to_str().unwrap().to_string();
+    let task = at.strip_prefix("/runs/").unwrap_or_else(|| panic!("{at}")).to_string();
+    fleet.wait_state(&task, "FINISHED", &[&worker]).await;
+    let d = fleet.ok("query($id: ID!) { run(id: $id) { kind command triggeredBy } }", json!({ "id": task })).await;
+    assert_eq!((d["run"]["kind"].as_str(), d["run"]["command"].as_str()), (Some("TASK"), Some("terraform state list")), "{d}");
+    let log = run_log(&fleet, &task).await;
+    assert!(log.contains("hangartest_file.motd"), "{log}");
+    assert_eq!(std::fs::read_to_string(&motd).unwrap(), "hello", "a task changes only what its command does");
+
+    // From the API: a command that fails fails the run, with its exit code.
+    let d = fleet.ok("mutation { runTask(stack: \"files\", command: \"echo about to fail; exit 3\") { id kind } }", json!({})).await;
+    let failing = d["runTask"]["id"].as_str().unwrap().to_string();
+    let (_, run) = {
+        fleet.wait_state(&failing, "FAILED", &[&worker]).await;
+        fleet.run(&failing).await
+    };
+    assert!(run["failureReason"].as_str().unwrap().contains("exit"), "{run}");
+    assert!(run_log(&fleet, &failing).await.contains("about to fail"));
+
+    // Refusals: no command, more than one line, a reader, a stack that is not.
+    for (command, needle) in [("   ", "command"), ("terraform state list\nrm -rf /", "one line")] {
+        let (_, v) = fleet.app.gql(Some(&fleet.admin), "mutation($x: String!) { runTask(stack: \"files\", command: $x) { id } }", json!({ "x": command })).await;
+        assert!(v["errors"][0]["message"].as_str().unwrap().contains(needle), "{command:?}: {v}");
+    }
+    let reader = fleet.app.user_token(&fleet.admin, "reader@hangar.test", "READER").await;
+    let (_, v) = fleet.app.gql(Some(&reader), "mutation { runTask(stack: \"files\", command: \"true\") { id } }", json!({})).await;
+    assert_eq!(v["errors"][0]["extensions"]["code"], "FORBIDDEN", "{v}");
+    let (_, v) = fleet.app.gql(Some(&fleet.admin), "mutation { runTask(stack: \"ghost\", command: \"true\") { id } }", json!({})).await;
+    assert_eq!(v["errors"][0]["extensions"]["code"], "NOT_FOUND", "{v}");
+    let tasks = audit(&fleet, "run.trigger").await;
+    assert!(tasks.iter().any(|t| t["details"]["command"] == "terraform state list"), "{tasks:?}");
+}
+
+/// A run's whole log, as the API serves it.
+async fn run_log(fleet: &Fleet, id: &str) -> String {
+    let r = fleet
+        .app
+        .client
+        .get(fleet.app.url(&format!("/api/v1/runs/{id}/logs")))
+        .bearer_auth(&fleet.admin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    r.text().await.unwrap()
 }

@@ -292,6 +292,21 @@ pub(super) async fn show(c: &Console, s: &Session, req: &Req, slug: &str) -> Res
     html(StatusCode::OK, &page)
 }
 
+pub(super) async fn task(c: &Console, s: &Session, req: &Req, slug: &str) -> Response {
+    let command = req.field("command").unwrap_or_default().trim().to_string();
+    let answer = c
+        .backend
+        .execute(Some(&s.token), "mutation($s: String!, $x: String!) { runTask(stack: $s, command: $x) { id } }", json!({ "s": slug, "x": command }))
+        .await;
+    match answer {
+        Ok(d) => match d["runTask"]["id"].as_str() {
+            Some(id) => see_other(&format!("/runs/{}", urlencode(id))),
+            None => see_other(&format!("/stacks/{}", urlencode(slug))),
+        },
+        Err(e) => op_error(&s.viewer, &e),
+    }
+}
+
 pub(super) async fn reconcile(c: &Console, s: &Session, slug: &str) -> Response {
     let answer = c
         .backend

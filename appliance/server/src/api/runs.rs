@@ -25,6 +25,64 @@ fn transition_error(run: i64, e: TransitionFailure, wanted: &str) -> ApiError {
     }
 }
 
+
+/// The longest command a task may run.
+const MAX_TASK_CHARS: usize = 4096;
+
+/// Queues a run of `kind` on stack `stack` at `commit_sha` or the head of its
+/// branch, for `caller`, audited.
+async fn queue(
+    ctx: &Context<'_>,
+    caller: &Caller,
+    stack: String,
+    commit_sha: Option<String>,
+    kind: RunKind,
+    command: Option<String>,
+) -> Result<Run, ApiError> {
+    let commit = commit_sha.as_deref().map(check_sha).transpose()?;
+    let app = app(ctx);
+    let mut c = conn(ctx).await?;
+    let s = stacks::stack_by_slug(&mut c, &stack).await.map_err(ApiError::from)?;
+    let s = s.ok_or_else(|| ApiError::not_found("stack", stack.clone()))?;
+    let commit = match commit {
+        Some(c) => c,
+        None => {
+            // No connection is held while git talks to the repository.
+            drop(c);
+            let sha = git::resolve_branch(&s.repository, &s.branch, app.git_timeout)
+                .await
+                .map_err(|e| ApiError::Refused(format!("cannot resolve the head of branch {}: {e}", s.branch)))?;
+            c = conn(ctx).await?;
+            sha
+        }
+    };
+    let actor = caller.actor();
+    let new = NewRun {
+        stack_id: s.id,
+        kind,
+        commit_sha: commit.clone(),
+        branch: s.branch.clone(),
+        command: command.clone(),
+        triggered_by: actor.clone(),
+    };
+    let row = c
+        .transaction::<_, ApiError, _>(async move |c| {
+            let run = db_runs::create(c, &new, &actor).await?;
+            audit::record(
+                c,
+                &actor,
+                "run.trigger",
+                &format!("run:{}", run.id),
+                json!({ "stack": s.slug, "commit": commit, "kind": kind.as_str(), "command": command }),
+            )
+            .await?;
+            Ok(run)
+        })
+        .await?;
+    tracing::info!(run_id = row.id, stack = %stack, "run triggered");
+    Ok(Run(row))
+}
+
 fn check_sha(sha: &str) -> Result<String, ApiError> {
     let sha = sha.to_ascii_lowercase();
     if (sha.len() == 40 || sha.len() == 64) && sha.bytes().all(|b| b.is_ascii_hexdigit()) {
@@ -126,52 +184,34 @@ impl RunsMutation {
     ) -> async_graphql::Result<Run> {
         let caller = require(ctx, Op::Write.role())?.clone();
         let kind = RunKind::from(kind);
-        // Tasks need a command.
+        // Tasks need a command: runTask.
         if !matches!(kind, RunKind::Tracked | RunKind::Proposed | RunKind::Drift) {
-            return Err(ApiError::invalid("kind", "must be TRACKED, PROPOSED or DRIFT").into());
+            return Err(ApiError::invalid("kind", "must be TRACKED, PROPOSED or DRIFT (a task is started with runTask)").into());
         }
-        let commit = commit_sha.as_deref().map(check_sha).transpose()?;
-        let app = app(ctx);
-        let mut c = conn(ctx).await?;
-        let s = stacks::stack_by_slug(&mut c, &stack).await.map_err(ApiError::from)?;
-        let s = s.ok_or_else(|| ApiError::not_found("stack", stack.clone()))?;
-        let commit = match commit {
-            Some(c) => c,
-            None => {
-                // No connection is held while git talks to the repository.
-                drop(c);
-                let sha = git::resolve_branch(&s.repository, &s.branch, app.git_timeout)
-                    .await
-                    .map_err(|e| ApiError::Refused(format!("cannot resolve the head of branch {}: {e}", s.branch)))?;
-                c = conn(ctx).await?;
-                sha
-            }
-        };
-        let actor = caller.actor();
-        let new = NewRun {
-            stack_id: s.id,
-            kind,
-            commit_sha: commit.clone(),
-            branch: s.branch.clone(),
-            command: None,
-            triggered_by: actor.clone(),
-        };
-        let row = c
-            .transaction::<_, ApiError, _>(async move |c| {
-                let run = db_runs::create(c, &new, &actor).await?;
-                audit::record(
-                    c,
-                    &actor,
-                    "run.trigger",
-                    &format!("run:{}", run.id),
-                    json!({ "stack": s.slug, "commit": commit, "kind": kind.as_str() }),
-                )
-                .await?;
-                Ok(run)
-            })
-            .await?;
-        tracing::info!(run_id = row.id, stack = %stack, "run triggered");
-        Ok(Run(row))
+        Ok(queue(ctx, &caller, stack, commit_sha, kind, None).await?)
+    }
+
+    /// Runs a one-off command in the stack's workspace on a worker, after
+    /// `terraform init` at the commit (the branch's head by default), e.g.
+    /// `terraform state list` or `terraform import ADDR ID`: a TASK run, which
+    /// holds the stack's lock like a tracked run, its output logged as any
+    /// run's; it ends FINISHED when the command exits 0, FAILED otherwise.
+    async fn run_task(
+        &self,
+        ctx: &Context<'_>,
+        stack: String,
+        command: String,
+        commit_sha: Option<String>,
+    ) -> async_graphql::Result<Run> {
+        let caller = require(ctx, Op::Write.role())?.clone();
+        let command = command.trim().to_string();
+        if command.is_empty() || command.chars().count() > MAX_TASK_CHARS {
+            return Err(ApiError::invalid("command", format!("1 to {MAX_TASK_CHARS} characters")).into());
+        }
+        if command.chars().any(|c| c.is_control() && c != '\t') {
+            return Err(ApiError::invalid("command", "one line, without control characters").into());
+        }
+        Ok(queue(ctx, &caller, stack, commit_sha, RunKind::Task, Some(command)).await?)
     }
 
     /// Approves the plan of an UNCONFIRMED run: it goes on to apply. When
