@@ -12,7 +12,8 @@
 //! 2. it marks the request taken and runs `hangar-install upgrade` from the
 //!    current release, as an operator would on the host, with the requester
 //!    recorded; the upgrade checks the signature again and does the rest,
-//!    rollback included; its output goes to `<logs>/upgrade-<id>.log`;
+//!    rollback included; its output goes to
+//!    `<data>/upgrades/logs/upgrade-<id>.log`, where only root writes;
 //! 3. it writes how the upgrade ended, from the upgrade's own record.
 //!
 //! A request cannot ask for a downgrade, and a service user who forges one
@@ -109,7 +110,9 @@ pub fn ensure_running(host: &Host, l: &Layout) -> Result<String, InstallError> {
     if let Some(pid) = pid(host, l) {
         return Ok(format!("upgrade agent runs (pid {pid})"));
     }
-    let log = l.logs.join("upgrade-agent.log");
+    let dir = l.data.join("upgrades");
+    ensure_dir(&dir, 0o755, None)?;
+    let log = dir.join("upgrade-agent.log");
     let mut cmd = command(host, l);
     cmd.env_clear().env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin").env("LANG", "C.UTF-8").current_dir("/");
     let child = crate::install::detach(&mut cmd, &log)?;
@@ -204,8 +207,12 @@ pub fn run_agent(host: &Host) -> Result<(), InstallError> {
     }
 }
 
+/// A file of the requests' directory: not through a link, at most 64 KiB.
 fn read<T: serde::de::DeserializeOwned>(path: &Path) -> Option<T> {
-    serde_json::from_slice(&fs::read(path).ok()?).ok()
+    let file = fs::OpenOptions::new().read(true).custom_flags(nix::libc::O_NOFOLLOW).open(path).ok()?;
+    let mut text = Vec::new();
+    file.take(64 << 10).read_to_end(&mut text).ok()?;
+    serde_json::from_slice(&text).ok()
 }
 
 /// The oldest request not ended, and whether it was taken already.
@@ -231,8 +238,11 @@ fn pending(dir: &Path) -> Option<(UpgradeRequest, Option<UpgradeTaken>)> {
 
 /// Carries out one request, or follows up the one a killed agent took.
 fn take(inst: &Installation, dir: &Path, req: &UpgradeRequest, taken: Option<UpgradeTaken>) -> Result<(), InstallError> {
-    let l = &inst.layout;
-    let log = l.logs.join(format!("upgrade-{}.log", req.id));
+    // Beside the records, where only root writes: never in a directory of
+    // the service user's, whose links root would follow.
+    let logs = inst.upgrades_dir().join("logs");
+    ensure_dir(&logs, 0o700, None)?;
+    let log = logs.join(format!("upgrade-{}.log", req.id));
     let started = match taken {
         Some(t) => DateTime::parse_from_rfc3339(&t.started_at).map(|t| t.with_timezone(&Utc)).unwrap_or_else(|_| Utc::now()),
         None => {
@@ -328,7 +338,13 @@ fn installer(inst: &Installation) -> Command {
 }
 
 fn run_logged(mut cmd: Command, log: &Path) -> Result<std::process::ExitStatus, InstallError> {
-    let out = fs::OpenOptions::new().create(true).append(true).mode(0o640).open(log).map_err(InstallError::io("open", log))?;
+    let out = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .custom_flags(nix::libc::O_NOFOLLOW)
+        .open(log)
+        .map_err(InstallError::io("open", log))?;
     let err = out.try_clone().map_err(InstallError::io("open", log))?;
     cmd.stdin(Stdio::null()).stdout(out).stderr(err);
     // Its own process group: a signal to the agent is not one to the upgrade.

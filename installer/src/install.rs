@@ -5,6 +5,7 @@
 
 use std::cell::RefCell;
 use std::fs;
+use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -776,7 +777,13 @@ pub fn random_hex(bytes: usize) -> String {
 /// Makes `cmd` a detached process: its own process group, no terminal input,
 /// output appended to `log`.
 pub fn detach(cmd: &mut Command, log: &Path) -> Result<std::process::Child, InstallError> {
-    let out = fs::OpenOptions::new().create(true).append(true).open(log).map_err(InstallError::io("open", log))?;
+    // The log directory is the service user's: root follows no link there.
+    let out = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .custom_flags(nix::libc::O_NOFOLLOW)
+        .open(log)
+        .map_err(InstallError::io("open", log))?;
     let err = out.try_clone().map_err(InstallError::io("open", log))?;
     cmd.process_group(0).stdin(Stdio::null()).stdout(out).stderr(err);
     cmd.spawn().map_err(|source| InstallError::Spawn { program: PathBuf::from(cmd.get_program()), source })
