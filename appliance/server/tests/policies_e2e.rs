@@ -183,15 +183,25 @@ async fn plan_and_approval_policies_decide_real_runs_and_every_decision_is_kept_
     let attached = fleet.ok("mutation { attachPolicy(policy: \"two-approvals\", stack: \"files\") }", json!({})).await;
     assert_eq!(attached["attachPolicy"], true);
     let bob = fleet.app.user_token(&admin, "bob@example.com", "WRITER").await;
-    let carol = fleet.app.user_token(&admin, "carol@example.com", "WRITER").await;
+    fleet
+        .ok("mutation { createUser(email: \"carol@example.com\", role: WRITER, password: \"Quiet-Harbor-Lantern-42\") { id } }", json!({}))
+        .await;
+    let carol_console = common::ConsoleSession::login_as(&fleet.app, "carol@example.com", "Quiet-Harbor-Lantern-42").await;
     let not_yet = "cannot be confirmed: approval policy two-approvals (version 1) has not approved the run yet";
     assert!(confirm_refusal(&fleet, &admin, &gated).await.ends_with(not_yet));
     review(&fleet, &admin, &gated, "APPROVE").await;
     review(&fleet, &bob, &gated, "APPROVE").await;
     let message = confirm_refusal(&fleet, &bob, &gated).await;
     assert_eq!(message, format!("run {gated} {not_yet}"), "the author's approval does not count");
-    review(&fleet, &carol, &gated, "APPROVE").await;
-    fleet.app.ok(&carol, "mutation($id: ID!) { confirmRun(id: $id) { state } }", json!({ "id": gated })).await;
+    // Carol approves on the run's page, and confirms there.
+    let page = carol_console.get(&format!("/runs/{gated}")).await;
+    assert!(page.contains(">Approve</button>") && page.contains(">Reject</button>"), "{page}");
+    let csrf = carol_console.csrf(&format!("/runs/{gated}")).await;
+    let review_form = [("csrf", csrf.as_str()), ("decision", "APPROVE"), ("note", "looked at it")];
+    let forged = [("csrf", "forged"), ("decision", "APPROVE"), ("note", "")];
+    assert_eq!(carol_console.post(&format!("/runs/{gated}/review"), &forged).await, 403);
+    assert_eq!(carol_console.post(&format!("/runs/{gated}/review"), &review_form).await, 303);
+    assert_eq!(carol_console.post(&format!("/runs/{gated}/confirm"), &[("csrf", csrf.as_str())]).await, 303);
     fleet.wait_state(&gated, "FINISHED", &[&worker]).await;
     assert_eq!(std::fs::read_to_string(&motd).unwrap(), "TODO hello\n");
     let d = fleet.ok("query($id: ID!) { run(id: $id) { reviews { reviewer role decision note } } }", json!({ "id": gated })).await;
@@ -264,25 +274,5 @@ deny contains msg if {
 
 /// A console page as the administrator sees it, signed in through the form.
 async fn console_page(fleet: &Fleet, path: &str) -> String {
-    let cert = reqwest::Certificate::from_pem(&std::fs::read(fleet.app.ca_path()).unwrap()).unwrap();
-    let client = reqwest::Client::builder()
-        .tls_built_in_root_certs(false)
-        .add_root_certificate(cert)
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap();
-    let base = fleet.app.url("");
-    let origin = base.trim_end_matches('/').to_string();
-    let r = client
-        .post(format!("{origin}/login"))
-        .header("origin", &origin)
-        .form(&[("email", common::ADMIN_EMAIL), ("password", common::ADMIN_PASSWORD), ("next", "/stacks")])
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 303);
-    let cookie = r.headers()["set-cookie"].to_str().unwrap().split(';').next().unwrap().to_string();
-    let r = client.get(format!("{origin}{path}")).header("cookie", cookie).send().await.unwrap();
-    assert_eq!(r.status(), 200);
-    r.text().await.unwrap()
+    common::ConsoleSession::login(&fleet.app).await.get(path).await
 }

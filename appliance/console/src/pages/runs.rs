@@ -295,6 +295,21 @@ pub(super) async fn act(c: &Console, s: &Session, id: &str, action: &str) -> Res
     }
 }
 
+/// A writer's review of a run: approve or reject, with an optional note.
+pub(super) async fn review(c: &Console, s: &Session, req: &super::Req, id: &str) -> Response {
+    let Some(id) = id.parse::<i64>().ok().filter(|i| *i > 0) else { return not_found(Some(&s.viewer)) };
+    let decision = match req.field("decision") {
+        Some(d @ ("APPROVE" | "REJECT")) => d,
+        _ => return see_other(&format!("/runs/{id}")),
+    };
+    let note = req.field("note").unwrap_or_default().trim().to_string();
+    let mutation = "mutation($id: ID!, $d: ReviewDecisionValue!, $n: String!) { reviewRun(id: $id, decision: $d, note: $n) { id } }";
+    match c.backend.execute(Some(&s.token), mutation, json!({ "id": id.to_string(), "d": decision, "n": note })).await {
+        Ok(_) => see_other(&format!("/runs/{id}#policies")),
+        Err(e) => op_error(&s.viewer, &e),
+    }
+}
+
 /// `GET /events/changes`: an event `change` (the run's id) whenever a run
 /// changes state or is created; live pages refresh what they show.
 pub(super) fn changes(c: &Console) -> Response {
