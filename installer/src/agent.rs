@@ -243,8 +243,25 @@ fn take(inst: &Installation, dir: &Path, req: &UpgradeRequest, taken: Option<Upg
     let logs = inst.upgrades_dir().join("logs");
     ensure_dir(&logs, 0o700, None)?;
     let log = logs.join(format!("upgrade-{}.log", req.id));
+    // Taken by an agent that was killed: the upgrade it started runs on (its
+    // lock is held: later), ended, or never began (started now).
+    let taken = match taken {
+        Some(t) => {
+            let started = DateTime::parse_from_rfc3339(&t.started_at).map(|t| t.with_timezone(&Utc)).unwrap_or_else(|_| Utc::now());
+            if inst.lock(Duration::ZERO).is_err() {
+                return Ok(());
+            }
+            if record_of(inst, req, started).is_some() {
+                Some(started)
+            } else {
+                eprintln!("upgrade {}: taken, but its upgrade never began: starting it", req.id);
+                None
+            }
+        }
+        None => None,
+    };
     let started = match taken {
-        Some(t) => DateTime::parse_from_rfc3339(&t.started_at).map(|t| t.with_timezone(&Utc)).unwrap_or_else(|_| Utc::now()),
+        Some(started) => started,
         None => {
             let started = Utc::now();
             let copy = match copy_bundle(inst, req) {
@@ -275,10 +292,7 @@ fn take(inst: &Installation, dir: &Path, req: &UpgradeRequest, taken: Option<Upg
         cmd.arg("upgrade");
         run_logged(cmd, &log)?;
     }
-    let rec = Record::all(&inst.upgrades_dir())
-        .into_iter()
-        .rev()
-        .find(|r| r.requested_by == req.requested_by && r.started_at >= started - chrono::Duration::seconds(2));
+    let rec = record_of(inst, req, started);
     let last_line = || {
         fs::read_to_string(&log)
             .unwrap_or_default()
@@ -318,6 +332,14 @@ fn take(inst: &Installation, dir: &Path, req: &UpgradeRequest, taken: Option<Upg
         },
     };
     finish(dir, req, &log, outcome, message, rec.map(|r| r.id))
+}
+
+/// The record of the upgrade request `req` made, started from `started` on.
+fn record_of(inst: &Installation, req: &UpgradeRequest, started: DateTime<Utc>) -> Option<Record> {
+    Record::all(&inst.upgrades_dir())
+        .into_iter()
+        .rev()
+        .find(|r| r.requested_by == req.requested_by && r.started_at >= started - chrono::Duration::seconds(2))
 }
 
 fn finish(dir: &Path, req: &UpgradeRequest, log: &Path, outcome: UpgradeOutcome, message: String, record: Option<String>) -> Result<(), InstallError> {

@@ -117,3 +117,60 @@ async fn killed_during_a_rollback_the_next_run_finishes_rolling_back() {
     }
     check("uninstall", site.command(&["uninstall"]).output().unwrap());
 }
+
+/// The upgrade agent killed while the upgrade it started runs: the upgrade
+/// goes on in its own process, its start step starts an agent again (the new
+/// release's), and that agent reports how the upgrade asked for ended.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_upgrade_agent_killed_mid_upgrade_leaves_the_upgrade_running_and_its_successor_reports_it() {
+    hangar_testkit::init();
+    let built = bundle();
+    let next = bundle_of(Some("0.2.0"));
+    let site = Site::new("agent-killed", &built);
+    check("install", site.install());
+    let api = Api::login(&site).await;
+    api.ok("mutation { createContext(slug: \"marker\", name: \"Marker\") { slug } }", json!({})).await;
+    // The server learns the test signing key.
+    std::fs::copy(built.trust.join("dev.pub"), site.path("etc/hangar/trust/dev.pub")).unwrap();
+    check("restart the server", common::ctl(&site, &["restart", "server"]));
+    common::wait_ready(&site).await;
+    let api = Api::login(&site).await;
+    let key = common::admin_key(&api, "upgrades").await;
+    let staged: serde_json::Value =
+        serde_json::from_str(&check("upload", common::hangar_client(&site, &key, &["bundle", "upload", next.bundle.to_str().unwrap()]))).unwrap();
+    let id = staged["id"].as_str().unwrap().to_string();
+    let asked: serde_json::Value = serde_json::from_str(&check("upgrade", common::hangar_client(&site, &key, &["bundle", "upgrade", &id]))).unwrap();
+    let request = asked["id"].as_str().unwrap().to_string();
+
+    // Killed once it took the request and the upgrade it started has a
+    // record (so: runs).
+    let requests = site.path("var/lib/hangar/bundles/upgrades");
+    let taken = requests.join(format!("{request}.taken.json"));
+    let agents = site.agents();
+    assert_eq!(agents.len(), 1, "{agents:?}");
+    let under_way = || taken.exists() && records(&site).iter().any(|r| r["to"] == "0.2.0");
+    for _ in 0..600 {
+        if under_way() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(under_way(), "the agent never started the upgrade");
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(agents[0]), Signal::SIGKILL).unwrap();
+
+    // The upgrade completes; a new agent reports it.
+    let done = requests.join(format!("{request}.done.json"));
+    let mut waited = 0;
+    while !done.exists() {
+        assert!(waited < 1800, "no report within 180 s; records: {:?}", records(&site));
+        std::thread::sleep(Duration::from_millis(100));
+        waited += 1;
+    }
+    let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&done).unwrap()).unwrap();
+    assert_eq!(report["outcome"], "completed", "{report}");
+    let agents = site.agents();
+    assert_eq!(agents.len(), 1, "one agent again: {agents:?}");
+    assert!(site.agent_exe().unwrap().contains("/releases/0.2.0/"), "{:?}", site.agent_exe());
+    whole_on(&site, "0.2.0").await;
+    check("uninstall", site.command(&["uninstall"]).output().unwrap());
+}
