@@ -369,7 +369,8 @@ async fn sigkilled_consumer_loses_no_job_and_no_job_runs_twice_at_once() {
         .load(&mut conn)
         .await
         .unwrap();
-    let mut by_job: HashMap<i64, Vec<(DateTime<Utc>, DateTime<Utc>, String)>> = HashMap::new();
+    type Attempts = Vec<(DateTime<Utc>, DateTime<Utc>, String)>;
+    let mut by_job: HashMap<i64, Attempts> = HashMap::new();
     let mut interrupted = 0;
     for r in &rows {
         let end = match (r.finished_at, r.consumer.as_str()) {
