@@ -8,6 +8,10 @@
 //! only with autodeploy; otherwise it waits for a confirmation, and plan and
 //! approval policies apply to it as to any tracked run).
 //!
+//! The findings are recorded just before the run's report that it finished
+//! is applied, so that whoever sees the run FINISHED sees them too (a report
+//! the worker repeats records them again, with the same result).
+//!
 //! A plan also differs when the configuration changed and was not applied;
 //! a drift run cannot tell the two apart, and says so by naming the
 //! resources either way.
@@ -38,13 +42,26 @@ pub(crate) fn drifted(plan: &serde_json::Value) -> Vec<DriftedResource> {
     out
 }
 
-/// After a run reached `run.state()`: a finished drift run's findings are
-/// recorded. Failures are logged, never the run's: its outcome stands.
-pub(crate) async fn after_report(app: &App, conn: &mut AsyncPgConnection, run: &RunRow) {
-    if run.kind() != RunKind::Drift || run.state() != RunState::Finished {
+/// Before worker `worker`'s report that drift run `run_id` finished is
+/// applied, what its plan found is recorded (and a reconcile run queued), so
+/// that anyone who sees the run FINISHED sees its findings too. Failures are
+/// logged, never the run's: its outcome stands.
+pub(crate) async fn before_finish(app: &App, conn: &mut AsyncPgConnection, worker: i64, run_id: i64, to: RunState) {
+    if to != RunState::Finished {
         return;
     }
-    if let Err(e) = record(app, conn, run).await {
+    let run = match hangar_db::runs::get(conn, run_id).await {
+        Ok(Some(run)) => run,
+        Ok(None) => return,
+        Err(e) => {
+            tracing::error!(run_id, error = %e, "cannot read a drift run");
+            return;
+        }
+    };
+    if run.kind() != RunKind::Drift || run.state() != RunState::Planning || run.worker_id != Some(worker) {
+        return;
+    }
+    if let Err(e) = record(app, conn, &run).await {
         tracing::error!(run_id = run.id, error = %e, "cannot record what a drift run found");
     }
 }

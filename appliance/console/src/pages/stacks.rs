@@ -294,40 +294,25 @@ pub(super) async fn show(c: &Console, s: &Session, req: &Req, slug: &str) -> Res
 
 pub(super) async fn task(c: &Console, s: &Session, req: &Req, slug: &str) -> Response {
     let command = req.field("command").unwrap_or_default().trim().to_string();
-    let answer = c
-        .backend
-        .execute(Some(&s.token), "mutation($s: String!, $x: String!) { runTask(stack: $s, command: $x) { id } }", json!({ "s": slug, "x": command }))
-        .await;
-    match answer {
-        Ok(d) => match d["runTask"]["id"].as_str() {
-            Some(id) => see_other(&format!("/runs/{}", urlencode(id))),
-            None => see_other(&format!("/stacks/{}", urlencode(slug))),
-        },
-        Err(e) => op_error(&s.viewer, &e),
-    }
+    let mutation = "mutation($s: String!, $x: String!) { runTask(stack: $s, command: $x) { id } }";
+    to_new_run(c, s, slug, "runTask", mutation, json!({ "s": slug, "x": command })).await
 }
 
 pub(super) async fn reconcile(c: &Console, s: &Session, slug: &str) -> Response {
-    let answer = c
-        .backend
-        .execute(Some(&s.token), "mutation($s: String!) { reconcileStack(slug: $s) { id } }", json!({ "s": slug }))
-        .await;
-    match answer {
-        Ok(d) => match d["reconcileStack"]["id"].as_str() {
-            Some(id) => see_other(&format!("/runs/{}", urlencode(id))),
-            None => see_other(&format!("/stacks/{}", urlencode(slug))),
-        },
-        Err(e) => op_error(&s.viewer, &e),
-    }
+    let mutation = "mutation($s: String!) { reconcileStack(slug: $s) { id } }";
+    to_new_run(c, s, slug, "reconcileStack", mutation, json!({ "s": slug })).await
 }
 
 pub(super) async fn trigger(c: &Console, s: &Session, slug: &str) -> Response {
-    let answer = c
-        .backend
-        .execute(Some(&s.token), "mutation($s: String!) { triggerRun(stack: $s) { id } }", json!({ "s": slug }))
-        .await;
-    match answer {
-        Ok(d) => match d["triggerRun"]["id"].as_str() {
+    let mutation = "mutation($s: String!) { triggerRun(stack: $s) { id } }";
+    to_new_run(c, s, slug, "triggerRun", mutation, json!({ "s": slug })).await
+}
+
+/// Runs `mutation` (whose field `field` answers a run) for stack `slug`, and
+/// goes to that run's page.
+async fn to_new_run(c: &Console, s: &Session, slug: &str, field: &str, mutation: &str, vars: serde_json::Value) -> Response {
+    match c.backend.execute(Some(&s.token), mutation, vars).await {
+        Ok(d) => match d[field]["id"].as_str() {
             Some(id) => see_other(&format!("/runs/{}", urlencode(id))),
             None => see_other(&format!("/stacks/{}", urlencode(slug))),
         },

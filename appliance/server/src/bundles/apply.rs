@@ -20,7 +20,7 @@ use warp::reply::Response;
 
 use hangar_store::users::Caller;
 
-use super::{StagedBundle, UploadError, admin, audit, id_ok, io_error};
+use super::{StagedBundle, UploadError, admin, audit, io_error};
 use crate::App;
 use crate::http::json_response;
 
@@ -84,15 +84,7 @@ pub(crate) async fn apply_bundle(app: &App, caller: &Caller, id: &str) -> Result
         return Err(UploadError::Forbidden);
     }
     let staging = app.bundles.as_ref().ok_or(UploadError::NotConfigured)?;
-    if !id_ok(id) {
-        return Err(UploadError::NoBundle(id.to_string()));
-    }
-    let info = staging.info_path(id);
-    let Ok(text) = tokio::fs::read(&info).await else {
-        return Err(UploadError::NoBundle(id.to_string()));
-    };
-    let mut staged: StagedBundle = serde_json::from_slice(&text)
-        .map_err(|e| UploadError::Io(format!("{}: unreadable record: {e}", info.display())))?;
+    let mut staged = staging.staged_bundle(id).await?;
     let tools_dir = app.workers.tools_dir.clone().ok_or(UploadError::NoToolsArea)?;
     let mirror_dir = app.workers.mirror_dir.clone();
     let _one_at_a_time = staging.applying.lock().await;

@@ -298,6 +298,18 @@ impl Staging {
         Ok(())
     }
 
+    /// Staged bundle `id`'s record, for an admin's operation on it.
+    pub(crate) async fn staged_bundle(&self, id: &str) -> Result<StagedBundle, UploadError> {
+        if !id_ok(id) {
+            return Err(UploadError::NoBundle(id.to_string()));
+        }
+        let info = self.info_path(id);
+        let Ok(text) = tokio::fs::read(&info).await else {
+            return Err(UploadError::NoBundle(id.to_string()));
+        };
+        serde_json::from_slice(&text).map_err(|e| UploadError::Io(format!("{}: unreadable record: {e}", info.display())))
+    }
+
     /// The record of the bundle's apply, if it was applied.
     async fn applied_record(&self, id: &str) -> Option<apply::AppliedRecord> {
         let text = tokio::fs::read(self.applied_path(id)).await.ok()?;

@@ -140,15 +140,7 @@ pub(crate) async fn request_upgrade(
         return Err(UploadError::Forbidden);
     }
     let staging = app.bundles.as_ref().ok_or(UploadError::NotConfigured)?;
-    if !id_ok(id) {
-        return Err(UploadError::NoBundle(id.to_string()));
-    }
-    let info = staging.info_path(id);
-    let Ok(text) = tokio::fs::read(&info).await else {
-        return Err(UploadError::NoBundle(id.to_string()));
-    };
-    let staged: StagedBundle = serde_json::from_slice(&text)
-        .map_err(|e| UploadError::Io(format!("{}: unreadable record: {e}", info.display())))?;
+    let staged = staging.staged_bundle(id).await?;
     if staged.kind != "appliance" {
         return Err(UploadError::Invalid(format!(
             "bundle {id} is a {} bundle, not a release: apply it (POST /api/v1/bundles/{id}/apply)",

@@ -437,6 +437,7 @@ async fn report(app: &App, conn: &mut AsyncPgConnection, worker: Worker, run_id:
     if let Some(denied) = plan_policies(app, conn, worker, run_id, &r).await? {
         return Ok(json(StatusCode::CONFLICT, &status_of(&denied)));
     }
+    crate::drift::before_finish(app, conn, worker.id, run_id, r.to).await;
     let lease = lease_until(app);
     let mut attempts = 0;
     let result = loop {
@@ -448,10 +449,7 @@ async fn report(app: &App, conn: &mut AsyncPgConnection, worker: Worker, run_id:
         tokio::time::sleep(BUSY_PAUSE).await;
     };
     match result {
-        Ok(run) => {
-            crate::drift::after_report(app, conn, &run).await;
-            Ok(json(StatusCode::OK, &status_of(&run)))
-        }
+        Ok(run) => Ok(json(StatusCode::OK, &status_of(&run))),
         Err(NotApplied::Refused(run)) => Ok(json(StatusCode::CONFLICT, &status_of(&run))),
         Err(NotApplied::Api(e)) => Err(e),
         // A transient condition: the worker retries 503s.
