@@ -320,13 +320,35 @@ pub fn live_pid(file: &Path, needle: &str) -> Option<i32> {
     process_alive(pid, needle).then_some(pid)
 }
 
-/// Waits (up to `timeout`) until no process has `path` on its command line.
+/// Removes directory `path` and what it holds, trying again while something
+/// still writes into it (a process ending), for up to `timeout`.
+pub fn remove_dir_settled(path: &Path, timeout: std::time::Duration) -> Result<(), InstallError> {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        match fs::remove_dir_all(path) {
+            Ok(()) => return Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::DirectoryNotEmpty && std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            Err(e) => return Err(InstallError::io("remove", path)(e)),
+        }
+    }
+}
+
+/// Waits (up to `timeout`) until no process has `path` on its command line
+/// or as its working directory.
 pub fn wait_until_unused(path: &Path, timeout: std::time::Duration) {
     let needle = path.to_string_lossy().into_owned();
     let deadline = std::time::Instant::now() + timeout;
     while std::time::Instant::now() < deadline {
+        // By its command line, or by its working directory: initdb's
+        // bootstrap backend is told its directory by the environment and
+        // works in it.
         let busy = fs::read_dir("/proc").into_iter().flatten().flatten().any(|e| {
-            e.file_name().to_string_lossy().parse::<i32>().is_ok_and(|pid| process_alive(pid, &needle))
+            e.file_name().to_string_lossy().parse::<i32>().is_ok_and(|pid| {
+                process_alive(pid, &needle) || fs::read_link(format!("/proc/{pid}/cwd")).is_ok_and(|cwd| cwd.starts_with(path))
+            })
         });
         if !busy {
             return;

@@ -667,7 +667,7 @@ impl Provision<'_> {
                 // An installer killed during initdb leaves initdb running on
                 // its own: let it end before its directory goes.
                 host::wait_until_unused(&tmp, Duration::from_secs(60));
-                fs::remove_dir_all(&tmp).map_err(InstallError::io("remove", &tmp))?;
+                host::remove_dir_settled(&tmp, Duration::from_secs(10))?;
             }
             ensure_dir(&tmp, 0o700, svc)?;
             run(
