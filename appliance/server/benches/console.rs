@@ -105,27 +105,11 @@ struct Session {
 
 impl Session {
     async fn sign_in(app: &support::Appliance) -> Session {
-        let cert = reqwest::Certificate::from_pem(&std::fs::read(app.ca_path()).unwrap()).unwrap();
-        let client = reqwest::Client::builder()
-            .tls_built_in_root_certs(false)
-            .add_root_certificate(cert)
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .unwrap();
-        let base = app.url("");
-        let r = client
-            .post(format!("{base}/login"))
-            .header("origin", base.trim_end_matches('/'))
-            .form(&[("email", support::common::ADMIN_EMAIL), ("password", support::common::ADMIN_PASSWORD)])
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 303);
-        let cookie = r.headers()["set-cookie"].to_str().unwrap().split(';').next().unwrap().to_string();
+        let signed_in = support::common::ConsoleSession::login(app).await;
         Session {
-            client,
-            base,
-            cookie,
+            client: signed_in.client,
+            base: signed_in.origin,
+            cookie: signed_in.cookie,
             password: (support::common::ADMIN_EMAIL.to_string(), support::common::ADMIN_PASSWORD.to_string()),
         }
     }

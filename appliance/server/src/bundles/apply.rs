@@ -46,13 +46,7 @@ struct ApplyView<'a> {
 }
 
 pub(super) fn route(app: Arc<App>) -> BoxedFilter<(Response,)> {
-    warp::path!("api" / "v1" / "bundles" / String / "apply")
-        .and(warp::post())
-        .and(warp::any().map({
-            let app = app.clone();
-            move || app.clone()
-        }))
-        .and(super::auth(app))
+    super::on_staged(app, "apply")
         .then(|id: String, app: Arc<App>, auth: Option<String>| async move {
             apply(&app, auth.as_deref(), &id).await.unwrap_or_else(UploadError::into_response)
         })

@@ -470,6 +470,26 @@ pub(super) fn auth(app: Arc<App>) -> BoxedFilter<(Option<String>,)> {
         .boxed()
 }
 
+/// `POST /api/v1/bundles/{id}/{action}`: the bundle's id, the app and the
+/// request's authorization, for the routes acting on a staged bundle.
+pub(super) fn on_staged(
+    app: Arc<App>,
+    action: &'static str,
+) -> impl Filter<Extract = (String, Arc<App>, Option<String>), Error = warp::Rejection> + Clone {
+    warp::path("api")
+        .and(warp::path("v1"))
+        .and(warp::path("bundles"))
+        .and(warp::path::param::<String>())
+        .and(warp::path(action))
+        .and(warp::path::end())
+        .and(warp::post())
+        .and(warp::any().map({
+            let app = app.clone();
+            move || app.clone()
+        }))
+        .and(auth(app))
+}
+
 /// The routes of this module.
 pub(crate) fn routes(app: Arc<App>) -> BoxedFilter<(Response,)> {
     let auth = {

@@ -107,26 +107,17 @@ pub(crate) fn under_way(staging: &Staging) -> Option<UpgradeView> {
 }
 
 pub(super) fn route(app: Arc<App>) -> BoxedFilter<(Response,)> {
-    warp::path!("api" / "v1" / "bundles" / String / "upgrade")
-        .and(warp::post())
-        .and(warp::any().map({
-            let app = app.clone();
-            move || app.clone()
-        }))
-        .and(super::auth(app))
+    super::on_staged(app, "upgrade")
         .then(|id: String, app: Arc<App>, auth: Option<String>| async move {
-            match admin(&app, auth.as_deref()).await {
-                Ok((caller, _)) => match request_upgrade(&app, &caller, &id).await {
-                    Ok((bundle, upgrade)) => json_response(
-                        StatusCode::ACCEPTED,
-                        &serde_json::json!({ "bundle": bundle, "upgrade": upgrade }),
-                    ),
-                    Err(e) => e.into_response(),
-                },
-                Err(e) => e.into_response(),
-            }
+            upgrade(&app, auth.as_deref(), &id).await.unwrap_or_else(UploadError::into_response)
         })
         .boxed()
+}
+
+async fn upgrade(app: &App, auth: Option<&str>, id: &str) -> Result<Response, UploadError> {
+    let (caller, _) = admin(app, auth).await?;
+    let (bundle, upgrade) = request_upgrade(app, &caller, id).await?;
+    Ok(json_response(StatusCode::ACCEPTED, &serde_json::json!({ "bundle": bundle, "upgrade": upgrade })))
 }
 
 /// Asks the upgrade agent to upgrade the appliance with staged bundle `id`,
