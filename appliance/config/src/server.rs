@@ -61,6 +61,10 @@ pub struct ServerConfig {
     /// Largest Terraform state accepted by the state backend, in bytes.
     #[serde(default = "default_max_state")]
     pub max_state_bytes: u64,
+    /// Largest module archive (`.tar.gz` of a tagged commit) the module
+    /// registry publishes, in bytes.
+    #[serde(default = "default_max_module")]
+    pub max_module_bytes: u64,
     /// Deepest GraphQL selection accepted.
     #[serde(default = "default_max_depth")]
     pub max_query_depth: usize,
@@ -97,6 +101,9 @@ fn default_max_bundle() -> u64 {
 }
 fn default_max_state() -> u64 {
     64 * 1024 * 1024
+}
+fn default_max_module() -> u64 {
+    32 * 1024 * 1024
 }
 fn default_max_depth() -> usize {
     12
@@ -181,6 +188,9 @@ impl ServerConfig {
         }
         if !(1024..=1024 * 1024 * 1024).contains(&self.max_state_bytes) {
             return Err(invalid("server.max_state_bytes", "must be between 1 KiB and 1 GiB"));
+        }
+        if !(1024..=1024 * 1024 * 1024).contains(&self.max_module_bytes) {
+            return Err(invalid("server.max_module_bytes", "must be between 1 KiB and 1 GiB"));
         }
         if !(1024 * 1024..=4 * 1024 * 1024 * 1024).contains(&self.webhook_bytes_in_flight) {
             return Err(invalid("server.webhook_bytes_in_flight", "must be between 1 MiB and 4 GiB"));

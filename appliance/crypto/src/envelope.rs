@@ -99,6 +99,11 @@ impl MasterKey {
         hex::encode(&ring::digest::digest(&ring::digest::SHA256, &self.key).as_ref()[..8])
     }
 
+    /// A key for signing links, derived from this one for `purpose`.
+    pub fn mac_key(&self, purpose: &str) -> crate::MacKey {
+        crate::MacKey::derive(&self.key, purpose)
+    }
+
     pub fn wrap(&self, dk: &DataKey) -> Vec<u8> {
         seal(&self.key, &dk.key, WRAP_CONTEXT)
     }

@@ -485,3 +485,34 @@ diesel::joinable!(policy_versions -> policies (policy_id));
 diesel::joinable!(stack_policies -> policies (policy_id));
 diesel::joinable!(stack_policies -> stacks (stack_id));
 diesel::allow_tables_to_appear_in_same_query!(policies, policy_versions, stack_policies, stacks);
+
+// The private module registry (migration 2026-12-08-001300_module_registry).
+diesel::table! {
+    modules (id) {
+        id -> Int8,
+        namespace -> Text,
+        name -> Text,
+        system -> Text,
+        created_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    module_versions (id) {
+        id -> Int8,
+        module_id -> Int8,
+        version -> Text,
+        repository -> Text,
+        tag -> Text,
+        commit_sha -> Text,
+        tree_sha -> Text,
+        object_key -> Text,
+        sha256 -> Text,
+        size -> Int8,
+        published_by -> Text,
+        published_at -> Timestamptz,
+    }
+}
+
+diesel::joinable!(module_versions -> modules (module_id));
+diesel::allow_tables_to_appear_in_same_query!(modules, module_versions);

@@ -35,6 +35,7 @@ pub struct Query(
     api::vcs::VcsQuery,
     crate::logs::api::LogsQuery,
     api::policies::PoliciesQuery,
+    api::modules::ModulesQuery,
 );
 
 #[derive(MergedObject, Default)]
@@ -48,6 +49,7 @@ pub struct Mutation(
     api::vcs::VcsMutation,
     api::policies::PoliciesMutation,
     api::bundles::BundlesMutation,
+    api::modules::ModulesMutation,
 );
 
 pub type ApiSchema = Schema<Query, Mutation, EmptySubscription>;

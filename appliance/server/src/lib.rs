@@ -22,6 +22,7 @@ mod listener;
 pub mod logs;
 mod policies;
 mod ready;
+mod registry;
 mod routes;
 mod state;
 mod system;
@@ -87,6 +88,8 @@ pub(crate) struct App {
     pub(crate) workers: workers::WorkerSettings,
     /// Largest state the state backend accepts.
     pub(crate) max_state_bytes: u64,
+    /// Largest module archive the registry publishes.
+    pub(crate) max_module_bytes: u64,
     /// Evaluates policies under their limits (shared by every request).
     pub(crate) policies: hangar_policy::Evaluator,
     /// The staging area of uploaded bundles, when uploads are configured.
@@ -144,6 +147,7 @@ impl Server {
             logs: logs::hub::LogHub::start(database.clone(), shutdown.clone()),
             workers,
             max_state_bytes: config.max_state_bytes,
+            max_module_bytes: config.max_module_bytes,
             policies: hangar_policy::Evaluator::new(hangar_policy::Limits::default()),
             bundles: staging,
             webhook_budget: webhooks::Budget::new(config.webhook_bytes_in_flight),

@@ -7,6 +7,7 @@
 //! | `GET /api/v1/runs/{id}/logs` (download, or Server-Sent Events with `follow=true`) | [`crate::logs`] |
 //! | Terraform's HTTP state backend under `/state/v1/{stack}`, and `GET /api/v1/stacks/{stack}/state/versions/{id}` | [`crate::state`] |
 //! | the worker API (`/api/v1/workers/join`, `/api/v1/worker/…`), tool downloads (`/v1/tools/…`) and the provider mirror (`/v1/providers/…`) | [`crate::workers`] |
+//! | service discovery (`/.well-known/terraform.json`) and the private module registry (`/v1/modules/…`) | [`crate::registry`] |
 //! | `POST /webhooks/{kind}/{integration}` | [`crate::webhooks`] |
 //! | bundle uploads and the staged bundles under `/api/v1/bundles` | [`crate::bundles`] |
 //! | the web console: `/`, its pages and `/assets/…` | `hangar_console`, with [`crate::console`] |
@@ -55,6 +56,8 @@ pub(crate) fn routes(
         .or(crate::state::routes(app.clone()))
         .unify()
         .or(crate::workers::routes(app.clone()))
+        .unify()
+        .or(crate::registry::serve::routes(app.clone()))
         .unify()
         .or(crate::graphql::route(app.clone(), schema, admission, max_body))
         .unify()

@@ -7,6 +7,7 @@ pub mod access;
 pub mod audit;
 pub mod console;
 mod error;
+pub mod modules;
 pub mod pools;
 pub mod policies;
 pub mod processes;

@@ -54,6 +54,11 @@ impl SecretBox {
         SecretBox { master, cache: Mutex::new(HashMap::new()) }
     }
 
+    /// A key for signing links, derived from the master key for `purpose`.
+    pub fn mac_key(&self, purpose: &str) -> hangar_crypto::MacKey {
+        self.master.mac_key(purpose)
+    }
+
     pub fn master_key_id(&self) -> String {
         self.master.id()
     }

@@ -16,6 +16,7 @@ pub(crate) mod bundles;
 pub(crate) mod policies;
 pub(crate) mod cost;
 mod error;
+pub(crate) mod modules;
 pub(crate) mod pools;
 pub(crate) mod runs;
 pub(crate) mod stacks;
