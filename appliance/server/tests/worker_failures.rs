@@ -177,7 +177,7 @@ fn kill_worker(worker: &mut ChildProcess) {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_worker_killed_while_planning_fails_its_run_once_the_lease_expires_and_the_stack_is_free_again() {
     let git = GitServer::start().await;
-    let (fleet, hold) = fleet_with_stack(FleetOptions { lease_secs: 10, scheduler: true }, &git, &git.url("net")).await;
+    let (fleet, hold) = fleet_with_stack(FleetOptions { lease_secs: 10, scheduler: true, ..FleetOptions::default() }, &git, &git.url("net")).await;
     let config = fleet.join_worker("builders", "host-a").await;
     let mut worker = fleet.run_worker(&config, "host-a");
     fleet.wait_workers("builders", "idle", 1).await;
@@ -216,7 +216,7 @@ async fn a_worker_killed_while_planning_fails_its_run_once_the_lease_expires_and
 #[tokio::test(flavor = "multi_thread")]
 async fn a_worker_killed_while_applying_is_never_retried_and_leaves_the_lock_for_an_operator() {
     let git = GitServer::start().await;
-    let (fleet, hold) = fleet_with_stack(FleetOptions { lease_secs: 10, scheduler: true }, &git, &git.url("net")).await;
+    let (fleet, hold) = fleet_with_stack(FleetOptions { lease_secs: 10, scheduler: true, ..FleetOptions::default() }, &git, &git.url("net")).await;
     let config = fleet.join_worker("builders", "host-a").await;
     let mut worker = fleet.run_worker(&config, "host-a");
     fleet.wait_workers("builders", "idle", 1).await;
@@ -349,7 +349,7 @@ async fn a_network_cut_shorter_than_the_lease_does_not_lose_the_run() {
     // cuts HTTPS, MQTT, the state backend and the object store at once.
     let ns = NetNs::create();
     let (git, _git_relay, repository) = git_across(&ns).await;
-    let (fleet, hold) = fleet_with_stack(FleetOptions { lease_secs: 20, scheduler: true }, &git, &repository).await;
+    let (fleet, hold) = fleet_with_stack(FleetOptions { lease_secs: 20, scheduler: true, ..FleetOptions::default() }, &git, &repository).await;
     let (relays, worker) = namespaced_worker(&fleet, &ns, "host-a").await;
     fleet.wait_workers("builders", "idle", 1).await;
 

@@ -146,7 +146,7 @@ async fn archive(repository: &str, tag: &str, limit: u64, timeout: Duration) -> 
         .await?
         .map_err(|detail| PublishError::Unreachable { repository: repository.into(), detail })?;
     let mut parse = git(Some(&scratch.0));
-    parse.args(["rev-parse", "--verify", "--end-of-options"]).arg(format!("{refname}^{{commit}}")).arg(format!("{refname}^{{tree}}"));
+    parse.arg("rev-parse").arg(format!("{refname}^{{commit}}")).arg(format!("{refname}^{{tree}}"));
     let parsed = output(parse, timeout, repository).await?.map_err(|detail| PublishError::Git { step: "rev-parse", detail })?;
     let parsed = String::from_utf8_lossy(&parsed);
     let mut lines = parsed.lines().map(str::trim);

@@ -30,6 +30,10 @@ pub struct Options {
     /// Host the MQTT broker in the server process (on a free loopback port,
     /// with the server's certificate) and point `broker_url` at it.
     pub broker: bool,
+    /// The host of `public_url` (what workers are told to reach), `localhost`
+    /// unless a test needs the appliance named otherwise: Terraform accepts a
+    /// registry host only with a dot in it, so module sources name `127.0.0.1`.
+    pub public_host: &'static str,
 }
 
 impl Default for Options {
@@ -42,6 +46,7 @@ impl Default for Options {
             durable_db: false,
             server_extra: String::new(),
             broker: false,
+            public_host: "localhost",
         }
     }
 }
@@ -137,7 +142,7 @@ data_dir = "{drain_dir}"
 
 [server]
 listen = "{addr}"
-public_url = "https://localhost:{port}"
+public_url = "https://{public_host}:{port}"
 cert_file = "{cert}"
 key_file = "{key}"
 ca_file = "{pki_ca}"
@@ -165,6 +170,7 @@ request_timeout_secs = 5
                 pw = db.password_file.display(),
                 ca = db.ca_file.display(),
                 port = addr.port(),
+                public_host = opts.public_host,
                 cert = store.cert_path("server").display(),
                 key = store.key_path("server").display(),
                 max_body = opts.max_body_bytes,

@@ -64,11 +64,13 @@ pub struct FleetOptions {
     pub lease_secs: u64,
     /// Whether to run `hangar scheduler` (the stuck-run reaper lives there).
     pub scheduler: bool,
+    /// The host of the appliance's public URL (see `Options::public_host`).
+    pub public_host: &'static str,
 }
 
 impl Default for FleetOptions {
     fn default() -> Self {
-        FleetOptions { lease_secs: 30, scheduler: false }
+        FleetOptions { lease_secs: 30, scheduler: false, public_host: "localhost" }
     }
 }
 
@@ -91,7 +93,7 @@ impl Fleet {
         std::fs::copy(hangar_testkit::terraform::terraform(), bin_dir.join("terraform")).unwrap();
         let extra =
             format!("tools_dir = \"{}\"\nworker_lease_secs = {}\n{server_settings}", tools.display(), opts.lease_secs);
-        let app = Appliance::start_with(Options { server_extra: extra, broker: true, ..Options::default() }).await;
+        let app = Appliance::start_with(Options { server_extra: extra, broker: true, public_host: opts.public_host, ..Options::default() }).await;
         wait_for("the hosted broker to be ready", SOON, || async {
             let (status, body) = app.ready().await;
             (status == 200 && body.to_string().contains("broker")).then_some(())
