@@ -33,10 +33,13 @@ pub enum JobKind {
     VcsPoll,
     /// `vcs.poll_repo`: poll one repository.
     VcsPollRepo,
+    /// `stack.dependents`: a tracked run ended; start (or hold) the runs of
+    /// the stacks that depend on its stack.
+    Dependents,
 }
 
 impl JobKind {
-    pub const ALL: [JobKind; 9] = [
+    pub const ALL: [JobKind; 10] = [
         JobKind::Schedule,
         JobKind::Reap,
         JobKind::Retention,
@@ -46,6 +49,7 @@ impl JobKind {
         JobKind::VcsStatus,
         JobKind::VcsPoll,
         JobKind::VcsPollRepo,
+        JobKind::Dependents,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -59,6 +63,7 @@ impl JobKind {
             JobKind::VcsStatus => "vcs.status",
             JobKind::VcsPoll => "vcs.poll",
             JobKind::VcsPollRepo => "vcs.poll_repo",
+            JobKind::Dependents => "stack.dependents",
         }
     }
 
@@ -170,6 +175,7 @@ pub enum Job {
     VcsStatus(RunRef),
     VcsPoll(NoPayload),
     VcsPollRepo(PollRepo),
+    Dependents(RunRef),
 }
 
 /// Why a row of the queue is not a job of this set.
@@ -197,6 +203,7 @@ impl Job {
             Job::VcsStatus(_) => JobKind::VcsStatus,
             Job::VcsPoll(_) => JobKind::VcsPoll,
             Job::VcsPollRepo(_) => JobKind::VcsPollRepo,
+            Job::Dependents(_) => JobKind::Dependents,
         }
     }
 
@@ -209,7 +216,7 @@ impl Job {
             Job::DriftCheck(p) => serde_json::to_value(p),
             Job::DriftTrigger(p) => serde_json::to_value(p),
             Job::VcsDelivery(p) => serde_json::to_value(p),
-            Job::VcsStatus(p) => serde_json::to_value(p),
+            Job::VcsStatus(p) | Job::Dependents(p) => serde_json::to_value(p),
             Job::VcsPollRepo(p) => serde_json::to_value(p),
         };
         // Structs of numbers, strings and times always serialize.
@@ -232,6 +239,7 @@ impl Job {
             JobKind::VcsStatus => Job::VcsStatus(de(kind, payload)?),
             JobKind::VcsPoll => Job::VcsPoll(de(kind, payload)?),
             JobKind::VcsPollRepo => Job::VcsPollRepo(de(kind, payload)?),
+            JobKind::Dependents => Job::Dependents(de(kind, payload)?),
         })
     }
 
@@ -258,6 +266,7 @@ mod tests {
             Job::VcsStatus(RunRef { run: 9 }),
             Job::VcsPoll(NoPayload {}),
             Job::VcsPollRepo(PollRepo { integration: 1, repository: "https://git.example/a.git".into() }),
+            Job::Dependents(RunRef { run: 9 }),
         ]
     }
 

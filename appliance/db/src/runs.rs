@@ -9,7 +9,7 @@ use hangar_types::{RunKind, RunState, TransitionError};
 use serde::Serialize;
 
 use crate::DbError;
-use crate::jobs::{Job, StackRef};
+use crate::jobs::{Job, RunRef, StackRef};
 use crate::queue::{self, NewJob};
 use crate::schema::{run_events, runs, stacks};
 
@@ -188,7 +188,17 @@ pub(crate) async fn apply(
         // The stack is free again: let its next queued run go.
         queue::enqueue(c, &schedule_job(run.stack_id)).await?;
     }
+    // A tracked run's end is its dependents' cue: a finished one starts their
+    // runs, a failed one stops the chain (and says so on them).
+    if matches!(to, RunState::Finished | RunState::Failed) && run.kind() == RunKind::Tracked && has_dependents(c, run.stack_id).await? {
+        queue::enqueue(c, &Job::Dependents(RunRef { run: run.id }).to_new()).await?;
+    }
     Ok(updated)
+}
+
+async fn has_dependents(c: &mut AsyncPgConnection, stack: i64) -> QueryResult<bool> {
+    use crate::schema::stack_dependencies as deps;
+    diesel::select(diesel::dsl::exists(deps::table.filter(deps::depends_on_id.eq(stack)))).get_result(c).await
 }
 
 async fn record(

@@ -89,6 +89,17 @@ diesel::table! {
     }
 }
 
+// Stack dependencies (migration 2026-12-08-001200_stack_dependencies).
+diesel::table! {
+    stack_dependencies (stack_id, depends_on_id) {
+        stack_id -> Int8,
+        depends_on_id -> Int8,
+        outputs -> Jsonb,
+        created_at -> Timestamptz,
+    }
+}
+diesel::allow_tables_to_appear_in_same_query!(stack_dependencies, stacks);
+
 diesel::table! {
     runs (id) {
         id -> Int8,

@@ -12,6 +12,7 @@ pub mod admin;
 mod api;
 mod bundles;
 mod console;
+mod dependencies;
 mod drift;
 mod error;
 pub mod git;

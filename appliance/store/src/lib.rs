@@ -6,6 +6,7 @@
 pub mod access;
 pub mod audit;
 pub mod console;
+pub mod dependencies;
 mod error;
 pub mod modules;
 pub mod pools;

@@ -2,6 +2,7 @@
 //! match. Every handler is idempotent: a job can be delivered again after a
 //! crash.
 
+mod dependencies;
 mod drift;
 mod reaper;
 mod retention;
@@ -54,6 +55,7 @@ impl Drain {
             Job::VcsStatus(p) => vcs::status(pool, &self.vcs, p).await,
             Job::VcsPoll(_) => vcs::poll(pool).await,
             Job::VcsPollRepo(p) => vcs::poll_repository(pool, &self.vcs, p).await,
+            Job::Dependents(p) => dependencies::handle(pool, &self.vcs, p).await,
         }
     }
 }

@@ -538,26 +538,21 @@ pub(super) async fn poll(pool: &DbPool) -> Result<(), JobError> {
     Ok(())
 }
 
-/// Lists one repository if its poll interval has passed, and acts on what moved
-/// since the stored listing. The first listing is only stored: what existed
-/// before polling began is not news.
-pub(super) async fn poll_repository(pool: &DbPool, ctx: &VcsContext, job: PollRepo) -> Result<(), JobError> {
-    let PollRepo { integration: integration_id, repository } = job;
-    let repository = repository.as_str();
-    let mut conn = pool.get().await.map_err(db_error)?;
-    let Some(integration) = store::by_id(&mut conn, integration_id).await.map_err(db_error)? else { return Ok(()) };
-    let previous = store::poll_heads(&mut conn, integration_id, repository, false).await.map_err(db_error)?;
-    // A second of slack: the scheduler's ticks and the interval line up.
-    let interval = chrono::Duration::from_std(ctx.config.poll_interval().saturating_sub(Duration::from_secs(1)))
-        .unwrap_or(chrono::Duration::zero());
-    if previous.as_ref().is_some_and(|(_, at)| Utc::now() - *at < interval) {
-        return Ok(());
-    }
+/// Lists `repository`'s branches and tags with `integration`'s credentials
+/// and CA (without one: anonymously, with git's trust store). The outer
+/// error is the job's; the inner one is git's.
+pub(super) async fn list_refs(
+    conn: &mut AsyncPgConnection,
+    ctx: &VcsContext,
+    integration: Option<&IntegrationRow>,
+    repository: &str,
+) -> Result<Result<RemoteRefs, hangar_vcs::LsRemoteError>, JobError> {
     let mut req = LsRemote::new(repository);
     req.timeout = ctx.config.ls_remote_timeout();
     req.git = ctx.config.git.clone();
+    let Some(integration) = integration else { return Ok(hangar_vcs::ls_remote(&req).await) };
     if let Some(secrets) = &ctx.secrets {
-        let opened = store::open(&mut conn, secrets, integration.id).await.map_err(|e| JobError::from_error(&e))?;
+        let opened = store::open(conn, secrets, integration.id).await.map_err(|e| JobError::from_error(&e))?;
         if let Some(token) = opened.token {
             req.credentials = Some(match &integration.username {
                 Some(u) => Credentials::Basic { username: u.clone(), password: token },
@@ -578,7 +573,26 @@ pub(super) async fn poll_repository(pool: &DbPool, ctx: &VcsContext, job: PollRe
     if let Some(f) = ca_file {
         let _ = std::fs::remove_file(f);
     }
-    let current = match listed {
+    Ok(listed)
+}
+
+
+/// Lists one repository if its poll interval has passed, and acts on what moved
+/// since the stored listing. The first listing is only stored: what existed
+/// before polling began is not news.
+pub(super) async fn poll_repository(pool: &DbPool, ctx: &VcsContext, job: PollRepo) -> Result<(), JobError> {
+    let PollRepo { integration: integration_id, repository } = job;
+    let repository = repository.as_str();
+    let mut conn = pool.get().await.map_err(db_error)?;
+    let Some(integration) = store::by_id(&mut conn, integration_id).await.map_err(db_error)? else { return Ok(()) };
+    let previous = store::poll_heads(&mut conn, integration_id, repository, false).await.map_err(db_error)?;
+    // A second of slack: the scheduler's ticks and the interval line up.
+    let interval = chrono::Duration::from_std(ctx.config.poll_interval().saturating_sub(Duration::from_secs(1)))
+        .unwrap_or(chrono::Duration::zero());
+    if previous.as_ref().is_some_and(|(_, at)| Utc::now() - *at < interval) {
+        return Ok(());
+    }
+    let current = match list_refs(&mut conn, ctx, Some(&integration), repository).await? {
         Ok(r) => r,
         Err(e) => {
             warn!(integration = %integration.name, error = %hangar_types::error_chain(&e), "poll failed");

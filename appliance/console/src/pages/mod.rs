@@ -171,6 +171,8 @@ async fn dispatch(c: &Console, req: Req) -> Response {
         (["stacks", slug, "trigger"], _, true) => stacks::trigger(c, &session, slug).await,
         (["stacks", slug, "reconcile"], _, true) => stacks::reconcile(c, &session, slug).await,
         (["stacks", slug, "task"], _, true) => stacks::task(c, &session, &req, slug).await,
+        (["stacks", slug, "dependencies"], _, true) => stacks::add_dependency(c, &session, &req, slug).await,
+        (["stacks", slug, "dependencies", "remove"], _, true) => stacks::remove_dependency(c, &session, &req, slug).await,
         (["stacks", slug, "variables"], _, true) => stacks::set_variable(c, &session, &req, slug).await,
         (["stacks", slug, "variables", "delete"], _, true) => stacks::delete_variable(c, &session, &req, slug).await,
         (["stacks", slug, "settings"], _, true) => stacks::settings(c, &session, &req, slug).await,

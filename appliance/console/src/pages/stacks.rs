@@ -191,6 +191,24 @@ struct StackPage {
     /// Every pool's name, for the settings form.
     pools: Vec<String>,
     drift: DriftView,
+    deps: DepsView,
+}
+
+/// Where the stack stands among the stacks it depends on and that depend on it.
+pub(crate) struct DepsView {
+    pub(crate) on: Vec<DependencyView>,
+    /// Slugs of the stacks that depend on this one.
+    pub(crate) dependents: Vec<String>,
+    /// What holds the chain upstream: whether it stopped, the line, the upstream run.
+    pub(crate) held: Option<(bool, String, Option<i64>)>,
+}
+
+pub(crate) struct DependencyView {
+    pub(crate) slug: String,
+    /// `output → TF_VAR_input`.
+    pub(crate) outputs: Vec<String>,
+    pub(crate) badge: Badge,
+    pub(crate) run_id: Option<i64>,
 }
 
 /// What the stack's last drift run found.
@@ -234,6 +252,10 @@ pub(super) async fn show(c: &Console, s: &Session, req: &Req, slug: &str) -> Res
     let (stack, pool, vcs, lock, (versions, version_count), mut runs, variables, (contexts, pools)) = match read.await {
         Ok(Some(found)) => found,
         Ok(None) => return not_found(Some(&s.viewer)),
+        Err(e) => return unavailable(Some(&s.viewer), &e),
+    };
+    let deps = match dependencies_view(&mut conn, stack.id).await {
+        Ok(d) => d,
         Err(e) => return unavailable(Some(&s.viewer), &e),
     };
     let more = runs.len() as i64 > RUNS;
@@ -287,9 +309,64 @@ pub(super) async fn show(c: &Console, s: &Session, req: &Req, slug: &str) -> Res
             since: stack.drift_detected_at.map(When::at),
             resources: stack.drifted().into_iter().map(|r| format!("{} ({})", r.address, r.actions.join(", "))).collect(),
         },
+        deps,
         s: stack,
     };
     html(StatusCode::OK, &page)
+}
+
+async fn dependencies_view(conn: &mut hangar_db::AsyncPgConnection, stack: i64) -> Result<DepsView, hangar_store::StoreError> {
+    use hangar_store::dependencies::{self, Held, Standing};
+    let mut standings = dependencies::standings(conn, stack).await?;
+    let on = dependencies::dependencies_of(conn, stack)
+        .await?
+        .into_iter()
+        .map(|d| {
+            let (badge, run_id) = match standings.remove(&d.on.id).unwrap_or(Standing::NeverApplied) {
+                Standing::Applied { run, .. } => (Badge::of("applied", "ok"), Some(run)),
+                Standing::Running { run, state } => (Badge::run(state), Some(run)),
+                Standing::Stopped { run, state, .. } => (Badge::run(state), Some(run)),
+                Standing::NeverApplied => (Badge::of("never applied", "idle"), None),
+            };
+            let outputs = d.outputs.iter().map(|o| format!("{} → TF_VAR_{}", o.output, o.input)).collect();
+            DependencyView { slug: d.on.slug, outputs, badge, run_id }
+        })
+        .collect();
+    let dependents = dependencies::dependents_of(conn, stack).await?.into_iter().map(|d| d.slug).collect();
+    let held = dependencies::held(conn, stack)
+        .await?
+        .map(|h| (matches!(h, Held::Stopped { .. }), sentence(&h.message()), h.upstream().1));
+    Ok(DepsView { on, dependents, held })
+}
+
+/// `line` with its first letter capital.
+fn sentence(line: &str) -> String {
+    let mut c = line.chars();
+    c.next().map(|f| f.to_uppercase().chain(c).collect()).unwrap_or_default()
+}
+
+pub(super) async fn add_dependency(c: &Console, s: &Session, req: &Req, slug: &str) -> Response {
+    let on = req.field("depends_on").unwrap_or_default().trim();
+    // One `output = input` per line; `output` alone passes it under its own name.
+    let mut outputs = Vec::new();
+    for line in req.field("outputs").unwrap_or_default().lines().map(str::trim).filter(|l| !l.is_empty()) {
+        let (output, input) = line.split_once('=').map(|(o, i)| (o.trim(), i.trim())).unwrap_or((line, line));
+        outputs.push(json!({ "output": output, "input": input.strip_prefix("TF_VAR_").unwrap_or(input) }));
+    }
+    let mutation = "mutation($s: String!, $d: String!, $o: [DependencyOutputInput!]!) { addStackDependency(stack: $s, dependsOn: $d, outputs: $o) { id } }";
+    match c.backend.execute(Some(&s.token), mutation, json!({ "s": slug, "d": on, "o": outputs })).await {
+        Ok(_) => see_other(&format!("/stacks/{}#dependencies", urlencode(slug))),
+        Err(e) => op_error(&s.viewer, &e),
+    }
+}
+
+pub(super) async fn remove_dependency(c: &Console, s: &Session, req: &Req, slug: &str) -> Response {
+    let on = req.field("depends_on").unwrap_or_default();
+    let mutation = "mutation($s: String!, $d: String!) { removeStackDependency(stack: $s, dependsOn: $d) { id } }";
+    match c.backend.execute(Some(&s.token), mutation, json!({ "s": slug, "d": on })).await {
+        Ok(_) => see_other(&format!("/stacks/{}#dependencies", urlencode(slug))),
+        Err(e) => op_error(&s.viewer, &e),
+    }
 }
 
 pub(super) async fn task(c: &Console, s: &Session, req: &Req, slug: &str) -> Response {

@@ -7,7 +7,8 @@ use diesel_async::AsyncConnection;
 use hangar_store::access::Op;
 use serde_json::json;
 
-use super::types::{ContextObj, IacTool, Stack, Variable};
+use super::types::{ContextObj, DependencyOutput, IacTool, Stack, Variable};
+use hangar_store::dependencies::{self, OutputRef, Refusal};
 use super::{ApiError, app, conn, require};
 use crate::git;
 use hangar_store::stacks::{self as store, Content, NewStack, Owner, StackChanges};
@@ -144,6 +145,32 @@ fn check_variable(name: &str, value: &str) -> Result<(), ApiError> {
     }
     Ok(())
 }
+
+/// The outputs a dependency passes, checked: Terraform names, at most
+/// [`dependencies::MAX_OUTPUTS`], each input set once.
+fn check_outputs(outputs: &[DependencyOutput]) -> Result<Vec<OutputRef>, ApiError> {
+    if outputs.len() > dependencies::MAX_OUTPUTS {
+        return Err(ApiError::invalid("outputs", format!("at most {} per dependency", dependencies::MAX_OUTPUTS)));
+    }
+    let mut refs: Vec<OutputRef> = Vec::with_capacity(outputs.len());
+    for o in outputs {
+        for name in [&o.output, &o.input] {
+            if !dependencies::valid_identifier(name) {
+                let shown: String = name.chars().take(64).collect();
+                return Err(ApiError::invalid(
+                    "outputs",
+                    format!("{shown:?} is not a Terraform name (a letter or _, then letters, digits, _ or -; at most 128)"),
+                ));
+            }
+        }
+        if refs.iter().any(|r| r.input == o.input) {
+            return Err(ApiError::invalid("outputs", format!("input {:?} is set twice", o.input)));
+        }
+        refs.push(OutputRef { output: o.output.clone(), input: o.input.clone() });
+    }
+    Ok(refs)
+}
+
 
 async fn pool_id(c: &mut diesel_async::AsyncPgConnection, name: Option<&str>) -> Result<Option<i64>, ApiError> {
     match name {
@@ -541,6 +568,86 @@ impl StacksMutation {
                     json!({ "context": context, "priority": priority }),
                 )
                 .await?;
+                store::stack_by_id(c, sid).await?.ok_or_else(|| ApiError::not_found("stack", stack))
+            })
+            .await?;
+        Ok(Stack(row))
+    }
+
+    /// Makes `stack` depend on `dependsOn` (or changes the outputs an
+    /// existing dependency passes): a finished tracked run of `dependsOn`
+    /// then starts `stack`'s, once all of `stack`'s dependencies are applied,
+    /// and each of `outputs` is read from `dependsOn`'s latest state and given
+    /// to `stack`'s runs as `TF_VAR_<input>`. A dependency that would close a
+    /// cycle is refused with the cycle.
+    async fn add_stack_dependency(
+        &self,
+        ctx: &Context<'_>,
+        stack: String,
+        depends_on: String,
+        #[graphql(default)] outputs: Vec<DependencyOutput>,
+    ) -> async_graphql::Result<Stack> {
+        let caller = require(ctx, Op::Write.role())?.clone();
+        let refs = check_outputs(&outputs)?;
+        let mut c = conn(ctx).await?;
+        let row = c
+            .transaction::<_, ApiError, _>(async move |c| {
+                let sid = stack_id(c, &stack).await?;
+                let on = stack_id(c, &depends_on).await?;
+                // An input set by two dependencies would be one's or the other's by chance.
+                for d in dependencies::dependencies_of(c, sid).await? {
+                    if d.on.id == on {
+                        continue;
+                    }
+                    if let Some(r) = d.outputs.iter().find(|r| refs.iter().any(|n| n.input == r.input)) {
+                        return Err(ApiError::invalid(
+                            "outputs",
+                            format!("input {:?} is already set by dependency {}", r.input, d.on.slug),
+                        ));
+                    }
+                }
+                match dependencies::add(c, sid, on, &refs).await? {
+                    Ok(()) => {}
+                    Err(Refusal::Cycle(cycle)) => {
+                        return Err(ApiError::Refused(format!(
+                            "stack {stack} cannot depend on {depends_on}: that would close the cycle {}",
+                            cycle.join(" → ")
+                        )));
+                    }
+                    Err(Refusal::TooMany) => {
+                        return Err(ApiError::invalid(
+                            "dependsOn",
+                            format!("a stack may have at most {} dependencies", dependencies::MAX_DEPENDENCIES),
+                        ));
+                    }
+                }
+                audit::record(
+                    c,
+                    &caller.actor(),
+                    "stack.depend",
+                    &format!("stack:{stack}"),
+                    json!({ "depends_on": depends_on, "outputs": refs }),
+                )
+                .await?;
+                store::stack_by_id(c, sid).await?.ok_or_else(|| ApiError::not_found("stack", stack))
+            })
+            .await?;
+        Ok(Stack(row))
+    }
+
+    /// Removes the dependency of `stack` on `dependsOn`.
+    async fn remove_stack_dependency(&self, ctx: &Context<'_>, stack: String, depends_on: String) -> async_graphql::Result<Stack> {
+        let caller = require(ctx, Op::Write.role())?.clone();
+        let mut c = conn(ctx).await?;
+        let row = c
+            .transaction::<_, ApiError, _>(async move |c| {
+                let sid = stack_id(c, &stack).await?;
+                let on = stack_id(c, &depends_on).await?;
+                if !dependencies::remove(c, sid, on).await? {
+                    return Err(ApiError::not_found("dependency", format!("{stack} on {depends_on}")));
+                }
+                audit::record(c, &caller.actor(), "stack.undepend", &format!("stack:{stack}"), json!({ "depends_on": depends_on }))
+                    .await?;
                 store::stack_by_id(c, sid).await?.ok_or_else(|| ApiError::not_found("stack", stack))
             })
             .await?;

@@ -1,10 +1,11 @@
 //! The objects of the GraphQL schema, built from database rows. Fields that
 //! need more data load it on demand, with the reader role checked again.
 
-use async_graphql::{ComplexObject, Context, Enum, ID, Json, Object, SimpleObject};
+use async_graphql::{ComplexObject, Context, Enum, ID, InputObject, Json, Object, SimpleObject};
 use chrono::{DateTime, Utc};
 use hangar_db::runs::{RunEventRow, RunRow};
 use hangar_store::access::Op;
+use hangar_store::dependencies::{Held, Standing};
 
 use super::{ApiError, conn, require};
 use hangar_store::{self as store, pools::PoolRow, pools::WorkerRow, stacks::ContextRow, stacks::StackRow, stacks::VariableRow};
@@ -160,6 +161,71 @@ pub struct EffectiveVariable {
 
 pub struct Stack(pub StackRow);
 
+/// A dependency of a stack.
+#[derive(SimpleObject)]
+pub struct StackDependency {
+    /// The stack depended on.
+    pub stack: Stack,
+    /// Its outputs passed to the dependent's runs as `TF_VAR_<input>`.
+    pub outputs: Vec<DependencyOutput>,
+    pub standing: DependencyStanding,
+}
+
+#[derive(SimpleObject, InputObject, Clone)]
+#[graphql(input_name = "DependencyOutputInput")]
+pub struct DependencyOutput {
+    /// The output of the dependency.
+    pub output: String,
+    /// The variable of the dependent it sets.
+    pub input: String,
+}
+
+/// Where a dependency stands, from its newest tracked run.
+#[derive(SimpleObject)]
+pub struct DependencyStanding {
+    /// `APPLIED`, `RUNNING`, `STOPPED` (its last apply did not finish) or `NEVER_APPLIED`.
+    pub status: String,
+    pub run_id: Option<ID>,
+    pub run_state: Option<RunStateValue>,
+}
+
+impl From<Standing> for DependencyStanding {
+    fn from(s: Standing) -> Self {
+        let (status, run, state) = match s {
+            Standing::Applied { run, .. } => ("APPLIED", Some(run), Some(hangar_types::RunState::Finished)),
+            Standing::Running { run, state } => ("RUNNING", Some(run), Some(state)),
+            Standing::Stopped { run, state, .. } => ("STOPPED", Some(run), Some(state)),
+            Standing::NeverApplied => ("NEVER_APPLIED", None, None),
+        };
+        DependencyStanding { status: status.into(), run_id: run.map(|r| ID(r.to_string())), run_state: state.map(Into::into) }
+    }
+}
+
+/// What holds a stack's chain of dependencies.
+#[derive(SimpleObject)]
+pub struct StackHold {
+    /// `WAITING` (upstream is applying), `STOPPED` (an upstream apply did not
+    /// finish) or `NEVER_APPLIED` (a dependency never applied).
+    pub kind: String,
+    /// The upstream stack.
+    pub stack: String,
+    pub run_id: Option<ID>,
+    /// One line, as the console shows it.
+    pub message: String,
+}
+
+impl From<Held> for StackHold {
+    fn from(h: Held) -> Self {
+        let kind = match h {
+            Held::Waiting { .. } => "WAITING",
+            Held::Stopped { .. } => "STOPPED",
+            Held::NeverApplied { .. } => "NEVER_APPLIED",
+        };
+        let (stack, run) = h.upstream();
+        StackHold { kind: kind.into(), stack: stack.to_string(), run_id: run.map(|r| ID(r.to_string())), message: h.message() }
+    }
+}
+
 /// What a stack's last drift run found.
 #[derive(SimpleObject)]
 pub struct StackDrift {
@@ -250,6 +316,41 @@ impl Stack {
                 .map(|r| DriftedResource { address: r.address, actions: r.actions })
                 .collect(),
         }
+    }
+    /// The stacks this one depends on, with the outputs each passes and
+    /// where each stands.
+    async fn depends_on(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<StackDependency>> {
+        require(ctx, Op::Read.role())?;
+        let mut c = conn(ctx).await?;
+        let deps = hangar_store::dependencies::dependencies_of(&mut c, self.0.id).await.map_err(ApiError::from)?;
+        let mut standings = hangar_store::dependencies::standings(&mut c, self.0.id).await.map_err(ApiError::from)?;
+        Ok(deps
+            .into_iter()
+            .map(|d| {
+                let standing = standings.remove(&d.on.id).unwrap_or(Standing::NeverApplied);
+                StackDependency {
+                    outputs: d.outputs.into_iter().map(|o| DependencyOutput { output: o.output, input: o.input }).collect(),
+                    standing: standing.into(),
+                    stack: Stack(d.on),
+                }
+            })
+            .collect())
+    }
+    /// The stacks that depend on this one directly.
+    async fn dependents(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<Stack>> {
+        require(ctx, Op::Read.role())?;
+        let mut c = conn(ctx).await?;
+        let rows = hangar_store::dependencies::dependents_of(&mut c, self.0.id).await.map_err(ApiError::from)?;
+        Ok(rows.into_iter().map(Stack).collect())
+    }
+    /// What upstream holds this stack's chain, the nearest first: a stack
+    /// still applying, one whose last apply did not finish, or a dependency
+    /// never applied. Null when everything upstream is applied.
+    async fn held(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<StackHold>> {
+        require(ctx, Op::Read.role())?;
+        let mut c = conn(ctx).await?;
+        let held = hangar_store::dependencies::held(&mut c, self.0.id).await.map_err(ApiError::from)?;
+        Ok(held.map(StackHold::from))
     }
     async fn created_at(&self) -> DateTime<Utc> {
         self.0.created_at

@@ -372,7 +372,8 @@ async fn assemble(
 }
 
 /// The stack's variables over those of its contexts (the context listed
-/// first among attachments winning among contexts), secrets opened.
+/// first among attachments winning among contexts), secrets opened, and
+/// the outputs its dependencies pass over all of them.
 async fn environment(app: &App, c: &mut AsyncPgConnection, run_id: i64, stack: &StackRow) -> Result<Vec<EnvVar>, ClaimFailure> {
     let mut owners: Vec<Owner> =
         stacks::attachments_of_stack(c, stack.id).await?.into_iter().rev().map(|(_, ctx)| Owner::Context(ctx.id)).collect();
@@ -398,6 +399,17 @@ async fn environment(app: &App, c: &mut AsyncPgConnection, run_id: i64, stack: &
             };
             env.insert(v.name.clone(), EnvVar { name: v.name, value, secret: v.secret });
         }
+    }
+    // Outputs of the stack's dependencies, the most specific, last.
+    let inputs = crate::dependencies::inputs(app, c, stack.id).await.map_err(|e| match e {
+        crate::dependencies::InputsError::Missing(reason) => ClaimFailure::Unrunnable { run: run_id, reason },
+        crate::dependencies::InputsError::Unavailable(why) => {
+            tracing::warn!(run_id, %why, "cannot read the outputs of a stack's dependencies now");
+            ClaimFailure::Busy
+        }
+    })?;
+    for v in inputs {
+        env.insert(v.name.clone(), v);
     }
     Ok(env.into_values().collect())
 }
