@@ -4,7 +4,7 @@
 //! key to send; [`Client`] makes the calls and turns every failure into one
 //! [`ClientError`]; [`cli`] holds the subcommands (`hangar bundle …`), each
 //! with `--json` output for scripts: `hangar bundle`, `login`, `stack`,
-//! `run`, `env` and `policy`.
+//! `run`, `env`, `policy` and `module`.
 
 pub mod bundles;
 pub mod cli;
@@ -12,6 +12,7 @@ mod client;
 pub mod commands;
 mod error;
 mod graphql;
+pub mod modules;
 mod profile;
 pub mod runs;
 

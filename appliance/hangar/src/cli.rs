@@ -54,6 +54,8 @@ pub enum Command {
     Env(hangar_client::commands::EnvArgs),
     /// Policies: test one against the recorded inputs of past runs.
     Policy(hangar_client::commands::PolicyArgs),
+    /// The private module registry: publish a version from a git tag, list, delete.
+    Module(hangar_client::modules::ModuleArgs),
 }
 
 /// Runs the parsed command.
@@ -70,6 +72,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Run(args) => Ok(hangar_client::commands::run(args).await?),
         Command::Env(args) => Ok(hangar_client::commands::env(args).await?),
         Command::Policy(args) => Ok(hangar_client::commands::policy(args).await?),
+        Command::Module(args) => Ok(hangar_client::modules::module(args).await?),
         Command::Drain => crate::background_cmd::drain(&load()?).await,
         Command::Scheduler => crate::background_cmd::scheduler(&load()?).await,
         Command::Supervise(args) => {

@@ -14,6 +14,8 @@
 mod common;
 mod fleet;
 
+use std::process::{Command, Stdio};
+
 use fleet::{Fleet, FleetOptions};
 use hangar_testkit::{GitServer, TestDir, provider};
 use serde_json::{Value, json};
@@ -132,6 +134,30 @@ async fn a_module_published_from_tags_resolves_by_constraint_on_a_real_worker() 
         json!([{ "source": format!("{host}/acme/files/hangartest"),
                  "versions": [{ "version": "2.0.0" }, { "version": "1.1.0" }, { "version": "1.0.0" }] }])
     );
+
+    // The same from the command line.
+    let cli = |args: &[&str]| {
+        Command::new(hangar_testkit::cargo_bin("hangar"))
+            .args(args)
+            .env("HANGAR_CLIENT_CONFIG", fleet.files.path().join("client.toml"))
+            .env("HANGAR_SERVER", fleet.app.url(""))
+            .env("HANGAR_CA_FILE", fleet.app.ca_path())
+            .env("HANGAR_API_KEY", &writer)
+            .env_remove("HANGAR_PROFILE")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let out = cli(&["module", "publish", "acme/files/hangartest", "--repository", &repo, "--tag", "v1.1.0"]);
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && said.starts_with("acme/files/hangartest 1.1.0 from v1.1.0 (commit "), "{out:?}");
+    let out = cli(&["module", "list"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), format!("{host}/acme/files/hangartest  2.0.0, 1.1.0, 1.0.0\n"));
+    let out = cli(&["module", "publish", "acme/files", "--repository", &repo, "--tag", "v1.1.0"]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let out = cli(&["module", "publish", "acme/files/hangartest", "--repository", &repo, "--tag", "v9.9.9"]);
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.code() == Some(1) && said.contains("tag \"v9.9.9\" does not exist"), "{out:?}");
 
     // A stack using `~> 1.0`, run by a real worker: Terraform resolves 1.1.0.
     let motd = fleet.files.subdir("worker-host").join("motd");

@@ -122,6 +122,8 @@ impl ModulesMutation {
     /// version defaults to the tag without a leading `v` and must be semver.
     /// Publishing a version again from the same tree answers the recorded
     /// version; from another tree it is refused.
+    // One Rust argument per GraphQL argument: what `hangar module publish` sends.
+    #[allow(clippy::too_many_arguments)]
     async fn publish_module(
         &self,
         ctx: &Context<'_>,
