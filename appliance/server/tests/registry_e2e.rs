@@ -135,6 +135,12 @@ async fn a_module_published_from_tags_resolves_by_constraint_on_a_real_worker() 
                  "versions": [{ "version": "2.0.0" }, { "version": "1.1.0" }, { "version": "1.0.0" }] }])
     );
 
+    // The console's page, with the line to paste.
+    let console = common::ConsoleSession::login(&fleet.app).await;
+    let page = console.get("/modules").await;
+    assert!(page.contains(&format!("source  = \"{host}/acme/files/hangartest\"")), "{page}");
+    assert!(page.contains("version = \"~> 2.0\"") && page.contains(">v1.1.0</td>"), "{page}");
+
     // The same from the command line.
     let cli = |args: &[&str]| {
         Command::new(hangar_testkit::cargo_bin("hangar"))

@@ -4,6 +4,7 @@
 
 mod auth;
 mod manage;
+mod modules;
 mod runs;
 mod stacks;
 
@@ -27,8 +28,10 @@ const MAX_FORM: usize = 256 * 1024;
 
 /// First path segments the console answers; anything else is left to the
 /// server's other routes.
-const PREFIXES: [&str; 14] =
-    ["", "login", "logout", "account", "stacks", "runs", "pools", "workers", "vcs", "contexts", "admin", "keys", "events", "favicon.ico"];
+const PREFIXES: [&str; 15] = [
+    "", "login", "logout", "account", "stacks", "runs", "pools", "workers", "vcs", "contexts", "modules", "admin", "keys", "events",
+    "favicon.ico",
+];
 
 pub(crate) fn routes(console: Arc<Console>) -> BoxedFilter<(Response,)> {
     warp::method()
@@ -190,6 +193,7 @@ async fn dispatch(c: &Console, req: Req) -> Response {
         (["vcs"], _, true) => manage::create_vcs(c, &session, &req).await,
         (["vcs", name], true, _) => manage::vcs_one(c, &session, name).await,
         (["contexts"], true, _) => manage::contexts(c, &session).await,
+        (["modules"], true, _) => modules::list(c, &session).await,
         (["contexts"], _, true) => manage::create_context(c, &session, &req).await,
         (["contexts", slug], true, _) => manage::context(c, &session, slug).await,
         (["contexts", slug, "variables"], _, true) => manage::context_action(c, &session, &req, slug, "variables").await,

@@ -63,6 +63,8 @@ pub struct Appliance {
     pub client: reqwest::Client,
     /// The hosted broker's port, when `Options::broker` asked for one.
     pub broker_port: Option<u16>,
+    /// The host of `public_url`, which [`Appliance::url`] names too.
+    pub public_host: &'static str,
     _tls_proxy: ChildProcess,
 }
 
@@ -197,6 +199,7 @@ request_timeout_secs = 5
             server: None,
             client: client_trusting(&store.ca_cert_path()),
             broker_port,
+            public_host: opts.public_host,
             _tls_proxy: tls_proxy,
             dir,
         };
@@ -272,7 +275,7 @@ request_timeout_secs = 5
     }
 
     pub fn url(&self, path: &str) -> String {
-        format!("https://localhost:{}{path}", self.addr.port())
+        format!("https://{}:{}{path}", self.public_host, self.addr.port())
     }
 
     pub fn ca_path(&self) -> PathBuf {
