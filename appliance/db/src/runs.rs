@@ -189,8 +189,8 @@ pub(crate) async fn apply(
         queue::enqueue(c, &schedule_job(run.stack_id)).await?;
     }
     // A tracked run's end is its dependents' cue: a finished one starts their
-    // runs, a failed one stops the chain (and says so on them).
-    if matches!(to, RunState::Finished | RunState::Failed) && run.kind() == RunKind::Tracked && has_dependents(c, run.stack_id).await? {
+    // runs, any other end stops the chain (and the audit trail says where).
+    if to.is_terminal() && run.kind() == RunKind::Tracked && has_dependents(c, run.stack_id).await? {
         queue::enqueue(c, &Job::Dependents(RunRef { run: run.id }).to_new()).await?;
     }
     Ok(updated)
