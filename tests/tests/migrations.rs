@@ -36,6 +36,8 @@ async fn from_empty_then_nothing_left_to_do() {
     stack_policies::table.select(stack_policies::all_columns).limit(0).execute(&mut conn).await.unwrap();
     policy_evaluations::table.select(policy_evaluations::all_columns).limit(0).execute(&mut conn).await.unwrap();
     run_reviews::table.select(run_reviews::all_columns).limit(0).execute(&mut conn).await.unwrap();
+    modules::table.select(modules::all_columns).limit(0).execute(&mut conn).await.unwrap();
+    module_versions::table.select(module_versions::all_columns).limit(0).execute(&mut conn).await.unwrap();
 }
 
 #[tokio::test]
