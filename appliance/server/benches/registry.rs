@@ -24,20 +24,6 @@ use support::{Options, Summary};
 
 const PUBLISH: &str = "mutation($n: String!, $r: String!) { \
     publishModule(namespace: \"bench\", name: $n, system: \"any\", repository: $r, tag: \"v1.0.0\") { sha256 size } }";
-
-/// `n` bytes of text gzip cannot shrink much.
-fn noise(n: usize) -> String {
-    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            char::from(b'!' + (x % 90) as u8)
-        })
-        .collect()
-}
-
 const SMALL_MODULE: &[(&str, &str)] = &[
     ("main.tf", "variable \"name\" {\n  type    = string\n  default = \"bench\"\n}\n\nlocals {\n  tags = { name = var.name, owner = \"platform\" }\n}\n"),
     ("outputs.tf", "output \"tags\" {\n  value = local.tags\n}\n"),
@@ -79,7 +65,7 @@ fn main() {
             .unwrap()
             .to_string();
         let git = GitServer::start().await;
-        let big = noise(1024 * 1024);
+        let big = support::common::incompressible(1024 * 1024);
         for (name, files) in [("small", SMALL_MODULE.to_vec()), ("large", vec![("blob.txt", big.as_str()), ("main.tf", "")])] {
             git.create_repo(name);
             git.push_files(name, "main", &files, "module");

@@ -167,7 +167,7 @@ async fn drift_is_detected_and_reconciled_and_tasks_run_on_a_real_file() {
     fleet.wait_state(&task, "FINISHED", &[&worker]).await;
     let d = fleet.ok("query($id: ID!) { run(id: $id) { kind command triggeredBy } }", json!({ "id": task })).await;
     assert_eq!((d["run"]["kind"].as_str(), d["run"]["command"].as_str()), (Some("TASK"), Some("terraform state list")), "{d}");
-    let log = run_log(&fleet, &task).await;
+    let log = fleet.run_log(&task).await;
     assert!(log.contains("hangartest_file.motd"), "{log}");
     assert_eq!(std::fs::read_to_string(&motd).unwrap(), "hello", "a task changes only what its command does");
 
@@ -179,7 +179,7 @@ async fn drift_is_detected_and_reconciled_and_tasks_run_on_a_real_file() {
         fleet.run(&failing).await
     };
     assert!(run["failureReason"].as_str().unwrap().contains("exit"), "{run}");
-    assert!(run_log(&fleet, &failing).await.contains("about to fail"));
+    assert!(fleet.run_log(&failing).await.contains("about to fail"));
 
     // Refusals: no command, more than one line, a reader, a stack that is not.
     for (command, needle) in [("   ", "command"), ("terraform state list\nrm -rf /", "one line")] {
@@ -193,18 +193,4 @@ async fn drift_is_detected_and_reconciled_and_tasks_run_on_a_real_file() {
     assert_eq!(v["errors"][0]["extensions"]["code"], "NOT_FOUND", "{v}");
     let tasks = audit(&fleet, "run.trigger").await;
     assert!(tasks.iter().any(|t| t["details"]["command"] == "terraform state list"), "{tasks:?}");
-}
-
-/// A run's whole log, as the API serves it.
-async fn run_log(fleet: &Fleet, id: &str) -> String {
-    let r = fleet
-        .app
-        .client
-        .get(fleet.app.url(&format!("/api/v1/runs/{id}/logs")))
-        .bearer_auth(&fleet.admin)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    r.text().await.unwrap()
 }

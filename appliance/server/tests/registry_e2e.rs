@@ -31,20 +31,6 @@ fn module_at(version: &str) -> String {
         provider::required_providers()
     )
 }
-
-/// `n` bytes of text gzip cannot shrink much.
-fn noise(n: usize) -> String {
-    let mut x: u64 = 0x2545_f491_4f6c_dd1d;
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            char::from(b'!' + (x % 90) as u8)
-        })
-        .collect()
-}
-
 async fn publish(fleet: &Fleet, token: &str, name: &str, repository: &str, tag: &str, version: Option<&str>) -> Value {
     let vars = json!({ "n": name, "s": "hangartest", "r": repository, "t": tag, "v": version });
     fleet.app.gql(Some(token), PUBLISH, vars).await.1
@@ -76,7 +62,7 @@ async fn a_module_published_from_tags_resolves_by_constraint_on_a_real_worker() 
     wc.git(&["tag", "-a", "v1.1.0", "-m", "the 1.1 release"]);
     wc.commit(&[("main.tf", &module_at("2.0.0"))], "2.0.0", false);
     wc.git(&["tag", "v2.0.0"]);
-    wc.commit(&[("big.txt", &noise(16 * 1024))], "too big for the registry", false);
+    wc.commit(&[("big.txt", &common::incompressible(16 * 1024))], "too big for the registry", false);
     wc.git(&["tag", "v3.0.0"]);
     wc.git(&["push", "--quiet", "origin", "HEAD:refs/heads/main", "--tags"]);
     let repo = git.url("files-module");
@@ -183,7 +169,7 @@ async fn a_module_published_from_tags_resolves_by_constraint_on_a_real_worker() 
     fleet.ok("mutation($id: ID!) { confirmRun(id: $id) { state } }", json!({ "id": id })).await;
     fleet.wait_state(&id, "FINISHED", &[&worker]).await;
     assert_eq!(std::fs::read_to_string(&motd).unwrap(), "module 1.1.0");
-    let log = run_log(&fleet, &id).await;
+    let log = fleet.run_log(&id).await;
     assert!(log.contains(&format!("Downloading {host}/acme/files/hangartest 1.1.0 for m")), "{log}");
     assert!(log.contains("module_version = \"1.1.0\""), "{log}");
     assert!(!log.contains("signature="), "archive links stay out of the log: {log}");
@@ -299,18 +285,4 @@ fn gunzip(bytes: &[u8]) -> Vec<u8> {
     let out = child.wait_with_output().unwrap();
     writer.join().unwrap();
     out.stdout
-}
-
-/// A run's whole log, as the API serves it.
-async fn run_log(fleet: &Fleet, id: &str) -> String {
-    let r = fleet
-        .app
-        .client
-        .get(fleet.app.url(&format!("/api/v1/runs/{id}/logs")))
-        .bearer_auth(&fleet.admin)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    r.text().await.unwrap()
 }

@@ -487,3 +487,17 @@ pub fn random_bundle(path: &std::path::Path, bytes: u64, key: hangar_bundle::Sig
     .unwrap();
     std::fs::remove_file(&source).unwrap();
 }
+
+/// `n` bytes of printable text that gzip cannot shrink much (a fixed
+/// xorshift sequence, the same every time).
+pub fn incompressible(n: usize) -> String {
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            char::from(b'!' + (x % 90) as u8)
+        })
+        .collect()
+}

@@ -213,6 +213,13 @@ impl Fleet {
         d["triggerRun"]["id"].as_str().unwrap().to_string()
     }
 
+    /// A run's whole log, as the API serves it.
+    pub async fn run_log(&self, id: &str) -> String {
+        let r = self.app.client.get(self.app.url(&format!("/api/v1/runs/{id}/logs"))).bearer_auth(&self.admin).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        r.text().await.unwrap()
+    }
+
     /// The run's state and the whole `run` object.
     pub async fn run(&self, id: &str) -> (String, Value) {
         let d = self.ok("query($id: ID!) { run(id: $id) { state failureReason } }", json!({ "id": id })).await;
