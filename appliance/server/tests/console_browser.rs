@@ -501,3 +501,51 @@ async fn an_admin_uploads_a_bundle_from_the_system_page_and_a_cut_upload_resumes
     assert_eq!(v["bundles"].as_array().unwrap().len(), 1, "{v}");
     assert!(std::fs::read_dir(staging.join("uploads")).unwrap().next().is_none(), "the refused upload left nothing");
 }
+
+/// A writer wires one stack to another from the stack page: the dependency
+/// and the output it passes are listed, the page says the chain waits for a
+/// dependency never applied, a dependency that would close a cycle is
+/// refused with the cycle named, and removing it empties the list.
+#[tokio::test]
+async fn a_writer_wires_stacks_together_from_the_stack_page() {
+    hangar_testkit::init();
+    let files = TestDir::new("browser-dependencies");
+    let app = common::Appliance::start().await;
+    let admin = app.admin_token().await;
+    let base = app.url("");
+    for slug in ["network", "app"] {
+        let (status, v) = app.gql(Some(&admin), common::CREATE_STACK, json!({ "i": common::stack_input(slug, "https://git.example/infra.git") })).await;
+        assert!(status == 200 && v["errors"].is_null(), "{v}");
+    }
+    let (_driver, c) = browser(&files, "dependencies").await;
+    sign_in(&c, &base, common::ADMIN_EMAIL, common::ADMIN_PASSWORD).await;
+
+    c.goto(&format!("{base}/stacks/app")).await.unwrap();
+    assert!(page_has(&c, "Depends on no stack.").await);
+    click(&c, "#dependencies ~ details summary").await;
+    fill(&c, "dep-on", "network").await;
+    fill(&c, "dep-outputs", "vpc_id = network_vpc").await;
+    click_button(&c, "Add the dependency").await;
+    find(&c, Locator::Css("#held")).await;
+    assert!(page_has(&c, "vpc_id → TF_VAR_network_vpc").await);
+    assert!(page_has(&c, "Dependency network was never applied").await);
+    shoot(&c, "stack-dependencies").await;
+    c.goto(&format!("{base}/stacks/app")).await.unwrap();
+    shoot(&c, "stack-held").await;
+    let d = app.gql(Some(&admin), "query { stack(slug: \"app\") { dependsOn { stack { slug } outputs { output input } } } }", json!({})).await.1;
+    assert_eq!(d["data"]["stack"]["dependsOn"], json!([{ "stack": { "slug": "network" }, "outputs": [{ "output": "vpc_id", "input": "network_vpc" }] }]), "{d}");
+
+    // The other way round would be a cycle: refused, and named.
+    c.goto(&format!("{base}/stacks/network")).await.unwrap();
+    assert!(page_has(&c, "Depended on by").await);
+    click(&c, "#dependencies ~ details summary").await;
+    fill(&c, "dep-on", "app").await;
+    click_button(&c, "Add the dependency").await;
+    wait_for("the refusal", Duration::from_secs(30), || async { page_has(&c, "cycle network → app → network").await.then_some(()) }).await;
+    shoot(&c, "dependency-cycle").await;
+
+    c.goto(&format!("{base}/stacks/app")).await.unwrap();
+    click_button(&c, "Remove").await;
+    wait_for("the dependency removed", Duration::from_secs(30), || async { page_has(&c, "Depends on no stack.").await.then_some(()) }).await;
+    assert!(!page_has(&c, "id=\"held\"").await);
+}
