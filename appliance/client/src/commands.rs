@@ -619,6 +619,7 @@ pub enum PolicyCommand {
 pub enum PolicyKind {
     Plan,
     Approval,
+    Trigger,
 }
 
 pub async fn policy(args: PolicyArgs) -> Result<(), ClientError> {
@@ -632,6 +633,7 @@ pub async fn policy(args: PolicyArgs) -> Result<(), ClientError> {
             let kind = match kind {
                 PolicyKind::Plan => "PLAN",
                 PolicyKind::Approval => "APPROVAL",
+                PolicyKind::Trigger => "TRIGGER",
             };
             let q = "query($k: PolicyKindValue!, $b: String!, $r: Int!) { testPolicy(kind: $k, body: $b, runs: $r) { runId recordedPolicy recordedVersion recordedResult result messages { level text } error durationMs } }";
             let d = client

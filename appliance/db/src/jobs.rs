@@ -36,10 +36,12 @@ pub enum JobKind {
     /// `stack.dependents`: a tracked run ended; start (or hold) the runs of
     /// the stacks that depend on its stack.
     Dependents,
+    /// `stack.trigger`: a trigger policy named a stack to start.
+    TriggerStack,
 }
 
 impl JobKind {
-    pub const ALL: [JobKind; 10] = [
+    pub const ALL: [JobKind; 11] = [
         JobKind::Schedule,
         JobKind::Reap,
         JobKind::Retention,
@@ -50,6 +52,7 @@ impl JobKind {
         JobKind::VcsPoll,
         JobKind::VcsPollRepo,
         JobKind::Dependents,
+        JobKind::TriggerStack,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -64,6 +67,7 @@ impl JobKind {
             JobKind::VcsPoll => "vcs.poll",
             JobKind::VcsPollRepo => "vcs.poll_repo",
             JobKind::Dependents => "stack.dependents",
+            JobKind::TriggerStack => "stack.trigger",
         }
     }
 
@@ -131,6 +135,17 @@ pub struct DriftOccurrence {
     pub at: DateTime<Utc>,
 }
 
+/// A stack a trigger policy named after a run of another stack ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StackTrigger {
+    pub stack: i64,
+    /// The run whose end was evaluated.
+    pub run: i64,
+    /// The policy that named the stack.
+    pub policy: String,
+}
+
 /// A webhook delivery as the server verified it, body unparsed.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -176,6 +191,7 @@ pub enum Job {
     VcsPoll(NoPayload),
     VcsPollRepo(PollRepo),
     Dependents(RunRef),
+    TriggerStack(StackTrigger),
 }
 
 /// Why a row of the queue is not a job of this set.
@@ -204,6 +220,7 @@ impl Job {
             Job::VcsPoll(_) => JobKind::VcsPoll,
             Job::VcsPollRepo(_) => JobKind::VcsPollRepo,
             Job::Dependents(_) => JobKind::Dependents,
+            Job::TriggerStack(_) => JobKind::TriggerStack,
         }
     }
 
@@ -218,6 +235,7 @@ impl Job {
             Job::VcsDelivery(p) => serde_json::to_value(p),
             Job::VcsStatus(p) | Job::Dependents(p) => serde_json::to_value(p),
             Job::VcsPollRepo(p) => serde_json::to_value(p),
+            Job::TriggerStack(p) => serde_json::to_value(p),
         };
         // Structs of numbers, strings and times always serialize.
         v.unwrap_or_default()
@@ -240,6 +258,7 @@ impl Job {
             JobKind::VcsPoll => Job::VcsPoll(de(kind, payload)?),
             JobKind::VcsPollRepo => Job::VcsPollRepo(de(kind, payload)?),
             JobKind::Dependents => Job::Dependents(de(kind, payload)?),
+            JobKind::TriggerStack => Job::TriggerStack(de(kind, payload)?),
         })
     }
 
@@ -267,6 +286,7 @@ mod tests {
             Job::VcsPoll(NoPayload {}),
             Job::VcsPollRepo(PollRepo { integration: 1, repository: "https://git.example/a.git".into() }),
             Job::Dependents(RunRef { run: 9 }),
+            Job::TriggerStack(StackTrigger { stack: 3, run: 9, policy: "after-network".into() }),
         ]
     }
 

@@ -17,15 +17,19 @@ pub enum PolicyKind {
     Plan,
     /// Runs before a run awaiting confirmation may be confirmed: `approve`/`reject`.
     Approval,
+    /// Runs when a tracked run ends: `trigger`, the slugs of the stacks whose
+    /// tracked runs start.
+    Trigger,
 }
 
 impl PolicyKind {
-    pub const ALL: [PolicyKind; 2] = [PolicyKind::Plan, PolicyKind::Approval];
+    pub const ALL: [PolicyKind; 3] = [PolicyKind::Plan, PolicyKind::Approval, PolicyKind::Trigger];
 
     pub fn as_str(self) -> &'static str {
         match self {
             PolicyKind::Plan => "plan",
             PolicyKind::Approval => "approval",
+            PolicyKind::Trigger => "trigger",
         }
     }
 
@@ -34,6 +38,7 @@ impl PolicyKind {
         match self {
             PolicyKind::Plan => &["deny", "warn"],
             PolicyKind::Approval => &["approve", "reject"],
+            PolicyKind::Trigger => &["trigger"],
         }
     }
 }
@@ -50,7 +55,7 @@ impl FromStr for PolicyKind {
         PolicyKind::ALL
             .into_iter()
             .find(|k| k.as_str() == s)
-            .ok_or_else(|| format!("unknown policy kind {:?} (expected plan or approval)", s.chars().take(40).collect::<String>()))
+            .ok_or_else(|| format!("unknown policy kind {:?} (expected plan, approval or trigger)", s.chars().take(40).collect::<String>()))
     }
 }
 

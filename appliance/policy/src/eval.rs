@@ -20,7 +20,7 @@ use regorus::Value;
 use serde::{Deserialize, Serialize};
 
 use crate::compile::{Policy, PolicyKind};
-use crate::input::{ApprovalInput, PlanInput};
+use crate::input::{ApprovalInput, PlanInput, TriggerInput};
 
 /// The limits every evaluation runs under.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,6 +55,8 @@ pub enum Outcome {
     Reject,
     /// An approval policy with neither: not yet.
     Undecided,
+    /// A trigger policy naming at least one stack (its `trigger` messages).
+    Trigger,
 }
 
 impl Outcome {
@@ -66,6 +68,7 @@ impl Outcome {
             Outcome::Approve => "approve",
             Outcome::Reject => "reject",
             Outcome::Undecided => "undecided",
+            Outcome::Trigger => "trigger",
         }
     }
 }
@@ -76,6 +79,8 @@ impl Outcome {
 pub enum MessageLevel {
     Deny,
     Warn,
+    /// A stack a trigger policy starts.
+    Trigger,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -147,6 +152,11 @@ impl Evaluator {
 
     /// Evaluates a plan policy. Blocks for at most about the time limit.
     pub fn plan(&self, policy: &Policy, input: &PlanInput) -> Result<Evaluation, EvalError> {
+        self.json(policy, &to_json(input)?)
+    }
+
+    /// Evaluates a trigger policy. Blocks for at most about the time limit.
+    pub fn trigger(&self, policy: &Policy, input: &TriggerInput) -> Result<Evaluation, EvalError> {
         self.json(policy, &to_json(input)?)
     }
 
@@ -238,6 +248,11 @@ fn evaluate(
                 .chain(warn.into_iter().map(|text| Message { level: MessageLevel::Warn, text }))
                 .collect();
             Ok((outcome, messages))
+        }
+        PolicyKind::Trigger => {
+            let stacks = strings(rule(engine, package, "trigger", limit)?, "trigger")?;
+            let outcome = if stacks.is_empty() { Outcome::Pass } else { Outcome::Trigger };
+            Ok((outcome, stacks.into_iter().map(|text| Message { level: MessageLevel::Trigger, text }).collect()))
         }
         PolicyKind::Approval => {
             let reject = boolean(rule(engine, package, "reject", limit)?, "reject")?;

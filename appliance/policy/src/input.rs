@@ -26,6 +26,17 @@ pub struct ApprovalInput {
     pub reviews: Vec<ReviewInput>,
 }
 
+/// A trigger policy's `input`: a tracked run that ended, and the stacks it
+/// may start (`trigger` names them by slug).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TriggerInput {
+    /// The run that ended: `input.run.state` is `FINISHED`, `FAILED`, ….
+    pub run: RunInput,
+    pub stack: StackInput,
+    /// Every stack of the appliance, by slug.
+    pub stacks: Vec<StackInput>,
+}
+
 /// The run a policy decides about.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RunInput {

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use hangar_policy::{
     ApprovalInput, CompileError, EvalError, Evaluator, Limits, MessageLevel, Outcome, PlanInput, PlanSummary, Policy,
-    PolicyKind, ReviewDecision, ReviewInput, RunInput, StackInput,
+    PolicyKind, ReviewDecision, ReviewInput, RunInput, StackInput, TriggerInput,
 };
 
 const FORBID_SECRETS: &str = r#"
@@ -171,7 +171,8 @@ fn hostile_or_empty_bodies_are_refused_clearly() {
     assert_eq!(e.to_string(), "a policy of kind approval must define approve or reject");
     let e = Policy::compile(PolicyKind::Plan, "package x[\"1.0\"]\ndeny contains \"m\" if true\n").unwrap_err();
     assert!(matches!(e, CompileError::Package { .. }), "{e:?}");
-    assert_eq!("trigger".parse::<PolicyKind>().unwrap_err(), "unknown policy kind \"trigger\" (expected plan or approval)");
+    assert_eq!("push".parse::<PolicyKind>().unwrap_err(), "unknown policy kind \"push\" (expected plan, approval or trigger)");
+    assert_eq!("trigger".parse::<PolicyKind>(), Ok(PolicyKind::Trigger));
 }
 
 #[test]
@@ -212,3 +213,39 @@ fn inputs_over_the_limit_are_refused_before_evaluating() {
     assert!(matches!(ev.plan(&policy, &big).unwrap_err(), EvalError::InputTooLarge { max: 1024, .. }));
     assert!(matches!(ev.json(&policy, "{not json").unwrap_err(), EvalError::Input { .. }));
 }
+
+const TRIGGER_PRODUCTION: &str = r#"
+package hangar.trigger
+
+# After a finished apply, every stack labelled like this one starts.
+trigger contains s.slug if {
+    input.run.state == "FINISHED"
+    some s in input.stacks
+    s.slug != input.stack.slug
+    some l in s.labels
+    l in input.stack.labels
+}
+"#;
+
+#[test]
+fn a_trigger_policy_names_the_stacks_to_start() {
+    let policy = Policy::compile(PolicyKind::Trigger, TRIGGER_PRODUCTION).unwrap();
+    let ev = evaluator();
+    let other = |slug: &str, label: &str| StackInput { id: 9, slug: slug.into(), labels: vec![label.into()], ..stack() };
+    let input = |state: &str| TriggerInput {
+        run: RunInput { state: state.into(), ..run() },
+        stack: stack(),
+        stacks: vec![stack(), other("app", "production"), other("db", "production"), other("lab", "staging")],
+    };
+    let fired = ev.trigger(&policy, &input("FINISHED")).unwrap();
+    assert_eq!(fired.outcome, Outcome::Trigger);
+    let named: Vec<(MessageLevel, &str)> = fired.messages.iter().map(|m| (m.level, m.text.as_str())).collect();
+    assert_eq!(named, [(MessageLevel::Trigger, "app"), (MessageLevel::Trigger, "db")]);
+    let quiet = ev.trigger(&policy, &input("FAILED")).unwrap();
+    assert_eq!((quiet.outcome, quiet.messages.len()), (Outcome::Pass, 0));
+    // A trigger policy must define `trigger`; a boolean there is a type error.
+    assert!(Policy::compile(PolicyKind::Trigger, "package hangar.trigger\n\ndeny contains \"x\" if true\n").is_err());
+    let wrong = Policy::compile(PolicyKind::Trigger, "package hangar.trigger\n\ntrigger := true\n").unwrap();
+    assert!(matches!(ev.trigger(&wrong, &input("FINISHED")), Err(EvalError::RuleType { .. })));
+}
+

@@ -1,6 +1,8 @@
 //! Policies at work: the plan policies a run's plan must pass before it may
-//! wait for confirmation (or apply, or finish), and the approval policies a
-//! run awaiting confirmation must satisfy before `confirmRun` lets it go on.
+//! wait for confirmation (or apply, or finish), the approval policies a run
+//! awaiting confirmation must satisfy before `confirmRun` lets it go on, and
+//! the trigger policies that name the stacks to start when a tracked run
+//! ends.
 //!
 //! Each policy that applies to the run's stack (by hand or by label, see
 //! `hangar_store::policies`) is evaluated at its latest version, on a thread
@@ -14,7 +16,7 @@ use std::time::{Duration, Instant};
 use diesel_async::AsyncPgConnection;
 use hangar_db::runs::RunRow;
 use hangar_policy::{ApprovalInput, Evaluation, MessageLevel, Outcome, PlanInput, PlanSummary, Policy, PolicyKind};
-use hangar_policy::{ReviewDecision, ReviewInput, RunInput, StackInput};
+use hangar_policy::{ReviewDecision, ReviewInput, RunInput, StackInput, TriggerInput};
 use hangar_store::policies::{self, NewEvaluation, PolicyRow, PolicyVersionRow};
 use hangar_store::stacks::StackRow;
 
@@ -270,3 +272,54 @@ pub(crate) async fn check_approval(app: &App, conn: &mut AsyncPgConnection, run:
     }
     Ok(verdict)
 }
+
+/// When tracked run `run` has ended on its worker (finished or failed), the
+/// trigger policies of its stack name the stacks to start: each named
+/// stack other than the run's own gets a `stack.trigger` job, which the
+/// drain turns into a tracked run at the head of its branch. A name that is
+/// no stack is logged and skipped; an evaluation that fails starts nothing.
+/// Returns the slugs of the stacks queued.
+pub(crate) async fn fire_triggers(app: &App, conn: &mut AsyncPgConnection, run: &RunRow) -> Result<Vec<String>, PolicyFailure> {
+    let stack = stack_of(conn, run).await?;
+    let attached = policies::applying_to(conn, stack.id, &stack.labels, PolicyKind::Trigger.as_str())
+        .await
+        .map_err(|e| PolicyFailure::internal("listing a stack's trigger policies", e))?;
+    if attached.is_empty() {
+        return Ok(Vec::new());
+    }
+    let all = hangar_store::stacks::list_stacks(conn, None).await.map_err(|e| PolicyFailure::internal("listing the stacks", e))?;
+    let input = TriggerInput { run: run_input(conn, run).await?, stack: stack_input(&stack), stacks: all.iter().map(stack_input).collect() };
+    let input = serde_json::to_string(&input).map_err(|e| PolicyFailure::internal("encoding a trigger policy input", e))?;
+    let decided = evaluate_all(app, conn, run.id, PolicyKind::Trigger, attached, input).await?;
+    let mut queued = Vec::new();
+    for (policy, version, d) in decided {
+        let ev = match d.result {
+            Ok(ev) => ev,
+            Err(e) => {
+                tracing::warn!(run_id = run.id, policy = %policy.name, version = version.version, error = %e, "a trigger policy failed: it starts nothing");
+                continue;
+            }
+        };
+        for slug in ev.messages.iter().filter(|m| m.level == MessageLevel::Trigger).map(|m| m.text.as_str()) {
+            let Some(target) = all.iter().find(|s| s.slug == slug) else {
+                tracing::warn!(run_id = run.id, policy = %policy.name, stack = %slug.chars().take(100).collect::<String>(), "a trigger policy named no stack");
+                continue;
+            };
+            if target.id == stack.id {
+                tracing::warn!(run_id = run.id, policy = %policy.name, "a trigger policy named the run's own stack: skipped, it would start itself forever");
+                continue;
+            }
+            let job = hangar_db::jobs::Job::TriggerStack(hangar_db::jobs::StackTrigger {
+                stack: target.id,
+                run: run.id,
+                policy: policy.name.clone(),
+            })
+            .to_new()
+            .unique_key(format!("trigger:{}:{}", run.id, target.id));
+            hangar_db::queue::enqueue(conn, &job).await.map_err(|e| PolicyFailure::internal("queueing a triggered stack", e))?;
+            queued.push(target.slug.clone());
+        }
+    }
+    Ok(queued)
+}
+

@@ -120,9 +120,14 @@ async fn plan_and_approval_policies_decide_real_runs_and_every_decision_is_kept_
     assert!(message.starts_with("body is refused: the policy is 204") && message.ends_with("more than the 131072 bytes allowed"), "{message}");
     let (_, message) = fleet
         .app
+        .err(Some(&admin), CREATE, json!({ "i": { "name": "t", "kind": "PUSH", "body": NO_WORLD_WRITABLE } }))
+        .await;
+    assert!(message.contains("PUSH"), "{message}");
+    let (_, message) = fleet
+        .app
         .err(Some(&admin), CREATE, json!({ "i": { "name": "t", "kind": "TRIGGER", "body": NO_WORLD_WRITABLE } }))
         .await;
-    assert!(message.contains("TRIGGER"), "{message}");
+    assert!(message.contains("must define trigger"), "{message}");
     let (code, message) = fleet.app.err(Some(&admin), CREATE, plan_input("Bad Name", NO_WORLD_WRITABLE)).await;
     assert_eq!((code.as_str(), message.as_str()), ("BAD_USER_INPUT", "name must be 1-100 of a-z, 0-9 and '-', not starting with '-'"));
     let approval_as_plan = json!({ "i": { "name": "wrong-rules", "kind": "PLAN", "body": TWO_APPROVALS } });

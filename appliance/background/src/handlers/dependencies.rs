@@ -81,26 +81,7 @@ async fn start(
         return Ok(());
     }
     // git is asked before any row is locked.
-    let integration = match dependent.vcs_integration_id {
-        Some(id) => hangar_store::vcs::by_id(conn, id).await.map_err(db_error)?,
-        None => None,
-    };
-    let head = match list_refs(conn, ctx, integration.as_ref(), &dependent.repository).await? {
-        Ok(refs) => refs.get(&format!("refs/heads/{}", dependent.branch)).map(str::to_string),
-        Err(e) => return Err(JobError::from_error(&e)),
-    };
-    let Some(head) = head else {
-        let why = format!("branch {} does not exist in {}", dependent.branch, dependent.repository);
-        warn!(stack = %dependent.slug, "cannot start a dependent: {why}");
-        audit::record(
-            conn,
-            "dependencies",
-            "stack.dependent_not_started",
-            &format!("stack:{}", dependent.slug),
-            json!({ "after": upstream.slug, "run": cause.id, "reason": why }),
-        )
-        .await
-        .map_err(db_error)?;
+    let Some(head) = branch_head(conn, ctx, &dependent, &format!("after {} (run {})", upstream.slug, cause.id)).await? else {
         return Ok(());
     };
     let triggered_by = format!("dependency {} (run {})", upstream.slug, cause.id);
@@ -138,6 +119,33 @@ async fn start(
         info!(stack = %dependent.slug, run = run.id, after = %upstream.slug, "dependent's run started");
     }
     Ok(())
+}
+
+/// The commit at the head of `stack`'s branch, asked of its git server with
+/// its integration's credentials. A branch that does not exist is audited
+/// (`stack.not_started`, with `why` the run was to start) and answers
+/// `None`; a git server that cannot be reached fails the job, to be tried
+/// again.
+pub(super) async fn branch_head(
+    conn: &mut AsyncPgConnection,
+    ctx: &VcsContext,
+    stack: &StackRow,
+    why: &str,
+) -> Result<Option<String>, JobError> {
+    let integration = match stack.vcs_integration_id {
+        Some(id) => hangar_store::vcs::by_id(conn, id).await.map_err(db_error)?,
+        None => None,
+    };
+    let refs = list_refs(conn, ctx, integration.as_ref(), &stack.repository).await?.map_err(|e| JobError::from_error(&e))?;
+    if let Some(head) = refs.get(&format!("refs/heads/{}", stack.branch)) {
+        return Ok(Some(head.to_string()));
+    }
+    let reason = format!("branch {} does not exist in {}", stack.branch, stack.repository);
+    warn!(stack = %stack.slug, "cannot start a tracked run ({why}): {reason}");
+    audit::record(conn, "scheduler", "stack.not_started", &format!("stack:{}", stack.slug), json!({ "why": why, "reason": reason }))
+        .await
+        .map_err(db_error)?;
+    Ok(None)
 }
 
 #[cfg(test)]

@@ -7,6 +7,7 @@ mod drift;
 mod reaper;
 mod retention;
 mod schedule;
+mod triggers;
 pub mod vcs;
 
 use std::sync::Arc;
@@ -56,6 +57,7 @@ impl Drain {
             Job::VcsPoll(_) => vcs::poll(pool).await,
             Job::VcsPollRepo(p) => vcs::poll_repository(pool, &self.vcs, p).await,
             Job::Dependents(p) => dependencies::handle(pool, &self.vcs, p).await,
+            Job::TriggerStack(p) => triggers::handle(pool, &self.vcs, p).await,
         }
     }
 }

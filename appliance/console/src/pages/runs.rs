@@ -80,7 +80,7 @@ pub(crate) struct ReviewView {
 
 fn policy_view(e: hangar_store::policies::EvaluationRow) -> PolicyView {
     let class = match e.result.as_str() {
-        "pass" | "approve" => "ok",
+        "pass" | "approve" | "trigger" => "ok",
         "warn" | "undecided" => "wait",
         _ => "bad",
     };

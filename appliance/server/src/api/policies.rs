@@ -26,6 +26,19 @@ pub enum PolicyKindValue {
     Plan,
     /// Decides whether a run awaiting confirmation may be confirmed: `approve`/`reject`.
     Approval,
+    /// When a tracked run of its stack ends: `trigger`, the slugs of the stacks to start.
+    Trigger,
+}
+
+impl PolicyKindValue {
+    /// The kind as the database spells it.
+    fn of(kind: &str) -> PolicyKindValue {
+        match kind {
+            "approval" => PolicyKindValue::Approval,
+            "trigger" => PolicyKindValue::Trigger,
+            _ => PolicyKindValue::Plan,
+        }
+    }
 }
 
 impl From<PolicyKindValue> for PolicyKind {
@@ -33,6 +46,7 @@ impl From<PolicyKindValue> for PolicyKind {
         match k {
             PolicyKindValue::Plan => PolicyKind::Plan,
             PolicyKindValue::Approval => PolicyKind::Approval,
+            PolicyKindValue::Trigger => PolicyKind::Trigger,
         }
     }
 }
@@ -115,7 +129,7 @@ impl Policy {
         &self.0.name
     }
     async fn kind(&self) -> PolicyKindValue {
-        if self.0.kind == "approval" { PolicyKindValue::Approval } else { PolicyKindValue::Plan }
+        PolicyKindValue::of(&self.0.kind)
     }
     async fn description(&self) -> &str {
         &self.0.description
@@ -194,7 +208,7 @@ impl PolicyEvaluation {
         self.0.policy_version
     }
     async fn kind(&self) -> PolicyKindValue {
-        if self.0.kind == "approval" { PolicyKindValue::Approval } else { PolicyKindValue::Plan }
+        PolicyKindValue::of(&self.0.kind)
     }
     /// `pass`, `warn`, `deny`, `approve`, `reject`, `undecided` or `error`.
     async fn result(&self) -> &str {
@@ -349,6 +363,7 @@ impl PoliciesQuery {
                             level: match m.level {
                                 hangar_policy::MessageLevel::Deny => "deny".into(),
                                 hangar_policy::MessageLevel::Warn => "warn".into(),
+                                hangar_policy::MessageLevel::Trigger => "trigger".into(),
                             },
                             text: m.text,
                         })

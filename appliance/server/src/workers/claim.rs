@@ -460,6 +460,15 @@ async fn report(app: &App, conn: &mut AsyncPgConnection, worker: Worker, run_id:
         }
         tokio::time::sleep(BUSY_PAUSE).await;
     };
+    if let Ok(run) = &result
+        && run.state().is_terminal()
+        && run.kind() == RunKind::Tracked
+    {
+        // The run's end stands whatever its trigger policies make of it.
+        if let Err(e) = crate::policies::fire_triggers(app, conn, run).await {
+            tracing::error!(run_id = run.id, error = %e, "trigger policies could not be evaluated");
+        }
+    }
     match result {
         Ok(run) => Ok(json(StatusCode::OK, &status_of(&run))),
         Err(NotApplied::Refused(run)) => Ok(json(StatusCode::CONFLICT, &status_of(&run))),
