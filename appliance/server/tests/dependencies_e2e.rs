@@ -259,6 +259,11 @@ async fn a_diamond_of_stacks_applies_in_order_and_a_failure_stops_the_chain() {
     assert_eq!(d["stack"]["dependents"], json!([{ "slug": "cluster" }, { "slug": "dns" }]), "{d}");
     let (_, v) = fleet.app.gql(Some(&fleet.admin), "mutation { removeStackDependency(stack: \"app\", dependsOn: \"network\") { slug } }", json!({})).await;
     assert_eq!(v["errors"][0]["extensions"]["code"], "NOT_FOUND", "{v}");
+    // A stack others depend on is not deleted from under them.
+    let (_, v) = fleet.app.gql(Some(&fleet.admin), "mutation { deleteStack(slug: \"network\") }", json!({})).await;
+    let m = v["errors"][0]["message"].as_str().unwrap_or_default();
+    assert_eq!(m, "stack network is depended on by cluster, dns: remove those dependencies first", "{v}");
+    assert!(fleet.ok(HELD, json!({ "s": "network" })).await["stack"].is_object());
     let audit = fleet.ok("query { auditEvents(first: 10, action: \"stack.depend\") { items { target } } }", json!({})).await;
     assert_eq!(audit["auditEvents"]["items"].as_array().unwrap().len(), 5, "{audit}");
 }

@@ -100,7 +100,7 @@ pub async fn add(
 ) -> Result<Result<(), Refusal>, StoreError> {
     let outputs = serde_json::to_value(outputs).unwrap_or_default();
     conn.transaction::<_, StoreError, _>(async |c| {
-        diesel::sql_query("SELECT pg_advisory_xact_lock(hashtext('hangar.stack_dependencies'))").execute(c).await?;
+        lock_graph(c).await?;
         let all = edges(c).await?;
         if let Some(cycle) = cycle_closed_by(&all, stack, on) {
             let slugs: HashMap<i64, String> =
@@ -121,6 +121,13 @@ pub async fn add(
         Ok(Ok(()))
     })
     .await
+}
+
+/// Serializes every change of the graph (an edge added, a stack deleted)
+/// until the transaction ends.
+pub async fn lock_graph(conn: &mut AsyncPgConnection) -> Result<(), StoreError> {
+    diesel::sql_query("SELECT pg_advisory_xact_lock(hashtext('hangar.stack_dependencies'))").execute(conn).await?;
+    Ok(())
 }
 
 /// Removes the dependency of `stack` on `on`; whether there was one.

@@ -422,7 +422,8 @@ impl StacksMutation {
     }
 
     /// Deletes a stack with its runs and variables, and then the objects its
-    /// runs left (logs, plans, errored state).
+    /// runs left (logs, plans, errored state). A stack others depend on is
+    /// refused, naming them; its own dependencies go with it.
     async fn delete_stack(&self, ctx: &Context<'_>, slug: String) -> async_graphql::Result<bool> {
         let caller = require(ctx, Op::Write.role())?.clone();
         let mut c = conn(ctx).await?;
@@ -430,6 +431,16 @@ impl StacksMutation {
         let keys = c
             .transaction::<_, ApiError, _>(async move |c| {
                 let id = stack_id(c, &s).await?;
+                // Stacks below would lose an input without a word: they go first.
+                dependencies::lock_graph(c).await?;
+                let below = dependencies::dependents_of(c, id).await?;
+                if !below.is_empty() {
+                    let names: Vec<&str> = below.iter().map(|d| d.slug.as_str()).collect();
+                    return Err(ApiError::Refused(format!(
+                        "stack {s} is depended on by {}: remove those dependencies first",
+                        names.join(", ")
+                    )));
+                }
                 let keys = hangar_store::run_objects::keys_of_stack(c, id).await?;
                 store::delete_stack(c, id).await?;
                 audit::record(c, &caller.actor(), "stack.delete", &format!("stack:{s}"), json!({})).await?;
