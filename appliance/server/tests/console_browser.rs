@@ -544,6 +544,23 @@ async fn a_writer_wires_stacks_together_from_the_stack_page() {
     wait_for("the refusal", Duration::from_secs(30), || async { page_has(&c, "cycle network → app → network").await.then_some(()) }).await;
     shoot(&c, "dependency-cycle").await;
 
+    // The Policies page lists what applies where, and offers the workbench.
+    let body = "package hangar.chain\n\ntrigger contains \"app\" if input.run.state == \"FINISHED\"\n";
+    let create = "mutation($b: String!) { createPolicy(input: { name: \"after-network\", kind: TRIGGER, body: $b, description: \"app follows network\" }) { name } }";
+    assert!(app.gql(Some(&admin), create, json!({ "b": body })).await.1["errors"].is_null());
+    assert!(app.gql(Some(&admin), "mutation { attachPolicy(policy: \"after-network\", stack: \"network\") }", json!({})).await.1["errors"].is_null());
+    c.goto(&format!("{base}/policies")).await.unwrap();
+    find(&c, Locator::Id("wb-body")).await;
+    assert!(page_has(&c, "after-network").await && page_has(&c, "app follows network").await);
+    find(&c, Locator::Id("wb-kind")).await.select_by_value("TRIGGER").await.unwrap();
+    fill(&c, "wb-body", body).await;
+    click_button(&c, "Test against past runs").await;
+    wait_for("the workbench's answer", Duration::from_secs(30), || async {
+        page_has(&c, "No recorded evaluation of this kind yet").await.then_some(())
+    })
+    .await;
+    shoot(&c, "policies").await;
+
     c.goto(&format!("{base}/stacks/app")).await.unwrap();
     click_button(&c, "Remove").await;
     wait_for("the dependency removed", Duration::from_secs(30), || async { page_has(&c, "Depends on no stack.").await.then_some(()) }).await;

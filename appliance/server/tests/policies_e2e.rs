@@ -275,6 +275,29 @@ deny contains msg if {
     assert!(page.contains("hangartest_file.motd would be world-writable"), "{page}");
     let page = console_page(&fleet, &format!("/runs/{gated}")).await;
     assert!(page.contains("two-approvals") && page.contains("carol@example.com") && page.contains("looked at it"), "{page}");
+
+    // The console's workbench: the policies listed, and the stricter one
+    // replayed against the same recorded inputs, as the API did.
+    let console = common::ConsoleSession::login(&fleet.app).await;
+    let list = console.get("/policies").await;
+    assert!(list.contains("no-world-writable") && list.contains("two-approvals") && list.contains("href=\"/stacks/files\""), "{list}");
+    assert!(list.contains("Test against past runs"), "admins get the workbench: {list}");
+    let csrf = console.csrf("/policies").await;
+    let answer = console
+        .client
+        .post(format!("{}/policies/test", console.origin))
+        .header("cookie", &console.cookie)
+        .header("origin", &console.origin)
+        .form(&[("csrf", csrf.as_str()), ("kind", "PLAN"), ("body", stricter), ("runs", "10")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 200);
+    let page = answer.text().await.unwrap();
+    assert!(page.contains("hangartest_file.motd must be 0600, not 0644") && page.contains(&format!("href=\"/runs/{denied}\"")), "{page}");
+    assert!(page.contains("must be 0600"), "the body stays in its field to edit: {page}");
+    let list = carol_console.get("/policies").await;
+    assert!(list.contains("no-world-writable") && !list.contains("Test against past runs"), "a writer sees the policies, not the workbench: {list}");
 }
 
 /// A console page as the administrator sees it, signed in through the form.

@@ -5,6 +5,7 @@
 mod auth;
 mod manage;
 mod modules;
+mod policies;
 mod runs;
 mod stacks;
 
@@ -28,8 +29,8 @@ const MAX_FORM: usize = 256 * 1024;
 
 /// First path segments the console answers; anything else is left to the
 /// server's other routes.
-const PREFIXES: [&str; 15] = [
-    "", "login", "logout", "account", "stacks", "runs", "pools", "workers", "vcs", "contexts", "modules", "admin", "keys", "events",
+const PREFIXES: [&str; 16] = [
+    "", "login", "logout", "account", "stacks", "runs", "pools", "workers", "vcs", "contexts", "modules", "policies", "admin", "keys", "events",
     "favicon.ico",
 ];
 
@@ -194,6 +195,8 @@ async fn dispatch(c: &Console, req: Req) -> Response {
         (["vcs", name], true, _) => manage::vcs_one(c, &session, name).await,
         (["contexts"], true, _) => manage::contexts(c, &session).await,
         (["modules"], true, _) => modules::list(c, &session).await,
+        (["policies"], true, _) => policies::list(c, &session).await,
+        (["policies", "test"], _, true) => policies::test(c, &session, &req).await,
         (["contexts"], _, true) => manage::create_context(c, &session, &req).await,
         (["contexts", slug], true, _) => manage::context(c, &session, slug).await,
         (["contexts", slug, "variables"], _, true) => manage::context_action(c, &session, &req, slug, "variables").await,
