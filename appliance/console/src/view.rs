@@ -72,6 +72,16 @@ impl Badge {
     pub(crate) fn of(text: &str, class: &'static str) -> Badge {
         Badge { text: text.to_string(), class }
     }
+
+    /// A policy's decision (`pass`, `deny`, `approve`, `trigger`, …, or `error`).
+    pub(crate) fn policy(result: &str) -> Badge {
+        let class = match result {
+            "pass" | "approve" | "trigger" => "ok",
+            "warn" | "undecided" => "wait",
+            _ => "bad",
+        };
+        Badge::of(result, class)
+    }
 }
 
 /// Who is looking at a page, and what the page's forms post back.

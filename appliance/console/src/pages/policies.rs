@@ -75,11 +75,6 @@ fn replay_lines(d: &Value) -> Vec<ReplayLine> {
         .flatten()
         .map(|r| {
             let result = r["result"].as_str().unwrap_or("error");
-            let class = match result {
-                "pass" | "approve" | "trigger" => "ok",
-                "warn" | "undecided" => "wait",
-                _ => "bad",
-            };
             ReplayLine {
                 run_id: r["runId"].as_str().unwrap_or_default().to_string(),
                 recorded: format!(
@@ -88,7 +83,7 @@ fn replay_lines(d: &Value) -> Vec<ReplayLine> {
                     r["recordedPolicy"].as_str().unwrap_or_default(),
                     r["recordedVersion"].as_i64().unwrap_or_default()
                 ),
-                result: Badge::of(result, class),
+                result: Badge::policy(result),
                 messages: r["messages"]
                     .as_array()
                     .into_iter()

@@ -79,11 +79,6 @@ pub(crate) struct ReviewView {
 }
 
 fn policy_view(e: hangar_store::policies::EvaluationRow) -> PolicyView {
-    let class = match e.result.as_str() {
-        "pass" | "approve" | "trigger" => "ok",
-        "warn" | "undecided" => "wait",
-        _ => "bad",
-    };
     #[derive(serde::Deserialize)]
     struct Message {
         level: String,
@@ -94,7 +89,7 @@ fn policy_view(e: hangar_store::policies::EvaluationRow) -> PolicyView {
         name: e.policy_name,
         version: e.policy_version,
         kind: e.kind,
-        result: Badge::of(&e.result, class),
+        result: Badge::policy(&e.result),
         messages: messages.into_iter().map(|m| (m.level, m.text)).collect(),
         error: e.error,
         millis: format!("{:.1} ms", e.duration_us as f64 / 1000.0),
