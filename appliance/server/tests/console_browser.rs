@@ -560,6 +560,9 @@ async fn a_writer_wires_stacks_together_from_the_stack_page() {
     })
     .await;
     shoot(&c, "policies").await;
+    c.goto(&format!("{base}/modules")).await.unwrap();
+    assert!(page_has(&c, "No modules yet").await);
+    shoot(&c, "modules-empty").await;
 
     c.goto(&format!("{base}/stacks/app")).await.unwrap();
     click_button(&c, "Remove").await;
