@@ -240,7 +240,7 @@ async fn authenticate(c: &Console, req: &Req) -> Result<Session, Response> {
     match c.backend.session(&token).await {
         Ok(Some(user)) => {
             let csrf = session::csrf_token(&token);
-            Ok(Session { token, viewer: Viewer { email: user.email, role: user.role, csrf } })
+            Ok(Session { token, viewer: Viewer { email: user.email, role: user.role, access: user.access, csrf } })
         }
         Ok(None) => Err(to_login(true)),
         Err(e) => {
