@@ -360,6 +360,10 @@ impl Stack {
     async fn updated_at(&self) -> DateTime<Utc> {
         self.0.updated_at
     }
+    /// The space the stack belongs to.
+    async fn space(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<super::spaces::Space>> {
+        super::spaces::space_object(ctx, self.0.space_id).await
+    }
 
     async fn worker_pool(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<WorkerPool>> {
         let who = caller(ctx)?;
