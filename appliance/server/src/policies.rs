@@ -276,8 +276,10 @@ pub(crate) async fn check_approval(app: &App, conn: &mut AsyncPgConnection, run:
 /// When tracked run `run` has ended on its worker (finished or failed), the
 /// trigger policies of its stack name the stacks to start: each named
 /// stack other than the run's own gets a `stack.trigger` job, which the
-/// drain turns into a tracked run at the head of its branch. A name that is
-/// no stack is logged and skipped; an evaluation that fails starts nothing.
+/// drain turns into a tracked run at the head of its branch. A policy starts
+/// only stacks of its own space and the spaces below it (its input lists
+/// only those): a name that is no such stack is logged and skipped; an
+/// evaluation that fails starts nothing.
 /// Returns the slugs of the stacks queued.
 pub(crate) async fn fire_triggers(app: &App, conn: &mut AsyncPgConnection, run: &RunRow) -> Result<Vec<String>, PolicyFailure> {
     let stack = stack_of(conn, run).await?;
@@ -287,7 +289,24 @@ pub(crate) async fn fire_triggers(app: &App, conn: &mut AsyncPgConnection, run: 
     if attached.is_empty() {
         return Ok(Vec::new());
     }
-    let all = hangar_store::stacks::list_stacks(conn, None).await.map_err(|e| PolicyFailure::internal("listing the stacks", e))?;
+    // Each attached policy is of the stack's space or above it, so their
+    // reaches nest: the widest is the reach of the highest one.
+    let mut reach: std::collections::HashMap<i64, Vec<i64>> = std::collections::HashMap::new();
+    for (p, _) in &attached {
+        if !reach.contains_key(&p.space_id) {
+            let below = hangar_store::spaces::descendants(conn, p.space_id)
+                .await
+                .map_err(|e| PolicyFailure::internal("reading a policy's spaces", e))?;
+            reach.insert(p.space_id, below);
+        }
+    }
+    let widest: std::collections::HashSet<i64> = reach.values().flatten().copied().collect();
+    let all: Vec<_> = hangar_store::stacks::list_stacks(conn, None)
+        .await
+        .map_err(|e| PolicyFailure::internal("listing the stacks", e))?
+        .into_iter()
+        .filter(|s| widest.contains(&s.space_id))
+        .collect();
     let input = TriggerInput { run: run_input(conn, run).await?, stack: stack_input(&stack), stacks: all.iter().map(stack_input).collect() };
     let input = serde_json::to_string(&input).map_err(|e| PolicyFailure::internal("encoding a trigger policy input", e))?;
     let decided = evaluate_all(app, conn, run.id, PolicyKind::Trigger, attached, input).await?;
@@ -301,8 +320,9 @@ pub(crate) async fn fire_triggers(app: &App, conn: &mut AsyncPgConnection, run: 
             }
         };
         for slug in ev.messages.iter().filter(|m| m.level == MessageLevel::Trigger).map(|m| m.text.as_str()) {
-            let Some(target) = all.iter().find(|s| s.slug == slug) else {
-                tracing::warn!(run_id = run.id, policy = %policy.name, stack = %slug.chars().take(100).collect::<String>(), "a trigger policy named no stack");
+            let within = reach.get(&policy.space_id);
+            let Some(target) = all.iter().find(|s| s.slug == slug && within.is_some_and(|w| w.contains(&s.space_id))) else {
+                tracing::warn!(run_id = run.id, policy = %policy.name, stack = %slug.chars().take(100).collect::<String>(), "a trigger policy named no stack of its space or below");
                 continue;
             };
             if target.id == stack.id {

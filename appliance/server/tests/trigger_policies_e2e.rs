@@ -4,7 +4,8 @@
 //! `production`). The named stacks' tracked runs start, once; a name that is
 //! no stack and the stack's own name are skipped; a failed run starts
 //! nothing under a policy that asks for a finished one; the evaluation is on
-//! the run; a trigger policy without `trigger` is refused when saved.
+//! the run; a trigger policy without `trigger` is refused when saved. A run a
+//! person cancels fires them too, and a policy reaches only its own space.
 
 mod common;
 mod fleet;
@@ -96,4 +97,59 @@ async fn a_trigger_policy_starts_the_stacks_it_names_when_a_run_finishes() {
     assert_eq!(runs_of(&fleet, "app").await.len(), 1, "app must not start after a failed run");
     assert!(runs_of(&fleet, "lab").await.is_empty());
     assert_eq!(runs_of(&fleet, "network").await.len(), 2, "the policy never starts its own stack");
+}
+
+/// A run a person ends is an end like any other to trigger policies; and a
+/// policy starts only stacks of its own space and below, whatever it names.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_canceled_run_fires_trigger_policies_which_reach_only_their_space() {
+    let fleet = Fleet::start_with(FleetOptions::default()).await;
+    for space in ["team-a", "team-b"] {
+        fleet.ok("mutation($s: String!) { createSpace(slug: $s, name: $s) { slug } }", json!({ "s": space })).await;
+    }
+    // The drain starts a triggered stack at the head of its branch: a real repository.
+    let git = GitServer::start().await;
+    git.create_repo("infra");
+    git.push_files("infra", "main", &[("infra/main.tf", OUTPUT_ONLY)], "outputs only");
+    for (stack, space) in [("source", "team-a"), ("follower", "team-a"), ("outsider", "team-b")] {
+        fleet.create_stack(stack, &git.url("infra"), "builders", json!({ "space": space })).await;
+    }
+    let body = r#"
+package hangar.trigger
+
+trigger contains s.slug if {
+    input.run.state == "CANCELED"
+    some s in input.stacks
+    s.slug != input.stack.slug
+}
+
+trigger contains "outsider" if input.run.state == "CANCELED"
+"#;
+    let create = "mutation($b: String!) { createPolicy(input: { name: \"on-cancel\", kind: TRIGGER, body: $b, space: \"team-a\" }) { name } }";
+    fleet.ok(create, json!({ "b": body })).await;
+    fleet.ok("mutation { attachPolicy(policy: \"on-cancel\", stack: \"source\") }", json!({})).await;
+
+    // No worker: the run waits, and is canceled by a person.
+    let run = fleet
+        .ok("mutation { triggerRun(stack: \"source\", commitSha: \"0123456789012345678901234567890123456789\") { id } }", json!({}))
+        .await["triggerRun"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let canceled = fleet.ok("mutation($id: ID!) { cancelRun(id: $id) { state } }", json!({ "id": run })).await;
+    assert_eq!(canceled["cancelRun"]["state"], "CANCELED");
+    let started = wait_for("follower's run started by the policy", SOON, || async {
+        runs_of(&fleet, "follower").await.first().cloned()
+    })
+    .await;
+    assert_eq!(started["triggeredBy"], format!("trigger policy on-cancel (run {run})"), "{started}");
+    let d = fleet
+        .ok("query($id: ID!) { run(id: $id) { policyEvaluations { result messages { text } } } }", json!({ "id": run }))
+        .await;
+    let named: Vec<&str> =
+        d["run"]["policyEvaluations"][0]["messages"].as_array().unwrap().iter().map(|m| m["text"].as_str().unwrap()).collect();
+    // The input listed only team-a's stacks; the literal name of team-b's is refused.
+    assert_eq!(named, ["follower", "outsider"], "{d}");
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    assert!(runs_of(&fleet, "outsider").await.is_empty(), "a policy of team-a started a stack of team-b");
 }

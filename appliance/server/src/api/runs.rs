@@ -25,6 +25,17 @@ pub(crate) async fn check_run(c: &mut AsyncPgConnection, caller: &Caller, run: i
     check_in(caller, stack.space_id, needed, "run", &run.to_string())
 }
 
+/// A tracked run a person ended (discarded, canceled) is an end like any
+/// other to its stack's trigger policies. The run's end stands whatever they
+/// make of it.
+async fn fire_triggers(ctx: &Context<'_>, c: &mut AsyncPgConnection, run: &RunRow) {
+    if run.state().is_terminal() && run.kind() == RunKind::Tracked {
+        if let Err(e) = crate::policies::fire_triggers(app(ctx), c, run).await {
+            tracing::error!(run_id = run.id, error = %e, "trigger policies could not be evaluated");
+        }
+    }
+}
+
 fn transition_error(run: i64, e: TransitionFailure, wanted: &str) -> ApiError {
     match e {
         TransitionFailure::NotFound(_) => ApiError::not_found("run", run.to_string()),
@@ -278,6 +289,7 @@ impl RunsMutation {
             "only an UNCONFIRMED run can be discarded",
         )
         .await?;
+        fire_triggers(ctx, &mut c, &row).await;
         Ok(Run(row))
     }
 
@@ -313,6 +325,7 @@ impl RunsMutation {
                 }
             })
             .await?;
+        fire_triggers(ctx, &mut c, &row).await;
         Ok(Run(row))
     }
 
