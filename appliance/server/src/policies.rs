@@ -293,11 +293,11 @@ pub(crate) async fn fire_triggers(app: &App, conn: &mut AsyncPgConnection, run: 
     // reaches nest: the widest is the reach of the highest one.
     let mut reach: std::collections::HashMap<i64, Vec<i64>> = std::collections::HashMap::new();
     for (p, _) in &attached {
-        if !reach.contains_key(&p.space_id) {
+        if let std::collections::hash_map::Entry::Vacant(slot) = reach.entry(p.space_id) {
             let below = hangar_store::spaces::descendants(conn, p.space_id)
                 .await
                 .map_err(|e| PolicyFailure::internal("reading a policy's spaces", e))?;
-            reach.insert(p.space_id, below);
+            slot.insert(below);
         }
     }
     let widest: std::collections::HashSet<i64> = reach.values().flatten().copied().collect();

@@ -29,10 +29,11 @@ pub(crate) async fn check_run(c: &mut AsyncPgConnection, caller: &Caller, run: i
 /// other to its stack's trigger policies. The run's end stands whatever they
 /// make of it.
 async fn fire_triggers(ctx: &Context<'_>, c: &mut AsyncPgConnection, run: &RunRow) {
-    if run.state().is_terminal() && run.kind() == RunKind::Tracked {
-        if let Err(e) = crate::policies::fire_triggers(app(ctx), c, run).await {
-            tracing::error!(run_id = run.id, error = %e, "trigger policies could not be evaluated");
-        }
+    if run.state().is_terminal()
+        && run.kind() == RunKind::Tracked
+        && let Err(e) = crate::policies::fire_triggers(app(ctx), c, run).await
+    {
+        tracing::error!(run_id = run.id, error = %e, "trigger policies could not be evaluated");
     }
 }
 
