@@ -43,7 +43,7 @@ fn once(s: &Session, section: &'static str, heading: &str, lead: &str, items: Ve
 }
 
 /// Runs an API operation and redirects to `then`, or shows the refusal.
-async fn operate(c: &Console, s: &Session, query: &str, vars: Value, then: &str) -> Response {
+pub(super) async fn operate(c: &Console, s: &Session, query: &str, vars: Value, then: &str) -> Response {
     match c.backend.execute(Some(&s.token), query, vars).await {
         Ok(_) => see_other(then),
         Err(e) => op_error(&s.viewer, &e),

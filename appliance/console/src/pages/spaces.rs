@@ -8,7 +8,8 @@ use serde_json::{Value, json};
 use warp::http::StatusCode;
 use warp::reply::Response;
 
-use super::{Req, Session, html, not_found, op_error, see_other, urlencode};
+use super::manage::operate;
+use super::{Req, Session, html, not_found, op_error, urlencode};
 use crate::Console;
 use crate::view::{Frame, Viewer};
 
@@ -157,13 +158,6 @@ pub(super) async fn show(c: &Console, s: &Session, slug: &str) -> Response {
         roles: ["READER", "WRITER", "ADMIN"],
     };
     html(StatusCode::OK, &page)
-}
-
-async fn operate(c: &Console, s: &Session, query: &str, vars: Value, then: &str) -> Response {
-    match c.backend.execute(Some(&s.token), query, vars).await {
-        Ok(_) => see_other(then),
-        Err(e) => op_error(&s.viewer, &e),
-    }
 }
 
 /// `POST /spaces`: a space below `parent`.
