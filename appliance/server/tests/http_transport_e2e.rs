@@ -2,11 +2,19 @@
 //! `transport = "http"` against the real appliance (`hangar server`,
 //! `hangar drain`, PostgreSQL, Garage, a git server, Terraform 1.0.3 and the
 //! test provider from the appliance's mirror). The worker learns of work only
-//! through its long-poll claim, never through the broker; hostile and
-//! careless callers of the long poll are refused or cleaned up after.
+//! through its long-poll claim, never through the broker, and works through
+//! a real CONNECT-only forward proxy (Debian's tinyproxy) when that is its
+//! only way out; hostile and careless callers of the long poll are refused or
+//! cleaned up after.
 
 mod common;
 mod fleet;
+mod isolated;
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use hangar_testkit::netns::{NetNs, Relay};
+use hangar_testkit::{ChildProcess, cargo_bin};
+use isolated::{IsolatedGit, assert_no_route_out};
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -309,4 +317,115 @@ async fn long_polls_refuse_bad_callers_release_gone_ones_and_outnumber_the_datab
         .n;
     assert_eq!(n, 0, "the worker that went away was handed no run");
     drop(idler);
+}
+
+/// tinyproxy in a network namespace of its own, CONNECT-only to one host
+/// and port: `Filter` with a default deny lets no other host through, and
+/// `ConnectPort` no other port. In that namespace `host` is the host's end of
+/// its link, where a relay leads to the appliance.
+struct Proxy {
+    process: ChildProcess,
+    _ns: NetNs,
+    _relay: Relay,
+    _front: Relay,
+    /// Where clients reach it, on the host.
+    addr: SocketAddr,
+}
+
+impl Proxy {
+    async fn start(fleet: &Fleet, host: &str, clients_via: Ipv4Addr) -> Proxy {
+        let ns = NetNs::create();
+        ns.set_hosts(&[(host, IpAddr::V4(ns.host_addr)), ("localhost", IpAddr::V4(Ipv4Addr::LOCALHOST))]);
+        let port = fleet.app.addr.port();
+        let relay = Relay::start(SocketAddr::new(IpAddr::V4(ns.host_addr), port), SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port)).await;
+        let dir = fleet.files.subdir("tinyproxy");
+        let filter = dir.join("filter");
+        std::fs::write(&filter, format!("^{}$\n", host.replace('.', "\\."))).unwrap();
+        let listen_port = hangar_testkit::free_port();
+        let conf = dir.join("tinyproxy.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "User nobody\nGroup nogroup\nPort {listen_port}\nListen {listen}\nTimeout 600\nLogLevel Info\nMaxClients 100\n\
+                 Allow {host_side}\nConnectPort {port}\nFilter \"{filter}\"\nFilterDefaultDeny Yes\nFilterType ere\n",
+                listen = ns.ns_addr,
+                host_side = ns.host_addr,
+                filter = filter.display(),
+            ),
+        )
+        .unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        for p in [&dir, &filter, &conf] {
+            let mode = if p.is_dir() { 0o755 } else { 0o644 };
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
+        }
+        let mut cmd = ns.command("tinyproxy");
+        cmd.args(["-d", "-c"]).arg(&conf).stdin(std::process::Stdio::null());
+        let process = ChildProcess::spawn(cmd, "tinyproxy", fleet.files.path());
+        wait_for("tinyproxy to listen", SOON, || async {
+            process.output().contains("Starting main loop").then_some(())
+        })
+        .await;
+        // Clients reach it through a relay on their own link.
+        let front = Relay::start(SocketAddr::new(IpAddr::V4(clients_via), 0), SocketAddr::new(IpAddr::V4(ns.ns_addr), listen_port)).await;
+        let addr = front.addr();
+        Proxy { process, _ns: ns, _relay: relay, _front: front, addr }
+    }
+
+    /// Every request the proxy was asked to make.
+    fn requests(&self) -> Vec<String> {
+        self.process
+            .output()
+            .lines()
+            .filter_map(|l| l.split_once("]: Request (file descriptor ").map(|(_, r)| r.split_once("): ").map_or(r, |x| x.1).to_string()))
+            .collect()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn through_a_connect_only_proxy_a_worker_with_no_other_route_runs_terraform() {
+    let worker_ns = NetNs::create();
+    let git = IsolatedGit::start(&worker_ns).await;
+    let mirror = mirror();
+    let opts = FleetOptions { public_host: common::PROXIED_HOST, ..FleetOptions::default() };
+    let fleet = Fleet::start_with_server(opts, &settings(&mirror, "")).await;
+    let proxy = Proxy::start(&fleet, common::PROXIED_HOST, worker_ns.host_addr).await;
+
+    let target = fleet.files.subdir("worker-host").join("motd");
+    git.server.create_repo("net");
+    git.server.push_files("net", "main", &[("infra/main.tf", &config_with_file(&target, "through the proxy"))], "a file");
+    fleet.create_stack("net", &git.url("net"), "proxied", json!({})).await;
+
+    let config = fleet.join_http_worker("proxied", "p1").await;
+    let toml = std::fs::read_to_string(config.join("worker.toml")).unwrap();
+    assert!(toml.contains(&format!("server_url = \"https://{}:", common::PROXIED_HOST)), "{toml}");
+    // Inside, the appliance's name resolves to nothing and nothing routes
+    // out: the proxy is the only way to the appliance.
+    worker_ns.set_hosts(&[("localhost", IpAddr::V4(Ipv4Addr::LOCALHOST))]);
+    assert_no_route_out(&worker_ns);
+    let mut cmd = worker_ns.command(cargo_bin("hangar-worker"));
+    cmd.args(["run", "--config-dir"])
+        .arg(&config)
+        .env("HTTPS_PROXY", format!("http://{}", proxy.addr))
+        .env_remove("https_proxy")
+        .env_remove("NO_PROXY")
+        .env_remove("no_proxy")
+        .env("HANGAR_LOG", "info,hangar_worker=debug")
+        .stdin(std::process::Stdio::null());
+    let worker = ChildProcess::spawn(cmd, "worker-p1", fleet.files.path());
+    fleet.wait_workers("proxied", "idle", 1).await;
+
+    let id = fleet.trigger("net").await;
+    plan_confirm_apply(&fleet, &id, &[&worker, &proxy.process]).await;
+    assert_eq!(std::fs::read_to_string(&target).unwrap(), "through the proxy");
+    assert_eq!(fleet.state_versions("net").await, 1, "Terraform's state reached the appliance");
+
+    let requests = proxy.requests();
+    let want = format!("CONNECT {}:{} HTTP/1.1", common::PROXIED_HOST, fleet.app.addr.port());
+    assert!(!requests.is_empty(), "{}", proxy.process.output_tail());
+    assert!(requests.iter().all(|r| *r == want), "only CONNECTs to the appliance: {requests:?}");
+    // The worker's own connections (the long poll, reports, the tool) and
+    // Terraform's (provider mirror, state backend, each its own process) all
+    // went through it.
+    assert!(requests.len() >= 3, "{requests:?}");
 }
