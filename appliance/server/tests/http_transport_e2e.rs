@@ -244,6 +244,16 @@ async fn long_polls_refuse_bad_callers_release_gone_ones_and_outnumber_the_datab
     assert!(started.elapsed() < Duration::from_secs(50), "answered at the revocation, not at the poll's end");
     assert_eq!(revoked.poll(5).await.0, 403, "and every poll after it");
 
+    // A drained worker's poll says so (and hands it nothing); undrained, it does not.
+    let (drained_dir, drained) = &callers[12];
+    let did = worker_id(&fleet, drained_dir).await.to_string();
+    fleet.ok("mutation($id: ID!) { drainWorker(id: $id) { status } }", json!({ "id": did })).await;
+    let (status, body) = drained.poll(1).await;
+    assert_eq!((status, &body["drain"], &body["run"]), (200, &json!(true), &Value::Null), "{body}");
+    fleet.ok("mutation($id: ID!) { undrainWorker(id: $id) { status } }", json!({ "id": did })).await;
+    let (status, body) = drained.poll(1).await;
+    assert_eq!((status, &body["drain"]), (200, &json!(false)), "{body}");
+
     // A client that goes away mid-poll: its waiter is released, and the run
     // goes to the next waiter, well before the 60 s poll would end.
     let (gone_dir, gone) = &callers[1];
@@ -317,6 +327,21 @@ async fn long_polls_refuse_bad_callers_release_gone_ones_and_outnumber_the_datab
         .n;
     assert_eq!(n, 0, "the worker that went away was handed no run");
     drop(idler);
+
+    // A stopping server answers its held polls at once, empty, instead of
+    // holding its shutdown (20 s of grace here) for them.
+    let held = tokio::spawn(me.wait("{\"max_wait_secs\":60}").send());
+    wait_for("the last poll to be held", SOON, || async {
+        last_seen(&fleet, ids[11]).await.filter(|t| *t > chrono::Utc::now() - chrono::Duration::seconds(1))
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let stopping = std::time::Instant::now();
+    fleet.app.server.as_ref().unwrap().signal(nix::sys::signal::Signal::SIGTERM);
+    let r = held.await.unwrap().unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.json::<Value>().await.unwrap(), json!({ "run": null, "drain": false }));
+    assert!(stopping.elapsed() < Duration::from_secs(15), "answered at the shutdown, not at the grace period's end");
 }
 
 /// tinyproxy in a network namespace of its own, CONNECT-only to one host

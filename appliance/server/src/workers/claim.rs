@@ -256,6 +256,9 @@ async fn claim_wait(app: &App, auth: Option<&str>, peer: Option<&PeerCertificate
     let woken = tokio::select! {
         w = &mut ticket.woken => w.ok(),
         _ = tokio::time::sleep_until(deadline) => None,
+        // A stopping server answers its held polls at once rather than
+        // holding its shutdown for them; the workers poll again elsewhere.
+        _ = app.logs.stopping().cancelled() => Some(Wake::Superseded),
     };
     drop(ticket);
     if woken == Some(Wake::Superseded) {
