@@ -454,3 +454,34 @@ async fn through_a_connect_only_proxy_a_worker_with_no_other_route_runs_terrafor
     // went through it.
     assert!(requests.len() >= 3, "{requests:?}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn polls_past_the_servers_bound_are_refused_with_503_and_the_bound_frees_as_polls_end() {
+    let mirror = mirror();
+    let fleet =
+        Fleet::start_with_server(FleetOptions::default(), &settings(&mirror, "worker_claim_wait_secs = 60\nworker_claim_waiters = 2\n")).await;
+    let callers = join_callers(&fleet, "bounded", 3).await;
+    let mut held = Vec::new();
+    for (dir, c) in &callers[..2] {
+        let id = worker_id(&fleet, dir).await;
+        held.push(tokio::spawn(c.wait("{\"max_wait_secs\":60}").send()));
+        wait_for("the poll to be held", SOON, || async { last_seen(&fleet, id).await }).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (status, body) = callers[2].1.poll(60).await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.to_string().contains("2 long-poll claims are held already"), "{body}");
+    // One poll goes away: its place is free again.
+    let gone = held.remove(0);
+    gone.abort();
+    let _ = gone.await;
+    let third = &callers[2].1;
+    let freed = std::time::Instant::now();
+    wait_for("a place to free up", SOON, || async {
+        let r = third.wait("{\"max_wait_secs\":1}").send().await.unwrap();
+        (r.status() == 200).then_some(())
+    })
+    .await;
+    // Well before the abandoned poll's 60 s would have ended.
+    assert!(freed.elapsed() < Duration::from_secs(30), "freed when its client went away");
+}
