@@ -264,13 +264,33 @@ async fn claim_wait(app: &App, auth: Option<&str>, peer: Option<&PeerCertificate
     if woken == Some(Wake::Superseded) {
         return Ok(wait_reply(None, worker.drained));
     }
+    // Woken for a run and gone before claiming it (the client left, the
+    // worker was revoked, the database failed): another waiter is woken.
+    let mut pass_on = PassOn { waiters, pool: worker.pool_id, armed: woken == Some(Wake::Work) };
     // The worker may have been revoked or drained meanwhile: it is checked
     // again, and its poll's end is a heartbeat too.
     let mut conn = hangar_db::connection_within(&app.db, WORKER_DB_WAIT).await.map_err(WorkerApiError::db)?;
     let worker = auth::worker(&mut conn, peer, auth).await?;
     seen(&mut conn, worker).await?;
     let run = if worker.drained { None } else { claim_run(app, &mut conn, worker).await? };
+    // A drained worker takes nothing: the run it was woken for is another's.
+    pass_on.armed = pass_on.armed && worker.drained;
     Ok(wait_reply(run, worker.drained))
+}
+
+/// Wakes another waiter of the pool when dropped armed.
+struct PassOn<'a> {
+    waiters: &'a std::sync::Arc<super::wait::Waiters>,
+    pool: i64,
+    armed: bool,
+}
+
+impl Drop for PassOn<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.waiters.work(self.pool, 1);
+        }
+    }
 }
 
 fn wait_reply(run: Option<RunAssignment>, drain: bool) -> Response {
