@@ -111,13 +111,13 @@ pub enum StackCommand {
     Show { stack: String },
 }
 
-const STACK_FIELDS: &str = "slug name repository branch projectRoot tool toolVersion autodeploy labels needsReconciliation workerPool { name } stateLock { heldBy createdAt }";
+const STACK_FIELDS: &str = "slug name space { slug } repository branch projectRoot tool toolVersion autodeploy labels needsReconciliation workerPool { name } stateLock { heldBy createdAt }";
 
 pub async fn stack(args: StackArgs) -> Result<(), ClientError> {
     let client = args.common.client()?;
     match args.command {
         StackCommand::List { label } => {
-            let q = "query($l: String) { stacks(label: $l) { slug name branch labels workerPool { name } runs(first: 1) { items { id state createdAt } } } }";
+            let q = "query($l: String) { stacks(label: $l) { slug name branch labels space { slug } workerPool { name } runs(first: 1) { items { id state createdAt } } } }";
             let d = client.graphql(q, json!({ "l": label })).await?;
             if args.common.json {
                 print_json(&d["stacks"]);
@@ -131,8 +131,9 @@ pub async fn stack(args: StackArgs) -> Result<(), ClientError> {
                     format!("run {} {}", text(&last["id"]), text(&last["state"]))
                 };
                 println!(
-                    "{:<24} {:<16} {:<22} pool {:<12} {}",
+                    "{:<24} {:<14} {:<16} {:<22} pool {:<12} {}",
                     text(&s["slug"]),
+                    text(&s["space"]["slug"]),
                     text(&s["branch"]),
                     last,
                     text(&s["workerPool"]["name"]),
@@ -165,6 +166,7 @@ pub async fn stack(args: StackArgs) -> Result<(), ClientError> {
                 text(&s["tool"]),
                 text(&s["toolVersion"])
             );
+            println!("  space        {}", or_dash(&s["space"]["slug"]));
             println!("  worker pool  {}", or_dash(&s["workerPool"]["name"]));
             println!("  autodeploy   {}", s["autodeploy"]);
             println!("  labels       {}", labels(&s["labels"]));

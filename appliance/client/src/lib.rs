@@ -4,7 +4,7 @@
 //! key to send; [`Client`] makes the calls and turns every failure into one
 //! [`ClientError`]; [`cli`] holds the subcommands (`hangar bundle …`), each
 //! with `--json` output for scripts: `hangar bundle`, `login`, `stack`,
-//! `run`, `env`, `policy` and `module`.
+//! `run`, `env`, `policy`, `module` and `space`.
 
 pub mod bundles;
 pub mod cli;
@@ -15,6 +15,7 @@ mod graphql;
 pub mod modules;
 mod profile;
 pub mod runs;
+pub mod spaces;
 
 pub use client::Client;
 pub use error::ClientError;

@@ -15,7 +15,10 @@ pub type Pending<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 #[derive(Debug, Clone)]
 pub struct SessionUser {
     pub email: String,
+    /// The role held in the root space, and so everywhere.
     pub role: hangar_types::Role,
+    /// The role in each space, with the grants counted.
+    pub access: std::sync::Arc<hangar_store::spaces::SpaceAccess>,
 }
 
 /// An operation the API refused or could not do: its GraphQL error code

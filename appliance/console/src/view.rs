@@ -88,7 +88,10 @@ impl Badge {
 #[derive(Debug, Clone)]
 pub(crate) struct Viewer {
     pub(crate) email: String,
+    /// The role the page's controls are shown for: the role in the root on
+    /// most pages, the role in the stack's space on a stack's or a run's.
     pub(crate) role: Role,
+    pub(crate) access: std::sync::Arc<hangar_store::spaces::SpaceAccess>,
     pub(crate) csrf: String,
 }
 
@@ -96,6 +99,27 @@ pub(crate) struct Viewer {
 impl Viewer {
     pub(crate) fn may(&self, op: Op) -> bool {
         op.allowed(self.role)
+    }
+
+    /// The viewer as the pages of something in `space` show it: with the
+    /// role held there.
+    pub(crate) fn in_space(&self, space: i64) -> Viewer {
+        Viewer { role: self.access.role_in(space), ..self.clone() }
+    }
+
+    /// Whether anything of `space` may be seen.
+    pub(crate) fn sees(&self, space: i64) -> bool {
+        self.access.sees(space)
+    }
+
+    /// The spaces whose things a list may show; `None` for all of them.
+    pub(crate) fn scope(&self) -> Option<Vec<i64>> {
+        if self.access.sees_everything() { None } else { Some(self.access.seen_spaces()) }
+    }
+
+    /// Whether the viewer may create stacks somewhere.
+    pub(crate) fn writes_somewhere(&self) -> bool {
+        Op::Write.allowed(self.access.best())
     }
 
     /// Stacks, variables, contexts and runs.

@@ -37,6 +37,8 @@ diesel::table! {
         generation -> Int4,
         created_at -> Timestamptz,
         updated_at -> Timestamptz,
+        // Spaces (migration 2026-12-09-001500_spaces).
+        space_id -> Int8,
     }
 }
 
@@ -86,6 +88,8 @@ diesel::table! {
         drift_run_id -> Nullable<Int8>,
         drift_detected_at -> Nullable<Timestamptz>,
         drifted_resources -> Nullable<Jsonb>,
+        // Spaces (migration 2026-12-09-001500_spaces).
+        space_id -> Int8,
     }
 }
 
@@ -252,6 +256,8 @@ diesel::table! {
         description -> Text,
         created_at -> Timestamptz,
         updated_at -> Timestamptz,
+        // Spaces (migration 2026-12-09-001500_spaces).
+        space_id -> Int8,
     }
 }
 
@@ -312,6 +318,8 @@ diesel::table! {
         ca_pem -> Nullable<Text>,
         created_at -> Timestamptz,
         updated_at -> Timestamptz,
+        // Spaces (migration 2026-12-09-001500_spaces).
+        space_id -> Int8,
     }
 }
 
@@ -434,9 +442,10 @@ diesel::table! {
         kind -> Text,
         description -> Text,
         labels -> Array<Text>,
-        space -> Nullable<Text>,
         created_at -> Timestamptz,
         updated_at -> Timestamptz,
+        // Spaces (migration 2026-12-09-001500_spaces).
+        space_id -> Int8,
     }
 }
 
@@ -527,3 +536,48 @@ diesel::table! {
 
 diesel::joinable!(module_versions -> modules (module_id));
 diesel::allow_tables_to_appear_in_same_query!(modules, module_versions);
+
+// ---- Spaces (migration 2026-12-09-001500_spaces) ----
+
+diesel::table! {
+    spaces (id) {
+        id -> Int8,
+        slug -> Text,
+        name -> Text,
+        description -> Text,
+        parent_id -> Nullable<Int8>,
+        created_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    space_grants (id) {
+        id -> Int8,
+        space_id -> Int8,
+        user_id -> Nullable<Int8>,
+        api_key_id -> Nullable<Int8>,
+        role -> Text,
+        granted_by -> Text,
+        created_at -> Timestamptz,
+    }
+}
+
+diesel::joinable!(space_grants -> spaces (space_id));
+diesel::joinable!(stacks -> spaces (space_id));
+diesel::allow_tables_to_appear_in_same_query!(spaces, space_grants);
+diesel::allow_tables_to_appear_in_same_query!(spaces, stacks);
+diesel::allow_tables_to_appear_in_same_query!(space_grants, stacks);
+diesel::allow_tables_to_appear_in_same_query!(spaces, users);
+diesel::allow_tables_to_appear_in_same_query!(space_grants, users);
+diesel::allow_tables_to_appear_in_same_query!(spaces, api_keys);
+diesel::allow_tables_to_appear_in_same_query!(space_grants, api_keys);
+diesel::allow_tables_to_appear_in_same_query!(spaces, contexts);
+diesel::allow_tables_to_appear_in_same_query!(space_grants, contexts);
+diesel::allow_tables_to_appear_in_same_query!(spaces, worker_pools);
+diesel::allow_tables_to_appear_in_same_query!(space_grants, worker_pools);
+diesel::allow_tables_to_appear_in_same_query!(spaces, vcs_integrations);
+diesel::allow_tables_to_appear_in_same_query!(space_grants, vcs_integrations);
+diesel::allow_tables_to_appear_in_same_query!(spaces, policies);
+diesel::allow_tables_to_appear_in_same_query!(space_grants, policies);
+diesel::allow_tables_to_appear_in_same_query!(spaces, runs);
+diesel::allow_tables_to_appear_in_same_query!(space_grants, runs);

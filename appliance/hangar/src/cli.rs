@@ -56,6 +56,8 @@ pub enum Command {
     Policy(hangar_client::commands::PolicyArgs),
     /// The private module registry: publish a version from a git tag, list, delete.
     Module(hangar_client::modules::ModuleArgs),
+    /// Spaces and the roles granted in them: list, show, create, delete, grant, revoke.
+    Space(hangar_client::spaces::SpaceArgs),
 }
 
 /// Runs the parsed command.
@@ -73,6 +75,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Env(args) => Ok(hangar_client::commands::env(args).await?),
         Command::Policy(args) => Ok(hangar_client::commands::policy(args).await?),
         Command::Module(args) => Ok(hangar_client::modules::module(args).await?),
+        Command::Space(args) => Ok(hangar_client::spaces::space(args).await?),
         Command::Drain => crate::background_cmd::drain(&load()?).await,
         Command::Scheduler => crate::background_cmd::scheduler(&load()?).await,
         Command::Supervise(args) => {

@@ -34,7 +34,7 @@ impl Backend for ConsoleBackend {
             let mut conn = self.app.db.get().await.map_err(|e| hangar_types::error_chain(&e))?;
             match users::resolve_token(&mut conn, token).await {
                 // Only a login session may sit in the cookie, never an API key.
-                Ok(Ok(c)) if matches!(c.via, Via::Session { .. }) => Ok(Some(SessionUser { email: c.email, role: c.role })),
+                Ok(Ok(c)) if matches!(c.via, Via::Session { .. }) => Ok(Some(SessionUser { email: c.email, role: c.role, access: c.access })),
                 Ok(_) => Ok(None),
                 Err(e) => Err(hangar_types::error_chain(&e)),
             }

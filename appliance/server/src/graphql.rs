@@ -36,6 +36,7 @@ pub struct Query(
     crate::logs::api::LogsQuery,
     api::policies::PoliciesQuery,
     api::modules::ModulesQuery,
+    api::spaces::SpacesQuery,
 );
 
 #[derive(MergedObject, Default)]
@@ -50,6 +51,7 @@ pub struct Mutation(
     api::policies::PoliciesMutation,
     api::bundles::BundlesMutation,
     api::modules::ModulesMutation,
+    api::spaces::SpacesMutation,
 );
 
 pub type ApiSchema = Schema<Query, Mutation, EmptySubscription>;

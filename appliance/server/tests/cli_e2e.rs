@@ -208,3 +208,83 @@ async fn the_cli_logs_in_runs_terraform_to_the_end_and_fails_clearly() {
     let line = fails(hangar(&home, &["policy", "test", policy.to_str().unwrap(), "--kind", "plan"]), 1);
     assert!(line.contains("body is refused: line "), "{line}");
 }
+
+/// `hangar space …`: an admin shapes the tree and grants a team its space;
+/// the team's API key then sees only its space, from the command line.
+#[tokio::test]
+async fn spaces_and_grants_from_the_command_line() {
+    let app = common::Appliance::start().await;
+    let admin = app.admin_token().await;
+    let files = TestDir::new("cli-spaces");
+    let home = files.subdir("home");
+    let server = app.url("/");
+    let ca = app.ca_path().display().to_string();
+    let as_key = |key: &str, args: &[&str]| {
+        let mut cmd = hangar(&home, args);
+        cmd.env("HANGAR_SERVER", &server).env("HANGAR_API_KEY", key).args(["--ca-file", &ca]);
+        cmd
+    };
+
+    ok(as_key(&admin, &["space", "create", "org", "--name", "Organisation"]));
+    ok(as_key(&admin, &["space", "create", "payments", "--parent", "org"]));
+    ok(as_key(&admin, &["space", "create", "search", "--parent", "org"]));
+    let made = json_of(as_key(&admin, &["space", "create", "payments-eu", "--parent", "payments", "--json"]));
+    assert_eq!(made["parent"]["slug"], "payments");
+    for (slug, space) in [("ledger", "payments"), ("index", "search")] {
+        let mut input = common::stack_input(slug, "https://git.example/infra.git");
+        input["space"] = json!(space);
+        app.ok(&admin, common::CREATE_STACK, json!({ "i": input })).await;
+    }
+    app.ok(
+        &admin,
+        "mutation { createUser(email: \"pay@hangar.test\", role: NO_ACCESS, password: \"Orange-Kettle-8-Wind!\") { id } }",
+        json!({}),
+    )
+    .await;
+    let granted = ok(as_key(&admin, &["space", "grant", "payments", "--user", "pay@hangar.test", "--role", "writer"]));
+    assert!(granted.contains("pay@hangar.test is writer in payments and every space below"), "{granted}");
+
+    // The tree as the admin sees it, indented under its parents.
+    let tree = ok(as_key(&admin, &["space", "list"]));
+    let lines: Vec<&str> = tree.lines().map(|l| l.split_whitespace().next().unwrap_or("")).collect();
+    assert_eq!(lines, ["root", "org", "payments", "payments-eu", "search"], "{tree}");
+    assert!(tree.contains("\n  org") && tree.contains("\n      payments-eu"), "{tree}");
+    let shown = ok(as_key(&admin, &["space", "show", "payments"]));
+    assert!(shown.contains("stack    ledger") && shown.contains("grant    writer  pay@hangar.test"), "{shown}");
+
+    // The team's key: its space and below, nothing else, and no grants to read.
+    let team = app.login("pay@hangar.test", "Orange-Kettle-8-Wind!").await;
+    let key = app.ok(&team, "mutation { createApiKey(name: \"ci\") { key apiKey { role } } }", json!({})).await;
+    assert_eq!(key["createApiKey"]["apiKey"]["role"], "WRITER", "a key takes its owner's highest role");
+    let key = key["createApiKey"]["key"].as_str().unwrap().to_string();
+    let seen = json_of(as_key(&key, &["space", "list", "--json"]));
+    let slugs: Vec<&str> = seen.as_array().unwrap().iter().map(|s| s["slug"].as_str().unwrap()).collect();
+    assert_eq!(slugs, ["payments", "payments-eu"], "{seen}");
+    let list = ok(as_key(&key, &["stack", "list"]));
+    assert!(list.contains("ledger") && list.contains("payments") && !list.contains("index"), "{list}");
+    let line = fails(as_key(&key, &["stack", "show", "index"]), 1);
+    assert!(line.contains("stack \"index\" does not exist"), "{line}");
+    let shown = ok(as_key(&key, &["space", "show", "payments"]));
+    assert!(shown.contains("my role  writer") && !shown.contains("grant "), "{shown}");
+    let line = fails(as_key(&key, &["space", "grant", "payments", "--user", "pay@hangar.test", "--role", "admin"]), 1);
+    assert!(line.contains("FORBIDDEN"), "{line}");
+    let line = fails(as_key(&key, &["space", "show", "search"]), 1);
+    assert!(line.contains("space \"search\" does not exist"), "{line}");
+
+    // Usage mistakes are exit 2 (the argument parser says what is wrong);
+    // refusals name their reason.
+    for args in [
+        &["space", "grant", "payments", "--role", "reader"][..],
+        &["space", "grant", "payments", "--user", "a@b.c", "--api-key", "1", "--role", "reader"],
+        &["space", "grant", "payments", "--user", "a@b.c", "--role", "owner"],
+    ] {
+        let out = as_key(&admin, args).output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", both(&out));
+        assert!(String::from_utf8_lossy(&out.stderr).contains("error:"), "{args:?}: {}", both(&out));
+    }
+    let line = fails(as_key(&admin, &["space", "delete", "payments"]), 1);
+    assert!(line.contains("not empty") && line.contains("1 spaces") && line.contains("1 stacks"), "{line}");
+    ok(as_key(&admin, &["space", "revoke", "payments", "--user", "pay@hangar.test"]));
+    assert_eq!(json_of(as_key(&key, &["space", "list", "--json"])), json!([]));
+    ok(as_key(&admin, &["space", "delete", "payments-eu"]));
+}

@@ -569,3 +569,58 @@ async fn a_writer_wires_stacks_together_from_the_stack_page() {
     wait_for("the dependency removed", Duration::from_secs(30), || async { page_has(&c, "Depends on no stack.").await.then_some(()) }).await;
     assert!(!page_has(&c, "id=\"held\"").await);
 }
+
+#[tokio::test]
+async fn an_admin_gives_a_team_its_space_and_the_team_sees_only_it() {
+    hangar_testkit::init();
+    let files = TestDir::new("browser-spaces");
+    let app = common::Appliance::start().await;
+    let admin = app.admin_token().await;
+    let base = app.url("");
+    for (slug, parent) in [("platform", "root"), ("payments", "platform"), ("search", "platform")] {
+        let q = "mutation($s: String!, $p: String!) { createSpace(slug: $s, name: $s, parent: $p) { slug } }";
+        assert!(app.gql(Some(&admin), q, json!({ "s": slug, "p": parent })).await.1["errors"].is_null());
+    }
+    for (slug, space) in [("ledger", "payments"), ("index", "search")] {
+        let mut input = common::stack_input(slug, "https://git.example/infra.git");
+        input["space"] = json!(space);
+        assert!(app.gql(Some(&admin), common::CREATE_STACK, json!({ "i": input })).await.1["errors"].is_null());
+    }
+    let create = "mutation { createUser(email: \"pay@hangar.test\", role: NO_ACCESS, password: \"Violet-Harbor-3-Kite!\") { id } }";
+    assert!(app.gql(Some(&admin), create, json!({})).await.1["errors"].is_null());
+
+    // The admin grants the team its space from the space's page.
+    let (_driver, c) = browser(&files, "spaces").await;
+    sign_in(&c, &base, common::ADMIN_EMAIL, common::ADMIN_PASSWORD).await;
+    c.goto(&format!("{base}/spaces")).await.unwrap();
+    find(&c, Locator::LinkText("payments")).await;
+    shoot(&c, "spaces").await;
+    c.goto(&format!("{base}/spaces/payments")).await.unwrap();
+    fill(&c, "grant-user", "pay@hangar.test").await;
+    find(&c, Locator::Id("grant-role")).await.select_by_value("WRITER").await.unwrap();
+    click_button(&c, "Grant").await;
+    wait_for("the grant", Duration::from_secs(30), || async { page_has(&c, "pay@hangar.test").await.then_some(()) }).await;
+    fill(&c, "new-slug", "payments-eu").await;
+    click_button(&c, "Create").await;
+    wait_for("the new space", Duration::from_secs(30), || async { page_has(&c, "Your role here").await.then_some(()) }).await;
+    c.goto(&format!("{base}/spaces/payments")).await.unwrap();
+    find(&c, Locator::Id("grants")).await;
+    assert!(page_has(&c, "payments-eu").await);
+    shoot(&c, "space-admin").await;
+
+    // The team: its space and the one below, no grants to manage, nothing else.
+    let (_driver2, t) = browser(&files, "spaces-team").await;
+    sign_in(&t, &base, "pay@hangar.test", "Violet-Harbor-3-Kite!").await;
+    t.goto(&format!("{base}/stacks")).await.unwrap();
+    find(&t, Locator::LinkText("Stack ledger")).await;
+    assert!(!page_has(&t, "/stacks/index").await, "a stack of another team's space is listed");
+    t.goto(&format!("{base}/spaces")).await.unwrap();
+    find(&t, Locator::LinkText("payments")).await;
+    assert!(!page_has(&t, "/spaces/search").await && !page_has(&t, "/spaces/platform").await);
+    shoot(&t, "spaces-team").await;
+    t.goto(&format!("{base}/spaces/payments")).await.unwrap();
+    find(&t, Locator::XPath("//*[contains(., 'Your role here')]")).await;
+    assert!(!page_has(&t, "Roles granted here").await && !page_has(&t, "Create a space below").await);
+    t.goto(&format!("{base}/stacks/index")).await.unwrap();
+    wait_for("the not-found page", Duration::from_secs(30), || async { page_has(&t, "Not found").await.then_some(()) }).await;
+}

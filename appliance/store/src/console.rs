@@ -15,6 +15,10 @@ use hangar_db::schema::{
 /// What every read here returns.
 pub type Q<T> = Result<T, diesel::result::Error>;
 
+/// The spaces whose things a read may return: `None` for every space (a
+/// viewer whose own role reads everything), else the spaces they see.
+pub type Scope<'a> = Option<&'a [i64]>;
+
 /// Which stacks the list shows.
 #[derive(Debug, Clone, Default)]
 pub struct StackFilter {
@@ -70,7 +74,7 @@ fn contains_pattern(s: &str) -> String {
 
 /// A page of the stacks list by slug, with each stack's newest run; the
 /// total matching is on every line (zero lines: none match, or past the end).
-pub async fn stack_lines(c: &mut AsyncPgConnection, f: &StackFilter, offset: i64, limit: i64) -> Q<Vec<StackLine>> {
+pub async fn stack_lines(c: &mut AsyncPgConnection, f: &StackFilter, scope: Scope<'_>, offset: i64, limit: i64) -> Q<Vec<StackLine>> {
     // The newest run of each stack comes from runs_stack_idx (stack_id, id DESC).
     diesel::sql_query(
         "SELECT s.slug, s.name, s.branch, s.labels, s.needs_reconciliation, s.drift_detected_at IS NOT NULL AS drifted, p.name AS pool,
@@ -82,6 +86,7 @@ pub async fn stack_lines(c: &mut AsyncPgConnection, f: &StackFilter, offset: i64
          WHERE ($1 = '' OR s.slug ILIKE $2 ESCAPE '\\' OR s.name ILIKE $2 ESCAPE '\\')
            AND ($3 = '' OR s.labels @> ARRAY[$3])
            AND ($4 = '' OR ($4 = 'NONE' AND r.id IS NULL) OR r.state = $4)
+           AND ($7 OR s.space_id = ANY($8))
          ORDER BY s.slug
          OFFSET $5 LIMIT $6",
     )
@@ -91,6 +96,8 @@ pub async fn stack_lines(c: &mut AsyncPgConnection, f: &StackFilter, offset: i64
     .bind::<Text, _>(&f.state)
     .bind::<BigInt, _>(offset)
     .bind::<BigInt, _>(limit)
+    .bind::<Bool, _>(scope.is_none())
+    .bind::<Array<BigInt>, _>(scope.unwrap_or_default().to_vec())
     .load(c)
     .await
 }
@@ -165,14 +172,17 @@ pub async fn stack_variables(c: &mut AsyncPgConnection, stack: i64) -> Q<Vec<(St
 }
 
 /// Contexts attached to a stack: (slug, name, priority).
-pub async fn stack_contexts(c: &mut AsyncPgConnection, stack: i64) -> Q<Vec<(String, String, i32)>> {
-    context_attachments::table
+pub async fn stack_contexts(c: &mut AsyncPgConnection, stack: i64, scope: Scope<'_>) -> Q<Vec<(String, String, i32)>> {
+    let mut q = context_attachments::table
         .inner_join(contexts::table)
         .filter(context_attachments::stack_id.eq(stack))
         .order((context_attachments::priority.asc(), contexts::slug.asc()))
         .select((contexts::slug, contexts::name, context_attachments::priority))
-        .load(c)
-        .await
+        .into_boxed();
+    if let Some(seen) = scope {
+        q = q.filter(contexts::space_id.eq_any(seen.to_vec()));
+    }
+    q.load(c).await
 }
 
 /// Who holds a stack's state lock, since when.
@@ -202,10 +212,14 @@ pub async fn state_versions_of(c: &mut AsyncPgConnection, stack: i64, limit: i64
 }
 
 /// Names of every worker pool and VCS integration, for the forms' choices.
-pub async fn names(c: &mut AsyncPgConnection) -> Q<(Vec<String>, Vec<String>)> {
-    let pools = worker_pools::table.order(worker_pools::name.asc()).select(worker_pools::name).load(c).await?;
-    let vcs = vcs_integrations::table.order(vcs_integrations::name.asc()).select(vcs_integrations::name).load(c).await?;
-    Ok((pools, vcs))
+pub async fn names(c: &mut AsyncPgConnection, scope: Scope<'_>) -> Q<(Vec<String>, Vec<String>)> {
+    let mut pools = worker_pools::table.order(worker_pools::name.asc()).select(worker_pools::name).into_boxed();
+    let mut vcs = vcs_integrations::table.order(vcs_integrations::name.asc()).select(vcs_integrations::name).into_boxed();
+    if let Some(seen) = scope {
+        pools = pools.filter(worker_pools::space_id.eq_any(seen.to_vec()));
+        vcs = vcs.filter(vcs_integrations::space_id.eq_any(seen.to_vec()));
+    }
+    Ok((pools.load(c).await?, vcs.load(c).await?))
 }
 
 /// A worker as the pools page shows it.
@@ -223,13 +237,18 @@ pub struct WorkerLine {
 }
 
 /// Every pool (id, name, description, generation) and every worker.
-pub async fn pools_and_workers(c: &mut AsyncPgConnection) -> Q<(Vec<(i64, String, String, i32)>, Vec<WorkerLine>)> {
-    let pools = worker_pools::table
+pub async fn pools_and_workers(c: &mut AsyncPgConnection, scope: Scope<'_>) -> Q<(Vec<(i64, String, String, i32)>, Vec<WorkerLine>)> {
+    let mut q = worker_pools::table
         .order(worker_pools::name.asc())
         .select((worker_pools::id, worker_pools::name, worker_pools::description, worker_pools::generation))
-        .load(c)
-        .await?;
+        .into_boxed();
+    if let Some(seen) = scope {
+        q = q.filter(worker_pools::space_id.eq_any(seen.to_vec()));
+    }
+    let pools: Vec<(i64, String, String, i32)> = q.load(c).await?;
+    let pool_ids: Vec<i64> = pools.iter().map(|p| p.0).collect();
     let workers = workers::table
+        .filter(workers::pool_id.eq_any(pool_ids))
         .order(workers::name.asc())
         .select((
             workers::id,
@@ -248,12 +267,15 @@ pub async fn pools_and_workers(c: &mut AsyncPgConnection) -> Q<(Vec<(i64, String
 }
 
 /// Every VCS integration: (id, name, kind, base_url, created_at, linked stacks).
-pub async fn integrations(c: &mut AsyncPgConnection) -> Q<Vec<(i64, String, String, String, DateTime<Utc>, i64)>> {
-    let rows: Vec<(i64, String, String, String, DateTime<Utc>)> = vcs_integrations::table
+pub async fn integrations(c: &mut AsyncPgConnection, scope: Scope<'_>) -> Q<Vec<(i64, String, String, String, DateTime<Utc>, i64)>> {
+    let mut q = vcs_integrations::table
         .order(vcs_integrations::name.asc())
         .select((vcs_integrations::id, vcs_integrations::name, vcs_integrations::kind, vcs_integrations::base_url, vcs_integrations::created_at))
-        .load(c)
-        .await?;
+        .into_boxed();
+    if let Some(seen) = scope {
+        q = q.filter(vcs_integrations::space_id.eq_any(seen.to_vec()));
+    }
+    let rows: Vec<(i64, String, String, String, DateTime<Utc>)> = q.load(c).await?;
     let mut out = Vec::with_capacity(rows.len());
     for (id, name, kind, base, at) in rows {
         let n = stacks::table.filter(stacks::vcs_integration_id.eq(id)).count().get_result(c).await?;
@@ -263,23 +285,28 @@ pub async fn integrations(c: &mut AsyncPgConnection) -> Q<Vec<(i64, String, Stri
 }
 
 /// An integration by name: (id, kind, base_url, username).
-pub async fn integration_named(c: &mut AsyncPgConnection, name: &str) -> Q<Option<(i64, String, String, Option<String>)>> {
-    vcs_integrations::table
+pub async fn integration_named(c: &mut AsyncPgConnection, name: &str, scope: Scope<'_>) -> Q<Option<(i64, String, String, Option<String>)>> {
+    let mut q = vcs_integrations::table
         .filter(vcs_integrations::name.eq(name))
         .select((vcs_integrations::id, vcs_integrations::kind, vcs_integrations::base_url, vcs_integrations::username))
-        .first(c)
-        .await
-        .optional()
+        .into_boxed();
+    if let Some(seen) = scope {
+        q = q.filter(vcs_integrations::space_id.eq_any(seen.to_vec()));
+    }
+    q.first(c).await.optional()
 }
 
 /// Slugs and names of the stacks linked to an integration.
-pub async fn linked_stacks(c: &mut AsyncPgConnection, integration: i64) -> Q<Vec<(String, String)>> {
-    stacks::table
+pub async fn linked_stacks(c: &mut AsyncPgConnection, integration: i64, scope: Scope<'_>) -> Q<Vec<(String, String)>> {
+    let mut q = stacks::table
         .filter(stacks::vcs_integration_id.eq(integration))
         .order(stacks::slug.asc())
         .select((stacks::slug, stacks::name))
-        .load(c)
-        .await
+        .into_boxed();
+    if let Some(seen) = scope {
+        q = q.filter(stacks::space_id.eq_any(seen.to_vec()));
+    }
+    q.load(c).await
 }
 
 /// A delivery as the log shows it.
@@ -314,21 +341,26 @@ pub async fn deliveries(c: &mut AsyncPgConnection, integration: i64, limit: i64)
 }
 
 /// Every context: (slug, name, description, variables, stacks attached).
-pub async fn contexts_list(c: &mut AsyncPgConnection) -> Q<Vec<(i64, String, String, String)>> {
-    contexts::table
+pub async fn contexts_list(c: &mut AsyncPgConnection, scope: Scope<'_>) -> Q<Vec<(i64, String, String, String)>> {
+    let mut q = contexts::table
         .order(contexts::slug.asc())
         .select((contexts::id, contexts::slug, contexts::name, contexts::description))
-        .load(c)
-        .await
+        .into_boxed();
+    if let Some(seen) = scope {
+        q = q.filter(contexts::space_id.eq_any(seen.to_vec()));
+    }
+    q.load(c).await
 }
 
-pub async fn context_named(c: &mut AsyncPgConnection, slug: &str) -> Q<Option<(i64, String, String, String)>> {
-    contexts::table
+pub async fn context_named(c: &mut AsyncPgConnection, slug: &str, scope: Scope<'_>) -> Q<Option<(i64, String, String, String)>> {
+    let mut q = contexts::table
         .filter(contexts::slug.eq(slug))
         .select((contexts::id, contexts::slug, contexts::name, contexts::description))
-        .first(c)
-        .await
-        .optional()
+        .into_boxed();
+    if let Some(seen) = scope {
+        q = q.filter(contexts::space_id.eq_any(seen.to_vec()));
+    }
+    q.first(c).await.optional()
 }
 
 /// A context's variables: (name, secret, plain value, updated). A secret's
@@ -343,19 +375,26 @@ pub async fn context_variables(c: &mut AsyncPgConnection, context: i64) -> Q<Vec
 }
 
 /// Stacks a context is attached to: (slug, name, priority).
-pub async fn context_stacks(c: &mut AsyncPgConnection, context: i64) -> Q<Vec<(String, String, i32)>> {
-    context_attachments::table
+pub async fn context_stacks(c: &mut AsyncPgConnection, context: i64, scope: Scope<'_>) -> Q<Vec<(String, String, i32)>> {
+    let mut q = context_attachments::table
         .inner_join(stacks::table)
         .filter(context_attachments::context_id.eq(context))
         .order(stacks::slug.asc())
         .select((stacks::slug, stacks::name, context_attachments::priority))
-        .load(c)
-        .await
+        .into_boxed();
+    if let Some(seen) = scope {
+        q = q.filter(stacks::space_id.eq_any(seen.to_vec()));
+    }
+    q.load(c).await
 }
 
 /// Every stack's slug, for choosing one.
-pub async fn stack_slugs(c: &mut AsyncPgConnection) -> Q<Vec<String>> {
-    stacks::table.order(stacks::slug.asc()).select(stacks::slug).load(c).await
+pub async fn stack_slugs(c: &mut AsyncPgConnection, scope: Scope<'_>) -> Q<Vec<String>> {
+    let mut q = stacks::table.order(stacks::slug.asc()).select(stacks::slug).into_boxed();
+    if let Some(seen) = scope {
+        q = q.filter(stacks::space_id.eq_any(seen.to_vec()));
+    }
+    q.load(c).await
 }
 
 /// Every user: (id, email, name, role, disabled, created_at).

@@ -16,6 +16,7 @@ pub mod run_objects;
 pub mod run_tokens;
 pub mod runs;
 pub mod scheduler;
+pub mod spaces;
 pub mod secrets;
 pub mod stacks;
 pub mod users;

@@ -27,7 +27,7 @@ pub struct PolicyRow {
     pub kind: String,
     pub description: String,
     pub labels: Vec<String>,
-    pub space: Option<String>,
+    pub space_id: i64,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -48,22 +48,30 @@ pub fn autoattaches(labels: &[String], stack_labels: &[String]) -> bool {
     labels.iter().filter_map(|l| l.strip_prefix(AUTOATTACH_PREFIX)).any(|l| l == "*" || stack_labels.iter().any(|s| s == l))
 }
 
+/// A policy as created.
+#[derive(Debug, Clone, Copy)]
+pub struct NewPolicy<'a> {
+    pub name: &'a str,
+    pub kind: &'a str,
+    pub description: &'a str,
+    pub labels: &'a [String],
+    pub space: i64,
+}
+
 /// A new policy with its first version.
 pub async fn create(
     conn: &mut AsyncPgConnection,
-    name: &str,
-    kind: &str,
-    description: &str,
-    labels: &[String],
+    new: NewPolicy<'_>,
     body: &str,
     actor: &str,
 ) -> Result<(PolicyRow, PolicyVersionRow), StoreError> {
     let policy: PolicyRow = diesel::insert_into(policies::table)
         .values((
-            policies::name.eq(name),
-            policies::kind.eq(kind),
-            policies::description.eq(description),
-            policies::labels.eq(labels),
+            policies::space_id.eq(new.space),
+            policies::name.eq(new.name),
+            policies::kind.eq(new.kind),
+            policies::description.eq(new.description),
+            policies::labels.eq(new.labels),
         ))
         .returning(PolicyRow::as_returning())
         .get_result(conn)
@@ -176,7 +184,8 @@ pub async fn attached_stack_ids(conn: &mut AsyncPgConnection, policy_id: i64) ->
 }
 
 /// The policies of `kind` that apply to a stack (by hand or by its labels),
-/// each with its latest version, by name.
+/// each with its latest version, by name. Only policies of the stack's space
+/// or a space above it apply: a team's policy never reaches a sibling's stacks.
 pub async fn applying_to(
     conn: &mut AsyncPgConnection,
     stack_id: i64,
@@ -196,8 +205,18 @@ pub async fn applying_to(
         .select(PolicyRow::as_select())
         .load(conn)
         .await?;
+    let space: Option<i64> =
+        hangar_db::schema::stacks::table.find(stack_id).select(hangar_db::schema::stacks::space_id).first(conn).await.optional()?;
+    let above = match space {
+        Some(s) => crate::spaces::ancestors(conn, s).await?,
+        None => Vec::new(),
+    };
     let mut out = Vec::new();
-    for p in candidates.into_iter().filter(|p| by_hand.contains(&p.id) || autoattaches(&p.labels, stack_labels)) {
+    for p in candidates
+        .into_iter()
+        .filter(|p| above.contains(&p.space_id))
+        .filter(|p| by_hand.contains(&p.id) || autoattaches(&p.labels, stack_labels))
+    {
         let latest: Option<PolicyVersionRow> = policy_versions::table
             .filter(policy_versions::policy_id.eq(p.id))
             .order(policy_versions::version.desc())

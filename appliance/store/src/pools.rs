@@ -16,6 +16,7 @@ pub struct PoolRow {
     pub generation: i32,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    pub space_id: i64,
 }
 
 #[derive(Debug, Clone, Queryable, Selectable)]
@@ -49,9 +50,10 @@ pub async fn insert_pool(
     conn: &mut AsyncPgConnection,
     name: &str,
     description: &str,
+    space: i64,
 ) -> Result<PoolRow, StoreError> {
     Ok(diesel::insert_into(worker_pools::table)
-        .values((worker_pools::name.eq(name), worker_pools::description.eq(description)))
+        .values((worker_pools::name.eq(name), worker_pools::description.eq(description), worker_pools::space_id.eq(space)))
         .returning(PoolRow::as_returning())
         .get_result(conn)
         .await?)
@@ -89,4 +91,8 @@ pub async fn revoke_worker(conn: &mut AsyncPgConnection, id: i64) -> Result<Opti
         .get_result(conn)
         .await
         .optional()?)
+}
+
+pub async fn worker_by_id(conn: &mut AsyncPgConnection, id: i64) -> Result<Option<WorkerRow>, StoreError> {
+    Ok(workers::table.find(id).select(WorkerRow::as_select()).first(conn).await.optional()?)
 }

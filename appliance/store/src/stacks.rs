@@ -37,6 +37,8 @@ pub struct StackRow {
     pub drift_detected_at: Option<DateTime<Utc>>,
     /// The last drift run's [`DriftedResource`]s (`[]` when clean).
     pub drifted_resources: Option<serde_json::Value>,
+    /// The space the stack belongs to.
+    pub space_id: i64,
 }
 
 /// A resource whose real state differs from the configuration, as a drift
@@ -96,6 +98,7 @@ pub struct NewStack {
     pub labels: Vec<String>,
     pub drift_schedule: Option<String>,
     pub drift_reconcile: bool,
+    pub space_id: i64,
 }
 
 /// Changes to a stack; `None` leaves a column as it is.
@@ -125,6 +128,7 @@ pub struct ContextRow {
     pub description: String,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    pub space_id: i64,
 }
 
 /// A variable without its secret material (which is never loaded for display).
@@ -218,9 +222,15 @@ pub async fn insert_context(
     slug: &str,
     name: &str,
     description: &str,
+    space: i64,
 ) -> Result<ContextRow, StoreError> {
     Ok(diesel::insert_into(contexts::table)
-        .values((contexts::slug.eq(slug), contexts::name.eq(name), contexts::description.eq(description)))
+        .values((
+            contexts::slug.eq(slug),
+            contexts::name.eq(name),
+            contexts::description.eq(description),
+            contexts::space_id.eq(space),
+        ))
         .returning(ContextRow::as_returning())
         .get_result(conn)
         .await?)

@@ -35,8 +35,8 @@ pub struct UserRow {
 
 impl UserRow {
     pub fn role(&self) -> Role {
-        // The column's CHECK allows only the three names.
-        self.role.parse().unwrap_or(Role::Reader)
+        // The column's CHECK allows only the four names.
+        self.role.parse().unwrap_or(Role::NoAccess)
     }
 }
 
@@ -56,7 +56,7 @@ pub struct ApiKeyRow {
 
 impl ApiKeyRow {
     pub fn role(&self) -> Role {
-        self.role.parse().unwrap_or(Role::Reader)
+        self.role.parse().unwrap_or(Role::NoAccess)
     }
 }
 
@@ -72,13 +72,32 @@ pub enum Via {
 pub struct Caller {
     pub user_id: i64,
     pub email: String,
-    /// For an API key, the lower of the key's and its owner's role.
+    /// The role held in the root space, and so everywhere; for an API key,
+    /// the lower of the key's and its owner's.
     pub role: Role,
     pub via: Via,
+    /// The role in each space, with the grants counted.
+    pub access: std::sync::Arc<crate::spaces::SpaceAccess>,
 }
 
 impl Caller {
     /// How this caller is named in audit events and run histories.
+    /// Whether the caller may do what needs `needed` in `space`.
+    pub fn may(&self, space: i64, needed: Role) -> bool {
+        self.access.may(space, needed)
+    }
+
+    /// Whether anything of `space` may be seen.
+    pub fn sees(&self, space: i64) -> bool {
+        self.access.sees(space)
+    }
+
+    /// The role held in the root space: global operations (users, the audit
+    /// trail, upgrades) need it.
+    pub fn global(&self) -> Role {
+        self.role
+    }
+
     pub fn actor(&self) -> String {
         match &self.via {
             Via::Session { .. } => self.email.clone(),
@@ -153,7 +172,14 @@ pub async fn resolve_token(
             if seen.is_none_or(|s| now - s > TOUCH_EVERY) {
                 diesel::update(sessions::table.find(sid)).set(sessions::last_seen_at.eq(now)).execute(conn).await?;
             }
-            Ok(Ok(Caller { user_id: user.id, email: user.email.clone(), role: user.role(), via: Via::Session { id: sid } }))
+            let access = crate::spaces::user_access(conn, user.id, user.role()).await?;
+            Ok(Ok(Caller {
+                user_id: user.id,
+                email: user.email.clone(),
+                role: user.role(),
+                via: Via::Session { id: sid },
+                access: std::sync::Arc::new(access),
+            }))
         }
         API_KEY_KIND => {
             let found: Option<(String, ApiKeyRow, UserRow)> = api_keys::table
@@ -179,11 +205,13 @@ pub async fn resolve_token(
             if key.last_used_at.is_none_or(|s| now - s > TOUCH_EVERY) {
                 diesel::update(api_keys::table.find(key.id)).set(api_keys::last_used_at.eq(now)).execute(conn).await?;
             }
+            let access = crate::spaces::key_access(conn, user.id, user.role(), key.id, key.role()).await?;
             Ok(Ok(Caller {
                 user_id: user.id,
                 email: user.email.clone(),
                 role: key.role().min(user.role()),
                 via: Via::ApiKey { id: key.id, name: key.name.clone() },
+                access: std::sync::Arc::new(access),
             }))
         }
         _ => Ok(Err(TokenRefusal::Malformed)),
@@ -386,4 +414,14 @@ pub async fn prune_sessions(conn: &mut AsyncPgConnection, before: DateTime<Utc>)
     Ok(diesel::delete(sessions::table.filter(sessions::expires_at.lt(before).or(sessions::revoked_at.lt(before))))
         .execute(conn)
         .await?)
+}
+
+/// The user with `email` (matched without regard to case).
+pub async fn user_by_email(conn: &mut AsyncPgConnection, email: &str) -> Result<Option<UserRow>, StoreError> {
+    Ok(users::table
+        .filter(lower(users::email).eq(email.to_lowercase()))
+        .select(UserRow::as_select())
+        .first(conn)
+        .await
+        .optional()?)
 }

@@ -66,6 +66,7 @@ pub struct IntegrationRow {
     pub ca_pem: Option<String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    pub space_id: i64,
 }
 
 impl IntegrationRow {
@@ -109,6 +110,8 @@ pub struct NewIntegration {
     pub token: Option<Secret>,
     pub webhook_secret: Option<Secret>,
     pub ca_pem: Option<String>,
+    /// The space the integration belongs to.
+    pub space_id: i64,
 }
 
 /// Changes; `None` keeps a value, `Some(None)` clears it.
@@ -150,6 +153,7 @@ pub async fn insert(
             vcs_integrations::base_url.eq(&new.base_url),
             vcs_integrations::username.eq(&new.username),
             vcs_integrations::ca_pem.eq(&new.ca_pem),
+            vcs_integrations::space_id.eq(new.space_id),
         ))
         .returning(IntegrationRow::as_returning())
         .get_result(conn)
@@ -370,9 +374,15 @@ pub struct LinkedStack {
 /// locked for the caller's transaction: deliveries and polls acting on the
 /// same stacks then serialize, so that "cancel the older proposed run" and
 /// "one run per commit" hold.
+///
+/// Only stacks of the integration's space or a space below it: a link made
+/// before would never let one team's git server start another team's runs.
 pub async fn stacks_of(conn: &mut AsyncPgConnection, integration: i64, lock: bool) -> Result<Vec<LinkedStack>, StoreError> {
+    let space: i64 = vcs_integrations::table.find(integration).select(vcs_integrations::space_id).first(conn).await?;
+    let within = crate::spaces::descendants(conn, space).await?;
     let q = stacks::table
         .filter(stacks::vcs_integration_id.eq(integration))
+        .filter(stacks::space_id.eq_any(within))
         .order(stacks::id.asc())
         .select((stacks::id, stacks::slug, stacks::repository, stacks::branch, stacks::project_root));
     Ok(if lock { q.for_update().load(conn).await? } else { q.load(conn).await? })

@@ -5,10 +5,16 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-/// Roles, from least to most privileged.
+/// Roles, from least to most privileged. A user's or API key's own role is
+/// its role in the root space, and so in every space; grants raise it in a
+/// space and the spaces below it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
+    /// As an own role only: nothing outside the spaces granted. Never needed
+    /// by an operation and never granted.
+    #[serde(rename = "none")]
+    NoAccess,
     /// Reads everything except secret values; changes nothing.
     Reader,
     /// Also manages stacks, contexts and environment variables, and runs.
@@ -20,6 +26,7 @@ pub enum Role {
 impl Role {
     pub fn as_str(self) -> &'static str {
         match self {
+            Role::NoAccess => "none",
             Role::Reader => "reader",
             Role::Writer => "writer",
             Role::Admin => "admin",
@@ -42,10 +49,11 @@ impl FromStr for Role {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s {
+            "none" => Ok(Role::NoAccess),
             "reader" => Ok(Role::Reader),
             "writer" => Ok(Role::Writer),
             "admin" => Ok(Role::Admin),
-            other => Err(format!("unknown role {other:?} (expected reader, writer or admin)")),
+            other => Err(format!("unknown role {other:?} (expected none, reader, writer or admin)")),
         }
     }
 }

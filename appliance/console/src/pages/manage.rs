@@ -93,11 +93,12 @@ fn worker_badge(w: &queries::WorkerLine, generation: i32) -> Badge {
 }
 
 pub(super) async fn pools(c: &Console, s: &Session) -> Response {
+    let scope = s.viewer.scope();
     let mut conn = match c.db.get().await {
         Ok(c) => c,
         Err(e) => return unavailable(Some(&s.viewer), &e),
     };
-    let (pools, workers) = match queries::pools_and_workers(&mut conn).await {
+    let (pools, workers) = match queries::pools_and_workers(&mut conn, scope.as_deref()).await {
         Ok(x) => x,
         Err(e) => return unavailable(Some(&s.viewer), &e),
     };
@@ -202,6 +203,7 @@ struct VcsPage {
 }
 
 pub(super) async fn vcs(c: &Console, s: &Session) -> Response {
+    let scope = s.viewer.scope();
     if let Some(r) = refused(s, Op::ListVcs) {
         return r;
     }
@@ -209,7 +211,7 @@ pub(super) async fn vcs(c: &Console, s: &Session) -> Response {
         Ok(c) => c,
         Err(e) => return unavailable(Some(&s.viewer), &e),
     };
-    let rows = match queries::integrations(&mut conn).await {
+    let rows = match queries::integrations(&mut conn, scope.as_deref()).await {
         Ok(r) => r,
         Err(e) => return unavailable(Some(&s.viewer), &e),
     };
@@ -293,13 +295,14 @@ struct VcsOnePage {
 }
 
 pub(super) async fn vcs_one(c: &Console, s: &Session, name: &str) -> Response {
+    let scope = s.viewer.scope();
     let mut conn = match c.db.get().await {
         Ok(c) => c,
         Err(e) => return unavailable(Some(&s.viewer), &e),
     };
     let read = async {
-        let Some((id, kind, base_url, _)) = queries::integration_named(&mut conn, name).await? else { return Ok(None) };
-        let stacks = queries::linked_stacks(&mut conn, id).await?;
+        let Some((id, kind, base_url, _)) = queries::integration_named(&mut conn, name, scope.as_deref()).await? else { return Ok(None) };
+        let stacks = queries::linked_stacks(&mut conn, id, scope.as_deref()).await?;
         let deliveries = queries::deliveries(&mut conn, id, 50).await?;
         Ok::<_, diesel::result::Error>(Some((kind, base_url, stacks, deliveries)))
     };
@@ -354,11 +357,12 @@ struct ContextsPage {
 }
 
 pub(super) async fn contexts(c: &Console, s: &Session) -> Response {
+    let scope = s.viewer.scope();
     let mut conn = match c.db.get().await {
         Ok(c) => c,
         Err(e) => return unavailable(Some(&s.viewer), &e),
     };
-    match queries::contexts_list(&mut conn).await {
+    match queries::contexts_list(&mut conn, scope.as_deref()).await {
         Ok(rows) => html(
             StatusCode::OK,
             &ContextsPage { frame: Frame::new("Contexts", "contexts", Some(s.viewer.clone())), viewer: s.viewer.clone(), rows },
@@ -393,15 +397,16 @@ struct ContextPage {
 }
 
 pub(super) async fn context(c: &Console, s: &Session, slug: &str) -> Response {
+    let scope = s.viewer.scope();
     let mut conn = match c.db.get().await {
         Ok(c) => c,
         Err(e) => return unavailable(Some(&s.viewer), &e),
     };
     let read = async {
-        let Some((id, slug, name, description)) = queries::context_named(&mut conn, slug).await? else { return Ok(None) };
+        let Some((id, slug, name, description)) = queries::context_named(&mut conn, slug, scope.as_deref()).await? else { return Ok(None) };
         let vars = queries::context_variables(&mut conn, id).await?;
-        let stacks = queries::context_stacks(&mut conn, id).await?;
-        let all = queries::stack_slugs(&mut conn).await?;
+        let stacks = queries::context_stacks(&mut conn, id, scope.as_deref()).await?;
+        let all = queries::stack_slugs(&mut conn, scope.as_deref()).await?;
         Ok::<_, diesel::result::Error>(Some((slug, name, description, vars, stacks, all)))
     };
     let (slug, name, description, vars, stacks, all_stacks) = match read.await {

@@ -6,6 +6,7 @@ mod auth;
 mod manage;
 mod modules;
 mod policies;
+mod spaces;
 mod runs;
 mod stacks;
 
@@ -29,9 +30,9 @@ const MAX_FORM: usize = 256 * 1024;
 
 /// First path segments the console answers; anything else is left to the
 /// server's other routes.
-const PREFIXES: [&str; 16] = [
-    "", "login", "logout", "account", "stacks", "runs", "pools", "workers", "vcs", "contexts", "modules", "policies", "admin", "keys", "events",
-    "favicon.ico",
+const PREFIXES: [&str; 17] = [
+    "", "login", "logout", "account", "stacks", "runs", "pools", "workers", "vcs", "contexts", "modules", "policies", "spaces", "admin", "keys",
+    "events", "favicon.ico",
 ];
 
 pub(crate) fn routes(console: Arc<Console>) -> BoxedFilter<(Response,)> {
@@ -197,6 +198,10 @@ async fn dispatch(c: &Console, req: Req) -> Response {
         (["modules"], true, _) => modules::list(c, &session).await,
         (["policies"], true, _) => policies::list(c, &session).await,
         (["policies", "test"], _, true) => policies::test(c, &session, &req).await,
+        (["spaces"], true, _) => spaces::list(c, &session).await,
+        (["spaces"], _, true) => spaces::create(c, &session, &req).await,
+        (["spaces", slug], true, _) => spaces::show(c, &session, slug).await,
+        (["spaces", slug, action @ ("grant" | "revoke" | "delete")], _, true) => spaces::act(c, &session, &req, slug, action).await,
         (["contexts"], _, true) => manage::create_context(c, &session, &req).await,
         (["contexts", slug], true, _) => manage::context(c, &session, slug).await,
         (["contexts", slug, "variables"], _, true) => manage::context_action(c, &session, &req, slug, "variables").await,
@@ -240,7 +245,7 @@ async fn authenticate(c: &Console, req: &Req) -> Result<Session, Response> {
     match c.backend.session(&token).await {
         Ok(Some(user)) => {
             let csrf = session::csrf_token(&token);
-            Ok(Session { token, viewer: Viewer { email: user.email, role: user.role, csrf } })
+            Ok(Session { token, viewer: Viewer { email: user.email, role: user.role, access: user.access, csrf } })
         }
         Ok(None) => Err(to_login(true)),
         Err(e) => {

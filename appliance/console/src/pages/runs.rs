@@ -183,7 +183,9 @@ pub(super) async fn show(c: &Console, s: &Session, id: &str) -> Response {
         Err(e) => return unavailable(Some(&s.viewer), &e),
     };
     drop(conn);
-    let Some(stack) = stack else { return not_found(Some(&s.viewer)) };
+    // A run of a space the viewer cannot see does not exist for them.
+    let Some(stack) = stack.filter(|st| s.viewer.sees(st.space_id)) else { return not_found(Some(&s.viewer)) };
+    let viewer = s.viewer.in_space(stack.space_id);
     let state = run.state();
 
     let mut phases = Vec::new();
@@ -233,13 +235,13 @@ pub(super) async fn show(c: &Console, s: &Session, id: &str) -> Response {
     };
     let live = !state.is_terminal();
     let commit_url = integration.and_then(|(_, kind, base)| commit_url(&kind, &base, &stack.repository, &run.commit_sha));
-    let mut frame = Frame::new(format!("Run #{id} of {}", stack.name), "stacks", Some(s.viewer.clone()));
+    let mut frame = Frame::new(format!("Run #{id} of {}", stack.name), "stacks", Some(viewer.clone()));
     if live {
         frame.refresh_secs = Some(5);
     }
     let page = RunPage {
         frame,
-        viewer: s.viewer.clone(),
+        viewer,
         run: RunView {
             id,
             badge: Badge::run(state),

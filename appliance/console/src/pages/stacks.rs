@@ -54,6 +54,7 @@ fn parse_state(s: &str) -> Option<String> {
 }
 
 pub(super) async fn list(c: &Console, s: &Session, req: &Req) -> Response {
+    let scope = s.viewer.scope();
     let text: String = req.query_param("q").unwrap_or_default().trim().chars().take(100).collect();
     let label: String = req.query_param("label").unwrap_or_default().trim().chars().take(64).collect();
     let state = parse_state(&req.query_param("state").unwrap_or_default()).unwrap_or_default();
@@ -63,13 +64,13 @@ pub(super) async fn list(c: &Console, s: &Session, req: &Req) -> Response {
         Ok(c) => c,
         Err(e) => return unavailable(Some(&s.viewer), &e),
     };
-    let lines = match queries::stack_lines(&mut conn, &filter, (page - 1) * PAGE, PAGE).await {
+    let lines = match queries::stack_lines(&mut conn, &filter, scope.as_deref(), (page - 1) * PAGE, PAGE).await {
         Ok(l) => l,
         Err(e) => return unavailable(Some(&s.viewer), &e),
     };
     let total = match lines.first() {
         Some(l) => l.total,
-        None if page > 1 => match queries::stack_lines(&mut conn, &filter, 0, 1).await {
+        None if page > 1 => match queries::stack_lines(&mut conn, &filter, scope.as_deref(), 0, 1).await {
             Ok(l) => l.first().map_or(0, |l| l.total),
             Err(e) => return unavailable(Some(&s.viewer), &e),
         },
@@ -118,7 +119,7 @@ pub(super) async fn list(c: &Console, s: &Session, req: &Req) -> Response {
     let filtered = !text.is_empty() || !label.is_empty() || !state.is_empty();
     let page_view = StacksPage {
         frame: Frame::new("Stacks", "stacks", Some(s.viewer.clone())),
-        can_write: s.viewer.can_write(),
+        can_write: s.viewer.writes_somewhere(),
         rows,
         total,
         filtered,
@@ -225,13 +226,15 @@ pub(crate) fn short(sha: &str) -> String {
 }
 
 pub(super) async fn show(c: &Console, s: &Session, req: &Req, slug: &str) -> Response {
+    let scope = s.viewer.scope();
     let before = req.query_param("before").and_then(|b| b.parse::<i64>().ok()).filter(|b| *b > 0);
     let mut conn = match c.db.get().await {
         Ok(c) => c,
         Err(e) => return unavailable(Some(&s.viewer), &e),
     };
     let read = async {
-        let Some(stack) = queries::stack(&mut conn, slug).await? else { return Ok(None) };
+        // A stack of a space the viewer cannot see does not exist for them.
+        let Some(stack) = queries::stack(&mut conn, slug).await?.filter(|st| s.viewer.sees(st.space_id)) else { return Ok(None) };
         let pool = match stack.worker_pool_id {
             Some(p) => queries::pool_name(&mut conn, p).await?,
             None => None,
@@ -245,8 +248,8 @@ pub(super) async fn show(c: &Console, s: &Session, req: &Req, slug: &str) -> Res
         let version_count = queries::count_state_versions(&mut conn, stack.id).await?;
         let runs = queries::runs_of(&mut conn, stack.id, before, RUNS + 1).await?;
         let variables = queries::stack_variables(&mut conn, stack.id).await?;
-        let contexts = queries::stack_contexts(&mut conn, stack.id).await?;
-        let (pools, _) = queries::names(&mut conn).await?;
+        let contexts = queries::stack_contexts(&mut conn, stack.id, scope.as_deref()).await?;
+        let (pools, _) = queries::names(&mut conn, scope.as_deref()).await?;
         Ok::<_, diesel::result::Error>(Some((stack, pool, vcs, lock, (versions, version_count), runs, variables, (contexts, pools))))
     };
     let (stack, pool, vcs, lock, (versions, version_count), mut runs, variables, (contexts, pools)) = match read.await {
@@ -254,7 +257,9 @@ pub(super) async fn show(c: &Console, s: &Session, req: &Req, slug: &str) -> Res
         Ok(None) => return not_found(Some(&s.viewer)),
         Err(e) => return unavailable(Some(&s.viewer), &e),
     };
-    let deps = match dependencies_view(&mut conn, stack.id).await {
+    // The stack's controls follow the viewer's role in its space.
+    let viewer = s.viewer.in_space(stack.space_id);
+    let deps = match dependencies_view(&mut conn, &viewer, stack.id).await {
         Ok(d) => d,
         Err(e) => return unavailable(Some(&s.viewer), &e),
     };
@@ -262,8 +267,8 @@ pub(super) async fn show(c: &Console, s: &Session, req: &Req, slug: &str) -> Res
     runs.truncate(RUNS as usize);
     let older_href = if more { runs.last().map(|r| format!("/stacks/{}?before={}#runs", urlencode(slug), r.id)) } else { None };
     let page = StackPage {
-        frame: Frame::new(stack.name.clone(), "stacks", Some(s.viewer.clone())),
-        viewer: s.viewer.clone(),
+        frame: Frame::new(stack.name.clone(), "stacks", Some(viewer.clone())),
+        viewer,
         pool,
         vcs,
         lock: lock.map(|(lock_id, held_by, at)| LockView { lock_id, held_by, when: When::at(at) }),
@@ -315,12 +320,13 @@ pub(super) async fn show(c: &Console, s: &Session, req: &Req, slug: &str) -> Res
     html(StatusCode::OK, &page)
 }
 
-async fn dependencies_view(conn: &mut hangar_db::AsyncPgConnection, stack: i64) -> Result<DepsView, hangar_store::StoreError> {
+async fn dependencies_view(conn: &mut hangar_db::AsyncPgConnection, viewer: &Viewer, stack: i64) -> Result<DepsView, hangar_store::StoreError> {
     use hangar_store::dependencies::{self, Held, Standing};
     let mut standings = dependencies::standings(conn, stack).await?;
     let on = dependencies::dependencies_of(conn, stack)
         .await?
         .into_iter()
+        .filter(|d| viewer.sees(d.on.space_id))
         .map(|d| {
             let (badge, run_id) = match standings.remove(&d.on.id).unwrap_or(Standing::NeverApplied) {
                 Standing::Applied { run, .. } => (Badge::of("applied", "ok"), Some(run)),
@@ -332,7 +338,8 @@ async fn dependencies_view(conn: &mut hangar_db::AsyncPgConnection, stack: i64) 
             DependencyView { slug: d.on.slug, outputs, badge, run_id }
         })
         .collect();
-    let dependents = dependencies::dependents_of(conn, stack).await?.into_iter().map(|d| d.slug).collect();
+    let dependents =
+        dependencies::dependents_of(conn, stack).await?.into_iter().filter(|d| viewer.sees(d.space_id)).map(|d| d.slug).collect();
     let held = dependencies::held(conn, stack)
         .await?
         .map(|h| (matches!(h, Held::Stopped { .. }), sentence(&h.message()), h.upstream().1));
@@ -511,6 +518,8 @@ struct NewStackPage {
     error: Option<String>,
     pools: Vec<String>,
     integrations: Vec<String>,
+    /// The spaces the viewer may create a stack in: (slug, name).
+    spaces: Vec<(String, String)>,
     f: NewStackForm,
 }
 
@@ -527,6 +536,7 @@ pub(crate) struct NewStackForm {
     pub(crate) vcs: String,
     pub(crate) labels: String,
     pub(crate) autodeploy: bool,
+    pub(crate) space: String,
 }
 
 impl NewStackForm {
@@ -544,6 +554,7 @@ impl NewStackForm {
             vcs: f("vcs"),
             labels: f("labels"),
             autodeploy: req.field("autodeploy") == Some("on"),
+            space: f("space"),
         }
     }
 }
@@ -558,13 +569,22 @@ async fn form_again(c: &Console, s: &Session, f: NewStackForm, error: String) ->
 }
 
 async fn form_page(c: &Console, s: &Session, f: NewStackForm, error: Option<String>) -> Response {
+    let scope = s.viewer.scope();
     let status = if error.is_some() { StatusCode::UNPROCESSABLE_ENTITY } else { StatusCode::OK };
     let mut conn = match c.db.get().await {
         Ok(c) => c,
         Err(e) => return unavailable(Some(&s.viewer), &e),
     };
-    let (pools, integrations) = match queries::names(&mut conn).await {
+    let (pools, integrations) = match queries::names(&mut conn, scope.as_deref()).await {
         Ok(n) => n,
+        Err(e) => return unavailable(Some(&s.viewer), &e),
+    };
+    let spaces = match hangar_store::spaces::list_spaces(&mut conn).await {
+        Ok(all) => all
+            .into_iter()
+            .filter(|sp| s.viewer.access.may(sp.id, hangar_store::access::Op::Write.role()))
+            .map(|sp| (sp.slug, sp.name))
+            .collect(),
         Err(e) => return unavailable(Some(&s.viewer), &e),
     };
     let page = NewStackPage {
@@ -573,6 +593,7 @@ async fn form_page(c: &Console, s: &Session, f: NewStackForm, error: Option<Stri
         error,
         pools,
         integrations,
+        spaces,
         f,
     };
     html(status, &page)
@@ -588,6 +609,9 @@ pub(super) async fn create(c: &Console, s: &Session, req: &Req) -> Response {
     });
     if !f.pool.is_empty() {
         input["workerPool"] = json!(f.pool);
+    }
+    if !f.space.is_empty() {
+        input["space"] = json!(f.space);
     }
     let created = c
         .backend

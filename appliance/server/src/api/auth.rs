@@ -8,7 +8,7 @@ use hangar_types::Role;
 use serde_json::json;
 
 use super::types::{ApiKey, User, UserRole};
-use super::{ApiError, app, conn, require};
+use super::{ApiError, app, caller, conn, require};
 use crate::admin::valid_email;
 use hangar_store::audit;
 use hangar_store::users::{self, Via};
@@ -68,7 +68,7 @@ pub struct AuthQuery;
 impl AuthQuery {
     /// The caller.
     async fn me(&self, ctx: &Context<'_>) -> async_graphql::Result<User> {
-        let caller = require(ctx, Op::Read.role())?;
+        let caller = caller(ctx)?;
         let mut c = conn(ctx).await?;
         let user = users::get_user(&mut c, caller.user_id).await.map_err(ApiError::from)?;
         Ok(user.map(User::from).ok_or_else(|| ApiError::not_found("user", caller.email.clone()))?)
@@ -83,7 +83,7 @@ impl AuthQuery {
 
     /// The caller's API keys; every user's with `all` (admin).
     async fn api_keys(&self, ctx: &Context<'_>, #[graphql(default = false)] all: bool) -> async_graphql::Result<Vec<ApiKey>> {
-        let caller = require(ctx, if all { Op::ListUsers.role() } else { Op::Read.role() })?;
+        let caller = if all { require(ctx, Op::ListUsers.role())? } else { caller(ctx)? };
         let mut c = conn(ctx).await?;
         let rows = users::list_api_keys(&mut c, (!all).then_some(caller.user_id)).await.map_err(ApiError::from)?;
         Ok(rows.into_iter().map(ApiKey::from).collect())
@@ -202,7 +202,7 @@ impl AuthMutation {
 
     /// Ends the caller's session.
     async fn logout(&self, ctx: &Context<'_>) -> async_graphql::Result<bool> {
-        let caller = require(ctx, Op::Read.role())?.clone();
+        let caller = caller(ctx)?.clone();
         let Via::Session { id: session } = caller.via else {
             return Err(ApiError::Refused("logout ends a session; an API key is revoked with revokeApiKey".into()).into());
         };
@@ -224,7 +224,7 @@ impl AuthMutation {
         current_password: String,
         new_password: String,
     ) -> async_graphql::Result<bool> {
-        let caller = require(ctx, Op::Read.role())?.clone();
+        let caller = caller(ctx)?.clone();
         let mut c = conn(ctx).await?;
         let stored = users::password_hash(&mut c, caller.user_id).await.map_err(ApiError::from)?;
         if current_password.len() > 4096 || !verify_password(current_password, stored).await? {
@@ -337,10 +337,13 @@ impl AuthMutation {
         role: Option<UserRole>,
         expires_in_days: Option<i32>,
     ) -> async_graphql::Result<CreatedApiKey> {
-        let caller = require(ctx, Op::Read.role())?.clone();
+        let caller = caller(ctx)?.clone();
         check_name("name", &name, 100)?;
-        let role: Role = role.map(Into::into).unwrap_or(caller.role);
-        if !caller.role.allows(role) {
+        // A key's role caps what it may do in every space, under its owner's
+        // roles there: at most the highest role the caller holds anywhere.
+        let best = caller.access.best();
+        let role: Role = role.map(Into::into).unwrap_or(best);
+        if !best.allows(role) {
             return Err(ApiError::Forbidden { needed: role }.into());
         }
         let expires_at = match expires_in_days {
@@ -369,7 +372,7 @@ impl AuthMutation {
 
     /// Revokes an API key: the caller's own, or anyone's for an admin.
     async fn revoke_api_key(&self, ctx: &Context<'_>, id: ID) -> async_graphql::Result<ApiKey> {
-        let caller = require(ctx, Op::Read.role())?.clone();
+        let caller = caller(ctx)?.clone();
         let kid = super::id(&id, "id")?;
         let mut c = conn(ctx).await?;
         let actor = caller.actor();

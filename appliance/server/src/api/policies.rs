@@ -15,7 +15,9 @@ use hangar_store::{audit, stacks};
 use serde_json::json;
 
 use super::types::{Run, Stack};
-use super::{ApiError, app, conn, require};
+use super::{ApiError, app, caller, check_in, check_usable, conn, require, space_for, stack_for};
+use hangar_store::users::Caller;
+use hangar_types::Role;
 
 /// Most policies a `testPolicy` replays at once.
 const MAX_REPLAY: i32 = 100;
@@ -79,6 +81,8 @@ pub struct PolicyInput {
     /// label, `autoattach:*` to every stack.
     #[graphql(default)]
     pub labels: Vec<String>,
+    /// The space the policy belongs to, by slug (the root when absent).
+    pub space: Option<String>,
 }
 
 fn check_name(name: &str) -> Result<(), ApiError> {
@@ -137,9 +141,10 @@ impl Policy {
     async fn labels(&self) -> &[String] {
         &self.0.labels
     }
-    /// The space the policy belongs to, once spaces exist; null until then.
-    async fn space(&self) -> Option<&str> {
-        self.0.space.as_deref()
+    /// The space the policy belongs to; it applies to stacks of that space
+    /// and the spaces below.
+    async fn space(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<super::spaces::Space>> {
+        super::spaces::space_object(ctx, self.0.space_id).await
     }
     async fn created_at(&self) -> DateTime<Utc> {
         self.0.created_at
@@ -149,17 +154,17 @@ impl Policy {
     }
     /// Every saved version, newest first.
     async fn versions(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<PolicyVersion>> {
-        require(ctx, Op::Read.role())?;
+        caller(ctx)?;
         let mut c = conn(ctx).await?;
         Ok(store::versions(&mut c, self.0.id).await.map_err(ApiError::from)?.into_iter().map(PolicyVersion).collect())
     }
     /// The stacks it is attached to by hand (label attachment is in `labels`).
     async fn stacks(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<Stack>> {
-        require(ctx, Op::Read.role())?;
+        let caller = caller(ctx)?;
         let mut c = conn(ctx).await?;
         let mut out = Vec::new();
         for id in store::attached_stack_ids(&mut c, self.0.id).await.map_err(ApiError::from)? {
-            if let Some(s) = stacks::stack_by_id(&mut c, id).await.map_err(ApiError::from)? {
+            if let Some(s) = stacks::stack_by_id(&mut c, id).await.map_err(ApiError::from)?.filter(|s| caller.sees(s.space_id)) {
                 out.push(Stack(s));
             }
         }
@@ -271,19 +276,29 @@ pub struct PolicyReplay {
 }
 
 pub(crate) async fn evaluations_of(ctx: &Context<'_>, run: i64) -> async_graphql::Result<Vec<PolicyEvaluation>> {
-    require(ctx, Op::Read.role())?;
+    caller(ctx)?;
     let mut c = conn(ctx).await?;
     Ok(store::evaluations_of_run(&mut c, run).await.map_err(ApiError::from)?.into_iter().map(PolicyEvaluation).collect())
 }
 
 pub(crate) async fn reviews_of(ctx: &Context<'_>, run: i64) -> async_graphql::Result<Vec<RunReview>> {
-    require(ctx, Op::Read.role())?;
+    caller(ctx)?;
     let mut c = conn(ctx).await?;
     Ok(store::reviews_of_run(&mut c, run).await.map_err(ApiError::from)?.into_iter().map(RunReview).collect())
 }
 
-async fn policy_by_name(c: &mut diesel_async::AsyncPgConnection, name: &str) -> Result<PolicyRow, ApiError> {
-    store::by_name(c, name).await?.ok_or_else(|| ApiError::not_found("policy", name.chars().take(100).collect::<String>()))
+/// The policy `name`, when `caller` holds `needed` in its space.
+async fn policy_by_name(
+    c: &mut diesel_async::AsyncPgConnection,
+    caller: &Caller,
+    name: &str,
+    needed: Role,
+) -> Result<PolicyRow, ApiError> {
+    super::gate(caller, needed)?;
+    let shown: String = name.chars().take(100).collect();
+    let row = store::by_name(c, name).await?.ok_or_else(|| ApiError::not_found("policy", shown.clone()))?;
+    check_in(caller, row.space_id, needed, "policy", &shown)?;
+    Ok(row)
 }
 
 #[derive(Default)]
@@ -293,15 +308,16 @@ pub struct PoliciesQuery;
 impl PoliciesQuery {
     /// Every policy, by name.
     async fn policies(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<Policy>> {
-        require(ctx, Op::Read.role())?;
+        let caller = caller(ctx)?;
         let mut c = conn(ctx).await?;
-        Ok(store::list(&mut c).await.map_err(ApiError::from)?.into_iter().map(Policy).collect())
+        let all = store::list(&mut c).await.map_err(ApiError::from)?;
+        Ok(all.into_iter().filter(|p| caller.sees(p.space_id)).map(Policy).collect())
     }
 
     async fn policy(&self, ctx: &Context<'_>, name: String) -> async_graphql::Result<Option<Policy>> {
-        require(ctx, Op::Read.role())?;
+        let caller = caller(ctx)?;
         let mut c = conn(ctx).await?;
-        Ok(store::by_name(&mut c, &name).await.map_err(ApiError::from)?.map(Policy))
+        Ok(store::by_name(&mut c, &name).await.map_err(ApiError::from)?.filter(|p| caller.sees(p.space_id)).map(Policy))
     }
 
     /// What `body`, a policy of `kind` not attached anywhere yet, would have
@@ -386,7 +402,7 @@ impl PoliciesMutation {
     /// Creates a policy with its first version (admin). A body that does not
     /// compile is refused with its line and column.
     async fn create_policy(&self, ctx: &Context<'_>, input: PolicyInput) -> async_graphql::Result<Policy> {
-        let caller = require(ctx, Op::ManagePolicies.role())?.clone();
+        let caller = caller(ctx)?.clone();
         check_name(&input.name)?;
         check_description(&input.description)?;
         let labels = clean_labels(input.labels)?;
@@ -396,17 +412,24 @@ impl PoliciesMutation {
         let mut c = conn(ctx).await?;
         let row = c
             .transaction::<_, ApiError, _>(async move |c| {
+                let space = space_for(c, &caller, input.space.as_deref(), Op::ManagePolicies.role()).await?;
                 if store::by_name(c, &input.name).await?.is_some() {
                     return Err(ApiError::Conflict(format!("policy {:?} already exists", input.name)));
                 }
-                let (row, version) =
-                    store::create(c, &input.name, kind.as_str(), &input.description, &labels, &input.body, &actor).await?;
+                let new = store::NewPolicy {
+                    name: &input.name,
+                    kind: kind.as_str(),
+                    description: &input.description,
+                    labels: &labels,
+                    space: space.id,
+                };
+                let (row, version) = store::create(c, new, &input.body, &actor).await?;
                 audit::record(
                     c,
                     &actor,
                     "policy.create",
                     &format!("policy:{}", row.name),
-                    json!({ "kind": row.kind, "version": version.version, "labels": row.labels }),
+                    json!({ "kind": row.kind, "version": version.version, "labels": row.labels, "space": space.slug }),
                 )
                 .await?;
                 Ok(row)
@@ -425,7 +448,7 @@ impl PoliciesMutation {
         labels: Option<Vec<String>>,
         description: Option<String>,
     ) -> async_graphql::Result<Policy> {
-        let caller = require(ctx, Op::ManagePolicies.role())?.clone();
+        let caller = caller(ctx)?.clone();
         if let Some(d) = &description {
             check_description(d)?;
         }
@@ -434,7 +457,7 @@ impl PoliciesMutation {
         let mut c = conn(ctx).await?;
         let row = c
             .transaction::<_, ApiError, _>(async move |c| {
-                let current = policy_by_name(c, &name).await?;
+                let current = policy_by_name(c, &caller, &name, Op::ManagePolicies.role()).await?;
                 if let Some(b) = &body {
                     let kind: PolicyKind = current.kind.parse().map_err(ApiError::Internal)?;
                     compile(kind, b)?;
@@ -475,13 +498,17 @@ impl PoliciesMutation {
         decision: ReviewDecisionValue,
         #[graphql(default)] note: String,
     ) -> async_graphql::Result<Run> {
-        let caller = require(ctx, Op::Write.role())?.clone();
+        let caller = caller(ctx)?.clone();
         let rid = super::id(&id, "id")?;
         if note.chars().count() > 2000 || note.chars().any(|c| c.is_control() && c != '\n') {
             return Err(ApiError::invalid("note", "must be at most 2000 characters without control characters").into());
         }
         let mut c = conn(ctx).await?;
+        super::runs::check_run(&mut c, &caller, rid, Op::Write.role()).await?;
         let run = hangar_db::runs::get(&mut c, rid).await.map_err(ApiError::from)?.ok_or_else(|| ApiError::not_found("run", rid.to_string()))?;
+        // The role recorded with the review is the reviewer's in the run's space.
+        let space = stacks::stack_by_id(&mut c, run.stack_id).await.map_err(ApiError::from)?.map_or(0, |s| s.space_id);
+        let role = caller.access.role_in(space);
         if run.state().is_terminal() {
             return Err(ApiError::Refused(format!("run {rid} already ended ({}): it can no longer be reviewed", run.state())).into());
         }
@@ -489,7 +516,7 @@ impl PoliciesMutation {
         c.transaction::<_, ApiError, _>(async |c| {
             // One at a time with a confirmation of the run (see confirmRun).
             hangar_db::runs::get_locked(c, rid).await?;
-            store::review(c, rid, caller.user_id, &caller.email, caller.role.as_str(), decision.as_str(), &note).await?;
+            store::review(c, rid, caller.user_id, &caller.email, role.as_str(), decision.as_str(), &note).await?;
             audit::record(c, &actor, "run.review", &format!("run:{rid}"), json!({ "decision": decision.as_str() })).await?;
             Ok(())
         })
@@ -500,15 +527,17 @@ impl PoliciesMutation {
 
 impl PoliciesMutation {
     async fn attachment(&self, ctx: &Context<'_>, policy: String, stack: String, attach: bool) -> async_graphql::Result<bool> {
-        let caller = require(ctx, Op::ManagePolicies.role())?.clone();
+        let caller = caller(ctx)?.clone();
         let mut c = conn(ctx).await?;
         let actor = caller.actor();
         let changed = c
             .transaction::<_, ApiError, _>(async move |c| {
-                let p = policy_by_name(c, &policy).await?;
-                let s = stacks::stack_by_slug(c, &stack)
-                    .await?
-                    .ok_or_else(|| ApiError::not_found("stack", stack.chars().take(100).collect::<String>()))?;
+                let p = policy_by_name(c, &caller, &policy, Op::ManagePolicies.role()).await?;
+                let shown: String = stack.chars().take(100).collect();
+                let s = stack_for(c, &caller, &shown, Op::Write.role()).await?;
+                if attach {
+                    check_usable(c, "policy", &p.name, p.space_id, s.space_id).await?;
+                }
                 let changed = if attach { store::attach(c, s.id, p.id).await? } else { store::detach(c, s.id, p.id).await? };
                 let action = if attach { "policy.attach" } else { "policy.detach" };
                 audit::record(c, &actor, action, &format!("policy:{}", p.name), json!({ "stack": s.slug })).await?;

@@ -10,10 +10,20 @@ use hangar_types::{RunKind, RunState};
 use serde_json::json;
 
 use super::types::{DeadJob, Run, RunKindValue, RunPage, run_page};
-use super::{ApiError, app, conn, require};
+use super::{ApiError, app, caller, check_in, conn, require, stack_for};
 use hangar_store::{audit, stacks};
 use crate::git;
 use hangar_store::users::Caller;
+
+/// Refuses `caller` unless they hold `needed` in the space of run `run`'s
+/// stack; a run they cannot see does not exist.
+pub(crate) async fn check_run(c: &mut AsyncPgConnection, caller: &Caller, run: i64, needed: hangar_types::Role) -> Result<(), ApiError> {
+    super::gate(caller, needed)?;
+    let missing = || ApiError::not_found("run", run.to_string());
+    let row = db_runs::get(c, run).await?.ok_or_else(missing)?;
+    let stack = stacks::stack_by_id(c, row.stack_id).await?.ok_or_else(missing)?;
+    check_in(caller, stack.space_id, needed, "run", &run.to_string())
+}
 
 fn transition_error(run: i64, e: TransitionFailure, wanted: &str) -> ApiError {
     match e {
@@ -42,8 +52,7 @@ async fn queue(
     let commit = commit_sha.as_deref().map(check_sha).transpose()?;
     let app = app(ctx);
     let mut c = conn(ctx).await?;
-    let s = stacks::stack_by_slug(&mut c, &stack).await.map_err(ApiError::from)?;
-    let s = s.ok_or_else(|| ApiError::not_found("stack", stack.clone()))?;
+    let s = stack_for(&mut c, caller, &stack, Op::Write.role()).await?;
     let commit = match commit {
         Some(c) => c,
         None => {
@@ -127,19 +136,20 @@ impl RunsQuery {
         #[graphql(default = 20)] first: i32,
         after: Option<ID>,
     ) -> async_graphql::Result<RunPage> {
-        require(ctx, Op::Read.role())?;
+        let caller = caller(ctx)?;
         let mut c = conn(ctx).await?;
-        let s = stacks::stack_by_slug(&mut c, &stack).await.map_err(ApiError::from)?;
-        let s = s.ok_or_else(|| ApiError::not_found("stack", stack))?;
+        let s = stack_for(&mut c, caller, &stack, Op::Read.role()).await?;
         drop(c);
         Ok(run_page(ctx, s.id, first, after).await?)
     }
 
     async fn run(&self, ctx: &Context<'_>, id: ID) -> async_graphql::Result<Option<Run>> {
-        require(ctx, Op::Read.role())?;
+        let caller = caller(ctx)?;
         let rid = super::id(&id, "id")?;
         let mut c = conn(ctx).await?;
-        Ok(db_runs::get(&mut c, rid).await.map_err(ApiError::from)?.map(Run))
+        let Some(run) = db_runs::get(&mut c, rid).await.map_err(ApiError::from)? else { return Ok(None) };
+        let stack = stacks::stack_by_id(&mut c, run.stack_id).await.map_err(ApiError::from)?;
+        Ok(stack.filter(|s| caller.sees(s.space_id)).map(|_| Run(run)))
     }
 
     /// Jobs that failed every attempt, newest first (admin).
@@ -182,7 +192,7 @@ impl RunsMutation {
         commit_sha: Option<String>,
         #[graphql(default_with = "RunKindValue::Tracked")] kind: RunKindValue,
     ) -> async_graphql::Result<Run> {
-        let caller = require(ctx, Op::Write.role())?.clone();
+        let caller = caller(ctx)?.clone();
         let kind = RunKind::from(kind);
         // Tasks need a command: runTask.
         if !matches!(kind, RunKind::Tracked | RunKind::Proposed | RunKind::Drift) {
@@ -203,7 +213,7 @@ impl RunsMutation {
         command: String,
         commit_sha: Option<String>,
     ) -> async_graphql::Result<Run> {
-        let caller = require(ctx, Op::Write.role())?.clone();
+        let caller = caller(ctx)?.clone();
         let command = command.trim().to_string();
         if command.is_empty() || command.chars().count() > MAX_TASK_CHARS {
             return Err(ApiError::invalid("command", format!("1 to {MAX_TASK_CHARS} characters")).into());
@@ -218,10 +228,11 @@ impl RunsMutation {
     /// approval policies apply to its stack, every one must approve (and none
     /// reject) first; otherwise the refusal says which and why.
     async fn confirm_run(&self, ctx: &Context<'_>, id: ID) -> async_graphql::Result<Run> {
-        let caller = require(ctx, Op::Write.role())?.clone();
+        let caller = caller(ctx)?.clone();
         let rid = super::id(&id, "id")?;
         let app = app(ctx);
         let mut c = conn(ctx).await?;
+        check_run(&mut c, &caller, rid, Op::Write.role()).await?;
         // The run's row stays locked from the policies' reading of the reviews
         // to the confirmation (a review takes the same lock), and a refusal
         // commits: its evaluations are kept.
@@ -253,9 +264,10 @@ impl RunsMutation {
 
     /// Rejects the plan of an UNCONFIRMED run.
     async fn discard_run(&self, ctx: &Context<'_>, id: ID) -> async_graphql::Result<Run> {
-        let caller = require(ctx, Op::Write.role())?.clone();
+        let caller = caller(ctx)?.clone();
         let rid = super::id(&id, "id")?;
         let mut c = conn(ctx).await?;
+        check_run(&mut c, &caller, rid, Op::Write.role()).await?;
         let row = operate(
             &mut c,
             &caller,
@@ -275,9 +287,10 @@ impl RunsMutation {
         const WAITING: &[RunState] = &[RunState::Queued, RunState::Ready];
         const ON_WORKER: &[RunState] =
             &[RunState::Preparing, RunState::Initializing, RunState::Planning, RunState::Confirmed];
-        let caller = require(ctx, Op::Write.role())?.clone();
+        let caller = caller(ctx)?.clone();
         let rid = super::id(&id, "id")?;
         let mut c = conn(ctx).await?;
+        check_run(&mut c, &caller, rid, Op::Write.role()).await?;
         // The row is locked while the state is read and changed: a worker
         // taking the run meanwhile makes it a stop rather than a refusal.
         let row = c

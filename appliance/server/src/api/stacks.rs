@@ -9,7 +9,9 @@ use serde_json::json;
 
 use super::types::{ContextObj, DependencyOutput, IacTool, Stack, Variable};
 use hangar_store::dependencies::{self, OutputRef, Refusal};
-use super::{ApiError, app, conn, require};
+use super::{ApiError, app, caller, check_usable, conn, context_for, space_for, stack_for};
+use hangar_store::users::Caller;
+use hangar_types::Role;
 use crate::git;
 use hangar_store::stacks::{self as store, Content, NewStack, Owner, StackChanges};
 use hangar_store::{audit, pools};
@@ -38,6 +40,8 @@ pub struct StackInput {
     /// infrastructure back (it applies by itself only with `autodeploy`).
     #[graphql(default)]
     pub drift_reconcile: bool,
+    /// The space the stack belongs to, by slug (the root when absent).
+    pub space: Option<String>,
 }
 
 /// Changes to a stack: absent fields stay as they are; an empty `workerPool`
@@ -66,7 +70,7 @@ pub(crate) fn check_slug(field: &'static str, slug: &str) -> Result<(), ApiError
     if ok { Ok(()) } else { Err(ApiError::invalid(field, "must be 1-63 of a-z, 0-9 and '-', not starting with '-'")) }
 }
 
-fn check_text(field: &'static str, text: &str, min: usize, max: usize) -> Result<(), ApiError> {
+pub(crate) fn check_text(field: &'static str, text: &str, min: usize, max: usize) -> Result<(), ApiError> {
     let n = text.chars().count();
     if n < min || n > max || text.chars().any(|c| c.is_control() && c != '\n' && c != '\t') {
         return Err(ApiError::invalid(field, format!("must be {min} to {max} characters without control characters")));
@@ -172,19 +176,33 @@ fn check_outputs(outputs: &[DependencyOutput]) -> Result<Vec<OutputRef>, ApiErro
 }
 
 
-async fn pool_id(c: &mut diesel_async::AsyncPgConnection, name: Option<&str>) -> Result<Option<i64>, ApiError> {
+/// The pool `name` for a stack of `space`: one the caller sees, of the
+/// stack's space or one above it.
+async fn pool_id(
+    c: &mut diesel_async::AsyncPgConnection,
+    caller: &Caller,
+    name: Option<&str>,
+    space: i64,
+) -> Result<Option<i64>, ApiError> {
     match name {
         None | Some("") => Ok(None),
-        Some(n) => Ok(Some(pools::pool_by_name(c, n).await?.ok_or_else(|| ApiError::not_found("worker pool", n))?.id)),
+        Some(n) => {
+            let pool = pools::pool_by_name(c, n).await?.filter(|p| caller.sees(p.space_id));
+            let pool = pool.ok_or_else(|| ApiError::not_found("worker pool", n))?;
+            check_usable(c, "worker pool", n, pool.space_id, space).await?;
+            Ok(Some(pool.id))
+        }
     }
 }
 
-async fn stack_id(c: &mut diesel_async::AsyncPgConnection, slug: &str) -> Result<i64, ApiError> {
-    Ok(store::stack_by_slug(c, slug).await?.ok_or_else(|| ApiError::not_found("stack", slug))?.id)
+/// The stack `slug`, when the caller may change it.
+async fn stack_id(c: &mut diesel_async::AsyncPgConnection, caller: &Caller, slug: &str) -> Result<i64, ApiError> {
+    Ok(stack_for(c, caller, slug, Op::Write.role()).await?.id)
 }
 
-async fn context_id(c: &mut diesel_async::AsyncPgConnection, slug: &str) -> Result<i64, ApiError> {
-    Ok(store::context_by_slug(c, slug).await?.ok_or_else(|| ApiError::not_found("context", slug))?.id)
+/// The context `slug`, when the caller may change it.
+async fn context_id(c: &mut diesel_async::AsyncPgConnection, caller: &Caller, slug: &str) -> Result<i64, ApiError> {
+    Ok(context_for(c, caller, slug, Op::Write.role()).await?.id)
 }
 
 #[derive(Default)]
@@ -194,27 +212,29 @@ pub struct StacksQuery;
 impl StacksQuery {
     /// Every stack, by slug; only those carrying `label` when given.
     async fn stacks(&self, ctx: &Context<'_>, label: Option<String>) -> async_graphql::Result<Vec<Stack>> {
-        require(ctx, Op::Read.role())?;
+        let caller = caller(ctx)?;
         let mut c = conn(ctx).await?;
-        Ok(store::list_stacks(&mut c, label.as_deref()).await.map_err(ApiError::from)?.into_iter().map(Stack).collect())
+        let all = store::list_stacks(&mut c, label.as_deref()).await.map_err(ApiError::from)?;
+        Ok(all.into_iter().filter(|s| caller.sees(s.space_id)).map(Stack).collect())
     }
 
     async fn stack(&self, ctx: &Context<'_>, slug: String) -> async_graphql::Result<Option<Stack>> {
-        require(ctx, Op::Read.role())?;
+        let caller = caller(ctx)?;
         let mut c = conn(ctx).await?;
-        Ok(store::stack_by_slug(&mut c, &slug).await.map_err(ApiError::from)?.map(Stack))
+        Ok(store::stack_by_slug(&mut c, &slug).await.map_err(ApiError::from)?.filter(|s| caller.sees(s.space_id)).map(Stack))
     }
 
     async fn contexts(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<ContextObj>> {
-        require(ctx, Op::Read.role())?;
+        let caller = caller(ctx)?;
         let mut c = conn(ctx).await?;
-        Ok(store::list_contexts(&mut c).await.map_err(ApiError::from)?.into_iter().map(ContextObj).collect())
+        let all = store::list_contexts(&mut c).await.map_err(ApiError::from)?;
+        Ok(all.into_iter().filter(|x| caller.sees(x.space_id)).map(ContextObj).collect())
     }
 
     async fn context(&self, ctx: &Context<'_>, slug: String) -> async_graphql::Result<Option<ContextObj>> {
-        require(ctx, Op::Read.role())?;
+        let caller = caller(ctx)?;
         let mut c = conn(ctx).await?;
-        Ok(store::context_by_slug(&mut c, &slug).await.map_err(ApiError::from)?.map(ContextObj))
+        Ok(store::context_by_slug(&mut c, &slug).await.map_err(ApiError::from)?.filter(|x| caller.sees(x.space_id)).map(ContextObj))
     }
 }
 
@@ -230,15 +250,15 @@ async fn set_variable(
     value: String,
     secret: bool,
 ) -> Result<Variable, ApiError> {
-    let caller = require(ctx, Op::Write.role())?.clone();
+    let caller = caller(ctx)?.clone();
     check_variable(&name, &value)?;
     let app = app(ctx);
     let mut c = conn(ctx).await?;
     let row = c
         .transaction::<_, ApiError, _>(async move |c| {
             let owner = match owner_kind {
-                "stack" => Owner::Stack(stack_id(c, &owner_slug).await?),
-                _ => Owner::Context(context_id(c, &owner_slug).await?),
+                "stack" => Owner::Stack(stack_id(c, &caller, &owner_slug).await?),
+                _ => Owner::Context(context_id(c, &caller, &owner_slug).await?),
             };
             let content = if secret {
                 Content::Sealed(app.secrets.seal(c, value.as_bytes(), &owner.seal_context(&name)).await?)
@@ -261,12 +281,12 @@ async fn set_variable(
 }
 
 async fn delete_variable(ctx: &Context<'_>, owner_kind: &'static str, owner_slug: String, name: String) -> Result<bool, ApiError> {
-    let caller = require(ctx, Op::Write.role())?.clone();
+    let caller = caller(ctx)?.clone();
     let mut c = conn(ctx).await?;
     c.transaction::<_, ApiError, _>(async move |c| {
         let owner = match owner_kind {
-            "stack" => Owner::Stack(stack_id(c, &owner_slug).await?),
-            _ => Owner::Context(context_id(c, &owner_slug).await?),
+            "stack" => Owner::Stack(stack_id(c, &caller, &owner_slug).await?),
+            _ => Owner::Context(context_id(c, &caller, &owner_slug).await?),
         };
         if !store::delete_variable(c, owner, &name).await? {
             return Err(ApiError::not_found("variable", name));
@@ -281,7 +301,7 @@ async fn delete_variable(ctx: &Context<'_>, owner_kind: &'static str, owner_slug
 #[Object]
 impl StacksMutation {
     async fn create_stack(&self, ctx: &Context<'_>, input: StackInput) -> async_graphql::Result<Stack> {
-        let caller = require(ctx, Op::Write.role())?.clone();
+        let caller = caller(ctx)?.clone();
         check_slug("slug", &input.slug)?;
         check_text("name", &input.name, 1, 200)?;
         check_text("description", &input.description, 0, 2000)?;
@@ -296,7 +316,8 @@ impl StacksMutation {
         let mut c = conn(ctx).await?;
         let row = c
             .transaction::<_, ApiError, _>(async move |c| {
-                let worker_pool_id = pool_id(c, input.worker_pool.as_deref()).await?;
+                let space = space_for(c, &caller, input.space.as_deref(), Op::Write.role()).await?;
+                let worker_pool_id = pool_id(c, &caller, input.worker_pool.as_deref(), space.id).await?;
                 let tool: hangar_types::Tool = input.tool.into();
                 let new = NewStack {
                     slug: input.slug,
@@ -312,6 +333,7 @@ impl StacksMutation {
                     labels,
                     drift_schedule: input.drift_schedule.filter(|s| !s.is_empty()),
                     drift_reconcile: input.drift_reconcile,
+                    space_id: space.id,
                 };
                 let row = store::insert_stack(c, &new).await?;
                 audit::record(
@@ -323,6 +345,7 @@ impl StacksMutation {
                         "name": row.name, "repository": row.repository, "branch": row.branch,
                         "tool": row.tool, "tool_version": row.tool_version, "worker_pool": input.worker_pool,
                         "autodeploy": row.autodeploy, "labels": row.labels, "drift_reconcile": row.drift_reconcile,
+                        "space": space.slug,
                     }),
                 )
                 .await?;
@@ -333,7 +356,7 @@ impl StacksMutation {
     }
 
     async fn update_stack(&self, ctx: &Context<'_>, slug: String, input: StackUpdate) -> async_graphql::Result<Stack> {
-        let caller = require(ctx, Op::Write.role())?.clone();
+        let caller = caller(ctx)?.clone();
         if let Some(v) = &input.name {
             check_text("name", v, 1, 200)?;
         }
@@ -359,10 +382,11 @@ impl StacksMutation {
         let mut c = conn(ctx).await?;
         let row = c
             .transaction::<_, ApiError, _>(async move |c| {
-                let id = stack_id(c, &slug).await?;
+                let stack = stack_for(c, &caller, &slug, Op::Write.role()).await?;
+                let id = stack.id;
                 let worker_pool_id = match &input.worker_pool {
                     None => None,
-                    Some(name) => Some(pool_id(c, Some(name)).await?),
+                    Some(name) => Some(pool_id(c, &caller, Some(name), stack.space_id).await?),
                 };
                 let details = json!({
                     "name": input.name, "description": input.description, "repository": input.repository,
@@ -404,10 +428,9 @@ impl StacksMutation {
     /// the commit its last drift run planned (or answers the tracked run
     /// already under way). It applies by itself only with autodeploy.
     async fn reconcile_stack(&self, ctx: &Context<'_>, slug: String) -> async_graphql::Result<super::types::Run> {
-        let caller = require(ctx, Op::Write.role())?.clone();
+        let caller = caller(ctx)?.clone();
         let mut c = conn(ctx).await?;
-        let stack = store::stack_by_slug(&mut c, &slug).await.map_err(ApiError::from)?;
-        let stack = stack.ok_or_else(|| ApiError::not_found("stack", slug.clone()))?;
+        let stack = stack_for(&mut c, &caller, &slug, Op::Write.role()).await?;
         let drift_run = match (stack.drift_detected_at, stack.drift_run_id) {
             (Some(_), Some(id)) => hangar_db::runs::get(&mut c, id).await.map_err(|e| ApiError::Internal(e.to_string()))?,
             _ => None,
@@ -425,12 +448,12 @@ impl StacksMutation {
     /// runs left (logs, plans, errored state). A stack others depend on is
     /// refused, naming them; its own dependencies go with it.
     async fn delete_stack(&self, ctx: &Context<'_>, slug: String) -> async_graphql::Result<bool> {
-        let caller = require(ctx, Op::Write.role())?.clone();
+        let caller = caller(ctx)?.clone();
         let mut c = conn(ctx).await?;
         let s = slug.clone();
         let keys = c
             .transaction::<_, ApiError, _>(async move |c| {
-                let id = stack_id(c, &s).await?;
+                let id = stack_id(c, &caller, &s).await?;
                 // Stacks below would lose an input without a word: they go first.
                 dependencies::lock_graph(c).await?;
                 let below = dependencies::dependents_of(c, id).await?;
@@ -474,16 +497,25 @@ impl StacksMutation {
         slug: String,
         name: String,
         #[graphql(default)] description: String,
+        #[graphql(desc = "The space the context belongs to, by slug (the root when absent).")] space: Option<String>,
     ) -> async_graphql::Result<ContextObj> {
-        let caller = require(ctx, Op::Write.role())?.clone();
+        let caller = caller(ctx)?.clone();
         check_slug("slug", &slug)?;
         check_text("name", &name, 1, 200)?;
         check_text("description", &description, 0, 2000)?;
         let mut c = conn(ctx).await?;
         let row = c
             .transaction::<_, ApiError, _>(async move |c| {
-                let row = store::insert_context(c, &slug, &name, &description).await?;
-                audit::record(c, &caller.actor(), "context.create", &format!("context:{slug}"), json!({ "name": name })).await?;
+                let space = space_for(c, &caller, space.as_deref(), Op::Write.role()).await?;
+                let row = store::insert_context(c, &slug, &name, &description, space.id).await?;
+                audit::record(
+                    c,
+                    &caller.actor(),
+                    "context.create",
+                    &format!("context:{slug}"),
+                    json!({ "name": name, "space": space.slug }),
+                )
+                .await?;
                 Ok(row)
             })
             .await?;
@@ -497,7 +529,7 @@ impl StacksMutation {
         name: Option<String>,
         description: Option<String>,
     ) -> async_graphql::Result<ContextObj> {
-        let caller = require(ctx, Op::Write.role())?.clone();
+        let caller = caller(ctx)?.clone();
         if let Some(n) = &name {
             check_text("name", n, 1, 200)?;
         }
@@ -507,7 +539,7 @@ impl StacksMutation {
         let mut c = conn(ctx).await?;
         let row = c
             .transaction::<_, ApiError, _>(async move |c| {
-                let id = context_id(c, &slug).await?;
+                let id = context_id(c, &caller, &slug).await?;
                 let row = store::update_context(c, id, name.as_deref(), description.as_deref()).await?;
                 audit::record(
                     c,
@@ -525,10 +557,10 @@ impl StacksMutation {
 
     /// Deletes a context, its variables and its attachments.
     async fn delete_context(&self, ctx: &Context<'_>, slug: String) -> async_graphql::Result<bool> {
-        let caller = require(ctx, Op::Write.role())?.clone();
+        let caller = caller(ctx)?.clone();
         let mut c = conn(ctx).await?;
         c.transaction::<_, ApiError, _>(async move |c| {
-            let id = context_id(c, &slug).await?;
+            let id = context_id(c, &caller, &slug).await?;
             store::delete_context(c, id).await?;
             audit::record(c, &caller.actor(), "context.delete", &format!("context:{slug}"), json!({})).await?;
             Ok(())
@@ -561,15 +593,18 @@ impl StacksMutation {
         context: String,
         #[graphql(default = 0)] priority: i32,
     ) -> async_graphql::Result<Stack> {
-        let caller = require(ctx, Op::Write.role())?.clone();
+        let caller = caller(ctx)?.clone();
         if !(-1000..=1000).contains(&priority) {
             return Err(ApiError::invalid("priority", "must be between -1000 and 1000").into());
         }
         let mut c = conn(ctx).await?;
         let row = c
             .transaction::<_, ApiError, _>(async move |c| {
-                let sid = stack_id(c, &stack).await?;
-                let cid = context_id(c, &context).await?;
+                let target = stack_for(c, &caller, &stack, Op::Write.role()).await?;
+                let sid = target.id;
+                let used = context_for(c, &caller, &context, Role::Reader).await?;
+                check_usable(c, "context", &context, used.space_id, target.space_id).await?;
+                let cid = used.id;
                 store::attach(c, sid, cid, priority).await?;
                 audit::record(
                     c,
@@ -598,13 +633,14 @@ impl StacksMutation {
         depends_on: String,
         #[graphql(default)] outputs: Vec<DependencyOutput>,
     ) -> async_graphql::Result<Stack> {
-        let caller = require(ctx, Op::Write.role())?.clone();
+        let caller = caller(ctx)?.clone();
         let refs = check_outputs(&outputs)?;
         let mut c = conn(ctx).await?;
         let row = c
             .transaction::<_, ApiError, _>(async move |c| {
-                let sid = stack_id(c, &stack).await?;
-                let on = stack_id(c, &depends_on).await?;
+                let sid = stack_id(c, &caller, &stack).await?;
+                // Its outputs flow into runs of `stack`: whoever adds the edge must see it.
+                let on = stack_for(c, &caller, &depends_on, Role::Reader).await?.id;
                 // An input set by two dependencies would be one's or the other's by chance.
                 for d in dependencies::dependencies_of(c, sid).await? {
                     if d.on.id == on {
@@ -648,12 +684,12 @@ impl StacksMutation {
 
     /// Removes the dependency of `stack` on `dependsOn`.
     async fn remove_stack_dependency(&self, ctx: &Context<'_>, stack: String, depends_on: String) -> async_graphql::Result<Stack> {
-        let caller = require(ctx, Op::Write.role())?.clone();
+        let caller = caller(ctx)?.clone();
         let mut c = conn(ctx).await?;
         let row = c
             .transaction::<_, ApiError, _>(async move |c| {
-                let sid = stack_id(c, &stack).await?;
-                let on = stack_id(c, &depends_on).await?;
+                let sid = stack_id(c, &caller, &stack).await?;
+                let on = stack_for(c, &caller, &depends_on, Role::Reader).await?.id;
                 if !dependencies::remove(c, sid, on).await? {
                     return Err(ApiError::not_found("dependency", format!("{stack} on {depends_on}")));
                 }
@@ -666,12 +702,12 @@ impl StacksMutation {
     }
 
     async fn detach_context(&self, ctx: &Context<'_>, stack: String, context: String) -> async_graphql::Result<Stack> {
-        let caller = require(ctx, Op::Write.role())?.clone();
+        let caller = caller(ctx)?.clone();
         let mut c = conn(ctx).await?;
         let row = c
             .transaction::<_, ApiError, _>(async move |c| {
-                let sid = stack_id(c, &stack).await?;
-                let cid = context_id(c, &context).await?;
+                let sid = stack_id(c, &caller, &stack).await?;
+                let cid = context_for(c, &caller, &context, Role::Reader).await?.id;
                 if !store::detach(c, sid, cid).await? {
                     return Err(ApiError::not_found("attachment", format!("{context} on {stack}")));
                 }

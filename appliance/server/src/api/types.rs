@@ -4,10 +4,9 @@
 use async_graphql::{ComplexObject, Context, Enum, ID, InputObject, Json, Object, SimpleObject};
 use chrono::{DateTime, Utc};
 use hangar_db::runs::{RunEventRow, RunRow};
-use hangar_store::access::Op;
 use hangar_store::dependencies::{Held, Standing};
 
-use super::{ApiError, conn, require};
+use super::{ApiError, caller, conn};
 use hangar_store::{self as store, pools::PoolRow, pools::WorkerRow, stacks::ContextRow, stacks::StackRow, stacks::VariableRow};
 
 /// What the API shows instead of a secret value.
@@ -16,6 +15,8 @@ pub const MASK: &str = "********";
 #[derive(Enum, Copy, Clone, Eq, PartialEq, Debug)]
 #[graphql(remote = "hangar_types::Role")]
 pub enum UserRole {
+    /// As a user's own role: nothing outside the spaces granted to them.
+    NoAccess,
     Reader,
     Writer,
     Admin,
@@ -99,7 +100,7 @@ pub struct ApiKey {
 #[ComplexObject]
 impl ApiKey {
     async fn owner(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<User>> {
-        require(ctx, Op::Read.role())?;
+        caller(ctx)?;
         let mut c = conn(ctx).await?;
         Ok(store::users::get_user(&mut c, self.user_id).await.map_err(ApiError::from)?.map(User::from))
     }
@@ -253,7 +254,7 @@ impl Stack {
     /// The lock on this stack's Terraform state, if any: who holds it, for
     /// which run, since when.
     async fn state_lock(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<crate::state::api::StateLock>> {
-        require(ctx, Op::Read.role())?;
+        caller(ctx)?;
         let mut c = conn(ctx).await?;
         let lock = crate::state::store::current_lock(&mut c, self.0.id).await.map_err(ApiError::from)?;
         Ok(lock.map(crate::state::api::StateLock::from))
@@ -320,12 +321,13 @@ impl Stack {
     /// The stacks this one depends on, with the outputs each passes and
     /// where each stands.
     async fn depends_on(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<StackDependency>> {
-        require(ctx, Op::Read.role())?;
+        let who = caller(ctx)?;
         let mut c = conn(ctx).await?;
         let deps = hangar_store::dependencies::dependencies_of(&mut c, self.0.id).await.map_err(ApiError::from)?;
         let mut standings = hangar_store::dependencies::standings(&mut c, self.0.id).await.map_err(ApiError::from)?;
         Ok(deps
             .into_iter()
+            .filter(|d| who.sees(d.on.space_id))
             .map(|d| {
                 let standing = standings.remove(&d.on.id).unwrap_or(Standing::NeverApplied);
                 StackDependency {
@@ -338,16 +340,16 @@ impl Stack {
     }
     /// The stacks that depend on this one directly.
     async fn dependents(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<Stack>> {
-        require(ctx, Op::Read.role())?;
+        let who = caller(ctx)?;
         let mut c = conn(ctx).await?;
         let rows = hangar_store::dependencies::dependents_of(&mut c, self.0.id).await.map_err(ApiError::from)?;
-        Ok(rows.into_iter().map(Stack).collect())
+        Ok(rows.into_iter().filter(|s| who.sees(s.space_id)).map(Stack).collect())
     }
     /// What upstream holds this stack's chain, the nearest first: a stack
     /// still applying, one whose last apply did not finish, or a dependency
     /// never applied. Null when everything upstream is applied.
     async fn held(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<StackHold>> {
-        require(ctx, Op::Read.role())?;
+        caller(ctx)?;
         let mut c = conn(ctx).await?;
         let held = hangar_store::dependencies::held(&mut c, self.0.id).await.map_err(ApiError::from)?;
         Ok(held.map(StackHold::from))
@@ -358,19 +360,23 @@ impl Stack {
     async fn updated_at(&self) -> DateTime<Utc> {
         self.0.updated_at
     }
+    /// The space the stack belongs to.
+    async fn space(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<super::spaces::Space>> {
+        super::spaces::space_object(ctx, self.0.space_id).await
+    }
 
     async fn worker_pool(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<WorkerPool>> {
-        require(ctx, Op::Read.role())?;
+        let who = caller(ctx)?;
         let Some(id) = self.0.worker_pool_id else { return Ok(None) };
         let pool = match ctx.data_opt::<super::PoolDirectory>() {
             Some(pools) => pools.get(ctx, id).await?,
             None => store::pools::pool_by_id(&mut *conn(ctx).await?, id).await.map_err(ApiError::from)?,
         };
-        Ok(pool.map(WorkerPool))
+        Ok(pool.filter(|p| who.sees(p.space_id)).map(WorkerPool))
     }
 
     async fn variables(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<Variable>> {
-        require(ctx, Op::Read.role())?;
+        caller(ctx)?;
         let mut c = conn(ctx).await?;
         let rows = store::stacks::variables_of(&mut c, store::stacks::Owner::Stack(self.0.id))
             .await
@@ -380,16 +386,20 @@ impl Stack {
 
     /// Attached contexts, highest precedence (lowest priority number) first.
     async fn contexts(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<ContextAttachment>> {
-        require(ctx, Op::Read.role())?;
+        let who = caller(ctx)?;
         let mut c = conn(ctx).await?;
         let rows = store::stacks::attachments_of_stack(&mut c, self.0.id).await.map_err(ApiError::from)?;
-        Ok(rows.into_iter().map(|(priority, context)| ContextAttachment { priority, context: ContextObj(context) }).collect())
+        Ok(rows
+            .into_iter()
+            .filter(|(_, context)| who.sees(context.space_id))
+            .map(|(priority, context)| ContextAttachment { priority, context: ContextObj(context) })
+            .collect())
     }
 
     /// The environment a run of this stack gets: its own variables over those of
     /// its contexts, contexts in priority order.
     async fn effective_variables(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<EffectiveVariable>> {
-        require(ctx, Op::Read.role())?;
+        let who = caller(ctx)?;
         let mut c = conn(ctx).await?;
         let mut out: Vec<EffectiveVariable> = Vec::new();
         let mut seen = std::collections::HashSet::new();
@@ -401,7 +411,10 @@ impl Stack {
             let vars = store::stacks::variables_of(&mut c, store::stacks::Owner::Context(context.id))
                 .await
                 .map_err(ApiError::from)?;
-            layers.push((format!("context:{}", context.slug), vars));
+            // A context of a space above that the caller cannot see still
+            // shapes the environment, but its name stays unsaid.
+            let source = if who.sees(context.space_id) { format!("context:{}", context.slug) } else { "context".to_string() };
+            layers.push((source, vars));
         }
         for (source, vars) in layers {
             for v in vars {
@@ -427,7 +440,7 @@ impl Stack {
 }
 
 pub(crate) async fn run_page(ctx: &Context<'_>, stack_id: i64, first: i32, after: Option<ID>) -> Result<RunPage, ApiError> {
-    require(ctx, Op::Read.role())?;
+    caller(ctx)?;
     if !(1..=100).contains(&first) {
         return Err(ApiError::invalid("first", "must be between 1 and 100"));
     }
@@ -475,7 +488,7 @@ impl ContextObj {
         self.0.updated_at
     }
     async fn variables(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<Variable>> {
-        require(ctx, Op::Read.role())?;
+        caller(ctx)?;
         let mut c = conn(ctx).await?;
         let rows = store::stacks::variables_of(&mut c, store::stacks::Owner::Context(self.0.id))
             .await
@@ -483,10 +496,10 @@ impl ContextObj {
         Ok(rows.into_iter().map(Variable::from).collect())
     }
     async fn stacks(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<StackAttachment>> {
-        require(ctx, Op::Read.role())?;
+        let who = caller(ctx)?;
         let mut c = conn(ctx).await?;
         let rows = store::stacks::stacks_of_context(&mut c, self.0.id).await.map_err(ApiError::from)?;
-        Ok(rows.into_iter().map(|(priority, s)| StackAttachment { priority, stack: Stack(s) }).collect())
+        Ok(rows.into_iter().filter(|(_, s)| who.sees(s.space_id)).map(|(priority, s)| StackAttachment { priority, stack: Stack(s) }).collect())
     }
 }
 
@@ -511,7 +524,7 @@ impl WorkerPool {
         self.0.created_at
     }
     async fn workers(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<Worker>> {
-        require(ctx, Op::Read.role())?;
+        caller(ctx)?;
         let mut c = conn(ctx).await?;
         let rows = store::pools::list_workers(&mut c, Some(self.0.id)).await.map_err(ApiError::from)?;
         Ok(rows.into_iter().map(|w| Worker { row: w, pool_generation: Some(self.0.generation) }).collect())
@@ -559,9 +572,9 @@ impl Worker {
         self.row.revoked_at
     }
     async fn pool(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<WorkerPool>> {
-        require(ctx, Op::Read.role())?;
+        let who = caller(ctx)?;
         let mut c = conn(ctx).await?;
-        Ok(store::pools::pool_by_id(&mut c, self.row.pool_id).await.map_err(ApiError::from)?.map(WorkerPool))
+        Ok(store::pools::pool_by_id(&mut c, self.row.pool_id).await.map_err(ApiError::from)?.filter(|p| who.sees(p.space_id)).map(WorkerPool))
     }
 }
 
@@ -605,13 +618,13 @@ impl Run {
         self.0.updated_at
     }
     async fn stack(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<Stack>> {
-        require(ctx, Op::Read.role())?;
+        let who = caller(ctx)?;
         let mut c = conn(ctx).await?;
-        Ok(store::stacks::stack_by_id(&mut c, self.0.stack_id).await.map_err(ApiError::from)?.map(Stack))
+        Ok(store::stacks::stack_by_id(&mut c, self.0.stack_id).await.map_err(ApiError::from)?.filter(|s| who.sees(s.space_id)).map(Stack))
     }
     /// Every state the run went through, oldest first.
     async fn events(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<RunEvent>> {
-        require(ctx, Op::Read.role())?;
+        caller(ctx)?;
         let mut c = conn(ctx).await?;
         let rows = hangar_db::runs::events(&mut c, self.0.id).await.map_err(ApiError::from)?;
         Ok(rows.into_iter().map(RunEvent).collect())
@@ -619,7 +632,7 @@ impl Run {
     /// What the plan changes, once planning ended; null before and for runs
     /// that never planned.
     async fn changes(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<RunChanges>> {
-        require(ctx, Op::Read.role())?;
+        caller(ctx)?;
         let mut c = conn(ctx).await?;
         let reported = store::runs::outcome(&mut c, self.0.id).await.map_err(ApiError::from)?;
         let Some((Some(json), _)) = reported else { return Ok(None) };
@@ -638,7 +651,7 @@ impl Run {
     /// Whether Terraform could not save the state during the apply and its
     /// `errored.tfstate` was stored on the appliance (sealed) for an operator.
     async fn errored_state_uploaded(&self, ctx: &Context<'_>) -> async_graphql::Result<bool> {
-        require(ctx, Op::Read.role())?;
+        caller(ctx)?;
         let mut c = conn(ctx).await?;
         let reported = store::runs::outcome(&mut c, self.0.id).await.map_err(ApiError::from)?;
         Ok(reported.is_some_and(|(_, errored)| errored))

@@ -12,7 +12,9 @@ use serde_json::json;
 
 use super::stacks::check_slug;
 use super::types::Stack;
-use super::{ApiError, app, conn, require};
+use super::{ApiError, app, caller, check_in, check_usable, conn, space_for, stack_for};
+use hangar_store::users::Caller;
+use hangar_types::Role;
 use hangar_store::stacks as stack_store;
 use hangar_store::vcs::{self as store, DeliveryRow, IntegrationChanges, IntegrationRow, Kind, NewIntegration};
 use hangar_store::audit;
@@ -74,6 +76,8 @@ pub struct VcsIntegrationInput {
     pub webhook_secret: Option<String>,
     /// PEM certificates to trust for this git server.
     pub ca_pem: Option<String>,
+    /// The space the integration belongs to, by slug (the root when absent).
+    pub space: Option<String>,
 }
 
 /// Changes: absent fields stay; an empty string clears a token, secret or CA.
@@ -126,9 +130,20 @@ impl VcsIntegration {
     }
     /// Slugs of the stacks linked to this integration.
     async fn stacks(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<String>> {
-        require(ctx, Op::Read.role())?;
+        let caller = caller(ctx)?;
         let mut c = conn(ctx).await?;
-        Ok(store::linked_stacks(&mut c, self.row.id).await.map_err(ApiError::from)?)
+        let mut out = Vec::new();
+        for slug in store::linked_stacks(&mut c, self.row.id).await.map_err(ApiError::from)? {
+            let stack = stack_store::stack_by_slug(&mut c, &slug).await.map_err(ApiError::from)?;
+            if stack.is_some_and(|s| caller.sees(s.space_id)) {
+                out.push(slug);
+            }
+        }
+        Ok(out)
+    }
+    /// The space the integration belongs to.
+    async fn space(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<super::spaces::Space>> {
+        super::spaces::space_object(ctx, self.row.space_id).await
     }
     async fn created_at(&self) -> DateTime<Utc> {
         self.row.created_at
@@ -194,8 +209,17 @@ async fn object(c: &mut diesel_async::AsyncPgConnection, row: IntegrationRow) ->
     Ok(VcsIntegration { row, has_token, has_webhook_secret })
 }
 
-async fn integration_id(c: &mut diesel_async::AsyncPgConnection, name: &str) -> Result<IntegrationRow, ApiError> {
-    store::by_name(c, name).await?.ok_or_else(|| ApiError::not_found("VCS integration", name))
+/// The integration `name`, when `caller` holds `needed` in its space.
+async fn integration_id(
+    c: &mut diesel_async::AsyncPgConnection,
+    caller: &Caller,
+    name: &str,
+    needed: Role,
+) -> Result<IntegrationRow, ApiError> {
+    super::gate(caller, needed)?;
+    let row = store::by_name(c, name).await?.ok_or_else(|| ApiError::not_found("VCS integration", name))?;
+    check_in(caller, row.space_id, needed, "VCS integration", name)?;
+    Ok(row)
 }
 
 fn check_secret_text(field: &'static str, value: &str) -> Result<(), ApiError> {
@@ -259,11 +283,14 @@ pub struct VcsQuery;
 impl VcsQuery {
     /// Every VCS integration, by name.
     async fn vcs_integrations(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<VcsIntegration>> {
-        require(ctx, Op::ListVcs.role())?;
+        let caller = caller(ctx)?;
+        super::gate(caller, Op::ListVcs.role())?;
         let mut c = conn(ctx).await?;
         let mut out = Vec::new();
         for row in store::list(&mut c).await.map_err(ApiError::from)? {
-            out.push(object(&mut c, row).await?);
+            if caller.may(row.space_id, Op::ListVcs.role()) {
+                out.push(object(&mut c, row).await?);
+            }
         }
         Ok(out)
     }
@@ -276,12 +303,12 @@ impl VcsQuery {
         integration: String,
         #[graphql(default = 20)] limit: i32,
     ) -> async_graphql::Result<Vec<WebhookDelivery>> {
-        require(ctx, Op::Read.role())?;
+        let caller = caller(ctx)?;
         if !(1..=200).contains(&limit) {
             return Err(ApiError::invalid("limit", "must be between 1 and 200").into());
         }
         let mut c = conn(ctx).await?;
-        let row = integration_id(&mut c, &integration).await?;
+        let row = integration_id(&mut c, caller, &integration, Op::Read.role()).await?;
         let rows = store::deliveries(&mut c, row.id, i64::from(limit)).await.map_err(ApiError::from)?;
         Ok(rows.into_iter().map(WebhookDelivery::from).collect())
     }
@@ -293,7 +320,7 @@ pub struct VcsMutation;
 #[Object]
 impl VcsMutation {
     async fn create_vcs_integration(&self, ctx: &Context<'_>, input: VcsIntegrationInput) -> async_graphql::Result<VcsIntegration> {
-        let caller = require(ctx, Op::ManageVcs.role())?.clone();
+        let caller = caller(ctx)?.clone();
         check_slug("name", &input.name)?;
         let kind: Kind = input.kind.into();
         for (field, v) in [("token", &input.token), ("webhookSecret", &input.webhook_secret)] {
@@ -310,7 +337,12 @@ impl VcsMutation {
         let token = input.token.filter(|t| !t.is_empty()).map(Secret::new);
         let webhook_secret = input.webhook_secret.filter(|t| !t.is_empty()).map(Secret::new);
         check_vendor_settings(kind, &input.base_url, webhook_secret.as_ref(), input.ca_pem.as_deref())?;
+        let space = {
+            let mut c = conn(ctx).await?;
+            space_for(&mut c, &caller, input.space.as_deref(), Op::ManageVcs.role()).await?
+        };
         let new = NewIntegration {
+            space_id: space.id,
             name: input.name,
             kind,
             base_url: input.base_url,
@@ -332,7 +364,7 @@ impl VcsMutation {
                     json!({
                         "kind": row.kind, "base_url": row.base_url, "username": row.username,
                         "token_set": new.token.is_some(), "webhook_secret_set": new.webhook_secret.is_some(),
-                        "ca_set": row.ca_pem.is_some(),
+                        "ca_set": row.ca_pem.is_some(), "space": space.slug,
                     }),
                 )
                 .await?;
@@ -348,7 +380,7 @@ impl VcsMutation {
         name: String,
         input: VcsIntegrationUpdate,
     ) -> async_graphql::Result<VcsIntegration> {
-        let caller = require(ctx, Op::ManageVcs.role())?.clone();
+        let caller = caller(ctx)?.clone();
         for (field, v) in [("token", &input.token), ("webhookSecret", &input.webhook_secret)] {
             if let Some(v) = v {
                 check_secret_text(field, v)?;
@@ -371,7 +403,7 @@ impl VcsMutation {
         let mut c = conn(ctx).await?;
         let out = c
             .transaction::<_, ApiError, _>(async move |c| {
-                let current = integration_id(c, &name).await?;
+                let current = integration_id(c, &caller, &name, Op::ManageVcs.role()).await?;
                 let kind = current.kind();
                 // The settings as they will be, checked as a whole.
                 let opened = store::open(c, &app.secrets, current.id).await?;
@@ -407,10 +439,10 @@ impl VcsMutation {
 
     /// Deletes an integration; its stacks stay, unlinked, and its delivery log goes.
     async fn delete_vcs_integration(&self, ctx: &Context<'_>, name: String) -> async_graphql::Result<bool> {
-        let caller = require(ctx, Op::ManageVcs.role())?.clone();
+        let caller = caller(ctx)?.clone();
         let mut c = conn(ctx).await?;
         Ok(c.transaction::<_, ApiError, _>(async move |c| {
-            let row = integration_id(c, &name).await?;
+            let row = integration_id(c, &caller, &name, Op::ManageVcs.role()).await?;
             store::delete(c, row.id).await?;
             audit::record(c, &caller.actor(), "vcs_integration.delete", &format!("vcs_integration:{name}"), json!({}))
                 .await?;
@@ -427,14 +459,20 @@ impl VcsMutation {
         stack: String,
         integration: Option<String>,
     ) -> async_graphql::Result<Stack> {
-        let caller = require(ctx, Op::Write.role())?.clone();
+        let caller = caller(ctx)?.clone();
         let mut c = conn(ctx).await?;
         let row = c
             .transaction::<_, ApiError, _>(async move |c| {
-                let s = stack_store::stack_by_slug(c, &stack).await?.ok_or_else(|| ApiError::not_found("stack", &stack))?;
+                let s = stack_for(c, &caller, &stack, Op::Write.role()).await?;
                 let target = match integration.as_deref() {
                     None | Some("") => None,
-                    Some(name) => Some(integration_id(c, name).await?.id),
+                    Some(name) => {
+                        // Its deliveries will start this stack's runs: only
+                        // an integration of the stack's space or above may.
+                        let i = integration_id(c, &caller, name, Role::Reader).await?;
+                        check_usable(c, "VCS integration", name, i.space_id, s.space_id).await?;
+                        Some(i.id)
+                    }
                 };
                 store::link_stack(c, s.id, target).await?;
                 audit::record(

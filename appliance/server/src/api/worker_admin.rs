@@ -6,11 +6,11 @@ use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use diesel_async::{AsyncConnection, RunQueryDsl};
 use hangar_db::schema::workers;
-use hangar_store::access::Op;
 use serde_json::json;
 
 use super::types::Worker;
-use super::{ApiError, conn, require};
+use super::pools::{pool_named, worker_in_managed_pool};
+use super::{ApiError, caller, conn};
 use hangar_store::{audit, pools};
 use crate::workers::join::{self, JoinTokenError};
 
@@ -38,11 +38,12 @@ impl From<JoinTokenError> for ApiError {
 }
 
 async fn set_drained(ctx: &Context<'_>, id: &ID, drained: bool) -> async_graphql::Result<Worker> {
-    let caller = require(ctx, Op::ManagePools.role())?.clone();
+    let caller = caller(ctx)?.clone();
     let wid = super::id(id, "id")?;
     let mut c = conn(ctx).await?;
     let row = c
         .transaction::<_, ApiError, _>(async move |c| {
+            worker_in_managed_pool(c, &caller, wid).await?;
             // The status follows at once; the worker's next heartbeat keeps it.
             let status = if drained { "drained" } else { "idle" };
             let n = diesel::update(workers::table.find(wid))
@@ -74,8 +75,9 @@ impl WorkerAdminMutation {
         pool: String,
         #[graphql(default = 60)] ttl_minutes: i32,
     ) -> async_graphql::Result<JoinToken> {
-        let caller = require(ctx, Op::ManagePools.role())?.clone();
+        let caller = caller(ctx)?.clone();
         let mut c = conn(ctx).await?;
+        pool_named(&mut c, &caller, &pool).await?;
         let made = join::create_join_token(&mut c, &pool, i64::from(ttl_minutes), &caller.actor())
             .await
             .map_err(ApiError::from)?;

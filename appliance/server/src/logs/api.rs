@@ -7,7 +7,7 @@ use hangar_store::access::Op;
 use hangar_types::worker::Phase;
 
 use super::{LogError, Utf8Joiner, contiguous, fetch, progress};
-use crate::api::{ApiError, app, conn, require};
+use crate::api::{ApiError, app, caller, conn};
 
 /// Longest text one query returns; the rest is in the download.
 pub const MAX_TEXT_BYTES: usize = 16 * 1024 * 1024;
@@ -64,9 +64,10 @@ pub struct LogsQuery;
 impl LogsQuery {
     /// A run's log, one phase or all of them in order.
     async fn run_logs(&self, ctx: &Context<'_>, run: ID, phase: Option<LogPhase>) -> async_graphql::Result<RunLog> {
-        require(ctx, Op::Read.role())?;
+        let caller = caller(ctx)?;
         let run = crate::api::id(&run, "run")?;
         let app = app(ctx);
+        crate::api::runs::check_run(&mut *conn(ctx).await?, caller, run, Op::Read.role()).await?;
         let phases: Vec<Phase> = match phase {
             Some(p) => vec![p.into()],
             None => Phase::ALL.to_vec(),

@@ -118,10 +118,21 @@ async fn respond(app: Arc<App>, run: String, auth: Option<String>, query: LogQue
         _ => ReadError::BadToken,
     })?;
     let caller = caller.ok_or(ReadError::NoToken)?;
-    if !caller.role.allows(Role::Reader) {
-        return Err(ReadError::Forbidden);
-    }
     let run_id = run.parse::<i64>().ok().filter(|r| *r > 0).ok_or_else(|| ReadError::BadRun(run.chars().take(40).collect()))?;
+    {
+        // A run of a space the caller cannot see is answered as a missing one.
+        let mut conn = app.db.get().await.map_err(|_| ReadError::Unavailable)?;
+        let space = match hangar_db::runs::get(&mut conn, run_id).await {
+            Ok(Some(r)) => hangar_store::stacks::stack_by_id(&mut conn, r.stack_id).await.ok().flatten().map(|s| s.space_id),
+            Ok(None) => None,
+            Err(_) => return Err(ReadError::Unavailable),
+        };
+        match space {
+            Some(s) if caller.may(s, Role::Reader) => {}
+            Some(s) if caller.sees(s) => return Err(ReadError::Forbidden),
+            _ => return Err(ReadError::Log(LogError::UnknownRun { run: run_id })),
+        }
+    }
     let phases: Vec<Phase> = match query.phase.as_deref() {
         None => Phase::ALL.to_vec(),
         Some(p) => vec![parse_phase(p)?],

@@ -111,7 +111,8 @@ async fn authorize(app: &App, auth: Option<&str>) -> Result<String, RegistryErro
         };
     }
     match hangar_store::users::resolve_token(&mut c, token).await.map_err(RegistryError::db)? {
-        Ok(caller) if caller.role.allows(Role::Reader) => Ok(caller.actor()),
+        // The registry belongs to no space: whoever sees any space reads it.
+        Ok(caller) if caller.access.best().allows(Role::Reader) => Ok(caller.actor()),
         _ => Err(RegistryError::Unauthenticated),
     }
 }

@@ -9,8 +9,9 @@ use hangar_store::access::Op;
 
 use super::store::{self, LockRow, VersionRow};
 use super::{Principal, StateError, WriteMode, Written};
-use crate::api::{ApiError, app, conn, require};
-use hangar_store::{audit, stacks};
+use crate::api::{ApiError, app, caller, conn, stack_for};
+use hangar_store::users::Caller;
+use hangar_store::audit;
 
 /// One stored version of a stack's Terraform state.
 #[derive(SimpleObject)]
@@ -96,8 +97,9 @@ impl From<StateError> for ApiError {
     }
 }
 
-async fn stack_id(c: &mut diesel_async::AsyncPgConnection, slug: &str) -> Result<i64, ApiError> {
-    Ok(stacks::stack_by_slug(c, slug).await?.ok_or_else(|| ApiError::not_found("stack", slug))?.id)
+/// The stack `slug`, when `caller` holds `op`'s role in its space.
+async fn stack_id(c: &mut diesel_async::AsyncPgConnection, caller: &Caller, slug: &str, op: Op) -> Result<i64, ApiError> {
+    Ok(stack_for(c, caller, slug, op.role()).await?.id)
 }
 
 #[derive(Default)]
@@ -112,21 +114,21 @@ impl StateQuery {
         stack: String,
         #[graphql(default = 50)] limit: i32,
     ) -> async_graphql::Result<Vec<StateVersion>> {
-        require(ctx, Op::Read.role())?;
+        let caller = caller(ctx)?;
         if !(1..=500).contains(&limit) {
             return Err(ApiError::invalid("limit", "must be between 1 and 500").into());
         }
         let mut c = conn(ctx).await?;
-        let id = stack_id(&mut c, &stack).await?;
+        let id = stack_id(&mut c, caller, &stack, Op::Read).await?;
         let rows = store::list_versions(&mut c, id, i64::from(limit)).await.map_err(ApiError::from)?;
         Ok(rows.into_iter().map(StateVersion::from).collect())
     }
 
     /// The lock on a stack's state, if any.
     async fn state_lock(&self, ctx: &Context<'_>, stack: String) -> async_graphql::Result<Option<StateLock>> {
-        require(ctx, Op::Read.role())?;
+        let caller = caller(ctx)?;
         let mut c = conn(ctx).await?;
-        let id = stack_id(&mut c, &stack).await?;
+        let id = stack_id(&mut c, caller, &stack, Op::Read).await?;
         Ok(store::current_lock(&mut c, id).await.map_err(ApiError::from)?.map(StateLock::from))
     }
 }
@@ -146,14 +148,14 @@ impl StateMutation {
         stack: String,
         lock_id: String,
     ) -> async_graphql::Result<Option<StateLock>> {
-        let caller = require(ctx, Op::ManageState.role())?.clone();
+        let caller = caller(ctx)?.clone();
         let lock_id = super::check_lock_id(lock_id)
             .map_err(|_| ApiError::invalid("lockId", "must be 1 to 256 printable characters"))?;
         let mut c = conn(ctx).await?;
         let actor = caller.actor();
         let removed = c
             .transaction::<_, ApiError, _>(async move |c| {
-                let id = stack_id(c, &stack).await?;
+                let id = stack_id(c, &caller, &stack, Op::ManageState).await?;
                 let Some(current) = store::current_lock(c, id).await? else {
                     return Ok(None);
                 };
@@ -180,13 +182,13 @@ impl StateMutation {
     /// Stores an existing Terraform state (its JSON) as the first version of a
     /// stack that has none (admin). Audited.
     async fn import_state(&self, ctx: &Context<'_>, stack: String, state: String) -> async_graphql::Result<StateVersion> {
-        let caller = require(ctx, Op::ManageState.role())?.clone();
+        let caller = caller(ctx)?.clone();
         let app = app(ctx);
         if state.len() as u64 > app.max_state_bytes {
             return Err(ApiError::invalid("state", format!("exceeds {} bytes", app.max_state_bytes)).into());
         }
         let mut c = conn(ctx).await?;
-        let id = stack_id(&mut c, &stack).await?;
+        let id = stack_id(&mut c, &caller, &stack, Op::ManageState).await?;
         let writer = Principal::User(caller.clone()).writer();
         // Audited by write_version, in the transaction that stores the version.
         let row = match super::write_version(app, &mut c, (id, &stack), state.as_bytes(), &writer, WriteMode::Import)

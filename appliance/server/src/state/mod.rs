@@ -233,9 +233,9 @@ pub(crate) async fn conn(app: &App) -> Result<hangar_db::PooledConn, StateError>
     app.db.get().await.map_err(|e| StateError::Unavailable(hangar_types::error_chain(&e)))
 }
 
-/// A run token (for its run's stack) or a user's session or API key; `role`
-/// is what a user needs.
-async fn authenticate(c: &mut AsyncPgConnection, auth: Option<&str>, role: Role, runs: bool) -> Result<Principal, StateError> {
+/// A run token (for its run's stack) or a user's session or API key; what a
+/// user may do is checked against the stack's space by [`stack_for`].
+async fn authenticate(c: &mut AsyncPgConnection, auth: Option<&str>, runs: bool) -> Result<Principal, StateError> {
     let secret = auth.and_then(presented_secret).ok_or(StateError::Unauthenticated)?;
     if let Some((run_tokens::KIND, _)) = hangar_crypto::token_parts(&secret) {
         if !runs {
@@ -254,11 +254,7 @@ async fn authenticate(c: &mut AsyncPgConnection, auth: Option<&str>, role: Role,
         };
     }
     match users::resolve_token(c, &secret).await? {
-        Ok(caller) if caller.role.allows(role) => Ok(Principal::User(caller)),
-        Ok(caller) => {
-            tracing::info!(user = %caller.email, needed = role.as_str(), "state access refused: role too low");
-            Err(StateError::Forbidden { slug: String::new() })
-        }
+        Ok(caller) => Ok(Principal::User(caller)),
         Err(refusal) => {
             tracing::info!(reason = refusal.as_str(), "state credentials refused");
             Err(StateError::Unauthenticated)
@@ -266,16 +262,25 @@ async fn authenticate(c: &mut AsyncPgConnection, auth: Option<&str>, role: Role,
     }
 }
 
-/// The stack `slug` names, when the principal may open its state.
-async fn stack_for(c: &mut AsyncPgConnection, principal: &Principal, slug: &str) -> Result<i64, StateError> {
+/// The stack `slug` names, when the principal may open its state: a run its
+/// own stack, a user one of a space where they hold `role` (a stack of a
+/// space they cannot see does not exist for them).
+async fn stack_for(c: &mut AsyncPgConnection, principal: &Principal, slug: &str, role: Role) -> Result<i64, StateError> {
     match principal {
         // A run's token opens its own stack and says nothing about others.
         Principal::Run(h, _) if h.stack_slug == slug => Ok(h.stack_id),
         Principal::Run(..) => Err(StateError::Forbidden { slug: slug.to_string() }),
-        Principal::User(_) => stacks::stack_by_slug(c, slug)
-            .await?
-            .map(|s| s.id)
-            .ok_or_else(|| StateError::StackNotFound { slug: slug.to_string() }),
+        Principal::User(caller) => {
+            let stack = stacks::stack_by_slug(c, slug)
+                .await?
+                .filter(|s| caller.sees(s.space_id))
+                .ok_or_else(|| StateError::StackNotFound { slug: slug.to_string() })?;
+            if !caller.may(stack.space_id, role) {
+                tracing::info!(user = %caller.email, needed = role.as_str(), stack = slug, "state access refused: role too low in the stack's space");
+                return Err(StateError::Forbidden { slug: slug.to_string() });
+            }
+            Ok(stack.id)
+        }
     }
 }
 
@@ -558,11 +563,8 @@ where
         _ => return Err(StateError::MethodNotAllowed),
     };
     let mut c = conn(&app).await?;
-    let principal = authenticate(&mut c, req.auth.as_deref(), Role::Admin, true).await.map_err(|e| match e {
-        StateError::Forbidden { .. } => StateError::Forbidden { slug: req.slug.clone() },
-        other => other,
-    })?;
-    let stack_id = stack_for(&mut c, &principal, &req.slug).await?;
+    let principal = authenticate(&mut c, req.auth.as_deref(), true).await?;
+    let stack_id = stack_for(&mut c, &principal, &req.slug, Role::Admin).await?;
     // Refuse a declared oversize body without reading it.
     if req.length.is_some_and(|l| l > limit) {
         return Err(StateError::TooLarge { limit });
@@ -738,9 +740,11 @@ fn locked(l: LockRow) -> StateError {
 /// decrypted, for any user with read access; every download is audited.
 async fn download(app: Arc<App>, slug: String, id: String, auth: Option<String>) -> Result<Response, StateError> {
     let mut c = conn(&app).await?;
-    let Principal::User(caller) = authenticate(&mut c, auth.as_deref(), Role::Reader, false).await? else {
+    let principal = authenticate(&mut c, auth.as_deref(), false).await?;
+    let Principal::User(caller) = &principal else {
         return Err(StateError::Unauthenticated);
     };
+    stack_for(&mut c, &principal, &slug, Role::Reader).await?;
     let stack = stacks::stack_by_slug(&mut c, &slug).await?.ok_or_else(|| StateError::StackNotFound { slug: slug.clone() })?;
     let not_found = || StateError::VersionNotFound { slug: slug.clone(), id: id.chars().take(40).collect() };
     let vid: i64 = id.parse().ok().filter(|v| *v > 0).ok_or_else(not_found)?;
