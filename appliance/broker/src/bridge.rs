@@ -28,8 +28,7 @@ use tracing::{debug, info, warn};
 use crate::Shared;
 use crate::wire::Notification;
 
-/// The channel the `worker_credentials` migration's triggers notify on.
-pub const WORKERS_CHANNEL: &str = "hangar_workers";
+pub use hangar_db::listen::WORKERS_CHANNEL;
 
 /// How often the bridge looks for runs left READY (and, every few ticks,
 /// re-checks connected workers).

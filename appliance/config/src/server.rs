@@ -52,6 +52,14 @@ pub struct ServerConfig {
     /// How long a worker's hold on a run lasts without a heartbeat.
     #[serde(default = "default_lease_secs")]
     pub worker_lease_secs: u64,
+    /// Longest a long-poll claim of the HTTP worker transport is held open,
+    /// in seconds: below the idle timeouts of common proxies (often 30 s or 60 s).
+    #[serde(default = "default_claim_wait_secs")]
+    pub worker_claim_wait_secs: u64,
+    /// Most long-poll claims held open at once; more are refused with 503
+    /// and the worker tries again after a pause.
+    #[serde(default = "default_claim_waiters")]
+    pub worker_claim_waiters: usize,
     /// Validity of the certificates signed for joining workers.
     #[serde(default = "default_worker_cert_days")]
     pub worker_cert_days: u32,
@@ -129,6 +137,12 @@ fn default_webhook_bytes() -> u64 {
 fn default_lease_secs() -> u64 {
     60
 }
+fn default_claim_wait_secs() -> u64 {
+    25
+}
+fn default_claim_waiters() -> usize {
+    4096
+}
 fn default_worker_cert_days() -> u32 {
     365
 }
@@ -176,6 +190,12 @@ impl ServerConfig {
         }
         if !(10..=3600).contains(&self.worker_lease_secs) {
             return Err(invalid("server.worker_lease_secs", "must be between 10 and 3600"));
+        }
+        if !(1..=300).contains(&self.worker_claim_wait_secs) {
+            return Err(invalid("server.worker_claim_wait_secs", "must be between 1 and 300"));
+        }
+        if !(1..=100_000).contains(&self.worker_claim_waiters) {
+            return Err(invalid("server.worker_claim_waiters", "must be between 1 and 100000"));
         }
         if !(1..=3650).contains(&self.worker_cert_days) {
             return Err(invalid("server.worker_cert_days", "must be between 1 and 3650"));
@@ -267,6 +287,7 @@ mod tests {
         assert_eq!(cfg.max_body_bytes, 1024 * 1024);
         assert_eq!(cfg.ca_key_path(), PathBuf::from("/p/ca.key"));
         assert_eq!(cfg.worker_broker_url(), "mqtts://hangar.example:1984");
+        assert_eq!((cfg.worker_claim_wait_secs, cfg.worker_claim_waiters), (25, 4096));
     }
 
     #[test]
@@ -275,6 +296,10 @@ mod tests {
         assert!(e.contains("server.public_url"), "{e}");
         let e = parse(&format!("{MINIMAL}max_body_bytes = 10\n")).unwrap_err();
         assert!(e.contains("server.max_body_bytes"), "{e}");
+        let e = parse(&format!("{MINIMAL}worker_claim_wait_secs = 0\n")).unwrap_err();
+        assert!(e.contains("server.worker_claim_wait_secs"), "{e}");
+        let e = parse(&format!("{MINIMAL}worker_claim_waiters = 0\n")).unwrap_err();
+        assert!(e.contains("server.worker_claim_waiters"), "{e}");
         let e = parse(&MINIMAL.replace("/p/server.key", "server.key")).unwrap_err();
         assert!(e.contains("server.key_file"), "{e}");
         let e = parse(&format!("{MINIMAL}tls = false\n")).unwrap_err();

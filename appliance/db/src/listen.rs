@@ -13,6 +13,11 @@ use tracing::{info, warn};
 
 use crate::{Database, DbError};
 
+/// The channel the `worker_credentials` migration's triggers notify on when a
+/// worker is revoked, its token or certificate changes, or its pool is reset:
+/// `{"worker": id}` or `{"pool": id}`.
+pub const WORKERS_CHANNEL: &str = "hangar_workers";
+
 /// One notification.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Notice {

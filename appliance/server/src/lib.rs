@@ -145,7 +145,7 @@ impl Server {
             hosted,
             session_ttl: chrono::Duration::hours(i64::from(config.session_ttl_hours)),
             git_timeout: Duration::from_secs(config.git_timeout_secs),
-            logs: logs::hub::LogHub::start(database.clone(), shutdown.clone()),
+            logs: logs::hub::LogHub::start(database.clone(), shutdown.clone(), workers.waiters.clone()),
             workers,
             max_state_bytes: config.max_state_bytes,
             max_module_bytes: config.max_module_bytes,

@@ -14,6 +14,7 @@
 //! | join a pool (no client certificate yet) | `POST /api/v1/workers/join` [`JoinRequest`] → [`JoinResponse`] |
 //! | heartbeat | `POST /api/v1/worker/heartbeat` [`Heartbeat`] → [`HeartbeatReply`] |
 //! | claim a READY run of the pool | `POST /api/v1/worker/claim` → 200 [`RunAssignment`] or 204 |
+//! | wait for a run and claim it (long poll) | `POST /api/v1/worker/claim/wait` [`ClaimWait`] → [`ClaimWaitReply`] |
 //! | report a state change | `POST /api/v1/worker/runs/{id}/state` [`StateReport`] → 200 [`RunStatus`], 409 [`RunStatus`] when refused |
 //! | current state of a run | `GET /api/v1/worker/runs/{id}` → [`RunStatus`] |
 //! | append a log chunk | `POST /api/v1/worker/runs/{id}/logs/{phase}/{seq}` (raw bytes, masked) → 204 |
@@ -153,6 +154,50 @@ pub struct HeartbeatReply {
     /// The held run's state, so a lost notification is caught up with.
     pub run_state: Option<RunState>,
     /// The operator drained this worker: take nothing new.
+    pub drain: bool,
+}
+
+/// The worker transport: how a worker learns that there is work.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Transport {
+    /// Notifications from the MQTT broker, claims over HTTPS.
+    #[default]
+    Mqtt,
+    /// Only HTTPS: a long-poll claim ([`ClaimWait`]) held open by the server.
+    Http,
+}
+
+impl Transport {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Transport::Mqtt => "mqtt",
+            Transport::Http => "http",
+        }
+    }
+}
+
+/// The longest wait a worker may ask of a long-poll claim, in seconds.
+pub const MAX_CLAIM_WAIT_SECS: u64 = 300;
+
+/// A long-poll claim: the worker, idle, asks for a run of its pool and is
+/// ready to wait for one. The call also counts as the idle worker's
+/// heartbeat, at its start and at its end.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClaimWait {
+    /// How long the worker waits for an answer at most (1 to
+    /// [`MAX_CLAIM_WAIT_SECS`]); the server answers within the lesser of this
+    /// and its own bound, so that no proxy between them times the call out.
+    pub max_wait_secs: u64,
+}
+
+/// The answer to a long-poll claim.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClaimWaitReply {
+    /// The run claimed for this worker, if one came during the wait.
+    pub run: Option<RunAssignment>,
+    /// The operator drained this worker: take nothing new (it is given none).
     pub drain: bool,
 }
 

@@ -10,7 +10,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use hangar_types::http::ErrorBody;
 use hangar_types::worker::{
-    Heartbeat, HeartbeatReply, Phase, PlanStored, PlanUpload, RunAssignment, RunStatus,
+    ClaimWait, ClaimWaitReply, Heartbeat, HeartbeatReply, Phase, PlanStored, PlanUpload, RunAssignment, RunStatus,
     StateReport, WorkerRoute,
 };
 use reqwest::StatusCode;
@@ -122,7 +122,11 @@ fn bound(s: &str) -> String {
     }
 }
 
-/// An HTTPS client over `tls`, refusing anything but https.
+/// An HTTPS client over `tls`, refusing anything but https. reqwest reads
+/// `HTTPS_PROXY`/`https_proxy` and `NO_PROXY`/`no_proxy` itself (the system
+/// proxies are on unless `no_proxy()` is called): through a proxy the TLS
+/// session still runs end to end with the appliance, over a CONNECT tunnel,
+/// so only the appliance CA is trusted there too.
 pub fn https_client(tls: rustls::ClientConfig) -> Result<reqwest::Client, ApiError> {
     reqwest::Client::builder()
         .use_preconfigured_tls(tls)
@@ -241,6 +245,27 @@ impl Api {
         resp.json()
             .await
             .map(Some)
+            .map_err(|source| ApiError::Decode { url, source })
+    }
+
+    /// The long poll of the HTTP transport: waits up to `wait` for a run of
+    /// the pool (the server may answer sooner, at its own bound).
+    pub async fn claim_wait(&self, wait: Duration) -> Result<ClaimWaitReply, ApiError> {
+        let url = self.route(WorkerRoute::ClaimWait);
+        let body = ClaimWait {
+            max_wait_secs: wait.as_secs().max(1),
+        };
+        // The server answers within the wait; the margin covers the claim
+        // that follows a wake-up and a slow proxy.
+        let req = self
+            .http
+            .post(&url)
+            .timeout(wait + REQUEST_TIMEOUT)
+            .json(&body);
+        let resp = self.send(req, &url).await?;
+        let resp = Self::check(resp, &url).await?;
+        resp.json()
+            .await
             .map_err(|source| ApiError::Decode { url, source })
     }
 

@@ -50,6 +50,10 @@ pub enum Command {
         /// Replace an identity already in the config directory.
         #[arg(long)]
         force: bool,
+        /// How the worker learns of work: `mqtt` (the appliance's broker on
+        /// 1984) or `http` (a long poll over HTTPS only, e.g. through a proxy).
+        #[arg(long, value_enum, default_value = "mqtt")]
+        transport: TransportArg,
     },
     /// Connect to the appliance and run what the pool is given, until SIGTERM.
     Run {
@@ -74,6 +78,22 @@ pub enum Command {
         #[arg(long, value_name = "FILE")]
         binary: Option<PathBuf>,
     },
+}
+
+/// `--transport`, as clap parses it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum TransportArg {
+    Mqtt,
+    Http,
+}
+
+impl From<TransportArg> for hangar_types::worker::Transport {
+    fn from(t: TransportArg) -> Self {
+        match t {
+            TransportArg::Mqtt => hangar_types::worker::Transport::Mqtt,
+            TransportArg::Http => hangar_types::worker::Transport::Http,
+        }
+    }
 }
 
 /// Failures of a command, each one line at the top.
@@ -117,6 +137,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
             name,
             config_dir,
             force,
+            transport,
         } => {
             let token = match (token, token_file) {
                 (Some(t), _) => t,
@@ -133,6 +154,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
                 name,
                 config_dir,
                 force,
+                transport: transport.into(),
             })
             .await?;
             println!(

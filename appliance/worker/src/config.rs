@@ -5,6 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use hangar_types::worker::Transport;
 use serde::{Deserialize, Serialize};
 
 /// File names inside the config directory.
@@ -27,8 +28,14 @@ pub struct WorkerConfig {
     pub pool_name: String,
     /// `https://host:1983`
     pub server_url: String,
-    /// `mqtts://host:1984`
-    pub broker_url: String,
+    /// How the worker learns of work: `mqtt` (notifications from the broker
+    /// at `broker_url`) or `http` (a long poll on `server_url`, no broker
+    /// connection at all).
+    #[serde(default)]
+    pub transport: Transport,
+    /// `mqtts://host:1984`; needed by the `mqtt` transport only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub broker_url: Option<String>,
     /// Identity files, relative to the config directory unless absolute.
     pub paths: IdentityPaths,
     /// One fresh directory per run is made under it.
@@ -196,7 +203,18 @@ impl WorkerConfig {
             return Err(invalid("pool_id", "must be a positive id".into()));
         }
         endpoint(&self.server_url, "https", 1983).map_err(|r| invalid("server_url", r))?;
-        endpoint(&self.broker_url, "mqtts", 1984).map_err(|r| invalid("broker_url", r))?;
+        match (self.transport, &self.broker_url) {
+            (Transport::Mqtt, None) => {
+                return Err(invalid(
+                    "broker_url",
+                    "is required by transport = \"mqtt\"".into(),
+                ));
+            }
+            (_, Some(url)) => {
+                endpoint(url, "mqtts", 1984).map_err(|r| invalid("broker_url", r))?;
+            }
+            (Transport::Http, None) => {}
+        }
         if self.work_dir.as_os_str().is_empty() {
             return Err(invalid("work_dir", "must not be empty".into()));
         }
@@ -243,7 +261,8 @@ mod tests {
             pool_id: 2,
             pool_name: "default".into(),
             server_url: "https://appliance.example:1983".into(),
-            broker_url: "mqtts://appliance.example:1984".into(),
+            transport: Transport::Mqtt,
+            broker_url: Some("mqtts://appliance.example:1984".into()),
             paths: IdentityPaths::default(),
             work_dir: "/var/lib/hangar-worker/work".into(),
             cache_dir: "/var/cache/hangar-worker".into(),
@@ -299,6 +318,46 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("timing.heartbeat_secs"), "{e}");
+    }
+
+    #[test]
+    fn the_transport_is_mqtt_or_http_and_only_mqtt_needs_a_broker() {
+        let p = Path::new("w.toml");
+        let mqtt = sample().to_toml();
+        assert!(!mqtt.contains("transport = \"http\""), "{mqtt}");
+        // Configurations written before the choice existed are MQTT ones.
+        let old: String = mqtt
+            .lines()
+            .filter(|l| !l.starts_with("transport"))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        assert_eq!(
+            WorkerConfig::parse(p, &old).unwrap().transport,
+            Transport::Mqtt
+        );
+
+        let mut c = sample();
+        c.transport = Transport::Http;
+        c.broker_url = None;
+        let text = c.to_toml();
+        assert!(
+            text.contains("transport = \"http\"") && !text.contains("broker_url"),
+            "{text}"
+        );
+        assert_eq!(WorkerConfig::parse(p, &text).unwrap(), c);
+
+        c.transport = Transport::Mqtt;
+        let e = WorkerConfig::parse(p, &c.to_toml())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("broker_url") && e.contains("mqtt"), "{e}");
+
+        let bad = text.replace("transport = \"http\"", "transport = \"carrier-pigeon\"");
+        let e = WorkerConfig::parse(p, &bad).unwrap_err().to_string();
+        assert!(e.starts_with("w.toml:") && e.contains("carrier-pigeon"), "{e}");
+        assert!(!e.contains('\n'), "{e}");
+        let bad = text.replace("transport = \"http\"", "transport = \"HTTP\"");
+        assert!(WorkerConfig::parse(p, &bad).is_err());
     }
 
     #[test]

@@ -22,6 +22,8 @@ pub struct JoinOptions {
     pub config_dir: PathBuf,
     /// Replace an existing identity.
     pub force: bool,
+    /// How the worker will learn of work (written to its configuration).
+    pub transport: hangar_types::worker::Transport,
 }
 
 impl std::fmt::Debug for JoinOptions {
@@ -207,7 +209,11 @@ pub async fn join(opts: &JoinOptions) -> Result<Joined, JoinError> {
         } else {
             answer.server_url.clone()
         },
-        broker_url: answer.broker_url.clone(),
+        transport: opts.transport,
+        // A worker on the HTTP transport never reaches the broker: its
+        // configuration does not name one.
+        broker_url: (opts.transport == hangar_types::worker::Transport::Mqtt)
+            .then(|| answer.broker_url.clone()),
         paths,
         work_dir: PathBuf::from("/var/lib/hangar-worker/work"),
         cache_dir: PathBuf::from("/var/cache/hangar-worker"),

@@ -58,19 +58,24 @@ pub async fn status(cfg: &WorkerConfig, identity: &Identity) -> (String, bool) {
             false
         }
     };
+    let broker = cfg.broker_url.as_deref().unwrap_or("(none)");
+    if cfg.transport == hangar_types::worker::Transport::Http {
+        let _ = writeln!(out, "broker   not used (transport = \"http\")");
+        return (out, server_ok);
+    }
     let broker_ok = match agent::mqtt_options(cfg, identity) {
         Ok(opts) => match agent::probe_broker(opts, Duration::from_secs(5)).await {
             Ok(()) => {
-                let _ = writeln!(out, "broker   {} reachable", cfg.broker_url);
+                let _ = writeln!(out, "broker   {broker} reachable");
                 true
             }
             Err(e) => {
-                let _ = writeln!(out, "broker   {} unreachable: {e}", cfg.broker_url);
+                let _ = writeln!(out, "broker   {broker} unreachable: {e}");
                 false
             }
         },
         Err(e) => {
-            let _ = writeln!(out, "broker   {} unusable: {e}", cfg.broker_url);
+            let _ = writeln!(out, "broker   {broker} unusable: {e}");
             false
         }
     };

@@ -242,7 +242,11 @@ impl Appliance {
             }
             // Plan policies are the appliance's; the plan's JSON is taken and dropped.
             WorkerRoute::StorePlanJson { .. } => (204, vec![]),
-            WorkerRoute::Join | WorkerRoute::FetchPlan { .. } | WorkerRoute::ErroredState { .. } => {
+            // The HTTP transport is tested against the appliance itself (the server's `http_transport_e2e`).
+            WorkerRoute::Join
+            | WorkerRoute::ClaimWait
+            | WorkerRoute::FetchPlan { .. }
+            | WorkerRoute::ErroredState { .. } => {
                 (404, error_body(ErrorCode::NotFound, "not staged here"))
             }
         }

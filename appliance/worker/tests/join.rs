@@ -231,7 +231,7 @@ async fn join_writes_a_private_identity_and_refuses_to_overwrite_it() {
         ep.url(),
         "the URL joined is kept when the appliance names none"
     );
-    assert_eq!(cfg.broker_url, "mqtts://127.0.0.1:1");
+    assert_eq!(cfg.broker_url.as_deref(), Some("mqtts://127.0.0.1:1"));
     let identity = Identity::load(&cfg).expect("the identity loads as `run` loads it");
     assert!(identity.certificate_pem.contains("BEGIN CERTIFICATE"));
     let sent = ep.last.lock().unwrap().clone().unwrap();

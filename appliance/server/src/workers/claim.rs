@@ -9,14 +9,16 @@ use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use hangar_db::runs::{RunRow, TransitionFailure};
 use hangar_db::schema::runs;
 use hangar_types::worker::{
-    EnvVar, Heartbeat, HeartbeatReply, RouteError, RunAssignment, RunStatus, StackSpec, StateReport, ToolDownload,
+    ClaimWait, ClaimWaitReply, MAX_CLAIM_WAIT_SECS, EnvVar, Heartbeat, HeartbeatReply, RouteError, RunAssignment, RunStatus, StackSpec, StateReport, ToolDownload,
     ToolSpec, WorkerRoute, WorkerStatus,
 };
 use hangar_types::{RunKind, RunState, Tool};
 use warp::http::StatusCode;
 
 use super::auth::{self, Worker};
+use super::wait::Wake;
 use super::{Reply2, WorkerApiError, json, parse_json};
+use warp::reply::Response;
 use crate::{App, PeerCertificates};
 use hangar_store::StoreError;
 use hangar_store::stacks::{self, Owner, StackRow};
@@ -30,6 +32,10 @@ pub(crate) async fn dispatch(
     peer: Option<&PeerCertificates>,
     body: bytes::Bytes,
 ) -> Reply2 {
+    if route == WorkerRoute::ClaimWait {
+        // Holds no connection while it waits: it takes its own, twice.
+        return claim_wait(app, auth, peer, &body).await;
+    }
     // Workers retry a 503 after a pause; queueing here is cheaper for everyone
     // than a fleet's burst of claims failing and coming back.
     let mut conn = hangar_db::connection_within(&app.db, WORKER_DB_WAIT).await.map_err(WorkerApiError::db)?;
@@ -39,6 +45,8 @@ pub(crate) async fn dispatch(
         WorkerRoute::Join => Err(WorkerApiError::Route(RouteError::Unknown)),
         WorkerRoute::Heartbeat => heartbeat(app, &mut conn, worker, parse_json(&body)?).await,
         WorkerRoute::Claim => claim(app, &mut conn, worker).await,
+        // Answered above.
+        WorkerRoute::ClaimWait => Err(WorkerApiError::Route(RouteError::Unknown)),
         WorkerRoute::RunStatus { run } => {
             let run = held(&mut conn, worker, run).await?;
             Ok(json(StatusCode::OK, &status_of(&run)))
@@ -213,8 +221,103 @@ impl From<TransitionFailure> for ClaimFailure {
 }
 
 async fn claim(app: &App, conn: &mut AsyncPgConnection, worker: Worker) -> Reply2 {
+    Ok(match claim_run(app, conn, worker).await? {
+        Some(a) => json(StatusCode::OK, &a),
+        None => warp::reply::Reply::into_response(StatusCode::NO_CONTENT),
+    })
+}
+
+/// A long-poll claim (the HTTP transport): authenticated, recorded as the
+/// worker's heartbeat, a claim at once, and when nothing is there the wait
+/// for a wake-up, with no database connection held, then another claim.
+async fn claim_wait(app: &App, auth: Option<&str>, peer: Option<&PeerCertificates>, body: &[u8]) -> Reply2 {
+    let waiters = &app.workers.waiters;
+    let mut conn = hangar_db::connection_within(&app.db, WORKER_DB_WAIT).await.map_err(WorkerApiError::db)?;
+    let worker = auth::worker(&mut conn, peer, auth).await?;
+    let ask: ClaimWait = parse_json(body)?;
+    if !(1..=MAX_CLAIM_WAIT_SECS).contains(&ask.max_wait_secs) {
+        return Err(WorkerApiError::Malformed(format!(
+            "max_wait_secs is {}: it must be between 1 and {MAX_CLAIM_WAIT_SECS}",
+            ask.max_wait_secs
+        )));
+    }
+    let deadline = tokio::time::Instant::now() + waiters.hold.min(std::time::Duration::from_secs(ask.max_wait_secs));
+    seen(&mut conn, worker).await?;
+    // Registered before the first claim: a run made READY after that claim
+    // looked wakes this poll.
+    let mut ticket = waiters.register(worker.id, worker.pool_id).map_err(|f| WorkerApiError::Busy { held: f.held })?;
+    if !worker.drained
+        && let Some(a) = claim_run(app, &mut conn, worker).await?
+    {
+        ticket.pass_on();
+        return Ok(wait_reply(Some(a), false));
+    }
+    drop(conn);
+    let woken = tokio::select! {
+        w = &mut ticket.woken => w.ok(),
+        _ = tokio::time::sleep_until(deadline) => None,
+        // A stopping server answers its held polls at once rather than
+        // holding its shutdown for them; the workers poll again elsewhere.
+        _ = app.logs.stopping().cancelled() => Some(Wake::Superseded),
+    };
+    drop(ticket);
+    if woken == Some(Wake::Superseded) {
+        return Ok(wait_reply(None, worker.drained));
+    }
+    // Woken for a run and gone before claiming it (the client left, the
+    // worker was revoked, the database failed): another waiter is woken.
+    let mut pass_on = PassOn { waiters, pool: worker.pool_id, armed: woken == Some(Wake::Work) };
+    // The worker may have been revoked or drained meanwhile: it is checked
+    // again, and its poll's end is a heartbeat too.
+    let mut conn = hangar_db::connection_within(&app.db, WORKER_DB_WAIT).await.map_err(WorkerApiError::db)?;
+    let worker = auth::worker(&mut conn, peer, auth).await?;
+    seen(&mut conn, worker).await?;
+    let run = if worker.drained { None } else { claim_run(app, &mut conn, worker).await? };
+    // A drained worker takes nothing: the run it was woken for is another's.
+    pass_on.armed = pass_on.armed && worker.drained;
+    Ok(wait_reply(run, worker.drained))
+}
+
+/// Wakes another waiter of the pool when dropped armed.
+struct PassOn<'a> {
+    waiters: &'a std::sync::Arc<super::wait::Waiters>,
+    pool: i64,
+    armed: bool,
+}
+
+impl Drop for PassOn<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.waiters.work(self.pool, 1);
+        }
+    }
+}
+
+fn wait_reply(run: Option<RunAssignment>, drain: bool) -> Response {
+    json(StatusCode::OK, &ClaimWaitReply { run, drain })
+}
+
+/// An idle worker's long poll is its heartbeat: it is seen now, idle (or
+/// drained, the operator's word). Written as heartbeats are, without waiting
+/// for the WAL flush.
+async fn seen(conn: &mut AsyncPgConnection, worker: Worker) -> Result<(), WorkerApiError> {
+    let status = if worker.drained { WorkerStatus::Drained } else { WorkerStatus::Idle };
+    diesel::sql_query(
+        "WITH relaxed AS MATERIALIZED (SELECT set_config('synchronous_commit', 'off', true)) \
+         UPDATE workers SET last_seen_at = now(), status = $2 FROM relaxed WHERE workers.id = $1",
+    )
+    .bind::<diesel::sql_types::BigInt, _>(worker.id)
+    .bind::<diesel::sql_types::Text, _>(status.as_str())
+    .execute(conn)
+    .await
+    .map_err(WorkerApiError::db)?;
+    Ok(())
+}
+
+/// Claims the oldest READY run of the worker's pool for it, exactly once.
+async fn claim_run(app: &App, conn: &mut AsyncPgConnection, worker: Worker) -> Result<Option<RunAssignment>, WorkerApiError> {
     if worker.drained {
-        return Ok(warp::reply::Reply::into_response(StatusCode::NO_CONTENT));
+        return Ok(None);
     }
     let actor = format!("worker:{}", worker.id);
     let lease = lease_until(app);
@@ -230,12 +333,12 @@ async fn claim(app: &App, conn: &mut AsyncPgConnection, worker: Worker) -> Reply
     match result {
         Ok(Some(a)) => {
             tracing::info!(run_id = a.run_id, worker = worker.id, stack = %a.stack.slug, "run claimed");
-            Ok(json(StatusCode::OK, &a))
+            Ok(Some(a))
         }
         // Still busy after the retries: the worker asks again at its next notification or poll.
         Ok(None) | Err(ClaimFailure::Busy) => {
             mark_idle(conn, worker.id).await?;
-            Ok(warp::reply::Reply::into_response(StatusCode::NO_CONTENT))
+            Ok(None)
         }
         Err(ClaimFailure::Db(e)) => Err(WorkerApiError::db(e)),
         Err(ClaimFailure::Store(e)) => Err(WorkerApiError::db(e)),
@@ -247,7 +350,7 @@ async fn claim(app: &App, conn: &mut AsyncPgConnection, worker: Worker) -> Reply
                 Err(e) => return Err(WorkerApiError::db(e)),
             }
             mark_idle(conn, worker.id).await?;
-            Ok(warp::reply::Reply::into_response(StatusCode::NO_CONTENT))
+            Ok(None)
         }
     }
 }

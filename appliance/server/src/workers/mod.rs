@@ -14,6 +14,7 @@ pub(crate) mod join;
 mod mirror;
 pub(crate) mod plans;
 mod tools;
+pub(crate) mod wait;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -43,6 +44,8 @@ pub(crate) struct WorkerSettings {
     pub(crate) mirror_dir: Option<PathBuf>,
     pub(crate) lease: chrono::Duration,
     pub(crate) cert_validity: time::Duration,
+    /// Long-poll claims held open (the HTTP worker transport).
+    pub(crate) waiters: Arc<wait::Waiters>,
     /// SHA-256 of served files by path, size and modification time: a tool
     /// binary is hashed once, not per claim.
     hashes: Mutex<HashMap<PathBuf, (u64, SystemTime, String)>>,
@@ -59,6 +62,10 @@ impl WorkerSettings {
             mirror_dir: config.provider_mirror_dir.clone(),
             lease: chrono::Duration::seconds(config.worker_lease_secs as i64),
             cert_validity: time::Duration::days(i64::from(config.worker_cert_days)),
+            waiters: Arc::new(wait::Waiters::new(
+                std::time::Duration::from_secs(config.worker_claim_wait_secs),
+                config.worker_claim_waiters,
+            )),
             hashes: Mutex::new(HashMap::new()),
         })
     }
@@ -134,6 +141,8 @@ pub(crate) enum WorkerApiError {
     Log(crate::logs::LogError),
     #[error("the database cannot be reached")]
     Unavailable,
+    #[error("{held} long-poll claims are held already: try again later")]
+    Busy { held: usize },
     #[error("internal error")]
     Internal,
 }
@@ -159,7 +168,7 @@ impl WorkerApiError {
                 ErrorCode::BadRequest
             }
             WorkerApiError::Log(e) => e.code(),
-            WorkerApiError::Unavailable => ErrorCode::Unavailable,
+            WorkerApiError::Unavailable | WorkerApiError::Busy { .. } => ErrorCode::Unavailable,
             WorkerApiError::Internal => ErrorCode::Internal,
         }
     }

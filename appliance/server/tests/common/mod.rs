@@ -81,7 +81,7 @@ impl Appliance {
         let store = CertStore::open_or_create(&pki, &CaOptions::default()).expect("test CA");
         for (name, cn) in [("server", "hangar"), ("objects", "objects")] {
             store
-                .ensure(name, &LeafRequest::server(cn, &["localhost", "127.0.0.1"]), time::Duration::days(1))
+                .ensure(name, &LeafRequest::server(cn, &["localhost", "127.0.0.1", PROXIED_HOST]), time::Duration::days(1))
                 .expect("issue a certificate");
         }
 
@@ -197,7 +197,12 @@ request_timeout_secs = 5
             master_key,
             addr,
             server: None,
-            client: client_trusting(&store.ca_cert_path()),
+            client: if opts.public_host == PROXIED_HOST {
+                // The name resolves nowhere on this host: the tests' own calls go straight to the server.
+                client_builder(&store.ca_cert_path()).resolve(PROXIED_HOST, addr).build().unwrap()
+            } else {
+                client_trusting(&store.ca_cert_path())
+            },
             broker_port,
             public_host: opts.public_host,
             _tls_proxy: tls_proxy,
@@ -352,6 +357,16 @@ request_timeout_secs = 5
 
 /// A client that trusts only `ca` (not the system's roots).
 pub fn client_trusting(ca: &Path) -> reqwest::Client {
+    client_builder(ca).build().unwrap()
+}
+
+/// A name the appliance's certificate carries besides `localhost` and
+/// `127.0.0.1`, and that resolves nowhere on the host: a worker reaches an
+/// appliance so named only through a proxy that resolves it (Terraform's Go
+/// HTTP client never proxies loopback names or addresses).
+pub const PROXIED_HOST: &str = "hangar.test";
+
+fn client_builder(ca: &Path) -> reqwest::ClientBuilder {
     let cert = reqwest::Certificate::from_pem(&std::fs::read(ca).unwrap()).unwrap();
     reqwest::Client::builder()
         .tls_built_in_root_certs(false)
@@ -362,8 +377,6 @@ pub fn client_trusting(ca: &Path) -> reqwest::Client {
         // then close the connection; a pooled connection reused at that moment
         // fails the next request with no answer. Each request gets its own.
         .pool_max_idle_per_host(0)
-        .build()
-        .unwrap()
 }
 
 pub fn stderr(o: &Output) -> String {

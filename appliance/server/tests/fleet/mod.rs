@@ -156,6 +156,18 @@ impl Fleet {
     /// As `join_worker`, but the worker reaches the server at `server_url`
     /// and the broker on `broker_port` of localhost (a relay, say).
     pub async fn join_worker_via(&self, pool: &str, name: &str, server_url: &str, broker_port: u16) -> PathBuf {
+        self.join_worker_with(pool, name, server_url, broker_port, "mqtt").await
+    }
+
+    /// Joins a worker on the HTTP transport (`--transport http`): its
+    /// configuration names no broker. It joins through `server_url` (the
+    /// host's own route) and keeps the appliance's public URL.
+    pub async fn join_http_worker(&self, pool: &str, name: &str) -> PathBuf {
+        let url = format!("https://localhost:{}", self.app.addr.port());
+        self.join_worker_with(pool, name, &url, self.app.broker_port.unwrap_or(1), "http").await
+    }
+
+    async fn join_worker_with(&self, pool: &str, name: &str, server_url: &str, broker_port: u16, transport: &str) -> PathBuf {
         self.create_pool(pool).await;
         let token = self.ok("mutation($p: String!) { createJoinToken(pool: $p) { token } }", json!({ "p": pool })).await
             ["createJoinToken"]["token"]
@@ -168,13 +180,14 @@ impl Fleet {
             .arg(&dir)
             .arg("--ca")
             .arg(self.app.ca_path())
+            .args(["--transport", transport])
             .env("HANGAR_LOG", "warn")
             .stdin(Stdio::null())
             .output()
             .unwrap();
         assert!(out.status.success(), "hangar-worker join: {}", String::from_utf8_lossy(&out.stderr));
         let path = dir.join("worker.toml");
-        let own_broker = format!(":{}\"", self.app.broker_port.unwrap());
+        let own_broker = format!(":{}\"", self.app.broker_port.unwrap_or(1));
         let toml = std::fs::read_to_string(&path)
             .unwrap()
             .replace("/var/lib/hangar-worker/work", &self.files.subdir(&format!("work-{name}")).display().to_string())

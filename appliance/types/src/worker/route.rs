@@ -71,6 +71,10 @@ pub enum WorkerRoute {
     Heartbeat,
     /// `POST /api/v1/worker/claim` → 200 [`super::RunAssignment`] or 204.
     Claim,
+    /// `POST /api/v1/worker/claim/wait`: [`super::ClaimWait`] → [`super::ClaimWaitReply`].
+    /// The long poll of the HTTP transport: held open until a run of the pool
+    /// is claimed for the worker or the wait ends.
+    ClaimWait,
     /// `GET /api/v1/worker/runs/{run}` → [`super::RunStatus`].
     RunStatus { run: i64 },
     /// `POST /api/v1/worker/runs/{run}/state`: [`super::StateReport`] → 200 [`super::RunStatus`], 409 [`super::RunStatus`] when refused.
@@ -153,6 +157,7 @@ impl WorkerRoute {
             WorkerRoute::Join => Self::JOIN_PATH.to_string(),
             WorkerRoute::Heartbeat => format!("{p}/heartbeat"),
             WorkerRoute::Claim => format!("{p}/claim"),
+            WorkerRoute::ClaimWait => format!("{p}/claim/wait"),
             WorkerRoute::RunStatus { run } => format!("{p}/runs/{run}"),
             WorkerRoute::ReportState { run } => format!("{p}/runs/{run}/state"),
             WorkerRoute::LogChunk { run, phase, seq } => format!("{p}/runs/{run}/logs/{}/{seq}", phase.as_str()),
@@ -165,7 +170,7 @@ impl WorkerRoute {
     /// What the call sends.
     pub fn body(self) -> Body {
         match self {
-            WorkerRoute::Join | WorkerRoute::Heartbeat | WorkerRoute::ReportState { .. } => {
+            WorkerRoute::Join | WorkerRoute::Heartbeat | WorkerRoute::ClaimWait | WorkerRoute::ReportState { .. } => {
                 Body::Json { max: MAX_JSON_BYTES }
             }
             WorkerRoute::Claim | WorkerRoute::RunStatus { .. } | WorkerRoute::FetchPlan { .. } => Body::Empty,
@@ -179,7 +184,7 @@ impl WorkerRoute {
     /// The run the call is about, if any.
     pub fn run(self) -> Option<i64> {
         match self {
-            WorkerRoute::Join | WorkerRoute::Heartbeat | WorkerRoute::Claim => None,
+            WorkerRoute::Join | WorkerRoute::Heartbeat | WorkerRoute::Claim | WorkerRoute::ClaimWait => None,
             WorkerRoute::RunStatus { run }
             | WorkerRoute::ReportState { run }
             | WorkerRoute::LogChunk { run, .. }
@@ -200,6 +205,7 @@ impl WorkerRoute {
             ["api", "v1", "worker", rest @ ..] => match rest {
                 ["heartbeat"] => WorkerRoute::Heartbeat,
                 ["claim"] => WorkerRoute::Claim,
+                ["claim", "wait"] => WorkerRoute::ClaimWait,
                 ["runs", id] => WorkerRoute::RunStatus { run: parse_run_id(id)? },
                 ["runs", id, "state"] => WorkerRoute::ReportState { run: parse_run_id(id)? },
                 ["runs", id, "errored-state"] => WorkerRoute::ErroredState { run: parse_run_id(id)? },
@@ -274,6 +280,7 @@ mod tests {
             WorkerRoute::Join,
             WorkerRoute::Heartbeat,
             WorkerRoute::Claim,
+            WorkerRoute::ClaimWait,
             WorkerRoute::RunStatus { run: 7 },
             WorkerRoute::ReportState { run: 7 },
             WorkerRoute::LogChunk { run: 7, phase: Phase::Planning, seq: 12 },

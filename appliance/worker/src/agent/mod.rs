@@ -3,6 +3,12 @@
 //! with a run's state when a notification was lost), and the run loop — the
 //! one background-loop shape — claims a READY run when told or on a periodic
 //! poll, and executes it with the engine, one run at a time.
+//!
+//! With `transport = "http"` there is no broker connection: the run loop
+//! holds a long-poll claim open on the server, which answers it with a run
+//! as soon as one is READY. The long poll is the idle worker's heartbeat;
+//! while a run is held, heartbeats renew its lease as over MQTT, and bring
+//! confirmations and cancellations with the run's state.
 
 mod mqtt;
 mod outbox;
@@ -15,7 +21,8 @@ use std::time::Duration;
 use hangar_runner::{BackgroundWorker, RunnerOptions, Step};
 use hangar_types::RunState;
 use hangar_types::worker::{
-    Heartbeat, Notification, Phase, PlanUpload, StateReport, ToolSpec, WorkerStatus,
+    Heartbeat, MAX_CLAIM_WAIT_SECS, Notification, Phase, PlanUpload, StateReport, ToolSpec,
+    Transport, WorkerStatus,
 };
 use tokio::sync::{Notify, mpsc, watch};
 use tokio_util::sync::CancellationToken;
@@ -99,8 +106,12 @@ pub async fn run(
         })?;
     }
     let api = Api::new(&cfg.server_url, &identity)?;
-    let mqtt_opts =
-        mqtt::options(&cfg, &identity).map_err(|reason| AgentError::Broker { reason })?;
+    let mqtt_opts = match cfg.transport {
+        Transport::Mqtt => {
+            Some(mqtt::options(&cfg, &identity).map_err(|reason| AgentError::Broker { reason })?)
+        }
+        Transport::Http => None,
+    };
     let shared = Arc::new(Shared {
         cfg: cfg.clone(),
         api,
@@ -109,15 +120,18 @@ pub async fn run(
         wake: Notify::new(),
         stopping: stop.clone(),
     });
-    info!(worker = cfg.worker_id, pool = %cfg.pool_name, server = %cfg.server_url, "worker starting");
+    info!(worker = cfg.worker_id, pool = %cfg.pool_name, server = %cfg.server_url, transport = cfg.transport.as_str(), "worker starting");
 
     let (events_tx, mut events_rx) = mpsc::unbounded_channel();
     let background = CancellationToken::new();
-    let broker = tokio::spawn(hangar_runner::run(
-        mqtt::BrokerLink::new(mqtt_opts, cfg.worker_id, events_tx),
-        background.clone(),
-        mqtt::BrokerLink::runner_options(),
-    ));
+    // No broker link at all on the HTTP transport.
+    let broker = mqtt_opts.map(|opts| {
+        tokio::spawn(hangar_runner::run(
+            mqtt::BrokerLink::new(opts, cfg.worker_id, events_tx),
+            background.clone(),
+            mqtt::BrokerLink::runner_options(),
+        ))
+    });
     let notifications = {
         let shared = shared.clone();
         tokio::spawn(async move {
@@ -184,7 +198,9 @@ pub async fn run(
     .await;
     background.cancel();
     forward.abort();
-    let _ = broker.await;
+    if let Some(broker) = broker {
+        let _ = broker.await;
+    }
     let _ = heartbeat.await;
     notifications.abort();
     Ok(())
@@ -204,6 +220,10 @@ impl BackgroundWorker for Heartbeats {
     async fn work(&mut self) -> Result<Step, String> {
         let shared = &self.shared;
         let held = shared.held();
+        // On the HTTP transport an idle worker's long poll is its heartbeat.
+        if shared.cfg.transport == Transport::Http && held.is_none() {
+            return Ok(Step::Idle);
+        }
         let status = if shared.drained.load(Ordering::Relaxed) {
             WorkerStatus::Drained
         } else if held.is_some() {
@@ -240,12 +260,38 @@ struct RunLoop {
     shared: Arc<Shared>,
 }
 
+impl RunLoop {
+    /// One long poll of the HTTP transport, and the run it brings. The poll
+    /// is asked to last `poll_secs` (the server holds it at most its own
+    /// bound); a stop ends it at once, and the server lets go of it.
+    async fn long_poll(&mut self) -> Result<Step, String> {
+        let shared = &self.shared;
+        let wait = shared.cfg.timing.poll().min(Duration::from_secs(MAX_CLAIM_WAIT_SECS));
+        let reply = tokio::select! {
+            r = shared.api.claim_wait(wait) => r.map_err(|e| hangar_types::error_chain(&e))?,
+            _ = shared.stopping.cancelled() => return Ok(Step::Idle),
+        };
+        let was = shared.drained.swap(reply.drain, Ordering::Relaxed);
+        if was != reply.drain {
+            info!(drained = reply.drain, "the appliance changed this worker's drain");
+        }
+        if let Some(a) = reply.run {
+            execute(shared, a).await;
+        }
+        // Straight into the next poll: the server does the waiting.
+        Ok(Step::Busy)
+    }
+}
+
 impl BackgroundWorker for RunLoop {
     fn name(&self) -> String {
         format!("worker-{}", self.shared.cfg.worker_id)
     }
 
     async fn work(&mut self) -> Result<Step, String> {
+        if self.shared.cfg.transport == Transport::Http {
+            return self.long_poll().await;
+        }
         if self.shared.drained.load(Ordering::Relaxed) {
             return Ok(Step::Idle);
         }

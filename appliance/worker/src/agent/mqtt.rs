@@ -29,7 +29,11 @@ const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
 /// MQTT options for this worker.
 pub fn options(cfg: &WorkerConfig, identity: &Identity) -> Result<MqttOptions, String> {
-    let (host, port) = endpoint(&cfg.broker_url, "mqtts", 1984)?;
+    let url = cfg
+        .broker_url
+        .as_deref()
+        .ok_or("the configuration names no broker_url")?;
+    let (host, port) = endpoint(url, "mqtts", 1984)?;
     let tenant = worker_tenant(cfg.worker_id);
     let mut opts = MqttOptions::new(tenant.clone(), host, port);
     opts.set_keep_alive(Duration::from_secs(30))

@@ -377,6 +377,26 @@ const RESERVED_ENV: &[&str] = &[
     "CHECKPOINT_DISABLE",
 ];
 
+/// The proxy settings Terraform is given from the worker's own environment,
+/// both spellings, so that its HTTP state backend, the provider mirror and
+/// module downloads take the route the worker's own HTTPS takes. A stack's
+/// variables of the same names come after them and win.
+const PROXY_ENV: &[&str] = &[
+    "HTTPS_PROXY",
+    "https_proxy",
+    "HTTP_PROXY",
+    "http_proxy",
+    "NO_PROXY",
+    "no_proxy",
+];
+
+/// The proxy variables among `vars` (the worker's environment).
+pub fn proxy_env(vars: impl IntoIterator<Item = (String, String)>) -> Vec<(String, String)> {
+    vars.into_iter()
+        .filter(|(k, _)| PROXY_ENV.contains(&k.as_str()))
+        .collect()
+}
+
 /// Runs `spec` in `work_dir` (created, or empty) until it ends on this worker.
 /// The engine reports every state it moves the run to; the returned outcome is
 /// the last one.
@@ -565,7 +585,7 @@ impl<'a, H: RunHooks> Run<'a, H> {
         })?;
         let cli = files::cli_config(self.spec.mirror.as_ref(), &plugins).map_err(fail)?;
         write_private(&layout.cli_config, &cli).map_err(fail)?;
-        let mut env = Vec::new();
+        let mut env = proxy_env(std::env::vars());
         for v in &self.spec.env {
             if RESERVED_ENV.contains(&v.name.as_str()) || v.name.is_empty() || v.name.contains('=')
             {
@@ -1098,4 +1118,28 @@ fn write_private(path: &Path, contents: &str) -> Result<(), EngineError> {
             path: path.to_path_buf(),
             source,
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn terraform_gets_the_workers_proxy_settings_and_nothing_else() {
+        let vars = [
+            ("HTTPS_PROXY", "http://proxy:3128"),
+            ("no_proxy", "git.internal"),
+            ("HOME", "/root"),
+            ("https_proxy_extra", "x"),
+            ("AWS_SECRET_ACCESS_KEY", "s"),
+        ]
+        .map(|(k, v)| (k.to_string(), v.to_string()));
+        assert_eq!(
+            proxy_env(vars),
+            vec![
+                ("HTTPS_PROXY".to_string(), "http://proxy:3128".to_string()),
+                ("no_proxy".to_string(), "git.internal".to_string()),
+            ]
+        );
+    }
 }
