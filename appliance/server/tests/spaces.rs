@@ -314,6 +314,42 @@ async fn a_user_without_grants_sees_nothing_and_the_state_backend_and_console_fo
     let form = web.get("/stacks/new").await;
     assert!(form.contains("value=\"team\"") && form.contains("value=\"team-sub\"") && !form.contains("value=\"other\""), "{form}");
 
+    // A dependency on another space's stack holds this one without naming it.
+    app.ok(&admin, "mutation { addStackDependency(stack: \"st-team\", dependsOn: \"st-other\") { slug } }", json!({})).await;
+    let dev = app.login("dev@team.test", "Green-River-4-Oak!").await;
+    let held = app.ok(&dev, "{ stack(slug: \"st-team\") { held { kind stack runId message } dependsOn { stack { slug } } } }", json!({})).await;
+    assert_eq!(held["stack"]["held"]["stack"], "a stack of a space you cannot see", "{held}");
+    assert!(!held.to_string().contains("st-other"), "{held}");
+    assert_eq!(held["stack"]["dependsOn"], json!([]));
+    let seen_by_admin = app.ok(&admin, "{ stack(slug: \"st-team\") { held { stack } } }", json!({})).await;
+    assert_eq!(seen_by_admin["stack"]["held"]["stack"], "st-other");
+    let page = web.get("/stacks/st-team").await;
+    assert!(page.contains("a stack of a space you cannot see") && !page.contains("st-other"), "{page}");
+    app.ok(&admin, "mutation { removeStackDependency(stack: \"st-team\", dependsOn: \"st-other\") { slug } }", json!({})).await;
+
+    // The console's live changes: runs of the team's spaces, never another's.
+    let mut stream = web
+        .client
+        .get(format!("{}/events/changes", web.origin))
+        .header("cookie", &web.cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stream.status(), 200);
+    let trigger = "mutation($s: String!) { triggerRun(stack: $s, commitSha: \"0123456789012345678901234567890123456789\", kind: PROPOSED) { id } }";
+    let other = app.ok(&admin, trigger, json!({ "s": "st-other" })).await["triggerRun"]["id"].as_str().unwrap().to_string();
+    let own = app.ok(&admin, trigger, json!({ "s": "st-team" })).await["triggerRun"]["id"].as_str().unwrap().to_string();
+    let mut told = String::new();
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !told.contains(&format!("data:{own}\n")) && tokio::time::Instant::now() < deadline {
+        match tokio::time::timeout_at(deadline, stream.chunk()).await {
+            Ok(Ok(Some(bytes))) => told.push_str(&String::from_utf8_lossy(&bytes)),
+            _ => break,
+        }
+    }
+    assert!(told.contains(&format!("data:{own}\n")), "the team's run is told: {told:?}");
+    assert!(!told.contains(&format!("data:{other}\n")), "another space's run is told: {told:?}");
+
     // Deleting: a space with things in it is refused with what it holds; the root never.
     let (code, msg) = app.err(Some(&admin), "mutation { deleteSpace(slug: \"other\") }", json!({})).await;
     assert_eq!(code, "REFUSED");

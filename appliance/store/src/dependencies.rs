@@ -235,12 +235,14 @@ pub enum Held {
 impl Held {
     /// One line, as the console and the API say it.
     pub fn message(&self) -> String {
+        // A veiled hold names no run (its run is 0).
+        let its = |run: &i64| if *run == 0 { "its run".to_string() } else { format!("its run {run}") };
         match self {
-            Held::Waiting { on, run, state } => format!("waiting on {on}: its run {run} is {}", state.as_str()),
+            Held::Waiting { on, run, state } => format!("waiting on {on}: {} is {}", its(run), state.as_str()),
             Held::Stopped { at, run, state, reason: Some(r) } => {
-                format!("the chain stopped at {at}: its run {run} ended {} ({r})", state.as_str())
+                format!("the chain stopped at {at}: {} ended {} ({r})", its(run), state.as_str())
             }
-            Held::Stopped { at, run, state, reason: None } => format!("the chain stopped at {at}: its run {run} ended {}", state.as_str()),
+            Held::Stopped { at, run, state, reason: None } => format!("the chain stopped at {at}: {} ended {}", its(run), state.as_str()),
             Held::NeverApplied { on } => format!("dependency {on} was never applied"),
         }
     }
@@ -253,6 +255,33 @@ impl Held {
             Held::NeverApplied { on } => (on, None),
         }
     }
+
+    /// The same hold as told to someone who cannot see the upstream stack:
+    /// neither its name nor its run, only that something upstream holds it.
+    pub fn veiled(self) -> Held {
+        const UNSEEN: &str = "a stack of a space you cannot see";
+        match self {
+            Held::Waiting { state, .. } => Held::Waiting { on: UNSEEN.into(), run: 0, state },
+            Held::Stopped { state, .. } => Held::Stopped { at: UNSEEN.into(), run: 0, state, reason: None },
+            Held::NeverApplied { .. } => Held::NeverApplied { on: UNSEEN.into() },
+        }
+    }
+
+    /// Whether this hold was veiled.
+    pub fn is_veiled(&self) -> bool {
+        self.upstream().1 == Some(0)
+    }
+}
+
+/// The hold of `stack`, veiled unless `sees` the upstream stack's space.
+pub async fn held_as_seen(
+    conn: &mut AsyncPgConnection,
+    stack: i64,
+    sees: impl Fn(i64) -> bool,
+) -> Result<Option<Held>, StoreError> {
+    let Some(h) = held(conn, stack).await? else { return Ok(None) };
+    let upstream = crate::stacks::stack_by_slug(conn, h.upstream().0).await?;
+    Ok(Some(if upstream.is_some_and(|s| sees(s.space_id)) { h } else { h.veiled() }))
 }
 
 /// Whether anything upstream of `stack` holds it, the nearest first: what
@@ -316,6 +345,16 @@ pub async fn tracked_run_since(conn: &mut AsyncPgConnection, stack: i64, at: Dat
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_veiled_hold_names_neither_the_stack_nor_its_run() {
+        let h = Held::Stopped { at: "network".into(), run: 42, state: RunState::Failed, reason: Some("quota".into()) }.veiled();
+        assert!(h.is_veiled());
+        assert_eq!(h.message(), "the chain stopped at a stack of a space you cannot see: its run ended FAILED");
+        let w = Held::Waiting { on: "dns".into(), run: 7, state: RunState::Applying };
+        assert!(!w.is_veiled());
+        assert_eq!(w.veiled().message(), "waiting on a stack of a space you cannot see: its run is APPLYING");
+    }
 
     #[test]
     fn an_edge_that_closes_a_cycle_names_it() {

@@ -186,7 +186,7 @@ async fn dispatch(c: &Console, req: Req) -> Response {
         (["runs", id], true, _) => runs::show(c, &session, id).await,
         (["runs", id, action @ ("confirm" | "discard" | "cancel")], _, true) => runs::act(c, &session, id, action).await,
         (["runs", id, "review"], _, true) => runs::review(c, &session, &req, id).await,
-        (["events", "changes"], true, _) => runs::changes(c),
+        (["events", "changes"], true, _) => runs::changes(c, &session),
         (["pools"], true, _) => manage::pools(c, &session).await,
         (["pools"], _, true) => manage::create_pool(c, &session, &req).await,
         (["pools", pool, "token"], _, true) => manage::join_token(c, &session, pool).await,

@@ -309,14 +309,31 @@ pub(super) async fn review(c: &Console, s: &Session, req: &super::Req, id: &str)
 
 /// `GET /events/changes`: an event `change` (the run's id) whenever a run
 /// changes state or is created; live pages refresh what they show.
-pub(super) fn changes(c: &Console) -> Response {
+pub(super) fn changes(c: &Console, s: &Session) -> Response {
     let mut rx = c.backend.run_changes();
     let (tx, out) = mpsc::channel::<Result<Event, Infallible>>(16);
+    let viewer = s.viewer.clone();
+    let db = c.db.clone();
     tokio::spawn(async move {
+        // The space of each run told of: a viewer hears only of runs of the
+        // spaces they see (each run looked up once).
+        let mut spaces: std::collections::HashMap<i64, Option<i64>> = std::collections::HashMap::new();
         loop {
             let event = tokio::select! {
                 _ = tx.closed() => return,
                 e = tokio::time::timeout(Duration::from_secs(15), rx.recv()) => match e {
+                    Ok(Ok(run)) if !viewer.access.sees_everything() => {
+                        if !spaces.contains_key(&run) {
+                            if spaces.len() > 10_000 {
+                                spaces.clear();
+                            }
+                            spaces.insert(run, space_of_run(&db, run).await);
+                        }
+                        match spaces.get(&run).copied().flatten() {
+                            Some(space) if viewer.sees(space) => Event::default().event("change").data(run.to_string()),
+                            _ => continue,
+                        }
+                    }
                     Ok(Ok(run)) => Event::default().event("change").data(run.to_string()),
                     // Missed some: one change that makes the page re-read is enough.
                     Ok(Err(broadcast::error::RecvError::Lagged(_))) => Event::default().event("change").data("0"),
@@ -333,6 +350,14 @@ pub(super) fn changes(c: &Console) -> Response {
     let mut r = warp::sse::reply(Receiving(out)).into_response();
     r.headers_mut().insert("x-accel-buffering", warp::http::HeaderValue::from_static("no"));
     r
+}
+
+/// The space of run `run`'s stack; `None` when it cannot be read (then the
+/// change is not told).
+async fn space_of_run(db: &hangar_db::DbPool, run: i64) -> Option<i64> {
+    let mut conn = db.get().await.ok()?;
+    let row = queries::run(&mut conn, run).await.ok()??;
+    queries::stack_by_id(&mut conn, row.stack_id).await.ok()?.map(|s| s.space_id)
 }
 
 /// A response body fed by a task: the body must be `Sync`, which a stream

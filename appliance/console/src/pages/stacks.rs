@@ -340,9 +340,9 @@ async fn dependencies_view(conn: &mut hangar_db::AsyncPgConnection, viewer: &Vie
         .collect();
     let dependents =
         dependencies::dependents_of(conn, stack).await?.into_iter().filter(|d| viewer.sees(d.space_id)).map(|d| d.slug).collect();
-    let held = dependencies::held(conn, stack)
+    let held = dependencies::held_as_seen(conn, stack, |s| viewer.sees(s))
         .await?
-        .map(|h| (matches!(h, Held::Stopped { .. }), sentence(&h.message()), h.upstream().1));
+        .map(|h| (matches!(h, Held::Stopped { .. }), sentence(&h.message()), h.upstream().1.filter(|_| !h.is_veiled())));
     Ok(DepsView { on, dependents, held })
 }
 

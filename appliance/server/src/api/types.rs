@@ -223,6 +223,7 @@ impl From<Held> for StackHold {
             Held::NeverApplied { .. } => "NEVER_APPLIED",
         };
         let (stack, run) = h.upstream();
+        let run = run.filter(|_| !h.is_veiled());
         StackHold { kind: kind.into(), stack: stack.to_string(), run_id: run.map(|r| ID(r.to_string())), message: h.message() }
     }
 }
@@ -349,9 +350,9 @@ impl Stack {
     /// still applying, one whose last apply did not finish, or a dependency
     /// never applied. Null when everything upstream is applied.
     async fn held(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<StackHold>> {
-        caller(ctx)?;
+        let who = caller(ctx)?;
         let mut c = conn(ctx).await?;
-        let held = hangar_store::dependencies::held(&mut c, self.0.id).await.map_err(ApiError::from)?;
+        let held = hangar_store::dependencies::held_as_seen(&mut c, self.0.id, |s| who.sees(s)).await.map_err(ApiError::from)?;
         Ok(held.map(StackHold::from))
     }
     async fn created_at(&self) -> DateTime<Utc> {
