@@ -111,19 +111,8 @@ async fn heartbeat(app: &App, conn: &mut AsyncPgConnection, worker: Worker, hb: 
             WorkerStatus::Idle | WorkerStatus::Drained => WorkerStatus::Idle,
         }
     };
-    // Without waiting for the WAL flush: a crash losing the last few seconds of
-    // `last_seen_at` costs nothing (the next heartbeat writes it again), and
-    // thousands of idle workers otherwise queue on the disk. The run's lease
-    // below is renewed durably.
-    diesel::sql_query(
-        "WITH relaxed AS MATERIALIZED (SELECT set_config('synchronous_commit', 'off', true)) \
-         UPDATE workers SET last_seen_at = now(), status = $2 FROM relaxed WHERE workers.id = $1",
-    )
-    .bind::<diesel::sql_types::BigInt, _>(worker.id)
-    .bind::<diesel::sql_types::Text, _>(status.as_str())
-    .execute(conn)
-    .await
-    .map_err(WorkerApiError::db)?;
+    // The run's lease below is renewed durably.
+    mark_seen(conn, worker.id, status).await?;
     let (mut lease, mut run_state) = (None, None);
     if let Some(run) = hb.run {
         let terminal: Vec<&str> = RunState::ALL.into_iter().filter(|s| s.is_terminal()).map(|s| s.as_str()).collect();
@@ -302,11 +291,19 @@ fn wait_reply(run: Option<RunAssignment>, drain: bool) -> Response {
 /// for the WAL flush.
 async fn seen(conn: &mut AsyncPgConnection, worker: Worker) -> Result<(), WorkerApiError> {
     let status = if worker.drained { WorkerStatus::Drained } else { WorkerStatus::Idle };
+    mark_seen(conn, worker.id, status).await
+}
+
+/// Records that worker `id` was seen now, in `status`. Without waiting for
+/// the WAL flush: a crash losing the last few seconds of `last_seen_at` costs
+/// nothing (the next heartbeat writes it again), and thousands of idle
+/// workers otherwise queue on the disk.
+async fn mark_seen(conn: &mut AsyncPgConnection, id: i64, status: WorkerStatus) -> Result<(), WorkerApiError> {
     diesel::sql_query(
         "WITH relaxed AS MATERIALIZED (SELECT set_config('synchronous_commit', 'off', true)) \
          UPDATE workers SET last_seen_at = now(), status = $2 FROM relaxed WHERE workers.id = $1",
     )
-    .bind::<diesel::sql_types::BigInt, _>(worker.id)
+    .bind::<diesel::sql_types::BigInt, _>(id)
     .bind::<diesel::sql_types::Text, _>(status.as_str())
     .execute(conn)
     .await
