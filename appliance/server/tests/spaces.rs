@@ -309,6 +309,13 @@ async fn a_user_without_grants_sees_nothing_and_the_state_backend_and_console_fo
     assert_eq!(status("/stacks/st-other".into()).await, 404);
     assert_eq!(status(format!("/runs/{other_run}")).await, 404);
     assert_eq!(status("/contexts/ctx-other".into()).await, 404);
+    // Pools: a writer sees the team's pools without their controls; the
+    // team's admin manages them (and only them).
+    let pools = web.get("/pools").await;
+    assert!(pools.contains("pool-team") && !pools.contains("Create a join token"), "{pools}");
+    let lead_web = ConsoleSession::login_as(&app, "lead@team.test", "Tall-Bridge-6-Moss!").await;
+    let pools = lead_web.get("/pools").await;
+    assert!(pools.contains("action=\"/pools/pool-team/token\"") && pools.contains("action=\"/pools/pool-team-sub/token\""), "{pools}");
     let own = web.get("/stacks/st-team").await;
     assert!(own.contains(">Trigger a run</button>"), "the writer's controls on a stack of the team");
     let form = web.get("/stacks/new").await;

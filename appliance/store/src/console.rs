@@ -222,6 +222,9 @@ pub async fn names(c: &mut AsyncPgConnection, scope: Scope<'_>) -> Q<(Vec<String
     Ok((pools.load(c).await?, vcs.load(c).await?))
 }
 
+/// A pool as the pools page shows it: id, name, description, generation, space.
+pub type PoolLine = (i64, String, String, i32, i64);
+
 /// A worker as the pools page shows it.
 #[derive(Debug, Clone, Queryable)]
 pub struct WorkerLine {
@@ -236,16 +239,16 @@ pub struct WorkerLine {
     pub pool_generation: i32,
 }
 
-/// Every pool (id, name, description, generation) and every worker.
-pub async fn pools_and_workers(c: &mut AsyncPgConnection, scope: Scope<'_>) -> Q<(Vec<(i64, String, String, i32)>, Vec<WorkerLine>)> {
+/// Every pool (id, name, description, generation, space) and every worker.
+pub async fn pools_and_workers(c: &mut AsyncPgConnection, scope: Scope<'_>) -> Q<(Vec<PoolLine>, Vec<WorkerLine>)> {
     let mut q = worker_pools::table
         .order(worker_pools::name.asc())
-        .select((worker_pools::id, worker_pools::name, worker_pools::description, worker_pools::generation))
+        .select((worker_pools::id, worker_pools::name, worker_pools::description, worker_pools::generation, worker_pools::space_id))
         .into_boxed();
     if let Some(seen) = scope {
         q = q.filter(worker_pools::space_id.eq_any(seen.to_vec()));
     }
-    let pools: Vec<(i64, String, String, i32)> = q.load(c).await?;
+    let pools: Vec<PoolLine> = q.load(c).await?;
     let pool_ids: Vec<i64> = pools.iter().map(|p| p.0).collect();
     let workers = workers::table
         .filter(workers::pool_id.eq_any(pool_ids))

@@ -66,6 +66,8 @@ pub(crate) struct WorkerView {
 pub(crate) struct PoolView {
     pub(crate) name: String,
     pub(crate) description: String,
+    /// The viewer may manage this pool (the admin role in its space).
+    pub(crate) manage: bool,
     pub(crate) workers: Vec<WorkerView>,
 }
 
@@ -105,9 +107,10 @@ pub(super) async fn pools(c: &Console, s: &Session) -> Response {
     let text = |v: &Value, k: &str| v.get(k).and_then(Value::as_str).unwrap_or_default().to_string();
     let pools = pools
         .into_iter()
-        .map(|(id, name, description, generation)| PoolView {
+        .map(|(id, name, description, generation, space)| PoolView {
             name,
             description,
+            manage: s.viewer.access.may(space, Op::ManagePools.role()),
             workers: workers
                 .iter()
                 .filter(|w| w.pool_id == id)
