@@ -78,6 +78,10 @@ pub struct PgOptions {
     /// benchmarks turn it on to measure what an appliance would see.
     pub durable: bool,
     pub max_connections: u32,
+    /// TLS on (the default). Off: a server that speaks only plain text, which
+    /// a Hangar client must refuse; it then has no `hangar` role or database
+    /// (they are made over TLS, and nothing is meant to get that far).
+    pub tls: bool,
 }
 
 impl Default for PgOptions {
@@ -85,6 +89,7 @@ impl Default for PgOptions {
         PgOptions {
             durable: false,
             max_connections: 200,
+            tls: true,
         }
     }
 }
@@ -147,7 +152,7 @@ impl PgServer {
             "\n# test cluster\n\
              listen_addresses = '127.0.0.1'\n\
              unix_socket_directories = '{run}'\n\
-             ssl = on\n\
+             ssl = {ssl}\n\
              ssl_cert_file = '{cert}'\n\
              ssl_key_file = '{key}'\n\
              ssl_min_protocol_version = 'TLSv1.2'\n\
@@ -162,16 +167,21 @@ impl PgServer {
             cert = store.cert_path("db").display(),
             key = store.key_path("db").display(),
             maxc = opts.max_connections,
+            ssl = if opts.tls { "on" } else { "off" },
         );
         append(&data.join("postgresql.conf"), &conf);
-        fs::write(
-            data.join("pg_hba.conf"),
+        let hba = if opts.tls {
             "# Only TLS over loopback, only scram-sha-256.\n\
              local   all all                 scram-sha-256\n\
              hostssl all all 127.0.0.1/32    scram-sha-256\n\
-             hostssl all all ::1/128         scram-sha-256\n",
-        )
-        .expect("write pg_hba.conf");
+             hostssl all all ::1/128         scram-sha-256\n"
+        } else {
+            "# Plain text only.\n\
+             local   all all                 scram-sha-256\n\
+             host    all all 127.0.0.1/32    scram-sha-256\n\
+             host    all all ::1/128         scram-sha-256\n"
+        };
+        fs::write(data.join("pg_hba.conf"), hba).expect("write pg_hba.conf");
         user.chown(dir.path());
 
         let mut server = PgServer {
@@ -187,7 +197,9 @@ impl PgServer {
             dir,
         };
         server.start_on_free_port();
-        server.create_app_database().await;
+        if opts.tls {
+            server.create_app_database().await;
+        }
         server
     }
 
