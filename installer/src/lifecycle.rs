@@ -113,6 +113,7 @@ pub fn restore(host: &Host, prompter: Option<&mut dyn Prompter>, reporter: &dyn 
         )));
     }
     let inst = Installation::load(host)?;
+    inst.require_bundled_database("a restore")?;
     let installed: semver::Version = inst.state.release.parse().map_err(|_| InstallError::State { path: inst.layout.state_file.clone(), problem: "release is not a version".into() })?;
     if let Ok(made) = m.release.parse::<semver::Version>()
         && made.cmp_precedence(&installed).is_gt()

@@ -41,6 +41,9 @@ fn the_prompts_on_a_terminal_install_the_appliance() {
     s.expect("Object store").unwrap();
     s.expect("garage").unwrap();
     s.send(ENTER).unwrap();
+    // The database: the first item, the bundled PostgreSQL.
+    s.expect("the bundled one, on this host").unwrap();
+    s.send(ENTER).unwrap();
     // A word is not a port: refused, asked again.
     step(&mut s, "HTTPS port", "https");
     s.expect("is not a port").unwrap();
