@@ -115,13 +115,10 @@ pub struct Ports {
 }
 
 impl Ports {
-    /// Every port with what it is for.
-    /// Every port with what it is for (an external database has none here: 0).
+    /// Every port with what it is for (0: none here, such as an external
+    /// database's or Garage's beside MinIO).
     pub fn all(&self, bundled_objects: bool) -> Vec<(&'static str, u16)> {
-        let mut v = vec![("server", self.server), ("broker", self.broker)];
-        if self.database != 0 {
-            v.push(("database", self.database));
-        }
+        let mut v = vec![("server", self.server), ("broker", self.broker), ("database", self.database)];
         if bundled_objects {
             v.extend([
                 ("object store", self.objects),
@@ -130,6 +127,7 @@ impl Ports {
                 ("garage admin", self.garage_admin),
             ]);
         }
+        v.retain(|(_, port)| *port != 0);
         v
     }
 }
@@ -173,10 +171,28 @@ pub enum DatabaseChoice {
     External(ExternalDb),
 }
 
+/// The object store server a bundle carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BundledEngine {
+    /// Behind the appliance's own TLS front (`hangar tls-proxy`).
+    Garage,
+    /// Serving TLS itself from the appliance CA's certificate.
+    Minio,
+}
+
+impl BundledEngine {
+    pub fn name(self) -> &'static str {
+        match self {
+            BundledEngine::Garage => "garage",
+            BundledEngine::Minio => "minio",
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub enum ObjectStoreChoice {
-    /// The object store the bundle carries (Garage here, MinIO when bundled).
-    Bundled,
+    /// The object store the bundle carries.
+    Bundled(BundledEngine),
     External(ExternalS3),
 }
 
@@ -209,7 +225,7 @@ pub struct Answers {
 
 impl Answers {
     pub fn bundled_objects(&self) -> bool {
-        matches!(self.objects, ObjectStoreChoice::Bundled)
+        matches!(self.objects, ObjectStoreChoice::Bundled(_))
     }
 
     pub fn bundled_database(&self) -> bool {
@@ -234,7 +250,7 @@ impl Answers {
     /// The summary shown before confirming (no secret in it).
     pub fn summary(&self) -> String {
         let objects = match &self.objects {
-            ObjectStoreChoice::Bundled => "bundled".to_string(),
+            ObjectStoreChoice::Bundled(e) => format!("bundled ({})", e.name()),
             ObjectStoreChoice::External(s) => format!("external {} bucket {}", s.endpoint, s.bucket),
         };
         let database = match &self.database {
@@ -449,7 +465,10 @@ pub fn ask(p: &mut dyn Prompter, ctx: &mut Context<'_>) -> Result<Answers, Insta
     let server = port(p, Q_SERVER_PORT, 1983, &mut taken)?;
     let broker = port(p, Q_BROKER_PORT, 1984, &mut taken)?;
     let database = if bundled_db { port(p, Q_DATABASE_PORT, 5432, &mut taken)? } else { 0 };
-    let (objects, garage_s3, garage_rpc, garage_admin) = if bundled {
+    let engine = if bundled_engine.as_deref() == Some("minio") { BundledEngine::Minio } else { BundledEngine::Garage };
+    let (objects, garage_s3, garage_rpc, garage_admin) = if bundled && engine == BundledEngine::Minio {
+        (port(p, Q_OBJECTS_PORT, 9000, &mut taken)?, 0, 0, 0)
+    } else if bundled {
         (
             port(p, Q_OBJECTS_PORT, 9000, &mut taken)?,
             port(p, Q_GARAGE_S3_PORT, 3900, &mut taken)?,
@@ -467,7 +486,7 @@ pub fn ask(p: &mut dyn Prompter, ctx: &mut Context<'_>) -> Result<Answers, Insta
         .map_err(err)?;
     let database_choice = if bundled_db { DatabaseChoice::Bundled } else { ask_external_database(p, ctx)? };
     let objects_choice = if bundled {
-        ObjectStoreChoice::Bundled
+        ObjectStoreChoice::Bundled(engine)
     } else {
         loop {
             let s3 = ExternalS3 {

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use hangar_bundle::{Bundle, ExtractOptions, TrustStore};
 use hangar_certs::{CaOptions, CertStore, LeafRequest};
 
-use crate::answers::{self, Answers, Context, DatabaseChoice, ExternalDb, ExternalS3, ObjectStoreChoice, Prompter, ProvidedTls, Q_DOWNGRADE, Q_EXISTING};
+use crate::answers::{self, Answers, BundledEngine, Context, DatabaseChoice, ExternalDb, ExternalS3, ObjectStoreChoice, Prompter, ProvidedTls, Q_DOWNGRADE, Q_EXISTING};
 use crate::error::InstallError;
 use crate::host::{self, Host, Layout, chown, ensure_dir, run, run_with_input, user_ids, write_atomic, write_if_changed};
 use crate::render::{self, DB_CA, DB_NAME, DB_PASSWORD, DB_ROLE, GARAGE_RPC_SECRET, MASTER_KEY, OBJECTS_ACCESS_KEY, OBJECTS_SECRET_KEY};
@@ -144,15 +144,7 @@ pub fn install(host: &Host, prompter: &mut dyn Prompter, reporter: &dyn Reporter
         *opened.borrow_mut() = Some(Opened { bundle, allow_downgrade });
         Ok(())
     };
-    let engine = || {
-        opened.borrow().as_ref().and_then(|o| {
-            let paths: Vec<&str> = o.bundle.manifest().entries.iter().map(|e| e.path()).collect();
-            ["minio", "garage"]
-                .into_iter()
-                .find(|e| paths.iter().any(|p| *p == format!("embedded/{e}/{e}")))
-                .map(str::to_owned)
-        })
-    };
+    let engine = || opened.borrow().as_ref().and_then(|o| bundled_engine(&o.bundle)).map(|e| e.name().to_owned());
     let check_s3 = |s3: &ExternalS3| check_external_s3(s3);
     let check_database = |db: &ExternalDb| check_external_database(db);
     let check_tls = |t: &ProvidedTls, hostname: &str| tls::validate_provided(t, hostname);
@@ -169,9 +161,6 @@ pub fn install(host: &Host, prompter: &mut dyn Prompter, reporter: &dyn Reporter
     drop(ctx);
     let Opened { bundle, allow_downgrade } = opened.into_inner().ok_or_else(|| InstallError::Aborted("no bundle was chosen".into()))?;
     answers.allow_downgrade = allow_downgrade;
-    if bundled_engine_is_minio(&bundle) && answers.bundled_objects() {
-        return Err(InstallError::Aborted("this installer drives Garage as the bundled object store; the bundle carries MinIO".into()));
-    }
 
     // From here on the host changes. Ctrl-C stops at the next step boundary.
     crate::signals::catch_interrupt(host);
@@ -292,17 +281,19 @@ fn check_not_a_replay(l: &Layout, bundle: &Bundle) -> Result<(), InstallError> {
     Ok(())
 }
 
+/// The object store server a bundle carries (`embedded/<engine>/<engine>`);
+/// MinIO when it carries both.
+pub fn bundled_engine(bundle: &Bundle) -> Option<BundledEngine> {
+    let has = |e: &str| bundle.manifest().entries.iter().any(|x| x.path() == format!("embedded/{e}/{e}"));
+    [BundledEngine::Minio, BundledEngine::Garage].into_iter().find(|e| has(e.name()))
+}
+
 /// The external database's `role@host:port/database`, for the state file.
 fn external_target(answers: &Answers) -> Option<String> {
     match &answers.database {
         DatabaseChoice::Bundled => None,
         DatabaseChoice::External(d) => Some(d.target()),
     }
-}
-
-fn bundled_engine_is_minio(bundle: &Bundle) -> bool {
-    bundle.manifest().entries.iter().any(|e| e.path() == "embedded/minio/minio")
-        && !bundle.manifest().entries.iter().any(|e| e.path() == "embedded/garage/garage")
 }
 
 fn describe(step: &str) -> &'static str {
@@ -552,10 +543,14 @@ impl Provision<'_> {
         if !lock.exists() {
             write_atomic(&lock, b"", 0o644, None)?;
         }
-        if self.answers.bundled_objects() {
-            ensure_dir(&l.objects, 0o700, svc)?;
-            ensure_dir(&l.objects.join("meta"), 0o700, svc)?;
-            ensure_dir(&l.objects.join("data"), 0o700, svc)?;
+        match self.answers.objects {
+            ObjectStoreChoice::Bundled(BundledEngine::Garage) => {
+                ensure_dir(&l.objects, 0o700, svc)?;
+                ensure_dir(&l.objects.join("meta"), 0o700, svc)?;
+                ensure_dir(&l.objects.join("data"), 0o700, svc)?;
+            }
+            ObjectStoreChoice::Bundled(BundledEngine::Minio) => ensure_dir(&crate::minio::data_dir(l), 0o700, svc)?,
+            ObjectStoreChoice::External(_) => {}
         }
         Ok(format!(
             "{}, {}, {}; tools area {} ({} file(s) copied from the release, {} in place)",
@@ -599,6 +594,11 @@ impl Provision<'_> {
                 issued.push(*name);
             }
             chown(&store.key_path(name), svc)?;
+        }
+        if matches!(self.answers.objects, ObjectStoreChoice::Bundled(BundledEngine::Minio))
+            && crate::minio::prepare_certs(l, svc)?
+        {
+            issued.push("minio (certs dir)");
         }
         // The server signs the certificates of joining workers.
         chown(&l.pki.join("ca.key"), svc)?;
@@ -650,10 +650,13 @@ impl Provision<'_> {
             fs::read(&p).expect("read the master key back")
         })?;
         match &self.answers.objects {
-            ObjectStoreChoice::Bundled => {
+            ObjectStoreChoice::Bundled(engine) => {
+                // Garage's key id format; MinIO takes it as its root user.
                 ensure(OBJECTS_ACCESS_KEY, &|| format!("GK{}", random_hex(12)).into_bytes())?;
                 ensure(OBJECTS_SECRET_KEY, &|| random_hex(32).into_bytes())?;
-                ensure(GARAGE_RPC_SECRET, &|| random_hex(32).into_bytes())?;
+                if *engine == BundledEngine::Garage {
+                    ensure(GARAGE_RPC_SECRET, &|| random_hex(32).into_bytes())?;
+                }
             }
             ObjectStoreChoice::External(x) => {
                 // The operator's credentials: what they answered now is what counts.
@@ -670,7 +673,12 @@ impl Provision<'_> {
 
     fn object_store(&mut self) -> Result<String, InstallError> {
         match &self.answers.objects {
-            ObjectStoreChoice::Bundled => {
+            ObjectStoreChoice::Bundled(BundledEngine::Minio) => Ok(format!(
+                "MinIO on {} with TLS from {}",
+                crate::minio::address(self.answers),
+                crate::minio::certs_dir(self.layout).display()
+            )),
+            ObjectStoreChoice::Bundled(BundledEngine::Garage) => {
                 let text = render::garage_toml(self.answers, self.layout);
                 let changed = write_if_changed(&self.layout.garage_config, text.as_bytes(), 0o644, None)?;
                 self.config_changed |= changed;
@@ -837,7 +845,13 @@ impl Provision<'_> {
     }
 
     fn supervisor(&mut self) -> Result<String, InstallError> {
-        services::start(self.host, self.layout, self.config_changed)
+        let started = services::start(self.host, self.layout, self.config_changed)?;
+        if matches!(self.answers.objects, ObjectStoreChoice::Bundled(BundledEngine::Minio)) {
+            // MinIO starts with no bucket: made here, once it answers.
+            let bucket = crate::minio::ensure_bucket(self.answers, self.layout, Duration::from_secs(120))?;
+            return Ok(format!("{started}; {bucket}"));
+        }
+        Ok(started)
     }
 }
 

@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use crate::answers::{Answers, DatabaseChoice, ObjectStoreChoice};
+use crate::answers::{Answers, BundledEngine, DatabaseChoice, ObjectStoreChoice};
 use crate::host::Layout;
 
 /// Names of the secret files under `secrets/`.
@@ -94,11 +94,15 @@ pub fn hangar_toml(answers: &Answers, l: &Layout, service_user: &str) -> String 
         bkey = qp(&l.pki.join("broker.key")),
     );
     match &answers.objects {
-        ObjectStoreChoice::Bundled => s += &format!(
-            "[objects]\nengine = \"garage\"\nendpoint = {ep}\nregion = {region}\nbucket = {bucket}\n\
+        ObjectStoreChoice::Bundled(engine) => s += &format!(
+            "[objects]\nengine = {engine}\nendpoint = {ep}\nregion = {region}\nbucket = {bucket}\n\
              access_key_file = {ak}\nsecret_key_file = {sk}\nca_file = {ca}\n\n",
+            engine = q(engine.name()),
             ep = q(format!("https://{}:{}", answers.hostname, answers.ports.objects)),
-            region = q(GARAGE_REGION),
+            region = q(match engine {
+                BundledEngine::Garage => GARAGE_REGION,
+                BundledEngine::Minio => crate::minio::REGION,
+            }),
             bucket = q(BUCKET),
             ak = qp(&l.secret(OBJECTS_ACCESS_KEY)),
             sk = qp(&l.secret(OBJECTS_SECRET_KEY)),
@@ -145,7 +149,11 @@ pub fn hangar_toml(answers: &Answers, l: &Layout, service_user: &str) -> String 
     // the services' own connections.
     let db_deps: &[&str] = if answers.bundled_database() { &["\"postgres\""] } else { &[] };
     let mut server_deps = db_deps.to_vec();
-    if answers.bundled_objects() {
+    if matches!(answers.objects, ObjectStoreChoice::Bundled(BundledEngine::Minio)) {
+        s += &crate::minio::service_toml(answers, l, &|v| q(v));
+        server_deps.push("\"minio\"");
+    }
+    if matches!(answers.objects, ObjectStoreChoice::Bundled(BundledEngine::Garage)) {
         // Garage serves no TLS: it listens on loopback, `hangar tls-proxy` is
         // its TLS front. Its keys are read from their files at start, so they
         // never appear in this file.
