@@ -149,6 +149,11 @@ async fn an_external_postgresql_is_checked_then_used_and_never_touched_by_uninst
     assert_eq!(out.status.code(), Some(1), "{}", common::both(&out));
     let line = error_line(&out);
     assert!(line.contains("a backup works on the bundled PostgreSQL only") && line.contains("external"), "{line}");
+    let out = common::upgrade(&site, &built.bundle, &[]);
+    assert_eq!(out.status.code(), Some(1), "{}", common::both(&out));
+    let line = error_line(&out);
+    assert!(line.contains("an upgrade works on the bundled PostgreSQL only"), "{line}");
+    assert!(line.contains(&format!("(hangar@127.0.0.1:{}/hangar)", pg.port)), "{line}");
 
     // A second run keeps everything; then an uninstall that purges the data
     // here leaves the external database whole.
