@@ -1,8 +1,8 @@
 //! End to end on engines the operator already runs: an install whose database
 //! is a separately-run PostgreSQL 15 cluster (TLS from a CA of its own,
 //! `hostssl` only, a role with a password) comes up ready with its data in
-//! that cluster and nothing of a local PostgreSQL; a wrong CA, a wrong
-//! password, a plain-text-only server, an unreachable port, a missing
+//! that cluster and nothing of a local PostgreSQL; a wrong CA, a certificate
+//! for another host name, a wrong password, a plain-text-only server, an unreachable port, a missing
 //! database and a password inside the URL are each refused on one line before
 //! anything on the host changes; backups are refused (the external server's
 //! are its operator's) and an uninstall leaves the external database as it was.
@@ -54,7 +54,8 @@ async fn users_in(pg: &PgServer) -> Vec<String> {
 async fn an_external_postgresql_is_checked_then_used_and_never_touched_by_uninstall() {
     hangar_testkit::init();
     let built = bundle();
-    let pg = PgServer::start().await;
+    // Also on a second loopback address, which its certificate does not name.
+    let pg = PgServer::start_with(PgOptions { listen_addresses: "127.0.0.1,127.0.0.2".into(), ..PgOptions::default() }).await;
     let url = format!("postgres://hangar@127.0.0.1:{}/hangar", pg.port);
     let mut site = Site::new("install-external-db", &built);
     let target = format!("database hangar@127.0.0.1:{}/hangar", pg.port);
@@ -63,6 +64,11 @@ async fn an_external_postgresql_is_checked_then_used_and_never_touched_by_uninst
     let other = hangar_certs::CertStore::open_or_create(&site.dir.path().join("other-ca"), &hangar_certs::CaOptions::default()).unwrap();
     point_at(&mut site, &url, pg.app_password(), &other.ca_cert_path());
     refused(&site, &[&target, "error performing TLS handshake: invalid peer certificate"]);
+
+    // The right CA, but a host name (here an address) the certificate does
+    // not name: refused, as libpq's verify-full would.
+    point_at(&mut site, &format!("postgres://hangar@127.0.0.2:{}/hangar", pg.port), pg.app_password(), &pg.ca_path());
+    refused(&site, &[&format!("database hangar@127.0.0.2:{}/hangar", pg.port), "certificate not valid for name \"127.0.0.2\""]);
 
     // The right CA, the wrong password: never echoed.
     point_at(&mut site, &url, "Not-The-Password-0", &pg.ca_path());

@@ -82,6 +82,10 @@ pub struct PgOptions {
     /// a Hangar client must refuse; it then has no `hangar` role or database
     /// (they are made over TLS, and nothing is meant to get that far).
     pub tls: bool,
+    /// `listen_addresses`: loopback addresses only (the certificate names
+    /// `localhost` and `127.0.0.1`, so another address is one a verifying
+    /// client must refuse).
+    pub listen_addresses: String,
 }
 
 impl Default for PgOptions {
@@ -90,6 +94,7 @@ impl Default for PgOptions {
             durable: false,
             max_connections: 200,
             tls: true,
+            listen_addresses: "127.0.0.1".into(),
         }
     }
 }
@@ -150,7 +155,7 @@ impl PgServer {
         };
         let conf = format!(
             "\n# test cluster\n\
-             listen_addresses = '127.0.0.1'\n\
+             listen_addresses = '{listen}'\n\
              unix_socket_directories = '{run}'\n\
              ssl = {ssl}\n\
              ssl_cert_file = '{cert}'\n\
@@ -168,6 +173,7 @@ impl PgServer {
             key = store.key_path("db").display(),
             maxc = opts.max_connections,
             ssl = if opts.tls { "on" } else { "off" },
+            listen = opts.listen_addresses,
         );
         append(&data.join("postgresql.conf"), &conf);
         let hba = if opts.tls {
