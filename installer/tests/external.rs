@@ -1,11 +1,15 @@
-//! End to end on engines the operator already runs: an install whose database
+//! End to end on engines the operator already runs. An install whose database
 //! is a separately-run PostgreSQL 15 cluster (TLS from a CA of its own,
 //! `hostssl` only, a role with a password) comes up ready with its data in
 //! that cluster and nothing of a local PostgreSQL; a wrong CA, a certificate
-//! for another host name, a wrong password, a plain-text-only server, an unreachable port, a missing
-//! database and a password inside the URL are each refused on one line before
-//! anything on the host changes; backups are refused (the external server's
-//! are its operator's) and an uninstall leaves the external database as it was.
+//! for another host name, a wrong password, a plain-text-only server, an
+//! unreachable port, a missing database and a password inside the URL are
+//! each refused on one line before anything on the host changes; backups and
+//! upgrades are refused (the external server's are its operator's) and an
+//! uninstall leaves the external database as it was. An install on an external
+//! S3 endpoint (Garage behind a TLS front of its own CA) stores into that
+//! bucket. With both, a worker applies Terraform on a host that runs only
+//! Hangar's own processes.
 
 mod common;
 
@@ -35,6 +39,34 @@ fn point_at(site: &mut Site, url: &str, password: &str, ca: &std::path::Path) {
     site.set("database_url", url);
     site.set("database_password", password);
     site.set("database_ca_file", ca.display().to_string());
+}
+
+/// Garage serves no TLS: a TLS front (`hangar tls-proxy`) with a certificate
+/// from a CA of the test's own stands for the operator's HTTPS endpoint.
+/// Returns the endpoint, that CA's file and the front's process.
+fn behind_tls(garage: &hangar_testkit::Garage, dir: &std::path::Path) -> (String, std::path::PathBuf, hangar_testkit::ChildProcess) {
+    let store = hangar_certs::CertStore::open_or_create(&dir.join("s3-pki"), &hangar_certs::CaOptions::default()).unwrap();
+    store.ensure("s3", &hangar_certs::LeafRequest::server("s3", &["localhost", "127.0.0.1"]), time::Duration::days(1)).unwrap();
+    let front = hangar_testkit::free_port();
+    let mut cmd = std::process::Command::new(common::profile_dir().join("hangar"));
+    cmd.args(["tls-proxy", "--listen", &format!("127.0.0.1:{front}"), "--to", &format!("127.0.0.1:{}", garage.s3_port), "--cert"])
+        .arg(store.cert_path("s3"))
+        .arg("--key")
+        .arg(store.key_path("s3"));
+    let process = hangar_testkit::ChildProcess::spawn(cmd, "s3-tls", dir);
+    for _ in 0..100 {
+        if std::net::TcpStream::connect(("127.0.0.1", front)).is_ok() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    (format!("https://127.0.0.1:{front}"), store.ca_cert_path(), process)
+}
+
+/// The keys of every object in the bucket.
+async fn keys_in(garage: &hangar_testkit::Garage) -> Vec<String> {
+    let listed = garage.bucket().list(String::new(), None).await.unwrap();
+    listed.iter().flat_map(|p| p.contents.iter().map(|o| o.key.clone())).collect()
 }
 
 #[derive(diesel::QueryableByName)]
@@ -178,25 +210,7 @@ async fn an_external_s3_endpoint_over_tls_stores_the_appliances_objects() {
     let garage = hangar_testkit::Garage::start().await;
     let mut site = Site::new("install-external-s3", &built);
 
-    // Garage serves no TLS: a TLS front with a certificate from a CA of the
-    // test's own stands for the operator's HTTPS endpoint.
-    let pki = site.dir.path().join("s3-pki");
-    let store = hangar_certs::CertStore::open_or_create(&pki, &hangar_certs::CaOptions::default()).unwrap();
-    store.ensure("s3", &hangar_certs::LeafRequest::server("s3", &["localhost", "127.0.0.1"]), time::Duration::days(1)).unwrap();
-    let front = hangar_testkit::free_port();
-    let mut cmd = std::process::Command::new(common::profile_dir().join("hangar"));
-    cmd.args(["tls-proxy", "--listen", &format!("127.0.0.1:{front}"), "--to", &format!("127.0.0.1:{}", garage.s3_port), "--cert"])
-        .arg(store.cert_path("s3"))
-        .arg("--key")
-        .arg(store.key_path("s3"));
-    let _proxy = hangar_testkit::ChildProcess::spawn(cmd, "s3-tls", site.dir.path());
-    let endpoint = format!("https://127.0.0.1:{front}");
-    for _ in 0..100 {
-        if std::net::TcpStream::connect(("127.0.0.1", front)).is_ok() {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+    let (endpoint, s3_ca, _front) = behind_tls(&garage, site.dir.path());
 
     site.set("object_store", "external");
     site.set("s3_endpoint", endpoint.as_str());
@@ -213,7 +227,7 @@ async fn an_external_s3_endpoint_over_tls_stores_the_appliances_objects() {
     assert!(line.contains(&format!("object store {endpoint}")) && line.contains("certificate"), "{line}");
     assert_eq!(site.files(), Vec::<String>::new());
 
-    site.set("s3_ca_file", store.ca_cert_path().display().to_string());
+    site.set("s3_ca_file", s3_ca.display().to_string());
     let out = check("install", site.install());
     assert!(out.contains(&format!("external endpoint {endpoint} (verified)")), "{out}");
     assert!(!out.contains(&garage.secret_key));
@@ -230,7 +244,7 @@ async fn an_external_s3_endpoint_over_tls_stores_the_appliances_objects() {
     assert_eq!(ready["components"]["objects"]["status"], "ok", "{ready}");
 
     // A state imported through the API lands, sealed, in that bucket.
-    let before = garage.bucket().list(String::new(), None).await.unwrap().iter().map(|p| p.contents.len()).sum::<usize>();
+    let before = keys_in(&garage).await.len();
     let api = Api::login(&site).await;
     api.ok(
         "mutation($i: StackInput!) { createStack(input: $i) { slug } }",
@@ -243,8 +257,7 @@ async fn an_external_s3_endpoint_over_tls_stores_the_appliances_objects() {
     .to_string();
     api.ok("mutation($s: String!, $t: String!) { importState(stack: $s, state: $t) { id } }", serde_json::json!({ "s": "net", "t": state }))
         .await;
-    let listed = garage.bucket().list(String::new(), None).await.unwrap();
-    let keys: Vec<String> = listed.iter().flat_map(|p| p.contents.iter().map(|o| o.key.clone())).collect();
+    let keys = keys_in(&garage).await;
     assert_eq!(keys.len(), before + 1, "{keys:?}");
     let object = keys.iter().find(|k| k.contains("state")).unwrap_or_else(|| panic!("no state object in {keys:?}"));
     let body = garage.bucket().get_object(object).await.unwrap();
@@ -254,4 +267,67 @@ async fn an_external_s3_endpoint_over_tls_stores_the_appliances_objects() {
     assert!(!site.path("var/lib/hangar/objects").exists());
     check("uninstall --purge-data", site.command(&["uninstall", "--purge-data"]).output().unwrap());
     assert!(garage.bucket().get_object(object).await.is_ok());
+}
+
+#[derive(diesel::QueryableByName)]
+struct RunRow {
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    state: String,
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn one_host_on_an_external_postgresql_and_s3_applies_terraform() {
+    hangar_testkit::init();
+    let built = bundle();
+    let pg = PgServer::start().await;
+    let garage = hangar_testkit::Garage::start().await;
+    let git = hangar_testkit::GitServer::start().await;
+    git.create_repo("app");
+    git.push_files("app", "main", &[("infra/main.tf", "output \"message\" {\n  value = \"hello from outside\"\n}\n")], "first");
+    let files = hangar_testkit::TestDir::new("external-both-files");
+    let mut site = Site::new("install-external-both", &built);
+    let (endpoint, s3_ca, _front) = behind_tls(&garage, site.dir.path());
+    point_at(&mut site, &format!("postgres://hangar@127.0.0.1:{}/hangar", pg.port), pg.app_password(), &pg.ca_path());
+    site.set("object_store", "external");
+    site.set("s3_endpoint", endpoint.as_str());
+    site.set("s3_region", hangar_testkit::garage::REGION);
+    site.set("s3_bucket", garage.bucket.clone());
+    site.set("s3_access_key", garage.access_key.clone());
+    site.set("s3_secret_key", garage.secret_key.clone());
+    site.set("s3_ca_file", s3_ca.display().to_string());
+    check("install", site.install());
+
+    // Only Hangar's own processes on the host.
+    let status = check("status", site.command(&["status"]).output().unwrap());
+    for engine in ["postgres", "garage", "objects-tls", "minio"] {
+        assert!(!status.lines().any(|l| l.trim_start().starts_with(engine)), "{engine}: {status}");
+    }
+
+    // A worker applies a stack.
+    let api = Api::login(&site).await;
+    api.ok("mutation { createWorkerPool(name: \"builders\") { id } }", serde_json::json!({})).await;
+    let worker_dir = common::join_worker(&site, &api, &files, "builders").await;
+    let mut worker = common::run_worker(&worker_dir, &files);
+    api.ok(
+        "mutation($i: StackInput!) { createStack(input: $i) { slug } }",
+        serde_json::json!({ "i": {
+            "slug": "app", "name": "App", "repository": git.url("app"), "branch": "main",
+            "tool": "TERRAFORM", "toolVersion": "1.0.3", "workerPool": "builders", "projectRoot": "infra",
+        }}),
+    )
+    .await;
+    let run = common::apply(&api, "app", &worker).await;
+    worker.terminate(std::time::Duration::from_secs(5));
+
+    // The run is recorded in the external cluster, its logs and state are in
+    // the external bucket.
+    let mut conn = pg.database().connect().await.unwrap();
+    let rows: Vec<RunRow> = diesel::sql_query(format!("SELECT state FROM runs WHERE id = {}", run.parse::<i64>().unwrap()))
+        .load(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(rows.iter().map(|r| r.state.as_str()).collect::<Vec<_>>(), vec!["FINISHED"]);
+    let keys = keys_in(&garage).await;
+    assert!(keys.iter().any(|k| k.starts_with(&format!("runs/{run}/logs/"))), "{keys:?}");
+    assert!(keys.iter().any(|k| k.contains("state")), "{keys:?}");
 }
