@@ -621,6 +621,9 @@ impl Provision<'_> {
         let l = self.layout;
         let svc = self.owner();
         let mut made = Vec::new();
+        // The operator's credentials or CA for an external engine, changed
+        // since the last run: the services read them at start, so they restart.
+        let mut changed = false;
         let mut ensure = |name: &str, make: &dyn Fn() -> Vec<u8>| -> Result<(), InstallError> {
             let path = l.secret(name);
             if !path.exists() {
@@ -636,9 +639,9 @@ impl Provision<'_> {
             DatabaseChoice::Bundled => ensure(DB_PASSWORD, &|| random_hex(24).into_bytes())?,
             DatabaseChoice::External(d) => {
                 // The operator's role and CA: what they answered now is what counts.
-                write_if_changed(&l.secret(DB_PASSWORD), d.password.expose().as_bytes(), 0o600, svc)?;
+                changed |= write_if_changed(&l.secret(DB_PASSWORD), d.password.expose().as_bytes(), 0o600, svc)?;
                 let pem = fs::read(&d.ca_file).map_err(InstallError::io("read", &d.ca_file))?;
-                write_if_changed(&l.pki.join(DB_CA), &pem, 0o644, None)?;
+                changed |= write_if_changed(&l.pki.join(DB_CA), &pem, 0o644, None)?;
             }
         }
         ensure(MASTER_KEY, &|| {
@@ -660,15 +663,20 @@ impl Provision<'_> {
             }
             ObjectStoreChoice::External(x) => {
                 // The operator's credentials: what they answered now is what counts.
-                write_if_changed(&l.secret(OBJECTS_ACCESS_KEY), x.access_key.expose().as_bytes(), 0o600, svc)?;
-                write_if_changed(&l.secret(OBJECTS_SECRET_KEY), x.secret_key.expose().as_bytes(), 0o600, svc)?;
+                changed |= write_if_changed(&l.secret(OBJECTS_ACCESS_KEY), x.access_key.expose().as_bytes(), 0o600, svc)?;
+                changed |= write_if_changed(&l.secret(OBJECTS_SECRET_KEY), x.secret_key.expose().as_bytes(), 0o600, svc)?;
                 if let Some(ca) = &x.ca_file {
                     let pem = fs::read(ca).map_err(InstallError::io("read", ca))?;
-                    write_if_changed(&l.pki.join("objects-ca.crt"), &pem, 0o644, None)?;
+                    changed |= write_if_changed(&l.pki.join("objects-ca.crt"), &pem, 0o644, None)?;
                 }
             }
         }
-        Ok(if made.is_empty() { "every secret in place (kept)".into() } else { format!("created {}", made.join(", ")) })
+        self.config_changed |= changed;
+        let mut detail = if made.is_empty() { "every secret in place (kept)".to_string() } else { format!("created {}", made.join(", ")) };
+        if changed {
+            detail += "; an external engine's credentials or CA changed";
+        }
+        Ok(detail)
     }
 
     fn object_store(&mut self) -> Result<String, InstallError> {

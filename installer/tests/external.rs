@@ -193,9 +193,31 @@ async fn an_external_postgresql_is_checked_then_used_and_never_touched_by_uninst
     assert!(line.contains("an upgrade works on the bundled PostgreSQL only"), "{line}");
     assert!(line.contains(&format!("(hangar@127.0.0.1:{}/hangar)", pg.port)), "{line}");
 
-    // A second run keeps everything; then an uninstall that purges the data
-    // here leaves the external database whole.
-    check("second install", site.install());
+    // The operator changes the role's password (and ends its sessions): a
+    // second run with the new one writes it and restarts the services, which
+    // come back ready on it.
+    let superuser = pg.superuser("postgres");
+    let as_superuser = |sql: String| {
+        let superuser = superuser.clone();
+        async move {
+            let mut conn = superuser.connect().await.unwrap();
+            diesel::sql_query(sql).execute(&mut conn).await.unwrap();
+        }
+    };
+    let rotated = "Rotated-Passw0rd-Of-The-Role";
+    as_superuser(format!("ALTER ROLE hangar PASSWORD '{rotated}'")).await;
+    as_superuser("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = 'hangar'".into()).await;
+    site.set("database_password", rotated);
+    let again = check("second install", site.install());
+    assert!(again.contains("an external engine's credentials or CA changed"), "{again}");
+    assert_eq!(fs::read_to_string(&secret).unwrap(), rotated);
+    let ready = http.get(format!("https://localhost:{}/ready", site.ports.server)).send().await.unwrap();
+    assert_eq!(ready.status(), 200);
+    // (The administrator was set again: a new sign-in.)
+    Api::login(&site).await.ok("{ users { email } }", serde_json::json!({})).await;
+    as_superuser(format!("ALTER ROLE hangar PASSWORD '{}'", pg.app_password())).await;
+
+    // An uninstall that purges the data here leaves the external database whole.
     let out = check("uninstall --purge-data", site.command(&["uninstall", "--purge-data"]).output().unwrap());
     assert!(out.contains(&format!("left the external database hangar@127.0.0.1:{}/hangar as it is", pg.port)), "{out}");
     assert_eq!(site.processes(), Vec::<(i32, String)>::new(), "processes left");
