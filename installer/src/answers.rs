@@ -554,12 +554,15 @@ pub fn ask(p: &mut dyn Prompter, ctx: &mut Context<'_>) -> Result<Answers, Insta
         })
         .map_err(err)?
     };
-    let retention = p
-        .optional(Q_BACKUP_RETENTION, &crate::installed::DEFAULT_RETENTION.to_string(), &|s| match s.trim().parse::<u32>() {
+    let retention = if !bundled_db {
+        crate::installed::DEFAULT_RETENTION.to_string()
+    } else {
+        p.optional(Q_BACKUP_RETENTION, &crate::installed::DEFAULT_RETENTION.to_string(), &|s| match s.trim().parse::<u32>() {
             Ok(n) if (1..=1000).contains(&n) => Ok(()),
             _ => Err(format!("{s:?} is not a number of backups (1-1000)")),
         })
-        .map_err(err)?;
+        .map_err(err)?
+    };
     let backups = crate::installed::BackupSettings {
         schedule: Some(schedule.trim().to_string()).filter(|s| s != "off"),
         retention: retention.trim().parse().map_err(|_| invalid(Q_BACKUP_RETENTION, "not a number".into()))?,
