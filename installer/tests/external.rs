@@ -178,6 +178,7 @@ async fn an_external_postgresql_is_checked_then_used_and_never_touched_by_uninst
     let status = check("status", site.command(&["status"]).output().unwrap());
     assert!(status.contains("READY") && !status.contains("NOT READY"), "{status}");
     assert!(!status.lines().any(|l| l.trim_start().starts_with("postgres")), "{status}");
+    assert!(status.contains(&format!("database        external hangar@127.0.0.1:{}/hangar (backed up by its operator)", pg.port)), "{status}");
     for (_, cmd) in site.processes() {
         assert!(!cmd.contains("postgres"), "a local PostgreSQL runs: {cmd}");
     }
