@@ -609,3 +609,54 @@ fn ask_external_database(p: &mut dyn Prompter, ctx: &Context<'_>) -> Result<Data
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parts(host: &str, port: u16, user: &str, name: &str) -> (String, u16, String, String) {
+        (host.into(), port, user.into(), name.into())
+    }
+
+    #[test]
+    fn database_urls_give_host_port_role_and_database() {
+        assert_eq!(parse_database_url("postgres://hangar@db.example/hangar").unwrap(), parts("db.example", 5432, "hangar", "hangar"));
+        assert_eq!(parse_database_url("postgresql://app@10.0.0.5:6432/prod").unwrap(), parts("10.0.0.5", 6432, "app", "prod"));
+        assert_eq!(parse_database_url("postgres://app@[::1]:5433/prod").unwrap(), parts("::1", 5433, "app", "prod"));
+        assert_eq!(parse_database_url("postgres://hangar%40corp@db.example/my%20db").unwrap(), parts("db.example", 5432, "hangar@corp", "my db"));
+    }
+
+    #[test]
+    fn malformed_database_urls_are_refused_without_echoing_a_password() {
+        for (url, expected) in [
+            ("db.example:5432/hangar", "the scheme is \"db.example\""),
+            ("hangar@db.example/hangar", "not a postgres:// URL"),
+            ("https://hangar@db.example/hangar", "the scheme is \"https\""),
+            ("postgres://db.example/hangar", "names no role"),
+            ("postgres://hangar@/hangar", "not a postgres:// URL"),
+            ("postgres://hangar@db.example", "must name one database"),
+            ("postgres://hangar@db.example/a/b", "must name one database"),
+            ("postgres://hangar@db.example/hangar?sslmode=require", "has parameters"),
+            ("postgres://hangar@db.example:99999/hangar", "not a postgres:// URL"),
+        ] {
+            let problem = parse_database_url(url).unwrap_err();
+            assert!(problem.contains(expected), "{url}: {problem}");
+        }
+        let problem = parse_database_url("postgres://hangar:s3cret-value@db.example/hangar").unwrap_err();
+        assert!(problem.contains("give it as `database_password`") && !problem.contains("s3cret-value"), "{problem}");
+    }
+
+    #[test]
+    fn an_external_target_names_role_host_port_and_database() {
+        let db = ExternalDb {
+            host: "::1".into(),
+            port: 5433,
+            name: "prod".into(),
+            user: "app".into(),
+            password: SecretString::new("x".to_string()),
+            ca_file: "/ca.pem".into(),
+        };
+        assert_eq!(db.target(), "app@[::1]:5433/prod");
+        assert!(!format!("{db:?}").contains("\"x\""), "{db:?}");
+    }
+}
