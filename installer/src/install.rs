@@ -314,7 +314,7 @@ fn describe(step: &str) -> &'static str {
 
 /// Connects to an external PostgreSQL as the appliance's processes will
 /// (TLS, the server's certificate verified against the given CA and the URL's
-/// host name, scram or md5 password), then checks that the role may create
+/// host name, password authentication), then checks that the role may create
 /// the schema's tables there, so that the migrations do not fail half-way.
 pub fn check_external_database(db: &ExternalDb) -> Result<(), String> {
     use diesel::sql_types::Bool;

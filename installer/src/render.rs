@@ -137,12 +137,12 @@ pub fn hangar_toml(answers: &Answers, l: &Layout, service_user: &str) -> String 
     );
     if answers.bundled_database() {
         s += &format!(
-        "[[supervisor.service]]\nname = \"postgres\"\ncommand = {pg}\nargs = [\"-D\", {data}]\n\
-         env = {{ LD_LIBRARY_PATH = {lib}, LC_ALL = \"C\", TZ = \"UTC\" }}\n\
-         # SIGINT is PostgreSQL's fast shutdown.\nstop_signal = \"INT\"\nstop_timeout_secs = 60\nready = {{ kind = \"postgres\" }}\n\n",
-        pg = qp(&l.pg_bin("postgres")),
-        data = qp(&l.postgres),
-        lib = qp(&l.pg_lib()),
+            "[[supervisor.service]]\nname = \"postgres\"\ncommand = {pg}\nargs = [\"-D\", {data}]\n\
+             env = {{ LD_LIBRARY_PATH = {lib}, LC_ALL = \"C\", TZ = \"UTC\" }}\n\
+             # SIGINT is PostgreSQL's fast shutdown.\nstop_signal = \"INT\"\nstop_timeout_secs = 60\nready = {{ kind = \"postgres\" }}\n\n",
+            pg = qp(&l.pg_bin("postgres")),
+            data = qp(&l.postgres),
+            lib = qp(&l.pg_lib()),
         );
     }
     // An external database is not supervised here: nothing waits for it but

@@ -111,6 +111,13 @@ async fn an_external_postgresql_is_checked_then_used_and_never_touched_by_uninst
     point_at(&mut site, &format!("postgres://hangar@127.0.0.1:{}/nope", pg.port), pg.app_password(), &pg.ca_path());
     refused(&site, &[&format!("database hangar@127.0.0.1:{}/nope", pg.port), "database \"nope\" does not exist"]);
 
+    // A role that may log in but not create the schema's tables there.
+    let mut conn = pg.superuser("hangar").connect().await.unwrap();
+    diesel::sql_query("CREATE ROLE visitor LOGIN PASSWORD 'Visitor-Passw0rd-1'").execute(&mut conn).await.unwrap();
+    drop(conn);
+    point_at(&mut site, &format!("postgres://visitor@127.0.0.1:{}/hangar", pg.port), "Visitor-Passw0rd-1", &pg.ca_path());
+    refused(&site, &["role visitor may not create tables in the schema public of database hangar"]);
+
     // Nothing listening there.
     let closed = hangar_testkit::free_port();
     point_at(&mut site, &format!("postgres://hangar@127.0.0.1:{closed}/hangar"), pg.app_password(), &pg.ca_path());
