@@ -145,6 +145,11 @@ impl Engine {
         tx.send(Fanout { topics, payload }).await.map_err(|_| BrokerError::Stopped)
     }
 
+    /// Whether the engine still takes messages (`close` was not called).
+    pub(crate) fn is_open(&self) -> bool {
+        self.fanout.lock().unwrap_or_else(|p| p.into_inner()).is_some()
+    }
+
     /// Whether a message goes through the router and comes back within `timeout`.
     pub(crate) async fn probe(&self, timeout: Duration) -> bool {
         let _one_at_a_time = self.probe_lock.lock().await;

@@ -44,6 +44,7 @@ const pgPool = new Pool({
   ssl: { ca: readFileSync(env.PGSSLROOTCERT, "utf8"), rejectUnauthorized: true },
   max: 25,
 });
+pgPool.on("error", (e) => console.error(`graphile consumer: idle database connection failed: ${e.message}`));
 
 // Only warnings and errors, on stderr: stdout carries the protocol.
 const logger = new Logger(() => (level, message) => {
