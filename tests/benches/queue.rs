@@ -14,7 +14,9 @@
 //! (`benches/graphile/consumer.mjs`): the same producer enqueues through its SQL
 //! API (`add_jobs` in batches of 1,000, `add_job` for single jobs), and the same
 //! measurements are taken: jobs/s from the first enqueue until the queue is
-//! empty, and the time from just before the enqueue to the handler's start.
+//! empty, and the time from just before the enqueue to the handler's start
+//! (Hangar's and graphile-worker's jobs taking turns, so that both see the
+//! same load from the rest of the machine).
 
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -45,7 +47,9 @@ fn main() {
 
         let n = if quick { 20_000 } else { 200_000 };
         let samples = if quick { 300 } else { 2_000 };
-        let mut hangar = Vec::new();
+        // Each of Hangar's runs is followed by graphile-worker's with as many
+        // consumers, so that the two of a pair see about the same load.
+        let (mut hangar, mut peer) = (Vec::new(), Vec::new());
         for (consumers, batch) in [(1usize, 200i64), (2, 500)] {
             let r = sustained(&pg, n, consumers, batch).await;
             println!(
@@ -53,31 +57,34 @@ fn main() {
                 r.0, r.1
             );
             hangar.push(r.0);
+            if let Some(dir) = &graphile {
+                let r = graphile_sustained(&pg, dir, n, consumers).await;
+                println!(
+                    "graphile-worker sustained: {n} jobs, {consumers} instance(s) of 24 concurrent jobs: {:.0} jobs/s end to end (enqueue alone {:.0} jobs/s)",
+                    r.0, r.1
+                );
+                peer.push(r.0);
+            }
+            println!("machine: {}", machine());
         }
         let r = backlog(&pg, n).await;
         println!("hangar backlog drain: {n} jobs already queued: {r:.0} jobs/s");
 
-        let (p50, p99, max) = latency(&pg, samples).await;
-        println!(
-            "hangar enqueue-to-start latency, idle consumer, {samples} jobs at ~200/s: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
-            p50, p99, max
-        );
-        let Some(dir) = graphile else { return };
-        println!("machine: {}", machine());
-        let mut peer = Vec::new();
-        for instances in [1usize, 2] {
-            let r = graphile_sustained(&pg, &dir, n, instances).await;
+        let Some(dir) = graphile else {
+            let (p50, p99, max) = percentiles(latency(&pg, None, samples).await.0);
             println!(
-                "graphile-worker sustained: {n} jobs, {instances} instance(s) of 24 concurrent jobs: {:.0} jobs/s end to end (enqueue alone {:.0} jobs/s)",
-                r.0, r.1
+                "hangar enqueue-to-start latency, idle consumer, {samples} jobs at ~200/s: p50 {p50:.2} ms, p99 {p99:.2} ms, max {max:.2} ms"
             );
-            peer.push(r.0);
-        }
-        let (g50, g99, gmax) = graphile_latency(&pg, &dir, samples).await;
+            return;
+        };
+        println!("machine: {}", machine());
+        let (mine, theirs) = latency(&pg, Some(&dir), samples).await;
+        let ((p50, p99, max), (g50, g99, gmax)) = (percentiles(mine), percentiles(theirs));
         println!(
-            "graphile-worker enqueue-to-start latency, idle worker, {samples} jobs at ~200/s: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
-            g50, g99, gmax
+            "enqueue-to-start latency, idle consumer, {samples} jobs each, Hangar's and graphile-worker's taking turns, one every ~5 ms:"
         );
+        println!("  hangar: p50 {p50:.2} ms, p99 {p99:.2} ms, max {max:.2} ms");
+        println!("  graphile-worker (1 instance): p50 {g50:.2} ms, p99 {g99:.2} ms, max {gmax:.2} ms");
         println!("machine: {}", machine());
         println!(
             "hangar / graphile-worker: throughput {:.2}x (1 consumer vs 1 instance), {:.2}x (2 vs 2); latency p50 {:.2}x, p99 {:.2}x (below 1 is faster)",
@@ -191,8 +198,12 @@ fn now_nanos() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos() as u64
 }
 
-/// Single jobs enqueued one at a time, ~5 ms apart, to an idle consumer.
-async fn latency(pg: &PgServer, samples: usize) -> (f64, f64, f64) {
+/// Single jobs enqueued one at a time, ~5 ms apart, to an idle consumer; with
+/// `graphile`, each of Hangar's jobs is followed by one of graphile-worker's,
+/// so that both see the same load from the rest of the machine. Returns the
+/// latencies in ms, Hangar's and graphile-worker's.
+async fn latency(pg: &PgServer, graphile: Option<&std::path::Path>, samples: usize) -> (Vec<f64>, Vec<f64>) {
+    use diesel_async::RunQueryDsl;
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<f64>();
     let mut handlers = Handlers::new();
     handlers.register(
@@ -211,19 +222,42 @@ async fn latency(pg: &PgServer, samples: usize) -> (f64, f64, f64) {
     let consumer = Consumer::new(db.clone(), db.pool(Some(8)).unwrap(), cfg, handlers);
     let stop = CancellationToken::new();
     let task = tokio::spawn(consumer.run(stop.clone()));
+    let mut peer = match graphile {
+        Some(dir) => Some(Graphile::start(pg, dir).await),
+        None => None,
+    };
     tokio::time::sleep(Duration::from_millis(500)).await;
     let mut conn = db.connect().await.unwrap();
-    let mut lat = Vec::with_capacity(samples);
+    let (mut lat, mut peer_lat) = (Vec::with_capacity(samples), Vec::with_capacity(samples));
     for _ in 0..samples {
         queue::enqueue(&mut conn, &NewJob::new("timed", json!({ "sent": now_nanos() }))).await.unwrap();
         lat.push(tokio::time::timeout(Duration::from_secs(5), rx.recv()).await.unwrap().unwrap());
         tokio::time::sleep(Duration::from_millis(5)).await;
+        if let Some(w) = peer.as_mut() {
+            diesel::sql_query("SELECT 1 FROM graphile_worker.add_job('timed', $1::json)")
+                .bind::<Json, _>(json!({ "sent": now_nanos() }))
+                .execute(&mut conn)
+                .await
+                .unwrap();
+            let line = w.line().await;
+            let ms: f64 = line.strip_prefix("lat ").and_then(|v| v.parse().ok()).unwrap_or_else(|| panic!("not a latency: {line:?}"));
+            peer_lat.push(ms);
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
     }
     stop.cancel();
     task.await.unwrap().unwrap();
-    lat.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    let pct = |p: f64| lat[((lat.len() as f64 - 1.0) * p).round() as usize];
-    (pct(0.50), pct(0.99), *lat.last().unwrap())
+    if let Some(w) = peer {
+        w.stop().await;
+    }
+    (lat, peer_lat)
+}
+
+/// p50, p99 and max of `v`, in its unit.
+fn percentiles(mut v: Vec<f64>) -> (f64, f64, f64) {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let pct = |p: f64| v[((v.len() as f64 - 1.0) * p).round() as usize];
+    (pct(0.50), pct(0.99), *v.last().unwrap())
 }
 
 /// Where npm installed graphile-worker; panics with the way to install it.
@@ -368,28 +402,4 @@ async fn graphile_sustained(pg: &PgServer, dir: &std::path::Path, n: u64, instan
         w.stop().await;
     }
     (rate, enqueue_rate)
-}
-
-/// As `latency`, with one idle graphile-worker instance.
-async fn graphile_latency(pg: &PgServer, dir: &std::path::Path, samples: usize) -> (f64, f64, f64) {
-    use diesel_async::RunQueryDsl;
-    let mut w = Graphile::start(pg, dir).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let mut conn = pg.database().connect().await.unwrap();
-    let mut lat = Vec::with_capacity(samples);
-    for _ in 0..samples {
-        diesel::sql_query("SELECT 1 FROM graphile_worker.add_job('timed', $1::json)")
-            .bind::<Json, _>(json!({ "sent": now_nanos() }))
-            .execute(&mut conn)
-            .await
-            .unwrap();
-        let line = w.line().await;
-        let ms: f64 = line.strip_prefix("lat ").and_then(|v| v.parse().ok()).unwrap_or_else(|| panic!("not a latency: {line:?}"));
-        lat.push(ms);
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    w.stop().await;
-    lat.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    let pct = |p: f64| lat[((lat.len() as f64 - 1.0) * p).round() as usize];
-    (pct(0.50), pct(0.99), *lat.last().unwrap())
 }
