@@ -73,10 +73,11 @@ impl Badge {
         Badge { text: text.to_string(), class }
     }
 
-    /// A policy's decision (`pass`, `deny`, `approve`, `trigger`, …, or `error`).
+    /// A policy's decision (`pass`, `deny`, `approve`, `trigger`, `track`, …, or `error`).
     pub(crate) fn policy(result: &str) -> Badge {
         let class = match result {
-            "pass" | "approve" | "trigger" => "ok",
+            "pass" | "approve" | "trigger" | "track" | "propose" => "ok",
+            "ignore" => "idle",
             "warn" | "undecided" => "wait",
             _ => "bad",
         };

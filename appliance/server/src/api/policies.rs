@@ -30,6 +30,8 @@ pub enum PolicyKindValue {
     Approval,
     /// When a tracked run of its stack ends: `trigger`, the slugs of the stacks to start.
     Trigger,
+    /// When a push reaches its stack's repository: `track`, `propose` or `ignore`.
+    Push,
 }
 
 impl PolicyKindValue {
@@ -38,6 +40,7 @@ impl PolicyKindValue {
         match kind {
             "approval" => PolicyKindValue::Approval,
             "trigger" => PolicyKindValue::Trigger,
+            "push" => PolicyKindValue::Push,
             _ => PolicyKindValue::Plan,
         }
     }
@@ -49,6 +52,7 @@ impl From<PolicyKindValue> for PolicyKind {
             PolicyKindValue::Plan => PolicyKind::Plan,
             PolicyKindValue::Approval => PolicyKind::Approval,
             PolicyKindValue::Trigger => PolicyKind::Trigger,
+            PolicyKindValue::Push => PolicyKind::Push,
         }
     }
 }
@@ -262,7 +266,10 @@ impl RunReview {
 /// What a policy would have decided about one recorded input.
 #[derive(SimpleObject, Debug)]
 pub struct PolicyReplay {
-    pub run_id: ID,
+    /// The run decided about; null for a push that made no run.
+    pub run_id: Option<ID>,
+    /// The stack, for push decisions.
+    pub stack_id: Option<ID>,
     pub evaluation_id: ID,
     /// The policy that was evaluated then, its version and its decision.
     pub recorded_policy: String,
@@ -343,7 +350,8 @@ impl PoliciesQuery {
         for r in recorded {
             let e = &r.evaluation;
             let mut replay = PolicyReplay {
-                run_id: ID(e.run_id.to_string()),
+                run_id: e.run_id.map(|r| ID(r.to_string())),
+                stack_id: e.stack_id.map(|s| ID(s.to_string())),
                 evaluation_id: ID(e.id.to_string()),
                 recorded_policy: e.policy_name.clone(),
                 recorded_version: e.policy_version,
@@ -364,7 +372,7 @@ impl PoliciesQuery {
             };
             let input = app
                 .secrets
-                .open(&mut c, &sealed, &store::input_context(e.run_id))
+                .open(&mut c, &sealed, &store::recorded_input_context(e))
                 .await
                 .map_err(ApiError::from)?;
             let input = String::from_utf8(input).map_err(|_| ApiError::Internal(format!("evaluation {} has an input that is not UTF-8", e.id)))?;
