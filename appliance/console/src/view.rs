@@ -123,6 +123,12 @@ impl Viewer {
         Op::Write.allowed(self.access.best())
     }
 
+    /// Whether the viewer is an admin of some space: the policy workbench
+    /// replays the decisions about the stacks of those spaces.
+    pub(crate) fn admin_somewhere(&self) -> bool {
+        Op::ManagePolicies.allowed(self.access.best())
+    }
+
     /// Stacks, variables, contexts and runs.
     pub(crate) fn can_write(&self) -> bool {
         self.may(Op::Write)

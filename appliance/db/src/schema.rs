@@ -584,3 +584,12 @@ diesel::allow_tables_to_appear_in_same_query!(spaces, policies);
 diesel::allow_tables_to_appear_in_same_query!(space_grants, policies);
 diesel::allow_tables_to_appear_in_same_query!(spaces, runs);
 diesel::allow_tables_to_appear_in_same_query!(space_grants, runs);
+
+diesel::table! {
+    // Moved by every change to spaces or grants
+    // (migration 2026-12-10-001700_access_generation).
+    access_generation (only_row) {
+        only_row -> Bool,
+        n -> Int8,
+    }
+}

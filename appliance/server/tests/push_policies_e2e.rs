@@ -164,4 +164,32 @@ async fn a_push_policy_decides_what_each_push_starts_and_every_decision_is_recor
     let without_run: Vec<&Value> = replays.iter().filter(|r| r["runId"].is_null()).collect();
     assert_eq!(without_run.len(), 3, "{d}");
     assert!(without_run.iter().all(|r| r["stackId"].is_string()), "{d}");
+
+    // A team's stack in a space below the root: the root's policy applies to
+    // it too. The team's admin replays the decisions about the team's stacks
+    // only; a writer there replays nothing.
+    fleet.ok("mutation { createSpace(slug: \"team\", name: \"Team\", parent: \"root\") { slug } }", json!({})).await;
+    fleet.create_stack("app", &git.url("net"), "builders", json!({ "labels": ["gated"], "space": "team" })).await;
+    fleet.ok(LINK, json!({ "s": "app", "i": "ghe" })).await;
+    fleet.ok("mutation($b: String!) { updatePolicy(name: \"gate\", body: $b) { name } }", json!({ "b": "package hangar.push\n\nignore := true\n" })).await;
+    let notes = git.push_files("net", "main", &[("NOTES.md", "notes\n")], "notes");
+    let d = push(&fleet, &git, "notes", "main", &again, &notes, &["NOTES.md"]).await;
+    assert_eq!(d["outcome"], "IGNORED", "{d}");
+    assert!(detail(&d).contains("stack app: push policy gate (version 3) ignores push"), "{d}");
+    assert!(detail(&d).contains("stack net: push policy gate (version 3) ignores push"), "{d}");
+    let team_admin = fleet.app.user_token(&fleet.admin, "lead@team.test", "NO_ACCESS").await;
+    let team_writer = fleet.app.user_token(&fleet.admin, "dev@team.test", "NO_ACCESS").await;
+    for (email, role) in [("lead@team.test", "ADMIN"), ("dev@team.test", "WRITER")] {
+        let grant = "mutation($u: String!, $r: UserRole!) { grantSpaceRole(space: \"team\", user: $u, role: $r) { slug } }";
+        fleet.ok(grant, json!({ "u": email, "r": role })).await;
+    }
+    let app_id = fleet.ok("{ stack(slug: \"app\") { id } }", json!({})).await["stack"]["id"].clone();
+    let b = json!({ "b": "package hangar.push\n\ntrack := true\n" });
+    let mine = fleet.app.ok(&team_admin, q, b.clone()).await;
+    let mine = mine["testPolicy"].as_array().unwrap();
+    assert_eq!(mine.len(), 1, "only the decision about the team's stack: {mine:?}");
+    assert_eq!((&mine[0]["stackId"], mine[0]["recordedResult"].as_str()), (&app_id, Some("ignore")), "{mine:?}");
+    assert_eq!(fleet.app.err(Some(&team_writer), q, b.clone()).await.0, "FORBIDDEN");
+    let all = fleet.ok(q, b).await;
+    assert_eq!(all["testPolicy"].as_array().unwrap().len(), 8, "{all}");
 }

@@ -348,15 +348,27 @@ pub struct RecordedInput {
     pub input: Option<Sealed>,
 }
 
-/// The newest `limit` evaluations of `kind`, newest first, with their inputs.
-pub async fn recorded_inputs(conn: &mut AsyncPgConnection, kind: &str, limit: i64) -> Result<Vec<RecordedInput>, StoreError> {
-    let rows: Vec<(EvaluationRow, Option<Vec<u8>>, Option<i64>)> = policy_evaluations::table
+/// The newest `limit` evaluations of `kind`, newest first, with their inputs;
+/// with `within`, only those about stacks of these spaces.
+pub async fn recorded_inputs(
+    conn: &mut AsyncPgConnection,
+    kind: &str,
+    limit: i64,
+    within: Option<&[i64]>,
+) -> Result<Vec<RecordedInput>, StoreError> {
+    use hangar_db::schema::{runs, stacks};
+    let mut q = policy_evaluations::table
         .filter(policy_evaluations::kind.eq(kind))
         .order(policy_evaluations::id.desc())
         .limit(limit)
         .select((EvaluationRow::as_select(), policy_evaluations::input_sealed, policy_evaluations::input_data_key))
-        .load(conn)
-        .await?;
+        .into_boxed();
+    if let Some(spaces) = within {
+        let in_spaces: Vec<i64> = stacks::table.filter(stacks::space_id.eq_any(spaces)).select(stacks::id).load(conn).await?;
+        let their_runs: Vec<i64> = runs::table.filter(runs::stack_id.eq_any(&in_spaces)).select(runs::id).load(conn).await?;
+        q = q.filter(policy_evaluations::stack_id.eq_any(in_spaces).or(policy_evaluations::run_id.eq_any(their_runs)));
+    }
+    let rows: Vec<(EvaluationRow, Option<Vec<u8>>, Option<i64>)> = q.load(conn).await?;
     Ok(rows
         .into_iter()
         .map(|(evaluation, bytes, key)| RecordedInput {

@@ -15,7 +15,7 @@ use hangar_store::{audit, stacks};
 use serde_json::json;
 
 use super::types::{Run, Stack};
-use super::{ApiError, app, caller, check_in, check_usable, conn, require, space_for, stack_for};
+use super::{ApiError, app, caller, check_in, check_usable, conn, gate, space_for, stack_for};
 use hangar_store::users::Caller;
 use hangar_types::Role;
 
@@ -329,7 +329,8 @@ impl PoliciesQuery {
 
     /// What `body`, a policy of `kind` not attached anywhere yet, would have
     /// decided for the inputs of the last `runs` recorded evaluations of that
-    /// kind, newest first (admin: the inputs hold the plans).
+    /// kind, newest first (admins: the inputs hold the plans; an admin of some
+    /// spaces replays the decisions about their stacks).
     async fn test_policy(
         &self,
         ctx: &Context<'_>,
@@ -337,7 +338,10 @@ impl PoliciesQuery {
         body: String,
         #[graphql(default = 10)] runs: i32,
     ) -> async_graphql::Result<Vec<PolicyReplay>> {
-        require(ctx, Op::ManagePolicies.role())?;
+        // The recorded inputs hold plans: an admin of the root replays them
+        // all, an admin of some spaces those of their stacks.
+        let caller = caller(ctx)?;
+        gate(caller, Op::ManagePolicies.role())?;
         if !(1..=MAX_REPLAY).contains(&runs) {
             return Err(ApiError::invalid("runs", format!("must be between 1 and {MAX_REPLAY}")).into());
         }
@@ -345,7 +349,14 @@ impl PoliciesQuery {
         let policy = compile(kind, &body)?;
         let app = app(ctx);
         let mut c = conn(ctx).await?;
-        let recorded = store::recorded_inputs(&mut c, kind.as_str(), i64::from(runs)).await.map_err(ApiError::from)?;
+        let within: Option<Vec<i64>> = if caller.global().allows(Op::ManagePolicies.role()) {
+            None
+        } else {
+            let all = hangar_store::spaces::list_spaces(&mut c).await.map_err(ApiError::from)?;
+            Some(all.into_iter().map(|s| s.id).filter(|s| caller.may(*s, Op::ManagePolicies.role())).collect())
+        };
+        let recorded =
+            store::recorded_inputs(&mut c, kind.as_str(), i64::from(runs), within.as_deref()).await.map_err(ApiError::from)?;
         let mut out = Vec::with_capacity(recorded.len());
         for r in recorded {
             let e = &r.evaluation;
