@@ -380,6 +380,9 @@ pub struct Context<'a> {
     /// Ports held by this installation already (their processes may run): not
     /// checked for being free.
     pub own_ports: Vec<u16>,
+    /// Whether an external PostgreSQL may be chosen (not for a restore, which
+    /// brings back a dump of the bundled one).
+    pub external_database: bool,
     /// The bundle's object store engine (`garage`, `minio`), when the bundle was opened.
     pub bundled_engine: &'a dyn Fn() -> Option<String>,
     /// Opens and checks the bundle named in answer to [`Q_BUNDLE`].
@@ -439,10 +442,16 @@ pub fn ask(p: &mut dyn Prompter, ctx: &mut Context<'_>) -> Result<Answers, Insta
         None => 1,
     };
     let bundled = store == 0;
-    let bundled_db = p
-        .choose(Q_DATABASE, &[("bundled", "the bundled one, on this host"), ("external", "an external PostgreSQL server")], 0)
-        .map_err(err)?
-        == 0;
+    let databases = [("bundled", "the bundled one, on this host"), ("external", "an external PostgreSQL server")];
+    let bundled_db = if ctx.external_database {
+        p.choose(Q_DATABASE, &databases, 0).map_err(err)? == 0
+    } else {
+        // Not offered on a terminal; an answers file that asks for it is refused.
+        if !p.interactive() && p.choose(Q_DATABASE, &databases, 0).map_err(err)? != 0 {
+            return Err(invalid(Q_DATABASE, "a restore brings back a dump of the bundled PostgreSQL: answer \"bundled\"".into()));
+        }
+        true
+    };
     let mut taken: Vec<u16> = Vec::new();
     let port = |p: &mut dyn Prompter, q: Question, default: u16, taken: &mut Vec<u16>| -> Result<u16, InstallError> {
         let own = ctx.own_ports.clone();

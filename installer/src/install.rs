@@ -35,6 +35,9 @@ pub struct InstallOptions {
     /// development builds, which rebuild one version again and again.
     /// Otherwise refused: a replayed old bundle would swap the binaries.
     pub danger_replace_release: bool,
+    /// Whether the database may be an external PostgreSQL (not during a
+    /// restore onto a fresh host).
+    pub external_database: bool,
 }
 
 /// What the operator is told at the end.
@@ -151,6 +154,7 @@ pub fn install(host: &Host, prompter: &mut dyn Prompter, reporter: &dyn Reporter
     let mut ctx = Context {
         default_hostname: crate::preflight::system_hostname(),
         own_ports: previous.as_ref().map(|p| p.ports.all(p.bundled_objects).into_iter().map(|(_, n)| n).collect()).unwrap_or_default(),
+        external_database: opts.external_database,
         bundled_engine: &engine,
         check_bundle: &mut check_bundle,
         check_database: &check_database,

@@ -103,7 +103,12 @@ pub fn restore(host: &Host, prompter: Option<&mut dyn Prompter>, reporter: &dyn 
             host,
             prompter,
             reporter,
-            &InstallOptions { trust_dirs: opts.trust_dirs.clone(), health_timeout: opts.health_timeout, danger_replace_release: false },
+            &InstallOptions {
+                trust_dirs: opts.trust_dirs.clone(),
+                health_timeout: opts.health_timeout,
+                danger_replace_release: false,
+                external_database: false,
+            },
         )?;
         reporter.info(&format!("Release {} installed; now the backup's data", done.release));
     } else if prompter.is_some() {

@@ -110,6 +110,7 @@ fn the_questions_for_a_minio_bundle_ask_its_one_port_and_no_garage_ports() {
     let mut ctx = Context {
         default_hostname: "hangar.example".into(),
         own_ports: vec![],
+        external_database: true,
         bundled_engine: &engine,
         check_bundle: &mut check_bundle,
         check_database: &|_| Err("not asked".into()),

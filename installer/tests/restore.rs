@@ -122,6 +122,20 @@ async fn a_backup_restored_onto_a_fresh_prefix_brings_everything_back_and_terraf
     assert!(!a.path("var/lib/hangar").exists() && !a.path("etc/hangar").exists());
 
     // A fresh prefix: the bucket in place, then the bundle and the backup.
+    // A restore brings back a dump of the bundled PostgreSQL: answers that
+    // ask for an external one are refused before anything is installed.
+    let mut c = Site::new("restore-onto-external", &built);
+    c.set("database", "external");
+    let out = c
+        .command(&["restore", "--from", kept.to_str().unwrap(), "--answers", c.answers.to_str().unwrap(), "--trust", c.trust.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", both(&out));
+    let line = common::error_line(&out);
+    assert!(line.contains("invalid `database`: a restore brings back a dump of the bundled PostgreSQL"), "{line}");
+    assert!(!c.path("opt/hangar").exists() && !c.path("etc/hangar/install-state.json").exists());
+    drop(c);
+
     let b = Site::new("restore-onto", &built);
     std::fs::create_dir_all(b.path("var/lib/hangar")).unwrap();
     check("place the bucket", Command::new("cp").arg("-a").arg(&bucket).arg(b.path("var/lib/hangar/objects")).output().unwrap());
