@@ -139,16 +139,9 @@ impl Viewer {
         self.may(Op::ListUsers)
     }
 
-    pub(crate) fn can_manage_pools(&self) -> bool {
-        self.may(Op::ManagePools)
-    }
-
+    /// Whether the viewer may list the git servers of some space.
     pub(crate) fn can_list_vcs(&self) -> bool {
-        self.may(Op::ListVcs)
-    }
-
-    pub(crate) fn can_manage_vcs(&self) -> bool {
-        self.may(Op::ManageVcs)
+        Op::ListVcs.allowed(self.access.best())
     }
 
     pub(crate) fn can_manage_state(&self) -> bool {
