@@ -91,8 +91,15 @@ async fn a_trigger_policy_starts_the_stacks_it_names_when_a_run_finishes() {
     git.push_files("infra", "main", &[("infra/main.tf", "output \"broken\" {\n")], "broken");
     let failed = fleet.trigger("network").await;
     fleet.wait_state(&failed, "FAILED", &[&worker]).await;
-    let d = fleet.ok("query($id: ID!) { run(id: $id) { policyEvaluations { kind result } } }", json!({ "id": failed })).await;
-    assert_eq!(d["run"]["policyEvaluations"], json!([{ "kind": "TRIGGER", "result": "pass" }]), "{d}");
+    // Trigger policies are evaluated once the run's end is committed: wait
+    // for the decision rather than read it with the state.
+    let decided = wait_for("the failed run's trigger decision", SOON, || async {
+        let d = fleet.ok("query($id: ID!) { run(id: $id) { policyEvaluations { kind result } } }", json!({ "id": failed })).await;
+        let evs = d["run"]["policyEvaluations"].clone();
+        (!evs.as_array().unwrap().is_empty()).then_some(evs)
+    })
+    .await;
+    assert_eq!(decided, json!([{ "kind": "TRIGGER", "result": "pass" }]));
     tokio::time::sleep(std::time::Duration::from_secs(3)).await;
     assert_eq!(runs_of(&fleet, "app").await.len(), 1, "app must not start after a failed run");
     assert!(runs_of(&fleet, "lab").await.is_empty());
