@@ -1,0 +1,456 @@
+//! Scale-out behind a real load balancer: two `hangar server` processes, each
+//! with its own broker, on one PostgreSQL and one Garage, behind Debian's
+//! HAProxy (TCP passthrough for the API and for MQTT, health checks on each
+//! server's `/ready` over HTTPS), with `hangar drain` twice. Worker hosts join
+//! and connect through the balancer's addresses only and land on both
+//! servers; a run made READY while its only worker is connected to the other
+//! server reaches it; runs of a pool are claimed once each; and when one server
+//! is killed (SIGKILL) while runs are on its workers, they reconnect through
+//! the balancer to the survivor and their runs finish, reports, logs and
+//! state all landed, none lost or run twice. One worker is on the HTTP
+//! transport and goes through the same.
+
+mod common;
+mod fleet;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use diesel_async::RunQueryDsl;
+use fleet::{Fleet, FleetOptions, SOON};
+use hangar_testkit::{ChildProcess, GitServer, TestDir, cargo_bin, free_port, provider, wait_for};
+use serde_json::{Value, json};
+
+/// One server of the appliance: its own HTTPS and MQTT listeners.
+struct Member {
+    name: String,
+    api: SocketAddr,
+    mqtt: SocketAddr,
+    config: PathBuf,
+    process: Option<ChildProcess>,
+}
+
+impl Member {
+    /// A copy of the appliance's configuration that listens on ports of its
+    /// own; everything else (public URL, broker URL, database, object store,
+    /// CA, master key) is the same for every member.
+    fn new(app_config: &Path, dir: &Path, name: &str, shared_api: u16, shared_mqtt: u16) -> Member {
+        let api: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let mqtt: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let text = std::fs::read_to_string(app_config).unwrap();
+        let (api_line, mqtt_line) =
+            (format!("listen = \"127.0.0.1:{shared_api}\"\n"), format!("listen = \"127.0.0.1:{shared_mqtt}\"\n"));
+        assert!(text.contains(&api_line) && text.contains(&mqtt_line), "{text}");
+        let text = text.replace(&api_line, &format!("listen = \"{api}\"\n")).replace(&mqtt_line, &format!("listen = \"{mqtt}\"\n"));
+        let config = dir.join(format!("hangar-{name}.toml"));
+        std::fs::write(&config, text).unwrap();
+        Member { name: name.to_string(), api, mqtt, config, process: None }
+    }
+
+    fn spawn(&mut self, dir: &Path) {
+        let mut cmd = Command::new(cargo_bin("hangar"));
+        cmd.arg("--config").arg(&self.config).arg("server").env("HANGAR_LOG", "info").stdin(Stdio::null());
+        self.process = Some(ChildProcess::spawn(cmd, &format!("server-{}", self.name), dir));
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("https://localhost:{}{path}", self.api.port())
+    }
+
+    /// This server's own `/ready`, asked directly.
+    async fn ready(&self, client: &reqwest::Client) -> Option<(u16, Value)> {
+        let r = client.get(self.url("/ready")).send().await.ok()?;
+        let status = r.status().as_u16();
+        Some((status, r.json().await.ok()?))
+    }
+
+    /// Workers connected to this server's broker, as its `/ready` counts them.
+    async fn connections(&self, client: &reqwest::Client) -> Option<u64> {
+        let (status, body) = self.ready(client).await?;
+        (status == 200).then(|| body["components"]["broker"]["connections"].as_u64()).flatten()
+    }
+
+    /// The ids of the workers this server's broker admitted, from its log.
+    fn admitted(&self) -> BTreeSet<i64> {
+        let log = self.process.as_ref().map(|p| p.output()).unwrap_or_default();
+        log.lines()
+            .filter(|l| l.contains("worker connected"))
+            .filter_map(|l| l.split_whitespace().find_map(|f| f.strip_prefix("worker="))?.parse().ok())
+            .collect()
+    }
+
+    fn log(&self) -> &ChildProcess {
+        self.process.as_ref().expect("started")
+    }
+}
+
+/// HAProxy in front of the members, as an operator would run it.
+struct Balancer {
+    process: ChildProcess,
+    socket: PathBuf,
+}
+
+impl Balancer {
+    /// The configuration: the API and the broker passed through as TCP (so
+    /// workers' client certificates reach the servers), each server checked
+    /// with an HTTPS `GET /ready` verified against the appliance CA, a dead
+    /// server's connections retried on another.
+    fn config(api: u16, mqtt: u16, members: &[Member], ca: &Path, socket: &Path) -> String {
+        let servers = |port: fn(&Member) -> SocketAddr| {
+            members
+                .iter()
+                .map(|m| {
+                    format!(
+                        "    server {} {} check port {} check-ssl check-sni localhost verify required ca-file {}\n",
+                        m.name,
+                        port(m),
+                        m.api.port(),
+                        ca.display()
+                    )
+                })
+                .collect::<String>()
+        };
+        format!(
+            "global\n\
+             \x20   maxconn 4096\n\
+             \x20   stats socket {socket} mode 600 level admin\n\
+             \x20   log stderr format short local0 info\n\
+             \n\
+             defaults\n\
+             \x20   mode tcp\n\
+             \x20   log global\n\
+             \x20   option tcplog\n\
+             \x20   timeout connect 3s\n\
+             \x20   timeout client 1h\n\
+             \x20   timeout server 1h\n\
+             \x20   timeout check 5s\n\
+             \x20   retries 3\n\
+             \x20   option redispatch 1\n\
+             \x20   default-server inter 1s fall 2 rise 2 on-marked-down shutdown-sessions\n\
+             \n\
+             frontend hangar_api\n\
+             \x20   bind 127.0.0.1:{api}\n\
+             \x20   default_backend hangar_servers\n\
+             \n\
+             backend hangar_servers\n\
+             \x20   balance roundrobin\n\
+             \x20   option httpchk GET /ready\n\
+             \x20   http-check expect status 200\n\
+             {api_servers}\n\
+             frontend hangar_mqtt\n\
+             \x20   bind 127.0.0.1:{mqtt}\n\
+             \x20   default_backend hangar_brokers\n\
+             \n\
+             backend hangar_brokers\n\
+             \x20   balance leastconn\n\
+             \x20   option httpchk GET /ready\n\
+             \x20   http-check expect status 200\n\
+             {mqtt_servers}",
+            socket = socket.display(),
+            api_servers = servers(|m| m.api),
+            mqtt_servers = servers(|m| m.mqtt),
+        )
+    }
+
+    fn start(dir: &Path, config: &str) -> Balancer {
+        let path = dir.join("haproxy.cfg");
+        std::fs::write(&path, config).unwrap();
+        let check = Command::new("haproxy").arg("-c").arg("-f").arg(&path).output().expect("run haproxy (Debian package haproxy)");
+        assert!(check.status.success(), "haproxy -c: {}{}", String::from_utf8_lossy(&check.stdout), String::from_utf8_lossy(&check.stderr));
+        let mut cmd = Command::new("haproxy");
+        cmd.arg("-db").arg("-f").arg(&path).stdin(Stdio::null());
+        let socket = config.lines().find_map(|l| l.trim().strip_prefix("stats socket ")).unwrap().split(' ').next().unwrap();
+        Balancer { process: ChildProcess::spawn(cmd, "haproxy", dir), socket: PathBuf::from(socket) }
+    }
+
+    /// Each server of `backend` with its status (`UP`, `DOWN`, ...), from the
+    /// stats socket's `show stat`.
+    async fn statuses(&self, backend: &str) -> BTreeMap<String, String> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let Ok(mut s) = tokio::net::UnixStream::connect(&self.socket).await else { return BTreeMap::new() };
+        s.write_all(b"show stat\n").await.unwrap();
+        let mut text = String::new();
+        let _ = s.read_to_string(&mut text).await;
+        let mut lines = text.lines();
+        let header: Vec<&str> = lines.next().unwrap_or_default().trim_start_matches("# ").split(',').collect();
+        let col = |name: &str| header.iter().position(|h| *h == name);
+        let (Some(px), Some(sv), Some(st)) = (col("pxname"), col("svname"), col("status")) else { return BTreeMap::new() };
+        lines
+            .map(|l| l.split(',').collect::<Vec<_>>())
+            .filter(|f| f.get(px) == Some(&backend) && !matches!(f.get(sv), Some(&"BACKEND") | Some(&"FRONTEND") | None))
+            .map(|f| (f[sv].to_string(), f[st].to_string()))
+            .collect()
+    }
+
+    /// Waits until every server of both backends shows `want`.
+    async fn wait_status(&self, server: &str, want: &str) {
+        wait_for(&format!("HAProxy to mark {server} {want} (log {})", self.process.log_path().display()), SOON, || async {
+            let api = self.statuses("hangar_servers").await;
+            let mqtt = self.statuses("hangar_brokers").await;
+            let is = |m: &BTreeMap<String, String>| m.get(server).is_some_and(|s| s.starts_with(want));
+            (is(&api) && is(&mqtt)).then_some(())
+        })
+        .await;
+    }
+}
+
+/// A configuration whose apply writes `content` to `path` on the worker
+/// host through the test provider (from the appliance's provider mirror).
+fn config_with_file(path: &Path, content: &str) -> String {
+    format!(
+        "{}\nresource \"hangartest_file\" \"out\" {{\n  path    = \"{}\"\n  content = \"{content}\"\n  mode    = \"0644\"\n}}\n",
+        provider::required_providers(),
+        path.display()
+    )
+}
+
+fn worker_id(config_dir: &Path) -> i64 {
+    let text = std::fs::read_to_string(config_dir.join("worker.toml")).unwrap();
+    text.lines().find_map(|l| l.strip_prefix("worker_id = ")).unwrap().trim().parse().unwrap()
+}
+
+fn set_poll_secs(config_dir: &Path, secs: u64) {
+    let path = config_dir.join("worker.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(text.contains("poll_secs = 2\n"), "{text}");
+    std::fs::write(&path, text.replace("poll_secs = 2\n", &format!("poll_secs = {secs}\n"))).unwrap();
+}
+
+/// The worker that holds (or held) run `id`, from the database.
+async fn run_worker_id(fleet: &Fleet, id: &str) -> Option<i64> {
+    #[derive(diesel::QueryableByName)]
+    struct Row {
+        #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::BigInt>)]
+        worker_id: Option<i64>,
+    }
+    let mut c = fleet.app.pg.database().connect().await.unwrap();
+    diesel::sql_query("SELECT worker_id FROM runs WHERE id = $1")
+        .bind::<diesel::sql_types::BigInt, _>(id.parse::<i64>().unwrap())
+        .get_result::<Row>(&mut c)
+        .await
+        .unwrap()
+        .worker_id
+}
+
+/// Whether `log` names run `id` as a field (`run_id=7`, not `run_id=71`).
+fn names_run(log: &str, id: &str) -> bool {
+    let tag = format!("run_id={id}");
+    log.match_indices(&tag).any(|(i, _)| !log[i + tag.len()..].starts_with(|c: char| c.is_ascii_digit()))
+}
+
+/// A GraphQL request sent to one member directly, not through the balancer.
+async fn gql_on(fleet: &Fleet, member: &Member, query: &str, variables: Value) -> Value {
+    let r = fleet
+        .app
+        .client
+        .post(member.url("/graphql"))
+        .bearer_auth(&fleet.admin)
+        .json(&json!({ "query": query, "variables": variables }))
+        .send()
+        .await
+        .unwrap();
+    let body: Value = r.json().await.unwrap();
+    assert!(body.get("errors").is_none(), "{query} on {}: {body}", member.name);
+    body["data"].clone()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_servers_behind_haproxy_share_the_fleet_and_a_killed_one_loses_no_run() {
+    let mirror = TestDir::new("provider-mirror");
+    provider::add_to_mirror(mirror.path());
+    let settings = format!("provider_mirror_dir = \"{}\"\n", mirror.path().display());
+    let mut fleet = Fleet::start_with_server(FleetOptions::default(), &settings).await;
+    // A second drain: several drains share the queue.
+    let drain2 = {
+        let mut cmd = Command::new(cargo_bin("hangar"));
+        cmd.arg("--config").arg(&fleet.app.config).arg("drain").env("HANGAR_LOG", "info").stdin(Stdio::null());
+        ChildProcess::spawn(cmd, "drain-2", fleet.app.dir.path())
+    };
+
+    // The appliance's own server gives way to two members; the balancer takes
+    // its addresses, which the configuration names as the public URL and the
+    // broker URL, so everything that reached the appliance now reaches the balancer.
+    let shared_api = fleet.app.addr.port();
+    let shared_mqtt = fleet.app.broker_port.unwrap();
+    let first = fleet.app.server.take().unwrap();
+    drop(first);
+    let dir = fleet.app.dir.path().to_path_buf();
+    let mut members: Vec<Member> =
+        ["s1", "s2"].iter().map(|n| Member::new(&fleet.app.config, &dir, n, shared_api, shared_mqtt)).collect();
+    // Both start at once on the one database and object store.
+    for m in &mut members {
+        m.spawn(&dir);
+    }
+    let client = fleet.app.client.clone();
+    for m in &members {
+        wait_for(&format!("{} to be ready (log {})", m.name, m.log().log_path().display()), SOON, || async {
+            let (status, body) = m.ready(&client).await?;
+            (status == 200 && body["components"]["broker"]["status"] == "ok").then_some(())
+        })
+        .await;
+    }
+    let ca = fleet.app.ca_path();
+    let balancer =
+        Balancer::start(&dir, &Balancer::config(shared_api, shared_mqtt, &members, &ca, &dir.join("haproxy.sock")));
+    for m in &members {
+        balancer.wait_status(&m.name, "UP").await;
+    }
+    let (status, body) = fleet.app.ready().await;
+    assert_eq!(status, 200, "/ready through the balancer: {body}");
+
+    // ---- workers join and connect through the balancer only ----
+    let git = GitServer::start().await;
+    let out = fleet.files.subdir("outputs");
+    git.create_repo("infra");
+    let stacks = ["alpha", "bravo", "charlie", "delta"];
+    let mut files = vec![];
+    for s in stacks.iter().chain(&["solo", "web"]) {
+        files.push((format!("{s}/main.tf"), config_with_file(&out.join(s), &format!("applied by {s}"))));
+    }
+    let files: Vec<(&str, &str)> = files.iter().map(|(p, c)| (p.as_str(), c.as_str())).collect();
+    git.push_files("infra", "main", &files, "six stacks, one file each");
+    // Applies wait for the test's word, so that a server dies under them.
+    let held = fleet.hold_tool("1.0.3-held", &["apply"]);
+    for s in &stacks {
+        let extra = json!({ "projectRoot": s, "autodeploy": true, "toolVersion": held.version });
+        fleet.create_stack(s, &git.url("infra"), "fleet", extra).await;
+    }
+    fleet.create_stack("solo", &git.url("infra"), "solo", json!({ "projectRoot": "solo", "autodeploy": true })).await;
+    fleet
+        .create_stack("web", &git.url("infra"), "web", json!({ "projectRoot": "web", "autodeploy": true, "toolVersion": held.version }))
+        .await;
+
+    // MQTT workers poll only every five minutes: a run reaching one sooner
+    // was announced to it by the broker it is connected to.
+    let mut workers: BTreeMap<i64, (String, ChildProcess)> = BTreeMap::new();
+    let mut names: Vec<(String, &str)> = (1..=4).map(|i| (format!("f{i}"), "fleet")).collect();
+    names.push(("solo".to_string(), "solo"));
+    for (name, pool) in &names {
+        let config = fleet.join_worker(pool, name).await;
+        set_poll_secs(&config, 300);
+        let toml = std::fs::read_to_string(config.join("worker.toml")).unwrap();
+        assert!(
+            toml.contains(&format!("https://localhost:{shared_api}")) && toml.contains(&format!("mqtts://localhost:{shared_mqtt}")),
+            "the worker knows the balancer's addresses only: {toml}"
+        );
+        let process = fleet.run_worker(&config, name);
+        workers.insert(worker_id(&config), (name.clone(), process));
+    }
+    let web_config = fleet.join_http_worker("web", "web").await;
+    let web_id = worker_id(&web_config);
+    workers.insert(web_id, ("web".to_string(), fleet.run_worker(&web_config, "web")));
+    fleet.wait_workers("fleet", "idle", 4).await;
+    fleet.wait_workers("solo", "idle", 1).await;
+    fleet.wait_workers("web", "idle", 1).await;
+
+    // Some landed on each server: each server's /ready counts its broker's
+    // connections, and its log names whom it admitted.
+    let mqtt_workers: BTreeSet<i64> = workers.keys().copied().filter(|w| *w != web_id).collect();
+    let spread = wait_for("the five MQTT workers to be counted by the servers", SOON, || async {
+        let mut counts = vec![];
+        for m in &members {
+            counts.push(m.connections(&client).await?);
+        }
+        (counts.iter().sum::<u64>() == 5).then_some(counts)
+    })
+    .await;
+    assert!(spread.iter().all(|c| *c >= 1), "leastconn spreads the workers over both brokers: {spread:?}");
+    let on: Vec<BTreeSet<i64>> = members.iter().map(Member::admitted).collect();
+    assert!(on[0].is_disjoint(&on[1]), "{on:?}");
+    assert_eq!(on[0].union(&on[1]).copied().collect::<BTreeSet<_>>(), mqtt_workers, "{on:?}");
+    for (m, ids) in members.iter().zip(&on) {
+        assert_eq!(m.connections(&client).await, Some(ids.len() as u64), "{}", m.name);
+    }
+
+    // ---- a run made READY reaches a worker connected to the other server ----
+    let solo = *workers.iter().find(|(_, (n, _))| n == "solo").unwrap().0;
+    let (home, other) = if on[0].contains(&solo) { (0, 1) } else { (1, 0) };
+    let d = gql_on(&fleet, &members[other], "mutation { triggerRun(stack: \"solo\") { id } }", json!({})).await;
+    let solo_run = d["triggerRun"]["id"].as_str().unwrap().to_string();
+    let logs: Vec<&ChildProcess> =
+        workers.values().map(|(_, p)| p).chain(members.iter().map(Member::log)).chain([&drain2]).collect();
+    fleet.wait_state(&solo_run, "FINISHED", &logs).await;
+    assert_eq!(run_worker_id(&fleet, &solo_run).await, Some(solo));
+    assert_eq!(std::fs::read_to_string(out.join("solo")).unwrap(), "applied by solo");
+    assert!(members[home].admitted().contains(&solo) && !members[other].admitted().contains(&solo));
+
+    // ---- runs of a pool, each claimed once; one server dies under them ----
+    let mut runs = BTreeMap::new();
+    for s in &stacks {
+        runs.insert(s.to_string(), fleet.trigger(s).await);
+    }
+    runs.insert("web".to_string(), fleet.trigger("web").await);
+    // Every apply is held: five runs on five different workers.
+    wait_for("the five runs to be applying on their workers", SOON, || async {
+        let mut n = 0;
+        for id in runs.values() {
+            let (state, run) = fleet.run(id).await;
+            assert!(!fleet::TERMINAL.contains(&state.as_str()), "run {id} ended early: {run}");
+            n += usize::from(state == "APPLYING");
+        }
+        (n == runs.len()).then_some(())
+    })
+    .await;
+    let mut holders = BTreeMap::new();
+    for (stack, id) in &runs {
+        holders.insert(stack.clone(), run_worker_id(&fleet, id).await.expect("a claimed run names its worker"));
+    }
+    let distinct: BTreeSet<i64> = holders.values().copied().collect();
+    assert_eq!(distinct.len(), runs.len(), "one run per worker: {holders:?}");
+    assert_eq!(holders["web"], web_id);
+
+    // The server with more of the busy workers is killed outright.
+    let busy_on = |i: usize| holders.values().filter(|w| on[i].contains(w)).count();
+    let victim = if busy_on(0) >= busy_on(1) { 0 } else { 1 };
+    let survivor = 1 - victim;
+    assert!(busy_on(victim) >= 1, "{holders:?} {on:?}");
+    let victim_name = members[victim].name.clone();
+    let mut dead = members[victim].process.take().unwrap();
+    dead.kill();
+    // The health checks take it out of both backends.
+    balancer.wait_status(&victim_name, "DOWN").await;
+    // Its workers come back through the balancer: all five MQTT workers are
+    // on the survivor's broker.
+    wait_for("every MQTT worker to be connected to the surviving server", SOON, || async {
+        (members[survivor].connections(&client).await == Some(5)).then_some(())
+    })
+    .await;
+
+    held.release("apply");
+    let logs: Vec<&ChildProcess> =
+        workers.values().map(|(_, p)| p).chain(members[survivor].process.as_ref()).chain([&drain2, &dead]).collect();
+    for (stack, id) in &runs {
+        let run = fleet.wait_state(id, "FINISHED", &logs).await;
+        let history = fleet.history(id).await;
+        assert_eq!(
+            history,
+            ["QUEUED", "READY", "PREPARING", "INITIALIZING", "PLANNING", "APPLYING", "FINISHED"],
+            "run {id} of {stack} went through each state once: {run}"
+        );
+        assert_eq!(run_worker_id(&fleet, id).await, Some(holders[stack]), "run {id} stayed with its worker");
+        // Claimed once: only its worker's log names it.
+        let named: Vec<&str> =
+            workers.values().filter(|(_, p)| names_run(&p.output(), id)).map(|(n, _)| n.as_str()).collect();
+        assert_eq!(named, [workers[&holders[stack]].0.as_str()], "run {id} appears in one worker's log");
+        // What Terraform did landed: the file, the state, the whole log.
+        assert_eq!(std::fs::read_to_string(out.join(stack)).unwrap(), format!("applied by {stack}"));
+        assert_eq!(fleet.state_versions(stack).await, 1, "{stack}: one state version");
+        let log = fleet.run_log(id).await;
+        assert!(log.contains("Apply complete! Resources: 1 added"), "run {id}'s log is whole: {log}");
+    }
+
+    // The survivor alone goes on dispatching, to both transports.
+    for s in ["alpha", "web"] {
+        std::fs::remove_file(out.join(s)).unwrap();
+        // The held tool's gate stays open from now on.
+        let id = fleet.trigger(s).await;
+        fleet.wait_state(&id, "FINISHED", &logs).await;
+        assert_eq!(std::fs::read_to_string(out.join(s)).unwrap(), format!("applied by {s}"));
+    }
+    let (status, body) = fleet.app.ready().await;
+    assert_eq!(status, 200, "/ready through the balancer with one server left: {body}");
+    drop(dead);
+    drop(balancer);
+}
