@@ -1,7 +1,9 @@
 //! Scale-out behind a real load balancer: two `hangar server` processes, each
 //! with its own broker, on one PostgreSQL and one Garage, behind Debian's
 //! HAProxy (TCP passthrough for the API and for MQTT, health checks on each
-//! server's `/ready` over HTTPS), with `hangar drain` twice. Worker hosts join
+//! server's `/ready` over HTTPS, a PROXY protocol header naming each API
+//! client), with `hangar drain` twice. Failed logins through the balancer are
+//! throttled per client, not for everyone at once. Worker hosts join
 //! and connect through the balancer's addresses only and land on both
 //! servers; a run made READY while its only worker is connected to the other
 //! server reaches it; runs of a pool are claimed once each; and when one server
@@ -14,7 +16,7 @@ mod common;
 mod fleet;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
@@ -43,7 +45,10 @@ impl Member {
         let (api_line, mqtt_line) =
             (format!("listen = \"127.0.0.1:{shared_api}\"\n"), format!("listen = \"127.0.0.1:{shared_mqtt}\"\n"));
         assert!(text.contains(&api_line) && text.contains(&mqtt_line), "{text}");
-        let text = text.replace(&api_line, &format!("listen = \"{api}\"\n")).replace(&mqtt_line, &format!("listen = \"{mqtt}\"\n"));
+        let text = text
+            .replace(&api_line, &format!("listen = \"{api}\"\n"))
+            .replace(&mqtt_line, &format!("listen = \"{mqtt}\"\n"))
+            .replace("[server]\n", &format!("[server]\nproxy_protocol_from = [\"{BALANCER_SOURCE}\"]\n"));
         let config = dir.join(format!("hangar-{name}.toml"));
         std::fs::write(&config, text).unwrap();
         Member { name: name.to_string(), api, mqtt, config, process: None }
@@ -86,6 +91,10 @@ impl Member {
     }
 }
 
+/// The address HAProxy connects to the servers from (the clients, this test
+/// and the workers, connect from 127.0.0.1 and others).
+const BALANCER_SOURCE: &str = "127.0.0.2";
+
 /// HAProxy in front of the members, as an operator would run it.
 struct Balancer {
     process: ChildProcess,
@@ -94,24 +103,25 @@ struct Balancer {
 
 impl Balancer {
     /// The configuration: the API and the broker passed through as TCP (so
-    /// workers' client certificates reach the servers), each server checked
-    /// with an HTTPS `GET /ready` verified against the appliance CA, a dead
-    /// server's connections retried on another.
+    /// workers' client certificates reach the servers), the API's connections
+    /// opened with a PROXY protocol v2 header, each server checked with an
+    /// HTTPS `GET /ready` verified against the appliance CA (its broker
+    /// tracks that check: `/ready` covers the broker), a dead server's
+    /// connections retried on another.
     fn config(api: u16, mqtt: u16, members: &[Member], ca: &Path, socket: &Path) -> String {
-        let servers = |port: fn(&Member) -> SocketAddr| {
-            members
-                .iter()
-                .map(|m| {
-                    format!(
-                        "    server {} {} check port {} check-ssl check-sni localhost verify required ca-file {}\n",
-                        m.name,
-                        port(m),
-                        m.api.port(),
-                        ca.display()
-                    )
-                })
-                .collect::<String>()
-        };
+        let api_servers: String = members
+            .iter()
+            .map(|m| {
+                format!(
+                    "    server {} {} send-proxy-v2 check check-ssl check-sni localhost verify required ca-file {}\n",
+                    m.name,
+                    m.api,
+                    ca.display()
+                )
+            })
+            .collect();
+        let mqtt_servers: String =
+            members.iter().map(|m| format!("    server {} {} track hangar_servers/{}\n", m.name, m.mqtt, m.name)).collect();
         format!(
             "global\n\
              \x20   maxconn 4096\n\
@@ -136,6 +146,7 @@ impl Balancer {
              \n\
              backend hangar_servers\n\
              \x20   balance roundrobin\n\
+             \x20   source {BALANCER_SOURCE}\n\
              \x20   option httpchk GET /ready\n\
              \x20   http-check expect status 200\n\
              {api_servers}\n\
@@ -145,12 +156,8 @@ impl Balancer {
              \n\
              backend hangar_brokers\n\
              \x20   balance leastconn\n\
-             \x20   option httpchk GET /ready\n\
-             \x20   http-check expect status 200\n\
              {mqtt_servers}",
             socket = socket.display(),
-            api_servers = servers(|m| m.api),
-            mqtt_servers = servers(|m| m.mqtt),
         )
     }
 
@@ -240,6 +247,20 @@ fn names_run(log: &str, id: &str) -> bool {
     log.match_indices(&tag).any(|(i, _)| !log[i + tag.len()..].starts_with(|c: char| c.is_ascii_digit()))
 }
 
+/// A login through the balancer from the client address `source`.
+async fn login_from(fleet: &Fleet, source: &str, email: &str, password: &str) -> Value {
+    let ca = reqwest::Certificate::from_pem(&std::fs::read(fleet.app.ca_path()).unwrap()).unwrap();
+    let client = reqwest::Client::builder()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(ca)
+        .local_address(source.parse::<IpAddr>().unwrap())
+        .build()
+        .unwrap();
+    let query = "mutation($e: String!, $p: String!) { login(email: $e, password: $p) { token } }";
+    let r = client.post(fleet.app.url("/graphql")).json(&json!({ "query": query, "variables": { "e": email, "p": password } }));
+    r.send().await.unwrap().json().await.unwrap()
+}
+
 /// A GraphQL request sent to one member directly, not through the balancer.
 async fn gql_on(fleet: &Fleet, member: &Member, query: &str, variables: Value) -> Value {
     let r = fleet
@@ -299,6 +320,22 @@ async fn two_servers_behind_haproxy_share_the_fleet_and_a_killed_one_loses_no_ru
     }
     let (status, body) = fleet.app.ready().await;
     assert_eq!(status, 200, "/ready through the balancer: {body}");
+
+    // ---- the servers see clients, not the balancer ----
+    // Ten failed logins from one client lock that client out, and nobody else.
+    for i in 0..10 {
+        let v = login_from(&fleet, "127.0.0.3", common::ADMIN_EMAIL, &format!("Wrong-Guess-{i}")).await;
+        assert_eq!(v["errors"][0]["extensions"]["code"], "UNAUTHENTICATED", "{v}");
+    }
+    let v = login_from(&fleet, "127.0.0.3", common::ADMIN_EMAIL, common::ADMIN_PASSWORD).await;
+    assert_eq!(v["errors"][0]["extensions"]["code"], "REFUSED", "{v}");
+    let v = login_from(&fleet, "127.0.0.4", common::ADMIN_EMAIL, common::ADMIN_PASSWORD).await;
+    assert!(v["data"]["login"]["token"].is_string(), "another client is not locked out: {v}");
+    let audit =
+        fleet.ok("{ auditEvents(action: \"user.login_failed\") { items { details } } }", json!({})).await;
+    let items = audit["auditEvents"]["items"].as_array().unwrap();
+    assert_eq!(items.len(), 10, "{audit}");
+    assert!(items.iter().all(|i| i["details"]["source"] == "127.0.0.3"), "{audit}");
 
     // ---- workers join and connect through the balancer only ----
     let git = GitServer::start().await;
