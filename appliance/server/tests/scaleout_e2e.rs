@@ -9,8 +9,8 @@
 //! server reaches it; runs of a pool are claimed once each; and when one server
 //! is killed (SIGKILL) while runs are on its workers, they reconnect through
 //! the balancer to the survivor and their runs finish, reports, logs and
-//! state all landed, none lost or run twice. One worker is on the HTTP
-//! transport and goes through the same.
+//! state all landed, none lost or run twice; back up, it is taken in again.
+//! One worker is on the HTTP transport and goes through the same.
 
 mod common;
 mod fleet;
@@ -488,6 +488,27 @@ async fn two_servers_behind_haproxy_share_the_fleet_and_a_killed_one_loses_no_ru
     }
     let (status, body) = fleet.app.ready().await;
     assert_eq!(status, 200, "/ready through the balancer with one server left: {body}");
+
+    // ---- the server comes back and takes its share again ----
+    members[victim].spawn(&dir);
+    balancer.wait_status(&victim_name, "UP").await;
+    // The solo pool's worker leaves; a new one joins, and the balancer gives
+    // its MQTT session to the server with the fewest (the one back).
+    drop(workers.remove(&solo));
+    let late_config = fleet.join_worker("solo", "late").await;
+    set_poll_secs(&late_config, 300);
+    let late = worker_id(&late_config);
+    workers.insert(late, ("late".to_string(), fleet.run_worker(&late_config, "late")));
+    wait_for("the new worker to be connected to the server that came back", SOON, || async {
+        members[victim].admitted().contains(&late).then_some(())
+    })
+    .await;
+    std::fs::remove_file(out.join("solo")).unwrap();
+    let id = fleet.trigger("solo").await;
+    let logs: Vec<&ChildProcess> = workers.values().map(|(_, p)| p).chain(members.iter().map(Member::log)).collect();
+    fleet.wait_state(&id, "FINISHED", &logs).await;
+    assert_eq!(run_worker_id(&fleet, &id).await, Some(late));
+    assert_eq!(std::fs::read_to_string(out.join("solo")).unwrap(), "applied by solo");
     drop(dead);
     drop(balancer);
 }
