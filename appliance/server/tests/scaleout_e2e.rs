@@ -281,7 +281,8 @@ async fn gql_on(fleet: &Fleet, member: &Member, query: &str, variables: Value) -
 async fn two_servers_behind_haproxy_share_the_fleet_and_a_killed_one_loses_no_run() {
     let mirror = TestDir::new("provider-mirror");
     provider::add_to_mirror(mirror.path());
-    let settings = format!("provider_mirror_dir = \"{}\"\n", mirror.path().display());
+    // Long polls are held five minutes, as long as the HTTP worker asks.
+    let settings = format!("provider_mirror_dir = \"{}\"\nworker_claim_wait_secs = 300\n", mirror.path().display());
     let mut fleet = Fleet::start_with_server(FleetOptions::default(), &settings).await;
     // A second drain: several drains share the queue.
     let drain2 = {
@@ -359,8 +360,8 @@ async fn two_servers_behind_haproxy_share_the_fleet_and_a_killed_one_loses_no_ru
         .create_stack("web", &git.url("infra"), "web", json!({ "projectRoot": "web", "autodeploy": true, "toolVersion": held.version }))
         .await;
 
-    // MQTT workers poll only every five minutes: a run reaching one sooner
-    // was announced to it by the broker it is connected to.
+    // Workers poll only every five minutes: a run reaching one sooner was
+    // announced to it by the broker it is connected to, or woke its long poll.
     let mut workers: BTreeMap<i64, (String, ChildProcess)> = BTreeMap::new();
     let mut names: Vec<(String, &str)> = (1..=4).map(|i| (format!("f{i}"), "fleet")).collect();
     names.push(("solo".to_string(), "solo"));
@@ -376,6 +377,7 @@ async fn two_servers_behind_haproxy_share_the_fleet_and_a_killed_one_loses_no_ru
         workers.insert(worker_id(&config), (name.clone(), process));
     }
     let web_config = fleet.join_http_worker("web", "web").await;
+    set_poll_secs(&web_config, 300);
     let web_id = worker_id(&web_config);
     workers.insert(web_id, ("web".to_string(), fleet.run_worker(&web_config, "web")));
     fleet.wait_workers("fleet", "idle", 4).await;
@@ -509,6 +511,16 @@ async fn two_servers_behind_haproxy_share_the_fleet_and_a_killed_one_loses_no_ru
     fleet.wait_state(&id, "FINISHED", &logs).await;
     assert_eq!(run_worker_id(&fleet, &id).await, Some(late));
     assert_eq!(std::fs::read_to_string(out.join("solo")).unwrap(), "applied by solo");
+
+    // The HTTP worker's long poll is held by one of the two servers: a run
+    // triggered through each server's own API reaches it, so one of them
+    // crossed from a server that does not hold the poll.
+    for m in &members {
+        let d = gql_on(&fleet, m, "mutation { triggerRun(stack: \"web\") { id } }", json!({})).await;
+        let id = d["triggerRun"]["id"].as_str().unwrap().to_string();
+        fleet.wait_state(&id, "FINISHED", &logs).await;
+        assert_eq!(run_worker_id(&fleet, &id).await, Some(web_id), "run {id} triggered on {}", m.name);
+    }
     drop(dead);
     drop(balancer);
 }
