@@ -1,16 +1,18 @@
 #!/usr/bin/env bash
 # Prepares this machine for building Hangar (`--for up`) or for running its
-# whole test suite (`--for test`): the Debian packages, Garage (the S3 server
-# that stands in for MinIO), cargo-nextest, and the offline inputs of the
-# bundles (PostgreSQL 15 packages, Terraform 1.0.3). Whatever is already there
-# is left alone, so a second run takes seconds.
+# whole test suite and benchmarks (`--for test`): the Debian packages, Garage
+# (the S3 server that stands in for MinIO), cargo-nextest, the offline inputs
+# of the bundles (PostgreSQL 15 packages, Terraform 1.0.3) and the peers the
+# benchmarks compare with (Mosquitto, graphile-worker). Whatever is already
+# there is left alone, so a second run takes seconds.
 #
 #   scripts/prepare.sh --for up|test
 #
 # Everything downloaded or built is kept under $HANGAR_CACHE (default
 # ~/.cache/hangar): bin/ (garage, cargo-nextest) and bundles/ (the bundle
-# inputs, which is $HANGAR_CACHE_DIR for the bundle scripts); `scripts/env.sh`
-# sets the variables that point there.
+# inputs, which is $HANGAR_CACHE_DIR for the bundle scripts) and npm/ (npm
+# packages the benchmarks run); `scripts/env.sh` sets the variables that point
+# there.
 #
 # Installing Debian packages needs root; without it the missing packages are
 # named with the command that installs them.
@@ -53,7 +55,11 @@ if [ "$purpose" = test ]; then
     haproxy                  # the load balancer in front of several servers (scale-out tests)
     chromium chromium-driver # the console's browser tests (WebDriver)
     protobuf-compiler libprotobuf-dev # protoc and its well-known types: the test provider's gRPC code
+    mosquitto                # the fan-out benchmark's peer broker (not used by tests)
+    nodejs                   # runs graphile-worker, the queue benchmark's peer (not used by tests)
   )
+  # Debian's nodejs comes without npm; some builds of nodejs bring their own.
+  command -v npm >/dev/null || packages+=(npm)
 fi
 missing=()
 for p in "${packages[@]}"; do
@@ -71,6 +77,10 @@ fi
 # their own, so the stock one is stopped.
 if command -v pg_lsclusters >/dev/null && pg_lsclusters -h 2>/dev/null | grep -q online; then
   pg_ctlcluster 15 main stop 2>/dev/null || true
+fi
+# Likewise Mosquitto's service on 1883: the benchmark starts its own.
+if [[ " ${missing[*]} " == *" mosquitto "* ]] && command -v service >/dev/null; then
+  service mosquitto stop >/dev/null 2>&1 || true
 fi
 
 command -v cargo >/dev/null || die "cargo is not installed: install Rust with rustup (https://rustup.rs), then run this again"
@@ -102,4 +112,18 @@ if ! cached "apt/postgresql-15_*.deb" || ! cached "apt/postgresql-client-15_*.de
     die "cannot download the bundles' offline inputs (the lines above say why)"
   fi
   rm -f "$log"
+fi
+
+# ---- the benchmarks' peers from npm ----
+# graphile-worker for the queue benchmark (tests/benches/queue.rs). Only the
+# benchmark uses it, so a failure here is reported and does not stop the tests.
+if [ "$purpose" = test ]; then
+  gw="$HANGAR_CACHE/npm/graphile-worker"
+  if ! grep -qs "\"version\": \"$GRAPHILE_WORKER_VERSION\"" "$gw/node_modules/graphile-worker/package.json"; then
+    step "installing graphile-worker $GRAPHILE_WORKER_VERSION with npm (the queue benchmark's peer)"
+    mkdir -p "$gw"
+    if ! npm install --prefix "$gw" --no-audit --no-fund --omit=dev --silent "graphile-worker@$GRAPHILE_WORKER_VERSION" >&2; then
+      echo "prepare.sh: could not install graphile-worker; the queue benchmark needs it (cargo bench -p hangar-testkit --bench queue -- --only hangar runs without it)" >&2
+    fi
+  fi
 fi

@@ -43,6 +43,10 @@ questions! {
     Q_DATA_DIR = "data_dir", "Data directory";
     Q_ADMIN_EMAIL = "admin_email", "Administrator e-mail";
     Q_ADMIN_PASSWORD = "admin_password", "Administrator password";
+    Q_DATABASE = "database", "PostgreSQL";
+    Q_DB_URL = "database_url", "External PostgreSQL URL (postgres://role@host:port/database)";
+    Q_DB_PASSWORD = "database_password", "Password of that role";
+    Q_DB_CA_FILE = "database_ca_file", "CA certificate that signs the database server's certificate";
     Q_OBJECT_STORE = "object_store", "Object store";
     Q_S3_ENDPOINT = "s3_endpoint", "External S3 endpoint URL";
     Q_S3_REGION = "s3_region", "External S3 signing region";
@@ -84,6 +88,11 @@ pub trait Prompter {
     fn confirm(&mut self, q: Question, default: bool) -> Result<bool, PromptError>;
     /// One of `items` (`(key, label)`): the answers file gives the key.
     fn select(&mut self, q: Question, items: &[(&str, &str)], default: usize) -> Result<usize, PromptError>;
+    /// A choice most installations leave at its default: offered on a
+    /// terminal, and an answers file may leave it out.
+    fn choose(&mut self, q: Question, items: &[(&str, &str)], default: usize) -> Result<usize, PromptError> {
+        self.select(q, items, default)
+    }
     /// A question most installations leave at its default: asked on a
     /// terminal, and an answers file may leave it out.
     fn optional(&mut self, q: Question, default: &str, check: Check<'_>) -> Result<String, PromptError> {
@@ -106,7 +115,8 @@ pub struct Ports {
 }
 
 impl Ports {
-    /// Every port with what it is for.
+    /// Every port with what it is for (0: none here, such as an external
+    /// database's or Garage's beside MinIO).
     pub fn all(&self, bundled_objects: bool) -> Vec<(&'static str, u16)> {
         let mut v = vec![("server", self.server), ("broker", self.broker), ("database", self.database)];
         if bundled_objects {
@@ -117,6 +127,7 @@ impl Ports {
                 ("garage admin", self.garage_admin),
             ]);
         }
+        v.retain(|(_, port)| *port != 0);
         v
     }
 }
@@ -133,10 +144,55 @@ pub struct ExternalS3 {
     pub danger_plain_http: bool,
 }
 
+/// A PostgreSQL server the operator already runs, reached over TLS verified
+/// against `ca_file` with the host name of the URL.
+#[derive(Debug, Clone)]
+pub struct ExternalDb {
+    pub host: String,
+    pub port: u16,
+    pub name: String,
+    pub user: String,
+    pub password: SecretString,
+    pub ca_file: PathBuf,
+}
+
+impl ExternalDb {
+    /// `role@host:port/database`, for messages and the state file (no secret in it).
+    pub fn target(&self) -> String {
+        let host = if self.host.contains(':') { format!("[{}]", self.host) } else { self.host.clone() };
+        format!("{}@{host}:{}/{}", self.user, self.port, self.name)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub enum DatabaseChoice {
+    /// The PostgreSQL the bundle carries, provisioned and supervised here.
+    Bundled,
+    External(ExternalDb),
+}
+
+/// The object store server a bundle carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BundledEngine {
+    /// Behind the appliance's own TLS front (`hangar tls-proxy`).
+    Garage,
+    /// Serving TLS itself from the appliance CA's certificate.
+    Minio,
+}
+
+impl BundledEngine {
+    pub fn name(self) -> &'static str {
+        match self {
+            BundledEngine::Garage => "garage",
+            BundledEngine::Minio => "minio",
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub enum ObjectStoreChoice {
-    /// The object store the bundle carries (Garage here, MinIO when bundled).
-    Bundled,
+    /// The object store the bundle carries.
+    Bundled(BundledEngine),
     External(ExternalS3),
 }
 
@@ -161,6 +217,7 @@ pub struct Answers {
     pub data_dir: PathBuf,
     pub admin_email: String,
     pub admin_password: SecretString,
+    pub database: DatabaseChoice,
     pub objects: ObjectStoreChoice,
     pub tls: Option<ProvidedTls>,
     pub backups: crate::installed::BackupSettings,
@@ -168,7 +225,11 @@ pub struct Answers {
 
 impl Answers {
     pub fn bundled_objects(&self) -> bool {
-        matches!(self.objects, ObjectStoreChoice::Bundled)
+        matches!(self.objects, ObjectStoreChoice::Bundled(_))
+    }
+
+    pub fn bundled_database(&self) -> bool {
+        matches!(self.database, DatabaseChoice::Bundled)
     }
 
     /// The console's URL.
@@ -189,8 +250,12 @@ impl Answers {
     /// The summary shown before confirming (no secret in it).
     pub fn summary(&self) -> String {
         let objects = match &self.objects {
-            ObjectStoreChoice::Bundled => "bundled".to_string(),
+            ObjectStoreChoice::Bundled(e) => format!("bundled ({})", e.name()),
             ObjectStoreChoice::External(s) => format!("external {} bucket {}", s.endpoint, s.bucket),
+        };
+        let database = match &self.database {
+            DatabaseChoice::Bundled => format!("bundled, port {}", self.ports.database),
+            DatabaseChoice::External(d) => format!("external {} (CA {})", d.target(), d.ca_file.display()),
         };
         let tls = match &self.tls {
             None => "generated by the appliance CA".to_string(),
@@ -202,14 +267,13 @@ impl Answers {
             None => format!("none scheduled, the newest {} kept", self.backups.retention),
         };
         format!(
-            "  bundle          {}\n  host name       {}\n  addresses       {}\n  listen on       {}\n  ports           server {}, broker {}, database {}, object store {}\n  data directory  {}\n  administrator   {}\n  object store    {objects}\n  console TLS     {tls}\n  backups         {backups}\n",
+            "  bundle          {}\n  host name       {}\n  addresses       {}\n  listen on       {}\n  ports           server {}, broker {}, object store {}\n  data directory  {}\n  administrator   {}\n  database        {database}\n  object store    {objects}\n  console TLS     {tls}\n  backups         {backups}\n",
             self.bundle.display(),
             self.hostname,
             addrs.join(", "),
             self.listen,
             self.ports.server,
             self.ports.broker,
-            self.ports.database,
             self.ports.objects,
             self.data_dir.display(),
             self.admin_email,
@@ -274,6 +338,41 @@ pub fn check_email(s: &str) -> Result<(), String> {
     if ok { Ok(()) } else { Err(format!("{s:?} is not an e-mail address")) }
 }
 
+/// The parts of an external PostgreSQL URL: host, port, role, database.
+/// The password is its own answer (kept out of the URL, which is shown).
+pub fn parse_database_url(s: &str) -> Result<(String, u16, String, String), String> {
+    let url = url::Url::parse(s).map_err(|e| format!("not a postgres:// URL ({e})"))?;
+    if !matches!(url.scheme(), "postgres" | "postgresql") {
+        return Err(format!("the scheme is {:?}; give postgres://role@host:port/database", url.scheme()));
+    }
+    // Named before anything that echoes the URL: the error must not show it.
+    if url.password().is_some() {
+        return Err("the URL holds a password: give it as `database_password`, not in the URL".into());
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err(format!(
+            "{s:?} has parameters; give none (TLS is always on, verified against the CA of `database_ca_file` and the URL's host name)"
+        ));
+    }
+    let decode = |part: &str| url::form_urlencoded::parse(format!("x={part}").as_bytes()).next().map(|(_, v)| v.into_owned()).unwrap_or_default();
+    let user = decode(url.username());
+    if user.is_empty() {
+        return Err(format!("{s:?} names no role; give postgres://role@host:port/database"));
+    }
+    let host = match url.host() {
+        Some(url::Host::Domain(d)) if !d.is_empty() => d.to_string(),
+        Some(url::Host::Ipv4(a)) => a.to_string(),
+        Some(url::Host::Ipv6(a)) => a.to_string(),
+        _ => return Err(format!("{s:?} names no host")),
+    };
+    let path = url.path().trim_start_matches('/');
+    if path.is_empty() || path.contains('/') {
+        return Err(format!("{s:?} must name one database after the host: postgres://role@host:port/database"));
+    }
+    let name = decode(path);
+    Ok((host, url.port().unwrap_or(5432), user, name))
+}
+
 /// What the questions need from the rest of the installer.
 pub struct Context<'a> {
     /// The system's host name, offered as the default.
@@ -281,10 +380,16 @@ pub struct Context<'a> {
     /// Ports held by this installation already (their processes may run): not
     /// checked for being free.
     pub own_ports: Vec<u16>,
+    /// Whether an external PostgreSQL may be chosen (not for a restore, which
+    /// brings back a dump of the bundled one).
+    pub external_database: bool,
     /// The bundle's object store engine (`garage`, `minio`), when the bundle was opened.
     pub bundled_engine: &'a dyn Fn() -> Option<String>,
     /// Opens and checks the bundle named in answer to [`Q_BUNDLE`].
     pub check_bundle: &'a mut dyn FnMut(&Path, &mut dyn Prompter) -> Result<(), InstallError>,
+    /// Connects to an external PostgreSQL as the appliance will (TLS verified
+    /// against the given CA) and checks what the migrations need.
+    pub check_database: &'a dyn Fn(&ExternalDb) -> Result<(), String>,
     /// Verifies external S3 credentials with a real signed request.
     pub check_s3: &'a dyn Fn(&ExternalS3) -> Result<(), String>,
     /// Validates a provided certificate for the host name.
@@ -337,6 +442,16 @@ pub fn ask(p: &mut dyn Prompter, ctx: &mut Context<'_>) -> Result<Answers, Insta
         None => 1,
     };
     let bundled = store == 0;
+    let databases = [("bundled", "the bundled one, on this host"), ("external", "an external PostgreSQL server")];
+    let bundled_db = if ctx.external_database {
+        p.choose(Q_DATABASE, &databases, 0).map_err(err)? == 0
+    } else {
+        // Not offered on a terminal; an answers file that asks for it is refused.
+        if !p.interactive() && p.choose(Q_DATABASE, &databases, 0).map_err(err)? != 0 {
+            return Err(invalid(Q_DATABASE, "a restore brings back a dump of the bundled PostgreSQL: answer \"bundled\"".into()));
+        }
+        true
+    };
     let mut taken: Vec<u16> = Vec::new();
     let port = |p: &mut dyn Prompter, q: Question, default: u16, taken: &mut Vec<u16>| -> Result<u16, InstallError> {
         let own = ctx.own_ports.clone();
@@ -358,8 +473,11 @@ pub fn ask(p: &mut dyn Prompter, ctx: &mut Context<'_>) -> Result<Answers, Insta
     };
     let server = port(p, Q_SERVER_PORT, 1983, &mut taken)?;
     let broker = port(p, Q_BROKER_PORT, 1984, &mut taken)?;
-    let database = port(p, Q_DATABASE_PORT, 5432, &mut taken)?;
-    let (objects, garage_s3, garage_rpc, garage_admin) = if bundled {
+    let database = if bundled_db { port(p, Q_DATABASE_PORT, 5432, &mut taken)? } else { 0 };
+    let engine = if bundled_engine.as_deref() == Some("minio") { BundledEngine::Minio } else { BundledEngine::Garage };
+    let (objects, garage_s3, garage_rpc, garage_admin) = if bundled && engine == BundledEngine::Minio {
+        (port(p, Q_OBJECTS_PORT, 9000, &mut taken)?, 0, 0, 0)
+    } else if bundled {
         (
             port(p, Q_OBJECTS_PORT, 9000, &mut taken)?,
             port(p, Q_GARAGE_S3_PORT, 3900, &mut taken)?,
@@ -375,8 +493,9 @@ pub fn ask(p: &mut dyn Prompter, ctx: &mut Context<'_>) -> Result<Answers, Insta
     let admin_password = p
         .password(Q_ADMIN_PASSWORD, &move |pw| hangar_crypto::check_password_strength(pw, &email).map_err(|e| e.to_string()))
         .map_err(err)?;
+    let database_choice = if bundled_db { DatabaseChoice::Bundled } else { ask_external_database(p, ctx)? };
     let objects_choice = if bundled {
-        ObjectStoreChoice::Bundled
+        ObjectStoreChoice::Bundled(engine)
     } else {
         loop {
             let s3 = ExternalS3 {
@@ -434,17 +553,25 @@ pub fn ask(p: &mut dyn Prompter, ctx: &mut Context<'_>) -> Result<Answers, Insta
             Err(problem) => return Err(InstallError::ProvidedTls { path: provided.cert_file, problem }),
         }
     };
-    let schedule = p
-        .optional(Q_BACKUP_SCHEDULE, crate::installed::DEFAULT_SCHEDULE, &|s| {
+    // Scheduled backups dump the bundled PostgreSQL; an external one is
+    // backed up by its operator's own means.
+    let schedule = if !bundled_db {
+        "off".to_string()
+    } else {
+        p.optional(Q_BACKUP_SCHEDULE, crate::installed::DEFAULT_SCHEDULE, &|s| {
             if s.trim() == "off" { Ok(()) } else { crate::installed::check_schedule(s.trim()).map(|_| ()) }
         })
-        .map_err(err)?;
-    let retention = p
-        .optional(Q_BACKUP_RETENTION, &crate::installed::DEFAULT_RETENTION.to_string(), &|s| match s.trim().parse::<u32>() {
+        .map_err(err)?
+    };
+    let retention = if !bundled_db {
+        crate::installed::DEFAULT_RETENTION.to_string()
+    } else {
+        p.optional(Q_BACKUP_RETENTION, &crate::installed::DEFAULT_RETENTION.to_string(), &|s| match s.trim().parse::<u32>() {
             Ok(n) if (1..=1000).contains(&n) => Ok(()),
             _ => Err(format!("{s:?} is not a number of backups (1-1000)")),
         })
-        .map_err(err)?;
+        .map_err(err)?
+    };
     let backups = crate::installed::BackupSettings {
         schedule: Some(schedule.trim().to_string()).filter(|s| s != "off"),
         retention: retention.trim().parse().map_err(|_| invalid(Q_BACKUP_RETENTION, "not a number".into()))?,
@@ -459,6 +586,7 @@ pub fn ask(p: &mut dyn Prompter, ctx: &mut Context<'_>) -> Result<Answers, Insta
         data_dir,
         admin_email,
         admin_password,
+        database: database_choice,
         objects: objects_choice,
         tls,
         backups,
@@ -468,4 +596,76 @@ pub fn ask(p: &mut dyn Prompter, ctx: &mut Context<'_>) -> Result<Answers, Insta
         return Err(InstallError::Aborted("not confirmed; nothing was changed".into()));
     }
     Ok(answers)
+}
+
+/// The external PostgreSQL: its URL, the role's password and the CA, then a
+/// real connection before anything on the host changes.
+fn ask_external_database(p: &mut dyn Prompter, ctx: &Context<'_>) -> Result<DatabaseChoice, InstallError> {
+    loop {
+        let url = p.input(Q_DB_URL, None, &|s| parse_database_url(s).map(|_| ())).map_err(err)?;
+        let (host, port, user, name) = parse_database_url(&url).map_err(|problem| invalid(Q_DB_URL, problem))?;
+        let password = p.password(Q_DB_PASSWORD, &|s| if s.is_empty() { Err("must not be empty".into()) } else { Ok(()) }).map_err(err)?;
+        let ca_file = PathBuf::from(
+            p.input(Q_DB_CA_FILE, None, &|s| if Path::new(s).is_file() { Ok(()) } else { Err(format!("{s} is not a file")) })
+                .map_err(err)?,
+        );
+        let db = ExternalDb { host, port, name, user, password, ca_file };
+        p.say(&format!("connecting to {} over TLS...", db.target()));
+        match (ctx.check_database)(&db) {
+            Ok(()) => return Ok(DatabaseChoice::External(db)),
+            Err(problem) if p.interactive() => p.say(&format!("refused: {problem}")),
+            Err(problem) => return Err(InstallError::Database { target: db.target(), problem }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parts(host: &str, port: u16, user: &str, name: &str) -> (String, u16, String, String) {
+        (host.into(), port, user.into(), name.into())
+    }
+
+    #[test]
+    fn database_urls_give_host_port_role_and_database() {
+        assert_eq!(parse_database_url("postgres://hangar@db.example/hangar").unwrap(), parts("db.example", 5432, "hangar", "hangar"));
+        assert_eq!(parse_database_url("postgresql://app@10.0.0.5:6432/prod").unwrap(), parts("10.0.0.5", 6432, "app", "prod"));
+        assert_eq!(parse_database_url("postgres://app@[::1]:5433/prod").unwrap(), parts("::1", 5433, "app", "prod"));
+        assert_eq!(parse_database_url("postgres://hangar%40corp@db.example/my%20db").unwrap(), parts("db.example", 5432, "hangar@corp", "my db"));
+    }
+
+    #[test]
+    fn malformed_database_urls_are_refused_without_echoing_a_password() {
+        for (url, expected) in [
+            ("db.example:5432/hangar", "the scheme is \"db.example\""),
+            ("hangar@db.example/hangar", "not a postgres:// URL"),
+            ("https://hangar@db.example/hangar", "the scheme is \"https\""),
+            ("postgres://db.example/hangar", "names no role"),
+            ("postgres://hangar@/hangar", "not a postgres:// URL"),
+            ("postgres://hangar@db.example", "must name one database"),
+            ("postgres://hangar@db.example/a/b", "must name one database"),
+            ("postgres://hangar@db.example/hangar?sslmode=require", "has parameters"),
+            ("postgres://hangar@db.example:99999/hangar", "not a postgres:// URL"),
+        ] {
+            let problem = parse_database_url(url).unwrap_err();
+            assert!(problem.contains(expected), "{url}: {problem}");
+        }
+        let problem = parse_database_url("postgres://hangar:s3cret-value@db.example/hangar").unwrap_err();
+        assert!(problem.contains("give it as `database_password`") && !problem.contains("s3cret-value"), "{problem}");
+    }
+
+    #[test]
+    fn an_external_target_names_role_host_port_and_database() {
+        let db = ExternalDb {
+            host: "::1".into(),
+            port: 5433,
+            name: "prod".into(),
+            user: "app".into(),
+            password: SecretString::new("x".to_string()),
+            ca_file: "/ca.pem".into(),
+        };
+        assert_eq!(db.target(), "app@[::1]:5433/prod");
+        assert!(!format!("{db:?}").contains("\"x\""), "{db:?}");
+    }
 }

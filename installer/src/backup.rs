@@ -93,6 +93,7 @@ pub struct ObjectRefs {
 /// oldest beyond the retention count, never one named in `protect`. The
 /// caller holds the installation's lock.
 pub fn create(inst: &Installation, reason: &str, tag: &str, protect: &[String]) -> Result<BackupManifest, InstallError> {
+    inst.require_bundled_database("a backup")?;
     let cluster = inst.cluster()?;
     let svc = cluster.owner().or(inst.owner()?);
     let root = inst.backups_dir();

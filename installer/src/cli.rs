@@ -249,6 +249,7 @@ fn run_install(host: &Host, args: InstallArgs) -> Result<(), Failure> {
         trust_dirs: args.trust.clone(),
         health_timeout: Duration::from_secs(args.health_timeout),
         danger_replace_release: args.danger_replace_release,
+        external_database: true,
     };
     let terminal = std::io::stdin().is_terminal() && std::io::stderr().is_terminal();
     let result = match &args.answers {

@@ -53,6 +53,8 @@ pub enum InstallError {
     },
     #[error("TLS certificate {path}: {problem}")]
     ProvidedTls { path: PathBuf, problem: String },
+    #[error("database {target}: {problem}")]
+    Database { target: String, problem: String },
     #[error("object store {endpoint}: {problem}")]
     Objects { endpoint: String, problem: String },
     #[error("the configuration the installer wrote is invalid")]

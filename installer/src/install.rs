@@ -14,10 +14,10 @@ use std::time::{Duration, Instant};
 use hangar_bundle::{Bundle, ExtractOptions, TrustStore};
 use hangar_certs::{CaOptions, CertStore, LeafRequest};
 
-use crate::answers::{self, Answers, Context, ExternalS3, ObjectStoreChoice, Prompter, ProvidedTls, Q_DOWNGRADE, Q_EXISTING};
+use crate::answers::{self, Answers, BundledEngine, Context, DatabaseChoice, ExternalDb, ExternalS3, ObjectStoreChoice, Prompter, ProvidedTls, Q_DOWNGRADE, Q_EXISTING};
 use crate::error::InstallError;
 use crate::host::{self, Host, Layout, chown, ensure_dir, run, run_with_input, user_ids, write_atomic, write_if_changed};
-use crate::render::{self, DB_NAME, DB_PASSWORD, DB_ROLE, GARAGE_RPC_SECRET, MASTER_KEY, OBJECTS_ACCESS_KEY, OBJECTS_SECRET_KEY};
+use crate::render::{self, DB_CA, DB_NAME, DB_PASSWORD, DB_ROLE, GARAGE_RPC_SECRET, MASTER_KEY, OBJECTS_ACCESS_KEY, OBJECTS_SECRET_KEY};
 use crate::report::Reporter;
 use crate::state::InstallState;
 use crate::{health, services, tls};
@@ -35,6 +35,9 @@ pub struct InstallOptions {
     /// development builds, which rebuild one version again and again.
     /// Otherwise refused: a replayed old bundle would swap the binaries.
     pub danger_replace_release: bool,
+    /// Whether the database may be an external PostgreSQL (not during a
+    /// restore onto a fresh host).
+    pub external_database: bool,
 }
 
 /// What the operator is told at the end.
@@ -144,22 +147,17 @@ pub fn install(host: &Host, prompter: &mut dyn Prompter, reporter: &dyn Reporter
         *opened.borrow_mut() = Some(Opened { bundle, allow_downgrade });
         Ok(())
     };
-    let engine = || {
-        opened.borrow().as_ref().and_then(|o| {
-            let paths: Vec<&str> = o.bundle.manifest().entries.iter().map(|e| e.path()).collect();
-            ["minio", "garage"]
-                .into_iter()
-                .find(|e| paths.iter().any(|p| *p == format!("embedded/{e}/{e}")))
-                .map(str::to_owned)
-        })
-    };
+    let engine = || opened.borrow().as_ref().and_then(|o| bundled_engine(&o.bundle)).map(|e| e.name().to_owned());
     let check_s3 = |s3: &ExternalS3| check_external_s3(s3);
+    let check_database = |db: &ExternalDb| check_external_database(db);
     let check_tls = |t: &ProvidedTls, hostname: &str| tls::validate_provided(t, hostname);
     let mut ctx = Context {
         default_hostname: crate::preflight::system_hostname(),
         own_ports: previous.as_ref().map(|p| p.ports.all(p.bundled_objects).into_iter().map(|(_, n)| n).collect()).unwrap_or_default(),
+        external_database: opts.external_database,
         bundled_engine: &engine,
         check_bundle: &mut check_bundle,
+        check_database: &check_database,
         check_s3: &check_s3,
         check_tls: &check_tls,
     };
@@ -167,9 +165,6 @@ pub fn install(host: &Host, prompter: &mut dyn Prompter, reporter: &dyn Reporter
     drop(ctx);
     let Opened { bundle, allow_downgrade } = opened.into_inner().ok_or_else(|| InstallError::Aborted("no bundle was chosen".into()))?;
     answers.allow_downgrade = allow_downgrade;
-    if bundled_engine_is_minio(&bundle) && answers.bundled_objects() {
-        return Err(InstallError::Aborted("this installer drives Garage as the bundled object store; the bundle carries MinIO".into()));
-    }
 
     // From here on the host changes. Ctrl-C stops at the next step boundary.
     crate::signals::catch_interrupt(host);
@@ -181,6 +176,7 @@ pub fn install(host: &Host, prompter: &mut dyn Prompter, reporter: &dyn Reporter
             listen: answers.listen,
             ports: answers.ports,
             bundled_objects: answers.bundled_objects(),
+            external_database: external_target(&answers),
             systemd: host.systemd,
             admin_email: answers.admin_email.clone(),
             ready_at: None,
@@ -195,6 +191,7 @@ pub fn install(host: &Host, prompter: &mut dyn Prompter, reporter: &dyn Reporter
             listen: answers.listen,
             ports: answers.ports,
             bundled_objects: answers.bundled_objects(),
+            external_database: external_target(&answers),
             systemd: host.systemd,
             admin_email: answers.admin_email.clone(),
             completed: Vec::new(),
@@ -288,9 +285,19 @@ fn check_not_a_replay(l: &Layout, bundle: &Bundle) -> Result<(), InstallError> {
     Ok(())
 }
 
-fn bundled_engine_is_minio(bundle: &Bundle) -> bool {
-    bundle.manifest().entries.iter().any(|e| e.path() == "embedded/minio/minio")
-        && !bundle.manifest().entries.iter().any(|e| e.path() == "embedded/garage/garage")
+/// The object store server a bundle carries (`embedded/<engine>/<engine>`);
+/// MinIO when it carries both.
+pub fn bundled_engine(bundle: &Bundle) -> Option<BundledEngine> {
+    let has = |e: &str| bundle.manifest().entries.iter().any(|x| x.path() == format!("embedded/{e}/{e}"));
+    [BundledEngine::Minio, BundledEngine::Garage].into_iter().find(|e| has(e.name()))
+}
+
+/// The external database's `role@host:port/database`, for the state file.
+fn external_target(answers: &Answers) -> Option<String> {
+    match &answers.database {
+        DatabaseChoice::Bundled => None,
+        DatabaseChoice::External(d) => Some(d.target()),
+    }
 }
 
 fn describe(step: &str) -> &'static str {
@@ -307,6 +314,48 @@ fn describe(step: &str) -> &'static str {
         "health" => "waiting for every service to be ready",
         _ => "",
     }
+}
+
+/// Connects to an external PostgreSQL as the appliance's processes will
+/// (TLS, the server's certificate verified against the given CA and the URL's
+/// host name, password authentication), then checks that the role may create
+/// the schema's tables there, so that the migrations do not fail half-way.
+pub fn check_external_database(db: &ExternalDb) -> Result<(), String> {
+    use diesel::sql_types::Bool;
+    use diesel_async::RunQueryDsl;
+    #[derive(diesel::QueryableByName)]
+    struct Allowed {
+        #[diesel(sql_type = Bool)]
+        allowed: bool,
+    }
+    let ca = fs::read(&db.ca_file).map_err(|e| format!("cannot read the CA certificate {}: {e}", db.ca_file.display()))?;
+    let settings = hangar_db::Database::new(
+        &db.host,
+        db.port,
+        &db.name,
+        &db.user,
+        hangar_db::Password::new(db.password.expose()),
+        &ca,
+        "hangar-install",
+    )
+    .map_err(|e| format!("the CA certificate {}: {}", db.ca_file.display(), hangar_types::error_chain(&e)))?;
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
+    rt.block_on(async {
+        let mut conn = settings.connect().await.map_err(|e| match e {
+            // The target is in the message already.
+            hangar_db::DbError::Connect { source, .. } => source.to_string(),
+            other => hangar_types::error_chain(&other),
+        })?;
+        let rows: Vec<Allowed> = diesel::sql_query("SELECT has_schema_privilege(current_user, 'public', 'CREATE') AS allowed")
+            .load(&mut conn)
+            .await
+            .map_err(|e| format!("cannot query: {e}"))?;
+        if rows.iter().any(|r| r.allowed) {
+            Ok(())
+        } else {
+            Err(format!("role {} may not create tables in the schema public of database {} (grant it CREATE, or make it the owner)", db.user, db.name))
+        }
+    })
 }
 
 /// A real signed request to an external S3 endpoint with the given credentials.
@@ -498,10 +547,14 @@ impl Provision<'_> {
         if !lock.exists() {
             write_atomic(&lock, b"", 0o644, None)?;
         }
-        if self.answers.bundled_objects() {
-            ensure_dir(&l.objects, 0o700, svc)?;
-            ensure_dir(&l.objects.join("meta"), 0o700, svc)?;
-            ensure_dir(&l.objects.join("data"), 0o700, svc)?;
+        match self.answers.objects {
+            ObjectStoreChoice::Bundled(BundledEngine::Garage) => {
+                ensure_dir(&l.objects, 0o700, svc)?;
+                ensure_dir(&l.objects.join("meta"), 0o700, svc)?;
+                ensure_dir(&l.objects.join("data"), 0o700, svc)?;
+            }
+            ObjectStoreChoice::Bundled(BundledEngine::Minio) => ensure_dir(&crate::minio::data_dir(l), 0o700, svc)?,
+            ObjectStoreChoice::External(_) => {}
         }
         Ok(format!(
             "{}, {}, {}; tools area {} ({} file(s) copied from the release, {} in place)",
@@ -529,7 +582,10 @@ impl Provision<'_> {
         let mut seen = std::collections::BTreeSet::new();
         names.retain(|n| seen.insert(n.clone()));
         let refs: Vec<&str> = names.iter().map(String::as_str).collect();
-        let mut leaves = vec![("broker", refs.clone()), ("db", vec!["localhost", "127.0.0.1"]), ("objects", refs.clone())];
+        let mut leaves = vec![("broker", refs.clone()), ("objects", refs.clone())];
+        if self.answers.bundled_database() {
+            leaves.push(("db", vec!["localhost", "127.0.0.1"]));
+        }
         if self.answers.tls.is_none() {
             leaves.push(("server", refs.clone()));
         }
@@ -542,6 +598,11 @@ impl Provision<'_> {
                 issued.push(*name);
             }
             chown(&store.key_path(name), svc)?;
+        }
+        if matches!(self.answers.objects, ObjectStoreChoice::Bundled(BundledEngine::Minio))
+            && crate::minio::prepare_certs(l, svc)?
+        {
+            issued.push("minio (certs dir)");
         }
         // The server signs the certificates of joining workers.
         chown(&l.pki.join("ca.key"), svc)?;
@@ -564,6 +625,9 @@ impl Provision<'_> {
         let l = self.layout;
         let svc = self.owner();
         let mut made = Vec::new();
+        // The operator's credentials or CA for an external engine, changed
+        // since the last run: the services read them at start, so they restart.
+        let mut changed = false;
         let mut ensure = |name: &str, make: &dyn Fn() -> Vec<u8>| -> Result<(), InstallError> {
             let path = l.secret(name);
             if !path.exists() {
@@ -575,7 +639,15 @@ impl Provision<'_> {
             }
             Ok(())
         };
-        ensure(DB_PASSWORD, &|| random_hex(24).into_bytes())?;
+        match &self.answers.database {
+            DatabaseChoice::Bundled => ensure(DB_PASSWORD, &|| random_hex(24).into_bytes())?,
+            DatabaseChoice::External(d) => {
+                // The operator's role and CA: what they answered now is what counts.
+                changed |= write_if_changed(&l.secret(DB_PASSWORD), d.password.expose().as_bytes(), 0o600, svc)?;
+                let pem = fs::read(&d.ca_file).map_err(InstallError::io("read", &d.ca_file))?;
+                changed |= write_if_changed(&l.pki.join(DB_CA), &pem, 0o644, None)?;
+            }
+        }
         ensure(MASTER_KEY, &|| {
             // The master key's own format, written by its own code to a
             // temporary file, so that the atomic write above stays the only one.
@@ -585,27 +657,40 @@ impl Provision<'_> {
             fs::read(&p).expect("read the master key back")
         })?;
         match &self.answers.objects {
-            ObjectStoreChoice::Bundled => {
+            ObjectStoreChoice::Bundled(engine) => {
+                // Garage's key id format; MinIO takes it as its root user.
                 ensure(OBJECTS_ACCESS_KEY, &|| format!("GK{}", random_hex(12)).into_bytes())?;
                 ensure(OBJECTS_SECRET_KEY, &|| random_hex(32).into_bytes())?;
-                ensure(GARAGE_RPC_SECRET, &|| random_hex(32).into_bytes())?;
+                if *engine == BundledEngine::Garage {
+                    ensure(GARAGE_RPC_SECRET, &|| random_hex(32).into_bytes())?;
+                }
             }
             ObjectStoreChoice::External(x) => {
                 // The operator's credentials: what they answered now is what counts.
-                write_if_changed(&l.secret(OBJECTS_ACCESS_KEY), x.access_key.expose().as_bytes(), 0o600, svc)?;
-                write_if_changed(&l.secret(OBJECTS_SECRET_KEY), x.secret_key.expose().as_bytes(), 0o600, svc)?;
+                changed |= write_if_changed(&l.secret(OBJECTS_ACCESS_KEY), x.access_key.expose().as_bytes(), 0o600, svc)?;
+                changed |= write_if_changed(&l.secret(OBJECTS_SECRET_KEY), x.secret_key.expose().as_bytes(), 0o600, svc)?;
                 if let Some(ca) = &x.ca_file {
                     let pem = fs::read(ca).map_err(InstallError::io("read", ca))?;
-                    write_if_changed(&l.pki.join("objects-ca.crt"), &pem, 0o644, None)?;
+                    changed |= write_if_changed(&l.pki.join("objects-ca.crt"), &pem, 0o644, None)?;
                 }
             }
         }
-        Ok(if made.is_empty() { "every secret in place (kept)".into() } else { format!("created {}", made.join(", ")) })
+        self.config_changed |= changed;
+        let mut detail = if made.is_empty() { "every secret in place (kept)".to_string() } else { format!("created {}", made.join(", ")) };
+        if changed {
+            detail += "; an external engine's credentials or CA changed";
+        }
+        Ok(detail)
     }
 
     fn object_store(&mut self) -> Result<String, InstallError> {
         match &self.answers.objects {
-            ObjectStoreChoice::Bundled => {
+            ObjectStoreChoice::Bundled(BundledEngine::Minio) => Ok(format!(
+                "MinIO on {} with TLS from {}",
+                crate::minio::address(self.answers),
+                crate::minio::certs_dir(self.layout).display()
+            )),
+            ObjectStoreChoice::Bundled(BundledEngine::Garage) => {
                 let text = render::garage_toml(self.answers, self.layout);
                 let changed = write_if_changed(&self.layout.garage_config, text.as_bytes(), 0o644, None)?;
                 self.config_changed |= changed;
@@ -645,6 +730,11 @@ impl Provision<'_> {
     }
 
     fn database(&mut self) -> Result<String, InstallError> {
+        if let DatabaseChoice::External(d) = &self.answers.database {
+            // Not ours to provision: the schema and the administrator only.
+            let done = self.schema_and_administrator()?;
+            return Ok(format!("external {}: {}", d.target(), done.join("; ")));
+        }
         let l = self.layout;
         let svc = self.owner();
         let mut done = Vec::new();
@@ -746,6 +836,15 @@ impl Provision<'_> {
             "(create the role and the database)",
             Some(sql.as_bytes()),
         )?;
+        let mut done = vec!["role and database in place"];
+        done.extend(self.schema_and_administrator()?);
+        Ok(done)
+    }
+
+    /// `hangar migrate` and the administrator, through the configuration
+    /// written already (the bundled database or the external one).
+    fn schema_and_administrator(&self) -> Result<Vec<&'static str>, InstallError> {
+        let l = self.layout;
         let hangar = |args: &[&str]| {
             let mut cmd = Command::new(l.bin("hangar"));
             cmd.env_clear().env("PATH", "/usr/bin:/bin").arg("--config").arg(&l.config).args(args);
@@ -754,11 +853,17 @@ impl Provision<'_> {
         run(&mut hangar(&["migrate"]), "migrate")?;
         let mut create = hangar(&["admin", "create-user", "--email", &self.answers.admin_email, "--role", "admin", "--name", "Administrator", "--password-stdin", "--update"]);
         run_with_input(&mut create, "admin create-user", Some(self.answers.admin_password.expose().as_bytes()))?;
-        Ok(vec!["role and database in place", "schema migrated", "administrator set"])
+        Ok(vec!["schema migrated", "administrator set"])
     }
 
     fn supervisor(&mut self) -> Result<String, InstallError> {
-        services::start(self.host, self.layout, self.config_changed)
+        let started = services::start(self.host, self.layout, self.config_changed)?;
+        if matches!(self.answers.objects, ObjectStoreChoice::Bundled(BundledEngine::Minio)) {
+            // MinIO starts with no bucket: made here, once it answers.
+            let bucket = crate::minio::ensure_bucket(self.answers, self.layout, Duration::from_secs(120))?;
+            return Ok(format!("{started}; {bucket}"));
+        }
+        Ok(started)
     }
 }
 

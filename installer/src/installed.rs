@@ -46,6 +46,19 @@ impl Installation {
         Ok(inst)
     }
 
+    /// Refuses `what` (a backup, a restore, an upgrade) on an installation
+    /// whose database is external: these drive the bundled PostgreSQL's own
+    /// tools, and an external server is backed up by its operator.
+    pub fn require_bundled_database(&self, what: &str) -> Result<(), InstallError> {
+        match &self.state.external_database {
+            None => Ok(()),
+            Some(target) => Err(InstallError::Aborted(format!(
+                "{what} works on the bundled PostgreSQL only; this installation's database is external ({target}): \
+                 back it up and restore it with that server's own tools"
+            ))),
+        }
+    }
+
     pub fn cluster(&self) -> Result<Cluster, InstallError> {
         Cluster::new(&self.layout, self.state.ports.database, &self.state.service_user)
     }

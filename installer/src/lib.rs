@@ -13,6 +13,7 @@ pub mod host;
 pub mod install;
 pub mod installed;
 pub mod lifecycle;
+pub mod minio;
 pub mod pgtool;
 pub mod preflight;
 pub mod prompt;

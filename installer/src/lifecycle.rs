@@ -103,7 +103,12 @@ pub fn restore(host: &Host, prompter: Option<&mut dyn Prompter>, reporter: &dyn 
             host,
             prompter,
             reporter,
-            &InstallOptions { trust_dirs: opts.trust_dirs.clone(), health_timeout: opts.health_timeout, danger_replace_release: false },
+            &InstallOptions {
+                trust_dirs: opts.trust_dirs.clone(),
+                health_timeout: opts.health_timeout,
+                danger_replace_release: false,
+                external_database: false,
+            },
         )?;
         reporter.info(&format!("Release {} installed; now the backup's data", done.release));
     } else if prompter.is_some() {
@@ -113,6 +118,7 @@ pub fn restore(host: &Host, prompter: Option<&mut dyn Prompter>, reporter: &dyn 
         )));
     }
     let inst = Installation::load(host)?;
+    inst.require_bundled_database("a restore")?;
     let installed: semver::Version = inst.state.release.parse().map_err(|_| InstallError::State { path: inst.layout.state_file.clone(), problem: "release is not a version".into() })?;
     if let Ok(made) = m.release.parse::<semver::Version>()
         && made.cmp_precedence(&installed).is_gt()

@@ -101,6 +101,10 @@ impl Prompter for FilePrompter {
         })
     }
 
+    fn choose(&mut self, q: Question, items: &[(&str, &str)], default: usize) -> Result<usize, PromptError> {
+        if self.table.contains_key(q.key) { self.select(q, items, default) } else { Ok(default) }
+    }
+
     fn optional(&mut self, q: Question, default: &str, check: Check<'_>) -> Result<String, PromptError> {
         let value = match self.table.get(q.key) {
             None => default.to_string(),

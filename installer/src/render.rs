@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use crate::answers::{Answers, ObjectStoreChoice};
+use crate::answers::{Answers, BundledEngine, DatabaseChoice, ObjectStoreChoice};
 use crate::host::Layout;
 
 /// Names of the secret files under `secrets/`.
@@ -15,6 +15,9 @@ pub const OBJECTS_SECRET_KEY: &str = "objects-secret-key";
 pub const GARAGE_RPC_SECRET: &str = "garage-rpc-secret";
 /// Every secret file the installer may create.
 pub const SECRET_FILES: &[&str] = &[DB_PASSWORD, MASTER_KEY, OBJECTS_ACCESS_KEY, OBJECTS_SECRET_KEY, GARAGE_RPC_SECRET];
+
+/// The CA of an external PostgreSQL server, copied under `pki/`.
+pub const DB_CA: &str = "database-ca.crt";
 
 /// The database and its role.
 pub const DB_NAME: &str = "hangar";
@@ -51,10 +54,14 @@ pub fn hangar_toml(answers: &Answers, l: &Layout, service_user: &str) -> String 
     let (server_cert, server_key) = server_cert(answers, l);
     let hangar = l.bin("hangar");
     let config = &l.config;
+    let (db_host, db_port, db_name, db_role, db_ca) = match &answers.database {
+        DatabaseChoice::Bundled => ("127.0.0.1", answers.ports.database, DB_NAME, DB_ROLE, ca.clone()),
+        DatabaseChoice::External(d) => (d.host.as_str(), d.port, d.name.as_str(), d.user.as_str(), l.pki.join(DB_CA)),
+    };
     let mut s = format!(
         "# The appliance configuration, written by hangar-install (run it again to change\n\
          # it). No secrets here: they live in the files under {secrets}.\n\n\
-         [database]\nhost = \"127.0.0.1\"\nport = {db_port}\nname = {db}\nuser = {role}\npassword_file = {pw}\nca_file = {ca}\npool_size = 16\n\n\
+         [database]\nhost = {db_host}\nport = {db_port}\nname = {db}\nuser = {role}\npassword_file = {pw}\nca_file = {db_ca}\npool_size = 16\n\n\
          [server]\nlisten = {server_listen}\npublic_url = {public}\ncert_file = {scert}\nkey_file = {skey}\nca_file = {ca}\n\
          ca_key_file = {cakey}\nbroker_url = {broker_url}\ntools_dir = {tools}\nprovider_mirror_dir = {providers}\n\
          bundles_dir = {bundles}\nbundle_trust_dir = {trust}\n\n\
@@ -62,10 +69,12 @@ pub fn hangar_toml(answers: &Answers, l: &Layout, service_user: &str) -> String 
          [secrets]\nmaster_key_file = {mk}\n\n\
          [broker]\nlisten = {broker_listen}\ncert_file = {bcert}\nkey_file = {bkey}\nca_file = {ca}\n\n",
         secrets = l.secrets.display(),
-        db_port = answers.ports.database,
-        db = q(DB_NAME),
-        role = q(DB_ROLE),
+        db_host = q(db_host),
+        db_port = db_port,
+        db = q(db_name),
+        role = q(db_role),
         pw = qp(&l.secret(DB_PASSWORD)),
+        db_ca = qp(&db_ca),
         ca = qp(&ca),
         server_listen = listen(answers.ports.server),
         public = q(answers.console_url()),
@@ -85,11 +94,15 @@ pub fn hangar_toml(answers: &Answers, l: &Layout, service_user: &str) -> String 
         bkey = qp(&l.pki.join("broker.key")),
     );
     match &answers.objects {
-        ObjectStoreChoice::Bundled => s += &format!(
-            "[objects]\nengine = \"garage\"\nendpoint = {ep}\nregion = {region}\nbucket = {bucket}\n\
+        ObjectStoreChoice::Bundled(engine) => s += &format!(
+            "[objects]\nengine = {engine}\nendpoint = {ep}\nregion = {region}\nbucket = {bucket}\n\
              access_key_file = {ak}\nsecret_key_file = {sk}\nca_file = {ca}\n\n",
+            engine = q(engine.name()),
             ep = q(format!("https://{}:{}", answers.hostname, answers.ports.objects)),
-            region = q(GARAGE_REGION),
+            region = q(match engine {
+                BundledEngine::Garage => GARAGE_REGION,
+                BundledEngine::Minio => crate::minio::REGION,
+            }),
             bucket = q(BUCKET),
             ak = qp(&l.secret(OBJECTS_ACCESS_KEY)),
             sk = qp(&l.secret(OBJECTS_SECRET_KEY)),
@@ -122,16 +135,25 @@ pub fn hangar_toml(answers: &Answers, l: &Layout, service_user: &str) -> String 
         state = qp(&l.supervisor),
         user = q(service_user),
     );
-    s += &format!(
-        "[[supervisor.service]]\nname = \"postgres\"\ncommand = {pg}\nargs = [\"-D\", {data}]\n\
-         env = {{ LD_LIBRARY_PATH = {lib}, LC_ALL = \"C\", TZ = \"UTC\" }}\n\
-         # SIGINT is PostgreSQL's fast shutdown.\nstop_signal = \"INT\"\nstop_timeout_secs = 60\nready = {{ kind = \"postgres\" }}\n\n",
-        pg = qp(&l.pg_bin("postgres")),
-        data = qp(&l.postgres),
-        lib = qp(&l.pg_lib()),
-    );
-    let mut server_deps = vec!["\"postgres\""];
-    if answers.bundled_objects() {
+    if answers.bundled_database() {
+        s += &format!(
+            "[[supervisor.service]]\nname = \"postgres\"\ncommand = {pg}\nargs = [\"-D\", {data}]\n\
+             env = {{ LD_LIBRARY_PATH = {lib}, LC_ALL = \"C\", TZ = \"UTC\" }}\n\
+             # SIGINT is PostgreSQL's fast shutdown.\nstop_signal = \"INT\"\nstop_timeout_secs = 60\nready = {{ kind = \"postgres\" }}\n\n",
+            pg = qp(&l.pg_bin("postgres")),
+            data = qp(&l.postgres),
+            lib = qp(&l.pg_lib()),
+        );
+    }
+    // An external database is not supervised here: nothing waits for it but
+    // the services' own connections.
+    let db_deps: &[&str] = if answers.bundled_database() { &["\"postgres\""] } else { &[] };
+    let mut server_deps = db_deps.to_vec();
+    if matches!(answers.objects, ObjectStoreChoice::Bundled(BundledEngine::Minio)) {
+        s += &crate::minio::service_toml(answers, l, &|v| q(v));
+        server_deps.push("\"minio\"");
+    }
+    if matches!(answers.objects, ObjectStoreChoice::Bundled(BundledEngine::Garage)) {
         // Garage serves no TLS: it listens on loopback, `hangar tls-proxy` is
         // its TLS front. Its keys are read from their files at start, so they
         // never appear in this file.
@@ -162,12 +184,13 @@ pub fn hangar_toml(answers: &Answers, l: &Layout, service_user: &str) -> String 
         "[[supervisor.service]]\nname = \"server\"\ncommand = {hangar}\nargs = [\"--config\", {config}, \"server\"]\n\
          depends_on = [{deps}]\nready = {{ kind = \"https\", url = {ready}, ca_file = {ca} }}\n\n\
          [[supervisor.service]]\nname = \"drain\"\ncommand = {hangar}\nargs = [\"--config\", {config}, \"drain\"]\n\
-         depends_on = [\"postgres\"]\nready = {{ kind = \"heartbeat\", process = \"drain\" }}\n\n\
+         depends_on = [{db_deps}]\nready = {{ kind = \"heartbeat\", process = \"drain\" }}\n\n\
          [[supervisor.service]]\nname = \"scheduler\"\ncommand = {hangar}\nargs = [\"--config\", {config}, \"scheduler\"]\n\
-         depends_on = [\"postgres\"]\nready = {{ kind = \"heartbeat\", process = \"scheduler\" }}\n",
+         depends_on = [{db_deps}]\nready = {{ kind = \"heartbeat\", process = \"scheduler\" }}\n",
         hangar = qp(&hangar),
         config = qp(config),
         deps = server_deps.join(", "),
+        db_deps = db_deps.join(", "),
         ready = q(format!("https://{}/ready", answers.local_addr(answers.ports.server))),
         ca = qp(&ca),
     );

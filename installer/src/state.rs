@@ -26,6 +26,9 @@ pub struct InstallState {
     pub listen: IpAddr,
     pub ports: Ports,
     pub bundled_objects: bool,
+    /// `role@host:port/database` of an external PostgreSQL; none: the bundled one.
+    #[serde(default)]
+    pub external_database: Option<String>,
     pub systemd: bool,
     pub admin_email: String,
     /// Steps completed for `release`, in order.

@@ -77,6 +77,14 @@ pub fn status(host: &Host) -> Result<(String, bool), InstallError> {
         }
     );
     let _ = writeln!(out, "console         https://{}:{}", state.hostname, state.ports.server);
+    let _ = writeln!(
+        out,
+        "database        {}",
+        match &state.external_database {
+            None => format!("bundled PostgreSQL on port {}", state.ports.database),
+            Some(target) => format!("external {target} (backed up by its operator)"),
+        }
+    );
     let running = services::running(host, &l);
     let _ = writeln!(
         out,

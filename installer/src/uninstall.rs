@@ -40,6 +40,10 @@ pub fn uninstall(host: &Host, purge_data: bool) -> Result<Vec<String>, InstallEr
     remove(&l.config, &mut done)?;
     remove(&l.garage_config, &mut done)?;
     remove(&l.logs, &mut done)?;
+    if let Some(target) = &state.external_database {
+        // The operator's server: neither stopped nor emptied here.
+        done.push(format!("left the external database {target} as it is"));
+    }
     if purge_data {
         remove(&l.data, &mut done)?;
         remove(&l.etc, &mut done)?;

@@ -106,6 +106,7 @@ async fn installs_from_a_real_bundle_serves_graphql_and_uninstalls_cleanly() {
     // Status: ready.
     let status = check("status", site.command(&["status"]).output().unwrap());
     assert!(status.contains("READY") && !status.contains("NOT READY"), "{status}");
+    assert!(status.contains(&format!("database        bundled PostgreSQL on port {}", site.ports.database)), "{status}");
     for svc in ["postgres", "garage", "objects-tls", "server", "drain", "scheduler"] {
         assert!(status.lines().any(|l| l.trim_start().starts_with(svc) && l.contains("ready")), "{svc}: {status}");
     }

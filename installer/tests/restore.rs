@@ -11,12 +11,12 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::path::PathBuf;
+use std::process::Command;
 use std::time::Duration;
 
-use common::{ADMIN_EMAIL, Api, Site, both, bundle, check};
-use hangar_testkit::{ChildProcess, GitServer, TestDir, cargo_bin, wait_for};
+use common::{ADMIN_EMAIL, Api, Site, apply, both, bundle, check, join_worker, run_worker};
+use hangar_testkit::{GitServer, TestDir, wait_for};
 use serde_json::{Value, json};
 
 const SECRET: &str = "restored-secret-7f3a9c";
@@ -40,74 +40,6 @@ output "secret_length" {{
 }}
 "#
     )
-}
-
-const SOON: Duration = Duration::from_secs(240);
-
-/// Joins a worker host to `pool` of the appliance `site` (`hangar-worker
-/// join`), tuned for tests; returns its configuration directory.
-async fn join_worker(site: &Site, api: &Api, files: &TestDir, pool: &str) -> PathBuf {
-    let token = api.ok("mutation($p: String!) { createJoinToken(pool: $p) { token } }", json!({ "p": pool })).await["createJoinToken"]["token"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let dir = files.subdir("worker");
-    let out = Command::new(cargo_bin("hangar-worker"))
-        .args(["join", "--server", &api.base, "--token", &token, "--name", "w1", "--config-dir"])
-        .arg(&dir)
-        .arg("--ca")
-        .arg(site.ca())
-        .env("HANGAR_LOG", "warn")
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    check("hangar-worker join", out);
-    let path = dir.join("worker.toml");
-    let toml = std::fs::read_to_string(&path)
-        .unwrap()
-        .replace("/var/lib/hangar-worker/work", &files.subdir("work").display().to_string())
-        .replace("/var/cache/hangar-worker", &files.subdir("cache").display().to_string())
-        .replace("heartbeat_secs = 10\n", "heartbeat_secs = 1\n")
-        .replace("poll_secs = 30\n", "poll_secs = 2\n")
-        .replace("stop_grace_secs = 10\n", "stop_grace_secs = 2\n");
-    std::fs::write(&path, toml).unwrap();
-    dir
-}
-
-fn run_worker(config_dir: &Path, files: &TestDir) -> ChildProcess {
-    let mut cmd = Command::new(cargo_bin("hangar-worker"));
-    cmd.args(["run", "--config-dir"]).arg(config_dir).env("HANGAR_LOG", "info").stdin(Stdio::null());
-    ChildProcess::spawn(cmd, "worker", files.path())
-}
-
-async fn run_state(api: &Api, id: &str) -> Value {
-    api.ok("query($id: ID!) { run(id: $id) { state failureReason } }", json!({ "id": id })).await["run"].clone()
-}
-
-async fn wait_state(api: &Api, id: &str, want: &str, worker: &ChildProcess) {
-    wait_for(&format!("run {id} to be {want}"), SOON, || async {
-        let r = run_state(api, id).await;
-        let state = r["state"].as_str().unwrap_or_default().to_string();
-        assert!(
-            !["FAILED", "DISCARDED", "CANCELED", "STOPPED"].contains(&state.as_str()) || state == want,
-            "run {id} ended {state}: {r}\n{}",
-            worker.output_tail()
-        );
-        (state == want).then_some(())
-    })
-    .await;
-}
-
-/// Triggers a tracked run of `stack` and takes it to FINISHED; returns its id.
-async fn apply(api: &Api, stack: &str, worker: &ChildProcess) -> String {
-    let id = api.ok("mutation($s: String!) { triggerRun(stack: $s) { id } }", json!({ "s": stack })).await["triggerRun"]["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    wait_state(api, &id, "UNCONFIRMED", worker).await;
-    api.ok("mutation($id: ID!) { confirmRun(id: $id) { state } }", json!({ "id": id })).await;
-    wait_state(api, &id, "FINISHED", worker).await;
-    id
 }
 
 async fn state_versions(api: &Api, stack: &str) -> Vec<Value> {
@@ -190,6 +122,20 @@ async fn a_backup_restored_onto_a_fresh_prefix_brings_everything_back_and_terraf
     assert!(!a.path("var/lib/hangar").exists() && !a.path("etc/hangar").exists());
 
     // A fresh prefix: the bucket in place, then the bundle and the backup.
+    // A restore brings back a dump of the bundled PostgreSQL: answers that
+    // ask for an external one are refused before anything is installed.
+    let mut c = Site::new("restore-onto-external", &built);
+    c.set("database", "external");
+    let out = c
+        .command(&["restore", "--from", kept.to_str().unwrap(), "--answers", c.answers.to_str().unwrap(), "--trust", c.trust.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", both(&out));
+    let line = common::error_line(&out);
+    assert!(line.contains("invalid `database`: a restore brings back a dump of the bundled PostgreSQL"), "{line}");
+    assert!(!c.path("opt/hangar").exists() && !c.path("etc/hangar/install-state.json").exists());
+    drop(c);
+
     let b = Site::new("restore-onto", &built);
     std::fs::create_dir_all(b.path("var/lib/hangar")).unwrap();
     check("place the bucket", Command::new("cp").arg("-a").arg(&bucket).arg(b.path("var/lib/hangar/objects")).output().unwrap());

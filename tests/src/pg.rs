@@ -78,6 +78,14 @@ pub struct PgOptions {
     /// benchmarks turn it on to measure what an appliance would see.
     pub durable: bool,
     pub max_connections: u32,
+    /// TLS on (the default). Off: a server that speaks only plain text, which
+    /// a Hangar client must refuse; it then has no `hangar` role or database
+    /// (they are made over TLS, and nothing is meant to get that far).
+    pub tls: bool,
+    /// `listen_addresses`: loopback addresses only (the certificate names
+    /// `localhost` and `127.0.0.1`, so another address is one a verifying
+    /// client must refuse).
+    pub listen_addresses: String,
 }
 
 impl Default for PgOptions {
@@ -85,6 +93,8 @@ impl Default for PgOptions {
         PgOptions {
             durable: false,
             max_connections: 200,
+            tls: true,
+            listen_addresses: "127.0.0.1".into(),
         }
     }
 }
@@ -145,9 +155,9 @@ impl PgServer {
         };
         let conf = format!(
             "\n# test cluster\n\
-             listen_addresses = '127.0.0.1'\n\
+             listen_addresses = '{listen}'\n\
              unix_socket_directories = '{run}'\n\
-             ssl = on\n\
+             ssl = {ssl}\n\
              ssl_cert_file = '{cert}'\n\
              ssl_key_file = '{key}'\n\
              ssl_min_protocol_version = 'TLSv1.2'\n\
@@ -162,16 +172,22 @@ impl PgServer {
             cert = store.cert_path("db").display(),
             key = store.key_path("db").display(),
             maxc = opts.max_connections,
+            ssl = if opts.tls { "on" } else { "off" },
+            listen = opts.listen_addresses,
         );
         append(&data.join("postgresql.conf"), &conf);
-        fs::write(
-            data.join("pg_hba.conf"),
+        let hba = if opts.tls {
             "# Only TLS over loopback, only scram-sha-256.\n\
              local   all all                 scram-sha-256\n\
              hostssl all all 127.0.0.1/32    scram-sha-256\n\
-             hostssl all all ::1/128         scram-sha-256\n",
-        )
-        .expect("write pg_hba.conf");
+             hostssl all all ::1/128         scram-sha-256\n"
+        } else {
+            "# Plain text only.\n\
+             local   all all                 scram-sha-256\n\
+             host    all all 127.0.0.1/32    scram-sha-256\n\
+             host    all all ::1/128         scram-sha-256\n"
+        };
+        fs::write(data.join("pg_hba.conf"), hba).expect("write pg_hba.conf");
         user.chown(dir.path());
 
         let mut server = PgServer {
@@ -187,7 +203,9 @@ impl PgServer {
             dir,
         };
         server.start_on_free_port();
-        server.create_app_database().await;
+        if opts.tls {
+            server.create_app_database().await;
+        }
         server
     }
 

@@ -46,26 +46,32 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    pub(crate) async fn publish_to_worker(&self, worker: i64, n: &Notification) -> Result<usize, BrokerError> {
-        if !self.registry.is_online(worker) {
-            return Ok(0);
+    /// Notifications go from here straight to the connections' queues, not
+    /// through rumqttd's router: the router would append each one to a log per
+    /// topic and pass it through ring buffers per link that become resident
+    /// as they turn (see BENCHMARKS.md, MQTT broker).
+    fn payload(&self, n: &Notification) -> Result<Bytes, BrokerError> {
+        if !self.engine.is_open() {
+            return Err(BrokerError::Stopped);
         }
-        self.engine.publish(vec![wire::worker_topic(worker)], Bytes::from(wire::to_json(n))).await?;
-        Ok(1)
+        Ok(Bytes::from(wire::to_json(n)))
+    }
+
+    pub(crate) async fn publish_to_worker(&self, worker: i64, n: &Notification) -> Result<usize, BrokerError> {
+        let payload = self.payload(n)?;
+        Ok(self.registry.deliver_to_workers(&[worker], &payload))
     }
 
     /// Sends `n` to each of `workers` that is connected, each on its own topic.
     pub(crate) async fn publish_to_workers(&self, workers: &[i64], n: &Notification) -> Result<(), BrokerError> {
-        let topics = workers.iter().filter(|w| self.registry.is_online(**w)).map(|w| wire::worker_topic(*w)).collect();
-        self.engine.publish(topics, Bytes::from(wire::to_json(n))).await
+        let payload = self.payload(n)?;
+        self.registry.deliver_to_workers(workers, &payload);
+        Ok(())
     }
 
     pub(crate) async fn publish_to_pool(&self, pool: i64, n: &Notification) -> Result<usize, BrokerError> {
-        let workers = self.registry.workers_of_pool(pool);
-        let count = workers.len();
-        let topics = workers.into_iter().map(wire::pool_topic).collect();
-        self.engine.publish(topics, Bytes::from(wire::to_json(n))).await?;
-        Ok(count)
+        let payload = self.payload(n)?;
+        Ok(self.registry.deliver_to_pool(pool, &payload))
     }
 }
 

@@ -1,7 +1,8 @@
-//! rumqttd's router, driven from our side: it keeps subscriptions, enforces the
-//! tenant prefix of every worker link, and fans messages out; we create its
-//! links (one per admitted worker, plus the server's own publisher and a health
-//! probe) and feed it packets.
+//! rumqttd's router, driven from our side: it keeps subscriptions and enforces
+//! the tenant prefix of every worker link; we create its links (one per
+//! admitted worker, plus the server's own publisher and a health probe) and feed
+//! it packets. Notifications to workers do not pass through it (see
+//! `registry`): only the probe's messages do, which checks that it runs.
 //!
 //! The router runs on its own OS thread and has no stop: after shutdown it holds
 //! no connection and sleeps on an empty queue until the process exits.
@@ -21,12 +22,9 @@ use tracing::{debug, error};
 
 use crate::BrokerError;
 
-/// Retention of each topic's in-memory log. rumqttd keeps up to
-/// `SEGMENT_COUNT` segments of about `SEGMENT_BYTES` per topic whether or not
-/// they were delivered; with two topics per worker this bounds the broker's
-/// message memory to a few KiB per worker. Notifications are ~50 bytes, so a
-/// subscriber may fall ~40 behind before the oldest are dropped (they are
-/// hints: workers poll anyway).
+/// Retention of each topic's in-memory log: rumqttd keeps up to
+/// `SEGMENT_COUNT` segments of about `SEGMENT_BYTES` per topic. Only the
+/// probe's topic gets messages, so the smallest it allows is enough.
 const SEGMENT_BYTES: usize = 1024;
 const SEGMENT_COUNT: usize = 2;
 /// Links that are not workers: the publisher and the probe, with room to spare.
@@ -136,13 +134,18 @@ impl Engine {
         link_blocking(&self.make, spec).await
     }
 
-    /// Publishes `payload` (QoS 0) on each of `topics`, in order.
+    /// Publishes `payload` (QoS 0) on each of `topics`, in order, through the router.
     pub(crate) async fn publish(&self, topics: Vec<String>, payload: Bytes) -> Result<(), BrokerError> {
         let tx = self.fanout.lock().unwrap_or_else(|p| p.into_inner()).clone().ok_or(BrokerError::Stopped)?;
         if topics.is_empty() {
             return Ok(());
         }
         tx.send(Fanout { topics, payload }).await.map_err(|_| BrokerError::Stopped)
+    }
+
+    /// Whether the engine still takes messages (`close` was not called).
+    pub(crate) fn is_open(&self) -> bool {
+        self.fanout.lock().unwrap_or_else(|p| p.into_inner()).is_some()
     }
 
     /// Whether a message goes through the router and comes back within `timeout`.

@@ -1,7 +1,8 @@
 //! Hangar's built-in MQTT broker (DESIGN §1, port 1984): workers connect over
 //! TLS with their client certificate and their token, each confined to its own
-//! rumqttd tenant; the server publishes notifications (never secrets) that the
-//! bridge derives from database changes.
+//! rumqttd tenant; the server sends notifications (never secrets) that the
+//! bridge derives from database changes, each straight to the connections of
+//! the workers it concerns.
 //!
 //! Isolation has three layers: the admission check binds certificate, username,
 //! client id, token and the worker's database record together; a worker may only

@@ -1,13 +1,16 @@
-//! The workers connected right now, each with what it was admitted on: pool
-//! fan-out goes to these (an offline worker learns about work when it next
-//! polls), and revalidation disconnects those whose admission lapsed.
+//! The workers connected right now, each with what it was admitted on and the
+//! queue its connection takes notifications from: notifications go to these
+//! (an offline worker learns about work when it next polls), and revalidation
+//! disconnects those whose admission lapsed.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use bytes::Bytes;
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tracing::warn;
+use tracing::{debug, warn};
 
 use crate::auth::{Admitted, WorkerRecord};
 
@@ -31,15 +34,41 @@ struct Inner {
 struct Entry {
     admitted: Admitted,
     kick: CancellationToken,
+    deliveries: mpsc::Sender<Delivery>,
+}
+
+/// Which of a worker's two topics a notification is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Topic {
+    Pool,
+    Worker,
+}
+
+/// A notification on its way to one connection, which writes it if its
+/// client subscribed to `topic`.
+#[derive(Debug, Clone)]
+pub(crate) struct Delivery {
+    pub topic: Topic,
+    pub payload: Bytes,
+}
+
+/// Offers `d` to a connection without waiting: a connection that has fallen
+/// this far behind (its queue is full) misses it, as notifications are hints
+/// and the worker polls anyway.
+fn offer(entry: &Entry, d: Delivery) {
+    if let Err(mpsc::error::TrySendError::Full(_)) = entry.deliveries.try_send(d) {
+        debug!(worker = entry.admitted.worker, "notification dropped: the connection is behind");
+    }
 }
 
 impl Registry {
-    /// Records a connection; `kick` ends it. Returns its key.
-    pub(crate) fn insert(&self, admitted: Admitted, kick: CancellationToken) -> u64 {
+    /// Records a connection; `kick` ends it, `deliveries` feeds it
+    /// notifications. Returns its key.
+    pub(crate) fn insert(&self, admitted: Admitted, kick: CancellationToken, deliveries: mpsc::Sender<Delivery>) -> u64 {
         let key = self.next.fetch_add(1, Ordering::Relaxed);
         let mut inner = self.lock();
         let (worker, pool) = (admitted.worker, admitted.pool);
-        inner.sessions.insert(key, Entry { admitted, kick });
+        inner.sessions.insert(key, Entry { admitted, kick, deliveries });
         let slot = inner.online.entry(worker).or_insert((pool, 0));
         *slot = (pool, slot.1 + 1);
         key
@@ -66,6 +95,31 @@ impl Registry {
         let mut v: Vec<i64> = self.lock().online.iter().filter(|(_, (p, _))| *p == pool).map(|(w, _)| *w).collect();
         v.sort_unstable();
         v
+    }
+
+    /// Offers `payload` on the pool topic to every connection of `pool`'s
+    /// workers. Returns how many distinct workers it went to.
+    pub(crate) fn deliver_to_pool(&self, pool: i64, payload: &Bytes) -> usize {
+        let inner = self.lock();
+        let mut reached = HashSet::new();
+        for entry in inner.sessions.values().filter(|e| e.admitted.pool == pool) {
+            offer(entry, Delivery { topic: Topic::Pool, payload: payload.clone() });
+            reached.insert(entry.admitted.worker);
+        }
+        reached.len()
+    }
+
+    /// Offers `payload` on their own topic to every connection of `workers`.
+    /// Returns how many distinct workers it went to.
+    pub(crate) fn deliver_to_workers(&self, workers: &[i64], payload: &Bytes) -> usize {
+        let wanted: HashSet<i64> = workers.iter().copied().collect();
+        let inner = self.lock();
+        let mut reached = HashSet::new();
+        for entry in inner.sessions.values().filter(|e| wanted.contains(&e.admitted.worker)) {
+            offer(entry, Delivery { topic: Topic::Worker, payload: payload.clone() });
+            reached.insert(entry.admitted.worker);
+        }
+        reached.len()
     }
 
     pub(crate) fn is_online(&self, worker: i64) -> bool {

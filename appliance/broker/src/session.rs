@@ -1,7 +1,9 @@
 //! One client connection, from TCP accept to close: TLS with a verified client
 //! certificate, a CONNECT within the time limit, admission, then packets pumped
 //! between the socket and the worker's router link — the worker may only
-//! subscribe to its own two topics and never publishes.
+//! subscribe to its own two topics and never publishes. Notifications come
+//! from the connection's own queue (see `registry`), written when the client
+//! subscribed to their topic; pings are answered here.
 //!
 //! This replaces rumqttd's own listener, which completes each TLS handshake
 //! inline in its accept loop without a time limit (one silent client stops
@@ -15,14 +17,14 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use rumqttd::Notification as RouterNotification;
 use rumqttd::local::{LinkRx, LinkTx};
 use rumqttd::protocol::v4::V4;
-use rumqttd::protocol::{self, ConnAck, ConnectReturnCode, Packet, Protocol};
+use rumqttd::protocol::{self, ConnAck, ConnectReturnCode, Packet, PingResp, Protocol, Publish};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::OwnedSemaphorePermit;
+use tokio::sync::{OwnedSemaphorePermit, mpsc};
 use tokio::time::Instant;
 use tokio_rustls::server::TlsStream;
 use tokio_util::sync::CancellationToken;
@@ -31,11 +33,14 @@ use tracing::{debug, info, warn};
 use crate::Shared;
 use crate::auth::{Admitted, Hello, Refusal};
 use crate::engine::LinkSpec;
+use crate::registry::{Delivery, Topic};
 use crate::tls::{PeerCert, peer_cert};
 use crate::wire;
 
 /// How long one write to a client may take before the client counts as gone.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Notifications waiting for one connection's socket; more are dropped.
+const DELIVERY_QUEUE: usize = 32;
 
 type Tls = TlsStream<TcpStream>;
 
@@ -61,9 +66,10 @@ pub(crate) async fn serve(shared: Arc<Shared>, tcp: TcpStream, addr: SocketAddr,
     };
     let worker = conn.admitted.worker;
     let kick = stop.child_token();
-    let _registered = Registered::new(&shared, conn.admitted.clone(), kick.clone());
+    let (deliveries_tx, mut deliveries) = mpsc::channel(DELIVERY_QUEUE);
+    let _registered = Registered::new(&shared, conn.admitted.clone(), kick.clone(), deliveries_tx);
     info!(worker, pool = conn.admitted.pool, %addr, "worker connected");
-    let end = pump(&mut conn, shared.config.limits.max_packet_size, &kick).await;
+    let end = pump(&mut conn, &mut deliveries, shared.config.limits.max_packet_size, &kick).await;
     match &end {
         End::ClientDisconnected | End::Closed => info!(worker, %addr, "worker disconnected"),
         End::Kicked => info!(worker, %addr, "worker disconnected by the broker"),
@@ -104,8 +110,8 @@ struct Registered<'a> {
 }
 
 impl<'a> Registered<'a> {
-    fn new(shared: &'a Shared, admitted: Admitted, kick: CancellationToken) -> Self {
-        Registered { shared, key: shared.registry.insert(admitted, kick) }
+    fn new(shared: &'a Shared, admitted: Admitted, kick: CancellationToken, deliveries: mpsc::Sender<Delivery>) -> Self {
+        Registered { shared, key: shared.registry.insert(admitted, kick, deliveries) }
     }
 }
 
@@ -244,13 +250,54 @@ enum End {
     Violation(String),
 }
 
-async fn pump(c: &mut Conn, max_packet: usize, kick: &CancellationToken) -> End {
+/// The filters a client subscribed to, as what follows its tenant prefix:
+/// `pool`, `worker`, `#` or `+` (`allowed` lets no other through).
+#[derive(Debug, Default)]
+struct Subscriptions(Vec<String>);
+
+impl Subscriptions {
+    /// Follows a SUBSCRIBE or UNSUBSCRIBE the client sent.
+    fn follow(&mut self, p: &Packet, prefix: &str) {
+        match p {
+            Packet::Subscribe(s, _) => {
+                for f in &s.filters {
+                    if let Some(rest) = f.path.strip_prefix(prefix)
+                        && !self.0.iter().any(|have| have == rest)
+                    {
+                        self.0.push(rest.to_string());
+                    }
+                }
+            }
+            Packet::Unsubscribe(u, _) => {
+                for f in &u.filters {
+                    if let Some(rest) = f.strip_prefix(prefix) {
+                        self.0.retain(|have| have != rest);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn wants(&self, topic: Topic) -> bool {
+        let name = match topic {
+            Topic::Pool => "pool",
+            Topic::Worker => "worker",
+        };
+        self.0.iter().any(|f| f == name || f == "#" || f == "+")
+    }
+}
+
+async fn pump(c: &mut Conn, deliveries: &mut mpsc::Receiver<Delivery>, max_packet: usize, kick: &CancellationToken) -> End {
     // MQTT: the server may close a connection silent for 1.5 keep-alive periods.
     let grace = c.keep_alive + c.keep_alive / 2;
     // One timer for the whole session, moved on each read (not one per message).
     let silence = tokio::time::sleep(grace);
     tokio::pin!(silence);
     let prefix = wire::tenant_prefix(c.admitted.worker);
+    let pool_topic = Bytes::from(wire::pool_topic(c.admitted.worker));
+    let worker_topic = Bytes::from(wire::worker_topic(c.admitted.worker));
+    let mut subscriptions = Subscriptions::default();
     loop {
         tokio::select! {
             _ = kick.cancelled() => return End::Kicked,
@@ -264,12 +311,19 @@ async fn pump(c: &mut Conn, max_packet: usize, kick: &CancellationToken) -> End 
                 silence.as_mut().reset(Instant::now() + grace);
                 let mut packets = VecDeque::new();
                 let mut goodbye = false;
+                let mut pings = 0;
                 loop {
                     match V4.read_mut(&mut c.buf, max_packet) {
                         Ok(p) => {
                             if let Err(v) = allowed(&p, &prefix) {
                                 return End::Violation(v);
                             }
+                            if matches!(p, Packet::PingReq(_)) {
+                                // Answered here: the router has nothing to add.
+                                pings += 1;
+                                continue;
+                            }
+                            subscriptions.follow(&p, &prefix);
                             goodbye = matches!(p, Packet::Disconnect(..));
                             packets.push_back(p);
                             if goodbye {
@@ -283,8 +337,24 @@ async fn pump(c: &mut Conn, max_packet: usize, kick: &CancellationToken) -> End 
                 if !packets.is_empty() && to_router(&mut c.link_tx, packets).await.is_err() {
                     return End::Replaced;
                 }
+                for _ in 0..pings {
+                    if let Err(e) = write(&mut c.tls, Packet::PingResp(PingResp)).await {
+                        return End::Network(e);
+                    }
+                }
                 if goodbye {
                     return End::ClientDisconnected;
+                }
+            }
+            Some(d) = deliveries.recv() => {
+                if subscriptions.wants(d.topic) {
+                    let topic = match d.topic {
+                        Topic::Pool => pool_topic.clone(),
+                        Topic::Worker => worker_topic.clone(),
+                    };
+                    if let Err(e) = write(&mut c.tls, Packet::Publish(Publish::new(topic, d.payload, false), None)).await {
+                        return End::Network(e);
+                    }
                 }
             }
             n = c.link_rx.next() => match n {
@@ -422,6 +492,32 @@ mod tests {
             })
             .collect();
         Packet::Subscribe(Subscribe { pkid: 1, filters }, None)
+    }
+
+    #[test]
+    fn subscriptions_follow_subscribe_and_unsubscribe() {
+        let own = wire::tenant_prefix(7);
+        let mut subs = Subscriptions::default();
+        assert!(!subs.wants(Topic::Pool) && !subs.wants(Topic::Worker));
+        subs.follow(&subscribe(&["/tenants/w7/worker"]), &own);
+        assert!(!subs.wants(Topic::Pool) && subs.wants(Topic::Worker));
+        for wildcard in ["/tenants/w7/#", "/tenants/w7/+"] {
+            let mut subs = Subscriptions::default();
+            subs.follow(&subscribe(&[wildcard]), &own);
+            assert!(subs.wants(Topic::Pool) && subs.wants(Topic::Worker), "{wildcard}");
+        }
+        subs.follow(&subscribe(&["/tenants/w7/pool", "/tenants/w7/pool"]), &own);
+        let unsubscribe = |paths: &[&str]| {
+            Packet::Unsubscribe(
+                protocol::Unsubscribe { pkid: 2, filters: paths.iter().map(|p| p.to_string()).collect() },
+                None,
+            )
+        };
+        subs.follow(&unsubscribe(&["/tenants/w7/worker"]), &own);
+        assert!(subs.wants(Topic::Pool) && !subs.wants(Topic::Worker));
+        // Subscribed twice, it is gone after one UNSUBSCRIBE, as MQTT has it.
+        subs.follow(&unsubscribe(&["/tenants/w7/pool"]), &own);
+        assert!(!subs.wants(Topic::Pool));
     }
 
     #[test]

@@ -91,6 +91,49 @@ async fn subscribing_outside_the_own_topics_ends_the_connection() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_hears_the_topics_it_subscribed_to_until_it_unsubscribes_and_its_pings_are_answered() {
+    let env = Env::start().await;
+    let pool = env.create_pool("a").await;
+    let w = env.create_worker(pool).await;
+    let mut opts = env.options(&w);
+    // Pings every second; the broker closes a connection silent for 1.5 s.
+    opts.set_keep_alive(Duration::from_secs(1));
+    let mut c = Client::connect(opts).await.expect("connect");
+    let work = Notification::WorkAvailable { pool };
+    let mark = |run| Notification::RunCanceled { run };
+
+    // Its own topic only: the pool's notifications are not written to it. A
+    // connection's notifications keep their order, so the pool's would have
+    // arrived before the marker.
+    c.subscribe(&[&w.worker_topic()]).await.unwrap();
+    assert_eq!(env.broker.publish_to_pool(pool, &work).await.unwrap(), 1);
+    env.broker.publish_to_worker(w.id, &mark(1)).await.unwrap();
+    c.wait_for(&w.worker_topic(), &mark(1)).await;
+    assert_eq!(c.received(), vec![(w.worker_topic(), mark(1))]);
+
+    // The tenant's wildcard brings the pool's too.
+    c.subscribe(&[&format!("{}#", hangar_broker::wire::tenant_prefix(w.id))]).await.unwrap();
+    env.broker.publish_to_pool(pool, &work).await.unwrap();
+    c.wait_for(&w.pool_topic(), &work).await;
+
+    // Unsubscribed from the wildcard and the own topic, subscribed to the pool:
+    // only the pool's arrive, after several pings.
+    c.client.unsubscribe(format!("{}#", hangar_broker::wire::tenant_prefix(w.id))).await.unwrap();
+    c.client.unsubscribe(w.worker_topic()).await.unwrap();
+    c.subscribe(&[&w.pool_topic()]).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    env.broker.publish_to_worker(w.id, &mark(2)).await.unwrap();
+    let last = Notification::WorkAvailable { pool: pool + 1000 };
+    env.broker.publish_to_pool(pool, &last).await.unwrap();
+    c.wait_for(&w.pool_topic(), &last).await;
+    assert!(
+        !c.received().iter().any(|(_, n)| *n == mark(2)),
+        "a notification on a topic it left arrived: {:?}",
+        c.received()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_publishing_worker_is_disconnected_and_delivers_nothing() {
     let env = Env::start().await;
     let pool = env.create_pool("a").await;

@@ -622,6 +622,7 @@ pub enum PolicyKind {
     Plan,
     Approval,
     Trigger,
+    Push,
 }
 
 pub async fn policy(args: PolicyArgs) -> Result<(), ClientError> {
@@ -636,8 +637,9 @@ pub async fn policy(args: PolicyArgs) -> Result<(), ClientError> {
                 PolicyKind::Plan => "PLAN",
                 PolicyKind::Approval => "APPROVAL",
                 PolicyKind::Trigger => "TRIGGER",
+                PolicyKind::Push => "PUSH",
             };
-            let q = "query($k: PolicyKindValue!, $b: String!, $r: Int!) { testPolicy(kind: $k, body: $b, runs: $r) { runId recordedPolicy recordedVersion recordedResult result messages { level text } error durationMs } }";
+            let q = "query($k: PolicyKindValue!, $b: String!, $r: Int!) { testPolicy(kind: $k, body: $b, runs: $r) { runId stackId recordedPolicy recordedVersion recordedResult result messages { level text } error durationMs } }";
             let d = client
                 .graphql(q, json!({ "k": kind, "b": body, "r": runs }))
                 .await?;
@@ -654,9 +656,12 @@ pub async fn policy(args: PolicyArgs) -> Result<(), ClientError> {
                 let now = r["result"]
                     .as_str()
                     .map_or_else(|| format!("error: {}", text(&r["error"])), str::to_string);
+                let subject = match r["runId"].as_str() {
+                    Some(run) => format!("run {run:<8}"),
+                    None => format!("stack {:<6}", text(&r["stackId"])),
+                };
                 println!(
-                    "run {:<8} was {} by {} v{}; would be {}",
-                    text(&r["runId"]),
+                    "{subject} was {} by {} v{}; would be {}",
                     text(&r["recordedResult"]),
                     text(&r["recordedPolicy"]),
                     r["recordedVersion"],

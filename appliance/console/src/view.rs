@@ -73,10 +73,11 @@ impl Badge {
         Badge { text: text.to_string(), class }
     }
 
-    /// A policy's decision (`pass`, `deny`, `approve`, `trigger`, …, or `error`).
+    /// A policy's decision (`pass`, `deny`, `approve`, `trigger`, `track`, …, or `error`).
     pub(crate) fn policy(result: &str) -> Badge {
         let class = match result {
-            "pass" | "approve" | "trigger" => "ok",
+            "pass" | "approve" | "trigger" | "track" | "propose" => "ok",
+            "ignore" => "idle",
             "warn" | "undecided" => "wait",
             _ => "bad",
         };
@@ -122,6 +123,12 @@ impl Viewer {
         Op::Write.allowed(self.access.best())
     }
 
+    /// Whether the viewer is an admin of some space: the policy workbench
+    /// replays the decisions about the stacks of those spaces.
+    pub(crate) fn admin_somewhere(&self) -> bool {
+        Op::ManagePolicies.allowed(self.access.best())
+    }
+
     /// Stacks, variables, contexts and runs.
     pub(crate) fn can_write(&self) -> bool {
         self.may(Op::Write)
@@ -132,16 +139,9 @@ impl Viewer {
         self.may(Op::ListUsers)
     }
 
-    pub(crate) fn can_manage_pools(&self) -> bool {
-        self.may(Op::ManagePools)
-    }
-
+    /// Whether the viewer may list the git servers of some space.
     pub(crate) fn can_list_vcs(&self) -> bool {
-        self.may(Op::ListVcs)
-    }
-
-    pub(crate) fn can_manage_vcs(&self) -> bool {
-        self.may(Op::ManageVcs)
+        Op::ListVcs.allowed(self.access.best())
     }
 
     pub(crate) fn can_manage_state(&self) -> bool {

@@ -471,7 +471,10 @@ diesel::table! {
 diesel::table! {
     policy_evaluations (id) {
         id -> Int8,
-        run_id -> Int8,
+        // Null for a push a push policy kept from making a run
+        // (migration 2026-12-10-001600_push_policies); `stack_id` is then set.
+        run_id -> Nullable<Int8>,
+        stack_id -> Nullable<Int8>,
         policy_id -> Nullable<Int8>,
         policy_version_id -> Nullable<Int8>,
         policy_name -> Text,
@@ -581,3 +584,12 @@ diesel::allow_tables_to_appear_in_same_query!(spaces, policies);
 diesel::allow_tables_to_appear_in_same_query!(space_grants, policies);
 diesel::allow_tables_to_appear_in_same_query!(spaces, runs);
 diesel::allow_tables_to_appear_in_same_query!(space_grants, runs);
+
+diesel::table! {
+    // Moved by every change to spaces or grants
+    // (migration 2026-12-10-001700_access_generation).
+    access_generation (only_row) {
+        only_row -> Bool,
+        n -> Int8,
+    }
+}

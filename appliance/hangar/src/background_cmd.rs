@@ -36,6 +36,7 @@ pub async fn drain(cfg: &Config) -> anyhow::Result<()> {
         config: vcs_config,
         public_url: cfg.server.as_ref().map(|s| s.public_url.to_string()),
         git_cache,
+        policies: crate::policy_evaluator()?,
     };
     hangar_background::run_drain(db, &cfg.drain, vcs, signals::shutdown_token()).await?;
     Ok(())

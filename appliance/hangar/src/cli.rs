@@ -58,6 +58,10 @@ pub enum Command {
     Module(hangar_client::modules::ModuleArgs),
     /// Spaces and the roles granted in them: list, show, create, delete, grant, revoke.
     Space(hangar_client::spaces::SpaceArgs),
+    /// Evaluate one policy read from standard input, under the memory limit
+    /// the server or the drain that started this process set.
+    #[command(hide = true)]
+    PolicyEval,
 }
 
 /// Runs the parsed command.
@@ -77,6 +81,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Module(args) => Ok(hangar_client::modules::module(args).await?),
         Command::Space(args) => Ok(hangar_client::spaces::space(args).await?),
         Command::Drain => crate::background_cmd::drain(&load()?).await,
+        // `main` serves it before any runtime starts; here only for completeness.
+        Command::PolicyEval => match hangar_policy::serve_child() {
+            c if c == std::process::ExitCode::SUCCESS => Ok(()),
+            _ => anyhow::bail!("the policy evaluation could not answer"),
+        },
         Command::Scheduler => crate::background_cmd::scheduler(&load()?).await,
         Command::Supervise(args) => {
             let path = cli.config.clone();

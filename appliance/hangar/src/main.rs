@@ -5,6 +5,11 @@ use clap::Parser;
 fn main() -> std::process::ExitCode {
     hangar_certs::tls::install_default_provider();
     let cli = hangar::Cli::parse();
+    // A policy evaluation the server or the drain started runs alone, on
+    // this thread, without a runtime: its memory limit is for the policy.
+    if matches!(cli.command, hangar::cli::Command::PolicyEval) {
+        return hangar_policy::serve_child();
+    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {

@@ -46,6 +46,7 @@ pub async fn run(cfg: &Config, path: &Path) -> anyhow::Result<()> {
         master_key,
         hosted,
         system,
+        policies: crate::policy_evaluator()?,
     })
     .await?;
     crate::signals::shutdown_token().cancelled().await;

@@ -7,10 +7,15 @@
 //! fresh thread under the time limit, the input parsed from JSON, `deny` and
 //! `warn` read. Memory is the process's peak resident size (VmHWM) over the
 //! evaluations, beside its size before them.
+//!
+//! The appliance evaluates in a child process with a memory limit
+//! (`Isolation::Process`); the benchmark measures both that and a thread of
+//! its own process. It serves as its own child (`plan_policy policy-eval`),
+//! and the child's peak is the largest resident size of a reaped child.
 
 use std::time::{Duration, Instant};
 
-use hangar_policy::{Evaluator, Limits, Outcome, PlanInput, Policy, PolicyKind, RunInput, StackInput};
+use hangar_policy::{Evaluator, Isolation, Limits, Outcome, PlanInput, Policy, PolicyKind, RunInput, StackInput};
 
 const POLICY: &str = r#"package hangar.bench
 
@@ -81,7 +86,10 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[i]
 }
 
-fn main() {
+fn main() -> std::process::ExitCode {
+    if std::env::args().nth(1).as_deref() == Some("policy-eval") {
+        return hangar_policy::serve_child();
+    }
     let runs: usize = std::env::args().skip_while(|a| a != "--runs").nth(1).and_then(|n| n.parse().ok()).unwrap_or(50);
     let input = PlanInput {
         plan: plan(5_000),
@@ -105,25 +113,43 @@ fn main() {
     };
     let json = serde_json::to_string(&input).expect("encode");
     let policy = Policy::compile(PolicyKind::Plan, POLICY).expect("compile");
-    let evaluator = Evaluator::new(Limits { time: Duration::from_secs(30), ..Limits::default() });
+    let limits = Limits { time: Duration::from_secs(30), ..Limits::default() };
+    println!("plan policy over 5,000 resources ({} KiB of input JSON), {runs} evaluations each", json.len() / 1024);
     let rss_before = vm_kib("VmRSS:");
     let hwm_before = vm_kib("VmHWM:");
+    let times = measure(&Evaluator::new(limits), &policy, &json, runs);
+    let hwm_after = vm_kib("VmHWM:");
+    report("on a thread", &times);
+    println!("    resident before: {} MiB (peak so far {} MiB); peak while evaluating: {} MiB (+{} MiB)",
+        rss_before / 1024, hwm_before / 1024, hwm_after / 1024, hwm_after.saturating_sub(rss_before) / 1024);
+    let program = std::env::current_exe().expect("the benchmark's own path");
+    let isolation = Isolation::Process { program, args: vec!["policy-eval".into()], memory_bytes: 512 * 1024 * 1024 };
+    let rss_before = vm_kib("VmRSS:");
+    let times = measure(&Evaluator::isolated(limits, isolation), &policy, &json, runs);
+    report("in a child process (the appliance's way), 512 MiB limit", &times);
+    let child_peak = nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_CHILDREN).map(|u| u.max_rss()).unwrap_or(0);
+    println!("    child's peak resident: {} MiB; this process's resident after: {} MiB (before: {} MiB)",
+        child_peak / 1024, vm_kib("VmRSS:") / 1024, rss_before / 1024);
+    std::process::ExitCode::SUCCESS
+}
+
+fn measure(evaluator: &Evaluator, policy: &Policy, json: &str, runs: usize) -> Vec<Duration> {
     let mut times = Vec::with_capacity(runs);
     for _ in 0..runs {
         let started = Instant::now();
-        let ev = evaluator.json(&policy, &json).expect("evaluate");
+        let ev = evaluator.json(policy, json).expect("evaluate");
         times.push(started.elapsed());
         assert_eq!(ev.outcome, Outcome::Deny);
         assert_eq!(ev.messages.len(), 2, "{:?}", ev.messages);
     }
     times.sort();
-    let hwm_after = vm_kib("VmHWM:");
-    println!("plan policy over 5,000 resources ({} KiB of input JSON), {runs} evaluations", json.len() / 1024);
-    println!("  p50 {:.1} ms, p99 {:.1} ms, min {:.1} ms, max {:.1} ms",
-        percentile(&times, 0.5).as_secs_f64() * 1e3,
-        percentile(&times, 0.99).as_secs_f64() * 1e3,
+    times
+}
+
+fn report(how: &str, times: &[Duration]) {
+    println!("  {how}: p50 {:.1} ms, p99 {:.1} ms, min {:.1} ms, max {:.1} ms",
+        percentile(times, 0.5).as_secs_f64() * 1e3,
+        percentile(times, 0.99).as_secs_f64() * 1e3,
         times[0].as_secs_f64() * 1e3,
         times[times.len() - 1].as_secs_f64() * 1e3);
-    println!("  resident before: {} MiB (peak so far {} MiB); peak while evaluating: {} MiB (+{} MiB)",
-        rss_before / 1024, hwm_before / 1024, hwm_after / 1024, hwm_after.saturating_sub(rss_before) / 1024);
 }

@@ -20,16 +20,20 @@ pub enum PolicyKind {
     /// Runs when a tracked run ends: `trigger`, the slugs of the stacks whose
     /// tracked runs start.
     Trigger,
+    /// Runs when a push reaches a stack's repository: `track`, `propose` or
+    /// `ignore` decide what it starts instead of the branch and path rules.
+    Push,
 }
 
 impl PolicyKind {
-    pub const ALL: [PolicyKind; 3] = [PolicyKind::Plan, PolicyKind::Approval, PolicyKind::Trigger];
+    pub const ALL: [PolicyKind; 4] = [PolicyKind::Plan, PolicyKind::Approval, PolicyKind::Trigger, PolicyKind::Push];
 
     pub fn as_str(self) -> &'static str {
         match self {
             PolicyKind::Plan => "plan",
             PolicyKind::Approval => "approval",
             PolicyKind::Trigger => "trigger",
+            PolicyKind::Push => "push",
         }
     }
 
@@ -39,6 +43,7 @@ impl PolicyKind {
             PolicyKind::Plan => &["deny", "warn"],
             PolicyKind::Approval => &["approve", "reject"],
             PolicyKind::Trigger => &["trigger"],
+            PolicyKind::Push => &["track", "propose", "ignore"],
         }
     }
 }
@@ -55,7 +60,7 @@ impl FromStr for PolicyKind {
         PolicyKind::ALL
             .into_iter()
             .find(|k| k.as_str() == s)
-            .ok_or_else(|| format!("unknown policy kind {:?} (expected plan, approval or trigger)", s.chars().take(40).collect::<String>()))
+            .ok_or_else(|| format!("unknown policy kind {:?} (expected plan, approval, trigger or push)", s.chars().take(40).collect::<String>()))
     }
 }
 
@@ -84,6 +89,8 @@ pub struct Policy {
     /// `data.hangar.plan`
     package: String,
     engine: Engine,
+    /// The Rego text, for an evaluation in a process of its own.
+    source: std::sync::Arc<str>,
 }
 
 impl fmt::Debug for Policy {
@@ -126,7 +133,7 @@ impl Policy {
         if !defines_one {
             return Err(CompileError::NoRules { kind });
         }
-        Ok(Policy { kind, package, engine })
+        Ok(Policy { kind, package, engine, source: body.into() })
     }
 
     pub fn kind(&self) -> PolicyKind {
@@ -136,6 +143,10 @@ impl Policy {
     /// `data.hangar.plan`
     pub fn package(&self) -> &str {
         &self.package
+    }
+
+    pub(crate) fn source(&self) -> &str {
+        &self.source
     }
 
     pub(crate) fn engine(&self) -> Engine {

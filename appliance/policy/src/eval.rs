@@ -8,8 +8,12 @@
 //! policies cannot pile up threads either; when every slot is taken the
 //! evaluation fails as busy instead of waiting.
 //!
-//! Memory is bounded by the sizes of what goes in (the policy, the input),
-//! not measured: regorus' memory limits need its own global allocator.
+//! Memory: on a thread ([`Isolation::Thread`]) it is bounded only by the
+//! sizes of what goes in (the policy, the input). The appliance evaluates in
+//! a child process instead ([`Isolation::Process`]), whose data segment is
+//! capped: a policy that allocates without bound ends its own process with
+//! "memory limit", never the server's or the drain's. (regorus' own memory
+//! limits would need its allocator as the whole process's global allocator.)
 
 use std::num::NonZeroU32;
 use std::sync::mpsc;
@@ -20,7 +24,7 @@ use regorus::Value;
 use serde::{Deserialize, Serialize};
 
 use crate::compile::{Policy, PolicyKind};
-use crate::input::{ApprovalInput, PlanInput, TriggerInput};
+use crate::input::{ApprovalInput, PlanInput, PushInput, TriggerInput};
 
 /// The limits every evaluation runs under.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,6 +61,12 @@ pub enum Outcome {
     Undecided,
     /// A trigger policy naming at least one stack (its `trigger` messages).
     Trigger,
+    /// A push policy whose `track` holds (and `ignore` does not).
+    Track,
+    /// A push policy whose `propose` holds (and neither `ignore` nor `track`).
+    Propose,
+    /// A push policy whose `ignore` holds.
+    Ignore,
 }
 
 impl Outcome {
@@ -69,6 +79,9 @@ impl Outcome {
             Outcome::Reject => "reject",
             Outcome::Undecided => "undecided",
             Outcome::Trigger => "trigger",
+            Outcome::Track => "track",
+            Outcome::Propose => "propose",
+            Outcome::Ignore => "ignore",
         }
     }
 }
@@ -98,11 +111,25 @@ pub struct Evaluation {
     pub duration: Duration,
 }
 
+/// Where evaluations run.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Isolation {
+    /// On a thread of the calling process.
+    #[default]
+    Thread,
+    /// In a child process, `program args…`, that calls [`serve_child`], its
+    /// data segment (heap and private mappings, `RLIMIT_DATA`) capped at
+    /// `memory_bytes`.
+    Process { program: std::path::PathBuf, args: Vec<String>, memory_bytes: u64 },
+}
+
 /// Why an evaluation gave no decision.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum EvalError {
     #[error("the policy ran past its time limit of {} ms", .limit.as_millis())]
     TimeLimit { limit: Duration },
+    #[error("the policy ran past its memory limit of {} MiB", .limit_bytes / (1024 * 1024))]
+    MemoryLimit { limit_bytes: u64 },
     #[error("the input is {size} bytes, more than the {max} bytes a policy may be given")]
     InputTooLarge { size: usize, max: usize },
     #[error("the input is not a JSON document: {message}")]
@@ -121,6 +148,7 @@ pub enum EvalError {
 #[derive(Debug, Clone)]
 pub struct Evaluator {
     limits: Limits,
+    isolation: Isolation,
     slots: Arc<Slots>,
 }
 
@@ -131,7 +159,7 @@ struct Slots {
 }
 
 /// A taken slot, given back when the evaluation's thread ends.
-struct Slot(Arc<Slots>);
+pub(crate) struct Slot(Arc<Slots>);
 
 impl Drop for Slot {
     fn drop(&mut self) {
@@ -141,9 +169,24 @@ impl Drop for Slot {
     }
 }
 
+impl Default for Evaluator {
+    fn default() -> Self {
+        Evaluator::new(Limits::default())
+    }
+}
+
 impl Evaluator {
     pub fn new(limits: Limits) -> Evaluator {
-        Evaluator { limits, slots: Arc::new(Slots { running: Mutex::new(0), freed: Condvar::new() }) }
+        Evaluator { limits, isolation: Isolation::Thread, slots: Arc::new(Slots { running: Mutex::new(0), freed: Condvar::new() }) }
+    }
+
+    /// The same limits, evaluating as `isolation` says.
+    pub fn isolated(limits: Limits, isolation: Isolation) -> Evaluator {
+        Evaluator { isolation, ..Evaluator::new(limits) }
+    }
+
+    pub fn isolation(&self) -> &Isolation {
+        &self.isolation
     }
 
     pub fn limits(&self) -> Limits {
@@ -157,6 +200,11 @@ impl Evaluator {
 
     /// Evaluates a trigger policy. Blocks for at most about the time limit.
     pub fn trigger(&self, policy: &Policy, input: &TriggerInput) -> Result<Evaluation, EvalError> {
+        self.json(policy, &to_json(input)?)
+    }
+
+    /// Evaluates a push policy. Blocks for at most about the time limit.
+    pub fn push(&self, policy: &Policy, input: &PushInput) -> Result<Evaluation, EvalError> {
         self.json(policy, &to_json(input)?)
     }
 
@@ -174,28 +222,13 @@ impl Evaluator {
         let started = Instant::now();
         let deadline = started + self.limits.time + grace(self.limits.time);
         let slot = self.take_slot(deadline)?;
-        let (tx, rx) = mpsc::sync_channel(1);
-        let mut engine = policy.engine();
-        let (kind, package, limit, input) = (policy.kind(), policy.package().to_string(), self.limits.time, input.to_string());
-        let spawned = std::thread::Builder::new().name("policy-eval".into()).spawn(move || {
-            let _slot = slot;
-            engine.set_execution_timer_config(regorus::utils::limits::ExecutionTimerConfig {
-                limit,
-                check_interval: NonZeroU32::new(64).unwrap_or(NonZeroU32::MIN),
-            });
-            let r = evaluate(&mut engine, kind, &package, &input, limit);
-            let _ = tx.send(r);
-        });
-        if let Err(e) = spawned {
-            return Err(EvalError::Rego { message: format!("cannot start the evaluation's thread: {e}") });
-        }
-        let wait = deadline.saturating_duration_since(Instant::now());
-        match rx.recv_timeout(wait) {
-            Ok(Ok((outcome, messages))) => Ok(Evaluation { outcome, messages, duration: started.elapsed() }),
-            Ok(Err(e)) => Err(e),
-            Err(mpsc::RecvTimeoutError::Timeout) => Err(EvalError::TimeLimit { limit: self.limits.time }),
-            Err(mpsc::RecvTimeoutError::Disconnected) => Err(EvalError::Lost),
-        }
+        let decided = match &self.isolation {
+            Isolation::Thread => on_thread(policy, input, self.limits.time, deadline, slot),
+            Isolation::Process { program, args, memory_bytes } => {
+                crate::child::evaluate_in_child(program, args, *memory_bytes, policy, input, self.limits.time, deadline, slot)
+            }
+        };
+        decided.map(|(outcome, messages)| Evaluation { outcome, messages, duration: started.elapsed() })
     }
 
     fn take_slot(&self, deadline: Instant) -> Result<Slot, EvalError> {
@@ -213,6 +246,29 @@ impl Evaluator {
     }
 }
 
+pub(crate) type Decided = Result<(Outcome, Vec<Message>), EvalError>;
+
+/// Evaluates on a thread of its own, waiting for it until `deadline`.
+fn on_thread(policy: &Policy, input: &str, limit: Duration, deadline: Instant, slot: Slot) -> Decided {
+    let (tx, rx) = mpsc::sync_channel(1);
+    let mut engine = policy.engine();
+    let (kind, package, input) = (policy.kind(), policy.package().to_string(), input.to_string());
+    let spawned = std::thread::Builder::new().name("policy-eval".into()).spawn(move || {
+        let _slot = slot;
+        let r = evaluate(&mut engine, kind, &package, &input, limit);
+        let _ = tx.send(r);
+    });
+    if let Err(e) = spawned {
+        return Err(EvalError::Rego { message: format!("cannot start the evaluation's thread: {e}") });
+    }
+    let wait = deadline.saturating_duration_since(Instant::now());
+    match rx.recv_timeout(wait) {
+        Ok(r) => r,
+        Err(mpsc::RecvTimeoutError::Timeout) => Err(EvalError::TimeLimit { limit }),
+        Err(mpsc::RecvTimeoutError::Disconnected) => Err(EvalError::Lost),
+    }
+}
+
 /// How long past the time limit the caller waits for the timer to fire.
 fn grace(limit: Duration) -> Duration {
     limit / 4 + Duration::from_millis(100)
@@ -222,13 +278,12 @@ fn to_json<T: Serialize>(input: &T) -> Result<String, EvalError> {
     serde_json::to_string(input).map_err(|e| EvalError::Input { message: e.to_string() })
 }
 
-fn evaluate(
-    engine: &mut regorus::Engine,
-    kind: PolicyKind,
-    package: &str,
-    input: &str,
-    limit: Duration,
-) -> Result<(Outcome, Vec<Message>), EvalError> {
+/// Evaluates with regorus' execution timer set to `limit`.
+pub(crate) fn evaluate(engine: &mut regorus::Engine, kind: PolicyKind, package: &str, input: &str, limit: Duration) -> Decided {
+    engine.set_execution_timer_config(regorus::utils::limits::ExecutionTimerConfig {
+        limit,
+        check_interval: NonZeroU32::new(64).unwrap_or(NonZeroU32::MIN),
+    });
     let value = Value::from_json_str(input).map_err(|e| EvalError::Input { message: e.to_string() })?;
     engine.set_input(value);
     match kind {
@@ -263,6 +318,20 @@ fn evaluate(
                 Outcome::Approve
             } else {
                 Outcome::Undecided
+            };
+            Ok((outcome, Vec::new()))
+        }
+        PolicyKind::Push => {
+            // The most cautious rule that holds wins: ignoring over tracking
+            // over proposing; none of them leaves the push to the default.
+            let ignore = boolean(rule(engine, package, "ignore", limit)?, "ignore")?;
+            let track = boolean(rule(engine, package, "track", limit)?, "track")?;
+            let propose = boolean(rule(engine, package, "propose", limit)?, "propose")?;
+            let outcome = match (ignore, track, propose) {
+                (true, _, _) => Outcome::Ignore,
+                (false, true, _) => Outcome::Track,
+                (false, false, true) => Outcome::Propose,
+                (false, false, false) => Outcome::Undecided,
             };
             Ok((outcome, Vec::new()))
         }

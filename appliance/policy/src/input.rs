@@ -106,3 +106,42 @@ pub struct ReviewInput {
     /// RFC 3339.
     pub at: String,
 }
+
+/// A push policy's `input`: one push to the repository of a stack, and what
+/// Hangar would do with it without push policies.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PushInput {
+    pub push: PushEvent,
+    pub stack: StackInput,
+    /// The stack's project root (`.` for the repository's root).
+    pub project_root: String,
+    /// What happens when no push policy decides: `track` or `ignore`.
+    pub default: String,
+    /// Why, in words (`the push changes nothing under infra/`).
+    pub default_reason: String,
+}
+
+/// A push, as the git server (or a poll of it) told it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PushEvent {
+    /// The repository's full name, `team/infra`.
+    pub repository: String,
+    /// The branch pushed to.
+    pub branch: String,
+    /// Whether it is the branch the stack tracks.
+    pub tracked_branch: bool,
+    /// The commit before the push; `null` for a new branch.
+    pub before: Option<String>,
+    /// The commit pushed.
+    pub after: String,
+    /// Who pushed, as the git server names them; `null` when it does not say.
+    pub pusher: Option<String>,
+    /// The paths the pushed commits change, as far as known.
+    pub paths: Vec<String>,
+    /// Whether `paths` lists every changed path (false when the git server
+    /// truncated its list or sends none).
+    pub paths_complete: bool,
+    /// Whether the push changes something under the project root: `null`
+    /// when not known.
+    pub touches_project_root: Option<bool>,
+}

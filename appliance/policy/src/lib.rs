@@ -3,7 +3,7 @@
 //! errors with line and column), and evaluated under a time limit on a thread
 //! of its own ([`Evaluator`]), so a runaway policy never holds the caller.
 //!
-//! Three kinds ([`PolicyKind`]):
+//! Four kinds ([`PolicyKind`]):
 //! - **plan** policies see a [`PlanInput`] (the plan as `terraform show -json`
 //!   gives it, with the run and the stack) and define `deny` and/or `warn`,
 //!   sets of messages: any `deny` fails the run, `warn` messages are shown;
@@ -13,15 +13,23 @@
 //!   approval policy approves and none rejects;
 //! - **trigger** policies see a [`TriggerInput`] (a tracked run that ended,
 //!   its stack and every stack) and define `trigger`, a set of stack slugs
-//!   whose tracked runs start.
+//!   whose tracked runs start;
+//! - **push** policies see a [`PushInput`] (a push to a stack's repository,
+//!   with what would happen without them) and define `track`, `propose`
+//!   and/or `ignore`, booleans: `ignore` wins over `track` over `propose`,
+//!   and when none holds the push is treated as it would be without them.
 //!
 //! The inputs are defined once, here ([`input`]): the appliance builds them and
 //! the README documents them from these types.
 
+mod child;
 mod compile;
 mod eval;
 pub mod input;
 
 pub use compile::{CompileError, MAX_POLICY_BYTES, Policy, PolicyKind};
-pub use eval::{EvalError, Evaluation, Evaluator, Limits, Message, MessageLevel, Outcome};
-pub use input::{ApprovalInput, PlanInput, PlanSummary, ReviewDecision, ReviewInput, RunInput, StackInput, TriggerInput};
+pub use child::serve_child;
+pub use eval::{EvalError, Evaluation, Evaluator, Isolation, Limits, Message, MessageLevel, Outcome};
+pub use input::{
+    ApprovalInput, PlanInput, PlanSummary, PushEvent, PushInput, ReviewDecision, ReviewInput, RunInput, StackInput, TriggerInput,
+};

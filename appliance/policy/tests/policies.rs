@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use hangar_policy::{
     ApprovalInput, CompileError, EvalError, Evaluator, Limits, MessageLevel, Outcome, PlanInput, PlanSummary, Policy,
-    PolicyKind, ReviewDecision, ReviewInput, RunInput, StackInput, TriggerInput,
+    PolicyKind, PushEvent, PushInput, ReviewDecision, ReviewInput, RunInput, StackInput, TriggerInput,
 };
 
 const FORBID_SECRETS: &str = r#"
@@ -171,7 +171,7 @@ fn hostile_or_empty_bodies_are_refused_clearly() {
     assert_eq!(e.to_string(), "a policy of kind approval must define approve or reject");
     let e = Policy::compile(PolicyKind::Plan, "package x[\"1.0\"]\ndeny contains \"m\" if true\n").unwrap_err();
     assert!(matches!(e, CompileError::Package { .. }), "{e:?}");
-    assert_eq!("push".parse::<PolicyKind>().unwrap_err(), "unknown policy kind \"push\" (expected plan, approval or trigger)");
+    assert_eq!("pushy".parse::<PolicyKind>().unwrap_err(), "unknown policy kind \"pushy\" (expected plan, approval, trigger or push)");
     assert_eq!("trigger".parse::<PolicyKind>(), Ok(PolicyKind::Trigger));
 }
 
@@ -249,3 +249,61 @@ fn a_trigger_policy_names_the_stacks_to_start() {
     assert!(matches!(ev.trigger(&wrong, &input("FINISHED")), Err(EvalError::RuleType { .. })));
 }
 
+
+/// Documentation-only pushes are ignored, pushes to `release/*` branches are
+/// proposed, and a push to the tracked branch that only touches the shared
+/// modules is tracked although it changes nothing under the project root.
+const PUSHES: &str = r#"
+package hangar.push
+
+ignore if {
+    count(input.push.paths) > 0
+    input.push.paths_complete
+    every p in input.push.paths { endswith(p, ".md") }
+}
+
+propose if startswith(input.push.branch, "release/")
+
+track if {
+    input.push.tracked_branch
+    some p in input.push.paths
+    startswith(p, "modules/")
+}
+"#;
+
+#[test]
+fn a_push_policy_tracks_proposes_ignores_or_leaves_the_push_alone() {
+    let policy = Policy::compile(PolicyKind::Push, PUSHES).unwrap();
+    let ev = evaluator();
+    let push = |branch: &str, paths: &[&str]| PushInput {
+        push: PushEvent {
+            repository: "team/infra".into(),
+            branch: branch.into(),
+            tracked_branch: branch == "main",
+            before: Some("a".repeat(40)),
+            after: "b".repeat(40),
+            pusher: Some("alice".into()),
+            paths: paths.iter().map(|p| p.to_string()).collect(),
+            paths_complete: true,
+            touches_project_root: Some(paths.iter().any(|p| p.starts_with("infra/"))),
+        },
+        stack: stack(),
+        project_root: "infra".into(),
+        default: "ignore".into(),
+        default_reason: "the push changes nothing under infra".into(),
+    };
+    let decide = |input: &PushInput| ev.push(&policy, input).unwrap().outcome;
+    assert_eq!(decide(&push("main", &["README.md", "docs/a.md"])), Outcome::Ignore);
+    assert_eq!(decide(&push("release/1.2", &["infra/main.tf"])), Outcome::Propose);
+    assert_eq!(decide(&push("main", &["modules/net/main.tf"])), Outcome::Track);
+    assert_eq!(decide(&push("main", &["infra/main.tf"])), Outcome::Undecided);
+    // Ignoring wins over everything else that holds.
+    assert_eq!(decide(&push("release/1.2", &["CHANGES.md"])), Outcome::Ignore);
+    // A push policy must define one of its rules, each a boolean.
+    assert!(matches!(
+        Policy::compile(PolicyKind::Push, "package hangar.push\n\ntrigger contains \"x\" if true\n"),
+        Err(CompileError::NoRules { kind: PolicyKind::Push })
+    ));
+    let wrong = Policy::compile(PolicyKind::Push, "package hangar.push\n\ntrack := \"yes\"\n").unwrap();
+    assert!(matches!(ev.push(&wrong, &push("main", &[])), Err(EvalError::RuleType { rule: "track", .. })));
+}

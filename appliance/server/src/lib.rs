@@ -60,6 +60,9 @@ pub struct ServerSettings {
     pub hosted: Vec<Arc<dyn HostedComponent>>,
     /// Where the console's System page finds its facts.
     pub system: SystemSources,
+    /// Evaluates plan, approval and trigger policies (in a child process with
+    /// a memory limit, in the appliance binary).
+    pub policies: hangar_policy::Evaluator,
 }
 
 impl std::fmt::Debug for ServerSettings {
@@ -117,7 +120,7 @@ impl Server {
     /// against the stored data keys (when the database answers), binds, and
     /// starts serving.
     pub async fn start(settings: ServerSettings) -> Result<ServerHandle, ServerError> {
-        let ServerSettings { config, database, objects, master_key, hosted, system } = settings;
+        let ServerSettings { config, database, objects, master_key, hosted, system, policies } = settings;
         config.validate()?;
         let db = database.pool(None)?;
         let tls = tls_config(&config)?;
@@ -150,7 +153,7 @@ impl Server {
             workers,
             max_state_bytes: config.max_state_bytes,
             max_module_bytes: config.max_module_bytes,
-            policies: hangar_policy::Evaluator::new(hangar_policy::Limits::default()),
+            policies,
             bundles: staging,
             webhook_budget: webhooks::Budget::new(config.webhook_bytes_in_flight),
         });

@@ -22,9 +22,7 @@ use hangar_store::stacks::StackRow;
 
 use crate::App;
 
-/// Largest input kept (sealed) with an evaluation, for replay. Beyond it the
-/// decision is still recorded, its input only measured.
-pub(crate) const MAX_RECORDED_INPUT: usize = 8 * 1024 * 1024;
+pub(crate) use hangar_store::policies::MAX_RECORDED_INPUT;
 
 /// The longest run note a denial writes.
 const MAX_NOTE: usize = 2000;
@@ -155,7 +153,8 @@ async fn evaluate_all(
         policies::record_evaluation(
             conn,
             &NewEvaluation {
-                run_id: run,
+                run_id: Some(run),
+                stack_id: None,
                 policy_id: policy.id,
                 policy_version_id: version.id,
                 policy_name: policy.name.clone(),

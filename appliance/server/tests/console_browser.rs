@@ -623,4 +623,23 @@ async fn an_admin_gives_a_team_its_space_and_the_team_sees_only_it() {
     assert!(!page_has(&t, "Roles granted here").await && !page_has(&t, "Create a space below").await);
     t.goto(&format!("{base}/stacks/index")).await.unwrap();
     wait_for("the not-found page", Duration::from_secs(30), || async { page_has(&t, "Not found").await.then_some(()) }).await;
+    // The team's admin creates a pool in a space below the team from the
+    // Pools page, and may connect a git server there.
+    let create = "mutation { createUser(email: \"lead@pay.test\", role: NO_ACCESS, password: \"Amber-Falcon-8-Reed!\") { id } }";
+    assert!(app.gql(Some(&admin), create, json!({})).await.1["errors"].is_null());
+    let grant = "mutation { grantSpaceRole(space: \"payments\", user: \"lead@pay.test\", role: ADMIN) { slug } }";
+    assert!(app.gql(Some(&admin), grant, json!({})).await.1["errors"].is_null());
+    let (_driver3, l) = browser(&files, "spaces-lead").await;
+    sign_in(&l, &base, "lead@pay.test", "Amber-Falcon-8-Reed!").await;
+    l.goto(&format!("{base}/pools")).await.unwrap();
+    fill(&l, "pool-name", "pay-builders").await;
+    find(&l, Locator::Id("pool-space")).await.select_by_value("payments-eu").await.unwrap();
+    click_button(&l, "Create the pool").await;
+    wait_for("the new pool", Duration::from_secs(30), || async { page_has(&l, "Create a join token").await.then_some(()) }).await;
+    shoot(&l, "pools-space-admin").await;
+    let d = app.ok(&admin, "{ workerPools { name space { slug } } }", json!({})).await;
+    assert!(d["workerPools"].as_array().unwrap().iter().any(|p| p["name"] == "pay-builders" && p["space"]["slug"] == "payments-eu"), "{d}");
+    l.goto(&format!("{base}/vcs")).await.unwrap();
+    find(&l, Locator::Id("vcs-space")).await;
+    shoot(&l, "vcs-space-admin").await;
 }

@@ -5,7 +5,8 @@
 //! confirmation, with the reason on the run; a `warn` is shown; an approval
 //! policy gates Confirm until two people other than the author approved; a
 //! policy that runs past its time limit fails its run while the server goes
-//! on answering; a policy that does not compile is refused with line and
+//! on answering, and one that takes memory without bound fails its run at
+//! the memory limit while the server's memory stays as it was; a policy that does not compile is refused with line and
 //! column; hostile input is refused clearly; and a policy not yet attached is
 //! replayed against the recorded inputs.
 
@@ -120,9 +121,9 @@ async fn plan_and_approval_policies_decide_real_runs_and_every_decision_is_kept_
     assert!(message.starts_with("body is refused: the policy is 204") && message.ends_with("more than the 131072 bytes allowed"), "{message}");
     let (_, message) = fleet
         .app
-        .err(Some(&admin), CREATE, json!({ "i": { "name": "t", "kind": "PUSH", "body": NO_WORLD_WRITABLE } }))
+        .err(Some(&admin), CREATE, json!({ "i": { "name": "t", "kind": "DRIFT", "body": NO_WORLD_WRITABLE } }))
         .await;
-    assert!(message.contains("PUSH"), "{message}");
+    assert!(message.contains("DRIFT"), "{message}");
     let (_, message) = fleet
         .app
         .err(Some(&admin), CREATE, json!({ "i": { "name": "t", "kind": "TRIGGER", "body": NO_WORLD_WRITABLE } }))
@@ -298,6 +299,31 @@ deny contains msg if {
     assert!(page.contains("must be 0600"), "the body stays in its field to edit: {page}");
     let list = carol_console.get("/policies").await;
     assert!(list.contains("no-world-writable") && !list.contains("Test against past runs"), "a writer sees the policies, not the workbench: {list}");
+
+    // A policy that takes memory without bound (one builtin call building a
+    // hundred million numbers, which no timer interrupts) ends the process
+    // its evaluation runs in at the memory limit: the run fails with that
+    // reason, and the server's own memory does not move.
+    let server_pid = fleet.app.server.as_ref().unwrap().pid();
+    let before = resident_kib(server_pid);
+    let hog = "package hangar.slow\n\ndeny contains msg if {\n    n := count(numbers.range(1, 100000000))\n    msg := sprintf(\"%d\", [n])\n}\n";
+    fleet.ok("mutation($b: String!) { updatePolicy(name: \"slow\", body: $b) { name } }", json!({ "b": hog })).await;
+    git.push_files("files", "main", &[("infra/main.tf", &config_with_file(&motd, "fourth\\n", "0600"))], "a fourth commit");
+    let hungry = fleet.trigger("files").await;
+    let run = fleet.wait_state(&hungry, "FAILED", &[&worker]).await;
+    let reason = run["failureReason"].as_str().unwrap();
+    assert!(reason.starts_with("plan policy slow (version 3) failed after "), "{reason}");
+    assert!(reason.ends_with(" ms: the policy ran past its memory limit of 512 MiB"), "{reason}");
+    let grown = resident_kib(server_pid).saturating_sub(before);
+    assert!(grown < 100 * 1024, "the server grew by {grown} KiB while a policy took memory without bound");
+    assert_eq!(fleet.app.client.get(fleet.app.url("/health")).send().await.unwrap().status(), 200);
+}
+
+/// A process's resident memory, from /proc.
+fn resident_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
 }
 
 /// A console page as the administrator sees it, signed in through the form.

@@ -316,6 +316,28 @@ async fn a_user_without_grants_sees_nothing_and_the_state_backend_and_console_fo
     let lead_web = ConsoleSession::login_as(&app, "lead@team.test", "Tall-Bridge-6-Moss!").await;
     let pools = lead_web.get("/pools").await;
     assert!(pools.contains("action=\"/pools/pool-team/token\"") && pools.contains("action=\"/pools/pool-team-sub/token\""), "{pools}");
+    // The team's admin creates pools and connects git servers from the
+    // console, in the team's spaces only; its writer gets no pool form, and
+    // the git servers page is for admins.
+    let offered = |page: &str| page.contains("<option value=\"team\">") && page.contains("<option value=\"team-sub\">") && !page.contains("value=\"other\"") && !page.contains("value=\"root\"");
+    assert!(pools.contains("Create a worker pool") && offered(&pools), "{pools}");
+    assert!(!web.get("/pools").await.contains("Create a worker pool"));
+    let csrf = lead_web.csrf("/pools").await;
+    assert_eq!(lead_web.post("/pools", &[("csrf", &csrf), ("name", "pool-made-here"), ("description", "by the lead"), ("space", "team-sub")]).await, 303);
+    let vcs = lead_web.get("/vcs").await;
+    assert!(vcs.contains("Connect a git server") && offered(&vcs), "{vcs}");
+    assert_eq!(status("/vcs".into()).await, 403, "git servers are for admins");
+    let csrf = lead_web.csrf("/vcs").await;
+    let form = [("csrf", csrf.as_str()), ("name", "team-git"), ("kind", "GIT"), ("base_url", "https://git.team.test"), ("space", "team")];
+    assert_eq!(lead_web.post("/vcs", &form).await, 303);
+    // Where they landed; and a space the lead does not administer is refused.
+    let d = app.ok(&admin, "{ workerPools { name space { slug } } vcsIntegrations { name space { slug } } }", json!({})).await;
+    assert!(d["workerPools"].as_array().unwrap().iter().any(|p| p["name"] == "pool-made-here" && p["space"]["slug"] == "team-sub"), "{d}");
+    assert!(d["vcsIntegrations"].as_array().unwrap().iter().any(|i| i["name"] == "team-git" && i["space"]["slug"] == "team"), "{d}");
+    let csrf = lead_web.csrf("/pools").await;
+    assert_ne!(lead_web.post("/pools", &[("csrf", &csrf), ("name", "pool-elsewhere"), ("description", ""), ("space", "other")]).await, 303);
+    let d = app.ok(&admin, "{ workerPools { name } }", json!({})).await;
+    assert!(!d.to_string().contains("pool-elsewhere"), "{d}");
     let own = web.get("/stacks/st-team").await;
     assert!(own.contains(">Trigger a run</button>"), "the writer's controls on a stack of the team");
     let form = web.get("/stacks/new").await;

@@ -231,15 +231,38 @@ pub async fn applying_to(
     Ok(out)
 }
 
+/// Largest input kept (sealed) with an evaluation, for replay. Beyond it the
+/// decision is still recorded, its input only measured.
+pub const MAX_RECORDED_INPUT: usize = 8 * 1024 * 1024;
+
 /// The context an evaluation's input is sealed under: it opens only as that run's.
 pub fn input_context(run: i64) -> String {
     format!("run:{run}:policy-input")
 }
 
+/// The context of a recorded input: its run's, or for a push that made no
+/// run, its stack's.
+pub fn recorded_input_context(e: &EvaluationRow) -> String {
+    match (e.run_id, e.stack_id) {
+        (Some(run), _) => input_context(run),
+        (None, Some(stack)) => push_input_context(stack),
+        (None, None) => "policy-input".to_string(),
+    }
+}
+
+/// The context a push policy's input is sealed under when the push made no
+/// run: it opens only as that stack's.
+pub fn push_input_context(stack: i64) -> String {
+    format!("stack:{stack}:push-policy-input")
+}
+
 /// An evaluation to record.
 #[derive(Debug, Clone)]
 pub struct NewEvaluation {
-    pub run_id: i64,
+    /// The run decided about; `None` only for a push that made no run.
+    pub run_id: Option<i64>,
+    /// The stack decided about, for push policies.
+    pub stack_id: Option<i64>,
     pub policy_id: i64,
     pub policy_version_id: i64,
     pub policy_name: String,
@@ -259,7 +282,8 @@ pub struct NewEvaluation {
 #[diesel(table_name = policy_evaluations)]
 pub struct EvaluationRow {
     pub id: i64,
-    pub run_id: i64,
+    pub run_id: Option<i64>,
+    pub stack_id: Option<i64>,
     pub policy_id: Option<i64>,
     pub policy_name: String,
     pub policy_version: i32,
@@ -276,6 +300,7 @@ pub async fn record_evaluation(conn: &mut AsyncPgConnection, e: &NewEvaluation) 
     Ok(diesel::insert_into(policy_evaluations::table)
         .values((
             policy_evaluations::run_id.eq(e.run_id),
+            policy_evaluations::stack_id.eq(e.stack_id),
             policy_evaluations::policy_id.eq(e.policy_id),
             policy_evaluations::policy_version_id.eq(e.policy_version_id),
             policy_evaluations::policy_name.eq(&e.policy_name),
@@ -304,6 +329,18 @@ pub async fn evaluations_of_run(conn: &mut AsyncPgConnection, run: i64) -> Resul
         .await?)
 }
 
+/// A stack's latest push decisions that made no run, newest first.
+pub async fn push_evaluations_of_stack(conn: &mut AsyncPgConnection, stack: i64, limit: i64) -> Result<Vec<EvaluationRow>, StoreError> {
+    Ok(policy_evaluations::table
+        .filter(policy_evaluations::stack_id.eq(stack))
+        .filter(policy_evaluations::run_id.is_null())
+        .order(policy_evaluations::id.desc())
+        .limit(limit)
+        .select(EvaluationRow::as_select())
+        .load(conn)
+        .await?)
+}
+
 /// A recorded evaluation with its sealed input, for replay.
 #[derive(Debug, Clone)]
 pub struct RecordedInput {
@@ -311,15 +348,27 @@ pub struct RecordedInput {
     pub input: Option<Sealed>,
 }
 
-/// The newest `limit` evaluations of `kind`, newest first, with their inputs.
-pub async fn recorded_inputs(conn: &mut AsyncPgConnection, kind: &str, limit: i64) -> Result<Vec<RecordedInput>, StoreError> {
-    let rows: Vec<(EvaluationRow, Option<Vec<u8>>, Option<i64>)> = policy_evaluations::table
+/// The newest `limit` evaluations of `kind`, newest first, with their inputs;
+/// with `within`, only those about stacks of these spaces.
+pub async fn recorded_inputs(
+    conn: &mut AsyncPgConnection,
+    kind: &str,
+    limit: i64,
+    within: Option<&[i64]>,
+) -> Result<Vec<RecordedInput>, StoreError> {
+    use hangar_db::schema::{runs, stacks};
+    let mut q = policy_evaluations::table
         .filter(policy_evaluations::kind.eq(kind))
         .order(policy_evaluations::id.desc())
         .limit(limit)
         .select((EvaluationRow::as_select(), policy_evaluations::input_sealed, policy_evaluations::input_data_key))
-        .load(conn)
-        .await?;
+        .into_boxed();
+    if let Some(spaces) = within {
+        let in_spaces: Vec<i64> = stacks::table.filter(stacks::space_id.eq_any(spaces)).select(stacks::id).load(conn).await?;
+        let their_runs: Vec<i64> = runs::table.filter(runs::stack_id.eq_any(&in_spaces)).select(runs::id).load(conn).await?;
+        q = q.filter(policy_evaluations::stack_id.eq_any(in_spaces).or(policy_evaluations::run_id.eq_any(their_runs)));
+    }
+    let rows: Vec<(EvaluationRow, Option<Vec<u8>>, Option<i64>)> = q.load(conn).await?;
     Ok(rows
         .into_iter()
         .map(|(evaluation, bytes, key)| RecordedInput {

@@ -8,6 +8,7 @@
 //! space afterwards is a map lookup.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
@@ -151,6 +152,81 @@ async fn granted(conn: &mut AsyncPgConnection, who: Grantee, own: Role) -> Resul
         }
     }
     Ok(SpaceAccess { own, raised })
+}
+
+/// Callers' access kept between requests, valid for one generation of the
+/// spaces tree and its grants (`access_generation`, moved by triggers in the
+/// transaction that changes them). Process-wide: every request of this
+/// process shares it; other processes keep their own and read the same
+/// generation.
+struct AccessCache {
+    generation: i64,
+    entries: HashMap<AccessKey, Arc<SpaceAccess>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum AccessKey {
+    User { user: i64, own: Role },
+    Key { user: i64, user_role: Role, key: i64, key_role: Role },
+}
+
+/// More callers than this at once and the cache starts over: it holds what
+/// active callers need, not every account.
+const MAX_CACHED: usize = 20_000;
+
+static CACHE: std::sync::LazyLock<std::sync::Mutex<AccessCache>> =
+    std::sync::LazyLock::new(|| std::sync::Mutex::new(AccessCache { generation: i64::MIN, entries: HashMap::new() }));
+
+fn cached(key: AccessKey, generation: i64) -> Option<Arc<SpaceAccess>> {
+    let cache = CACHE.lock().unwrap_or_else(|p| p.into_inner());
+    (cache.generation == generation).then(|| cache.entries.get(&key).cloned()).flatten()
+}
+
+fn keep(key: AccessKey, generation: i64, access: &Arc<SpaceAccess>) {
+    let mut cache = CACHE.lock().unwrap_or_else(|p| p.into_inner());
+    // A request that read an older generation than another one already did
+    // computes its answer but must not store it under the newer one.
+    if generation < cache.generation {
+        return;
+    }
+    if generation > cache.generation || cache.entries.len() >= MAX_CACHED {
+        cache.generation = generation;
+        cache.entries.clear();
+    }
+    cache.entries.insert(key, access.clone());
+}
+
+/// The generation of the spaces tree and grants, to read with a caller's
+/// token: `(SELECT n FROM access_generation)`.
+pub fn generation_column() -> diesel::expression::SqlLiteral<BigInt> {
+    diesel::dsl::sql::<BigInt>("(SELECT n FROM access_generation)")
+}
+
+/// [`user_access`], kept between requests of the same `generation`.
+pub async fn user_access_at(conn: &mut AsyncPgConnection, generation: i64, user: i64, own: Role) -> Result<Arc<SpaceAccess>, StoreError> {
+    let key = AccessKey::User { user, own };
+    if let Some(hit) = cached(key, generation) {
+        return Ok(hit);
+    }
+    let access = Arc::new(user_access(conn, user, own).await?);
+    keep(key, generation, &access);
+    Ok(access)
+}
+
+/// [`key_access`], kept between requests of the same `generation`.
+pub async fn key_access_at(
+    conn: &mut AsyncPgConnection,
+    generation: i64,
+    (user, user_role): (i64, Role),
+    (key, key_role): (i64, Role),
+) -> Result<Arc<SpaceAccess>, StoreError> {
+    let cache_key = AccessKey::Key { user, user_role, key, key_role };
+    if let Some(hit) = cached(cache_key, generation) {
+        return Ok(hit);
+    }
+    let access = Arc::new(key_access(conn, user, user_role, key, key_role).await?);
+    keep(cache_key, generation, &access);
+    Ok(access)
 }
 
 /// What a user may do in each space.

@@ -129,8 +129,8 @@ impl TokenRefusal {
 }
 
 /// A session row as checked on each request: id, hash, expiry, revocation,
-/// last use, and its user.
-type SessionLookup = (i64, String, DateTime<Utc>, Option<DateTime<Utc>>, Option<DateTime<Utc>>, UserRow);
+/// last use, its user, and the generation of spaces and grants.
+type SessionLookup = (i64, String, DateTime<Utc>, Option<DateTime<Utc>>, Option<DateTime<Utc>>, UserRow, i64);
 
 /// Resolves a bearer token to its caller.
 pub async fn resolve_token(
@@ -152,11 +152,12 @@ pub async fn resolve_token(
                         sessions::revoked_at,
                         sessions::last_seen_at,
                         UserRow::as_select(),
+                        crate::spaces::generation_column(),
                     ))
                     .first(conn)
                     .await
                     .optional()?;
-            let Some((sid, hash, expires, revoked, seen, user)) = found else { return Ok(Err(TokenRefusal::Unknown)) };
+            let Some((sid, hash, expires, revoked, seen, user, generation)) = found else { return Ok(Err(TokenRefusal::Unknown)) };
             if !token_matches(token, &hash) {
                 return Ok(Err(TokenRefusal::Unknown));
             }
@@ -172,24 +173,18 @@ pub async fn resolve_token(
             if seen.is_none_or(|s| now - s > TOUCH_EVERY) {
                 diesel::update(sessions::table.find(sid)).set(sessions::last_seen_at.eq(now)).execute(conn).await?;
             }
-            let access = crate::spaces::user_access(conn, user.id, user.role()).await?;
-            Ok(Ok(Caller {
-                user_id: user.id,
-                email: user.email.clone(),
-                role: user.role(),
-                via: Via::Session { id: sid },
-                access: std::sync::Arc::new(access),
-            }))
+            let access = crate::spaces::user_access_at(conn, generation, user.id, user.role()).await?;
+            Ok(Ok(Caller { user_id: user.id, email: user.email.clone(), role: user.role(), via: Via::Session { id: sid }, access }))
         }
         API_KEY_KIND => {
-            let found: Option<(String, ApiKeyRow, UserRow)> = api_keys::table
+            let found: Option<(String, ApiKeyRow, UserRow, i64)> = api_keys::table
                 .inner_join(users::table)
                 .filter(api_keys::prefix.eq(id))
-                .select((api_keys::secret_hash, ApiKeyRow::as_select(), UserRow::as_select()))
+                .select((api_keys::secret_hash, ApiKeyRow::as_select(), UserRow::as_select(), crate::spaces::generation_column()))
                 .first(conn)
                 .await
                 .optional()?;
-            let Some((hash, key, user)) = found else { return Ok(Err(TokenRefusal::Unknown)) };
+            let Some((hash, key, user, generation)) = found else { return Ok(Err(TokenRefusal::Unknown)) };
             if !token_matches(token, &hash) {
                 return Ok(Err(TokenRefusal::Unknown));
             }
@@ -205,13 +200,14 @@ pub async fn resolve_token(
             if key.last_used_at.is_none_or(|s| now - s > TOUCH_EVERY) {
                 diesel::update(api_keys::table.find(key.id)).set(api_keys::last_used_at.eq(now)).execute(conn).await?;
             }
-            let access = crate::spaces::key_access(conn, user.id, user.role(), key.id, key.role()).await?;
+            let access =
+                crate::spaces::key_access_at(conn, generation, (user.id, user.role()), (key.id, key.role())).await?;
             Ok(Ok(Caller {
                 user_id: user.id,
                 email: user.email.clone(),
                 role: key.role().min(user.role()),
                 via: Via::ApiKey { id: key.id, name: key.name.clone() },
-                access: std::sync::Arc::new(access),
+                access,
             }))
         }
         _ => Ok(Err(TokenRefusal::Malformed)),

@@ -368,6 +368,8 @@ pub struct LinkedStack {
     pub repository: String,
     pub branch: String,
     pub project_root: String,
+    pub name: String,
+    pub labels: Vec<String>,
 }
 
 /// The stacks linked to `integration`, by id. With `lock`, their rows are
@@ -384,7 +386,7 @@ pub async fn stacks_of(conn: &mut AsyncPgConnection, integration: i64, lock: boo
         .filter(stacks::vcs_integration_id.eq(integration))
         .filter(stacks::space_id.eq_any(within))
         .order(stacks::id.asc())
-        .select((stacks::id, stacks::slug, stacks::repository, stacks::branch, stacks::project_root));
+        .select((stacks::id, stacks::slug, stacks::repository, stacks::branch, stacks::project_root, stacks::name, stacks::labels));
     Ok(if lock { q.for_update().load(conn).await? } else { q.load(conn).await? })
 }
 

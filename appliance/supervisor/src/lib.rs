@@ -22,7 +22,7 @@ pub mod proxy;
 mod ready;
 mod reaper;
 mod service;
-mod sigv4;
+pub mod sigv4;
 mod supervisor;
 
 pub use config::{Plan, S3Target, ServiceSpec, Settings, SupervisorConfig};

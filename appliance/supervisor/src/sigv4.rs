@@ -1,5 +1,6 @@
-//! Just enough AWS Signature Version 4 to sign the S3 readiness check: a request
-//! with no body, its headers limited to host, x-amz-date and x-amz-content-sha256.
+//! Just enough AWS Signature Version 4 to sign the S3 readiness check and the
+//! installer's bucket creation: a request with no body, its headers limited to
+//! host, x-amz-date and x-amz-content-sha256.
 
 use ring::{digest, hmac};
 

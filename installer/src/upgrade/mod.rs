@@ -70,6 +70,8 @@ pub struct UpgradeOptions {
 /// complete is an error (after its rollback, when there was one).
 pub fn upgrade(host: &Host, reporter: &dyn Reporter, opts: &UpgradeOptions) -> Result<Record, InstallError> {
     let inst = Installation::load(host)?;
+    // Its rollback restores the database from the backup made before.
+    inst.require_bundled_database("an upgrade")?;
     let dir = inst.upgrades_dir();
     ensure_dir(&dir, 0o755, None)?;
     let lock = inst.lock(Duration::from_secs(15))?;

@@ -7,10 +7,10 @@
 use std::fs::{self, File};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use hangar_testkit::{TestDir, free_port};
+use hangar_testkit::{ChildProcess, TestDir, cargo_bin, free_port, wait_for};
 
 pub const ADMIN_EMAIL: &str = "admin@hangar.test";
 pub const ADMIN_PASSWORD: &str = "Install-Passw0rd-Of-Test";
@@ -615,3 +615,74 @@ pub fn signal_at(mut cmd: Command, at: &str, after: Duration, signal: nix::sys::
     child.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
     (status.code(), seen + &stderr)
 }
+
+// ---- a worker host and runs, for the tests that apply Terraform ----
+
+pub const SOON: Duration = Duration::from_secs(240);
+
+/// Joins a worker host to `pool` of the appliance `site` (`hangar-worker
+/// join`), tuned for tests; returns its configuration directory.
+pub async fn join_worker(site: &Site, api: &Api, files: &TestDir, pool: &str) -> PathBuf {
+    let token = api.ok("mutation($p: String!) { createJoinToken(pool: $p) { token } }", serde_json::json!({ "p": pool })).await["createJoinToken"]["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let dir = files.subdir("worker");
+    let out = Command::new(cargo_bin("hangar-worker"))
+        .args(["join", "--server", &api.base, "--token", &token, "--name", "w1", "--config-dir"])
+        .arg(&dir)
+        .arg("--ca")
+        .arg(site.ca())
+        .env("HANGAR_LOG", "warn")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    check("hangar-worker join", out);
+    let path = dir.join("worker.toml");
+    let toml = std::fs::read_to_string(&path)
+        .unwrap()
+        .replace("/var/lib/hangar-worker/work", &files.subdir("work").display().to_string())
+        .replace("/var/cache/hangar-worker", &files.subdir("cache").display().to_string())
+        .replace("heartbeat_secs = 10\n", "heartbeat_secs = 1\n")
+        .replace("poll_secs = 30\n", "poll_secs = 2\n")
+        .replace("stop_grace_secs = 10\n", "stop_grace_secs = 2\n");
+    std::fs::write(&path, toml).unwrap();
+    dir
+}
+
+pub fn run_worker(config_dir: &Path, files: &TestDir) -> ChildProcess {
+    let mut cmd = Command::new(cargo_bin("hangar-worker"));
+    cmd.args(["run", "--config-dir"]).arg(config_dir).env("HANGAR_LOG", "info").stdin(Stdio::null());
+    ChildProcess::spawn(cmd, "worker", files.path())
+}
+
+pub async fn run_state(api: &Api, id: &str) -> serde_json::Value {
+    api.ok("query($id: ID!) { run(id: $id) { state failureReason } }", serde_json::json!({ "id": id })).await["run"].clone()
+}
+
+pub async fn wait_state(api: &Api, id: &str, want: &str, worker: &ChildProcess) {
+    wait_for(&format!("run {id} to be {want}"), SOON, || async {
+        let r = run_state(api, id).await;
+        let state = r["state"].as_str().unwrap_or_default().to_string();
+        assert!(
+            !["FAILED", "DISCARDED", "CANCELED", "STOPPED"].contains(&state.as_str()) || state == want,
+            "run {id} ended {state}: {r}\n{}",
+            worker.output_tail()
+        );
+        (state == want).then_some(())
+    })
+    .await;
+}
+
+/// Triggers a tracked run of `stack` and takes it to FINISHED; returns its id.
+pub async fn apply(api: &Api, stack: &str, worker: &ChildProcess) -> String {
+    let id = api.ok("mutation($s: String!) { triggerRun(stack: $s) { id } }", serde_json::json!({ "s": stack })).await["triggerRun"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    wait_state(api, &id, "UNCONFIRMED", worker).await;
+    api.ok("mutation($id: ID!) { confirmRun(id: $id) { state } }", serde_json::json!({ "id": id })).await;
+    wait_state(api, &id, "FINISHED", worker).await;
+    id
+}
+

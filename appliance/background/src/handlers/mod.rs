@@ -4,6 +4,7 @@
 
 mod dependencies;
 mod drift;
+mod push_policy;
 mod reaper;
 mod retention;
 mod schedule;

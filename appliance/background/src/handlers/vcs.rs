@@ -35,6 +35,7 @@ use hangar_vcs::{
 use tracing::{info, warn};
 
 use super::db_error;
+use super::push_policy::{self, Choice, PushPolicies};
 
 /// What the VCS handlers need beyond the database.
 #[derive(Clone, Default)]
@@ -48,6 +49,14 @@ pub struct VcsContext {
     /// Bare copies of repositories under the drain's data directory, to ask
     /// git what a push changed when its delivery does not list every path.
     pub git_cache: Option<Arc<GitCache>>,
+    /// Evaluates push policies.
+    pub policies: hangar_policy::Evaluator,
+}
+
+impl VcsContext {
+    fn push_policies(&self) -> PushPolicies {
+        PushPolicies { evaluator: self.policies.clone(), secrets: self.secrets.clone() }
+    }
 }
 
 impl std::fmt::Debug for VcsContext {
@@ -221,8 +230,54 @@ async fn create_run(
     Ok(run.id)
 }
 
+/// What the branch and path rules make of a push to a stack: a tracked run
+/// (with a note on how that was decided) or nothing (with the line saying why).
+enum Default {
+    Track { note: String },
+    Ignore { line: String, reason: String },
+}
+
+fn default_for(stack: &LinkedStack, push: &Push, verdicts: &Verdicts, after: &str) -> (Default, Option<bool>) {
+    let branch = push.branch().unwrap_or_default();
+    let root = match ProjectRoot::new(&stack.project_root) {
+        Ok(r) => r,
+        Err(e) => {
+            let reason = e.to_string();
+            return (Default::Ignore { line: format!("stack {}: {reason}; no run", stack.slug), reason }, None);
+        }
+    };
+    let verdict = verdicts.get(&verdict_key(stack.id, push));
+    let touches = match (push.touches(&root), verdict) {
+        (Touches::Yes, _) => Some(true),
+        (Touches::No, _) => Some(false),
+        (Touches::Unknown, Some(v)) => Some(v.touches),
+        (Touches::Unknown, None) => None,
+    };
+    if stack.branch != branch {
+        let reason = format!("the stack tracks {}, not {branch}", stack.branch);
+        return (Default::Ignore { line: format!("stack {}: push {} to {branch}: {reason}; ignored", stack.slug, short(after)), reason }, touches);
+    }
+    let decided = match (push.touches(&root), verdict) {
+        (Touches::No, _) => {
+            let reason = format!("the push changes nothing under {root}");
+            Default::Ignore { line: format!("stack {}: push {} to {branch} changes nothing under {root}; ignored", stack.slug, short(after)), reason }
+        }
+        (Touches::Unknown, Some(v)) if !v.touches => Default::Ignore {
+            line: format!("stack {}: push {} to {branch} changes nothing under {root} ({}); ignored", stack.slug, short(after), v.note),
+            reason: format!("the push changes nothing under {root} ({})", v.note),
+        },
+        (Touches::Yes, _) => Default::Track { note: String::new() },
+        (Touches::Unknown, Some(v)) => Default::Track { note: format!(" ({})", v.note) },
+        (Touches::Unknown, None) => {
+            Default::Track { note: " (the changed paths are not all known, so the run is made to be safe)".to_string() }
+        }
+    };
+    (decided, touches)
+}
+
 async fn on_push(
     c: &mut AsyncPgConnection,
+    policies: &PushPolicies,
     integration: &IntegrationRow,
     stacks: &[LinkedStack],
     push: &Push,
@@ -242,64 +297,96 @@ async fn on_push(
         ));
         return Ok(());
     }
-    let tracking: Vec<&&LinkedStack> = same_repo.iter().filter(|s| s.branch == branch).collect();
-    if tracking.is_empty() {
+    let mut considered = 0;
+    for stack in same_repo {
+        let (default, touches) = default_for(stack, push, verdicts, after);
+        let (default_word, default_reason) = match &default {
+            Default::Track { note } => ("track", format!("a push to the tracked branch that changes the project root{note}")),
+            Default::Ignore { reason, .. } => ("ignore", reason.clone()),
+        };
+        let (choice, pending) = push_policy::decide(c, policies, stack, push, touches, (default_word, &default_reason)).await?;
+        // Without push policies, only the stacks tracking the branch hear of it.
+        if matches!(choice, Choice::NoPolicy) && stack.branch != branch {
+            continue;
+        }
+        considered += 1;
+        let (kind, note) = match (choice, default) {
+            (Choice::NoPolicy | Choice::Undecided, Default::Ignore { line, .. }) => {
+                out.lines.push(line);
+                (None, String::new())
+            }
+            (Choice::NoPolicy | Choice::Undecided, Default::Track { note }) => (Some(RunKind::Tracked), note),
+            (Choice::Ignore { by }, _) => {
+                out.lines.push(format!("stack {}: {by} ignores push {} to {branch}; no run", stack.slug, short(after)));
+                (None, String::new())
+            }
+            (Choice::Failed { why }, _) => {
+                out.lines.push(format!("stack {}: {why}; no run for push {} to {branch}", stack.slug, short(after)));
+                (None, String::new())
+            }
+            (Choice::Track { by }, _) if stack.branch != branch => {
+                out.lines.push(format!(
+                    "stack {}: {by} tracks push {} to {branch}, but the stack tracks {}: a tracked run applies only its own branch; no run",
+                    stack.slug,
+                    short(after),
+                    stack.branch
+                ));
+                (None, String::new())
+            }
+            (Choice::Track { by }, _) => (Some(RunKind::Tracked), format!(" ({by} tracks it)")),
+            (Choice::Propose { by }, _) => (Some(RunKind::Proposed), format!(" ({by} proposes it)")),
+        };
+        let run = match kind {
+            Some(kind) => new_push_run(c, integration, stack, push, after, kind, &note, out).await?,
+            None => None,
+        };
+        if let Some(pending) = pending {
+            push_policy::record(c, policies, pending, run).await?;
+        }
+    }
+    if considered == 0 {
         out.lines.push(format!(
             "push to {branch} of {}: no linked stack tracks branch {branch}; ignored",
             push.repository.full_name
         ));
-        return Ok(());
-    }
-    for stack in tracking {
-        let root = match ProjectRoot::new(&stack.project_root) {
-            Ok(r) => r,
-            Err(e) => {
-                out.lines.push(format!("stack {}: {e}; no run", stack.slug));
-                continue;
-            }
-        };
-        let note = match (push.touches(&root), verdicts.get(&verdict_key(stack.id, push))) {
-            (Touches::No, _) => {
-                out.lines.push(format!(
-                    "stack {}: push {} to {branch} changes nothing under {root}; ignored",
-                    stack.slug,
-                    short(after)
-                ));
-                continue;
-            }
-            (Touches::Unknown, Some(v)) if !v.touches => {
-                out.lines.push(format!(
-                    "stack {}: push {} to {branch} changes nothing under {root} ({}); ignored",
-                    stack.slug,
-                    short(after),
-                    v.note
-                ));
-                continue;
-            }
-            (Touches::Yes, _) => String::new(),
-            (Touches::Unknown, Some(v)) => format!(" ({})", v.note),
-            (Touches::Unknown, None) => " (the changed paths are not all known, so the run is made to be safe)".to_string(),
-        };
-        // The same commit announced twice (a webhook and a poll, or a push and
-        // a redelivery with a new id) makes one run.
-        if let Some(existing) = run_store::live_run_at(c, stack.id, RunKind::Tracked, after).await? {
-            out.lines.push(format!("stack {}: run {existing} already plans {}; no second run", stack.slug, short(after)));
-            continue;
-        }
-        let who = push.pusher.as_deref().map(|p| format!(" by {p}")).unwrap_or_default();
-        let new = NewRun {
-            stack_id: stack.id,
-            kind: RunKind::Tracked,
-            commit_sha: after.to_string(),
-            branch: branch.to_string(),
-            command: None,
-            triggered_by: format!("push to {branch}{who} ({})", integration.name),
-        };
-        let id = create_run(c, integration, stack, &push.repository.full_name, new, None).await?;
-        out.runs.push(id);
-        out.lines.push(format!("stack {}: tracked run {id} at {}{note}", stack.slug, short(after)));
     }
     Ok(())
+}
+
+/// Makes the run a push decided on, unless one of that kind already plans the
+/// commit. Returns the run made.
+#[allow(clippy::too_many_arguments)]
+async fn new_push_run(
+    c: &mut AsyncPgConnection,
+    integration: &IntegrationRow,
+    stack: &LinkedStack,
+    push: &Push,
+    after: &str,
+    kind: RunKind,
+    note: &str,
+    out: &mut Outcome,
+) -> Result<Option<i64>, StoreError> {
+    let branch = push.branch().unwrap_or_default();
+    // The same commit announced twice (a webhook and a poll, or a push and
+    // a redelivery with a new id) makes one run.
+    if let Some(existing) = run_store::live_run_at(c, stack.id, kind, after).await? {
+        out.lines.push(format!("stack {}: run {existing} already plans {}; no second run", stack.slug, short(after)));
+        return Ok(None);
+    }
+    let who = push.pusher.as_deref().map(|p| format!(" by {p}")).unwrap_or_default();
+    let new = NewRun {
+        stack_id: stack.id,
+        kind,
+        commit_sha: after.to_string(),
+        branch: branch.to_string(),
+        command: None,
+        triggered_by: format!("push to {branch}{who} ({})", integration.name),
+    };
+    let id = create_run(c, integration, stack, &push.repository.full_name, new, None).await?;
+    out.runs.push(id);
+    let what = if kind == RunKind::Tracked { "tracked" } else { "proposed" };
+    out.lines.push(format!("stack {}: {what} run {id} at {}{note}", stack.slug, short(after)));
+    Ok(Some(id))
 }
 
 async fn on_pull_request(
@@ -379,6 +466,7 @@ async fn on_pull_request(
 /// Acts on parsed events, in the caller's transaction.
 async fn act(
     c: &mut AsyncPgConnection,
+    policies: &PushPolicies,
     integration: &IntegrationRow,
     events: &[Event],
     verdicts: &Verdicts,
@@ -391,7 +479,7 @@ async fn act(
     }
     for event in events {
         match event {
-            Event::Push(p) => on_push(c, integration, &stacks, p, verdicts, &mut out).await?,
+            Event::Push(p) => on_push(c, policies, integration, &stacks, p, verdicts, &mut out).await?,
             Event::PullRequest(pr) => on_pull_request(c, integration, &stacks, pr, &mut out).await?,
             Event::BranchDeleted(_) | Event::Tag(_) | Event::Ping | Event::Other { .. } => {
                 out.lines.push(format!("{event}: not acted on; ignored"));
@@ -435,6 +523,7 @@ pub(super) async fn delivery(pool: &DbPool, ctx: &VcsContext, job: Delivery) -> 
         Err(_) => Verdicts::new(),
     };
     let integ = integration.clone();
+    let policies = ctx.push_policies();
     let (d, e) = (delivery.clone(), event.clone());
     let summary = conn
         .transaction::<_, StoreError, _>(async move |c| {
@@ -442,7 +531,7 @@ pub(super) async fn delivery(pool: &DbPool, ctx: &VcsContext, job: Delivery) -> 
                 return Ok(None);
             };
             let (out, error) = match &parsed {
-                Ok(events) => (act(c, &integ, events, &verdicts).await?, None),
+                Ok(events) => (act(c, &policies, &integ, events, &verdicts).await?, None),
                 Err(err) => (Outcome::default(), Some(err.to_string())),
             };
             finish_delivery(c, row, &out, error.clone()).await?;
@@ -608,6 +697,7 @@ pub(super) async fn poll_repository(pool: &DbPool, ctx: &VcsContext, job: PollRe
     };
     let repo = repository.to_string();
     let integ = integration.clone();
+    let policies = ctx.push_policies();
     let summary = conn
         .transaction::<_, StoreError, _>(async move |c| {
             // Locked so that two drains polling at once act on one change once.
@@ -621,7 +711,7 @@ pub(super) async fn poll_repository(pool: &DbPool, ctx: &VcsContext, job: PollRe
             if pushes.is_empty() {
                 return Ok(None);
             }
-            let out = act(c, &integ, &pushes, &verdicts).await?;
+            let out = act(c, &policies, &integ, &pushes, &verdicts).await?;
             // Recorded like a delivery, so the log shows what polling found.
             let heads: Vec<String> = pushes
                 .iter()

@@ -77,6 +77,14 @@ struct PoolsPage {
     frame: Frame,
     viewer: Viewer,
     pools: Vec<PoolView>,
+    /// The spaces the viewer may create a pool in: (slug, name).
+    spaces: Vec<(String, String)>,
+}
+
+/// The spaces in which the viewer may do `op`, by slug and name: where the
+/// create forms let them put what they create.
+fn spaces_for(all: Vec<hangar_store::spaces::SpaceRow>, viewer: &Viewer, op: Op) -> Vec<(String, String)> {
+    all.into_iter().filter(|sp| viewer.access.may(sp.id, op.role())).map(|sp| (sp.slug, sp.name)).collect()
 }
 
 fn worker_badge(w: &queries::WorkerLine, generation: i32) -> Badge {
@@ -131,18 +139,23 @@ pub(super) async fn pools(c: &Console, s: &Session) -> Response {
                 .collect(),
         })
         .collect();
-    let page = PoolsPage { frame: Frame::new("Worker pools", "pools", Some(s.viewer.clone())), viewer: s.viewer.clone(), pools };
+    let spaces = match hangar_store::spaces::list_spaces(&mut conn).await {
+        Ok(all) => spaces_for(all, &s.viewer, Op::ManagePools),
+        Err(e) => return unavailable(Some(&s.viewer), &e),
+    };
+    let page = PoolsPage { frame: Frame::new("Worker pools", "pools", Some(s.viewer.clone())), viewer: s.viewer.clone(), pools, spaces };
     html(StatusCode::OK, &page)
 }
 
 pub(super) async fn create_pool(c: &Console, s: &Session, req: &Req) -> Response {
     let name = req.field("name").unwrap_or_default().trim();
     let description = req.field("description").unwrap_or_default().trim();
+    let space = req.field("space").map(str::trim).filter(|sp| !sp.is_empty());
     operate(
         c,
         s,
-        "mutation($n: String!, $d: String!) { createWorkerPool(name: $n, description: $d) { id } }",
-        json!({ "n": name, "d": description }),
+        "mutation($n: String!, $d: String!, $s: String) { createWorkerPool(name: $n, description: $d, space: $s) { id } }",
+        json!({ "n": name, "d": description, "s": space }),
         &format!("/pools#pool-{}", urlencode(name)),
     )
     .await
@@ -203,12 +216,15 @@ struct VcsPage {
     frame: Frame,
     viewer: Viewer,
     rows: Vec<IntegrationView>,
+    /// The spaces the viewer may connect a git server in: (slug, name).
+    spaces: Vec<(String, String)>,
 }
 
 pub(super) async fn vcs(c: &Console, s: &Session) -> Response {
     let scope = s.viewer.scope();
-    if let Some(r) = refused(s, Op::ListVcs) {
-        return r;
+    if !s.viewer.can_list_vcs() {
+        let message = format!("This page needs the {} role in some space.", Op::ListVcs.role());
+        return super::error_page(Some(&s.viewer), StatusCode::FORBIDDEN, "Not allowed", &message);
     }
     let mut conn = match c.db.get().await {
         Ok(c) => c,
@@ -222,7 +238,11 @@ pub(super) async fn vcs(c: &Console, s: &Session) -> Response {
         .into_iter()
         .map(|(_, name, kind, base_url, at, stacks)| IntegrationView { name, kind, base_url, stacks, when: When::at(at) })
         .collect();
-    let page = VcsPage { frame: Frame::new("VCS integrations", "vcs", Some(s.viewer.clone())), viewer: s.viewer.clone(), rows };
+    let spaces = match hangar_store::spaces::list_spaces(&mut conn).await {
+        Ok(all) => spaces_for(all, &s.viewer, Op::ManageVcs),
+        Err(e) => return unavailable(Some(&s.viewer), &e),
+    };
+    let page = VcsPage { frame: Frame::new("VCS integrations", "vcs", Some(s.viewer.clone())), viewer: s.viewer.clone(), rows, spaces };
     html(StatusCode::OK, &page)
 }
 
@@ -249,6 +269,9 @@ pub(super) async fn create_vcs(c: &Console, s: &Session, req: &Req) -> Response 
     }
     if let Some(sec) = &secret {
         input["webhookSecret"] = json!(sec);
+    }
+    if let Some(space) = req.field("space").map(str::trim).filter(|sp| !sp.is_empty()) {
+        input["space"] = json!(space);
     }
     let answer = c
         .backend

@@ -23,7 +23,9 @@ pub(crate) struct PolicyLine {
 }
 
 pub(crate) struct ReplayLine {
+    /// Empty for a push that made no run; `stack_id` then says whose it was.
     pub(crate) run_id: String,
+    pub(crate) stack_id: String,
     pub(crate) recorded: String,
     pub(crate) result: Badge,
     pub(crate) messages: Vec<(String, String)>,
@@ -49,8 +51,8 @@ struct PoliciesPage {
 }
 
 const LIST: &str = "query { policies { name kind description labels versions { version } stacks { slug } } }";
-const TEST: &str = "query($k: PolicyKindValue!, $b: String!, $r: Int!) { testPolicy(kind: $k, body: $b, runs: $r) { runId recordedPolicy recordedVersion recordedResult result messages { level text } error durationMs } }";
-const KINDS: [&str; 3] = ["PLAN", "APPROVAL", "TRIGGER"];
+const TEST: &str = "query($k: PolicyKindValue!, $b: String!, $r: Int!) { testPolicy(kind: $k, body: $b, runs: $r) { runId stackId recordedPolicy recordedVersion recordedResult result messages { level text } error durationMs } }";
+const KINDS: [&str; 4] = ["PLAN", "APPROVAL", "TRIGGER", "PUSH"];
 
 fn lines(d: &Value) -> Vec<PolicyLine> {
     d["policies"]
@@ -77,6 +79,7 @@ fn replay_lines(d: &Value) -> Vec<ReplayLine> {
             let result = r["result"].as_str().unwrap_or("error");
             ReplayLine {
                 run_id: r["runId"].as_str().unwrap_or_default().to_string(),
+                stack_id: r["stackId"].as_str().unwrap_or_default().to_string(),
                 recorded: format!(
                     "{} by {} v{}",
                     r["recordedResult"].as_str().unwrap_or_default(),

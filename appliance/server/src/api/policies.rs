@@ -15,7 +15,7 @@ use hangar_store::{audit, stacks};
 use serde_json::json;
 
 use super::types::{Run, Stack};
-use super::{ApiError, app, caller, check_in, check_usable, conn, require, space_for, stack_for};
+use super::{ApiError, app, caller, check_in, check_usable, conn, gate, space_for, stack_for};
 use hangar_store::users::Caller;
 use hangar_types::Role;
 
@@ -30,6 +30,8 @@ pub enum PolicyKindValue {
     Approval,
     /// When a tracked run of its stack ends: `trigger`, the slugs of the stacks to start.
     Trigger,
+    /// When a push reaches its stack's repository: `track`, `propose` or `ignore`.
+    Push,
 }
 
 impl PolicyKindValue {
@@ -38,6 +40,7 @@ impl PolicyKindValue {
         match kind {
             "approval" => PolicyKindValue::Approval,
             "trigger" => PolicyKindValue::Trigger,
+            "push" => PolicyKindValue::Push,
             _ => PolicyKindValue::Plan,
         }
     }
@@ -49,6 +52,7 @@ impl From<PolicyKindValue> for PolicyKind {
             PolicyKindValue::Plan => PolicyKind::Plan,
             PolicyKindValue::Approval => PolicyKind::Approval,
             PolicyKindValue::Trigger => PolicyKind::Trigger,
+            PolicyKindValue::Push => PolicyKind::Push,
         }
     }
 }
@@ -262,7 +266,10 @@ impl RunReview {
 /// What a policy would have decided about one recorded input.
 #[derive(SimpleObject, Debug)]
 pub struct PolicyReplay {
-    pub run_id: ID,
+    /// The run decided about; null for a push that made no run.
+    pub run_id: Option<ID>,
+    /// The stack, for push decisions.
+    pub stack_id: Option<ID>,
     pub evaluation_id: ID,
     /// The policy that was evaluated then, its version and its decision.
     pub recorded_policy: String,
@@ -322,7 +329,8 @@ impl PoliciesQuery {
 
     /// What `body`, a policy of `kind` not attached anywhere yet, would have
     /// decided for the inputs of the last `runs` recorded evaluations of that
-    /// kind, newest first (admin: the inputs hold the plans).
+    /// kind, newest first (admins: the inputs hold the plans; an admin of some
+    /// spaces replays the decisions about their stacks).
     async fn test_policy(
         &self,
         ctx: &Context<'_>,
@@ -330,7 +338,10 @@ impl PoliciesQuery {
         body: String,
         #[graphql(default = 10)] runs: i32,
     ) -> async_graphql::Result<Vec<PolicyReplay>> {
-        require(ctx, Op::ManagePolicies.role())?;
+        // The recorded inputs hold plans: an admin of the root replays them
+        // all, an admin of some spaces those of their stacks.
+        let caller = caller(ctx)?;
+        gate(caller, Op::ManagePolicies.role())?;
         if !(1..=MAX_REPLAY).contains(&runs) {
             return Err(ApiError::invalid("runs", format!("must be between 1 and {MAX_REPLAY}")).into());
         }
@@ -338,12 +349,20 @@ impl PoliciesQuery {
         let policy = compile(kind, &body)?;
         let app = app(ctx);
         let mut c = conn(ctx).await?;
-        let recorded = store::recorded_inputs(&mut c, kind.as_str(), i64::from(runs)).await.map_err(ApiError::from)?;
+        let within: Option<Vec<i64>> = if caller.global().allows(Op::ManagePolicies.role()) {
+            None
+        } else {
+            let all = hangar_store::spaces::list_spaces(&mut c).await.map_err(ApiError::from)?;
+            Some(all.into_iter().map(|s| s.id).filter(|s| caller.may(*s, Op::ManagePolicies.role())).collect())
+        };
+        let recorded =
+            store::recorded_inputs(&mut c, kind.as_str(), i64::from(runs), within.as_deref()).await.map_err(ApiError::from)?;
         let mut out = Vec::with_capacity(recorded.len());
         for r in recorded {
             let e = &r.evaluation;
             let mut replay = PolicyReplay {
-                run_id: ID(e.run_id.to_string()),
+                run_id: e.run_id.map(|r| ID(r.to_string())),
+                stack_id: e.stack_id.map(|s| ID(s.to_string())),
                 evaluation_id: ID(e.id.to_string()),
                 recorded_policy: e.policy_name.clone(),
                 recorded_version: e.policy_version,
@@ -364,7 +383,7 @@ impl PoliciesQuery {
             };
             let input = app
                 .secrets
-                .open(&mut c, &sealed, &store::input_context(e.run_id))
+                .open(&mut c, &sealed, &store::recorded_input_context(e))
                 .await
                 .map_err(ApiError::from)?;
             let input = String::from_utf8(input).map_err(|_| ApiError::Internal(format!("evaluation {} has an input that is not UTF-8", e.id)))?;

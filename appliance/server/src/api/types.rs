@@ -521,6 +521,10 @@ impl WorkerPool {
     async fn generation(&self) -> i32 {
         self.0.generation
     }
+    /// The space the pool belongs to.
+    async fn space(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<super::spaces::Space>> {
+        super::spaces::space_object(ctx, self.0.space_id).await
+    }
     async fn created_at(&self) -> DateTime<Utc> {
         self.0.created_at
     }
