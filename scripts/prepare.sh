@@ -52,6 +52,7 @@ if [ "$purpose" = test ]; then
     iproute2                 # network namespaces for worker isolation tests
     mosquitto-clients        # mosquitto_sub/mosquitto_pub against the built-in broker
     tinyproxy                # a CONNECT-only forward proxy for the HTTP worker transport's tests
+    haproxy                  # the load balancer in front of several servers (scale-out tests)
     chromium chromium-driver # the console's browser tests (WebDriver)
     protobuf-compiler libprotobuf-dev # protoc and its well-known types: the test provider's gRPC code
     mosquitto                # the fan-out benchmark's peer broker (not used by tests)

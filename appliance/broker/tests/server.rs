@@ -232,6 +232,9 @@ async fn hangar_server_runs_the_broker_reports_it_and_stops_it() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("bad user name or password"));
     let (status, body) = app.ready().await.unwrap();
     assert_eq!(status, 200, "{body}");
+    // `/ready` counts the workers connected to this server's broker (a1, b1
+    // and a2), not the refused client: behind a balancer, how the fleet is spread.
+    assert_eq!(body["components"]["broker"]["connections"], 3, "{body}");
 
     // SIGTERM stops the server and the broker with it.
     server.signal(Signal::SIGTERM);

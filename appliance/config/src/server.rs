@@ -1,6 +1,6 @@
 //! The `[server]` and `[secrets]` sections of `hangar.toml`.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -16,6 +16,12 @@ pub struct ServerConfig {
     pub listen: SocketAddr,
     /// How browsers, workers and webhooks reach this server (`https://host[:port]`).
     pub public_url: String,
+    /// Addresses of TCP load balancers in front of this server that start each
+    /// connection they pass through with a PROXY protocol v2 header naming
+    /// the client (HAProxy's `send-proxy-v2`). From these addresses the header
+    /// is required; from any other it is never read.
+    #[serde(default)]
+    pub proxy_protocol_from: Vec<IpAddr>,
     /// The server certificate chain and its key (0600).
     pub cert_file: PathBuf,
     pub key_file: PathBuf,
@@ -182,6 +188,12 @@ impl ServerConfig {
                 return Err(invalid(field, "must be an absolute path"));
             }
         }
+        if self.proxy_protocol_from.iter().any(|a| a.is_unspecified()) {
+            return Err(invalid("server.proxy_protocol_from", "must name the balancers' own addresses, not 0.0.0.0 or ::"));
+        }
+        if self.proxy_protocol_from.len() > 64 {
+            return Err(invalid("server.proxy_protocol_from", "may name at most 64 addresses"));
+        }
         if let Some(b) = &self.broker_url {
             let ok = url::Url::parse(b).is_ok_and(|u| u.scheme() == "mqtts" && u.host_str().is_some());
             if !ok {
@@ -308,6 +320,12 @@ mod tests {
         assert!(e.contains("server.ca_key_file"), "{e}");
         let e = parse(&format!("{MINIMAL}broker_url = \"tcp://hangar.example:1984\"\n")).unwrap_err();
         assert!(e.contains("server.broker_url"), "{e}");
+        let e = parse(&format!("{MINIMAL}proxy_protocol_from = [\"0.0.0.0\"]\n")).unwrap_err();
+        assert!(e.contains("server.proxy_protocol_from"), "{e}");
+        let e = parse(&format!("{MINIMAL}proxy_protocol_from = [\"balancer\"]\n")).unwrap_err();
+        assert!(e.contains("proxy_protocol_from"), "{e}");
+        let ok = parse(&format!("{MINIMAL}proxy_protocol_from = [\"10.0.0.5\", \"fd00::5\"]\n")).unwrap();
+        assert_eq!(ok.proxy_protocol_from.len(), 2);
         let e = parse(&format!("{MINIMAL}worker_lease_secs = 1\n")).unwrap_err();
         assert!(e.contains("server.worker_lease_secs"), "{e}");
         let e = parse(&format!("{MINIMAL}tools_dir = \"tools\"\n")).unwrap_err();

@@ -114,8 +114,18 @@ impl HostedComponent for HostedBroker {
         hangar_server::hosted::BROKER
     }
 
-    fn ready(&self) -> Pending<'_, Result<(), String>> {
-        Box::pin(async move { self.0.status().await.problem().map_or(Ok(()), Err) })
+    fn ready(&self) -> Pending<'_, Result<hangar_server::hosted::Facts, String>> {
+        Box::pin(async move {
+            let status = self.0.status().await;
+            match status.problem() {
+                Some(problem) => Err(problem),
+                None => {
+                    let mut facts = hangar_server::hosted::Facts::new();
+                    facts.insert("connections".to_string(), status.connections.into());
+                    Ok(facts)
+                }
+            }
+        })
     }
 
     fn shutdown(&self) -> Pending<'_, ()> {

@@ -10,12 +10,17 @@ use futures::future::BoxFuture;
 /// does not make the server unready.
 pub const BROKER: &str = "broker";
 
+/// What a serving component adds to its entry in `/ready` beside
+/// `"status": "ok"` (the broker: its connected workers, which is how an
+/// operator sees the fleet spread over the servers behind a balancer).
+pub type Facts = serde_json::Map<String, serde_json::Value>;
+
 /// Something that runs inside the server process.
 pub trait HostedComponent: Send + Sync + 'static {
     /// The key of this component in `/ready`.
     fn name(&self) -> &'static str;
-    /// `Ok` when the component is serving; otherwise one line saying why not.
-    fn ready(&self) -> BoxFuture<'_, Result<(), String>>;
+    /// Its facts when the component is serving; otherwise one line saying why not.
+    fn ready(&self) -> BoxFuture<'_, Result<Facts, String>>;
     /// Stops the component (called once, after the HTTPS listener drained).
     fn shutdown(&self) -> BoxFuture<'_, ()>;
 }

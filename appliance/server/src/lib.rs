@@ -22,6 +22,7 @@ mod http;
 mod listener;
 pub mod logs;
 mod policies;
+mod proxy_header;
 mod ready;
 mod registry;
 mod routes;
@@ -169,6 +170,7 @@ impl Server {
         let limits = listener::ConnectionLimits {
             handshake_timeout: config.handshake_timeout(),
             header_timeout: Duration::from_secs(30),
+            proxies: config.proxy_protocol_from.iter().map(|a| a.to_canonical()).collect(),
         };
         let grace = Duration::from_secs(config.shutdown_grace_secs);
         let task = tokio::spawn(run(listener, tls, routes, limits, shutdown.clone(), grace, app));

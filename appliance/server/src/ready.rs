@@ -14,7 +14,7 @@ const CHECK_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// The outcome of one check.
 enum Status {
-    Ok,
+    Ok(Map<String, Value>),
     Error(String),
     NotConfigured,
 }
@@ -22,7 +22,11 @@ enum Status {
 impl Status {
     fn json(&self) -> Value {
         match self {
-            Status::Ok => json!({ "status": "ok" }),
+            Status::Ok(facts) => {
+                let mut entry = facts.clone();
+                entry.insert("status".to_string(), json!("ok"));
+                Value::Object(entry)
+            }
             Status::Error(e) => json!({ "status": "error", "error": e }),
             Status::NotConfigured => json!({ "status": "not configured" }),
         }
@@ -31,26 +35,26 @@ impl Status {
 
 async fn bounded<F>(what: &str, check: F) -> Status
 where
-    F: std::future::Future<Output = Result<(), String>>,
+    F: std::future::Future<Output = Result<Map<String, Value>, String>>,
 {
     match tokio::time::timeout(CHECK_TIMEOUT, check).await {
-        Ok(Ok(())) => Status::Ok,
+        Ok(Ok(facts)) => Status::Ok(facts),
         Ok(Err(e)) => Status::Error(e),
         Err(_) => Status::Error(format!("{what} did not answer within {} s", CHECK_TIMEOUT.as_secs())),
     }
 }
 
-async fn postgres(app: &App) -> Result<(), String> {
+async fn postgres(app: &App) -> Result<Map<String, Value>, String> {
     let failed = |e: &dyn std::error::Error| format!("PostgreSQL at {}: {}", app.db_target, hangar_types::error_chain(e));
     let mut conn = app.db.get().await.map_err(|e| failed(&e))?;
-    diesel::sql_query("SELECT 1").execute(&mut conn).await.map(|_| ()).map_err(|e| failed(&e))
+    diesel::sql_query("SELECT 1").execute(&mut conn).await.map(|_| Map::new()).map_err(|e| failed(&e))
 }
 
 /// `(ready, body)`.
 pub(crate) async fn report(app: &App) -> (bool, Value) {
     let pg = bounded("PostgreSQL", postgres(app));
     let objects = bounded("the object store", async {
-        app.objects.health().await.map_err(|e| hangar_types::error_chain(&e))
+        app.objects.health().await.map(|()| Map::new()).map_err(|e| hangar_types::error_chain(&e))
     });
     let hosted = futures::future::join_all(
         app.hosted.iter().map(|h| async move { (h.name(), bounded(h.name(), h.ready()).await) }),

@@ -8,6 +8,7 @@
 
 #[path = "../../tests/common/mod.rs"]
 pub mod common;
+pub mod sim;
 
 use std::future::Future;
 use std::time::Duration;

@@ -1,0 +1,234 @@
+//! Dispatch with a fleet spread over several servers (figure 4 of the
+//! dispatch issue): `--servers S` release `hangar server` processes, each
+//! hosting its broker, on one PostgreSQL (fsync on) and one Garage, behind
+//! Debian's HAProxy exactly as the scale-out test runs it (TCP passthrough,
+//! PROXY protocol v2 to the API, `/ready` health checks). N simulated workers (`support::sim`: each joined with its
+//! own CSR, one HTTPS connection and one MQTT session, heartbeats every 10 s)
+//! join and connect through the balancer only.
+//!
+//! Runs of their pool are made READY (as the drain does, with
+//! `hangar_db::runs::schedule_stack`) one at a time (each waits until every
+//! claim it set off is answered), then in a burst in one commit; dispatch is
+//! from that commit to the claim that took the run, and the bench fails
+//! unless every run is claimed exactly once. Memory per connected worker is
+//! the growth of the servers' summed VmRSS from before the workers joined to
+//! once they are all connected, divided by N; heartbeats/s is what the
+//! servers answered (each a database write) while the runs were dispatched.
+//!
+//! `cargo bench -p hangar-server --bench scaleout -- [--servers S] [--workers N]
+//! [--runs M] [--trickle K]`. Every process here holds at most the open-file
+//! limit (`ulimit -n`): this one two descriptors per worker, HAProxy four (two
+//! connections, each with a client side and a server side), each server two
+//! per worker connected to it. N defaults to the most one HAProxy process
+//! can carry within the limit.
+
+mod support;
+
+#[path = "../tests/balancer/mod.rs"]
+mod balancer;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use balancer::{Balancer, Member};
+use hangar_testkit::{TestDir, wait_for};
+use serde_json::json;
+use support::sim::{Log, claimed_at, drive, join, new_run, quiet};
+use support::{CREATE_STACK, Options, Summary, stack_input};
+
+/// Descriptors each process keeps for itself beyond the workers' (its
+/// listeners, logs, database and object store connections, runtime).
+const SPARE_FDS: u64 = 300;
+
+fn main() {
+    support::main(async move {
+        let limit = support::fd_limit();
+        let n_servers: usize = support::arg("--servers").unwrap_or(3);
+        let by_balancer = limit.saturating_sub(SPARE_FDS) / 4;
+        let by_client = limit.saturating_sub(SPARE_FDS) / 2;
+        let most = (by_balancer.min(by_client) / 100 * 100) as usize;
+        let n_workers: usize = support::arg("--workers").unwrap_or(if support::quick() { 300 } else { most });
+        let n_burst: usize = support::arg("--runs").unwrap_or(n_workers);
+        let n_trickle: usize = support::arg("--trickle").unwrap_or(if support::quick() { 20 } else { 100 });
+        let files = TestDir::new("bench-scaleout");
+        let tools = files.subdir("tools");
+        std::fs::create_dir_all(tools.join("terraform/1.0.3")).unwrap();
+        std::fs::write(tools.join("terraform/1.0.3/terraform"), vec![7u8; 1 << 20]).unwrap();
+        let extra = format!("tools_dir = \"{}\"\n", tools.display());
+        let support::Bench { mut app, admin, .. } =
+            support::start(Options { server_extra: extra, broker: true, ..Options::default() }).await;
+        println!(
+            "open files allowed per process: {limit} (this process: 2 per worker, at most {by_client}; HAProxy: 4 per worker, at most {by_balancer})\n"
+        );
+        wait_for("the hosted broker to be ready", Duration::from_secs(60), || async {
+            let (status, body) = app.ready().await;
+            (status == 200 && body.to_string().contains("broker")).then_some(())
+        })
+        .await;
+
+        // The appliance's server gives way to the members; the balancer takes its
+        // addresses, which the configuration names as the public and broker URLs.
+        let (shared_api, shared_mqtt) = (app.addr.port(), app.broker_port.unwrap());
+        drop(app.server.take());
+        let dir = app.dir.path().to_path_buf();
+        let mut members: Vec<Member> = (1..=n_servers)
+            .map(|i| Member::new(&app.config, &dir, &format!("s{i}"), shared_api, shared_mqtt))
+            .collect();
+        for m in &mut members {
+            m.spawn(&dir, "warn");
+        }
+        let client = app.client.clone();
+        for m in &members {
+            wait_for(&format!("{} to be ready", m.name), Duration::from_secs(120), || async {
+                let (status, body) = m.ready(&client).await?;
+                (status == 200 && body["components"]["broker"]["status"] == "ok").then_some(())
+            })
+            .await;
+        }
+        let maxconn = (limit.saturating_sub(SPARE_FDS) / 2) as usize;
+        let config = Balancer::config(shared_api, shared_mqtt, &members, &app.ca_path(), &dir.join("haproxy.sock"), maxconn);
+        let balancer = Balancer::start(&dir, &config);
+        for m in &members {
+            balancer.wait_status(&m.name, "UP").await;
+        }
+        println!(
+            "{n_servers} release `hangar server` processes (12 database connections each) behind HAProxy {} (TCP passthrough, PROXY v2 to the API, `/ready` checks every second)\n",
+            haproxy_version()
+        );
+
+        app.ok(&admin, "mutation($n: String!) { createWorkerPool(name: $n) { id } }", json!({ "n": "crowd" })).await;
+        let mut input = stack_input("crowd", "https://git.invalid/bench.git");
+        input["tool"] = json!("TERRAFORM");
+        input["toolVersion"] = json!("1.0.3");
+        input["workerPool"] = json!("crowd");
+        let stack = app.ok(&admin, CREATE_STACK, json!({ "i": input })).await;
+        let crowd: i64 = stack["createStack"]["id"].as_str().unwrap().parse().unwrap();
+
+        let pids: Vec<u32> = members.iter().map(|m| m.log().pid()).collect();
+        let rss = move || -> u64 { pids.iter().map(|p| support::rss_kib(*p)).sum() };
+        let peak = Arc::new(AtomicU64::new(rss()));
+        {
+            let (peak, rss) = (peak.clone(), rss.clone());
+            tokio::spawn(async move {
+                loop {
+                    peak.fetch_max(rss(), Ordering::Relaxed);
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            });
+        }
+        let rss_before = rss();
+
+        // ---- the fleet joins and connects through the balancer ----
+        let log = Arc::new(Log::default());
+        let joined_at = Instant::now();
+        let mut started = 0;
+        for chunk in (0..n_workers).collect::<Vec<_>>().chunks(100) {
+            let sims = futures::future::join_all(
+                chunk.iter().map(|i| join(&app, &admin, "crowd", format!("sim-{i}"), shared_mqtt)),
+            )
+            .await;
+            for sim in sims {
+                drive(sim, log.clone(), false);
+                started += 1;
+            }
+            let target = started;
+            wait_for("a batch of workers to subscribe", Duration::from_secs(300), || async {
+                (log.subscribed.load(Ordering::Relaxed) >= target).then_some(())
+            })
+            .await;
+        }
+        let join_secs = joined_at.elapsed().as_secs_f64();
+        quiet(&log).await;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let rss_connected = rss();
+        let mut spread = Vec::new();
+        for m in &members {
+            spread.push(m.connections(&client).await.unwrap_or(0));
+        }
+        eprintln!("{n_workers} workers joined and subscribed in {join_secs:.1} s, spread {spread:?}");
+
+        let db = app.pg.database().pool(Some(2)).unwrap();
+        let mut c = db.get().await.unwrap();
+        let hb_start = (log.heartbeats.load(Ordering::Relaxed), Instant::now());
+        let (sent_before, notified_before) = (log.sent.load(Ordering::Relaxed), log.notifications.load(Ordering::Relaxed));
+
+        // One READY run at a time.
+        let mut trickle = Vec::with_capacity(n_trickle);
+        for _ in 0..n_trickle {
+            let id = new_run(&mut c, crowd).await;
+            let ready = hangar_db::runs::schedule_stack(&mut c, crowd, "bench").await.unwrap();
+            let ready_at = Instant::now();
+            assert_eq!(ready.len(), 1);
+            trickle.push(claimed_at(&log, id).await - ready_at);
+            quiet(&log).await;
+        }
+        let trickle_requests = log.sent.load(Ordering::Relaxed) - sent_before;
+        let trickle_notes = log.notifications.load(Ordering::Relaxed) - notified_before;
+
+        // A burst: many runs READY in one commit.
+        let (burst_sent_before, burst_notified_before) =
+            (log.sent.load(Ordering::Relaxed), log.notifications.load(Ordering::Relaxed));
+        let mut ids = Vec::with_capacity(n_burst);
+        for _ in 0..n_burst {
+            ids.push(new_run(&mut c, crowd).await);
+        }
+        let ready = hangar_db::runs::schedule_stack(&mut c, crowd, "bench").await.unwrap();
+        let ready_at = Instant::now();
+        assert_eq!(ready.len(), n_burst);
+        let mut burst = Vec::with_capacity(n_burst);
+        for id in &ids {
+            burst.push(claimed_at(&log, *id).await - ready_at);
+        }
+        let burst_secs = burst.iter().max().unwrap().as_secs_f64();
+        quiet(&log).await;
+        let burst_requests = log.sent.load(Ordering::Relaxed) - burst_sent_before;
+        let burst_notes = log.notifications.load(Ordering::Relaxed) - burst_notified_before;
+        let hb_rate = (log.heartbeats.load(Ordering::Relaxed) - hb_start.0) as f64 / hb_start.1.elapsed().as_secs_f64();
+        drop(c);
+
+        let claims = log.claims.lock().unwrap();
+        let twice: Vec<_> = claims.iter().filter(|(_, v)| v.len() > 1).map(|(k, _)| *k).collect();
+        assert!(twice.is_empty(), "runs claimed more than once: {twice:?}");
+        assert_eq!(claims.len(), n_trickle + n_burst, "every run claimed");
+        let (t, b) = (Summary::of(trickle), Summary::of(burst));
+        let per_worker = rss_connected.saturating_sub(rss_before) as f64 / n_workers as f64;
+        println!(
+            "{n_workers} workers on {n_servers} servers ({spread:?} MQTT sessions each): joined and subscribed in {join_secs:.1} s; heartbeats {hb_rate:.0}/s answered ({} failed); MQTT reconnects {}; claims answered 503 and retried {}",
+            log.heartbeat_errors.load(Ordering::Relaxed),
+            log.mqtt_errors.load(Ordering::Relaxed),
+            log.unavailable.load(Ordering::Relaxed)
+        );
+        println!("one READY run at a time: {trickle_notes} notifications and {trickle_requests} claim requests for {n_trickle} runs");
+        println!("burst: {burst_notes} notifications and {burst_requests} claim requests for {n_burst} runs");
+        println!(
+            "servers' RSS (sum): {} MiB before the workers, {} MiB connected ({per_worker:.1} KiB per worker), {} MiB at the peak",
+            rss_before / 1024,
+            rss_connected / 1024,
+            peak.load(Ordering::Relaxed) / 1024
+        );
+        println!("| servers | simulated workers | READY runs | dispatch | p50 | p99 | max | each run claimed once |");
+        println!("|---|---|---|---|---|---|---|---|");
+        println!(
+            "| {n_servers} | {n_workers} | {n_trickle}, one at a time | READY → claimed | {:.1} ms | {:.1} ms | {:.1} ms | yes |",
+            t.p50, t.p99, t.max
+        );
+        println!(
+            "| {n_servers} | {n_workers} | {n_burst} at once ({:.0} claims/s) | READY → claimed | {:.1} ms | {:.1} ms | {:.1} ms | yes ({} runs, {} claims) |",
+            n_burst as f64 / burst_secs,
+            b.p50,
+            b.p99,
+            b.max,
+            claims.len(),
+            claims.values().map(Vec::len).sum::<usize>()
+        );
+        log.stopping.store(true, Ordering::Relaxed);
+        drop(balancer);
+    });
+}
+
+/// `haproxy -v`'s version, for the record.
+fn haproxy_version() -> String {
+    let out = std::process::Command::new("haproxy").arg("-v").output().map(|o| o.stdout).unwrap_or_default();
+    String::from_utf8_lossy(&out).split_whitespace().nth(2).unwrap_or("?").to_string()
+}

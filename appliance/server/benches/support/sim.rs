@@ -1,0 +1,281 @@
+//! Simulated workers for the dispatch benchmarks: each joins with its own CSR
+//! and speaks the protocols the way `hangar-worker run` does (see
+//! `benches/workers.rs` for what it does and what is measured with it).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use hangar_db::runs::NewRun;
+use hangar_types::worker::{HostInfo, JoinRequest, JoinResponse, Notification, RunAssignment, StateReport, WorkerRoute};
+use hangar_types::{RunKind, RunState};
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS, TlsConfiguration, Transport};
+use serde_json::json;
+use tokio::sync::Notify;
+
+use super::Appliance;
+
+/// The worker's defaults (`[timing]` of `worker.toml`).
+pub const HEARTBEAT: Duration = Duration::from_secs(10);
+pub const POLL: Duration = Duration::from_secs(30);
+
+/// A joined worker's credentials and connections.
+pub struct Sim {
+    pub id: i64,
+    pub token: String,
+    pub http: reqwest::Client,
+    pub base: String,
+    pub mqtt: MqttOptions,
+    /// One request at a time, so one HTTPS connection: with thousands of
+    /// workers the open-file limit (one descriptor per connection at each
+    /// end) is the first thing to run out.
+    pub one: tokio::sync::Mutex<()>,
+}
+
+impl Sim {
+    async fn claim(&self) -> Result<Option<RunAssignment>, u16> {
+        let _one = self.one.lock().await;
+        let r = self.http.post(format!("{}{}", self.base, WorkerRoute::Claim.path())).bearer_auth(&self.token).send().await.unwrap();
+        match r.status().as_u16() {
+            204 => Ok(None),
+            200 => Ok(Some(r.json().await.unwrap())),
+            // The server is out of database connections for now: the worker pauses and asks again.
+            503 => Err(503),
+            s => panic!("claim answered {s}: {}", r.text().await.unwrap_or_default()),
+        }
+    }
+
+    async fn heartbeat(&self) -> bool {
+        let _one = self.one.lock().await;
+        let r = self
+            .http
+            .post(format!("{}{}", self.base, WorkerRoute::Heartbeat.path()))
+            .bearer_auth(&self.token)
+            .json(&json!({ "status": "idle", "run": null }))
+            .send()
+            .await;
+        matches!(r, Ok(r) if r.status() == 200)
+    }
+
+    async fn fail(&self, run: i64) {
+        let _one = self.one.lock().await;
+        let body = StateReport { to: RunState::Failed, note: "bench".into(), changes: None, commit_message: None };
+        let r = self
+            .http
+            .post(format!("{}{}", self.base, WorkerRoute::ReportState { run }.path()))
+            .bearer_auth(&self.token)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "report FAILED for run {run}");
+    }
+}
+
+/// What the simulated workers saw, shared with the measuring task.
+#[derive(Default)]
+pub struct Log {
+    /// Run id → (worker, when the claim was answered), and every claim of it.
+    pub claims: Mutex<HashMap<i64, Vec<(i64, Instant)>>>,
+    pub claimed: Notify,
+    /// Claim requests sent and answered.
+    pub sent: AtomicU64,
+    pub answered: AtomicU64,
+    pub answered_note: Notify,
+    pub heartbeats: AtomicU64,
+    pub heartbeat_errors: AtomicU64,
+    pub subscribed: AtomicUsize,
+    pub notifications: AtomicU64,
+    /// When each notification arrived (kept for the single-worker measurement).
+    pub notified_at: Mutex<Vec<Instant>>,
+    pub mqtt_errors: AtomicU64,
+    /// Claims answered 503 and asked again after a pause.
+    pub unavailable: AtomicU64,
+    pub stopping: AtomicBool,
+}
+
+pub async fn join(app: &Appliance, admin: &str, pool: &str, name: String, broker_port: u16) -> Sim {
+    let d = app.ok(admin, "mutation($p: String!) { createJoinToken(pool: $p) { token } }", json!({ "p": pool })).await;
+    let token = d["createJoinToken"]["token"].as_str().unwrap().to_string();
+    let (key, csr) = hangar_certs::worker_csr(&name).unwrap();
+    let req = JoinRequest {
+        token,
+        name: name.clone(),
+        csr_pem: csr,
+        host: HostInfo { hostname: name, os: "linux".into(), arch: "amd64".into(), version: "bench".into() },
+    };
+    let r = app.client.post(app.url(WorkerRoute::JOIN_PATH)).json(&req).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let resp: JoinResponse = r.json().await.unwrap();
+    let ca_pem = std::fs::read(app.ca_path()).unwrap();
+    let ca = reqwest::Certificate::from_pem(&ca_pem).unwrap();
+    let id = reqwest::Identity::from_pem(format!("{}{}", resp.certificate_pem, key).as_bytes()).unwrap();
+    let http = reqwest::Client::builder()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(ca)
+        .identity(id)
+        .pool_max_idle_per_host(1)
+        .timeout(Duration::from_secs(300))
+        .build()
+        .unwrap();
+
+    let roots = hangar_certs::tls::roots_from_pem(&ca_pem).unwrap();
+    let chain = hangar_certs::tls::parse_certs(resp.certificate_pem.as_bytes()).unwrap();
+    let key = {
+        use rustls::pki_types::pem::PemObject;
+        rustls::pki_types::PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap()
+    };
+    let tls = hangar_certs::tls::client_config(roots, Some((chain, key))).unwrap();
+    let tenant = hangar_types::worker::worker_tenant(resp.worker_id);
+    let mut mqtt = MqttOptions::new(tenant.clone(), "127.0.0.1", broker_port);
+    mqtt.set_keep_alive(Duration::from_secs(30))
+        .set_clean_session(true)
+        .set_max_packet_size(64 * 1024, 64 * 1024)
+        .set_credentials(tenant, resp.worker_token.clone())
+        .set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(Arc::new(tls))));
+    Sim { id: resp.worker_id, token: resp.worker_token, http, base: app.url(""), mqtt, one: Default::default() }
+}
+
+/// Runs one simulated worker until the log says stop.
+pub fn drive(sim: Sim, log: Arc<Log>, record_notifications: bool) {
+    let sim = Arc::new(sim);
+    let wake = Arc::new(Notify::new());
+    {
+        let (client, mut events) = AsyncClient::new(sim.mqtt.clone(), 16);
+        let filter = format!("/tenants/{}/#", hangar_types::worker::worker_tenant(sim.id));
+        let (log, wake) = (log.clone(), wake.clone());
+        tokio::spawn(async move {
+            let mut pause = Duration::from_millis(100);
+            loop {
+                match events.poll().await {
+                    Ok(Event::Incoming(Packet::ConnAck(c))) => {
+                        if !c.session_present {
+                            let _ = client.try_subscribe(filter.clone(), QoS::AtLeastOnce);
+                        }
+                    }
+                    Ok(Event::Incoming(Packet::SubAck(_))) => {
+                        pause = Duration::from_millis(100);
+                        log.subscribed.fetch_add(1, Ordering::Relaxed);
+                        wake.notify_one();
+                    }
+                    Ok(Event::Incoming(Packet::Publish(p))) => {
+                        let at = Instant::now();
+                        if let Ok(Notification::WorkAvailable { .. }) = serde_json::from_slice(&p.payload) {
+                            log.notifications.fetch_add(1, Ordering::Relaxed);
+                            if record_notifications {
+                                log.notified_at.lock().unwrap().push(at);
+                            }
+                            wake.notify_one();
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(_) if log.stopping.load(Ordering::Relaxed) => return,
+                    Err(_) => {
+                        // As the worker: reconnect after a growing pause.
+                        log.mqtt_errors.fetch_add(1, Ordering::Relaxed);
+                        tokio::time::sleep(pause).await;
+                        pause = (pause * 2).min(Duration::from_secs(5));
+                    }
+                }
+            }
+        });
+    }
+    {
+        let (sim, log) = (sim.clone(), log.clone());
+        tokio::spawn(async move {
+            // Workers started together do not beat together.
+            let offset = Duration::from_millis((sim.id as u64 * 7919) % HEARTBEAT.as_millis() as u64);
+            tokio::time::sleep(offset).await;
+            while !log.stopping.load(Ordering::Relaxed) {
+                if sim.heartbeat().await {
+                    log.heartbeats.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    log.heartbeat_errors.fetch_add(1, Ordering::Relaxed);
+                }
+                tokio::time::sleep(HEARTBEAT).await;
+            }
+        });
+    }
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = wake.notified() => {}
+                _ = tokio::time::sleep(POLL) => {}
+            }
+            if log.stopping.load(Ordering::Relaxed) {
+                return;
+            }
+            // Claim until there is nothing left, as the worker's run loop does.
+            loop {
+                log.sent.fetch_add(1, Ordering::Relaxed);
+                let mut pause = Duration::from_secs(1);
+                let got = loop {
+                    match sim.claim().await {
+                        Ok(got) => break got,
+                        Err(_) => {
+                            log.unavailable.fetch_add(1, Ordering::Relaxed);
+                            tokio::time::sleep(pause).await;
+                            pause = (pause * 2).min(Duration::from_secs(30));
+                        }
+                    }
+                };
+                let at = Instant::now();
+                if let Some(a) = &got {
+                    log.claims.lock().unwrap().entry(a.run_id).or_default().push((sim.id, at));
+                    log.claimed.notify_waiters();
+                }
+                log.answered.fetch_add(1, Ordering::Relaxed);
+                log.answered_note.notify_waiters();
+                match got {
+                    Some(a) => sim.fail(a.run_id).await,
+                    None => break,
+                }
+            }
+        }
+    });
+}
+
+/// Waits until run `id` has been claimed and returns when.
+pub async fn claimed_at(log: &Log, id: i64) -> Instant {
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        let wait = log.claimed.notified();
+        if let Some(c) = log.claims.lock().unwrap().get(&id) {
+            return c[0].1;
+        }
+        assert!(Instant::now() < deadline, "run {id} not claimed after 300 s");
+        let _ = tokio::time::timeout(Duration::from_millis(200), wait).await;
+    }
+}
+
+/// Waits until every claim request sent has been answered.
+pub async fn quiet(log: &Log) {
+    let deadline = Instant::now() + Duration::from_secs(600);
+    loop {
+        let wait = log.answered_note.notified();
+        if log.answered.load(Ordering::Relaxed) >= log.sent.load(Ordering::Relaxed) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "claims still unanswered after 600 s");
+        let _ = tokio::time::timeout(Duration::from_millis(100), wait).await;
+    }
+}
+
+pub async fn new_run(c: &mut diesel_async::AsyncPgConnection, stack_id: i64) -> i64 {
+    hangar_db::runs::create(
+        c,
+        &NewRun {
+            stack_id,
+            kind: RunKind::Proposed,
+            commit_sha: "b".repeat(40),
+            branch: "main".into(),
+            command: None,
+            triggered_by: "bench".into(),
+        },
+        "bench",
+    )
+    .await
+    .unwrap()
+    .id
+}
