@@ -34,7 +34,7 @@ use std::time::{Duration, Instant};
 
 use hangar_testkit::{ChildProcess, TestDir, cargo_bin, wait_for};
 use serde_json::json;
-use support::sim::{Log, claimed_at, drive, join, new_run, quiet};
+use support::sim::{self, Log, claimed_at, drive, join, quiet};
 use support::{CREATE_STACK, Options, Summary, stack_input};
 
 fn main() {
@@ -158,48 +158,11 @@ fn main() {
         let db = app.pg.database().pool(Some(2)).unwrap();
         let mut c = db.get().await.unwrap();
         let crowd = stacks["crowd"];
-        let hb_start = (log.heartbeats.load(Ordering::Relaxed), Instant::now());
-        let (sent_before, notified_before) = (log.sent.load(Ordering::Relaxed), log.notifications.load(Ordering::Relaxed));
-
-        // One READY run at a time: one idle worker hears of it and asks.
-        let mut trickle = Vec::with_capacity(n_trickle);
-        for _ in 0..n_trickle {
-            let id = new_run(&mut c, crowd).await;
-            let ready = hangar_db::runs::schedule_stack(&mut c, crowd, "bench").await.unwrap();
-            let ready_at = Instant::now();
-            assert_eq!(ready.len(), 1);
-            trickle.push(claimed_at(&log, id).await - ready_at);
-            quiet(&log).await;
-        }
-        let trickle_requests = log.sent.load(Ordering::Relaxed) - sent_before;
-        let trickle_notes = log.notifications.load(Ordering::Relaxed) - notified_before;
-
-        // A burst: many runs READY in one commit.
-        let (burst_sent_before, burst_notified_before) =
-            (log.sent.load(Ordering::Relaxed), log.notifications.load(Ordering::Relaxed));
-        let mut ids = Vec::with_capacity(n_burst);
-        for _ in 0..n_burst {
-            ids.push(new_run(&mut c, crowd).await);
-        }
-        let ready = hangar_db::runs::schedule_stack(&mut c, crowd, "bench").await.unwrap();
-        let ready_at = Instant::now();
-        assert_eq!(ready.len(), n_burst);
-        let mut burst = Vec::with_capacity(n_burst);
-        for id in &ids {
-            burst.push(claimed_at(&log, *id).await - ready_at);
-        }
-        let burst_secs = burst.iter().max().unwrap().as_secs_f64();
-        quiet(&log).await;
-        let burst_requests = log.sent.load(Ordering::Relaxed) - burst_sent_before;
-        let burst_notes = log.notifications.load(Ordering::Relaxed) - burst_notified_before;
-        let hb_rate = (log.heartbeats.load(Ordering::Relaxed) - hb_start.0) as f64 / hb_start.1.elapsed().as_secs_f64();
+        let sim::Dispatched {
+            trickle, trickle_requests, trickle_notes, burst, burst_secs, burst_requests, burst_notes, hb_rate, runs_claimed, claims_total,
+        } =
+            sim::dispatch_round(&mut c, &log, crowd, n_trickle, n_burst).await;
         drop(c);
-
-        let claims = log.claims.lock().unwrap();
-        let expected = n_trickle + n_burst;
-        let twice: Vec<_> = claims.iter().filter(|(_, v)| v.len() > 1).map(|(k, _)| *k).collect();
-        assert!(twice.is_empty(), "runs claimed more than once: {twice:?}");
-        assert_eq!(claims.len(), expected, "every run claimed");
         let (t, b) = (Summary::of(trickle), Summary::of(burst));
         println!(
             "{n_workers} workers: joined and subscribed in {join_secs:.1} s; heartbeats {hb_rate:.0}/s ({} failed); MQTT reconnects {}; claims answered 503 and retried {}",
@@ -229,8 +192,8 @@ fn main() {
             b.p50,
             b.p99,
             b.max,
-            claims.len(),
-            claims.values().map(Vec::len).sum::<usize>()
+            runs_claimed,
+            claims_total
         );
         log.stopping.store(true, Ordering::Relaxed);
         solo_log.stopping.store(true, Ordering::Relaxed);

@@ -279,3 +279,67 @@ pub async fn new_run(c: &mut diesel_async::AsyncPgConnection, stack_id: i64) -> 
     .unwrap()
     .id
 }
+
+/// What one round of dispatch measured: runs made READY one at a time, then
+/// many in one commit, with the notifications and claim requests each set off.
+pub struct Dispatched {
+    pub trickle: Vec<Duration>,
+    pub trickle_requests: u64,
+    pub trickle_notes: u64,
+    pub burst: Vec<Duration>,
+    pub burst_secs: f64,
+    pub burst_requests: u64,
+    pub burst_notes: u64,
+    /// Heartbeats answered per second over the whole round.
+    pub hb_rate: f64,
+    /// Runs claimed, and claims in all (equal when each was claimed once).
+    pub runs_claimed: usize,
+    pub claims_total: usize,
+}
+
+/// Makes `n_trickle` runs of `stack` READY one at a time (each claimed before
+/// the next), then `n_burst` in one commit, and times each from READY to its
+/// claim. Asserts that every run was claimed exactly once.
+pub async fn dispatch_round(c: &mut diesel_async::AsyncPgConnection, log: &Log, stack: i64, n_trickle: usize, n_burst: usize) -> Dispatched {
+    let hb_start = (log.heartbeats.load(Ordering::Relaxed), Instant::now());
+    let (sent_before, notified_before) = (log.sent.load(Ordering::Relaxed), log.notifications.load(Ordering::Relaxed));
+
+    // One READY run at a time: one idle worker hears of it and asks.
+    let mut trickle = Vec::with_capacity(n_trickle);
+    for _ in 0..n_trickle {
+        let id = new_run(c, stack).await;
+        let ready = hangar_db::runs::schedule_stack(c, stack, "bench").await.unwrap();
+        let ready_at = Instant::now();
+        assert_eq!(ready.len(), 1);
+        trickle.push(claimed_at(log, id).await - ready_at);
+        quiet(log).await;
+    }
+    let trickle_requests = log.sent.load(Ordering::Relaxed) - sent_before;
+    let trickle_notes = log.notifications.load(Ordering::Relaxed) - notified_before;
+
+    // A burst: many runs READY in one commit.
+    let (burst_sent_before, burst_notified_before) = (log.sent.load(Ordering::Relaxed), log.notifications.load(Ordering::Relaxed));
+    let mut ids = Vec::with_capacity(n_burst);
+    for _ in 0..n_burst {
+        ids.push(new_run(c, stack).await);
+    }
+    let ready = hangar_db::runs::schedule_stack(c, stack, "bench").await.unwrap();
+    let ready_at = Instant::now();
+    assert_eq!(ready.len(), n_burst);
+    let mut burst = Vec::with_capacity(n_burst);
+    for id in &ids {
+        burst.push(claimed_at(log, *id).await - ready_at);
+    }
+    let burst_secs = burst.iter().max().copied().unwrap_or_default().as_secs_f64();
+    quiet(log).await;
+    let burst_requests = log.sent.load(Ordering::Relaxed) - burst_sent_before;
+    let burst_notes = log.notifications.load(Ordering::Relaxed) - burst_notified_before;
+    let hb_rate = (log.heartbeats.load(Ordering::Relaxed) - hb_start.0) as f64 / hb_start.1.elapsed().as_secs_f64();
+
+    let claims = log.claims.lock().unwrap();
+    let twice: Vec<_> = claims.iter().filter(|(_, v)| v.len() > 1).map(|(k, _)| *k).collect();
+    assert!(twice.is_empty(), "runs claimed more than once: {twice:?}");
+    assert_eq!(claims.len(), n_trickle + n_burst, "every run claimed");
+    let (runs_claimed, claims_total) = (claims.len(), claims.values().map(Vec::len).sum());
+    Dispatched { trickle, trickle_requests, trickle_notes, burst, burst_secs, burst_requests, burst_notes, hb_rate, runs_claimed, claims_total }
+}
