@@ -16,11 +16,15 @@
 //! servers answered (each a database write) while the runs were dispatched.
 //!
 //! `cargo bench -p hangar-server --bench scaleout -- [--servers S] [--workers N]
-//! [--runs M] [--trickle K]`. Every process here holds at most the open-file
-//! limit (`ulimit -n`): this one two descriptors per worker, HAProxy four (two
-//! connections, each with a client side and a server side), each server two
-//! per worker connected to it. N defaults to the most one HAProxy process
-//! can carry within the limit.
+//! [--runs M] [--trickle K]` (N defaults to 20,000; `--quick`: 300 workers).
+//! Every process here holds at most the open-file limit (`ulimit -n`):
+//! HAProxy four descriptors per worker it carries (two connections, each with
+//! a client side and a server side), the process running a worker two, and
+//! each server two per worker connected to it. So the fleet is cut into
+//! parts that fit: each part is a process of this binary running its
+//! workers (`sim::Fleet`) through a balancer of its own (an HAProxy process
+//! on ports of its own, all configured alike), as a large site puts several
+//! balancers behind one name.
 
 mod support;
 
@@ -32,9 +36,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use balancer::{Balancer, Member};
-use hangar_testkit::{TestDir, wait_for};
+use hangar_testkit::{TestDir, free_port, wait_for};
 use serde_json::json;
-use support::sim::{self, Log, drive, join, quiet};
+use support::sim::{self, Fleet, Front, Log, quiet};
 use support::{CREATE_STACK, Options, Summary, stack_input};
 
 /// Descriptors each process keeps for itself beyond the workers' (its
@@ -42,15 +46,20 @@ use support::{CREATE_STACK, Options, Summary, stack_input};
 const SPARE_FDS: u64 = 300;
 
 fn main() {
+    sim::serve_fleet_part();
     support::main(async move {
         let limit = support::fd_limit();
         let n_servers: usize = support::arg("--servers").unwrap_or(3);
-        let by_balancer = limit.saturating_sub(SPARE_FDS) / 4;
-        let by_client = limit.saturating_sub(SPARE_FDS) / 2;
-        let most = (by_balancer.min(by_client) / 100 * 100) as usize;
-        let n_workers: usize = support::arg("--workers").unwrap_or(if support::quick() { 300 } else { most });
-        let n_burst: usize = support::arg("--runs").unwrap_or(n_workers);
+        let per_balancer = (limit.saturating_sub(SPARE_FDS) / 4 / 100 * 100) as usize;
+        let n_workers: usize = support::arg("--workers").unwrap_or(if support::quick() { 300 } else { 20_000 });
+        let n_burst: usize = support::arg("--runs").unwrap_or(1000);
         let n_trickle: usize = support::arg("--trickle").unwrap_or(if support::quick() { 20 } else { 100 });
+        let n_parts = n_workers.div_ceil(per_balancer.max(1));
+        let per_server = (n_workers.div_ceil(n_servers) * 2) as u64 + SPARE_FDS;
+        assert!(
+            per_server <= limit,
+            "{n_workers} workers on {n_servers} servers need {per_server} open files per server, over the limit of {limit}: add servers"
+        );
         let files = TestDir::new("bench-scaleout");
         let tools = files.subdir("tools");
         std::fs::create_dir_all(tools.join("terraform/1.0.3")).unwrap();
@@ -59,7 +68,8 @@ fn main() {
         let support::Bench { mut app, admin, .. } =
             support::start(Options { server_extra: extra, broker: true, ..Options::default() }).await;
         println!(
-            "open files allowed per process: {limit} (this process: 2 per worker, at most {by_client}; HAProxy: 4 per worker, at most {by_balancer})\n"
+            "open files allowed per process: {limit}; {n_workers} workers in {n_parts} parts of at most {per_balancer}, each a process of its own behind an HAProxy process of its own (4 descriptors per worker), about {} workers per server\n",
+            n_workers.div_ceil(n_servers)
         );
         wait_for("the hosted broker to be ready", Duration::from_secs(60), || async {
             let (status, body) = app.ready().await;
@@ -86,14 +96,23 @@ fn main() {
             })
             .await;
         }
+        // One balancer per part of the fleet: the first on the appliance's
+        // own addresses, the others on ports of their own.
         let maxconn = (limit.saturating_sub(SPARE_FDS) / 2) as usize;
-        let config = Balancer::config(shared_api, shared_mqtt, &members, &app.ca_path(), &dir.join("haproxy.sock"), maxconn);
-        let balancer = Balancer::start(&dir, &config);
-        for m in &members {
-            balancer.wait_status(&m.name, "UP").await;
+        let mut balancers = Vec::new();
+        for k in 0..n_parts {
+            let (api, mqtt) = if k == 0 { (shared_api, shared_mqtt) } else { (free_port(), free_port()) };
+            let name = format!("haproxy-{k}");
+            let config = Balancer::config(api, mqtt, &members, &app.ca_path(), &dir.join(format!("{name}.sock")), maxconn);
+            balancers.push((Balancer::start_named(&dir, &name, &config), api, mqtt));
+        }
+        for (b, _, _) in &balancers {
+            for m in &members {
+                b.wait_status(&m.name, "UP").await;
+            }
         }
         println!(
-            "{n_servers} release `hangar server` processes (12 database connections each) behind HAProxy {} (TCP passthrough, PROXY v2 to the API, `/ready` checks every second)\n",
+            "{n_servers} release `hangar server` processes (12 database connections each) behind {n_parts} HAProxy {} processes (TCP passthrough, PROXY v2 to the API, `/ready` checks every second)\n",
             haproxy_version()
         );
 
@@ -119,25 +138,22 @@ fn main() {
         }
         let rss_before = rss();
 
-        // ---- the fleet joins and connects through the balancer ----
+        // ---- the fleet joins and connects through the balancers ----
         let log = Arc::new(Log::default());
         let joined_at = Instant::now();
-        let mut started = 0;
-        for chunk in (0..n_workers).collect::<Vec<_>>().chunks(100) {
-            let sims = futures::future::join_all(
-                chunk.iter().map(|i| join(&app, &admin, "crowd", format!("sim-{i}"), shared_mqtt)),
-            )
-            .await;
-            for sim in sims {
-                drive(sim, log.clone(), false);
-                started += 1;
-            }
-            let target = started;
-            wait_for("a batch of workers to subscribe", Duration::from_secs(300), || async {
-                (log.subscribed.load(Ordering::Relaxed) >= target).then_some(())
+        let share = n_workers.div_ceil(n_parts);
+        let parts = balancers
+            .iter()
+            .enumerate()
+            .map(|(k, (_, api, mqtt))| {
+                (Front::new(&app, &admin, "crowd", *api, *mqtt), k * share..((k + 1) * share).min(n_workers))
             })
-            .await;
-        }
+            .collect();
+        let fleet = Fleet::start(parts, log.clone());
+        wait_for("the fleet to join and subscribe", Duration::from_secs(1800), || async {
+            (log.subscribed.load(Ordering::Relaxed) >= n_workers).then_some(())
+        })
+        .await;
         let join_secs = joined_at.elapsed().as_secs_f64();
         quiet(&log).await;
         tokio::time::sleep(Duration::from_secs(2)).await;
@@ -158,11 +174,17 @@ fn main() {
         let (t, b) = (Summary::of(trickle), Summary::of(burst));
         let per_worker = rss_connected.saturating_sub(rss_before) as f64 / n_workers as f64;
         println!(
-            "{n_workers} workers on {n_servers} servers ({spread:?} MQTT sessions each): joined and subscribed in {join_secs:.1} s; heartbeats {hb_rate:.0}/s answered ({} failed); MQTT reconnects {}; claims answered 503 and retried {}",
+            "{n_workers} workers on {n_servers} servers ({spread:?} MQTT sessions each): joined and subscribed in {join_secs:.1} s; heartbeats {hb_rate:.0}/s answered ({} failed); MQTT reconnects {}; claims answered 503 and retried {}; requests failed on the way and sent again {}",
             log.heartbeat_errors.load(Ordering::Relaxed),
             log.mqtt_errors.load(Ordering::Relaxed),
-            log.unavailable.load(Ordering::Relaxed)
+            log.unavailable.load(Ordering::Relaxed),
+            log.request_errors.load(Ordering::Relaxed)
         );
+        let flaps: usize = balancers
+            .iter()
+            .map(|(b, _, _)| b.process.output().lines().filter(|l| l.starts_with('<') && l.contains(" is DOWN")).count())
+            .sum();
+        println!("servers marked DOWN by a balancer (each balancer counts its own checks): {flaps}");
         println!("one READY run at a time: {trickle_notes} notifications and {trickle_requests} claim requests for {n_trickle} runs");
         println!("burst: {burst_notes} notifications and {burst_requests} claim requests for {n_burst} runs");
         println!(
@@ -171,14 +193,14 @@ fn main() {
             rss_connected / 1024,
             peak.load(Ordering::Relaxed) / 1024
         );
-        println!("| servers | simulated workers | READY runs | dispatch | p50 | p99 | max | each run claimed once |");
-        println!("|---|---|---|---|---|---|---|---|");
+        println!("| servers | balancers | simulated workers | READY runs | dispatch | p50 | p99 | max | each run claimed once |");
+        println!("|---|---|---|---|---|---|---|---|---|");
         println!(
-            "| {n_servers} | {n_workers} | {n_trickle}, one at a time | READY → claimed | {:.1} ms | {:.1} ms | {:.1} ms | yes |",
+            "| {n_servers} | {n_parts} | {n_workers} | {n_trickle}, one at a time | READY → claimed | {:.1} ms | {:.1} ms | {:.1} ms | yes |",
             t.p50, t.p99, t.max
         );
         println!(
-            "| {n_servers} | {n_workers} | {n_burst} at once ({:.0} claims/s) | READY → claimed | {:.1} ms | {:.1} ms | {:.1} ms | yes ({} runs, {} claims) |",
+            "| {n_servers} | {n_parts} | {n_workers} | {n_burst} at once ({:.0} claims/s) | READY → claimed | {:.1} ms | {:.1} ms | {:.1} ms | yes ({} runs, {} claims) |",
             n_burst as f64 / burst_secs,
             b.p50,
             b.p99,
@@ -186,8 +208,11 @@ fn main() {
             runs_claimed,
             claims_total
         );
+        let clients_rss: u64 = fleet.pids().iter().map(|p| support::rss_kib(*p)).sum();
+        println!("fleet processes' RSS (sum): {} MiB ({:.1} KiB per simulated worker)", clients_rss / 1024, clients_rss as f64 / n_workers as f64);
         log.stopping.store(true, Ordering::Relaxed);
-        drop(balancer);
+        drop(fleet);
+        drop(balancers);
     });
 }
 

@@ -34,7 +34,7 @@ use std::time::{Duration, Instant};
 
 use hangar_testkit::{ChildProcess, TestDir, cargo_bin, wait_for};
 use serde_json::json;
-use support::sim::{self, Log, claimed_at, drive, join, quiet};
+use support::sim::{self, Front, Log, claimed_at, drive, join, quiet};
 use support::{CREATE_STACK, Options, Summary, stack_input};
 
 fn main() {
@@ -74,7 +74,8 @@ fn main() {
         drain.arg("--config").arg(&app.config).arg("drain").env("HANGAR_LOG", "warn").stdin(std::process::Stdio::null());
         let mut drain = ChildProcess::spawn(drain, "drain", app.dir.path());
         let solo_log = Arc::new(Log::default());
-        let solo = join(&app, &admin, "solo", "solo".into(), broker_port).await;
+        let solo_front = Front::new(&app, &admin, "solo", app.addr.port(), broker_port);
+        let solo = join(&solo_front, &app.client, "solo".into()).await;
         let solo_id = solo.id;
         drive(solo, solo_log.clone(), true);
         wait_for("the single worker to subscribe", Duration::from_secs(60), || async {
@@ -132,23 +133,7 @@ fn main() {
         let rss_before = support::rss_kib(server_pid);
         let log = Arc::new(Log::default());
         let joined_at = Instant::now();
-        let mut started = 0;
-        for chunk in (0..n_workers).collect::<Vec<_>>().chunks(100) {
-            let sims = futures::future::join_all(
-                chunk.iter().map(|i| join(&app, &admin, "crowd", format!("sim-{i}"), broker_port)),
-            )
-            .await;
-            for sim in sims {
-                drive(sim, log.clone(), false);
-                started += 1;
-            }
-            // Connect in steps, as a fleet coming up does, within the broker's pending limit.
-            let target = started;
-            wait_for("a batch of workers to subscribe", Duration::from_secs(300), || async {
-                (log.subscribed.load(Ordering::Relaxed) >= target).then_some(())
-            })
-            .await;
-        }
+        sim::bring_up(&Front::new(&app, &admin, "crowd", app.addr.port(), broker_port), &log, 0..n_workers).await;
         let join_secs = joined_at.elapsed().as_secs_f64();
         quiet(&log).await;
         tokio::time::sleep(Duration::from_secs(2)).await;
@@ -165,10 +150,11 @@ fn main() {
         drop(c);
         let (t, b) = (Summary::of(trickle), Summary::of(burst));
         println!(
-            "{n_workers} workers: joined and subscribed in {join_secs:.1} s; heartbeats {hb_rate:.0}/s ({} failed); MQTT reconnects {}; claims answered 503 and retried {}",
+            "{n_workers} workers: joined and subscribed in {join_secs:.1} s; heartbeats {hb_rate:.0}/s ({} failed); MQTT reconnects {}; claims answered 503 and retried {}; requests failed on the way and sent again {}",
             log.heartbeat_errors.load(Ordering::Relaxed),
             log.mqtt_errors.load(Ordering::Relaxed),
-            log.unavailable.load(Ordering::Relaxed)
+            log.unavailable.load(Ordering::Relaxed),
+            log.request_errors.load(Ordering::Relaxed)
         );
         println!(
             "one READY run at a time: {trickle_notes} notifications and {trickle_requests} claim requests for {n_trickle} runs"

@@ -80,6 +80,9 @@ impl std::fmt::Debug for ServerSettings {
 /// State shared by every request.
 pub(crate) struct App {
     pub(crate) db: DbPool,
+    /// `/ready`'s own connection: a server whose pooled connections are all
+    /// taken by requests is busy, not unready (see `ready`).
+    pub(crate) ready_db: DbPool,
     /// `user@host:port/db`, for messages.
     pub(crate) db_target: String,
     pub(crate) objects: Arc<ObjectStore>,
@@ -143,6 +146,7 @@ impl Server {
         let shutdown = CancellationToken::new();
         let app = Arc::new(App {
             db,
+            ready_db: database.pool(Some(1))?,
             db_target: database.target().to_string(),
             objects,
             secrets,

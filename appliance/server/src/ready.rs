@@ -44,9 +44,15 @@ where
     }
 }
 
+/// The database asked on a connection of the check's own, not one of the
+/// requests' pool: under a storm of requests (a fleet joining, a burst of
+/// claims) every pooled connection is taken and waited for, and a check
+/// queued behind them would time out. A balancer reading that as unready
+/// would take the server out and drop every worker connected to it, which
+/// reconnect elsewhere and load the others the same way.
 async fn postgres(app: &App) -> Result<Map<String, Value>, String> {
     let failed = |e: &dyn std::error::Error| format!("PostgreSQL at {}: {}", app.db_target, hangar_types::error_chain(e));
-    let mut conn = app.db.get().await.map_err(|e| failed(&e))?;
+    let mut conn = app.ready_db.get().await.map_err(|e| failed(&e))?;
     diesel::sql_query("SELECT 1").execute(&mut conn).await.map(|_| Map::new()).map_err(|e| failed(&e))
 }
 

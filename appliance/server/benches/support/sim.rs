@@ -3,6 +3,8 @@
 //! `benches/workers.rs` for what it does and what is measured with it).
 
 use std::collections::HashMap;
+use std::ops::Range;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -11,6 +13,7 @@ use hangar_db::runs::NewRun;
 use hangar_types::worker::{HostInfo, JoinRequest, JoinResponse, Notification, RunAssignment, StateReport, WorkerRoute};
 use hangar_types::{RunKind, RunState};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS, TlsConfiguration, Transport};
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tokio::sync::Notify;
 
@@ -34,13 +37,18 @@ pub struct Sim {
 }
 
 impl Sim {
+    /// `Err(503)`: the server is out of database connections for now;
+    /// `Err(0)`: the request failed on the way (a connection closed).
     async fn claim(&self) -> Result<Option<RunAssignment>, u16> {
         let _one = self.one.lock().await;
-        let r = self.http.post(format!("{}{}", self.base, WorkerRoute::Claim.path())).bearer_auth(&self.token).send().await.unwrap();
+        let Ok(r) = self.http.post(format!("{}{}", self.base, WorkerRoute::Claim.path())).bearer_auth(&self.token).send().await
+        else {
+            return Err(0);
+        };
         match r.status().as_u16() {
             204 => Ok(None),
             200 => Ok(Some(r.json().await.unwrap())),
-            // The server is out of database connections for now: the worker pauses and asks again.
+            // Either way the worker pauses and asks again.
             503 => Err(503),
             s => panic!("claim answered {s}: {}", r.text().await.unwrap_or_default()),
         }
@@ -58,18 +66,32 @@ impl Sim {
         matches!(r, Ok(r) if r.status() == 200)
     }
 
-    async fn fail(&self, run: i64) {
+    /// Reports run `run` FAILED, asking again (as the worker does) while the
+    /// request fails on the way; returns how many times it did.
+    async fn fail(&self, run: i64) -> u64 {
         let _one = self.one.lock().await;
         let body = StateReport { to: RunState::Failed, note: "bench".into(), changes: None, commit_message: None };
-        let r = self
-            .http
-            .post(format!("{}{}", self.base, WorkerRoute::ReportState { run }.path()))
-            .bearer_auth(&self.token)
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 200, "report FAILED for run {run}");
+        let mut again = 0;
+        loop {
+            let sent = self
+                .http
+                .post(format!("{}{}", self.base, WorkerRoute::ReportState { run }.path()))
+                .bearer_auth(&self.token)
+                .json(&body)
+                .send()
+                .await;
+            match sent {
+                Ok(r) if r.status() == 503 => {}
+                Ok(r) => {
+                    assert_eq!(r.status(), 200, "report FAILED for run {run}");
+                    return again;
+                }
+                Err(_) => {}
+            }
+            again += 1;
+            assert!(again < 100, "report FAILED for run {run}: no answer after 100 tries");
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
     }
 }
 
@@ -92,11 +114,78 @@ pub struct Log {
     pub mqtt_errors: AtomicU64,
     /// Claims answered 503 and asked again after a pause.
     pub unavailable: AtomicU64,
+    /// Requests that failed on the way (a connection closed) and were sent again.
+    pub request_errors: AtomicU64,
     pub stopping: AtomicBool,
+    /// In a fleet process: each claim is written to stdout too, for the bench.
+    pub echo: AtomicBool,
 }
 
-pub async fn join(app: &Appliance, admin: &str, pool: &str, name: String, broker_port: u16) -> Sim {
-    let d = app.ok(admin, "mutation($p: String!) { createJoinToken(pool: $p) { token } }", json!({ "p": pool })).await;
+/// Where simulated workers join and connect: the appliance's API and broker
+/// ports (a server's own, or a balancer's in front of several), the CA its
+/// certificates chain to, an admin's token to make join tokens, and the pool.
+/// Handed to a fleet process as JSON.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Front {
+    pub host: String,
+    pub api_port: u16,
+    pub mqtt_port: u16,
+    pub ca: PathBuf,
+    pub admin: String,
+    pub pool: String,
+}
+
+impl Front {
+    /// Workers of `pool` joining at `api_port` and connecting to `mqtt_port`.
+    pub fn new(app: &Appliance, admin: &str, pool: &str, api_port: u16, mqtt_port: u16) -> Front {
+        Front {
+            host: app.public_host.to_string(),
+            api_port,
+            mqtt_port,
+            ca: app.ca_path(),
+            admin: admin.to_string(),
+            pool: pool.to_string(),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("https://{}:{}{path}", self.host, self.api_port)
+    }
+
+    /// A GraphQL request as the admin that must succeed; returns `data`.
+    async fn ok(&self, client: &reqwest::Client, query: &str, variables: serde_json::Value) -> serde_json::Value {
+        let r = patiently("a GraphQL request", || {
+            client.post(self.url("/graphql")).bearer_auth(&self.admin).json(&json!({ "query": query, "variables": variables })).send()
+        })
+        .await;
+        let body: serde_json::Value = r.json().await.unwrap();
+        assert!(body.get("errors").is_none(), "{query}: {body}");
+        body["data"].clone()
+    }
+}
+
+/// Sends a request again, a second apart, while it fails on the way or is
+/// answered 503, as an operator's script or a worker would; ten tries.
+async fn patiently<F, Fut>(what: &str, send: F) -> reqwest::Response
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = reqwest::Result<reqwest::Response>>,
+{
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        match send().await {
+            Ok(r) if r.status() != 503 => return r,
+            Ok(r) if tries >= 10 => panic!("{what}: answered {} ten times", r.status()),
+            Err(e) if tries >= 10 => panic!("{what}: {e}"),
+            _ => tokio::time::sleep(Duration::from_secs(1)).await,
+        }
+    }
+}
+
+/// Joins one worker named `name` through `front` (`client` trusts its CA).
+pub async fn join(front: &Front, client: &reqwest::Client, name: String) -> Sim {
+    let d = front.ok(client, "mutation($p: String!) { createJoinToken(pool: $p) { token } }", json!({ "p": front.pool })).await;
     let token = d["createJoinToken"]["token"].as_str().unwrap().to_string();
     let (key, csr) = hangar_certs::worker_csr(&name).unwrap();
     let req = JoinRequest {
@@ -105,10 +194,10 @@ pub async fn join(app: &Appliance, admin: &str, pool: &str, name: String, broker
         csr_pem: csr,
         host: HostInfo { hostname: name, os: "linux".into(), arch: "amd64".into(), version: "bench".into() },
     };
-    let r = app.client.post(app.url(WorkerRoute::JOIN_PATH)).json(&req).send().await.unwrap();
+    let r = patiently("a join", || client.post(front.url(WorkerRoute::JOIN_PATH)).json(&req).send()).await;
     assert_eq!(r.status(), 200);
     let resp: JoinResponse = r.json().await.unwrap();
-    let ca_pem = std::fs::read(app.ca_path()).unwrap();
+    let ca_pem = std::fs::read(&front.ca).unwrap();
     let ca = reqwest::Certificate::from_pem(&ca_pem).unwrap();
     let id = reqwest::Identity::from_pem(format!("{}{}", resp.certificate_pem, key).as_bytes()).unwrap();
     let http = reqwest::Client::builder()
@@ -128,13 +217,35 @@ pub async fn join(app: &Appliance, admin: &str, pool: &str, name: String, broker
     };
     let tls = hangar_certs::tls::client_config(roots, Some((chain, key))).unwrap();
     let tenant = hangar_types::worker::worker_tenant(resp.worker_id);
-    let mut mqtt = MqttOptions::new(tenant.clone(), "127.0.0.1", broker_port);
+    let mut mqtt = MqttOptions::new(tenant.clone(), "127.0.0.1", front.mqtt_port);
     mqtt.set_keep_alive(Duration::from_secs(30))
         .set_clean_session(true)
         .set_max_packet_size(64 * 1024, 64 * 1024)
         .set_credentials(tenant, resp.worker_token.clone())
         .set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(Arc::new(tls))));
-    Sim { id: resp.worker_id, token: resp.worker_token, http, base: app.url(""), mqtt, one: Default::default() }
+    Sim { id: resp.worker_id, token: resp.worker_token, http, base: front.url(""), mqtt, one: Default::default() }
+}
+
+/// Joins the workers numbered `range` (named `sim-<i>`) through `front` and
+/// drives each, 100 at a time, waiting until each hundred has subscribed
+/// before the next, as a fleet coming up connects in steps (within the
+/// broker's limit of pending connections).
+pub async fn bring_up(front: &Front, log: &Arc<Log>, range: Range<usize>) {
+    let client = super::common::client_trusting(&front.ca);
+    let base = log.subscribed.load(Ordering::Relaxed);
+    let mut started = 0;
+    for chunk in range.collect::<Vec<_>>().chunks(100) {
+        let sims = futures::future::join_all(chunk.iter().map(|i| join(front, &client, format!("sim-{i}")))).await;
+        for sim in sims {
+            drive(sim, log.clone(), false);
+            started += 1;
+        }
+        let target = base + started;
+        hangar_testkit::wait_for("a batch of workers to subscribe", Duration::from_secs(300), || async {
+            (log.subscribed.load(Ordering::Relaxed) >= target).then_some(())
+        })
+        .await;
+    }
 }
 
 /// Runs one simulated worker until the log says stop.
@@ -213,8 +324,8 @@ pub fn drive(sim: Sim, log: Arc<Log>, record_notifications: bool) {
                 let got = loop {
                     match sim.claim().await {
                         Ok(got) => break got,
-                        Err(_) => {
-                            log.unavailable.fetch_add(1, Ordering::Relaxed);
+                        Err(why) => {
+                            if why == 503 { &log.unavailable } else { &log.request_errors }.fetch_add(1, Ordering::Relaxed);
                             tokio::time::sleep(pause).await;
                             pause = (pause * 2).min(Duration::from_secs(30));
                         }
@@ -222,13 +333,19 @@ pub fn drive(sim: Sim, log: Arc<Log>, record_notifications: bool) {
                 };
                 let at = Instant::now();
                 if let Some(a) = &got {
+                    if log.echo.load(Ordering::Relaxed) {
+                        println!("claim {} {} {}", a.run_id, sim.id, unix_micros());
+                    }
                     log.claims.lock().unwrap().entry(a.run_id).or_default().push((sim.id, at));
                     log.claimed.notify_waiters();
                 }
                 log.answered.fetch_add(1, Ordering::Relaxed);
                 log.answered_note.notify_waiters();
                 match got {
-                    Some(a) => sim.fail(a.run_id).await,
+                    Some(a) => {
+                        let again = sim.fail(a.run_id).await;
+                        log.request_errors.fetch_add(again, Ordering::Relaxed);
+                    }
                     None => break,
                 }
             }
@@ -342,4 +459,159 @@ pub async fn dispatch_round(c: &mut diesel_async::AsyncPgConnection, log: &Log, 
     assert_eq!(claims.len(), n_trickle + n_burst, "every run claimed");
     let (runs_claimed, claims_total) = (claims.len(), claims.values().map(Vec::len).sum());
     Dispatched { trickle, trickle_requests, trickle_notes, burst, burst_secs, burst_requests, burst_notes, hb_rate, runs_claimed, claims_total }
+}
+
+/// The environment variable that makes a bench binary a fleet process, with
+/// its `FleetPart` as JSON.
+const FLEET_ENV: &str = "HANGAR_BENCH_FLEET";
+
+/// What one fleet process runs: the workers numbered `range`, through `front`.
+#[derive(Serialize, Deserialize)]
+struct FleetPart {
+    front: Front,
+    range: Range<usize>,
+}
+
+/// How often a fleet process reports its counters.
+const COUNT_EVERY: Duration = Duration::from_millis(20);
+
+fn unix_micros() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_micros() as u64
+}
+
+const COUNTERS: usize = 9;
+
+/// The counters a fleet process reports, in the order of its `count` lines.
+fn counters(log: &Log) -> [u64; COUNTERS] {
+    [
+        log.sent.load(Ordering::Relaxed),
+        log.answered.load(Ordering::Relaxed),
+        log.subscribed.load(Ordering::Relaxed) as u64,
+        log.notifications.load(Ordering::Relaxed),
+        log.heartbeats.load(Ordering::Relaxed),
+        log.heartbeat_errors.load(Ordering::Relaxed),
+        log.mqtt_errors.load(Ordering::Relaxed),
+        log.unavailable.load(Ordering::Relaxed),
+        log.request_errors.load(Ordering::Relaxed),
+    ]
+}
+
+/// When this process was started by `Fleet::start`: brings up its part of
+/// the fleet, writes each claim (`claim <run> <worker> <unix µs>`) and its
+/// counters every 20 ms (`count ...`) to stdout, and exits when stdin closes.
+/// Call first thing in a bench's `main`; returns at once in the bench itself.
+pub fn serve_fleet_part() {
+    let Ok(spec) = std::env::var(FLEET_ENV) else { return };
+    let part: FleetPart = serde_json::from_str(&spec).expect("fleet part");
+    super::main(async move {
+        let log = Arc::new(Log::default());
+        log.echo.store(true, Ordering::Relaxed);
+        {
+            let log = log.clone();
+            tokio::spawn(async move {
+                loop {
+                    let c = counters(&log);
+                    println!("count {}", c.map(|v| v.to_string()).join(" "));
+                    tokio::time::sleep(COUNT_EVERY).await;
+                }
+            });
+        }
+        tokio::spawn(bring_up_part(part, log.clone()));
+        // The bench closes stdin (or ends) when it is done.
+        let mut sink = Vec::new();
+        let _ = tokio::io::AsyncReadExt::read_to_end(&mut tokio::io::stdin(), &mut sink).await;
+        log.stopping.store(true, Ordering::Relaxed);
+    });
+    std::process::exit(0);
+}
+
+async fn bring_up_part(part: FleetPart, log: Arc<Log>) {
+    bring_up(&part.front, &log, part.range).await;
+}
+
+/// Simulated workers in processes of their own: each worker holds two
+/// descriptors in the process that runs it, so a fleet larger than one
+/// process's open-file limit is spread over several. Their claims and
+/// counters are gathered into one `Log`, on which `dispatch_round` and
+/// `quiet` work as with workers in this process.
+pub struct Fleet {
+    children: Vec<tokio::process::Child>,
+}
+
+impl Fleet {
+    /// Starts one process of this bench binary per part, each bringing up
+    /// its workers through its own front; returns once they all run.
+    pub fn start(parts: Vec<(Front, Range<usize>)>, log: Arc<Log>) -> Fleet {
+        let exe = std::env::current_exe().expect("the bench binary");
+        let slots = Arc::new(Mutex::new(vec![[0u64; COUNTERS]; parts.len()]));
+        let mut children = Vec::new();
+        for (i, (front, range)) in parts.into_iter().enumerate() {
+            let spec = serde_json::to_string(&FleetPart { front, range }).unwrap();
+            let mut child = tokio::process::Command::new(&exe)
+                .env(FLEET_ENV, spec)
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .kill_on_drop(true)
+                .spawn()
+                .expect("start a fleet process");
+            let out = child.stdout.take().unwrap();
+            let (log, slots) = (log.clone(), slots.clone());
+            tokio::spawn(async move {
+                use tokio::io::AsyncBufReadExt;
+                let mut lines = tokio::io::BufReader::new(out).lines();
+                while let Ok(Some(line)) = lines.next_line().await {
+                    let mut f = line.split(' ');
+                    match f.next() {
+                        Some("claim") => {
+                            let v: Vec<u64> = f.map(|x| x.parse().unwrap()).collect();
+                            // Both clocks are this machine's: the claim's age
+                            // on the wall clock dates it on the monotonic one.
+                            let age = Duration::from_micros(unix_micros().saturating_sub(v[2]));
+                            let at = Instant::now() - age;
+                            log.claims.lock().unwrap().entry(v[0] as i64).or_default().push((v[1] as i64, at));
+                            log.claimed.notify_waiters();
+                        }
+                        Some("count") => {
+                            let mut slots = slots.lock().unwrap();
+                            for (k, x) in f.enumerate() {
+                                slots[i][k] = x.parse().unwrap();
+                            }
+                            let sum = |k: usize| slots.iter().map(|s| s[k]).sum::<u64>();
+                            log.sent.store(sum(0), Ordering::Relaxed);
+                            log.answered.store(sum(1), Ordering::Relaxed);
+                            log.subscribed.store(sum(2) as usize, Ordering::Relaxed);
+                            log.notifications.store(sum(3), Ordering::Relaxed);
+                            log.heartbeats.store(sum(4), Ordering::Relaxed);
+                            log.heartbeat_errors.store(sum(5), Ordering::Relaxed);
+                            log.mqtt_errors.store(sum(6), Ordering::Relaxed);
+                            log.unavailable.store(sum(7), Ordering::Relaxed);
+                            log.request_errors.store(sum(8), Ordering::Relaxed);
+                            drop(slots);
+                            log.answered_note.notify_waiters();
+                        }
+                        _ => eprintln!("fleet process {i}: {line}"),
+                    }
+                }
+                if !log.stopping.load(Ordering::Relaxed) {
+                    eprintln!("fleet process {i} ended before the bench did");
+                    std::process::exit(1);
+                }
+            });
+            children.push(child);
+        }
+        Fleet { children }
+    }
+
+    pub fn pids(&self) -> Vec<u32> {
+        self.children.iter().filter_map(|c| c.id()).collect()
+    }
+}
+
+impl Drop for Fleet {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            drop(c.stdin.take());
+            let _ = c.start_kill();
+        }
+    }
 }

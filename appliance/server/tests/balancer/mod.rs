@@ -159,14 +159,19 @@ impl Balancer {
     }
 
     pub fn start(dir: &Path, config: &str) -> Balancer {
-        let path = dir.join("haproxy.cfg");
+        Balancer::start_named(dir, "haproxy", config)
+    }
+
+    /// One of several balancers, its configuration and log named `name`.
+    pub fn start_named(dir: &Path, name: &str, config: &str) -> Balancer {
+        let path = dir.join(format!("{name}.cfg"));
         std::fs::write(&path, config).unwrap();
         let check = Command::new("haproxy").arg("-c").arg("-f").arg(&path).output().expect("run haproxy (Debian package haproxy)");
         assert!(check.status.success(), "haproxy -c: {}{}", String::from_utf8_lossy(&check.stdout), String::from_utf8_lossy(&check.stderr));
         let mut cmd = Command::new("haproxy");
         cmd.arg("-db").arg("-f").arg(&path).stdin(Stdio::null());
         let socket = config.lines().find_map(|l| l.trim().strip_prefix("stats socket ")).unwrap().split(' ').next().unwrap();
-        Balancer { process: ChildProcess::spawn(cmd, "haproxy", dir), socket: PathBuf::from(socket) }
+        Balancer { process: ChildProcess::spawn(cmd, name, dir), socket: PathBuf::from(socket) }
     }
 
     /// Each server of `backend` with its status (`UP`, `DOWN`, ...), from the
