@@ -164,6 +164,69 @@ pub async fn transition(
     .await
 }
 
+/// A transition the caller already checked, of a run whose row it locked in
+/// the transaction it passes (`SELECT ... FOR UPDATE`): what [`transition`]
+/// does after its own lock and check, without a nested transaction.
+pub async fn apply_held(c: &mut AsyncPgConnection, run: RunRow, to: RunState, cause: &str, actor: &str) -> Result<RunRow, DbError> {
+    apply(c, run, to, cause, actor).await
+}
+
+/// Who takes a READY run, with what (see [`claim_ready`]).
+#[derive(Debug)]
+pub struct Claim<'a> {
+    pub pool: i64,
+    pub worker: i64,
+    pub lease: DateTime<Utc>,
+    /// The run token's public id and stored hash.
+    pub token_id: &'a str,
+    pub token_hash: &'a str,
+    pub actor: &'a str,
+}
+
+/// Hands the oldest READY run of `claim.pool` that no concurrent claimer is
+/// taking to `claim.worker`, inside the caller's transaction: READY →
+/// PREPARING, the worker, its lease and the run token written in one UPDATE,
+/// the event recorded and announced. `None` when no run is waiting.
+///
+/// Concurrent claimers skip each other's locked rows (`SKIP LOCKED`) instead
+/// of queueing behind them, so each run goes to exactly one. The run row is
+/// written once: a second write in the same transaction makes PostgreSQL
+/// check its foreign key, taking a key-share lock on the stack row, which
+/// waits behind a drain that locked the stack and waits for this run: a
+/// deadlock. Written once, a claim never touches the stack's lock.
+pub async fn claim_ready(c: &mut AsyncPgConnection, claim: &Claim<'_>) -> Result<Option<RunRow>, DbError> {
+    #[derive(QueryableByName)]
+    struct Ready {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        id: i64,
+    }
+    let found: Option<Ready> = diesel::sql_query(
+        "SELECT r.id FROM runs r JOIN stacks s ON s.id = r.stack_id \
+         WHERE r.state = 'READY' AND s.worker_pool_id = $1 \
+         ORDER BY r.id LIMIT 1 FOR UPDATE OF r SKIP LOCKED",
+    )
+    .bind::<diesel::sql_types::BigInt, _>(claim.pool)
+    .get_result(c)
+    .await
+    .optional()?;
+    let Some(Ready { id }) = found else { return Ok(None) };
+    let run: RunRow = diesel::update(runs::table.filter(runs::id.eq(id)))
+        .set((
+            runs::state.eq(RunState::Preparing.as_str()),
+            runs::updated_at.eq(diesel::dsl::now),
+            runs::worker_id.eq(claim.worker),
+            runs::lease_expires_at.eq(claim.lease),
+            runs::run_token_id.eq(claim.token_id),
+            runs::run_token_hash.eq(claim.token_hash),
+        ))
+        .returning(RunRow::as_returning())
+        .get_result(c)
+        .await?;
+    let cause = format!("claimed by worker {}", claim.worker);
+    announce(c, &run, Some(claim.pool), Some(RunState::Ready), RunState::Preparing, &cause, claim.actor).await?;
+    Ok(Some(run))
+}
+
 /// Writes an already-checked transition of a locked row. Callers hold the row lock.
 pub(crate) async fn apply(
     c: &mut AsyncPgConnection,
@@ -209,6 +272,27 @@ async fn record(
     cause: &str,
     actor: &str,
 ) -> Result<(), DbError> {
+    let pool: Option<i64> = stacks::table
+        .filter(stacks::id.eq(run.stack_id))
+        .select(stacks::worker_pool_id)
+        .get_result(c)
+        .await
+        .optional()?
+        .flatten();
+    announce(c, run, pool, from, to, cause, actor).await
+}
+
+/// Records a run's transition as an event and announces it, its stack's
+/// pool being `pool`.
+async fn announce(
+    c: &mut AsyncPgConnection,
+    run: &RunRow,
+    pool: Option<i64>,
+    from: Option<RunState>,
+    to: RunState,
+    cause: &str,
+    actor: &str,
+) -> Result<(), DbError> {
     diesel::insert_into(run_events::table)
         .values((
             run_events::run_id.eq(run.id),
@@ -219,13 +303,6 @@ async fn record(
         ))
         .execute(c)
         .await?;
-    let pool: Option<i64> = stacks::table
-        .filter(stacks::id.eq(run.stack_id))
-        .select(stacks::worker_pool_id)
-        .get_result(c)
-        .await
-        .optional()?
-        .flatten();
     let change = RunChange { run: run.id, stack: run.stack_id, pool, worker: run.worker_id, from, to };
     diesel::sql_query("SELECT pg_notify($1, $2)")
         .bind::<diesel::sql_types::Text, _>(RUNS_CHANNEL)

@@ -21,6 +21,12 @@ pub struct TokenHolder {
     pub state: RunState,
 }
 
+/// A new run token, for a caller that writes its id and hash with the run
+/// (`hangar_db::runs::claim_ready`); [`issue`] writes them itself.
+pub fn fresh() -> hangar_crypto::IssuedToken {
+    hangar_crypto::new_token(KIND)
+}
+
 /// Gives `run_id` a fresh token, replacing any earlier one (a re-claimed run's
 /// previous holder loses access). The token is returned this once.
 pub async fn issue(conn: &mut AsyncPgConnection, run_id: i64) -> Result<SecretString, StoreError> {

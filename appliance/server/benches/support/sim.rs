@@ -366,12 +366,15 @@ pub async fn claimed_at(log: &Log, id: i64) -> Instant {
     }
 }
 
-/// Waits until every claim request sent has been answered.
+/// Waits until as many claim requests have been answered as had been sent
+/// when it was called. Not until none is in flight: a large fleet's 30 s polls
+/// keep some in flight at every moment.
 pub async fn quiet(log: &Log) {
     let deadline = Instant::now() + Duration::from_secs(600);
+    let sent = log.sent.load(Ordering::Relaxed);
     loop {
         let wait = log.answered_note.notified();
-        if log.answered.load(Ordering::Relaxed) >= log.sent.load(Ordering::Relaxed) {
+        if log.answered.load(Ordering::Relaxed) >= sent {
             return;
         }
         assert!(Instant::now() < deadline, "claims still unanswered after 600 s");
@@ -442,6 +445,7 @@ pub async fn dispatch_round(c: &mut diesel_async::AsyncPgConnection, log: &Log, 
     }
     let ready = hangar_db::runs::schedule_stack(c, stack, "bench").await.unwrap();
     let ready_at = Instant::now();
+    eprintln!("burst: {n_burst} runs READY in one commit");
     assert_eq!(ready.len(), n_burst);
     let mut burst = Vec::with_capacity(n_burst);
     for id in &ids {

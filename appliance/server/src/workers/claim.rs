@@ -150,14 +150,6 @@ async fn heartbeat(app: &App, conn: &mut AsyncPgConnection, worker: Worker, hb: 
     Ok(json(StatusCode::OK, &HeartbeatReply { lease_expires_at: lease, run_state, drain: worker.drained }))
 }
 
-#[derive(diesel::QueryableByName)]
-struct ReadyRun {
-    #[diesel(sql_type = diesel::sql_types::BigInt)]
-    id: i64,
-    #[diesel(sql_type = diesel::sql_types::BigInt)]
-    stack_id: i64,
-}
-
 /// How often a claim or report is retried while the drain is scheduling the run's stack.
 const BUSY_RETRIES: u32 = 100;
 const BUSY_PAUSE: std::time::Duration = std::time::Duration::from_millis(5);
@@ -167,7 +159,9 @@ const BUSY_PAUSE: std::time::Duration = std::time::Duration::from_millis(5);
 ///
 /// The drain locks a stack and then its runs; a transaction that holds a run
 /// and then waits for its stack would deadlock with it. Not waiting breaks
-/// the cycle: the caller rolls back and tries again in a moment.
+/// the cycle: the caller rolls back and tries again in a moment. A
+/// transaction that writes the run once needs no such lock (PostgreSQL
+/// checks the key only when the row was already written in it).
 async fn hold_stack(c: &mut AsyncPgConnection, stack_id: i64) -> Result<bool, diesel::result::Error> {
     let r = diesel::sql_query("SELECT id FROM stacks WHERE id = $1 FOR KEY SHARE NOWAIT")
         .bind::<diesel::sql_types::BigInt, _>(stack_id)
@@ -375,43 +369,25 @@ async fn claim_once(
     actor: &str,
 ) -> Result<Option<RunAssignment>, ClaimFailure> {
     conn.transaction::<_, ClaimFailure, _>(async |c| {
-            // The oldest READY run of the pool nobody else is claiming right now:
-            // concurrent claimers skip each other's locked rows instead of
-            // queueing behind them, so each run goes to exactly one of them.
-            let found: Option<ReadyRun> = diesel::sql_query(
-                "SELECT r.id, r.stack_id FROM runs r JOIN stacks s ON s.id = r.stack_id \
-                 WHERE r.state = 'READY' AND s.worker_pool_id = $1 \
-                 ORDER BY r.id LIMIT 1 FOR UPDATE OF r SKIP LOCKED",
-            )
-            .bind::<diesel::sql_types::BigInt, _>(worker.pool_id)
-            .get_result(c)
-            .await
-            .optional()?;
-            let Some(ReadyRun { id, stack_id }) = found else { return Ok(None) };
-            if !hold_stack(c, stack_id).await? {
-                return Err(ClaimFailure::Busy);
-            }
-            diesel::update(runs::table.find(id))
-                .set((runs::worker_id.eq(worker.id), runs::lease_expires_at.eq(lease)))
-                .execute(c)
-                .await?;
+            let token = hangar_store::run_tokens::fresh();
+            let claim = hangar_db::runs::Claim {
+                pool: worker.pool_id,
+                worker: worker.id,
+                lease,
+                token_id: &token.id,
+                token_hash: &token.hash,
+                actor,
+            };
+            let Some(run) = hangar_db::runs::claim_ready(c, &claim).await.map_err(|e| ClaimFailure::Db(TransitionFailure::Db(e)))? else {
+                return Ok(None);
+            };
             // Busy until it asks again and gets nothing: no announcement of
             // work goes to it meanwhile.
             diesel::update(hangar_db::schema::workers::table.find(worker.id))
                 .set(hangar_db::schema::workers::status.eq(WorkerStatus::Busy.as_str()))
                 .execute(c)
                 .await?;
-            let run = hangar_db::runs::transition(
-                c,
-                id,
-                Some(&[RunState::Ready]),
-                RunState::Preparing,
-                &format!("claimed by worker {}", worker.id),
-                actor,
-            )
-            .await?;
-            let token = hangar_store::run_tokens::issue(c, id).await?;
-            let assignment = assemble(app, c, &run, token.expose(), lease).await?;
+            let assignment = assemble(app, c, &run, token.token.expose(), lease).await?;
             Ok(Some(assignment))
         })
         .await
@@ -630,7 +606,9 @@ async fn report_once(
                 .optional()?
                 .filter(|r| r.worker_id == Some(worker.id))
                 .ok_or(NotApplied::Api(WorkerApiError::NotHolder { run: run_id }))?;
-            if !hold_stack(c, run.stack_id).await? {
+            let subject = r.commit_message.as_deref().and_then(hangar_types::worker::commit_subject);
+            let writes_before = r.changes.is_some() || subject.is_some() || !r.to.is_terminal();
+            if writes_before && !hold_stack(c, run.stack_id).await? {
                 return Err(NotApplied::Busy);
             }
             let from = run.state();
@@ -651,18 +629,15 @@ async fn report_once(
                 diesel::update(runs::table.find(run_id)).set(runs::changes.eq(v)).execute(c).await?;
             }
             // Bounded and stripped here too: the worker is not trusted to have done it.
-            if let Some(subject) = r.commit_message.as_deref().and_then(hangar_types::worker::commit_subject) {
+            if let Some(subject) = subject {
                 diesel::update(runs::table.find(run_id)).set(runs::commit_message.eq(subject)).execute(c).await?;
             }
             if !r.to.is_terminal() {
                 diesel::update(runs::table.find(run_id)).set(runs::lease_expires_at.eq(lease)).execute(c).await?;
             }
             let cause = if note.is_empty() { format!("reported by worker {}", worker.id) } else { note.to_string() };
-            match hangar_db::runs::transition(c, run_id, Some(&[from]), r.to, &cause, actor).await {
-                Ok(row) => Ok(row),
-                Err(TransitionFailure::NotAllowed { .. }) => Err(NotApplied::Refused(run)),
-                Err(e) => Err(NotApplied::Api(WorkerApiError::db(e))),
-            }
+            // The row is locked and the move checked above.
+            hangar_db::runs::apply_held(c, run, r.to, &cause, actor).await.map_err(|e| NotApplied::Api(WorkerApiError::db(e)))
         })
         .await
 }
