@@ -186,7 +186,8 @@ pub struct Claim<'a> {
 /// Hands the oldest READY run of `claim.pool` that no concurrent claimer is
 /// taking to `claim.worker`, inside the caller's transaction: READY →
 /// PREPARING, the worker, its lease and the run token written in one UPDATE,
-/// the event recorded and announced. `None` when no run is waiting.
+/// the event recorded and announced, the worker marked busy. `None` when no
+/// run is waiting.
 ///
 /// Concurrent claimers skip each other's locked rows (`SKIP LOCKED`) instead
 /// of queueing behind them, so each run goes to exactly one. The run row is
@@ -200,12 +201,17 @@ pub async fn claim_ready(c: &mut AsyncPgConnection, claim: &Claim<'_>) -> Result
         #[diesel(sql_type = diesel::sql_types::BigInt)]
         id: i64,
     }
+    // The worker is busy from here until it asks again and gets nothing: no
+    // announcement of work goes to it meanwhile.
     let found: Option<Ready> = diesel::sql_query(
-        "SELECT r.id FROM runs r JOIN stacks s ON s.id = r.stack_id \
-         WHERE r.state = 'READY' AND s.worker_pool_id = $1 \
-         ORDER BY r.id LIMIT 1 FOR UPDATE OF r SKIP LOCKED",
+        "WITH pick AS (SELECT r.id FROM runs r JOIN stacks s ON s.id = r.stack_id \
+             WHERE r.state = 'READY' AND s.worker_pool_id = $1 \
+             ORDER BY r.id LIMIT 1 FOR UPDATE OF r SKIP LOCKED), \
+         busy AS (UPDATE workers SET status = 'busy' WHERE id = $2 AND EXISTS (SELECT 1 FROM pick)) \
+         SELECT id FROM pick",
     )
     .bind::<diesel::sql_types::BigInt, _>(claim.pool)
+    .bind::<diesel::sql_types::BigInt, _>(claim.worker)
     .get_result(c)
     .await
     .optional()?;
@@ -223,7 +229,7 @@ pub async fn claim_ready(c: &mut AsyncPgConnection, claim: &Claim<'_>) -> Result
         .get_result(c)
         .await?;
     let cause = format!("claimed by worker {}", claim.worker);
-    announce(c, &run, Some(claim.pool), Some(RunState::Ready), RunState::Preparing, &cause, claim.actor).await?;
+    record(c, &run, Some(RunState::Ready), RunState::Preparing, &cause, claim.actor).await?;
     Ok(Some(run))
 }
 
@@ -264,6 +270,9 @@ async fn has_dependents(c: &mut AsyncPgConnection, stack: i64) -> QueryResult<bo
     diesel::select(diesel::dsl::exists(deps::table.filter(deps::depends_on_id.eq(stack)))).get_result(c).await
 }
 
+/// Records a run's transition as an event and announces it on
+/// [`RUNS_CHANNEL`] with its stack's pool, in one statement: every transition
+/// pays one round trip for both.
 async fn record(
     c: &mut AsyncPgConnection,
     run: &RunRow,
@@ -272,43 +281,25 @@ async fn record(
     cause: &str,
     actor: &str,
 ) -> Result<(), DbError> {
-    let pool: Option<i64> = stacks::table
-        .filter(stacks::id.eq(run.stack_id))
-        .select(stacks::worker_pool_id)
-        .get_result(c)
-        .await
-        .optional()?
-        .flatten();
-    announce(c, run, pool, from, to, cause, actor).await
-}
-
-/// Records a run's transition as an event and announces it, its stack's
-/// pool being `pool`.
-async fn announce(
-    c: &mut AsyncPgConnection,
-    run: &RunRow,
-    pool: Option<i64>,
-    from: Option<RunState>,
-    to: RunState,
-    cause: &str,
-    actor: &str,
-) -> Result<(), DbError> {
-    diesel::insert_into(run_events::table)
-        .values((
-            run_events::run_id.eq(run.id),
-            run_events::from_state.eq(from.map(|s| s.as_str())),
-            run_events::to_state.eq(to.as_str()),
-            run_events::cause.eq(cause),
-            run_events::actor.eq(actor),
-        ))
-        .execute(c)
-        .await?;
-    let change = RunChange { run: run.id, stack: run.stack_id, pool, worker: run.worker_id, from, to };
-    diesel::sql_query("SELECT pg_notify($1, $2)")
-        .bind::<diesel::sql_types::Text, _>(RUNS_CHANNEL)
-        .bind::<diesel::sql_types::Text, _>(serde_json::to_string(&change).unwrap_or_default())
-        .execute(c)
-        .await?;
+    use diesel::sql_types::{BigInt, Nullable, Text};
+    // The pool is read here rather than passed: a stack's pool can change,
+    // and the announcement follows the stack as it is now.
+    let change = RunChange { run: run.id, stack: run.stack_id, pool: None, worker: run.worker_id, from, to };
+    diesel::sql_query(
+        "WITH event AS (INSERT INTO run_events (run_id, from_state, to_state, cause, actor) VALUES ($1, $2, $3, $4, $5)) \
+         SELECT pg_notify($6, jsonb_set($7::jsonb, '{pool}', \
+             COALESCE((SELECT to_jsonb(worker_pool_id) FROM stacks WHERE id = $8), 'null'::jsonb))::text)",
+    )
+    .bind::<BigInt, _>(run.id)
+    .bind::<Nullable<Text>, _>(from.map(|s| s.as_str()))
+    .bind::<Text, _>(to.as_str())
+    .bind::<Text, _>(cause)
+    .bind::<Text, _>(actor)
+    .bind::<Text, _>(RUNS_CHANNEL)
+    .bind::<Text, _>(serde_json::to_string(&change).unwrap_or_default())
+    .bind::<BigInt, _>(run.stack_id)
+    .execute(c)
+    .await?;
     Ok(())
 }
 

@@ -326,6 +326,10 @@ pub async fn claim(
 }
 
 /// Acknowledges finished jobs: they are deleted. Stale tokens are ignored.
+/// Like `extend` and `release`, it locks the rows in id order first: a batch
+/// statement otherwise locks them in whatever order its join yields, and an
+/// acknowledgement and a lease renewal of the same jobs, on two connections,
+/// could each hold a row the other waits for.
 /// Returns how many jobs were acknowledged. Like a claim, an acknowledgement
 /// commits asynchronously: losing it in a crash only means a redelivery.
 pub async fn complete(conn: &mut AsyncPgConnection, tokens: &[JobToken]) -> Result<u64, DbError> {
@@ -335,9 +339,10 @@ pub async fn complete(conn: &mut AsyncPgConnection, tokens: &[JobToken]) -> Resu
     let ids: Vec<i64> = tokens.iter().map(|t| t.id).collect();
     let attempts: Vec<i32> = tokens.iter().map(|t| t.attempt).collect();
     Ok(diesel::sql_query(
-        "WITH relaxed AS MATERIALIZED (SELECT set_config('synchronous_commit', 'off', true))
-         DELETE FROM jobs j USING unnest($1::int8[], $2::int4[]) AS d(id, attempt), relaxed
-         WHERE j.id = d.id AND j.attempts = d.attempt AND j.state = 'pending'",
+        "WITH relaxed AS MATERIALIZED (SELECT set_config('synchronous_commit', 'off', true)),
+         held AS MATERIALIZED (SELECT j.id FROM jobs j JOIN unnest($1::int8[], $2::int4[]) AS d(id, attempt)
+             ON j.id = d.id AND j.attempts = d.attempt WHERE j.state = 'pending' ORDER BY j.id FOR UPDATE OF j)
+         DELETE FROM jobs j USING held, relaxed WHERE j.id = held.id",
     )
     .bind::<Array<BigInt>, _>(ids)
     .bind::<Array<Int4>, _>(attempts)
@@ -424,9 +429,10 @@ pub async fn extend(
     let ids: Vec<i64> = tokens.iter().map(|t| t.id).collect();
     let attempts: Vec<i32> = tokens.iter().map(|t| t.attempt).collect();
     let held: Vec<Id> = diesel::sql_query(
-        "UPDATE jobs j SET run_at = clock_timestamp() + make_interval(secs => $3::float8 / 1000)
-         FROM unnest($1::int8[], $2::int4[]) AS d(id, attempt)
-         WHERE j.id = d.id AND j.attempts = d.attempt AND j.state = 'pending'
+        "WITH held AS MATERIALIZED (SELECT j.id FROM jobs j JOIN unnest($1::int8[], $2::int4[]) AS d(id, attempt)
+             ON j.id = d.id AND j.attempts = d.attempt WHERE j.state = 'pending' ORDER BY j.id FOR UPDATE OF j)
+         UPDATE jobs j SET run_at = clock_timestamp() + make_interval(secs => $3::float8 / 1000)
+         FROM held WHERE j.id = held.id
          RETURNING j.id",
     )
     .bind::<Array<BigInt>, _>(ids)
@@ -446,9 +452,10 @@ pub async fn release(conn: &mut AsyncPgConnection, tokens: &[JobToken]) -> Resul
     let ids: Vec<i64> = tokens.iter().map(|t| t.id).collect();
     let attempts: Vec<i32> = tokens.iter().map(|t| t.attempt).collect();
     Ok(diesel::sql_query(
-        "UPDATE jobs j SET run_at = clock_timestamp(), locked_by = NULL, locked_at = NULL
-         FROM unnest($1::int8[], $2::int4[]) AS d(id, attempt)
-         WHERE j.id = d.id AND j.attempts = d.attempt AND j.state = 'pending'",
+        "WITH held AS MATERIALIZED (SELECT j.id FROM jobs j JOIN unnest($1::int8[], $2::int4[]) AS d(id, attempt)
+             ON j.id = d.id AND j.attempts = d.attempt WHERE j.state = 'pending' ORDER BY j.id FOR UPDATE OF j)
+         UPDATE jobs j SET run_at = clock_timestamp(), locked_by = NULL, locked_at = NULL
+         FROM held WHERE j.id = held.id",
     )
     .bind::<Array<BigInt>, _>(ids)
     .bind::<Array<Int4>, _>(attempts)

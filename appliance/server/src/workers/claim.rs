@@ -381,12 +381,6 @@ async fn claim_once(
             let Some(run) = hangar_db::runs::claim_ready(c, &claim).await.map_err(|e| ClaimFailure::Db(TransitionFailure::Db(e)))? else {
                 return Ok(None);
             };
-            // Busy until it asks again and gets nothing: no announcement of
-            // work goes to it meanwhile.
-            diesel::update(hangar_db::schema::workers::table.find(worker.id))
-                .set(hangar_db::schema::workers::status.eq(WorkerStatus::Busy.as_str()))
-                .execute(c)
-                .await?;
             let assignment = assemble(app, c, &run, token.token.expose(), lease).await?;
             Ok(Some(assignment))
         })
