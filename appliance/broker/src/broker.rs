@@ -90,7 +90,7 @@ impl Broker {
         let addr = listener.local_addr().map_err(|source| BrokerError::Bind { addr: config.listen, source })?;
         let tasks = TaskTracker::new();
         let stop = CancellationToken::new();
-        let engine = Engine::start(config.limits.max_connections, &tasks, stop.clone()).await?;
+        let engine = Engine::start(&tasks, stop.clone()).await?;
         let shared = Arc::new(Shared {
             pending: Arc::new(Semaphore::new(config.limits.max_pending)),
             slots: Arc::new(Semaphore::new(config.limits.max_connections)),

@@ -1,8 +1,7 @@
-//! rumqttd's router, driven from our side: it keeps subscriptions and enforces
-//! the tenant prefix of every worker link; we create its links (one per
-//! admitted worker, plus the server's own publisher and a health probe) and feed
-//! it packets. Notifications to workers do not pass through it (see
-//! `registry`): only the probe's messages do, which checks that it runs.
+//! rumqttd's router, kept for the server's own links: the publisher and a
+//! health probe, whose messages go through it to check that it runs. Worker
+//! connections do not reach it (see `session`), and notifications to workers
+//! do not pass through it (see `registry`).
 //!
 //! The router runs on its own OS thread and has no stop: after shutdown it holds
 //! no connection and sleeps on an empty queue until the process exits.
@@ -27,7 +26,7 @@ use crate::BrokerError;
 /// probe's topic gets messages, so the smallest it allows is enough.
 const SEGMENT_BYTES: usize = 1024;
 const SEGMENT_COUNT: usize = 2;
-/// Links that are not workers: the publisher and the probe, with room to spare.
+/// The router's links: the publisher and the probe, with room to spare.
 const LOCAL_LINKS: usize = 8;
 /// Only the server's probe link subscribes here; tenants cannot reach it.
 const PROBE_TOPIC: &str = "/hangar/probe";
@@ -36,17 +35,14 @@ const FANOUT_QUEUE: usize = 1024;
 
 /// A link the router should accept.
 #[derive(Debug, Clone)]
-pub(crate) struct LinkSpec {
-    pub client_id: String,
-    /// Confines the link to `/tenants/<tenant>/` (rumqttd's tenant prefix).
-    pub tenant: Option<String>,
-    pub clean_session: bool,
+struct LinkSpec {
+    client_id: String,
     /// Lets a publish create its topic when nobody subscribed to it yet;
     /// without it the router drops the publishing link.
-    pub dynamic_filters: bool,
+    dynamic_filters: bool,
 }
 
-pub(crate) type LinkParts = (LinkTx, LinkRx, RouterNotification);
+type LinkParts = (LinkTx, LinkRx, RouterNotification);
 /// rumqttd's `LinkError` carries whole router events (~800 bytes); only its text is kept.
 type MakeLink = dyn Fn(&LinkSpec) -> Result<LinkParts, String> + Send + Sync;
 
@@ -56,7 +52,6 @@ struct Fanout {
 }
 
 pub(crate) struct Engine {
-    make: Arc<MakeLink>,
     fanout: Mutex<Option<mpsc::Sender<Fanout>>>,
     publisher: Mutex<Option<std::thread::JoinHandle<()>>>,
     probe_lock: tokio::sync::Mutex<()>,
@@ -71,15 +66,11 @@ impl std::fmt::Debug for Engine {
 }
 
 impl Engine {
-    /// Starts a router sized for `max_connections` workers, its publisher
-    /// thread and its probe (whose reader runs on `tasks` until `stop`).
-    pub(crate) async fn start(
-        max_connections: usize,
-        tasks: &TaskTracker,
-        stop: CancellationToken,
-    ) -> Result<Engine, BrokerError> {
+    /// Starts a router, its publisher thread and its probe (whose reader
+    /// runs on `tasks` until `stop`).
+    pub(crate) async fn start(tasks: &TaskTracker, stop: CancellationToken) -> Result<Engine, BrokerError> {
         let config = RouterConfig {
-            max_connections: max_connections + LOCAL_LINKS,
+            max_connections: LOCAL_LINKS,
             max_outgoing_packet_count: 200,
             max_segment_size: SEGMENT_BYTES,
             max_segment_count: SEGMENT_COUNT,
@@ -90,18 +81,12 @@ impl Engine {
         let router_tx = Router::new(0, config).spawn();
         let make: Arc<MakeLink> = Arc::new(move |spec: &LinkSpec| {
             LinkBuilder::new(&spec.client_id, router_tx.clone())
-                .tenant_id(spec.tenant.clone())
-                .clean_session(spec.clean_session)
+                .clean_session(true)
                 .dynamic_filters(spec.dynamic_filters)
                 .build()
                 .map_err(|e| e.to_string())
         });
-        let local = |client_id: &str, dynamic_filters| LinkSpec {
-            client_id: client_id.into(),
-            tenant: None,
-            clean_session: true,
-            dynamic_filters,
-        };
+        let local = |client_id: &str, dynamic_filters| LinkSpec { client_id: client_id.into(), dynamic_filters };
         let refused = |link: &'static str| move |reason: String| BrokerError::Router { link, reason };
 
         let (pub_tx, pub_rx, _) = link_blocking(&make, local("hangar-server", true)).await.map_err(refused("publisher"))?;
@@ -119,19 +104,12 @@ impl Engine {
         tasks.spawn(read_probe(probe_rx, seen_tx, stop));
 
         Ok(Engine {
-            make,
             fanout: Mutex::new(Some(fanout_tx)),
             publisher: Mutex::new(Some(publisher)),
             probe_lock: tokio::sync::Mutex::new(()),
             probe_seq: AtomicU64::new(0),
             probe_seen: seen_rx,
         })
-    }
-
-    /// Registers a link with the router. The router answers at once, or
-    /// closes the link when it is full.
-    pub(crate) async fn link(&self, spec: LinkSpec) -> Result<LinkParts, String> {
-        link_blocking(&self.make, spec).await
     }
 
     /// Publishes `payload` (QoS 0) on each of `topics`, in order, through the router.

@@ -34,6 +34,8 @@ struct Inner {
 struct Entry {
     admitted: Admitted,
     kick: CancellationToken,
+    /// Cancelled when the same worker connects again.
+    replaced: CancellationToken,
     deliveries: mpsc::Sender<Delivery>,
 }
 
@@ -63,12 +65,25 @@ fn offer(entry: &Entry, d: Delivery) {
 
 impl Registry {
     /// Records a connection; `kick` ends it, `deliveries` feeds it
-    /// notifications. Returns its key.
-    pub(crate) fn insert(&self, admitted: Admitted, kick: CancellationToken, deliveries: mpsc::Sender<Delivery>) -> u64 {
+    /// notifications. Earlier connections of the same worker are told they
+    /// were `replaced` (a worker that reconnects before its old connection
+    /// timed out has one session, the newest). Returns its key.
+    pub(crate) fn insert(
+        &self,
+        admitted: Admitted,
+        kick: CancellationToken,
+        replaced: CancellationToken,
+        deliveries: mpsc::Sender<Delivery>,
+    ) -> u64 {
         let key = self.next.fetch_add(1, Ordering::Relaxed);
         let mut inner = self.lock();
         let (worker, pool) = (admitted.worker, admitted.pool);
-        inner.sessions.insert(key, Entry { admitted, kick, deliveries });
+        if inner.online.contains_key(&worker) {
+            for e in inner.sessions.values().filter(|e| e.admitted.worker == worker) {
+                e.replaced.cancel();
+            }
+        }
+        inner.sessions.insert(key, Entry { admitted, kick, replaced, deliveries });
         let slot = inner.online.entry(worker).or_insert((pool, 0));
         *slot = (pool, slot.1 + 1);
         key

@@ -1,27 +1,30 @@
 //! One client connection, from TCP accept to close: TLS with a verified client
-//! certificate, a CONNECT within the time limit, admission, then packets pumped
-//! between the socket and the worker's router link — the worker may only
-//! subscribe to its own two topics and never publishes. Notifications come
-//! from the connection's own queue (see `registry`), written when the client
-//! subscribed to their topic; pings are answered here.
+//! certificate, a CONNECT within the time limit, admission, then the worker's
+//! packets answered here — the worker may only subscribe to its own two
+//! topics and never publishes. Notifications come from the connection's own
+//! queue (see `registry`), written when the client subscribed to their topic.
 //!
 //! This replaces rumqttd's own listener, which completes each TLS handshake
 //! inline in its accept loop without a time limit (one silent client stops
 //! every other from connecting), cannot show the client certificate to its
 //! authentication hook, closes refused clients without a CONNACK, and has no
-//! way to stop. The router behind it is rumqttd's, with its tenant-prefix checks.
+//! way to stop. Worker connections do not reach rumqttd's router at all:
+//! what a worker may send (SUBSCRIBE and UNSUBSCRIBE of its own topics,
+//! pings, DISCONNECT) is answered here, so a connection costs only its
+//! socket, its TLS state, its buffer and its queue, not the router's
+//! per-link buffers and per-filter logs.
 
-use std::collections::VecDeque;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use rumqttd::Notification as RouterNotification;
-use rumqttd::local::{LinkRx, LinkTx};
 use rumqttd::protocol::v4::V4;
-use rumqttd::protocol::{self, ConnAck, ConnectReturnCode, Packet, PingResp, Protocol, Publish};
+use rumqttd::protocol::{
+    self, ConnAck, ConnectReturnCode, Packet, PingResp, Protocol, Publish, QoS, SubAck, SubscribeReasonCode, UnsubAck,
+    UnsubAckReason,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
@@ -32,7 +35,6 @@ use tracing::{debug, info, warn};
 
 use crate::Shared;
 use crate::auth::{Admitted, Hello, Refusal};
-use crate::engine::LinkSpec;
 use crate::registry::{Delivery, Topic};
 use crate::tls::{PeerCert, peer_cert};
 use crate::wire;
@@ -66,10 +68,11 @@ pub(crate) async fn serve(shared: Arc<Shared>, tcp: TcpStream, addr: SocketAddr,
     };
     let worker = conn.admitted.worker;
     let kick = stop.child_token();
+    let replaced = CancellationToken::new();
     let (deliveries_tx, mut deliveries) = mpsc::channel(DELIVERY_QUEUE);
-    let _registered = Registered::new(&shared, conn.admitted.clone(), kick.clone(), deliveries_tx);
+    let _registered = Registered::new(&shared, conn.admitted.clone(), kick.clone(), replaced.clone(), deliveries_tx);
     info!(worker, pool = conn.admitted.pool, %addr, "worker connected");
-    let end = pump(&mut conn, &mut deliveries, shared.config.limits.max_packet_size, &kick).await;
+    let end = pump(&mut conn, &mut deliveries, shared.config.limits.max_packet_size, &kick, &replaced).await;
     match &end {
         End::ClientDisconnected | End::Closed => info!(worker, %addr, "worker disconnected"),
         End::Kicked => info!(worker, %addr, "worker disconnected by the broker"),
@@ -79,14 +82,6 @@ pub(crate) async fn serve(shared: Arc<Shared>, tcp: TcpStream, addr: SocketAddr,
         End::Malformed(e) => warn!(worker, %addr, error = %e, "worker sent a malformed packet; disconnected"),
         End::Violation(what) => warn!(worker, %addr, violation = %what, "worker broke the broker's rules; disconnected"),
     }
-    if !matches!(end, End::Replaced) {
-        // The router still holds the link: a DISCONNECT unregisters it.
-        let bye = Packet::Disconnect(
-            protocol::Disconnect { reason_code: protocol::DisconnectReasonCode::NormalDisconnection },
-            None,
-        );
-        let _ = conn.link_tx.send(bye).await;
-    }
     let _ = tokio::time::timeout(Duration::from_secs(1), conn.tls.shutdown()).await;
 }
 
@@ -95,8 +90,6 @@ struct Conn {
     tls: Tls,
     /// Bytes read after the CONNECT.
     buf: BytesMut,
-    link_tx: LinkTx,
-    link_rx: LinkRx,
     admitted: Admitted,
     keep_alive: Duration,
     _slot: OwnedSemaphorePermit,
@@ -110,8 +103,14 @@ struct Registered<'a> {
 }
 
 impl<'a> Registered<'a> {
-    fn new(shared: &'a Shared, admitted: Admitted, kick: CancellationToken, deliveries: mpsc::Sender<Delivery>) -> Self {
-        Registered { shared, key: shared.registry.insert(admitted, kick, deliveries) }
+    fn new(
+        shared: &'a Shared,
+        admitted: Admitted,
+        kick: CancellationToken,
+        replaced: CancellationToken,
+        deliveries: mpsc::Sender<Delivery>,
+    ) -> Self {
+        Registered { shared, key: shared.registry.insert(admitted, kick, replaced, deliveries) }
     }
 }
 
@@ -142,7 +141,7 @@ impl Refuse<'_> {
     }
 }
 
-/// TLS, CONNECT, admission, router link, CONNACK. `None` when the client was
+/// TLS, CONNECT, admission, CONNACK. `None` when the client was
 /// refused or went away (logged here).
 async fn open(shared: &Shared, tcp: TcpStream, addr: SocketAddr) -> Option<Conn> {
     let mut tls = match shared.tls.acceptor().accept(tcp).await {
@@ -201,36 +200,15 @@ async fn open(shared: &Shared, tcp: TcpStream, addr: SocketAddr) -> Option<Conn>
         refuse.send(&mut tls, Refusal::Full).await;
         return None;
     };
-    let spec = LinkSpec {
-        client_id: connect.client_id.clone(),
-        tenant: Some(wire::tenant(admitted.worker)),
-        clean_session: connect.clean_session,
-        dynamic_filters: false,
-    };
-    let (link_tx, link_rx, ack) = match shared.engine.link(spec).await {
-        Ok(parts) => parts,
-        Err(e) => {
-            warn!(worker = admitted.worker, error = %e, "the MQTT router refused the link");
-            refuse.send(&mut tls, Refusal::Full).await;
-            return None;
-        }
-    };
-    let ack = Option::<Packet>::from(ack).and_then(to_v4).unwrap_or_else(|| connack(ConnectReturnCode::Success));
-    if let Err(e) = write(&mut tls, ack).await {
+    // A clean session every time: nothing is kept between connections (the
+    // worker subscribes again, and polls for what it missed).
+    if let Err(e) = write(&mut tls, connack(ConnectReturnCode::Success)).await {
         info!(%addr, error = %e, "connection lost before CONNACK");
-        let bye = Packet::Disconnect(
-            protocol::Disconnect { reason_code: protocol::DisconnectReasonCode::NormalDisconnection },
-            None,
-        );
-        let mut link_tx = link_tx;
-        let _ = link_tx.send(bye).await;
         return None;
     }
     Some(Conn {
         tls,
         buf,
-        link_tx,
-        link_rx,
         admitted,
         keep_alive: Duration::from_secs(u64::from(connect.keep_alive)),
         _slot: slot,
@@ -242,7 +220,7 @@ enum End {
     ClientDisconnected,
     Closed,
     Kicked,
-    /// The router dropped the link: the same worker connected again.
+    /// The same worker connected again.
     Replaced,
     KeepAlive,
     Network(io::Error),
@@ -288,7 +266,13 @@ impl Subscriptions {
     }
 }
 
-async fn pump(c: &mut Conn, deliveries: &mut mpsc::Receiver<Delivery>, max_packet: usize, kick: &CancellationToken) -> End {
+async fn pump(
+    c: &mut Conn,
+    deliveries: &mut mpsc::Receiver<Delivery>,
+    max_packet: usize,
+    kick: &CancellationToken,
+    replaced: &CancellationToken,
+) -> End {
     // MQTT: the server may close a connection silent for 1.5 keep-alive periods.
     let grace = c.keep_alive + c.keep_alive / 2;
     // One timer for the whole session, moved on each read (not one per message).
@@ -300,6 +284,7 @@ async fn pump(c: &mut Conn, deliveries: &mut mpsc::Receiver<Delivery>, max_packe
     let mut subscriptions = Subscriptions::default();
     loop {
         tokio::select! {
+            _ = replaced.cancelled() => return End::Replaced,
             _ = kick.cancelled() => return End::Kicked,
             _ = &mut silence => return End::KeepAlive,
             r = c.tls.read_buf(&mut c.buf) => {
@@ -309,36 +294,27 @@ async fn pump(c: &mut Conn, deliveries: &mut mpsc::Receiver<Delivery>, max_packe
                     Err(e) => return End::Network(e),
                 }
                 silence.as_mut().reset(Instant::now() + grace);
-                let mut packets = VecDeque::new();
+                let mut answers = Vec::new();
                 let mut goodbye = false;
-                let mut pings = 0;
                 loop {
                     match V4.read_mut(&mut c.buf, max_packet) {
                         Ok(p) => {
                             if let Err(v) = allowed(&p, &prefix) {
                                 return End::Violation(v);
                             }
-                            if matches!(p, Packet::PingReq(_)) {
-                                // Answered here: the router has nothing to add.
-                                pings += 1;
-                                continue;
-                            }
                             subscriptions.follow(&p, &prefix);
-                            goodbye = matches!(p, Packet::Disconnect(..));
-                            packets.push_back(p);
-                            if goodbye {
+                            if matches!(p, Packet::Disconnect(..)) {
+                                goodbye = true;
                                 break;
                             }
+                            answers.extend(answer(p));
                         }
                         Err(protocol::Error::InsufficientBytes(_)) => break,
                         Err(e) => return End::Malformed(e),
                     }
                 }
-                if !packets.is_empty() && to_router(&mut c.link_tx, packets).await.is_err() {
-                    return End::Replaced;
-                }
-                for _ in 0..pings {
-                    if let Err(e) = write(&mut c.tls, Packet::PingResp(PingResp)).await {
+                for a in answers {
+                    if let Err(e) = write(&mut c.tls, a).await {
                         return End::Network(e);
                     }
                 }
@@ -357,30 +333,39 @@ async fn pump(c: &mut Conn, deliveries: &mut mpsc::Receiver<Delivery>, max_packe
                     }
                 }
             }
-            n = c.link_rx.next() => match n {
-                Err(_) => return End::Replaced,
-                Ok(None) => {}
-                Ok(Some(RouterNotification::Unschedule)) => {
-                    if c.link_rx.wake().await.is_err() {
-                        return End::Replaced;
-                    }
-                }
-                Ok(Some(n)) => {
-                    if let Some(p) = Option::<Packet>::from(n).and_then(to_v4)
-                        && let Err(e) = write(&mut c.tls, p).await
-                    {
-                        return End::Network(e);
-                    }
-                }
-            },
         }
     }
 }
 
+/// The broker's answer to what a worker sent (`allowed` let through): a
+/// SUBACK granting each filter the QoS asked for (notifications are sent
+/// at QoS 0 whatever was granted), an UNSUBACK, a ping's response. Acks of
+/// publishes need none: the broker sends only QoS 0.
+fn answer(p: Packet) -> Option<Packet> {
+    match p {
+        Packet::Subscribe(s, _) => {
+            let return_codes = s
+                .filters
+                .iter()
+                .map(|f| match f.qos {
+                    QoS::AtMostOnce => SubscribeReasonCode::QoS0,
+                    QoS::AtLeastOnce => SubscribeReasonCode::QoS1,
+                    QoS::ExactlyOnce => SubscribeReasonCode::QoS2,
+                })
+                .collect();
+            Some(Packet::SubAck(SubAck { pkid: s.pkid, return_codes }, None))
+        }
+        Packet::Unsubscribe(u, _) => {
+            let reasons = u.filters.iter().map(|_| UnsubAckReason::Success).collect();
+            Some(Packet::UnsubAck(UnsubAck { pkid: u.pkid, reasons }, None))
+        }
+        Packet::PingReq(_) => Some(Packet::PingResp(PingResp)),
+        _ => None,
+    }
+}
+
 /// What a worker may send once connected. Workers only listen: they subscribe
-/// to their own topics (rumqttd checks the tenant prefix again) and never
-/// publish, so they can neither forge notifications nor grow the router's
-/// per-topic logs.
+/// to their own topics and never publish, so they cannot forge notifications.
 fn allowed(p: &Packet, prefix: &str) -> Result<(), String> {
     match p {
         Packet::Subscribe(s, _) => {
@@ -405,35 +390,6 @@ fn allowed(p: &Packet, prefix: &str) -> Result<(), String> {
             Err("a packet only a server sends".into())
         }
     }
-}
-
-/// Hands packets to the router in one batch. `LinkTx::send` blocks only while
-/// the router's queue (1000 events, drained in bulk) is full.
-async fn to_router(tx: &mut LinkTx, mut packets: VecDeque<Packet>) -> Result<(), rumqttd::local::LinkError> {
-    let Some(last) = packets.pop_back() else { return Ok(()) };
-    tx.buffer().extend(packets);
-    tx.send(last).await.map(|_| ())
-}
-
-/// A router packet as MQTT 3.1.1 writes it: v5 properties dropped, and nothing
-/// a 3.1.1 server may not send (it has no server DISCONNECT).
-fn to_v4(p: Packet) -> Option<Packet> {
-    Some(match p {
-        Packet::ConnAck(a, _) => Packet::ConnAck(a, None),
-        Packet::Publish(p, _) => Packet::Publish(p, None),
-        Packet::PubAck(a, _) => Packet::PubAck(a, None),
-        Packet::SubAck(a, _) => Packet::SubAck(a, None),
-        Packet::UnsubAck(a, _) => Packet::UnsubAck(a, None),
-        Packet::PubRec(a, _) => Packet::PubRec(a, None),
-        Packet::PubRel(a, _) => Packet::PubRel(a, None),
-        Packet::PubComp(a, _) => Packet::PubComp(a, None),
-        Packet::PingResp(r) => Packet::PingResp(r),
-        Packet::Connect(..)
-        | Packet::Subscribe(..)
-        | Packet::Unsubscribe(..)
-        | Packet::PingReq(_)
-        | Packet::Disconnect(..) => return None,
-    })
 }
 
 fn connack(code: ConnectReturnCode) -> Packet {
