@@ -324,6 +324,10 @@ async fn a_user_without_grants_sees_nothing_and_the_state_backend_and_console_fo
     assert!(!web.get("/pools").await.contains("Create a worker pool"));
     let csrf = lead_web.csrf("/pools").await;
     assert_eq!(lead_web.post("/pools", &[("csrf", &csrf), ("name", "pool-made-here"), ("description", "by the lead"), ("space", "team-sub")]).await, 303);
+    // Each pool says which space it is in.
+    let pools = lead_web.get("/pools").await;
+    let made = &pools[pools.find("id=\"pool-pool-made-here\"").expect("the new pool is listed")..];
+    assert!(made[..made.find("</section>").unwrap()].contains("In the space team-sub"), "{pools}");
     let vcs = lead_web.get("/vcs").await;
     assert!(vcs.contains("Connect a git server") && offered(&vcs), "{vcs}");
     assert_eq!(status("/vcs".into()).await, 403, "git servers are for admins");

@@ -68,6 +68,8 @@ pub(crate) struct PoolView {
     pub(crate) description: String,
     /// The viewer may manage this pool (the admin role in its space).
     pub(crate) manage: bool,
+    /// The name of the pool's space; empty when the appliance has one space.
+    pub(crate) space: String,
     pub(crate) workers: Vec<WorkerView>,
 }
 
@@ -112,6 +114,12 @@ pub(super) async fn pools(c: &Console, s: &Session) -> Response {
         Ok(x) => x,
         Err(e) => return unavailable(Some(&s.viewer), &e),
     };
+    let all_spaces = match hangar_store::spaces::list_spaces(&mut conn).await {
+        Ok(all) => all,
+        Err(e) => return unavailable(Some(&s.viewer), &e),
+    };
+    let space_names: std::collections::HashMap<i64, String> =
+        if all_spaces.len() > 1 { all_spaces.iter().map(|sp| (sp.id, sp.name.clone())).collect() } else { Default::default() };
     let text = |v: &Value, k: &str| v.get(k).and_then(Value::as_str).unwrap_or_default().to_string();
     let pools = pools
         .into_iter()
@@ -119,6 +127,7 @@ pub(super) async fn pools(c: &Console, s: &Session) -> Response {
             name,
             description,
             manage: s.viewer.access.may(space, Op::ManagePools.role()),
+            space: space_names.get(&space).cloned().unwrap_or_default(),
             workers: workers
                 .iter()
                 .filter(|w| w.pool_id == id)
@@ -139,10 +148,7 @@ pub(super) async fn pools(c: &Console, s: &Session) -> Response {
                 .collect(),
         })
         .collect();
-    let spaces = match hangar_store::spaces::list_spaces(&mut conn).await {
-        Ok(all) => spaces_for(all, &s.viewer, Op::ManagePools),
-        Err(e) => return unavailable(Some(&s.viewer), &e),
-    };
+    let spaces = spaces_for(all_spaces, &s.viewer, Op::ManagePools);
     let page = PoolsPage { frame: Frame::new("Worker pools", "pools", Some(s.viewer.clone())), viewer: s.viewer.clone(), pools, spaces };
     html(StatusCode::OK, &page)
 }
