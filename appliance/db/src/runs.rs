@@ -172,7 +172,6 @@ pub async fn apply_held(c: &mut AsyncPgConnection, run: RunRow, to: RunState, ca
 }
 
 /// Who takes a READY run, with what (see [`claim_ready`]).
-#[derive(Debug)]
 pub struct Claim<'a> {
     pub pool: i64,
     pub worker: i64,
@@ -181,6 +180,19 @@ pub struct Claim<'a> {
     pub token_id: &'a str,
     pub token_hash: &'a str,
     pub actor: &'a str,
+}
+
+/// Without the token's hash: a claim printed in a log or a panic gives none away.
+impl std::fmt::Debug for Claim<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Claim")
+            .field("pool", &self.pool)
+            .field("worker", &self.worker)
+            .field("lease", &self.lease)
+            .field("token_id", &self.token_id)
+            .field("actor", &self.actor)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Hands the oldest READY run of `claim.pool` that no concurrent claimer is
