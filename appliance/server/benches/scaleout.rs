@@ -174,11 +174,8 @@ fn main() {
         let (t, b) = (Summary::of(trickle), Summary::of(burst));
         let per_worker = rss_connected.saturating_sub(rss_before) as f64 / n_workers as f64;
         println!(
-            "{n_workers} workers on {n_servers} servers ({spread:?} MQTT sessions each): joined and subscribed in {join_secs:.1} s; heartbeats {hb_rate:.0}/s answered ({} failed); MQTT reconnects {}; claims answered 503 and retried {}; requests failed on the way and sent again {}",
-            log.heartbeat_errors.load(Ordering::Relaxed),
-            log.mqtt_errors.load(Ordering::Relaxed),
-            log.unavailable.load(Ordering::Relaxed),
-            log.request_errors.load(Ordering::Relaxed)
+            "{n_workers} workers on {n_servers} servers ({spread:?} MQTT sessions each): joined and subscribed in {join_secs:.1} s; heartbeats {hb_rate:.0}/s answered; {}",
+            log.troubles()
         );
         let flaps: usize = balancers
             .iter()

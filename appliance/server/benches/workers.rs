@@ -150,11 +150,8 @@ fn main() {
         drop(c);
         let (t, b) = (Summary::of(trickle), Summary::of(burst));
         println!(
-            "{n_workers} workers: joined and subscribed in {join_secs:.1} s; heartbeats {hb_rate:.0}/s ({} failed); MQTT reconnects {}; claims answered 503 and retried {}; requests failed on the way and sent again {}",
-            log.heartbeat_errors.load(Ordering::Relaxed),
-            log.mqtt_errors.load(Ordering::Relaxed),
-            log.unavailable.load(Ordering::Relaxed),
-            log.request_errors.load(Ordering::Relaxed)
+            "{n_workers} workers: joined and subscribed in {join_secs:.1} s; heartbeats {hb_rate:.0}/s answered; {}",
+            log.troubles()
         );
         println!(
             "one READY run at a time: {trickle_notes} notifications and {trickle_requests} claim requests for {n_trickle} runs"

@@ -121,6 +121,20 @@ pub struct Log {
     pub echo: AtomicBool,
 }
 
+impl Log {
+    /// What went wrong on the fleet's side, for the summary line: failed
+    /// heartbeats, MQTT reconnects, claims answered 503, requests sent again.
+    pub fn troubles(&self) -> String {
+        format!(
+            "{} heartbeats failed; MQTT reconnects {}; claims answered 503 and retried {}; requests failed on the way and sent again {}",
+            self.heartbeat_errors.load(Ordering::Relaxed),
+            self.mqtt_errors.load(Ordering::Relaxed),
+            self.unavailable.load(Ordering::Relaxed),
+            self.request_errors.load(Ordering::Relaxed)
+        )
+    }
+}
+
 /// Where simulated workers join and connect: the appliance's API and broker
 /// ports (a server's own, or a balancer's in front of several), the CA its
 /// certificates chain to, an admin's token to make join tokens, and the pool.
