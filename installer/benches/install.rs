@@ -83,6 +83,7 @@ fn main() {
                 .arg("--trust")
                 .arg(&trust)
                 .arg("--timings")
+                .args(["--ignore-preflight", "disk"])
                 .output()
                 .unwrap(),
         );

@@ -59,6 +59,10 @@ pub struct InstallArgs {
     /// bundle of the version could swap its binaries.
     #[arg(long)]
     pub danger_replace_release: bool,
+    /// Go on past this failed preflight check, reported as a warning (a test
+    /// or trial host smaller than the stated minimums). Repeat for several.
+    #[arg(long, value_enum, value_name = "CHECK")]
+    pub ignore_preflight: Vec<crate::preflight::Ignorable>,
 }
 
 /// `hangar-install upgrade`.
@@ -120,6 +124,10 @@ pub enum Command {
         /// Seconds the health gate waits for the appliance.
         #[arg(long, default_value_t = 180, value_name = "SECS")]
         health_timeout: u64,
+        /// A fresh host: go on past this failed preflight check (as for an
+        /// install).
+        #[arg(long, value_enum, value_name = "CHECK")]
+        ignore_preflight: Vec<crate::preflight::Ignorable>,
     },
     /// Stop everything and remove the unit, the releases and the configuration.
     Uninstall {
@@ -176,7 +184,10 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
             Ok(())
         }
         Some(Command::Backup { scheduled: true }) => Ok(crate::lifecycle::scheduled_backups(&host)?),
-        Some(Command::Restore { from, answers, trust, health_timeout }) => run_restore(&host, from, answers, trust, health_timeout),
+        Some(Command::Restore { from, answers, trust, health_timeout, ignore_preflight }) => {
+            let opts = crate::lifecycle::RestoreOptions { from, trust_dirs: trust, health_timeout: Duration::from_secs(health_timeout), ignore_preflight };
+            run_restore(&host, answers, opts)
+        }
         Some(Command::Uninstall { purge_data }) => {
             for line in crate::uninstall::uninstall(&host, purge_data)? {
                 println!("{line}");
@@ -219,9 +230,8 @@ fn run_upgrade(host: &Host, args: UpgradeArgs) -> Result<(), Failure> {
     Ok(())
 }
 
-fn run_restore(host: &Host, from: PathBuf, answers: Option<PathBuf>, trust: Vec<PathBuf>, health_timeout: u64) -> Result<(), Failure> {
+fn run_restore(host: &Host, answers: Option<PathBuf>, opts: crate::lifecycle::RestoreOptions) -> Result<(), Failure> {
     let reporter = reporter();
-    let opts = crate::lifecycle::RestoreOptions { from, trust_dirs: trust, health_timeout: Duration::from_secs(health_timeout) };
     let rec = match answers {
         Some(path) => {
             let mut prompter = FilePrompter::load(&path)?;
@@ -250,6 +260,7 @@ fn run_install(host: &Host, args: InstallArgs) -> Result<(), Failure> {
         health_timeout: Duration::from_secs(args.health_timeout),
         danger_replace_release: args.danger_replace_release,
         external_database: true,
+        ignore_preflight: args.ignore_preflight.clone(),
     };
     let terminal = std::io::stdin().is_terminal() && std::io::stderr().is_terminal();
     let result = match &args.answers {

@@ -38,6 +38,8 @@ pub struct InstallOptions {
     /// Whether the database may be an external PostgreSQL (not during a
     /// restore onto a fresh host).
     pub external_database: bool,
+    /// Failed preflight checks to report as warnings and go on past.
+    pub ignore_preflight: Vec<crate::preflight::Ignorable>,
 }
 
 /// What the operator is told at the end.
@@ -85,7 +87,7 @@ pub fn trust_store(layout: &Layout, extra: &[PathBuf]) -> Result<TrustStore, Ins
 pub fn install(host: &Host, prompter: &mut dyn Prompter, reporter: &dyn Reporter, opts: &InstallOptions) -> Result<Installed, InstallError> {
     let started = Instant::now();
     reporter.info("Preflight");
-    crate::preflight::run(host, reporter)?;
+    crate::preflight::run(host, reporter, &opts.ignore_preflight)?;
     // The state file lives at a fixed place; the data directory comes from it
     // (or from the answers).
     let probe = host.layout(Path::new("/var/lib/hangar"));

@@ -80,6 +80,8 @@ pub struct RestoreOptions {
     pub from: PathBuf,
     pub trust_dirs: Vec<PathBuf>,
     pub health_timeout: Duration,
+    /// A fresh host: failed preflight checks to go on past.
+    pub ignore_preflight: Vec<crate::preflight::Ignorable>,
 }
 
 /// The restore's steps, in order (after an install, onto a fresh host).
@@ -108,6 +110,7 @@ pub fn restore(host: &Host, prompter: Option<&mut dyn Prompter>, reporter: &dyn 
                 health_timeout: opts.health_timeout,
                 danger_replace_release: false,
                 external_database: false,
+                ignore_preflight: opts.ignore_preflight.clone(),
             },
         )?;
         reporter.info(&format!("Release {} installed; now the backup's data", done.release));

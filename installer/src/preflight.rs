@@ -12,12 +12,38 @@ pub const MIN_CPUS: usize = 2;
 pub const MIN_MEMORY_MIB: u64 = 2048;
 pub const MIN_DISK_MIB: u64 = 4096;
 
+/// The checks an operator may take responsibility for with
+/// `--ignore-preflight`: the host's size and clock. Privileges, platform and
+/// host name cannot be ignored: nothing would work without them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Ignorable {
+    Processors,
+    Memory,
+    Disk,
+    Clock,
+}
+
+impl Ignorable {
+    fn name(self) -> &'static str {
+        match self {
+            Ignorable::Processors => "processors",
+            Ignorable::Memory => "memory",
+            Ignorable::Disk => "disk",
+            Ignorable::Clock => "clock",
+        }
+    }
+}
+
 /// Runs every check, reporting each; fails with the first failed one after
-/// all are shown.
-pub fn run(host: &Host, reporter: &dyn Reporter) -> Result<(), InstallError> {
+/// all are shown. A failed check named in `ignore` is reported as a warning
+/// and does not stop the install.
+pub fn run(host: &Host, reporter: &dyn Reporter, ignore: &[Ignorable]) -> Result<(), InstallError> {
     let mut failed: Option<InstallError> = None;
     let mut check = |name: &'static str, result: Result<String, String>| match result {
         Ok(detail) => reporter.check(true, name, &detail),
+        Err(problem) if ignore.iter().any(|i| i.name() == name) => {
+            reporter.warn(name, &format!("{problem} (ignored: --ignore-preflight {name})"));
+        }
         Err(problem) => {
             reporter.check(false, name, &problem);
             failed.get_or_insert(InstallError::Preflight { check: name, problem });

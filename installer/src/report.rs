@@ -10,6 +10,8 @@ use indicatif::{ProgressBar, ProgressStyle};
 pub trait Reporter {
     /// One line of the preflight checklist.
     fn check(&self, ok: bool, what: &str, detail: &str);
+    /// A failed check the operator chose to go on past.
+    fn warn(&self, what: &str, detail: &str);
     fn step_start(&self, step: &str, what: &str);
     /// Bytes done of a long step (the bundle's verification).
     fn progress(&self, done: u64, total: u64);
@@ -27,6 +29,10 @@ pub struct LineReporter {
 impl Reporter for LineReporter {
     fn check(&self, ok: bool, what: &str, detail: &str) {
         println!("[{}] {what}: {detail}", if ok { "ok" } else { "!!" });
+    }
+
+    fn warn(&self, what: &str, detail: &str) {
+        println!("[--] {what}: {detail}");
     }
 
     fn step_start(&self, step: &str, what: &str) {
@@ -73,6 +79,10 @@ impl TuiReporter {
 impl Reporter for TuiReporter {
     fn check(&self, ok: bool, what: &str, detail: &str) {
         eprintln!("  {} {what}: {detail}", if ok { "✔" } else { "✘" });
+    }
+
+    fn warn(&self, what: &str, detail: &str) {
+        eprintln!("  ⚠ {what}: {detail}");
     }
 
     fn step_start(&self, step: &str, what: &str) {

@@ -1,6 +1,7 @@
 //! What the installer refuses, and what it leaves behind when it is stopped:
-//! mistakes in the answers file, a port already taken and wrong external S3
-//! credentials are refused before anything on the host changes; a bundle
+//! mistakes in the answers file, too little free disk, a port already taken
+//! and wrong external S3 credentials are refused before anything on the host
+//! changes; a bundle
 //! whose payload is bad, a downgrade and a replayed bundle of an installed
 //! version leave the host exactly as it was; an installer interrupted (SIGINT)
 //! or killed (SIGKILL) in the middle of provisioning leaves a host that the
@@ -75,6 +76,63 @@ fn answers_file_mistakes_are_refused_before_anything_changes() {
     fs::write(&site.answers, "hostname = [unclosed\n").unwrap();
     fs::set_permissions(&site.answers, fs::Permissions::from_mode(0o600)).unwrap();
     refused_before_anything_changes(&site, "answers file");
+}
+
+/// A small file system mounted (tmpfs) on a directory until dropped.
+struct SmallDisk(std::path::PathBuf);
+
+impl SmallDisk {
+    fn mount(dir: &std::path::Path, size: &str) -> SmallDisk {
+        check(
+            "mount a small tmpfs",
+            std::process::Command::new("mount").args(["-t", "tmpfs", "-o", &format!("size={size},mode=755"), "tmpfs"]).arg(dir).output().unwrap(),
+        );
+        SmallDisk(dir.to_path_buf())
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).output();
+    }
+}
+
+/// A prefix on a 64 MiB file system is refused by the disk check, which says
+/// how much is free and the minimum, with nothing written. Ignored with
+/// `--ignore-preflight disk`, the check is shown as a warning and the install
+/// goes on (here to the answers, refused for a missing bundle). The checks
+/// nothing would work without cannot be ignored.
+#[test]
+fn too_little_disk_is_refused_unless_the_check_is_ignored() {
+    let built = bundle();
+    let mut site = Site::new("install-disk", &built);
+    let _small = SmallDisk::mount(&site.prefix, "64m");
+    let strict = || site.command(&["--answers"]).arg(&site.answers).arg("--trust").arg(&site.trust).output().unwrap();
+
+    let out = strict();
+    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+    let line = error_line(&out);
+    let expected = format!("hangar-install: error: preflight: disk: 64 MiB free under {}, need at least 4096 MiB", site.prefix.display());
+    assert_eq!(line, expected);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("[!!] disk: 64 MiB free"), "{stdout}");
+    assert!(stdout.contains("[ok] memory: "), "every check is shown: {stdout}");
+    assert_eq!(site.files(), Vec::<String>::new());
+
+    site.set("bundle", "/nonexistent/appliance.bundle");
+    let out = site.install();
+    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("[--] disk: 64 MiB free") && stdout.contains("need at least 4096 MiB (ignored: --ignore-preflight disk)"), "{stdout}");
+    assert!(error_line(&out).contains("invalid `bundle`"), "past the preflight: {}", error_line(&out));
+    assert_eq!(site.files(), Vec::<String>::new());
+
+    for check in ["privileges", "platform", "nonsense"] {
+        let out = site.command(&["--answers"]).arg(&site.answers).args(["--ignore-preflight", check]).output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{check}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(&format!("invalid value '{check}' for '--ignore-preflight <CHECK>'")) && stderr.contains("processors, memory, disk, clock"), "{stderr}");
+    }
 }
 
 #[test]

@@ -8,7 +8,7 @@ mod common;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{ADMIN_EMAIL, ADMIN_PASSWORD, Site, bundle, check, installer};
+use common::{ADMIN_EMAIL, ADMIN_PASSWORD, IGNORE_DISK, Site, bundle, check, installer};
 use expectrl::{Eof, Session};
 
 const ENTER: &str = "\r";
@@ -26,7 +26,7 @@ fn the_prompts_on_a_terminal_install_the_appliance() {
     let built = bundle();
     let site = Site::new("install-tty", &built);
     let mut cmd = Command::new(installer());
-    cmd.arg("--prefix").arg(&site.prefix).arg("--trust").arg(&site.trust).env("TERM", "xterm").env_remove("NO_COLOR");
+    cmd.arg("--prefix").arg(&site.prefix).arg("--trust").arg(&site.trust).args(IGNORE_DISK).env("TERM", "xterm").env_remove("NO_COLOR");
     let mut s = Session::spawn(cmd).expect("spawn the installer on a pseudo-terminal");
     s.set_expect_timeout(Some(Duration::from_secs(60)));
     let p = site.ports;
@@ -106,7 +106,7 @@ async fn on_a_terminal_an_external_postgresql_refused_is_asked_again() {
     let pg = hangar_testkit::pg::PgServer::start().await;
     let site = Site::new("install-tty-external-db", &built);
     let mut cmd = Command::new(installer());
-    cmd.arg("--prefix").arg(&site.prefix).arg("--trust").arg(&site.trust).env("TERM", "xterm").env_remove("NO_COLOR");
+    cmd.arg("--prefix").arg(&site.prefix).arg("--trust").arg(&site.trust).args(IGNORE_DISK).env("TERM", "xterm").env_remove("NO_COLOR");
     let mut s = Session::spawn(cmd).expect("spawn the installer on a pseudo-terminal");
     s.set_expect_timeout(Some(Duration::from_secs(60)));
     let p = site.ports;

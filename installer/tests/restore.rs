@@ -15,7 +15,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{ADMIN_EMAIL, Api, Site, apply, both, bundle, check, join_worker, run_worker};
+use common::{ADMIN_EMAIL, Api, IGNORE_DISK, Site, apply, both, bundle, check, join_worker, run_worker};
 use hangar_testkit::{GitServer, TestDir, wait_for};
 use serde_json::{Value, json};
 
@@ -127,7 +127,7 @@ async fn a_backup_restored_onto_a_fresh_prefix_brings_everything_back_and_terraf
     let mut c = Site::new("restore-onto-external", &built);
     c.set("database", "external");
     let out = c
-        .command(&["restore", "--from", kept.to_str().unwrap(), "--answers", c.answers.to_str().unwrap(), "--trust", c.trust.to_str().unwrap()])
+        .command(&["restore", "--from", kept.to_str().unwrap(), "--answers", c.answers.to_str().unwrap(), "--trust", c.trust.to_str().unwrap(), IGNORE_DISK[0], IGNORE_DISK[1]])
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1), "{}", both(&out));
@@ -140,7 +140,7 @@ async fn a_backup_restored_onto_a_fresh_prefix_brings_everything_back_and_terraf
     std::fs::create_dir_all(b.path("var/lib/hangar")).unwrap();
     check("place the bucket", Command::new("cp").arg("-a").arg(&bucket).arg(b.path("var/lib/hangar/objects")).output().unwrap());
     let out = b
-        .command(&["restore", "--from", kept.to_str().unwrap(), "--answers", b.answers.to_str().unwrap(), "--trust", b.trust.to_str().unwrap()])
+        .command(&["restore", "--from", kept.to_str().unwrap(), "--answers", b.answers.to_str().unwrap(), "--trust", b.trust.to_str().unwrap(), IGNORE_DISK[0], IGNORE_DISK[1]])
         .output()
         .unwrap();
     let text = both(&out);
