@@ -17,7 +17,7 @@ use crate::schema::{run_events, runs, stacks};
 /// [`RunChange`] as JSON. The server turns these into broker messages.
 pub const RUNS_CHANNEL: &str = "hangar_runs";
 
-#[derive(Debug, Clone, Queryable, Selectable, Serialize)]
+#[derive(Debug, Clone, Queryable, QueryableByName, Selectable, Serialize)]
 #[diesel(table_name = runs)]
 pub struct RunRow {
     pub id: i64,
@@ -245,6 +245,76 @@ pub async fn claim_ready(c: &mut AsyncPgConnection, claim: &Claim<'_>) -> Result
     Ok(Some(run))
 }
 
+/// One worker's part of a claim for several (see [`claim_ready_many`]).
+pub struct Claimant<'a> {
+    pub worker: i64,
+    /// The run token's public id and stored hash.
+    pub token_id: &'a str,
+    pub token_hash: &'a str,
+}
+
+/// Without the token's hash, as [`Claim`]'s.
+impl std::fmt::Debug for Claimant<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Claimant").field("worker", &self.worker).field("token_id", &self.token_id).finish_non_exhaustive()
+    }
+}
+
+/// [`claim_ready`] for several workers of pool `pool` at once, inside the
+/// caller's transaction: the oldest READY runs no concurrent claimer is
+/// taking go to the claimants in their order, one each, and the claimants
+/// left over get none. Two statements whatever their number: one picks the
+/// runs, marks their workers busy and writes each run once (READY →
+/// PREPARING, its worker, `lease` and its token), the other records and
+/// announces the events. Returns each claimed run with its claimant's index.
+pub async fn claim_ready_many(
+    c: &mut AsyncPgConnection,
+    pool: i64,
+    lease: DateTime<Utc>,
+    claimants: &[Claimant<'_>],
+) -> Result<Vec<(usize, RunRow)>, DbError> {
+    use diesel::sql_types::{Array, BigInt, Text, Timestamptz};
+    #[derive(QueryableByName)]
+    struct Claimed {
+        #[diesel(embed)]
+        run: RunRow,
+        #[diesel(sql_type = BigInt)]
+        claimant: i64,
+    }
+    if claimants.is_empty() {
+        return Ok(vec![]);
+    }
+    let claimed: Vec<Claimed> = diesel::sql_query(
+        "WITH pick AS (SELECT r.id FROM runs r JOIN stacks s ON s.id = r.stack_id \
+             WHERE r.state = 'READY' AND s.worker_pool_id = $1 \
+             ORDER BY r.id LIMIT $2 FOR UPDATE OF r SKIP LOCKED), \
+         numbered AS (SELECT id, row_number() OVER (ORDER BY id) AS n FROM pick), \
+         claimants AS (SELECT * FROM unnest($3::bigint[], $4::text[], $5::text[]) WITH ORDINALITY AS c(worker, token_id, token_hash, n)), \
+         matched AS (SELECT numbered.id AS run, claimants.* FROM numbered JOIN claimants USING (n)), \
+         busy AS (UPDATE workers SET status = 'busy' WHERE id IN (SELECT worker FROM matched)) \
+         UPDATE runs SET state = 'PREPARING', updated_at = now(), worker_id = matched.worker, lease_expires_at = $6, \
+             run_token_id = matched.token_id, run_token_hash = matched.token_hash \
+         FROM matched WHERE runs.id = matched.run \
+         RETURNING runs.*, matched.n - 1 AS claimant",
+    )
+    .bind::<BigInt, _>(pool)
+    .bind::<BigInt, _>(claimants.len() as i64)
+    .bind::<Array<BigInt>, _>(claimants.iter().map(|c| c.worker).collect::<Vec<_>>())
+    .bind::<Array<Text>, _>(claimants.iter().map(|c| c.token_id).collect::<Vec<_>>())
+    .bind::<Array<Text>, _>(claimants.iter().map(|c| c.token_hash).collect::<Vec<_>>())
+    .bind::<Timestamptz, _>(lease)
+    .load(c)
+    .await?;
+    let mut claimed: Vec<(usize, RunRow)> = claimed.into_iter().map(|c| (c.claimant as usize, c.run)).collect();
+    claimed.sort_by_key(|(i, _)| *i);
+    record_many(c, &claimed.iter().map(|(_, r)| r).collect::<Vec<_>>(), RunState::Ready, RunState::Preparing, |r| {
+        let worker = r.worker_id.unwrap_or_default();
+        (format!("claimed by worker {worker}"), format!("worker:{worker}"))
+    })
+    .await?;
+    Ok(claimed)
+}
+
 /// Writes an already-checked transition of a locked row. Callers hold the row lock.
 pub(crate) async fn apply(
     c: &mut AsyncPgConnection,
@@ -310,6 +380,50 @@ async fn record(
     .bind::<Text, _>(RUNS_CHANNEL)
     .bind::<Text, _>(serde_json::to_string(&change).unwrap_or_default())
     .bind::<BigInt, _>(run.stack_id)
+    .execute(c)
+    .await?;
+    Ok(())
+}
+
+/// [`record`] for several runs taking the same transition, each with its
+/// cause and actor, in one statement.
+async fn record_many(
+    c: &mut AsyncPgConnection,
+    runs: &[&RunRow],
+    from: RunState,
+    to: RunState,
+    cause_and_actor: impl Fn(&RunRow) -> (String, String),
+) -> Result<(), DbError> {
+    use diesel::sql_types::{Array, BigInt, Text};
+    if runs.is_empty() {
+        return Ok(());
+    }
+    let (mut ids, mut stacks, mut causes, mut actors, mut changes) = (vec![], vec![], vec![], vec![], vec![]);
+    for run in runs {
+        let (cause, actor) = cause_and_actor(run);
+        let change = RunChange { run: run.id, stack: run.stack_id, pool: None, worker: run.worker_id, from: Some(from), to };
+        ids.push(run.id);
+        stacks.push(run.stack_id);
+        causes.push(cause);
+        actors.push(actor);
+        changes.push(serde_json::to_string(&change).unwrap_or_default());
+    }
+    diesel::sql_query(
+        "WITH v AS (SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[], $5::text[]) WITH ORDINALITY \
+             AS v(run, stack, cause, actor, change, n)), \
+         event AS (INSERT INTO run_events (run_id, from_state, to_state, cause, actor) \
+             SELECT run, $6, $7, cause, actor FROM v ORDER BY n) \
+         SELECT pg_notify($8, jsonb_set(v.change::jsonb, '{pool}', \
+             COALESCE((SELECT to_jsonb(worker_pool_id) FROM stacks WHERE id = v.stack), 'null'::jsonb))::text) FROM v ORDER BY n",
+    )
+    .bind::<Array<BigInt>, _>(ids)
+    .bind::<Array<BigInt>, _>(stacks)
+    .bind::<Array<Text>, _>(causes)
+    .bind::<Array<Text>, _>(actors)
+    .bind::<Array<Text>, _>(changes)
+    .bind::<Text, _>(from.as_str())
+    .bind::<Text, _>(to.as_str())
+    .bind::<Text, _>(RUNS_CHANNEL)
     .execute(c)
     .await?;
     Ok(())

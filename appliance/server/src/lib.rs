@@ -94,6 +94,8 @@ pub(crate) struct App {
     pub(crate) logs: logs::hub::LogHub,
     /// The worker protocol's settings and the CA that signs joining workers.
     pub(crate) workers: workers::WorkerSettings,
+    /// Where workers' claims wait to be answered together.
+    pub(crate) claims: workers::desk::Desk,
     /// Largest state the state backend accepts.
     pub(crate) max_state_bytes: u64,
     /// Largest module archive the registry publishes.
@@ -155,12 +157,14 @@ impl Server {
             git_timeout: Duration::from_secs(config.git_timeout_secs),
             logs: logs::hub::LogHub::start(database.clone(), shutdown.clone(), workers.waiters.clone()),
             workers,
+            claims: workers::desk::Desk::new(),
             max_state_bytes: config.max_state_bytes,
             max_module_bytes: config.max_module_bytes,
             policies,
             bundles: staging,
             webhook_budget: webhooks::Budget::new(config.webhook_bytes_in_flight),
         });
+        workers::desk::Desk::open(&app);
         let limits = graphql::QueryLimits { max_depth: config.max_query_depth, max_complexity: config.max_query_complexity };
         let schema = graphql::schema(app.clone(), limits);
         let admission = graphql::Admission::new(&schema, limits);

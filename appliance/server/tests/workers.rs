@@ -116,11 +116,16 @@ impl Env {
 
     /// A READY run of `kind` on stack `net`.
     async fn ready_run(&self, kind: RunKind) -> i64 {
+        self.ready_run_on(self.stack_id, kind).await
+    }
+
+    /// A READY run of `kind` on the stack `stack_id`.
+    async fn ready_run_on(&self, stack_id: i64, kind: RunKind) -> i64 {
         let mut c = self.db.get().await.unwrap();
         let run = hangar_db::runs::create(
             &mut c,
             &NewRun {
-                stack_id: self.stack_id,
+                stack_id,
                 kind,
                 commit_sha: "0123456789abcdef0123456789abcdef01234567".into(),
                 branch: "main".into(),
@@ -131,7 +136,7 @@ impl Env {
         )
         .await
         .unwrap();
-        hangar_db::runs::schedule_stack(&mut c, self.stack_id, "test").await.unwrap();
+        hangar_db::runs::schedule_stack(&mut c, stack_id, "test").await.unwrap();
         let now = hangar_db::runs::get(&mut c, run.id).await.unwrap().unwrap();
         assert_eq!(now.state(), RunState::Ready, "run {} was not scheduled", run.id);
         run.id
@@ -577,6 +582,135 @@ async fn concurrent_claimers_each_get_a_different_run() {
         5,
         "one PREPARING event per run"
     );
+}
+
+/// Several workers' claims taken together (what the server's claim desk
+/// does in a burst): the oldest READY runs go to the first claimants, one
+/// each, skipping a run another transaction is claiming; the claimants left
+/// over get none. Each run is written with its worker, lease and token, its
+/// worker is busy, and it has one event naming the worker.
+#[tokio::test]
+async fn a_batch_of_claimants_takes_the_oldest_runs_once_each() {
+    use diesel_async::AsyncConnection;
+    let env = Env::start().await;
+    let mut workers = Vec::new();
+    for i in 0..4 {
+        workers.push(env.join("builders", &format!("batch-{i}")).await);
+    }
+    let mut runs = Vec::new();
+    for _ in 0..3 {
+        runs.push(env.ready_run(RunKind::Proposed).await);
+    }
+    let pool: i64 = env.count(&format!("SELECT worker_pool_id AS n FROM stacks WHERE id = {}", env.stack_id)).await;
+    let lease = chrono::Utc::now() + chrono::Duration::minutes(5);
+    let tokens: Vec<_> = workers.iter().map(|_| hangar_store::run_tokens::fresh()).collect();
+    let claimants: Vec<hangar_db::runs::Claimant> = workers
+        .iter()
+        .zip(&tokens)
+        .map(|(w, t)| hangar_db::runs::Claimant { worker: w.id, token_id: &t.id, token_hash: &t.hash })
+        .collect();
+
+    // Another claimer holds the oldest run.
+    let mut other = env.db.get().await.unwrap();
+    diesel::sql_query("BEGIN").execute(&mut other).await.unwrap();
+    diesel::sql_query(format!("SELECT id FROM runs WHERE id = {} FOR UPDATE", runs[0])).execute(&mut other).await.unwrap();
+
+    let mut c = env.db.get().await.unwrap();
+    let claimed = c
+        .transaction::<_, hangar_db::DbError, _>(async |c| hangar_db::runs::claim_ready_many(c, pool, lease, &claimants).await)
+        .await
+        .unwrap();
+    let got: Vec<(usize, i64)> = claimed.iter().map(|(i, r)| (*i, r.id)).collect();
+    assert_eq!(got, vec![(0, runs[1]), (1, runs[2])], "the two runs not held, oldest first, to the first two claimants");
+    for (i, run) in &claimed {
+        assert_eq!((run.state(), run.worker_id), (RunState::Preparing, Some(workers[*i].id)));
+        assert_eq!(run.lease_expires_at.map(|l| l.timestamp()), Some(lease.timestamp()));
+        let token = hangar_store::run_tokens::holder(&mut c, tokens[*i].token.expose()).await.unwrap().expect("the token opens its run");
+        assert_eq!(token.run_id, run.id);
+        let events = format!(
+            "SELECT count(*) AS n FROM run_events WHERE run_id = {} AND from_state = 'READY' AND to_state = 'PREPARING' \
+             AND cause = 'claimed by worker {w}' AND actor = 'worker:{w}'",
+            run.id,
+            w = workers[*i].id
+        );
+        assert_eq!(env.count(&events).await, 1);
+    }
+    let busy: Vec<i64> = workers.iter().map(|w| w.id).collect();
+    assert_eq!(
+        env.count(&format!("SELECT count(*) AS n FROM workers WHERE status = 'busy' AND id IN ({}, {})", busy[0], busy[1])).await,
+        2
+    );
+    assert_eq!(
+        env.count(&format!("SELECT count(*) AS n FROM workers WHERE status = 'busy' AND id IN ({}, {})", busy[2], busy[3])).await,
+        0,
+        "the claimants that got nothing are not busy"
+    );
+
+    // Let go, the oldest run goes to the next batch; then there is nothing.
+    diesel::sql_query("COMMIT").execute(&mut other).await.unwrap();
+    let rest = c
+        .transaction::<_, hangar_db::DbError, _>(async |c| hangar_db::runs::claim_ready_many(c, pool, lease, &claimants[2..]).await)
+        .await
+        .unwrap();
+    assert_eq!(rest.iter().map(|(i, r)| (*i, r.id)).collect::<Vec<_>>(), vec![(0, runs[0])]);
+    assert_eq!(env.run(runs[0]).await.worker_id, Some(workers[2].id));
+    let none = c
+        .transaction::<_, hangar_db::DbError, _>(async |c| hangar_db::runs::claim_ready_many(c, pool, lease, &claimants[3..]).await)
+        .await
+        .unwrap();
+    assert!(none.is_empty());
+    assert_eq!(env.count("SELECT count(*) AS n FROM run_events WHERE to_state = 'PREPARING'").await, 3);
+}
+
+/// A burst of claims in which one run cannot be handed out (its stack's tool
+/// is not on the appliance): that run is failed with the reason, and every
+/// other run is still claimed exactly once.
+#[tokio::test]
+async fn a_burst_of_claims_with_an_unrunnable_run_fails_only_that_run() {
+    let env = Env::start().await;
+    let mut input = stack_input("doomed", "https://git.invalid/doomed.git");
+    input["tool"] = json!("TERRAFORM");
+    input["toolVersion"] = json!("9.9.9");
+    input["workerPool"] = json!("builders");
+    let stack = env.app.ok(&env.admin, CREATE_STACK, json!({ "i": input })).await;
+    let doomed_stack: i64 = stack["createStack"]["id"].as_str().unwrap().parse().unwrap();
+    let mut workers = Vec::new();
+    for i in 0..12 {
+        workers.push(env.join("builders", &format!("burst-{i}")).await);
+    }
+    let mut runs = Vec::new();
+    for _ in 0..4 {
+        runs.push(env.ready_run(RunKind::Proposed).await);
+    }
+    let doomed = env.ready_run_on(doomed_stack, RunKind::Proposed).await;
+    for _ in 0..4 {
+        runs.push(env.ready_run(RunKind::Proposed).await);
+    }
+    let mut tasks = Vec::new();
+    for w in workers {
+        tasks.push(tokio::spawn(async move {
+            let mut got = Vec::new();
+            while let Some(a) = w.claim().await {
+                got.push((w.id, a.run_id));
+            }
+            got
+        }));
+    }
+    let mut claimed = Vec::new();
+    for t in tasks {
+        claimed.extend(t.await.unwrap());
+    }
+    let mut ids: Vec<i64> = claimed.iter().map(|(_, r)| *r).collect();
+    ids.sort();
+    assert_eq!(ids, runs, "each runnable run claimed exactly once: {claimed:?}");
+    let row = env.run(doomed).await;
+    assert_eq!((row.state(), row.worker_id), (RunState::Failed, None));
+    assert!(row.failure_reason.unwrap().contains("terraform 9.9.9 for linux_amd64 is not on the appliance"));
+    for (w, r) in claimed {
+        let row = env.run(r).await;
+        assert_eq!((row.worker_id, row.state()), (Some(w), RunState::Preparing));
+    }
+    assert_eq!(env.count("SELECT count(*) AS n FROM run_events WHERE to_state = 'PREPARING'").await, 8);
 }
 
 #[tokio::test]

@@ -40,13 +40,17 @@ pub(crate) async fn dispatch(
     // than a fleet's burst of claims failing and coming back.
     let mut conn = hangar_db::connection_within(&app.db, WORKER_DB_WAIT).await.map_err(WorkerApiError::db)?;
     let worker = auth::worker(&mut conn, peer, auth).await?;
+    if route == WorkerRoute::Claim {
+        // The desk takes its own connection for many claims at once.
+        drop(conn);
+        return claim(app, worker).await;
+    }
     match route {
         // Answered before any worker is authenticated (see `super::call`).
         WorkerRoute::Join => Err(WorkerApiError::Route(RouteError::Unknown)),
         WorkerRoute::Heartbeat => heartbeat(app, &mut conn, worker, parse_json(&body)?).await,
-        WorkerRoute::Claim => claim(app, &mut conn, worker).await,
         // Answered above.
-        WorkerRoute::ClaimWait => Err(WorkerApiError::Route(RouteError::Unknown)),
+        WorkerRoute::Claim | WorkerRoute::ClaimWait => Err(WorkerApiError::Route(RouteError::Unknown)),
         WorkerRoute::RunStatus { run } => {
             let run = held(&mut conn, worker, run).await?;
             Ok(json(StatusCode::OK, &status_of(&run)))
@@ -80,7 +84,7 @@ pub(crate) async fn dispatch(
 /// How long a worker call waits for a database connection before it is
 /// answered 503: well within the worker's own 30 s request timeout, so a
 /// claim is never handed to a worker that stopped waiting for the answer.
-const WORKER_DB_WAIT: std::time::Duration = std::time::Duration::from_secs(20);
+pub(super) const WORKER_DB_WAIT: std::time::Duration = std::time::Duration::from_secs(20);
 
 /// The run `id` when this worker holds it (in whatever state).
 async fn held(conn: &mut AsyncPgConnection, worker: Worker, id: i64) -> Result<RunRow, WorkerApiError> {
@@ -96,7 +100,7 @@ fn status_of(run: &RunRow) -> RunStatus {
     RunStatus { run_id: run.id, state: run.state(), failure_reason: run.failure_reason.clone() }
 }
 
-fn lease_until(app: &App) -> chrono::DateTime<chrono::Utc> {
+pub(super) fn lease_until(app: &App) -> chrono::DateTime<chrono::Utc> {
     chrono::Utc::now() + app.workers.lease
 }
 
@@ -175,7 +179,7 @@ async fn hold_stack(c: &mut AsyncPgConnection, stack_id: i64) -> Result<bool, di
 }
 
 /// Why a claim did not produce an assignment.
-enum ClaimFailure {
+pub(super) enum ClaimFailure {
     Db(TransitionFailure),
     Store(StoreError),
     /// The run cannot be given to any worker (its tool is missing, a secret
@@ -203,8 +207,8 @@ impl From<TransitionFailure> for ClaimFailure {
     }
 }
 
-async fn claim(app: &App, conn: &mut AsyncPgConnection, worker: Worker) -> Reply2 {
-    Ok(match claim_run(app, conn, worker).await? {
+async fn claim(app: &App, worker: Worker) -> Reply2 {
+    Ok(match app.claims.claim(worker).await? {
         Some(a) => json(StatusCode::OK, &a),
         None => warp::reply::Reply::into_response(StatusCode::NO_CONTENT),
     })
@@ -229,13 +233,11 @@ async fn claim_wait(app: &App, auth: Option<&str>, peer: Option<&PeerCertificate
     // Registered before the first claim: a run made READY after that claim
     // looked wakes this poll.
     let mut ticket = waiters.register(worker.id, worker.pool_id).map_err(|f| WorkerApiError::Busy { held: f.held })?;
-    if !worker.drained
-        && let Some(a) = claim_run(app, &mut conn, worker).await?
-    {
+    drop(conn);
+    if let Some(a) = app.claims.claim(worker).await? {
         ticket.pass_on();
         return Ok(wait_reply(Some(a), false));
     }
-    drop(conn);
     let woken = tokio::select! {
         w = &mut ticket.woken => w.ok(),
         _ = tokio::time::sleep_until(deadline) => None,
@@ -255,7 +257,8 @@ async fn claim_wait(app: &App, auth: Option<&str>, peer: Option<&PeerCertificate
     let mut conn = hangar_db::connection_within(&app.db, WORKER_DB_WAIT).await.map_err(WorkerApiError::db)?;
     let worker = auth::worker(&mut conn, peer, auth).await?;
     seen(&mut conn, worker).await?;
-    let run = if worker.drained { None } else { claim_run(app, &mut conn, worker).await? };
+    drop(conn);
+    let run = app.claims.claim(worker).await?;
     // A drained worker takes nothing: the run it was woken for is another's.
     pass_on.armed = pass_on.armed && worker.drained;
     Ok(wait_reply(run, worker.drained))
@@ -305,8 +308,10 @@ async fn mark_seen(conn: &mut AsyncPgConnection, id: i64, status: WorkerStatus) 
     Ok(())
 }
 
-/// Claims the oldest READY run of the worker's pool for it, exactly once.
-async fn claim_run(app: &App, conn: &mut AsyncPgConnection, worker: Worker) -> Result<Option<RunAssignment>, WorkerApiError> {
+/// Claims the oldest READY run of the worker's pool for it, exactly once, in
+/// a transaction of its own (claims usually go through the desk,
+/// [`super::desk`], which takes several together).
+pub(super) async fn claim_run(app: &App, conn: &mut AsyncPgConnection, worker: Worker) -> Result<Option<RunAssignment>, WorkerApiError> {
     if worker.drained {
         return Ok(None);
     }
@@ -395,51 +400,78 @@ async fn assemble(
     run_token: &str,
     lease: chrono::DateTime<chrono::Utc>,
 ) -> Result<RunAssignment, ClaimFailure> {
-    let unrunnable = |reason: String| ClaimFailure::Unrunnable { run: run.id, reason };
-    let stack: StackRow = stacks::stack_by_id(c, run.stack_id)
-        .await?
-        .ok_or_else(|| unrunnable(format!("stack {} no longer exists", run.stack_id)))?;
-    let tool: Tool = stack.tool.parse().map_err(unrunnable)?;
-    let (os, arch) = ("linux", "amd64");
-    let file = super::tools::locate(&app.workers, tool.as_str(), &stack.tool_version, os, arch)
-        .await
-        .ok_or_else(|| unrunnable(format!("{} {} for {os}_{arch} is not on the appliance", tool.as_str(), stack.tool_version)))?;
-    let sha256 = app
-        .workers
-        .sha256_of(&file)
-        .await
-        .map_err(|e| unrunnable(format!("cannot read {} {}: {e}", tool.as_str(), stack.tool_version)))?;
-    let env = environment(app, c, run.id, &stack).await?;
-    let base = &app.workers.public_url;
-    Ok(RunAssignment {
-        run_id: run.id,
-        kind: run.kind(),
-        stack: StackSpec {
-            id: stack.id,
-            slug: stack.slug.clone(),
-            repository: stack.repository.clone(),
-            project_root: stack.project_root.clone(),
-        },
-        commit_sha: run.commit_sha.clone(),
-        branch: run.branch.clone(),
-        command: run.command.clone(),
-        env,
-        run_token: run_token.to_string(),
-        state_url: format!("{base}/state/v1/{}", stack.slug),
-        tool: ToolSpec {
-            tool,
-            version: stack.tool_version.clone(),
-            url: format!(
-                "{base}{}",
-                ToolDownload { tool: tool.as_str(), version: &stack.tool_version, os, arch }.path()
-            ),
-            sha256,
-        },
-        provider_mirror_url: format!("{base}/v1/providers/"),
-        lease_expires_at: lease.to_rfc3339(),
-        autodeploy: stack.autodeploy,
-    })
+    Ok(Prepared::read(app, c, run).await?.assignment(app, run, run_token, lease))
 }
+
+/// What every run of one stack is handed: the stack, its tool and its
+/// environment, read once for all the runs of a claim.
+pub(super) struct Prepared {
+    stack: StackRow,
+    tool: Tool,
+    sha256: String,
+    env: Vec<EnvVar>,
+}
+
+impl Prepared {
+    /// Reads what a run of `run`'s stack needs; `run` names the run failed
+    /// when it cannot be handed to any worker.
+    pub(super) async fn read(app: &App, c: &mut AsyncPgConnection, run: &RunRow) -> Result<Prepared, ClaimFailure> {
+        let unrunnable = |reason: String| ClaimFailure::Unrunnable { run: run.id, reason };
+        let stack: StackRow = stacks::stack_by_id(c, run.stack_id)
+            .await?
+            .ok_or_else(|| unrunnable(format!("stack {} no longer exists", run.stack_id)))?;
+        let tool: Tool = stack.tool.parse().map_err(unrunnable)?;
+        let (os, arch) = TARGET;
+        let file = super::tools::locate(&app.workers, tool.as_str(), &stack.tool_version, os, arch)
+            .await
+            .ok_or_else(|| unrunnable(format!("{} {} for {os}_{arch} is not on the appliance", tool.as_str(), stack.tool_version)))?;
+        let sha256 = app
+            .workers
+            .sha256_of(&file)
+            .await
+            .map_err(|e| unrunnable(format!("cannot read {} {}: {e}", tool.as_str(), stack.tool_version)))?;
+        let env = environment(app, c, run.id, &stack).await?;
+        Ok(Prepared { stack, tool, sha256, env })
+    }
+
+    /// `run`'s assignment, with its token and lease.
+    pub(super) fn assignment(&self, app: &App, run: &RunRow, run_token: &str, lease: chrono::DateTime<chrono::Utc>) -> RunAssignment {
+        let Prepared { stack, tool, sha256, env } = self;
+        let (os, arch) = TARGET;
+        let base = &app.workers.public_url;
+        RunAssignment {
+            run_id: run.id,
+            kind: run.kind(),
+            stack: StackSpec {
+                id: stack.id,
+                slug: stack.slug.clone(),
+                repository: stack.repository.clone(),
+                project_root: stack.project_root.clone(),
+            },
+            commit_sha: run.commit_sha.clone(),
+            branch: run.branch.clone(),
+            command: run.command.clone(),
+            env: env.clone(),
+            run_token: run_token.to_string(),
+            state_url: format!("{base}/state/v1/{}", stack.slug),
+            tool: ToolSpec {
+                tool: *tool,
+                version: stack.tool_version.clone(),
+                url: format!(
+                    "{base}{}",
+                    ToolDownload { tool: tool.as_str(), version: &stack.tool_version, os, arch }.path()
+                ),
+                sha256: sha256.clone(),
+            },
+            provider_mirror_url: format!("{base}/v1/providers/"),
+            lease_expires_at: lease.to_rfc3339(),
+            autodeploy: stack.autodeploy,
+        }
+    }
+}
+
+/// The platform workers run tools on.
+const TARGET: (&str, &str) = ("linux", "amd64");
 
 /// The stack's variables over those of its contexts (the context listed
 /// first among attachments winning among contexts), secrets opened, and

@@ -9,6 +9,7 @@
 
 mod auth;
 mod claim;
+pub(crate) mod desk;
 mod files;
 pub(crate) mod join;
 mod mirror;
