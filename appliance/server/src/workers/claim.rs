@@ -36,6 +36,7 @@ pub(crate) async fn dispatch(
         // Holds no connection while it waits: it takes its own, twice.
         return claim_wait(app, auth, peer, &body).await;
     }
+    let since = std::time::Instant::now();
     // Workers retry a 503 after a pause; queueing here is cheaper for everyone
     // than a fleet's burst of claims failing and coming back.
     let mut conn = hangar_db::connection_within(&app.db, WORKER_DB_WAIT).await.map_err(WorkerApiError::db)?;
@@ -43,7 +44,7 @@ pub(crate) async fn dispatch(
     if route == WorkerRoute::Claim {
         // The desk takes its own connection for many claims at once.
         drop(conn);
-        return claim(app, worker).await;
+        return claim(app, worker, since).await;
     }
     match route {
         // Answered before any worker is authenticated (see `super::call`).
@@ -207,8 +208,8 @@ impl From<TransitionFailure> for ClaimFailure {
     }
 }
 
-async fn claim(app: &App, worker: Worker) -> Reply2 {
-    Ok(match app.claims.claim(worker).await? {
+async fn claim(app: &App, worker: Worker, since: std::time::Instant) -> Reply2 {
+    Ok(match app.claims.claim(worker, since).await? {
         Some(a) => json(StatusCode::OK, &a),
         None => warp::reply::Reply::into_response(StatusCode::NO_CONTENT),
     })
@@ -219,6 +220,7 @@ async fn claim(app: &App, worker: Worker) -> Reply2 {
 /// for a wake-up, with no database connection held, then another claim.
 async fn claim_wait(app: &App, auth: Option<&str>, peer: Option<&PeerCertificates>, body: &[u8]) -> Reply2 {
     let waiters = &app.workers.waiters;
+    let since = std::time::Instant::now();
     let mut conn = hangar_db::connection_within(&app.db, WORKER_DB_WAIT).await.map_err(WorkerApiError::db)?;
     let worker = auth::worker(&mut conn, peer, auth).await?;
     let ask: ClaimWait = parse_json(body)?;
@@ -234,7 +236,7 @@ async fn claim_wait(app: &App, auth: Option<&str>, peer: Option<&PeerCertificate
     // looked wakes this poll.
     let mut ticket = waiters.register(worker.id, worker.pool_id).map_err(|f| WorkerApiError::Busy { held: f.held })?;
     drop(conn);
-    if let Some(a) = app.claims.claim(worker).await? {
+    if let Some(a) = app.claims.claim(worker, since).await? {
         ticket.pass_on();
         return Ok(wait_reply(Some(a), false));
     }
@@ -254,11 +256,12 @@ async fn claim_wait(app: &App, auth: Option<&str>, peer: Option<&PeerCertificate
     let mut pass_on = PassOn { waiters, pool: worker.pool_id, armed: woken == Some(Wake::Work) };
     // The worker may have been revoked or drained meanwhile: it is checked
     // again, and its poll's end is a heartbeat too.
+    let since = std::time::Instant::now();
     let mut conn = hangar_db::connection_within(&app.db, WORKER_DB_WAIT).await.map_err(WorkerApiError::db)?;
     let worker = auth::worker(&mut conn, peer, auth).await?;
     seen(&mut conn, worker).await?;
     drop(conn);
-    let run = app.claims.claim(worker).await?;
+    let run = app.claims.claim(worker, since).await?;
     // A drained worker takes nothing: the run it was woken for is another's.
     pass_on.armed = pass_on.armed && worker.drained;
     Ok(wait_reply(run, worker.drained))

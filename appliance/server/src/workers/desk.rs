@@ -13,6 +13,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Weak};
+use std::time::Instant;
 
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use hangar_types::worker::RunAssignment;
@@ -36,6 +37,20 @@ type Answer = Result<Option<RunAssignment>, WorkerApiError>;
 struct Ask {
     worker: Worker,
     answer: oneshot::Sender<Answer>,
+    asked: Instant,
+}
+
+impl Ask {
+    /// Whether the claim waited so long that its worker may have stopped
+    /// waiting for the answer (see [`WORKER_DB_WAIT`]): it is answered 503
+    /// rather than handed a run that nobody would take.
+    fn stale(&self) -> bool {
+        self.asked.elapsed() >= WORKER_DB_WAIT || self.answer.is_closed()
+    }
+
+    fn refuse(self) {
+        let _ = self.answer.send(Err(WorkerApiError::Unavailable));
+    }
 }
 
 /// Where claims wait (kept in the [`App`]).
@@ -61,13 +76,15 @@ impl Desk {
 
     /// Claims the oldest READY run of the worker's pool for it, exactly once;
     /// `None` when there is none (the worker is then idle) or it is drained.
-    pub(crate) async fn claim(&self, worker: Worker) -> Answer {
+    /// `since` is when the worker's request began waiting: one that waited
+    /// [`WORKER_DB_WAIT`] is answered 503.
+    pub(crate) async fn claim(&self, worker: Worker, since: Instant) -> Answer {
         if worker.drained {
             return Ok(None);
         }
         let (answer, answered) = oneshot::channel();
         // Closed only when the server is going away.
-        self.asks.send(Ask { worker, answer }).map_err(|_| WorkerApiError::Unavailable)?;
+        self.asks.send(Ask { worker, answer, asked: since }).map_err(|_| WorkerApiError::Unavailable)?;
         answered.await.map_err(|_| WorkerApiError::Unavailable)?
     }
 }
@@ -88,10 +105,7 @@ async fn clerk(waiting: Arc<Mutex<mpsc::UnboundedReceiver<Ask>>>, app: Weak<App>
         let Some(app) = app.upgrade() else { return };
         let mut pools: BTreeMap<i64, Vec<Ask>> = BTreeMap::new();
         for ask in asks {
-            // The worker stopped waiting (its request ended): not served.
-            if !ask.answer.is_closed() {
-                pools.entry(ask.worker.pool_id).or_default().push(ask);
-            }
+            pools.entry(ask.worker.pool_id).or_default().push(ask);
         }
         for (pool, asks) in pools {
             serve(&app, pool, asks).await;
@@ -101,15 +115,21 @@ async fn clerk(waiting: Arc<Mutex<mpsc::UnboundedReceiver<Ask>>>, app: Weak<App>
 
 /// Answers the claims of one pool's workers.
 async fn serve(app: &App, pool: i64, asks: Vec<Ask>) {
-    let mut conn = match hangar_db::connection_within(&app.db, WORKER_DB_WAIT).await {
+    let asks = fresh(asks);
+    // As long as the latest claim may still wait.
+    let Some(wait) = asks.iter().map(|a| WORKER_DB_WAIT.saturating_sub(a.asked.elapsed())).max() else { return };
+    let mut conn = match hangar_db::connection_within(&app.db, wait).await {
         Ok(c) => c,
         Err(e) => {
-            for ask in asks {
-                let _ = ask.answer.send(Err(WorkerApiError::db(&e)));
-            }
+            let _ = WorkerApiError::db(&e);
+            asks.into_iter().for_each(Ask::refuse);
             return;
         }
     };
+    let asks = fresh(asks);
+    if asks.is_empty() {
+        return;
+    }
     let workers: Vec<Worker> = asks.iter().map(|a| a.worker).collect();
     tracing::debug!(pool, claims = workers.len(), "taking claims together");
     match claim_many(app, &mut conn, pool, &workers).await {
@@ -134,11 +154,22 @@ async fn serve(app: &App, pool: i64, asks: Vec<Ask>) {
                 tracing::warn!(pool, claims = asks.len(), "a batch of claims failed on the database; taking them one at a time");
             }
             for ask in asks {
+                if ask.stale() {
+                    ask.refuse();
+                    continue;
+                }
                 let answer = claim_run(app, &mut conn, ask.worker).await;
                 let _ = ask.answer.send(answer);
             }
         }
     }
+}
+
+/// The claims still worth answering; the stale ones are refused.
+fn fresh(asks: Vec<Ask>) -> Vec<Ask> {
+    let (stale, fresh): (Vec<Ask>, Vec<Ask>) = asks.into_iter().partition(Ask::stale);
+    stale.into_iter().for_each(Ask::refuse);
+    fresh
 }
 
 /// Hands READY runs of `pool` to `workers` in one transaction: each gets one
