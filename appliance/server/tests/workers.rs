@@ -142,6 +142,14 @@ impl Env {
         run.id
     }
 
+    /// Each (worker, run) pair's run is PREPARING and held by that worker.
+    async fn held_by(&self, claimed: &[(i64, i64)]) {
+        for &(w, r) in claimed {
+            let row = self.run(r).await;
+            assert_eq!((row.worker_id, row.state()), (Some(w), RunState::Preparing));
+        }
+    }
+
     async fn run(&self, id: i64) -> RunRow {
         let mut c = self.db.get().await.unwrap();
         hangar_db::runs::get(&mut c, id).await.unwrap().unwrap()
@@ -544,18 +552,9 @@ async fn heartbeats_renew_the_lease_and_carry_the_drain_flag() {
     assert_eq!(w.claim().await.map(|a| a.run_id), Some(next));
 }
 
-#[tokio::test]
-async fn concurrent_claimers_each_get_a_different_run() {
-    let env = Env::start().await;
-    let mut workers = Vec::new();
-    for i in 0..20 {
-        workers.push(env.join("builders", &format!("racer-{i}")).await);
-    }
-    // Proposed runs: all READY at once (they do not hold the stack).
-    let mut runs = Vec::new();
-    for _ in 0..5 {
-        runs.push(env.ready_run(RunKind::Proposed).await);
-    }
+/// Every worker claims at once, each again until it gets nothing; the
+/// (worker, run) pairs handed out.
+async fn race(workers: Vec<Worker>) -> Vec<(i64, i64)> {
     let mut tasks = Vec::new();
     for w in workers {
         tasks.push(tokio::spawn(async move {
@@ -570,13 +569,26 @@ async fn concurrent_claimers_each_get_a_different_run() {
     for t in tasks {
         claimed.extend(t.await.unwrap());
     }
+    claimed
+}
+
+#[tokio::test]
+async fn concurrent_claimers_each_get_a_different_run() {
+    let env = Env::start().await;
+    let mut workers = Vec::new();
+    for i in 0..20 {
+        workers.push(env.join("builders", &format!("racer-{i}")).await);
+    }
+    // Proposed runs: all READY at once (they do not hold the stack).
+    let mut runs = Vec::new();
+    for _ in 0..5 {
+        runs.push(env.ready_run(RunKind::Proposed).await);
+    }
+    let claimed = race(workers).await;
     let mut ids: Vec<i64> = claimed.iter().map(|(_, r)| *r).collect();
     ids.sort();
     assert_eq!(ids, runs, "each run claimed exactly once: {claimed:?}");
-    for (w, r) in claimed {
-        let row = env.run(r).await;
-        assert_eq!((row.worker_id, row.state()), (Some(w), RunState::Preparing));
-    }
+    env.held_by(&claimed).await;
     assert_eq!(
         env.count("SELECT count(*) AS n FROM run_events WHERE to_state = 'PREPARING'").await,
         5,
@@ -686,30 +698,14 @@ async fn a_burst_of_claims_with_an_unrunnable_run_fails_only_that_run() {
     for _ in 0..4 {
         runs.push(env.ready_run(RunKind::Proposed).await);
     }
-    let mut tasks = Vec::new();
-    for w in workers {
-        tasks.push(tokio::spawn(async move {
-            let mut got = Vec::new();
-            while let Some(a) = w.claim().await {
-                got.push((w.id, a.run_id));
-            }
-            got
-        }));
-    }
-    let mut claimed = Vec::new();
-    for t in tasks {
-        claimed.extend(t.await.unwrap());
-    }
+    let claimed = race(workers).await;
     let mut ids: Vec<i64> = claimed.iter().map(|(_, r)| *r).collect();
     ids.sort();
     assert_eq!(ids, runs, "each runnable run claimed exactly once: {claimed:?}");
     let row = env.run(doomed).await;
     assert_eq!((row.state(), row.worker_id), (RunState::Failed, None));
     assert!(row.failure_reason.unwrap().contains("terraform 9.9.9 for linux_amd64 is not on the appliance"));
-    for (w, r) in claimed {
-        let row = env.run(r).await;
-        assert_eq!((row.worker_id, row.state()), (Some(w), RunState::Preparing));
-    }
+    env.held_by(&claimed).await;
     assert_eq!(env.count("SELECT count(*) AS n FROM run_events WHERE to_state = 'PREPARING'").await, 8);
 }
 
