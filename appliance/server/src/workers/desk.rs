@@ -121,6 +121,7 @@ async fn serve(app: &App, pool: i64, asks: Vec<Ask>) {
     let mut conn = match hangar_db::connection_within(&app.db, wait).await {
         Ok(c) => c,
         Err(e) => {
+            // Logged with its cause; the workers are answered 503.
             let _ = WorkerApiError::db(&e);
             asks.into_iter().for_each(Ask::refuse);
             return;
@@ -144,8 +145,9 @@ async fn serve(app: &App, pool: i64, asks: Vec<Ask>) {
                 if let Ok(Some(a)) = &answer {
                     tracing::info!(run_id = a.run_id, worker = worker.id, stack = %a.stack.slug, "run claimed");
                 }
-                // A worker gone meanwhile does not get its run: its lease
-                // runs out and the run is taken again.
+                // A worker gone since the check above never hears of its
+                // run: the lease runs out and the run is failed, as when a
+                // worker dies holding it.
                 let _ = ask.answer.send(answer);
             }
         }
